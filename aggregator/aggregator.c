@@ -1,0 +1,267 @@
+/* aggregator.c -- the counting rules (see aggregator.h and the README).
+ *
+ * For one event the aggregator:
+ *   1. rejects it as future (ts > now + skew) or late (every granularity's
+ *      bucket for ts is older than the retention that ends at the
+ *      watermark, counting this event's own ts);
+ *   2. drops a redelivered event_id (marker 'E');
+ *   3. impression: +1 context_count in every feature's context, +1
+ *      impression for every distinct listed item;
+ *      action: applies the keyed min-ts rule twice, for the action itself
+ *      (marker 'A') and for engaged (marker 'G'): a key counts once, in
+ *      the bucket of the earliest ts seen; an earlier repeat moves the
+ *      count (-1 at the old bucket, +1 at the new one).
+ * Every delta goes to the combiner for the granularities whose bucket is
+ * still retained; markers are looked up first in the batch, then in the
+ * store. Nothing is read-modify-written in the store.
+ */
+#include "aggregator/aggregator.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "aggregator/cells.h"
+#include "aggregator/combiner.h"
+#include "aggregator/window.h"
+
+/* A staged meta record (source positions); a short list. */
+typedef struct staged_meta {
+    struct staged_meta *next;
+    char *key;
+    void *val;
+    size_t vlen;
+} staged_meta;
+
+struct iqp_aggregator {
+    iqp_store *st;
+    const iqp_config *cfg;
+    iqp_combiner *comb;
+    int64_t watermark_ms;         /* includes unflushed events */
+    size_t pending;
+    iqp_agg_stats stats;
+    staged_meta *meta;
+    /* per-event scratch */
+    iqp_keybuf prefix[IQP_MAX_FEATURES];
+    iqp_keybuf key;
+    int live[IQP_MAX_GRANS];      /* granularity retains this event's bucket */
+    int64_t buckets[IQP_MAX_GRANS];
+};
+
+iqp_aggregator *iqp_aggregator_new(iqp_store *st) {
+    iqp_aggregator *a = calloc(1, sizeof *a);
+    if (!a) abort();
+    a->st = st;
+    a->cfg = iqp_store_config(st);
+    a->comb = iqp_combiner_new(IQP_COUNTERS(a->cfg));
+    a->watermark_ms = iqp_store_watermark(st);
+    for (size_t f = 0; f < a->cfg->n_features; f++) iqp_keybuf_init(&a->prefix[f]);
+    iqp_keybuf_init(&a->key);
+    return a;
+}
+
+static void free_staged(iqp_aggregator *a) {
+    while (a->meta) {
+        staged_meta *next = a->meta->next;
+        free(a->meta->key);
+        free(a->meta->val);
+        free(a->meta);
+        a->meta = next;
+    }
+}
+
+void iqp_aggregator_free(iqp_aggregator *a) {
+    if (!a) return;
+    iqp_combiner_free(a->comb);
+    for (size_t f = 0; f < a->cfg->n_features; f++) iqp_keybuf_free(&a->prefix[f]);
+    iqp_keybuf_free(&a->key);
+    free_staged(a);
+    free(a);
+}
+
+/* ---- time rules ---------------------------------------------------------- */
+
+/* Fills a->live / a->buckets for ts against watermark wm; returns how many
+ * granularities still retain ts's bucket. */
+static int retained_granularities(iqp_aggregator *a, int64_t ts, int64_t wm) {
+    int n = 0;
+    for (size_t g = 0; g < a->cfg->n_grans; g++) {
+        a->buckets[g] = iqp_bucket_of(ts, a->cfg->gran_ms[g]);
+        a->live[g] = a->buckets[g] >= iqp_retention_first_bucket(a->cfg, (int)g, wm);
+        n += a->live[g];
+    }
+    return n;
+}
+
+/* ---- markers ------------------------------------------------------------- */
+
+/* 1 and *ts when the marker exists (batch or store), 0 when not, -1 error. */
+static int find_marker(iqp_aggregator *a, const unsigned char *key, int64_t *ts) {
+    if (iqp_combiner_get_marker(a->comb, key, ts)) return 1;
+    return iqp_store_get_marker(a->st, key, IQP_MARKER_KEY_LEN, ts);
+}
+
+/* ---- cell deltas --------------------------------------------------------- */
+
+static void build_prefixes(iqp_aggregator *a, const iqp_context *ctx) {
+    for (size_t f = 0; f < a->cfg->n_features; f++)
+        iqp_cells_context_prefix(&a->prefix[f], &a->cfg->features[f], ctx);
+}
+
+/* Adds delta to counter idx of item's cells at ts, in every feature and
+ * every granularity that retains ts's bucket relative to wm. */
+static void bump_item(iqp_aggregator *a, const iqp_item_ref *item, size_t idx, int64_t ts,
+                      int64_t wm, int64_t delta) {
+    for (size_t f = 0; f < a->cfg->n_features; f++) {
+        iqp_keybuf_copy(&a->key, &a->prefix[f]);
+        iqp_cells_append_entity(&a->key, item->id, item->len);
+        size_t base = a->key.len;
+        for (size_t g = 0; g < a->cfg->n_grans; g++) {
+            int64_t b = iqp_bucket_of(ts, a->cfg->gran_ms[g]);
+            if (b < iqp_retention_first_bucket(a->cfg, (int)g, wm)) continue;
+            iqp_keybuf_truncate(&a->key, base);
+            iqp_cells_append_bucket(&a->key, (int)g, b);
+            iqp_combiner_add_count(a->comb, a->key.buf, a->key.len, idx, delta);
+            a->stats.cell_updates++;
+        }
+    }
+}
+
+/* +1 context_count for every feature's context in the live granularities. */
+static void bump_contexts(iqp_aggregator *a) {
+    for (size_t f = 0; f < a->cfg->n_features; f++)
+        for (size_t g = 0; g < a->cfg->n_grans; g++) {
+            if (!a->live[g]) continue;
+            iqp_keybuf_copy(&a->key, &a->prefix[f]);
+            iqp_cells_append_bucket(&a->key, (int)g, a->buckets[g]);
+            iqp_combiner_add_context(a->comb, a->key.buf, a->key.len, 1);
+            a->stats.cell_updates++;
+        }
+}
+
+/* True when items[i] repeats an earlier item of the same event. Linear for
+ * the usual tens of items; impressions are capped by limits.max_items. */
+static int repeats_earlier(const iqp_item_ref *items, size_t i) {
+    for (size_t j = 0; j < i; j++)
+        if (items[j].len == items[i].len && memcmp(items[j].id, items[i].id, items[i].len) == 0)
+            return 1;
+    return 0;
+}
+
+static int cmp_item_refs(const void *x, const void *y) {
+    const iqp_item_ref *a = x, *b = y;
+    size_t n = a->len < b->len ? a->len : b->len;
+    int r = memcmp(a->id, b->id, n);
+    return r ? r : (a->len > b->len) - (a->len < b->len);
+}
+
+static void count_impression(iqp_aggregator *a, const iqp_event *ev) {
+    bump_contexts(a);
+    if (ev->n_items <= 64) {
+        for (size_t i = 0; i < ev->n_items; i++)
+            if (!repeats_earlier(ev->items, i))
+                bump_item(a, &ev->items[i], IQP_COUNTER_IMPRESSION, ev->ts, a->watermark_ms, 1);
+        return;
+    }
+    /* Large impressions: sort a copy so duplicates are adjacent. */
+    iqp_item_ref *sorted = malloc(ev->n_items * sizeof *sorted);
+    if (!sorted) abort();
+    memcpy(sorted, ev->items, ev->n_items * sizeof *sorted);
+    qsort(sorted, ev->n_items, sizeof *sorted, cmp_item_refs);
+    for (size_t i = 0; i < ev->n_items; i++)
+        if (i == 0 || cmp_item_refs(&sorted[i - 1], &sorted[i]) != 0)
+            bump_item(a, &sorted[i], IQP_COUNTER_IMPRESSION, ev->ts, a->watermark_ms, 1);
+    free(sorted);
+}
+
+/* The keyed min-ts rule for one marker: returns 1 when counters changed,
+ * 0 when this occurrence is a repeat, -1 on a store error. */
+static int count_keyed(iqp_aggregator *a, const iqp_event *ev, const iqp_context *ctx, char kind,
+                       int action, size_t idx) {
+    unsigned char mk[IQP_MARKER_KEY_LEN];
+    int64_t old_ts;
+    iqp_cells_action_marker(mk, kind, ev->request_id, ev->request_id_len, ev->item.id,
+                            ev->item.len, action, ctx);
+    int found = find_marker(a, mk, &old_ts);
+    if (found < 0) return -1;
+    if (found && old_ts <= ev->ts) return 0;
+    if (found) bump_item(a, &ev->item, idx, old_ts, a->watermark_ms, -1);
+    bump_item(a, &ev->item, idx, ev->ts, a->watermark_ms, 1);
+    iqp_combiner_set_marker(a->comb, mk, ev->ts);
+    return 1;
+}
+
+static int count_action(iqp_aggregator *a, const iqp_event *ev, const iqp_context *ctx) {
+    int acted = count_keyed(a, ev, ctx, 'A', ev->action, IQP_COUNTER_ACTION0 + (size_t)ev->action);
+    if (acted < 0) return -1;
+    int engaged = count_keyed(a, ev, ctx, 'G', -1, IQP_COUNTER_ENGAGED);
+    if (engaged < 0) return -1;
+    return acted || engaged;
+}
+
+iqp_agg_outcome iqp_aggregator_add(iqp_aggregator *a, const iqp_event *ev, int64_t now_ms,
+                                   char *err, size_t errlen) {
+    if (ev->ts > now_ms + a->cfg->max_future_skew_ms) return a->stats.future++, IQP_AGG_FUTURE;
+    int64_t wm = ev->ts > a->watermark_ms ? ev->ts : a->watermark_ms;
+    if (retained_granularities(a, ev->ts, wm) == 0) return a->stats.late++, IQP_AGG_LATE;
+    unsigned char mk[IQP_MARKER_KEY_LEN];
+    int64_t seen_ts;
+    iqp_cells_event_marker(mk, ev->event_id, ev->event_id_len);
+    int found = find_marker(a, mk, &seen_ts);
+    if (found < 0) goto store_error;
+    if (found) return a->stats.duplicate++, IQP_AGG_DUPLICATE;
+    a->watermark_ms = wm;
+    a->pending++;
+    iqp_combiner_set_marker(a->comb, mk, ev->ts);
+    iqp_context ctx = {ev->query, ev->query_len, {ev->country[0], ev->country[1], 0}, ev->gender};
+    build_prefixes(a, &ctx);
+    int changed = 1;
+    if (ev->kind == IQP_EVENT_IMPRESSION)
+        count_impression(a, ev);
+    else if ((changed = count_action(a, ev, &ctx)) < 0)
+        goto store_error;
+    if (!changed) return a->stats.duplicate++, IQP_AGG_DUPLICATE;
+    return a->stats.counted++, IQP_AGG_COUNTED;
+store_error:
+    snprintf(err, errlen, "cannot read dedup markers from the store");
+    return IQP_AGG_ERROR;
+}
+
+/* ---- flushing ------------------------------------------------------------ */
+
+void iqp_aggregator_stage_meta(iqp_aggregator *a, const char *key, const void *val, size_t vlen) {
+    staged_meta *m = a->meta;
+    while (m && strcmp(m->key, key) != 0) m = m->next;
+    if (!m) {
+        m = calloc(1, sizeof *m);
+        if (!m) abort();
+        m->key = strdup(key);
+        m->next = a->meta;
+        a->meta = m;
+    }
+    free(m->val);
+    m->val = malloc(vlen ? vlen : 1);
+    if (!m->key || !m->val) abort();
+    memcpy(m->val, val, vlen);
+    m->vlen = vlen;
+}
+
+size_t iqp_aggregator_pending(const iqp_aggregator *a) { return a->pending; }
+
+int iqp_aggregator_flush(iqp_aggregator *a, char *err, size_t errlen) {
+    if (a->pending == 0 && !a->meta) return 0;
+    iqp_store_batch *b = iqp_store_batch_new(a->st);
+    a->stats.cells_written += iqp_combiner_drain(a->comb, b);
+    for (staged_meta *m = a->meta; m; m = m->next)
+        iqp_store_batch_put(b, IQP_CF_META, m->key, strlen(m->key), m->val, m->vlen);
+    if (a->watermark_ms != INT64_MIN) iqp_store_batch_set_watermark(b, a->watermark_ms);
+    a->stats.batch_bytes += iqp_store_batch_bytes(b);
+    int rc = iqp_store_batch_commit(a->st, b, err, errlen);
+    iqp_store_batch_free(b);
+    if (rc < 0) return -1;
+    free_staged(a);
+    a->pending = 0;
+    a->stats.flushes++;
+    return 0;
+}
+
+const iqp_agg_stats *iqp_aggregator_stats(const iqp_aggregator *a) { return &a->stats; }

@@ -1,0 +1,123 @@
+/* cells.c -- key encoding for counter cells and dedup markers (cells.h). */
+#include "aggregator/cells.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+void iqp_keybuf_init(iqp_keybuf *kb) {
+    kb->cap = 256;
+    kb->len = 0;
+    kb->buf = malloc(kb->cap);
+    if (!kb->buf) abort();
+}
+
+void iqp_keybuf_free(iqp_keybuf *kb) {
+    free(kb->buf);
+    kb->buf = NULL;
+    kb->len = kb->cap = 0;
+}
+
+void iqp_keybuf_truncate(iqp_keybuf *kb, size_t len) {
+    if (len < kb->len) kb->len = len;
+}
+
+static void reserve(iqp_keybuf *kb, size_t more) {
+    if (kb->len + more <= kb->cap) return;
+    while (kb->len + more > kb->cap) kb->cap *= 2;
+    kb->buf = realloc(kb->buf, kb->cap);
+    if (!kb->buf) abort();
+}
+
+void iqp_keybuf_copy(iqp_keybuf *kb, const iqp_keybuf *src) {
+    kb->len = 0;
+    reserve(kb, src->len);
+    memcpy(kb->buf, src->buf, src->len);
+    kb->len = src->len;
+}
+
+static void put_u16_string(iqp_keybuf *kb, const char *s, size_t len) {
+    if (len > 65535) len = 65535; /* decoder limits strings far below this */
+    reserve(kb, 2 + len);
+    kb->buf[kb->len++] = (unsigned char)(len >> 8);
+    kb->buf[kb->len++] = (unsigned char)len;
+    memcpy(kb->buf + kb->len, s, len);
+    kb->len += len;
+}
+
+void iqp_cells_context_prefix(iqp_keybuf *kb, const iqp_feature_spec *f, const iqp_context *ctx) {
+    size_t nlen = strlen(f->name);
+    kb->len = 0;
+    reserve(kb, 1 + nlen);
+    kb->buf[kb->len++] = (unsigned char)nlen;
+    memcpy(kb->buf + kb->len, f->name, nlen);
+    kb->len += nlen;
+    if (f->dims & IQP_DIM_QUERY) put_u16_string(kb, ctx->query, ctx->query_len);
+    if (f->dims & IQP_DIM_COUNTRY) put_u16_string(kb, ctx->country, 2);
+    if (f->dims & IQP_DIM_GENDER) {
+        const char *g = iqp_gender_name(ctx->gender);
+        put_u16_string(kb, g, strlen(g));
+    }
+}
+
+void iqp_cells_append_entity(iqp_keybuf *kb, const char *item, size_t len) {
+    put_u16_string(kb, item, len);
+}
+
+void iqp_cells_append_bucket(iqp_keybuf *kb, int gran_index, int64_t bucket) {
+    reserve(kb, IQP_BUCKET_SUFFIX_LEN);
+    kb->buf[kb->len++] = (unsigned char)gran_index;
+    uint64_t b = (uint64_t)bucket;
+    for (int i = 7; i >= 0; i--) kb->buf[kb->len++] = (unsigned char)(b >> (8 * i));
+}
+
+int iqp_cells_key_bucket(const unsigned char *key, size_t len, int *gran_index, int64_t *bucket) {
+    if (len < IQP_BUCKET_SUFFIX_LEN) return -1;
+    const unsigned char *p = key + len - IQP_BUCKET_SUFFIX_LEN;
+    *gran_index = p[0];
+    uint64_t b = 0;
+    for (int i = 1; i <= 8; i++) b = (b << 8) | p[i];
+    *bucket = (int64_t)b;
+    return 0;
+}
+
+/* Marker keys hash the length-prefixed fields as one byte string, built in
+ * a small buffer (fields are bounded by the decoder's string limit). */
+static void put_field(iqp_keybuf *kb, const void *p, size_t len) {
+    uint32_t n = (uint32_t)len;
+    reserve(kb, sizeof n + len);
+    memcpy(kb->buf + kb->len, &n, sizeof n);
+    kb->len += sizeof n;
+    memcpy(kb->buf + kb->len, p, len);
+    kb->len += len;
+}
+
+static void finish_marker(unsigned char *out, char kind, iqp_keybuf *kb) {
+    XXH128_canonical_t c;
+    XXH128_canonicalFromHash(&c, XXH3_128bits(kb->buf, kb->len));
+    out[0] = (unsigned char)kind;
+    memcpy(out + 1, c.digest, 16);
+    iqp_keybuf_free(kb);
+}
+
+void iqp_cells_event_marker(unsigned char *out, const char *event_id, size_t len) {
+    XXH128_canonical_t c;
+    XXH128_canonicalFromHash(&c, XXH3_128bits(event_id, len));
+    out[0] = 'E';
+    memcpy(out + 1, c.digest, 16);
+}
+
+void iqp_cells_action_marker(unsigned char *out, char kind, const char *request_id, size_t rlen,
+                             const char *item, size_t ilen, int action, const iqp_context *ctx) {
+    iqp_keybuf kb;
+    int32_t a = action;
+    const char *g = iqp_gender_name(ctx->gender);
+    iqp_keybuf_init(&kb);
+    put_field(&kb, request_id, rlen);
+    put_field(&kb, item, ilen);
+    put_field(&kb, &a, sizeof a);
+    put_field(&kb, ctx->query, ctx->query_len);
+    put_field(&kb, ctx->country, 2);
+    put_field(&kb, g, strlen(g));
+    finish_marker(out, kind, &kb);
+}

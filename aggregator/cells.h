@@ -1,0 +1,77 @@
+/* cells.h -- how counter cells are named: the store's key encoding.
+ *
+ * Owns: the byte layout of every key in the counts, context and dedup
+ * column families. Writers (the aggregator) and readers (lookup, publisher,
+ * refresher) both build keys only through these functions.
+ *
+ *   context prefix  = u8 len, feature name,
+ *                     then per context dimension in (query, country, gender)
+ *                     order: u16 BE len, normalized value
+ *   count key       = context prefix, u16 BE len, item id, u8 granularity
+ *                     index, u64 BE bucket                    (CF "counts")
+ *   context key     = context prefix, u8 granularity index, u64 BE bucket
+ *                                                             (CF "contexts")
+ *   dedup marker    = u8 kind ('E' event id, 'A' action, 'G' engaged),
+ *                     XXH3-128 of the length-prefixed fields  (CF "dedup")
+ *
+ * Context-major: one context's entities are adjacent, and for one entity
+ * the buckets of one granularity are adjacent and ascending, so a window is
+ * one short range scan. Raw strings, not hashes, name contexts and items,
+ * so counts are exact; RocksDB's prefix compression takes the repetition.
+ * Dedup markers are hashed: 128 bits make a false "duplicate" negligible.
+ *
+ * May not touch: the store or counters; it only formats bytes.
+ */
+#ifndef IQP_CELLS_H
+#define IQP_CELLS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "aggregator/config.h"
+#include "aggregator/normalize.h"
+
+#define IQP_KEY_MAX (1 + IQP_NAME_MAX + 3 * (2 + 65535) + 2 + 65535 + 1 + 8)
+#define IQP_MARKER_KEY_LEN 17
+
+/* A normalized user/query context, as the aggregator and lookup see it. */
+typedef struct iqp_context {
+    const char *query;
+    size_t query_len;
+    char country[3];
+    iqp_gender gender;
+} iqp_context;
+
+/* A growable byte buffer for building keys. */
+typedef struct iqp_keybuf {
+    unsigned char *buf;
+    size_t len, cap;
+} iqp_keybuf;
+
+void iqp_keybuf_init(iqp_keybuf *kb);
+void iqp_keybuf_free(iqp_keybuf *kb);
+void iqp_keybuf_truncate(iqp_keybuf *kb, size_t len);
+/* Replaces kb's contents with src's. */
+void iqp_keybuf_copy(iqp_keybuf *kb, const iqp_keybuf *src);
+
+/* Replaces kb's contents with the context prefix of feature f for ctx. */
+void iqp_cells_context_prefix(iqp_keybuf *kb, const iqp_feature_spec *f, const iqp_context *ctx);
+
+/* Appends the entity part (u16 len + id) of a count key. */
+void iqp_cells_append_entity(iqp_keybuf *kb, const char *item, size_t len);
+
+/* Appends the u8 granularity + u64 bucket suffix. */
+void iqp_cells_append_bucket(iqp_keybuf *kb, int gran_index, int64_t bucket);
+
+/* Length of the (gran, bucket) suffix every count and context key ends with. */
+#define IQP_BUCKET_SUFFIX_LEN 9
+
+/* Reads the granularity index and bucket from a key's last 9 bytes;
+ * returns -1 when the key is too short. */
+int iqp_cells_key_bucket(const unsigned char *key, size_t len, int *gran_index, int64_t *bucket);
+
+/* Dedup marker keys (out: IQP_MARKER_KEY_LEN bytes). */
+void iqp_cells_event_marker(unsigned char *out, const char *event_id, size_t len);
+void iqp_cells_action_marker(unsigned char *out, char kind, const char *request_id, size_t rlen,
+                             const char *item, size_t ilen, int action, const iqp_context *ctx);
+
+#endif

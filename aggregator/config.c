@@ -1,0 +1,446 @@
+/* config.c -- defaults, JSON loading and the layout fingerprint.
+ *
+ * The configuration has two parts with different lifetimes:
+ *
+ *  - the layout (actions, features, windows) fixes what every counter cell
+ *    in a store means. It is written into the store when the store is
+ *    created, as canonical JSON (iqp_config_layout_json), and every later
+ *    open compares it with the running config (iqp_config_layout_diff) and
+ *    refuses to go on when they differ, saying what differs.
+ *  - limits and tuning (event size limits, dedup horizon, future skew,
+ *    flush size) may change from one run to the next.
+ *
+ * Loading starts from DESIGN.md's defaults and overrides whole sections:
+ * a config that lists "windows" replaces the default windows entirely.
+ */
+#include "aggregator/config.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *default_actions[] = {"click",    "save",     "closeup",
+                                        "long_click", "download", "screenshot"};
+
+static const struct {
+    const char *name;
+    unsigned dims;
+} default_features[] = {
+    {"q_item", IQP_DIM_QUERY},
+    {"qc_item", IQP_DIM_QUERY | IQP_DIM_COUNTRY},
+    {"qg_item", IQP_DIM_QUERY | IQP_DIM_GENDER},
+    {"c_item", IQP_DIM_COUNTRY},
+    {"g_item", IQP_DIM_GENDER},
+};
+
+#define HOUR_MS (3600LL * 1000)
+#define DAY_MS (24 * HOUR_MS)
+
+static const struct {
+    const char *name;
+    int64_t length_ms, gran_ms;
+} default_windows[] = {
+    {"1d", DAY_MS, HOUR_MS},
+    {"7d", 7 * DAY_MS, DAY_MS},
+    {"90d", 90 * DAY_MS, DAY_MS},
+    {"365d", 365 * DAY_MS, DAY_MS},
+};
+
+#define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+/* ---- derived fields ------------------------------------------------------ */
+
+/* Recomputes the distinct granularities and their retention from windows. */
+static void derive_granularities(iqp_config *cfg) {
+    cfg->n_grans = 0;
+    for (size_t i = 0; i < cfg->n_windows; i++) {
+        int64_t g = cfg->windows[i].gran_ms;
+        size_t j = 0;
+        while (j < cfg->n_grans && cfg->gran_ms[j] != g) j++;
+        if (j == cfg->n_grans) cfg->gran_ms[cfg->n_grans++] = g;
+    }
+    /* ascending order, insertion sort: at most IQP_MAX_GRANS entries */
+    for (size_t i = 1; i < cfg->n_grans; i++)
+        for (size_t j = i; j > 0 && cfg->gran_ms[j - 1] > cfg->gran_ms[j]; j--) {
+            int64_t t = cfg->gran_ms[j];
+            cfg->gran_ms[j] = cfg->gran_ms[j - 1];
+            cfg->gran_ms[j - 1] = t;
+        }
+    for (size_t j = 0; j < cfg->n_grans; j++) cfg->gran_retention[j] = 0;
+    for (size_t i = 0; i < cfg->n_windows; i++) {
+        iqp_window_spec *w = &cfg->windows[i];
+        for (size_t j = 0; j < cfg->n_grans; j++)
+            if (cfg->gran_ms[j] == w->gran_ms) {
+                w->gran_index = (int)j;
+                if (w->n_buckets > cfg->gran_retention[j]) cfg->gran_retention[j] = w->n_buckets;
+            }
+    }
+}
+
+void iqp_config_defaults(iqp_config *cfg) {
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->n_actions = COUNT_OF(default_actions);
+    for (size_t i = 0; i < cfg->n_actions; i++)
+        snprintf(cfg->actions[i], IQP_NAME_MAX, "%s", default_actions[i]);
+    cfg->n_features = COUNT_OF(default_features);
+    for (size_t i = 0; i < cfg->n_features; i++) {
+        snprintf(cfg->features[i].name, IQP_NAME_MAX, "%s", default_features[i].name);
+        cfg->features[i].dims = default_features[i].dims;
+    }
+    cfg->n_windows = COUNT_OF(default_windows);
+    for (size_t i = 0; i < cfg->n_windows; i++) {
+        iqp_window_spec *w = &cfg->windows[i];
+        snprintf(w->name, IQP_NAME_MAX, "%s", default_windows[i].name);
+        w->length_ms = default_windows[i].length_ms;
+        w->gran_ms = default_windows[i].gran_ms;
+        w->n_buckets = w->length_ms / w->gran_ms;
+    }
+    derive_granularities(cfg);
+    cfg->limits.max_event_bytes = 1u << 20;
+    cfg->limits.max_items = 10000;
+    cfg->limits.max_string_bytes = 4096;
+    cfg->dedup_horizon_ms = DAY_MS;
+    cfg->max_future_skew_ms = 300000;
+    cfg->flush_events = 200000;
+}
+
+/* ---- durations ----------------------------------------------------------- */
+
+int iqp_parse_duration(const char *text, int64_t *ms) {
+    static const struct {
+        const char *suffix;
+        int64_t ms;
+    } units[] = {{"ms", 1},          {"s", 1000},       {"m", 60000},
+                 {"h", HOUR_MS},     {"d", DAY_MS},     {"w", 7 * DAY_MS}};
+    if (!text || !*text) return -1;
+    char *end;
+    errno = 0;
+    long long n = strtoll(text, &end, 10);
+    if (errno || end == text || n < 0 || text[0] == '-' || text[0] == '+') return -1;
+    if (*end == '\0') { *ms = n; return 0; }
+    for (size_t i = 0; i < COUNT_OF(units); i++)
+        if (strcmp(end, units[i].suffix) == 0) {
+            if (n > INT64_MAX / units[i].ms) return -1;
+            *ms = n * units[i].ms;
+            return 0;
+        }
+    return -1;
+}
+
+/* ---- JSON loading -------------------------------------------------------- */
+
+#define FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); return -1; } while (0)
+
+static int valid_name(const char *s) {
+    size_t n = strlen(s);
+    if (n == 0 || n >= IQP_NAME_MAX) return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-' || c == '.'))
+            return 0;
+    }
+    return 1;
+}
+
+static int parse_actions(iqp_config *cfg, json_t *arr, const char *src, char *err, size_t errlen) {
+    if (!json_is_array(arr) || json_array_size(arr) == 0 || json_array_size(arr) > IQP_MAX_ACTIONS)
+        FAIL("%s: \"actions\" must be an array of 1..%d names", src, IQP_MAX_ACTIONS);
+    cfg->n_actions = 0;
+    size_t i;
+    json_t *v;
+    json_array_foreach(arr, i, v) {
+        const char *name = json_string_value(v);
+        if (!name || !valid_name(name))
+            FAIL("%s: actions[%zu] must be a name of 1..%d characters [A-Za-z0-9_.-]", src, i,
+                 IQP_NAME_MAX - 1);
+        if (iqp_config_action_index(cfg, name, strlen(name)) >= 0)
+            FAIL("%s: actions[%zu] \"%s\" is listed twice", src, i, name);
+        snprintf(cfg->actions[cfg->n_actions++], IQP_NAME_MAX, "%s", name);
+    }
+    return 0;
+}
+
+static int parse_dims(json_t *ctx, unsigned *dims) {
+    static const struct { const char *name; unsigned bit; } dim_names[] = {
+        {"query", IQP_DIM_QUERY}, {"country", IQP_DIM_COUNTRY}, {"gender", IQP_DIM_GENDER}};
+    *dims = 0;
+    if (!json_is_array(ctx) || json_array_size(ctx) == 0) return -1;
+    size_t i;
+    json_t *v;
+    json_array_foreach(ctx, i, v) {
+        const char *s = json_string_value(v);
+        unsigned bit = 0;
+        for (size_t k = 0; s && k < COUNT_OF(dim_names); k++)
+            if (strcmp(s, dim_names[k].name) == 0) bit = dim_names[k].bit;
+        if (!bit || (*dims & bit)) return -1;
+        *dims |= bit;
+    }
+    return 0;
+}
+
+static int parse_features(iqp_config *cfg, json_t *arr, const char *src, char *err, size_t errlen) {
+    if (!json_is_array(arr) || json_array_size(arr) == 0 || json_array_size(arr) > IQP_MAX_FEATURES)
+        FAIL("%s: \"features\" must be an array of 1..%d objects", src, IQP_MAX_FEATURES);
+    cfg->n_features = 0;
+    size_t i;
+    json_t *v;
+    json_array_foreach(arr, i, v) {
+        const char *name = json_string_value(json_object_get(v, "name"));
+        json_t *entity = json_object_get(v, "entity");
+        iqp_feature_spec *f = &cfg->features[cfg->n_features];
+        if (!name || !valid_name(name)) FAIL("%s: features[%zu].name is missing or invalid", src, i);
+        if (iqp_config_feature_index(cfg, name) >= 0)
+            FAIL("%s: features[%zu] \"%s\" is listed twice", src, i, name);
+        if (parse_dims(json_object_get(v, "context"), &f->dims) < 0)
+            FAIL("%s: features[%zu].context must be a non-empty array of distinct \"query\", "
+                 "\"country\", \"gender\"", src, i);
+        if (entity && !(json_is_string(entity) && strcmp(json_string_value(entity), "item") == 0))
+            FAIL("%s: features[%zu].entity must be \"item\" (the only entity supported)", src, i);
+        snprintf(f->name, IQP_NAME_MAX, "%s", name);
+        cfg->n_features++;
+    }
+    return 0;
+}
+
+/* A window length or granularity: a duration string or integer ms. */
+static int window_duration(json_t *v, int64_t *ms) {
+    if (json_is_integer(v) && json_integer_value(v) > 0) {
+        *ms = json_integer_value(v);
+        return 0;
+    }
+    if (json_is_string(v) && iqp_parse_duration(json_string_value(v), ms) == 0 && *ms > 0) return 0;
+    return -1;
+}
+
+static int parse_window(iqp_window_spec *w, json_t *v, size_t i, const char *src, char *err,
+                        size_t errlen) {
+    const char *name = json_string_value(json_object_get(v, "name"));
+    if (!name || !valid_name(name)) FAIL("%s: windows[%zu].name is missing or invalid", src, i);
+    if (window_duration(json_object_get(v, "length"), &w->length_ms) < 0)
+        FAIL("%s: windows[%zu].length must be a duration like \"7d\"", src, i);
+    if (window_duration(json_object_get(v, "granularity"), &w->gran_ms) < 0)
+        FAIL("%s: windows[%zu].granularity must be a duration like \"1h\"", src, i);
+    if (w->length_ms % w->gran_ms != 0)
+        FAIL("%s: windows[%zu] (\"%s\"): length is not a whole number of granularity buckets",
+             src, i, name);
+    w->n_buckets = w->length_ms / w->gran_ms;
+    if (w->n_buckets > 100000) FAIL("%s: windows[%zu] (\"%s\") has more than 100000 buckets", src, i, name);
+    snprintf(w->name, IQP_NAME_MAX, "%s", name);
+    return 0;
+}
+
+static int parse_windows(iqp_config *cfg, json_t *arr, const char *src, char *err, size_t errlen) {
+    if (!json_is_array(arr) || json_array_size(arr) == 0 || json_array_size(arr) > IQP_MAX_WINDOWS)
+        FAIL("%s: \"windows\" must be an array of 1..%d objects", src, IQP_MAX_WINDOWS);
+    cfg->n_windows = 0;
+    size_t i;
+    json_t *v;
+    json_array_foreach(arr, i, v) {
+        if (parse_window(&cfg->windows[i], v, i, src, err, errlen) < 0) return -1;
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(cfg->windows[j].name, cfg->windows[i].name) == 0)
+                FAIL("%s: windows[%zu] \"%s\" is listed twice", src, i, cfg->windows[i].name);
+        cfg->n_windows++;
+    }
+    size_t ngran = 0;
+    int64_t seen[IQP_MAX_WINDOWS];
+    for (i = 0; i < cfg->n_windows; i++) {
+        size_t j = 0;
+        while (j < ngran && seen[j] != cfg->windows[i].gran_ms) j++;
+        if (j == ngran) seen[ngran++] = cfg->windows[i].gran_ms;
+    }
+    if (ngran > IQP_MAX_GRANS) FAIL("%s: more than %d distinct granularities", src, IQP_MAX_GRANS);
+    derive_granularities(cfg);
+    return 0;
+}
+
+static int parse_size(json_t *obj, const char *key, size_t lo, size_t hi, size_t *out,
+                      const char *src, char *err, size_t errlen) {
+    json_t *v = json_object_get(obj, key);
+    if (!v) return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < (json_int_t)lo ||
+        (uint64_t)json_integer_value(v) > hi)
+        FAIL("%s: \"%s\" must be an integer in [%zu, %zu]", src, key, lo, hi);
+    *out = (size_t)json_integer_value(v);
+    return 0;
+}
+
+static int parse_limits(iqp_config *cfg, json_t *obj, const char *src, char *err, size_t errlen) {
+    if (!json_is_object(obj)) FAIL("%s: \"limits\" must be an object", src);
+    const char *key;
+    json_t *v;
+    json_object_foreach(obj, key, v) {
+        if (strcmp(key, "max_event_bytes") && strcmp(key, "max_items") && strcmp(key, "max_string_bytes"))
+            FAIL("%s: unknown key \"limits.%s\"", src, key);
+    }
+    if (parse_size(obj, "max_event_bytes", 64, 64u << 20, &cfg->limits.max_event_bytes, src, err, errlen) ||
+        parse_size(obj, "max_items", 1, 1000000, &cfg->limits.max_items, src, err, errlen) ||
+        parse_size(obj, "max_string_bytes", 16, 1u << 20, &cfg->limits.max_string_bytes, src, err, errlen))
+        return -1;
+    return 0;
+}
+
+static int parse_duration_key(json_t *root, const char *key, int64_t *out, const char *src,
+                              char *err, size_t errlen) {
+    json_t *v = json_object_get(root, key);
+    if (!v) return 0;
+    if (json_is_integer(v) && json_integer_value(v) >= 0) {
+        *out = json_integer_value(v);
+        return 0;
+    }
+    if (json_is_string(v) && iqp_parse_duration(json_string_value(v), out) == 0) return 0;
+    FAIL("%s: \"%s\" must be a duration like \"24h\" or a number of milliseconds", src, key);
+}
+
+static const char *known_keys[] = {"layout_version", "actions",       "features",           "windows",
+                                   "limits",        "dedup_horizon",      "max_future_skew_ms",
+                                   "flush_events",  "kafka",              "stream",
+                                   "redis",         "metrics"};
+
+static int parse_root(iqp_config *cfg, json_t *root, const char *src, char *err, size_t errlen) {
+    const char *key;
+    json_t *v;
+    json_object_foreach(root, key, v) {
+        size_t k = 0;
+        while (k < COUNT_OF(known_keys) && strcmp(key, known_keys[k])) k++;
+        if (k == COUNT_OF(known_keys)) FAIL("%s: unknown key \"%s\"", src, key);
+    }
+    if ((v = json_object_get(root, "actions")) && parse_actions(cfg, v, src, err, errlen)) return -1;
+    if ((v = json_object_get(root, "features")) && parse_features(cfg, v, src, err, errlen)) return -1;
+    if ((v = json_object_get(root, "windows")) && parse_windows(cfg, v, src, err, errlen)) return -1;
+    if ((v = json_object_get(root, "limits")) && parse_limits(cfg, v, src, err, errlen)) return -1;
+    if (parse_duration_key(root, "dedup_horizon", &cfg->dedup_horizon_ms, src, err, errlen) ||
+        parse_duration_key(root, "max_future_skew_ms", &cfg->max_future_skew_ms, src, err, errlen) ||
+        parse_size(root, "flush_events", 1, 100000000, &cfg->flush_events, src, err, errlen))
+        return -1;
+    return 0;
+}
+
+int iqp_config_parse(iqp_config *cfg, const char *text, const char *src, char *err, size_t errlen) {
+    json_error_t jerr;
+    json_t *root = json_loads(text, 0, &jerr);
+    if (!root) FAIL("%s:%d:%d: invalid JSON: %s", src, jerr.line, jerr.column, jerr.text);
+    if (!json_is_object(root)) {
+        json_decref(root);
+        FAIL("%s: the config must be a JSON object", src);
+    }
+    iqp_config tmp = *cfg;
+    int rc = parse_root(&tmp, root, src, err, errlen);
+    json_decref(root);
+    if (rc == 0) *cfg = tmp;
+    return rc;
+}
+
+int iqp_config_load(iqp_config *cfg, const char *path, char *err, size_t errlen) {
+    FILE *f = fopen(path, "rb");
+    if (!f) FAIL("cannot open config %s: %s", path, strerror(errno));
+    char *buf = NULL;
+    size_t cap = 0, len = 0, n;
+    char chunk[8192];
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
+        if (len + n + 1 > cap) {
+            cap = (len + n + 1) * 2;
+            char *nb = realloc(buf, cap);
+            if (!nb) { free(buf); fclose(f); FAIL("config %s: out of memory", path); }
+            buf = nb;
+        }
+        memcpy(buf + len, chunk, n);
+        len += n;
+    }
+    int rerr = ferror(f);
+    fclose(f);
+    if (rerr) { free(buf); FAIL("cannot read config %s", path); }
+    if (!buf) FAIL("config %s is empty", path);
+    buf[len] = '\0';
+    int rc = iqp_config_parse(cfg, buf, path, err, errlen);
+    free(buf);
+    return rc;
+}
+
+/* ---- lookups ------------------------------------------------------------- */
+
+int iqp_config_action_index(const iqp_config *cfg, const char *name, size_t len) {
+    for (size_t i = 0; i < cfg->n_actions; i++)
+        if (strlen(cfg->actions[i]) == len && memcmp(cfg->actions[i], name, len) == 0) return (int)i;
+    return -1;
+}
+
+int iqp_config_feature_index(const iqp_config *cfg, const char *name) {
+    for (size_t i = 0; i < cfg->n_features; i++)
+        if (strcmp(cfg->features[i].name, name) == 0) return (int)i;
+    return -1;
+}
+
+/* ---- layout fingerprint -------------------------------------------------- */
+
+static json_t *dims_json(unsigned dims) {
+    json_t *a = json_array();
+    if (dims & IQP_DIM_QUERY) json_array_append_new(a, json_string("query"));
+    if (dims & IQP_DIM_COUNTRY) json_array_append_new(a, json_string("country"));
+    if (dims & IQP_DIM_GENDER) json_array_append_new(a, json_string("gender"));
+    return a;
+}
+
+char *iqp_config_layout_json(const iqp_config *cfg) {
+    json_t *root = json_object(), *acts = json_array(), *feats = json_array(), *wins = json_array();
+    for (size_t i = 0; i < cfg->n_actions; i++) json_array_append_new(acts, json_string(cfg->actions[i]));
+    for (size_t i = 0; i < cfg->n_features; i++)
+        json_array_append_new(feats, json_pack("{s:s, s:o, s:s}", "name", cfg->features[i].name,
+                                               "context", dims_json(cfg->features[i].dims),
+                                               "entity", "item"));
+    for (size_t i = 0; i < cfg->n_windows; i++)
+        json_array_append_new(wins, json_pack("{s:s, s:I, s:I}", "name", cfg->windows[i].name,
+                                              "length", (json_int_t)cfg->windows[i].length_ms,
+                                              "granularity", (json_int_t)cfg->windows[i].gran_ms));
+    json_object_set_new(root, "layout_version", json_integer(1));
+    json_object_set_new(root, "actions", acts);
+    json_object_set_new(root, "features", feats);
+    json_object_set_new(root, "windows", wins);
+    char *s = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(root);
+    return s;
+}
+
+/* Appends "; <text>" (or "<text>" when msg is empty) to msg. */
+static void add_diff(char *msg, size_t msglen, const char *text) {
+    size_t n = strlen(msg);
+    if (n + 3 >= msglen) return;
+    snprintf(msg + n, msglen - n, "%s%s", n ? "; " : "", text);
+}
+
+/* Compares two JSON arrays of objects keyed by "name" (or of strings). */
+static void diff_named(const char *what, json_t *stored, json_t *now, char *msg, size_t msglen) {
+    char line[512];
+    char *s = json_dumps(stored, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *c = json_dumps(now, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if ((s == NULL) != (c == NULL) || (s && c && strcmp(s, c) != 0)) {
+        snprintf(line, sizeof line, "%s differ (store: %.200s; config: %.200s)", what, s ? s : "(none)",
+                 c ? c : "(none)");
+        add_diff(msg, msglen, line);
+    }
+    free(s);
+    free(c);
+}
+
+int iqp_config_layout_diff(const char *stored, const iqp_config *cfg, char *msg, size_t msglen) {
+    msg[0] = '\0';
+    json_t *old = json_loads(stored, 0, NULL);
+    if (!old) {
+        snprintf(msg, msglen, "the store's layout record is not valid JSON");
+        return -1;
+    }
+    char *now_text = iqp_config_layout_json(cfg);
+    json_t *now = json_loads(now_text, 0, NULL);
+    free(now_text);
+    static const char *sections[] = {"layout_version", "actions", "features", "windows"};
+    for (size_t i = 0; i < COUNT_OF(sections); i++)
+        diff_named(sections[i], json_object_get(old, sections[i]), json_object_get(now, sections[i]),
+                   msg, msglen);
+    json_decref(old);
+    json_decref(now);
+    return msg[0] ? 1 : 0;
+}

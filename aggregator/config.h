@@ -1,0 +1,113 @@
+/* config.h -- what is counted: actions, features, windows, limits.
+ *
+ * Owns: the in-memory description of the counting configuration, its
+ * defaults (DESIGN.md), loading it from a JSON file, and the canonical
+ * "layout" JSON whose fingerprint guards a store against being read or
+ * written with a different meaning of its counters.
+ *
+ * May not touch: events, the store, any I/O other than reading the config
+ * file it is given.
+ *
+ * Counter vectors: every (feature, context, entity, bucket) cell holds
+ * IQP_COUNTERS(cfg) signed 64-bit counters, in this order:
+ *   [0] impression   [1] engaged   [2 + i] action i (cfg->actions[i])
+ * Context cells hold one counter: context_count.
+ *
+ * The config file is JSON; every key is optional:
+ *   { "actions":  ["click", "save", ...],
+ *     "features": [ {"name": "qc_item", "context": ["query", "country"]}, ...],
+ *     "windows":  [ {"name": "1d", "length": "1d", "granularity": "1h"}, ...],
+ *     "limits":   {"max_event_bytes": 1048576, "max_items": 10000,
+ *                  "max_string_bytes": 4096},
+ *     "dedup_horizon": "24h", "max_future_skew_ms": 300000,
+ *     "flush_events": 200000 }
+ * Only actions, features and windows (the layout) are part of the store's
+ * fingerprint; limits and tuning may change between runs.
+ */
+#ifndef IQP_CONFIG_H
+#define IQP_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define IQP_MAX_ACTIONS 16
+#define IQP_MAX_FEATURES 32
+#define IQP_MAX_WINDOWS 16
+#define IQP_MAX_GRANS 8
+#define IQP_NAME_MAX 32
+#define IQP_COUNTERS(cfg) (2 + (cfg)->n_actions)
+#define IQP_MAX_COUNTERS (2 + IQP_MAX_ACTIONS)
+
+enum { IQP_COUNTER_IMPRESSION = 0, IQP_COUNTER_ENGAGED = 1, IQP_COUNTER_ACTION0 = 2 };
+
+/* Context dimensions a feature may be keyed by; a bit set, and the key
+ * always lists them in this order (query, country, gender). */
+enum { IQP_DIM_QUERY = 1u, IQP_DIM_COUNTRY = 2u, IQP_DIM_GENDER = 4u };
+
+typedef struct iqp_feature_spec {
+    char name[IQP_NAME_MAX];
+    unsigned dims;              /* IQP_DIM_* bits; entity is always the item */
+} iqp_feature_spec;
+
+typedef struct iqp_window_spec {
+    char name[IQP_NAME_MAX];
+    int64_t length_ms;
+    int64_t gran_ms;            /* bucket granularity; divides length_ms */
+    int gran_index;             /* index into iqp_config.gran_ms */
+    int64_t n_buckets;          /* length_ms / gran_ms */
+} iqp_window_spec;
+
+typedef struct iqp_limits {
+    size_t max_event_bytes;     /* one JSON line, default 1 MiB */
+    size_t max_items;           /* items in one impression, default 10000 */
+    size_t max_string_bytes;    /* any one string value, default 4 KiB */
+} iqp_limits;
+
+typedef struct iqp_config {
+    size_t n_actions;
+    char actions[IQP_MAX_ACTIONS][IQP_NAME_MAX];
+    size_t n_features;
+    iqp_feature_spec features[IQP_MAX_FEATURES];
+    size_t n_windows;
+    iqp_window_spec windows[IQP_MAX_WINDOWS];
+    /* Derived from windows: distinct granularities, ascending, and how many
+     * buckets of each the store keeps (the longest window using it). */
+    size_t n_grans;
+    int64_t gran_ms[IQP_MAX_GRANS];
+    int64_t gran_retention[IQP_MAX_GRANS];
+    iqp_limits limits;
+    int64_t dedup_horizon_ms;   /* event time a dedup marker is kept for */
+    int64_t max_future_skew_ms; /* events further ahead of the wall clock are rejected */
+    size_t flush_events;        /* events per store flush in backfill */
+} iqp_config;
+
+/* Fills cfg with DESIGN.md's defaults. */
+void iqp_config_defaults(iqp_config *cfg);
+
+/* Loads a JSON config file over the defaults. On error returns -1 and
+ * writes a message naming the file and the offending key into err. */
+int iqp_config_load(iqp_config *cfg, const char *path, char *err, size_t errlen);
+
+/* Same, from a JSON text already in memory (source names it in errors). */
+int iqp_config_parse(iqp_config *cfg, const char *json_text, const char *source,
+                     char *err, size_t errlen);
+
+/* Canonical layout JSON (actions, features, windows): malloc'd, caller frees. */
+char *iqp_config_layout_json(const iqp_config *cfg);
+
+/* Compares a stored layout JSON with cfg. Returns 0 when they agree; 1 when
+ * they differ, with a message saying what differs in msg; -1 when stored is
+ * unreadable. */
+int iqp_config_layout_diff(const char *stored, const iqp_config *cfg, char *msg,
+                           size_t msglen);
+
+/* Index of an action name, or -1. */
+int iqp_config_action_index(const iqp_config *cfg, const char *name, size_t len);
+
+/* Index of a feature name, or -1. */
+int iqp_config_feature_index(const iqp_config *cfg, const char *name);
+
+/* Parses "500ms", "30s", "15m", "1h", "7d", "2w" (or a bare number of ms). */
+int iqp_parse_duration(const char *text, int64_t *ms);
+
+#endif

@@ -1,0 +1,38 @@
+/* features.h -- reading feature values back: window sums and rates.
+ *
+ * Owns: turning stored bucket cells into what rankers see, for one
+ * feature, one context and a list of items: per window, context_count and
+ * every counter summed over the window's buckets, and the iqp_* rates.
+ * Every reader (iqp lookup now; the publisher, refresher and export later)
+ * goes through here so they agree to the bit.
+ *
+ * May not touch: writing; the store is only scanned.
+ */
+#ifndef IQP_FEATURES_H
+#define IQP_FEATURES_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "aggregator/cells.h"
+#include "store/store.h"
+
+typedef struct iqp_feature_row {
+    int64_t context_count;
+    int64_t counters[IQP_MAX_COUNTERS]; /* IQP_COUNTERS(cfg) used */
+} iqp_feature_row;
+
+/* Reads feature f for ctx as of as_of_ms: rows[i * n_windows + w] gets item
+ * i's values in window w. Returns 0, or -1 with err. */
+int iqp_features_read(iqp_store *st, size_t f, const iqp_context *ctx, const char *const *items,
+                      const size_t *item_lens, size_t n_items, int64_t as_of_ms,
+                      iqp_feature_row *rows, char *err, size_t errlen);
+
+/* count / context_count as a double; 0 when context_count is 0. */
+double iqp_features_rate(int64_t count, int64_t context_count);
+
+/* True when ctx carries every dimension feature f needs (has_country /
+ * has_gender say whether the caller supplied them). */
+int iqp_features_applicable(const iqp_feature_spec *f, int has_query, int has_country,
+                            int has_gender);
+
+#endif

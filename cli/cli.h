@@ -1,0 +1,42 @@
+/* cli.h -- the iqp command's subcommand table.
+ *
+ * Owns: the shape of a subcommand (name, one-line summary, entry point,
+ * usage text) and small helpers every subcommand shares (error printing,
+ * number parsing). Each subcommand lives in its own file cli/<name>.c and
+ * exports one iqp_cmd_<name>() entry point; cli/iqp.c lists them in a
+ * table and dispatches, the way git.c and Redis's command table do.
+ *
+ * Conventions for every subcommand: getopt_long with --help (prints usage to
+ * stdout, exits 0); a bad flag or value prints "iqp <cmd>: <what is wrong>"
+ * and the usage hint to stderr and exits 2; operational failures exit 1;
+ * success exits 0.
+ */
+#ifndef IQP_CLI_H
+#define IQP_CLI_H
+
+#include <stdint.h>
+
+typedef struct iqp_command {
+    const char *name;
+    const char *summary;
+    int (*run)(int argc, char **argv);
+} iqp_command;
+
+int iqp_cmd_backfill(int argc, char **argv);
+int iqp_cmd_lookup(int argc, char **argv);
+int iqp_cmd_gen(int argc, char **argv);
+
+/* Prints "iqp <cmd>: <message>\n" to stderr; returns 2 (usage error). */
+int iqp_cli_usage_error(const char *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Prints "iqp <cmd>: <message>\n" to stderr; returns 1 (operational error). */
+int iqp_cli_fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Strict integer parse of the whole string; 0 on success. */
+int iqp_cli_parse_i64(const char *s, int64_t *out);
+
+/* Current wall clock in ms since the epoch. */
+int64_t iqp_now_ms(void);
+
+#endif

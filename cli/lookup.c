@@ -1,0 +1,222 @@
+/* lookup.c -- `iqp lookup`: feature values for one query, one user context
+ * and a list of items, one JSON object per (feature, window, item).
+ *
+ * Inputs go through the same normalization as events, so "RED  Dress" finds
+ * "red dress". Features whose context needs a dimension that was not given
+ * are skipped. The store is opened read-only, so a lookup can run beside a
+ * writer; it reads the store's own layout unless --config is given, in
+ * which case the two must match.
+ */
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "aggregator/cells.h"
+#include "aggregator/config.h"
+#include "aggregator/features.h"
+#include "aggregator/normalize.h"
+#include "cli/cli.h"
+#include "store/store.h"
+
+static const char *CMD = "lookup";
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: iqp lookup --store DIR [--query Q] [--country CC] [--gender G]\n"
+            "                  [--as-of MS] [--feature NAME]... ITEM...\n"
+            "\n"
+            "Prints one JSON object per line per (feature, window, item) with the keys\n"
+            "feature, window, context, item, context_count, impression, engaged, one per\n"
+            "action, and iqp_impression, iqp_engaged, iqp_<action> (count / context_count).\n"
+            "\n"
+            "options:\n"
+            "  --store DIR      the store written by iqp backfill (opened read-only)\n"
+            "  --query Q        the raw query; normalized like events\n"
+            "  --country CC     ISO 3166-1 alpha-2; anything else reads as ZZ\n"
+            "  --gender G       female, male or unknown (f, m, ... accepted)\n"
+            "  --as-of MS       read windows as of this time, ms since the epoch (default: now)\n"
+            "  --feature NAME   only this feature (repeatable; default: all)\n"
+            "  --config FILE    check the store against this config\n"
+            "  --help           this text\n"
+            "\n"
+            "Features whose context needs a query, country or gender that was not given are\n"
+            "skipped. An unknown item prints zeros with the real context_count.\n");
+}
+
+typedef struct lookup_opts {
+    const char *store_dir, *config_path, *query, *country, *gender;
+    int64_t as_of;
+    int n_features;
+    const char *features[IQP_MAX_FEATURES];
+} lookup_opts;
+
+static int parse_opts(int argc, char **argv, lookup_opts *o) {
+    static const struct option longopts[] = {
+        {"store", required_argument, 0, 's'},   {"query", required_argument, 0, 'q'},
+        {"country", required_argument, 0, 'c'}, {"gender", required_argument, 0, 'g'},
+        {"as-of", required_argument, 0, 'a'},   {"feature", required_argument, 0, 'f'},
+        {"config", required_argument, 0, 'C'},  {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    int c;
+    memset(o, 0, sizeof *o);
+    o->as_of = iqp_now_ms();
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (c) {
+        case 's': o->store_dir = optarg; break;
+        case 'q': o->query = optarg; break;
+        case 'c': o->country = optarg; break;
+        case 'g': o->gender = optarg; break;
+        case 'C': o->config_path = optarg; break;
+        case 'a':
+            if (iqp_cli_parse_i64(optarg, &o->as_of) < 0 || o->as_of < 0)
+                return iqp_cli_usage_error(CMD, "--as-of must be ms since the epoch, not '%s'", optarg);
+            break;
+        case 'f':
+            if (o->n_features == IQP_MAX_FEATURES) return iqp_cli_usage_error(CMD, "too many --feature");
+            o->features[o->n_features++] = optarg;
+            break;
+        case 'h': usage(stdout); return -1;
+        default: return iqp_cli_usage_error(CMD, "unknown option");
+        }
+    }
+    if (!o->store_dir) return iqp_cli_usage_error(CMD, "--store DIR is required");
+    if (optind >= argc) return iqp_cli_usage_error(CMD, "no items given");
+    for (int i = optind; i < argc; i++) {
+        json_t *probe = json_string(argv[i]);
+        if (!probe) return iqp_cli_usage_error(CMD, "item '%s' is not valid UTF-8", argv[i]);
+        json_decref(probe);
+    }
+    return 0;
+}
+
+/* Builds the normalized context; 2 on a usage error. */
+static int build_context(const lookup_opts *o, iqp_context *ctx, char **query_buf) {
+    memset(ctx, 0, sizeof *ctx);
+    *query_buf = NULL;
+    if (o->query) {
+        size_t len;
+        if (iqp_normalize_query(o->query, strlen(o->query), query_buf, &len) < 0)
+            return iqp_cli_usage_error(CMD, "--query is not valid UTF-8");
+        ctx->query = *query_buf;
+        ctx->query_len = len;
+    }
+    iqp_normalize_country(o->country, o->country ? strlen(o->country) : 0, ctx->country);
+    if (o->country && strcmp(ctx->country, "ZZ") == 0 && strcasecmp(o->country, "ZZ") != 0)
+        fprintf(stderr, "iqp lookup: note: '%s' is not an ISO 3166-1 alpha-2 code; reading country ZZ\n",
+                o->country);
+    ctx->gender = iqp_normalize_gender(o->gender, o->gender ? strlen(o->gender) : 0);
+    return 0;
+}
+
+static json_t *context_json(const iqp_feature_spec *f, const iqp_context *ctx) {
+    json_t *c = json_object();
+    if (f->dims & IQP_DIM_QUERY) json_object_set_new(c, "query", json_stringn(ctx->query, ctx->query_len));
+    if (f->dims & IQP_DIM_COUNTRY) json_object_set_new(c, "country", json_string(ctx->country));
+    if (f->dims & IQP_DIM_GENDER) json_object_set_new(c, "gender", json_string(iqp_gender_name(ctx->gender)));
+    return c;
+}
+
+/* One output line. */
+static void print_row(const iqp_config *cfg, size_t f, size_t w, const iqp_context *ctx,
+                      const char *item, const iqp_feature_row *r) {
+    json_t *o = json_object();
+    int64_t cc = r->context_count;
+    json_object_set_new(o, "feature", json_string(cfg->features[f].name));
+    json_object_set_new(o, "window", json_string(cfg->windows[w].name));
+    json_object_set_new(o, "context", context_json(&cfg->features[f], ctx));
+    json_object_set_new(o, "item", json_string(item));
+    json_object_set_new(o, "context_count", json_integer(cc));
+    json_object_set_new(o, "impression", json_integer(r->counters[IQP_COUNTER_IMPRESSION]));
+    json_object_set_new(o, "engaged", json_integer(r->counters[IQP_COUNTER_ENGAGED]));
+    for (size_t a = 0; a < cfg->n_actions; a++)
+        json_object_set_new(o, cfg->actions[a], json_integer(r->counters[IQP_COUNTER_ACTION0 + a]));
+    json_object_set_new(o, "iqp_impression", json_real(iqp_features_rate(r->counters[IQP_COUNTER_IMPRESSION], cc)));
+    json_object_set_new(o, "iqp_engaged", json_real(iqp_features_rate(r->counters[IQP_COUNTER_ENGAGED], cc)));
+    for (size_t a = 0; a < cfg->n_actions; a++) {
+        char key[IQP_NAME_MAX + 8];
+        snprintf(key, sizeof key, "iqp_%s", cfg->actions[a]);
+        json_object_set_new(o, key, json_real(iqp_features_rate(r->counters[IQP_COUNTER_ACTION0 + a], cc)));
+    }
+    char *line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    puts(line);
+    free(line);
+    json_decref(o);
+}
+
+/* Which features to print: the --feature list (validated) or all. */
+static int select_features(const iqp_config *cfg, const lookup_opts *o, int *selected) {
+    for (size_t f = 0; f < cfg->n_features; f++) selected[f] = o->n_features == 0;
+    for (int i = 0; i < o->n_features; i++) {
+        int f = iqp_config_feature_index(cfg, o->features[i]);
+        if (f < 0) {
+            char known[IQP_MAX_FEATURES * (IQP_NAME_MAX + 2)] = "";
+            for (size_t k = 0; k < cfg->n_features; k++) {
+                strcat(known, k ? ", " : "");
+                strcat(known, cfg->features[k].name);
+            }
+            return iqp_cli_usage_error(CMD, "unknown feature '%s' (this store has: %s)", o->features[i], known);
+        }
+        selected[f] = 1;
+    }
+    return 0;
+}
+
+static int print_features(iqp_store *st, const lookup_opts *o, const iqp_context *ctx,
+                          char **items, size_t n_items) {
+    const iqp_config *cfg = iqp_store_config(st);
+    int selected[IQP_MAX_FEATURES];
+    int rc = select_features(cfg, o, selected);
+    if (rc) return rc;
+    size_t *lens = malloc(n_items * sizeof *lens);
+    iqp_feature_row *rows = malloc(n_items * cfg->n_windows * sizeof *rows);
+    if (!lens || !rows) abort();
+    for (size_t i = 0; i < n_items; i++) lens[i] = strlen(items[i]);
+    char err[512];
+    for (size_t f = 0; f < cfg->n_features && rc == 0; f++) {
+        if (!selected[f] || !iqp_features_applicable(&cfg->features[f], o->query != NULL,
+                                                     o->country != NULL, o->gender != NULL))
+            continue;
+        if (iqp_features_read(st, f, ctx, (const char *const *)items, lens, n_items, o->as_of, rows,
+                              err, sizeof err) < 0) {
+            rc = iqp_cli_fail(CMD, "%s", err);
+            break;
+        }
+        for (size_t w = 0; w < cfg->n_windows; w++)
+            for (size_t i = 0; i < n_items; i++)
+                print_row(cfg, f, w, ctx, items[i], &rows[i * cfg->n_windows + w]);
+    }
+    free(lens);
+    free(rows);
+    return rc;
+}
+
+int iqp_cmd_lookup(int argc, char **argv) {
+    lookup_opts o;
+    int rc = parse_opts(argc, argv, &o);
+    if (rc) return rc < 0 ? 0 : rc;
+    char err[1024], *query_buf;
+    iqp_context ctx;
+    if ((rc = build_context(&o, &ctx, &query_buf))) return rc;
+    iqp_config cfg, *cfgp = NULL;
+    if (o.config_path) {
+        iqp_config_defaults(&cfg);
+        if (iqp_config_load(&cfg, o.config_path, err, sizeof err) < 0) {
+            free(query_buf);
+            return iqp_cli_usage_error(CMD, "%s", err);
+        }
+        cfgp = &cfg;
+    }
+    iqp_store *st = iqp_store_open(o.store_dir, cfgp, IQP_STORE_READ_ONLY, err, sizeof err);
+    if (!st) {
+        free(query_buf);
+        return iqp_cli_fail(CMD, "%s", err);
+    }
+    rc = print_features(st, &o, &ctx, argv + optind, (size_t)(argc - optind));
+    iqp_store_close(st);
+    free(query_buf);
+    return rc;
+}

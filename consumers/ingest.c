@@ -1,0 +1,203 @@
+/* ingest.c -- the backfill loop (see ingest.h).
+ *
+ * Position record, meta key "src/file/<identity>", value JSON:
+ *   {"path": "<name when last seen>", "lines": N, "done": true|false}
+ * "lines" counts every line of the file that is fully handled (counted,
+ * duplicate, late, or dead-lettered). It is staged before every flush and
+ * once more, with done=true, for the final flush of the file.
+ */
+#include "consumers/ingest.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "aggregator/aggregator.h"
+#include "consumers/logfile.h"
+#include "schemas/event.h"
+
+struct iqp_ingest {
+    iqp_store *st;
+    const iqp_config *cfg;
+    iqp_aggregator *agg;
+    iqp_deadletter *dl;
+    int progress;
+    double started, last_progress;
+    iqp_ingest_stats stats;
+};
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int64_t wall_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+iqp_ingest *iqp_ingest_new(iqp_store *st, iqp_deadletter *dl, int progress) {
+    iqp_ingest *ing = calloc(1, sizeof *ing);
+    if (!ing) abort();
+    ing->st = st;
+    ing->cfg = iqp_store_config(st);
+    ing->agg = iqp_aggregator_new(st);
+    ing->dl = dl;
+    ing->progress = progress;
+    ing->started = ing->last_progress = now_seconds();
+    return ing;
+}
+
+void iqp_ingest_free(iqp_ingest *ing) {
+    if (!ing) return;
+    iqp_aggregator_free(ing->agg);
+    free(ing);
+}
+
+const iqp_ingest_stats *iqp_ingest_get_stats(const iqp_ingest *ing) { return &ing->stats; }
+
+const struct iqp_agg_stats *iqp_ingest_agg_stats(const iqp_ingest *ing) {
+    return iqp_aggregator_stats(ing->agg);
+}
+
+/* ---- positions ----------------------------------------------------------- */
+
+typedef struct file_position {
+    char meta_key[96];  /* "" for stdin: no position kept */
+    uint64_t lines;
+    int done;
+} file_position;
+
+static int load_position(iqp_ingest *ing, const char *path, file_position *pos, char *err,
+                         size_t errlen) {
+    char ident[64], *val = NULL;
+    size_t vlen = 0;
+    memset(pos, 0, sizeof *pos);
+    if (strcmp(path, "-") == 0) return 0;
+    if (iqp_logfile_identity(path, ident, sizeof ident, err, errlen) < 0) return -1;
+    snprintf(pos->meta_key, sizeof pos->meta_key, "src/file/%s", ident);
+    int rc = iqp_store_get_meta(ing->st, pos->meta_key, &val, &vlen);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot read the position of %s from the store", path);
+        return -1;
+    }
+    if (rc == 1) {
+        json_t *j = json_loadb(val, vlen, 0, NULL);
+        pos->lines = (uint64_t)json_integer_value(json_object_get(j, "lines"));
+        pos->done = json_is_true(json_object_get(j, "done"));
+        json_decref(j);
+    }
+    free(val);
+    return 0;
+}
+
+static void stage_position(iqp_ingest *ing, const file_position *pos, const char *path,
+                           uint64_t lines, int done) {
+    if (!pos->meta_key[0]) return;
+    json_t *j = json_pack("{s:s, s:I, s:b}", "path", path, "lines", (json_int_t)lines, "done", done);
+    char *text = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    iqp_aggregator_stage_meta(ing->agg, pos->meta_key, text, strlen(text));
+    free(text);
+    json_decref(j);
+}
+
+/* ---- progress ------------------------------------------------------------ */
+
+static void report_progress(iqp_ingest *ing, const char *path, uint64_t file_bytes, int final) {
+    double t = now_seconds();
+    if (!ing->progress || (!final && t - ing->last_progress < 0.5)) return;
+    ing->last_progress = t;
+    double secs = t - ing->started;
+    fprintf(stderr, "\r%s: %llu lines, %.0f lines/s, %.1f MB, %llu bad%s", path,
+            (unsigned long long)ing->stats.lines, secs > 0 ? ing->stats.lines / secs : 0.0,
+            (ing->stats.bytes_in + file_bytes) / 1e6, (unsigned long long)ing->stats.bad, final ? "\n" : "   ");
+    fflush(stderr);
+}
+
+/* ---- one line ------------------------------------------------------------ */
+
+static int dead_letter(iqp_ingest *ing, const char *code, const char *reason, const char *path,
+                       uint64_t line_no, const char *line, size_t len, uint64_t full_len,
+                       char *err, size_t errlen) {
+    ing->stats.bad++;
+    return iqp_deadletter_write(ing->dl, code, reason, path, line_no, line, len, full_len, err,
+                                errlen);
+}
+
+/* Decodes and counts one line; -1 only on an operational failure. */
+static int ingest_line(iqp_ingest *ing, const char *path, uint64_t line_no, const char *line,
+                       size_t len, int oversized, uint64_t full_len, char *err, size_t errlen) {
+    char reason[300];
+    iqp_decode_error derr;
+    iqp_event ev;
+    if (oversized) {
+        snprintf(reason, sizeof reason, "too_large: event is %llu bytes, limit %zu",
+                 (unsigned long long)full_len, ing->cfg->limits.max_event_bytes);
+        return dead_letter(ing, "too_large", reason, path, line_no, line, len, full_len, err, errlen);
+    }
+    if (iqp_event_decode(ing->cfg, line, len, &ev, &derr) < 0) {
+        iqp_decode_error_format(&derr, reason, sizeof reason);
+        return dead_letter(ing, iqp_decode_code_name(derr.code), reason, path, line_no, line, len,
+                           len, err, errlen);
+    }
+    iqp_agg_outcome out = iqp_aggregator_add(ing->agg, &ev, wall_ms(), err, errlen);
+    if (out == IQP_AGG_FUTURE)
+        snprintf(reason, sizeof reason, "future_event: ts: %lld is more than %lld ms ahead of the clock",
+                 (long long)ev.ts, (long long)ing->cfg->max_future_skew_ms);
+    iqp_event_clear(&ev);
+    switch (out) {
+    case IQP_AGG_COUNTED: ing->stats.counted++; return 0;
+    case IQP_AGG_DUPLICATE: ing->stats.duplicate++; return 0;
+    case IQP_AGG_LATE: ing->stats.late++; return 0;
+    case IQP_AGG_FUTURE:
+        ing->stats.future++;
+        return dead_letter(ing, "future_event", reason, path, line_no, line, len, len, err, errlen);
+    case IQP_AGG_ERROR: default: return -1;
+    }
+}
+
+/* ---- one file ------------------------------------------------------------ */
+
+static int flush_at(iqp_ingest *ing, const file_position *pos, const char *path, uint64_t lines,
+                    int done, char *err, size_t errlen) {
+    stage_position(ing, pos, path, lines, done);
+    return iqp_aggregator_flush(ing->agg, err, errlen);
+}
+
+int iqp_ingest_file(iqp_ingest *ing, const char *path, char *err, size_t errlen) {
+    file_position pos;
+    if (load_position(ing, path, &pos, err, errlen) < 0) return -1;
+    if (pos.done) {
+        ing->stats.files_skipped++;
+        fprintf(stderr, "iqp backfill: skipping %s: already ingested into this store\n", path);
+        return 0;
+    }
+    iqp_logfile *lf = iqp_logfile_open(path, ing->cfg->limits.max_event_bytes, err, errlen);
+    if (!lf) return -1;
+    const char *line;
+    size_t len;
+    int oversized, rc;
+    uint64_t full_len, line_no = 0;
+    while ((rc = iqp_logfile_next(lf, &line, &len, &oversized, &full_len, err, errlen)) == 1) {
+        line_no = iqp_logfile_line_no(lf);
+        if (line_no <= pos.lines) { ing->stats.lines_resumed++; continue; }
+        ing->stats.lines++;
+        if (ingest_line(ing, path, line_no, line, len, oversized, full_len, err, errlen) < 0) break;
+        if (iqp_aggregator_pending(ing->agg) >= ing->cfg->flush_events &&
+            flush_at(ing, &pos, path, line_no, 0, err, errlen) < 0)
+            break;
+        if ((ing->stats.lines & 4095) == 0) report_progress(ing, path, iqp_logfile_bytes_in(lf), 0);
+    }
+    if (rc == 0) rc = flush_at(ing, &pos, path, iqp_logfile_line_no(lf), 1, err, errlen);
+    ing->stats.bytes_in += iqp_logfile_bytes_in(lf);
+    iqp_logfile_close(lf);
+    if (rc < 0 || rc == 1) return -1;
+    ing->stats.files_done++;
+    report_progress(ing, path, 0, 1);
+    return 0;
+}

@@ -1,0 +1,99 @@
+/* store.h -- the RocksDB store: counters, context counts, dedup markers and
+ * meta, in one directory, written only in atomic batches.
+ *
+ * Owns: the column families (see below), their options, the merge operator
+ * and expiry compaction filters wiring, the layout check on open, the
+ * watermark, and every read and write of the database. Nothing else in iqp
+ * includes rocksdb/c.h except store/counters.c.
+ *
+ *   CF "counts"    count key   -> IQP_COUNTERS(cfg) counters (merge: sum)
+ *   CF "contexts"  context key -> 1 counter, context_count (merge: sum)
+ *   CF "dedup"     marker key  -> int64 LE ts the marker counted at
+ *   CF "meta"      "layout" -> canonical layout JSON; "watermark" -> int64
+ *                  LE; "src/<id>" -> source position (ingest, Kafka
+ *                  offsets): whatever a writer stages with its batch
+ *
+ * Exactly once: a batch carries counter merges, dedup markers, the new
+ * watermark and the source positions they came from, and commits as one
+ * RocksDB WriteBatch (WAL on, not fsynced per batch; a crash loses a
+ * suffix of whole batches, never part of one).
+ *
+ * Expiry: compaction filters drop count and context cells whose bucket is
+ * older than the retention of its granularity (cells.h, window.h), and
+ * dedup markers whose ts is more than dedup_horizon behind the watermark.
+ * Reads never depend on expiry having run.
+ *
+ * May not touch: event decoding, aggregation rules, Redis.
+ */
+#ifndef IQP_STORE_H
+#define IQP_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "aggregator/config.h"
+
+typedef struct iqp_store iqp_store;
+typedef struct iqp_store_batch iqp_store_batch;
+
+typedef enum { IQP_CF_COUNTS = 0, IQP_CF_CONTEXTS, IQP_CF_DEDUP, IQP_CF_META, IQP_CF__COUNT } iqp_cf;
+
+typedef enum {
+    IQP_STORE_READ_WRITE = 0, /* create when missing; write the layout on creation */
+    IQP_STORE_READ_ONLY = 1,  /* must exist; never writes; may run beside a writer */
+} iqp_store_mode;
+
+/* Opens dir. cfg is the running config; in read-write mode a new store
+ * records cfg's layout and an existing one must match it (else NULL and a
+ * message naming the differences). In read-only mode, when cfg is NULL the
+ * store's own layout is used (iqp_store_config tells it). */
+iqp_store *iqp_store_open(const char *dir, const iqp_config *cfg, iqp_store_mode mode, char *err,
+                          size_t errlen);
+void iqp_store_close(iqp_store *st);
+
+/* The layout and limits in force for this store. */
+const iqp_config *iqp_store_config(const iqp_store *st);
+
+/* Newest event time counted (INT64_MIN when empty). */
+int64_t iqp_store_watermark(const iqp_store *st);
+
+/* ---- writing --------------------------------------------------------------- */
+iqp_store_batch *iqp_store_batch_new(iqp_store *st);
+void iqp_store_batch_free(iqp_store_batch *b);
+void iqp_store_batch_merge(iqp_store_batch *b, iqp_cf cf, const void *key, size_t klen,
+                           const int64_t *vec, size_t n);
+void iqp_store_batch_put(iqp_store_batch *b, iqp_cf cf, const void *key, size_t klen,
+                         const void *val, size_t vlen);
+void iqp_store_batch_set_watermark(iqp_store_batch *b, int64_t watermark_ms);
+size_t iqp_store_batch_bytes(const iqp_store_batch *b);
+/* Commits atomically; on success the store's watermark advances. */
+int iqp_store_batch_commit(iqp_store *st, iqp_store_batch *b, char *err, size_t errlen);
+
+/* ---- reading ------------------------------------------------------------- */
+/* 1 found (value in *ts), 0 absent, -1 error. */
+int iqp_store_get_marker(iqp_store *st, const unsigned char *key, size_t klen, int64_t *ts);
+/* 1 found (*val malloc'd), 0 absent, -1 error. */
+int iqp_store_get_meta(iqp_store *st, const char *key, char **val, size_t *vlen);
+
+/* Calls fn for each key "prefix || gran_index || bucket" in cf with bucket
+ * in [first, last], ascending, with its counters decoded into vec (n wide).
+ * Returns 0, or -1 with err on an iterator error. */
+typedef void (*iqp_store_bucket_fn)(void *ud, int64_t bucket, const int64_t *vec, size_t n);
+int iqp_store_scan_buckets(iqp_store *st, iqp_cf cf, const unsigned char *prefix, size_t plen,
+                           int gran_index, int64_t first, int64_t last, size_t n,
+                           iqp_store_bucket_fn fn, void *ud, char *err, size_t errlen);
+
+/* Calls fn(key, value) for each meta key starting with prefix. */
+typedef void (*iqp_store_meta_fn)(void *ud, const char *key, size_t klen, const char *val,
+                                  size_t vlen);
+int iqp_store_scan_meta(iqp_store *st, const char *prefix, iqp_store_meta_fn fn, void *ud);
+
+/* ---- maintenance --------------------------------------------------------- */
+/* Flushes memtables and compacts every column family fully (runs the
+ * expiry filters over everything). */
+int iqp_store_compact(iqp_store *st, char *err, size_t errlen);
+/* Number of keys in cf (exact, by scanning; for tests and benchmarks). */
+uint64_t iqp_store_count_keys(iqp_store *st, iqp_cf cf);
+/* Bytes of SST and WAL files in the store directory. */
+uint64_t iqp_store_disk_bytes(iqp_store *st);
+
+#endif

@@ -1,0 +1,276 @@
+/* check_aggregator.c -- the counting rules, event by event, with expected
+ * values worked out by hand from the README's rules. */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aggregator/aggregator.h"
+#include "aggregator/cells.h"
+#include "aggregator/features.h"
+#include "schemas/event.h"
+#include "store/store.h"
+#include "tests/testutil.h"
+
+#define H 3600000LL
+#define D (24 * H)
+#define T0 (1700000000000LL - 1700000000000LL % D + 10 * H) /* 10:00 of some day */
+#define NOW (T0 + 3 * D)
+
+static char err[1024];
+static char *dir;
+static iqp_store *st;
+static iqp_aggregator *agg;
+
+static void open_with(const char *config_json) {
+    iqp_config cfg;
+    iqp_config_defaults(&cfg);
+    if (config_json) ck_assert_int_eq(iqp_config_parse(&cfg, config_json, "t", err, sizeof err), 0);
+    dir = tu_mkdtemp("agg");
+    st = iqp_store_open(dir, &cfg, IQP_STORE_READ_WRITE, err, sizeof err);
+    ck_assert_msg(st != NULL, "%s", err);
+    agg = iqp_aggregator_new(st);
+}
+
+static void setup(void) { open_with(NULL); }
+
+static void teardown(void) {
+    iqp_aggregator_free(agg);
+    iqp_store_close(st);
+    tu_rmrf(dir);
+    free(dir);
+}
+
+static iqp_agg_outcome add_at(const char *json, int64_t now) {
+    iqp_event ev;
+    iqp_decode_error derr;
+    int rc = iqp_event_decode(iqp_store_config(st), json, strlen(json), &ev, &derr);
+    ck_assert_msg(rc == 0, "decode failed: %s %s", derr.field, derr.detail);
+    iqp_agg_outcome out = iqp_aggregator_add(agg, &ev, now, err, sizeof err);
+    iqp_event_clear(&ev);
+    return out;
+}
+
+static iqp_agg_outcome add(const char *json) { return add_at(json, NOW); }
+
+static void flush(void) { ck_assert_msg(iqp_aggregator_flush(agg, err, sizeof err) == 0, "%s", err); }
+
+static char *impression(const char *id, int64_t ts, const char *req, const char *items) {
+    static char buf[1024];
+    snprintf(buf, sizeof buf,
+             "{\"schema\":\"impression.v1\",\"event_id\":\"%s\",\"ts\":%lld,\"request_id\":\"%s\","
+             "\"query\":\"Red  Dress \",\"user\":{\"country\":\"us\",\"gender\":\"F\"},\"items\":%s}",
+             id, (long long)ts, req, items);
+    return buf;
+}
+
+static char *action(const char *id, int64_t ts, const char *req, const char *item, const char *act) {
+    static char buf[1024];
+    snprintf(buf, sizeof buf,
+             "{\"schema\":\"action.v1\",\"event_id\":\"%s\",\"ts\":%lld,\"request_id\":\"%s\","
+             "\"query\":\"red dress\",\"user\":{\"country\":\"US\",\"gender\":\"female\"},"
+             "\"item\":\"%s\",\"action\":\"%s\"}",
+             id, (long long)ts, req, item, act);
+    return buf;
+}
+
+/* Reads feature f (by name) window w (by name) for one item. */
+static iqp_feature_row read_one(const char *feature, const char *window, const char *item,
+                                int64_t as_of) {
+    const iqp_config *cfg = iqp_store_config(st);
+    iqp_context ctx = {"red dress", 9, "US", IQP_GENDER_FEMALE};
+    iqp_feature_row rows[IQP_MAX_WINDOWS];
+    size_t len = strlen(item);
+    int f = iqp_config_feature_index(cfg, feature);
+    ck_assert_int_ge(f, 0);
+    ck_assert_int_eq(iqp_features_read(st, (size_t)f, &ctx, &item, &len, 1, as_of, rows, err, sizeof err), 0);
+    for (size_t w = 0; w < cfg->n_windows; w++)
+        if (strcmp(cfg->windows[w].name, window) == 0) return rows[w];
+    ck_abort_msg("no window %s", window);
+    return rows[0];
+}
+
+#define CLICK (IQP_COUNTER_ACTION0 + 0)
+#define SAVE (IQP_COUNTER_ACTION0 + 1)
+
+START_TEST(impression_counts_every_feature_once_per_item) {
+    ck_assert_int_eq(add(impression("e1", T0, "r1", "[\"a\", \"b\", {\"id\": \"a\", \"pos\": 3}]")), IQP_AGG_COUNTED);
+    ck_assert_int_eq(add(impression("e2", T0 + 1, "r2", "[\"b\"]")), IQP_AGG_COUNTED);
+    flush();
+    static const char *features[] = {"q_item", "qc_item", "qg_item", "c_item", "g_item"};
+    for (int f = 0; f < 5; f++) {
+        iqp_feature_row a = read_one(features[f], "1d", "a", T0);
+        iqp_feature_row b = read_one(features[f], "365d", "b", T0);
+        iqp_feature_row c = read_one(features[f], "7d", "c", T0);
+        ck_assert_int_eq(a.context_count, 2);
+        ck_assert_int_eq(a.counters[IQP_COUNTER_IMPRESSION], 1); /* listed twice, counted once */
+        ck_assert_int_eq(b.counters[IQP_COUNTER_IMPRESSION], 2);
+        ck_assert_int_eq(c.context_count, 2);                   /* unknown item: real context count */
+        ck_assert_int_eq(c.counters[IQP_COUNTER_IMPRESSION], 0);
+        ck_assert_int_eq(a.counters[IQP_COUNTER_ENGAGED], 0);
+    }
+    ck_assert_int_eq(iqp_features_rate(1, 2) == 0.5, 1);
+    ck_assert_int_eq(iqp_features_rate(5, 0) == 0.0, 1);
+}
+END_TEST
+
+START_TEST(redelivery_counts_once_within_and_across_batches) {
+    char first[1024];
+    snprintf(first, sizeof first, "%s", impression("e1", T0, "r1", "[\"a\"]"));
+    ck_assert_int_eq(add(first), IQP_AGG_COUNTED);
+    ck_assert_int_eq(add(first), IQP_AGG_DUPLICATE); /* same batch */
+    flush();
+    ck_assert_int_eq(add(first), IQP_AGG_DUPLICATE); /* marker now in the store */
+    flush();
+    ck_assert_int_eq(read_one("q_item", "1d", "a", T0).context_count, 1);
+    ck_assert_int_eq(iqp_aggregator_stats(agg)->duplicate, 2);
+}
+END_TEST
+
+START_TEST(actions_count_distinct_requests_and_engaged) {
+    ck_assert_int_eq(add(action("c1", T0 + 10, "r1", "a", "click")), IQP_AGG_COUNTED);
+    ck_assert_int_eq(add(action("c2", T0 + 20, "r1", "a", "click")), IQP_AGG_DUPLICATE); /* repeat */
+    ck_assert_int_eq(add(action("s1", T0 + 30, "r1", "a", "save")), IQP_AGG_COUNTED);
+    flush();
+    ck_assert_int_eq(add(action("c3", T0 + 40, "r1", "a", "click")), IQP_AGG_DUPLICATE);
+    ck_assert_int_eq(add(action("c4", T0 + 50, "r2", "a", "click")), IQP_AGG_COUNTED); /* other request */
+    flush();
+    iqp_feature_row r = read_one("qc_item", "1d", "a", T0 + 60);
+    ck_assert_int_eq(r.counters[CLICK], 2);
+    ck_assert_int_eq(r.counters[SAVE], 1);
+    ck_assert_int_eq(r.counters[IQP_COUNTER_ENGAGED], 2);
+    ck_assert_int_eq(r.context_count, 0); /* no impressions: rates stay 0 */
+}
+END_TEST
+
+START_TEST(earlier_repeat_moves_the_count) {
+    /* first seen two hours late, then the true (earlier) click arrives */
+    ck_assert_int_eq(add(action("c1", T0 + 2 * H, "r1", "a", "click")), IQP_AGG_COUNTED);
+    flush();
+    ck_assert_int_eq(read_one("q_item", "1d", "a", T0).counters[CLICK], 0);
+    ck_assert_int_eq(add(action("c2", T0, "r1", "a", "click")), IQP_AGG_COUNTED);
+    flush();
+    ck_assert_int_eq(read_one("q_item", "1d", "a", T0).counters[CLICK], 1);
+    ck_assert_int_eq(read_one("q_item", "1d", "a", T0).counters[IQP_COUNTER_ENGAGED], 1);
+    ck_assert_int_eq(read_one("q_item", "1d", "a", T0 + 2 * H).counters[CLICK], 1); /* not 2 */
+    ck_assert_int_eq(read_one("q_item", "1d", "a", T0 + 2 * H).counters[IQP_COUNTER_ENGAGED], 1);
+}
+END_TEST
+
+START_TEST(future_events_are_rejected) {
+    ck_assert_int_eq(add_at(impression("e1", NOW + 300001, "r1", "[\"a\"]"), NOW), IQP_AGG_FUTURE);
+    ck_assert_int_eq(add_at(impression("e2", NOW + 300000, "r2", "[\"a\"]"), NOW), IQP_AGG_COUNTED);
+    flush();
+    ck_assert_int_eq(read_one("q_item", "1d", "a", NOW + 300000).context_count, 1);
+}
+END_TEST
+
+START_TEST(window_edges) {
+    int64_t h = T0 / H;
+    ck_assert_int_eq(add(impression("e1", (h + 1) * H - 1, "r1", "[\"a\"]")), IQP_AGG_COUNTED); /* last ms of hour h */
+    ck_assert_int_eq(add(impression("e2", (h + 1) * H, "r2", "[\"a\"]")), IQP_AGG_COUNTED);     /* first ms of h+1 */
+    flush();
+    ck_assert_int_eq(read_one("q_item", "1d", "a", (h + 1) * H - 1).context_count, 1);
+    ck_assert_int_eq(read_one("q_item", "1d", "a", (h + 1) * H).context_count, 2);
+    /* 1d as of the last ms of hour h+23 still holds hour h (its oldest bucket) */
+    ck_assert_int_eq(read_one("q_item", "1d", "a", (h + 24) * H - 1).context_count, 2);
+    /* one ms later hour h has left the window */
+    ck_assert_int_eq(read_one("q_item", "1d", "a", (h + 24) * H).context_count, 1);
+    ck_assert_int_eq(read_one("q_item", "7d", "a", (h + 24) * H).context_count, 2);
+}
+END_TEST
+
+START_TEST(old_events_partially_or_wholly_late) {
+    ck_assert_int_eq(add(impression("e1", T0 + 2 * D, "r1", "[\"a\"]")), IQP_AGG_COUNTED);
+    /* two days behind: outside the hourly retention, inside the daily one */
+    ck_assert_int_eq(add(impression("e2", T0, "r2", "[\"a\"]")), IQP_AGG_COUNTED);
+    flush();
+    ck_assert_int_eq(read_one("q_item", "7d", "a", T0 + 2 * D).context_count, 2);
+    ck_assert_int_eq(read_one("q_item", "1d", "a", T0).context_count, 0); /* hourly cell not written */
+    /* 400 days behind: late for every granularity */
+    ck_assert_int_eq(add(impression("e3", T0 + 2 * D - 400 * D, "r3", "[\"a\"]")), IQP_AGG_LATE);
+    ck_assert_int_eq(iqp_aggregator_stats(agg)->late, 1);
+}
+END_TEST
+
+/* The same events give the same store whatever the flush size. */
+START_TEST(flush_size_does_not_change_results) {
+    char *dir2 = tu_mkdtemp("agg2");
+    iqp_config cfg = *iqp_store_config(st);
+    iqp_store *st2 = iqp_store_open(dir2, &cfg, IQP_STORE_READ_WRITE, err, sizeof err);
+    ck_assert_ptr_nonnull(st2);
+    iqp_aggregator *agg2 = iqp_aggregator_new(st2);
+    for (int i = 0; i < 300; i++) {
+        char id[32], req[32], items[64], item[8];
+        snprintf(id, sizeof id, "e%d", i % 250); /* some redeliveries */
+        snprintf(req, sizeof req, "r%d", i % 97);
+        snprintf(item, sizeof item, "i%d", i % 5);
+        snprintf(items, sizeof items, "[\"i%d\", \"i%d\"]", i % 5, (i * 7) % 5);
+        const char *json = (i % 3) ? impression(id, T0 + (i * 7919) % (30 * H), req, items)
+                                   : action(id, T0 + (i * 104729) % (30 * H), req, item, (i % 2) ? "click" : "save");
+        char copy[1024];
+        snprintf(copy, sizeof copy, "%s", json);
+        iqp_event ev;
+        iqp_decode_error derr;
+        ck_assert_int_eq(iqp_event_decode(&cfg, copy, strlen(copy), &ev, &derr), 0);
+        iqp_agg_outcome o1 = iqp_aggregator_add(agg, &ev, NOW, err, sizeof err);
+        iqp_agg_outcome o2 = iqp_aggregator_add(agg2, &ev, NOW, err, sizeof err);
+        ck_assert_int_eq(o1, o2);
+        iqp_event_clear(&ev);
+        flush(); /* store 1: one batch per event; store 2: one batch in all */
+    }
+    ck_assert_int_eq(iqp_aggregator_flush(agg2, err, sizeof err), 0);
+    for (int64_t as_of = T0; as_of <= T0 + 30 * H; as_of += 5 * H)
+        for (size_t f = 0; f < cfg.n_features; f++)
+            for (int i = 0; i < 5; i++) {
+                char item[8];
+                const char *ip = item;
+                size_t len;
+                iqp_feature_row r1[IQP_MAX_WINDOWS], r2[IQP_MAX_WINDOWS];
+                iqp_context ctx = {"red dress", 9, "US", IQP_GENDER_FEMALE};
+                snprintf(item, sizeof item, "i%d", i);
+                len = strlen(item);
+                ck_assert_int_eq(iqp_features_read(st, f, &ctx, &ip, &len, 1, as_of, r1, err, sizeof err), 0);
+                ck_assert_int_eq(iqp_features_read(st2, f, &ctx, &ip, &len, 1, as_of, r2, err, sizeof err), 0);
+                ck_assert_int_eq(memcmp(r1, r2, cfg.n_windows * sizeof r1[0]), 0);
+            }
+    ck_assert_int_gt(read_one("q_item", "7d", "i0", T0 + 30 * H).context_count, 150);
+    iqp_aggregator_free(agg2);
+    iqp_store_close(st2);
+    tu_rmrf(dir2);
+    free(dir2);
+}
+END_TEST
+
+START_TEST(retention_follows_the_config) {
+    teardown();
+    open_with("{\"windows\": [{\"name\": \"3h\", \"length\": \"3h\", \"granularity\": \"1h\"}]}");
+    ck_assert_int_eq(add(impression("e1", T0 + 10 * H, "r1", "[\"a\"]")), IQP_AGG_COUNTED);
+    ck_assert_int_eq(add(impression("e2", T0 + 8 * H, "r2", "[\"a\"]")), IQP_AGG_COUNTED); /* oldest kept bucket */
+    ck_assert_int_eq(add(impression("e3", T0 + 8 * H - 1, "r3", "[\"a\"]")), IQP_AGG_LATE);
+    flush();
+    ck_assert_int_eq(read_one("q_item", "3h", "a", T0 + 10 * H).context_count, 2);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("aggregator");
+    TCase *tc = tcase_create("rules");
+    tcase_set_timeout(tc, 60);
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_add_test(tc, impression_counts_every_feature_once_per_item);
+    tcase_add_test(tc, redelivery_counts_once_within_and_across_batches);
+    tcase_add_test(tc, actions_count_distinct_requests_and_engaged);
+    tcase_add_test(tc, earlier_repeat_moves_the_count);
+    tcase_add_test(tc, future_events_are_rejected);
+    tcase_add_test(tc, window_edges);
+    tcase_add_test(tc, old_events_partially_or_wholly_late);
+    tcase_add_test(tc, flush_size_does_not_change_results);
+    tcase_add_test(tc, retention_follows_the_config);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

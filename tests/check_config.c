@@ -1,0 +1,154 @@
+/* check_config.c -- defaults, loading, errors and the layout fingerprint. */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aggregator/config.h"
+
+static char err[1024];
+
+START_TEST(defaults) {
+    iqp_config c;
+    iqp_config_defaults(&c);
+    ck_assert_int_eq(c.n_actions, 6);
+    ck_assert_str_eq(c.actions[0], "click");
+    ck_assert_str_eq(c.actions[5], "screenshot");
+    ck_assert_int_eq(c.n_features, 5);
+    ck_assert_str_eq(c.features[1].name, "qc_item");
+    ck_assert_uint_eq(c.features[1].dims, IQP_DIM_QUERY | IQP_DIM_COUNTRY);
+    ck_assert_uint_eq(c.features[4].dims, IQP_DIM_GENDER);
+    ck_assert_int_eq(c.n_windows, 4);
+    ck_assert_str_eq(c.windows[2].name, "90d");
+    ck_assert_int_eq(c.windows[2].n_buckets, 90);
+    ck_assert_int_eq(c.limits.max_event_bytes, 1048576);
+    ck_assert_int_eq(c.limits.max_items, 10000);
+    ck_assert_int_eq(c.limits.max_string_bytes, 4096);
+    ck_assert_int_eq(c.dedup_horizon_ms, 86400000);
+}
+END_TEST
+
+START_TEST(durations) {
+    int64_t ms;
+    ck_assert_int_eq(iqp_parse_duration("500ms", &ms), 0); ck_assert_int_eq(ms, 500);
+    ck_assert_int_eq(iqp_parse_duration("30s", &ms), 0);   ck_assert_int_eq(ms, 30000);
+    ck_assert_int_eq(iqp_parse_duration("15m", &ms), 0);   ck_assert_int_eq(ms, 900000);
+    ck_assert_int_eq(iqp_parse_duration("2h", &ms), 0);    ck_assert_int_eq(ms, 7200000);
+    ck_assert_int_eq(iqp_parse_duration("7d", &ms), 0);    ck_assert_int_eq(ms, 604800000);
+    ck_assert_int_eq(iqp_parse_duration("1w", &ms), 0);    ck_assert_int_eq(ms, 604800000);
+    ck_assert_int_eq(iqp_parse_duration("42", &ms), 0);    ck_assert_int_eq(ms, 42);
+    ck_assert_int_eq(iqp_parse_duration("", &ms), -1);
+    ck_assert_int_eq(iqp_parse_duration("-1h", &ms), -1);
+    ck_assert_int_eq(iqp_parse_duration("3x", &ms), -1);
+    ck_assert_int_eq(iqp_parse_duration("h", &ms), -1);
+}
+END_TEST
+
+START_TEST(override_sections) {
+    iqp_config c;
+    iqp_config_defaults(&c);
+    const char *text =
+        "{\"actions\": [\"click\", \"buy\"],"
+        " \"features\": [{\"name\": \"qc\", \"context\": [\"country\", \"query\"]}],"
+        " \"windows\": [{\"name\": \"6h\", \"length\": \"6h\", \"granularity\": \"1h\"},"
+        "               {\"name\": \"2d\", \"length\": \"2d\", \"granularity\": \"1d\"},"
+        "               {\"name\": \"3h\", \"length\": \"3h\", \"granularity\": \"1h\"}],"
+        " \"limits\": {\"max_items\": 50}, \"dedup_horizon\": \"2h\"}";
+    ck_assert_msg(iqp_config_parse(&c, text, "t.json", err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(c.n_actions, 2);
+    ck_assert_int_eq(iqp_config_action_index(&c, "buy", 3), 1);
+    ck_assert_int_eq(iqp_config_action_index(&c, "save", 4), -1);
+    ck_assert_int_eq(c.n_features, 1);
+    ck_assert_uint_eq(c.features[0].dims, IQP_DIM_QUERY | IQP_DIM_COUNTRY);
+    ck_assert_int_eq(c.n_grans, 2);
+    ck_assert_int_eq(c.gran_retention[0], 6); /* longest hourly window */
+    ck_assert_int_eq(c.gran_retention[1], 2);
+    ck_assert_int_eq(c.windows[2].gran_index, 0);
+    ck_assert_int_eq(c.limits.max_items, 50);
+    ck_assert_int_eq(c.limits.max_event_bytes, 1048576); /* untouched */
+    ck_assert_int_eq(c.dedup_horizon_ms, 7200000);
+}
+END_TEST
+
+/* Each bad config fails and the message names the problem. */
+START_TEST(errors_name_the_problem) {
+    static const struct { const char *text, *expect; } cases[] = {
+        {"{\"actions\": [\"click\",", "t.json:1:"},
+        {"[1]", "must be a JSON object"},
+        {"{\"windws\": []}", "unknown key \"windws\""},
+        {"{\"actions\": [\"click\", \"click\"]}", "listed twice"},
+        {"{\"actions\": []}", "\"actions\""},
+        {"{\"features\": [{\"name\": \"x\", \"context\": [\"city\"]}]}", "features[0].context"},
+        {"{\"features\": [{\"name\": \"x\", \"context\": [\"query\"], \"entity\": \"user\"}]}", "features[0].entity"},
+        {"{\"windows\": [{\"name\": \"w\", \"length\": \"90m\", \"granularity\": \"1h\"}]}", "whole number"},
+        {"{\"windows\": [{\"name\": \"w\", \"length\": \"soon\", \"granularity\": \"1h\"}]}", "windows[0].length"},
+        {"{\"limits\": {\"max_items\": 0}}", "max_items"},
+        {"{\"limits\": {\"max_itemz\": 3}}", "limits.max_itemz"},
+        {"{\"dedup_horizon\": \"forever\"}", "dedup_horizon"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        iqp_config c;
+        iqp_config_defaults(&c);
+        err[0] = 0;
+        ck_assert_int_eq(iqp_config_parse(&c, cases[i].text, "t.json", err, sizeof err), -1);
+        ck_assert_msg(strstr(err, cases[i].expect) != NULL, "case %zu: '%s' lacks '%s'", i, err,
+                      cases[i].expect);
+        ck_assert_int_eq(c.n_actions, 6); /* a failed parse leaves the config as it was */
+    }
+}
+END_TEST
+
+START_TEST(missing_file) {
+    iqp_config c;
+    iqp_config_defaults(&c);
+    ck_assert_int_eq(iqp_config_load(&c, "/nonexistent/iqp.json", err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "/nonexistent/iqp.json"));
+}
+END_TEST
+
+START_TEST(layout_fingerprint) {
+    iqp_config a, b;
+    char msg[1024];
+    iqp_config_defaults(&a);
+    iqp_config_defaults(&b);
+    char *la = iqp_config_layout_json(&a);
+    ck_assert_int_eq(iqp_config_layout_diff(la, &b, msg, sizeof msg), 0);
+    /* limits and tuning are not part of the layout */
+    b.limits.max_items = 5;
+    b.dedup_horizon_ms = 1;
+    ck_assert_int_eq(iqp_config_layout_diff(la, &b, msg, sizeof msg), 0);
+    /* a different window is */
+    ck_assert_int_eq(iqp_config_parse(&b, "{\"windows\": [{\"name\": \"1d\", \"length\": \"1d\", "
+                                          "\"granularity\": \"1h\"}]}", "t", err, sizeof err), 0);
+    ck_assert_int_eq(iqp_config_layout_diff(la, &b, msg, sizeof msg), 1);
+    ck_assert_ptr_nonnull(strstr(msg, "windows differ"));
+    ck_assert_ptr_null(strstr(msg, "actions differ"));
+    /* the layout JSON is itself a loadable config that reproduces the layout */
+    iqp_config c;
+    iqp_config_defaults(&c);
+    char *lb = iqp_config_layout_json(&b);
+    ck_assert_msg(iqp_config_parse(&c, lb, "layout", err, sizeof err) == 0, "%s", err);
+    ck_assert_int_eq(c.n_windows, 1);
+    ck_assert_int_eq(c.windows[0].n_buckets, 24);
+    ck_assert_int_eq(iqp_config_layout_diff(lb, &c, msg, sizeof msg), 0);
+    ck_assert_int_eq(iqp_config_layout_diff("not json", &c, msg, sizeof msg), -1);
+    free(la);
+    free(lb);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("config");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, defaults);
+    tcase_add_test(tc, durations);
+    tcase_add_test(tc, override_sections);
+    tcase_add_test(tc, errors_name_the_problem);
+    tcase_add_test(tc, missing_file);
+    tcase_add_test(tc, layout_fingerprint);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

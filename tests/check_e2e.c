@@ -1,0 +1,723 @@
+/* check_e2e.c -- end to end: iqp gen -> iqp backfill -> iqp lookup, checked
+ * value by value against an independent brute-force count (tests/oracle.c).
+ *
+ * Design
+ * ------
+ * An unchecked fixture (run once, in the parent process) generates two logs
+ * for consecutive 36 h spans with different seeds, the second one also as
+ * .zst (gen is deterministic, so the plain twin holds the same bytes),
+ * backfills the plain first file and the .zst second file into a store,
+ * feeds the plain twins to the oracle in the same order, and picks the
+ * lookup contexts. It records a failure in setup_error instead of asserting,
+ * so that every test reports it.
+ *
+ * The tests, in the order they run:
+ *   gen_deterministic   same flags give identical bytes; the logs hold
+ *                       malformed lines, redeliveries and repeated actions.
+ *   lookup_vs_oracle    every value of ~150 contexts x 3 as-of times
+ *                       (the watermark, the next hour, the next day) equals
+ *                       the oracle's; outputs are saved for later tests.
+ *   deadletter          one record per line the oracle rejects, at the same
+ *                       (source, line), each with a non-empty reason.
+ *   feature_filter      --feature, and skipping features whose context
+ *                       needs a country or gender that was not given.
+ *   stdin_input         gen | backfill - gives byte-identical lookups.
+ *   backfill_again      a second backfill of the same files changes no
+ *                       lookup output, byte for byte.
+ *
+ * Every command goes through /bin/sh, so each argument is single-quoted.
+ */
+#include <check.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "tests/oracle.h"
+#include "tests/testutil.h"
+
+#define HOUR_MS 3600000LL
+#define DAY_MS 86400000LL
+
+#ifndef IMPRESSIONS
+#define IMPRESSIONS 15000
+#endif
+#define SEED1 20250101
+#define SEED2 20250102
+#define START_MS 1717996834567LL            /* 2024-06-10, not on a bucket edge */
+#define SPAN_MS (36 * HOUR_MS)
+#define GEN_FLAGS "--span 36h --disorder 2m"
+
+#define N_AS_OF 3
+#define MAX_CONTEXTS 160
+#define TOP_QUERIES 12
+#define MAX_CALL_ITEMS 400                  /* items per lookup call, cap */
+#define N_KEYS (4 + 2 * ORACLE_N_COUNTERS + 1)
+
+static const char *const counter_names[ORACLE_N_COUNTERS] = {
+    "impression", "engaged", "click", "save", "closeup", "long_click", "download",
+    "screenshot"};
+
+/* One lookup context: normalized values, and the spellings passed to iqp. */
+typedef struct context {
+    char *query, *query_arg;
+    const char *country, *country_arg;  /* NULL: not given */
+    char *own;                          /* country_arg when malloc'd */
+    const char *gender, *gender_arg;    /* NULL: not given */
+    const char **items;                 /* known items, then unknown ones */
+    size_t n_items;
+} context;
+
+static char *setup_error;
+static char *tmp, *store, *plain1, *plain2, *zst2, *deadletter;
+static oracle *orc;
+static int64_t as_of[N_AS_OF];
+static context contexts[MAX_CONTEXTS];
+static size_t n_contexts;
+
+/* ------------------------------------------------------------------------ */
+/* Small helpers.                                                           */
+/* ------------------------------------------------------------------------ */
+
+static char *fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
+static char *fmt(const char *f, ...) {
+    va_list ap;
+    char *s;
+    va_start(ap, f);
+    if (vasprintf(&s, f, ap) < 0) abort();
+    va_end(ap);
+    return s;
+}
+
+/* Appends s to the stream, single-quoted for /bin/sh. */
+static void put_arg(FILE *cmd, const char *s) {
+    fputs(" '", cmd);
+    for (; *s; s++) {
+        if (*s == '\'') fputs("'\\''", cmd);
+        else fputc(*s, cmd);
+    }
+    fputc('\'', cmd);
+}
+
+static int64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t floor_to(int64_t t, int64_t g) { return t / g * g; }
+
+static int run_ok(const char *cmd) {
+    int rc = tu_run(cmd, NULL);
+    if (rc != 0) fprintf(stderr, "e2e: exit %d: %s\n", rc, cmd);
+    return rc == 0;
+}
+
+static int same_file(const char *a, const char *b) {
+    size_t la, lb;
+    char *x = tu_read_file(a, &la), *y = tu_read_file(b, &lb);
+    int same = x && y && la == lb && memcmp(x, y, la) == 0;
+    free(x);
+    free(y);
+    return same;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Running iqp.                                                             */
+/* ------------------------------------------------------------------------ */
+
+static char *gen_cmd(int seed, int64_t start, const char *out) {
+    char *s = fmt("%s gen --seed %d --impressions %d --start %" PRId64 " " GEN_FLAGS, tu_iqp(),
+                  seed, IMPRESSIONS, start);
+    if (!out) return s;
+    char *t = fmt("%s --out '%s'", s, out);
+    free(s);
+    return t;
+}
+
+static int gen(int seed, int64_t start, const char *out) {
+    char *cmd = gen_cmd(seed, start, out);
+    int ok = run_ok(cmd);
+    free(cmd);
+    return ok;
+}
+
+static int backfill(const char *dir, const char *dl) {
+    char *cmd = fmt("%s backfill --store '%s'%s%s%s '%s' '%s'", tu_iqp(), dir,
+                    dl ? " --dead-letter '" : "", dl ? dl : "", dl ? "'" : "", plain1, zst2);
+    int ok = run_ok(cmd);
+    free(cmd);
+    return ok;
+}
+
+/* Flags of a lookup; features: NULL-terminated --feature list, or NULL. */
+typedef struct lookup_req {
+    const char *dir;
+    const context *ctx;
+    int64_t as_of;
+    const char *const *features;
+} lookup_req;
+
+static char *lookup_cmd(const lookup_req *r) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *cmd = open_memstream(&buf, &len);
+    int dash = 0;
+
+    fprintf(cmd, "%s lookup --store", tu_iqp());
+    put_arg(cmd, r->dir);
+    fputs(" --query", cmd);
+    put_arg(cmd, r->ctx->query_arg);
+    if (r->ctx->country_arg) { fputs(" --country", cmd); put_arg(cmd, r->ctx->country_arg); }
+    if (r->ctx->gender_arg) { fputs(" --gender", cmd); put_arg(cmd, r->ctx->gender_arg); }
+    fprintf(cmd, " --as-of %" PRId64, r->as_of);
+    for (size_t i = 0; r->features && r->features[i]; i++) {
+        fputs(" --feature", cmd);
+        put_arg(cmd, r->features[i]);
+    }
+    for (size_t i = 0; i < r->ctx->n_items; i++) dash |= r->ctx->items[i][0] == '-';
+    if (dash) fputs(" --", cmd);
+    for (size_t i = 0; i < r->ctx->n_items; i++) put_arg(cmd, r->ctx->items[i]);
+    fclose(cmd);
+    return buf;
+}
+
+/* Runs a lookup; returns its output (malloc'd) or NULL when it failed. */
+static char *lookup(const lookup_req *r) {
+    char *cmd = lookup_cmd(r), *out = NULL;
+    int rc = tu_run(cmd, &out);
+    if (rc != 0) {
+        fprintf(stderr, "e2e: lookup exit %d: %.300s\n", rc, cmd);
+        free(out);
+        out = NULL;
+    }
+    free(cmd);
+    return out;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Comparing one lookup output with the oracle.                             */
+/* ------------------------------------------------------------------------ */
+
+typedef struct tally {
+    uint64_t lines, values, mismatches;
+} tally;
+
+static void mismatch(tally *t, const lookup_req *r, size_t line, const char *what, ...)
+    __attribute__((format(printf, 4, 5)));
+static void mismatch(tally *t, const lookup_req *r, size_t line, const char *what, ...) {
+    va_list ap;
+    if (t->mismatches++ >= 20) return;
+    fprintf(stderr, "e2e: MISMATCH query='%s' country=%s gender=%s as_of=%" PRId64
+                    " line %zu: ",
+            r->ctx->query, r->ctx->country ? r->ctx->country : "-",
+            r->ctx->gender ? r->ctx->gender : "-", r->as_of, line);
+    va_start(ap, what);
+    vfprintf(stderr, what, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+static int feature_wanted(const lookup_req *r, int f) {
+    if (!r->features) return 1;
+    for (size_t i = 0; r->features[i]; i++)
+        if (strcmp(r->features[i], oracle_feature_names[f]) == 0) return 1;
+    return 0;
+}
+
+static const char *dim_value(const context *c, const char *dim) {
+    if (strcmp(dim, "query") == 0) return c->query;
+    return strcmp(dim, "country") == 0 ? c->country : c->gender;
+}
+
+static void check_context(tally *t, const lookup_req *r, size_t ln, json_t *ctx, int f) {
+    static const char *const dims[3] = {"query", "country", "gender"};
+    size_t want = 0;
+    if (!json_is_object(ctx)) { mismatch(t, r, ln, "context is not an object"); return; }
+    for (int d = 0; d < 3; d++) {
+        json_t *v = json_object_get(ctx, dims[d]);
+        if (!(oracle_feature_dims[f] & (1u << d))) {
+            if (v) mismatch(t, r, ln, "context has %s", dims[d]);
+            continue;
+        }
+        want++;
+        t->values++;
+        if (!json_is_string(v) || strcmp(json_string_value(v), dim_value(r->ctx, dims[d])))
+            mismatch(t, r, ln, "context.%s is not '%s'", dims[d], dim_value(r->ctx, dims[d]));
+    }
+    if (json_object_size(ctx) != want) mismatch(t, r, ln, "context has extra keys");
+}
+
+static void check_int(tally *t, const lookup_req *r, size_t ln, json_t *obj, const char *key,
+                      int64_t want) {
+    json_t *v = json_object_get(obj, key);
+    t->values++;
+    if (!json_is_integer(v)) mismatch(t, r, ln, "%s is not an integer", key);
+    else if (json_integer_value(v) != want)
+        mismatch(t, r, ln, "%s = %" JSON_INTEGER_FORMAT ", oracle %" PRId64, key,
+                 json_integer_value(v), want);
+}
+
+static void check_rate(tally *t, const lookup_req *r, size_t ln, json_t *obj, const char *key,
+                       int64_t count, int64_t context_count) {
+    json_t *v = json_object_get(obj, key);
+    double want = context_count ? (double)count / (double)context_count : 0.0;
+    t->values++;
+    if (!json_is_real(v)) mismatch(t, r, ln, "%s is not a real", key);
+    else if (json_real_value(v) != want)
+        mismatch(t, r, ln, "%s = %.17g, oracle %.17g", key, json_real_value(v), want);
+}
+
+static void check_line(tally *t, const lookup_req *r, size_t ln, json_t *obj, int f, int w,
+                       size_t i, const oracle_counts *c) {
+    json_t *v;
+    char key[64];
+    if (!json_is_object(obj)) { mismatch(t, r, ln, "not a JSON object"); return; }
+    if (json_object_size(obj) != N_KEYS)
+        mismatch(t, r, ln, "%zu keys, want %d", json_object_size(obj), N_KEYS);
+    v = json_object_get(obj, "feature");
+    if (!json_is_string(v) || strcmp(json_string_value(v), oracle_feature_names[f]))
+        mismatch(t, r, ln, "feature is not %s", oracle_feature_names[f]);
+    v = json_object_get(obj, "window");
+    if (!json_is_string(v) || strcmp(json_string_value(v), oracle_window_names[w]))
+        mismatch(t, r, ln, "window is not %s", oracle_window_names[w]);
+    v = json_object_get(obj, "item");
+    if (!json_is_string(v) || strcmp(json_string_value(v), r->ctx->items[i]))
+        mismatch(t, r, ln, "item is not '%s'", r->ctx->items[i]);
+    check_context(t, r, ln, json_object_get(obj, "context"), f);
+    check_int(t, r, ln, obj, "context_count", c->context_count);
+    for (int k = 0; k < ORACLE_N_COUNTERS; k++) {
+        check_int(t, r, ln, obj, counter_names[k], c->c[k]);
+        snprintf(key, sizeof key, "iqp_%s", counter_names[k]);
+        check_rate(t, r, ln, obj, key, c->c[k], c->context_count);
+    }
+    t->values += 3;
+    t->lines++;
+}
+
+/* Compares an output with the oracle: lines in (feature, window, item)
+ * order, for the applicable and requested features only. */
+static void compare(tally *t, const lookup_req *r, const char *output) {
+    const context *c = r->ctx;
+    size_t n = (size_t)ORACLE_N_FEATURES * ORACLE_N_WINDOWS * c->n_items, ln = 0;
+    oracle_counts *want = malloc((n + 1) * sizeof *want);
+    int applicable[ORACLE_N_FEATURES];
+    const char *p = output;
+
+    oracle_lookup(orc, c->query, c->country, c->gender, r->as_of, c->items, c->n_items,
+                  applicable, want);
+    for (int f = 0; f < ORACLE_N_FEATURES; f++) {
+        if (!applicable[f] || !feature_wanted(r, f)) continue;
+        for (int w = 0; w < ORACLE_N_WINDOWS; w++)
+            for (size_t i = 0; i < c->n_items; i++) {
+                const char *nl = strchr(p, '\n');
+                json_error_t err;
+                json_t *obj;
+                ln++;
+                if (!*p) { mismatch(t, r, ln, "output ends early"); goto done; }
+                obj = json_loadb(p, nl ? (size_t)(nl - p) : strlen(p), 0, &err);
+                if (!obj) mismatch(t, r, ln, "bad JSON: %s", err.text);
+                else check_line(t, r, ln, obj, f, w, i, &want[(size_t)(f * ORACLE_N_WINDOWS + w) * c->n_items + i]);
+                json_decref(obj);
+                p = nl ? nl + 1 : p + strlen(p);
+            }
+    }
+    if (*p) mismatch(t, r, ln + 1, "more lines than the %zu expected", ln);
+done:
+    free(want);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Choosing contexts.                                                       */
+/* ------------------------------------------------------------------------ */
+
+/* A spelling variant of a normalized query: ASCII upper case and doubled,
+ * padded spaces. Falls back to the query itself when the variant would not
+ * normalize back to it. */
+static char *query_variant(const char *q) {
+    size_t n = strlen(q);
+    char *v = malloc(3 * n + 8), *p = v, *back;
+    p += sprintf(p, "  ");
+    for (const char *s = q; *s; s++) {
+        if (*s == ' ') *p++ = '\t';
+        *p++ = (*s >= 'a' && *s <= 'z') ? (char)(*s - 32) : *s;
+    }
+    sprintf(p, " \t");
+    back = oracle_norm_query(v, strlen(v));
+    if (!back || strcmp(back, q) != 0) { free(v); v = strdup(q); }
+    free(back);
+    return v;
+}
+
+static const char *gender_spelling(const char *g, size_t k) {
+    static const char *const female[] = {"female", "F", " Woman "};
+    static const char *const male[] = {"male", "M", "MAN"};
+    static const char *const unknown[] = {"unknown", "x", "Unknown"};
+    if (strcmp(g, "female") == 0) return female[k % 3];
+    if (strcmp(g, "male") == 0) return male[k % 3];
+    return unknown[k % 3];
+}
+
+static char *lower_dup(const char *s) {
+    char *d = strdup(s);
+    for (char *p = d; *p; p++)
+        if (*p >= 'A' && *p <= 'Z') *p = (char)(*p + 32);
+    return d;
+}
+
+/* Items of q (capped), then two that were never seen. */
+static void context_items(context *c, size_t k) {
+    size_t n;
+    const char *const *known = oracle_query_items(orc, c->query, &n);
+    if (n > MAX_CALL_ITEMS) n = MAX_CALL_ITEMS;
+    c->items = malloc((n + 2) * sizeof *c->items);
+    for (size_t i = 0; i < n; i++) c->items[i] = known[i];
+    c->items[n] = fmt("e2e-unknown-item-%zu", k);
+    c->items[n + 1] = fmt("%zu", (size_t)987654321000 + k);
+    c->n_items = n + 2;
+}
+
+static void add_context(const char *query, const char *country, const char *gender) {
+    size_t k = n_contexts;
+    context *c = &contexts[n_contexts++];
+    c->query = strdup(query);
+    c->query_arg = k % 3 == 1 ? query_variant(query) : strdup(query);
+    c->country = country;
+    if (country && strcmp(country, "ZZ") == 0) c->country_arg = k % 2 ? "zz" : "Atlantis";
+    else c->country_arg = c->own = country ? lower_dup(country) : NULL;
+    c->gender = gender;
+    c->gender_arg = gender ? gender_spelling(gender, k) : NULL;
+    context_items(c, k);
+}
+
+static void choose_contexts(void) {
+    static const char *const genders[3] = {"female", "male", "unknown"};
+    const char *countries[3] = {NULL, NULL, "ZZ"};
+    size_t nq = oracle_n_queries(orc), top = nq < TOP_QUERIES ? nq : TOP_QUERIES;
+
+    for (size_t i = 0, j = 0; i < oracle_n_countries(orc) && j < 2; i++) {
+        const char *cc = oracle_country(orc, i, NULL);
+        if (strcmp(cc, "ZZ") != 0) countries[j++] = cc;
+    }
+    for (size_t q = 0; q < top; q++)
+        for (int c = 0; c < 3; c++)
+            for (int g = 0; g < 3; g++)
+                if (countries[c]) add_context(oracle_query(orc, q, NULL), countries[c], genders[g]);
+    /* The long tail: evenly spread, some without a country or a gender. */
+    for (size_t k = 0; nq > top && n_contexts < MAX_CONTEXTS - 10 && k < 40; k++) {
+        size_t q = top + (nq - top - 1) * k / 39;
+        const char *cc = k % 5 == 4 ? NULL : countries[k % 3] ? countries[k % 3] : "ZZ";
+        const char *g = k % 7 == 6 ? NULL : genders[k % 3];
+        add_context(oracle_query(orc, q, NULL), cc, g);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* The fixture.                                                             */
+/* ------------------------------------------------------------------------ */
+
+static void fail_setup(const char *what) {
+    if (!setup_error) setup_error = fmt("e2e setup: %s", what);
+}
+
+static void print_stats(void) {
+    oracle_stats s = oracle_get_stats(orc);
+    fprintf(stderr,
+            "e2e: oracle: %" PRIu64 " lines, %" PRIu64 " invalid, %" PRIu64 " duplicate, %" PRIu64
+            " late, %" PRIu64 " impressions, %" PRIu64 " actions (%" PRIu64 " moves), "
+            "%zu queries, watermark %" PRId64 ", %zu contexts\n",
+            s.lines, s.invalid, s.duplicate, s.late, s.impressions, s.actions, s.moved,
+            oracle_n_queries(orc), oracle_watermark(orc), n_contexts);
+}
+
+static void e2e_setup(void) {
+    int64_t t0 = now_ms();
+    if (!(tmp = tu_mkdtemp("e2e"))) { fail_setup("cannot create a temp dir"); return; }
+    store = fmt("%s/store", tmp);
+    plain1 = fmt("%s/a.jsonl", tmp);
+    plain2 = fmt("%s/b.jsonl", tmp);
+    zst2 = fmt("%s/b.jsonl.zst", tmp);
+    deadletter = fmt("%s/dead.jsonl", tmp);
+    if (!gen(SEED1, START_MS, plain1) || !gen(SEED2, START_MS + SPAN_MS, plain2) ||
+        !gen(SEED2, START_MS + SPAN_MS, zst2)) {
+        fail_setup("iqp gen failed");
+        return;
+    }
+    if (!backfill(store, deadletter)) { fail_setup("iqp backfill failed"); return; }
+    orc = oracle_new(now_ms());
+    if (oracle_load_file(orc, plain1) < 0 || oracle_load_file(orc, plain2) < 0) {
+        fail_setup("the oracle cannot read the logs");
+        return;
+    }
+    if (oracle_watermark(orc) < 0) { fail_setup("no event was counted"); return; }
+    as_of[0] = oracle_watermark(orc);
+    as_of[1] = floor_to(as_of[0], HOUR_MS) + HOUR_MS;
+    as_of[2] = floor_to(as_of[0], DAY_MS) + DAY_MS;
+    choose_contexts();
+    print_stats();
+    fprintf(stderr, "e2e: setup took %.1f s\n", (double)(now_ms() - t0) / 1000);
+}
+
+static void e2e_teardown(void) {
+    for (size_t i = 0; i < n_contexts; i++) {
+        context *c = &contexts[i];
+        free(c->query);
+        free(c->query_arg);
+        free(c->own);
+        free((char *)c->items[c->n_items - 2]);
+        free((char *)c->items[c->n_items - 1]);
+        free(c->items);
+    }
+    n_contexts = 0;
+    oracle_free(orc);
+    orc = NULL;
+    if (tmp) tu_rmrf(tmp);
+    free(tmp); free(store); free(plain1); free(plain2); free(zst2); free(deadletter);
+    tmp = store = plain1 = plain2 = zst2 = deadletter = NULL;
+}
+
+#define REQUIRE_SETUP() ck_assert_msg(!setup_error, "%s", setup_error)
+
+/* ------------------------------------------------------------------------ */
+/* Tests.                                                                   */
+/* ------------------------------------------------------------------------ */
+
+START_TEST(gen_deterministic) {
+    REQUIRE_SETUP();
+    char *again = fmt("%s/a-again.jsonl", tmp);
+    ck_assert(gen(SEED1, START_MS, again));
+    ck_assert_msg(same_file(plain1, again), "iqp gen gave different bytes for the same flags");
+    unlink(again);
+    free(again);
+    oracle_stats s = oracle_get_stats(orc);
+    ck_assert_msg(s.invalid > 0, "the logs hold no malformed line");
+    ck_assert_msg(s.duplicate > 0, "the logs hold no redelivery or repeated action");
+    ck_assert_msg(s.impressions > IMPRESSIONS, "too few impressions counted");
+    ck_assert_msg(s.actions > 0, "no action counted");
+}
+END_TEST
+
+/* Saved output of lookup (context k, as-of a) on the main store. */
+static char *saved_path(size_t k, int a) { return fmt("%s/out-%zu-%d.jsonl", tmp, k, a); }
+
+static void save(const char *path, const char *text) {
+    FILE *f = fopen(path, "wb");
+    ck_assert_msg(f != NULL, "cannot write %s", path);
+    fputs(text, f);
+    fclose(f);
+}
+
+START_TEST(lookup_vs_oracle) {
+    tally t = {0, 0, 0};
+    size_t calls = 0;
+    REQUIRE_SETUP();
+    ck_assert_msg(n_contexts >= 100, "only %zu contexts", n_contexts);
+    for (int a = 0; a < N_AS_OF; a++)
+        for (size_t k = 0; k < n_contexts; k++) {
+            lookup_req r = {store, &contexts[k], as_of[a], NULL};
+            char *out = lookup(&r), *path = saved_path(k, a);
+            ck_assert_msg(out != NULL, "iqp lookup failed");
+            compare(&t, &r, out);
+            save(path, out);
+            calls++;
+            free(path);
+            free(out);
+        }
+    fprintf(stderr, "e2e: %zu lookups, %" PRIu64 " lines, %" PRIu64 " values compared, %" PRIu64
+                    " mismatches\n",
+            calls, t.lines, t.values, t.mismatches);
+    ck_assert_msg(t.mismatches == 0, "%" PRIu64 " values differ from the oracle (see stderr)",
+                  t.mismatches);
+}
+END_TEST
+
+/* (source, line) of a dead-letter record, as an oracle source path. */
+static const char *oracle_source(const char *source) {
+    const char *base = strrchr(source, '/');
+    base = base ? base + 1 : source;
+    if (strcmp(source, plain1) == 0 || strcmp(base, "a.jsonl") == 0) return plain1;
+    if (strcmp(source, zst2) == 0 || strcmp(base, "b.jsonl.zst") == 0) return plain2;
+    return NULL;
+}
+
+/* Finds and consumes the oracle's record for (source, line); its code. */
+static const char *take_invalid(char *taken, const char *source, uint64_t line) {
+    for (size_t i = 0; i < oracle_n_invalid(orc); i++) {
+        const oracle_invalid *v = oracle_get_invalid(orc, i);
+        if (!taken[i] && v->line_no == line && strcmp(v->source, source) == 0) {
+            taken[i] = 1;
+            return v->code;
+        }
+    }
+    return NULL;
+}
+
+static void check_record(json_t *rec, char *taken, size_t *unmatched, size_t *code_diff) {
+    json_t *reason = json_object_get(rec, "reason"), *code = json_object_get(rec, "code");
+    json_t *source = json_object_get(rec, "source"), *pos = json_object_get(rec, "position");
+    const char *src, *want;
+
+    ck_assert_msg(json_is_string(reason) && json_string_length(reason) > 0, "empty reason");
+    ck_assert_msg(json_is_string(code) && json_string_length(code) > 0, "no code");
+    ck_assert_msg(json_is_string(source), "no source");
+    ck_assert_msg(json_is_integer(pos), "no position");
+    ck_assert_msg(json_object_get(rec, "raw") || json_object_get(rec, "raw_base64"), "no raw");
+    src = oracle_source(json_string_value(source));
+    want = src ? take_invalid(taken, src, (uint64_t)json_integer_value(pos)) : NULL;
+    if (!want) {
+        if ((*unmatched)++ < 10)
+            fprintf(stderr, "e2e: dead letter the oracle accepts: %s:%" JSON_INTEGER_FORMAT " %s\n",
+                    json_string_value(source), json_integer_value(pos), json_string_value(reason));
+    } else if (strcmp(want, json_string_value(code)) != 0 && (*code_diff)++ < 10) {
+        fprintf(stderr, "e2e: note: %s:%" JSON_INTEGER_FORMAT " code %s, oracle says %s\n",
+                json_string_value(source), json_integer_value(pos), json_string_value(code), want);
+    }
+}
+
+START_TEST(deadletter_matches) {
+    size_t len, n = 0, unmatched = 0, code_diff = 0;
+    char *text, *line, *save_ptr = NULL, *taken;
+    REQUIRE_SETUP();
+    text = tu_read_file(deadletter, &len);
+    ck_assert_msg(text != NULL, "no dead-letter file %s", deadletter);
+    taken = calloc(oracle_n_invalid(orc) + 1, 1);
+    for (line = strtok_r(text, "\n", &save_ptr); line; line = strtok_r(NULL, "\n", &save_ptr)) {
+        json_error_t err;
+        json_t *rec = json_loads(line, 0, &err);
+        ck_assert_msg(json_is_object(rec), "dead-letter line %zu is not an object", n + 1);
+        check_record(rec, taken, &unmatched, &code_diff);
+        json_decref(rec);
+        n++;
+    }
+    for (size_t i = 0, shown = 0; i < oracle_n_invalid(orc) && shown < 10; i++)
+        if (!taken[i] && ++shown)
+            fprintf(stderr, "e2e: oracle rejects, no dead letter: %s:%" PRIu64 " (%s)\n",
+                    oracle_get_invalid(orc, i)->source, oracle_get_invalid(orc, i)->line_no,
+                    oracle_get_invalid(orc, i)->code);
+    fprintf(stderr, "e2e: %zu dead letters, oracle %zu, %zu codes differ\n", n,
+            oracle_n_invalid(orc), code_diff);
+    ck_assert_msg(n == oracle_n_invalid(orc), "%zu dead letters, oracle rejects %zu", n,
+                  oracle_n_invalid(orc));
+    ck_assert_msg(unmatched == 0, "%zu dead letters at lines the oracle accepts", unmatched);
+    free(taken);
+    free(text);
+}
+END_TEST
+
+/* Runs a lookup and compares it with the oracle; returns the line count. */
+static uint64_t lookup_and_compare(const context *c, const char *const *features) {
+    lookup_req r = {store, c, as_of[0], features};
+    tally t = {0, 0, 0};
+    char *out = lookup(&r);
+    ck_assert_msg(out != NULL, "iqp lookup failed");
+    compare(&t, &r, out);
+    free(out);
+    ck_assert_msg(t.mismatches == 0, "%" PRIu64 " mismatches (see stderr)", t.mismatches);
+    return t.lines;
+}
+
+START_TEST(feature_filter) {
+    static const char *const qc[] = {"qc_item", NULL};
+    static const char *const reversed[] = {"qc_item", "q_item", NULL};
+    static const char *const c_only[] = {"c_item", NULL};
+    REQUIRE_SETUP();
+    context c = contexts[0];
+    size_t n = c.n_items;
+
+    c.country = NULL; c.country_arg = NULL;       /* no country: qc_item skipped */
+    ck_assert_uint_eq(lookup_and_compare(&c, qc), 0);
+    c.gender = "male"; c.gender_arg = "M";        /* only a gender */
+    ck_assert_uint_eq(lookup_and_compare(&c, NULL), 3 * ORACLE_N_WINDOWS * n);
+    c = contexts[0];                              /* config order, not flag order */
+    ck_assert_uint_eq(lookup_and_compare(&c, reversed), 2 * ORACLE_N_WINDOWS * n);
+    c.country = "ZZ"; c.country_arg = "not a country";
+    ck_assert_uint_eq(lookup_and_compare(&c, c_only), ORACLE_N_WINDOWS * n);
+}
+END_TEST
+
+/* Compares lookups on dir with the saved outputs of the main store (or with
+ * fresh ones when none was saved), for contexts [0, n). */
+static void compare_with_saved(const char *dir, size_t n, const char *what) {
+    size_t differ = 0;
+    for (int a = 0; a < N_AS_OF; a++)
+        for (size_t k = 0; k < n && k < n_contexts; k++) {
+            lookup_req r = {dir, &contexts[k], as_of[a], NULL};
+            char *path = saved_path(k, a), *before = tu_read_file(path, NULL), *now;
+            if (!before) {
+                lookup_req m = {store, &contexts[k], as_of[a], NULL};
+                before = lookup(&m);
+                ck_assert_msg(before != NULL, "iqp lookup failed");
+            }
+            now = lookup(&r);
+            ck_assert_msg(now != NULL, "iqp lookup failed");
+            if (strcmp(before, now) != 0 && differ++ < 5)
+                fprintf(stderr, "e2e: %s: output differs for query '%s' as of %" PRId64 "\n",
+                        what, contexts[k].query, as_of[a]);
+            free(path); free(before); free(now);
+        }
+    ck_assert_msg(differ == 0, "%s: %zu lookup outputs differ", what, differ);
+}
+
+START_TEST(stdin_input) {
+    REQUIRE_SETUP();
+    char *dir = fmt("%s/store-stdin", tmp);
+    char *g = gen_cmd(SEED1, START_MS, NULL);
+    char *cmd1 = fmt("%s | %s backfill --store '%s' -", g, tu_iqp(), dir);
+    char *cmd2 = fmt("%s backfill --store '%s' - < '%s'", tu_iqp(), dir, zst2);
+    ck_assert(run_ok(cmd1));
+    ck_assert(run_ok(cmd2));
+    compare_with_saved(dir, 30, "stdin");
+    tu_rmrf(dir);
+    free(dir); free(g); free(cmd1); free(cmd2);
+}
+END_TEST
+
+START_TEST(backfill_again) {
+    REQUIRE_SETUP();
+    for (int a = 0; a < N_AS_OF; a++)   /* make sure every output was saved */
+        for (size_t k = 0; k < n_contexts; k++) {
+            char *path = saved_path(k, a);
+            struct stat st;
+            if (stat(path, &st) != 0) {
+                lookup_req r = {store, &contexts[k], as_of[a], NULL};
+                char *out = lookup(&r);
+                ck_assert_msg(out != NULL, "iqp lookup failed");
+                save(path, out);
+                free(out);
+            }
+            free(path);
+        }
+    ck_assert(backfill(store, NULL));
+    compare_with_saved(store, n_contexts, "second backfill");
+}
+END_TEST
+
+static Suite *e2e_suite(void) {
+    Suite *s = suite_create("e2e");
+    TCase *tc = tcase_create("gen-backfill-lookup");
+    tcase_add_unchecked_fixture(tc, e2e_setup, e2e_teardown);
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, gen_deterministic);
+    tcase_add_test(tc, lookup_vs_oracle);
+    tcase_add_test(tc, deadletter_matches);
+    tcase_add_test(tc, feature_filter);
+    tcase_add_test(tc, stdin_input);
+    tcase_add_test(tc, backfill_again);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) {
+    SRunner *sr = srunner_create(e2e_suite());
+    int failed;
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? 0 : 1;
+}
