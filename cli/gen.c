@@ -60,6 +60,10 @@
  *   that was shown, with normalized values, the planted propensity, and the
  *   exact number of impressions showing it and of those that engaged it.
  *   This keeps one hash entry per shown cell in memory.
+ * Ids: impression "imp-<seed>-<n>" and request "req-<seed>-<n>" (n the
+ *   impression's index, in time order), action "act-<seed>-<n>" (repeats
+ *   included). Lines are jansson's compact form with the key order of
+ *   DESIGN.md; valid ones are written by hand for speed (see below).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -87,7 +91,6 @@
 #define MAX_KEYSPACE (1u << 24)         /* queries and items: packed in truth keys */
 #define MAX_PER_IMPRESSION 1000
 #define MAX_TS (1LL << 53)              /* exact in any JSON reader */
-#define ID_MAX 64
 
 /* ---- PRNG: splitmix64 seeding xoshiro256** --------------------------------- */
 
@@ -116,9 +119,12 @@ static uint64_t rng_next(rng *r) {
 /* Uniform in [0, 1). */
 static double rng_unit(rng *r) { return (double)(rng_next(r) >> 11) * 0x1.0p-53; }
 
-/* Uniform in [0, n), n > 0 (multiply-shift; the bias is below 2^-40). */
+__extension__ typedef unsigned __int128 u128;
+
+/* Uniform in [0, n), n > 0 (multiply-shift; every n here is below 2^32, so
+ * the bias is below 2^-32). */
 static uint64_t rng_below(rng *r, uint64_t n) {
-    return (uint64_t)(((unsigned __int128)rng_next(r) * n) >> 64);
+    return (uint64_t)(((u128)rng_next(r) * n) >> 64);
 }
 
 /* Uniform in [lo, hi], lo <= hi. */
@@ -433,7 +439,7 @@ static const struct option LONG_OPTS[] = {
 /* One option into o: 0, 2 on a bad value. */
 static int apply_opt(gen_opts *o, int c, const char *a) {
     switch (c) {
-    case OPT_SEED: return parse_count("--seed", a, INT64_MIN, INT64_MAX, &o->seed);
+    case OPT_SEED: return parse_count("--seed", a, 0, INT64_MAX, &o->seed);
     case OPT_IMPRESSIONS:
         return parse_count("--impressions", a, 0, 1000000000000LL, &o->impressions);
     case OPT_START: o->start_set = 1; return parse_count("--start", a, 0, MAX_TS / 2, &o->start);
@@ -569,7 +575,8 @@ static int out_write(gen_out *w, const char *p, size_t n) {
 /* Finishes and closes; -1 when anything failed along the way. */
 static int out_close(gen_out *w) {
     int rc = out_flush(w);
-    if (w->kind == OUT_ZST && w->zc && w->zbuf && rc == 0 && out_zstd(w, NULL, 0, ZSTD_e_end)) rc = -1;
+    if (w->kind == OUT_ZST && w->zc && w->zbuf && rc == 0 && out_zstd(w, NULL, 0, ZSTD_e_end))
+        rc = -1;
     if (w->gz && gzclose(w->gz) != Z_OK) rc = -1;
     if (w->fp == stdout) { if (fflush(stdout)) rc = -1; }
     else if (w->fp && fclose(w->fp)) rc = -1;
@@ -661,6 +668,87 @@ static int cell_cmp(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+/* ---- Line buffer ------------------------------------------------------------- */
+
+typedef struct sbuf { char *p; size_t len, cap; int oom; } sbuf;
+
+static int sb_reserve(sbuf *b, size_t more) {
+    if (b->len + more <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 1024;
+    while (cap < b->len + more) cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p) return -1;
+    b->p = p; b->cap = cap;
+    return 0;
+}
+
+static void sb_raw(sbuf *b, const char *s, size_t n) {
+    if (sb_reserve(b, n)) { b->oom = 1; return; }   /* reported by sb_take */
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+#define SB_LIT(b, lit) sb_raw((b), (lit), sizeof(lit) - 1)
+
+static void sb_u64(sbuf *b, uint64_t v) {
+    char t[24];
+    size_t n = sizeof t;
+    do { t[--n] = (char)('0' + v % 10); v /= 10; } while (v);
+    sb_raw(b, t + n, sizeof t - n);
+}
+
+static void sb_i64(sbuf *b, int64_t v) {
+    if (v < 0) { SB_LIT(b, "-"); sb_u64(b, 0 - (uint64_t)v); }
+    else sb_u64(b, (uint64_t)v);
+}
+
+/* A JSON string (UTF-8 passes through, as jansson writes it), or null. */
+static void sb_str(sbuf *b, const char *s) {
+    static const char hex[] = "0123456789abcdef";
+    if (!s) { SB_LIT(b, "null"); return; }
+    SB_LIT(b, "\"");
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        char e[6] = {'\\', 'u', '0', '0', hex[*p >> 4], hex[*p & 15]};
+        if (*p == '"' || *p == '\\') { e[1] = (char)*p; sb_raw(b, e, 2); }
+        else if (*p == '\t') sb_raw(b, "\\t", 2);
+        else if (*p == '\n') sb_raw(b, "\\n", 2);
+        else if (*p == '\r') sb_raw(b, "\\r", 2);
+        else if (*p == '\b') sb_raw(b, "\\b", 2);
+        else if (*p == '\f') sb_raw(b, "\\f", 2);
+        else if (*p < 0x20) sb_raw(b, e, 6);
+        else sb_raw(b, (const char *)p, 1);
+    }
+    SB_LIT(b, "\"");
+}
+
+/* "<prefix><seed>-<n>" as a JSON string. */
+static void sb_id(sbuf *b, const char *prefix, int64_t seed, uint64_t n) {
+    SB_LIT(b, "\"");
+    sb_raw(b, prefix, strlen(prefix));
+    sb_i64(b, seed);
+    SB_LIT(b, "-");
+    sb_u64(b, n);
+    SB_LIT(b, "\"");
+}
+
+static void sb_item(sbuf *b, uint32_t item) {
+    SB_LIT(b, "\"i");
+    sb_u64(b, item);
+    SB_LIT(b, "\"");
+}
+
+/* The finished line, malloc'd; NULL when out of memory. Resets b. */
+static char *sb_take(sbuf *b) {
+    char *s = b->oom ? NULL : malloc(b->len + 1);
+    if (s) {
+        memcpy(s, b->p, b->len);
+        s[b->len] = '\0';
+    }
+    b->len = 0;
+    b->oom = 0;
+    return s;
+}
+
 /* ---- Generator state -------------------------------------------------------- */
 
 typedef struct gen {
@@ -672,8 +760,9 @@ typedef struct gen {
     uint32_t *listed;           /* the same as written, with the planted duplicate */
     pheap heap;
     uint64_t seq;
-    gen_out out;
+    gen_out out, tout;          /* events; the truth file */
     cellset truth;
+    sbuf sb;                    /* the line being built */
     int oom;
     const char *unknown_action;
     size_t heavy_action;        /* "click" when listed, else the first */
@@ -684,7 +773,6 @@ typedef struct gen {
     char qtext[QUERY_TEXT_MAX];
     const char *qnorm;
     size_t country, gender;
-    char req_id[ID_MAX];
     size_t n_listed, n_distinct;
     /* counts for the summary */
     uint64_t n_imp, n_act, n_redeliver, n_repeat, n_bad, n_action_ids, n_bad_ids;
@@ -709,71 +797,73 @@ static void push_line(gen *g, char *line, int64_t key) {
     }
 }
 
-/* ---- Building events ---------------------------------------------------------- */
-
-static json_t *jstr(const char *s) { return s ? json_string_nocheck(s) : json_null(); }
-
-static json_t *build_user(const gen *g) {
-    json_t *u = json_object();
-    json_object_set_new_nocheck(u, "country", jstr(COUNTRIES[g->country].raw));
-    json_object_set_new_nocheck(u, "gender", jstr(GENDERS[g->gender].raw));
-    return u;
-}
+/* ---- Building events ----------------------------------------------------------
+ * Valid events are written by hand (jansson's compact form, byte for byte:
+ * same key order, same escapes), which is several times faster than building
+ * and dumping a tree; jansson only rewrites the rare malformed lines. */
 
 /* The query text this event carries: the canonical one or a variant. */
-static json_t *event_query(gen *g) {
+static void sb_query(gen *g) {
     char v[VARIANT_MAX];
-    if (!rng_chance(&g->r, g->o.variant)) return json_string_nocheck(g->qtext);
+    if (!rng_chance(&g->r, g->o.variant)) { sb_str(&g->sb, g->qtext); return; }
     query_variant(g->qtext, &g->r, v);
-    return json_string_nocheck(v);
+    sb_str(&g->sb, v);
 }
 
-static json_t *event_head(gen *g, const char *schema, const char *id, int64_t ts) {
-    json_t *e = json_object();
-    json_object_set_new_nocheck(e, "schema", json_string_nocheck(schema));
-    json_object_set_new_nocheck(e, "event_id", json_string_nocheck(id));
-    json_object_set_new_nocheck(e, "ts", json_integer(ts));
-    json_object_set_new_nocheck(e, "request_id", json_string_nocheck(g->req_id));
-    json_object_set_new_nocheck(e, "query", event_query(g));
-    json_object_set_new_nocheck(e, "user", build_user(g));
-    return e;
+/* Everything up to and including the user object; id is a JSON string. */
+static void event_head(gen *g, const char *schema, const char *id_prefix, uint64_t id_no,
+                       int64_t ts) {
+    sbuf *b = &g->sb;
+    SB_LIT(b, "{\"schema\":");
+    sb_str(b, schema);
+    SB_LIT(b, ",\"event_id\":");
+    sb_id(b, id_prefix, g->o.seed, id_no);
+    SB_LIT(b, ",\"ts\":");
+    sb_i64(b, ts);
+    SB_LIT(b, ",\"request_id\":");
+    sb_id(b, "req-", g->o.seed, (uint64_t)g->imp_no);
+    SB_LIT(b, ",\"query\":");
+    sb_query(g);
+    SB_LIT(b, ",\"user\":{\"country\":");
+    sb_str(b, COUNTRIES[g->country].raw);
+    SB_LIT(b, ",\"gender\":");
+    sb_str(b, GENDERS[g->gender].raw);
+    SB_LIT(b, "}");
 }
 
-static json_t *item_id(uint32_t item) {
-    char b[16];
-    snprintf(b, sizeof b, "i%" PRIu32, item);
-    return json_string_nocheck(b);
-}
-
-static json_t *build_items(gen *g) {
-    json_t *a = json_array();
+static void event_items(gen *g) {
+    sbuf *b = &g->sb;
     int form = (int)rng_below(&g->r, 20); /* 12: strings, 5: objects, 3: mixed */
+    SB_LIT(b, ",\"items\":[");
     for (size_t i = 0; i < g->n_listed; i++) {
         int obj = form >= 17 ? (int)rng_below(&g->r, 2) : form >= 12;
-        if (!obj) { json_array_append_new(a, item_id(g->listed[i])); continue; }
-        json_t *o = json_object();
-        json_object_set_new_nocheck(o, "id", item_id(g->listed[i]));
-        json_object_set_new_nocheck(o, "pos", json_integer((json_int_t)i));
-        json_array_append_new(a, o);
+        if (i) SB_LIT(b, ",");
+        if (obj) SB_LIT(b, "{\"id\":");
+        sb_item(b, g->listed[i]);
+        if (obj) { SB_LIT(b, ",\"pos\":"); sb_u64(b, i); SB_LIT(b, "}"); }
     }
-    return a;
+    SB_LIT(b, "]}");
 }
 
-static json_t *build_impression(gen *g, const char *id) {
-    json_t *e = event_head(g, "impression.v1", id, g->imp_ts);
-    json_object_set_new_nocheck(e, "items", build_items(g));
-    return e;
+static char *build_impression(gen *g, const char *id_prefix, uint64_t id_no) {
+    event_head(g, "impression.v1", id_prefix, id_no, g->imp_ts);
+    event_items(g);
+    return sb_take(&g->sb);
 }
 
-static json_t *build_action(gen *g, const char *id, int64_t ts, uint32_t item, size_t action) {
-    json_t *e = event_head(g, "action.v1", id, ts);
-    json_object_set_new_nocheck(e, "item", item_id(item));
-    json_object_set_new_nocheck(e, "action", json_string_nocheck(g->o.actions[action]));
-    return e;
+static char *build_action(gen *g, const char *id_prefix, uint64_t id_no, int64_t ts,
+                          uint32_t item, size_t action) {
+    event_head(g, "action.v1", id_prefix, id_no, ts);
+    SB_LIT(&g->sb, ",\"item\":");
+    sb_item(&g->sb, item);
+    SB_LIT(&g->sb, ",\"action\":");
+    sb_str(&g->sb, g->o.actions[action]);
+    SB_LIT(&g->sb, "}");
+    return sb_take(&g->sb);
 }
 
 static char *dump(json_t *e) {
-    char *s = json_dumps(e, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *s = e ? json_dumps(e, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(e);
     return s;
 }
@@ -792,15 +882,14 @@ static const char *const GARBAGE[] = {
 };
 
 /* A template event for a malformed line, from the current impression. */
-static json_t *bad_template(gen *g, int want_action) {
-    char id[ID_MAX];
-    snprintf(id, sizeof id, "bad-%" PRId64 "-%" PRIu64, g->o.seed, g->n_bad_ids++);
-    if (want_action) return build_action(g, id, g->imp_ts, g->shown[0], 0);
-    return build_impression(g, id);
+static char *bad_template(gen *g, int want_action) {
+    uint64_t id = g->n_bad_ids++;
+    if (want_action) return build_action(g, "bad-", id, g->imp_ts, g->shown[0], 0);
+    return build_impression(g, "bad-", id);
 }
 
 static char *bad_truncated(gen *g) {
-    char *s = dump(bad_template(g, (int)rng_below(&g->r, 2)));
+    char *s = bad_template(g, (int)rng_below(&g->r, 2));
     if (!s) return NULL;
     size_t len = strlen(s), cut = 1 + (size_t)rng_below(&g->r, len - 2);
     while (cut > 1 && ((unsigned char)s[cut] & 0xC0) == 0x80) cut--; /* whole characters */
@@ -830,8 +919,10 @@ static char *bad_line(gen *g) {
     if (kind == BAD_TRUNCATED) return bad_truncated(g);
     if (kind == BAD_TEXT) return bad_text(g);
     int want_action = kind == BAD_ACTION || (kind != BAD_ITEMS && kind != BAD_SCHEMA && act);
-    json_t *e = bad_template(g, want_action);
-    char ts[32];
+    char *line = bad_template(g, want_action), ts[32];
+    json_t *e = line ? json_loads(line, 0, NULL) : NULL;
+    free(line);
+    if (!e) return NULL;
     switch (kind) {
     case BAD_ARRAY: return dump(json_pack("[o]", e));
     case BAD_SCHEMA: json_object_set_new(e, "schema", json_string("impression.v9")); break;
@@ -861,8 +952,7 @@ static void pick_unknown_action(gen *g) {
 
 /* ---- Emitting: jitter, redelivery, malformed extras --------------------------- */
 
-static void emit(gen *g, json_t *e, int64_t ts) {
-    char *line = dump(e);
+static void emit(gen *g, char *line, int64_t ts) {
     int64_t d = g->o.disorder_ms, j = rng_range(&g->r, 0, d);
     if (!line) { g->oom = 1; return; }
     push_line(g, line, ts + j);
@@ -921,9 +1011,7 @@ static size_t pick_action(gen *g, size_t except) {
 }
 
 static void emit_action(gen *g, int64_t ts, uint32_t item, size_t action) {
-    char id[ID_MAX];
-    snprintf(id, sizeof id, "act-%" PRId64 "-%" PRIu64, g->o.seed, g->n_action_ids++);
-    emit(g, build_action(g, id, ts, item, action), ts);
+    emit(g, build_action(g, "act-", g->n_action_ids++, ts, item, action), ts);
     g->n_act++;
 }
 
@@ -943,15 +1031,12 @@ static void engage(gen *g, uint32_t item) {
 }
 
 static void gen_impression(gen *g) {
-    char id[ID_MAX];
     g->q = (uint32_t)zipf_draw(&g->qz, &g->r);
     g->qnorm = query_text(g->q, g->qtext, sizeof g->qtext);
     g->country = draw_weighted(COUNTRIES, COUNT_OF(COUNTRIES), &g->r);
     g->gender = draw_weighted(GENDERS, COUNT_OF(GENDERS), &g->r);
-    snprintf(g->req_id, sizeof g->req_id, "req-%" PRId64 "-%" PRId64, g->o.seed, g->imp_no);
-    snprintf(id, sizeof id, "imp-%" PRId64 "-%" PRId64, g->o.seed, g->imp_no);
     pick_items(g);
-    emit(g, build_impression(g, id), g->imp_ts);
+    emit(g, build_impression(g, "imp-", (uint64_t)g->imp_no), g->imp_ts);
     g->n_imp++;
     int cn = COUNTRIES[g->country].norm, gn = GENDERS[g->gender].norm;
     for (size_t i = 0; i < g->n_distinct; i++) {
@@ -980,13 +1065,9 @@ static int64_t next_ts(gen *g, double *cur, int64_t remaining) {
 
 /* ---- Truth file ---------------------------------------------------------------- */
 
+/* Writes the shown cells, sorted, into the opened truth file and closes it. */
 static int write_truth(gen *g) {
-    gen_out w;
-    if (out_open(&w, g->o.truth)) {
-        int err = errno ? errno : ENOMEM;
-        out_close(&w);
-        return iqp_cli_fail(CMD, "cannot open %s: %s", g->o.truth, strerror(err));
-    }
+    gen_out *w = &g->tout;
     int rc = 0;
     cellset *s = &g->truth;
     size_t n = 0;
@@ -1006,14 +1087,14 @@ static int write_truth(gen *g) {
                               "impressions", (json_int_t)s->v[i].shown, "engaged",
                               (json_int_t)s->v[i].engaged);
         char *line = dump(e);
-        rc = line ? out_write(&w, line, strlen(line)) : -1;
-        if (rc == 0) rc = out_write(&w, "\n", 1);
+        rc = line ? out_write(w, line, strlen(line)) : -1;
+        if (rc == 0) rc = out_write(w, "\n", 1);
         free(line);
     }
-    if (out_close(&w)) rc = -1;
+    if (out_close(w)) rc = -1;
     if (rc)
         return iqp_cli_fail(CMD, "cannot write %s: %s", g->o.truth,
-                            strerror(w.failed ? w.failed : EIO));
+                            strerror(w->failed ? w->failed : EIO));
     fprintf(stderr, "gen: %zu truth cells -> %s\n", n, g->o.truth);
     return 0;
 }
@@ -1039,7 +1120,7 @@ static void gen_free(gen *g) {
     while (g->heap.n) free(heap_pop(&g->heap).line);
     free(g->heap.v);
     free(g->qz.cdf); free(g->iz.cdf); free(g->pz.cdf);
-    free(g->mark); free(g->shown); free(g->listed); free(g->truth.v);
+    free(g->mark); free(g->shown); free(g->listed); free(g->sb.p); free(g->truth.v);
 }
 
 /* The main loop: impressions in time order, lines out once they are safe. */
@@ -1053,28 +1134,43 @@ static int gen_run(gen *g) {
     return g->oom ? 0 : drain(g, 0, 1);
 }
 
+/* Opens an output or says why not: 0 or 1. */
+static int open_or_fail(gen_out *w, const char *path) {
+    if (out_open(w, path) == 0) return 0;
+    int err = errno ? errno : ENOMEM;
+    out_close(w);
+    return iqp_cli_fail(CMD, "cannot open %s: %s", path, strerror(err));
+}
+
+static int gen_main(gen *g) {
+    if (gen_setup(g)) return iqp_cli_fail(CMD, "out of memory");
+    if (open_or_fail(&g->out, g->o.out)) return 1;
+    if (g->o.truth && open_or_fail(&g->tout, g->o.truth)) {
+        out_close(&g->out);
+        return 1;
+    }
+    int wrc = gen_run(g);
+    if (out_close(&g->out) || wrc) {
+        if (g->o.truth) out_close(&g->tout);
+        return iqp_cli_fail(CMD, "cannot write %s: %s", g->o.out,
+                            strerror(g->out.failed ? g->out.failed : EIO));
+    }
+    if (g->oom) {
+        if (g->o.truth) out_close(&g->tout);
+        return iqp_cli_fail(CMD, "out of memory");
+    }
+    fprintf(stderr, "gen: %" PRIu64 " impressions, %" PRIu64 " actions, %" PRIu64
+            " redelivered, %" PRIu64 " repeated, %" PRIu64 " malformed -> %s\n",
+            g->n_imp, g->n_act, g->n_redeliver, g->n_repeat, g->n_bad, g->o.out);
+    return g->o.truth ? write_truth(g) : 0;
+}
+
 int iqp_cmd_gen(int argc, char **argv) {
     gen *g = calloc(1, sizeof *g);
     if (!g) return iqp_cli_fail(CMD, "out of memory");
     int rc = parse_opts(&g->o, argc, argv);
-    if (rc) { free(g); return rc == 1 ? 0 : rc; }
-    if (gen_setup(g)) rc = iqp_cli_fail(CMD, "out of memory");
-    else if (out_open(&g->out, g->o.out)) {
-        int err = errno ? errno : ENOMEM;
-        out_close(&g->out);
-        rc = iqp_cli_fail(CMD, "cannot open %s: %s", g->o.out, strerror(err));
-    } else {
-        int wrc = gen_run(g);
-        if (out_close(&g->out) || wrc)
-            rc = iqp_cli_fail(CMD, "cannot write %s: %s", g->o.out,
-                              strerror(g->out.failed ? g->out.failed : EIO));
-        else if (g->oom) rc = iqp_cli_fail(CMD, "out of memory");
-    }
-    if (rc == 0)
-        fprintf(stderr, "gen: %" PRIu64 " impressions, %" PRIu64 " actions, %" PRIu64
-                " redelivered, %" PRIu64 " repeated, %" PRIu64 " malformed -> %s\n",
-                g->n_imp, g->n_act, g->n_redeliver, g->n_repeat, g->n_bad, g->o.out);
-    if (rc == 0 && g->o.truth) rc = write_truth(g);
+    if (rc == 0) rc = gen_main(g);
+    else if (rc == 1) rc = 0;           /* --help */
     gen_free(g);
     free(g);
     return rc;

@@ -14,6 +14,7 @@ static const iqp_command command_table[] = {
     {"gen", "write deterministic synthetic search traffic (JSONL, .gz, .zst)", iqp_cmd_gen},
     {"backfill", "count event log files into a store, exactly once", iqp_cmd_backfill},
     {"lookup", "print feature values for a query, user context and items", iqp_cmd_lookup},
+    {"stats", "print what a store holds (cells, markers, bytes, watermark)", iqp_cmd_stats},
 };
 
 #define N_COMMANDS (sizeof(command_table) / sizeof(command_table[0]))

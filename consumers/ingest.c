@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "aggregator/aggregator.h"
+#include "consumers/decode_queue.h"
 #include "consumers/logfile.h"
 #include "schemas/event.h"
 
@@ -122,41 +123,34 @@ static void report_progress(iqp_ingest *ing, const char *path, uint64_t file_byt
 /* ---- one line ------------------------------------------------------------ */
 
 static int dead_letter(iqp_ingest *ing, const char *code, const char *reason, const char *path,
-                       uint64_t line_no, const char *line, size_t len, uint64_t full_len,
-                       char *err, size_t errlen) {
+                       const iqp_decoded_line *d, size_t len, char *err, size_t errlen) {
     ing->stats.bad++;
-    return iqp_deadletter_write(ing->dl, code, reason, path, line_no, line, len, full_len, err,
-                                errlen);
+    return iqp_deadletter_write(ing->dl, code, reason, path, d->line_no, d->raw, len, d->full_len,
+                                err, errlen);
 }
 
-/* Decodes and counts one line; -1 only on an operational failure. */
-static int ingest_line(iqp_ingest *ing, const char *path, uint64_t line_no, const char *line,
-                       size_t len, int oversized, uint64_t full_len, char *err, size_t errlen) {
+/* Counts one decoded line (or dead-letters it); -1 only on an operational
+ * failure. */
+static int ingest_line(iqp_ingest *ing, const char *path, iqp_decoded_line *d, char *err,
+                       size_t errlen) {
     char reason[300];
-    iqp_decode_error derr;
-    iqp_event ev;
-    if (oversized) {
-        snprintf(reason, sizeof reason, "too_large: event is %llu bytes, limit %zu",
-                 (unsigned long long)full_len, ing->cfg->limits.max_event_bytes);
-        return dead_letter(ing, "too_large", reason, path, line_no, line, len, full_len, err, errlen);
+    ing->stats.lines++;
+    if (!d->ok) {
+        iqp_decode_error_format(&d->err, reason, sizeof reason);
+        return dead_letter(ing, iqp_decode_code_name(d->err.code), reason, path, d, d->raw_len,
+                           err, errlen);
     }
-    if (iqp_event_decode(ing->cfg, line, len, &ev, &derr) < 0) {
-        iqp_decode_error_format(&derr, reason, sizeof reason);
-        return dead_letter(ing, iqp_decode_code_name(derr.code), reason, path, line_no, line, len,
-                           len, err, errlen);
-    }
-    iqp_agg_outcome out = iqp_aggregator_add(ing->agg, &ev, wall_ms(), err, errlen);
-    if (out == IQP_AGG_FUTURE)
-        snprintf(reason, sizeof reason, "future_event: ts: %lld is more than %lld ms ahead of the clock",
-                 (long long)ev.ts, (long long)ing->cfg->max_future_skew_ms);
-    iqp_event_clear(&ev);
+    iqp_agg_outcome out = iqp_aggregator_add(ing->agg, &d->ev, wall_ms(), err, errlen);
     switch (out) {
     case IQP_AGG_COUNTED: ing->stats.counted++; return 0;
     case IQP_AGG_DUPLICATE: ing->stats.duplicate++; return 0;
     case IQP_AGG_LATE: ing->stats.late++; return 0;
-    case IQP_AGG_FUTURE:
+    case IQP_AGG_FUTURE: {
+        snprintf(reason, sizeof reason, "future_event: ts: %lld is more than %lld ms ahead of the clock",
+                 (long long)d->ev.ts, (long long)ing->cfg->max_future_skew_ms);
         ing->stats.future++;
-        return dead_letter(ing, "future_event", reason, path, line_no, line, len, len, err, errlen);
+        return dead_letter(ing, "future_event", reason, path, d, d->raw_len, err, errlen);
+    }
     case IQP_AGG_ERROR: default: return -1;
     }
 }
@@ -169,6 +163,23 @@ static int flush_at(iqp_ingest *ing, const file_position *pos, const char *path,
     return iqp_aggregator_flush(ing->agg, err, errlen);
 }
 
+/* Consumes the decoded batches of one file; returns -1 on a failure. */
+static int count_batches(iqp_ingest *ing, iqp_decode_queue *q, iqp_logfile *lf,
+                         const file_position *pos, const char *path, char *err, size_t errlen) {
+    iqp_decoded_batch *b;
+    int rc = 0;
+    while (rc == 0 && (b = iqp_decode_queue_next(q))) {
+        for (size_t i = 0; i < b->n && rc == 0; i++) {
+            rc = ingest_line(ing, path, &b->lines[i], err, errlen);
+            if (rc == 0 && iqp_aggregator_pending(ing->agg) >= ing->cfg->flush_events)
+                rc = flush_at(ing, pos, path, b->lines[i].line_no, 0, err, errlen);
+        }
+        iqp_decode_queue_release(b);
+        report_progress(ing, path, iqp_logfile_bytes_in(lf), 0);
+    }
+    return rc;
+}
+
 int iqp_ingest_file(iqp_ingest *ing, const char *path, char *err, size_t errlen) {
     file_position pos;
     if (load_position(ing, path, &pos, err, errlen) < 0) return -1;
@@ -179,24 +190,19 @@ int iqp_ingest_file(iqp_ingest *ing, const char *path, char *err, size_t errlen)
     }
     iqp_logfile *lf = iqp_logfile_open(path, ing->cfg->limits.max_event_bytes, err, errlen);
     if (!lf) return -1;
-    const char *line;
-    size_t len;
-    int oversized, rc;
-    uint64_t full_len, line_no = 0;
-    while ((rc = iqp_logfile_next(lf, &line, &len, &oversized, &full_len, err, errlen)) == 1) {
-        line_no = iqp_logfile_line_no(lf);
-        if (line_no <= pos.lines) { ing->stats.lines_resumed++; continue; }
-        ing->stats.lines++;
-        if (ingest_line(ing, path, line_no, line, len, oversized, full_len, err, errlen) < 0) break;
-        if (iqp_aggregator_pending(ing->agg) >= ing->cfg->flush_events &&
-            flush_at(ing, &pos, path, line_no, 0, err, errlen) < 0)
-            break;
-        if ((ing->stats.lines & 4095) == 0) report_progress(ing, path, iqp_logfile_bytes_in(lf), 0);
+    iqp_decode_queue *q = iqp_decode_queue_start(lf, ing->cfg, pos.lines);
+    int rc = count_batches(ing, q, lf, &pos, path, err, errlen);
+    uint64_t resumed = 0;
+    char read_err[512];
+    if (iqp_decode_queue_finish(q, &resumed, read_err, sizeof read_err) < 0 && rc == 0) {
+        snprintf(err, errlen, "%s", read_err);
+        rc = -1;
     }
+    ing->stats.lines_resumed += resumed;
     if (rc == 0) rc = flush_at(ing, &pos, path, iqp_logfile_line_no(lf), 1, err, errlen);
     ing->stats.bytes_in += iqp_logfile_bytes_in(lf);
     iqp_logfile_close(lf);
-    if (rc < 0 || rc == 1) return -1;
+    if (rc < 0) return -1;
     ing->stats.files_done++;
     report_progress(ing, path, 0, 1);
     return 0;

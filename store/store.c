@@ -237,8 +237,22 @@ fail:
     return NULL;
 }
 
+/* Writes the memtables to SST files, so that the next open (often a
+ * read-only lookup) does not replay the write-ahead log. */
+static void flush_memtables(iqp_store *st) {
+    rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
+    rocksdb_flushoptions_set_wait(fo, 1);
+    for (int cf = 0; cf < IQP_CF__COUNT; cf++) {
+        char *rerr = NULL;
+        rocksdb_flush_cf(st->db, fo, cf_handle(st, cf), &rerr);
+        free(rerr); /* the WAL still holds the data: a failed flush loses nothing */
+    }
+    rocksdb_flushoptions_destroy(fo);
+}
+
 void iqp_store_close(iqp_store *st) {
     if (!st) return;
+    if (st->db && !st->read_only && st->cf[IQP_CF__COUNT]) flush_memtables(st);
     if (st->db) {
         for (int i = 0; i < N_CF_HANDLES; i++)
             if (st->cf[i]) rocksdb_column_family_handle_destroy(st->cf[i]);

