@@ -209,9 +209,12 @@ iqp_agg_outcome iqp_aggregator_add(iqp_aggregator *a, const iqp_event *ev, int64
     int found = find_marker(a, mk, &seen_ts);
     if (found < 0) goto store_error;
     if (found) return a->stats.duplicate++, IQP_AGG_DUPLICATE;
+    /* Count under the watermark this event would set; keep it (and the
+     * event-id marker) only if the event changed a counter: the watermark is
+     * the newest *counted* event (README rule 6), and a repeat that counted
+     * nothing must not expire anyone's buckets. */
+    int64_t previous_wm = a->watermark_ms;
     a->watermark_ms = wm;
-    a->pending++;
-    iqp_combiner_set_marker(a->comb, mk, ev->ts);
     iqp_context ctx = {ev->query, ev->query_len, {ev->country[0], ev->country[1], 0}, ev->gender};
     build_prefixes(a, &ctx);
     int changed = 1;
@@ -219,7 +222,12 @@ iqp_agg_outcome iqp_aggregator_add(iqp_aggregator *a, const iqp_event *ev, int64
         count_impression(a, ev);
     else if ((changed = count_action(a, ev, &ctx)) < 0)
         goto store_error;
-    if (!changed) return a->stats.duplicate++, IQP_AGG_DUPLICATE;
+    if (!changed) {
+        a->watermark_ms = previous_wm;
+        return a->stats.duplicate++, IQP_AGG_DUPLICATE;
+    }
+    iqp_combiner_set_marker(a->comb, mk, ev->ts);
+    a->pending++;
     return a->stats.counted++, IQP_AGG_COUNTED;
 store_error:
     snprintf(err, errlen, "cannot read dedup markers from the store");

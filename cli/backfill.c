@@ -86,11 +86,12 @@ static void print_summary(const iqp_ingest *ing, const char *dl_path, double sec
     const iqp_ingest_stats *s = iqp_ingest_get_stats(ing);
     const iqp_agg_stats *a = iqp_ingest_agg_stats(ing);
     fprintf(stderr,
-            "backfill: %llu files (%llu skipped), %llu lines, %llu counted, %llu duplicate, "
+            "backfill: %llu files (%llu skipped), %llu lines (%llu already counted), %llu counted, %llu duplicate, "
             "%llu late, %llu bad -> %s; %llu cell updates folded into %llu merges; %.2f s, "
             "%.0f lines/s, %.1f MB read\n",
             (unsigned long long)(s->files_done + s->files_skipped),
             (unsigned long long)s->files_skipped, (unsigned long long)s->lines,
+            (unsigned long long)s->lines_resumed,
             (unsigned long long)s->counted, (unsigned long long)s->duplicate,
             (unsigned long long)s->late, (unsigned long long)s->bad, dl_path,
             (unsigned long long)a->cell_updates, (unsigned long long)a->cells_written, secs,

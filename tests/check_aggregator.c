@@ -157,6 +157,21 @@ START_TEST(earlier_repeat_moves_the_count) {
 }
 END_TEST
 
+/* A repeat that counts nothing must not move the watermark (rule 6): here a
+ * click repeated 30 h later would otherwise expire the hourly bucket of an
+ * impression that arrives after it. */
+START_TEST(uncounted_repeat_keeps_the_watermark) {
+    ck_assert_int_eq(add(action("c1", T0, "r1", "a", "click")), IQP_AGG_COUNTED);
+    ck_assert_int_eq(add(action("c2", T0 + 30 * H, "r1", "a", "click")), IQP_AGG_DUPLICATE);
+    ck_assert_int_eq(add(impression("e1", T0 + 2 * H, "r2", "[\"a\"]")), IQP_AGG_COUNTED);
+    flush();
+    ck_assert_int_eq(iqp_store_watermark(st), T0 + 2 * H);
+    ck_assert_int_eq(read_one("q_item", "1d", "a", T0 + 2 * H).context_count, 1);
+    /* the uncounted repeat's event id is not remembered either */
+    ck_assert_int_eq(add(impression("c2", T0 + 2 * H, "r3", "[\"a\"]")), IQP_AGG_COUNTED);
+}
+END_TEST
+
 START_TEST(future_events_are_rejected) {
     ck_assert_int_eq(add_at(impression("e1", NOW + 300001, "r1", "[\"a\"]"), NOW), IQP_AGG_FUTURE);
     ck_assert_int_eq(add_at(impression("e2", NOW + 300000, "r2", "[\"a\"]"), NOW), IQP_AGG_COUNTED);
@@ -201,7 +216,7 @@ START_TEST(flush_size_does_not_change_results) {
     ck_assert_ptr_nonnull(st2);
     iqp_aggregator *agg2 = iqp_aggregator_new(st2);
     for (int i = 0; i < 300; i++) {
-        char id[32], req[32], items[64], item[8];
+        char id[32], req[32], items[64], item[24];
         snprintf(id, sizeof id, "e%d", i % 250); /* some redeliveries */
         snprintf(req, sizeof req, "r%d", i % 97);
         snprintf(item, sizeof item, "i%d", i % 5);
@@ -223,7 +238,7 @@ START_TEST(flush_size_does_not_change_results) {
     for (int64_t as_of = T0; as_of <= T0 + 30 * H; as_of += 5 * H)
         for (size_t f = 0; f < cfg.n_features; f++)
             for (int i = 0; i < 5; i++) {
-                char item[8];
+                char item[24];
                 const char *ip = item;
                 size_t len;
                 iqp_feature_row r1[IQP_MAX_WINDOWS], r2[IQP_MAX_WINDOWS];
@@ -262,6 +277,7 @@ int main(void) {
     tcase_add_test(tc, redelivery_counts_once_within_and_across_batches);
     tcase_add_test(tc, actions_count_distinct_requests_and_engaged);
     tcase_add_test(tc, earlier_repeat_moves_the_count);
+    tcase_add_test(tc, uncounted_repeat_keeps_the_watermark);
     tcase_add_test(tc, future_events_are_rejected);
     tcase_add_test(tc, window_edges);
     tcase_add_test(tc, old_events_partially_or_wholly_late);

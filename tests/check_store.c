@@ -191,7 +191,7 @@ START_TEST(compaction_expires_old_buckets_and_markers) {
     iqp_store_batch *bt = iqp_store_batch_new(st);
     for (int64_t h = 1; h <= 10; h++) {
         unsigned char mk[IQP_MARKER_KEY_LEN];
-        char id[16];
+        char id[32];
         int64_t ts = h * H;
         snprintf(id, sizeof id, "e%lld", (long long)h);
         iqp_cells_event_marker(mk, id, strlen(id));

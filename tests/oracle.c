@@ -200,8 +200,10 @@ typedef struct strset {         /* a set of strings (event ids, unit keys) */
     UT_hash_handle hh;
 } strset;
 
-typedef struct pairset {        /* a set of (query id, item id) */
+typedef struct pairset {        /* (query id, item id) -> times seen */
     int key[2];
+    uint64_t count;
+    size_t seq;                 /* order of first sight under the query */
     UT_hash_handle hh;
 } pairset;
 
@@ -219,9 +221,10 @@ typedef struct unit {
 
 typedef struct query_info {
     uint64_t impressions;
-    int *items;
+    pairset **items;
     size_t n_items, cap;
     const char **item_names;    /* built on demand for oracle_query_items */
+    uint64_t names_lines;       /* o->stats.lines when item_names was built */
 } query_info;
 
 struct oracle {
@@ -526,21 +529,23 @@ static int query_id(oracle *o, const char *q) {
     return id;
 }
 
-/* Remembers that item was seen under query (for choosing lookup items). */
+/* Counts a sighting of item under query (for choosing lookup items). */
 static void note_query_item(oracle *o, int qid, int iid) {
     pairset *p;
     int key[2] = {qid, iid};
+    query_info *qi = &o->qinfo[qid];
     HASH_FIND(hh, o->query_items, key, sizeof key, p);
-    if (p) return;
+    if (p) { p->count++; return; }
     p = calloc(1, sizeof *p);
     memcpy(p->key, key, sizeof key);
+    p->count = 1;
+    p->seq = qi->n_items;
     HASH_ADD(hh, o->query_items, key, sizeof p->key, p);
-    query_info *qi = &o->qinfo[qid];
     if (qi->n_items == qi->cap) {
         qi->cap = qi->cap ? 2 * qi->cap : 16;
         qi->items = xrealloc(qi->items, qi->cap * sizeof *qi->items);
     }
-    qi->items[qi->n_items++] = iid;
+    qi->items[qi->n_items++] = p;
 }
 
 static void note_country(oracle *o, const char *country) {
@@ -740,14 +745,26 @@ const char *oracle_query(const oracle *o, size_t i, uint64_t *impressions) {
     return o->query_names[q];
 }
 
+static int by_count_desc(const void *a, const void *b) {
+    const pairset *x = *(pairset *const *)a, *y = *(pairset *const *)b;
+    if (x->count != y->count) return x->count > y->count ? -1 : 1;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
 const char *const *oracle_query_items(const oracle *o, const char *q, size_t *n) {
     strid *e;
     HASH_FIND_STR(o->queries, q, e);
     if (!e) { *n = 0; return NULL; }
     query_info *qi = &o->qinfo[e->id];
-    if (!qi->item_names) {
+    if (!qi->item_names || qi->names_lines != o->stats.lines) {
+        pairset **sorted = malloc((qi->n_items + 1) * sizeof *sorted);
+        memcpy(sorted, qi->items, qi->n_items * sizeof *sorted);
+        qsort(sorted, qi->n_items, sizeof *sorted, by_count_desc);
+        free(qi->item_names);
         qi->item_names = malloc((qi->n_items + 1) * sizeof *qi->item_names);
-        for (size_t i = 0; i < qi->n_items; i++) qi->item_names[i] = o->item_names[qi->items[i]];
+        for (size_t i = 0; i < qi->n_items; i++) qi->item_names[i] = o->item_names[sorted[i]->key[1]];
+        qi->names_lines = o->stats.lines;
+        free(sorted);
     }
     *n = qi->n_items;
     return qi->item_names;

@@ -89,8 +89,9 @@ const char *oracle_norm_gender(const char *s, size_t len);        /* s may be NU
 size_t oracle_n_queries(const oracle *o);
 const char *oracle_query(const oracle *o, size_t i, uint64_t *impressions);
 
-/* Distinct items seen (in impressions or actions) under query q, in first
- * seen order; *n gets the count. NULL when q is unknown. */
+/* Distinct items seen (in impressions or actions of valid, not late events)
+ * under query q, most often seen first (ties in order of first sight); *n
+ * gets the count. NULL when q is unknown. Valid until the next feed. */
 const char *const *oracle_query_items(const oracle *o, const char *q, size_t *n);
 
 /* Distinct normalized countries of counted impressions, most frequent first. */
