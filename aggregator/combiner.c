@@ -10,7 +10,8 @@
  * growing never rehashes keys and mismatches rarely touch the cell.
  *
  * Cells are carved, with their counters and key bytes, out of an arena of
- * 1 MiB blocks, freed in one sweep at drain time.
+ * 2 MiB blocks, rewound in one sweep at drain time; blocks and slot arrays
+ * are kept for the next batch (a batch's memory is reused, not re-faulted).
  *
  *   cell = { key length | counters[width] | key bytes }
  *   marker cells use the same tables with an 8-byte "counter": the ts
@@ -52,7 +53,8 @@ typedef struct arena_block {
 
 struct iqp_combiner {
     cell_table counts, contexts, markers;
-    arena_block *arena;
+    arena_block *arena;     /* blocks in use, newest first */
+    arena_block *spare;     /* rewound blocks kept for the next batch */
 };
 
 #define HUGE_PAGE (2u << 20)
@@ -82,12 +84,17 @@ static void *arena_alloc(iqp_combiner *c, size_t n) {
     n = (n + 15) & ~(size_t)15;
     arena_block *b = c->arena;
     if (!b || b->used + n > b->cap) {
-        size_t cap = (n > ARENA_BLOCK ? n : ARENA_BLOCK) - sizeof(arena_block);
-        if (cap < n) cap = n;
-        b = alloc_zeroed(sizeof(arena_block) + cap);
+        if (c->spare && c->spare->cap >= n) {
+            b = c->spare;             /* already faulted in: reuse it */
+            c->spare = b->next;
+        } else {
+            size_t cap = (n > ARENA_BLOCK ? n : ARENA_BLOCK) - sizeof(arena_block);
+            if (cap < n) cap = n;
+            b = alloc_zeroed(sizeof(arena_block) + cap);
+            b->cap = cap;
+        }
         b->next = c->arena;
         b->used = 0;
-        b->cap = cap;
         c->arena = b;
     }
     void *p = b->data + b->used;
@@ -95,11 +102,23 @@ static void *arena_alloc(iqp_combiner *c, size_t n) {
     return p;
 }
 
-static void arena_free_all(iqp_combiner *c) {
+/* Moves every block to the spare list: the next batch reuses memory that is
+ * already mapped instead of faulting in fresh pages. */
+static void arena_rewind(iqp_combiner *c) {
     while (c->arena) {
         arena_block *next = c->arena->next;
-        free(c->arena);
+        c->arena->next = c->spare;
+        c->spare = c->arena;
         c->arena = next;
+    }
+}
+
+static void arena_free_all(iqp_combiner *c) {
+    arena_rewind(c);
+    while (c->spare) {
+        arena_block *next = c->spare->next;
+        free(c->spare);
+        c->spare = next;
     }
 }
 
@@ -112,10 +131,11 @@ static void table_init(cell_table *t, size_t width) {
     t->width = width;
 }
 
+/* Empties the table but keeps its capacity (and its mapped pages). */
 static void table_reset(cell_table *t) {
     if (t->count == 0) return;
-    free(t->slots);
-    table_init(t, t->width);
+    memset(t->slots, 0, (t->mask + 1) * sizeof(slot));
+    t->count = 0;
 }
 
 static void table_grow(cell_table *t) {
@@ -259,6 +279,6 @@ size_t iqp_combiner_drain(iqp_combiner *c, iqp_store_batch *b) {
                             sizeof(int64_t));
     free(markers);
     table_reset(&c->markers);
-    arena_free_all(c);
+    arena_rewind(c);
     return written;
 }

@@ -134,8 +134,7 @@ int iqp_parse_duration(const char *text, int64_t *ms) {
 
 #define FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); return -1; } while (0)
 
-static int valid_name(const char *s) {
-    size_t n = strlen(s);
+int iqp_config_valid_name(const char *s, size_t n) {
     if (n == 0 || n >= IQP_NAME_MAX) return 0;
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
@@ -154,7 +153,7 @@ static int parse_actions(iqp_config *cfg, json_t *arr, const char *src, char *er
     json_t *v;
     json_array_foreach(arr, i, v) {
         const char *name = json_string_value(v);
-        if (!name || !valid_name(name))
+        if (!name || !iqp_config_valid_name(name, strlen(name)))
             FAIL("%s: actions[%zu] must be a name of 1..%d characters [A-Za-z0-9_.-]", src, i,
                  IQP_NAME_MAX - 1);
         if (iqp_config_action_index(cfg, name, strlen(name)) >= 0)
@@ -192,7 +191,7 @@ static int parse_features(iqp_config *cfg, json_t *arr, const char *src, char *e
         const char *name = json_string_value(json_object_get(v, "name"));
         json_t *entity = json_object_get(v, "entity");
         iqp_feature_spec *f = &cfg->features[cfg->n_features];
-        if (!name || !valid_name(name)) FAIL("%s: features[%zu].name is missing or invalid", src, i);
+        if (!name || !iqp_config_valid_name(name, strlen(name))) FAIL("%s: features[%zu].name is missing or invalid", src, i);
         if (iqp_config_feature_index(cfg, name) >= 0)
             FAIL("%s: features[%zu] \"%s\" is listed twice", src, i, name);
         if (parse_dims(json_object_get(v, "context"), &f->dims) < 0)
@@ -219,7 +218,7 @@ static int window_duration(json_t *v, int64_t *ms) {
 static int parse_window(iqp_window_spec *w, json_t *v, size_t i, const char *src, char *err,
                         size_t errlen) {
     const char *name = json_string_value(json_object_get(v, "name"));
-    if (!name || !valid_name(name)) FAIL("%s: windows[%zu].name is missing or invalid", src, i);
+    if (!name || !iqp_config_valid_name(name, strlen(name))) FAIL("%s: windows[%zu].name is missing or invalid", src, i);
     if (window_duration(json_object_get(v, "length"), &w->length_ms) < 0)
         FAIL("%s: windows[%zu].length must be a duration like \"7d\"", src, i);
     if (window_duration(json_object_get(v, "granularity"), &w->gran_ms) < 0)

@@ -104,6 +104,10 @@ int iqp_config_layout_diff(const char *stored, const iqp_config *cfg, char *msg,
 /* Index of an action name, or -1. */
 int iqp_config_action_index(const iqp_config *cfg, const char *name, size_t len);
 
+/* True when s[0..n) is a valid action, feature or window name: 1 to
+ * IQP_NAME_MAX-1 characters of [A-Za-z0-9_.-]. */
+int iqp_config_valid_name(const char *s, size_t n);
+
 /* Index of a feature name, or -1. */
 int iqp_config_feature_index(const iqp_config *cfg, const char *name);
 

@@ -376,23 +376,12 @@ static int parse_dur(const char *flag, const char *s, int64_t lo, int64_t hi, co
     return 0;
 }
 
-static int valid_action_name(const char *s, size_t n) {
-    if (n == 0 || n >= IQP_NAME_MAX) return 0;
-    for (size_t i = 0; i < n; i++) {
-        char c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '_' || c == '-' || c == '.'))
-            return 0;
-    }
-    return 1;
-}
-
 static int parse_actions(gen_opts *o, const char *list) {
     o->n_actions = 0;
     const char *p = list;
     for (;;) {
         size_t n = strcspn(p, ",");
-        if (!valid_action_name(p, n))
+        if (!iqp_config_valid_name(p, n))
             return iqp_cli_usage_error(CMD, "--actions: \"%.*s\" is not an action name "
                                        "(1..%d of A-Z a-z 0-9 _ - .)", (int)n, p,
                                        IQP_NAME_MAX - 1);

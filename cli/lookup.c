@@ -101,6 +101,11 @@ static int build_context(const lookup_opts *o, iqp_context *ctx, char **query_bu
         size_t len;
         if (iqp_normalize_query(o->query, strlen(o->query), query_buf, &len) < 0)
             return iqp_cli_usage_error(CMD, "--query is not valid UTF-8");
+        if (len == 0) {
+            free(*query_buf);
+            *query_buf = NULL;
+            return iqp_cli_usage_error(CMD, "--query is empty after normalization");
+        }
         ctx->query = *query_buf;
         ctx->query_len = len;
     }
