@@ -8,6 +8,7 @@
  * usage.
  */
 #include <getopt.h>
+#include <signal.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,8 +45,11 @@ static void usage(FILE *out) {
             "  --help               this text\n"
             "\n"
             "Prints a progress line on a terminal and a summary line at the end (stderr).\n"
+            "SIGINT/SIGTERM stop it after the batch in hand: what was counted is committed\n"
+            "with its file position, and running the same command again resumes there.\n"
+            "\n"
             "Exit status: 0 done (bad events are dead-lettered, not fatal), 1 operational\n"
-            "failure (store or file unusable), 2 bad usage.\n");
+            "failure (store or file unusable), 2 bad usage, 130 stopped by a signal.\n");
 }
 
 typedef struct backfill_opts {
@@ -98,6 +102,24 @@ static void print_summary(const iqp_ingest *ing, const char *dl_path, double sec
             secs > 0 ? s->lines / secs : 0.0, s->bytes_in / 1e6);
 }
 
+static void on_stop_signal(int sig) {
+    (void)sig;
+    iqp_ingest_request_stop();
+}
+
+/* SIGINT/SIGTERM: finish the batch in hand, commit it with its position,
+ * exit 130. A second signal kills at once (SA_RESETHAND): still safe, as
+ * every batch commits atomically. */
+static void install_stop_handlers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sa.sa_flags = SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
 static double monotonic_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -127,9 +149,13 @@ int iqp_cmd_backfill(int argc, char **argv) {
     }
     double t0 = monotonic_seconds();
     iqp_ingest *ing = iqp_ingest_new(st, dl, !o.quiet && isatty(STDERR_FILENO));
+    install_stop_handlers();
     rc = 0;
-    for (int i = optind; i < argc && rc == 0; i++)
-        if (iqp_ingest_file(ing, argv[i], err, sizeof err) < 0) rc = iqp_cli_fail(CMD, "%s", err);
+    for (int i = optind; i < argc && rc == 0; i++) {
+        int frc = iqp_ingest_file(ing, argv[i], err, sizeof err);
+        if (frc < 0) rc = iqp_cli_fail(CMD, "%s", err);
+        if (frc == 1) rc = 130; /* stopped by a signal, as shells report SIGINT */
+    }
     print_summary(ing, o.dead_letter, monotonic_seconds() - t0);
     iqp_ingest_free(ing);
     if (iqp_deadletter_close(dl, err, sizeof err) < 0 && rc == 0) rc = iqp_cli_fail(CMD, "%s", err);

@@ -9,6 +9,7 @@
 #include "consumers/ingest.h"
 
 #include <jansson.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,11 @@
 #include "consumers/decode_queue.h"
 #include "consumers/logfile.h"
 #include "schemas/event.h"
+
+/* Set from a signal handler; read between decoded batches. */
+static volatile sig_atomic_t stop_requested;
+
+void iqp_ingest_request_stop(void) { stop_requested = 1; }
 
 struct iqp_ingest {
     iqp_store *st;
@@ -163,19 +169,26 @@ static int flush_at(iqp_ingest *ing, const file_position *pos, const char *path,
     return iqp_aggregator_flush(ing->agg, err, errlen);
 }
 
-/* Consumes the decoded batches of one file; returns -1 on a failure. */
+/* Consumes the decoded batches of one file; returns -1 on a failure, 1
+ * when a stop was requested (after committing up to *last_line). */
 static int count_batches(iqp_ingest *ing, iqp_decode_queue *q, iqp_logfile *lf,
                          const file_position *pos, const char *path, char *err, size_t errlen) {
     iqp_decoded_batch *b;
     int rc = 0;
+    uint64_t last_line = pos->lines;
     while (rc == 0 && (b = iqp_decode_queue_next(q))) {
         for (size_t i = 0; i < b->n && rc == 0; i++) {
             rc = ingest_line(ing, path, &b->lines[i], err, errlen);
             if (rc == 0 && iqp_aggregator_pending(ing->agg) >= ing->cfg->flush_events)
                 rc = flush_at(ing, pos, path, b->lines[i].line_no, 0, err, errlen);
         }
+        if (rc == 0 && b->n > 0) last_line = b->lines[b->n - 1].line_no;
         iqp_decode_queue_release(b);
         report_progress(ing, path, iqp_logfile_bytes_in(lf), 0);
+        if (rc == 0 && stop_requested) {
+            rc = flush_at(ing, pos, path, last_line, 0, err, errlen);
+            return rc < 0 ? -1 : 1;
+        }
     }
     return rc;
 }
@@ -203,6 +216,11 @@ int iqp_ingest_file(iqp_ingest *ing, const char *path, char *err, size_t errlen)
     ing->stats.bytes_in += iqp_logfile_bytes_in(lf);
     iqp_logfile_close(lf);
     if (rc < 0) return -1;
+    if (rc == 1) {
+        fprintf(stderr, "\niqp backfill: stopped in %s; what was counted is committed, "
+                        "run the same command again to resume\n", path);
+        return 1;
+    }
     ing->stats.files_done++;
     report_progress(ing, path, 0, 1);
     return 0;
