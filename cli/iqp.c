@@ -15,6 +15,7 @@ static const iqp_command command_table[] = {
     {"backfill", "count event log files into a store, exactly once", iqp_cmd_backfill},
     {"lookup", "print feature values for a query, user context and items", iqp_cmd_lookup},
     {"stats", "print what a store holds (cells, markers, bytes, watermark)", iqp_cmd_stats},
+    {"devbroker", "run a local Kafka (librdkafka mock cluster) for tests and demos", iqp_cmd_devbroker},
 };
 
 #define N_COMMANDS (sizeof(command_table) / sizeof(command_table[0]))

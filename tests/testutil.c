@@ -2,6 +2,7 @@
 #include "tests/testutil.h"
 
 #include <ftw.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,4 +79,13 @@ char *tu_read_file(const char *path, size_t *len) {
     buf[total] = '\0';
     if (len) *len = total;
     return buf;
+}
+
+char *tu_fmt(const char *fmt, ...) {
+    va_list ap;
+    char *s = NULL;
+    va_start(ap, fmt);
+    if (vasprintf(&s, fmt, ap) < 0) s = NULL;
+    va_end(ap);
+    return s;
 }

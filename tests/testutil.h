@@ -29,4 +29,7 @@ const char *tu_iqp(void);
  * NUL) in *len when len is not NULL. NULL when it cannot be read. */
 char *tu_read_file(const char *path, size_t *len);
 
+/* printf into a malloc'd string. */
+char *tu_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 #endif

@@ -1,0 +1,158 @@
+/* devbroker.c -- `iqp devbroker`: a local Kafka for tests and the quickstart.
+ *
+ * No Apache Kafka package exists on the target machines, so this wraps
+ * librdkafka's mock cluster (rdkafka_mock.h): real Kafka protocol on
+ * loopback TCP, any client (kcat, librdkafka, iqp stream) can connect.
+ * It creates the topics, prints the bootstrap list as the first line on
+ * stdout, then serves until SIGINT/SIGTERM or "quit" on stdin.
+ *
+ * Standard input takes one command per line, for failure tests:
+ *   down N   take broker N (1-based) down     up N   bring it back
+ *   quit     stop
+ * Each command is answered on stdout with "ok ..." or "error ...".
+ *
+ * Limits of the Debian 2.0.2 mock (DESIGN.md): each partition keeps about
+ * 5 MiB (older messages are evicted silently), the first consumer-group join
+ * takes about 3 s, transactions are accepted but have no effect, and there
+ * are no admin APIs (topics exist only as created here or auto-created).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+
+static const char *CMD = "devbroker";
+static volatile sig_atomic_t stop;
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: iqp devbroker [--brokers N] [--partitions N] [--topics a,b,...]\n"
+            "\n"
+            "Starts a local Kafka (librdkafka's mock cluster) on loopback, creates the topics,\n"
+            "prints the bootstrap list (host:port,...) as its first line on stdout, and runs\n"
+            "until SIGINT/SIGTERM or 'quit' on stdin. For tests and the quickstart only.\n"
+            "\n"
+            "options:\n"
+            "  --brokers N      brokers in the cluster (default 3)\n"
+            "  --partitions N   partitions per topic (default 8)\n"
+            "  --topics LIST    comma-separated topic names (default impressions,actions,dead-letter)\n"
+            "  --help           this text\n"
+            "\n"
+            "stdin commands: 'down N' / 'up N' (broker N, 1-based), 'quit'.\n"
+            "Limits: about 5 MiB kept per partition (older data evicted silently), first\n"
+            "group join takes about 3 s, transactions have no effect, no admin APIs.\n");
+}
+
+static void on_signal(int sig) {
+    (void)sig;
+    stop = 1;
+}
+
+/* Handles one stdin command; returns 1 on "quit". */
+static int run_command(rd_kafka_mock_cluster_t *mc, int brokers, char *line) {
+    char verb[16];
+    int id = 0;
+    line[strcspn(line, "\r\n")] = '\0';
+    if (sscanf(line, "%15s %d", verb, &id) < 1) return 0;
+    if (strcmp(verb, "quit") == 0) return 1;
+    int down = strcmp(verb, "down") == 0, up = strcmp(verb, "up") == 0;
+    if ((!down && !up) || id < 1 || id > brokers) {
+        printf("error: unknown command '%s' (use: down N, up N, quit; N in 1..%d)\n", line, brokers);
+    } else {
+        rd_kafka_resp_err_t err = down ? rd_kafka_mock_broker_set_down(mc, id)
+                                       : rd_kafka_mock_broker_set_up(mc, id);
+        if (err) printf("error: %s broker %d: %s\n", verb, id, rd_kafka_err2str(err));
+        else printf("ok %s %d\n", verb, id);
+    }
+    fflush(stdout);
+    return 0;
+}
+
+/* Serves stdin commands until a signal, "quit" or end of input (then it
+ * keeps running until a signal: a background devbroker has no stdin). */
+static void serve(rd_kafka_mock_cluster_t *mc, int brokers) {
+    char line[256];
+    int stdin_open = 1;
+    while (!stop) {
+        struct pollfd p = {.fd = STDIN_FILENO, .events = POLLIN};
+        int n = stdin_open ? poll(&p, 1, 200) : (usleep(200000), 0);
+        if (n <= 0) continue;
+        if (!fgets(line, sizeof line, stdin)) {
+            stdin_open = 0;
+            continue;
+        }
+        if (run_command(mc, brokers, line)) break;
+    }
+}
+
+static int create_topics(rd_kafka_mock_cluster_t *mc, char *topics, int partitions) {
+    for (char *t = strtok(topics, ","); t; t = strtok(NULL, ",")) {
+        rd_kafka_resp_err_t err = rd_kafka_mock_topic_create(mc, t, partitions, 1);
+        if (err) return iqp_cli_fail(CMD, "cannot create topic '%s': %s", t, rd_kafka_err2str(err));
+    }
+    return 0;
+}
+
+int iqp_cmd_devbroker(int argc, char **argv) {
+    static const struct option longopts[] = {{"brokers", required_argument, 0, 'b'},
+                                              {"partitions", required_argument, 0, 'p'},
+                                              {"topics", required_argument, 0, 't'},
+                                              {"help", no_argument, 0, 'h'},
+                                              {0, 0, 0, 0}};
+    int64_t brokers = 3, partitions = 8;
+    const char *topics_arg = "impressions,actions,dead-letter";
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'b':
+            if (iqp_cli_parse_i64(optarg, &brokers) < 0 || brokers < 1 || brokers > 16)
+                return iqp_cli_usage_error(CMD, "--brokers must be 1..16, not '%s'", optarg);
+            break;
+        case 'p':
+            if (iqp_cli_parse_i64(optarg, &partitions) < 0 || partitions < 1 || partitions > 1024)
+                return iqp_cli_usage_error(CMD, "--partitions must be 1..1024, not '%s'", optarg);
+            break;
+        case 't': topics_arg = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: return iqp_cli_usage_error(CMD, "unknown option");
+        }
+    }
+    if (optind < argc) return iqp_cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    if (!*topics_arg) return iqp_cli_usage_error(CMD, "--topics is empty");
+
+    char errstr[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "log_level", "3", errstr, sizeof errstr);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof errstr);
+    if (!rk) return iqp_cli_fail(CMD, "cannot create a Kafka handle: %s", errstr);
+    rd_kafka_mock_cluster_t *mc = rd_kafka_mock_cluster_new(rk, (int)brokers);
+    if (!mc) {
+        rd_kafka_destroy(rk);
+        return iqp_cli_fail(CMD, "cannot start the mock cluster");
+    }
+    char *topics = strdup(topics_arg);
+    int rc = create_topics(mc, topics, (int)partitions);
+    free(topics);
+    if (rc == 0) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_signal;
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
+        printf("%s\n", rd_kafka_mock_cluster_bootstraps(mc));
+        fflush(stdout);
+        serve(mc, (int)brokers);
+    }
+    rd_kafka_mock_cluster_destroy(mc);
+    rd_kafka_destroy(rk);
+    return rc;
+}
