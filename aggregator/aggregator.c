@@ -38,6 +38,7 @@ struct iqp_aggregator {
     iqp_combiner *comb;
     int64_t watermark_ms;         /* includes unflushed events */
     size_t pending;
+    int failed;                   /* a flush failed: the batch is lost, refuse work */
     iqp_agg_stats stats;
     staged_meta *meta;
     /* per-event scratch */
@@ -94,10 +95,16 @@ static int retained_granularities(iqp_aggregator *a, int64_t ts, int64_t wm) {
 
 /* ---- markers ------------------------------------------------------------- */
 
-/* 1 and *ts when the marker exists (batch or store), 0 when not, -1 error. */
+/* 1 and *ts when the marker exists (batch or store), 0 when not, -1 error.
+ * A stored marker older than the dedup horizon behind the watermark counts
+ * as absent whether or not compaction has dropped it yet, so results never
+ * depend on when compaction runs (README rule 7). */
 static int find_marker(iqp_aggregator *a, const unsigned char *key, int64_t *ts) {
     if (iqp_combiner_get_marker(a->comb, key, ts)) return 1;
-    return iqp_store_get_marker(a->st, key, IQP_MARKER_KEY_LEN, ts);
+    int rc = iqp_store_get_marker(a->st, key, IQP_MARKER_KEY_LEN, ts);
+    if (rc == 1 && a->watermark_ms != INT64_MIN && *ts < a->watermark_ms - a->cfg->dedup_horizon_ms)
+        return 0;
+    return rc;
 }
 
 /* ---- cell deltas --------------------------------------------------------- */
@@ -200,7 +207,11 @@ static int count_action(iqp_aggregator *a, const iqp_event *ev, const iqp_contex
 
 iqp_agg_outcome iqp_aggregator_add(iqp_aggregator *a, const iqp_event *ev, int64_t now_ms,
                                    char *err, size_t errlen) {
-    if (ev->ts > now_ms + a->cfg->max_future_skew_ms) return a->stats.future++, IQP_AGG_FUTURE;
+    if (a->failed) {
+        snprintf(err, errlen, "an earlier store write failed; this batch cannot continue");
+        return IQP_AGG_ERROR;
+    }
+    if (ev->ts - now_ms > a->cfg->max_future_skew_ms) return a->stats.future++, IQP_AGG_FUTURE;
     int64_t wm = ev->ts > a->watermark_ms ? ev->ts : a->watermark_ms;
     if (retained_granularities(a, ev->ts, wm) == 0) return a->stats.late++, IQP_AGG_LATE;
     unsigned char mk[IQP_MARKER_KEY_LEN];
@@ -255,7 +266,15 @@ void iqp_aggregator_stage_meta(iqp_aggregator *a, const char *key, const void *v
 
 size_t iqp_aggregator_pending(const iqp_aggregator *a) { return a->pending; }
 
+int iqp_aggregator_should_flush(const iqp_aggregator *a) {
+    return a->pending >= a->cfg->flush_events || iqp_combiner_cells(a->comb) >= IQP_AGG_MAX_CELLS;
+}
+
 int iqp_aggregator_flush(iqp_aggregator *a, char *err, size_t errlen) {
+    if (a->failed) {
+        snprintf(err, errlen, "an earlier store write failed; this batch cannot be written");
+        return -1;
+    }
     if (a->pending == 0 && !a->meta) return 0;
     iqp_store_batch *b = iqp_store_batch_new(a->st);
     a->stats.cells_written += iqp_combiner_drain(a->comb, b);
@@ -265,7 +284,10 @@ int iqp_aggregator_flush(iqp_aggregator *a, char *err, size_t errlen) {
     a->stats.batch_bytes += iqp_store_batch_bytes(b);
     int rc = iqp_store_batch_commit(a->st, b, err, errlen);
     iqp_store_batch_free(b);
-    if (rc < 0) return -1;
+    if (rc < 0) {
+        a->failed = 1;
+        return -1;
+    }
     free_staged(a);
     a->pending = 0;
     a->stats.flushes++;

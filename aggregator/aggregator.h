@@ -55,7 +55,15 @@ void iqp_aggregator_stage_meta(iqp_aggregator *a, const char *key, const void *v
 /* Events added since the last flush. */
 size_t iqp_aggregator_pending(const iqp_aggregator *a);
 
-/* Writes the micro-batch; 0, or -1 with err (nothing of it is written). */
+/* True when the micro-batch should be written now: flush_events events, or
+ * IQP_AGG_MAX_CELLS distinct cells (huge impressions must not grow memory
+ * without bound: one 10,000-item impression makes ~100,000 cells). */
+#define IQP_AGG_MAX_CELLS (1u << 20)
+int iqp_aggregator_should_flush(const iqp_aggregator *a);
+
+/* Writes the micro-batch; 0, or -1 with err (nothing of it is written).
+ * After a failed write the aggregator refuses further work: its batch is
+ * gone, so retrying could commit positions without their counts. */
 int iqp_aggregator_flush(iqp_aggregator *a, char *err, size_t errlen);
 
 const iqp_agg_stats *iqp_aggregator_stats(const iqp_aggregator *a);

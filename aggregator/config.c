@@ -145,6 +145,14 @@ int iqp_config_valid_name(const char *s, size_t n) {
     return 1;
 }
 
+static int reserved_action_name(const char *name) {
+    static const char *reserved[] = {"feature", "window", "context", "item",
+                                     "context_count", "impression", "engaged"};
+    for (size_t k = 0; k < COUNT_OF(reserved); k++)
+        if (strcmp(name, reserved[k]) == 0) return 1;
+    return strncmp(name, "iqp_", 4) == 0;
+}
+
 static int parse_actions(iqp_config *cfg, json_t *arr, const char *src, char *err, size_t errlen) {
     if (!json_is_array(arr) || json_array_size(arr) == 0 || json_array_size(arr) > IQP_MAX_ACTIONS)
         FAIL("%s: \"actions\" must be an array of 1..%d names", src, IQP_MAX_ACTIONS);
@@ -158,6 +166,9 @@ static int parse_actions(iqp_config *cfg, json_t *arr, const char *src, char *er
                  IQP_NAME_MAX - 1);
         if (iqp_config_action_index(cfg, name, strlen(name)) >= 0)
             FAIL("%s: actions[%zu] \"%s\" is listed twice", src, i, name);
+        if (reserved_action_name(name))
+            FAIL("%s: actions[%zu] \"%s\" would clash with a lookup output key (feature, window, "
+                 "context, item, context_count, impression, engaged, iqp_*)", src, i, name);
         snprintf(cfg->actions[cfg->n_actions++], IQP_NAME_MAX, "%s", name);
     }
     return 0;
@@ -278,7 +289,7 @@ static int parse_limits(iqp_config *cfg, json_t *obj, const char *src, char *err
     }
     if (parse_size(obj, "max_event_bytes", 64, 64u << 20, &cfg->limits.max_event_bytes, src, err, errlen) ||
         parse_size(obj, "max_items", 1, 1000000, &cfg->limits.max_items, src, err, errlen) ||
-        parse_size(obj, "max_string_bytes", 16, 1u << 20, &cfg->limits.max_string_bytes, src, err, errlen))
+        parse_size(obj, "max_string_bytes", 16, 16384, &cfg->limits.max_string_bytes, src, err, errlen))
         return -1;
     return 0;
 }
@@ -293,6 +304,13 @@ static int parse_duration_key(json_t *root, const char *key, int64_t *out, const
     }
     if (json_is_string(v) && iqp_parse_duration(json_string_value(v), out) == 0) return 0;
     FAIL("%s: \"%s\" must be a duration like \"24h\" or a number of milliseconds", src, key);
+}
+
+static int check_at_most(json_t *root, const char *key, int64_t v, int64_t max, const char *src,
+                         char *err, size_t errlen) {
+    (void)root;
+    if (v > max) FAIL("%s: \"%s\" must be at most %lld ms", src, key, (long long)max);
+    return 0;
 }
 
 static const char *known_keys[] = {"layout_version", "actions",       "features",           "windows",
@@ -314,6 +332,8 @@ static int parse_root(iqp_config *cfg, json_t *root, const char *src, char *err,
     if ((v = json_object_get(root, "limits")) && parse_limits(cfg, v, src, err, errlen)) return -1;
     if (parse_duration_key(root, "dedup_horizon", &cfg->dedup_horizon_ms, src, err, errlen) ||
         parse_duration_key(root, "max_future_skew_ms", &cfg->max_future_skew_ms, src, err, errlen) ||
+        check_at_most(root, "max_future_skew_ms", cfg->max_future_skew_ms, 366 * DAY_MS, src, err, errlen) ||
+        check_at_most(root, "dedup_horizon", cfg->dedup_horizon_ms, 3660 * DAY_MS, src, err, errlen) ||
         parse_size(root, "flush_events", 1, 100000000, &cfg->flush_events, src, err, errlen))
         return -1;
     return 0;

@@ -81,7 +81,7 @@ static void decode_line(iqp_decode_queue *q, iqp_decoded_line *d, uint64_t line_
         d->ok = 1;
         /* Keep the bytes of an event the aggregator will call future (its
          * clock only advances), so the dead letter holds the original. */
-        if (d->ev.ts <= wall_ms() + q->cfg->max_future_skew_ms) return;
+        if (d->ev.ts - wall_ms() <= q->cfg->max_future_skew_ms) return;
     }
     d->raw_len = len > 4096 ? 4096 : len; /* the dead-letter sink keeps 4 KiB at most */
     d->raw = malloc(d->raw_len ? d->raw_len : 1);

@@ -106,8 +106,11 @@ static int load_position(iqp_ingest *ing, const char *path, file_position *pos, 
 static void stage_position(iqp_ingest *ing, const file_position *pos, const char *path,
                            uint64_t lines, int done) {
     if (!pos->meta_key[0]) return;
-    json_t *j = json_pack("{s:s, s:I, s:b}", "path", path, "lines", (json_int_t)lines, "done", done);
+    json_t *j = json_pack("{s:I, s:b}", "lines", (json_int_t)lines, "done", done);
+    json_t *name = json_string(path); /* informational; NULL when not UTF-8 */
+    if (name) json_object_set_new(j, "path", name);
     char *text = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (!text) abort(); /* only out of memory */
     iqp_aggregator_stage_meta(ing->agg, pos->meta_key, text, strlen(text));
     free(text);
     json_decref(j);
@@ -172,17 +175,18 @@ static int flush_at(iqp_ingest *ing, const file_position *pos, const char *path,
 /* Consumes the decoded batches of one file; returns -1 on a failure, 1
  * when a stop was requested (after committing up to *last_line). */
 static int count_batches(iqp_ingest *ing, iqp_decode_queue *q, iqp_logfile *lf,
-                         const file_position *pos, const char *path, char *err, size_t errlen) {
+                         const file_position *pos, const char *path, uint64_t *handled,
+                         char *err, size_t errlen) {
     iqp_decoded_batch *b;
     int rc = 0;
     uint64_t last_line = pos->lines;
     while (rc == 0 && (b = iqp_decode_queue_next(q))) {
         for (size_t i = 0; i < b->n && rc == 0; i++) {
             rc = ingest_line(ing, path, &b->lines[i], err, errlen);
-            if (rc == 0 && iqp_aggregator_pending(ing->agg) >= ing->cfg->flush_events)
+            if (rc == 0 && iqp_aggregator_should_flush(ing->agg))
                 rc = flush_at(ing, pos, path, b->lines[i].line_no, 0, err, errlen);
         }
-        if (rc == 0 && b->n > 0) last_line = b->lines[b->n - 1].line_no;
+        if (rc == 0 && b->n > 0) last_line = *handled = b->lines[b->n - 1].line_no;
         iqp_decode_queue_release(b);
         report_progress(ing, path, iqp_logfile_bytes_in(lf), 0);
         if (rc == 0 && stop_requested) {
@@ -204,11 +208,20 @@ int iqp_ingest_file(iqp_ingest *ing, const char *path, char *err, size_t errlen)
     iqp_logfile *lf = iqp_logfile_open(path, ing->cfg->limits.max_event_bytes, err, errlen);
     if (!lf) return -1;
     iqp_decode_queue *q = iqp_decode_queue_start(lf, ing->cfg, pos.lines);
-    int rc = count_batches(ing, q, lf, &pos, path, err, errlen);
+    uint64_t handled = pos.lines;
+    int rc = count_batches(ing, q, lf, &pos, path, &handled, err, errlen);
     uint64_t resumed = 0;
     char read_err[512];
     if (iqp_decode_queue_finish(q, &resumed, read_err, sizeof read_err) < 0 && rc == 0) {
-        snprintf(err, errlen, "%s", read_err);
+        /* Commit the lines read before the error, so that they count and a
+         * re-run of a repaired file resumes after them; then fail. */
+        char flush_err[512];
+        if (flush_at(ing, &pos, path, handled, 0, flush_err, sizeof flush_err) < 0)
+            snprintf(err, errlen, "%s (and the lines before it could not be committed: %s)",
+                     read_err, flush_err);
+        else
+            snprintf(err, errlen, "%s (the %llu lines before it are committed)", read_err,
+                     (unsigned long long)handled);
         rc = -1;
     }
     ing->stats.lines_resumed += resumed;

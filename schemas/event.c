@@ -172,6 +172,9 @@ static int get_query(dctx *d, const json_t *obj) {
         return fail(d->err, IQP_DECODE_INVALID_UTF8, "query", "not valid UTF-8 text");
     if (d->ev->query_len == 0)
         return fail(d->err, IQP_DECODE_INVALID_VALUE, "query", "empty after normalization");
+    /* NFKC can expand text many times over; the limit holds after it too,
+     * so store keys (u16 lengths) never truncate a query. */
+    if (check_len(d, "query", d->ev->query_len)) return -1;
     return 0;
 }
 

@@ -369,6 +369,7 @@ int iqp_store_scan_buckets(iqp_store *st, iqp_cf cf, const unsigned char *prefix
                            int gran_index, int64_t first, int64_t last, size_t n,
                            iqp_store_bucket_fn fn, void *ud, char *err, size_t errlen) {
     if (first < 0) first = 0;
+    if (last > INT64_MAX - 1) last = INT64_MAX - 1; /* last + 1 below must not overflow */
     if (last < first) return 0;
     unsigned char *lo = malloc(2 * (plen + IQP_BUCKET_SUFFIX_LEN));
     if (!lo) abort();

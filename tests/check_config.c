@@ -84,6 +84,10 @@ START_TEST(errors_name_the_problem) {
         {"{\"limits\": {\"max_items\": 0}}", "max_items"},
         {"{\"limits\": {\"max_itemz\": 3}}", "limits.max_itemz"},
         {"{\"dedup_horizon\": \"forever\"}", "dedup_horizon"},
+        {"{\"actions\": [\"click\", \"item\"]}", "clash with a lookup output key"},
+        {"{\"actions\": [\"iqp_click\"]}", "clash with a lookup output key"},
+        {"{\"max_future_skew_ms\": 9223372036854775807}", "max_future_skew_ms\" must be at most"},
+        {"{\"limits\": {\"max_string_bytes\": 70000}}", "max_string_bytes"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         iqp_config c;
