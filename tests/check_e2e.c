@@ -931,11 +931,16 @@ START_TEST(backfill_again) {
         }
     ck_assert(backfill(store, NULL));
     compare_with_saved(store, n_contexts, "second backfill");
-    /* The same events as b.jsonl.zst, through a file with another content
-     * identity (uncompressed): the per-event dedup markers must hold them. */
-    char *cmd = fmt("%s backfill --store '%s' '%s'", tu_iqp(), store, plain2);
+    /* The same events as the second half of b.jsonl.zst (its last ~18 h,
+     * within the 24 h dedup horizon of the watermark), through a file with
+     * another content identity: the per-event dedup markers must hold them.
+     * (Older duplicates are counted again by design: README rule 7.) */
+    char *tail = fmt("%s/b-tail.jsonl", tmp);
+    char *cmd = fmt("tail -n $(( $(wc -l < '%s') / 2 )) '%s' > '%s' && %s backfill --store '%s' '%s'",
+                    plain2, plain2, tail, tu_iqp(), store, tail);
     ck_assert(run_ok(cmd));
     free(cmd);
+    free(tail);
     compare_with_saved(store, n_contexts, "same events, other file");
 }
 END_TEST
