@@ -39,6 +39,7 @@ struct iqp_aggregator {
     int64_t watermark_ms;         /* includes unflushed events */
     size_t pending;
     int failed;                   /* a flush failed: the batch is lost, refuse work */
+    int restoring;                /* markers only: no counter deltas (iqp_aggregator_restore) */
     iqp_agg_stats stats;
     staged_meta *meta;
     /* per-event scratch */
@@ -118,6 +119,7 @@ static void build_prefixes(iqp_aggregator *a, const iqp_context *ctx) {
  * every granularity that retains ts's bucket relative to wm. */
 static void bump_item(iqp_aggregator *a, const iqp_item_ref *item, size_t idx, int64_t ts,
                       int64_t wm, int64_t delta) {
+    if (a->restoring) return;
     for (size_t f = 0; f < a->cfg->n_features; f++) {
         iqp_keybuf_copy(&a->key, &a->prefix[f]);
         iqp_cells_append_entity(&a->key, item->id, item->len);
@@ -135,6 +137,7 @@ static void bump_item(iqp_aggregator *a, const iqp_item_ref *item, size_t idx, i
 
 /* +1 context_count for every feature's context in the live granularities. */
 static void bump_contexts(iqp_aggregator *a) {
+    if (a->restoring) return;
     for (size_t f = 0; f < a->cfg->n_features; f++)
         for (size_t g = 0; g < a->cfg->n_grans; g++) {
             if (!a->live[g]) continue;
@@ -233,16 +236,23 @@ iqp_agg_outcome iqp_aggregator_add(iqp_aggregator *a, const iqp_event *ev, int64
         count_impression(a, ev);
     else if ((changed = count_action(a, ev, &ctx)) < 0)
         goto store_error;
-    if (!changed) {
-        a->watermark_ms = previous_wm;
-        return a->stats.duplicate++, IQP_AGG_DUPLICATE;
-    }
+    if (!changed || a->restoring) a->watermark_ms = previous_wm;
+    if (!changed) return a->stats.duplicate++, IQP_AGG_DUPLICATE;
     iqp_combiner_set_marker(a->comb, mk, ev->ts);
     a->pending++;
+    if (a->restoring) return a->stats.restored++, IQP_AGG_COUNTED;
     return a->stats.counted++, IQP_AGG_COUNTED;
 store_error:
     snprintf(err, errlen, "cannot read dedup markers from the store");
     return IQP_AGG_ERROR;
+}
+
+iqp_agg_outcome iqp_aggregator_restore(iqp_aggregator *a, const iqp_event *ev, int64_t now_ms,
+                                       char *err, size_t errlen) {
+    a->restoring = 1;
+    iqp_agg_outcome out = iqp_aggregator_add(a, ev, now_ms, err, errlen);
+    a->restoring = 0;
+    return out;
 }
 
 /* ---- flushing ------------------------------------------------------------ */

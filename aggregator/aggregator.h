@@ -33,6 +33,7 @@ typedef enum {
 
 typedef struct iqp_agg_stats {
     uint64_t counted, duplicate, late, future;
+    uint64_t restored;      /* events whose markers were restored (no counts) */
     uint64_t cell_updates;  /* deltas folded into the combiner */
     uint64_t cells_written; /* merges written after folding */
     uint64_t flushes;
@@ -47,6 +48,16 @@ void iqp_aggregator_free(iqp_aggregator *a);
 
 iqp_agg_outcome iqp_aggregator_add(iqp_aggregator *a, const iqp_event *ev, int64_t now_ms,
                                    char *err, size_t errlen);
+
+/* Restore mode, for a Kafka partition that another instance counted up to
+ * here: applies the event's dedup markers exactly as iqp_aggregator_add
+ * would (event id, action and engaged keys at their earliest ts) but
+ * changes no counter and leaves the watermark alone. Events counted
+ * elsewhere thereby become duplicates here, so two instances' stores add
+ * up to what one would have counted (README "Kafka: exactly once").
+ * Returns COUNTED when markers changed (stats.restored), else as add. */
+iqp_agg_outcome iqp_aggregator_restore(iqp_aggregator *a, const iqp_event *ev, int64_t now_ms,
+                                       char *err, size_t errlen);
 
 /* Stages a meta key/value to be written with the next flush (the latest
  * value per key wins). */

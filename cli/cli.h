@@ -27,6 +27,8 @@ int iqp_cmd_lookup(int argc, char **argv);
 int iqp_cmd_gen(int argc, char **argv);
 int iqp_cmd_stats(int argc, char **argv);
 int iqp_cmd_devbroker(int argc, char **argv);
+int iqp_cmd_produce(int argc, char **argv);
+int iqp_cmd_stream(int argc, char **argv);
 
 /* Prints "iqp <cmd>: <message>\n" to stderr; returns 2 (usage error). */
 int iqp_cli_usage_error(const char *cmd, const char *fmt, ...)

@@ -15,6 +15,8 @@ static const iqp_command command_table[] = {
     {"backfill", "count event log files into a store, exactly once", iqp_cmd_backfill},
     {"lookup", "print feature values for a query, user context and items", iqp_cmd_lookup},
     {"stats", "print what a store holds (cells, markers, bytes, watermark)", iqp_cmd_stats},
+    {"produce", "put event log lines on Kafka topics, keyed by normalized query", iqp_cmd_produce},
+    {"stream", "count Kafka topics into a store, exactly once, with metrics", iqp_cmd_stream},
     {"devbroker", "run a local Kafka (librdkafka mock cluster) for tests and demos", iqp_cmd_devbroker},
 };
 

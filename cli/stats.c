@@ -20,11 +20,23 @@ static void usage(FILE *out) {
             "usage: iqp stats --store DIR [--compact]\n"
             "\n"
             "Prints one JSON object: watermark_ms, count_cells, context_cells,\n"
-            "dedup_markers, disk_bytes, bytes_per_cell.\n"
+            "dedup_markers, disk_bytes, bytes_per_cell, and kafka_offsets: for every\n"
+            "Kafka partition the store has counted, \"TOPIC/PARTITION\": the next offset\n"
+            "(what `iqp stream` resumes from). Safe to run beside a running writer.\n"
             "\n"
             "  --store DIR   the store\n"
             "  --compact     compact fully first (applies expiry; needs write access)\n"
             "  --help        this text\n");
+}
+
+/* Adds one "src/kafka/<topic>/<partition>" position to the offsets object. */
+static void add_offset(void *ud, const char *key, size_t klen, const char *val, size_t vlen) {
+    static const size_t prefix = sizeof "src/kafka/" - 1;
+    json_t *pos = json_loadb(val, vlen, 0, NULL);
+    json_t *next = json_object_get(pos, "next_offset");
+    if (klen > prefix && json_is_integer(next))
+        json_object_setn(ud, key + prefix, klen - prefix, json_integer(json_integer_value(next)));
+    json_decref(pos);
 }
 
 int iqp_cmd_stats(int argc, char **argv) {
@@ -67,6 +79,9 @@ int iqp_cmd_stats(int argc, char **argv) {
                           (json_int_t)iqp_store_count_keys(st, IQP_CF_DEDUP), "disk_bytes",
                           (json_int_t)bytes, "bytes_per_cell",
                           counts + contexts ? (double)bytes / (double)(counts + contexts) : 0.0);
+    json_t *offsets = json_object();
+    iqp_store_scan_meta(st, "src/kafka/", add_offset, offsets);
+    json_object_set_new(o, "kafka_offsets", offsets);
     char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     puts(text);
     free(text);

@@ -14,70 +14,22 @@
 
 #include "tests/testutil.h"
 
-typedef struct broker {
-    pid_t pid;
-    FILE *in;   /* its stdin: commands */
-    FILE *out;  /* its stdout: bootstrap line, answers */
-    char bootstrap[512];
-} broker;
-
-static broker b;
+static tu_broker b;
 
 static void start_broker(void) {
-    int to_child[2], from_child[2];
-    ck_assert_int_eq(pipe(to_child), 0);
-    ck_assert_int_eq(pipe(from_child), 0);
-    b.pid = fork();
-    ck_assert_int_ge(b.pid, 0);
-    if (b.pid == 0) {
-        dup2(to_child[0], STDIN_FILENO);
-        dup2(from_child[1], STDOUT_FILENO);
-        close(to_child[1]);
-        close(from_child[0]);
-        execl(tu_iqp(), "iqp", "devbroker", "--brokers", "2", "--partitions", "4", "--topics",
-              "t.events,t.other", (char *)NULL);
-        _exit(127);
-    }
-    close(to_child[0]);
-    close(from_child[1]);
-    b.in = fdopen(to_child[1], "w");
-    b.out = fdopen(from_child[0], "r");
-    ck_assert_ptr_nonnull(fgets(b.bootstrap, sizeof b.bootstrap, b.out));
-    b.bootstrap[strcspn(b.bootstrap, "\n")] = '\0';
+    static const char *const args[] = {"--brokers", "2", "--partitions", "4", "--topics",
+                                       "t.events,t.other", NULL};
+    ck_assert_int_eq(tu_broker_start(&b, args), 0);
     ck_assert_msg(strncmp(b.bootstrap, "127.0.0.1:", 10) == 0, "bootstrap '%s'", b.bootstrap);
 }
 
-/* SIGTERM, then wait at most 10 s; returns the exit status (or -1). */
-static int stop_broker(void) {
-    int status = 0;
-    if (b.pid <= 0) return -1;
-    kill(b.pid, SIGTERM);
-    for (int i = 0; i < 100; i++) {
-        if (waitpid(b.pid, &status, WNOHANG) == b.pid) {
-            b.pid = 0;
-            return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-        }
-        usleep(100000);
-    }
-    kill(b.pid, SIGKILL);
-    waitpid(b.pid, &status, 0);
-    b.pid = 0;
-    return -1;
-}
+static int stop_broker(void) { return tu_broker_stop(&b); }
 
-static void teardown(void) {
-    stop_broker();
-    if (b.in) fclose(b.in);
-    if (b.out) fclose(b.out);
-    memset(&b, 0, sizeof b);
-}
+static void teardown(void) { tu_broker_stop(&b); }
 
-static char *command(const char *cmd) {
-    static char answer[256];
-    fprintf(b.in, "%s\n", cmd);
-    fflush(b.in);
-    ck_assert_ptr_nonnull(fgets(answer, sizeof answer, b.out));
-    answer[strcspn(answer, "\n")] = '\0';
+static const char *command(const char *cmd) {
+    const char *answer = tu_broker_command(&b, cmd);
+    ck_assert_ptr_nonnull(answer);
     return answer;
 }
 

@@ -2,6 +2,10 @@
 #include "tests/testutil.h"
 
 #include <ftw.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <time.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,4 +92,90 @@ char *tu_fmt(const char *fmt, ...) {
     if (vasprintf(&s, fmt, ap) < 0) s = NULL;
     va_end(ap);
     return s;
+}
+
+/* ---- child processes ------------------------------------------------------ */
+
+int tu_stop_pid(pid_t pid, int sig, int timeout_ms) {
+    int status = 0;
+    if (pid <= 0) return -1;
+    kill(pid, sig);
+    for (int waited = 0; waited <= timeout_ms; waited += 20) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid) {
+            if (WIFEXITED(status)) return WEXITSTATUS(status);
+            return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : -1;
+        }
+        if (r < 0) return -1;
+        usleep(20000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    return -1;
+}
+
+int tu_broker_start(tu_broker *b, const char *const *args) {
+    int to_child[2], from_child[2];
+    const char *argv[32] = {"iqp", "devbroker"};
+    size_t n = 2;
+    memset(b, 0, sizeof *b);
+    for (; args && *args && n < 31; args++) argv[n++] = *args;
+    argv[n] = NULL;
+    if (pipe(to_child) < 0) return -1;
+    if (pipe(from_child) < 0) {
+        close(to_child[0]);
+        close(to_child[1]);
+        return -1;
+    }
+    b->pid = fork();
+    if (b->pid == 0) {
+        dup2(to_child[0], STDIN_FILENO);
+        dup2(from_child[1], STDOUT_FILENO);
+        close(to_child[1]);
+        close(from_child[0]);
+        execv(tu_iqp(), (char *const *)argv);
+        _exit(127);
+    }
+    close(to_child[0]);
+    close(from_child[1]);
+    b->in = fdopen(to_child[1], "w");
+    b->out = fdopen(from_child[0], "r");
+    if (b->pid < 0 || !b->in || !b->out || !fgets(b->bootstrap, sizeof b->bootstrap, b->out)) {
+        tu_broker_stop(b);
+        return -1;
+    }
+    b->bootstrap[strcspn(b->bootstrap, "\n")] = '\0';
+    return 0;
+}
+
+const char *tu_broker_command(tu_broker *b, const char *cmd) {
+    static char answer[256];
+    if (!b->in || !b->out) return NULL;
+    fprintf(b->in, "%s\n", cmd);
+    fflush(b->in);
+    if (!fgets(answer, sizeof answer, b->out)) return NULL;
+    answer[strcspn(answer, "\n")] = '\0';
+    return answer;
+}
+
+int tu_broker_stop(tu_broker *b) {
+    int rc = b->pid > 0 ? tu_stop_pid(b->pid, SIGTERM, 10000) : -1;
+    b->pid = 0;
+    if (b->in) fclose(b->in);
+    if (b->out) fclose(b->out);
+    b->in = b->out = NULL;
+    return rc;
+}
+
+int tu_free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    int port = -1;
+    if (fd < 0) return -1;
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    close(fd);
+    return port;
 }

@@ -8,6 +8,8 @@
 #define IQP_TESTUTIL_H
 
 #include <stddef.h>
+#include <stdio.h>
+#include <sys/types.h>
 
 /* Creates a new directory under $TMPDIR (or /tmp) whose name contains tag.
  * Returns its malloc'd path, or NULL on failure. */
@@ -31,5 +33,38 @@ char *tu_read_file(const char *path, size_t *len);
 
 /* printf into a malloc'd string. */
 char *tu_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* A child process started by a test, stopped by pid in every path. */
+
+/* `iqp devbroker` as a child: its stdin takes commands (down N, up N), its
+ * stdout gave the bootstrap list. */
+typedef struct tu_broker {
+    pid_t pid;
+    FILE *in;
+    FILE *out;
+    char bootstrap[512];
+} tu_broker;
+
+/* Starts `iqp devbroker ARGS...` (args is a NULL-terminated list of extra
+ * arguments, may be NULL) and reads its bootstrap line. 0, or -1 when it
+ * did not start (the child is reaped). */
+int tu_broker_start(tu_broker *b, const char *const *args);
+
+/* Sends one stdin command and returns its answer line (static buffer), or
+ * NULL when the broker did not answer. */
+const char *tu_broker_command(tu_broker *b, const char *cmd);
+
+/* SIGTERM, wait up to 10 s (then SIGKILL); closes the pipes. Returns the
+ * exit status, or -1 when it had to be killed or was not running. Safe to
+ * call twice. */
+int tu_broker_stop(tu_broker *b);
+
+/* Sends sig to pid and waits up to timeout_ms for it to exit (then
+ * SIGKILL). Returns the exit status, 128+signal when a signal ended it, or
+ * -1 when it had to be killed with SIGKILL by this function. */
+int tu_stop_pid(pid_t pid, int sig, int timeout_ms);
+
+/* A TCP port on 127.0.0.1 that was free a moment ago. */
+int tu_free_port(void);
 
 #endif

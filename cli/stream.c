@@ -1,0 +1,361 @@
+/* stream.c -- `iqp stream`: count Kafka topics into a store, exactly once.
+ *
+ * Thin: reads the config file (its counting part through
+ * aggregator/config.c, its "stream", "kafka" and "metrics" sections here),
+ * lets flags override it, opens the store, the dead-letter sink and the
+ * metrics endpoint, and runs consumers/stream.c until SIGINT/SIGTERM.
+ *
+ * Config sections read here (all optional; flags win):
+ *   "stream":  {"store": DIR, "impressions_topic": T, "actions_topic": T,
+ *               "flush_ms": 500, "dead_letter_topic": T | "dead_letter_file": F}
+ *   "kafka":   {"<librdkafka property>": value, ...}   passed through as is
+ *   "metrics": {"listen": "127.0.0.1:9464"}            "off" disables
+ */
+#include <getopt.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aggregator/config.h"
+#include "cli/cli.h"
+#include "consumers/deadletter.h"
+#include "consumers/metrics.h"
+#include "consumers/stream.h"
+#include "store/store.h"
+
+static const char *CMD = "stream";
+
+#define MAX_PROPS 64
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: iqp stream [--config FILE] [options]\n"
+            "\n"
+            "Consumes the impressions and actions topics as one consumer-group member and\n"
+            "counts them into the store, exactly once: every flush writes the counts and\n"
+            "the consumed offsets in one RocksDB batch, then commits the offsets to Kafka.\n"
+            "Runs until SIGINT/SIGTERM, then flushes, commits, leaves the group, exits 0.\n"
+            "\n"
+            "options (each overrides the config file):\n"
+            "  --config FILE            JSON config: counting layout and limits, plus\n"
+            "                           \"stream\", \"kafka\" and \"metrics\" sections (README)\n"
+            "  --store DIR              the RocksDB store (stream.store; required)\n"
+            "  --brokers LIST           bootstrap servers (kafka.bootstrap.servers; required)\n"
+            "  --group ID               consumer group (kafka.group.id; default iqp-stream)\n"
+            "  --impressions-topic T    default impressions\n"
+            "  --actions-topic T        default actions\n"
+            "  --flush-ms N             flush at least every N ms (default 500)\n"
+            "  --flush-events N         ... or every N events (config flush_events)\n"
+            "  --dead-letter-topic T    rejected events go to Kafka topic T, original bytes\n"
+            "                           with the reason in headers (default dead-letter)\n"
+            "  --dead-letter-file F     ... or to a JSONL file instead\n"
+            "  --metrics-listen ADDR    Prometheus /metrics and /healthz on HOST:PORT\n"
+            "                           (default 127.0.0.1:9464; 'off' disables)\n"
+            "  --property NAME=VALUE    any librdkafka property (repeatable)\n"
+            "  --progress               a progress line on stderr every 2 s\n"
+            "  --help                   this text\n"
+            "\n"
+            "Exit status: 0 stopped by a signal after a clean flush, 1 operational failure\n"
+            "(store, dead-letter sink or Kafka unusable; nothing more was committed), 2 bad\n"
+            "usage or config.\n");
+}
+
+/* Everything the command line and config decide. Strings point into argv
+ * or into the config JSON (kept alive in root). */
+typedef struct stream_opts {
+    const char *config_path, *store_dir, *imp_topic, *act_topic, *dl_topic, *dl_file, *listen;
+    int64_t flush_ms, flush_events;
+    int progress;
+    const char *props[2 * MAX_PROPS + 1]; /* config's kafka section, then flags */
+    size_t n_props;
+    char *owned[MAX_PROPS];               /* strings made here (numbers, NAME=VALUE splits) */
+    size_t n_owned;
+    json_t *root;
+} stream_opts;
+
+static char *keep(stream_opts *o, char *s) {
+    if (!s) abort();
+    if (o->n_owned < MAX_PROPS) o->owned[o->n_owned++] = s;
+    return s;
+}
+
+static int add_prop(stream_opts *o, const char *name, const char *value) {
+    if (o->n_props >= MAX_PROPS) return iqp_cli_usage_error(CMD, "more than %d kafka properties", MAX_PROPS);
+    o->props[2 * o->n_props] = name;
+    o->props[2 * o->n_props + 1] = value;
+    o->n_props++;
+    o->props[2 * o->n_props] = NULL;
+    return 0;
+}
+
+static int add_prop_arg(stream_opts *o, const char *arg) {
+    const char *eq = strchr(arg, '=');
+    if (!eq || eq == arg) return iqp_cli_usage_error(CMD, "--property wants NAME=VALUE, not '%s'", arg);
+    char *name = keep(o, strndup(arg, (size_t)(eq - arg)));
+    return add_prop(o, name, eq + 1);
+}
+
+/* ---- config file sections ------------------------------------------------- */
+
+static int config_string(json_t *obj, const char *key, const char **out) {
+    json_t *v = json_object_get(obj, key);
+    if (!v) return 0;
+    if (!json_is_string(v)) return iqp_cli_usage_error(CMD, "config: \"%s\" must be a string", key);
+    *out = json_string_value(v);
+    return 0;
+}
+
+static int read_stream_section(stream_opts *o, json_t *sec) {
+    static const char *const known[] = {"store", "impressions_topic", "actions_topic", "flush_ms",
+                                        "dead_letter_topic", "dead_letter_file", NULL};
+    const char *key;
+    json_t *v;
+    if (!json_is_object(sec)) return iqp_cli_usage_error(CMD, "config: \"stream\" must be an object");
+    json_object_foreach(sec, key, v) {
+        const char *const *k = known;
+        while (*k && strcmp(*k, key)) k++;
+        if (!*k) return iqp_cli_usage_error(CMD, "config: unknown key \"stream.%s\"", key);
+    }
+    if (config_string(sec, "store", &o->store_dir) || config_string(sec, "impressions_topic", &o->imp_topic) ||
+        config_string(sec, "actions_topic", &o->act_topic) || config_string(sec, "dead_letter_topic", &o->dl_topic) ||
+        config_string(sec, "dead_letter_file", &o->dl_file))
+        return 2;
+    if ((v = json_object_get(sec, "flush_ms"))) {
+        if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 3600000)
+            return iqp_cli_usage_error(CMD, "config: \"stream.flush_ms\" must be an integer 1..3600000");
+        o->flush_ms = json_integer_value(v);
+    }
+    return 0;
+}
+
+static int read_kafka_section(stream_opts *o, json_t *sec) {
+    const char *key;
+    json_t *v;
+    if (!json_is_object(sec)) return iqp_cli_usage_error(CMD, "config: \"kafka\" must be an object");
+    json_object_foreach(sec, key, v) {
+        const char *val;
+        if (json_is_string(v)) val = json_string_value(v);
+        else if (json_is_integer(v)) val = keep(o, json_dumps(v, JSON_ENCODE_ANY));
+        else if (json_is_boolean(v)) val = json_is_true(v) ? "true" : "false";
+        else return iqp_cli_usage_error(CMD, "config: \"kafka.%s\" must be a string, integer or boolean", key);
+        if (add_prop(o, key, val)) return 2;
+    }
+    return 0;
+}
+
+static int read_config_sections(stream_opts *o) {
+    json_error_t jerr;
+    json_t *v;
+    if (!o->config_path) return 0;
+    o->root = json_load_file(o->config_path, 0, &jerr);
+    if (!o->root) return iqp_cli_usage_error(CMD, "%s: %s", o->config_path, jerr.text);
+    if ((v = json_object_get(o->root, "stream")) && read_stream_section(o, v)) return 2;
+    if ((v = json_object_get(o->root, "kafka")) && read_kafka_section(o, v)) return 2;
+    if ((v = json_object_get(o->root, "metrics"))) {
+        json_t *l = json_object_get(v, "listen");
+        if (!json_is_object(v) || (l && !json_is_string(l)))
+            return iqp_cli_usage_error(CMD, "config: \"metrics\" must be {\"listen\": \"HOST:PORT\"}");
+        if (l) o->listen = json_string_value(l);
+    }
+    return 0;
+}
+
+/* ---- flags ------------------------------------------------------------------ */
+
+enum { OPT_IMP = 256, OPT_ACT, OPT_FLUSH_MS, OPT_FLUSH_EV, OPT_DL_TOPIC, OPT_DL_FILE, OPT_LISTEN,
+       OPT_PROP, OPT_PROGRESS, OPT_BROKERS, OPT_GROUP };
+
+static const struct option longopts[] = {
+    {"config", required_argument, 0, 'c'},           {"store", required_argument, 0, 's'},
+    {"brokers", required_argument, 0, OPT_BROKERS},  {"group", required_argument, 0, OPT_GROUP},
+    {"impressions-topic", required_argument, 0, OPT_IMP},
+    {"actions-topic", required_argument, 0, OPT_ACT},
+    {"flush-ms", required_argument, 0, OPT_FLUSH_MS}, {"flush-events", required_argument, 0, OPT_FLUSH_EV},
+    {"dead-letter-topic", required_argument, 0, OPT_DL_TOPIC},
+    {"dead-letter-file", required_argument, 0, OPT_DL_FILE},
+    {"metrics-listen", required_argument, 0, OPT_LISTEN}, {"property", required_argument, 0, OPT_PROP},
+    {"progress", no_argument, 0, OPT_PROGRESS},      {"help", no_argument, 0, 'h'},
+    {0, 0, 0, 0}};
+
+static int parse_positive(const char *flag, const char *arg, int64_t max, int64_t *out) {
+    if (iqp_cli_parse_i64(arg, out) < 0 || *out < 1 || *out > max)
+        return iqp_cli_usage_error(CMD, "%s must be an integer 1..%lld, not '%s'", flag, (long long)max, arg);
+    return 0;
+}
+
+/* First pass: --config and --help only, so the file's values come first
+ * and every other flag overrides them in the second pass. */
+static int first_pass(int argc, char **argv, stream_opts *o) {
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        if (c == 'h') return usage(stdout), -1;
+        if (c == 'c') o->config_path = optarg;
+    }
+    opterr = 1;
+    return read_config_sections(o);
+}
+
+static int apply_flag(stream_opts *o, int c) {
+    switch (c) {
+    case 'c': return 0;
+    case 's': o->store_dir = optarg; return 0;
+    case OPT_BROKERS: return add_prop(o, "bootstrap.servers", optarg);
+    case OPT_GROUP: return add_prop(o, "group.id", optarg);
+    case OPT_IMP: o->imp_topic = optarg; return 0;
+    case OPT_ACT: o->act_topic = optarg; return 0;
+    case OPT_FLUSH_MS: return parse_positive("--flush-ms", optarg, 3600000, &o->flush_ms);
+    case OPT_FLUSH_EV: return parse_positive("--flush-events", optarg, 100000000, &o->flush_events);
+    case OPT_DL_TOPIC: o->dl_topic = optarg, o->dl_file = NULL; return 0;
+    case OPT_DL_FILE: o->dl_file = optarg, o->dl_topic = NULL; return 0;
+    case OPT_LISTEN: o->listen = optarg; return 0;
+    case OPT_PROP: return add_prop_arg(o, optarg);
+    case OPT_PROGRESS: o->progress = 1; return 0;
+    default: return iqp_cli_usage_error(CMD, "unknown option (see iqp stream --help)");
+    }
+}
+
+static int has_prop(const stream_opts *o, const char *name) {
+    for (size_t i = 0; i < o->n_props; i++)
+        if (strcmp(o->props[2 * i], name) == 0) return 1;
+    return 0;
+}
+
+static int parse_opts(int argc, char **argv, stream_opts *o) {
+    int c, rc;
+    if ((rc = first_pass(argc, argv, o))) return rc;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1)
+        if ((rc = apply_flag(o, c))) return rc;
+    if (optind < argc) return iqp_cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    if (!o->store_dir) return iqp_cli_usage_error(CMD, "no store: give --store DIR or stream.store");
+    if (!has_prop(o, "bootstrap.servers"))
+        return iqp_cli_usage_error(CMD, "no brokers: give --brokers LIST or kafka.bootstrap.servers");
+    if (o->dl_file && o->dl_topic && o->config_path)
+        return iqp_cli_usage_error(CMD, "config: give dead_letter_topic or dead_letter_file, not both");
+    return 0;
+}
+
+/* ---- running ------------------------------------------------------------------ */
+
+static void on_stop_signal(int sig) {
+    (void)sig;
+    iqp_stream_request_stop();
+}
+
+static void install_stop_handlers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sa.sa_flags = SA_RESETHAND; /* a second signal kills: still safe, batches are atomic */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+/* True for librdkafka properties only a consumer understands: the
+ * dead-letter producer gets every other property (brokers, security,
+ * client id, ...), without a warning per consumer property. */
+static int consumer_only(const char *name) {
+    static const char *const prefixes[] = {
+        "group.", "session.timeout", "heartbeat.", "partition.assignment", "max.poll.",
+        "enable.auto.", "auto.commit", "auto.offset", "queued.", "fetch.", "enable.partition.eof",
+        "check.crcs", "isolation.level", "coordinator.query", "consume.callback", "offset.store",
+        NULL};
+    for (const char *const *p = prefixes; *p; p++)
+        if (strncmp(name, *p, strlen(*p)) == 0) return 1;
+    return 0;
+}
+
+static iqp_deadletter *open_dead_letter(const stream_opts *o, char *err, size_t errlen) {
+    const char *props[2 * MAX_PROPS + 1];
+    size_t n = 0;
+    if (o->dl_file) return iqp_deadletter_open_file(o->dl_file, err, errlen);
+    for (size_t i = 0; i < o->n_props; i++)
+        if (!consumer_only(o->props[2 * i])) {
+            props[n++] = o->props[2 * i];
+            props[n++] = o->props[2 * i + 1];
+        }
+    props[n] = NULL;
+    return iqp_deadletter_open_kafka(props, o->dl_topic ? o->dl_topic : "dead-letter", err, errlen);
+}
+
+static void print_summary(iqp_stream *s) {
+    iqp_stream_stats st = iqp_stream_get_stats(s);
+    fprintf(stderr,
+            "iqp stream: %llu messages: %llu counted, %llu duplicate, %llu late, %llu dead-lettered, "
+            "%llu restored; %llu flushes, %llu rebalances, %llu commit failures; "
+            "event-to-store latency p50 %.0f ms, p99 %.0f ms (%llu events)\n",
+            (unsigned long long)st.messages, (unsigned long long)st.counted,
+            (unsigned long long)st.duplicate, (unsigned long long)st.late,
+            (unsigned long long)st.dead_lettered, (unsigned long long)st.restored,
+            (unsigned long long)st.flushes, (unsigned long long)st.rebalances,
+            (unsigned long long)st.commit_failures, st.latency_p50_ms, st.latency_p99_ms,
+            (unsigned long long)st.latency_n);
+}
+
+typedef struct stream_parts {
+    iqp_store *st;
+    iqp_deadletter *dl;
+    iqp_metrics *m;
+    iqp_metrics_server *srv;
+    iqp_stream *s;
+} stream_parts;
+
+static int open_parts(const stream_opts *o, iqp_config *cfg, stream_parts *p) {
+    char err[1024];
+    if (!(p->st = iqp_store_open(o->store_dir, cfg, IQP_STORE_READ_WRITE, err, sizeof err)))
+        return iqp_cli_fail(CMD, "%s", err);
+    if (!(p->dl = open_dead_letter(o, err, sizeof err))) return iqp_cli_fail(CMD, "dead-letter sink: %s", err);
+    p->m = iqp_metrics_new();
+    const char *listen = o->listen ? o->listen : "127.0.0.1:9464";
+    if (strcmp(listen, "off") != 0) {
+        if (!(p->srv = iqp_metrics_serve(p->m, listen, err, sizeof err)))
+            return iqp_cli_fail(CMD, "metrics: %s", err);
+        fprintf(stderr, "iqp stream: metrics on port %d of %s (/metrics, /healthz)\n",
+                iqp_metrics_server_port(p->srv), listen);
+    }
+    iqp_stream_options so = {o->imp_topic, o->act_topic, o->flush_ms, o->props, p->dl, p->m, o->progress};
+    if (!(p->s = iqp_stream_new(p->st, &so, err, sizeof err))) return iqp_cli_fail(CMD, "%s", err);
+    return 0;
+}
+
+static int close_parts(stream_parts *p, int rc) {
+    char err[512];
+    if (p->s) print_summary(p->s);
+    iqp_stream_free(p->s);
+    iqp_metrics_server_stop(p->srv);
+    iqp_metrics_free(p->m);
+    if (p->dl && iqp_deadletter_close(p->dl, err, sizeof err) < 0 && rc == 0)
+        rc = iqp_cli_fail(CMD, "dead-letter sink: %s", err);
+    if (p->st) iqp_store_close(p->st);
+    return rc;
+}
+
+static void free_opts(stream_opts *o) {
+    for (size_t i = 0; i < o->n_owned; i++) free(o->owned[i]);
+    json_decref(o->root);
+}
+
+int iqp_cmd_stream(int argc, char **argv) {
+    stream_opts o;
+    iqp_config cfg;
+    char err[1024];
+    memset(&o, 0, sizeof o);
+    int rc = parse_opts(argc, argv, &o);
+    if (rc) return free_opts(&o), rc < 0 ? 0 : rc;
+    iqp_config_defaults(&cfg);
+    if (o.config_path && iqp_config_load(&cfg, o.config_path, err, sizeof err) < 0)
+        return free_opts(&o), iqp_cli_usage_error(CMD, "%s", err);
+    if (o.flush_events) cfg.flush_events = (size_t)o.flush_events;
+    stream_parts p = {0};
+    install_stop_handlers();
+    rc = open_parts(&o, &cfg, &p);
+    if (rc == 0 && iqp_stream_run(p.s, err, sizeof err) < 0) rc = iqp_cli_fail(CMD, "%s", err);
+    rc = close_parts(&p, rc);
+    free_opts(&o);
+    return rc;
+}

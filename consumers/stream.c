@@ -1,0 +1,663 @@
+/* stream.c -- the Kafka stream processor (see stream.h for the contract).
+ *
+ * Design
+ * ------
+ * One thread does everything: rd_kafka_consumer_poll() hands over one
+ * message at a time (librdkafka prefetches in its own threads), the
+ * message is decoded and given to the aggregator, and the micro-batch is
+ * flushed when it is big enough (aggregator's should_flush) or flush_ms
+ * has passed. A flush is:
+ *
+ *   1. dead letters made durable (a Kafka sink waits for its acks),
+ *   2. one store WriteBatch: counts + markers + watermark + the next offset
+ *      of every partition consumed since the last flush
+ *      (meta "src/kafka/<topic>/<partition>" = {"next_offset": N}),
+ *   3. those offsets committed to Kafka: asynchronously in steady state,
+ *      synchronously when partitions are revoked and at shutdown.
+ *
+ * Partition table. Every assigned partition has a part_state: the next
+ * offset to commit, and restore_until, the group's committed offset when
+ * it was assigned and that is ahead of this store's own offset. Messages
+ * below restore_until were counted by another instance: they only rebuild
+ * dedup markers (iqp_aggregator_restore). The table is a flat array; an
+ * instance owns tens of partitions, so a linear search is cheapest.
+ *
+ * Rebalance. The rebalance callback runs inside consumer_poll. On revoke
+ * it flushes (synchronous commit) before releasing the partitions, so the
+ * next owner starts exactly where this store stopped. On assign it reads
+ * this store's offsets and the group's committed offsets and seeks each
+ * partition to the right start. Both the eager and the cooperative
+ * protocol are handled.
+ *
+ * Latency. Each counted event's Kafka timestamp (producer create time) is
+ * kept until its flush commits; the difference to the commit time goes
+ * into a 1 ms-resolution histogram (p50/p99 for the summary) and into the
+ * iqp_event_to_store_seconds metric.
+ */
+#include "consumers/stream.h"
+
+#include <jansson.h>
+#include <librdkafka/rdkafka.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "aggregator/aggregator.h"
+#include "schemas/event.h"
+
+#define POLL_MS 100
+#define COMMIT_SYNC 0
+#define COMMIT_ASYNC 1
+#define LAT_BINS 10001          /* 0..10000 ms, the last bin holds everything above */
+#define DL_FLUSH_TIMEOUT_MS 30000
+#define STORE_SIZE_EVERY_MS 5000
+#define META_PREFIX "src/kafka/"
+
+enum { TOPIC_IMPRESSIONS = 0, TOPIC_ACTIONS = 1, N_TOPICS = 2 };
+
+/* One assigned partition. */
+typedef struct part_state {
+    int topic;                  /* TOPIC_* */
+    int32_t partition;
+    int64_t next_offset;        /* offset after the last message handled; -1 none yet */
+    int64_t restore_until;      /* messages below this only restore markers; -1 none */
+    int dirty;                  /* next_offset not yet flushed */
+} part_state;
+
+struct iqp_stream {
+    rd_kafka_t *rk;
+    iqp_store *st;
+    const iqp_config *cfg;
+    iqp_aggregator *agg;
+    iqp_deadletter *dl;
+    iqp_metrics *m;
+    char *topics[N_TOPICS];
+    char *topic_labels[N_TOPICS]; /* escaped for metric labels */
+    int64_t flush_ms;
+    int progress;
+    part_state *parts;
+    size_t n_parts, cap_parts;
+    int fatal;                  /* a flush failed: stop, commit nothing more */
+    char fatal_msg[1100];
+    int closed;
+    iqp_stream_stats stats;
+    uint64_t batch_events;      /* messages handled since the last flush */
+    int64_t *batch_ts;          /* Kafka timestamps of counted events in this batch */
+    size_t n_batch_ts, cap_batch_ts;
+    uint64_t lat_hist[LAT_BINS];
+    uint64_t bytes_reported;
+    int64_t last_flush_ms, last_store_size_ms, last_progress_ms;
+};
+
+static volatile sig_atomic_t stop_requested;
+
+void iqp_stream_request_stop(void) { stop_requested = 1; }
+
+static int64_t mono_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static int64_t wall_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* ---- metrics ------------------------------------------------------------- */
+
+static const double flush_seconds_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                              0.1,   0.25,   0.5,   1,    2.5,   5};
+static const double batch_events_bounds[] = {1, 10, 100, 1000, 10000, 100000, 1000000};
+static const double latency_bounds[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                        0.75, 1,     1.5,  2,   5,    10};
+#define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+static void declare_metrics(iqp_metrics *m) {
+    if (!m) return;
+    iqp_metrics_declare(m, "iqp_events_total", IQP_METRIC_COUNTER,
+                        "Events consumed, by topic and outcome (counted, duplicate, "
+                        "dead_lettered, late, restored, restore_skipped).", NULL, 0);
+    iqp_metrics_declare(m, "iqp_dead_letters_total", IQP_METRIC_COUNTER,
+                        "Events sent to the dead-letter sink, by topic and code.", NULL, 0);
+    iqp_metrics_declare(m, "iqp_consumer_lag", IQP_METRIC_GAUGE,
+                        "Messages behind the partition's high watermark, per assigned partition "
+                        "(0 after a partition is released).", NULL, 0);
+    iqp_metrics_declare(m, "iqp_flush_seconds", IQP_METRIC_HISTOGRAM,
+                        "Time to write one micro-batch to the store.", flush_seconds_bounds,
+                        COUNT_OF(flush_seconds_bounds));
+    iqp_metrics_declare(m, "iqp_flush_batch_events", IQP_METRIC_HISTOGRAM,
+                        "Messages per flushed micro-batch.", batch_events_bounds,
+                        COUNT_OF(batch_events_bounds));
+    iqp_metrics_declare(m, "iqp_event_to_store_seconds", IQP_METRIC_HISTOGRAM,
+                        "From the event's Kafka timestamp to its counts committed in the store.",
+                        latency_bounds, COUNT_OF(latency_bounds));
+    iqp_metrics_declare(m, "iqp_store_bytes_written_total", IQP_METRIC_COUNTER,
+                        "Bytes of store WriteBatches committed.", NULL, 0);
+    iqp_metrics_declare(m, "iqp_store_size_bytes", IQP_METRIC_GAUGE,
+                        "Store size on disk (SST and log files).", NULL, 0);
+    iqp_metrics_declare(m, "iqp_kafka_commit_failures_total", IQP_METRIC_COUNTER,
+                        "Offset commits to Kafka that failed (the store stays authoritative).",
+                        NULL, 0);
+    iqp_metrics_declare(m, "iqp_rebalances_total", IQP_METRIC_COUNTER,
+                        "Partition assignments and revocations.", NULL, 0);
+    iqp_metrics_declare(m, "iqp_assigned_partitions", IQP_METRIC_GAUGE,
+                        "Partitions this instance owns.", NULL, 0);
+}
+
+static void count_event(iqp_stream *s, int topic, const char *outcome) {
+    if (!s->m) return;
+    char labels[300];
+    snprintf(labels, sizeof labels, "topic=\"%s\",outcome=\"%s\"", s->topic_labels[topic], outcome);
+    iqp_metrics_add(s->m, "iqp_events_total", labels, 1);
+}
+
+/* ---- partition table ------------------------------------------------------ */
+
+static int topic_index(const iqp_stream *s, const char *name) {
+    for (int t = 0; t < N_TOPICS; t++)
+        if (strcmp(s->topics[t], name) == 0) return t;
+    return -1;
+}
+
+static part_state *find_part(iqp_stream *s, int topic, int32_t partition) {
+    for (size_t i = 0; i < s->n_parts; i++)
+        if (s->parts[i].topic == topic && s->parts[i].partition == partition) return &s->parts[i];
+    return NULL;
+}
+
+static part_state *add_part(iqp_stream *s, int topic, int32_t partition) {
+    part_state *p = find_part(s, topic, partition);
+    if (p) return p;
+    if (s->n_parts == s->cap_parts) {
+        s->cap_parts = s->cap_parts ? 2 * s->cap_parts : 16;
+        s->parts = realloc(s->parts, s->cap_parts * sizeof *s->parts);
+        if (!s->parts) abort();
+    }
+    p = &s->parts[s->n_parts++];
+    *p = (part_state){topic, partition, -1, -1, 0};
+    return p;
+}
+
+static void set_lag(iqp_stream *s, const part_state *p, double lag) {
+    if (!s->m) return;
+    char labels[300];
+    snprintf(labels, sizeof labels, "topic=\"%s\",partition=\"%d\"", s->topic_labels[p->topic],
+             (int)p->partition);
+    iqp_metrics_set(s->m, "iqp_consumer_lag", labels, lag);
+}
+
+static void remove_part(iqp_stream *s, int topic, int32_t partition) {
+    part_state *p = find_part(s, topic, partition);
+    if (!p) return;
+    set_lag(s, p, 0);
+    *p = s->parts[--s->n_parts];
+}
+
+static void meta_key(const iqp_stream *s, int topic, int32_t partition, char *key, size_t len) {
+    snprintf(key, len, META_PREFIX "%s/%d", s->topics[topic], (int)partition);
+}
+
+/* The next offset this store holds for a partition, or -1. */
+static int64_t stored_offset(iqp_stream *s, int topic, int32_t partition) {
+    char key[600], *val = NULL;
+    size_t vlen = 0;
+    int64_t off = -1;
+    meta_key(s, topic, partition, key, sizeof key);
+    if (iqp_store_get_meta(s->st, key, &val, &vlen) != 1) return -1;
+    json_t *j = json_loadb(val, vlen, 0, NULL);
+    json_t *n = json_object_get(j, "next_offset");
+    if (json_is_integer(n)) off = json_integer_value(n);
+    json_decref(j);
+    free(val);
+    return off;
+}
+
+/* ---- flushing ------------------------------------------------------------ */
+
+static void stage_offsets(iqp_stream *s) {
+    for (size_t i = 0; i < s->n_parts; i++) {
+        part_state *p = &s->parts[i];
+        if (!p->dirty) continue;
+        char key[600], val[64];
+        meta_key(s, p->topic, p->partition, key, sizeof key);
+        snprintf(val, sizeof val, "{\"next_offset\":%lld}", (long long)p->next_offset);
+        iqp_aggregator_stage_meta(s->agg, key, val, strlen(val));
+    }
+}
+
+/* Commits the dirty partitions' offsets to Kafka and clears dirty. */
+static void commit_offsets(iqp_stream *s, int async) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)s->n_parts + 1);
+    for (size_t i = 0; i < s->n_parts; i++) {
+        part_state *p = &s->parts[i];
+        if (!p->dirty) continue;
+        /* Mid-restore, the group's offset stays where the other instance
+         * left it: committing the restore position would move it back and
+         * the next owner would count that span a second time. */
+        rd_kafka_topic_partition_list_add(l, s->topics[p->topic], p->partition)->offset =
+            p->next_offset > p->restore_until ? p->next_offset : p->restore_until;
+        p->dirty = 0;
+    }
+    if (l->cnt > 0) {
+        rd_kafka_resp_err_t err = rd_kafka_commit(s->rk, l, async);
+        if (err) {
+            s->stats.commit_failures++;
+            if (s->m) iqp_metrics_add(s->m, "iqp_kafka_commit_failures_total", "", 1);
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+static void record_latencies(iqp_stream *s, int64_t committed_at) {
+    for (size_t i = 0; i < s->n_batch_ts; i++) {
+        int64_t ms = committed_at - s->batch_ts[i];
+        if (ms < 0) ms = 0;
+        s->lat_hist[ms < LAT_BINS ? ms : LAT_BINS - 1]++;
+        s->stats.latency_n++;
+        if (s->m) iqp_metrics_observe(s->m, "iqp_event_to_store_seconds", "", ms / 1000.0);
+    }
+    s->n_batch_ts = 0;
+}
+
+static void observe_flush(iqp_stream *s, int64_t started, int64_t done) {
+    const iqp_agg_stats *as = iqp_aggregator_stats(s->agg);
+    s->stats.flushes++;
+    if (!s->m) return;
+    iqp_metrics_observe(s->m, "iqp_flush_seconds", "", (done - started) / 1000.0);
+    iqp_metrics_observe(s->m, "iqp_flush_batch_events", "", (double)s->batch_events);
+    iqp_metrics_add(s->m, "iqp_store_bytes_written_total", "",
+                    (double)(as->batch_bytes - s->bytes_reported));
+    s->bytes_reported = as->batch_bytes;
+}
+
+static void fail(iqp_stream *s, const char *what, const char *why) {
+    s->fatal = 1;
+    snprintf(s->fatal_msg, sizeof s->fatal_msg, "%s: %s", what, why);
+    if (s->m) iqp_metrics_set_health(s->m, 0, s->fatal_msg);
+}
+
+/* Writes the micro-batch and its offsets, then commits them to Kafka.
+ * Returns 0, or -1 after fail() (nothing more may be committed). */
+static int stream_flush(iqp_stream *s, int async) {
+    char err[512];
+    int dirty = 0;
+    if (s->fatal) return -1;
+    for (size_t i = 0; i < s->n_parts; i++) dirty |= s->parts[i].dirty;
+    s->last_flush_ms = mono_ms();
+    if (!dirty && iqp_aggregator_pending(s->agg) == 0) return 0;
+    if (iqp_deadletter_flush(s->dl, DL_FLUSH_TIMEOUT_MS, err, sizeof err) < 0)
+        return fail(s, "dead-letter sink", err), -1;
+    stage_offsets(s);
+    int64_t t0 = mono_ms();
+    if (iqp_aggregator_flush(s->agg, err, sizeof err) < 0)
+        return fail(s, "store write", err), -1;
+    int64_t t1 = mono_ms();
+    record_latencies(s, wall_ms());
+    observe_flush(s, t0, t1);
+    s->batch_events = 0;
+    commit_offsets(s, async);
+    return 0;
+}
+
+/* ---- rebalance ----------------------------------------------------------- */
+
+/* Decides where each partition of an assignment starts (see the top). */
+static void plan_assignment(iqp_stream *s, rd_kafka_topic_partition_list_t *parts) {
+    rd_kafka_topic_partition_list_t *committed = rd_kafka_topic_partition_list_copy(parts);
+    if (rd_kafka_committed(s->rk, committed, 10000) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        for (int i = 0; i < committed->cnt; i++) committed->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
+    for (int i = 0; i < parts->cnt; i++) {
+        rd_kafka_topic_partition_t *tp = &parts->elems[i];
+        int t = topic_index(s, tp->topic);
+        if (t < 0) continue;
+        part_state *p = add_part(s, t, tp->partition);
+        int64_t mine = stored_offset(s, t, tp->partition);
+        int64_t group = committed->elems[i].err ? -1 : committed->elems[i].offset;
+        p->restore_until = -1;
+        p->next_offset = mine;
+        p->dirty = 0;
+        if (group >= 0 && group > mine) {
+            tp->offset = mine >= 0 ? mine : RD_KAFKA_OFFSET_BEGINNING;
+            p->restore_until = group;
+        } else {
+            tp->offset = mine >= 0 ? mine : RD_KAFKA_OFFSET_INVALID;
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(committed);
+}
+
+static void on_revoke(iqp_stream *s, rd_kafka_topic_partition_list_t *parts) {
+    /* A lost assignment may already be someone else's: the store still gets
+     * what was counted, but Kafka must not be told (its commit would fail). */
+    stream_flush(s, rd_kafka_assignment_lost(s->rk) ? COMMIT_ASYNC : COMMIT_SYNC);
+    for (int i = 0; i < parts->cnt; i++) {
+        int t = topic_index(s, parts->elems[i].topic);
+        if (t >= 0) remove_part(s, t, parts->elems[i].partition);
+    }
+}
+
+static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque) {
+    iqp_stream *s = opaque;
+    int cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    s->stats.rebalances++;
+    if (s->m) iqp_metrics_add(s->m, "iqp_rebalances_total", "", 1);
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        plan_assignment(s, parts);
+        if (cooperative) rd_kafka_error_destroy(rd_kafka_incremental_assign(rk, parts));
+        else rd_kafka_assign(rk, parts);
+    } else {
+        on_revoke(s, parts);
+        if (cooperative) rd_kafka_error_destroy(rd_kafka_incremental_unassign(rk, parts));
+        else rd_kafka_assign(rk, NULL);
+    }
+    if (s->m) iqp_metrics_set(s->m, "iqp_assigned_partitions", "", (double)s->n_parts);
+}
+
+static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
+    iqp_stream *s = opaque;
+    (void)rk;
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN && s->m)
+        iqp_metrics_set_health(s->m, 0, "all brokers down");
+    if (err == RD_KAFKA_RESP_ERR__FATAL) fail(s, "kafka", reason);
+}
+
+/* ---- one message --------------------------------------------------------- */
+
+static int dead_letter(iqp_stream *s, int topic, const rd_kafka_message_t *msg, const char *code,
+                       const char *reason) {
+    char err[512];
+    iqp_dl_origin o = {s->topics[topic], msg->partition, (uint64_t)msg->offset};
+    if (iqp_deadletter_write_from(s->dl, code, reason, &o, msg->payload, msg->len, msg->len, err,
+                                  sizeof err) < 0)
+        return fail(s, "dead-letter sink", err), -1;
+    s->stats.dead_lettered++;
+    count_event(s, topic, "dead_lettered");
+    if (s->m) {
+        char labels[300];
+        snprintf(labels, sizeof labels, "topic=\"%s\",code=\"%s\"", s->topic_labels[topic], code);
+        iqp_metrics_add(s->m, "iqp_dead_letters_total", labels, 1);
+    }
+    return 0;
+}
+
+static void remember_ts(iqp_stream *s, const rd_kafka_message_t *msg) {
+    rd_kafka_timestamp_type_t type;
+    int64_t ts = rd_kafka_message_timestamp(msg, &type);
+    if (type == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE || ts <= 0) return;
+    if (s->n_batch_ts == s->cap_batch_ts) {
+        s->cap_batch_ts = s->cap_batch_ts ? 2 * s->cap_batch_ts : 4096;
+        s->batch_ts = realloc(s->batch_ts, s->cap_batch_ts * sizeof *s->batch_ts);
+        if (!s->batch_ts) abort();
+    }
+    s->batch_ts[s->n_batch_ts++] = ts;
+}
+
+/* Counts (or restores) one decoded event; -1 on an operational failure. */
+static int aggregate(iqp_stream *s, int topic, const rd_kafka_message_t *msg, const iqp_event *ev,
+                     int restoring) {
+    char err[512];
+    iqp_agg_outcome out = restoring ? iqp_aggregator_restore(s->agg, ev, wall_ms(), err, sizeof err)
+                                    : iqp_aggregator_add(s->agg, ev, wall_ms(), err, sizeof err);
+    switch (out) {
+    case IQP_AGG_COUNTED:
+        if (restoring) return s->stats.restored++, count_event(s, topic, "restored"), 0;
+        s->stats.counted++;
+        count_event(s, topic, "counted");
+        remember_ts(s, msg);
+        return 0;
+    case IQP_AGG_DUPLICATE:
+        s->stats.duplicate++;
+        count_event(s, topic, restoring ? "restore_skipped" : "duplicate");
+        return 0;
+    case IQP_AGG_LATE:
+        s->stats.late++;
+        count_event(s, topic, restoring ? "restore_skipped" : "late");
+        return 0;
+    case IQP_AGG_FUTURE: {
+        if (restoring) return count_event(s, topic, "restore_skipped"), 0;
+        char reason[200];
+        snprintf(reason, sizeof reason,
+                 "future_event: ts: %lld is more than %lld ms ahead of the clock",
+                 (long long)ev->ts, (long long)s->cfg->max_future_skew_ms);
+        return dead_letter(s, topic, msg, "future_event", reason);
+    }
+    case IQP_AGG_ERROR: default: return fail(s, "store read", err), -1;
+    }
+}
+
+static int handle_message(iqp_stream *s, const rd_kafka_message_t *msg) {
+    int topic = topic_index(s, rd_kafka_topic_name(msg->rkt));
+    part_state *p = topic < 0 ? NULL : find_part(s, topic, msg->partition);
+    if (!p) return 0; /* a straggler of a partition just released */
+    int restoring = p->restore_until >= 0 && msg->offset < p->restore_until;
+    iqp_event ev;
+    iqp_decode_error derr;
+    int rc = 0;
+    s->stats.messages++;
+    s->batch_events++;
+    if (iqp_event_decode(s->cfg, msg->payload ? msg->payload : "", msg->len, &ev, &derr) < 0) {
+        char reason[300];
+        iqp_decode_error_format(&derr, reason, sizeof reason);
+        if (restoring) count_event(s, topic, "restore_skipped");
+        else rc = dead_letter(s, topic, msg, iqp_decode_code_name(derr.code), reason);
+    } else {
+        rc = aggregate(s, topic, msg, &ev, restoring);
+        iqp_event_clear(&ev);
+    }
+    p->next_offset = msg->offset + 1;
+    p->dirty = 1;
+    return rc;
+}
+
+static void handle_error(iqp_stream *s, const rd_kafka_message_t *msg) {
+    if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) return;
+    fprintf(stderr, "iqp stream: kafka: %s\n", rd_kafka_message_errstr(msg));
+    if (msg->err == RD_KAFKA_RESP_ERR__FATAL) fail(s, "kafka", rd_kafka_message_errstr(msg));
+}
+
+/* ---- periodic ------------------------------------------------------------ */
+
+static void update_lag(iqp_stream *s) {
+    for (size_t i = 0; i < s->n_parts; i++) {
+        part_state *p = &s->parts[i];
+        int64_t lo, hi;
+        if (p->next_offset < 0) continue;
+        if (rd_kafka_get_watermark_offsets(s->rk, s->topics[p->topic], p->partition, &lo, &hi))
+            continue;
+        set_lag(s, p, hi > p->next_offset ? (double)(hi - p->next_offset) : 0);
+    }
+}
+
+static void periodic(iqp_stream *s, int64_t now) {
+    if (s->m) update_lag(s);
+    if (s->m && now - s->last_store_size_ms >= STORE_SIZE_EVERY_MS) {
+        s->last_store_size_ms = now;
+        iqp_metrics_set(s->m, "iqp_store_size_bytes", "", (double)iqp_store_disk_bytes(s->st));
+    }
+    if (s->progress && now - s->last_progress_ms >= 2000) {
+        s->last_progress_ms = now;
+        fprintf(stderr, "iqp stream: %llu messages, %llu counted, %llu dead-lettered, %zu partitions\n",
+                (unsigned long long)s->stats.messages, (unsigned long long)s->stats.counted,
+                (unsigned long long)s->stats.dead_lettered, s->n_parts);
+    }
+}
+
+/* ---- life cycle ---------------------------------------------------------- */
+
+static const char *const default_props[] = {
+    "group.id", "iqp-stream",          "auto.offset.reset", "earliest",
+    "enable.partition.eof", "false",   NULL};
+static const char *const forced_props[] = {
+    "enable.auto.commit", "false", "enable.auto.offset.store", "false", NULL};
+
+static int set_props(rd_kafka_conf_t *conf, const char *const *kv, char *err, size_t errlen) {
+    char kerr[256];
+    for (; kv && kv[0] && kv[1]; kv += 2)
+        if (rd_kafka_conf_set(conf, kv[0], kv[1], kerr, sizeof kerr) != RD_KAFKA_CONF_OK) {
+            snprintf(err, errlen, "kafka property %s=%s: %s", kv[0], kv[1], kerr);
+            return -1;
+        }
+    return 0;
+}
+
+static int check_user_props(const char *const *kv, char *err, size_t errlen) {
+    for (; kv && kv[0] && kv[1]; kv += 2)
+        for (const char *const *f = forced_props; *f; f += 2)
+            if (strcmp(kv[0], f[0]) == 0 && strcmp(kv[1], f[1]) != 0) {
+                snprintf(err, errlen,
+                         "kafka property %s must stay %s: iqp stream commits offsets itself, "
+                         "with the counts", f[0], f[1]);
+                return -1;
+            }
+    return 0;
+}
+
+static rd_kafka_t *create_consumer(iqp_stream *s, const iqp_stream_options *o, char *err,
+                                   size_t errlen) {
+    char kerr[512];
+    if (check_user_props(o->kafka_props, err, errlen) < 0) return NULL;
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    if (set_props(conf, default_props, err, errlen) < 0 ||
+        set_props(conf, o->kafka_props, err, errlen) < 0 ||
+        set_props(conf, forced_props, err, errlen) < 0) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    rd_kafka_conf_set_opaque(conf, s);
+    rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
+    rd_kafka_conf_set_error_cb(conf, error_cb);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof kerr);
+    if (!rk) {
+        snprintf(err, errlen, "cannot create the Kafka consumer: %s", kerr);
+        return NULL;
+    }
+    rd_kafka_poll_set_consumer(rk);
+    return rk;
+}
+
+static int subscribe(iqp_stream *s, char *err, size_t errlen) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(N_TOPICS);
+    for (int t = 0; t < N_TOPICS; t++)
+        rd_kafka_topic_partition_list_add(l, s->topics[t], RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t e = rd_kafka_subscribe(s->rk, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (e) snprintf(err, errlen, "cannot subscribe to %s, %s: %s", s->topics[0], s->topics[1],
+                    rd_kafka_err2str(e));
+    return e ? -1 : 0;
+}
+
+static void set_topics(iqp_stream *s, const iqp_stream_options *o) {
+    const char *names[N_TOPICS] = {o->impressions_topic ? o->impressions_topic : "impressions",
+                                   o->actions_topic ? o->actions_topic : "actions"};
+    for (int t = 0; t < N_TOPICS; t++) {
+        char label[256];
+        s->topics[t] = strdup(names[t]);
+        iqp_metrics_label_value(names[t], label, sizeof label);
+        s->topic_labels[t] = strdup(label);
+        if (!s->topics[t] || !s->topic_labels[t]) abort();
+    }
+}
+
+iqp_stream *iqp_stream_new(iqp_store *st, const iqp_stream_options *o, char *err, size_t errlen) {
+    iqp_stream *s = calloc(1, sizeof *s);
+    if (!s) abort();
+    s->st = st;
+    s->cfg = iqp_store_config(st);
+    s->dl = o->dl;
+    s->m = o->metrics;
+    s->flush_ms = o->flush_ms > 0 ? o->flush_ms : 500;
+    s->progress = o->progress;
+    set_topics(s, o);
+    if (strcmp(s->topics[0], s->topics[1]) == 0) {
+        snprintf(err, errlen, "the impressions and actions topics must differ (both '%s')", s->topics[0]);
+        iqp_stream_free(s);
+        return NULL;
+    }
+    declare_metrics(s->m);
+    s->agg = iqp_aggregator_new(st);
+    s->rk = create_consumer(s, o, err, errlen);
+    if (!s->rk || subscribe(s, err, errlen) < 0) {
+        iqp_stream_free(s);
+        return NULL;
+    }
+    if (s->m) iqp_metrics_set_health(s->m, 1, NULL);
+    return s;
+}
+
+static int64_t poll_timeout(const iqp_stream *s, int64_t now) {
+    int64_t left = s->last_flush_ms + s->flush_ms - now;
+    return left < 0 ? 0 : left < POLL_MS ? left : POLL_MS;
+}
+
+/* Flushes, commits synchronously and leaves the group. */
+static void close_consumer(iqp_stream *s) {
+    if (s->closed || !s->rk) return;
+    s->closed = 1;
+    stream_flush(s, COMMIT_SYNC);
+    rd_kafka_consumer_close(s->rk);
+}
+
+int iqp_stream_run(iqp_stream *s, char *err, size_t errlen) {
+    s->last_flush_ms = s->last_store_size_ms = s->last_progress_ms = mono_ms();
+    while (!stop_requested && !s->fatal) {
+        int64_t now = mono_ms();
+        rd_kafka_message_t *msg = rd_kafka_consumer_poll(s->rk, (int)poll_timeout(s, now));
+        if (msg) {
+            if (msg->err) handle_error(s, msg);
+            else if (handle_message(s, msg) == 0 && s->m) iqp_metrics_set_health(s->m, 1, NULL);
+            rd_kafka_message_destroy(msg);
+        }
+        now = mono_ms();
+        if (iqp_aggregator_should_flush(s->agg) || now - s->last_flush_ms >= s->flush_ms) {
+            stream_flush(s, COMMIT_ASYNC);
+            periodic(s, now);
+        }
+    }
+    if (!s->fatal) close_consumer(s);
+    if (s->fatal) {
+        snprintf(err, errlen, "%s", s->fatal_msg);
+        return -1;
+    }
+    return 0;
+}
+
+/* p-th percentile (0..1) of the latency histogram, in ms. */
+static double lat_percentile(const iqp_stream *s, double q) {
+    uint64_t n = 0, want;
+    for (size_t i = 0; i < LAT_BINS; i++) n += s->lat_hist[i];
+    if (n == 0) return 0;
+    want = (uint64_t)ceil(q * (double)n);
+    if (want == 0) want = 1;
+    for (size_t i = 0, seen = 0; i < LAT_BINS; i++)
+        if ((seen += s->lat_hist[i]) >= want) return (double)i;
+    return LAT_BINS - 1;
+}
+
+iqp_stream_stats iqp_stream_get_stats(iqp_stream *s) {
+    iqp_stream_stats st = s->stats;
+    st.latency_p50_ms = lat_percentile(s, 0.50);
+    st.latency_p99_ms = lat_percentile(s, 0.99);
+    return st;
+}
+
+void iqp_stream_free(iqp_stream *s) {
+    if (!s) return;
+    if (s->rk) {
+        if (!s->fatal) close_consumer(s);
+        rd_kafka_destroy(s->rk);
+    }
+    iqp_aggregator_free(s->agg);
+    for (int t = 0; t < N_TOPICS; t++) {
+        free(s->topics[t]);
+        free(s->topic_labels[t]);
+    }
+    free(s->parts);
+    free(s->batch_ts);
+    free(s);
+}

@@ -1,0 +1,80 @@
+/* stream.h -- the Kafka stream processor behind `iqp stream`.
+ *
+ * Owns: one librdkafka consumer-group member reading the impressions and
+ * actions topics; per-partition positions and where each partition starts
+ * when it is assigned; the micro-batch loop poll -> decode -> aggregate ->
+ * flush every flush_ms or flush_events; committing consumed offsets in the
+ * same store WriteBatch as the counts they produced, then to Kafka; the
+ * rebalance protocol (flush before a partition is released, restore dedup
+ * markers before counting a partition another instance counted); routing
+ * rejected events to the dead-letter sink; the stream's metrics.
+ *
+ * May not touch: counting rules (aggregator/), decoding rules (schemas/),
+ * the dead-letter record format (deadletter.h), how metrics are served
+ * (metrics.h), command-line parsing (cli/stream.c).
+ *
+ * Exactly once, per store (README "Kafka: exactly once"):
+ *   - a flush writes counts, dedup markers and the next offset of every
+ *     partition it consumed from in one RocksDB WriteBatch; the offsets are
+ *     committed to Kafka only after that write succeeds, so lag tools work;
+ *   - on assignment a partition starts at the offset in the store; when
+ *     the group's committed offset is further (another instance counted
+ *     the span in between), the span is read again in restore mode:
+ *     markers only, no counts, so repeats of events counted elsewhere stay
+ *     duplicates; with neither, auto.offset.reset decides;
+ *   - dead letters are made durable (iqp_deadletter_flush) before the
+ *     offsets that produced them are written.
+ */
+#ifndef IQP_STREAM_H
+#define IQP_STREAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "consumers/deadletter.h"
+#include "consumers/metrics.h"
+#include "store/store.h"
+
+typedef struct iqp_stream_options {
+    const char *impressions_topic; /* default "impressions" */
+    const char *actions_topic;     /* default "actions" */
+    int64_t flush_ms;              /* flush at least this often (default 500) */
+    /* librdkafka properties, name/value pairs, NULL-terminated; applied over
+     * the stream's defaults (group.id iqp-stream, auto.offset.reset
+     * earliest). enable.auto.commit / enable.auto.offset.store must not be
+     * turned on: offsets are committed by the stream after each flush. */
+    const char *const *kafka_props;
+    iqp_deadletter *dl;            /* rejected events; owned by the caller */
+    iqp_metrics *metrics;          /* may be NULL; owned by the caller */
+    int progress;                  /* a progress line on stderr every ~2 s */
+} iqp_stream_options;
+
+typedef struct iqp_stream_stats {
+    uint64_t messages;             /* messages consumed */
+    uint64_t counted, duplicate, late, dead_lettered, restored;
+    uint64_t flushes, commit_failures, rebalances;
+    uint64_t latency_n;            /* events whose produce->store latency was measured */
+    double latency_p50_ms, latency_p99_ms;
+} iqp_stream_stats;
+
+typedef struct iqp_stream iqp_stream;
+
+/* Creates the consumer and subscribes; NULL with err on a bad property or
+ * a client that cannot be created. */
+iqp_stream *iqp_stream_new(iqp_store *st, const iqp_stream_options *o, char *err, size_t errlen);
+
+/* Runs until iqp_stream_request_stop: then flushes, commits, leaves the
+ * group and returns 0. Returns -1 with err on an operational failure (a
+ * store or dead-letter write failed: nothing more is committed). */
+int iqp_stream_run(iqp_stream *s, char *err, size_t errlen);
+
+/* Async-signal-safe: asks a running iqp_stream_run to stop. */
+void iqp_stream_request_stop(void);
+
+/* Counters so far; latency percentiles are computed on each call. */
+iqp_stream_stats iqp_stream_get_stats(iqp_stream *s);
+
+/* Closes the consumer (if run did not) and frees s. */
+void iqp_stream_free(iqp_stream *s);
+
+#endif

@@ -1,0 +1,571 @@
+/* check_stream.c -- `iqp stream` against a real Kafka protocol broker
+ * (`iqp devbroker`), checked value by value against the independent
+ * brute-force model (tests/oracle.c).
+ *
+ * Design
+ * ------
+ * An unchecked fixture, run once, writes the traffic: `iqp gen` output
+ * (with its malformed lines, redeliveries and repeated actions) plus a
+ * small hand-written file of bad input (oversized, unknown schema, not
+ * JSON, future-dated). The oracle reads both, in that order, with the
+ * wall clock as "now"; it also picks the lookup contexts (top queries with
+ * a country and a gender, and the items seen under each).
+ *
+ * Every test starts its own broker (3 brokers, 8 partitions) and its own
+ * stores, puts the traffic on Kafka with `iqp produce` (keyed by
+ * normalized query), runs one or two `iqp stream` processes through a
+ * scenario, waits until the stores have counted every message (the sum of
+ * each partition's next offset, read with `iqp stats` beside the running
+ * writer, equals what was produced to the topic), stops them with SIGTERM,
+ * and compares.
+ *
+ * Comparing: for each context, `iqp lookup` runs against every store and
+ * the test sums the integer counts (context_count, impression, engaged,
+ * each action) line by line, then compares the sums with the oracle. Two
+ * instances of one group keep separate stores; the oracle's counts are
+ * sums over events, and every event is counted in exactly one store, so
+ * summing is the merge (rates are ratios of sums, so they are not summed:
+ * the single-store tests leave them to check_e2e's exact rate checks).
+ *
+ * Order: the stream sees partitions interleaved, not file order. The
+ * counting rules make the result independent of order as long as no
+ * event is older than the 1 h granularity's retention behind the running
+ * watermark (24 h); the traffic spans 6 h.
+ *
+ * Every process a test starts is a child stopped by pid in teardown.
+ */
+#include <check.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tests/oracle.h"
+#include "tests/testutil.h"
+
+#define START_MS 1717996834567LL
+#ifndef IMPRESSIONS
+#define IMPRESSIONS 6000
+#endif
+#define MAX_CONTEXTS 24
+#define MAX_ITEMS 40
+#define CATCH_UP_MS 120000
+#define MAX_STREAMS 2
+#define N_ACTIONS ORACLE_N_ACTIONS
+
+static const char *const counter_keys[ORACLE_N_COUNTERS] = {
+    "impression", "engaged", "click", "save", "closeup", "long_click", "download", "screenshot"};
+
+typedef struct context {
+    const char *query, *country, *gender;
+    const char *items[MAX_ITEMS + 1];
+    size_t n_items;
+} context;
+
+/* ---- fixture: traffic and the oracle -------------------------------------- */
+
+static char *setup_error, *data_dir, *traffic, *bad_input;
+static oracle *orc;
+static context contexts[MAX_CONTEXTS];
+static size_t n_contexts;
+static uint64_t expected_msgs[2]; /* per topic: impressions (and everything else), actions */
+
+static void fail_setup(const char *what) {
+    if (!setup_error) setup_error = tu_fmt("stream setup: %s", what);
+}
+
+/* Hand-written bad input: each line must be dead-lettered with its code. */
+static int write_bad_input(const char *path) {
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    int64_t future = (int64_t)time(NULL) * 1000 + 3600 * 1000;
+    fprintf(f, "{\"schema\":\"click.v9\",\"event_id\":\"u1\",\"ts\":%lld}\n", START_MS);
+    fprintf(f, "this is not json\n");
+    fprintf(f, "{\"schema\":\"impression.v1\",\"event_id\":\"fut1\",\"request_id\":\"rf\","
+               "\"ts\":%lld,\"query\":\"red shoes\",\"user\":{\"country\":\"US\",\"gender\":\"f\"},"
+               "\"items\":[\"i1\",\"i2\"]}\n",
+            (long long)future);
+    fprintf(f, "{\"schema\":\"impression.v1\",\"event_id\":\"big1\",\"request_id\":\"rb\",\"ts\":%lld,"
+               "\"query\":\"red shoes\",\"user\":{\"country\":\"US\"},\"items\":[\"i1\"],\"pad\":\"",
+            START_MS);
+    for (int i = 0; i < (1 << 20) + 100; i++) fputc('x', f);
+    fprintf(f, "\"}\n");
+    fprintf(f, "{\"schema\":\"action.v1\",\"event_id\":\"a-bad\",\"ts\":%lld}\n", START_MS);
+    return fclose(f);
+}
+
+/* Topic totals computed here, from the files, by produce's routing rule:
+ * action.v1 lines go to the actions topic, every other line to impressions. */
+static void count_expected(const char *path) {
+    size_t len;
+    char *text = tu_read_file(path, &len), *line = text, *nl;
+    for (; line && *line; line = nl + 1) {
+        nl = strchr(line, '\n');
+        if (!nl) nl = line + strlen(line);
+        if (nl > line) {
+            json_t *j = json_loadb(line, (size_t)(nl - line), 0, NULL);
+            json_t *s = json_object_get(j, "schema");
+            expected_msgs[json_is_string(s) && !strcmp(json_string_value(s), "action.v1")]++;
+            json_decref(j);
+        }
+        if (!*nl) break;
+    }
+    free(text);
+}
+
+static void choose_contexts(void) {
+    static const char *const genders[3] = {"female", "male", "unknown"};
+    const char *countries[2] = {"ZZ", "ZZ"};
+    for (size_t i = 0, j = 0; i < oracle_n_countries(orc) && j < 2; i++)
+        countries[j++] = oracle_country(orc, i, NULL);
+    size_t nq = oracle_n_queries(orc);
+    for (size_t q = 0; q < nq && n_contexts < MAX_CONTEXTS; q += 1 + q / 4) {
+        context *c = &contexts[n_contexts];
+        size_t n;
+        const char *const *items = oracle_query_items(orc, oracle_query(orc, q, NULL), &n);
+        c->query = oracle_query(orc, q, NULL);
+        c->country = countries[n_contexts % 2];
+        c->gender = genders[n_contexts % 3];
+        for (c->n_items = 0; c->n_items < n && c->n_items < MAX_ITEMS - 1; c->n_items++)
+            c->items[c->n_items] = items[c->n_items];
+        c->items[c->n_items++] = "never-shown-item";
+        n_contexts++;
+    }
+}
+
+static void stream_setup(void) {
+    if (!(data_dir = tu_mkdtemp("stream-data"))) return fail_setup("no temp dir");
+    traffic = tu_fmt("%s/traffic.jsonl", data_dir);
+    bad_input = tu_fmt("%s/bad.jsonl", data_dir);
+    char *cmd = tu_fmt("'%s' gen --seed 31 --impressions %d --start %lld --span 6h --out '%s'",
+                       tu_iqp(), IMPRESSIONS, START_MS, traffic);
+    int rc = tu_run(cmd, NULL);
+    free(cmd);
+    if (rc != 0) return fail_setup("iqp gen failed");
+    if (write_bad_input(bad_input) < 0) return fail_setup("cannot write bad input");
+    orc = oracle_new((int64_t)time(NULL) * 1000);
+    if (oracle_load_file(orc, traffic) < 0 || oracle_load_file(orc, bad_input) < 0)
+        return fail_setup("oracle cannot read the traffic");
+    count_expected(traffic);
+    count_expected(bad_input);
+    choose_contexts();
+    if (n_contexts < 10) fail_setup("too few contexts");
+}
+
+static void stream_teardown(void) {
+    if (data_dir) tu_rmrf(data_dir);
+    oracle_free(orc);
+    free(data_dir);
+    free(traffic);
+    free(bad_input);
+    free(setup_error);
+}
+
+/* ---- per test: broker, producer, stream processes ------------------------- */
+
+typedef struct stream_proc {
+    pid_t pid;
+    char *store, *log;
+    int metrics_port;
+} stream_proc;
+
+static char *tmp;
+static tu_broker broker;
+static pid_t producer;
+static stream_proc streams[MAX_STREAMS];
+
+static void test_setup(void) {
+    static const char *const args[] = {"--brokers", "3", "--partitions", "8", "--topics",
+                                       "imp,act,dl", NULL};
+    ck_assert_msg(setup_error == NULL, "%s", setup_error);
+    tmp = tu_mkdtemp("stream");
+    ck_assert_ptr_nonnull(tmp);
+    ck_assert_int_eq(tu_broker_start(&broker, args), 0);
+    for (int i = 0; i < MAX_STREAMS; i++) {
+        streams[i].store = tu_fmt("%s/store%d", tmp, i);
+        streams[i].log = tu_fmt("%s/stream%d.log", tmp, i);
+    }
+}
+
+static void test_teardown(void) {
+    for (int i = 0; i < MAX_STREAMS; i++) {
+        if (streams[i].pid > 0) tu_stop_pid(streams[i].pid, SIGKILL, 5000);
+        free(streams[i].store);
+        free(streams[i].log);
+        memset(&streams[i], 0, sizeof streams[i]);
+    }
+    if (producer > 0) tu_stop_pid(producer, SIGKILL, 5000);
+    producer = 0;
+    tu_broker_stop(&broker);
+    if (tmp) tu_rmrf(tmp);
+    free(tmp);
+    tmp = NULL;
+}
+
+static pid_t spawn(const char *const *argv, const char *log) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        FILE *f = log ? freopen(log, "a", stderr) : NULL;
+        (void)f;
+        if (!freopen("/dev/null", "w", stdout)) _exit(126);
+        execv(tu_iqp(), (char *const *)argv);
+        _exit(127);
+    }
+    ck_assert_int_gt(pid, 0);
+    return pid;
+}
+
+/* Puts the traffic and the bad input on Kafka; rate 0 = as fast as it goes.
+ * wait: return when done (asserting success); else run in the background. */
+static void produce(int rate, int wait) {
+    char rate_s[32];
+    snprintf(rate_s, sizeof rate_s, "%d", rate);
+    const char *argv[] = {"iqp", "produce", "--brokers", broker.bootstrap, "--impressions-topic",
+                          "imp", "--actions-topic", "act", "--rate", rate_s, "--property",
+                          "message.max.bytes=4000000", traffic, bad_input, NULL};
+    char *log = tu_fmt("%s/produce.log", tmp);
+    producer = spawn(argv, log);
+    free(log);
+    if (wait) {
+        int status;
+        ck_assert_int_eq(waitpid(producer, &status, 0), producer);
+        producer = 0;
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "iqp produce failed");
+    }
+}
+
+static void wait_producer(void) {
+    int status;
+    if (producer <= 0) return;
+    ck_assert_int_eq(waitpid(producer, &status, 0), producer);
+    producer = 0;
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "iqp produce failed");
+}
+
+/* Starts instance i; dl_topic selects the Kafka dead-letter sink, else a
+ * file next to the store. */
+static void start_stream(int i, int dl_topic) {
+    stream_proc *s = &streams[i];
+    char listen[64], *dl_file = tu_fmt("%s/dead-letter%d.jsonl", tmp, i);
+    s->metrics_port = tu_free_port();
+    snprintf(listen, sizeof listen, "127.0.0.1:%d", s->metrics_port);
+    const char *argv[] = {"iqp", "stream", "--store", s->store, "--brokers", broker.bootstrap,
+                          "--group", "check-stream", "--impressions-topic", "imp",
+                          "--actions-topic", "act", "--flush-ms", "200", "--metrics-listen", listen,
+                          "--property", "session.timeout.ms=6000", "--property",
+                          "heartbeat.interval.ms=500", "--property",
+                          "fetch.message.max.bytes=4000000",
+                          dl_topic ? "--dead-letter-topic" : "--dead-letter-file",
+                          dl_topic ? "dl" : dl_file, NULL};
+    s->pid = spawn(argv, s->log);
+    free(dl_file);
+}
+
+/* SIGTERM and the exit status (asserting a clean exit within 10 s). */
+static void stop_stream(int i) {
+    int rc = tu_stop_pid(streams[i].pid, SIGTERM, 10000);
+    streams[i].pid = 0;
+    ck_assert_msg(rc == 0, "iqp stream %d exited %d after SIGTERM (log %s)", i, rc, streams[i].log);
+}
+
+static void kill_stream(int i) {
+    tu_stop_pid(streams[i].pid, SIGKILL, 5000);
+    streams[i].pid = 0;
+}
+
+/* ---- waiting for the stores to catch up ------------------------------------ */
+
+/* Adds store's kafka_offsets into best[topic][partition] (max). */
+static void read_offsets(const char *store, int64_t best[2][8]) {
+    char *cmd = tu_fmt("'%s' stats --store '%s' 2>/dev/null", tu_iqp(), store), *out = NULL;
+    if (tu_run(cmd, &out) == 0) {
+        json_t *j = json_loads(out, 0, NULL), *v;
+        const char *key;
+        json_object_foreach(json_object_get(j, "kafka_offsets"), key, v) {
+            int t = strncmp(key, "imp/", 4) == 0 ? 0 : strncmp(key, "act/", 4) == 0 ? 1 : -1;
+            int p = atoi(key + 4);
+            if (t >= 0 && p >= 0 && p < 8 && json_integer_value(v) > best[t][p])
+                best[t][p] = json_integer_value(v);
+        }
+        json_decref(j);
+    }
+    free(out);
+    free(cmd);
+}
+
+/* Waits until the stores (together) have committed every produced message. */
+static void wait_caught_up(int n_stores) {
+    uint64_t got[2] = {0, 0};
+    for (int waited = 0; waited < CATCH_UP_MS; waited += 300) {
+        int64_t best[2][8] = {{0}};
+        for (int i = 0; i < n_stores; i++)
+            if (access(streams[i].store, F_OK) == 0) read_offsets(streams[i].store, best);
+        got[0] = got[1] = 0;
+        for (int p = 0; p < 8; p++) got[0] += (uint64_t)best[0][p], got[1] += (uint64_t)best[1][p];
+        if (got[0] == expected_msgs[0] && got[1] == expected_msgs[1]) return;
+        usleep(300000);
+    }
+    ck_abort_msg("stores did not catch up: impressions %" PRIu64 "/%" PRIu64 ", actions %" PRIu64
+                 "/%" PRIu64, got[0], expected_msgs[0], got[1], expected_msgs[1]);
+}
+
+/* ---- comparing with the oracle ------------------------------------------------ */
+
+static void put_quoted(FILE *f, const char *s) {
+    fputs(" '", f);
+    for (; *s; s++) *s == '\'' ? fputs("'\\''", f) : fputc(*s, f);
+    fputc('\'', f);
+}
+
+static char *lookup_cmd(const char *store, const context *c, int64_t as_of) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    fprintf(f, "'%s' lookup --store", tu_iqp());
+    put_quoted(f, store);
+    fputs(" --query", f);
+    put_quoted(f, c->query);
+    fprintf(f, " --country %s --gender %s --as-of %" PRId64 " --", c->country, c->gender, as_of);
+    for (size_t i = 0; i < c->n_items; i++) put_quoted(f, c->items[i]);
+    fclose(f);
+    return buf;
+}
+
+/* Adds one store's lookup output into sum (n lines, oracle order). */
+static void add_lookup(const char *store, const context *c, int64_t as_of, oracle_counts *sum,
+                       size_t n) {
+    char *cmd = lookup_cmd(store, c, as_of), *out = NULL, *line, *save = NULL;
+    ck_assert_msg(tu_run(cmd, &out) == 0, "lookup failed: %s", cmd);
+    size_t k = 0;
+    for (line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save), k++) {
+        json_t *j = json_loads(line, 0, NULL);
+        ck_assert_msg(j && k < n, "lookup line %zu unreadable or extra", k);
+        sum[k].context_count += json_integer_value(json_object_get(j, "context_count"));
+        for (int x = 0; x < ORACLE_N_COUNTERS; x++)
+            sum[k].c[x] += json_integer_value(json_object_get(j, counter_keys[x]));
+        json_decref(j);
+    }
+    ck_assert_msg(k == n, "lookup printed %zu lines, want %zu", k, n);
+    free(out);
+    free(cmd);
+}
+
+/* Sums every context's lookups over n_stores stores and compares with the
+ * oracle; returns the number of values compared. */
+static uint64_t compare_with_oracle(int n_stores) {
+    int64_t as_of = oracle_watermark(orc);
+    uint64_t values = 0, bad = 0;
+    for (size_t ci = 0; ci < n_contexts; ci++) {
+        const context *c = &contexts[ci];
+        size_t n = (size_t)ORACLE_N_FEATURES * ORACLE_N_WINDOWS * c->n_items;
+        oracle_counts *want = calloc(n, sizeof *want), *got = calloc(n, sizeof *got);
+        int applicable[ORACLE_N_FEATURES];
+        oracle_lookup(orc, c->query, c->country, c->gender, as_of, c->items, c->n_items, applicable,
+                      want);
+        for (int i = 0; i < n_stores; i++) add_lookup(streams[i].store, c, as_of, got, n);
+        for (size_t k = 0; k < n; k++) {
+            values += 1 + ORACLE_N_COUNTERS;
+            int diff = got[k].context_count != want[k].context_count;
+            for (int x = 0; x < ORACLE_N_COUNTERS; x++) diff |= got[k].c[x] != want[k].c[x];
+            if (diff && bad++ < 10)
+                fprintf(stderr, "stream: MISMATCH query='%s' %s/%s line %zu: impression %" PRId64
+                                " vs %" PRId64 ", engaged %" PRId64 " vs %" PRId64
+                                ", context %" PRId64 " vs %" PRId64 "\n",
+                        c->query, c->country, c->gender, k, got[k].c[0], want[k].c[0], got[k].c[1],
+                        want[k].c[1], got[k].context_count, want[k].context_count);
+        }
+        free(want);
+        free(got);
+    }
+    fprintf(stderr, "stream: %" PRIu64 " values compared over %zu contexts, %" PRIu64 " differ\n",
+            values, n_contexts, bad);
+    ck_assert_msg(bad == 0, "%" PRIu64 " lookup lines differ from the oracle", bad);
+    return values;
+}
+
+/* ---- metrics ------------------------------------------------------------------- */
+
+/* Sums the values of every series of family name whose labels contain
+ * every string in must (NULL-terminated). */
+static double metric_sum(const char *text, const char *name, const char *const *must) {
+    double total = 0;
+    size_t nlen = strlen(name);
+    for (const char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+        if (strncmp(l, name, nlen) != 0 || (l[nlen] != '{' && l[nlen] != ' ')) continue;
+        const char *end = strchr(l, '\n'), *sp = NULL;
+        if (!end) end = l + strlen(l);
+        for (const char *c = l; c < end; c++)
+            if (*c == ' ') sp = c;
+        int ok = sp != NULL;
+        for (const char *const *m = must; ok && m && *m; m++) {
+            const char *hit = strstr(l, *m);
+            ok = hit && hit < end;
+        }
+        if (ok) total += strtod(sp + 1, NULL);
+    }
+    return total;
+}
+
+static char *fetch_metrics(int port) {
+    char *cmd = tu_fmt("exec 3<>/dev/tcp/127.0.0.1/%d && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 "
+                       "&& cat <&3", port), *out = NULL;
+    char *bash = tu_fmt("bash -c \"%s\"", cmd);
+    int rc = tu_run(bash, &out);
+    free(cmd);
+    free(bash);
+    ck_assert_msg(rc == 0 && out && strstr(out, "200 OK"), "GET /metrics on port %d failed", port);
+    return out;
+}
+
+/* ---- the tests -------------------------------------------------------------------- */
+
+/* One instance, everything produced first; dead letters to a Kafka topic. */
+START_TEST(stream_counts_exactly_with_dead_letters) {
+    produce(0, 1);
+    start_stream(0, 1);
+    wait_caught_up(1);
+    char *m = fetch_metrics(streams[0].metrics_port);
+    stop_stream(0);
+    compare_with_oracle(1);
+
+    /* every rejected line is in the dead-letter topic once, with its code */
+    size_t n_invalid = oracle_n_invalid(orc);
+    static const char *const dl[] = {"outcome=\"dead_lettered\"", NULL};
+    ck_assert_msg(metric_sum(m, "iqp_events_total", dl) == (double)n_invalid,
+                  "metrics count %.0f dead letters, oracle %zu", metric_sum(m, "iqp_events_total", dl),
+                  n_invalid);
+    static const char *const all[] = {NULL};
+    oracle_stats os = oracle_get_stats(orc);
+    ck_assert_msg(metric_sum(m, "iqp_events_total", all) == (double)os.lines,
+                  "metrics count %.0f events, oracle %" PRIu64 " lines",
+                  metric_sum(m, "iqp_events_total", all), os.lines);
+    ck_assert_ptr_nonnull(strstr(m, "iqp_flush_seconds_bucket"));
+    ck_assert_ptr_nonnull(strstr(m, "iqp_consumer_lag{topic=\"imp\",partition=\""));
+    free(m);
+    char *cmd = tu_fmt("kcat -C -b '%s' -t dl -e -q -f '%%h\\n' | sed 's/.*iqp.code=\\([a-z_]*\\).*/\\1/' "
+                       "| sort | uniq -c | sort -k2", broker.bootstrap), *out = NULL;
+    ck_assert_int_eq(tu_run(cmd, &out), 0);
+    size_t total = 0;
+    for (char *l = out; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) total += strtoul(l, NULL, 10);
+    ck_assert_msg(total == n_invalid, "dead-letter topic holds %zu records, oracle rejects %zu:\n%s",
+                  total, n_invalid, out);
+    static const char *const codes[] = {" too_large", " unknown_schema", " future_event",
+                                        " invalid_json", " missing_field", NULL};
+    for (const char *const *c = codes; *c; c++)
+        ck_assert_msg(strstr(out, *c), "no%s dead letter in the topic:\n%s", *c, out);
+    free(out);
+    free(cmd);
+}
+END_TEST
+
+/* kill -9 at random moments while consuming, restart each time. */
+START_TEST(stream_survives_kill_9) {
+    unsigned seed = (unsigned)time(NULL);
+    fprintf(stderr, "stream: kill -9 schedule seed %u\n", seed);
+    srand(seed);
+    produce(4000, 0);
+    start_stream(0, 0);
+    for (int k = 0; k < 5; k++) {
+        usleep((useconds_t)(500000 + rand() % 2500000));
+        kill_stream(0);
+        start_stream(0, 0);
+    }
+    wait_producer();
+    wait_caught_up(1);
+    stop_stream(0);
+    compare_with_oracle(1);
+}
+END_TEST
+
+/* Two instances in one group: the second joins mid-stream, then the first
+ * is killed; the stores are summed. */
+START_TEST(stream_rebalances_between_two_instances) {
+    produce(3000, 0);
+    start_stream(0, 0);
+    sleep(5);
+    start_stream(1, 0);
+    sleep(6);
+    kill_stream(0);
+    wait_producer();
+    wait_caught_up(2);
+    stop_stream(1);
+    compare_with_oracle(2);
+}
+END_TEST
+
+/* Brokers go down mid-stream and come back; the stream recovers alone. */
+START_TEST(stream_recovers_from_broker_outage) {
+    produce(4000, 0);
+    start_stream(0, 0);
+    sleep(4);
+    ck_assert_str_eq(tu_broker_command(&broker, "down 2"), "ok down 2");
+    ck_assert_str_eq(tu_broker_command(&broker, "down 3"), "ok down 3");
+    sleep(4);
+    ck_assert_str_eq(tu_broker_command(&broker, "up 2"), "ok up 2");
+    ck_assert_str_eq(tu_broker_command(&broker, "up 3"), "ok up 3");
+    wait_producer();
+    wait_caught_up(1);
+    stop_stream(0);
+    compare_with_oracle(1);
+}
+END_TEST
+
+/* SIGTERM mid-stream exits 0 within 10 s; a restart finishes exactly. */
+START_TEST(stream_stops_gracefully_and_resumes) {
+    produce(4000, 0);
+    start_stream(0, 0);
+    sleep(5);
+    stop_stream(0);
+    start_stream(0, 0);
+    wait_producer();
+    wait_caught_up(1);
+    stop_stream(0);
+    compare_with_oracle(1);
+}
+END_TEST
+
+START_TEST(stream_rejects_bad_usage) {
+    char *cmd = tu_fmt("'%s' stream --store x 2>/dev/null", tu_iqp());
+    ck_assert_int_eq(tu_run(cmd, NULL), 2); /* no brokers */
+    free(cmd);
+    cmd = tu_fmt("'%s' stream --store '%s/s' --brokers 127.0.0.1:1 --property enable.auto.commit=true "
+                 "--metrics-listen off 2>&1", tu_iqp(), tmp);
+    char *out = NULL;
+    ck_assert_int_eq(tu_run(cmd, &out), 1);
+    ck_assert_ptr_nonnull(strstr(out, "enable.auto.commit"));
+    free(out);
+    free(cmd);
+    cmd = tu_fmt("'%s' stream --store '%s/s' --brokers 127.0.0.1:1 --flush-ms 0 2>&1", tu_iqp(), tmp);
+    ck_assert_int_eq(tu_run(cmd, &out), 2);
+    ck_assert_ptr_nonnull(strstr(out, "--flush-ms"));
+    free(out);
+    free(cmd);
+}
+END_TEST
+
+int main(void) {
+    stream_setup();
+    Suite *s = suite_create("stream");
+    TCase *tc = tcase_create("devbroker");
+    tcase_set_timeout(tc, 300);
+    tcase_add_checked_fixture(tc, test_setup, test_teardown);
+    tcase_add_test(tc, stream_rejects_bad_usage);
+    tcase_add_test(tc, stream_counts_exactly_with_dead_letters);
+    tcase_add_test(tc, stream_survives_kill_9);
+    tcase_add_test(tc, stream_rebalances_between_two_instances);
+    tcase_add_test(tc, stream_recovers_from_broker_outage);
+    tcase_add_test(tc, stream_stops_gracefully_and_resumes);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    stream_teardown();
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
