@@ -43,7 +43,8 @@ static void usage(FILE *out) {
             "options:\n"
             "  --brokers N      brokers in the cluster (default 3)\n"
             "  --partitions N   partitions per topic (default 8)\n"
-            "  --topics LIST    comma-separated topic names (default impressions,actions,dead-letter)\n"
+            "  --topics LIST    comma-separated topic names (default impressions,actions,\n"
+            "                   dead-letter,iqp-checkpoints)\n"
             "  --help           this text\n"
             "\n"
             "stdin commands: 'down N' / 'up N' (broker N, 1-based), 'quit'.\n"
@@ -108,7 +109,7 @@ int iqp_cmd_devbroker(int argc, char **argv) {
                                               {"help", no_argument, 0, 'h'},
                                               {0, 0, 0, 0}};
     int64_t brokers = 3, partitions = 8;
-    const char *topics_arg = "impressions,actions,dead-letter";
+    const char *topics_arg = "impressions,actions,dead-letter,iqp-checkpoints";
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {

@@ -7,7 +7,8 @@
  *
  * Config sections read here (all optional; flags win):
  *   "stream":  {"store": DIR, "impressions_topic": T, "actions_topic": T,
- *               "flush_ms": 500, "dead_letter_topic": T | "dead_letter_file": F}
+ *               "flush_ms": 500, "dead_letter_topic": T | "dead_letter_file": F,
+ *               "checkpoint_topic": T}
  *   "kafka":   {"<librdkafka property>": value, ...}   passed through as is
  *   "metrics": {"listen": "127.0.0.1:9464"}            "off" disables
  */
@@ -53,6 +54,9 @@ static void usage(FILE *out) {
             "  --dead-letter-file F     ... or to a JSONL file instead\n"
             "  --metrics-listen ADDR    Prometheus /metrics and /healthz on HOST:PORT\n"
             "                           (default 127.0.0.1:9464; 'off' disables)\n"
+            "  --checkpoint-topic T     where each store publishes how far it counted, for\n"
+            "                           the next owner of a partition (default\n"
+            "                           iqp-checkpoints, compacted; 'off': group offsets only)\n"
             "  --property NAME=VALUE    any librdkafka property (repeatable)\n"
             "  --progress               a progress line on stderr every 2 s\n"
             "  --help                   this text\n"
@@ -66,6 +70,7 @@ static void usage(FILE *out) {
  * or into the config JSON (kept alive in root). */
 typedef struct stream_opts {
     const char *config_path, *store_dir, *imp_topic, *act_topic, *dl_topic, *dl_file, *listen;
+    const char *ckpt_topic;
     int64_t flush_ms, flush_events;
     int progress;
     const char *props[2 * MAX_PROPS + 1]; /* config's kafka section, then flags */
@@ -109,7 +114,8 @@ static int config_string(json_t *obj, const char *key, const char **out) {
 
 static int read_stream_section(stream_opts *o, json_t *sec) {
     static const char *const known[] = {"store", "impressions_topic", "actions_topic", "flush_ms",
-                                        "dead_letter_topic", "dead_letter_file", NULL};
+                                        "dead_letter_topic", "dead_letter_file", "checkpoint_topic",
+                                        NULL};
     const char *key;
     json_t *v;
     if (!json_is_object(sec)) return iqp_cli_usage_error(CMD, "config: \"stream\" must be an object");
@@ -120,7 +126,8 @@ static int read_stream_section(stream_opts *o, json_t *sec) {
     }
     if (config_string(sec, "store", &o->store_dir) || config_string(sec, "impressions_topic", &o->imp_topic) ||
         config_string(sec, "actions_topic", &o->act_topic) || config_string(sec, "dead_letter_topic", &o->dl_topic) ||
-        config_string(sec, "dead_letter_file", &o->dl_file))
+        config_string(sec, "dead_letter_file", &o->dl_file) ||
+        config_string(sec, "checkpoint_topic", &o->ckpt_topic))
         return 2;
     if ((v = json_object_get(sec, "flush_ms"))) {
         if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 3600000)
@@ -165,7 +172,7 @@ static int read_config_sections(stream_opts *o) {
 /* ---- flags ------------------------------------------------------------------ */
 
 enum { OPT_IMP = 256, OPT_ACT, OPT_FLUSH_MS, OPT_FLUSH_EV, OPT_DL_TOPIC, OPT_DL_FILE, OPT_LISTEN,
-       OPT_PROP, OPT_PROGRESS, OPT_BROKERS, OPT_GROUP };
+       OPT_PROP, OPT_PROGRESS, OPT_BROKERS, OPT_GROUP, OPT_CKPT };
 
 static const struct option longopts[] = {
     {"config", required_argument, 0, 'c'},           {"store", required_argument, 0, 's'},
@@ -176,6 +183,7 @@ static const struct option longopts[] = {
     {"dead-letter-topic", required_argument, 0, OPT_DL_TOPIC},
     {"dead-letter-file", required_argument, 0, OPT_DL_FILE},
     {"metrics-listen", required_argument, 0, OPT_LISTEN}, {"property", required_argument, 0, OPT_PROP},
+    {"checkpoint-topic", required_argument, 0, OPT_CKPT},
     {"progress", no_argument, 0, OPT_PROGRESS},      {"help", no_argument, 0, 'h'},
     {0, 0, 0, 0}};
 
@@ -214,6 +222,7 @@ static int apply_flag(stream_opts *o, int c) {
     case OPT_LISTEN: o->listen = optarg; return 0;
     case OPT_PROP: return add_prop_arg(o, optarg);
     case OPT_PROGRESS: o->progress = 1; return 0;
+    case OPT_CKPT: o->ckpt_topic = optarg; return 0;
     default: return iqp_cli_usage_error(CMD, "unknown option (see iqp stream --help)");
     }
 }
@@ -270,17 +279,39 @@ static int consumer_only(const char *name) {
     return 0;
 }
 
-static iqp_deadletter *open_dead_letter(const stream_opts *o, char *err, size_t errlen) {
-    const char *props[2 * MAX_PROPS + 1];
+/* The properties a producer of ours gets: all but the consumer-only ones. */
+static void producer_props(const stream_opts *o, const char **props) {
     size_t n = 0;
-    if (o->dl_file) return iqp_deadletter_open_file(o->dl_file, err, errlen);
     for (size_t i = 0; i < o->n_props; i++)
         if (!consumer_only(o->props[2 * i])) {
             props[n++] = o->props[2 * i];
             props[n++] = o->props[2 * i + 1];
         }
     props[n] = NULL;
+}
+
+static iqp_deadletter *open_dead_letter(const stream_opts *o, char *err, size_t errlen) {
+    const char *props[2 * MAX_PROPS + 1];
+    if (o->dl_file) return iqp_deadletter_open_file(o->dl_file, err, errlen);
+    producer_props(o, props);
     return iqp_deadletter_open_kafka(props, o->dl_topic ? o->dl_topic : "dead-letter", err, errlen);
+}
+
+static const char *group_id(const stream_opts *o) {
+    const char *group = "iqp-stream";
+    for (size_t i = 0; i < o->n_props; i++)
+        if (strcmp(o->props[2 * i], "group.id") == 0) group = o->props[2 * i + 1];
+    return group;
+}
+
+static int open_checkpoints(const stream_opts *o, iqp_checkpoints **out, char *err, size_t errlen) {
+    const char *props[2 * MAX_PROPS + 1];
+    const char *topic = o->ckpt_topic ? o->ckpt_topic : "iqp-checkpoints";
+    *out = NULL;
+    if (strcmp(topic, "off") == 0) return 0;
+    producer_props(o, props);
+    *out = iqp_checkpoints_new(props, topic, group_id(o), err, errlen);
+    return *out ? 0 : -1;
 }
 
 static void print_summary(iqp_stream *s) {
@@ -302,6 +333,7 @@ typedef struct stream_parts {
     iqp_deadletter *dl;
     iqp_metrics *m;
     iqp_metrics_server *srv;
+    iqp_checkpoints *ckpt;
     iqp_stream *s;
 } stream_parts;
 
@@ -318,7 +350,9 @@ static int open_parts(const stream_opts *o, iqp_config *cfg, stream_parts *p) {
         fprintf(stderr, "iqp stream: metrics on port %d of %s (/metrics, /healthz)\n",
                 iqp_metrics_server_port(p->srv), listen);
     }
-    iqp_stream_options so = {o->imp_topic, o->act_topic, o->flush_ms, o->props, p->dl, p->m, o->progress};
+    if (open_checkpoints(o, &p->ckpt, err, sizeof err) < 0) return iqp_cli_fail(CMD, "%s", err);
+    iqp_stream_options so = {o->imp_topic, o->act_topic, o->flush_ms, o->props, p->dl, p->m,
+                             p->ckpt, o->progress};
     if (!(p->s = iqp_stream_new(p->st, &so, err, sizeof err))) return iqp_cli_fail(CMD, "%s", err);
     return 0;
 }
@@ -327,6 +361,7 @@ static int close_parts(stream_parts *p, int rc) {
     char err[512];
     if (p->s) print_summary(p->s);
     iqp_stream_free(p->s);
+    iqp_checkpoints_free(p->ckpt);
     iqp_metrics_server_stop(p->srv);
     iqp_metrics_free(p->m);
     if (p->dl && iqp_deadletter_close(p->dl, err, sizeof err) < 0 && rc == 0)

@@ -74,6 +74,7 @@ struct iqp_stream {
     iqp_aggregator *agg;
     iqp_deadletter *dl;
     iqp_metrics *m;
+    iqp_checkpoints *ckpt;
     char *topics[N_TOPICS];
     char *topic_labels[N_TOPICS]; /* escaped for metric labels */
     int64_t flush_ms;
@@ -231,24 +232,35 @@ static void stage_offsets(iqp_stream *s) {
 }
 
 /* Commits the dirty partitions' offsets to Kafka and clears dirty. */
+static void count_commit_failure(iqp_stream *s, const char *what, const char *why) {
+    s->stats.commit_failures++;
+    if (s->m) iqp_metrics_add(s->m, "iqp_kafka_commit_failures_total", "", 1);
+    fprintf(stderr, "iqp stream: %s: %s\n", what, why);
+}
+
+/* Publishes the dirty partitions' offsets (checkpoint topic, then the
+ * group) and clears dirty. sync: wait for both (revoke, shutdown). */
 static void commit_offsets(iqp_stream *s, int async) {
+    char err[512];
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)s->n_parts + 1);
     for (size_t i = 0; i < s->n_parts; i++) {
         part_state *p = &s->parts[i];
         if (!p->dirty) continue;
-        /* Mid-restore, the group's offset stays where the other instance
-         * left it: committing the restore position would move it back and
+        /* Mid-restore, the published offset stays where the other instance
+         * left it: publishing the restore position would move it back and
          * the next owner would count that span a second time. */
-        rd_kafka_topic_partition_list_add(l, s->topics[p->topic], p->partition)->offset =
-            p->next_offset > p->restore_until ? p->next_offset : p->restore_until;
+        int64_t off = p->next_offset > p->restore_until ? p->next_offset : p->restore_until;
+        rd_kafka_topic_partition_list_add(l, s->topics[p->topic], p->partition)->offset = off;
+        if (s->ckpt && iqp_checkpoints_put(s->ckpt, s->topics[p->topic], p->partition, off, err,
+                                           sizeof err) < 0)
+            count_commit_failure(s, "checkpoint", err);
         p->dirty = 0;
     }
+    if (s->ckpt && !async && iqp_checkpoints_sync(s->ckpt, 10000, err, sizeof err) < 0)
+        count_commit_failure(s, "checkpoint", err);
     if (l->cnt > 0) {
-        rd_kafka_resp_err_t err = rd_kafka_commit(s->rk, l, async);
-        if (err) {
-            s->stats.commit_failures++;
-            if (s->m) iqp_metrics_add(s->m, "iqp_kafka_commit_failures_total", "", 1);
-        }
+        rd_kafka_resp_err_t e = rd_kafka_commit(s->rk, l, async);
+        if (e) count_commit_failure(s, "offset commit", rd_kafka_err2str(e));
     }
     rd_kafka_topic_partition_list_destroy(l);
 }
@@ -307,17 +319,38 @@ static int stream_flush(iqp_stream *s, int async) {
 /* ---- rebalance ----------------------------------------------------------- */
 
 /* Decides where each partition of an assignment starts (see the top). */
-static void plan_assignment(iqp_stream *s, rd_kafka_topic_partition_list_t *parts) {
+/* The newest published offset of each partition in parts: the larger of
+ * the group's committed offset and the checkpoint topic's; -1 for none. */
+static void published_offsets(iqp_stream *s, rd_kafka_topic_partition_list_t *parts, int64_t *out) {
+    char err[512];
     rd_kafka_topic_partition_list_t *committed = rd_kafka_topic_partition_list_copy(parts);
-    if (rd_kafka_committed(s->rk, committed, 10000) != RD_KAFKA_RESP_ERR_NO_ERROR)
-        for (int i = 0; i < committed->cnt; i++) committed->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
+    rd_kafka_resp_err_t e = rd_kafka_committed(s->rk, committed, 10000);
+    for (int i = 0; i < parts->cnt; i++)
+        out[i] = e || committed->elems[i].err || committed->elems[i].offset < 0 ? -1
+                                                                               : committed->elems[i].offset;
+    rd_kafka_topic_partition_list_destroy(committed);
+    if (!s->ckpt) return;
+    if (iqp_checkpoints_refresh(s->ckpt, 10000, err, sizeof err) < 0) {
+        fprintf(stderr, "iqp stream: %s (using the group's offsets)\n", err);
+        return;
+    }
+    for (int i = 0; i < parts->cnt; i++) {
+        int64_t ck = iqp_checkpoints_get(s->ckpt, parts->elems[i].topic, parts->elems[i].partition);
+        if (ck > out[i]) out[i] = ck;
+    }
+}
+
+static void plan_assignment(iqp_stream *s, rd_kafka_topic_partition_list_t *parts) {
+    int64_t *published = malloc(((size_t)parts->cnt + 1) * sizeof *published);
+    if (!published) abort();
+    published_offsets(s, parts, published);
     for (int i = 0; i < parts->cnt; i++) {
         rd_kafka_topic_partition_t *tp = &parts->elems[i];
         int t = topic_index(s, tp->topic);
         if (t < 0) continue;
         part_state *p = add_part(s, t, tp->partition);
         int64_t mine = stored_offset(s, t, tp->partition);
-        int64_t group = committed->elems[i].err ? -1 : committed->elems[i].offset;
+        int64_t group = published[i];
         p->restore_until = -1;
         p->next_offset = mine;
         p->dirty = 0;
@@ -328,7 +361,7 @@ static void plan_assignment(iqp_stream *s, rd_kafka_topic_partition_list_t *part
             tp->offset = mine >= 0 ? mine : RD_KAFKA_OFFSET_INVALID;
         }
     }
-    rd_kafka_topic_partition_list_destroy(committed);
+    free(published);
 }
 
 static void on_revoke(iqp_stream *s, rd_kafka_topic_partition_list_t *parts) {
@@ -571,6 +604,7 @@ iqp_stream *iqp_stream_new(iqp_store *st, const iqp_stream_options *o, char *err
     s->cfg = iqp_store_config(st);
     s->dl = o->dl;
     s->m = o->metrics;
+    s->ckpt = o->checkpoints;
     s->flush_ms = o->flush_ms > 0 ? o->flush_ms : 500;
     s->progress = o->progress;
     set_topics(s, o);

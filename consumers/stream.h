@@ -18,7 +18,8 @@
  *     partition it consumed from in one RocksDB WriteBatch; the offsets are
  *     committed to Kafka only after that write succeeds, so lag tools work;
  *   - on assignment a partition starts at the offset in the store; when
- *     the group's committed offset is further (another instance counted
+ *     the newer of the group's committed offset and the partition's
+ *     checkpoint is further (another instance counted
  *     the span in between), the span is read again in restore mode:
  *     markers only, no counts, so repeats of events counted elsewhere stay
  *     duplicates; with neither, auto.offset.reset decides;
@@ -31,6 +32,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "consumers/checkpoint.h"
 #include "consumers/deadletter.h"
 #include "consumers/metrics.h"
 #include "store/store.h"
@@ -46,6 +48,7 @@ typedef struct iqp_stream_options {
     const char *const *kafka_props;
     iqp_deadletter *dl;            /* rejected events; owned by the caller */
     iqp_metrics *metrics;          /* may be NULL; owned by the caller */
+    iqp_checkpoints *checkpoints;  /* may be NULL (group offsets only); owned by the caller */
     int progress;                  /* a progress line on stderr every ~2 s */
 } iqp_stream_options;
 

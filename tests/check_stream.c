@@ -182,7 +182,7 @@ static stream_proc streams[MAX_STREAMS];
 
 static void test_setup(void) {
     static const char *const args[] = {"--brokers", "3", "--partitions", "8", "--topics",
-                                       "imp,act,dl", NULL};
+                                       "imp,act,dl,iqp-checkpoints", NULL};
     ck_assert_msg(setup_error == NULL, "%s", setup_error);
     tmp = tu_mkdtemp("stream");
     ck_assert_ptr_nonnull(tmp);
