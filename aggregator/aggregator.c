@@ -276,6 +276,15 @@ void iqp_aggregator_stage_meta(iqp_aggregator *a, const char *key, const void *v
 
 size_t iqp_aggregator_pending(const iqp_aggregator *a) { return a->pending; }
 
+void iqp_aggregator_discard(iqp_aggregator *a) {
+    iqp_store_batch *b = iqp_store_batch_new(a->st);
+    iqp_combiner_drain(a->comb, b); /* empties the combiner; the batch is never written */
+    iqp_store_batch_free(b);
+    free_staged(a);
+    a->pending = 0;
+    a->watermark_ms = iqp_store_watermark(a->st);
+}
+
 int iqp_aggregator_should_flush(const iqp_aggregator *a) {
     return a->pending >= a->cfg->flush_events || iqp_combiner_cells(a->comb) >= IQP_AGG_MAX_CELLS;
 }

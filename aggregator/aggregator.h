@@ -63,6 +63,11 @@ iqp_agg_outcome iqp_aggregator_restore(iqp_aggregator *a, const iqp_event *ev, i
  * value per key wins). */
 void iqp_aggregator_stage_meta(iqp_aggregator *a, const char *key, const void *val, size_t vlen);
 
+/* Drops the micro-batch (counts, markers, staged meta, watermark) as if
+ * its events had never been added: for a consumer that lost its partitions
+ * and must leave them to their new owner. */
+void iqp_aggregator_discard(iqp_aggregator *a);
+
 /* Events added since the last flush. */
 size_t iqp_aggregator_pending(const iqp_aggregator *a);
 

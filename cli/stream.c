@@ -14,6 +14,7 @@
  */
 #include <getopt.h>
 #include <jansson.h>
+#include <librdkafka/rdkafka.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -233,6 +234,25 @@ static int has_prop(const stream_opts *o, const char *name) {
     return 0;
 }
 
+/* Every Kafka property must be one librdkafka accepts, and offsets stay
+ * ours to commit: a config error (exit 2), found before anything opens. */
+static int validate_props(const stream_opts *o) {
+    char kerr[256];
+    int rc = 0;
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    for (size_t i = 0; i < o->n_props && rc == 0; i++) {
+        const char *name = o->props[2 * i], *value = o->props[2 * i + 1];
+        if ((!strcmp(name, "enable.auto.commit") || !strcmp(name, "enable.auto.offset.store")) &&
+            strcmp(value, "false") != 0)
+            rc = iqp_cli_usage_error(CMD, "kafka property %s must stay false: iqp stream commits "
+                                          "offsets itself, with the counts", name);
+        else if (rd_kafka_conf_set(conf, name, value, kerr, sizeof kerr) != RD_KAFKA_CONF_OK)
+            rc = iqp_cli_usage_error(CMD, "kafka property %s=%s: %s", name, value, kerr);
+    }
+    rd_kafka_conf_destroy(conf);
+    return rc;
+}
+
 static int parse_opts(int argc, char **argv, stream_opts *o) {
     int c, rc;
     if ((rc = first_pass(argc, argv, o))) return rc;
@@ -245,7 +265,9 @@ static int parse_opts(int argc, char **argv, stream_opts *o) {
         return iqp_cli_usage_error(CMD, "no brokers: give --brokers LIST or kafka.bootstrap.servers");
     if (o->dl_file && o->dl_topic && o->config_path)
         return iqp_cli_usage_error(CMD, "config: give dead_letter_topic or dead_letter_file, not both");
-    return 0;
+    if (strcmp(o->imp_topic ? o->imp_topic : "impressions", o->act_topic ? o->act_topic : "actions") == 0)
+        return iqp_cli_usage_error(CMD, "the impressions and actions topics must differ");
+    return validate_props(o);
 }
 
 /* ---- running ------------------------------------------------------------------ */
@@ -311,6 +333,9 @@ static int open_checkpoints(const stream_opts *o, iqp_checkpoints **out, char *e
     if (strcmp(topic, "off") == 0) return 0;
     producer_props(o, props);
     *out = iqp_checkpoints_new(props, topic, group_id(o), err, errlen);
+    /* Read it once now: a missing topic is a start-up error, not a surprise
+     * at the first rebalance. */
+    if (*out && iqp_checkpoints_refresh(*out, 10000, err, errlen) < 0) return -1;
     return *out ? 0 : -1;
 }
 

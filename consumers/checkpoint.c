@@ -35,6 +35,7 @@ struct iqp_checkpoints {
     int n_parts;                /* partitions of the checkpoint topic; 0 until known */
     ckpt_entry *seen;
     uint64_t failed;            /* delivery reports with an error */
+    uint64_t failed_reported;   /* ... of which a sync has reported */
     char failure[256];
 };
 
@@ -58,6 +59,7 @@ static rd_kafka_t *make_handle(rd_kafka_type_t type, const char *const *props, i
                                                  "linger.ms", "0", NULL};
     static const char *const reader_props[] = {"group.id", "iqp-checkpoint-reader",
                                                "enable.auto.commit", "false",
+                                               "auto.offset.reset", "earliest",
                                                "enable.partition.eof", "true", NULL};
     const char *const *lists[2] = {props, type == RD_KAFKA_PRODUCER ? producer_props : reader_props};
     char kerr[256];
@@ -72,7 +74,12 @@ static rd_kafka_t *make_handle(rd_kafka_type_t type, const char *const *props, i
     rd_kafka_conf_set_opaque(conf, c);
     if (type == RD_KAFKA_PRODUCER) rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
     rd_kafka_t *rk = rd_kafka_new(type, conf, kerr, sizeof kerr);
-    if (!rk) snprintf(err, errlen, "checkpoint topic: %s", kerr);
+    if (!rk) {
+        rd_kafka_conf_destroy(conf); /* still ours when rd_kafka_new fails */
+        snprintf(err, errlen, "checkpoint topic: %s", kerr);
+    } else if (type == RD_KAFKA_CONSUMER) {
+        rd_kafka_poll_set_consumer(rk); /* errors and messages on one queue, served by reads */
+    }
     return rk;
 }
 
@@ -133,15 +140,15 @@ int iqp_checkpoints_put(iqp_checkpoints *c, const char *topic, int32_t partition
 }
 
 int iqp_checkpoints_sync(iqp_checkpoints *c, int timeout_ms, char *err, size_t errlen) {
-    uint64_t failed_before = c->failed;
     rd_kafka_resp_err_t e = rd_kafka_flush(c->producer, timeout_ms);
     if (e) {
         snprintf(err, errlen, "checkpoint topic %s: %s", c->topic, rd_kafka_err2str(e));
         return -1;
     }
-    if (c->failed != failed_before) {
+    if (c->failed != c->failed_reported) {
         snprintf(err, errlen, "checkpoint topic %s: %llu not delivered: %s", c->topic,
-                 (unsigned long long)(c->failed - failed_before), c->failure);
+                 (unsigned long long)(c->failed - c->failed_reported), c->failure);
+        c->failed_reported = c->failed;
         return -1;
     }
     return 0;
@@ -192,22 +199,37 @@ static int start_reader(iqp_checkpoints *c, int timeout_ms, char *err, size_t er
     return e ? -1 : 0;
 }
 
-/* Consumes until every partition reached the high watermark of the start. */
-static int catch_up(iqp_checkpoints *c, int timeout_ms, char *err, size_t errlen) {
-    int64_t high[MAX_CKPT_PARTITIONS], next[MAX_CKPT_PARTITIONS], lo;
-    int64_t deadline = mono_ms() + timeout_ms;
-    for (int p = 0; p < c->n_parts; p++) {
-        rd_kafka_topic_partition_list_t *pos = rd_kafka_topic_partition_list_new(1);
-        rd_kafka_topic_partition_list_add(pos, c->topic, p);
-        rd_kafka_position(c->reader, pos);
-        next[p] = pos->elems[0].offset >= 0 ? pos->elems[0].offset : 0;
-        rd_kafka_topic_partition_list_destroy(pos);
-        if (rd_kafka_query_watermark_offsets(c->reader, c->topic, p, &lo, &high[p], timeout_ms)) {
-            snprintf(err, errlen, "checkpoint topic %s: cannot read partition %d's end", c->topic, p);
-            return -1;
-        }
-        if (next[p] < lo) next[p] = lo;
+/* The end offset of every partition, in one ListOffsets round trip per
+ * leader (offsets_for_times with RD_KAFKA_OFFSET_END asks for the log end). */
+static int query_ends(iqp_checkpoints *c, int64_t *high, int timeout_ms, char *err, size_t errlen) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(c->n_parts);
+    for (int p = 0; p < c->n_parts; p++)
+        rd_kafka_topic_partition_list_add(l, c->topic, p)->offset = RD_KAFKA_OFFSET_END;
+    rd_kafka_resp_err_t e = rd_kafka_offsets_for_times(c->reader, l, timeout_ms);
+    for (int i = 0; i < l->cnt && !e; i++) {
+        rd_kafka_topic_partition_t *tp = &l->elems[i];
+        if (tp->err) e = tp->err;
+        else if (tp->partition >= 0 && tp->partition < c->n_parts) high[tp->partition] = tp->offset;
     }
+    rd_kafka_topic_partition_list_destroy(l);
+    if (e) snprintf(err, errlen, "checkpoint topic %s: cannot read its end: %s", c->topic,
+                    rd_kafka_err2str(e));
+    return e ? -1 : 0;
+}
+
+/* Consumes until every partition reached the end it had at the start. */
+static int catch_up(iqp_checkpoints *c, int timeout_ms, char *err, size_t errlen) {
+    int64_t high[MAX_CKPT_PARTITIONS], next[MAX_CKPT_PARTITIONS];
+    int64_t deadline = mono_ms() + timeout_ms;
+    rd_kafka_topic_partition_list_t *pos = rd_kafka_topic_partition_list_new(c->n_parts);
+    for (int p = 0; p < c->n_parts; p++) {
+        rd_kafka_topic_partition_list_add(pos, c->topic, p);
+        high[p] = 0;
+    }
+    rd_kafka_position(c->reader, pos);
+    for (int p = 0; p < c->n_parts; p++) next[p] = pos->elems[p].offset >= 0 ? pos->elems[p].offset : 0;
+    rd_kafka_topic_partition_list_destroy(pos);
+    if (query_ends(c, high, timeout_ms, err, errlen) < 0) return -1;
     for (;;) {
         int done = 1;
         for (int p = 0; p < c->n_parts; p++) done &= next[p] >= high[p];

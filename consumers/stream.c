@@ -49,8 +49,9 @@
 #include "schemas/event.h"
 
 #define POLL_MS 100
-#define COMMIT_SYNC 0
-#define COMMIT_ASYNC 1
+#define PUBLISH_MS 10000          /* checkpoint acks, per flush and on revoke */
+#define CLOSE_PUBLISH_MS 3000     /* ... at shutdown (SIGTERM must end within 10 s) */
+#define DL_CLOSE_TIMEOUT_MS 3000
 #define LAT_BINS 10001          /* 0..10000 ms, the last bin holds everything above */
 #define DL_FLUSH_TIMEOUT_MS 30000
 #define STORE_SIZE_EVERY_MS 5000
@@ -84,6 +85,7 @@ struct iqp_stream {
     int fatal;                  /* a flush failed: stop, commit nothing more */
     char fatal_msg[1100];
     int closed;
+    int closing;                /* shutting down: shorter waits */
     iqp_stream_stats stats;
     uint64_t batch_events;      /* messages handled since the last flush */
     int64_t *batch_ts;          /* Kafka timestamps of counted events in this batch */
@@ -203,16 +205,20 @@ static void meta_key(const iqp_stream *s, int topic, int32_t partition, char *ke
     snprintf(key, len, META_PREFIX "%s/%d", s->topics[topic], (int)partition);
 }
 
-/* The next offset this store holds for a partition, or -1. */
+/* The next offset this store holds for a partition, -1 when it holds none,
+ * or -2 when the record cannot be read (the store is damaged: counting on
+ * from a guess could double-count, so the caller stops). */
 static int64_t stored_offset(iqp_stream *s, int topic, int32_t partition) {
     char key[600], *val = NULL;
     size_t vlen = 0;
-    int64_t off = -1;
+    int64_t off = -2;
     meta_key(s, topic, partition, key, sizeof key);
-    if (iqp_store_get_meta(s->st, key, &val, &vlen) != 1) return -1;
+    int rc = iqp_store_get_meta(s->st, key, &val, &vlen);
+    if (rc == 0) return -1;
+    if (rc < 0) return -2;
     json_t *j = json_loadb(val, vlen, 0, NULL);
     json_t *n = json_object_get(j, "next_offset");
-    if (json_is_integer(n)) off = json_integer_value(n);
+    if (json_is_integer(n) && json_integer_value(n) >= 0) off = json_integer_value(n);
     json_decref(j);
     free(val);
     return off;
@@ -238,9 +244,12 @@ static void count_commit_failure(iqp_stream *s, const char *what, const char *wh
     fprintf(stderr, "iqp stream: %s: %s\n", what, why);
 }
 
-/* Publishes the dirty partitions' offsets (checkpoint topic, then the
- * group) and clears dirty. sync: wait for both (revoke, shutdown). */
-static void commit_offsets(iqp_stream *s, int async) {
+/* Publishes the dirty partitions' offsets and clears dirty: checkpoints,
+ * waited for right after the store write (the window in which a kill -9
+ * leaves the store ahead of what the next owner sees is one round trip),
+ * then the group commit, asynchronous (lag tools only; the mock refuses it
+ * during rebalances, which is why the checkpoints exist). */
+static void commit_offsets(iqp_stream *s, int timeout_ms) {
     char err[512];
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)s->n_parts + 1);
     for (size_t i = 0; i < s->n_parts; i++) {
@@ -256,10 +265,10 @@ static void commit_offsets(iqp_stream *s, int async) {
             count_commit_failure(s, "checkpoint", err);
         p->dirty = 0;
     }
-    if (s->ckpt && !async && iqp_checkpoints_sync(s->ckpt, 10000, err, sizeof err) < 0)
+    if (s->ckpt && l->cnt > 0 && iqp_checkpoints_sync(s->ckpt, timeout_ms, err, sizeof err) < 0)
         count_commit_failure(s, "checkpoint", err);
     if (l->cnt > 0) {
-        rd_kafka_resp_err_t e = rd_kafka_commit(s->rk, l, async);
+        rd_kafka_resp_err_t e = rd_kafka_commit(s->rk, l, 1);
         if (e) count_commit_failure(s, "offset commit", rd_kafka_err2str(e));
     }
     rd_kafka_topic_partition_list_destroy(l);
@@ -293,16 +302,18 @@ static void fail(iqp_stream *s, const char *what, const char *why) {
     if (s->m) iqp_metrics_set_health(s->m, 0, s->fatal_msg);
 }
 
-/* Writes the micro-batch and its offsets, then commits them to Kafka.
- * Returns 0, or -1 after fail() (nothing more may be committed). */
-static int stream_flush(iqp_stream *s, int async) {
+/* Writes the micro-batch and its offsets, then publishes the offsets,
+ * waiting up to publish_ms for the checkpoints. Returns 0, or -1 after
+ * fail() (nothing more may be committed). */
+static int stream_flush(iqp_stream *s, int publish_ms) {
     char err[512];
     int dirty = 0;
     if (s->fatal) return -1;
     for (size_t i = 0; i < s->n_parts; i++) dirty |= s->parts[i].dirty;
     s->last_flush_ms = mono_ms();
     if (!dirty && iqp_aggregator_pending(s->agg) == 0) return 0;
-    if (iqp_deadletter_flush(s->dl, DL_FLUSH_TIMEOUT_MS, err, sizeof err) < 0)
+    if (iqp_deadletter_flush(s->dl, s->closing ? DL_CLOSE_TIMEOUT_MS : DL_FLUSH_TIMEOUT_MS, err,
+                             sizeof err) < 0)
         return fail(s, "dead-letter sink", err), -1;
     stage_offsets(s);
     int64_t t0 = mono_ms();
@@ -312,7 +323,7 @@ static int stream_flush(iqp_stream *s, int async) {
     record_latencies(s, wall_ms());
     observe_flush(s, t0, t1);
     s->batch_events = 0;
-    commit_offsets(s, async);
+    commit_offsets(s, publish_ms);
     return 0;
 }
 
@@ -321,7 +332,9 @@ static int stream_flush(iqp_stream *s, int async) {
 /* Decides where each partition of an assignment starts (see the top). */
 /* The newest published offset of each partition in parts: the larger of
  * the group's committed offset and the checkpoint topic's; -1 for none. */
-static void published_offsets(iqp_stream *s, rd_kafka_topic_partition_list_t *parts, int64_t *out) {
+/* Returns 0, or -1 after fail(): not knowing where another instance
+ * stopped, any start would be a guess that could count a span twice. */
+static int published_offsets(iqp_stream *s, rd_kafka_topic_partition_list_t *parts, int64_t *out) {
     char err[512];
     rd_kafka_topic_partition_list_t *committed = rd_kafka_topic_partition_list_copy(parts);
     rd_kafka_resp_err_t e = rd_kafka_committed(s->rk, committed, 10000);
@@ -329,21 +342,23 @@ static void published_offsets(iqp_stream *s, rd_kafka_topic_partition_list_t *pa
         out[i] = e || committed->elems[i].err || committed->elems[i].offset < 0 ? -1
                                                                                : committed->elems[i].offset;
     rd_kafka_topic_partition_list_destroy(committed);
-    if (!s->ckpt) return;
-    if (iqp_checkpoints_refresh(s->ckpt, 10000, err, sizeof err) < 0) {
-        fprintf(stderr, "iqp stream: %s (using the group's offsets)\n", err);
-        return;
-    }
+    if (e) return fail(s, "reading the group's committed offsets", rd_kafka_err2str(e)), -1;
+    if (!s->ckpt) return 0;
+    if (iqp_checkpoints_refresh(s->ckpt, 10000, err, sizeof err) < 0)
+        return fail(s, "reading checkpoints", err), -1;
     for (int i = 0; i < parts->cnt; i++) {
         int64_t ck = iqp_checkpoints_get(s->ckpt, parts->elems[i].topic, parts->elems[i].partition);
         if (ck > out[i]) out[i] = ck;
     }
+    return 0;
 }
 
-static void plan_assignment(iqp_stream *s, rd_kafka_topic_partition_list_t *parts) {
+/* Decides where each partition of an assignment starts (see the top).
+ * Returns 0, or -1 after fail(). */
+static int plan_assignment(iqp_stream *s, rd_kafka_topic_partition_list_t *parts) {
     int64_t *published = malloc(((size_t)parts->cnt + 1) * sizeof *published);
     if (!published) abort();
-    published_offsets(s, parts, published);
+    if (published_offsets(s, parts, published) < 0) return free(published), -1;
     for (int i = 0; i < parts->cnt; i++) {
         rd_kafka_topic_partition_t *tp = &parts->elems[i];
         int t = topic_index(s, tp->topic);
@@ -351,9 +366,15 @@ static void plan_assignment(iqp_stream *s, rd_kafka_topic_partition_list_t *part
         part_state *p = add_part(s, t, tp->partition);
         int64_t mine = stored_offset(s, t, tp->partition);
         int64_t group = published[i];
+        if (mine == -2) {
+            free(published);
+            return fail(s, "store", "a stored Kafka offset is unreadable"), -1;
+        }
         p->restore_until = -1;
         p->next_offset = mine;
-        p->dirty = 0;
+        /* A store ahead of what was published (killed between its write and
+         * the checkpoint) publishes again at the next flush. */
+        p->dirty = mine >= 0 && mine > group;
         if (group >= 0 && group > mine) {
             tp->offset = mine >= 0 ? mine : RD_KAFKA_OFFSET_BEGINNING;
             p->restore_until = group;
@@ -362,12 +383,23 @@ static void plan_assignment(iqp_stream *s, rd_kafka_topic_partition_list_t *part
         }
     }
     free(published);
+    return 0;
 }
 
 static void on_revoke(iqp_stream *s, rd_kafka_topic_partition_list_t *parts) {
-    /* A lost assignment may already be someone else's: the store still gets
-     * what was counted, but Kafka must not be told (its commit would fail). */
-    stream_flush(s, rd_kafka_assignment_lost(s->rk) ? COMMIT_ASYNC : COMMIT_SYNC);
+    /* A lost assignment (session timed out) is already someone else's, who
+     * starts from the published offsets: the unwritten micro-batch is
+     * dropped, not written, or its events would count in both stores. */
+    if (rd_kafka_assignment_lost(s->rk)) {
+        fprintf(stderr, "iqp stream: partitions lost (session timed out); dropping %zu unwritten "
+                        "events, their new owner counts them\n", iqp_aggregator_pending(s->agg));
+        iqp_aggregator_discard(s->agg);
+        s->n_batch_ts = 0;
+        s->batch_events = 0;
+        for (size_t i = 0; i < s->n_parts; i++) s->parts[i].dirty = 0;
+    } else {
+        stream_flush(s, s->closing ? CLOSE_PUBLISH_MS : PUBLISH_MS);
+    }
     for (int i = 0; i < parts->cnt; i++) {
         int t = topic_index(s, parts->elems[i].topic);
         if (t >= 0) remove_part(s, t, parts->elems[i].partition);
@@ -377,19 +409,32 @@ static void on_revoke(iqp_stream *s, rd_kafka_topic_partition_list_t *parts) {
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque) {
     iqp_stream *s = opaque;
-    int cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    const char *protocol = rd_kafka_rebalance_protocol(rk);
+    int cooperative = protocol && strcmp(protocol, "COOPERATIVE") == 0;
+    rd_kafka_error_t *e = NULL;
     s->stats.rebalances++;
     if (s->m) iqp_metrics_add(s->m, "iqp_rebalances_total", "", 1);
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-        plan_assignment(s, parts);
-        if (cooperative) rd_kafka_error_destroy(rd_kafka_incremental_assign(rk, parts));
-        else rd_kafka_assign(rk, parts);
+        if (plan_assignment(s, parts) < 0) return; /* fatal: the run loop stops */
+        if (cooperative) e = rd_kafka_incremental_assign(rk, parts);
+        else if (rd_kafka_assign(rk, parts)) fail(s, "kafka", "cannot take the assignment");
     } else {
         on_revoke(s, parts);
-        if (cooperative) rd_kafka_error_destroy(rd_kafka_incremental_unassign(rk, parts));
+        if (cooperative) e = rd_kafka_incremental_unassign(rk, parts);
         else rd_kafka_assign(rk, NULL);
     }
+    if (e) {
+        fail(s, "kafka: changing the assignment", rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+    }
     if (s->m) iqp_metrics_set(s->m, "iqp_assigned_partitions", "", (double)s->n_parts);
+}
+
+static void offset_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                             rd_kafka_topic_partition_list_t *offsets, void *opaque) {
+    (void)rk, (void)offsets;
+    if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
+        count_commit_failure(opaque, "offset commit", rd_kafka_err2str(err));
 }
 
 static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
@@ -445,13 +490,10 @@ static int aggregate(iqp_stream *s, int topic, const rd_kafka_message_t *msg, co
         remember_ts(s, msg);
         return 0;
     case IQP_AGG_DUPLICATE:
-        s->stats.duplicate++;
-        count_event(s, topic, restoring ? "restore_skipped" : "duplicate");
-        return 0;
     case IQP_AGG_LATE:
-        s->stats.late++;
-        count_event(s, topic, restoring ? "restore_skipped" : "late");
-        return 0;
+        if (restoring) return count_event(s, topic, "restore_skipped"), 0;
+        if (out == IQP_AGG_LATE) return s->stats.late++, count_event(s, topic, "late"), 0;
+        return s->stats.duplicate++, count_event(s, topic, "duplicate"), 0;
     case IQP_AGG_FUTURE: {
         if (restoring) return count_event(s, topic, "restore_skipped"), 0;
         char reason[200];
@@ -565,8 +607,10 @@ static rd_kafka_t *create_consumer(iqp_stream *s, const iqp_stream_options *o, c
     rd_kafka_conf_set_opaque(conf, s);
     rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
     rd_kafka_conf_set_error_cb(conf, error_cb);
+    rd_kafka_conf_set_offset_commit_cb(conf, offset_commit_cb);
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof kerr);
     if (!rk) {
+        rd_kafka_conf_destroy(conf); /* still ours when rd_kafka_new fails */
         snprintf(err, errlen, "cannot create the Kafka consumer: %s", kerr);
         return NULL;
     }
@@ -633,7 +677,8 @@ static int64_t poll_timeout(const iqp_stream *s, int64_t now) {
 static void close_consumer(iqp_stream *s) {
     if (s->closed || !s->rk) return;
     s->closed = 1;
-    stream_flush(s, COMMIT_SYNC);
+    s->closing = 1;
+    stream_flush(s, CLOSE_PUBLISH_MS);
     rd_kafka_consumer_close(s->rk);
 }
 
@@ -649,7 +694,7 @@ int iqp_stream_run(iqp_stream *s, char *err, size_t errlen) {
         }
         now = mono_ms();
         if (iqp_aggregator_should_flush(s->agg) || now - s->last_flush_ms >= s->flush_ms) {
-            stream_flush(s, COMMIT_ASYNC);
+            stream_flush(s, PUBLISH_MS);
             periodic(s, now);
         }
     }

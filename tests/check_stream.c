@@ -42,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -211,6 +212,7 @@ static void test_teardown(void) {
 static pid_t spawn(const char *const *argv, const char *log) {
     pid_t pid = fork();
     if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* a test killed by its timeout takes these along */
         FILE *f = log ? freopen(log, "a", stderr) : NULL;
         (void)f;
         if (!freopen("/dev/null", "w", stdout)) _exit(126);
@@ -412,15 +414,34 @@ static double metric_sum(const char *text, const char *name, const char *const *
     return total;
 }
 
-static char *fetch_metrics(int port) {
-    char *cmd = tu_fmt("exec 3<>/dev/tcp/127.0.0.1/%d && printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' >&3 "
-                       "&& cat <&3", port), *out = NULL;
-    char *bash = tu_fmt("bash -c \"%s\"", cmd);
-    int rc = tu_run(bash, &out);
+/* GET /metrics; NULL when the endpoint does not answer 200 (yet). */
+static char *try_fetch_metrics(int port) {
+    char *cmd = tu_fmt("bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d && printf \"GET /metrics HTTP/1.0"
+                       "\\r\\n\\r\\n\" >&3 && cat <&3' 2>/dev/null", port), *out = NULL;
+    int rc = tu_run(cmd, &out);
     free(cmd);
-    free(bash);
-    ck_assert_msg(rc == 0 && out && strstr(out, "200 OK"), "GET /metrics on port %d failed", port);
+    if (rc == 0 && out && strstr(out, "200 OK")) return out;
+    free(out);
+    return NULL;
+}
+
+static char *fetch_metrics(int port) {
+    char *out = try_fetch_metrics(port);
+    ck_assert_msg(out != NULL, "GET /metrics on port %d failed", port);
     return out;
+}
+
+/* Waits (bounded) until instance i owns partitions; returns its metrics. */
+static char *wait_assigned(int i) {
+    static const char *const none[] = {NULL};
+    for (int waited = 0; waited < 60000; waited += 250) {
+        char *m = try_fetch_metrics(streams[i].metrics_port);
+        if (m && metric_sum(m, "iqp_assigned_partitions", none) > 0) return m;
+        free(m);
+        usleep(250000);
+    }
+    ck_abort_msg("instance %d got no partitions within 60 s", i);
+    return NULL;
 }
 
 /* ---- the tests -------------------------------------------------------------------- */
@@ -484,17 +505,31 @@ START_TEST(stream_survives_kill_9) {
 END_TEST
 
 /* Two instances in one group: the second joins mid-stream, then the first
- * is killed; the stores are summed. */
+ * is killed with kill -9 and its partitions move to the second, which
+ * restores their dedup markers; later the first comes back with its store
+ * and takes partitions back (restoring from its own offsets). The stores
+ * are summed. fetch_metrics fails the test if an endpoint does not answer
+ * 200, so waiting on it is bounded. */
 START_TEST(stream_rebalances_between_two_instances) {
-    produce(3000, 0);
+    static const char *const restored[] = {"outcome=\"restored\"", NULL};
+    produce(2500, 0);
     start_stream(0, 0);
-    sleep(5);
+    free(wait_assigned(0));
     start_stream(1, 0);
-    sleep(6);
+    free(wait_assigned(1));
+    usleep(1500000);
     kill_stream(0);
     wait_producer();
     wait_caught_up(2);
+    start_stream(0, 0);
+    free(wait_assigned(0));
+    wait_caught_up(2);
+    char *m1 = fetch_metrics(streams[1].metrics_port);
+    stop_stream(0);
     stop_stream(1);
+    ck_assert_msg(metric_sum(m1, "iqp_events_total", restored) > 0,
+                  "instance 1 restored no markers of partitions instance 0 had counted");
+    free(m1);
     compare_with_oracle(2);
 }
 END_TEST
@@ -531,19 +566,26 @@ START_TEST(stream_stops_gracefully_and_resumes) {
 END_TEST
 
 START_TEST(stream_rejects_bad_usage) {
-    char *cmd = tu_fmt("'%s' stream --store x 2>/dev/null", tu_iqp());
+    char *cmd = tu_fmt("'%s' stream --store '%s/x' 2>/dev/null", tu_iqp(), tmp);
     ck_assert_int_eq(tu_run(cmd, NULL), 2); /* no brokers */
     free(cmd);
     cmd = tu_fmt("'%s' stream --store '%s/s' --brokers 127.0.0.1:1 --property enable.auto.commit=true "
                  "--metrics-listen off 2>&1", tu_iqp(), tmp);
     char *out = NULL;
-    ck_assert_int_eq(tu_run(cmd, &out), 1);
+    ck_assert_int_eq(tu_run(cmd, &out), 2);
     ck_assert_ptr_nonnull(strstr(out, "enable.auto.commit"));
     free(out);
     free(cmd);
-    cmd = tu_fmt("'%s' stream --store '%s/s' --brokers 127.0.0.1:1 --flush-ms 0 2>&1", tu_iqp(), tmp);
+    cmd = tu_fmt("'%s' stream --store '%s/s' --brokers 127.0.0.1:1 --property no.such.thing=1 2>&1",
+                 tu_iqp(), tmp);
     ck_assert_int_eq(tu_run(cmd, &out), 2);
-    ck_assert_ptr_nonnull(strstr(out, "--flush-ms"));
+    ck_assert_ptr_nonnull(strstr(out, "no.such.thing"));
+    free(out);
+    free(cmd);
+    cmd = tu_fmt("'%s' stream --store '%s/s' --brokers 127.0.0.1:1 --actions-topic impressions 2>&1",
+                 tu_iqp(), tmp);
+    ck_assert_int_eq(tu_run(cmd, &out), 2);
+    ck_assert_ptr_nonnull(strstr(out, "must differ"));
     free(out);
     free(cmd);
 }
