@@ -23,6 +23,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench/kafka_assign.h"
+
 #define MAX_TOPICS 8
 
 static double wall_seconds(void) {
@@ -40,45 +42,6 @@ static double mono_seconds(void) {
 static int usage(void) {
     fprintf(stderr, "usage: consume_only --brokers LIST --topics T1,T2 --expect N [--timeout S]\n");
     return 2;
-}
-
-static int set(rd_kafka_conf_t *conf, const char *name, const char *value) {
-    char err[256];
-    if (rd_kafka_conf_set(conf, name, value, err, sizeof err) == RD_KAFKA_CONF_OK) return 0;
-    fprintf(stderr, "consume_only: %s=%s: %s\n", name, value, err);
-    return -1;
-}
-
-/* Partitions of topic, from the cluster's metadata; -1 on failure. */
-static int partition_count(rd_kafka_t *rk, const char *topic) {
-    rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
-    const struct rd_kafka_metadata *md = NULL;
-    int n = -1;
-    if (rkt && rd_kafka_metadata(rk, 0, rkt, &md, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        if (md->topic_cnt == 1 && !md->topics[0].err) n = md->topics[0].partition_cnt;
-        rd_kafka_metadata_destroy(md);
-    }
-    if (rkt) rd_kafka_topic_destroy(rkt);
-    return n;
-}
-
-/* Assigns every partition of every topic at the beginning. */
-static int assign_all(rd_kafka_t *rk, char **topics, int n_topics) {
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(64);
-    for (int t = 0; t < n_topics; t++) {
-        int n = partition_count(rk, topics[t]);
-        if (n <= 0) {
-            fprintf(stderr, "consume_only: no metadata for topic %s\n", topics[t]);
-            rd_kafka_topic_partition_list_destroy(l);
-            return -1;
-        }
-        for (int p = 0; p < n; p++)
-            rd_kafka_topic_partition_list_add(l, topics[t], p)->offset = RD_KAFKA_OFFSET_BEGINNING;
-    }
-    rd_kafka_resp_err_t err = rd_kafka_assign(rk, l);
-    rd_kafka_topic_partition_list_destroy(l);
-    if (err) fprintf(stderr, "consume_only: assign: %s\n", rd_kafka_err2str(err));
-    return err ? -1 : 0;
 }
 
 int main(int argc, char **argv) {
@@ -105,23 +68,8 @@ int main(int argc, char **argv) {
     for (char *t = strtok(topics_arg, ","); t && n_topics < MAX_TOPICS; t = strtok(NULL, ","))
         topics[n_topics++] = t;
 
-    char err[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (set(conf, "bootstrap.servers", brokers) || set(conf, "enable.partition.eof", "false") ||
-        set(conf, "enable.auto.commit", "false") || set(conf, "log_level", "3") ||
-        set(conf, "auto.offset.reset", "error") ||
-        set(conf, "group.id", "consume-only") /* assign needs one; never joined */) {
-        rd_kafka_conf_destroy(conf);
-        return 2;
-    }
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+    rd_kafka_t *rk = bench_consumer_new("consume_only", brokers, topics, n_topics);
     if (!rk) {
-        fprintf(stderr, "consume_only: %s\n", err);
-        return 1;
-    }
-    rd_kafka_poll_set_consumer(rk);
-    if (assign_all(rk, topics, n_topics) < 0) {
-        rd_kafka_destroy(rk);
         return 1;
     }
     printf("ready\n");

@@ -31,6 +31,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "bench/kafka_assign.h"
 #include <unistd.h>
 
 #include "aggregator/config.h"
@@ -166,43 +168,6 @@ static void count_event(pipeline *p, const iqp_config *cfg, const iqp_event *ev,
 
 /* ---- Kafka ------------------------------------------------------------------- */
 
-static int set(rd_kafka_conf_t *conf, const char *name, const char *value) {
-    char err[256];
-    if (rd_kafka_conf_set(conf, name, value, err, sizeof err) == RD_KAFKA_CONF_OK) return 0;
-    fprintf(stderr, "redis_naive: %s=%s: %s\n", name, value, err);
-    return -1;
-}
-
-static int partition_count(rd_kafka_t *rk, const char *topic) {
-    rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
-    const struct rd_kafka_metadata *md = NULL;
-    int n = -1;
-    if (rkt && rd_kafka_metadata(rk, 0, rkt, &md, 10000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
-        if (md->topic_cnt == 1 && !md->topics[0].err) n = md->topics[0].partition_cnt;
-        rd_kafka_metadata_destroy(md);
-    }
-    if (rkt) rd_kafka_topic_destroy(rkt);
-    return n;
-}
-
-static int assign_all(rd_kafka_t *rk, char **topics, int n_topics) {
-    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(64);
-    for (int t = 0; t < n_topics; t++) {
-        int n = partition_count(rk, topics[t]);
-        if (n <= 0) {
-            fprintf(stderr, "redis_naive: no metadata for topic %s\n", topics[t]);
-            rd_kafka_topic_partition_list_destroy(l);
-            return -1;
-        }
-        for (int p = 0; p < n; p++)
-            rd_kafka_topic_partition_list_add(l, topics[t], p)->offset = RD_KAFKA_OFFSET_BEGINNING;
-    }
-    rd_kafka_resp_err_t err = rd_kafka_assign(rk, l);
-    rd_kafka_topic_partition_list_destroy(l);
-    if (err) fprintf(stderr, "redis_naive: assign: %s\n", rd_kafka_err2str(err));
-    return err ? -1 : 0;
-}
-
 int main(int argc, char **argv) {
     static const struct option longopts[] = {{"brokers", required_argument, 0, 'b'},
                                               {"topics", required_argument, 0, 't'},
@@ -239,25 +204,8 @@ int main(int argc, char **argv) {
     pipeline p = {0};
     if (!(p.rc = connect_redis(port))) return 1;
 
-    char err[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (set(conf, "bootstrap.servers", brokers) || set(conf, "enable.partition.eof", "false") ||
-        set(conf, "enable.auto.commit", "false") || set(conf, "log_level", "3") ||
-        set(conf, "auto.offset.reset", "error") ||
-        set(conf, "group.id", "redis-naive") /* assign needs one; never joined */) {
-        rd_kafka_conf_destroy(conf);
-        redisFree(p.rc);
-        return 2;
-    }
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+    rd_kafka_t *rk = bench_consumer_new("redis_naive", brokers, topics, n_topics);
     if (!rk) {
-        fprintf(stderr, "redis_naive: %s\n", err);
-        redisFree(p.rc);
-        return 1;
-    }
-    rd_kafka_poll_set_consumer(rk);
-    if (assign_all(rk, topics, n_topics) < 0) {
-        rd_kafka_destroy(rk);
         redisFree(p.rc);
         return 1;
     }

@@ -102,22 +102,12 @@ static void print_summary(const iqp_ingest *ing, const char *dl_path, double sec
             secs > 0 ? s->lines / secs : 0.0, s->bytes_in / 1e6);
 }
 
-static void on_stop_signal(int sig) {
-    (void)sig;
-    iqp_ingest_request_stop();
-}
-
 /* SIGINT/SIGTERM: finish the batch in hand, commit it with its position,
  * exit 130. A second signal kills at once (SA_RESETHAND): still safe, as
  * every batch commits atomically. */
-static void install_stop_handlers(void) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_stop_signal;
-    sa.sa_flags = SA_RESETHAND;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+static void on_stop_signal(int sig) {
+    (void)sig;
+    iqp_ingest_request_stop();
 }
 
 static double monotonic_seconds(void) {
@@ -149,7 +139,7 @@ int iqp_cmd_backfill(int argc, char **argv) {
     }
     double t0 = monotonic_seconds();
     iqp_ingest *ing = iqp_ingest_new(st, dl, !o.quiet && isatty(STDERR_FILENO));
-    install_stop_handlers();
+    iqp_cli_on_stop_signals(on_stop_signal);
     rc = 0;
     for (int i = optind; i < argc && rc == 0; i++) {
         int frc = iqp_ingest_file(ing, argv[i], err, sizeof err);

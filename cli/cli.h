@@ -40,6 +40,11 @@ int iqp_cli_fail(const char *cmd, const char *fmt, ...) __attribute__((format(pr
 /* Strict integer parse of the whole string; 0 on success. */
 int iqp_cli_parse_i64(const char *s, int64_t *out);
 
+/* Installs handler for SIGINT and SIGTERM, once (SA_RESETHAND): a second
+ * signal kills the process, which every long-running command is built to
+ * survive (its batches commit atomically). */
+void iqp_cli_on_stop_signals(void (*handler)(int));
+
 /* Current wall clock in ms since the epoch. */
 int64_t iqp_now_ms(void);
 

@@ -511,15 +511,6 @@ static void on_stop_signal(int sig) {
     }
 }
 
-static void install_stop_handlers(void) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_stop_signal;
-    sa.sa_flags = SA_RESETHAND;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-}
 
 /* Checks that every named input exists and is readable, so that none is
  * produced when one is missing. Not by reading it: a pipe (<(...)) would
@@ -575,7 +566,7 @@ static void producer_close(producer *p) {
 static int run(producer *p, const produce_opts *o) {
     double t0 = monotonic_seconds();
     int rc = 0;
-    install_stop_handlers();
+    iqp_cli_on_stop_signals(on_stop_signal);
     for (int i = 0; i < o->n_files && rc == 0; i++)
         if (produce_file(p, o->files[i], o->rate, t0) < 0) rc = 1;
     flush_and_purge(p);

@@ -277,15 +277,6 @@ static void on_stop_signal(int sig) {
     iqp_stream_request_stop();
 }
 
-static void install_stop_handlers(void) {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_stop_signal;
-    sa.sa_flags = SA_RESETHAND; /* a second signal kills: still safe, batches are atomic */
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-}
 
 /* True for librdkafka properties only a consumer understands: the
  * dead-letter producer gets every other property (brokers, security,
@@ -412,7 +403,7 @@ int iqp_cmd_stream(int argc, char **argv) {
         return free_opts(&o), iqp_cli_usage_error(CMD, "%s", err);
     if (o.flush_events) cfg.flush_events = (size_t)o.flush_events;
     stream_parts p = {0};
-    install_stop_handlers();
+    iqp_cli_on_stop_signals(on_stop_signal);
     rc = open_parts(&o, &cfg, &p);
     if (rc == 0 && iqp_stream_run(p.s, err, sizeof err) < 0) rc = iqp_cli_fail(CMD, "%s", err);
     rc = close_parts(&p, rc);
