@@ -52,7 +52,7 @@
 #define PUBLISH_MS 10000          /* checkpoint acks, per flush and on revoke */
 #define CLOSE_PUBLISH_MS 3000     /* ... at shutdown (SIGTERM must end within 10 s) */
 #define DL_CLOSE_TIMEOUT_MS 3000
-#define LAT_BINS 10001          /* 0..10000 ms, the last bin holds everything above */
+#define LAT_BINS 120001         /* 0..120000 ms (1 ms bins); the last holds everything above */
 #define DL_FLUSH_TIMEOUT_MS 30000
 #define STORE_SIZE_EVERY_MS 5000
 #define META_PREFIX "src/kafka/"
