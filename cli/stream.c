@@ -326,7 +326,7 @@ static int open_checkpoints(const stream_opts *o, iqp_checkpoints **out, char *e
     *out = iqp_checkpoints_new(props, topic, group_id(o), err, errlen);
     /* Read it once now: a missing topic is a start-up error, not a surprise
      * at the first rebalance. */
-    if (*out && iqp_checkpoints_refresh(*out, 10000, err, errlen) < 0) return -1;
+    if (*out && iqp_checkpoints_refresh(*out, 30000, err, errlen) < 0) return -1;
     return *out ? 0 : -1;
 }
 

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <uthash.h>
 
 #define MAX_CKPT_PARTITIONS 64
@@ -247,9 +248,20 @@ static int catch_up(iqp_checkpoints *c, int timeout_ms, char *err, size_t errlen
     return -1;
 }
 
+/* Retries until timeout_ms is spent: a slow broker or a leader change can
+ * fail one metadata or ListOffsets round trip, and the caller treats a
+ * failure as fatal. */
 int iqp_checkpoints_refresh(iqp_checkpoints *c, int timeout_ms, char *err, size_t errlen) {
-    if (!c->n_parts && start_reader(c, timeout_ms, err, errlen) < 0) return -1;
-    return catch_up(c, timeout_ms, err, errlen);
+    int64_t deadline = mono_ms() + timeout_ms;
+    for (;;) {
+        int left = (int)(deadline - mono_ms());
+        if (left < 1) left = 1;
+        if ((c->n_parts || start_reader(c, left, err, errlen) == 0) &&
+            catch_up(c, (int)(deadline - mono_ms() > 1 ? deadline - mono_ms() : 1), err, errlen) == 0)
+            return 0;
+        if (mono_ms() + 250 >= deadline) return -1;
+        usleep(250000); /* back off */
+    }
 }
 
 int64_t iqp_checkpoints_get(iqp_checkpoints *c, const char *topic, int32_t partition) {

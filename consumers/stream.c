@@ -50,7 +50,8 @@
 
 #define POLL_MS 100
 #define PUBLISH_MS 10000          /* checkpoint acks, per flush and on revoke */
-#define CLOSE_PUBLISH_MS 3000     /* ... at shutdown (SIGTERM must end within 10 s) */
+#define CLOSE_PUBLISH_MS 3000
+#define CHECKPOINT_READ_MS 60000  /* on assignment: retried until then, then fatal */     /* ... at shutdown (SIGTERM must end within 10 s) */
 #define DL_CLOSE_TIMEOUT_MS 3000
 #define LAT_BINS 120001         /* 0..120000 ms (1 ms bins); the last holds everything above */
 #define DL_FLUSH_TIMEOUT_MS 30000
@@ -344,7 +345,7 @@ static int published_offsets(iqp_stream *s, rd_kafka_topic_partition_list_t *par
     rd_kafka_topic_partition_list_destroy(committed);
     if (e) return fail(s, "reading the group's committed offsets", rd_kafka_err2str(e)), -1;
     if (!s->ckpt) return 0;
-    if (iqp_checkpoints_refresh(s->ckpt, 10000, err, sizeof err) < 0)
+    if (iqp_checkpoints_refresh(s->ckpt, CHECKPOINT_READ_MS, err, sizeof err) < 0)
         return fail(s, "reading checkpoints", err), -1;
     for (int i = 0; i < parts->cnt; i++) {
         int64_t ck = iqp_checkpoints_get(s->ckpt, parts->elems[i].topic, parts->elems[i].partition);

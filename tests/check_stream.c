@@ -42,7 +42,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -144,8 +143,11 @@ static void stream_setup(void) {
     if (!(data_dir = tu_mkdtemp("stream-data"))) return fail_setup("no temp dir");
     traffic = tu_fmt("%s/traffic.jsonl", data_dir);
     bad_input = tu_fmt("%s/bad.jsonl", data_dir);
+    /* ops/test --sanitize makes this smaller: the sanitized stream is slow */
+    const char *env = getenv("IQP_STREAM_TEST_IMPRESSIONS");
+    int impressions = env && atoi(env) > 0 ? atoi(env) : IMPRESSIONS;
     char *cmd = tu_fmt("'%s' gen --seed 31 --impressions %d --start %lld --span 6h --out '%s'",
-                       tu_iqp(), IMPRESSIONS, START_MS, traffic);
+                       tu_iqp(), impressions, START_MS, traffic);
     int rc = tu_run(cmd, NULL);
     free(cmd);
     if (rc != 0) return fail_setup("iqp gen failed");
@@ -212,7 +214,6 @@ static void test_teardown(void) {
 static pid_t spawn(const char *const *argv, const char *log) {
     pid_t pid = fork();
     if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL); /* a test killed by its timeout takes these along */
         FILE *f = log ? freopen(log, "a", stderr) : NULL;
         (void)f;
         if (!freopen("/dev/null", "w", stdout)) _exit(126);
@@ -283,6 +284,14 @@ static void kill_stream(int i) {
 
 /* ---- waiting for the stores to catch up ------------------------------------ */
 
+/* Bounds of the waits below, stretched like Check's own timeouts when the
+ * binaries are slow (ops/test --sanitize sets CK_TIMEOUT_MULTIPLIER). */
+static int wait_limit_ms(int base_ms) {
+    const char *m = getenv("CK_TIMEOUT_MULTIPLIER");
+    int k = m ? atoi(m) : 1;
+    return base_ms * (k >= 1 && k <= 20 ? k : 1);
+}
+
 /* Adds store's kafka_offsets into best[topic][partition] (max). */
 static void read_offsets(const char *store, int64_t best[2][8]) {
     char *cmd = tu_fmt("'%s' stats --store '%s' 2>/dev/null", tu_iqp(), store), *out = NULL;
@@ -304,7 +313,7 @@ static void read_offsets(const char *store, int64_t best[2][8]) {
 /* Waits until the stores (together) have committed every produced message. */
 static void wait_caught_up(int n_stores) {
     uint64_t got[2] = {0, 0};
-    for (int waited = 0; waited < CATCH_UP_MS; waited += 300) {
+    for (int waited = 0; waited < wait_limit_ms(CATCH_UP_MS); waited += 300) {
         int64_t best[2][8] = {{0}};
         for (int i = 0; i < n_stores; i++)
             if (access(streams[i].store, F_OK) == 0) read_offsets(streams[i].store, best);
@@ -434,13 +443,13 @@ static char *fetch_metrics(int port) {
 /* Waits (bounded) until instance i owns partitions; returns its metrics. */
 static char *wait_assigned(int i) {
     static const char *const none[] = {NULL};
-    for (int waited = 0; waited < 60000; waited += 250) {
+    for (int waited = 0; waited < wait_limit_ms(60000); waited += 250) {
         char *m = try_fetch_metrics(streams[i].metrics_port);
         if (m && metric_sum(m, "iqp_assigned_partitions", none) > 0) return m;
         free(m);
         usleep(250000);
     }
-    ck_abort_msg("instance %d got no partitions within 60 s", i);
+    ck_abort_msg("instance %d got no partitions within %d s", i, wait_limit_ms(60000) / 1000);
     return NULL;
 }
 
