@@ -27,18 +27,6 @@
 
 #define MAX_TOPICS 8
 
-static double wall_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static double mono_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static int usage(void) {
     fprintf(stderr, "usage: consume_only --brokers LIST --topics T1,T2 --expect N [--timeout S]\n");
     return 2;
@@ -77,8 +65,8 @@ int main(int argc, char **argv) {
 
     long long seen = 0, bad = 0;
     int lost = 0;
-    double first = 0, done = 0, deadline = mono_seconds() + timeout;
-    while (seen < expect && !lost && mono_seconds() < deadline) {
+    double first = 0, done = 0, deadline = bench_mono_seconds() + timeout;
+    while (seen < expect && !lost && bench_mono_seconds() < deadline) {
         rd_kafka_message_t *msg = rd_kafka_consumer_poll(rk, 100);
         if (!msg) continue;
         if (msg->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET) {
@@ -92,8 +80,8 @@ int main(int argc, char **argv) {
             json_t *root = json_loadb(msg->payload ? msg->payload : "", msg->len, JSON_DECODE_ANY, NULL);
             if (!root) bad++;
             json_decref(root);
-            if (seen++ == 0) first = wall_seconds();
-            if (seen == expect) done = wall_seconds();
+            if (seen++ == 0) first = bench_wall_seconds();
+            if (seen == expect) done = bench_wall_seconds();
         }
         rd_kafka_message_destroy(msg);
     }

@@ -2,6 +2,7 @@
 #include "bench/kafka_assign.h"
 
 #include <stdio.h>
+#include <time.h>
 
 int bench_conf_set(const char *prog, rd_kafka_conf_t *conf, const char *name, const char *value) {
     char err[256];
@@ -66,4 +67,16 @@ rd_kafka_t *bench_consumer_new(const char *prog, const char *brokers, char **top
         return NULL;
     }
     return rk;
+}
+
+double bench_wall_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+double bench_mono_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }

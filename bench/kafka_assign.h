@@ -20,4 +20,8 @@ int bench_conf_set(const char *prog, rd_kafka_conf_t *conf, const char *name, co
  * printing why. */
 int bench_assign_all(const char *prog, rd_kafka_t *rk, char **topics, int n_topics);
 
+/* Wall-clock and monotonic time in seconds. */
+double bench_wall_seconds(void);
+double bench_mono_seconds(void);
+
 #endif

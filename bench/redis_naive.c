@@ -43,18 +43,6 @@
 #define DEPTH 64
 #define KEY_MAX 16384
 
-static double wall_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static double mono_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static int usage(void) {
     fprintf(stderr, "usage: redis_naive --brokers LIST --topics T1,T2 --expect N --redis-port P "
                     "[--timeout S]\n");
@@ -214,8 +202,8 @@ int main(int argc, char **argv) {
 
     long long seen = 0, bad = 0;
     int lost = 0;
-    double first = 0, done = 0, deadline = mono_seconds() + timeout;
-    while (seen < expect && !p.failed && !lost && mono_seconds() < deadline) {
+    double first = 0, done = 0, deadline = bench_mono_seconds() + timeout;
+    while (seen < expect && !p.failed && !lost && bench_mono_seconds() < deadline) {
         rd_kafka_message_t *msg = rd_kafka_consumer_poll(rk, 100);
         if (!msg) continue;
         if (msg->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET) {
@@ -228,7 +216,7 @@ int main(int argc, char **argv) {
         } else {
             iqp_event ev;
             iqp_decode_error derr;
-            if (seen++ == 0) first = wall_seconds();
+            if (seen++ == 0) first = bench_wall_seconds();
             if (iqp_event_decode(&cfg, msg->payload ? msg->payload : "", msg->len, &ev, &derr) < 0) {
                 bad++;
             } else {
@@ -237,7 +225,7 @@ int main(int argc, char **argv) {
             }
             if (seen == expect) {
                 drain(&p);
-                done = wall_seconds();
+                done = bench_wall_seconds();
             }
         }
         rd_kafka_message_destroy(msg);
