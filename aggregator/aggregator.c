@@ -42,12 +42,30 @@ struct iqp_aggregator {
     int restoring;                /* markers only: no counter deltas (iqp_aggregator_restore) */
     iqp_agg_stats stats;
     staged_meta *meta;
+    iqp_agg_flush_hook hook;      /* on_cell NULL: none */
+    /* Buckets the unflushed deltas touch, per granularity (first > last:
+     * none), so a reader of the batch (iqp_aggregator_pending_cell) only
+     * probes buckets that can hold something. */
+    int64_t pending_first[IQP_MAX_GRANS], pending_last[IQP_MAX_GRANS];
     /* per-event scratch */
     iqp_keybuf prefix[IQP_MAX_FEATURES];
     iqp_keybuf key;
     int live[IQP_MAX_GRANS];      /* granularity retains this event's bucket */
     int64_t buckets[IQP_MAX_GRANS];
 };
+
+/* Forgets the bucket range of the unflushed deltas (after a flush or discard). */
+static void reset_pending_buckets(iqp_aggregator *a) {
+    for (size_t g = 0; g < IQP_MAX_GRANS; g++) {
+        a->pending_first[g] = INT64_MAX;
+        a->pending_last[g] = INT64_MIN;
+    }
+}
+
+static void note_pending_bucket(iqp_aggregator *a, size_t g, int64_t b) {
+    if (b < a->pending_first[g]) a->pending_first[g] = b;
+    if (b > a->pending_last[g]) a->pending_last[g] = b;
+}
 
 iqp_aggregator *iqp_aggregator_new(iqp_store *st) {
     iqp_aggregator *a = calloc(1, sizeof *a);
@@ -56,6 +74,7 @@ iqp_aggregator *iqp_aggregator_new(iqp_store *st) {
     a->cfg = iqp_store_config(st);
     a->comb = iqp_combiner_new(IQP_COUNTERS(a->cfg));
     a->watermark_ms = iqp_store_watermark(st);
+    reset_pending_buckets(a);
     for (size_t f = 0; f < a->cfg->n_features; f++) iqp_keybuf_init(&a->prefix[f]);
     iqp_keybuf_init(&a->key);
     return a;
@@ -130,6 +149,7 @@ static void bump_item(iqp_aggregator *a, const iqp_item_ref *item, size_t idx, i
             iqp_keybuf_truncate(&a->key, base);
             iqp_cells_append_bucket(&a->key, (int)g, b);
             iqp_combiner_add_count(a->comb, a->key.buf, a->key.len, idx, delta);
+            note_pending_bucket(a, g, b);
             a->stats.cell_updates++;
         }
     }
@@ -144,6 +164,7 @@ static void bump_contexts(iqp_aggregator *a) {
             iqp_keybuf_copy(&a->key, &a->prefix[f]);
             iqp_cells_append_bucket(&a->key, (int)g, a->buckets[g]);
             iqp_combiner_add_context(a->comb, a->key.buf, a->key.len, 1);
+            note_pending_bucket(a, g, a->buckets[g]);
             a->stats.cell_updates++;
         }
 }
@@ -283,6 +304,7 @@ void iqp_aggregator_discard(iqp_aggregator *a) {
     free_staged(a);
     a->pending = 0;
     a->watermark_ms = iqp_store_watermark(a->st);
+    reset_pending_buckets(a);
 }
 
 int iqp_aggregator_should_flush(const iqp_aggregator *a) {
@@ -296,21 +318,54 @@ int iqp_aggregator_flush(iqp_aggregator *a, char *err, size_t errlen) {
     }
     if (a->pending == 0 && !a->meta) return 0;
     iqp_store_batch *b = iqp_store_batch_new(a->st);
-    a->stats.cells_written += iqp_combiner_drain(a->comb, b);
+    a->stats.cells_written += iqp_combiner_drain_with(a->comb, b, a->hook.on_cell, a->hook.ud);
     for (staged_meta *m = a->meta; m; m = m->next)
         iqp_store_batch_put(b, IQP_CF_META, m->key, strlen(m->key), m->val, m->vlen);
     if (a->watermark_ms != INT64_MIN) iqp_store_batch_set_watermark(b, a->watermark_ms);
+    if (a->hook.before_commit) a->hook.before_commit(a->hook.ud, b);
     a->stats.batch_bytes += iqp_store_batch_bytes(b);
     int rc = iqp_store_batch_commit(a->st, b, err, errlen);
     iqp_store_batch_free(b);
+    if (a->hook.after_commit) a->hook.after_commit(a->hook.ud, rc == 0);
     if (rc < 0) {
         a->failed = 1;
         return -1;
     }
     free_staged(a);
     a->pending = 0;
+    reset_pending_buckets(a);
     a->stats.flushes++;
     return 0;
 }
 
+void iqp_aggregator_set_flush_hook(iqp_aggregator *a, const iqp_agg_flush_hook *hook) {
+    if (hook) a->hook = *hook;
+    else memset(&a->hook, 0, sizeof a->hook);
+}
+
 const iqp_agg_stats *iqp_aggregator_stats(const iqp_aggregator *a) { return &a->stats; }
+
+/* ---- reading the unflushed batch (iqp export) ----------------------------- */
+
+int iqp_aggregator_pending_cell(const iqp_aggregator *a, iqp_cf cf, const unsigned char *key,
+                                size_t klen, int64_t *vec, size_t n) {
+    const int64_t *held = iqp_combiner_peek(a->comb, cf, key, klen);
+    if (!held) return 0;
+    for (size_t i = 0; i < n; i++) vec[i] += held[i];
+    return 1;
+}
+
+int iqp_aggregator_pending_buckets(const iqp_aggregator *a, int gran_index, int64_t *first,
+                                   int64_t *last) {
+    if (gran_index < 0 || gran_index >= IQP_MAX_GRANS) return 0;
+    *first = a->pending_first[gran_index];
+    *last = a->pending_last[gran_index];
+    return *first <= *last;
+}
+
+int iqp_aggregator_event_seen(iqp_aggregator *a, const iqp_event *ev) {
+    unsigned char mk[IQP_MARKER_KEY_LEN];
+    int64_t ts;
+    iqp_cells_event_marker(mk, ev->event_id, ev->event_id_len);
+    return find_marker(a, mk, &ts);
+}

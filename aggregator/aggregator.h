@@ -82,6 +82,43 @@ int iqp_aggregator_should_flush(const iqp_aggregator *a);
  * gone, so retrying could commit positions without their counts. */
 int iqp_aggregator_flush(iqp_aggregator *a, char *err, size_t errlen);
 
+/* A flush hook sees what each flush writes, and adds to its batch: the
+ * publisher's queue (publisher/pending.h) records the cells that changed
+ * in the same atomic write as the counts. on_cell is called for every
+ * counter merge (counts, then contexts, each in key order);
+ * before_commit after the last cell; after_commit with the outcome. */
+typedef struct iqp_agg_flush_hook {
+    void (*on_cell)(void *ud, iqp_store_batch *b, iqp_cf cf, const unsigned char *key,
+                    size_t klen);
+    void (*before_commit)(void *ud, iqp_store_batch *b);
+    void (*after_commit)(void *ud, int ok);
+    void *ud;
+} iqp_agg_flush_hook;
+
+/* Installs (or, with NULL, removes) the flush hook. */
+void iqp_aggregator_set_flush_hook(iqp_aggregator *a, const iqp_agg_flush_hook *hook);
+
 const iqp_agg_stats *iqp_aggregator_stats(const iqp_aggregator *a);
+
+/* ---- reading the micro-batch before it is written --------------------------
+ * iqp export reads features after nearly every event, far more often than
+ * it can afford to flush. These let features.c add the unflushed deltas to
+ * what the store holds (iqp_features_read_pending), which is exactly what
+ * the store will hold after the next flush (merges are sums). */
+
+/* Adds the unflushed delta of one counts or contexts cell (cells.h key,
+ * with its bucket suffix) into vec (n wide); 1 when the batch holds it. */
+int iqp_aggregator_pending_cell(const iqp_aggregator *a, iqp_cf cf, const unsigned char *key,
+                                size_t klen, int64_t *vec, size_t n);
+
+/* The inclusive range of buckets of granularity gran_index that unflushed
+ * deltas touch: 1 with *first, *last set, or 0 when there are none. */
+int iqp_aggregator_pending_buckets(const iqp_aggregator *a, int gran_index, int64_t *first,
+                                   int64_t *last);
+
+/* 1 when ev's event_id is already counted (a copy of it now would be a
+ * duplicate: rule 3, with the dedup horizon of rule 7), 0 when not, -1 on
+ * a store read error. Changes nothing. */
+int iqp_aggregator_event_seen(iqp_aggregator *a, const iqp_event *ev);
 
 #endif

@@ -36,6 +36,12 @@ void iqp_keybuf_copy(iqp_keybuf *kb, const iqp_keybuf *src) {
     kb->len = src->len;
 }
 
+void iqp_keybuf_append(iqp_keybuf *kb, const void *bytes, size_t len) {
+    reserve(kb, len);
+    memcpy(kb->buf + kb->len, bytes, len);
+    kb->len += len;
+}
+
 static void put_u16_string(iqp_keybuf *kb, const char *s, size_t len) {
     if (len > 65535) len = 65535; /* decoder limits strings far below this */
     reserve(kb, 2 + len);
@@ -120,4 +126,56 @@ void iqp_cells_action_marker(unsigned char *out, char kind, const char *request_
     put_field(&kb, ctx->country, 2);
     put_field(&kb, g, strlen(g));
     finish_marker(out, kind, &kb);
+}
+
+/* ---- parsing keys back (publisher, refresher) ----------------------------- */
+
+/* Reads a u16-length-prefixed string at key[*pos]; -1 when it runs past len. */
+static int get_u16_string(const unsigned char *key, size_t len, size_t *pos, const char **s,
+                          size_t *slen) {
+    if (*pos + 2 > len) return -1;
+    size_t n = ((size_t)key[*pos] << 8) | key[*pos + 1];
+    if (*pos + 2 + n > len) return -1;
+    *s = (const char *)key + *pos + 2;
+    *slen = n;
+    *pos += 2 + n;
+    return 0;
+}
+
+static iqp_gender gender_from_name(const char *s, size_t n) {
+    if (n == 6 && memcmp(s, "female", 6) == 0) return IQP_GENDER_FEMALE;
+    if (n == 4 && memcmp(s, "male", 4) == 0) return IQP_GENDER_MALE;
+    return IQP_GENDER_UNKNOWN;
+}
+
+int iqp_cells_parse_key(const iqp_config *cfg, const unsigned char *key, size_t len,
+                        iqp_parsed_key *out) {
+    memset(out, 0, sizeof *out);
+    if (len < 1 || 1 + (size_t)key[0] > len || key[0] >= IQP_NAME_MAX) return -1;
+    char name[IQP_NAME_MAX];
+    memcpy(name, key + 1, key[0]);
+    name[key[0]] = '\0';
+    int f = iqp_config_feature_index(cfg, name);
+    if (f < 0) return -1;
+    size_t pos = 1 + (size_t)key[0];
+    const char *s;
+    size_t n;
+    unsigned dims = cfg->features[f].dims;
+    memcpy(out->ctx.country, "ZZ", 3);
+    if (dims & IQP_DIM_QUERY) {
+        if (get_u16_string(key, len, &pos, &out->ctx.query, &out->ctx.query_len) < 0) return -1;
+    }
+    if (dims & IQP_DIM_COUNTRY) {
+        if (get_u16_string(key, len, &pos, &s, &n) < 0 || n != 2) return -1;
+        memcpy(out->ctx.country, s, 2);
+    }
+    if (dims & IQP_DIM_GENDER) {
+        if (get_u16_string(key, len, &pos, &s, &n) < 0) return -1;
+        out->ctx.gender = gender_from_name(s, n);
+    }
+    out->feature = (size_t)f;
+    out->prefix_len = pos;
+    if (pos == len) return 0; /* a context key */
+    if (get_u16_string(key, len, &pos, &out->item, &out->item_len) < 0 || pos != len) return -1;
+    return 0;
 }

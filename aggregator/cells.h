@@ -50,6 +50,8 @@ typedef struct iqp_keybuf {
 void iqp_keybuf_init(iqp_keybuf *kb);
 void iqp_keybuf_free(iqp_keybuf *kb);
 void iqp_keybuf_truncate(iqp_keybuf *kb, size_t len);
+/* Appends len bytes. */
+void iqp_keybuf_append(iqp_keybuf *kb, const void *bytes, size_t len);
 /* Replaces kb's contents with src's. */
 void iqp_keybuf_copy(iqp_keybuf *kb, const iqp_keybuf *src);
 
@@ -68,6 +70,21 @@ void iqp_cells_append_bucket(iqp_keybuf *kb, int gran_index, int64_t bucket);
 /* Reads the granularity index and bucket from a key's last 9 bytes;
  * returns -1 when the key is too short. */
 int iqp_cells_key_bucket(const unsigned char *key, size_t len, int *gran_index, int64_t *bucket);
+
+/* A context prefix, or a context prefix plus entity, parsed back. The
+ * strings point into the key. */
+typedef struct iqp_parsed_key {
+    size_t feature;        /* index into cfg->features */
+    iqp_context ctx;       /* the dimensions the feature has; others zero / "ZZ" */
+    size_t prefix_len;     /* bytes of the context prefix */
+    const char *item;      /* NULL for a context prefix */
+    size_t item_len;
+} iqp_parsed_key;
+
+/* Parses key (without a bucket suffix); 0, or -1 when it is not a context
+ * prefix or context+entity key of a feature of cfg. */
+int iqp_cells_parse_key(const iqp_config *cfg, const unsigned char *key, size_t len,
+                        iqp_parsed_key *out);
 
 /* Dedup marker keys (out: IQP_MARKER_KEY_LEN bytes). */
 void iqp_cells_event_marker(unsigned char *out, const char *event_id, size_t len);

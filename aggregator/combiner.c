@@ -226,6 +226,14 @@ void iqp_combiner_set_marker(iqp_combiner *c, const unsigned char *key, int64_t 
     table_get(c, &c->markers, key, IQP_MARKER_KEY_LEN)->vec[0] = ts;
 }
 
+const int64_t *iqp_combiner_peek(const iqp_combiner *c, iqp_cf cf, const unsigned char *key,
+                                 size_t klen) {
+    const cell_table *t = cf == IQP_CF_CONTEXTS ? &c->contexts : &c->counts;
+    if (t->count == 0) return NULL;
+    slot *s = table_probe(t, key, klen, XXH3_64bits(key, klen));
+    return s->c ? s->c->vec : NULL;
+}
+
 size_t iqp_combiner_cells(const iqp_combiner *c) { return c->counts.count + c->contexts.count; }
 
 size_t iqp_combiner_markers(const iqp_combiner *c) { return c->markers.count; }
@@ -256,13 +264,16 @@ static cell **sorted_cells(const cell_table *t) {
     return sorted;
 }
 
-/* Writes one table's non-zero cells, sorted, as merges into cf. */
-static size_t drain_counters(cell_table *t, iqp_cf cf, iqp_store_batch *b) {
+/* Writes one table's non-zero cells, sorted, as merges into cf, telling
+ * on_cell (when set) about each. */
+static size_t drain_counters(cell_table *t, iqp_cf cf, iqp_store_batch *b,
+                             iqp_combiner_cell_fn on_cell, void *ud) {
     size_t written = 0;
     cell **sorted = sorted_cells(t);
     for (size_t i = 0; i < t->count; i++) {
         if (all_zero(sorted[i]->vec, t->width)) continue;
         iqp_store_batch_merge(b, cf, sorted[i]->key, sorted[i]->klen, sorted[i]->vec, t->width);
+        if (on_cell) on_cell(ud, b, cf, sorted[i]->key, sorted[i]->klen);
         written++;
     }
     free(sorted);
@@ -271,8 +282,13 @@ static size_t drain_counters(cell_table *t, iqp_cf cf, iqp_store_batch *b) {
 }
 
 size_t iqp_combiner_drain(iqp_combiner *c, iqp_store_batch *b) {
-    size_t written = drain_counters(&c->counts, IQP_CF_COUNTS, b);
-    written += drain_counters(&c->contexts, IQP_CF_CONTEXTS, b);
+    return iqp_combiner_drain_with(c, b, NULL, NULL);
+}
+
+size_t iqp_combiner_drain_with(iqp_combiner *c, iqp_store_batch *b, iqp_combiner_cell_fn on_cell,
+                               void *ud) {
+    size_t written = drain_counters(&c->counts, IQP_CF_COUNTS, b, on_cell, ud);
+    written += drain_counters(&c->contexts, IQP_CF_CONTEXTS, b, on_cell, ud);
     cell **markers = sorted_cells(&c->markers);
     for (size_t i = 0; i < c->markers.count; i++)
         iqp_store_batch_put(b, IQP_CF_DEDUP, markers[i]->key, IQP_MARKER_KEY_LEN, &markers[i]->vec[0],

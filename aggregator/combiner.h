@@ -34,6 +34,13 @@ void iqp_combiner_add_context(iqp_combiner *c, const unsigned char *key, size_t 
 int iqp_combiner_get_marker(const iqp_combiner *c, const unsigned char *key, int64_t *ts);
 void iqp_combiner_set_marker(iqp_combiner *c, const unsigned char *key, int64_t ts);
 
+/* The pending counters of one cell: a counts key (cf IQP_CF_COUNTS, width
+ * counters) or a context key (IQP_CF_CONTEXTS, one counter); NULL when this
+ * batch does not hold it. Valid until the next add or drain. For readers
+ * that must see a batch before it is written (iqp export). */
+const int64_t *iqp_combiner_peek(const iqp_combiner *c, iqp_cf cf, const unsigned char *key,
+                                 size_t klen);
+
 /* Distinct cells (counts + contexts) and markers held. */
 size_t iqp_combiner_cells(const iqp_combiner *c);
 size_t iqp_combiner_markers(const iqp_combiner *c);
@@ -41,5 +48,12 @@ size_t iqp_combiner_markers(const iqp_combiner *c);
 /* Appends every non-zero cell as a merge and every marker as a put to b,
  * in key order, then empties the combiner. Returns the merges written. */
 size_t iqp_combiner_drain(iqp_combiner *c, iqp_store_batch *b);
+
+/* The same, calling on_cell for every merge written (key order within
+ * each column family: counts first, then contexts). */
+typedef void (*iqp_combiner_cell_fn)(void *ud, iqp_store_batch *b, iqp_cf cf,
+                                     const unsigned char *key, size_t klen);
+size_t iqp_combiner_drain_with(iqp_combiner *c, iqp_store_batch *b, iqp_combiner_cell_fn on_cell,
+                               void *ud);
 
 #endif

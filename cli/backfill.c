@@ -22,6 +22,7 @@
 #include "consumers/deadletter.h"
 #include "consumers/ingest.h"
 #include "store/store.h"
+#include "util/clock.h"
 
 static const char *CMD = "backfill";
 
@@ -110,12 +111,6 @@ static void on_stop_signal(int sig) {
     iqp_ingest_request_stop();
 }
 
-static double monotonic_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 int iqp_cmd_backfill(int argc, char **argv) {
     backfill_opts o;
     int rc = parse_opts(argc, argv, &o);
@@ -137,7 +132,7 @@ int iqp_cmd_backfill(int argc, char **argv) {
         iqp_store_close(st);
         return iqp_cli_fail(CMD, "%s", err);
     }
-    double t0 = monotonic_seconds();
+    double t0 = iqp_mono_seconds();
     iqp_ingest *ing = iqp_ingest_new(st, dl, !o.quiet && isatty(STDERR_FILENO));
     iqp_cli_on_stop_signals(on_stop_signal);
     rc = 0;
@@ -146,7 +141,7 @@ int iqp_cmd_backfill(int argc, char **argv) {
         if (frc < 0) rc = iqp_cli_fail(CMD, "%s", err);
         if (frc == 1) rc = 130; /* stopped by a signal, as shells report SIGINT */
     }
-    print_summary(ing, o.dead_letter, monotonic_seconds() - t0);
+    print_summary(ing, o.dead_letter, iqp_mono_seconds() - t0);
     iqp_ingest_free(ing);
     if (iqp_deadletter_close(dl, err, sizeof err) < 0 && rc == 0) rc = iqp_cli_fail(CMD, "%s", err);
     iqp_store_close(st);

@@ -29,6 +29,8 @@ int iqp_cmd_stats(int argc, char **argv);
 int iqp_cmd_devbroker(int argc, char **argv);
 int iqp_cmd_produce(int argc, char **argv);
 int iqp_cmd_stream(int argc, char **argv);
+int iqp_cmd_export(int argc, char **argv);
+int iqp_cmd_publish(int argc, char **argv);
 
 /* Prints "iqp <cmd>: <message>\n" to stderr; returns 2 (usage error). */
 int iqp_cli_usage_error(const char *cmd, const char *fmt, ...)

@@ -1,5 +1,6 @@
 /* common.c -- helpers every subcommand shares (see cli.h). */
 #include "cli/cli.h"
+#include "util/clock.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -42,11 +43,7 @@ int iqp_cli_parse_i64(const char *s, int64_t *out) {
     return 0;
 }
 
-int64_t iqp_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+int64_t iqp_now_ms(void) { return iqp_wall_ms(); }
 
 void iqp_cli_on_stop_signals(void (*handler)(int)) {
     struct sigaction sa;

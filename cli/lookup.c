@@ -3,9 +3,14 @@
  *
  * Inputs go through the same normalization as events, so "RED  Dress" finds
  * "red dress". Features whose context needs a dimension that was not given
- * are skipped. The store is opened read-only, so a lookup can run beside a
- * writer; it reads the store's own layout unless --config is given, in
- * which case the two must match.
+ * are skipped. Two sources, one output:
+ *   --store DIR   the RocksDB store, opened read-only (safe beside a
+ *                 writer); its own layout unless --config is given, in
+ *                 which case the two must match;
+ *   --redis URL   what the publisher put in Redis, read through libiqp
+ *                 (one pipelined round trip), in the published layout.
+ * Both fill iqp_feature_rows and print them with the same code, so equal
+ * counts print equal lines.
  */
 #include <getopt.h>
 #include <jansson.h>
@@ -19,21 +24,26 @@
 #include "aggregator/features.h"
 #include "aggregator/normalize.h"
 #include "cli/cli.h"
+#include "client/client_internal.h"
 #include "store/store.h"
 
 static const char *CMD = "lookup";
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: iqp lookup --store DIR [--query Q] [--country CC] [--gender G]\n"
-            "                  [--as-of MS] [--feature NAME]... ITEM...\n"
+            "usage: iqp lookup (--store DIR | --redis URL) [--query Q] [--country CC]\n"
+            "                  [--gender G] [--as-of MS] [--feature NAME]... ITEM...\n"
             "\n"
             "Prints one JSON object per line per (feature, window, item) with the keys\n"
             "feature, window, context, item, context_count, impression, engaged, one per\n"
             "action, and iqp_impression, iqp_engaged, iqp_<action> (count / context_count).\n"
             "\n"
             "options:\n"
-            "  --store DIR      the store written by iqp backfill (opened read-only)\n"
+            "  --store DIR      the store written by iqp backfill / iqp stream (read-only)\n"
+            "  --redis URL      read what iqp stream published instead (redis://host:port/db\n"
+            "                   or unix:///path), through libiqp; windows are as of the\n"
+            "                   publisher's last write, so --as-of does not apply\n"
+            "  --redis-prefix P the publisher's key prefix (default iqp)\n"
             "  --query Q        the raw query; normalized like events\n"
             "  --country CC     ISO 3166-1 alpha-2; anything else reads as ZZ\n"
             "  --gender G       female, male or unknown (f, m, ... accepted)\n"
@@ -47,8 +57,9 @@ static void usage(FILE *out) {
 }
 
 typedef struct lookup_opts {
-    const char *store_dir, *config_path, *query, *country, *gender;
+    const char *store_dir, *config_path, *query, *country, *gender, *redis_url, *prefix;
     int64_t as_of;
+    int as_of_given;
     int n_features;
     const char *features[IQP_MAX_FEATURES];
 } lookup_opts;
@@ -59,6 +70,7 @@ static int parse_opts(int argc, char **argv, lookup_opts *o) {
         {"country", required_argument, 0, 'c'}, {"gender", required_argument, 0, 'g'},
         {"as-of", required_argument, 0, 'a'},   {"feature", required_argument, 0, 'f'},
         {"config", required_argument, 0, 'C'},  {"help", no_argument, 0, 'h'},
+        {"redis", required_argument, 0, 'r'},   {"redis-prefix", required_argument, 0, 'p'},
         {0, 0, 0, 0}};
     int c;
     memset(o, 0, sizeof *o);
@@ -71,9 +83,12 @@ static int parse_opts(int argc, char **argv, lookup_opts *o) {
         case 'c': o->country = optarg; break;
         case 'g': o->gender = optarg; break;
         case 'C': o->config_path = optarg; break;
+        case 'r': o->redis_url = optarg; break;
+        case 'p': o->prefix = optarg; break;
         case 'a':
             if (iqp_cli_parse_i64(optarg, &o->as_of) < 0 || o->as_of < 0)
                 return iqp_cli_usage_error(CMD, "--as-of must be ms since the epoch, not '%s'", optarg);
+            o->as_of_given = 1;
             break;
         case 'f':
             if (o->n_features == IQP_MAX_FEATURES) return iqp_cli_usage_error(CMD, "too many --feature");
@@ -83,7 +98,9 @@ static int parse_opts(int argc, char **argv, lookup_opts *o) {
         default: return iqp_cli_usage_error(CMD, "unknown option");
         }
     }
-    if (!o->store_dir) return iqp_cli_usage_error(CMD, "--store DIR is required");
+    if (!o->store_dir == !o->redis_url) return iqp_cli_usage_error(CMD, "give exactly one of --store DIR and --redis URL");
+    if (o->redis_url && (o->as_of_given || o->config_path))
+        return iqp_cli_usage_error(CMD, "--as-of and --config apply to --store only");
     if (optind >= argc) return iqp_cli_usage_error(CMD, "no items given");
     for (int i = optind; i < argc; i++) {
         json_t *probe = json_string(argv[i]);
@@ -170,9 +187,44 @@ static int select_features(const iqp_config *cfg, const lookup_opts *o, int *sel
     return 0;
 }
 
-static int print_features(iqp_store *st, const lookup_opts *o, const iqp_context *ctx,
-                          char **items, size_t n_items) {
-    const iqp_config *cfg = iqp_store_config(st);
+/* Where rows come from: fills rows[i * n_windows + w] for feature f;
+ * 0, or an exit status after printing the error. */
+typedef struct row_source {
+    int (*read)(struct row_source *src, size_t f, const iqp_context *ctx, char **items,
+                const size_t *lens, size_t n_items, iqp_feature_row *rows);
+    iqp_store *st;
+    int64_t as_of;
+    const double *values; /* --redis: the client's whole answer */
+    size_t n_features, n_windows, n_measures;
+} row_source;
+
+static int read_store_rows(row_source *src, size_t f, const iqp_context *ctx, char **items,
+                           const size_t *lens, size_t n_items, iqp_feature_row *rows) {
+    char err[512];
+    if (iqp_features_read(src->st, f, ctx, (const char *const *)items, lens, n_items, src->as_of, rows,
+                          err, sizeof err) < 0)
+        return iqp_cli_fail(CMD, "%s", err);
+    return 0;
+}
+
+/* Counts back from the client's doubles (exact below 2^53). */
+static int read_client_rows(row_source *src, size_t f, const iqp_context *ctx, char **items,
+                            const size_t *lens, size_t n_items, iqp_feature_row *rows) {
+    (void)ctx, (void)items, (void)lens;
+    size_t nw = src->n_windows, nm = src->n_measures, width = (nm - 1) / 2;
+    for (size_t i = 0; i < n_items; i++)
+        for (size_t w = 0; w < nw; w++) {
+            const double *v = src->values + ((i * src->n_features + f) * nw + w) * nm;
+            iqp_feature_row *r = &rows[i * nw + w];
+            memset(r, 0, sizeof *r);
+            r->context_count = (int64_t)v[0];
+            for (size_t k = 0; k < width; k++) r->counters[k] = (int64_t)v[1 + k];
+        }
+    return 0;
+}
+
+static int print_features(const iqp_config *cfg, row_source *src, const lookup_opts *o,
+                          const iqp_context *ctx, char **items, size_t n_items) {
     int selected[IQP_MAX_FEATURES];
     int rc = select_features(cfg, o, selected);
     if (rc) return rc;
@@ -180,22 +232,49 @@ static int print_features(iqp_store *st, const lookup_opts *o, const iqp_context
     iqp_feature_row *rows = malloc(n_items * cfg->n_windows * sizeof *rows);
     if (!lens || !rows) abort();
     for (size_t i = 0; i < n_items; i++) lens[i] = strlen(items[i]);
-    char err[512];
     for (size_t f = 0; f < cfg->n_features && rc == 0; f++) {
         if (!selected[f] || !iqp_features_applicable(&cfg->features[f], o->query != NULL,
                                                      o->country != NULL, o->gender != NULL))
             continue;
-        if (iqp_features_read(st, f, ctx, (const char *const *)items, lens, n_items, o->as_of, rows,
-                              err, sizeof err) < 0) {
-            rc = iqp_cli_fail(CMD, "%s", err);
-            break;
-        }
+        if ((rc = src->read(src, f, ctx, items, lens, n_items, rows))) break;
         for (size_t w = 0; w < cfg->n_windows; w++)
             for (size_t i = 0; i < n_items; i++)
                 print_row(cfg, f, w, ctx, items[i], &rows[i * cfg->n_windows + w]);
     }
     free(lens);
     free(rows);
+    return rc;
+}
+
+/* --redis: one libiqp call for every feature, then the shared printer. */
+static int lookup_redis(const lookup_opts *o, const iqp_context *ctx, char **items, size_t n_items) {
+    iqp_client_options co;
+    iqp_client_options_init(&co);
+    co.timeout_ms = 5000;
+    if (o->prefix) co.prefix = o->prefix;
+    iqp_client *c = iqp_client_open(o->redis_url, &co);
+    if (!c) return iqp_cli_fail(CMD, "out of memory");
+    int rc = 0;
+    double *values = NULL;
+    if (iqp_client_status(c) != IQP_OK) {
+        rc = iqp_client_status(c) == IQP_EINVAL ? iqp_cli_usage_error(CMD, "%s", iqp_client_errstr(c))
+                                                : iqp_cli_fail(CMD, "%s", iqp_client_errstr(c));
+        goto out;
+    }
+    size_t len = iqp_client_result_len(c, n_items);
+    values = malloc((len ? len : 1) * sizeof *values);
+    if (!values) abort();
+    if (iqp_client_lookup(c, o->query, o->country, o->gender, (const char *const *)items, n_items, values,
+                          len) != IQP_OK) {
+        rc = iqp_cli_fail(CMD, "%s", iqp_client_errstr(c));
+        goto out;
+    }
+    row_source src = {.read = read_client_rows, .values = values, .n_features = iqp_client_n_features(c),
+                      .n_windows = iqp_client_n_windows(c), .n_measures = iqp_client_n_measures(c)};
+    rc = print_features(iqp_client_config(c), &src, o, ctx, items, n_items);
+out:
+    free(values);
+    iqp_client_close(c);
     return rc;
 }
 
@@ -206,6 +285,11 @@ int iqp_cmd_lookup(int argc, char **argv) {
     char err[1024], *query_buf;
     iqp_context ctx;
     if ((rc = build_context(&o, &ctx, &query_buf))) return rc;
+    if (o.redis_url) {
+        rc = lookup_redis(&o, &ctx, argv + optind, (size_t)(argc - optind));
+        free(query_buf);
+        return rc;
+    }
     iqp_config cfg, *cfgp = NULL;
     if (o.config_path) {
         iqp_config_defaults(&cfg);
@@ -220,7 +304,8 @@ int iqp_cmd_lookup(int argc, char **argv) {
         free(query_buf);
         return iqp_cli_fail(CMD, "%s", err);
     }
-    rc = print_features(st, &o, &ctx, argv + optind, (size_t)(argc - optind));
+    row_source src = {.read = read_store_rows, .st = st, .as_of = o.as_of};
+    rc = print_features(iqp_store_config(st), &src, &o, &ctx, argv + optind, (size_t)(argc - optind));
     iqp_store_close(st);
     free(query_buf);
     return rc;

@@ -65,6 +65,7 @@
 #include "aggregator/normalize.h"
 #include "cli/cli.h"
 #include "consumers/logfile.h"
+#include "util/clock.h"
 
 static const char *CMD = "produce";
 
@@ -335,12 +336,6 @@ static void report_line_error(producer *p, const char *path, uint64_t line_no, c
         iqp_cli_fail(CMD, "(further line errors not shown)");
 }
 
-static double monotonic_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 typedef enum { LINE_OTHER, LINE_IMPRESSION, LINE_ACTION } line_kind;
 
 static int string_is(const json_t *v, const char *s) {
@@ -387,7 +382,7 @@ static int send_message(producer *p, rd_kafka_topic_t *rkt, const char *line, si
         *why = rd_kafka_err2str(err);
         if (err == RD_KAFKA_RESP_ERR__FATAL) return -1;
         if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL) return 1;
-        double now = monotonic_seconds();
+        double now = iqp_mono_seconds();
         if (!full_since) full_since = now;
         if (now - full_since > QUEUE_FULL_GIVE_UP_S) {
             *why = "the producer queue stayed full for 30 s (are the brokers reachable?)";
@@ -407,7 +402,7 @@ static void pace(producer *p, int64_t rate, double t0) {
     if (rate <= 0) return;
     double due = t0 + (double)p->lines / (double)rate;
     for (;;) {
-        double left = due - monotonic_seconds();
+        double left = due - iqp_mono_seconds();
         if (left <= 0 || stop_requested) return;
         if (left >= 0.001) {
             rd_kafka_poll(p->rk, (int)(left * 1000));
@@ -479,12 +474,12 @@ static int produce_file(producer *p, const char *path, int64_t rate, double t0) 
  * (also during the flush: it runs in 100 ms slices); what is left is purged
  * and its delivery reports (failures) are served before returning. */
 static void flush_and_purge(producer *p) {
-    double now = monotonic_seconds();
+    double now = iqp_mono_seconds();
     double deadline = now + (stop_requested ? STOP_FLUSH_MS : FLUSH_MS) / 1000.0;
     int stop_seen = stop_requested;
     while (rd_kafka_outq_len(p->rk) > 0 && now < deadline) {
         rd_kafka_flush(p->rk, 100);
-        now = monotonic_seconds();
+        now = iqp_mono_seconds();
         if (stop_requested && !stop_seen && now + STOP_FLUSH_MS / 1000.0 < deadline)
             deadline = now + STOP_FLUSH_MS / 1000.0;
         stop_seen = stop_requested;
@@ -564,13 +559,13 @@ static void producer_close(producer *p) {
 
 /* Produces every file, flushes, prints the summary; the exit status. */
 static int run(producer *p, const produce_opts *o) {
-    double t0 = monotonic_seconds();
+    double t0 = iqp_mono_seconds();
     int rc = 0;
     iqp_cli_on_stop_signals(on_stop_signal);
     for (int i = 0; i < o->n_files && rc == 0; i++)
         if (produce_file(p, o->files[i], o->rate, t0) < 0) rc = 1;
     flush_and_purge(p);
-    print_summary(p, o->brokers, monotonic_seconds() - t0);
+    print_summary(p, o->brokers, iqp_mono_seconds() - t0);
     if (stop_requested) return 130;
     return rc || p->delivered != p->lines ? 1 : 0;
 }

@@ -20,9 +20,11 @@ static void usage(FILE *out) {
             "usage: iqp stats --store DIR [--compact]\n"
             "\n"
             "Prints one JSON object: watermark_ms, count_cells, context_cells,\n"
-            "dedup_markers, disk_bytes, bytes_per_cell, and kafka_offsets: for every\n"
-            "Kafka partition the store has counted, \"TOPIC/PARTITION\": the next offset\n"
-            "(what `iqp stream` resumes from). Safe to run beside a running writer.\n"
+            "dedup_markers, disk_bytes, bytes_per_cell, publish_pending (keys that\n"
+            "`iqp stream --redis` queued for Redis and has not published yet), and\n"
+            "kafka_offsets: for every Kafka partition the store has counted,\n"
+            "\"TOPIC/PARTITION\": the next offset (what `iqp stream` resumes from).\n"
+            "Safe to run beside a running writer.\n"
             "\n"
             "  --store DIR   the store\n"
             "  --compact     compact fully first (applies expiry; needs write access)\n"
@@ -79,6 +81,7 @@ int iqp_cmd_stats(int argc, char **argv) {
                           (json_int_t)iqp_store_count_keys(st, IQP_CF_DEDUP), "disk_bytes",
                           (json_int_t)bytes, "bytes_per_cell",
                           counts + contexts ? (double)bytes / (double)(counts + contexts) : 0.0);
+    json_object_set_new(o, "publish_pending", json_integer((json_int_t)iqp_store_count_keys(st, IQP_CF_PENDING)));
     json_t *offsets = json_object();
     iqp_store_scan_meta(st, "src/kafka/", add_offset, offsets);
     json_object_set_new(o, "kafka_offsets", offsets);

@@ -11,6 +11,11 @@
  *               "checkpoint_topic": T}
  *   "kafka":   {"<librdkafka property>": value, ...}   passed through as is
  *   "metrics": {"listen": "127.0.0.1:9464"}            "off" disables
+ *   "redis":   {"url": "redis://127.0.0.1:6379/0", "prefix": "iqp",
+ *               "ttl": "8d", "connect_timeout_ms": 1000,
+ *               "command_timeout_ms": 2000, "drain_ms": 3000,
+ *               "batch_keys": 20000, "pipeline_depth": 256}
+ *              no url (or "off"): no publishing
  */
 #include <getopt.h>
 #include <jansson.h>
@@ -25,6 +30,9 @@
 #include "consumers/deadletter.h"
 #include "consumers/metrics.h"
 #include "consumers/stream.h"
+#include "client/redis_conn.h"
+#include "publisher/pending.h"
+#include "publisher/publisher.h"
 #include "store/store.h"
 
 static const char *CMD = "stream";
@@ -59,6 +67,11 @@ static void usage(FILE *out) {
             "                           the next owner of a partition (default\n"
             "                           iqp-checkpoints, compacted; 'off': group offsets only)\n"
             "  --property NAME=VALUE    any librdkafka property (repeatable)\n"
+            "  --redis URL              publish changed features to Redis\n"
+            "                           (redis://[:password@]host:port/db or unix:///path;\n"
+            "                           redis.url; default: no publishing)\n"
+            "  --redis-prefix P         key prefix in Redis (redis.prefix; default iqp)\n"
+            "  --redis-ttl DURATION     TTL every write sets, e.g. 8d (redis.ttl; default 8d)\n"
             "  --progress               a progress line on stderr every 2 s\n"
             "  --help                   this text\n"
             "\n"
@@ -72,6 +85,8 @@ static void usage(FILE *out) {
 typedef struct stream_opts {
     const char *config_path, *store_dir, *imp_topic, *act_topic, *dl_topic, *dl_file, *listen;
     const char *ckpt_topic;
+    iqp_publisher_config redis;           /* redis.url NULL: no publishing */
+    int64_t drain_ms;
     int64_t flush_ms, flush_events;
     int progress;
     const char *props[2 * MAX_PROPS + 1]; /* config's kafka section, then flags */
@@ -153,6 +168,56 @@ static int read_kafka_section(stream_opts *o, json_t *sec) {
     return 0;
 }
 
+/* A non-negative integer key of the redis section into *out. */
+static int redis_int(json_t *sec, const char *key, int64_t lo, int64_t hi, int64_t *out) {
+    json_t *v = json_object_get(sec, key);
+    if (!v) return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
+        return iqp_cli_usage_error(CMD, "config: \"redis.%s\" must be an integer %lld..%lld", key,
+                                   (long long)lo, (long long)hi);
+    *out = json_integer_value(v);
+    return 0;
+}
+
+static int parse_ttl(stream_opts *o, const char *text) {
+    int64_t ms;
+    if (iqp_parse_duration(text, &ms) < 0 || ms < 1000)
+        return iqp_cli_usage_error(CMD, "redis TTL must be a duration of at least 1s (e.g. 8d), not '%s'", text);
+    o->redis.ttl_ms = ms;
+    return 0;
+}
+
+static int read_redis_section(stream_opts *o, json_t *sec) {
+    static const char *known[] = {"url", "prefix", "ttl", "connect_timeout_ms", "command_timeout_ms",
+                                  "drain_ms", "batch_keys", "pipeline_depth", NULL};
+    const char *key;
+    json_t *v;
+    int64_t n;
+    if (!json_is_object(sec)) return iqp_cli_usage_error(CMD, "config: \"redis\" must be an object");
+    json_object_foreach(sec, key, v) {
+        const char *const *k = known;
+        while (*k && strcmp(*k, key) != 0) k++;
+        if (!*k) return iqp_cli_usage_error(CMD, "config: unknown key \"redis.%s\"", key);
+    }
+    if (config_string(sec, "url", &o->redis.url) || config_string(sec, "prefix", &o->redis.prefix)) return 2;
+    const char *ttl = NULL;
+    if (config_string(sec, "ttl", &ttl) || (ttl && parse_ttl(o, ttl))) return 2;
+    if (redis_int(sec, "drain_ms", 0, 600000, &o->drain_ms)) return 2;
+    n = o->redis.connect_timeout_ms;
+    if (redis_int(sec, "connect_timeout_ms", 1, 600000, &n)) return 2;
+    o->redis.connect_timeout_ms = (int)n;
+    n = o->redis.command_timeout_ms;
+    if (redis_int(sec, "command_timeout_ms", 1, 600000, &n)) return 2;
+    o->redis.command_timeout_ms = (int)n;
+    n = (int64_t)o->redis.batch_keys;
+    if (redis_int(sec, "batch_keys", 1, 10000000, &n)) return 2;
+    o->redis.batch_keys = (size_t)n;
+    n = o->redis.pipeline_depth;
+    if (redis_int(sec, "pipeline_depth", 64, 100000, &n)) return 2;
+    o->redis.pipeline_depth = (int)n;
+    return 0;
+}
+
 static int read_config_sections(stream_opts *o) {
     json_error_t jerr;
     json_t *v;
@@ -161,6 +226,7 @@ static int read_config_sections(stream_opts *o) {
     if (!o->root) return iqp_cli_usage_error(CMD, "%s: %s", o->config_path, jerr.text);
     if ((v = json_object_get(o->root, "stream")) && read_stream_section(o, v)) return 2;
     if ((v = json_object_get(o->root, "kafka")) && read_kafka_section(o, v)) return 2;
+    if ((v = json_object_get(o->root, "redis")) && read_redis_section(o, v)) return 2;
     if ((v = json_object_get(o->root, "metrics"))) {
         json_t *l = json_object_get(v, "listen");
         if (!json_is_object(v) || (l && !json_is_string(l)))
@@ -173,7 +239,8 @@ static int read_config_sections(stream_opts *o) {
 /* ---- flags ------------------------------------------------------------------ */
 
 enum { OPT_IMP = 256, OPT_ACT, OPT_FLUSH_MS, OPT_FLUSH_EV, OPT_DL_TOPIC, OPT_DL_FILE, OPT_LISTEN,
-       OPT_PROP, OPT_PROGRESS, OPT_BROKERS, OPT_GROUP, OPT_CKPT };
+       OPT_PROP, OPT_PROGRESS, OPT_BROKERS, OPT_GROUP, OPT_CKPT, OPT_REDIS, OPT_REDIS_PREFIX,
+       OPT_REDIS_TTL };
 
 static const struct option longopts[] = {
     {"config", required_argument, 0, 'c'},           {"store", required_argument, 0, 's'},
@@ -185,6 +252,8 @@ static const struct option longopts[] = {
     {"dead-letter-file", required_argument, 0, OPT_DL_FILE},
     {"metrics-listen", required_argument, 0, OPT_LISTEN}, {"property", required_argument, 0, OPT_PROP},
     {"checkpoint-topic", required_argument, 0, OPT_CKPT},
+    {"redis", required_argument, 0, OPT_REDIS}, {"redis-prefix", required_argument, 0, OPT_REDIS_PREFIX},
+    {"redis-ttl", required_argument, 0, OPT_REDIS_TTL},
     {"progress", no_argument, 0, OPT_PROGRESS},      {"help", no_argument, 0, 'h'},
     {0, 0, 0, 0}};
 
@@ -224,6 +293,9 @@ static int apply_flag(stream_opts *o, int c) {
     case OPT_PROP: return add_prop_arg(o, optarg);
     case OPT_PROGRESS: o->progress = 1; return 0;
     case OPT_CKPT: o->ckpt_topic = optarg; return 0;
+    case OPT_REDIS: o->redis.url = optarg; return 0;
+    case OPT_REDIS_PREFIX: o->redis.prefix = optarg; return 0;
+    case OPT_REDIS_TTL: return parse_ttl(o, optarg);
     default: return iqp_cli_usage_error(CMD, "unknown option (see iqp stream --help)");
     }
 }
@@ -267,6 +339,14 @@ static int parse_opts(int argc, char **argv, stream_opts *o) {
         return iqp_cli_usage_error(CMD, "config: give dead_letter_topic or dead_letter_file, not both");
     if (strcmp(o->imp_topic ? o->imp_topic : "impressions", o->act_topic ? o->act_topic : "actions") == 0)
         return iqp_cli_usage_error(CMD, "the impressions and actions topics must differ");
+    if (o->redis.url && strcmp(o->redis.url, "off") == 0) o->redis.url = NULL;
+    if (o->redis.url) {
+        iqp_redis_url u;
+        char err[512];
+        if (iqp_redis_url_parse(o->redis.url, &u, err, sizeof err) < 0) return iqp_cli_usage_error(CMD, "%s", err);
+        if (!o->redis.prefix[0] || strlen(o->redis.prefix) > 100)
+            return iqp_cli_usage_error(CMD, "the Redis key prefix must be 1..100 bytes");
+    }
     return validate_props(o);
 }
 
@@ -351,7 +431,21 @@ typedef struct stream_parts {
     iqp_metrics_server *srv;
     iqp_checkpoints *ckpt;
     iqp_stream *s;
+    iqp_pending *queue;
+    iqp_publisher *pub;
 } stream_parts;
+
+/* The publish queue and the publisher thread, when Redis is configured. */
+static int open_publisher(const stream_opts *o, stream_parts *p) {
+    char err[1024];
+    if (!o->redis.url) return 0;
+    if (!(p->queue = iqp_pending_open(p->st, err, sizeof err))) return iqp_cli_fail(CMD, "%s", err);
+    iqp_publisher_declare_metrics(p->m);
+    if (!(p->pub = iqp_publisher_start(p->st, p->queue, &o->redis, p->m, err, sizeof err)))
+        return iqp_cli_fail(CMD, "%s", err);
+    iqp_pending_attach(p->queue, iqp_stream_aggregator(p->s), iqp_publisher_notify, p->pub);
+    return 0;
+}
 
 static int open_parts(const stream_opts *o, iqp_config *cfg, stream_parts *p) {
     char err[1024];
@@ -370,13 +464,25 @@ static int open_parts(const stream_opts *o, iqp_config *cfg, stream_parts *p) {
     iqp_stream_options so = {o->imp_topic, o->act_topic, o->flush_ms, o->props, p->dl, p->m,
                              p->ckpt, o->progress};
     if (!(p->s = iqp_stream_new(p->st, &so, err, sizeof err))) return iqp_cli_fail(CMD, "%s", err);
-    return 0;
+    return open_publisher(o, p);
 }
 
-static int close_parts(stream_parts *p, int rc) {
+static void stop_publisher(stream_parts *p, int64_t drain_ms) {
+    iqp_publisher_stats ps;
+    if (!p->pub) return;
+    iqp_publisher_stop(p->pub, (int)drain_ms, &ps);
+    fprintf(stderr, "iqp stream: published %llu values in %llu rounds (%llu resyncs, %llu Redis errors); "
+                    "%llu changed keys left queued in the store\n",
+            (unsigned long long)ps.values, (unsigned long long)ps.rounds, (unsigned long long)ps.resyncs,
+            (unsigned long long)ps.errors, (unsigned long long)iqp_pending_count(p->queue));
+}
+
+static int close_parts(stream_parts *p, int rc, int64_t drain_ms) {
     char err[512];
     if (p->s) print_summary(p->s);
+    stop_publisher(p, drain_ms);
     iqp_stream_free(p->s);
+    iqp_pending_free(p->queue);
     iqp_checkpoints_free(p->ckpt);
     iqp_metrics_server_stop(p->srv);
     iqp_metrics_free(p->m);
@@ -396,6 +502,8 @@ int iqp_cmd_stream(int argc, char **argv) {
     iqp_config cfg;
     char err[1024];
     memset(&o, 0, sizeof o);
+    iqp_publisher_config_defaults(&o.redis);
+    o.drain_ms = 3000;
     int rc = parse_opts(argc, argv, &o);
     if (rc) return free_opts(&o), rc < 0 ? 0 : rc;
     iqp_config_defaults(&cfg);
@@ -406,7 +514,7 @@ int iqp_cmd_stream(int argc, char **argv) {
     iqp_cli_on_stop_signals(on_stop_signal);
     rc = open_parts(&o, &cfg, &p);
     if (rc == 0 && iqp_stream_run(p.s, err, sizeof err) < 0) rc = iqp_cli_fail(CMD, "%s", err);
-    rc = close_parts(&p, rc);
+    rc = close_parts(&p, rc, o.drain_ms);
     free_opts(&o);
     return rc;
 }

@@ -12,6 +12,7 @@
  * began is therefore seen).
  */
 #include "consumers/checkpoint.h"
+#include "util/clock.h"
 
 #include <librdkafka/rdkafka.h>
 #include <stdio.h>
@@ -39,12 +40,6 @@ struct iqp_checkpoints {
     uint64_t failed_reported;   /* ... of which a sync has reported */
     char failure[256];
 };
-
-static int64_t mono_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
 
 static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque) {
     iqp_checkpoints *c = opaque;
@@ -221,7 +216,7 @@ static int query_ends(iqp_checkpoints *c, int64_t *high, int timeout_ms, char *e
 /* Consumes until every partition reached the end it had at the start. */
 static int catch_up(iqp_checkpoints *c, int timeout_ms, char *err, size_t errlen) {
     int64_t high[MAX_CKPT_PARTITIONS], next[MAX_CKPT_PARTITIONS];
-    int64_t deadline = mono_ms() + timeout_ms;
+    int64_t deadline = iqp_mono_ms() + timeout_ms;
     rd_kafka_topic_partition_list_t *pos = rd_kafka_topic_partition_list_new(c->n_parts);
     for (int p = 0; p < c->n_parts; p++) {
         rd_kafka_topic_partition_list_add(pos, c->topic, p);
@@ -235,7 +230,7 @@ static int catch_up(iqp_checkpoints *c, int timeout_ms, char *err, size_t errlen
         int done = 1;
         for (int p = 0; p < c->n_parts; p++) done &= next[p] >= high[p];
         if (done) return 0;
-        if (mono_ms() >= deadline) break;
+        if (iqp_mono_ms() >= deadline) break;
         rd_kafka_message_t *m = rd_kafka_consumer_poll(c->reader, 100);
         if (!m) continue;
         if (m->partition >= 0 && m->partition < c->n_parts) {
@@ -252,14 +247,14 @@ static int catch_up(iqp_checkpoints *c, int timeout_ms, char *err, size_t errlen
  * fail one metadata or ListOffsets round trip, and the caller treats a
  * failure as fatal. */
 int iqp_checkpoints_refresh(iqp_checkpoints *c, int timeout_ms, char *err, size_t errlen) {
-    int64_t deadline = mono_ms() + timeout_ms;
+    int64_t deadline = iqp_mono_ms() + timeout_ms;
     for (;;) {
-        int left = (int)(deadline - mono_ms());
+        int left = (int)(deadline - iqp_mono_ms());
         if (left < 1) left = 1;
         if ((c->n_parts || start_reader(c, left, err, errlen) == 0) &&
-            catch_up(c, (int)(deadline - mono_ms() > 1 ? deadline - mono_ms() : 1), err, errlen) == 0)
+            catch_up(c, (int)(deadline - iqp_mono_ms() > 1 ? deadline - iqp_mono_ms() : 1), err, errlen) == 0)
             return 0;
-        if (mono_ms() + 250 >= deadline) return -1;
+        if (iqp_mono_ms() + 250 >= deadline) return -1;
         usleep(250000); /* back off */
     }
 }

@@ -49,6 +49,7 @@
  * Count-only sink: every operation succeeds; only the count changes.
  */
 #include "consumers/deadletter.h"
+#include "util/clock.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -322,12 +323,6 @@ static const sink_ops NONE_OPS = {none_write, none_flush, none_close};
 
 /* ---- the Kafka sink ------------------------------------------------------------ */
 
-static int64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Context for an error message: "; last error: ..." or "". */
 static const char *last_error_sep(const kafka_sink *k) {
     return k->last_error[0] ? "; last error: " : "";
@@ -397,12 +392,12 @@ static rd_kafka_headers_t *kafka_headers(const dl_record *r) {
  * for up to QUEUE_FULL_WAIT_MS while the local queue is full. */
 static rd_kafka_resp_err_t kafka_produce(kafka_sink *k, const dl_record *r,
                                          rd_kafka_headers_t *h) {
-    int64_t deadline = mono_ms() + QUEUE_FULL_WAIT_MS;
+    int64_t deadline = iqp_mono_ms() + QUEUE_FULL_WAIT_MS;
     for (;;) {
         rd_kafka_resp_err_t e = rd_kafka_producev(
             k->rk, RD_KAFKA_V_TOPIC(k->topic), RD_KAFKA_V_VALUE((void *)r->raw, r->rawlen),
             RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
-        if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL || k->failure[0] || mono_ms() >= deadline) return e;
+        if (e != RD_KAFKA_RESP_ERR__QUEUE_FULL || k->failure[0] || iqp_mono_ms() >= deadline) return e;
         rd_kafka_poll(k->rk, QUEUE_FULL_POLL_MS);
     }
 }

@@ -7,6 +7,7 @@
  * read error) and wakes the consumer; the consumer may set `stop`.
  */
 #include "consumers/decode_queue.h"
+#include "util/clock.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -29,12 +30,6 @@ struct iqp_decode_queue {
     int done, stop, failed;
     char err[512];
 };
-
-static int64_t wall_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static iqp_decoded_batch *batch_new(void) {
     iqp_decoded_batch *b = malloc(sizeof *b + BATCH_LINES * sizeof(iqp_decoded_line));
@@ -81,7 +76,7 @@ static void decode_line(iqp_decode_queue *q, iqp_decoded_line *d, uint64_t line_
         d->ok = 1;
         /* Keep the bytes of an event the aggregator will call future (its
          * clock only advances), so the dead letter holds the original. */
-        if (d->ev.ts - wall_ms() <= q->cfg->max_future_skew_ms) return;
+        if (d->ev.ts - iqp_wall_ms() <= q->cfg->max_future_skew_ms) return;
     }
     d->raw_len = len > 4096 ? 4096 : len; /* the dead-letter sink keeps 4 KiB at most */
     d->raw = malloc(d->raw_len ? d->raw_len : 1);

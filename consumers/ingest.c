@@ -20,6 +20,7 @@
 #include "consumers/decode_queue.h"
 #include "consumers/logfile.h"
 #include "schemas/event.h"
+#include "util/clock.h"
 
 /* Set from a signal handler; read between decoded batches. */
 static volatile sig_atomic_t stop_requested;
@@ -36,18 +37,6 @@ struct iqp_ingest {
     iqp_ingest_stats stats;
 };
 
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-static int64_t wall_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 iqp_ingest *iqp_ingest_new(iqp_store *st, iqp_deadletter *dl, int progress) {
     iqp_ingest *ing = calloc(1, sizeof *ing);
     if (!ing) abort();
@@ -56,7 +45,7 @@ iqp_ingest *iqp_ingest_new(iqp_store *st, iqp_deadletter *dl, int progress) {
     ing->agg = iqp_aggregator_new(st);
     ing->dl = dl;
     ing->progress = progress;
-    ing->started = ing->last_progress = now_seconds();
+    ing->started = ing->last_progress = iqp_mono_seconds();
     return ing;
 }
 
@@ -119,7 +108,7 @@ static void stage_position(iqp_ingest *ing, const file_position *pos, const char
 /* ---- progress ------------------------------------------------------------ */
 
 static void report_progress(iqp_ingest *ing, const char *path, uint64_t file_bytes, int final) {
-    double t = now_seconds();
+    double t = iqp_mono_seconds();
     if (!ing->progress || (!final && t - ing->last_progress < 0.5)) return;
     ing->last_progress = t;
     double secs = t - ing->started;
@@ -149,7 +138,7 @@ static int ingest_line(iqp_ingest *ing, const char *path, iqp_decoded_line *d, c
         return dead_letter(ing, iqp_decode_code_name(d->err.code), reason, path, d, d->raw_len,
                            err, errlen);
     }
-    iqp_agg_outcome out = iqp_aggregator_add(ing->agg, &d->ev, wall_ms(), err, errlen);
+    iqp_agg_outcome out = iqp_aggregator_add(ing->agg, &d->ev, iqp_wall_ms(), err, errlen);
     switch (out) {
     case IQP_AGG_COUNTED: ing->stats.counted++; return 0;
     case IQP_AGG_DUPLICATE: ing->stats.duplicate++; return 0;

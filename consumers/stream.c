@@ -47,6 +47,7 @@
 
 #include "aggregator/aggregator.h"
 #include "schemas/event.h"
+#include "util/clock.h"
 
 #define POLL_MS 100
 #define PUBLISH_MS 10000          /* checkpoint acks, per flush and on revoke */
@@ -99,18 +100,6 @@ struct iqp_stream {
 static volatile sig_atomic_t stop_requested;
 
 void iqp_stream_request_stop(void) { stop_requested = 1; }
-
-static int64_t mono_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
-
-static int64_t wall_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_REALTIME, &t);
-    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
 
 /* ---- metrics ------------------------------------------------------------- */
 
@@ -311,17 +300,17 @@ static int stream_flush(iqp_stream *s, int publish_ms) {
     int dirty = 0;
     if (s->fatal) return -1;
     for (size_t i = 0; i < s->n_parts; i++) dirty |= s->parts[i].dirty;
-    s->last_flush_ms = mono_ms();
+    s->last_flush_ms = iqp_mono_ms();
     if (!dirty && iqp_aggregator_pending(s->agg) == 0) return 0;
     if (iqp_deadletter_flush(s->dl, s->closing ? DL_CLOSE_TIMEOUT_MS : DL_FLUSH_TIMEOUT_MS, err,
                              sizeof err) < 0)
         return fail(s, "dead-letter sink", err), -1;
     stage_offsets(s);
-    int64_t t0 = mono_ms();
+    int64_t t0 = iqp_mono_ms();
     if (iqp_aggregator_flush(s->agg, err, sizeof err) < 0)
         return fail(s, "store write", err), -1;
-    int64_t t1 = mono_ms();
-    record_latencies(s, wall_ms());
+    int64_t t1 = iqp_mono_ms();
+    record_latencies(s, iqp_wall_ms());
     observe_flush(s, t0, t1);
     s->batch_events = 0;
     commit_offsets(s, publish_ms);
@@ -481,8 +470,8 @@ static void remember_ts(iqp_stream *s, const rd_kafka_message_t *msg) {
 static int aggregate(iqp_stream *s, int topic, const rd_kafka_message_t *msg, const iqp_event *ev,
                      int restoring) {
     char err[512];
-    iqp_agg_outcome out = restoring ? iqp_aggregator_restore(s->agg, ev, wall_ms(), err, sizeof err)
-                                    : iqp_aggregator_add(s->agg, ev, wall_ms(), err, sizeof err);
+    iqp_agg_outcome out = restoring ? iqp_aggregator_restore(s->agg, ev, iqp_wall_ms(), err, sizeof err)
+                                    : iqp_aggregator_add(s->agg, ev, iqp_wall_ms(), err, sizeof err);
     switch (out) {
     case IQP_AGG_COUNTED:
         if (restoring) return s->stats.restored++, count_event(s, topic, "restored"), 0;
@@ -683,17 +672,19 @@ static void close_consumer(iqp_stream *s) {
     rd_kafka_consumer_close(s->rk);
 }
 
+struct iqp_aggregator *iqp_stream_aggregator(iqp_stream *s) { return s->agg; }
+
 int iqp_stream_run(iqp_stream *s, char *err, size_t errlen) {
-    s->last_flush_ms = s->last_store_size_ms = s->last_progress_ms = mono_ms();
+    s->last_flush_ms = s->last_store_size_ms = s->last_progress_ms = iqp_mono_ms();
     while (!stop_requested && !s->fatal) {
-        int64_t now = mono_ms();
+        int64_t now = iqp_mono_ms();
         rd_kafka_message_t *msg = rd_kafka_consumer_poll(s->rk, (int)poll_timeout(s, now));
         if (msg) {
             if (msg->err) handle_error(s, msg);
             else if (handle_message(s, msg) == 0 && s->m) iqp_metrics_set_health(s->m, 1, NULL);
             rd_kafka_message_destroy(msg);
         }
-        now = mono_ms();
+        now = iqp_mono_ms();
         if (iqp_aggregator_should_flush(s->agg) || now - s->last_flush_ms >= s->flush_ms) {
             stream_flush(s, PUBLISH_MS);
             periodic(s, now);

@@ -77,6 +77,10 @@ void iqp_stream_request_stop(void);
 /* Counters so far; latency percentiles are computed on each call. */
 iqp_stream_stats iqp_stream_get_stats(iqp_stream *s);
 
+/* The aggregator the stream counts with (to attach a flush hook, such as
+ * the publish queue, before iqp_stream_run). */
+struct iqp_aggregator *iqp_stream_aggregator(iqp_stream *s);
+
 /* Closes the consumer (if run did not) and frees s. */
 void iqp_stream_free(iqp_stream *s);
 

@@ -26,8 +26,8 @@
 #include "aggregator/window.h"
 #include "store/counters.h"
 
-static const char *cf_names[] = {"default", "counts", "contexts", "dedup", "meta"};
-#define N_CF_HANDLES 5 /* default + IQP_CF__COUNT */
+static const char *cf_names[] = {"default", "counts", "contexts", "dedup", "meta", "pending"};
+#define N_CF_HANDLES 6 /* default + IQP_CF__COUNT */
 
 /* One compaction filter's context: which kind of cell it expires. */
 typedef struct expiry_filter {
@@ -191,18 +191,44 @@ static int load_watermark(iqp_store *st) {
 
 /* ---- open / close -------------------------------------------------------- */
 
+/* Read-only open of the column families that exist: a store written by an
+ * older iqp may lack "pending" (added with the publisher); its handle stays
+ * NULL and reads of it find nothing. */
+static rocksdb_t *open_read_only(iqp_store *st, char **rerr) {
+    size_t n_have = 0;
+    char **have = rocksdb_list_column_families(st->db_opts, st->dir, &n_have, rerr);
+    if (!have) return NULL;
+    const char *names[N_CF_HANDLES];
+    const rocksdb_options_t *opts[N_CF_HANDLES];
+    rocksdb_column_family_handle_t *handles[N_CF_HANDLES];
+    int slot[N_CF_HANDLES], n = 0;
+    for (int i = 0; i < N_CF_HANDLES; i++)
+        for (size_t j = 0; j < n_have; j++)
+            if (strcmp(have[j], cf_names[i]) == 0) {
+                slot[n] = i;
+                names[n] = cf_names[i];
+                opts[n++] = st->cf_opts[i];
+                break;
+            }
+    rocksdb_list_column_families_destroy(have, n_have);
+    rocksdb_t *db = rocksdb_open_for_read_only_column_families(st->db_opts, st->dir, n, names,
+                                                               opts, handles, 0, rerr);
+    if (db)
+        for (int k = 0; k < n; k++) st->cf[slot[k]] = handles[k];
+    return db;
+}
+
 static int open_db(iqp_store *st, int is_new, char *err, size_t errlen) {
     char *rerr = NULL;
     st->db_opts = rocksdb_options_create();
     rocksdb_options_set_create_if_missing(st->db_opts, !st->read_only);
-    rocksdb_options_set_create_missing_column_families(st->db_opts, is_new && !st->read_only);
+    (void)is_new;
+    rocksdb_options_set_create_missing_column_families(st->db_opts, !st->read_only);
     rocksdb_options_increase_parallelism(st->db_opts, 2);
     rocksdb_options_set_keep_log_file_num(st->db_opts, 3);
     configure_cf_options(st);
     if (st->read_only)
-        st->db = rocksdb_open_for_read_only_column_families(
-            st->db_opts, st->dir, N_CF_HANDLES, cf_names,
-            (const rocksdb_options_t *const *)st->cf_opts, st->cf, 0, &rerr);
+        st->db = open_read_only(st, &rerr);
     else
         st->db = rocksdb_open_column_families(st->db_opts, st->dir, N_CF_HANDLES, cf_names,
                                               (const rocksdb_options_t *const *)st->cf_opts,
@@ -302,6 +328,10 @@ void iqp_store_batch_put(iqp_store_batch *b, iqp_cf cf, const void *key, size_t 
     rocksdb_writebatch_put_cf(b->wb, cf_handle(b->st, cf), key, klen, val, vlen);
 }
 
+void iqp_store_batch_delete(iqp_store_batch *b, iqp_cf cf, const void *key, size_t klen) {
+    rocksdb_writebatch_delete_cf(b->wb, cf_handle(b->st, cf), key, klen);
+}
+
 void iqp_store_batch_set_watermark(iqp_store_batch *b, int64_t watermark_ms) {
     b->watermark_ms = watermark_ms;
     b->has_watermark = 1;
@@ -368,6 +398,14 @@ static size_t bucket_key(unsigned char *buf, const unsigned char *prefix, size_t
 int iqp_store_scan_buckets(iqp_store *st, iqp_cf cf, const unsigned char *prefix, size_t plen,
                            int gran_index, int64_t first, int64_t last, size_t n,
                            iqp_store_bucket_fn fn, void *ud, char *err, size_t errlen) {
+    return iqp_store_scan_buckets_at(st, NULL, cf, prefix, plen, gran_index, first, last, n, fn, ud,
+                                     err, errlen);
+}
+
+int iqp_store_scan_buckets_at(iqp_store *st, const iqp_store_snapshot *snap, iqp_cf cf,
+                              const unsigned char *prefix, size_t plen, int gran_index,
+                              int64_t first, int64_t last, size_t n, iqp_store_bucket_fn fn,
+                              void *ud, char *err, size_t errlen) {
     if (first < 0) first = 0;
     if (last > INT64_MAX - 1) last = INT64_MAX - 1; /* last + 1 below must not overflow */
     if (last < first) return 0;
@@ -378,6 +416,7 @@ int iqp_store_scan_buckets(iqp_store *st, iqp_cf cf, const unsigned char *prefix
     bucket_key(hi, prefix, plen, gran_index, last + 1);
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
     rocksdb_readoptions_set_iterate_upper_bound(ro, (const char *)hi, klen);
+    if (snap) rocksdb_readoptions_set_snapshot(ro, (const rocksdb_snapshot_t *)snap);
     rocksdb_iterator_t *it = rocksdb_create_iterator_cf(st->db, ro, cf_handle(st, cf));
     int64_t vec[IQP_MAX_COUNTERS];
     for (rocksdb_iter_seek(it, (const char *)lo, klen); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
@@ -397,6 +436,43 @@ int iqp_store_scan_buckets(iqp_store *st, iqp_cf cf, const unsigned char *prefix
     rocksdb_iter_destroy(it);
     rocksdb_readoptions_destroy(ro);
     free(lo);
+    if (rerr) {
+        snprintf(err, errlen, "read from store %s failed: %s", st->dir, rerr);
+        free(rerr);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- snapshots and key scans ---------------------------------------------- */
+
+iqp_store_snapshot *iqp_store_snapshot_new(iqp_store *st) {
+    return (iqp_store_snapshot *)rocksdb_create_snapshot(st->db);
+}
+
+void iqp_store_snapshot_free(iqp_store *st, iqp_store_snapshot *snap) {
+    if (snap) rocksdb_release_snapshot(st->db, (const rocksdb_snapshot_t *)snap);
+}
+
+int iqp_store_scan_keys(iqp_store *st, const iqp_store_snapshot *snap, iqp_cf cf,
+                        const void *from, size_t flen, iqp_store_key_fn fn, void *ud, char *err,
+                        size_t errlen) {
+    if (!cf_handle(st, cf)) return 0; /* an older store without this column family */
+    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+    if (snap) rocksdb_readoptions_set_snapshot(ro, (const rocksdb_snapshot_t *)snap);
+    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(st->db, ro, cf_handle(st, cf));
+    if (from) rocksdb_iter_seek(it, from, flen);
+    else rocksdb_iter_seek_to_first(it);
+    for (; rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+        size_t kl, vl;
+        const char *k = rocksdb_iter_key(it, &kl);
+        const char *v = rocksdb_iter_value(it, &vl);
+        if (fn(ud, (const unsigned char *)k, kl, v, vl)) break;
+    }
+    char *rerr = NULL;
+    rocksdb_iter_get_error(it, &rerr);
+    rocksdb_iter_destroy(it);
+    rocksdb_readoptions_destroy(ro);
     if (rerr) {
         snprintf(err, errlen, "read from store %s failed: %s", st->dir, rerr);
         free(rerr);
@@ -451,6 +527,7 @@ int iqp_store_compact(iqp_store *st, char *err, size_t errlen) {
 
 uint64_t iqp_store_count_keys(iqp_store *st, iqp_cf cf) {
     uint64_t n = 0;
+    if (!cf_handle(st, cf)) return 0;
     rocksdb_iterator_t *it = rocksdb_create_iterator_cf(st->db, st->ro, cf_handle(st, cf));
     for (rocksdb_iter_seek_to_first(it); rocksdb_iter_valid(it); rocksdb_iter_next(it)) n++;
     rocksdb_iter_destroy(it);

@@ -11,7 +11,11 @@
  *   CF "dedup"     marker key  -> int64 LE ts the marker counted at
  *   CF "meta"      "layout" -> canonical layout JSON; "watermark" -> int64
  *                  LE; "src/<id>" -> source position (ingest, Kafka
- *                  offsets): whatever a writer stages with its batch
+ *                  offsets): whatever a writer stages with its batch;
+ *                  "publish/..." -> the publisher's own state
+ *   CF "pending"   publish queue: u64 BE flush sequence || dirty key ->
+ *                  int64 LE commit time (publisher/pending.h); written in
+ *                  the same batch as the counts it announces
  *
  * Exactly once: a batch carries counter merges, dedup markers, the new
  * watermark and the source positions they came from, and commits as one
@@ -35,7 +39,17 @@
 typedef struct iqp_store iqp_store;
 typedef struct iqp_store_batch iqp_store_batch;
 
-typedef enum { IQP_CF_COUNTS = 0, IQP_CF_CONTEXTS, IQP_CF_DEDUP, IQP_CF_META, IQP_CF__COUNT } iqp_cf;
+typedef enum {
+    IQP_CF_COUNTS = 0,
+    IQP_CF_CONTEXTS,
+    IQP_CF_DEDUP,
+    IQP_CF_META,
+    IQP_CF_PENDING,
+    IQP_CF__COUNT
+} iqp_cf;
+
+/* A consistent point-in-time view for reads (a RocksDB snapshot). */
+typedef struct iqp_store_snapshot iqp_store_snapshot;
 
 typedef enum {
     IQP_STORE_READ_WRITE = 0, /* create when missing; write the layout on creation */
@@ -63,6 +77,7 @@ void iqp_store_batch_merge(iqp_store_batch *b, iqp_cf cf, const void *key, size_
                            const int64_t *vec, size_t n);
 void iqp_store_batch_put(iqp_store_batch *b, iqp_cf cf, const void *key, size_t klen,
                          const void *val, size_t vlen);
+void iqp_store_batch_delete(iqp_store_batch *b, iqp_cf cf, const void *key, size_t klen);
 void iqp_store_batch_set_watermark(iqp_store_batch *b, int64_t watermark_ms);
 size_t iqp_store_batch_bytes(const iqp_store_batch *b);
 /* Commits atomically; on success the store's watermark advances. */
@@ -81,6 +96,26 @@ typedef void (*iqp_store_bucket_fn)(void *ud, int64_t bucket, const int64_t *vec
 int iqp_store_scan_buckets(iqp_store *st, iqp_cf cf, const unsigned char *prefix, size_t plen,
                            int gran_index, int64_t first, int64_t last, size_t n,
                            iqp_store_bucket_fn fn, void *ud, char *err, size_t errlen);
+
+/* The same, read from snap (NULL: the latest state). */
+int iqp_store_scan_buckets_at(iqp_store *st, const iqp_store_snapshot *snap, iqp_cf cf,
+                              const unsigned char *prefix, size_t plen, int gran_index,
+                              int64_t first, int64_t last, size_t n, iqp_store_bucket_fn fn,
+                              void *ud, char *err, size_t errlen);
+
+/* Snapshots: reads through one see the store as of its creation, while
+ * writers go on. Safe to create from any thread. */
+iqp_store_snapshot *iqp_store_snapshot_new(iqp_store *st);
+void iqp_store_snapshot_free(iqp_store *st, iqp_store_snapshot *snap);
+
+/* Calls fn for each key of cf from `from` (NULL: the first key) in key
+ * order, until fn returns non-zero. snap may be NULL. A column family an
+ * older store lacks reads as empty. 0, or -1 with err. */
+typedef int (*iqp_store_key_fn)(void *ud, const unsigned char *key, size_t klen, const char *val,
+                                size_t vlen);
+int iqp_store_scan_keys(iqp_store *st, const iqp_store_snapshot *snap, iqp_cf cf,
+                        const void *from, size_t flen, iqp_store_key_fn fn, void *ud, char *err,
+                        size_t errlen);
 
 /* Calls fn(key, value) for each meta key starting with prefix. */
 typedef void (*iqp_store_meta_fn)(void *ud, const char *key, size_t klen, const char *val,

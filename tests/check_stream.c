@@ -183,6 +183,12 @@ static tu_broker broker;
 static pid_t producer;
 static stream_proc streams[MAX_STREAMS];
 
+/* The Redis tests' server: a real redis-server child on a free port
+ * (redis_port 0: the stream runs without --redis). */
+static int redis_port;
+static pid_t redis_pid;
+static char redis_url[64];
+
 static void test_setup(void) {
     static const char *const args[] = {"--brokers", "3", "--partitions", "8", "--topics",
                                        "imp,act,dl,iqp-checkpoints", NULL};
@@ -205,6 +211,12 @@ static void test_teardown(void) {
     }
     if (producer > 0) tu_stop_pid(producer, SIGKILL, 5000);
     producer = 0;
+    if (redis_pid > 0) {
+        kill(redis_pid, SIGCONT);
+        tu_stop_pid(redis_pid, SIGKILL, 5000);
+    }
+    redis_pid = 0;
+    redis_port = 0;
     tu_broker_stop(&broker);
     if (tmp) tu_rmrf(tmp);
     free(tmp);
@@ -265,7 +277,8 @@ static void start_stream(int i, int dl_topic) {
                           "heartbeat.interval.ms=500", "--property",
                           "fetch.message.max.bytes=4000000",
                           dl_topic ? "--dead-letter-topic" : "--dead-letter-file",
-                          dl_topic ? "dl" : dl_file, NULL};
+                          dl_topic ? "dl" : dl_file,
+                          redis_port ? "--redis" : NULL, redis_url, NULL};
     s->pid = spawn(argv, s->log);
     free(dl_file);
 }
@@ -334,25 +347,36 @@ static void put_quoted(FILE *f, const char *s) {
     fputc('\'', f);
 }
 
-static char *lookup_cmd(const char *store, const context *c, int64_t as_of) {
+/* The lookup source arguments: a store read as of as_of, or (store NULL)
+ * the test's Redis, which serves values as of its generation's as_of_ms. */
+static char *source_args(const char *store, int64_t as_of) {
+    if (!store) return tu_fmt("--redis %s", redis_url);
+    return tu_fmt("--store '%s' --as-of %" PRId64, store, as_of);
+}
+
+static char *lookup_cmd(const char *source, const context *c) {
     char *buf = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&buf, &len);
-    fprintf(f, "'%s' lookup --store", tu_iqp());
-    put_quoted(f, store);
-    fputs(" --query", f);
+    fprintf(f, "'%s' lookup %s --query", tu_iqp(), source);
     put_quoted(f, c->query);
-    fprintf(f, " --country %s --gender %s --as-of %" PRId64 " --", c->country, c->gender, as_of);
+    fprintf(f, " --country %s --gender %s --", c->country, c->gender);
     for (size_t i = 0; i < c->n_items; i++) put_quoted(f, c->items[i]);
     fclose(f);
     return buf;
 }
 
-/* Adds one store's lookup output into sum (n lines, oracle order). */
-static void add_lookup(const char *store, const context *c, int64_t as_of, oracle_counts *sum,
-                       size_t n) {
-    char *cmd = lookup_cmd(store, c, as_of), *out = NULL, *line, *save = NULL;
+/* Runs one lookup and returns what it printed (asserting success). */
+static char *run_lookup(const char *source, const context *c) {
+    char *cmd = lookup_cmd(source, c), *out = NULL;
     ck_assert_msg(tu_run(cmd, &out) == 0, "lookup failed: %s", cmd);
+    free(cmd);
+    return out;
+}
+
+/* Adds one source's lookup output into sum (n lines, oracle order). */
+static void add_lookup(const char *source, const context *c, oracle_counts *sum, size_t n) {
+    char *out = run_lookup(source, c), *line, *save = NULL;
     size_t k = 0;
     for (line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save), k++) {
         json_t *j = json_loads(line, 0, NULL);
@@ -364,11 +388,11 @@ static void add_lookup(const char *store, const context *c, int64_t as_of, oracl
     }
     ck_assert_msg(k == n, "lookup printed %zu lines, want %zu", k, n);
     free(out);
-    free(cmd);
 }
 
-/* Sums every context's lookups over n_stores stores and compares with the
- * oracle; returns the number of values compared. */
+/* Sums every context's lookups over n_stores stores (or, with n_stores 0,
+ * reads the test's Redis) and compares with the oracle; returns the number
+ * of values compared. */
 static uint64_t compare_with_oracle(int n_stores) {
     int64_t as_of = oracle_watermark(orc);
     uint64_t values = 0, bad = 0;
@@ -379,7 +403,11 @@ static uint64_t compare_with_oracle(int n_stores) {
         int applicable[ORACLE_N_FEATURES];
         oracle_lookup(orc, c->query, c->country, c->gender, as_of, c->items, c->n_items, applicable,
                       want);
-        for (int i = 0; i < n_stores; i++) add_lookup(streams[i].store, c, as_of, got, n);
+        for (int i = 0; i < (n_stores ? n_stores : 1); i++) {
+            char *src = source_args(n_stores ? streams[i].store : NULL, as_of);
+            add_lookup(src, c, got, n);
+            free(src);
+        }
         for (size_t k = 0; k < n; k++) {
             values += 1 + ORACLE_N_COUNTERS;
             int diff = got[k].context_count != want[k].context_count;
@@ -394,8 +422,8 @@ static uint64_t compare_with_oracle(int n_stores) {
         free(want);
         free(got);
     }
-    fprintf(stderr, "stream: %" PRIu64 " values compared over %zu contexts, %" PRIu64 " differ\n",
-            values, n_contexts, bad);
+    fprintf(stderr, "stream: %" PRIu64 " values from %s compared over %zu contexts, %" PRIu64 " differ\n",
+            values, n_stores ? "the store" : "Redis", n_contexts, bad);
     ck_assert_msg(bad == 0, "%" PRIu64 " lookup lines differ from the oracle", bad);
     return values;
 }
@@ -451,6 +479,100 @@ static char *wait_assigned(int i) {
     }
     ck_abort_msg("instance %d got no partitions within %d s", i, wait_limit_ms(60000) / 1000);
     return NULL;
+}
+
+/* ---- Redis ------------------------------------------------------------------------ */
+
+static void start_redis(void) {
+    if (!redis_port) {
+        redis_port = tu_free_port();
+        snprintf(redis_url, sizeof redis_url, "redis://127.0.0.1:%d/0", redis_port);
+    }
+    char *log = tu_fmt("%s/redis.log", tmp);
+    redis_pid = tu_redis_start(redis_port, log);
+    ck_assert_msg(redis_pid > 0, "redis-server did not start on port %d (log %s)", redis_port, log);
+    free(log);
+}
+
+static void kill_redis(void) {
+    kill(redis_pid, SIGCONT);
+    tu_stop_pid(redis_pid, SIGKILL, 5000);
+    redis_pid = 0;
+}
+
+/* One integer of `iqp stats` on a store (-1 when it cannot be read). */
+static int64_t store_stat(const char *store, const char *key) {
+    char *cmd = tu_fmt("'%s' stats --store '%s' 2>/dev/null", tu_iqp(), store), *out = NULL;
+    int64_t v = -1;
+    if (tu_run(cmd, &out) == 0) {
+        json_t *j = json_loads(out, 0, NULL);
+        if (json_is_integer(json_object_get(j, key))) v = json_integer_value(json_object_get(j, key));
+        json_decref(j);
+    }
+    free(out);
+    free(cmd);
+    return v;
+}
+
+/* Waits (bounded) until instance i's publish queue is empty: every key its
+ * committed flushes changed is in Redis. Call after wait_caught_up. */
+static void wait_published(int i) {
+    int64_t left = -1;
+    for (int waited = 0; waited < wait_limit_ms(60000); waited += 250) {
+        if ((left = store_stat(streams[i].store, "publish_pending")) == 0) return;
+        usleep(250000);
+    }
+    ck_abort_msg("instance %d still has %" PRId64 " keys to publish (log %s)", i, left, streams[i].log);
+}
+
+/* A reply of the test's Redis, trailing newline removed (malloc'd). */
+static char *redis_get(const char *args) {
+    char *out = tu_redis_cli(redis_port, args);
+    ck_assert_msg(out != NULL, "redis-cli %s failed", args);
+    out[strcspn(out, "\n")] = 0;
+    return out;
+}
+
+/* `lookup --redis` prints, byte for byte, what `lookup --store` prints as
+ * of the as_of_ms the generation's meta names, which is the store's
+ * watermark; and every key but the generation pointer has a TTL. */
+static void compare_redis_with_store(int i) {
+    char *gen = redis_get("GET iqp:gen"), *args = tu_fmt("HGET iqp:%s:meta as_of_ms", gen);
+    char *as_of_s = redis_get(args);
+    int64_t as_of = strtoll(as_of_s, NULL, 10);
+    ck_assert_msg(as_of > 0 && as_of == store_stat(streams[i].store, "watermark_ms"),
+                  "Redis serves as of %s, the store's watermark is %" PRId64, as_of_s,
+                  store_stat(streams[i].store, "watermark_ms"));
+    char *redis_src = source_args(NULL, 0), *store_src = source_args(streams[i].store, as_of);
+    size_t lines = 0;
+    for (size_t ci = 0; ci < n_contexts; ci++) {
+        char *r = run_lookup(redis_src, &contexts[ci]), *s = run_lookup(store_src, &contexts[ci]);
+        ck_assert_msg(strcmp(r, s) == 0, "query '%s': lookup --redis differs from lookup --store:\n%s\nvs\n%s",
+                      contexts[ci].query, r, s);
+        for (const char *p = r; (p = strchr(p, '\n')); p++) lines++;
+        free(r);
+        free(s);
+    }
+    fprintf(stderr, "stream: %zu lookup lines from Redis equal the store's\n", lines);
+    ck_assert_uint_gt(lines, 0);
+    char *no_ttl = redis_get("EVAL \"local n = {} for _, k in ipairs(redis.call('KEYS', 'iqp:*')) do "
+                             "if redis.call('PTTL', k) < 0 then n[#n + 1] = k end end "
+                             "return table.concat(n, ' ')\" 0");
+    ck_assert_msg(strcmp(no_ttl, "iqp:gen") == 0, "keys without a TTL: '%s' (want only iqp:gen)", no_ttl);
+    free(no_ttl);
+    free(redis_src);
+    free(store_src);
+    free(as_of_s);
+    free(args);
+    free(gen);
+}
+
+/* The whole check after a Redis test: store and Redis equal the oracle,
+ * and Redis equals the store byte for byte. */
+static void check_redis_outcome(void) {
+    compare_with_oracle(1);
+    compare_with_oracle(0);
+    compare_redis_with_store(0);
 }
 
 /* ---- the tests -------------------------------------------------------------------- */
@@ -574,6 +696,75 @@ START_TEST(stream_stops_gracefully_and_resumes) {
 }
 END_TEST
 
+/* Publishing: after the stream ran, Redis serves what the store holds. */
+START_TEST(stream_publishes_to_redis) {
+    start_redis();
+    produce(0, 1);
+    start_stream(0, 0);
+    wait_caught_up(1);
+    wait_published(0);
+    char *m = fetch_metrics(streams[0].metrics_port);
+    static const char *const none[] = {NULL};
+    ck_assert_msg(metric_sum(m, "iqp_redis_connected", none) == 1, "iqp_redis_connected is not 1");
+    ck_assert_msg(metric_sum(m, "iqp_published_values_total", none) > 0, "nothing counted as published");
+    ck_assert_ptr_nonnull(strstr(m, "iqp_publish_lag_seconds"));
+    free(m);
+    stop_stream(0);
+    check_redis_outcome();
+}
+END_TEST
+
+/* Redis is killed (-9) mid-stream and comes back empty: the publisher
+ * notices (new run_id, no generation) and republishes everything. */
+START_TEST(stream_republishes_after_redis_restarts_empty) {
+    start_redis();
+    produce(4000, 0);
+    start_stream(0, 0);
+    free(wait_assigned(0));
+    usleep(2500000);
+    kill_redis();
+    usleep(2000000);
+    start_redis();
+    wait_producer();
+    wait_caught_up(1);
+    wait_published(0);
+    stop_stream(0);
+    check_redis_outcome();
+}
+END_TEST
+
+/* Redis stops answering (SIGSTOP: connections hang until the command
+ * timeout) while the stream process is killed with kill -9 and restarted.
+ * Counting goes on; the keys it could not publish stay queued in the
+ * store across the crash; when Redis answers again (same run_id: no full
+ * resync) the queue alone brings it up to date. */
+START_TEST(stream_publishes_queue_after_crash_during_redis_outage) {
+    start_redis();
+    produce(4000, 0);
+    start_stream(0, 0);
+    free(wait_assigned(0));
+    usleep(1500000);
+    ck_assert_int_eq(kill(redis_pid, SIGSTOP), 0);
+    usleep(2000000);
+    kill_stream(0);
+    start_stream(0, 0);
+    wait_producer();
+    wait_caught_up(1);
+    int64_t queued = store_stat(streams[0].store, "publish_pending");
+    fprintf(stderr, "stream: %" PRId64 " keys queued while Redis was stopped\n", queued);
+    ck_assert_msg(queued > 0, "nothing queued while Redis did not answer");
+    ck_assert_int_eq(kill(redis_pid, SIGCONT), 0);
+    wait_published(0);
+    char *m = fetch_metrics(streams[0].metrics_port);
+    static const char *const none[] = {NULL};
+    ck_assert_msg(metric_sum(m, "iqp_publish_resyncs_total", none) == 0,
+                  "the restarted stream resynced instead of draining its queue");
+    free(m);
+    stop_stream(0);
+    check_redis_outcome();
+}
+END_TEST
+
 /* Runs `iqp stream ARGS` (no broker is needed: it must stop first) and
  * checks its exit status and that its message names the problem. */
 static void expect_rejected(const char *args, int want_rc, const char *needle) {
@@ -607,6 +798,9 @@ int main(void) {
     tcase_add_test(tc, stream_rebalances_between_two_instances);
     tcase_add_test(tc, stream_recovers_from_broker_outage);
     tcase_add_test(tc, stream_stops_gracefully_and_resumes);
+    tcase_add_test(tc, stream_publishes_to_redis);
+    tcase_add_test(tc, stream_republishes_after_redis_restarts_empty);
+    tcase_add_test(tc, stream_publishes_queue_after_crash_during_redis_outage);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

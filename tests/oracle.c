@@ -244,6 +244,9 @@ struct oracle {
     oracle_invalid *invalid; size_t n_invalid, cap_invalid;
 
     size_t *query_order, *country_order;   /* sorted views, built lazily */
+
+    int keep_events;                        /* oracle_keep_events was called */
+    oracle_event *events; size_t n_events, cap_events;
 };
 
 /* A decoded, validated, normalized event. */
@@ -320,6 +323,13 @@ void oracle_free(oracle *o) {
     for (size_t i = 0; i < o->n_invalid; i++) free(o->invalid[i].source);
     free(o->invalid);
     free(o->query_order); free(o->country_order);
+    for (size_t i = 0; i < o->n_events; i++) {
+        oracle_event *e = &o->events[i];
+        free(e->event_id); free(e->request_id); free(e->query); free(e->positions);
+        for (size_t k = 0; k < e->n_items; k++) free(e->items[k]);
+        free(e->items);
+    }
+    free(o->events);
     free(o);
 }
 
@@ -619,21 +629,58 @@ static int count_action(oracle *o, const event *ev) {
     return changed;
 }
 
-static void count_event(oracle *o, const event *ev) {
+/* Returns 1 when the event changed a counter. */
+static int count_event(oracle *o, const event *ev) {
     strset *seen;
     int counted;
     HASH_FIND_STR(o->event_ids, ev->event_id, seen);
-    if (seen) { o->stats.duplicate++; return; }
-    if (is_late(o, ev->ts)) { o->stats.late++; return; }
+    if (seen) { o->stats.duplicate++; return 0; }
+    if (is_late(o, ev->ts)) { o->stats.late++; return 0; }
     if (ev->is_action) {
         counted = count_action(o, ev);
     } else {
         count_impression(o, ev);
         counted = 1;
     }
-    if (!counted) return;
+    if (!counted) return 0;
     remember_event_id(o, ev->event_id);
     if (ev->ts > o->watermark) o->watermark = ev->ts;
+    return 1;
+}
+
+/* oracle_keep_events: a copy of a valid event; item positions are the
+ * "pos" of {id, pos} items, else the index in the array. */
+static void keep_event(oracle *o, const event *ev, json_t *root, int counted) {
+    if (o->n_events == o->cap_events) {
+        o->cap_events = o->cap_events ? 2 * o->cap_events : 1024;
+        o->events = xrealloc(o->events, o->cap_events * sizeof *o->events);
+    }
+    oracle_event *e = &o->events[o->n_events++];
+    json_t *arr = json_object_get(root, "items");
+    memset(e, 0, sizeof *e);
+    e->is_action = ev->is_action;
+    e->counted = counted;
+    e->event_id = xstrdup(ev->event_id);
+    e->request_id = xstrdup(ev->request_id);
+    e->query = xstrdup(ev->query);
+    memcpy(e->country, ev->country, 3);
+    e->gender = ev->gender;
+    e->ts = ev->ts;
+    e->action = ev->action;
+    e->n_items = ev->n_items;
+    e->items = calloc(ev->n_items + 1, sizeof *e->items);
+    e->positions = calloc(ev->n_items + 1, sizeof *e->positions);
+    for (size_t i = 0; i < ev->n_items; i++) {
+        json_t *pos = ev->is_action ? NULL : json_object_get(json_array_get(arr, i), "pos");
+        e->items[i] = xstrdup(ev->items[i]);
+        e->positions[i] = pos ? json_integer_value(pos) : ev->is_action ? -1 : (int64_t)i;
+    }
+}
+
+void oracle_keep_events(oracle *o) { o->keep_events = 1; }
+size_t oracle_n_events(const oracle *o) { return o->n_events; }
+const oracle_event *oracle_get_event(const oracle *o, size_t i) {
+    return i < o->n_events ? &o->events[i] : NULL;
 }
 
 /* The code for a line jansson rejects. The product tells bad UTF-8 inside
@@ -670,8 +717,12 @@ void oracle_feed_line(oracle *o, const char *line, size_t len, const char *sourc
         return;
     }
     memset(&ev, 0, sizeof ev);
-    if (decode_event(o, root, &ev, &code) < 0) add_invalid(o, source, line_no, code);
-    else count_event(o, &ev);
+    if (decode_event(o, root, &ev, &code) < 0) {
+        add_invalid(o, source, line_no, code);
+    } else {
+        int counted = count_event(o, &ev);
+        if (o->keep_events) keep_event(o, &ev, root, counted);
+    }
     event_clear(&ev);
     json_decref(root);
 }
@@ -791,6 +842,7 @@ typedef struct lookup_ctx {
     const char *country, *gender;
     int applicable[ORACLE_N_FEATURES];
     int64_t first[ORACLE_N_WINDOWS], last[ORACLE_N_WINDOWS];
+    int64_t before;             /* only units with ts < before count */
     int *slot;                  /* item id -> index in the request, or -1 */
     size_t n_items;
     int64_t context_count[ORACLE_N_FEATURES][ORACLE_N_WINDOWS];
@@ -824,6 +876,7 @@ static void add_unit(lookup_ctx *lc, const unit *u, int f, int w) {
 static void scan_units(const oracle *o, lookup_ctx *lc) {
     for (size_t k = 0; k < o->n_units; k++) {
         const unit *u = &o->units[k];
+        if (u->ts >= lc->before) continue;
         unsigned mask = unit_features(lc, u);
         if (!mask) continue;
         for (int w = 0; w < ORACLE_N_WINDOWS; w++) {
@@ -835,14 +888,34 @@ static void scan_units(const oracle *o, lookup_ctx *lc) {
     }
 }
 
+static void lookup_before(const oracle *o, const char *query, const char *country,
+                          const char *gender, int64_t as_of, int64_t before,
+                          const char *const *items, size_t n_items,
+                          int applicable[ORACLE_N_FEATURES], oracle_counts *out);
+
 void oracle_lookup(const oracle *o, const char *query, const char *country,
                    const char *gender, int64_t as_of, const char *const *items,
                    size_t n_items, int applicable[ORACLE_N_FEATURES], oracle_counts *out) {
+    lookup_before(o, query, country, gender, as_of, INT64_MAX, items, n_items, applicable, out);
+}
+
+void oracle_lookup_before(const oracle *o, const char *query, const char *country,
+                          const char *gender, int64_t as_of, int64_t before,
+                          const char *const *items, size_t n_items,
+                          int applicable[ORACLE_N_FEATURES], oracle_counts *out) {
+    lookup_before(o, query, country, gender, as_of, before, items, n_items, applicable, out);
+}
+
+static void lookup_before(const oracle *o, const char *query, const char *country,
+                          const char *gender, int64_t as_of, int64_t before,
+                          const char *const *items, size_t n_items,
+                          int applicable[ORACLE_N_FEATURES], oracle_counts *out) {
     lookup_ctx lc;
     strid *e;
     size_t n_out = (size_t)ORACLE_N_FEATURES * ORACLE_N_WINDOWS * n_items;
 
     memset(&lc, 0, sizeof lc);
+    lc.before = before;
     memset(out, 0, n_out * sizeof *out);
     HASH_FIND_STR(o->queries, query, e);
     lc.qid = e ? e->id : -1;

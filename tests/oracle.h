@@ -106,4 +106,37 @@ void oracle_lookup(const oracle *o, const char *query, const char *country,
                    const char *gender, int64_t as_of, const char *const *items,
                    size_t n_items, int applicable[ORACLE_N_FEATURES], oracle_counts *out);
 
+/* ---- point in time (iqp export) ------------------------------------------ */
+
+/* oracle_lookup over only the counted things whose ts is < before (an
+ * impression, or an action or engaged key at the earliest ts it was seen
+ * with): what a store holding exactly the events before `before` would
+ * serve. Exact as long as no event was late or moved out of retention,
+ * as in `iqp gen` output. */
+void oracle_lookup_before(const oracle *o, const char *query, const char *country,
+                          const char *gender, int64_t as_of, int64_t before,
+                          const char *const *items, size_t n_items,
+                          int applicable[ORACLE_N_FEATURES], oracle_counts *out);
+
+/* One valid event (decoded, not future), kept when oracle_keep_events was
+ * called before feeding. */
+typedef struct oracle_event {
+    int is_action;
+    int counted;                /* changed a counter (not a duplicate, not late) */
+    char *event_id, *request_id;
+    char *query;                /* normalized */
+    char country[3];
+    const char *gender;
+    int64_t ts;
+    char **items;               /* impression: as listed; action: its one item */
+    int64_t *positions;         /* impression: "pos", else the array index */
+    size_t n_items;
+    int action;                 /* action: index into oracle_action_names */
+} oracle_event;
+
+/* Keep every valid event fed from now on (memory: the whole input). */
+void oracle_keep_events(oracle *o);
+size_t oracle_n_events(const oracle *o);
+const oracle_event *oracle_get_event(const oracle *o, size_t i);
+
 #endif

@@ -179,3 +179,56 @@ int tu_free_port(void) {
     close(fd);
     return port;
 }
+
+pid_t tu_redis_start(int port, const char *log_path) {
+    char port_s[16];
+    snprintf(port_s, sizeof port_s, "%d", port);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!freopen(log_path ? log_path : "/dev/null", "a", stdout)) _exit(126);
+        execlp("redis-server", "redis-server", "--port", port_s, "--bind", "127.0.0.1",
+               "--save", "", "--appendonly", "no", "--protected-mode", "yes", (char *)NULL);
+        _exit(127);
+    }
+    if (pid < 0) return -1;
+    for (int waited = 0; waited < 10000; waited += 50) {
+        char *out = tu_redis_cli(port, "PING");
+        int up = out && strstr(out, "PONG");
+        free(out);
+        if (up) return pid;
+        if (waitpid(pid, NULL, WNOHANG) == pid) return -1;
+        usleep(50000);
+    }
+    tu_stop_pid(pid, SIGKILL, 5000);
+    return -1;
+}
+
+char *tu_redis_cli(int port, const char *args) {
+    char *cmd = tu_fmt("redis-cli -h 127.0.0.1 -p %d %s 2>/dev/null", port, args), *out = NULL;
+    int rc = tu_run(cmd, &out);
+    free(cmd);
+    if (rc != 0) {
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
+char *tu_shell_quote(const char *s) {
+    size_t n = 3;
+    for (const char *p = s; *p; p++) n += *p == '\'' ? 4 : 1;
+    char *out = malloc(n), *o = out;
+    if (!out) abort();
+    *o++ = '\'';
+    for (const char *p = s; *p; p++) {
+        if (*p == '\'') {
+            memcpy(o, "'\\''", 4);
+            o += 4;
+        } else {
+            *o++ = *p;
+        }
+    }
+    *o++ = '\'';
+    *o = 0;
+    return out;
+}

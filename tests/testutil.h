@@ -31,6 +31,9 @@ const char *tu_iqp(void);
  * NUL) in *len when len is not NULL. NULL when it cannot be read. */
 char *tu_read_file(const char *path, size_t *len);
 
+/* s as one single-quoted shell word (malloc'd). */
+char *tu_shell_quote(const char *s);
+
 /* printf into a malloc'd string. */
 char *tu_fmt(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -66,5 +69,15 @@ int tu_stop_pid(pid_t pid, int sig, int timeout_ms);
 
 /* A TCP port on 127.0.0.1 that was free a moment ago. */
 int tu_free_port(void);
+
+/* A real redis-server as a child, on 127.0.0.1:port, no persistence (a
+ * restart starts empty), its log in log_path. Returns its pid once it
+ * answers PING (bounded wait: 10 s), or -1 (the child is stopped).
+ * Stop it with tu_stop_pid. */
+pid_t tu_redis_start(int port, const char *log_path);
+
+/* Runs `redis-cli -p port ARGS` (raw output: replies only) and returns its output
+ * (malloc'd; NULL when redis-cli failed). args is shell text. */
+char *tu_redis_cli(int port, const char *args);
 
 #endif

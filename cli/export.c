@@ -1,0 +1,202 @@
+/* export.c -- `iqp export`: point-in-time training rows from event logs.
+ *
+ * Thin: parses and checks flags, opens the dead-letter sink, and hands the
+ * rest to export/export.c (the replay through the same aggregator, store
+ * and feature reader as iqp backfill and iqp lookup). Exit 0 when every
+ * file was read (bad lines are dead-lettered, not failures); 1 on an
+ * operational failure, naming the file; 2 on bad usage; 130 when stopped
+ * by a signal.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "aggregator/config.h"
+#include "cli/cli.h"
+#include "consumers/deadletter.h"
+#include "export/export.h"
+#include "util/clock.h"
+
+static const char *CMD = "export";
+
+#define DAY_MS 86400000LL
+#define MAX_SPAN_MS (3650 * DAY_MS) /* bound on lag, horizon, disorder: no overflow */
+#define MAX_INPUTS 1024
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: iqp export --events FILE... --out FILE [options]\n"
+            "\n"
+            "Writes one training row per (impression with ts in [from, until), distinct item\n"
+            "shown): request_id, position, query, country, gender, item, ts, every feature x\n"
+            "window x measure as a perfectly fresh store would have served it at ts - lag\n"
+            "(only events with ts < ts - lag counted), and 0/1 labels from the actions on\n"
+            "that item in that request within the label horizon after the impression.\n"
+            "Counting is iqp backfill's, reading is iqp lookup's; events before --from only\n"
+            "warm the counters. Logs need not be sorted (see --max-disorder-ms).\n"
+            "\n"
+            "options:\n"
+            "  --events FILE...        log files as for iqp backfill (.jsonl, gzip, zstd, or\n"
+            "                          '-' for stdin); repeatable, and further FILE arguments\n"
+            "                          count too. Several files are merged by event time.\n"
+            "  --out FILE              the rows (a regular file: labels are set in place)\n"
+            "  --format jsonl|csv      row format (default jsonl); same columns in both\n"
+            "  --from MS               first impression time to export (default: all)\n"
+            "  --until MS              export impressions with ts < MS (default: all)\n"
+            "  --lag-ms N              features as of ts - N (default 0: just before the\n"
+            "                          impression)\n"
+            "  --label-horizon-ms N    actions up to N ms after the impression label it\n"
+            "                          (default 86400000 = 24 h)\n"
+            "  --max-disorder-ms N     the reorder buffer: an event more than N ms older\n"
+            "                          than the newest event read before it is dead-lettered\n"
+            "                          as out_of_order (default 600000 = 10 min)\n"
+            "  --no-rates              leave out the iqp_* rate columns (count / context_count)\n"
+            "  --config FILE           JSON config (features, windows, actions, limits)\n"
+            "  --dead-letter FILE      bad lines, one JSON record each with its reason\n"
+            "                          (default: OUT.dead-letter.jsonl)\n"
+            "  --work-dir DIR          where the temporary store goes (default $TMPDIR or\n"
+            "                          /tmp); it is removed at the end\n"
+            "  --quiet                 no progress line\n"
+            "  --help                  this text\n"
+            "\n"
+            "Prints a progress line on a terminal and a summary line at the end (stderr).\n"
+            "Exit status: 0 done, 1 operational failure (a file unusable), 2 bad usage,\n"
+            "130 stopped by a signal (the rows written are whole; later labels may be missing).\n");
+}
+
+typedef struct export_cli {
+    iqp_export_options o;
+    const char *config_path, *dead_letter;
+    const char *inputs[MAX_INPUTS];
+    const char *format;
+    int quiet;
+} export_cli;
+
+/* A non-negative integer flag no larger than max; 0, or 2 after the message. */
+static int parse_ms(const char *flag, const char *arg, int64_t max, int64_t *out) {
+    if (iqp_cli_parse_i64(arg, out) < 0 || *out < 0 || *out > max)
+        return iqp_cli_usage_error(CMD, "%s must be an integer in [0, %lld], not '%s'", flag,
+                                   (long long)max, arg);
+    return 0;
+}
+
+static int add_input(export_cli *c, const char *path) {
+    if (c->o.n_inputs == MAX_INPUTS) return iqp_cli_usage_error(CMD, "more than %d input files", MAX_INPUTS);
+    c->inputs[c->o.n_inputs++] = path;
+    return 0;
+}
+
+static int parse_flag(export_cli *c, int opt, const char *arg) {
+    switch (opt) {
+    case 'e': return add_input(c, arg);
+    case 'o': c->o.out = arg; return 0;
+    case 'F': c->format = arg; return 0;
+    case 'f': return parse_ms("--from", arg, INT64_MAX / 2, &c->o.from_ms);
+    case 'u': return parse_ms("--until", arg, INT64_MAX / 2, &c->o.until_ms);
+    case 'l': return parse_ms("--lag-ms", arg, MAX_SPAN_MS, &c->o.lag_ms);
+    case 'H':
+        if (parse_ms("--label-horizon-ms", arg, MAX_SPAN_MS, &c->o.label_horizon_ms)) return 2;
+        return c->o.label_horizon_ms ? 0 : iqp_cli_usage_error(CMD, "--label-horizon-ms must be positive");
+    case 'd': return parse_ms("--max-disorder-ms", arg, MAX_SPAN_MS, &c->o.max_disorder_ms);
+    case 'R': c->o.rates = 0; return 0;
+    case 'c': c->config_path = arg; return 0;
+    case 'D': c->dead_letter = arg; return 0;
+    case 'w': c->o.work_dir = arg; return 0;
+    case 'q': c->quiet = 1; return 0;
+    default: return iqp_cli_usage_error(CMD, "unknown option (see iqp export --help)");
+    }
+}
+
+/* 0, -1 after --help, or 2 after a usage message. */
+static int parse_opts(int argc, char **argv, export_cli *c) {
+    static const struct option longopts[] = {
+        {"events", required_argument, 0, 'e'},         {"out", required_argument, 0, 'o'},
+        {"format", required_argument, 0, 'F'},         {"from", required_argument, 0, 'f'},
+        {"until", required_argument, 0, 'u'},          {"lag-ms", required_argument, 0, 'l'},
+        {"label-horizon-ms", required_argument, 0, 'H'}, {"max-disorder-ms", required_argument, 0, 'd'},
+        {"no-rates", no_argument, 0, 'R'},             {"config", required_argument, 0, 'c'},
+        {"dead-letter", required_argument, 0, 'D'},    {"work-dir", required_argument, 0, 'w'},
+        {"quiet", no_argument, 0, 'q'},                {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    int opt, rc;
+    memset(c, 0, sizeof *c);
+    c->o.rates = 1;
+    c->o.until_ms = INT64_MAX;
+    c->o.label_horizon_ms = DAY_MS;
+    c->o.max_disorder_ms = 600000;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        if (opt == 'h') return usage(stdout), -1;
+        if ((rc = parse_flag(c, opt, optarg))) return rc;
+    }
+    for (int i = optind; i < argc; i++)
+        if ((rc = add_input(c, argv[i]))) return rc;
+    if (c->o.n_inputs == 0) return iqp_cli_usage_error(CMD, "no input files (--events FILE...)");
+    if (!c->o.out) return iqp_cli_usage_error(CMD, "--out FILE is required");
+    if (c->o.from_ms >= c->o.until_ms)
+        return iqp_cli_usage_error(CMD, "--from (%lld) must be below --until (%lld)",
+                                   (long long)c->o.from_ms, (long long)c->o.until_ms);
+    if (c->format && strcmp(c->format, "jsonl") && strcmp(c->format, "csv"))
+        return iqp_cli_usage_error(CMD, "--format must be jsonl or csv, not '%s'", c->format);
+    c->o.format = c->format && strcmp(c->format, "csv") == 0 ? IQP_ROWS_CSV : IQP_ROWS_JSONL;
+    c->o.inputs = c->inputs;
+    return 0;
+}
+
+static void print_summary(const export_cli *c, const iqp_export_stats *s, const char *dl, double secs) {
+    fprintf(stderr,
+            "export: %llu files, %llu lines, %llu bad -> %s (%llu out of order, %llu future), "
+            "%llu counted, %llu duplicate, %llu late; %llu impressions -> %llu rows -> %s "
+            "(%llu engaged, %llu labels set), features as of ts - %lld ms; peak %zu events "
+            "buffered, %zu rows open%s; %.2f s, %.0f rows/s, %.1f MB read\n",
+            (unsigned long long)s->files, (unsigned long long)s->lines, (unsigned long long)s->bad,
+            dl, (unsigned long long)s->out_of_order, (unsigned long long)s->future,
+            (unsigned long long)s->counted, (unsigned long long)s->duplicate,
+            (unsigned long long)s->late, (unsigned long long)s->impressions_read,
+            (unsigned long long)s->rows.rows, c->o.out, (unsigned long long)s->rows.rows_engaged,
+            (unsigned long long)s->rows.labels_set, (long long)c->o.lag_ms, s->buffer_peak,
+            s->rows.open_peak, s->stopped_early ? "; stopped reading past --until + horizon" : "",
+            secs, secs > 0 ? s->rows.rows / secs : 0.0, s->bytes_in / 1e6);
+    if (s->not_counted)
+        fprintf(stderr, "iqp export: warning: %llu impressions gave rows but were then not counted\n",
+                (unsigned long long)s->not_counted);
+}
+
+static void on_stop_signal(int sig) {
+    (void)sig;
+    iqp_export_request_stop();
+}
+
+int iqp_cmd_export(int argc, char **argv) {
+    export_cli c;
+    int rc = parse_opts(argc, argv, &c);
+    if (rc) return rc < 0 ? 0 : rc;
+    char err[1024], *dl_default = NULL;
+    iqp_config cfg;
+    iqp_config_defaults(&cfg);
+    if (c.config_path && iqp_config_load(&cfg, c.config_path, err, sizeof err) < 0)
+        return iqp_cli_usage_error(CMD, "%s", err);
+    if (!c.dead_letter) {
+        if (asprintf(&dl_default, "%s.dead-letter.jsonl", c.o.out) < 0) abort();
+        c.dead_letter = dl_default;
+    }
+    c.o.dl = iqp_deadletter_open_file(c.dead_letter, err, sizeof err);
+    if (!c.o.dl) {
+        rc = iqp_cli_fail(CMD, "%s", err);
+        free(dl_default);
+        return rc;
+    }
+    c.o.progress = !c.quiet && isatty(STDERR_FILENO);
+    iqp_cli_on_stop_signals(on_stop_signal);
+    iqp_export_stats stats;
+    double t0 = iqp_mono_seconds();
+    int erc = iqp_export_run(&cfg, &c.o, &stats, err, sizeof err);
+    rc = erc < 0 ? iqp_cli_fail(CMD, "%s", err) : erc == 1 ? 130 : 0;
+    print_summary(&c, &stats, c.dead_letter, iqp_mono_seconds() - t0);
+    if (iqp_deadletter_close(c.o.dl, err, sizeof err) < 0 && rc == 0) rc = iqp_cli_fail(CMD, "%s", err);
+    free(dl_default);
+    return rc;
+}

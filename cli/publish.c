@@ -1,0 +1,141 @@
+/* publish.c -- `iqp publish`: bring Redis up to date with a store, once.
+ *
+ * `iqp stream --redis` publishes as it counts. This command is for the
+ * other ways a store comes to be: after `iqp backfill` (which queues
+ * nothing) `--all` republishes every (feature, context, item) of the
+ * store; without `--all` it drains what a stopped stream process left in
+ * its publish queue (the keys it could not publish before it stopped) and
+ * exits. It is the publisher of the stream (publisher/publisher.c) run in
+ * this thread: same layout, same generation, same checks, so a Redis that
+ * holds another layout is refused, not overwritten.
+ *
+ * It opens the store for writing (it deletes the queue records it
+ * published), so it cannot run beside an `iqp stream` on the same store.
+ */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aggregator/config.h"
+#include "cli/cli.h"
+#include "client/redis_conn.h"
+#include "publisher/pending.h"
+#include "publisher/publisher.h"
+#include "store/store.h"
+#include "util/clock.h"
+
+static const char *CMD = "publish";
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: iqp publish --store DIR --redis URL [--all] [--redis-prefix P]\n"
+            "                   [--redis-ttl DURATION] [--quiet]\n"
+            "\n"
+            "Writes the store's features to Redis in the published layout\n"
+            "(schemas/redis-layout.md), as of the store's watermark, and exits.\n"
+            "Without --all: publishes what the store's publish queue holds (keys a\n"
+            "stopped `iqp stream --redis` had not published yet). With --all: every\n"
+            "key of the store (after `iqp backfill`, or to repair a Redis).\n"
+            "The store must not be open in a running `iqp stream`.\n"
+            "\n"
+            "  --store DIR             the store\n"
+            "  --redis URL             redis://[[user]:password@]host[:port][/db] or\n"
+            "                          unix:///path/to/socket[?db=N]\n"
+            "  --all                   republish every key, not only the queue\n"
+            "  --redis-prefix P        key prefix (default iqp)\n"
+            "  --redis-ttl DURATION    TTL of every written key (default 8d)\n"
+            "  --quiet                 no summary line\n"
+            "  --help                  this text\n"
+            "\n"
+            "Exit status: 0 published, 1 Redis or the store failed (the message says\n"
+            "which; nothing queued is lost), 2 bad usage.\n");
+}
+
+typedef struct publish_opts {
+    const char *store_dir;
+    int all, quiet;
+    iqp_publisher_config redis;
+} publish_opts;
+
+enum { OPT_STORE = 1, OPT_REDIS, OPT_ALL, OPT_PREFIX, OPT_TTL, OPT_QUIET, OPT_HELP };
+
+static int parse_option(publish_opts *o, int c, const char *arg) {
+    int64_t ms;
+    switch (c) {
+    case OPT_STORE: o->store_dir = arg; return 0;
+    case OPT_REDIS: o->redis.url = arg; return 0;
+    case OPT_ALL: o->all = 1; return 0;
+    case OPT_PREFIX: o->redis.prefix = arg; return 0;
+    case OPT_QUIET: o->quiet = 1; return 0;
+    case OPT_TTL:
+        if (iqp_parse_duration(arg, &ms) < 0 || ms < 1000)
+            return iqp_cli_usage_error(CMD, "--redis-ttl must be a duration of at least 1s (e.g. 8d), not '%s'", arg);
+        o->redis.ttl_ms = ms;
+        return 0;
+    default: return iqp_cli_usage_error(CMD, "unknown option (see iqp publish --help)");
+    }
+}
+
+/* Parses argv into o; -1 after --help, 2 on a usage error, else 0. */
+static int parse_args(int argc, char **argv, publish_opts *o) {
+    static const struct option longopts[] = {
+        {"store", required_argument, 0, OPT_STORE}, {"redis", required_argument, 0, OPT_REDIS},
+        {"all", no_argument, 0, OPT_ALL}, {"redis-prefix", required_argument, 0, OPT_PREFIX},
+        {"redis-ttl", required_argument, 0, OPT_TTL}, {"quiet", no_argument, 0, OPT_QUIET},
+        {"help", no_argument, 0, OPT_HELP}, {0, 0, 0, 0}};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        if (c == OPT_HELP) {
+            usage(stdout);
+            return -1;
+        }
+        if (parse_option(o, c, optarg)) return 2;
+    }
+    if (optind < argc) return iqp_cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    if (!o->store_dir) return iqp_cli_usage_error(CMD, "--store DIR is required");
+    if (!o->redis.url) return iqp_cli_usage_error(CMD, "--redis URL is required");
+    char err[512];
+    iqp_redis_url u;
+    if (iqp_redis_url_parse(o->redis.url, &u, err, sizeof err) < 0) return iqp_cli_usage_error(CMD, "%s", err);
+    if (!o->redis.prefix[0] || strlen(o->redis.prefix) > 100)
+        return iqp_cli_usage_error(CMD, "the Redis key prefix must be 1..100 bytes");
+    return 0;
+}
+
+/* Opens the store for writing with the layout it records (read first). */
+static iqp_store *open_store_writable(const char *dir, char *err, size_t errlen) {
+    iqp_store *st = iqp_store_open(dir, NULL, IQP_STORE_READ_ONLY, err, errlen);
+    if (!st) return NULL;
+    iqp_config cfg = *iqp_store_config(st);
+    iqp_store_close(st);
+    return iqp_store_open(dir, &cfg, IQP_STORE_READ_WRITE, err, errlen);
+}
+
+int iqp_cmd_publish(int argc, char **argv) {
+    publish_opts o = {0};
+    iqp_publisher_config_defaults(&o.redis);
+    int rc = parse_args(argc, argv, &o);
+    if (rc) return rc < 0 ? 0 : rc;
+    char err[1024];
+    iqp_store *st = open_store_writable(o.store_dir, err, sizeof err);
+    if (!st) return iqp_cli_fail(CMD, "%s", err);
+    iqp_pending *q = iqp_pending_open(st, err, sizeof err);
+    if (!q) {
+        iqp_store_close(st);
+        return iqp_cli_fail(CMD, "%s", err);
+    }
+    double t0 = iqp_mono_seconds();
+    iqp_publisher_stats stats = {0};
+    rc = iqp_publisher_run_once(st, q, &o.redis, o.all, &stats, err, sizeof err);
+    uint64_t left = iqp_pending_count(q);
+    iqp_pending_free(q);
+    iqp_store_close(st);
+    if (rc < 0) return iqp_cli_fail(CMD, "%s (%llu keys still queued in the store)", err, (unsigned long long)left);
+    if (!o.quiet)
+        fprintf(stderr, "iqp publish: %llu values in %.2f s%s, %llu keys left in the queue\n",
+                (unsigned long long)stats.values, iqp_mono_seconds() - t0, o.all ? " (all keys)" : "",
+                (unsigned long long)left);
+    return 0;
+}

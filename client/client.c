@@ -1,0 +1,427 @@
+/* client.c -- libiqp (see iqp.h for the contract).
+ *
+ * A lookup is one hiredis pipeline on one connection:
+ *
+ *   GET   <prefix>:gen
+ *   HMGET <prefix>:<G>:<feature>:<context> "" item1 ... itemN   (per feature)
+ *
+ * G is the generation this client read the layout of. The GET comes back
+ * first; when it names another generation (the refresher switched), the
+ * answers are dropped, the new generation's meta is read and checked, and
+ * the lookup is issued once more. Reading G's keys in the same pipeline as
+ * the GET that confirms G means a call never mixes generations: an old
+ * generation's keys outlive the switch by their TTL.
+ *
+ * Values are decoded with schemas/redis_value.c, the same code the
+ * publisher encodes with; rates are count / context_count as doubles, as
+ * aggregator/features.c computes them for `iqp lookup --store`.
+ *
+ * Per-call memory: the argv arrays of the pipeline and the query string;
+ * everything else lives in the client and is reused.
+ */
+#include "client/client_internal.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aggregator/normalize.h"
+#include "client/redis_conn.h"
+#include "schemas/redis_value.h"
+
+#define KEY_MAX 8192
+
+struct iqp_client {
+    iqp_redis_url url;
+    iqp_client_options opts;
+    char prefix[128];
+    redisContext *redis;          /* NULL: reconnect on the next call */
+    iqp_status status;
+    char errstr[512];
+    int have_layout;
+    iqp_config cfg;               /* the published layout */
+    uint64_t generation;
+    char fingerprint[64];
+    char measure_names[1 + 2 * IQP_MAX_COUNTERS][IQP_NAME_MAX + 8];
+    char keys[IQP_MAX_FEATURES][KEY_MAX]; /* this call's hash keys */
+    const char **argv;            /* HMGET arguments, grown to the largest call */
+    size_t *argvlen;
+    size_t argv_cap;
+};
+
+/* One call's normalized context. */
+typedef struct lookup_ctx {
+    char *query;                  /* malloc'd, NULL when not given */
+    size_t query_len;
+    char country[3];
+    const char *gender;
+    int has[3];                   /* query, country, gender given */
+} lookup_ctx;
+
+/* ---- errors --------------------------------------------------------------- */
+
+static iqp_status set_error(iqp_client *c, iqp_status s, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static iqp_status set_error(iqp_client *c, iqp_status s, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->errstr, sizeof c->errstr, fmt, ap);
+    va_end(ap);
+    c->status = s;
+    return s;
+}
+
+static iqp_status set_ok(iqp_client *c) {
+    c->status = IQP_OK;
+    c->errstr[0] = '\0';
+    return IQP_OK;
+}
+
+/* A failed Redis I/O: the connection is dropped (its state is unknown). */
+static iqp_status redis_failed(iqp_client *c, const char *what) {
+    char where[400];
+    iqp_redis_url_describe(&c->url, where, sizeof where);
+    /* hiredis 0.14 reports a read timeout as an I/O error with EAGAIN's text */
+    int timeout = c->redis && c->redis->err == REDIS_ERR_IO &&
+                  strstr(c->redis->errstr, "temporarily unavailable");
+    iqp_status s = timeout ? IQP_ETIMEOUT : IQP_ECONNECT;
+    set_error(c, s, "%s from Redis at %s failed: %s", what, where,
+              c->redis ? (timeout ? "timed out" : c->redis->errstr) : "not connected");
+    if (c->redis) redisFree(c->redis);
+    c->redis = NULL;
+    return s;
+}
+
+const char *iqp_status_name(iqp_status s) {
+    static const char *names[] = {"ok", "invalid argument", "cannot connect", "timeout",
+                                  "protocol error", "unknown layout", "nothing published",
+                                  "out of memory"};
+    return (unsigned)s < sizeof names / sizeof names[0] ? names[s] : "unknown status";
+}
+
+iqp_status iqp_client_status(const iqp_client *c) { return c->status; }
+const char *iqp_client_errstr(const iqp_client *c) { return c->errstr; }
+
+/* ---- connection and layout -------------------------------------------------- */
+
+void iqp_client_options_init(iqp_client_options *o) {
+    o->connect_timeout_ms = 1000;
+    o->timeout_ms = 100;
+    o->prefix = "iqp";
+}
+
+static iqp_status connect_now(iqp_client *c) {
+    char err[600];
+    if (c->redis) return IQP_OK;
+    c->redis = iqp_redis_connect(&c->url, c->opts.connect_timeout_ms, c->opts.timeout_ms, err,
+                                 sizeof err);
+    if (!c->redis) return set_error(c, IQP_ECONNECT, "%s", err);
+    return IQP_OK;
+}
+
+/* Parses a generation number; 0 when reply is not one. */
+static uint64_t reply_generation(const redisReply *r) {
+    if (!r || r->type != REDIS_REPLY_STRING || r->len == 0 || r->len > 19) return 0;
+    uint64_t g = 0;
+    for (size_t i = 0; i < r->len; i++) {
+        if (r->str[i] < '0' || r->str[i] > '9') return 0;
+        g = g * 10 + (uint64_t)(r->str[i] - '0');
+    }
+    return g;
+}
+
+static void name_measures(iqp_client *c) {
+    size_t m = 0, na = c->cfg.n_actions;
+    snprintf(c->measure_names[m++], sizeof c->measure_names[0], "context_count");
+    snprintf(c->measure_names[m++], sizeof c->measure_names[0], "impression");
+    snprintf(c->measure_names[m++], sizeof c->measure_names[0], "engaged");
+    for (size_t a = 0; a < na; a++) snprintf(c->measure_names[m++], sizeof c->measure_names[0], "%s", c->cfg.actions[a]);
+    snprintf(c->measure_names[m++], sizeof c->measure_names[0], "iqp_impression");
+    snprintf(c->measure_names[m++], sizeof c->measure_names[0], "iqp_engaged");
+    for (size_t a = 0; a < na; a++) snprintf(c->measure_names[m++], sizeof c->measure_names[0], "iqp_%s", c->cfg.actions[a]);
+}
+
+/* The string value of field name in an HGETALL reply, or NULL. */
+static const redisReply *hash_field(const redisReply *r, const char *name) {
+    for (size_t i = 0; i + 1 < r->elements; i += 2)
+        if (r->element[i]->type == REDIS_REPLY_STRING && strcmp(r->element[i]->str, name) == 0 &&
+            r->element[i + 1]->type == REDIS_REPLY_STRING)
+            return r->element[i + 1];
+    return NULL;
+}
+
+/* Checks a generation's meta hash and adopts its layout. When the client
+ * already has a layout, the new one must have the same fingerprint (the
+ * caller sized its arrays by it). */
+static iqp_status adopt_meta(iqp_client *c, uint64_t gen, const redisReply *r) {
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements == 0)
+        return set_error(c, IQP_EPROTOCOL, "%s:%llu:meta is missing although %s:gen names generation %llu",
+                         c->prefix, (unsigned long long)gen, c->prefix, (unsigned long long)gen);
+    const redisReply *ver = hash_field(r, "layout_version"), *fp = hash_field(r, "fingerprint"),
+                     *layout = hash_field(r, "layout");
+    if (!ver || !fp || !layout)
+        return set_error(c, IQP_EPROTOCOL, "%s:%llu:meta lacks layout_version, fingerprint or layout",
+                         c->prefix, (unsigned long long)gen);
+    if (strcmp(ver->str, "1") != 0)
+        return set_error(c, IQP_ELAYOUT,
+                         "%s:%llu:meta has layout_version %s, which this libiqp does not know (it "
+                         "reads version %d); upgrade libiqp",
+                         c->prefix, (unsigned long long)gen, ver->str, IQP_RV_LAYOUT_VERSION);
+    if (c->have_layout && strcmp(fp->str, c->fingerprint) != 0)
+        return set_error(c, IQP_ELAYOUT,
+                         "the published layout changed (fingerprint %s, was %s); reopen the client",
+                         fp->str, c->fingerprint);
+    if (!c->have_layout) {
+        char err[512];
+        iqp_config_defaults(&c->cfg);
+        if (iqp_config_parse(&c->cfg, layout->str, "published layout", err, sizeof err) < 0)
+            return set_error(c, IQP_EPROTOCOL, "%s:%llu:meta: %s", c->prefix, (unsigned long long)gen, err);
+        snprintf(c->fingerprint, sizeof c->fingerprint, "%s", fp->str);
+        name_measures(c);
+        c->have_layout = 1;
+    }
+    c->generation = gen;
+    return IQP_OK;
+}
+
+/* Reads the current generation and its meta (two round trips; only on
+ * open and after a switch). */
+static iqp_status load_generation(iqp_client *c) {
+    iqp_status s = connect_now(c);
+    if (s) return s;
+    redisReply *r = redisCommand(c->redis, "GET %s:gen", c->prefix);
+    if (!r) return redis_failed(c, "GET");
+    uint64_t gen = reply_generation(r);
+    int missing = r->type == REDIS_REPLY_NIL;
+    freeReplyObject(r);
+    if (missing)
+        return set_error(c, IQP_ENODATA, "nothing is published under prefix '%s' (no %s:gen key); is "
+                         "iqp stream running with --redis?", c->prefix, c->prefix);
+    if (gen == 0) return set_error(c, IQP_EPROTOCOL, "%s:gen does not hold a generation number", c->prefix);
+    r = redisCommand(c->redis, "HGETALL %s:%llu:meta", c->prefix, (unsigned long long)gen);
+    if (!r) return redis_failed(c, "HGETALL");
+    s = adopt_meta(c, gen, r);
+    freeReplyObject(r);
+    return s;
+}
+
+iqp_client *iqp_client_open(const char *url, const iqp_client_options *options) {
+    iqp_client *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    iqp_client_options_init(&c->opts);
+    if (options) c->opts = *options;
+    if (!c->opts.prefix) c->opts.prefix = "iqp";
+    if (c->opts.connect_timeout_ms <= 0) c->opts.connect_timeout_ms = 1000;
+    if (c->opts.timeout_ms <= 0) c->opts.timeout_ms = 100;
+    if (strlen(c->opts.prefix) >= sizeof c->prefix) {
+        set_error(c, IQP_EINVAL, "prefix longer than %zu bytes", sizeof c->prefix - 1);
+        return c;
+    }
+    snprintf(c->prefix, sizeof c->prefix, "%s", c->opts.prefix);
+    c->opts.prefix = c->prefix;
+    char err[512];
+    if (iqp_redis_url_parse(url, &c->url, err, sizeof err) < 0) {
+        set_error(c, IQP_EINVAL, "%s", err);
+        return c;
+    }
+    if (load_generation(c) == IQP_OK) set_ok(c);
+    return c;
+}
+
+void iqp_client_close(iqp_client *c) {
+    if (!c) return;
+    if (c->redis) redisFree(c->redis);
+    free(c->argv);
+    free(c->argvlen);
+    free(c);
+}
+
+size_t iqp_client_n_features(const iqp_client *c) { return c->have_layout ? c->cfg.n_features : 0; }
+size_t iqp_client_n_windows(const iqp_client *c) { return c->have_layout ? c->cfg.n_windows : 0; }
+size_t iqp_client_n_measures(const iqp_client *c) {
+    return c->have_layout ? 1 + 2 * IQP_COUNTERS(&c->cfg) : 0;
+}
+const char *iqp_client_feature_name(const iqp_client *c, size_t f) {
+    return f < iqp_client_n_features(c) ? c->cfg.features[f].name : NULL;
+}
+const char *iqp_client_window_name(const iqp_client *c, size_t w) {
+    return w < iqp_client_n_windows(c) ? c->cfg.windows[w].name : NULL;
+}
+const char *iqp_client_measure_name(const iqp_client *c, size_t m) {
+    return m < iqp_client_n_measures(c) ? c->measure_names[m] : NULL;
+}
+size_t iqp_client_result_len(const iqp_client *c, size_t n_items) {
+    return n_items * iqp_client_n_features(c) * iqp_client_n_windows(c) * iqp_client_n_measures(c);
+}
+const iqp_config *iqp_client_config(const iqp_client *c) { return &c->cfg; }
+uint64_t iqp_client_generation(const iqp_client *c) { return c->generation; }
+
+/* ---- lookups ---------------------------------------------------------------- */
+
+static int feature_applies(const iqp_client *c, size_t f, const lookup_ctx *lc) {
+    unsigned d = c->cfg.features[f].dims;
+    return !((d & IQP_DIM_QUERY) && !lc->has[0]) && !((d & IQP_DIM_COUNTRY) && !lc->has[1]) &&
+           !((d & IQP_DIM_GENDER) && !lc->has[2]);
+}
+
+static iqp_status normalize_call(iqp_client *c, const char *query, const char *country,
+                                 const char *gender, lookup_ctx *lc) {
+    memset(lc, 0, sizeof *lc);
+    if (query) {
+        if (iqp_normalize_query(query, strlen(query), &lc->query, &lc->query_len) < 0)
+            return set_error(c, IQP_EINVAL, "the query is not valid UTF-8");
+        if (lc->query_len == 0) return set_error(c, IQP_EINVAL, "the query is empty after normalization");
+        lc->has[0] = 1;
+    }
+    iqp_normalize_country(country, country ? strlen(country) : 0, lc->country);
+    lc->has[1] = country != NULL;
+    lc->gender = iqp_gender_name(iqp_normalize_gender(gender, gender ? strlen(gender) : 0));
+    lc->has[2] = gender != NULL;
+    return IQP_OK;
+}
+
+static iqp_status grow_argv(iqp_client *c, size_t n) {
+    if (n <= c->argv_cap) return IQP_OK;
+    const char **argv = realloc(c->argv, n * sizeof *argv);
+    if (argv) c->argv = argv;
+    size_t *lens = realloc(c->argvlen, n * sizeof *lens);
+    if (lens) c->argvlen = lens;
+    if (!argv || !lens) return set_error(c, IQP_ENOMEM, "out of memory for %zu arguments", n);
+    c->argv_cap = n;
+    return IQP_OK;
+}
+
+/* Appends GET <prefix>:gen and one HMGET per applicable feature. */
+static iqp_status send_pipeline(iqp_client *c, const lookup_ctx *lc, const char *const *items,
+                                size_t n_items) {
+    if (grow_argv(c, n_items + 3)) return c->status;
+    if (redisAppendCommand(c->redis, "GET %s:gen", c->prefix) != REDIS_OK) return redis_failed(c, "GET");
+    c->argv[0] = "HMGET";
+    c->argvlen[0] = 5;
+    c->argv[2] = IQP_RV_CONTEXT_FIELD;
+    c->argvlen[2] = 0;
+    for (size_t i = 0; i < n_items; i++) {
+        c->argv[3 + i] = items[i];
+        c->argvlen[3 + i] = strlen(items[i]);
+    }
+    for (size_t f = 0; f < c->cfg.n_features; f++) {
+        if (!feature_applies(c, f, lc)) continue;
+        size_t klen = iqp_rv_hash_key(c->keys[f], KEY_MAX, c->prefix, c->generation, c->cfg.features[f].name,
+                                      c->cfg.features[f].dims, lc->country, lc->gender, lc->query,
+                                      lc->query_len);
+        if (klen >= KEY_MAX) return set_error(c, IQP_EINVAL, "the query is too long for a key");
+        c->argv[1] = c->keys[f];
+        c->argvlen[1] = klen;
+        if (redisAppendCommandArgv(c->redis, (int)(n_items + 3), c->argv, c->argvlen) != REDIS_OK)
+            return redis_failed(c, "HMGET");
+    }
+    return IQP_OK;
+}
+
+/* Writes one (item, feature)'s windows into out. */
+static void fill_item(const iqp_client *c, double *out, const int64_t *cc, const int64_t *counts) {
+    size_t nw = c->cfg.n_windows, width = IQP_COUNTERS(&c->cfg), nm = 1 + 2 * width;
+    for (size_t w = 0; w < nw; w++) {
+        double *o = out + w * nm;
+        const int64_t *k = counts + w * width;
+        o[0] = (double)cc[w];
+        for (size_t i = 0; i < width; i++) {
+            o[1 + i] = (double)k[i];
+            o[1 + width + i] = cc[w] == 0 ? 0.0 : (double)k[i] / (double)cc[w];
+        }
+    }
+}
+
+/* Decodes one feature's HMGET reply into out. */
+static iqp_status decode_feature(iqp_client *c, size_t f, const redisReply *r,
+                                 const char *const *items, size_t n_items, double *out) {
+    size_t nf = c->cfg.n_features, nw = c->cfg.n_windows, width = IQP_COUNTERS(&c->cfg);
+    size_t stride = nw * (1 + 2 * width);
+    int64_t cc[IQP_MAX_WINDOWS] = {0}, counts[IQP_MAX_WINDOWS * IQP_MAX_COUNTERS];
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != n_items + 1)
+        return set_error(c, IQP_EPROTOCOL, "HMGET %s: unexpected reply", c->keys[f]);
+    const redisReply *e = r->element[0];
+    if (e->type == REDIS_REPLY_STRING &&
+        iqp_rv_decode_context((const unsigned char *)e->str, e->len, nw, cc) < 0)
+        return set_error(c, IQP_EPROTOCOL, "%s: the context value is not layout version %d",
+                         c->keys[f], IQP_RV_LAYOUT_VERSION);
+    for (size_t i = 0; i < n_items; i++) {
+        e = r->element[1 + i];
+        if (e->type == REDIS_REPLY_STRING) {
+            if (iqp_rv_decode_item((const unsigned char *)e->str, e->len, nw, width, counts) < 0)
+                return set_error(c, IQP_EPROTOCOL, "%s field '%s': not a layout version %d value",
+                                 c->keys[f], items[i], IQP_RV_LAYOUT_VERSION);
+        } else {
+            memset(counts, 0, nw * width * sizeof counts[0]);
+        }
+        fill_item(c, out + (i * nf + f) * stride, cc, counts);
+    }
+    return IQP_OK;
+}
+
+/* Reads the pipeline's replies. *switched is set when the GET named
+ * another generation (nothing is decoded then). */
+static iqp_status read_pipeline(iqp_client *c, const lookup_ctx *lc, const char *const *items,
+                                size_t n_items, double *out, uint64_t *seen_gen) {
+    redisReply *r = NULL;
+    iqp_status s = IQP_OK;
+    if (redisGetReply(c->redis, (void **)&r) != REDIS_OK) return redis_failed(c, "GET");
+    *seen_gen = reply_generation(r);
+    int missing = r->type == REDIS_REPLY_NIL;
+    freeReplyObject(r);
+    if (missing) s = set_error(c, IQP_ENODATA, "nothing is published under prefix '%s' (no %s:gen key)",
+                               c->prefix, c->prefix);
+    for (size_t f = 0; f < c->cfg.n_features; f++) {
+        if (!feature_applies(c, f, lc)) continue;
+        if (redisGetReply(c->redis, (void **)&r) != REDIS_OK) return redis_failed(c, "HMGET");
+        if (s == IQP_OK && *seen_gen == c->generation) s = decode_feature(c, f, r, items, n_items, out);
+        freeReplyObject(r);
+    }
+    return s;
+}
+
+/* NaN for every (item, feature) the call's context cannot address. */
+static void fill_not_applicable(const iqp_client *c, const lookup_ctx *lc, size_t n_items, double *out) {
+    size_t nf = c->cfg.n_features, stride = c->cfg.n_windows * iqp_client_n_measures(c);
+    for (size_t f = 0; f < nf; f++) {
+        if (feature_applies(c, f, lc)) continue;
+        for (size_t i = 0; i < n_items; i++)
+            for (size_t k = 0; k < stride; k++) out[(i * nf + f) * stride + k] = NAN;
+    }
+}
+
+static iqp_status check_args(iqp_client *c, const char *const *items, size_t n_items, double *out,
+                             size_t out_len) {
+    if (!c->have_layout) return c->status ? c->status : set_error(c, IQP_ENODATA, "client has no layout");
+    if (n_items && (!items || !out)) return set_error(c, IQP_EINVAL, "items and out must not be NULL");
+    if (out_len < iqp_client_result_len(c, n_items))
+        return set_error(c, IQP_EINVAL, "out holds %zu doubles; %zu items need %zu", out_len, n_items,
+                         iqp_client_result_len(c, n_items));
+    for (size_t i = 0; i < n_items; i++)
+        if (!items[i] || !items[i][0]) return set_error(c, IQP_EINVAL, "item %zu is NULL or empty", i);
+    return IQP_OK;
+}
+
+iqp_status iqp_client_lookup(iqp_client *c, const char *query, const char *country,
+                             const char *gender, const char *const *items, size_t n_items,
+                             double *out, size_t out_len) {
+    lookup_ctx lc;
+    if (check_args(c, items, n_items, out, out_len)) return c->status;
+    iqp_status s = normalize_call(c, query, country, gender, &lc);
+    for (int attempt = 0; s == IQP_OK && attempt < 3; attempt++) {
+        uint64_t seen = 0;
+        if ((s = connect_now(c)) || (s = send_pipeline(c, &lc, items, n_items))) break;
+        if ((s = read_pipeline(c, &lc, items, n_items, out, &seen))) break;
+        if (seen == c->generation) {
+            fill_not_applicable(c, &lc, n_items, out);
+            free(lc.query);
+            return set_ok(c);
+        }
+        s = load_generation(c); /* the publisher switched generations: follow it */
+    }
+    free(lc.query);
+    if (s == IQP_OK) s = set_error(c, IQP_EPROTOCOL, "the generation kept changing during the call");
+    return s;
+}

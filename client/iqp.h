@@ -1,0 +1,99 @@
+/* iqp.h -- libiqp: IQP features for a ranker, read from Redis.
+ *
+ * A ranker scores, per search request, one query in one user context
+ * (country, gender) against a few hundred to a few thousand candidate
+ * items. iqp_client_lookup() answers that in one pipelined round trip to
+ * the Redis that `iqp stream` publishes to, filling a caller-owned array of
+ * doubles:
+ *
+ *   out[((item * n_features + feature) * n_windows + window) * n_measures + measure]
+ *
+ * Features, windows and measures are the pipeline's configuration, read
+ * from Redis when the client opens (iqp_client_feature_name() and friends
+ * name them). Measures, in this order:
+ *   context_count, impression, engaged, <each action>,
+ *   iqp_impression, iqp_engaged, iqp_<each action>       (count / context_count)
+ * Counts are exact integers (as doubles); rates are computed here exactly
+ * as `iqp lookup` computes them. An item nobody published reads as zeros
+ * with the real context_count. A feature whose context needs a dimension
+ * the call did not give (country or gender NULL) reads as NaN.
+ *
+ * The query is normalized exactly like the pipeline normalizes events
+ * (Unicode NFKC, case fold, white space collapsed), so raw user input may
+ * be passed as is; country and gender likewise.
+ *
+ * Threads: a client is one Redis connection and must be used by one
+ * thread at a time; open one client per thread.
+ *
+ * Errors: every call returns an iqp_status; iqp_client_errstr() tells what
+ * happened in words. After IQP_ECONNECT or IQP_ETIMEOUT the next call
+ * reconnects by itself.
+ */
+#ifndef IQP_CLIENT_H
+#define IQP_CLIENT_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum iqp_status {
+    IQP_OK = 0,
+    IQP_EINVAL = 1,    /* a bad argument: NULL, a query that is not UTF-8 or empty, out too small */
+    IQP_ECONNECT = 2,  /* Redis cannot be reached or the connection broke */
+    IQP_ETIMEOUT = 3,  /* Redis did not answer within the timeout */
+    IQP_EPROTOCOL = 4, /* Redis answered something that is not iqp's layout */
+    IQP_ELAYOUT = 5,   /* a layout version this libiqp does not know, or the layout changed */
+    IQP_ENODATA = 6,   /* nothing is published under this prefix */
+    IQP_ENOMEM = 7,
+} iqp_status;
+
+typedef struct iqp_client_options {
+    int connect_timeout_ms; /* default 1000 */
+    int timeout_ms;         /* bound on each wait for Redis during a call; default 100 */
+    const char *prefix;     /* key prefix the publisher uses; default "iqp" */
+} iqp_client_options;
+
+typedef struct iqp_client iqp_client;
+
+/* Fills o with the defaults. */
+void iqp_client_options_init(iqp_client_options *o);
+
+/* Connects to url (redis://[[user]:password@]host[:port][/db] or
+ * unix:///path[?db=N]) and reads the published layout. options may be NULL
+ * (defaults). Returns NULL only when out of memory; otherwise check
+ * iqp_client_status(): on failure the client only reports its error and
+ * must be closed. */
+iqp_client *iqp_client_open(const char *url, const iqp_client_options *options);
+void iqp_client_close(iqp_client *c);
+
+/* The status and message of the last call (open included). */
+iqp_status iqp_client_status(const iqp_client *c);
+const char *iqp_client_errstr(const iqp_client *c);
+const char *iqp_status_name(iqp_status s);
+
+/* The layout being served. */
+size_t iqp_client_n_features(const iqp_client *c);
+size_t iqp_client_n_windows(const iqp_client *c);
+size_t iqp_client_n_measures(const iqp_client *c);
+const char *iqp_client_feature_name(const iqp_client *c, size_t f);
+const char *iqp_client_window_name(const iqp_client *c, size_t w);
+const char *iqp_client_measure_name(const iqp_client *c, size_t m);
+/* Doubles needed for n_items items. */
+size_t iqp_client_result_len(const iqp_client *c, size_t n_items);
+
+/* Looks up every feature for one query and user context and n_items items
+ * (non-empty strings) into out (out_len >= iqp_client_result_len()).
+ * query, country, gender may be NULL (features needing them read NaN).
+ * One pipelined round trip; a second one only when the publisher has just
+ * switched generations. */
+iqp_status iqp_client_lookup(iqp_client *c, const char *query, const char *country,
+                             const char *gender, const char *const *items, size_t n_items,
+                             double *out, size_t out_len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,171 @@
+/* redis_conn.c -- Redis URLs and connections (see redis_conn.h). */
+#include "client/redis_conn.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Copies s[0..n) into dst[cap]; -1 when it does not fit. */
+static int copy_part(char *dst, size_t cap, const char *s, size_t n) {
+    if (n >= cap) return -1;
+    memcpy(dst, s, n);
+    dst[n] = '\0';
+    return 0;
+}
+
+/* Parses a decimal in [lo, hi] from s[0..n); -1 otherwise. */
+static int parse_int(const char *s, size_t n, int lo, int hi, int *out) {
+    if (n == 0 || n > 9) return -1;
+    int v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    if (v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_unix(const char *url, iqp_redis_url *u, char *err, size_t errlen) {
+    const char *path = url + strlen("unix://");
+    const char *q = strchr(path, '?');
+    size_t plen = q ? (size_t)(q - path) : strlen(path);
+    if (plen == 0 || path[0] != '/') {
+        snprintf(err, errlen, "Redis URL '%s': unix:// needs an absolute socket path", url);
+        return -1;
+    }
+    if (copy_part(u->host, sizeof u->host, path, plen) < 0) {
+        snprintf(err, errlen, "Redis URL '%s': socket path too long", url);
+        return -1;
+    }
+    if (q && (strncmp(q, "?db=", 4) != 0 || parse_int(q + 4, strlen(q + 4), 0, 1 << 20, &u->db) < 0)) {
+        snprintf(err, errlen, "Redis URL '%s': the only query parameter is ?db=N", url);
+        return -1;
+    }
+    u->is_unix = 1;
+    return 0;
+}
+
+/* userinfo = [user]:password (a bare word is taken as the password). */
+static int parse_userinfo(const char *s, size_t n, iqp_redis_url *u) {
+    const char *colon = memchr(s, ':', n);
+    if (!colon) return copy_part(u->password, sizeof u->password, s, n);
+    if (copy_part(u->user, sizeof u->user, s, (size_t)(colon - s)) < 0) return -1;
+    return copy_part(u->password, sizeof u->password, colon + 1, n - (size_t)(colon - s) - 1);
+}
+
+/* host[:port] or [v6][:port] in s[0..n). */
+static int parse_hostport(const char *s, size_t n, iqp_redis_url *u) {
+    const char *port = NULL;
+    size_t hlen;
+    if (n > 0 && s[0] == '[') {
+        const char *close = memchr(s, ']', n);
+        if (!close) return -1;
+        if (copy_part(u->host, sizeof u->host, s + 1, (size_t)(close - s - 1)) < 0) return -1;
+        if ((size_t)(close - s + 1) < n) {
+            if (close[1] != ':') return -1;
+            port = close + 2;
+        }
+    } else {
+        const char *colon = memchr(s, ':', n);
+        hlen = colon ? (size_t)(colon - s) : n;
+        if (copy_part(u->host, sizeof u->host, s, hlen) < 0) return -1;
+        if (colon) port = colon + 1;
+    }
+    if (u->host[0] == '\0') return -1;
+    if (port && parse_int(port, (size_t)(s + n - port), 1, 65535, &u->port) < 0) return -1;
+    return 0;
+}
+
+int iqp_redis_url_parse(const char *url, iqp_redis_url *u, char *err, size_t errlen) {
+    memset(u, 0, sizeof *u);
+    u->port = 6379;
+    if (!url || !*url) {
+        snprintf(err, errlen, "empty Redis URL (expected redis://host:port/db or unix:///path)");
+        return -1;
+    }
+    if (strncmp(url, "unix://", 7) == 0) return parse_unix(url, u, err, errlen);
+    if (strncmp(url, "redis://", 8) != 0) {
+        snprintf(err, errlen, "Redis URL '%s' must start with redis:// or unix://", url);
+        return -1;
+    }
+    const char *p = url + 8, *end = p + strlen(p);
+    const char *slash = memchr(p, '/', (size_t)(end - p));
+    const char *auth_end = NULL;
+    for (const char *c = p; c < (slash ? slash : end); c++)
+        if (*c == '@') auth_end = c; /* the last '@': passwords may hold '@' */
+    if (auth_end && parse_userinfo(p, (size_t)(auth_end - p), u) < 0) {
+        snprintf(err, errlen, "Redis URL: user or password too long");
+        return -1;
+    }
+    const char *hp = auth_end ? auth_end + 1 : p;
+    if (parse_hostport(hp, (size_t)((slash ? slash : end) - hp), u) < 0) {
+        snprintf(err, errlen, "Redis URL '%s': expected host[:port] with a port in 1..65535", url);
+        return -1;
+    }
+    if (slash && slash + 1 < end && parse_int(slash + 1, (size_t)(end - slash - 1), 0, 1 << 20, &u->db) < 0) {
+        snprintf(err, errlen, "Redis URL '%s': the database after '/' must be a number", url);
+        return -1;
+    }
+    return 0;
+}
+
+void iqp_redis_url_describe(const iqp_redis_url *u, char *out, size_t cap) {
+    if (u->is_unix)
+        snprintf(out, cap, "unix://%s?db=%d", u->host, u->db);
+    else if (strchr(u->host, ':'))
+        snprintf(out, cap, "redis://[%s]:%d/%d", u->host, u->port, u->db);
+    else
+        snprintf(out, cap, "redis://%s:%d/%d", u->host, u->port, u->db);
+}
+
+static struct timeval ms_to_tv(int ms) {
+    struct timeval tv = {.tv_sec = ms / 1000, .tv_usec = (ms % 1000) * 1000};
+    return tv;
+}
+
+/* Runs a setup command (AUTH, SELECT); 0 or -1 with err. */
+static int setup_command(redisContext *c, const char *what, char *err, size_t errlen,
+                         const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    int ok = r && r->type != REDIS_REPLY_ERROR;
+    if (!ok)
+        snprintf(err, errlen, "%s failed: %s", what, r ? r->str : c->errstr);
+    if (r) freeReplyObject(r);
+    return ok ? 0 : -1;
+}
+
+redisContext *iqp_redis_connect(const iqp_redis_url *u, int connect_timeout_ms,
+                                int command_timeout_ms, char *err, size_t errlen) {
+    char where[400];
+    iqp_redis_url_describe(u, where, sizeof where);
+    struct timeval ctv = ms_to_tv(connect_timeout_ms);
+    redisContext *c = u->is_unix ? redisConnectUnixWithTimeout(u->host, ctv)
+                                 : redisConnectWithTimeout(u->host, u->port, ctv);
+    if (!c || c->err) {
+        snprintf(err, errlen, "cannot connect to Redis at %s: %s", where, c ? c->errstr : "out of memory");
+        if (c) redisFree(c);
+        return NULL;
+    }
+    if (redisSetTimeout(c, ms_to_tv(command_timeout_ms)) != REDIS_OK) {
+        snprintf(err, errlen, "Redis at %s: cannot set the command timeout", where);
+        redisFree(c);
+        return NULL;
+    }
+    char msg[512];
+    int rc = 0;
+    if (u->password[0])
+        rc = u->user[0] ? setup_command(c, "AUTH", msg, sizeof msg, "AUTH %s %s", u->user, u->password)
+                        : setup_command(c, "AUTH", msg, sizeof msg, "AUTH %s", u->password);
+    if (rc == 0 && u->db != 0) rc = setup_command(c, "SELECT", msg, sizeof msg, "SELECT %d", u->db);
+    if (rc < 0) {
+        snprintf(err, errlen, "Redis at %s: %s", where, msg);
+        redisFree(c);
+        return NULL;
+    }
+    return c;
+}

@@ -1,0 +1,436 @@
+/* rows.c -- training rows out, labels patched in place (see rows.h).
+ *
+ * A row is formatted into a scratch buffer, then appended to the output
+ * buffer (1 MiB, written whole). Every row ends with the same labels
+ * segment, all zeros, whose digits sit at fixed offsets (label_digit), so
+ * setting a label is one byte at row offset + segment offset + digit.
+ * Numbers are formatted by hand (counts) or with "%.17g" (rates, the
+ * precision iqp lookup prints, so they round-trip exactly).
+ */
+#include "export/rows.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "export/keymap.h"
+
+#define OUT_BUFFER (1u << 20)
+#define NO_ROW UINT64_MAX
+
+/* A growable byte buffer. */
+typedef struct sbuf {
+    char *buf;
+    size_t len, cap;
+} sbuf;
+
+/* A row whose label horizon is open: where its labels are in the file. */
+typedef struct open_row {
+    iqp_key128 key;           /* (request_id, item) */
+    int64_t ts;
+    uint64_t offset;          /* file offset of its labels segment */
+    uint64_t prev;            /* previous open row of the same key, or NO_ROW */
+    uint32_t bits;            /* labels already 1: bit 0 engaged, 1 + a action a */
+} open_row;
+
+struct iqp_rows {
+    const iqp_config *cfg;
+    iqp_rows_format fmt;
+    int rates;
+    int64_t horizon_ms;
+    int fd;
+    char *path;
+    sbuf out;                 /* not yet written; out.buf[0] is at file offset out_offset */
+    uint64_t out_offset;
+    sbuf row;                 /* scratch: the row being formatted */
+    char **measure_keys;      /* JSONL: ',"<feature>.<window>.<measure>":' per value column */
+    size_t n_measures;        /* value columns per (feature, window) */
+    sbuf labels;              /* the all-zero labels segment, ending the row */
+    size_t label_digit[1 + IQP_MAX_ACTIONS];
+    /* open rows: a ring indexed by sequence number, oldest first */
+    open_row *ring;
+    uint64_t ring_mask, head, tail;
+    iqp_keymap *newest;       /* key -> newest open row's sequence number */
+    iqp_rows_stats stats;
+};
+
+/* ---- byte buffers ----------------------------------------------------------- */
+
+static void sb_reserve(sbuf *b, size_t n) {
+    if (b->len + n <= b->cap) return;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + n) cap *= 2;
+    b->buf = realloc(b->buf, cap);
+    if (!b->buf) abort();
+    b->cap = cap;
+}
+
+static void sb_put(sbuf *b, const char *s, size_t n) {
+    if (n == 0) return;
+    sb_reserve(b, n);
+    memcpy(b->buf + b->len, s, n);
+    b->len += n;
+}
+
+static void sb_puts(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
+
+static void sb_i64(sbuf *b, int64_t v) {
+    char tmp[24];
+    size_t n = 0;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do tmp[sizeof tmp - ++n] = (char)('0' + u % 10);
+    while ((u /= 10) != 0);
+    if (v < 0) tmp[sizeof tmp - ++n] = '-';
+    sb_put(b, tmp + sizeof tmp - n, n);
+}
+
+/* A rate with 17 significant digits; in JSON always with a '.' or an
+ * exponent, as jansson (iqp lookup) prints reals. */
+static void sb_rate(sbuf *b, double v, int json) {
+    char tmp[40];
+    if (v == 0.0) { /* the common case: no such action in the window */
+        sb_puts(b, json ? "0.0" : "0");
+        return;
+    }
+    int n = snprintf(tmp, sizeof tmp, "%.17g", v);
+    sb_put(b, tmp, (size_t)n);
+    if (json && !strpbrk(tmp, ".eEn")) sb_put(b, ".0", 2);
+}
+
+/* A JSON string: quotes, backslashes and control bytes escaped; other
+ * bytes (valid UTF-8, the decoder checked) as they are. */
+static void sb_json_string(sbuf *b, const char *s, size_t n) {
+    static const char hex[] = "0123456789abcdef";
+    sb_reserve(b, n + 2);
+    b->buf[b->len++] = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            char e[2] = {'\\', (char)c};
+            sb_put(b, e, 2);
+        } else if (c < 0x20) {
+            char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            sb_put(b, e, 6);
+        } else {
+            sb_put(b, (const char *)&c, 1);
+        }
+    }
+    sb_put(b, "\"", 1);
+}
+
+/* A CSV field (RFC 4180): quoted, with quotes doubled, when it holds a
+ * comma, a quote or a line break. */
+static void sb_csv_string(sbuf *b, const char *s, size_t n) {
+    int quote = 0;
+    for (size_t i = 0; i < n && !quote; i++) quote = strchr(",\"\r\n", s[i]) != NULL && s[i];
+    if (!quote) {
+        sb_put(b, s, n);
+        return;
+    }
+    sb_put(b, "\"", 1);
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '"') sb_put(b, "\"", 1);
+        sb_put(b, &s[i], 1);
+    }
+    sb_put(b, "\"", 1);
+}
+
+static void sb_string(sbuf *b, const char *s, size_t n, iqp_rows_format fmt) {
+    if (fmt == IQP_ROWS_JSONL) sb_json_string(b, s, n);
+    else sb_csv_string(b, s, n);
+}
+
+/* ---- columns ---------------------------------------------------------------- */
+
+/* Name of value column m of a (feature, window): counts, then rates. */
+static void measure_name(const iqp_config *cfg, size_t m, char *out, size_t len) {
+    size_t width = IQP_COUNTERS(cfg);
+    const char *rate = m > width ? "iqp_" : "";
+    size_t k = m > width ? m - width - 1 : m - 1;
+    if (m == 0) snprintf(out, len, "context_count");
+    else if (k == IQP_COUNTER_IMPRESSION) snprintf(out, len, "%simpression", rate);
+    else if (k == IQP_COUNTER_ENGAGED) snprintf(out, len, "%sengaged", rate);
+    else snprintf(out, len, "%s%s", rate, cfg->actions[k - IQP_COUNTER_ACTION0]);
+}
+
+static const char *const ROW_KEYS[] = {"request_id", "position", "query", "country",
+                                       "gender",     "item",     "ts"};
+
+/* The JSONL key prefixes of every value column, and the CSV header. */
+static void build_columns(iqp_rows *w, sbuf *header) {
+    const iqp_config *cfg = w->cfg;
+    w->n_measures = 1 + IQP_COUNTERS(cfg) * (w->rates ? 2 : 1);
+    size_t n = cfg->n_features * cfg->n_windows * w->n_measures;
+    w->measure_keys = calloc(n, sizeof *w->measure_keys);
+    if (!w->measure_keys) abort();
+    for (size_t i = 0; i < sizeof ROW_KEYS / sizeof *ROW_KEYS; i++) {
+        if (i) sb_puts(header, ",");
+        sb_puts(header, ROW_KEYS[i]);
+    }
+    size_t k = 0;
+    for (size_t f = 0; f < cfg->n_features; f++)
+        for (size_t win = 0; win < cfg->n_windows; win++)
+            for (size_t m = 0; m < w->n_measures; m++, k++) {
+                char name[3 * IQP_NAME_MAX + 16], key[sizeof name + 8];
+                measure_name(cfg, m, name, sizeof name);
+                snprintf(key, sizeof key, "%s.%s.%s", cfg->features[f].name,
+                         cfg->windows[win].name, name);
+                sb_puts(header, ",");
+                sb_puts(header, key);
+                w->measure_keys[k] = malloc(strlen(key) + 5);
+                if (!w->measure_keys[k]) abort();
+                sprintf(w->measure_keys[k], ",\"%s\":", key);
+            }
+}
+
+/* The labels segment (all zeros) and where its digits are. */
+static void build_labels(iqp_rows *w, sbuf *header) {
+    const iqp_config *cfg = w->cfg;
+    for (size_t k = 0; k <= cfg->n_actions; k++) {
+        char name[IQP_NAME_MAX + 8];
+        snprintf(name, sizeof name, "label_%s", k == 0 ? "engaged" : cfg->actions[k - 1]);
+        sb_puts(header, ",");
+        sb_puts(header, name);
+        if (w->fmt == IQP_ROWS_JSONL) {
+            sb_puts(&w->labels, ",\"");
+            sb_puts(&w->labels, name);
+            sb_puts(&w->labels, "\":");
+        } else {
+            sb_puts(&w->labels, ",");
+        }
+        w->label_digit[k] = w->labels.len;
+        sb_puts(&w->labels, "0");
+    }
+    sb_puts(&w->labels, w->fmt == IQP_ROWS_JSONL ? "}\n" : "\n");
+    sb_puts(header, "\n");
+}
+
+/* ---- the file ----------------------------------------------------------------- */
+
+static int write_all(iqp_rows *w, const char *p, size_t n, char *err, size_t errlen) {
+    while (n > 0) {
+        ssize_t k = write(w->fd, p, n);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) {
+            snprintf(err, errlen, "cannot write %s: %s", w->path, strerror(errno));
+            return -1;
+        }
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+static int flush_out(iqp_rows *w, char *err, size_t errlen) {
+    if (write_all(w, w->out.buf, w->out.len, err, errlen) < 0) return -1;
+    w->out_offset += w->out.len;
+    w->out.len = 0;
+    return 0;
+}
+
+/* Sets one byte at file offset off to '1': in the buffer when it is still
+ * there, else in the file. */
+static int patch_digit(iqp_rows *w, uint64_t off, char *err, size_t errlen) {
+    if (off >= w->out_offset) {
+        w->out.buf[off - w->out_offset] = '1';
+        return 0;
+    }
+    for (;;) {
+        ssize_t k = pwrite(w->fd, "1", 1, (off_t)off);
+        if (k == 1) return 0;
+        if (k < 0 && errno == EINTR) continue;
+        snprintf(err, errlen, "cannot set a label in %s: %s", w->path,
+                 k < 0 ? strerror(errno) : "short write");
+        return -1;
+    }
+}
+
+iqp_rows *iqp_rows_open(const char *path, const iqp_config *cfg, iqp_rows_format fmt, int rates,
+                        int64_t label_horizon_ms, char *err, size_t errlen) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    struct stat st;
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot create %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "%s is not a regular file (labels are set in place, so the output "
+                              "must be one)", path);
+        close(fd);
+        return NULL;
+    }
+    iqp_rows *w = calloc(1, sizeof *w);
+    if (!w) abort();
+    w->cfg = cfg;
+    w->fmt = fmt;
+    w->rates = rates;
+    w->horizon_ms = label_horizon_ms;
+    w->fd = fd;
+    w->path = strdup(path);
+    w->ring_mask = 1023;
+    w->ring = malloc((w->ring_mask + 1) * sizeof *w->ring);
+    w->newest = iqp_keymap_new();
+    if (!w->path || !w->ring) abort();
+    sbuf header = {0};
+    build_columns(w, &header);
+    build_labels(w, &header);
+    if (fmt == IQP_ROWS_CSV) sb_put(&w->out, header.buf, header.len);
+    free(header.buf);
+    return w;
+}
+
+/* ---- open rows ------------------------------------------------------------------ */
+
+/* XXH3-128 of (u32 request_id length, request_id, item). */
+static iqp_key128 row_key(const char *request_id, size_t rlen, const char *item, size_t ilen) {
+    unsigned char stack[512], *buf = stack;
+    uint32_t n = (uint32_t)rlen;
+    size_t len = sizeof n + rlen + ilen;
+    if (len > sizeof stack && !(buf = malloc(len))) abort();
+    memcpy(buf, &n, sizeof n);
+    memcpy(buf + sizeof n, request_id, rlen);
+    memcpy(buf + sizeof n + rlen, item, ilen);
+    iqp_key128 k = iqp_key128_of(buf, len);
+    if (buf != stack) free(buf);
+    return k;
+}
+
+static void ring_grow(iqp_rows *w) {
+    uint64_t cap = 2 * (w->ring_mask + 1);
+    open_row *ring = malloc(cap * sizeof *ring);
+    if (!ring) abort();
+    for (uint64_t s = w->head; s < w->tail; s++) ring[s & (cap - 1)] = w->ring[s & w->ring_mask];
+    free(w->ring);
+    w->ring = ring;
+    w->ring_mask = cap - 1;
+}
+
+static void open_label_horizon(iqp_rows *w, const iqp_row *row, uint64_t labels_offset) {
+    if (w->tail - w->head > w->ring_mask) ring_grow(w);
+    open_row *r = &w->ring[w->tail & w->ring_mask];
+    uint64_t prev;
+    r->key = row_key(row->request_id, row->request_id_len, row->item, row->item_len);
+    r->ts = row->ts;
+    r->offset = labels_offset;
+    r->prev = iqp_keymap_get(w->newest, r->key, &prev) ? prev : NO_ROW;
+    r->bits = 0;
+    iqp_keymap_put(w->newest, r->key, w->tail);
+    w->tail++;
+    if (w->tail - w->head > w->stats.open_peak) w->stats.open_peak = (size_t)(w->tail - w->head);
+}
+
+void iqp_rows_expire(iqp_rows *w, int64_t t) {
+    while (w->head < w->tail) {
+        open_row *r = &w->ring[w->head & w->ring_mask];
+        if (r->ts > t - w->horizon_ms) break;
+        uint64_t newest;
+        if (iqp_keymap_get(w->newest, r->key, &newest) && newest == w->head)
+            iqp_keymap_delete(w->newest, r->key);
+        w->head++;
+    }
+}
+
+size_t iqp_rows_open_count(const iqp_rows *w) { return (size_t)(w->tail - w->head); }
+
+/* Turns label bit k of r to 1 (once). */
+static int set_label(iqp_rows *w, open_row *r, size_t k, char *err, size_t errlen) {
+    if (r->bits & (1u << k)) return 0;
+    if (patch_digit(w, r->offset + w->label_digit[k], err, errlen) < 0) return -1;
+    if (k == 0) w->stats.rows_engaged++;
+    r->bits |= 1u << k;
+    w->stats.labels_set++;
+    return 0;
+}
+
+int iqp_rows_label(iqp_rows *w, const char *request_id, size_t rlen, const char *item,
+                   size_t ilen, int action, int64_t ts, char *err, size_t errlen) {
+    uint64_t s;
+    if (!iqp_keymap_get(w->newest, row_key(request_id, rlen, item, ilen), &s)) return 0;
+    for (; s != NO_ROW && s >= w->head; s = w->ring[s & w->ring_mask].prev) {
+        open_row *r = &w->ring[s & w->ring_mask];
+        if (ts < r->ts || ts - r->ts >= w->horizon_ms) continue;
+        if (set_label(w, r, 0, err, errlen) < 0) return -1;
+        if (set_label(w, r, 1 + (size_t)action, err, errlen) < 0) return -1;
+    }
+    return 0;
+}
+
+/* ---- rows ------------------------------------------------------------------------- */
+
+static void format_values(iqp_rows *w, const iqp_feature_row *features) {
+    const iqp_config *cfg = w->cfg;
+    size_t width = IQP_COUNTERS(cfg), k = 0, n = cfg->n_features * cfg->n_windows;
+    int json = w->fmt == IQP_ROWS_JSONL;
+    for (size_t fw = 0; fw < n; fw++) {
+        const iqp_feature_row *r = &features[fw];
+        int64_t values[1 + IQP_MAX_COUNTERS];
+        values[0] = r->context_count;
+        memcpy(values + 1, r->counters, width * sizeof *values);
+        for (size_t m = 0; m < w->n_measures; m++, k++) {
+            if (json) sb_puts(&w->row, w->measure_keys[k]);
+            else sb_put(&w->row, ",", 1);
+            if (m <= width) sb_i64(&w->row, values[m]);
+            else sb_rate(&w->row, iqp_features_rate(values[m - width], r->context_count), json);
+        }
+    }
+}
+
+static void format_row(iqp_rows *w, const iqp_row *row) {
+    iqp_rows_format fmt = w->fmt;
+    int json = fmt == IQP_ROWS_JSONL;
+    sbuf *b = &w->row;
+    b->len = 0;
+    sb_puts(b, json ? "{\"request_id\":" : "");
+    sb_string(b, row->request_id, row->request_id_len, fmt);
+    sb_puts(b, json ? ",\"position\":" : ",");
+    sb_i64(b, row->position);
+    sb_puts(b, json ? ",\"query\":" : ",");
+    sb_string(b, row->query, row->query_len, fmt);
+    sb_puts(b, json ? ",\"country\":" : ",");
+    sb_string(b, row->country, strlen(row->country), fmt);
+    sb_puts(b, json ? ",\"gender\":" : ",");
+    sb_string(b, row->gender, strlen(row->gender), fmt);
+    sb_puts(b, json ? ",\"item\":" : ",");
+    sb_string(b, row->item, row->item_len, fmt);
+    sb_puts(b, json ? ",\"ts\":" : ",");
+    sb_i64(b, row->ts);
+    format_values(w, row->features);
+}
+
+int iqp_rows_write(iqp_rows *w, const iqp_row *row, char *err, size_t errlen) {
+    format_row(w, row);
+    size_t n = w->row.len + w->labels.len;
+    if (w->out.len + n > OUT_BUFFER && w->out.len > 0 && flush_out(w, err, errlen) < 0) return -1;
+    uint64_t labels_offset = w->out_offset + w->out.len + w->row.len;
+    sb_put(&w->out, w->row.buf, w->row.len);
+    sb_put(&w->out, w->labels.buf, w->labels.len);
+    w->stats.rows++;
+    w->stats.bytes += n;
+    open_label_horizon(w, row, labels_offset);
+    return 0;
+}
+
+const iqp_rows_stats *iqp_rows_get_stats(const iqp_rows *w) { return &w->stats; }
+
+int iqp_rows_close(iqp_rows *w, char *err, size_t errlen) {
+    int rc = flush_out(w, err, errlen);
+    if (close(w->fd) < 0 && rc == 0) {
+        snprintf(err, errlen, "cannot write %s: %s", w->path, strerror(errno));
+        rc = -1;
+    }
+    size_t n = w->cfg->n_features * w->cfg->n_windows * w->n_measures;
+    for (size_t k = 0; k < n; k++) free(w->measure_keys[k]);
+    free(w->measure_keys);
+    free(w->out.buf);
+    free(w->row.buf);
+    free(w->labels.buf);
+    free(w->ring);
+    iqp_keymap_free(w->newest);
+    free(w->path);
+    free(w);
+    return rc;
+}

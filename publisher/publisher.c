@@ -1,0 +1,792 @@
+/* publisher.c -- the Redis publisher (see publisher.h for the design).
+ *
+ * Code map:
+ *   keylist            a flat list of byte strings (dirty keys, records)
+ *   session_*          one Redis connection: connect, check or create the
+ *                      generation and meta, decide whether to resync
+ *   pipe_*             a bounded pipeline: append, and read replies back
+ *                      whenever pipeline_depth commands are in flight
+ *   publish_dirty      sorted dirty keys -> grouped by context -> HSETs
+ *   publish_queue_round / resync   the two sources of dirty keys
+ *   thread_main        reconnects with backoff, drains, waits for notify
+ */
+#include "publisher/publisher.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <xxhash.h>
+
+#include "aggregator/cells.h"
+#include "aggregator/features.h"
+#include "client/redis_conn.h"
+#include "schemas/redis_value.h"
+#include "util/clock.h"
+
+#define HSET_ITEMS 256  /* item fields per HSET command */
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+
+void iqp_publisher_config_defaults(iqp_publisher_config *pc) {
+    memset(pc, 0, sizeof *pc);
+    pc->prefix = "iqp";
+    pc->connect_timeout_ms = 1000;
+    pc->command_timeout_ms = 2000;
+    pc->ttl_ms = 8LL * 24 * 3600 * 1000;
+    pc->batch_keys = 20000;
+    pc->pipeline_depth = 256;
+}
+
+/* ---- keylist: byte strings in one growable buffer ----------------------------- */
+
+typedef struct keylist {
+    unsigned char *bytes;
+    size_t len, cap;
+    size_t *off;          /* n + 1 offsets: string i is bytes[off[i] .. off[i+1]) */
+    size_t n, ncap;
+} keylist;
+
+static void keylist_clear(keylist *l) {
+    l->len = 0;
+    l->n = 0;
+    if (l->off) l->off[0] = 0;
+}
+
+static void keylist_push(keylist *l, const void *s, size_t len) {
+    if (l->len + len > l->cap) {
+        l->cap = (l->len + len) * 2 + 4096;
+        l->bytes = realloc(l->bytes, l->cap);
+    }
+    if (l->n + 2 > l->ncap) {
+        l->ncap = l->ncap * 2 + 1024;
+        l->off = realloc(l->off, l->ncap * sizeof *l->off);
+    }
+    if (!l->bytes || !l->off) abort();
+    if (l->n == 0) l->off[0] = 0;
+    memcpy(l->bytes + l->len, s, len);
+    l->len += len;
+    l->off[++l->n] = l->len;
+}
+
+static const unsigned char *keylist_get(const keylist *l, size_t i, size_t *len) {
+    *len = l->off[i + 1] - l->off[i];
+    return l->bytes + l->off[i];
+}
+
+static void keylist_free(keylist *l) {
+    free(l->bytes);
+    free(l->off);
+    memset(l, 0, sizeof *l);
+}
+
+/* ---- the publisher ------------------------------------------------------------ */
+
+struct iqp_publisher {
+    iqp_store *st;
+    iqp_pending *q;
+    const iqp_config *cfg;
+    iqp_publisher_config pc;
+    char prefix[128];
+    iqp_redis_url url;
+    char where[400];               /* the URL without password, for messages */
+    char fingerprint[17];
+    char *layout_json;
+    iqp_metrics *m;
+    /* session */
+    redisContext *redis;
+    uint64_t generation;
+    char run_id[64];
+    int need_resync;
+    int inflight;
+    /* scratch */
+    keylist records, dirty;
+    unsigned char *values;
+    size_t values_cap;
+    /* thread */
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int notified, stopping;
+    int64_t drain_deadline_ms;
+    iqp_publisher_stats stats;
+    char last_error[512];
+};
+
+void iqp_publisher_declare_metrics(iqp_metrics *m) {
+    static const double round_bounds[] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+    if (!m) return;
+    iqp_metrics_declare(m, "iqp_publish_keys_pending", IQP_METRIC_GAUGE,
+                        "Changed (feature, context[, item]) keys waiting in the store's publish queue", NULL, 0);
+    iqp_metrics_declare(m, "iqp_publish_lag_seconds", IQP_METRIC_GAUGE,
+                        "Age of the oldest queued change (0 when the queue is empty)", NULL, 0);
+    iqp_metrics_declare(m, "iqp_published_values_total", IQP_METRIC_COUNTER,
+                        "Hash fields written to Redis (items and context counts)", NULL, 0);
+    iqp_metrics_declare(m, "iqp_redis_errors_total", IQP_METRIC_COUNTER,
+                        "Failed Redis connections, commands and replies", NULL, 0);
+    iqp_metrics_declare(m, "iqp_redis_connected", IQP_METRIC_GAUGE,
+                        "1 while the publisher holds a working Redis connection", NULL, 0);
+    iqp_metrics_declare(m, "iqp_publish_resyncs_total", IQP_METRIC_COUNTER,
+                        "Full republishes after Redis lost data", NULL, 0);
+    iqp_metrics_declare(m, "iqp_publish_round_seconds", IQP_METRIC_HISTOGRAM,
+                        "Time to publish one round of queued keys", round_bounds,
+                        sizeof round_bounds / sizeof round_bounds[0]);
+}
+
+static void note_error(iqp_publisher *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void note_error(iqp_publisher *p, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->last_error, sizeof p->last_error, fmt, ap);
+    va_end(ap);
+    p->stats.errors++;
+    if (p->m) iqp_metrics_add(p->m, "iqp_redis_errors_total", NULL, 1);
+}
+
+static void drop_session(iqp_publisher *p) {
+    if (p->redis) redisFree(p->redis);
+    p->redis = NULL;
+    p->inflight = 0;
+    p->stats.connected = 0;
+    if (p->m) iqp_metrics_set(p->m, "iqp_redis_connected", NULL, 0);
+}
+
+/* ---- session: connection, generation, meta -------------------------------------- */
+
+static redisReply *command(iqp_publisher *p, const char *what, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(p->redis, fmt, ap);
+    va_end(ap);
+    if (!r) {
+        note_error(p, "%s on Redis at %s failed: %s", what, p->where, p->redis->errstr);
+        return NULL;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        note_error(p, "%s on Redis at %s failed: %s", what, p->where, r->str);
+        freeReplyObject(r);
+        return NULL;
+    }
+    return r;
+}
+
+/* The run_id line of INFO server: it changes whenever Redis restarts. */
+static int read_run_id(iqp_publisher *p) {
+    redisReply *r = command(p, "INFO server", "INFO server");
+    if (!r) return -1;
+    const char *id = r->type == REDIS_REPLY_STRING ? strstr(r->str, "run_id:") : NULL;
+    p->run_id[0] = '\0';
+    if (id) sscanf(id + 7, "%63[0-9a-fA-F]", p->run_id);
+    freeReplyObject(r);
+    return 0;
+}
+
+/* The generation Redis serves, creating generation 1 when there is none.
+ * Sets need_resync when it had to create it. */
+static int read_generation(iqp_publisher *p) {
+    for (int attempt = 0; attempt < 2; attempt++) {
+        redisReply *r = command(p, "GET gen", "GET %s:gen", p->prefix);
+        if (!r) return -1;
+        if (r->type == REDIS_REPLY_STRING) {
+            p->generation = strtoull(r->str, NULL, 10);
+            freeReplyObject(r);
+            if (p->generation == 0) {
+                note_error(p, "%s:gen on Redis at %s does not hold a generation number", p->prefix, p->where);
+                return -2;
+            }
+            return 0;
+        }
+        freeReplyObject(r);
+        r = command(p, "SET gen", "SET %s:gen 1 NX", p->prefix);
+        if (!r) return -1;
+        freeReplyObject(r);
+        p->need_resync = 1;
+    }
+    note_error(p, "%s:gen on Redis at %s keeps disappearing", p->prefix, p->where);
+    return -1;
+}
+
+static const redisReply *hash_field(const redisReply *r, const char *name) {
+    for (size_t i = 0; i + 1 < r->elements; i += 2)
+        if (r->element[i]->type == REDIS_REPLY_STRING && strcmp(r->element[i]->str, name) == 0)
+            return r->element[i + 1];
+    return NULL;
+}
+
+/* Checks the generation's meta against this store's layout, writing it
+ * when absent. -2 when Redis holds another layout. */
+static int check_meta(iqp_publisher *p) {
+    unsigned long long g = (unsigned long long)p->generation;
+    redisReply *r = command(p, "HGETALL meta", "HGETALL %s:%llu:meta", p->prefix, g);
+    if (!r) return -1;
+    int rc = 0;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements == 0) {
+        freeReplyObject(r);
+        r = command(p, "HSET meta", "HSET %s:%llu:meta layout_version %d fingerprint %s layout %s created_ms %lld",
+                    p->prefix, g, IQP_RV_LAYOUT_VERSION, p->fingerprint, p->layout_json, (long long)iqp_wall_ms());
+        p->need_resync = 1;
+        rc = r ? 0 : -1;
+    } else {
+        const redisReply *ver = hash_field(r, "layout_version"), *fp = hash_field(r, "fingerprint");
+        char want[8];
+        snprintf(want, sizeof want, "%d", IQP_RV_LAYOUT_VERSION);
+        if (!ver || !fp || ver->type != REDIS_REPLY_STRING || fp->type != REDIS_REPLY_STRING ||
+            strcmp(ver->str, want) != 0 || strcmp(fp->str, p->fingerprint) != 0) {
+            note_error(p, "Redis at %s serves another layout under prefix '%s' (%s:%llu:meta: layout_version %s, "
+                       "fingerprint %s; this store: layout_version %d, fingerprint %s); use another --redis "
+                       "prefix or database, or delete those keys",
+                       p->where, p->prefix, p->prefix, g, ver && ver->str ? ver->str : "?",
+                       fp && fp->str ? fp->str : "?", IQP_RV_LAYOUT_VERSION, p->fingerprint);
+            rc = -2;
+        }
+    }
+    if (r) freeReplyObject(r);
+    return rc;
+}
+
+static void run_id_meta_key(const iqp_publisher *p, char *out, size_t cap) {
+    snprintf(out, cap, "publish/redis_run_id/%s", p->prefix);
+}
+
+/* Connects and prepares a session: 0, -1 (try again later) or -2 (refused). */
+static int session_open(iqp_publisher *p) {
+    char err[600];
+    if (p->redis) return 0;
+    p->redis = iqp_redis_connect(&p->url, p->pc.connect_timeout_ms, p->pc.command_timeout_ms, err, sizeof err);
+    if (!p->redis) {
+        note_error(p, "%s", err);
+        return -1;
+    }
+    int rc = read_run_id(p);
+    if (rc == 0) rc = read_generation(p);
+    if (rc == 0) rc = check_meta(p);
+    if (rc < 0) {
+        drop_session(p);
+        return rc;
+    }
+    char key[200], *seen = NULL;
+    size_t slen = 0;
+    run_id_meta_key(p, key, sizeof key);
+    int have = iqp_store_get_meta(p->st, key, &seen, &slen);
+    if (have != 1 || slen != strlen(p->run_id) || memcmp(seen, p->run_id, slen) != 0) p->need_resync = 1;
+    free(seen);
+    p->stats.connected = 1;
+    if (p->m) iqp_metrics_set(p->m, "iqp_redis_connected", NULL, 1);
+    return 0;
+}
+
+/* ---- pipeline ------------------------------------------------------------------- */
+
+/* Reads replies until at most keep commands are in flight. */
+static int pipe_read(iqp_publisher *p, int keep) {
+    while (p->inflight > keep) {
+        redisReply *r = NULL;
+        if (redisGetReply(p->redis, (void **)&r) != REDIS_OK) {
+            note_error(p, "reply from Redis at %s: %s", p->where, p->redis->errstr);
+            return -1;
+        }
+        p->inflight--;
+        int bad = r->type == REDIS_REPLY_ERROR;
+        if (bad) note_error(p, "Redis at %s refused a write: %s", p->where, r->str);
+        freeReplyObject(r);
+        if (bad) return -1;
+    }
+    return 0;
+}
+
+static int pipe_append(iqp_publisher *p, int argc, const char **argv, const size_t *lens) {
+    if (redisAppendCommandArgv(p->redis, argc, argv, lens) != REDIS_OK) {
+        note_error(p, "command to Redis at %s: %s", p->where, p->redis->errstr);
+        return -1;
+    }
+    p->inflight++;
+    return p->inflight >= p->pc.pipeline_depth ? pipe_read(p, 0) : 0;
+}
+
+/* ---- writing one (feature, context) --------------------------------------------- */
+
+/* One group of dirty keys: a context and some of its items. */
+typedef struct ctx_group {
+    iqp_parsed_key key;             /* context (and first item, unused) */
+    const unsigned char *prefix;    /* the context prefix bytes */
+    const char **items;
+    size_t *item_lens;
+    size_t n, cap;
+} ctx_group;
+
+static void group_add_item(ctx_group *g, const char *item, size_t len) {
+    if (g->n == g->cap) {
+        g->cap = g->cap * 2 + 64;
+        g->items = realloc(g->items, g->cap * sizeof *g->items);
+        g->item_lens = realloc(g->item_lens, g->cap * sizeof *g->item_lens);
+        if (!g->items || !g->item_lens) abort();
+    }
+    g->items[g->n] = item;
+    g->item_lens[g->n++] = len;
+}
+
+static unsigned char *value_space(iqp_publisher *p, size_t need) {
+    if (need > p->values_cap) {
+        free(p->values);
+        p->values_cap = need;
+        p->values = malloc(need);
+        if (!p->values) abort();
+    }
+    return p->values;
+}
+
+/* HSET key "" <context> item value ... for items [from, from + n). */
+static int write_chunk(iqp_publisher *p, const char *key, size_t klen, const int64_t *cc,
+                       const ctx_group *g, size_t from, size_t n, const iqp_feature_row *rows) {
+    size_t nw = p->cfg->n_windows, width = IQP_COUNTERS(p->cfg), item_max = IQP_RV_ITEM_MAX(nw, width);
+    const char *argv[4 + 2 * HSET_ITEMS];
+    size_t lens[4 + 2 * HSET_ITEMS];
+    unsigned char *v = value_space(p, IQP_RV_CONTEXT_MAX(nw) + HSET_ITEMS * item_max);
+    int64_t counts[IQP_MAX_WINDOWS * IQP_MAX_COUNTERS];
+    int argc = 0;
+    argv[argc] = "HSET", lens[argc++] = 4;
+    argv[argc] = key, lens[argc++] = klen;
+    argv[argc] = IQP_RV_CONTEXT_FIELD, lens[argc++] = 0;
+    argv[argc] = (const char *)v, lens[argc++] = iqp_rv_encode_context(cc, nw, v);
+    v += lens[argc - 1];
+    for (size_t i = 0; i < n; i++) {
+        for (size_t w = 0; w < nw; w++)
+            memcpy(counts + w * width, rows[i * nw + w].counters, width * sizeof counts[0]);
+        argv[argc] = g->items[from + i], lens[argc++] = g->item_lens[from + i];
+        argv[argc] = (const char *)v, lens[argc++] = iqp_rv_encode_item(counts, nw, width, v);
+        v += lens[argc - 1];
+    }
+    p->stats.values += n + 1;
+    if (p->m) iqp_metrics_add(p->m, "iqp_published_values_total", NULL, (double)(n + 1));
+    return pipe_append(p, argc, argv, lens);
+}
+
+static int publish_group(iqp_publisher *p, const iqp_store_snapshot *snap, int64_t as_of,
+                         const ctx_group *g, iqp_feature_row *rows) {
+    const iqp_feature_spec *f = &p->cfg->features[g->key.feature];
+    const iqp_context *ctx = &g->key.ctx;
+    int64_t cc[IQP_MAX_WINDOWS];
+    char err[512], ttl[32];
+    size_t klen = iqp_rv_hash_key(NULL, 0, p->prefix, p->generation, f->name, f->dims, ctx->country,
+                                  iqp_gender_name(ctx->gender), ctx->query, ctx->query_len);
+    char *key = malloc(klen + 1);
+    if (!key) abort();
+    iqp_rv_hash_key(key, klen + 1, p->prefix, p->generation, f->name, f->dims, ctx->country,
+                    iqp_gender_name(ctx->gender), ctx->query, ctx->query_len);
+    int rc = iqp_features_read_context_at(p->st, snap, g->key.feature, ctx, as_of, cc, err, sizeof err);
+    for (size_t from = 0; rc == 0 && (from < g->n || from == 0); from += HSET_ITEMS) {
+        size_t n = g->n - from < HSET_ITEMS ? g->n - from : HSET_ITEMS;
+        if (n) rc = iqp_features_read_at(p->st, snap, g->key.feature, ctx, g->items + from,
+                                         g->item_lens + from, n, as_of, rows, err, sizeof err);
+        if (rc < 0) note_error(p, "%s", err);
+        else rc = write_chunk(p, key, klen, cc, g, from, n, rows);
+        if (g->n == 0) break;
+    }
+    if (rc == 0) {
+        const char *argv[3] = {"PEXPIRE", key, ttl};
+        size_t lens[3] = {7, klen, (size_t)snprintf(ttl, sizeof ttl, "%" PRId64, p->pc.ttl_ms)};
+        rc = pipe_append(p, 3, argv, lens);
+    }
+    free(key);
+    return rc;
+}
+
+/* ---- from dirty keys to groups ----------------------------------------------------- */
+
+static int cmp_dirty(const void *a, const void *b, void *list) {
+    size_t la, lb;
+    const unsigned char *ka = keylist_get(list, *(const size_t *)a, &la);
+    const unsigned char *kb = keylist_get(list, *(const size_t *)b, &lb);
+    int c = memcmp(ka, kb, la < lb ? la : lb);
+    return c ? c : (la > lb) - (la < lb);
+}
+
+/* Publishes every dirty key of l (any order, duplicates allowed). */
+static int publish_dirty(iqp_publisher *p, const iqp_store_snapshot *snap, const keylist *l) {
+    size_t *idx = malloc((l->n ? l->n : 1) * sizeof *idx);
+    iqp_feature_row *rows = malloc(HSET_ITEMS * p->cfg->n_windows * sizeof *rows);
+    if (!idx || !rows) abort();
+    for (size_t i = 0; i < l->n; i++) idx[i] = i;
+    qsort_r(idx, l->n, sizeof *idx, cmp_dirty, (void *)l);
+    int64_t as_of = iqp_store_watermark(p->st);
+    ctx_group g = {0};
+    int open = 0, rc = 0;
+    const unsigned char *prev = NULL;
+    size_t prev_len = 0;
+    for (size_t i = 0; i < l->n && rc == 0; i++) {
+        size_t len;
+        const unsigned char *k = keylist_get(l, idx[i], &len);
+        if (prev && len == prev_len && memcmp(k, prev, len) == 0) continue;
+        prev = k, prev_len = len;
+        iqp_parsed_key pk;
+        if (iqp_cells_parse_key(p->cfg, k, len, &pk) < 0) continue; /* not this layout's: nothing to show */
+        if (open && (pk.prefix_len != g.key.prefix_len || memcmp(k, g.prefix, pk.prefix_len) != 0)) {
+            rc = publish_group(p, snap, as_of, &g, rows);
+            open = 0;
+        }
+        if (!open) {
+            g.key = pk, g.prefix = k, g.n = 0;
+            open = 1;
+        }
+        if (pk.item) group_add_item(&g, pk.item, pk.item_len);
+    }
+    if (rc == 0 && open) rc = publish_group(p, snap, as_of, &g, rows);
+    if (rc == 0) rc = pipe_read(p, 0);
+    free(g.items);
+    free(g.item_lens);
+    free(rows);
+    free(idx);
+    return rc;
+}
+
+/* Records this round's watermark and wall clock in the generation's meta. */
+static int stamp_meta(iqp_publisher *p) {
+    char as_of[32], now[32], key[200];
+    snprintf(key, sizeof key, "%s:%llu:meta", p->prefix, (unsigned long long)p->generation);
+    const char *argv[6] = {"HSET", key, "as_of_ms", as_of, "published_ms", now};
+    size_t lens[6] = {4, strlen(key), 8, (size_t)snprintf(as_of, sizeof as_of, "%" PRId64, iqp_store_watermark(p->st)),
+                      12, (size_t)snprintf(now, sizeof now, "%" PRId64, iqp_wall_ms())};
+    if (pipe_append(p, 6, argv, lens) < 0) return -1;
+    /* the meta key outlives every value key: each round refreshes it */
+    char ttl[32];
+    const char *exp[3] = {"PEXPIRE", key, ttl};
+    size_t elens[3] = {7, strlen(key), (size_t)snprintf(ttl, sizeof ttl, "%" PRId64, p->pc.ttl_ms)};
+    if (pipe_append(p, 3, exp, elens) < 0) return -1;
+    return pipe_read(p, 0);
+}
+
+/* ---- the queue ---------------------------------------------------------------------- */
+
+typedef struct collect {
+    keylist *records;
+    size_t max;
+    int64_t oldest_ms;    /* flush time of the first record */
+    uint64_t before_seq;  /* collect_before: stop at this sequence */
+} collect;
+
+static int collect_record(void *ud, const unsigned char *key, size_t klen, const char *val, size_t vlen) {
+    collect *c = ud;
+    if (c->records->n == 0 && vlen == 8) memcpy(&c->oldest_ms, val, 8);
+    keylist_push(c->records, key, klen);
+    return c->records->n >= c->max;
+}
+
+static void set_lag(iqp_publisher *p, int64_t oldest_ms) {
+    if (!p->m) return;
+    double lag = oldest_ms ? (double)(iqp_wall_ms() - oldest_ms) / 1000.0 : 0.0;
+    iqp_metrics_set(p->m, "iqp_publish_lag_seconds", NULL, lag < 0 ? 0 : lag);
+    iqp_metrics_set(p->m, "iqp_publish_keys_pending", NULL, (double)iqp_pending_count(p->q));
+}
+
+/* Deletes the records in l from the queue. */
+static int delete_records(iqp_publisher *p, const keylist *l) {
+    char err[512];
+    iqp_store_batch *b = iqp_store_batch_new(p->st);
+    for (size_t i = 0; i < l->n; i++) {
+        size_t len;
+        const unsigned char *k = keylist_get(l, i, &len);
+        iqp_store_batch_delete(b, IQP_CF_PENDING, k, len);
+    }
+    int rc = iqp_store_batch_commit(p->st, b, err, sizeof err);
+    iqp_store_batch_free(b);
+    if (rc < 0) {
+        note_error(p, "%s", err);
+        return -1;
+    }
+    iqp_pending_consumed(p->q, l->n);
+    return 0;
+}
+
+/* Publishes up to batch_keys queued records: the count published, 0 when
+ * the queue is empty, -1 on error (the records stay queued). */
+static int publish_queue_round(iqp_publisher *p) {
+    char err[512];
+    collect c = {.records = &p->records, .max = p->pc.batch_keys};
+    keylist_clear(&p->records);
+    if (iqp_store_scan_keys(p->st, NULL, IQP_CF_PENDING, NULL, 0, collect_record, &c, err, sizeof err) < 0) {
+        note_error(p, "%s", err);
+        return -1;
+    }
+    set_lag(p, p->records.n ? c.oldest_ms : 0);
+    if (p->records.n == 0) return 0;
+    double t0 = (double)iqp_mono_ms();
+    keylist_clear(&p->dirty);
+    for (size_t i = 0; i < p->records.n; i++) {
+        size_t len;
+        const unsigned char *k = keylist_get(&p->records, i, &len);
+        if (len > IQP_PENDING_HEADER) keylist_push(&p->dirty, k + IQP_PENDING_HEADER, len - IQP_PENDING_HEADER);
+    }
+    /* the snapshot is taken after the records were read: it holds their counts */
+    iqp_store_snapshot *snap = iqp_store_snapshot_new(p->st);
+    int rc = publish_dirty(p, snap, &p->dirty);
+    iqp_store_snapshot_free(p->st, snap);
+    if (rc == 0) rc = stamp_meta(p);
+    if (rc == 0) rc = delete_records(p, &p->records);
+    if (rc < 0) return -1;
+    p->stats.rounds++;
+    if (p->m) iqp_metrics_observe(p->m, "iqp_publish_round_seconds", NULL, ((double)iqp_mono_ms() - t0) / 1000.0);
+    set_lag(p, 0);
+    return (int)p->records.n;
+}
+
+/* ---- resync: every key of a snapshot ---------------------------------------------- */
+
+typedef struct resync_scan {
+    keylist *dirty;
+    size_t max;
+    iqp_keybuf resume;  /* where the next chunk starts */
+    int more;
+} resync_scan;
+
+static int collect_dirty(void *ud, const unsigned char *key, size_t klen, const char *val, size_t vlen) {
+    resync_scan *rs = ud;
+    (void)val, (void)vlen;
+    if (klen <= IQP_BUCKET_SUFFIX_LEN) return 0;
+    size_t dlen = klen - IQP_BUCKET_SUFFIX_LEN, plen;
+    if (rs->dirty->n) {
+        const unsigned char *prev = keylist_get(rs->dirty, rs->dirty->n - 1, &plen);
+        if (plen == dlen && memcmp(prev, key, dlen) == 0) return 0;
+    }
+    if (rs->dirty->n >= rs->max) {
+        /* resume at this key's first cell next time */
+        iqp_keybuf_truncate(&rs->resume, 0);
+        iqp_keybuf_append(&rs->resume, key, dlen);
+        rs->more = 1;
+        return 1;
+    }
+    keylist_push(rs->dirty, key, dlen);
+    return 0;
+}
+
+static int resync_cf(iqp_publisher *p, const iqp_store_snapshot *snap, iqp_cf cf) {
+    char err[512];
+    resync_scan rs = {.dirty = &p->dirty, .max = p->pc.batch_keys};
+    iqp_keybuf_init(&rs.resume);
+    int rc = 0;
+    do {
+        keylist_clear(&p->dirty);
+        int first = !rs.more;
+        rs.more = 0;
+        if (iqp_store_scan_keys(p->st, snap, cf, first ? NULL : rs.resume.buf, first ? 0 : rs.resume.len,
+                                collect_dirty, &rs, err, sizeof err) < 0) {
+            note_error(p, "%s", err);
+            rc = -1;
+        }
+        if (rc == 0) rc = publish_dirty(p, snap, &p->dirty);
+    } while (rc == 0 && rs.more);
+    iqp_keybuf_free(&rs.resume);
+    return rc;
+}
+
+static int collect_before(void *ud, const unsigned char *key, size_t klen, const char *val, size_t vlen) {
+    collect *c = ud;
+    (void)val, (void)vlen;
+    if (iqp_pending_key_seq(key, klen) >= c->before_seq) return 1;
+    keylist_push(c->records, key, klen);
+    return c->records->n >= c->max;
+}
+
+/* Drops queue records older than seq (a resync covered them). */
+static int drop_records_before(iqp_publisher *p, uint64_t seq) {
+    char err[512];
+    collect c = {.records = &p->records, .max = p->pc.batch_keys, .before_seq = seq};
+    do {
+        keylist_clear(&p->records);
+        if (iqp_store_scan_keys(p->st, NULL, IQP_CF_PENDING, NULL, 0, collect_before, &c, err, sizeof err) < 0) {
+            note_error(p, "%s", err);
+            return -1;
+        }
+        if (p->records.n && delete_records(p, &p->records) < 0) return -1;
+    } while (p->records.n == c.max);
+    return 0;
+}
+
+static int resync(iqp_publisher *p) {
+    char key[200], err[512];
+    uint64_t covered = iqp_pending_next_seq(p->q); /* records below were committed before the snapshot */
+    iqp_store_snapshot *snap = iqp_store_snapshot_new(p->st);
+    int rc = resync_cf(p, snap, IQP_CF_CONTEXTS);
+    if (rc == 0) rc = resync_cf(p, snap, IQP_CF_COUNTS);
+    iqp_store_snapshot_free(p->st, snap);
+    if (rc == 0) rc = stamp_meta(p);
+    if (rc == 0) rc = drop_records_before(p, covered);
+    if (rc < 0) return -1;
+    iqp_store_batch *b = iqp_store_batch_new(p->st);
+    run_id_meta_key(p, key, sizeof key);
+    iqp_store_batch_put(b, IQP_CF_META, key, strlen(key), p->run_id, strlen(p->run_id));
+    rc = iqp_store_batch_commit(p->st, b, err, sizeof err);
+    iqp_store_batch_free(b);
+    if (rc < 0) {
+        note_error(p, "%s", err);
+        return -1;
+    }
+    p->need_resync = 0;
+    p->stats.resyncs++;
+    if (p->m) iqp_metrics_add(p->m, "iqp_publish_resyncs_total", NULL, 1);
+    return 0;
+}
+
+/* ---- the thread ------------------------------------------------------------------------ */
+
+/* Sleeps until notified, stopping, or ms passed. */
+static void wait_for_work(iqp_publisher *p, int64_t ms) {
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += ms / 1000;
+    deadline.tv_nsec += (ms % 1000) * 1000000;
+    if (deadline.tv_nsec >= 1000000000) deadline.tv_sec++, deadline.tv_nsec -= 1000000000;
+    pthread_mutex_lock(&p->mu);
+    while (!p->notified && !p->stopping)
+        if (pthread_cond_timedwait(&p->cv, &p->mu, &deadline) != 0) break;
+    p->notified = 0;
+    pthread_mutex_unlock(&p->mu);
+}
+
+static int should_exit(iqp_publisher *p) {
+    pthread_mutex_lock(&p->mu);
+    int stopping = p->stopping;
+    int64_t deadline = p->drain_deadline_ms;
+    pthread_mutex_unlock(&p->mu);
+    if (!stopping) return 0;
+    return iqp_pending_count(p->q) == 0 || iqp_mono_ms() >= deadline || !p->redis;
+}
+
+/* One step of the loop; returns how long to back off (0: none). */
+static int64_t publish_step(iqp_publisher *p, int64_t backoff) {
+    if (!p->redis) {
+        int rc = session_open(p);
+        if (rc < 0) return rc == -2 ? 30000 : backoff;
+        if (p->stats.errors) fprintf(stderr, "iqp stream: Redis at %s answers again; %" PRIu64 " changed keys queued\n",
+                                     p->where, iqp_pending_count(p->q));
+    }
+    if (p->need_resync && resync(p) < 0) return backoff;
+    int n = publish_queue_round(p);
+    if (n < 0) return backoff;
+    if (n == 0) wait_for_work(p, 1000);
+    return 0;
+}
+
+static void *thread_main(void *arg) {
+    iqp_publisher *p = arg;
+    int64_t backoff = BACKOFF_MIN_MS;
+    int reported = 0;
+    while (!should_exit(p)) {
+        int64_t wait = publish_step(p, backoff);
+        if (wait == 0) {
+            backoff = BACKOFF_MIN_MS;
+            reported = 0;
+            continue;
+        }
+        drop_session(p);
+        if (!reported)
+            fprintf(stderr, "iqp stream: %s; counting goes on, changes stay queued in the store, retrying\n",
+                    p->last_error);
+        reported = 1;
+        set_lag(p, 0);
+        wait_for_work(p, wait);
+        backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+    }
+    return NULL;
+}
+
+/* ---- life cycle -------------------------------------------------------------------------- */
+
+static iqp_publisher *publisher_new(iqp_store *st, iqp_pending *q, const iqp_publisher_config *pc,
+                                    char *err, size_t errlen) {
+    iqp_publisher *p = calloc(1, sizeof *p);
+    if (!p) abort();
+    p->st = st;
+    p->q = q;
+    p->cfg = iqp_store_config(st);
+    p->pc = *pc;
+    if (p->pc.pipeline_depth < 64) p->pc.pipeline_depth = 64;
+    if (p->pc.batch_keys == 0) p->pc.batch_keys = 20000;
+    snprintf(p->prefix, sizeof p->prefix, "%s", pc->prefix ? pc->prefix : "iqp");
+    if (iqp_redis_url_parse(pc->url, &p->url, err, errlen) < 0) {
+        free(p);
+        return NULL;
+    }
+    iqp_redis_url_describe(&p->url, p->where, sizeof p->where);
+    p->layout_json = iqp_config_layout_json(p->cfg);
+    snprintf(p->fingerprint, sizeof p->fingerprint, "%016llx",
+             (unsigned long long)XXH3_64bits(p->layout_json, strlen(p->layout_json)));
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    return p;
+}
+
+static void publisher_free(iqp_publisher *p) {
+    drop_session(p);
+    keylist_free(&p->records);
+    keylist_free(&p->dirty);
+    free(p->values);
+    free(p->layout_json);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    free(p);
+}
+
+iqp_publisher *iqp_publisher_start(iqp_store *st, iqp_pending *q, const iqp_publisher_config *pc,
+                                   iqp_metrics *m, char *err, size_t errlen) {
+    iqp_publisher *p = publisher_new(st, q, pc, err, errlen);
+    if (!p) return NULL;
+    p->m = m;
+    if (m) iqp_metrics_set(m, "iqp_redis_connected", NULL, 0);
+    int rc = session_open(p);
+    if (rc == -2) {
+        snprintf(err, errlen, "%s", p->last_error);
+        publisher_free(p);
+        return NULL;
+    }
+    if (rc < 0)
+        fprintf(stderr, "iqp stream: %s; counting goes on, publishing retries\n", p->last_error);
+    if (pthread_create(&p->thread, NULL, thread_main, p) != 0) {
+        snprintf(err, errlen, "cannot start the publisher thread");
+        publisher_free(p);
+        return NULL;
+    }
+    return p;
+}
+
+void iqp_publisher_notify(void *publisher) {
+    iqp_publisher *p = publisher;
+    pthread_mutex_lock(&p->mu);
+    p->notified = 1;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+void iqp_publisher_stop(iqp_publisher *p, int drain_ms, iqp_publisher_stats *stats) {
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    p->stopping = 1;
+    p->drain_deadline_ms = iqp_mono_ms() + drain_ms;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    pthread_join(p->thread, NULL);
+    if (stats) *stats = p->stats;
+    publisher_free(p);
+}
+
+int iqp_publisher_run_once(iqp_store *st, iqp_pending *q, const iqp_publisher_config *pc, int full,
+                           iqp_publisher_stats *stats, char *err, size_t errlen) {
+    iqp_publisher *p = publisher_new(st, q, pc, err, errlen);
+    if (!p) return -1;
+    int rc = session_open(p) < 0 ? -1 : 0;
+    if (rc == 0 && full) p->need_resync = 1;
+    if (rc == 0 && p->need_resync) rc = resync(p);
+    while (rc == 0) {
+        int n = publish_queue_round(p);
+        if (n <= 0) {
+            rc = n;
+            break;
+        }
+    }
+    if (rc < 0) snprintf(err, errlen, "%s", p->last_error);
+    if (stats) *stats = p->stats;
+    publisher_free(p);
+    return rc;
+}

@@ -1,0 +1,81 @@
+/* publisher.h -- keeps Redis equal to the store: the features the stream
+ * changed, written in the Redis layout (schemas/redis_value.h).
+ *
+ * Owns: the Redis side of serving on the writer's side: the publisher
+ * thread, its connection, the generation pointer and meta key it creates
+ * when Redis has none, the layout check against what Redis holds,
+ * draining the publish queue (pending.h) and the full resync.
+ *
+ * Design:
+ *   - Counting never waits for Redis. The stream's flushes append dirty
+ *     keys to the queue in the store (same WriteBatch as the counts); this
+ *     thread drains it: read up to batch_keys records, take a store
+ *     snapshot, recompute every window of every dirty (feature, context,
+ *     item) and its context as of the store's watermark, write them with
+ *     HSET + PEXPIRE through a pipeline, and only when Redis acknowledged
+ *     everything delete the records. A crash anywhere re-publishes, never
+ *     skips.
+ *   - One HSET per (feature, context) chunk carries the context field and
+ *     the item fields together, so a ranker's HMGET never pairs a new count
+ *     with an old context_count of the same flush.
+ *   - Redis lost data (restarted, flushed, failed over) when its run_id is
+ *     not the one recorded in the store after the last full publish, or
+ *     when the generation pointer is gone: the publisher then republishes
+ *     every key of a store snapshot (resync) and drops the queue records
+ *     that snapshot covers.
+ *   - Errors: reconnect with exponential backoff (100 ms to 5 s). A Redis
+ *     holding another layout (fingerprint) is refused, never overwritten.
+ *
+ * May not touch: counting, the Kafka consumer, the store beyond reading
+ * snapshots, deleting queue records and its "publish/..." meta keys.
+ */
+#ifndef IQP_PUBLISHER_H
+#define IQP_PUBLISHER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "consumers/metrics.h"
+#include "publisher/pending.h"
+#include "store/store.h"
+
+typedef struct iqp_publisher_config {
+    const char *url;          /* redis://... or unix://... */
+    const char *prefix;       /* key prefix, default "iqp" */
+    int connect_timeout_ms;   /* default 1000 */
+    int command_timeout_ms;   /* default 2000 */
+    int64_t ttl_ms;           /* every written key's TTL, default 8 days */
+    size_t batch_keys;        /* queue records per round, default 20000 */
+    int pipeline_depth;       /* commands in flight, default 256 (>= 64) */
+} iqp_publisher_config;
+
+void iqp_publisher_config_defaults(iqp_publisher_config *pc);
+
+typedef struct iqp_publisher_stats {
+    uint64_t rounds, values, errors, resyncs;
+    int connected;
+} iqp_publisher_stats;
+
+typedef struct iqp_publisher iqp_publisher;
+
+/* Declares the publisher's metrics in m (m may be NULL). */
+void iqp_publisher_declare_metrics(iqp_metrics *m);
+
+/* Starts the publisher thread. It first tries Redis once, in the caller's
+ * thread: a Redis that holds another layout is an error (NULL, err); one
+ * that cannot be reached is reported on stderr and retried. */
+iqp_publisher *iqp_publisher_start(iqp_store *st, iqp_pending *q, const iqp_publisher_config *pc,
+                                   iqp_metrics *m, char *err, size_t errlen);
+
+/* Wakes the thread: the queue grew (the pending.h notify callback). */
+void iqp_publisher_notify(void *publisher);
+
+/* Stops the thread after draining the queue for at most drain_ms (while
+ * Redis answers); what is left stays queued in the store. */
+void iqp_publisher_stop(iqp_publisher *p, int drain_ms, iqp_publisher_stats *stats);
+
+/* One-shot, in the caller's thread (iqp publish): drains the queue, and
+ * with full != 0 republishes every key first. 0, or -1 with err. */
+int iqp_publisher_run_once(iqp_store *st, iqp_pending *q, const iqp_publisher_config *pc, int full,
+                           iqp_publisher_stats *stats, char *err, size_t errlen);
+
+#endif

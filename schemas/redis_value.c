@@ -1,0 +1,127 @@
+/* redis_value.c -- version 1 of the Redis layout (see redis_value.h and
+ * schemas/redis-layout.md).
+ *
+ * Values are LEB128 varints: 7 bits per byte, least significant group
+ * first, high bit set on every byte but the last. Signed counters are
+ * zigzag-mapped first (0,-1,1,-2,... -> 0,1,2,3,...): a store's counts are
+ * normally >= 0, but a stream instance that restored another's markers can
+ * hold a -1 where a count moved to an earlier bucket (README "Kafka").
+ * Most counters of most items are zero, so an item's window is a mask plus
+ * only its non-zero counters: a typical value is 8 to 16 bytes, which keeps
+ * small hashes in Redis's compact listpack encoding.
+ */
+#include "schemas/redis_value.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "aggregator/config.h"
+
+static size_t put_uvarint(unsigned char *out, uint64_t v) {
+    size_t n = 0;
+    while (v >= 0x80) {
+        out[n++] = (unsigned char)(v | 0x80);
+        v >>= 7;
+    }
+    out[n++] = (unsigned char)v;
+    return n;
+}
+
+static uint64_t zigzag(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
+static int64_t unzigzag(uint64_t u) { return (int64_t)(u >> 1) ^ -(int64_t)(u & 1); }
+
+/* Reads one varint at in[*pos]; -1 when truncated or longer than 64 bits. */
+static int get_uvarint(const unsigned char *in, size_t len, size_t *pos, uint64_t *v) {
+    uint64_t r = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        if (*pos >= len) return -1;
+        unsigned char b = in[(*pos)++];
+        if (shift == 63 && b > 1) return -1;
+        r |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *v = r;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+size_t iqp_rv_encode_item(const int64_t *counts, size_t n_windows, size_t width,
+                          unsigned char *out) {
+    size_t n = 0;
+    for (size_t w = 0; w < n_windows; w++) {
+        const int64_t *c = counts + w * width;
+        uint64_t mask = 0;
+        for (size_t k = 0; k < width; k++)
+            if (c[k]) mask |= 1ull << k;
+        n += put_uvarint(out + n, mask);
+        for (size_t k = 0; k < width; k++)
+            if (c[k]) n += put_uvarint(out + n, zigzag(c[k]));
+    }
+    return n;
+}
+
+size_t iqp_rv_encode_context(const int64_t *context_count, size_t n_windows, unsigned char *out) {
+    size_t n = 0;
+    for (size_t w = 0; w < n_windows; w++) n += put_uvarint(out + n, zigzag(context_count[w]));
+    return n;
+}
+
+int iqp_rv_decode_item(const unsigned char *in, size_t len, size_t n_windows, size_t width,
+                       int64_t *counts) {
+    size_t pos = 0;
+    memset(counts, 0, n_windows * width * sizeof *counts);
+    if (width > 63) return -1;
+    for (size_t w = 0; w < n_windows; w++) {
+        uint64_t mask, v;
+        if (get_uvarint(in, len, &pos, &mask) < 0 || (mask >> width) != 0) return -1;
+        for (size_t k = 0; k < width; k++) {
+            if (!(mask & (1ull << k))) continue;
+            if (get_uvarint(in, len, &pos, &v) < 0) return -1;
+            counts[w * width + k] = unzigzag(v);
+        }
+    }
+    return pos == len ? 0 : -1;
+}
+
+int iqp_rv_decode_context(const unsigned char *in, size_t len, size_t n_windows,
+                          int64_t *context_count) {
+    size_t pos = 0;
+    for (size_t w = 0; w < n_windows; w++) {
+        uint64_t v;
+        if (get_uvarint(in, len, &pos, &v) < 0) return -1;
+        context_count[w] = unzigzag(v);
+    }
+    return pos == len ? 0 : -1;
+}
+
+/* Appends s[0..n) at out[*len] as far as it fits; *len counts it all. */
+static void append(char *out, size_t cap, size_t *len, const char *s, size_t n) {
+    if (*len < cap) memcpy(out + *len, s, *len + n <= cap ? n : cap - *len);
+    *len += n;
+}
+
+size_t iqp_rv_hash_key(char *out, size_t cap, const char *prefix, uint64_t generation,
+                       const char *feature, unsigned dims, const char *country,
+                       const char *gender, const char *query, size_t query_len) {
+    char gen[24];
+    size_t len = 0;
+    int gl = snprintf(gen, sizeof gen, ":%llu:", (unsigned long long)generation);
+    append(out, cap, &len, prefix, strlen(prefix));
+    append(out, cap, &len, gen, (size_t)gl);
+    append(out, cap, &len, feature, strlen(feature));
+    if (dims & IQP_DIM_COUNTRY) {
+        append(out, cap, &len, ":", 1);
+        append(out, cap, &len, country, 2);
+    }
+    if (dims & IQP_DIM_GENDER) {
+        append(out, cap, &len, ":", 1);
+        append(out, cap, &len, gender, strlen(gender));
+    }
+    if (dims & IQP_DIM_QUERY) {
+        append(out, cap, &len, ":", 1);
+        append(out, cap, &len, query, query_len);
+    }
+    if (len < cap) out[len] = '\0';
+    return len;
+}

@@ -1,0 +1,64 @@
+/* redis_value.h -- the Redis layout of published features, version 1.
+ *
+ * Owns: the bytes iqp writes to Redis and libiqp reads back: key names,
+ * the packed value of an item field and of the context field, and the
+ * layout version. schemas/redis-layout.md is the normative description
+ * (enough to write a reader in any language); this file implements it.
+ *
+ *   <prefix>:gen                       string: the generation G being served
+ *   <prefix>:<G>:meta                  hash: layout_version, fingerprint,
+ *                                      layout (JSON), created_ms
+ *   <prefix>:<G>:<feature>[:<country>][:<gender>][:<query>]
+ *                                      hash per (feature, context):
+ *     field ""        per window: zigzag varint context_count
+ *     field <item>    per window: uvarint mask of non-zero counters, then
+ *                     each non-zero counter (ascending index) as a zigzag
+ *                     varint. Counter index: 0 impression, 1 engaged,
+ *                     2 + a action a (layout order).
+ *
+ * Windows are in layout order. Integers only: readers compute rates as
+ * count / context_count in IEEE double (0 when context_count is 0), which
+ * is what `iqp lookup --store` prints.
+ *
+ * May not touch: Redis connections, the store; it only formats bytes. It
+ * is compiled into libiqp, so it depends on nothing but libc.
+ */
+#ifndef IQP_REDIS_VALUE_H
+#define IQP_REDIS_VALUE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define IQP_RV_LAYOUT_VERSION 1
+
+/* The hash field that holds a context's context_count vector. Item ids are
+ * never empty (the decoder rejects them), so it cannot collide. */
+#define IQP_RV_CONTEXT_FIELD ""
+
+/* Upper bound of an encoded item value (n_windows windows of width
+ * counters) and of a context value. */
+#define IQP_RV_ITEM_MAX(n_windows, width) ((n_windows) * (3 + 10 * (width)))
+#define IQP_RV_CONTEXT_MAX(n_windows) ((n_windows) * 10)
+
+/* counts[w * width + k]: counter k of window w. Returns bytes written. */
+size_t iqp_rv_encode_item(const int64_t *counts, size_t n_windows, size_t width,
+                          unsigned char *out);
+size_t iqp_rv_encode_context(const int64_t *context_count, size_t n_windows, unsigned char *out);
+
+/* Decoders fill every slot (zeros where absent); 0, or -1 when the bytes
+ * are not a value of this shape (truncated, trailing bytes, a mask bit
+ * beyond width, a varint over 64 bits). */
+int iqp_rv_decode_item(const unsigned char *in, size_t len, size_t n_windows, size_t width,
+                       int64_t *counts);
+int iqp_rv_decode_context(const unsigned char *in, size_t len, size_t n_windows,
+                          int64_t *context_count);
+
+/* Writes the hash key of one (feature, context) into out (NUL-terminated
+ * when it fits) and returns its length; the caller retries with a larger
+ * buffer when the result is >= cap. country / gender / query are used
+ * only when the feature has that dimension (dims: IQP_DIM_* bits). */
+size_t iqp_rv_hash_key(char *out, size_t cap, const char *prefix, uint64_t generation,
+                       const char *feature, unsigned dims, const char *country,
+                       const char *gender, const char *query, size_t query_len);
+
+#endif

@@ -1,0 +1,875 @@
+/* check_export.c -- `iqp export` against brute force, leakage and serving.
+ *
+ * Design
+ * ------
+ * An unchecked fixture generates one log (iqp gen: redeliveries, repeated
+ * actions, spelling variants, malformed lines, 2 min disorder), splits it
+ * into an impressions-only and an actions-only file, and feeds it to the
+ * oracle (tests/oracle.c), which keeps every valid event. The expected
+ * values never come from iqp: features are oracle_lookup_before (a scan
+ * over every counted thing with ts < ts - lag), labels a scan over the
+ * oracle's valid actions.
+ *
+ * The tests:
+ *   features_and_labels   every value of every row of a full export (lag 0)
+ *                         equals the brute force; exactly one row per
+ *                         (counted impression, distinct item); dead letters
+ *                         one per line the oracle rejects.
+ *   lag_and_range         the same with --lag-ms 90000 and a --from/--until
+ *                         slice in the middle (events before --from warm
+ *                         the counters; no rows outside the slice).
+ *   csv_matches_jsonl     --format csv holds the same values, column by
+ *                         column, as the JSONL export.
+ *   files_merged_by_time  impressions and actions in two files give the
+ *                         same rows as the one mixed file.
+ *   leakage               hand-written: an impression's own click is in
+ *                         its label, not its features; a second impression
+ *                         of the query an hour later has it in its
+ *                         features; with a 2 h lag it does not yet; an
+ *                         action past the horizon labels nothing.
+ *   parity_with_lookup    for impressions of the lag export: a store
+ *                         backfilled with exactly the events before
+ *                         ts - lag, read with `iqp lookup --as-of ts - lag`,
+ *                         prints the exported values.
+ *   bad_input             malformed, out-of-order and future lines are
+ *                         dead-lettered with their reasons; the run goes on.
+ *   usage                 bad flags exit 2 naming the problem; a missing
+ *                         input exits 1 naming the file.
+ */
+#include <check.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+#include <uthash.h>
+
+#include "tests/oracle.h"
+#include "tests/testutil.h"
+
+#define HOUR_MS 3600000LL
+#define DAY_MS 86400000LL
+#ifndef IMPRESSIONS
+#define IMPRESSIONS 1500
+#endif
+#define SEED 20250606
+#define START_MS 1717996834567LL /* 2024-06-10, not on a bucket edge */
+#define SPAN_MS (36 * HOUR_MS)
+#define LAG_MS 90000LL
+#define RANGE_FROM (START_MS + 12 * HOUR_MS)
+#define RANGE_UNTIL (START_MS + 20 * HOUR_MS)
+#define N_MEASURES (1 + 2 * ORACLE_N_COUNTERS)
+
+static const char *const counter_names[ORACLE_N_COUNTERS] = {
+    "impression", "engaged", "click", "save", "closeup", "long_click", "download", "screenshot"};
+
+static char *setup_error;
+static char *tmp, *log_all, *log_imps, *log_acts;
+static oracle *orc;
+
+/* Valid actions by (request_id, item), for the label brute force. */
+typedef struct action_list {
+    char *key;                 /* request_id '\x01' item */
+    int64_t *ts;
+    int *action;
+    size_t n;
+    UT_hash_handle hh;
+} action_list;
+static action_list *actions;
+
+/* Counted impressions by request_id. */
+typedef struct impression_ref {
+    const char *request_id;
+    const oracle_event *ev;
+    int rows_seen;             /* rows found in the export under test */
+    UT_hash_handle hh;
+} impression_ref;
+static impression_ref *impressions;
+
+/* ------------------------------------------------------------------------ */
+/* Helpers.                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static int64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int run_ok(const char *cmd) {
+    int rc = tu_run(cmd, NULL);
+    if (rc != 0) fprintf(stderr, "export test: exit %d: %s\n", rc, cmd);
+    return rc == 0;
+}
+
+static char *pair_key(const char *a, const char *b) { return tu_fmt("%s\x01%s", a, b); }
+
+/* The distinct items of an impression, first occurrence first. */
+static size_t distinct(const oracle_event *ev, const char **items, int64_t *positions) {
+    size_t n = 0;
+    for (size_t i = 0; i < ev->n_items; i++) {
+        int dup = 0;
+        for (size_t j = 0; j < n && !dup; j++) dup = strcmp(items[j], ev->items[i]) == 0;
+        if (dup) continue;
+        positions[n] = ev->positions[i];
+        items[n++] = ev->items[i];
+    }
+    return n;
+}
+
+/* Brute-force label: a valid action of that kind (-1: any) on item in the
+ * request with ts in [t, t + horizon). */
+static int expected_label(const char *request_id, const char *item, int64_t t, int64_t horizon,
+                          int action) {
+    char *key = pair_key(request_id, item);
+    action_list *l;
+    int hit = 0;
+    HASH_FIND_STR(actions, key, l);
+    free(key);
+    for (size_t i = 0; l && i < l->n && !hit; i++)
+        hit = l->ts[i] >= t && l->ts[i] < t + horizon && (action < 0 || l->action[i] == action);
+    return hit;
+}
+
+static char *column(int f, int w, int m) {
+    const char *measure;
+    char buf[64];
+    if (m == 0) measure = "context_count";
+    else if (m <= ORACLE_N_COUNTERS) measure = counter_names[m - 1];
+    else {
+        snprintf(buf, sizeof buf, "iqp_%s", counter_names[m - 1 - ORACLE_N_COUNTERS]);
+        measure = buf;
+    }
+    return tu_fmt("%s.%s.%s", oracle_feature_names[f], oracle_window_names[w], measure);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The fixture.                                                             */
+/* ------------------------------------------------------------------------ */
+
+static void fail_setup(const char *what) {
+    if (!setup_error) setup_error = tu_fmt("export setup: %s", what);
+}
+
+static void index_events(void) {
+    for (size_t i = 0; i < oracle_n_events(orc); i++) {
+        const oracle_event *e = oracle_get_event(orc, i);
+        if (e->is_action) {
+            char *key = pair_key(e->request_id, e->items[0]);
+            action_list *l;
+            HASH_FIND_STR(actions, key, l);
+            if (!l) {
+                l = calloc(1, sizeof *l);
+                l->key = key;
+                HASH_ADD_KEYPTR(hh, actions, l->key, strlen(l->key), l);
+            } else {
+                free(key);
+            }
+            l->ts = realloc(l->ts, (l->n + 1) * sizeof *l->ts);
+            l->action = realloc(l->action, (l->n + 1) * sizeof *l->action);
+            l->ts[l->n] = e->ts;
+            l->action[l->n++] = e->action;
+        } else if (e->counted) {
+            impression_ref *r;
+            HASH_FIND_STR(impressions, e->request_id, r);
+            if (r) { fail_setup("two counted impressions share a request_id"); continue; }
+            r = calloc(1, sizeof *r);
+            r->request_id = e->request_id;
+            r->ev = e;
+            HASH_ADD_KEYPTR(hh, impressions, r->request_id, strlen(r->request_id), r);
+        }
+    }
+}
+
+static void export_setup(void) {
+    if (!(tmp = tu_mkdtemp("export"))) { fail_setup("cannot create a temp dir"); return; }
+    log_all = tu_fmt("%s/all.jsonl", tmp);
+    log_imps = tu_fmt("%s/imps.jsonl", tmp);
+    log_acts = tu_fmt("%s/acts.jsonl", tmp);
+    char *cmd = tu_fmt("%s gen --seed %d --impressions %d --start %lld --span 36h --disorder 2m "
+                       "--out '%s' && grep -v '\"schema\":\"action.v1\"' '%s' > '%s'; "
+                       "grep '\"schema\":\"action.v1\"' '%s' > '%s'",
+                       tu_iqp(), SEED, IMPRESSIONS, (long long)START_MS, log_all, log_all, log_imps,
+                       log_all, log_acts);
+    int ok = run_ok(cmd);
+    free(cmd);
+    if (!ok) { fail_setup("iqp gen failed"); return; }
+    orc = oracle_new(now_ms());
+    oracle_keep_events(orc);
+    if (oracle_load_file(orc, log_all) < 0) { fail_setup("the oracle cannot read the log"); return; }
+    index_events();
+}
+
+static void export_teardown(void) {
+    action_list *l, *lt;
+    HASH_ITER(hh, actions, l, lt) {
+        HASH_DEL(actions, l);
+        free(l->key); free(l->ts); free(l->action); free(l);
+    }
+    impression_ref *r, *rt;
+    HASH_ITER(hh, impressions, r, rt) { HASH_DEL(impressions, r); free(r); }
+    oracle_free(orc);
+    orc = NULL;
+    if (tmp) tu_rmrf(tmp);
+    free(tmp); free(log_all); free(log_imps); free(log_acts);
+    tmp = log_all = log_imps = log_acts = NULL;
+}
+
+#define REQUIRE_SETUP() ck_assert_msg(!setup_error, "%s", setup_error)
+
+/* ------------------------------------------------------------------------ */
+/* Checking an export against the brute force.                              */
+/* ------------------------------------------------------------------------ */
+
+typedef struct export_req {
+    int64_t lag, from, until, horizon;
+    const char *extra;         /* more flags, or "" */
+} export_req;
+
+typedef struct tally {
+    uint64_t rows, values, mismatches;
+} tally;
+
+static void mismatch(tally *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void mismatch(tally *t, const char *fmt, ...) {
+    va_list ap;
+    if (t->mismatches++ >= 20) return;
+    fputs("export test: MISMATCH ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+static char *run_export(const export_req *r, const char *inputs, const char *name) {
+    char *out = tu_fmt("%s/%s", tmp, name);
+    char *cmd = tu_fmt("%s export --quiet --events %s --out '%s' --lag-ms %lld --from %lld "
+                       "--until %lld --label-horizon-ms %lld %s",
+                       tu_iqp(), inputs, out, (long long)r->lag, (long long)r->from,
+                       (long long)r->until, (long long)r->horizon, r->extra);
+    int ok = run_ok(cmd);
+    free(cmd);
+    if (!ok) { free(out); return NULL; }
+    return out;
+}
+
+/* The brute force for one impression, cached across its rows. */
+typedef struct expected {
+    const impression_ref *imp;
+    const char *items[1024];
+    int64_t positions[1024];
+    size_t n;
+    oracle_counts *counts;     /* (f * W + w) * n + i */
+} expected;
+
+static void expect_impression(expected *x, const impression_ref *imp, int64_t lag) {
+    int applicable[ORACLE_N_FEATURES];
+    const oracle_event *e = imp->ev;
+    x->imp = imp;
+    x->n = distinct(e, x->items, x->positions);
+    free(x->counts);
+    x->counts = malloc((size_t)ORACLE_N_FEATURES * ORACLE_N_WINDOWS * (x->n + 1) * sizeof *x->counts);
+    oracle_lookup_before(orc, e->query, e->country, e->gender, e->ts - lag, e->ts - lag, x->items,
+                         x->n, applicable, x->counts);
+}
+
+static void check_int(tally *t, json_t *row, const char *key, int64_t want, const char *where) {
+    json_t *v = json_object_get(row, key);
+    t->values++;
+    if (!json_is_integer(v) || json_integer_value(v) != want)
+        mismatch(t, "%s: %s = %s, brute force %" PRId64, where, key,
+                 v ? (json_is_integer(v) ? "other integer" : "not an integer") : "missing", want);
+}
+
+static void check_row_values(tally *t, json_t *row, const expected *x, size_t i, const char *where) {
+    for (int f = 0; f < ORACLE_N_FEATURES; f++)
+        for (int w = 0; w < ORACLE_N_WINDOWS; w++) {
+            const oracle_counts *c = &x->counts[(size_t)(f * ORACLE_N_WINDOWS + w) * x->n + i];
+            for (int m = 0; m < N_MEASURES; m++) {
+                char *key = column(f, w, m);
+                if (m == 0) check_int(t, row, key, c->context_count, where);
+                else if (m <= ORACLE_N_COUNTERS) check_int(t, row, key, c->c[m - 1], where);
+                else {
+                    int64_t n = c->c[m - 1 - ORACLE_N_COUNTERS];
+                    double want = c->context_count ? (double)n / (double)c->context_count : 0.0;
+                    json_t *v = json_object_get(row, key);
+                    t->values++;
+                    if (!json_is_real(v) || json_real_value(v) != want)
+                        mismatch(t, "%s: %s is not %.17g", where, key, want);
+                }
+                free(key);
+            }
+        }
+}
+
+static void check_row_labels(tally *t, json_t *row, const char *rid, const char *item, int64_t ts,
+                             int64_t horizon, const char *where) {
+    check_int(t, row, "label_engaged", expected_label(rid, item, ts, horizon, -1), where);
+    for (int a = 0; a < ORACLE_N_ACTIONS; a++) {
+        char key[64];
+        snprintf(key, sizeof key, "label_%s", oracle_action_names[a]);
+        check_int(t, row, key, expected_label(rid, item, ts, horizon, a), where);
+    }
+}
+
+static void check_row(tally *t, json_t *row, expected *x, const export_req *r) {
+    const char *rid = json_string_value(json_object_get(row, "request_id"));
+    const char *item = json_string_value(json_object_get(row, "item"));
+    impression_ref *imp = NULL;
+    char where[256];
+    if (rid) HASH_FIND_STR(impressions, rid, imp);
+    if (!imp || !item) { mismatch(t, "row of no counted impression (%s)", rid ? rid : "?"); return; }
+    if (x->imp != imp) expect_impression(x, imp, r->lag);
+    const oracle_event *e = imp->ev;
+    snprintf(where, sizeof where, "%s/%s", rid, item);
+    size_t i = 0;
+    while (i < x->n && strcmp(x->items[i], item) != 0) i++;
+    if (i == x->n) { mismatch(t, "%s: item not shown by the impression", where); return; }
+    imp->rows_seen++;
+    t->rows++;
+    if (e->ts < r->from || e->ts >= r->until) mismatch(t, "%s: ts outside [from, until)", where);
+    check_int(t, row, "position", x->positions[i], where);
+    check_int(t, row, "ts", e->ts, where);
+    const char *q = json_string_value(json_object_get(row, "query"));
+    const char *cc = json_string_value(json_object_get(row, "country"));
+    const char *g = json_string_value(json_object_get(row, "gender"));
+    if (!q || strcmp(q, e->query) || !cc || strcmp(cc, e->country) || !g || strcmp(g, e->gender))
+        mismatch(t, "%s: query, country or gender differ", where);
+    if (json_object_size(row) != 7 + (size_t)ORACLE_N_FEATURES * ORACLE_N_WINDOWS * N_MEASURES +
+                                     1 + ORACLE_N_ACTIONS)
+        mismatch(t, "%s: %zu columns", where, json_object_size(row));
+    check_row_values(t, row, x, i, where);
+    check_row_labels(t, row, rid, item, e->ts, r->horizon, where);
+}
+
+/* Every row against the brute force, then coverage: each counted
+ * impression in range has exactly its distinct items as rows. */
+static tally check_export(const char *path, const export_req *r) {
+    tally t = {0, 0, 0};
+    expected x = {0};
+    FILE *f = fopen(path, "rb");
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    impression_ref *imp, *it;
+    ck_assert_msg(f != NULL, "cannot read %s", path);
+    HASH_ITER(hh, impressions, imp, it) imp->rows_seen = 0;
+    while ((n = getline(&line, &cap, f)) > 0) {
+        json_error_t jerr;
+        json_t *row = json_loadb(line, (size_t)n, 0, &jerr);
+        if (!row) mismatch(&t, "row is not JSON: %s", jerr.text);
+        else check_row(&t, row, &x, r);
+        json_decref(row);
+    }
+    free(line);
+    fclose(f);
+    free(x.counts);
+    HASH_ITER(hh, impressions, imp, it) {
+        const char *items[1024];
+        int64_t pos[1024];
+        int in_range = imp->ev->ts >= r->from && imp->ev->ts < r->until;
+        size_t want = in_range ? distinct(imp->ev, items, pos) : 0;
+        if ((size_t)imp->rows_seen != want)
+            mismatch(&t, "impression %s: %d rows, want %zu", imp->request_id, imp->rows_seen, want);
+    }
+    fprintf(stderr, "export test: %s: %" PRIu64 " rows, %" PRIu64 " values, %" PRIu64 " mismatches\n",
+            path, t.rows, t.values, t.mismatches);
+    return t;
+}
+
+static size_t count_lines(const char *path) {
+    size_t n = 0, got;
+    char chunk[65536];
+    FILE *f = fopen(path, "rb");
+    while (f && (got = fread(chunk, 1, sizeof chunk, f)) > 0)
+        for (size_t i = 0; i < got; i++) n += chunk[i] == '\n';
+    if (f) fclose(f);
+    return n;
+}
+
+static const export_req FULL = {0, 0, INT64_MAX / 4, DAY_MS, ""};
+static const export_req SLICE = {LAG_MS, RANGE_FROM, RANGE_UNTIL, 2 * HOUR_MS, ""};
+
+/* ------------------------------------------------------------------------ */
+/* Tests on generated data.                                                 */
+/* ------------------------------------------------------------------------ */
+
+START_TEST(features_and_labels) {
+    REQUIRE_SETUP();
+    char *in = tu_fmt("'%s'", log_all);
+    char *out = run_export(&FULL, in, "full.jsonl");
+    ck_assert_msg(out != NULL, "iqp export failed");
+    tally t = check_export(out, &FULL);
+    ck_assert_msg(t.rows > (uint64_t)IMPRESSIONS * 5, "only %" PRIu64 " rows", t.rows);
+    ck_assert_msg(t.mismatches == 0, "%" PRIu64 " values differ from the brute force", t.mismatches);
+    char *dl = tu_fmt("%s.dead-letter.jsonl", out);
+    ck_assert_msg(oracle_n_invalid(orc) > 0, "the log holds no malformed line");
+    ck_assert_msg(count_lines(dl) == oracle_n_invalid(orc), "%zu dead letters, oracle rejects %zu",
+                  count_lines(dl), oracle_n_invalid(orc));
+    free(dl); free(out); free(in);
+}
+END_TEST
+
+START_TEST(lag_and_range) {
+    REQUIRE_SETUP();
+    char *in = tu_fmt("'%s'", log_all);
+    char *out = run_export(&SLICE, in, "slice.jsonl");
+    ck_assert_msg(out != NULL, "iqp export failed");
+    tally t = check_export(out, &SLICE);
+    ck_assert_msg(t.rows > 0, "no rows in the slice");
+    ck_assert_msg(t.mismatches == 0, "%" PRIu64 " values differ from the brute force", t.mismatches);
+    free(out); free(in);
+}
+END_TEST
+
+/* Splits a CSV line into fields (RFC 4180 quoting); returns the count. */
+static size_t csv_fields(char *line, char **fields, size_t max) {
+    size_t n = 0;
+    char *p = line, *w;
+    while (n < max) {
+        fields[n++] = w = p;
+        if (*p == '"') {
+            for (p++;; p++) {
+                if (*p == '"' && p[1] == '"') { *w++ = '"'; p++; }
+                else if (*p == '"') { p++; break; }
+                else if (!*p) break;
+                else *w++ = *p;
+            }
+        } else {
+            while (*p && *p != ',' && *p != '\n') *w++ = *p++;
+        }
+        char sep = *p;
+        *w = '\0';
+        if (sep != ',') break;
+        p++;
+    }
+    return n;
+}
+
+/* The JSON value as CSV would print it. */
+static char *as_text(json_t *v) {
+    if (json_is_string(v)) return strdup(json_string_value(v));
+    if (json_is_integer(v)) return tu_fmt("%" JSON_INTEGER_FORMAT, json_integer_value(v));
+    return tu_fmt("%.17g", json_real_value(v));
+}
+
+START_TEST(csv_matches_jsonl) {
+    REQUIRE_SETUP();
+    char *in = tu_fmt("'%s'", log_all);
+    export_req csv = SLICE;
+    csv.extra = "--format csv";
+    char *json_out = run_export(&SLICE, in, "slice2.jsonl");
+    char *csv_out = run_export(&csv, in, "slice.csv");
+    ck_assert(json_out && csv_out);
+    FILE *fj = fopen(json_out, "rb"), *fc = fopen(csv_out, "rb");
+    char *lj = NULL, *lc = NULL, *header[512], *fields[512];
+    size_t cj = 0, cc = 0, n_header, rows = 0, differ = 0;
+    ck_assert(getline(&lc, &cc, fc) > 0);
+    char *header_line = strdup(lc);
+    n_header = csv_fields(header_line, header, 512);
+    ck_assert_msg(n_header > 300, "CSV header has %zu columns", n_header);
+    while (getline(&lj, &cj, fj) > 0) {
+        ck_assert_msg(getline(&lc, &cc, fc) > 0, "CSV has fewer rows");
+        json_t *row = json_loads(lj, 0, NULL);
+        ck_assert(row != NULL);
+        ck_assert_msg(csv_fields(lc, fields, 512) == n_header, "CSV row width differs");
+        ck_assert_msg(json_object_size(row) == n_header, "JSONL and CSV columns differ");
+        for (size_t k = 0; k < n_header; k++) {
+            json_t *v = json_object_get(row, header[k]);
+            ck_assert_msg(v != NULL, "JSONL lacks column %s", header[k]);
+            char *text = as_text(v);
+            int same = strcmp(text, fields[k]) == 0 ||
+                       (json_is_real(v) && strtod(fields[k], NULL) == json_real_value(v));
+            if (!same && differ++ < 5)
+                fprintf(stderr, "export test: csv %s = '%s', jsonl '%s'\n", header[k], fields[k], text);
+            free(text);
+        }
+        json_decref(row);
+        rows++;
+    }
+    ck_assert_msg(getline(&lc, &cc, fc) < 0, "CSV has more rows");
+    ck_assert_msg(rows > 0 && differ == 0, "%zu CSV values differ over %zu rows", differ, rows);
+    fclose(fj); fclose(fc);
+    free(lj); free(lc); free(header_line); free(json_out); free(csv_out); free(in);
+}
+END_TEST
+
+static char *sorted_copy(const char *path) {
+    char *out = tu_fmt("%s.sorted", path);
+    char *cmd = tu_fmt("LC_ALL=C sort '%s' > '%s'", path, out);
+    ck_assert(run_ok(cmd));
+    free(cmd);
+    return out;
+}
+
+START_TEST(files_merged_by_time) {
+    REQUIRE_SETUP();
+    export_req r = FULL;
+    r.extra = "--no-rates"; /* the values are checked elsewhere; this is about order */
+    char *one = tu_fmt("'%s'", log_all), *two = tu_fmt("'%s' --events '%s'", log_imps, log_acts);
+    char *a = run_export(&r, one, "one.jsonl"), *b = run_export(&r, two, "two.jsonl");
+    ck_assert(a && b);
+    ck_assert_msg(count_lines(a) > (size_t)IMPRESSIONS * 5, "too few rows");
+    char *sa = sorted_copy(a), *sb = sorted_copy(b), *cmp = tu_fmt("cmp -s '%s' '%s'", sa, sb);
+    ck_assert_msg(tu_run(cmp, NULL) == 0,
+                  "two files (impressions, actions) give other rows than one mixed file");
+    free(cmp); free(sa); free(sb); free(a); free(b); free(one); free(two);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+/* Hand-written cases.                                                      */
+/* ------------------------------------------------------------------------ */
+
+#define T0 1718000000000LL
+
+static void write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "wb");
+    ck_assert_msg(f != NULL, "cannot write %s", path);
+    fputs(text, f);
+    fclose(f);
+}
+
+static char *impression(const char *id, int64_t ts, const char *rid, const char *items) {
+    return tu_fmt("{\"schema\":\"impression.v1\",\"event_id\":\"%s\",\"ts\":%" PRId64 ",\"request_id\":"
+                  "\"%s\",\"query\":\"Red  Dress\",\"user\":{\"country\":\"us\",\"gender\":\"F\"},"
+                  "\"items\":%s}\n", id, ts, rid, items);
+}
+
+static char *action(const char *id, int64_t ts, const char *rid, const char *item, const char *act) {
+    return tu_fmt("{\"schema\":\"action.v1\",\"event_id\":\"%s\",\"ts\":%" PRId64 ",\"request_id\":"
+                  "\"%s\",\"query\":\"red dress\",\"user\":{\"country\":\"US\",\"gender\":\"female\"},"
+                  "\"item\":\"%s\",\"action\":\"%s\"}\n", id, ts, rid, item, act);
+}
+
+/* The rows of an export, by "request_id/item". */
+typedef struct row_ref {
+    char *key;
+    json_t *row;
+    UT_hash_handle hh;
+} row_ref;
+
+static row_ref *load_rows(const char *path) {
+    row_ref *rows = NULL;
+    FILE *f = fopen(path, "rb");
+    char *line = NULL;
+    size_t cap = 0;
+    ck_assert(f != NULL);
+    while (getline(&line, &cap, f) > 0) {
+        row_ref *r = calloc(1, sizeof *r);
+        r->row = json_loads(line, 0, NULL);
+        ck_assert(r->row != NULL);
+        r->key = tu_fmt("%s/%s", json_string_value(json_object_get(r->row, "request_id")),
+                        json_string_value(json_object_get(r->row, "item")));
+        HASH_ADD_KEYPTR(hh, rows, r->key, strlen(r->key), r);
+    }
+    free(line);
+    fclose(f);
+    return rows;
+}
+
+static void free_rows(row_ref *rows) {
+    row_ref *r, *t;
+    HASH_ITER(hh, rows, r, t) { HASH_DEL(rows, r); free(r->key); json_decref(r->row); free(r); }
+}
+
+static int64_t value(row_ref *rows, const char *key, const char *col) {
+    row_ref *r;
+    HASH_FIND_STR(rows, key, r);
+    ck_assert_msg(r != NULL, "no row %s", key);
+    json_t *v = json_object_get(r->row, col);
+    ck_assert_msg(json_is_number(v), "row %s has no number %s", key, col);
+    return json_is_integer(v) ? json_integer_value(v) : (int64_t)json_real_value(v);
+}
+
+START_TEST(leakage) {
+    REQUIRE_SETUP();
+    char *log = tu_fmt("%s/leak.jsonl", tmp), *out = tu_fmt("%s/leak-rows.jsonl", tmp);
+    char *lines[5] = {impression("imp1", T0, "r1", "[\"a\",\"b\",\"a\"]"),
+                      action("act1", T0 + 10000, "r1", "a", "click"),
+                      impression("imp2", T0 + HOUR_MS, "r2", "[{\"id\":\"a\",\"pos\":4}]"),
+                      action("act2", T0 + 25 * HOUR_MS, "r1", "a", "save"),
+                      impression("imp3", T0 + 24 * HOUR_MS + HOUR_MS / 2, "r3", "[\"c\"]")};
+    char *text = tu_fmt("%s%s%s%s%s", lines[0], lines[1], lines[2], lines[4], lines[3]);
+    write_text(log, text);
+    char *cmd = tu_fmt("%s export --quiet --events '%s' --out '%s'", tu_iqp(), log, out);
+    ck_assert(run_ok(cmd));
+    row_ref *rows = load_rows(out);
+    ck_assert_int_eq(HASH_COUNT(rows), 4); /* a listed twice is one row */
+    /* the impression's own click: in its label, not in its features */
+    ck_assert_int_eq(value(rows, "r1/a", "label_click"), 1);
+    ck_assert_int_eq(value(rows, "r1/a", "label_engaged"), 1);
+    ck_assert_int_eq(value(rows, "r1/a", "label_save"), 0);  /* 25 h later: past the horizon */
+    ck_assert_int_eq(value(rows, "r1/a", "q_item.1d.click"), 0);
+    ck_assert_int_eq(value(rows, "r1/a", "q_item.1d.impression"), 0);
+    ck_assert_int_eq(value(rows, "r1/a", "q_item.1d.context_count"), 0);
+    ck_assert_int_eq(value(rows, "r1/b", "label_engaged"), 0);
+    ck_assert_int_eq(value(rows, "r1/a", "position"), 0);
+    /* an hour later, the same query: the click is a feature now */
+    ck_assert_int_eq(value(rows, "r2/a", "q_item.1d.click"), 1);
+    ck_assert_int_eq(value(rows, "r2/a", "qc_item.1d.engaged"), 1);
+    ck_assert_int_eq(value(rows, "r2/a", "q_item.1d.impression"), 1);
+    ck_assert_int_eq(value(rows, "r2/a", "q_item.1d.context_count"), 1);
+    ck_assert_int_eq(value(rows, "r2/a", "q_item.1d.iqp_click"), 1);
+    ck_assert_int_eq(value(rows, "r2/a", "label_click"), 0);
+    ck_assert_int_eq(value(rows, "r2/a", "position"), 4);
+    /* 24.5 h later the 1d window has let the first hour go, 7d has not */
+    ck_assert_int_eq(value(rows, "r3/c", "q_item.1d.context_count"), 1);
+    ck_assert_int_eq(value(rows, "r3/c", "q_item.7d.context_count"), 2);
+    free_rows(rows);
+    free(cmd);
+    /* with features as of two hours before: the click is not yet there */
+    cmd = tu_fmt("%s export --quiet --events '%s' --out '%s' --lag-ms %lld", tu_iqp(), log, out,
+                 2 * HOUR_MS);
+    ck_assert(run_ok(cmd));
+    rows = load_rows(out);
+    ck_assert_int_eq(value(rows, "r2/a", "q_item.1d.click"), 0);
+    ck_assert_int_eq(value(rows, "r2/a", "q_item.1d.context_count"), 0);
+    ck_assert_int_eq(value(rows, "r1/a", "label_click"), 1);
+    free_rows(rows);
+    for (int i = 0; i < 5; i++) free(lines[i]);
+    free(text); free(cmd); free(log); free(out);
+}
+END_TEST
+
+/* Lines of the log whose ts is an integer below before. */
+static void write_events_before(const char *path, int64_t before) {
+    FILE *in = fopen(log_all, "rb"), *out = fopen(path, "wb");
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    ck_assert(in && out);
+    while ((n = getline(&line, &cap, in)) > 0) {
+        json_t *j = json_loadb(line, (size_t)n, 0, NULL);
+        json_t *ts = json_object_get(j, "ts");
+        if (json_is_integer(ts) && json_integer_value(ts) < before) fwrite(line, 1, (size_t)n, out);
+        json_decref(j);
+    }
+    free(line);
+    fclose(in);
+    fclose(out);
+}
+
+/* Compares every line of a lookup with the exported row of the item. */
+static void compare_lookup(const char *output, json_t *const *rows, const char *const *items,
+                           size_t n_items, tally *t) {
+    const char *p = output;
+    size_t lines = 0;
+    while (*p) {
+        const char *nl = strchr(p, '\n');
+        json_t *o = json_loadb(p, nl ? (size_t)(nl - p) : strlen(p), 0, NULL);
+        ck_assert(o != NULL);
+        const char *item = json_string_value(json_object_get(o, "item"));
+        size_t i = 0;
+        while (i < n_items && strcmp(items[i], item)) i++;
+        ck_assert_msg(i < n_items, "lookup printed an item not asked for");
+        const char *key;
+        json_t *v;
+        json_object_foreach(o, key, v) {
+            if (!json_is_number(v)) continue;
+            char *col = tu_fmt("%s.%s.%s", json_string_value(json_object_get(o, "feature")),
+                               json_string_value(json_object_get(o, "window")), key);
+            json_t *e = json_object_get(rows[i], col);
+            t->values++;
+            if (!e || json_number_value(e) != json_number_value(v))
+                mismatch(t, "lookup %s = %.17g, export %.17g", col, json_number_value(v),
+                         e ? json_number_value(e) : -1.0);
+            free(col);
+        }
+        json_decref(o);
+        lines++;
+        p = nl ? nl + 1 : p + strlen(p);
+    }
+    if (lines != (size_t)ORACLE_N_FEATURES * ORACLE_N_WINDOWS * n_items)
+        mismatch(t, "lookup printed %zu lines", lines);
+}
+
+/* One impression of the slice export: its rows, back-to-back. */
+static size_t impression_rows(const char *path, size_t skip_impressions, json_t **rows,
+                              const char **items, size_t max) {
+    FILE *f = fopen(path, "rb");
+    char *line = NULL, *rid = NULL;
+    size_t cap = 0, n = 0, seen = 0;
+    ck_assert(f != NULL);
+    while (getline(&line, &cap, f) > 0 && n < max) {
+        json_t *row = json_loads(line, 0, NULL);
+        const char *r = json_string_value(json_object_get(row, "request_id"));
+        if (!rid || strcmp(rid, r)) {
+            if (n) { json_decref(row); break; }
+            free(rid);
+            rid = strdup(r);
+            seen++;
+        }
+        if (seen <= skip_impressions) { json_decref(row); continue; }
+        rows[n] = row;
+        items[n++] = json_string_value(json_object_get(row, "item"));
+    }
+    free(line);
+    free(rid);
+    fclose(f);
+    return n;
+}
+
+START_TEST(parity_with_lookup) {
+    REQUIRE_SETUP();
+    char *in = tu_fmt("'%s'", log_all);
+    char *out = run_export(&SLICE, in, "parity.jsonl");
+    ck_assert(out != NULL);
+    size_t total = count_lines(out);
+    tally t = {0, 0, 0};
+    for (size_t k = 0; k < 3; k++) {
+        json_t *rows[1024];
+        const char *items[1024];
+        size_t n = impression_rows(out, k * total / 30, rows, items, 1024);
+        ck_assert_msg(n > 0, "no impression %zu", k);
+        int64_t as_of = json_integer_value(json_object_get(rows[0], "ts")) - LAG_MS;
+        char *before = tu_fmt("%s/before-%zu.jsonl", tmp, k), *store = tu_fmt("%s/store-%zu", tmp, k);
+        write_events_before(before, as_of);
+        char *cmd = tu_fmt("%s backfill --quiet --store '%s' --dead-letter /dev/null '%s' 2>/dev/null",
+                           tu_iqp(), store, before);
+        ck_assert(run_ok(cmd));
+        free(cmd);
+        char *q = tu_fmt("%s", json_string_value(json_object_get(rows[0], "query")));
+        cmd = tu_fmt("%s lookup --store '%s' --as-of %lld --query '%s' --country %s "
+                     "--gender %s --", tu_iqp(), store, (long long)as_of, q,
+                     json_string_value(json_object_get(rows[0], "country")),
+                     json_string_value(json_object_get(rows[0], "gender")));
+        for (size_t i = 0; i < n; i++) {
+            char *more = tu_fmt("%s '%s'", cmd, items[i]);
+            free(cmd);
+            cmd = more;
+        }
+        char *output = NULL;
+        ck_assert_msg(tu_run(cmd, &output) == 0, "iqp lookup failed: %s", cmd);
+        compare_lookup(output, rows, items, n, &t);
+        for (size_t i = 0; i < n; i++) json_decref(rows[i]);
+        free(output); free(cmd); free(q); free(before);
+        tu_rmrf(store);
+        free(store);
+    }
+    fprintf(stderr, "export test: parity: %" PRIu64 " values, %" PRIu64 " mismatches\n", t.values,
+            t.mismatches);
+    ck_assert_msg(t.values > 0 && t.mismatches == 0, "%" PRIu64 " exported values differ from iqp lookup",
+                  t.mismatches);
+    free(out); free(in);
+}
+END_TEST
+
+START_TEST(bad_input) {
+    REQUIRE_SETUP();
+    char *log = tu_fmt("%s/bad.jsonl", tmp), *out = tu_fmt("%s/bad-rows.jsonl", tmp);
+    char *dl = tu_fmt("%s/bad-dl.jsonl", tmp);
+    char *l1 = impression("b1", T0 + HOUR_MS, "r1", "[\"a\"]");
+    char *l3 = impression("b3", T0, "r3", "[\"a\"]");
+    char *l4 = impression("b4", now_ms() + DAY_MS, "r4", "[\"a\"]");
+    char *l5 = action("b5", T0 + HOUR_MS + 5, "r1", "a", "save");
+    char *text = tu_fmt("%s{\"schema\": oops\n%s%s%s", l1, l3, l4, l5);
+    write_text(log, text);
+    char *cmd = tu_fmt("%s export --quiet --max-disorder-ms 60000 --dead-letter '%s' --events '%s' "
+                       "--out '%s'", tu_iqp(), dl, log, out);
+    ck_assert(run_ok(cmd));
+    row_ref *rows = load_rows(out);
+    ck_assert_int_eq(HASH_COUNT(rows), 1);
+    ck_assert_int_eq(value(rows, "r1/a", "label_save"), 1);
+    free_rows(rows);
+    char *records = tu_read_file(dl, NULL);
+    ck_assert(records != NULL);
+    ck_assert_int_eq(count_lines(dl), 3);
+    const char *codes[3] = {"invalid_json", "out_of_order", "future_event"};
+    const int positions[3] = {2, 3, 4};
+    const char *p = records;
+    for (int i = 0; i < 3; i++) {
+        json_t *r = json_loadb(p, strcspn(p, "\n"), 0, NULL);
+        ck_assert(r != NULL);
+        ck_assert_str_eq(json_string_value(json_object_get(r, "code")), codes[i]);
+        ck_assert_int_eq(json_integer_value(json_object_get(r, "position")), positions[i]);
+        ck_assert_str_eq(json_string_value(json_object_get(r, "source")), log);
+        ck_assert(strlen(json_string_value(json_object_get(r, "reason"))) > strlen(codes[i]));
+        ck_assert(json_is_string(json_object_get(r, "raw")));
+        json_decref(r);
+        p += strcspn(p, "\n") + 1;
+    }
+    free(records); free(text); free(l1); free(l3); free(l4); free(l5);
+    free(cmd); free(log); free(out); free(dl);
+}
+END_TEST
+
+/* Runs iqp export with args; its exit status, stderr in *err. */
+static int export_status(const char *args, char **err) {
+    char *cmd = tu_fmt("%s export %s 2>&1 >/dev/null", tu_iqp(), args);
+    int rc = tu_run(cmd, err);
+    free(cmd);
+    return rc;
+}
+
+static void expect_status(const char *args, int want, const char *mention) {
+    char *err = NULL;
+    int rc = export_status(args, &err);
+    ck_assert_msg(rc == want, "iqp export %s: exit %d, want %d", args, rc, want);
+    ck_assert_msg(err && strstr(err, mention), "iqp export %s: message '%s' does not name '%s'",
+                  args, err ? err : "", mention);
+    free(err);
+}
+
+START_TEST(usage) {
+    REQUIRE_SETUP();
+    char *out = tu_fmt("%s/u.jsonl", tmp), *args;
+    char *help = NULL;
+    ck_assert_int_eq(export_status("--help", &help), 0);
+    free(help);
+    args = tu_fmt("--events '%s' --out '%s' --bogus", log_all, out);
+    expect_status(args, 2, "unknown option");
+    free(args);
+    args = tu_fmt("--events '%s'", log_all);
+    expect_status(args, 2, "--out");
+    free(args);
+    args = tu_fmt("--events '%s' --out '%s' --from 10 --until 5", log_all, out);
+    expect_status(args, 2, "--from");
+    free(args);
+    args = tu_fmt("--events '%s' --out '%s' --format xml", log_all, out);
+    expect_status(args, 2, "--format");
+    free(args);
+    args = tu_fmt("--events '%s' --out '%s' --lag-ms -5", log_all, out);
+    expect_status(args, 2, "--lag-ms");
+    free(args);
+    args = tu_fmt("--out '%s'", out);
+    expect_status(args, 2, "input");
+    free(args);
+    args = tu_fmt("--events '%s/missing.jsonl' --out '%s'", tmp, out);
+    expect_status(args, 1, "missing.jsonl");
+    free(args);
+    args = tu_fmt("--events '%s' --out '%s/no-such-dir/rows.jsonl' --dead-letter /dev/null", log_all, tmp);
+    expect_status(args, 1, "no-such-dir");
+    free(args);
+    free(out);
+}
+END_TEST
+
+static Suite *export_suite(void) {
+    Suite *s = suite_create("export");
+    TCase *tc = tcase_create("export");
+    tcase_add_unchecked_fixture(tc, export_setup, export_teardown);
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, features_and_labels);
+    tcase_add_test(tc, lag_and_range);
+    tcase_add_test(tc, csv_matches_jsonl);
+    tcase_add_test(tc, files_merged_by_time);
+    tcase_add_test(tc, leakage);
+    tcase_add_test(tc, parity_with_lookup);
+    tcase_add_test(tc, bad_input);
+    tcase_add_test(tc, usage);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) {
+    SRunner *sr = srunner_create(export_suite());
+    int failed;
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? 0 : 1;
+}

@@ -1,0 +1,565 @@
+/* check_redis.c -- serving: the Redis value layout, Redis URLs, `iqp
+ * publish`, libiqp and `iqp lookup --redis`, against a real redis-server.
+ *
+ * Design
+ * ------
+ * Unit tests first: the value encoding against bytes worked out by hand
+ * from schemas/redis-layout.md, round trips over random vectors, the
+ * decoder's refusals, and Redis URL parsing.
+ *
+ * Then an unchecked fixture, run once: `iqp gen` traffic (6 h, so no
+ * bucket leaves a window while it is published), backfilled into a store,
+ * read by the independent brute-force model (tests/oracle.c), and a
+ * redis-server child on a free loopback port that `iqp publish --all`
+ * fills. Each test then reads Redis one way and compares:
+ *   - libiqp (iqp_client_lookup) against the oracle, every measure of every
+ *     feature, window and item, rates included (count / context_count,
+ *     computed by the oracle's side in the same double expression);
+ *   - `iqp lookup --redis` against `iqp lookup --store --as-of <the
+ *     generation's as_of_ms>`, byte for byte;
+ *   - the README's libiqp example, compiled against the installed
+ *     libiqp.pc (make install into a temporary DESTDIR), against libiqp;
+ *   - a Redis holding an unknown layout version is refused by the reader
+ *     and by the publisher, with messages that say so;
+ *   - a Redis that stops answering (SIGSTOP) gives IQP_ETIMEOUT within the
+ *     call's timeout, and the next call after it answers again works.
+ * Every test that changes Redis restores it (republishes) before it ends.
+ * The redis-server is stopped by pid in the fixture's teardown.
+ */
+#include <check.h>
+#include <inttypes.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "aggregator/config.h"
+#include "client/iqp.h"
+#include "client/redis_conn.h"
+#include "schemas/redis_value.h"
+#include "tests/oracle.h"
+#include "tests/testutil.h"
+
+#define START_MS 1717996834567LL
+#define N_CONTEXTS 12
+#define MAX_ITEMS 30
+
+/* ---- the value layout ---------------------------------------------------------- */
+
+/* One window of counters {0, 3, 0, -1}: mask 0b1010 = 0x0a, then zigzag(3)
+ * = 6 and zigzag(-1) = 1; a second window of all zeros is one 0x00 byte.
+ * A context_count of 300 is zigzag 600 = LEB128 0xd8 0x04. */
+START_TEST(value_bytes_match_the_document) {
+    int64_t counts[8] = {0, 3, 0, -1, 0, 0, 0, 0};
+    unsigned char buf[64];
+    size_t n = iqp_rv_encode_item(counts, 2, 4, buf);
+    static const unsigned char want[] = {0x0a, 0x06, 0x01, 0x00};
+    ck_assert_uint_eq(n, sizeof want);
+    ck_assert_mem_eq(buf, want, sizeof want);
+    int64_t cc[2] = {300, 0};
+    n = iqp_rv_encode_context(cc, 2, buf);
+    static const unsigned char want_cc[] = {0xd8, 0x04, 0x00};
+    ck_assert_uint_eq(n, sizeof want_cc);
+    ck_assert_mem_eq(buf, want_cc, sizeof want_cc);
+}
+END_TEST
+
+START_TEST(value_round_trips) {
+    srand(7);
+    for (int iter = 0; iter < 2000; iter++) {
+        size_t nw = 1 + (size_t)(rand() % 5), width = 1 + (size_t)(rand() % 12);
+        int64_t in[5 * 12], out[5 * 12], cc[5], cc_out[5];
+        for (size_t i = 0; i < nw * width; i++) {
+            int r = rand() % 6;
+            in[i] = r < 3 ? 0 : r == 3 ? rand() % 1000 : r == 4 ? INT64_MAX - rand() % 3 : INT64_MIN + rand() % 3;
+        }
+        for (size_t w = 0; w < nw; w++) cc[w] = rand() % 2 ? (int64_t)rand() * 4096 : 0;
+        unsigned char buf[IQP_RV_ITEM_MAX(5, 12)];
+        size_t n = iqp_rv_encode_item(in, nw, width, buf);
+        ck_assert_uint_le(n, IQP_RV_ITEM_MAX(nw, width));
+        ck_assert_int_eq(iqp_rv_decode_item(buf, n, nw, width, out), 0);
+        ck_assert_mem_eq(in, out, nw * width * sizeof *in);
+        /* every strict prefix is truncated, a trailing byte is junk */
+        for (size_t cut = 0; cut < n; cut++) ck_assert_int_eq(iqp_rv_decode_item(buf, cut, nw, width, out), -1);
+        buf[n] = 0;
+        ck_assert_int_eq(iqp_rv_decode_item(buf, n + 1, nw, width, out), -1);
+        n = iqp_rv_encode_context(cc, nw, buf);
+        ck_assert_int_eq(iqp_rv_decode_context(buf, n, nw, cc_out), 0);
+        ck_assert_mem_eq(cc, cc_out, nw * sizeof *cc);
+    }
+}
+END_TEST
+
+START_TEST(value_decoder_refuses_bad_bytes) {
+    int64_t out[8];
+    static const unsigned char beyond_width[] = {0x10, 0x02};           /* bit 4 of width 4 */
+    static const unsigned char long_varint[] = {0x01, 0xff, 0xff, 0xff, 0xff, 0xff,
+                                                0xff, 0xff, 0xff, 0xff, 0xff, 0x01}; /* > 64 bits */
+    ck_assert_int_eq(iqp_rv_decode_item(beyond_width, sizeof beyond_width, 1, 4, out), -1);
+    ck_assert_int_eq(iqp_rv_decode_item(long_varint, sizeof long_varint, 1, 4, out), -1);
+    ck_assert_int_eq(iqp_rv_decode_item((const unsigned char *)"", 0, 1, 4, out), -1);
+}
+END_TEST
+
+START_TEST(hash_keys_follow_the_document) {
+    char key[256];
+    size_t n = iqp_rv_hash_key(key, sizeof key, "iqp", 7, "qc_item", IQP_DIM_QUERY | IQP_DIM_COUNTRY, "DE",
+                               "female", "red dress", 9);
+    ck_assert_str_eq(key, "iqp:7:qc_item:DE:red dress");
+    ck_assert_uint_eq(n, strlen(key));
+    iqp_rv_hash_key(key, sizeof key, "p", 1, "g_item", IQP_DIM_GENDER, "DE", "male", NULL, 0);
+    ck_assert_str_eq(key, "p:1:g_item:male");
+    n = iqp_rv_hash_key(key, 4, "iqp", 7, "q_item", IQP_DIM_QUERY, NULL, NULL, "shoes", 5);
+    ck_assert_uint_eq(n, strlen("iqp:7:q_item:shoes"));
+}
+END_TEST
+
+/* ---- Redis URLs -------------------------------------------------------------------- */
+
+START_TEST(urls_parse) {
+    iqp_redis_url u;
+    char err[256];
+    ck_assert_int_eq(iqp_redis_url_parse("redis://127.0.0.1:6380/2", &u, err, sizeof err), 0);
+    ck_assert_str_eq(u.host, "127.0.0.1");
+    ck_assert_int_eq(u.port, 6380);
+    ck_assert_int_eq(u.db, 2);
+    ck_assert_int_eq(iqp_redis_url_parse("redis://:s3cret@localhost", &u, err, sizeof err), 0);
+    ck_assert_str_eq(u.password, "s3cret");
+    ck_assert_str_eq(u.user, "");
+    ck_assert_int_eq(u.port, 6379);
+    ck_assert_int_eq(u.db, 0);
+    ck_assert_int_eq(iqp_redis_url_parse("redis://ranker:pw@[::1]:7000/1", &u, err, sizeof err), 0);
+    ck_assert_str_eq(u.user, "ranker");
+    ck_assert_str_eq(u.host, "::1");
+    ck_assert_int_eq(u.port, 7000);
+    ck_assert_int_eq(iqp_redis_url_parse("unix:///run/redis.sock?db=3", &u, err, sizeof err), 0);
+    ck_assert_int_eq(u.is_unix, 1);
+    ck_assert_str_eq(u.host, "/run/redis.sock");
+    ck_assert_int_eq(u.db, 3);
+    char desc[300];
+    ck_assert_int_eq(iqp_redis_url_parse("redis://:hidden@127.0.0.1:1/0", &u, err, sizeof err), 0);
+    iqp_redis_url_describe(&u, desc, sizeof desc);
+    ck_assert_ptr_null(strstr(desc, "hidden"));
+    static const char *const bad[] = {"http://127.0.0.1", "redis://127.0.0.1:0", "redis://127.0.0.1:70000",
+                                      "redis://127.0.0.1/x", "redis://127.0.0.1:12ab", "unix://",
+                                      "redis://", "redis://[::1", "", NULL};
+    for (const char *const *b = bad; *b; b++) {
+        err[0] = 0;
+        ck_assert_msg(iqp_redis_url_parse(*b, &u, err, sizeof err) == -1, "'%s' accepted", *b);
+        ck_assert_msg(err[0] != 0, "'%s' refused without a message", *b);
+    }
+}
+END_TEST
+
+/* ---- the published store ------------------------------------------------------------ */
+
+typedef struct context {
+    const char *query, *country, *gender;
+    const char *items[MAX_ITEMS];
+    size_t n_items;
+} context;
+
+static char *setup_error, *dir, *store, *traffic, *redis_url;
+static oracle *orc;
+static int redis_port;
+static pid_t redis_pid;
+static context contexts[N_CONTEXTS];
+static size_t n_contexts;
+
+static void fail_setup(const char *what) {
+    if (!setup_error) setup_error = tu_fmt("redis setup: %s", what);
+}
+
+static int run_ok(char *cmd) {
+    int rc = tu_run(cmd, NULL);
+    free(cmd);
+    return rc == 0;
+}
+
+/* Republishes everything (after a test changed Redis). */
+static int publish_all(void) {
+    return run_ok(tu_fmt("'%s' publish --store '%s' --redis %s --all --quiet", tu_iqp(), store, redis_url));
+}
+
+static void choose_contexts(void) {
+    static const char *const genders[3] = {"female", "male", "unknown"};
+    const char *country = oracle_n_countries(orc) ? oracle_country(orc, 0, NULL) : "ZZ";
+    for (size_t q = 0; q < oracle_n_queries(orc) && n_contexts < N_CONTEXTS; q += 1 + q / 3) {
+        context *c = &contexts[n_contexts];
+        size_t n;
+        c->query = oracle_query(orc, q, NULL);
+        const char *const *items = oracle_query_items(orc, c->query, &n);
+        c->country = n_contexts % 4 == 3 ? "ZZ" : country;
+        c->gender = genders[n_contexts % 3];
+        for (c->n_items = 0; c->n_items < n && c->n_items < MAX_ITEMS - 1; c->n_items++)
+            c->items[c->n_items] = items[c->n_items];
+        c->items[c->n_items++] = "never-shown-item";
+        n_contexts++;
+    }
+}
+
+static void redis_setup(void) {
+    if (!(dir = tu_mkdtemp("redis"))) return fail_setup("no temp dir");
+    store = tu_fmt("%s/store", dir);
+    traffic = tu_fmt("%s/traffic.jsonl", dir);
+    if (!run_ok(tu_fmt("'%s' gen --seed 5 --impressions 3000 --start %lld --span 6h --out '%s'", tu_iqp(),
+                       START_MS, traffic)))
+        return fail_setup("iqp gen failed");
+    if (!run_ok(tu_fmt("'%s' backfill --store '%s' --dead-letter '%s/dl.jsonl' '%s' 2>/dev/null", tu_iqp(),
+                       store, dir, traffic)))
+        return fail_setup("iqp backfill failed");
+    orc = oracle_new((int64_t)time(NULL) * 1000);
+    if (oracle_load_file(orc, traffic) < 0) return fail_setup("the oracle cannot read the traffic");
+    choose_contexts();
+    redis_port = tu_free_port();
+    redis_url = tu_fmt("redis://127.0.0.1:%d/0", redis_port);
+    char *log = tu_fmt("%s/redis.log", dir);
+    redis_pid = tu_redis_start(redis_port, log);
+    free(log);
+    if (redis_pid <= 0) return fail_setup("redis-server did not start");
+    if (!publish_all()) fail_setup("iqp publish --all failed");
+}
+
+static void redis_teardown(void) {
+    if (redis_pid > 0) {
+        kill(redis_pid, SIGCONT);
+        tu_stop_pid(redis_pid, SIGKILL, 5000);
+    }
+    if (dir) tu_rmrf(dir);
+    oracle_free(orc);
+    free(dir);
+    free(store);
+    free(traffic);
+    free(redis_url);
+    free(setup_error);
+}
+
+static void require_setup(void) { ck_assert_msg(setup_error == NULL, "%s", setup_error); }
+
+/* A Redis reply, trailing newline removed (malloc'd). */
+static char *redis_get(const char *args) {
+    char *out = tu_redis_cli(redis_port, args);
+    ck_assert_msg(out != NULL, "redis-cli %s failed", args);
+    out[strcspn(out, "\n")] = 0;
+    return out;
+}
+
+static iqp_client *open_client(int timeout_ms) {
+    iqp_client_options o;
+    iqp_client_options_init(&o);
+    o.timeout_ms = timeout_ms;
+    iqp_client *c = iqp_client_open(redis_url, &o);
+    ck_assert_ptr_nonnull(c);
+    ck_assert_msg(iqp_client_status(c) == IQP_OK, "open: %s", iqp_client_errstr(c));
+    return c;
+}
+
+/* Compares one context's libiqp answer with the oracle; returns the
+ * number of values compared. */
+static uint64_t compare_context(iqp_client *cl, const context *c) {
+    size_t nf = iqp_client_n_features(cl), nw = iqp_client_n_windows(cl), nm = iqp_client_n_measures(cl);
+    ck_assert_uint_eq(nf, ORACLE_N_FEATURES);
+    ck_assert_uint_eq(nw, ORACLE_N_WINDOWS);
+    ck_assert_uint_eq(nm, 1 + 2 * ORACLE_N_COUNTERS);
+    size_t len = iqp_client_result_len(cl, c->n_items);
+    double *got = malloc(len * sizeof *got);
+    oracle_counts *want = calloc(nf * nw * c->n_items, sizeof *want);
+    int applicable[ORACLE_N_FEATURES];
+    oracle_lookup(orc, c->query, c->country, c->gender, oracle_watermark(orc), c->items, c->n_items, applicable,
+                  want);
+    iqp_status s = iqp_client_lookup(cl, c->query, c->country, c->gender, c->items, c->n_items, got, len);
+    ck_assert_msg(s == IQP_OK, "lookup '%s': %s", c->query, iqp_client_errstr(cl));
+    uint64_t compared = 0;
+    for (size_t i = 0; i < c->n_items; i++)
+        for (size_t f = 0; f < nf; f++)
+            for (size_t w = 0; w < nw; w++) {
+                const double *g = &got[((i * nf + f) * nw + w) * nm];
+                const oracle_counts *o = &want[(f * nw + w) * c->n_items + i];
+                if (!applicable[f]) {
+                    for (size_t m = 0; m < nm; m++) ck_assert_msg(isnan(g[m]), "feature %zu should be NaN", f);
+                    continue;
+                }
+                ck_assert_msg(g[0] == (double)o->context_count, "'%s' %s f%zu w%zu: context_count %.0f, want %" PRId64,
+                              c->query, c->items[i], f, w, g[0], o->context_count);
+                for (size_t k = 0; k < ORACLE_N_COUNTERS; k++) {
+                    double rate = o->context_count ? (double)o->c[k] / (double)o->context_count : 0.0;
+                    ck_assert_msg(g[1 + k] == (double)o->c[k] && g[1 + ORACLE_N_COUNTERS + k] == rate,
+                                  "'%s' %s f%zu w%zu counter %zu: %.0f / %.17g, want %" PRId64 " / %.17g", c->query,
+                                  c->items[i], f, w, k, g[1 + k], g[1 + ORACLE_N_COUNTERS + k], o->c[k], rate);
+                }
+                compared += nm;
+            }
+    free(got);
+    free(want);
+    return compared;
+}
+
+START_TEST(libiqp_equals_the_oracle) {
+    require_setup();
+    iqp_client *cl = open_client(2000);
+    uint64_t compared = 0, nonzero_engaged = 0;
+    for (size_t ci = 0; ci < n_contexts; ci++) compared += compare_context(cl, &contexts[ci]);
+    /* the comparison is not vacuous: the chosen contexts have engagement */
+    int applicable[ORACLE_N_FEATURES];
+    for (size_t ci = 0; ci < n_contexts; ci++) {
+        const context *c = &contexts[ci];
+        oracle_counts *want = calloc(ORACLE_N_FEATURES * ORACLE_N_WINDOWS * c->n_items, sizeof *want);
+        oracle_lookup(orc, c->query, c->country, c->gender, oracle_watermark(orc), c->items, c->n_items,
+                      applicable, want);
+        for (size_t k = 0; k < c->n_items; k++) nonzero_engaged += want[k].c[1] > 0;
+        free(want);
+    }
+    fprintf(stderr, "redis: %" PRIu64 " libiqp values equal the oracle (%" PRIu64 " engaged items)\n",
+            compared, nonzero_engaged);
+    ck_assert_uint_gt(nonzero_engaged, 0);
+    /* raw query text is normalized like events */
+    double *a = malloc(iqp_client_result_len(cl, 1) * sizeof *a), *b = malloc(iqp_client_result_len(cl, 1) * sizeof *b);
+    char shouted[512];
+    snprintf(shouted, sizeof shouted, "  %s  ", contexts[0].query);
+    for (char *p = shouted; *p; p++)
+        if (*p >= 'a' && *p <= 'z') *p = (char)(*p - 'a' + 'A');
+    ck_assert_int_eq(iqp_client_lookup(cl, contexts[0].query, "ZZ", NULL, contexts[0].items, 1, a,
+                                       iqp_client_result_len(cl, 1)), IQP_OK);
+    ck_assert_int_eq(iqp_client_lookup(cl, shouted, "zz", NULL, contexts[0].items, 1, b,
+                                       iqp_client_result_len(cl, 1)), IQP_OK);
+    for (size_t k = 0; k < iqp_client_result_len(cl, 1); k++)
+        ck_assert(memcmp(&a[k], &b[k], sizeof a[k]) == 0);
+    ck_assert_int_eq(iqp_client_lookup(cl, "x", NULL, NULL, contexts[0].items, 1, a, 3), IQP_EINVAL);
+    free(a);
+    free(b);
+    iqp_client_close(cl);
+}
+END_TEST
+
+static char *lookup_cmd(const char *source, const context *c) {
+    char *q = tu_shell_quote(c->query), *items = tu_fmt("%s", ""), *next;
+    for (size_t i = 0; i < c->n_items; i++) {
+        char *item = tu_shell_quote(c->items[i]);
+        next = tu_fmt("%s %s", items, item);
+        free(item);
+        free(items);
+        items = next;
+    }
+    char *cmd = tu_fmt("'%s' lookup %s --query %s --country %s --gender %s --%s", tu_iqp(), source, q,
+                       c->country, c->gender, items);
+    free(items);
+    free(q);
+    return cmd;
+}
+
+START_TEST(lookup_redis_equals_lookup_store) {
+    require_setup();
+    char *gen = redis_get("GET iqp:gen"), *args = tu_fmt("HGET iqp:%s:meta as_of_ms", gen), *as_of = redis_get(args);
+    char *redis_src = tu_fmt("--redis %s", redis_url), *store_src = tu_fmt("--store '%s' --as-of %s", store, as_of);
+    size_t lines = 0;
+    for (size_t ci = 0; ci < n_contexts; ci++) {
+        char *c1 = lookup_cmd(redis_src, &contexts[ci]), *c2 = lookup_cmd(store_src, &contexts[ci]);
+        char *o1 = NULL, *o2 = NULL;
+        ck_assert_msg(tu_run(c1, &o1) == 0, "failed: %s", c1);
+        ck_assert_msg(tu_run(c2, &o2) == 0, "failed: %s", c2);
+        ck_assert_msg(strcmp(o1, o2) == 0, "%s\nprinted\n%s\nbut %s printed\n%s", c1, o1, c2, o2);
+        for (const char *p = o1; (p = strchr(p, '\n')); p++) lines++;
+        free(o1);
+        free(o2);
+        free(c1);
+        free(c2);
+    }
+    fprintf(stderr, "redis: %zu lookup --redis lines equal lookup --store --as-of %s\n", lines, as_of);
+    ck_assert_uint_gt(lines, n_contexts);
+    free(redis_src);
+    free(store_src);
+    free(as_of);
+    free(args);
+    free(gen);
+}
+END_TEST
+
+/* The README's example, between its markers, compiled against the
+ * installed libiqp.pc, prints what libiqp returns. */
+START_TEST(readme_example_compiles_and_runs) {
+    require_setup();
+    char *inst = tu_fmt("%s/inst", dir), *src = tu_fmt("%s/ranker.c", dir), *exe = tu_fmt("%s/ranker", dir);
+    ck_assert_msg(run_ok(tu_fmt("make -s -C '%s' install-libLTLIBRARIES install-includeHEADERS "
+                                "install-pkgconfigDATA DESTDIR='%s' >'%s/install.log' 2>&1",
+                                IQP_BUILDDIR, inst, dir)),
+                  "make install into %s failed (see %s/install.log)", inst, dir);
+    ck_assert_msg(run_ok(tu_fmt("sed -n '/<!-- libiqp example begin -->/,/<!-- libiqp example end -->/p' "
+                                "'%s/README.md' | sed '1,/^```c$/d; /^```$/,$d' > '%s'", IQP_SRCDIR, src)),
+                  "cannot extract the example");
+    size_t len = 0;
+    free(tu_read_file(src, &len));
+    ck_assert_msg(len > 200, "the README example between its markers is missing or empty");
+    /* the libdir under DESTDIR is whatever configure chose */
+    char *pc_dir = NULL;
+    ck_assert(tu_run(tu_fmt("dirname \"$(find '%s' -name libiqp.pc | head -n 1)\"", inst), &pc_dir) == 0);
+    pc_dir[strcspn(pc_dir, "\n")] = 0;
+    char *env = tu_fmt("PKG_CONFIG_PATH='%s' PKG_CONFIG_SYSROOT_DIR='%s'", pc_dir, inst);
+    ck_assert_msg(run_ok(tu_fmt("%s sh -c 'cc %s -std=c11 -Wall -Wextra -Werror -o \"%s\" \"%s\" "
+                                "$(pkg-config --cflags --libs libiqp) -lm' 2>'%s/cc.log'",
+                                env, IQP_BUILD_CFLAGS, exe, src, dir)),
+                  "the README example does not compile against libiqp.pc (see %s/cc.log)", dir);
+    const context *c = &contexts[0];
+    char *q = tu_shell_quote(c->query), *i0 = tu_shell_quote(c->items[0]), *i1 = tu_shell_quote(c->items[1]);
+    char *out = NULL, *cmd = tu_fmt("LD_LIBRARY_PATH=\"$(dirname '%s')\" '%s' %s %s %s %s %s %s", pc_dir, exe,
+                                    redis_url, q, c->country, c->gender, i0, i1);
+    ck_assert_msg(tu_run(cmd, &out) == 0, "the README example failed: %s", cmd);
+    /* expected: libiqp's own answer, printed the way the example prints */
+    iqp_client *cl = open_client(2000);
+    size_t nf = iqp_client_n_features(cl), nw = iqp_client_n_windows(cl), nm = iqp_client_n_measures(cl);
+    double *v = malloc(iqp_client_result_len(cl, 2) * sizeof *v);
+    ck_assert_int_eq(iqp_client_lookup(cl, c->query, c->country, c->gender, c->items, 2, v,
+                                       iqp_client_result_len(cl, 2)), IQP_OK);
+    char *want = NULL;
+    size_t wlen = 0;
+    FILE *f = open_memstream(&want, &wlen);
+    for (size_t i = 0; i < 2; i++)
+        for (size_t fi = 0; fi < nf; fi++)
+            for (size_t w = 0; w < nw; w++) {
+                const double *m = &v[((i * nf + fi) * nw + w) * nm];
+                fprintf(f, "%s %s %s impressions=%.0f engaged=%.0f iqp_engaged=%.6f\n", c->items[i],
+                        iqp_client_feature_name(cl, fi), iqp_client_window_name(cl, w), m[1], m[2],
+                        m[1 + ORACLE_N_COUNTERS + 1]);
+            }
+    fclose(f);
+    ck_assert_msg(strcmp(out, want) == 0, "the README example printed\n%s\nlibiqp says\n%s", out, want);
+    /* the Python reader of schemas/redis-layout.md (Debian's python3 and
+     * python3-redis, which ops/setup installs), written from the
+     * document alone, prints the same */
+    char *py = tu_fmt("%s/read_iqp.py", dir), *py_out = NULL;
+    ck_assert(run_ok(tu_fmt("sed -n '/<!-- python reader begin -->/,/<!-- python reader end -->/p' "
+                            "'%s/schemas/redis-layout.md' | sed '1,/^```python$/d; /^```$/,$d' > '%s'",
+                            IQP_SRCDIR, py)));
+    char *py_cmd = tu_fmt("/usr/bin/python3 '%s' %s %s %s %s %s %s", py, redis_url, q, c->country, c->gender, i0, i1);
+    ck_assert_msg(tu_run(py_cmd, &py_out) == 0, "the Python reader failed: %s", py_cmd);
+    ck_assert_msg(strcmp(py_out, want) == 0, "the Python reader printed\n%s\nlibiqp says\n%s", py_out, want);
+    free(py_out);
+    free(py_cmd);
+    free(py);
+    free(want);
+    free(v);
+    iqp_client_close(cl);
+    free(out);
+    free(cmd);
+    free(q);
+    free(i0);
+    free(i1);
+    free(env);
+    free(pc_dir);
+    free(inst);
+    free(src);
+    free(exe);
+}
+END_TEST
+
+/* An unknown layout version is refused by readers and the publisher. */
+START_TEST(unknown_layout_is_refused) {
+    require_setup();
+    char *gen = redis_get("GET iqp:gen"), *meta = tu_fmt("iqp:%s:meta", gen);
+    char *set = tu_fmt("HSET %s layout_version 99", meta);
+    free(redis_get(set));
+    iqp_client_options o;
+    iqp_client_options_init(&o);
+    iqp_client *cl = iqp_client_open(redis_url, &o);
+    ck_assert_int_eq(iqp_client_status(cl), IQP_ELAYOUT);
+    ck_assert_msg(strstr(iqp_client_errstr(cl), "99"), "message does not name the version: %s",
+                  iqp_client_errstr(cl));
+    iqp_client_close(cl);
+    char *out = NULL, *cmd = tu_fmt("'%s' lookup --redis %s --query x -- a 2>&1", tu_iqp(), redis_url);
+    int rc = tu_run(cmd, &out);
+    ck_assert_msg(rc != 0 && strstr(out, "layout"), "lookup --redis on layout 99: exit %d: %s", rc, out);
+    free(out);
+    free(cmd);
+    cmd = tu_fmt("'%s' publish --store '%s' --redis %s 2>&1", tu_iqp(), store, redis_url);
+    rc = tu_run(cmd, &out);
+    ck_assert_msg(rc == 1 && strstr(out, "another layout"), "publish over layout 99: exit %d: %s", rc, out);
+    free(out);
+    free(cmd);
+    /* restore: a Redis without iqp keys is filled again by --all */
+    free(redis_get("FLUSHDB"));
+    ck_assert(publish_all());
+    free(set);
+    free(meta);
+    free(gen);
+}
+END_TEST
+
+/* A Redis that stops answering: the call returns IQP_ETIMEOUT within its
+ * bound; once Redis answers again the next call reconnects and works. */
+START_TEST(client_times_out_and_recovers) {
+    require_setup();
+    iqp_client *cl = open_client(200);
+    const context *c = &contexts[0];
+    size_t len = iqp_client_result_len(cl, c->n_items);
+    double *v = malloc(len * sizeof *v);
+    ck_assert_int_eq(kill(redis_pid, SIGSTOP), 0);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    iqp_status s = iqp_client_lookup(cl, c->query, c->country, c->gender, c->items, c->n_items, v, len);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    ck_assert_int_eq(kill(redis_pid, SIGCONT), 0);
+    double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+    fprintf(stderr, "redis: lookup against a stopped Redis returned %s after %.0f ms: %s\n", iqp_status_name(s),
+            ms, iqp_client_errstr(cl));
+    ck_assert_int_eq(s, IQP_ETIMEOUT);
+    ck_assert_msg(ms >= 150 && ms < 5000, "timed out after %.0f ms, bound 200 ms", ms);
+    s = iqp_client_lookup(cl, c->query, c->country, c->gender, c->items, c->n_items, v, len);
+    ck_assert_msg(s == IQP_OK, "after Redis answers again: %s", iqp_client_errstr(cl));
+    free(v);
+    iqp_client_close(cl);
+}
+END_TEST
+
+/* Bad usage of `iqp publish` exits 2 and names the problem. */
+START_TEST(publish_rejects_bad_usage) {
+    static const struct {
+        const char *args, *needle;
+    } cases[] = {
+        {"--redis redis://127.0.0.1:1", "--store"},
+        {"--store /nonexistent", "--redis"},
+        {"--store /nonexistent --redis http://x", "redis://"},
+        {"--store /nonexistent --redis redis://127.0.0.1:1 --redis-ttl 0", "--redis-ttl"},
+        {"--store /nonexistent --redis redis://127.0.0.1:1 --bogus", "unknown option"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *out = NULL, *cmd = tu_fmt("'%s' publish %s 2>&1", tu_iqp(), cases[i].args);
+        int rc = tu_run(cmd, &out);
+        ck_assert_msg(rc == 2 && out && strstr(out, cases[i].needle), "%s: exit %d: %s", cases[i].args, rc, out);
+        free(out);
+        free(cmd);
+    }
+    char *out = NULL, *cmd = tu_fmt("'%s' publish --help", tu_iqp());
+    ck_assert_int_eq(tu_run(cmd, &out), 0);
+    ck_assert_ptr_nonnull(strstr(out, "usage: iqp publish"));
+    free(out);
+    free(cmd);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("redis");
+    TCase *unit = tcase_create("layout");
+    tcase_add_test(unit, value_bytes_match_the_document);
+    tcase_add_test(unit, value_round_trips);
+    tcase_add_test(unit, value_decoder_refuses_bad_bytes);
+    tcase_add_test(unit, hash_keys_follow_the_document);
+    tcase_add_test(unit, urls_parse);
+    tcase_add_test(unit, publish_rejects_bad_usage);
+    suite_add_tcase(s, unit);
+    TCase *srv = tcase_create("redis-server");
+    tcase_set_timeout(srv, 120);
+    tcase_add_unchecked_fixture(srv, redis_setup, redis_teardown);
+    tcase_add_test(srv, libiqp_equals_the_oracle);
+    tcase_add_test(srv, lookup_redis_equals_lookup_store);
+    tcase_add_test(srv, readme_example_compiles_and_runs);
+    tcase_add_test(srv, unknown_layout_is_refused);
+    tcase_add_test(srv, client_times_out_and_recovers);
+    suite_add_tcase(s, srv);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
