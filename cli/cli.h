@@ -30,6 +30,7 @@ int iqp_cmd_devbroker(int argc, char **argv);
 int iqp_cmd_produce(int argc, char **argv);
 int iqp_cmd_stream(int argc, char **argv);
 int iqp_cmd_export(int argc, char **argv);
+int iqp_cmd_refresh(int argc, char **argv);
 int iqp_cmd_publish(int argc, char **argv);
 
 /* Prints "iqp <cmd>: <message>\n" to stderr; returns 2 (usage error). */

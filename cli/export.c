@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -179,6 +180,12 @@ int iqp_cmd_export(int argc, char **argv) {
     iqp_config_defaults(&cfg);
     if (c.config_path && iqp_config_load(&cfg, c.config_path, err, sizeof err) < 0)
         return iqp_cli_usage_error(CMD, "%s", err);
+    /* --out must be (or become) a regular file: labels are set in place. Said
+     * before anything is created, so a bad --out leaves no dead-letter file. */
+    struct stat st;
+    if (stat(c.o.out, &st) == 0 && !S_ISREG(st.st_mode))
+        return iqp_cli_fail(CMD, "%s is not a regular file (labels are set in place, so the output "
+                                 "must be one)", c.o.out);
     if (!c.dead_letter) {
         if (asprintf(&dl_default, "%s.dead-letter.jsonl", c.o.out) < 0) abort();
         c.dead_letter = dl_default;
@@ -195,7 +202,7 @@ int iqp_cmd_export(int argc, char **argv) {
     double t0 = iqp_mono_seconds();
     int erc = iqp_export_run(&cfg, &c.o, &stats, err, sizeof err);
     rc = erc < 0 ? iqp_cli_fail(CMD, "%s", err) : erc == 1 ? 130 : 0;
-    print_summary(&c, &stats, c.dead_letter, iqp_mono_seconds() - t0);
+    if (erc >= 0) print_summary(&c, &stats, c.dead_letter, iqp_mono_seconds() - t0);
     if (iqp_deadletter_close(c.o.dl, err, sizeof err) < 0 && rc == 0) rc = iqp_cli_fail(CMD, "%s", err);
     free(dl_default);
     return rc;

@@ -18,6 +18,7 @@ static const iqp_command command_table[] = {
     {"produce", "put event log lines on Kafka topics, keyed by normalized query", iqp_cmd_produce},
     {"stream", "count Kafka topics into a store, exactly once, with metrics", iqp_cmd_stream},
     {"publish", "write a store's features to Redis once (queue or --all), then exit", iqp_cmd_publish},
+    {"refresh", "recompute every feature, smoothed rates and top-K lists from a snapshot", iqp_cmd_refresh},
     {"export", "write point-in-time training rows: features and labels per shown item", iqp_cmd_export},
     {"devbroker", "run a local Kafka (librdkafka mock cluster) for tests and demos", iqp_cmd_devbroker},
 };

@@ -72,6 +72,8 @@ static void usage(FILE *out) {
             "                           redis.url; default: no publishing)\n"
             "  --redis-prefix P         key prefix in Redis (redis.prefix; default iqp)\n"
             "  --redis-ttl DURATION     TTL every write sets, e.g. 8d (redis.ttl; default 8d)\n"
+            "  --redis-refresh on|off   when windows slide, republish everything as a new\n"
+            "                           generation (redis.refresh; default on)\n"
             "  --progress               a progress line on stderr every 2 s\n"
             "  --help                   this text\n"
             "\n"
@@ -188,7 +190,7 @@ static int parse_ttl(stream_opts *o, const char *text) {
 }
 
 static int read_redis_section(stream_opts *o, json_t *sec) {
-    static const char *known[] = {"url", "prefix", "ttl", "connect_timeout_ms", "command_timeout_ms",
+    static const char *known[] = {"url", "prefix", "ttl", "refresh", "connect_timeout_ms", "command_timeout_ms",
                                   "drain_ms", "batch_keys", "pipeline_depth", NULL};
     const char *key;
     json_t *v;
@@ -202,6 +204,10 @@ static int read_redis_section(stream_opts *o, json_t *sec) {
     if (config_string(sec, "url", &o->redis.url) || config_string(sec, "prefix", &o->redis.prefix)) return 2;
     const char *ttl = NULL;
     if (config_string(sec, "ttl", &ttl) || (ttl && parse_ttl(o, ttl))) return 2;
+    json_t *refresh = json_object_get(sec, "refresh");
+    if (refresh && !json_is_boolean(refresh))
+        return iqp_cli_usage_error(CMD, "config: \"redis.refresh\" must be true or false");
+    if (refresh) o->redis.refresh_on_slide = json_is_true(refresh);
     if (redis_int(sec, "drain_ms", 0, 600000, &o->drain_ms)) return 2;
     n = o->redis.connect_timeout_ms;
     if (redis_int(sec, "connect_timeout_ms", 1, 600000, &n)) return 2;
@@ -240,7 +246,7 @@ static int read_config_sections(stream_opts *o) {
 
 enum { OPT_IMP = 256, OPT_ACT, OPT_FLUSH_MS, OPT_FLUSH_EV, OPT_DL_TOPIC, OPT_DL_FILE, OPT_LISTEN,
        OPT_PROP, OPT_PROGRESS, OPT_BROKERS, OPT_GROUP, OPT_CKPT, OPT_REDIS, OPT_REDIS_PREFIX,
-       OPT_REDIS_TTL };
+       OPT_REDIS_TTL, OPT_REDIS_REFRESH };
 
 static const struct option longopts[] = {
     {"config", required_argument, 0, 'c'},           {"store", required_argument, 0, 's'},
@@ -253,7 +259,7 @@ static const struct option longopts[] = {
     {"metrics-listen", required_argument, 0, OPT_LISTEN}, {"property", required_argument, 0, OPT_PROP},
     {"checkpoint-topic", required_argument, 0, OPT_CKPT},
     {"redis", required_argument, 0, OPT_REDIS}, {"redis-prefix", required_argument, 0, OPT_REDIS_PREFIX},
-    {"redis-ttl", required_argument, 0, OPT_REDIS_TTL},
+    {"redis-ttl", required_argument, 0, OPT_REDIS_TTL}, {"redis-refresh", required_argument, 0, OPT_REDIS_REFRESH},
     {"progress", no_argument, 0, OPT_PROGRESS},      {"help", no_argument, 0, 'h'},
     {0, 0, 0, 0}};
 
@@ -296,6 +302,11 @@ static int apply_flag(stream_opts *o, int c) {
     case OPT_REDIS: o->redis.url = optarg; return 0;
     case OPT_REDIS_PREFIX: o->redis.prefix = optarg; return 0;
     case OPT_REDIS_TTL: return parse_ttl(o, optarg);
+    case OPT_REDIS_REFRESH:
+        if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0)
+            return iqp_cli_usage_error(CMD, "--redis-refresh must be on or off, not '%s'", optarg);
+        o->redis.refresh_on_slide = strcmp(optarg, "on") == 0;
+        return 0;
     default: return iqp_cli_usage_error(CMD, "unknown option (see iqp stream --help)");
     }
 }
@@ -471,10 +482,11 @@ static void stop_publisher(stream_parts *p, int64_t drain_ms) {
     iqp_publisher_stats ps;
     if (!p->pub) return;
     iqp_publisher_stop(p->pub, (int)drain_ms, &ps);
-    fprintf(stderr, "iqp stream: published %llu values in %llu rounds (%llu resyncs, %llu Redis errors); "
-                    "%llu changed keys left queued in the store\n",
-            (unsigned long long)ps.values, (unsigned long long)ps.rounds, (unsigned long long)ps.resyncs,
-            (unsigned long long)ps.errors, (unsigned long long)iqp_pending_count(p->queue));
+    fprintf(stderr, "iqp stream: published %llu values in %llu rounds (%llu refreshes, %llu resyncs, %llu Redis "
+                    "errors); %llu changed keys left queued in the store\n",
+            (unsigned long long)ps.values, (unsigned long long)ps.rounds, (unsigned long long)ps.refreshes,
+            (unsigned long long)ps.resyncs, (unsigned long long)ps.errors,
+            (unsigned long long)iqp_pending_count(p->queue));
 }
 
 static int close_parts(stream_parts *p, int rc, int64_t drain_ms) {

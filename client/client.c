@@ -329,7 +329,9 @@ static void fill_item(const iqp_client *c, double *out, const int64_t *cc, const
         o[0] = (double)cc[w];
         for (size_t i = 0; i < width; i++) {
             o[1 + i] = (double)k[i];
-            o[1 + width + i] = cc[w] == 0 ? 0.0 : (double)k[i] / (double)cc[w];
+            /* most counters are 0: skip the division (0 / cc is +0.0 exactly
+             * for cc > 0, so this equals iqp_features_rate bit for bit) */
+            o[1 + width + i] = cc[w] == 0 || (k[i] == 0 && cc[w] > 0) ? 0.0 : (double)k[i] / (double)cc[w];
         }
     }
 }

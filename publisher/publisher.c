@@ -19,15 +19,20 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include "aggregator/cells.h"
 #include "aggregator/features.h"
 #include "client/redis_conn.h"
+#include "publisher/generation.h"
+#include "refresher/refresh.h"
 #include "schemas/redis_value.h"
 #include "util/clock.h"
 
 #define HSET_ITEMS 256  /* item fields per HSET command */
+#define LEASE_MS 30000     /* the publish lease lives this long unless renewed */
+#define LEASE_RENEW_MS 5000
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 
@@ -39,6 +44,10 @@ void iqp_publisher_config_defaults(iqp_publisher_config *pc) {
     pc->ttl_ms = 8LL * 24 * 3600 * 1000;
     pc->batch_keys = 20000;
     pc->pipeline_depth = 256;
+    pc->refresh_on_slide = 1;
+    pc->refresh_threads = 1;
+    pc->refresh_min_interval_ms = 10000;
+    pc->refresh_grace_ms = 60000;
 }
 
 /* ---- keylist: byte strings in one growable buffer ----------------------------- */
@@ -91,6 +100,7 @@ struct iqp_publisher {
     const iqp_config *cfg;
     iqp_publisher_config pc;
     char prefix[128];
+    const char *role;             /* "iqp stream" or "iqp publish", in the lease */
     iqp_redis_url url;
     char where[400];               /* the URL without password, for messages */
     char fingerprint[17];
@@ -100,6 +110,10 @@ struct iqp_publisher {
     redisContext *redis;
     uint64_t generation;
     char run_id[64];
+    char lease_value[160];        /* who we are in <prefix>:lease */
+    int64_t lease_renewed_ms;
+    int64_t refresh_bucket;       /* finest-granularity bucket of the last refresh (or start) */
+    int64_t refresh_at_ms;        /* monotonic time of the last refresh */
     int need_resync;
     int inflight;
     /* scratch */
@@ -131,6 +145,11 @@ void iqp_publisher_declare_metrics(iqp_metrics *m) {
                         "1 while the publisher holds a working Redis connection", NULL, 0);
     iqp_metrics_declare(m, "iqp_publish_resyncs_total", IQP_METRIC_COUNTER,
                         "Full republishes after Redis lost data", NULL, 0);
+    iqp_metrics_declare(m, "iqp_refreshes_total", IQP_METRIC_COUNTER,
+                        "Whole-store refreshes published as a new generation (windows slid)", NULL, 0);
+    iqp_metrics_declare(m, "iqp_refresh_seconds", IQP_METRIC_GAUGE,
+                        "Duration of the last refresh: snapshot, compute, publish, flip", NULL, 0);
+    iqp_metrics_declare(m, "iqp_generation", IQP_METRIC_GAUGE, "The generation being served", NULL, 0);
     iqp_metrics_declare(m, "iqp_publish_round_seconds", IQP_METRIC_HISTOGRAM,
                         "Time to publish one round of queued keys", round_bounds,
                         sizeof round_bounds / sizeof round_bounds[0]);
@@ -251,6 +270,45 @@ static void run_id_meta_key(const iqp_publisher *p, char *out, size_t cap) {
     snprintf(out, cap, "publish/redis_run_id/%s", p->prefix);
 }
 
+/* ---- the publish lease ---------------------------------------------------------- */
+
+/* <prefix>:lease names the one process that writes the prefix (see
+ * publisher/generation.h): taken or renewed here (PX LEASE_MS), or the
+ * holder's name returned. */
+static const char *LEASE_SCRIPT =
+    "local v = redis.call('GET', KEYS[1]) "
+    "if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end "
+    "return v";
+
+/* 0 when the lease is ours, -1 (retry later) when Redis failed or another
+ * process holds it. */
+static int lease_hold(iqp_publisher *p) {
+    if (!p->lease_value[0]) {
+        char host[64] = "?";
+        gethostname(host, sizeof host - 1);
+        snprintf(p->lease_value, sizeof p->lease_value, "%s on %s pid %ld since %" PRId64, p->role, host,
+                 (long)getpid(), iqp_wall_ms());
+    }
+    redisReply *r = command(p, "lease", "EVAL %s 1 %s:lease %s %d", LEASE_SCRIPT, p->prefix, p->lease_value,
+                            LEASE_MS);
+    if (!r) return -1;
+    int ours = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+    if (!ours)
+        note_error(p, "prefix '%s' on Redis at %s is being written by %s; changes stay queued until it is done",
+                   p->prefix, p->where, r->type == REDIS_REPLY_STRING ? r->str : "another process");
+    freeReplyObject(r);
+    if (ours) p->lease_renewed_ms = iqp_mono_ms();
+    return ours ? 0 : -1;
+}
+
+static void lease_release(iqp_publisher *p) {
+    static const char *release =
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+    if (!p->redis || !p->lease_value[0]) return;
+    redisReply *r = redisCommand(p->redis, "EVAL %s 1 %s:lease %s", release, p->prefix, p->lease_value);
+    if (r) freeReplyObject(r);
+}
+
 /* Connects and prepares a session: 0, -1 (try again later) or -2 (refused). */
 static int session_open(iqp_publisher *p) {
     char err[600];
@@ -261,6 +319,7 @@ static int session_open(iqp_publisher *p) {
         return -1;
     }
     int rc = read_run_id(p);
+    if (rc == 0) rc = lease_hold(p);
     if (rc == 0) rc = read_generation(p);
     if (rc == 0) rc = check_meta(p);
     if (rc < 0) {
@@ -654,6 +713,59 @@ static int should_exit(iqp_publisher *p) {
     return iqp_pending_count(p->q) == 0 || iqp_mono_ms() >= deadline || !p->redis;
 }
 
+/* ---- refresh when windows slide ----------------------------------------------------- */
+
+static int64_t watermark_bucket(const iqp_publisher *p) {
+    int64_t wm = iqp_store_watermark(p->st), g = p->cfg->gran_ms[0];
+    return wm < 0 ? -1 : wm / g;
+}
+
+/* True when the watermark entered a new finest bucket since the last
+ * refresh (the first call only notes where it starts). */
+static int windows_slid(iqp_publisher *p) {
+    int64_t b = watermark_bucket(p);
+    if (!p->pc.refresh_on_slide || b < 0) return 0;
+    if (p->refresh_bucket == 0) {
+        p->refresh_bucket = b;
+        return 0;
+    }
+    return b != p->refresh_bucket && iqp_mono_ms() - p->refresh_at_ms >= p->pc.refresh_min_interval_ms;
+}
+
+/* Recomputes everything as of the watermark and swaps generations. */
+static int refresh_generation(iqp_publisher *p) {
+    char err[1024];
+    double t0 = iqp_mono_seconds();
+    uint64_t covered = iqp_pending_next_seq(p->q); /* records below are in the snapshot */
+    int64_t bucket = watermark_bucket(p);
+    iqp_store_snapshot *snap = iqp_store_snapshot_new(p->st);
+    iqp_refresh_params rp;
+    iqp_refresh_params_defaults(&rp, iqp_store_watermark(p->st));
+    rp.n_threads = p->pc.refresh_threads > 0 ? p->pc.refresh_threads : 1;
+    iqp_refresh_result *r = NULL;
+    iqp_generation_stats gs;
+    int rc = iqp_refresh_run(p->st, snap, &rp, &r, err, sizeof err);
+    iqp_store_snapshot_free(p->st, snap);
+    if (rc == 0) rc = iqp_generation_publish(r, &p->pc, p->role, p->lease_value, p->pc.refresh_grace_ms, &gs, err,
+                                             sizeof err);
+    iqp_refresh_free(r);
+    p->refresh_at_ms = iqp_mono_ms();
+    if (rc < 0) {
+        note_error(p, "refresh: %s", err);
+        return -1;
+    }
+    p->generation = gs.new_generation;
+    p->refresh_bucket = bucket;
+    p->lease_renewed_ms = iqp_mono_ms();
+    p->stats.refreshes++;
+    if (p->m) {
+        iqp_metrics_add(p->m, "iqp_refreshes_total", NULL, 1);
+        iqp_metrics_set(p->m, "iqp_refresh_seconds", NULL, iqp_mono_seconds() - t0);
+        iqp_metrics_set(p->m, "iqp_generation", NULL, (double)p->generation);
+    }
+    return drop_records_before(p, covered);
+}
+
 /* One step of the loop; returns how long to back off (0: none). */
 static int64_t publish_step(iqp_publisher *p, int64_t backoff) {
     if (!p->redis) {
@@ -662,7 +774,9 @@ static int64_t publish_step(iqp_publisher *p, int64_t backoff) {
         if (p->stats.errors) fprintf(stderr, "iqp stream: Redis at %s answers again; %" PRIu64 " changed keys queued\n",
                                      p->where, iqp_pending_count(p->q));
     }
+    if (iqp_mono_ms() - p->lease_renewed_ms >= LEASE_RENEW_MS && lease_hold(p) < 0) return backoff;
     if (p->need_resync && resync(p) < 0) return backoff;
+    if (windows_slid(p) && refresh_generation(p) < 0) return backoff;
     int n = publish_queue_round(p);
     if (n < 0) return backoff;
     if (n == 0) wait_for_work(p, 1000);
@@ -719,6 +833,7 @@ static iqp_publisher *publisher_new(iqp_store *st, iqp_pending *q, const iqp_pub
 }
 
 static void publisher_free(iqp_publisher *p) {
+    lease_release(p);
     drop_session(p);
     keylist_free(&p->records);
     keylist_free(&p->dirty);
@@ -734,6 +849,7 @@ iqp_publisher *iqp_publisher_start(iqp_store *st, iqp_pending *q, const iqp_publ
     iqp_publisher *p = publisher_new(st, q, pc, err, errlen);
     if (!p) return NULL;
     p->m = m;
+    p->role = "iqp stream";
     if (m) iqp_metrics_set(m, "iqp_redis_connected", NULL, 0);
     int rc = session_open(p);
     if (rc == -2) {
@@ -775,6 +891,7 @@ int iqp_publisher_run_once(iqp_store *st, iqp_pending *q, const iqp_publisher_co
                            iqp_publisher_stats *stats, char *err, size_t errlen) {
     iqp_publisher *p = publisher_new(st, q, pc, err, errlen);
     if (!p) return -1;
+    p->role = "iqp publish";
     int rc = session_open(p) < 0 ? -1 : 0;
     if (rc == 0 && full) p->need_resync = 1;
     if (rc == 0 && p->need_resync) rc = resync(p);

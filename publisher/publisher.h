@@ -25,6 +25,15 @@
  *     that snapshot covers.
  *   - Errors: reconnect with exponential backoff (100 ms to 5 s). A Redis
  *     holding another layout (fingerprint) is refused, never overwritten.
+ *   - One writer per prefix: the thread holds the lease <prefix>:lease
+ *     (renewed every 5 s, lives 30 s); while another process holds it
+ *     (an `iqp refresh --redis`), changes stay queued.
+ *   - Windows slide: when the watermark enters a new bucket of the finest
+ *     granularity, the thread itself refreshes: a snapshot recomputed by
+ *     refresher/ and published as a new generation, then the pointer flip
+ *     (publisher/generation.h). The queue is not drained meanwhile, so
+ *     every change after the snapshot is published into the new
+ *     generation after the flip; records before it are dropped.
  *
  * May not touch: counting, the Kafka consumer, the store beyond reading
  * snapshots, deleting queue records and its "publish/..." meta keys.
@@ -46,12 +55,20 @@ typedef struct iqp_publisher_config {
     int64_t ttl_ms;           /* every written key's TTL, default 8 days */
     size_t batch_keys;        /* queue records per round, default 20000 */
     int pipeline_depth;       /* commands in flight, default 256 (>= 64) */
+    /* iqp stream only: when the store's watermark enters a new bucket of
+     * the finest granularity (windows slid), recompute everything from a
+     * snapshot and publish it as a new generation (refresher/,
+     * publisher/generation.h), at most once per refresh_min_interval_ms. */
+    int refresh_on_slide;              /* default 1 */
+    int refresh_threads;               /* default 1: counting keeps the other cores */
+    int64_t refresh_min_interval_ms;   /* default 10000 */
+    int64_t refresh_grace_ms;          /* old generation's keys live this long, default 60000 */
 } iqp_publisher_config;
 
 void iqp_publisher_config_defaults(iqp_publisher_config *pc);
 
 typedef struct iqp_publisher_stats {
-    uint64_t rounds, values, errors, resyncs;
+    uint64_t rounds, values, errors, resyncs, refreshes;
     int connected;
 } iqp_publisher_stats;
 

@@ -17,7 +17,7 @@
 
 #include "aggregator/config.h"
 
-static size_t put_uvarint(unsigned char *out, uint64_t v) {
+size_t iqp_rv_put_uvarint(unsigned char *out, uint64_t v) {
     size_t n = 0;
     while (v >= 0x80) {
         out[n++] = (unsigned char)(v | 0x80);
@@ -54,16 +54,16 @@ size_t iqp_rv_encode_item(const int64_t *counts, size_t n_windows, size_t width,
         uint64_t mask = 0;
         for (size_t k = 0; k < width; k++)
             if (c[k]) mask |= 1ull << k;
-        n += put_uvarint(out + n, mask);
+        n += iqp_rv_put_uvarint(out + n, mask);
         for (size_t k = 0; k < width; k++)
-            if (c[k]) n += put_uvarint(out + n, zigzag(c[k]));
+            if (c[k]) n += iqp_rv_put_uvarint(out + n, zigzag(c[k]));
     }
     return n;
 }
 
 size_t iqp_rv_encode_context(const int64_t *context_count, size_t n_windows, unsigned char *out) {
     size_t n = 0;
-    for (size_t w = 0; w < n_windows; w++) n += put_uvarint(out + n, zigzag(context_count[w]));
+    for (size_t w = 0; w < n_windows; w++) n += iqp_rv_put_uvarint(out + n, zigzag(context_count[w]));
     return n;
 }
 

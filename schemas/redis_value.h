@@ -40,6 +40,9 @@
 #define IQP_RV_ITEM_MAX(n_windows, width) ((n_windows) * (3 + 10 * (width)))
 #define IQP_RV_CONTEXT_MAX(n_windows) ((n_windows) * 10)
 
+/* One LEB128 varint (at most 10 bytes) into out; returns bytes written. */
+size_t iqp_rv_put_uvarint(unsigned char *out, uint64_t v);
+
 /* counts[w * width + k]: counter k of window w. Returns bytes written. */
 size_t iqp_rv_encode_item(const int64_t *counts, size_t n_windows, size_t width,
                           unsigned char *out);

@@ -11,10 +11,12 @@
  * oracle's valid actions.
  *
  * The tests:
- *   features_and_labels   every value of every row of a full export (lag 0)
- *                         equals the brute force; exactly one row per
- *                         (counted impression, distinct item); dead letters
- *                         one per line the oracle rejects.
+ *   features_and_labels   every value of every row of a full export with the
+ *                         default flags (lag 0, 24 h horizon) equals the
+ *                         brute force; every label (engaged and each
+ *                         action) is 1 on some rows and 0 on others; exactly
+ *                         one row per (counted impression, distinct item);
+ *                         dead letters one per line the oracle rejects.
  *   lag_and_range         the same with --lag-ms 90000 and a --from/--until
  *                         slice in the middle (events before --from warm
  *                         the counters; no rows outside the slice).
@@ -25,16 +27,25 @@
  *   leakage               hand-written: an impression's own click is in
  *                         its label, not its features; a second impression
  *                         of the query an hour later has it in its
- *                         features; with a 2 h lag it does not yet; an
- *                         action past the horizon labels nothing.
+ *                         features; with a 2 h lag it does not yet; the
+ *                         default horizon is [ts, ts + 24 h) (actions at ts
+ *                         and ts + 24 h - 1 ms label, at ts + 24 h and
+ *                         ts - 1 ms do not; the latter is a feature).
  *   parity_with_lookup    for impressions of the lag export: a store
  *                         backfilled with exactly the events before
  *                         ts - lag, read with `iqp lookup --as-of ts - lag`,
  *                         prints the exported values.
  *   bad_input             malformed, out-of-order and future lines are
  *                         dead-lettered with their reasons; the run goes on.
- *   usage                 bad flags exit 2 naming the problem; a missing
- *                         input exits 1 naming the file.
+ *   progress_and_summary  on a terminal a progress line, then the summary;
+ *                         with --quiet or on a pipe the summary only.
+ *   usage                 --help describes the flags; bad flags exit 2
+ *                         naming the problem; a missing input or unusable
+ *                         --out exits 1 naming the file.
+ *
+ * Every export runs with its temporary store in a directory of its own,
+ * which must be empty afterwards; all files live under one temp dir
+ * (also $TMPDIR for the children), removed by the fixture's teardown.
  */
 #include <check.h>
 #include <inttypes.h>
@@ -43,6 +54,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <dirent.h>
+#include <pty.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <uthash.h>
@@ -186,6 +203,7 @@ static void index_events(void) {
 
 static void export_setup(void) {
     if (!(tmp = tu_mkdtemp("export"))) { fail_setup("cannot create a temp dir"); return; }
+    setenv("TMPDIR", tmp, 1); /* whatever a child leaves behind goes with tmp */
     log_all = tu_fmt("%s/all.jsonl", tmp);
     log_imps = tu_fmt("%s/imps.jsonl", tmp);
     log_acts = tu_fmt("%s/acts.jsonl", tmp);
@@ -227,10 +245,13 @@ static void export_teardown(void) {
 typedef struct export_req {
     int64_t lag, from, until, horizon;
     const char *extra;         /* more flags, or "" */
+    int defaults;              /* pass none of --lag-ms, --from, --until, --label-horizon-ms:
+                                  the fields then hold the issue's defaults (0, all, all, 24 h) */
 } export_req;
 
 typedef struct tally {
     uint64_t rows, values, mismatches;
+    uint64_t label_ones[1 + ORACLE_N_ACTIONS]; /* rows whose label is 1 (engaged, each action) */
 } tally;
 
 static void mismatch(tally *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -244,14 +265,33 @@ static void mismatch(tally *t, const char *fmt, ...) {
     fputc('\n', stderr);
 }
 
+/* Entries of dir other than . and .. (-1: cannot open it). */
+static int dir_entries(const char *dir) {
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int n = 0;
+    if (!d) return -1;
+    while ((e = readdir(d)))
+        n += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+    closedir(d);
+    return n;
+}
+
+/* Runs an export with its temporary store under tmp/work, which must be
+ * empty again afterwards (the store is removed at the end). */
 static char *run_export(const export_req *r, const char *inputs, const char *name) {
-    char *out = tu_fmt("%s/%s", tmp, name);
-    char *cmd = tu_fmt("%s export --quiet --events %s --out '%s' --lag-ms %lld --from %lld "
-                       "--until %lld --label-horizon-ms %lld %s",
-                       tu_iqp(), inputs, out, (long long)r->lag, (long long)r->from,
-                       (long long)r->until, (long long)r->horizon, r->extra);
+    char *out = tu_fmt("%s/%s", tmp, name), *work = tu_fmt("%s/work-%s", tmp, name), *flags;
+    if (r->defaults) flags = tu_fmt("%s", "");
+    else flags = tu_fmt("--lag-ms %lld --from %lld --until %lld --label-horizon-ms %lld",
+                        (long long)r->lag, (long long)r->from, (long long)r->until,
+                        (long long)r->horizon);
+    ck_assert_msg(mkdir(work, 0700) == 0, "cannot create %s", work);
+    char *cmd = tu_fmt("%s export --quiet --events %s --out '%s' --work-dir '%s' %s %s", tu_iqp(),
+                       inputs, out, work, flags, r->extra);
     int ok = run_ok(cmd);
-    free(cmd);
+    ck_assert_msg(dir_entries(work) == 0, "the temporary store under %s was not removed", work);
+    rmdir(work);
+    free(cmd); free(flags); free(work);
     if (!ok) { free(out); return NULL; }
     return out;
 }
@@ -307,11 +347,12 @@ static void check_row_values(tally *t, json_t *row, const expected *x, size_t i,
 
 static void check_row_labels(tally *t, json_t *row, const char *rid, const char *item, int64_t ts,
                              int64_t horizon, const char *where) {
-    check_int(t, row, "label_engaged", expected_label(rid, item, ts, horizon, -1), where);
-    for (int a = 0; a < ORACLE_N_ACTIONS; a++) {
+    for (int a = -1; a < ORACLE_N_ACTIONS; a++) {
         char key[64];
-        snprintf(key, sizeof key, "label_%s", oracle_action_names[a]);
-        check_int(t, row, key, expected_label(rid, item, ts, horizon, a), where);
+        snprintf(key, sizeof key, "label_%s", a < 0 ? "engaged" : oracle_action_names[a]);
+        int want = expected_label(rid, item, ts, horizon, a);
+        check_int(t, row, key, want, where);
+        t->label_ones[a + 1] += want && json_integer_value(json_object_get(row, key)) == 1;
     }
 }
 
@@ -348,7 +389,7 @@ static void check_row(tally *t, json_t *row, expected *x, const export_req *r) {
 /* Every row against the brute force, then coverage: each counted
  * impression in range has exactly its distinct items as rows. */
 static tally check_export(const char *path, const export_req *r) {
-    tally t = {0, 0, 0};
+    tally t = {0};
     expected x = {0};
     FILE *f = fopen(path, "rb");
     char *line = NULL;
@@ -390,8 +431,8 @@ static size_t count_lines(const char *path) {
     return n;
 }
 
-static const export_req FULL = {0, 0, INT64_MAX / 4, DAY_MS, ""};
-static const export_req SLICE = {LAG_MS, RANGE_FROM, RANGE_UNTIL, 2 * HOUR_MS, ""};
+static const export_req FULL = {0, INT64_MIN, INT64_MAX, DAY_MS, "", 1};
+static const export_req SLICE = {LAG_MS, RANGE_FROM, RANGE_UNTIL, 2 * HOUR_MS, "", 0};
 
 /* ------------------------------------------------------------------------ */
 /* Tests on generated data.                                                 */
@@ -405,6 +446,11 @@ START_TEST(features_and_labels) {
     tally t = check_export(out, &FULL);
     ck_assert_msg(t.rows > (uint64_t)IMPRESSIONS * 5, "only %" PRIu64 " rows", t.rows);
     ck_assert_msg(t.mismatches == 0, "%" PRIu64 " values differ from the brute force", t.mismatches);
+    /* not vacuous: every label, engaged and each action, is 1 on some rows and 0 on others */
+    for (int a = 0; a <= ORACLE_N_ACTIONS; a++)
+        ck_assert_msg(t.label_ones[a] > 0 && t.label_ones[a] < t.rows, "label_%s is 1 on %" PRIu64
+                      " of %" PRIu64 " rows", a ? oracle_action_names[a - 1] : "engaged",
+                      t.label_ones[a], t.rows);
     char *dl = tu_fmt("%s.dead-letter.jsonl", out);
     ck_assert_msg(oracle_n_invalid(orc) > 0, "the log holds no malformed line");
     ck_assert_msg(count_lines(dl) == oracle_n_invalid(orc), "%zu dead letters, oracle rejects %zu",
@@ -588,12 +634,19 @@ static int64_t value(row_ref *rows, const char *key, const char *col) {
 START_TEST(leakage) {
     REQUIRE_SETUP();
     char *log = tu_fmt("%s/leak.jsonl", tmp), *out = tu_fmt("%s/leak-rows.jsonl", tmp);
-    char *lines[5] = {impression("imp1", T0, "r1", "[\"a\",\"b\",\"a\"]"),
+    /* in file (and time) order; r1/b gets actions at the edges of its label horizon
+     * [T0, T0 + 24 h), the default */
+    char *lines[9] = {action("actb0", T0 - 1, "r1", "b", "screenshot"),
+                      impression("imp1", T0, "r1", "[\"a\",\"b\",\"a\"]"),
+                      action("actb1", T0, "r1", "b", "closeup"),
                       action("act1", T0 + 10000, "r1", "a", "click"),
                       impression("imp2", T0 + HOUR_MS, "r2", "[{\"id\":\"a\",\"pos\":4}]"),
-                      action("act2", T0 + 25 * HOUR_MS, "r1", "a", "save"),
-                      impression("imp3", T0 + 24 * HOUR_MS + HOUR_MS / 2, "r3", "[\"c\"]")};
-    char *text = tu_fmt("%s%s%s%s%s", lines[0], lines[1], lines[2], lines[4], lines[3]);
+                      action("actb2", T0 + DAY_MS - 1, "r1", "b", "long_click"),
+                      action("actb3", T0 + DAY_MS, "r1", "b", "download"),
+                      impression("imp3", T0 + 24 * HOUR_MS + HOUR_MS / 2, "r3", "[\"c\"]"),
+                      action("act2", T0 + 25 * HOUR_MS, "r1", "a", "save")};
+    char *text = tu_fmt("%s%s%s%s%s%s%s%s%s", lines[0], lines[1], lines[2], lines[3], lines[4],
+                        lines[5], lines[6], lines[7], lines[8]);
     write_text(log, text);
     char *cmd = tu_fmt("%s export --quiet --events '%s' --out '%s'", tu_iqp(), log, out);
     ck_assert(run_ok(cmd));
@@ -606,8 +659,19 @@ START_TEST(leakage) {
     ck_assert_int_eq(value(rows, "r1/a", "q_item.1d.click"), 0);
     ck_assert_int_eq(value(rows, "r1/a", "q_item.1d.impression"), 0);
     ck_assert_int_eq(value(rows, "r1/a", "q_item.1d.context_count"), 0);
-    ck_assert_int_eq(value(rows, "r1/b", "label_engaged"), 0);
     ck_assert_int_eq(value(rows, "r1/a", "position"), 0);
+    /* the default horizon is [ts, ts + 24 h): an action at ts labels and is not a feature;
+     * one 1 ms before ts is a feature and no label; 24 h - 1 ms labels, 24 h does not */
+    ck_assert_int_eq(value(rows, "r1/b", "position"), 1);
+    ck_assert_int_eq(value(rows, "r1/b", "label_closeup"), 1);
+    ck_assert_int_eq(value(rows, "r1/b", "q_item.1d.closeup"), 0);
+    ck_assert_int_eq(value(rows, "r1/b", "label_screenshot"), 0);
+    ck_assert_int_eq(value(rows, "r1/b", "q_item.1d.screenshot"), 1);
+    ck_assert_int_eq(value(rows, "r1/b", "q_item.1d.engaged"), 1);
+    ck_assert_int_eq(value(rows, "r1/b", "label_long_click"), 1);
+    ck_assert_int_eq(value(rows, "r1/b", "label_download"), 0);
+    ck_assert_int_eq(value(rows, "r1/b", "label_engaged"), 1);
+    ck_assert_int_eq(value(rows, "r1/b", "label_click"), 0);
     /* an hour later, the same query: the click is a feature now */
     ck_assert_int_eq(value(rows, "r2/a", "q_item.1d.click"), 1);
     ck_assert_int_eq(value(rows, "r2/a", "qc_item.1d.engaged"), 1);
@@ -630,7 +694,7 @@ START_TEST(leakage) {
     ck_assert_int_eq(value(rows, "r2/a", "q_item.1d.context_count"), 0);
     ck_assert_int_eq(value(rows, "r1/a", "label_click"), 1);
     free_rows(rows);
-    for (int i = 0; i < 5; i++) free(lines[i]);
+    for (int i = 0; i < 9; i++) free(lines[i]);
     free(text); free(cmd); free(log); free(out);
 }
 END_TEST
@@ -719,7 +783,7 @@ START_TEST(parity_with_lookup) {
     char *out = run_export(&SLICE, in, "parity.jsonl");
     ck_assert(out != NULL);
     size_t total = count_lines(out);
-    tally t = {0, 0, 0};
+    tally t = {0};
     for (size_t k = 0; k < 3; k++) {
         json_t *rows[1024];
         const char *items[1024];
@@ -814,12 +878,76 @@ static void expect_status(const char *args, int want, const char *mention) {
     free(err);
 }
 
+/* Runs iqp export with args and its stderr (and stdout) on a terminal;
+ * everything it wrote there, once it has exited with status 0. */
+static char *export_on_tty(const char *const *args) {
+    const char *argv[16] = {tu_iqp(), "export"};
+    size_t n = 2;
+    for (; *args && n < 15; args++) argv[n++] = *args;
+    argv[n] = NULL;
+    int master;
+    pid_t pid = forkpty(&master, NULL, NULL, NULL);
+    ck_assert_msg(pid >= 0, "forkpty failed");
+    if (pid == 0) {
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    char *text = NULL, chunk[4096];
+    size_t len = 0;
+    ssize_t got;
+    /* until the child's side is closed: EIO on Linux once it has exited */
+    while ((got = read(master, chunk, sizeof chunk)) > 0) {
+        text = realloc(text, len + (size_t)got + 1);
+        memcpy(text + len, chunk, (size_t)got);
+        len += (size_t)got;
+        text[len] = '\0';
+    }
+    close(master);
+    int status;
+    ck_assert(waitpid(pid, &status, 0) == pid);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "iqp export on a tty failed");
+    return text ? text : strdup("");
+}
+
+START_TEST(progress_and_summary) {
+    REQUIRE_SETUP();
+    char *log = tu_fmt("%s/tty.jsonl", tmp), *out = tu_fmt("%s/tty-rows.jsonl", tmp);
+    char *l1 = impression("t1", T0, "r1", "[\"a\"]"), *l2 = action("t2", T0 + 5, "r1", "a", "click");
+    char *text = tu_fmt("%s%s", l1, l2);
+    write_text(log, text);
+    /* a terminal: a progress line (\r-led, rewritten in place), then the summary */
+    const char *loud[] = {"--events", log, "--out", out, NULL};
+    char *tty = export_on_tty(loud);
+    ck_assert_msg(strstr(tty, "\rexport: 2 lines, 1 rows, "), "no progress line on a tty: '%s'", tty);
+    ck_assert_msg(strstr(tty, "export: 1 files, 2 lines, 0 bad -> "), "no summary line: '%s'", tty);
+    ck_assert_msg(strstr(tty, "1 impressions -> 1 rows -> "), "summary lacks the rows: '%s'", tty);
+    free(tty);
+    /* --quiet: the summary only */
+    const char *quiet[] = {"--quiet", "--events", log, "--out", out, NULL};
+    tty = export_on_tty(quiet);
+    ck_assert_msg(!strstr(tty, "\rexport: "), "--quiet printed progress: '%s'", tty);
+    ck_assert_msg(strstr(tty, "export: 1 files, 2 lines, 0 bad -> "), "--quiet: no summary: '%s'", tty);
+    free(tty);
+    /* not a terminal: the summary only */
+    char *cmd = tu_fmt("%s export --events '%s' --out '%s' 2>&1", tu_iqp(), log, out), *piped = NULL;
+    ck_assert_int_eq(tu_run(cmd, &piped), 0);
+    ck_assert_msg(piped && !strchr(piped, '\r'), "progress on a pipe: '%s'", piped ? piped : "");
+    ck_assert_msg(strstr(piped, "export: 1 files, 2 lines, 0 bad -> "), "no summary: '%s'", piped);
+    free(piped); free(cmd); free(text); free(l1); free(l2); free(log); free(out);
+}
+END_TEST
+
 START_TEST(usage) {
     REQUIRE_SETUP();
     char *out = tu_fmt("%s/u.jsonl", tmp), *args;
-    char *help = NULL;
-    ck_assert_int_eq(export_status("--help", &help), 0);
-    free(help);
+    char *help = NULL, *cmd = tu_fmt("%s export --help", tu_iqp());
+    ck_assert_int_eq(tu_run(cmd, &help), 0); /* on stdout, exit 0 */
+    const char *flags[] = {"--events FILE", "--out FILE", "--from MS", "--until MS",
+                           "--format jsonl|csv", "--lag-ms N", "--label-horizon-ms N",
+                           "--max-disorder-ms N", "--dead-letter FILE", "--quiet"};
+    for (size_t i = 0; i < sizeof flags / sizeof *flags; i++)
+        ck_assert_msg(help && strstr(help, flags[i]), "--help does not describe %s", flags[i]);
+    free(help); free(cmd);
     args = tu_fmt("--events '%s' --out '%s' --bogus", log_all, out);
     expect_status(args, 2, "unknown option");
     free(args);
@@ -835,6 +963,21 @@ START_TEST(usage) {
     args = tu_fmt("--events '%s' --out '%s' --lag-ms -5", log_all, out);
     expect_status(args, 2, "--lag-ms");
     free(args);
+    args = tu_fmt("--events '%s' --out '%s' --lag-ms 1h", log_all, out);
+    expect_status(args, 2, "--lag-ms");
+    free(args);
+    args = tu_fmt("--events '%s' --out '%s' --label-horizon-ms 0", log_all, out);
+    expect_status(args, 2, "--label-horizon-ms");
+    free(args);
+    args = tu_fmt("--events '%s' --out '%s' --until yesterday", log_all, out);
+    expect_status(args, 2, "--until");
+    free(args);
+    args = tu_fmt("--events '%s' --out '%s' --max-disorder-ms -1", log_all, out);
+    expect_status(args, 2, "--max-disorder-ms");
+    free(args);
+    args = tu_fmt("--events '%s' --out", log_all);
+    expect_status(args, 2, "--out");
+    free(args);
     args = tu_fmt("--out '%s'", out);
     expect_status(args, 2, "input");
     free(args);
@@ -844,6 +987,14 @@ START_TEST(usage) {
     args = tu_fmt("--events '%s' --out '%s/no-such-dir/rows.jsonl' --dead-letter /dev/null", log_all, tmp);
     expect_status(args, 1, "no-such-dir");
     free(args);
+    /* a directory (not a regular file) as --out: exit 1 before anything is created */
+    char *dir = tu_fmt("%s/a-dir", tmp), *dl = tu_fmt("%s.dead-letter.jsonl", dir);
+    ck_assert(mkdir(dir, 0700) == 0);
+    args = tu_fmt("--events '%s' --out '%s'", log_all, dir);
+    expect_status(args, 1, "not a regular file");
+    ck_assert_msg(access(dl, F_OK) != 0, "a bad --out left %s", dl);
+    rmdir(dir);
+    free(args); free(dir); free(dl);
     free(out);
 }
 END_TEST
@@ -860,6 +1011,7 @@ static Suite *export_suite(void) {
     tcase_add_test(tc, leakage);
     tcase_add_test(tc, parity_with_lookup);
     tcase_add_test(tc, bad_input);
+    tcase_add_test(tc, progress_and_summary);
     tcase_add_test(tc, usage);
     suite_add_tcase(s, tc);
     return s;

@@ -27,14 +27,18 @@
  * The redis-server is stopped by pid in the fixture's teardown.
  */
 #include <check.h>
+#include <hiredis/hiredis.h>
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "aggregator/config.h"
 #include "client/iqp.h"
@@ -512,6 +516,174 @@ START_TEST(client_times_out_and_recovers) {
 }
 END_TEST
 
+/* ---- generations: `iqp refresh --redis` ------------------------------------------ */
+
+typedef struct reader_state {
+    const context *c;
+    atomic_int stop;
+    atomic_uint_fast64_t calls;
+    uint64_t want[2];   /* digests of the old and the new generation's answer */
+    uint64_t seen[2], other, errors;
+} reader_state;
+
+/* One libiqp answer for c, digested (XXH64 of the doubles' bytes). */
+static int answer_digest(iqp_client *cl, const context *c, uint64_t *digest) {
+    size_t len = iqp_client_result_len(cl, c->n_items);
+    double *v = malloc(len * sizeof *v);
+    iqp_status s = iqp_client_lookup(cl, c->query, c->country, c->gender, c->items, c->n_items, v, len);
+    if (s == IQP_OK) *digest = XXH64(v, len * sizeof *v, 0);
+    free(v);
+    return s == IQP_OK ? 0 : -1;
+}
+
+/* A ranker: lookups in a loop until told to stop; every answer must be
+ * one generation's answer, whole. */
+static void *reader_main(void *arg) {
+    reader_state *rs = arg;
+    iqp_client_options o;
+    iqp_client_options_init(&o);
+    o.timeout_ms = 2000;
+    iqp_client *cl = iqp_client_open(redis_url, &o);
+    while (!atomic_load(&rs->stop)) {
+        uint64_t d;
+        rs->calls++;
+        if (answer_digest(cl, rs->c, &d) < 0) rs->errors++;
+        else if (d == rs->want[0]) rs->seen[0]++;
+        else if (d == rs->want[1]) rs->seen[1]++;
+        else rs->other++;
+    }
+    iqp_client_close(cl);
+    return NULL;
+}
+
+/* Decodes the q_item top-K value of query q in generation gen, as the
+ * lines `iqp refresh --dump` prints for it (schemas/redis-layout.md). */
+static char *topk_lines(const char *gen, const char *q) {
+    redisContext *rc = redisConnect("127.0.0.1", redis_port);
+    ck_assert(rc && !rc->err);
+    redisReply *r = redisCommand(rc, "GET iqp:%s:@top:q_item:%s", gen, q);
+    ck_assert_msg(r && r->type == REDIS_REPLY_STRING, "no top-K key for '%s' in generation %s", q, gen);
+    static const char *const windows[ORACLE_N_WINDOWS] = {"1d", "7d", "90d", "365d"};
+    char *text = NULL;
+    size_t tlen = 0, pos = 0;
+    FILE *f = open_memstream(&text, &tlen);
+    const unsigned char *b = (const unsigned char *)r->str;
+    for (int w = 0; w < ORACLE_N_WINDOWS; w++) {
+        uint64_t n = 0;
+        for (int shift = 0; pos < r->len; shift += 7) {
+            n |= (uint64_t)(b[pos] & 0x7f) << shift;
+            if (!(b[pos++] & 0x80)) break;
+        }
+        fprintf(f, "topk q_item {query=\"%s\"} %s n=%" PRIu64, q, windows[w], n);
+        for (uint64_t i = 0; i < n; i++) {
+            uint64_t len = 0, bits = 0;
+            for (int shift = 0; pos < r->len; shift += 7) {
+                len |= (uint64_t)(b[pos] & 0x7f) << shift;
+                if (!(b[pos++] & 0x80)) break;
+            }
+            ck_assert_uint_le(pos + len + 8, r->len);
+            fprintf(f, " \"%.*s\"=", (int)len, (const char *)b + pos);
+            pos += len;
+            for (int k = 0; k < 8; k++) bits = bits << 8 | b[pos++];
+            double v;
+            memcpy(&v, &bits, 8);
+            fprintf(f, "%.17g", v);
+        }
+        fputc('\n', f);
+    }
+    ck_assert_uint_eq(pos, r->len);
+    fclose(f);
+    freeReplyObject(r);
+    redisFree(rc);
+    return text;
+}
+
+/* Windows slide: as of a day and two hours after the traffic began, its
+ * first hours leave the 1d window. `iqp refresh --redis` publishes that
+ * as a new generation while a reader loops lookups; the reader sees the
+ * old answer or the new one, never a mix; afterwards Redis equals the
+ * store read as of that time, and the old generation's keys expire. */
+START_TEST(refresh_swaps_generations_whole) {
+    require_setup();
+    const context *c = &contexts[0];
+    int64_t t2 = START_MS + 26LL * 3600 * 1000;
+    char *gen1 = redis_get("GET iqp:gen");
+    /* the new generation's answer, computed apart: publish the store as of
+     * t2 into another database and read it there */
+    char *url2 = tu_fmt("redis://127.0.0.1:%d/1", redis_port);
+    ck_assert(run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --redis %s --quiet", tu_iqp(), store,
+                            (long long)t2, url2)));
+    iqp_client_options o;
+    iqp_client_options_init(&o);
+    iqp_client *cl = open_client(2000), *cl2 = iqp_client_open(url2, &o);
+    ck_assert_msg(iqp_client_status(cl2) == IQP_OK, "%s", iqp_client_errstr(cl2));
+    reader_state rs = {.c = c};
+    ck_assert_int_eq(answer_digest(cl, c, &rs.want[0]), 0);
+    ck_assert_int_eq(answer_digest(cl2, c, &rs.want[1]), 0);
+    ck_assert_msg(rs.want[0] != rs.want[1], "the slide changed nothing for '%s': a vacuous test", c->query);
+    iqp_client_close(cl2);
+    pthread_t reader;
+    ck_assert_int_eq(pthread_create(&reader, NULL, reader_main, &rs), 0);
+    for (int i = 0; i < 10000 && atomic_load(&rs.calls) < 20; i++) usleep(1000);
+    int rc = run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --redis %s --grace-ms 300 --quiet", tu_iqp(),
+                           store, (long long)t2, redis_url));
+    uint64_t at_flip = atomic_load(&rs.calls);
+    for (int i = 0; i < 10000 && atomic_load(&rs.calls) < at_flip + 20; i++) usleep(1000);
+    atomic_store(&rs.stop, 1);
+    pthread_join(reader, NULL);
+    ck_assert_msg(rc, "iqp refresh --redis failed");
+    fprintf(stderr, "redis: during the refresh %" PRIu64 " lookups: %" PRIu64 " old, %" PRIu64 " new, %" PRIu64
+            " mixed, %" PRIu64 " errors\n", (uint64_t)atomic_load(&rs.calls), rs.seen[0], rs.seen[1], rs.other, rs.errors);
+    ck_assert_uint_eq(rs.other, 0);
+    ck_assert_uint_eq(rs.errors, 0);
+    ck_assert_uint_gt(rs.seen[0], 0);
+    ck_assert_uint_gt(rs.seen[1], 0);
+    /* the served generation now equals the store as of t2, byte for byte */
+    char *gen2 = redis_get("GET iqp:gen"), *args = tu_fmt("HGET iqp:%s:meta as_of_ms", gen2);
+    char *as_of = redis_get(args);
+    ck_assert_msg(strcmp(gen1, gen2) != 0, "the pointer did not move from %s", gen1);
+    ck_assert_int_eq(strtoll(as_of, NULL, 10), t2);
+    char *redis_src = tu_fmt("--redis %s", redis_url), *store_src = tu_fmt("--store '%s' --as-of %lld", store,
+                                                                           (long long)t2);
+    for (size_t ci = 0; ci < n_contexts; ci++) {
+        char *c1 = lookup_cmd(redis_src, &contexts[ci]), *c2 = lookup_cmd(store_src, &contexts[ci]);
+        char *o1 = NULL, *o2 = NULL;
+        ck_assert(tu_run(c1, &o1) == 0 && tu_run(c2, &o2) == 0);
+        ck_assert_msg(strcmp(o1, o2) == 0, "after the refresh %s\nprinted\n%s\nbut %s printed\n%s", c1, o1, c2, o2);
+        free(o1), free(o2), free(c1), free(c2);
+    }
+    /* the old generation expires after its grace (bounded wait) */
+    char *pattern = tu_fmt("KEYS 'iqp:%s:*'", gen1), *left = NULL;
+    for (int waited = 0; waited < 10000; waited += 100) {
+        free(left);
+        left = tu_redis_cli(redis_port, pattern);
+        if (left && !left[strspn(left, "\n")]) break;
+        usleep(100000);
+    }
+    ck_assert_msg(left && !left[strspn(left, "\n")], "keys of generation %s still there: %.200s", gen1, left);
+    /* the top-K lists in Redis are what the refresher computed (its dump) */
+    char *dump_path = tu_fmt("%s/refresh.dump", dir);
+    ck_assert(run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --dump '%s' --quiet 2>/dev/null", tu_iqp(),
+                            store, (long long)t2, dump_path)));
+    char *dump = tu_read_file(dump_path, NULL), *lines = topk_lines(gen2, c->query);
+    for (char *l = lines, *nl; *l; l = nl + 1) {
+        nl = strchr(l, '\n');
+        *nl = 0;
+        char *want = tu_fmt("\n%s\n", l);
+        ck_assert_msg(strstr(dump, want), "Redis top-K line not in the refresh dump: %s", l);
+        free(want);
+    }
+    free(lines), free(dump), free(dump_path);
+    free(left), free(pattern), free(redis_src), free(store_src), free(as_of), free(args), free(gen2);
+    free(gen1);
+    free(url2);
+    iqp_client_close(cl);
+    /* restore what the other tests expect: the store as of its watermark */
+    free(redis_get("FLUSHALL"));
+    ck_assert(publish_all());
+}
+END_TEST
+
 /* Bad usage of `iqp publish` exits 2 and names the problem. */
 START_TEST(publish_rejects_bad_usage) {
     static const struct {
@@ -556,6 +728,7 @@ int main(void) {
     tcase_add_test(srv, readme_example_compiles_and_runs);
     tcase_add_test(srv, unknown_layout_is_refused);
     tcase_add_test(srv, client_times_out_and_recovers);
+    tcase_add_test(srv, refresh_swaps_generations_whole);
     suite_add_tcase(s, srv);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

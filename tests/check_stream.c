@@ -696,11 +696,14 @@ START_TEST(stream_stops_gracefully_and_resumes) {
 }
 END_TEST
 
-/* Publishing: after the stream ran, Redis serves what the store holds. */
+/* Publishing: after the stream ran, Redis serves what the store holds,
+ * after refreshes (new generations) on the way as windows slid. */
 START_TEST(stream_publishes_to_redis) {
     start_redis();
-    produce(0, 1);
     start_stream(0, 0);
+    free(wait_assigned(0));
+    produce(3000, 0); /* paced: the watermark walks through the 6 h */
+    wait_producer();
     wait_caught_up(1);
     wait_published(0);
     char *m = fetch_metrics(streams[0].metrics_port);
@@ -708,6 +711,10 @@ START_TEST(stream_publishes_to_redis) {
     ck_assert_msg(metric_sum(m, "iqp_redis_connected", none) == 1, "iqp_redis_connected is not 1");
     ck_assert_msg(metric_sum(m, "iqp_published_values_total", none) > 0, "nothing counted as published");
     ck_assert_ptr_nonnull(strstr(m, "iqp_publish_lag_seconds"));
+    /* the 6 h of traffic cross hour buckets: windows slid, refreshes ran */
+    double refreshes = metric_sum(m, "iqp_refreshes_total", none);
+    fprintf(stderr, "stream: %.0f refreshes (new generations) while streaming\n", refreshes);
+    ck_assert_msg(refreshes > 0, "no refresh ran although the watermark crossed hour buckets");
     free(m);
     stop_stream(0);
     check_redis_outcome();

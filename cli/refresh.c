@@ -1,0 +1,320 @@
+/* refresh.c -- `iqp refresh`: recompute every feature value of a store as
+ * of one instant (window roll), smoothed rates and top-K lists, from one
+ * snapshot; dump them as text and (later) publish them to Redis.
+ *
+ * Stages, each timed for the summary line: open the store read-only (safe
+ * beside a running `iqp stream`, as lookup does) and take a snapshot;
+ * scan; compute on the chosen backend; --dump; publish (the marked spot
+ * below). Progress on a terminal, one summary line on stderr always.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "aggregator/config.h"
+#include "cli/cli.h"
+#include "client/redis_conn.h"
+#include "publisher/generation.h"
+#include "refresher/dump.h"
+#include "refresher/refresh.h"
+#include "store/store.h"
+#include "util/clock.h"
+
+static const char *CMD = "refresh";
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: iqp refresh --store DIR [--as-of MS] [--backend cpu|cuda] [--threads N]\n"
+            "                   [--smoothing A] [--top-k K] [--rank-measure NAME]\n"
+            "                   [--dump FILE] [--redis URL] [--redis-prefix P]\n"
+            "\n"
+            "Recomputes, from one snapshot of the store, every (feature, context, item)\n"
+            "and window: context_count, the counters summed over the window, the rates\n"
+            "count/context_count (what `iqp lookup` prints), a smoothed rate per measure,\n"
+            "(count + A * prior) / (context_count + A), where prior is the measure's rate\n"
+            "over the whole feature in that window, and per (feature, context, window) the\n"
+            "K items with the highest smoothed ranking measure (ties: item id bytes\n"
+            "ascending).\n"
+            "\n"
+            "options:\n"
+            "  --store DIR         the store (opened read-only; safe beside iqp stream)\n"
+            "  --config FILE       check the store against this config\n"
+            "  --as-of MS          windows as of this time, ms since the epoch (default: now)\n"
+            "  --backend B         cpu (default) or cuda (needs ./configure --with-cuda and\n"
+            "                      a GPU)\n"
+            "  --threads N         CPU threads for scan and compute (default: online CPUs)\n"
+            "  --smoothing A       prior strength in context occurrences, >= 0 (default 20;\n"
+            "                      0 turns smoothing off)\n"
+            "  --top-k K           items per top-K list (default 100; 0: none)\n"
+            "  --rank-measure M    impression, engaged (default) or an action name\n"
+            "  --dump FILE         write the whole result as canonical text ('-': stdout);\n"
+            "                      the same snapshot gives the same bytes on any backend\n"
+            "  --redis URL         publish to Redis as a new generation\n"
+            "  --redis-prefix P    the publisher's key prefix (default iqp)\n"
+            "  --redis-ttl D       TTL of the new generation's keys (default 8d)\n"
+            "  --grace-ms N        the old generation's keys live N ms after the flip, for\n"
+            "                      readers still reading it (default 60000)\n"
+            "  --quiet             no progress line\n"
+            "  --help              this text\n"
+            "\n"
+            "Prints a progress line on a terminal and one summary line at the end (stderr).\n");
+}
+
+typedef struct refresh_opts {
+    const char *store_dir, *config_path, *dump_path, *redis_url, *redis_prefix, *redis_ttl, *measure;
+    iqp_refresh_params params;
+    iqp_publisher_config redis;   /* from --redis* after publish_check */
+    int64_t grace_ms;             /* old generation's keys live this long after the flip */
+    int quiet;
+} refresh_opts;
+
+static int default_threads(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 64 ? 64 : (int)n;
+}
+
+static int parse_number(const char *flag, const char *s, int64_t lo, int64_t hi, int64_t *out) {
+    if (iqp_cli_parse_i64(s, out) < 0 || *out < lo || *out > hi)
+        return iqp_cli_usage_error(CMD, "%s must be an integer in [%lld, %lld], not '%s'", flag,
+                                   (long long)lo, (long long)hi, s);
+    return 0;
+}
+
+static int parse_smoothing(const char *s, double *out) {
+    char *end;
+    errno = 0;
+    double a = strtod(s, &end);
+    if (!*s || *end || errno || !isfinite(a) || a < 0)
+        return iqp_cli_usage_error(CMD, "--smoothing must be a finite number >= 0, not '%s'", s);
+    *out = a;
+    return 0;
+}
+
+static int parse_backend(const char *s, iqp_refresh_backend *out) {
+    if (strcmp(s, "cpu") == 0) *out = IQP_REFRESH_CPU;
+    else if (strcmp(s, "cuda") == 0) *out = IQP_REFRESH_CUDA;
+    else return iqp_cli_usage_error(CMD, "--backend must be cpu or cuda, not '%s'", s);
+    return 0;
+}
+
+/* ---- REDIS PUBLISH (issue 5, Redis half) ------------------------------------------
+ * publish_check runs right after option parsing (so a flag problem stops
+ * the run before the scan); publish writes the finished result as a new
+ * generation and flips readers to it (publisher/generation.h). Both return
+ * 0, or an exit status after printing the problem. */
+static int publish_check(refresh_opts *o) {
+    if (!o->redis_url) return 0;
+    char err[512];
+    iqp_redis_url u;
+    if (iqp_redis_url_parse(o->redis_url, &u, err, sizeof err) < 0) return iqp_cli_usage_error(CMD, "%s", err);
+    iqp_publisher_config_defaults(&o->redis);
+    o->redis.url = o->redis_url;
+    if (o->redis_prefix) o->redis.prefix = o->redis_prefix;
+    if (!o->redis.prefix[0] || strlen(o->redis.prefix) > 100)
+        return iqp_cli_usage_error(CMD, "the Redis key prefix must be 1..100 bytes");
+    if (o->redis_ttl && (iqp_parse_duration(o->redis_ttl, &o->redis.ttl_ms) < 0 || o->redis.ttl_ms < 1000))
+        return iqp_cli_usage_error(CMD, "--redis-ttl must be a duration of at least 1s (e.g. 8d), not '%s'",
+                                   o->redis_ttl);
+    return 0;
+}
+
+static int publish(const refresh_opts *o, iqp_store *st, const iqp_refresh_result *r) {
+    (void)st;
+    if (!o->redis_url) return 0;
+    char err[1024];
+    iqp_generation_stats gs;
+    int rc = iqp_generation_publish(r, &o->redis, "iqp refresh", NULL, o->grace_ms, &gs, err, sizeof err);
+    if (rc < 0) return iqp_cli_fail(CMD, "%s", err);
+    if (!o->quiet)
+        fprintf(stderr, "refresh: generation %llu served (was %llu): %llu hashes, %llu values, %llu top-K keys in "
+                "%.3f s; %llu keys of the old generation expire in %lld ms\n",
+                (unsigned long long)gs.new_generation, (unsigned long long)gs.old_generation,
+                (unsigned long long)gs.hashes, (unsigned long long)gs.values, (unsigned long long)gs.topk_keys,
+                gs.write_s, (unsigned long long)gs.expired_keys, (long long)o->grace_ms);
+    return 0;
+}
+/* ---- (end of REDIS PUBLISH) ------------------------------------------------------ */
+
+static int parse_opts(int argc, char **argv, refresh_opts *o) {
+    static const struct option longopts[] = {
+        {"store", required_argument, 0, 's'},     {"config", required_argument, 0, 'C'},
+        {"as-of", required_argument, 0, 'a'},     {"backend", required_argument, 0, 'b'},
+        {"threads", required_argument, 0, 't'},   {"smoothing", required_argument, 0, 'A'},
+        {"top-k", required_argument, 0, 'k'},     {"rank-measure", required_argument, 0, 'm'},
+        {"dump", required_argument, 0, 'd'},      {"redis", required_argument, 0, 'r'},
+        {"redis-prefix", required_argument, 0, 'p'}, {"quiet", no_argument, 0, 'q'},
+        {"redis-ttl", required_argument, 0, 'T'}, {"grace-ms", required_argument, 0, 'g'},
+        {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
+    int c, rc = 0;
+    int64_t v;
+    memset(o, 0, sizeof *o);
+    o->grace_ms = 60000;
+    iqp_refresh_params_defaults(&o->params, iqp_now_ms());
+    o->params.n_threads = default_threads();
+    optind = 1;
+    while (rc == 0 && (c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (c) {
+        case 's': o->store_dir = optarg; break;
+        case 'C': o->config_path = optarg; break;
+        case 'd': o->dump_path = optarg; break;
+        case 'r': o->redis_url = optarg; break;
+        case 'p': o->redis_prefix = optarg; break;
+        case 'T': o->redis_ttl = optarg; break;
+        case 'g': rc = parse_number("--grace-ms", optarg, 0, 86400000, &o->grace_ms); break;
+        case 'm': o->measure = optarg; break;
+        case 'q': o->quiet = 1; break;
+        case 'a':
+            if (!(rc = parse_number("--as-of", optarg, 0, INT64_MAX / 2, &v))) o->params.as_of_ms = v;
+            break;
+        case 't':
+            if (!(rc = parse_number("--threads", optarg, 1, 256, &v))) o->params.n_threads = (int)v;
+            break;
+        case 'k':
+            if (!(rc = parse_number("--top-k", optarg, 0, 1000000, &v))) o->params.top_k = (size_t)v;
+            break;
+        case 'A': rc = parse_smoothing(optarg, &o->params.smoothing); break;
+        case 'b': rc = parse_backend(optarg, &o->params.backend); break;
+        case 'h': usage(stdout); return -1;
+        default: return iqp_cli_usage_error(CMD, "unknown option");
+        }
+    }
+    if (rc) return rc;
+    if (optind < argc) return iqp_cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    if (!o->store_dir) return iqp_cli_usage_error(CMD, "--store DIR is required");
+    return publish_check(o);
+}
+
+/* ---- progress and summary ------------------------------------------------------------ */
+
+typedef struct progress_state {
+    double last;
+    int shown;
+} progress_state;
+
+static void on_progress(void *ud, const char *stage, uint64_t done, uint64_t total) {
+    progress_state *ps = ud;
+    double now = iqp_mono_seconds();
+    if (now - ps->last < 0.25) return;
+    ps->last = now;
+    ps->shown = 1;
+    if (total)
+        fprintf(stderr, "\r\033[Krefresh: %s %.0f%%", stage, 100.0 * (double)done / (double)total);
+    else
+        fprintf(stderr, "\r\033[Krefresh: %s %llu keys", stage, (unsigned long long)done);
+}
+
+static void clear_progress(progress_state *ps) {
+    if (ps->shown) fprintf(stderr, "\r\033[K");
+    ps->shown = 0;
+}
+
+static double per_s(uint64_t n, double s) { return s > 0 ? (double)n / s : 0; }
+
+static void summary(const refresh_opts *o, const iqp_refresh_result *r, double dump_s,
+                    double publish_s) {
+    const iqp_refresh_stats *s = iqp_refresh_get_stats(r);
+    fprintf(stderr,
+            "refresh: as_of %lld, %llu keys scanned (%llu cells in windows, %llu context cells, "
+            "%llu bad), %llu contexts, %llu entities, %llu top-K entries; scan %.3f s "
+            "(%.0f keys/s), compute %s %.3f s (%.0f cells/s)",
+            (long long)iqp_refresh_as_of(r), (unsigned long long)(s->keys_scanned + s->ctx_keys_scanned),
+            (unsigned long long)s->cells, (unsigned long long)s->ctx_cells,
+            (unsigned long long)s->bad_keys, (unsigned long long)s->contexts,
+            (unsigned long long)s->entities, (unsigned long long)s->topk_entries, s->scan_s,
+            per_s(s->keys_scanned + s->ctx_keys_scanned, s->scan_s),
+            o->params.backend == IQP_REFRESH_CUDA ? "cuda" : "cpu", s->compute_s,
+            per_s(s->cells, s->compute_s));
+    if (o->params.backend == IQP_REFRESH_CUDA)
+        fprintf(stderr, " [upload %.3f s, kernels %.3f s, download %.3f s]", s->upload_s, s->kernel_s,
+                s->download_s);
+    if (o->dump_path) fprintf(stderr, ", dump %.3f s", dump_s);
+    if (o->redis_url) fprintf(stderr, ", publish %.3f s", publish_s);
+    fprintf(stderr, "\n");
+}
+
+/* ---- the command ----------------------------------------------------------------------- */
+
+static int write_dump(const char *path, const iqp_refresh_result *r) {
+    int to_stdout = strcmp(path, "-") == 0;
+    FILE *f = to_stdout ? stdout : fopen(path, "w");
+    if (!f) return iqp_cli_fail(CMD, "cannot write %s: %s", path, strerror(errno));
+    static char buf[1 << 16];
+    if (!to_stdout) setvbuf(f, buf, _IOFBF, sizeof buf);
+    int bad = iqp_refresh_dump(r, f) < 0;
+    bad |= to_stdout ? fflush(f) != 0 : fclose(f) != 0;
+    if (bad) return iqp_cli_fail(CMD, "cannot write %s: %s", path, strerror(errno));
+    return 0;
+}
+
+static iqp_store *open_store(const refresh_opts *o, int *rc) {
+    char err[1024];
+    iqp_config cfg;
+    *rc = 0;
+    if (o->config_path) {
+        iqp_config_defaults(&cfg);
+        if (iqp_config_load(&cfg, o->config_path, err, sizeof err) < 0) {
+            *rc = iqp_cli_usage_error(CMD, "%s", err);
+            return NULL;
+        }
+    }
+    iqp_store *st = iqp_store_open(o->store_dir, o->config_path ? &cfg : NULL, IQP_STORE_READ_ONLY, err,
+                                   sizeof err);
+    if (!st) *rc = iqp_cli_fail(CMD, "%s", err);
+    return st;
+}
+
+/* Scan, compute, dump, publish; an exit status. */
+static int run(refresh_opts *o, iqp_store *st) {
+    char err[1024];
+    progress_state ps = {0, 0};
+    if (!o->quiet && isatty(STDERR_FILENO)) {
+        o->params.progress = on_progress;
+        o->params.progress_ud = &ps;
+    }
+    if (o->params.backend == IQP_REFRESH_CUDA && !iqp_refresh_cuda_available(err, sizeof err))
+        return iqp_cli_fail(CMD, "--backend cuda: %s", err);
+    iqp_store_snapshot *snap = iqp_store_snapshot_new(st);
+    iqp_refresh_result *r = NULL;
+    int rc = iqp_refresh_scan(st, snap, &o->params, &r, err, sizeof err);
+    if (rc == 0) rc = iqp_refresh_compute(r, &o->params, err, sizeof err);
+    clear_progress(&ps);
+    if (rc < 0) {
+        iqp_refresh_free(r);
+        iqp_store_snapshot_free(st, snap);
+        return iqp_cli_fail(CMD, "%s", err);
+    }
+    iqp_refresh_drop_cells(r);
+    double t0 = iqp_mono_seconds();
+    rc = o->dump_path ? write_dump(o->dump_path, r) : 0;
+    double t1 = iqp_mono_seconds();
+    if (rc == 0) rc = publish(o, st, r);
+    double t2 = iqp_mono_seconds();
+    if (rc == 0) summary(o, r, t1 - t0, t2 - t1);
+    iqp_refresh_free(r);
+    iqp_store_snapshot_free(st, snap);
+    return rc;
+}
+
+int iqp_cmd_refresh(int argc, char **argv) {
+    refresh_opts o;
+    int rc = parse_opts(argc, argv, &o);
+    if (rc) return rc < 0 ? 0 : rc;
+    iqp_store *st = open_store(&o, &rc);
+    if (!st) return rc;
+    if (o.measure) {
+        int k = iqp_refresh_measure_index(iqp_store_config(st), o.measure);
+        if (k < 0) {
+            iqp_store_close(st);
+            return iqp_cli_usage_error(CMD, "--rank-measure: '%s' is not impression, engaged or an action of this store",
+                                       o.measure);
+        }
+        o.params.rank_measure = k;
+    }
+    rc = run(&o, st);
+    iqp_store_close(st);
+    return rc;
+}

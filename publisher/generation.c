@@ -1,0 +1,446 @@
+/* generation.c -- a refresh result becomes generation N, then readers
+ * switch to it with one SET (see generation.h).
+ *
+ * Order of writes, all pipelined (up to pipeline_depth commands in
+ * flight, replies checked):
+ *   1. take the lease <prefix>:lease (SET NX PX), refuse if held;
+ *   2. read the served generation G and check its layout fingerprint;
+ *   3. N = INCR <prefix>:gen:next (kept above G);
+ *   4. HSET <prefix>:N:meta (layout, as_of_ms, smoothing, priors, top-K);
+ *   5. every (feature, context): HSET <prefix>:N:<feature>[:...] "" <ctx>
+ *      item value ... (256 items per HSET), PEXPIRE; SET
+ *      <prefix>:N:@top:<feature>[:...] <top-K value> PX ttl;
+ *   6. the flip: a script that SETs <prefix>:gen to N only while the
+ *      lease is still ours;
+ *   7. SCAN <prefix>:G:* and PEXPIRE each key to grace_ms;
+ *   8. release the lease.
+ * A failure before 6 leaves G served and N's keys to expire with their
+ * TTL. '@' is not allowed in feature names, so "@top" cannot collide.
+ */
+#include "publisher/generation.h"
+
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "client/redis_conn.h"
+#include "schemas/redis_value.h"
+#include "util/clock.h"
+
+#define HSET_ITEMS 256
+#define LEASE_MS 30000
+#define LEASE_RENEW_MS 5000
+
+typedef struct gen_writer {
+    redisContext *redis;
+    const iqp_publisher_config *pc;
+    const iqp_refresh_result *r;
+    const iqp_config *cfg;
+    char prefix[128], lease_value[160], where[300];
+    int inflight;
+    int64_t lease_renewed_ms;
+    unsigned char *buf;
+    size_t buf_cap;
+    iqp_generation_stats *stats;
+    char *err;
+    size_t errlen;
+} gen_writer;
+
+static int fail(gen_writer *g, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(gen_writer *g, int rc, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g->err, g->errlen, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+static redisReply *command(gen_writer *g, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(g->redis, fmt, ap);
+    va_end(ap);
+    if (!r) {
+        fail(g, -1, "Redis at %s: %s", g->where, g->redis->errstr);
+        return NULL;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        fail(g, -1, "Redis at %s refused a command: %s", g->where, r->str);
+        freeReplyObject(r);
+        return NULL;
+    }
+    return r;
+}
+
+/* ---- pipeline ------------------------------------------------------------------ */
+
+static int pipe_drain(gen_writer *g, int keep) {
+    while (g->inflight > keep) {
+        redisReply *r = NULL;
+        if (redisGetReply(g->redis, (void **)&r) != REDIS_OK)
+            return fail(g, -1, "reply from Redis at %s: %s", g->where, g->redis->errstr);
+        g->inflight--;
+        int bad = r->type == REDIS_REPLY_ERROR;
+        if (bad) fail(g, -1, "Redis at %s refused a write: %s", g->where, r->str);
+        freeReplyObject(r);
+        if (bad) return -1;
+    }
+    return 0;
+}
+
+static int pipe_send(gen_writer *g, int argc, const char **argv, const size_t *lens) {
+    if (redisAppendCommandArgv(g->redis, argc, argv, lens) != REDIS_OK)
+        return fail(g, -1, "command to Redis at %s: %s", g->where, g->redis->errstr);
+    g->inflight++;
+    return g->inflight >= g->pc->pipeline_depth ? pipe_drain(g, g->pc->pipeline_depth / 2) : 0;
+}
+
+static unsigned char *scratch(gen_writer *g, size_t need) {
+    if (need > g->buf_cap) {
+        free(g->buf);
+        g->buf_cap = need * 2;
+        if (!(g->buf = malloc(g->buf_cap))) abort();
+    }
+    return g->buf;
+}
+
+/* ---- the lease ------------------------------------------------------------------- */
+
+static const char *RENEW_SCRIPT =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
+    "else return 0 end";
+static const char *RELEASE_SCRIPT =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+static const char *FLIP_SCRIPT =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[2], ARGV[2]) return 1 "
+    "else return 0 end";
+
+static const char *TAKE_SCRIPT =
+    "local v = redis.call('GET', KEYS[1]) "
+    "if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end "
+    "return 0";
+
+/* Takes the lease as role, or confirms the caller's lease value. */
+static int lease_take(gen_writer *g, const char *role, const char *held) {
+    char host[64] = "?";
+    gethostname(host, sizeof host - 1);
+    if (held) snprintf(g->lease_value, sizeof g->lease_value, "%s", held);
+    else snprintf(g->lease_value, sizeof g->lease_value, "%s on %s pid %ld since %" PRId64, role, host,
+                  (long)getpid(), iqp_wall_ms());
+    redisReply *r = command(g, "EVAL %s 1 %s:lease %s %d", TAKE_SCRIPT, g->prefix, g->lease_value, LEASE_MS);
+    if (!r) return -1;
+    int ok = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+    freeReplyObject(r);
+    if (ok) {
+        g->lease_renewed_ms = iqp_mono_ms();
+        return 0;
+    }
+    r = command(g, "GET %s:lease", g->prefix);
+    int rc = fail(g, -2, "prefix '%s' on Redis at %s is being written by %s (key %s:lease); %s", g->prefix,
+                  g->where, r && r->type == REDIS_REPLY_STRING ? r->str : "another process", g->prefix,
+                  "a running `iqp stream --redis` refreshes by itself; run `iqp refresh --redis` only "
+                  "where no stream publishes to this prefix");
+    if (r) freeReplyObject(r);
+    return rc;
+}
+
+/* Renews the lease (at most every LEASE_RENEW_MS); -2 when it was lost. */
+static int lease_renew(gen_writer *g, int force) {
+    if (!force && iqp_mono_ms() - g->lease_renewed_ms < LEASE_RENEW_MS) return 0;
+    if (pipe_drain(g, 0) < 0) return -1;
+    redisReply *r = command(g, "EVAL %s 1 %s:lease %s %d", RENEW_SCRIPT, g->prefix, g->lease_value, LEASE_MS);
+    if (!r) return -1;
+    int ok = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+    freeReplyObject(r);
+    if (!ok) return fail(g, -2, "lost the lease %s:lease while writing (a pause over %d ms?)", g->prefix, LEASE_MS);
+    g->lease_renewed_ms = iqp_mono_ms();
+    return 0;
+}
+
+static void lease_release(gen_writer *g) {
+    redisReply *r = redisCommand(g->redis, "EVAL %s 1 %s:lease %s", RELEASE_SCRIPT, g->prefix, g->lease_value);
+    if (r) freeReplyObject(r);
+}
+
+/* ---- generations ------------------------------------------------------------------ */
+
+/* The served generation (0: none) and its layout check; -2 on another layout. */
+static int read_served(gen_writer *g, const char *fingerprint, uint64_t *served) {
+    redisReply *r = command(g, "GET %s:gen", g->prefix);
+    if (!r) return -1;
+    *served = r->type == REDIS_REPLY_STRING ? strtoull(r->str, NULL, 10) : 0;
+    freeReplyObject(r);
+    if (!*served) return 0;
+    r = command(g, "HMGET %s:%" PRIu64 ":meta layout_version fingerprint", g->prefix, *served);
+    if (!r) return -1;
+    int same = r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->type == REDIS_REPLY_STRING &&
+               r->element[1]->type == REDIS_REPLY_STRING && atoi(r->element[0]->str) == IQP_RV_LAYOUT_VERSION &&
+               strcmp(r->element[1]->str, fingerprint) == 0;
+    int gone = r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->type == REDIS_REPLY_NIL;
+    freeReplyObject(r);
+    if (same || gone) return 0;
+    return fail(g, -2, "Redis at %s serves another layout under prefix '%s' (%s:%" PRIu64 ":meta); use another "
+                "prefix or database", g->where, g->prefix, g->prefix, *served);
+}
+
+static int allocate(gen_writer *g, uint64_t served, uint64_t *n) {
+    for (int attempt = 0; attempt < 2; attempt++) {
+        redisReply *r = command(g, "INCR %s:gen:next", g->prefix);
+        if (!r) return -1;
+        *n = (uint64_t)r->integer;
+        freeReplyObject(r);
+        if (*n > served) return 0;
+        if (!(r = command(g, "SET %s:gen:next %" PRIu64, g->prefix, served))) return -1;
+        freeReplyObject(r);
+    }
+    return fail(g, -1, "%s:gen:next does not move past %" PRIu64, g->prefix, served);
+}
+
+/* {"<feature>": {"<window>": [prior per counter]}} with exact doubles. */
+static char *priors_json(const iqp_refresh_result *r) {
+    const iqp_config *cfg = iqp_refresh_config(r);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    fputc('{', f);
+    for (size_t fi = 0; fi < cfg->n_features; fi++) {
+        fprintf(f, "%s\"%s\":{", fi ? "," : "", cfg->features[fi].name);
+        for (size_t w = 0; w < cfg->n_windows; w++) {
+            fprintf(f, "%s\"%s\":[", w ? "," : "", cfg->windows[w].name);
+            for (size_t k = 0; k < IQP_COUNTERS(cfg); k++)
+                fprintf(f, "%s%.17g", k ? "," : "", iqp_refresh_prior(r, fi, w, k));
+            fputc(']', f);
+        }
+        fputc('}', f);
+    }
+    fputc('}', f);
+    fclose(f);
+    return buf;
+}
+
+static int write_meta(gen_writer *g, uint64_t n, const char *layout, const char *fingerprint) {
+    const iqp_refresh_result *r = g->r;
+    char *priors = priors_json(r);
+    redisReply *rep = command(g,
+                              "HSET %s:%" PRIu64 ":meta layout_version %d fingerprint %s layout %s created_ms %" PRId64
+                              " as_of_ms %" PRId64 " published_ms %" PRId64 " smoothing %.17g top_k %llu "
+                              "rank_measure %s priors %s",
+                              g->prefix, n, IQP_RV_LAYOUT_VERSION, fingerprint, layout, iqp_wall_ms(),
+                              iqp_refresh_as_of(r), iqp_wall_ms(), iqp_refresh_smoothing(r), (unsigned long long)iqp_refresh_top_k(r),
+                              iqp_refresh_measure_name(g->cfg, iqp_refresh_rank_measure(r)), priors);
+    free(priors);
+    if (!rep) return -1;
+    freeReplyObject(rep);
+    rep = command(g, "PEXPIRE %s:%" PRIu64 ":meta %" PRId64, g->prefix, n, g->pc->ttl_ms);
+    if (!rep) return -1;
+    freeReplyObject(rep);
+    return 0;
+}
+
+/* ---- values ------------------------------------------------------------------------ */
+
+/* The hash key of context c in generation n ("@top:" prepended to the
+ * feature name for the top-K key). malloc'd; *len its length. */
+static char *context_key(gen_writer *g, uint64_t n, const iqp_refresh_context *c, int top, size_t *len) {
+    char feature[96];
+    snprintf(feature, sizeof feature, "%s%s", top ? "@top:" : "", g->cfg->features[c->feature].name);
+    const iqp_feature_spec *f = &g->cfg->features[c->feature];
+    const char *gender = iqp_gender_name(c->ctx.gender);
+    *len = iqp_rv_hash_key(NULL, 0, g->prefix, n, feature, f->dims, c->ctx.country, gender, c->ctx.query,
+                           c->ctx.query_len);
+    char *key = malloc(*len + 1);
+    if (!key) abort();
+    iqp_rv_hash_key(key, *len + 1, g->prefix, n, feature, f->dims, c->ctx.country, gender, c->ctx.query,
+                    c->ctx.query_len);
+    return key;
+}
+
+/* HSET key "" <context> item value ... for entities [from, from + count). */
+static int write_items(gen_writer *g, const char *key, size_t klen, const iqp_refresh_context *c, size_t from,
+                       size_t count) {
+    size_t nw = g->cfg->n_windows, width = IQP_COUNTERS(g->cfg);
+    const char *argv[4 + 2 * HSET_ITEMS];
+    size_t lens[4 + 2 * HSET_ITEMS];
+    unsigned char *v = scratch(g, IQP_RV_CONTEXT_MAX(nw) + count * IQP_RV_ITEM_MAX(nw, width));
+    int argc = 0;
+    argv[argc] = "HSET", lens[argc++] = 4;
+    argv[argc] = key, lens[argc++] = klen;
+    argv[argc] = IQP_RV_CONTEXT_FIELD, lens[argc++] = 0;
+    argv[argc] = (const char *)v, lens[argc++] = iqp_rv_encode_context(c->context_count, nw, v);
+    v += lens[argc - 1];
+    for (size_t i = 0; i < count; i++) {
+        iqp_refresh_entity e;
+        iqp_refresh_get_entity(g->r, c->first_entity + from + i, &e);
+        argv[argc] = e.item, lens[argc++] = e.item_len;
+        argv[argc] = (const char *)v, lens[argc++] = iqp_rv_encode_item(e.counts, nw, width, v);
+        v += lens[argc - 1];
+    }
+    g->stats->values += count;
+    return pipe_send(g, argc, argv, lens);
+}
+
+static int write_context(gen_writer *g, uint64_t n, size_t ci) {
+    iqp_refresh_context c;
+    iqp_refresh_get_context(g->r, ci, &c);
+    size_t klen;
+    char *key = context_key(g, n, &c, 0, &klen), ttl[32];
+    int rc = 0;
+    for (size_t from = 0; rc == 0 && (from < c.n_entities || from == 0); from += HSET_ITEMS) {
+        size_t count = c.n_entities - from < HSET_ITEMS ? c.n_entities - from : HSET_ITEMS;
+        rc = write_items(g, key, klen, &c, from, count);
+        if (c.n_entities == 0) break;
+    }
+    const char *exp[3] = {"PEXPIRE", key, ttl};
+    size_t elens[3] = {7, klen, (size_t)snprintf(ttl, sizeof ttl, "%" PRId64, g->pc->ttl_ms)};
+    if (rc == 0) rc = pipe_send(g, 3, exp, elens);
+    g->stats->hashes++;
+    free(key);
+    if (rc == 0 && iqp_refresh_top_k(g->r) > 0) {
+        key = context_key(g, n, &c, 1, &klen);
+        unsigned char *v = scratch(g, iqp_generation_topk_size(g->r, ci));
+        size_t vlen = iqp_generation_encode_topk(g->r, ci, v);
+        const char *argv[5] = {"SET", key, (const char *)v, "PX", ttl};
+        size_t lens[5] = {3, klen, vlen, 2, strlen(ttl)};
+        rc = pipe_send(g, 5, argv, lens);
+        g->stats->topk_keys++;
+        free(key);
+    }
+    return rc;
+}
+
+/* ---- top-K encoding ----------------------------------------------------------------- */
+
+size_t iqp_generation_topk_size(const iqp_refresh_result *r, size_t c) {
+    const iqp_config *cfg = iqp_refresh_config(r);
+    size_t n = 0;
+    for (size_t w = 0; w < cfg->n_windows; w++) {
+        const uint32_t *ents;
+        size_t k = iqp_refresh_topk(r, c, w, &ents);
+        n += 10;
+        for (size_t i = 0; i < k; i++) {
+            iqp_refresh_entity e;
+            iqp_refresh_get_entity(r, ents[i], &e);
+            n += 10 + e.item_len + 8;
+        }
+    }
+    return n;
+}
+
+size_t iqp_generation_encode_topk(const iqp_refresh_result *r, size_t c, unsigned char *out) {
+    const iqp_config *cfg = iqp_refresh_config(r);
+    size_t n = 0;
+    for (size_t w = 0; w < cfg->n_windows; w++) {
+        const uint32_t *ents;
+        size_t k = iqp_refresh_topk(r, c, w, &ents);
+        n += iqp_rv_put_uvarint(out + n, k);
+        for (size_t i = 0; i < k; i++) {
+            iqp_refresh_entity e;
+            iqp_refresh_get_entity(r, ents[i], &e);
+            n += iqp_rv_put_uvarint(out + n, e.item_len);
+            memcpy(out + n, e.item, e.item_len);
+            n += e.item_len;
+            double v = iqp_refresh_topk_value(r, ents[i], w);
+            uint64_t bits;
+            memcpy(&bits, &v, 8);
+            for (int b = 7; b >= 0; b--) out[n++] = (unsigned char)(bits >> (8 * b));
+        }
+    }
+    return n;
+}
+
+/* ---- flip and expiry ------------------------------------------------------------------- */
+
+static int flip(gen_writer *g, uint64_t n) {
+    if (pipe_drain(g, 0) < 0) return -1;
+    redisReply *r = command(g, "EVAL %s 2 %s:lease %s:gen %s %" PRIu64, FLIP_SCRIPT, g->prefix, g->prefix,
+                            g->lease_value, n);
+    if (!r) return -1;
+    int ok = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+    freeReplyObject(r);
+    return ok ? 0 : fail(g, -2, "lost the lease %s:lease before the flip; generation %" PRIu64 " not served",
+                         g->prefix, n);
+}
+
+/* PEXPIRE every key of generation old to grace_ms. */
+static int expire_generation(gen_writer *g, uint64_t old, int64_t grace_ms) {
+    char pattern[160], cursor[32] = "0", grace[32];
+    snprintf(pattern, sizeof pattern, "%s:%" PRIu64 ":*", g->prefix, old);
+    snprintf(grace, sizeof grace, "%" PRId64, grace_ms > 0 ? grace_ms : 1);
+    do {
+        redisReply *r = command(g, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
+        if (!r) return -1;
+        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+            freeReplyObject(r);
+            return fail(g, -1, "SCAN on Redis at %s: unexpected reply", g->where);
+        }
+        snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
+        int rc = 0;
+        for (size_t i = 0; rc == 0 && i < r->element[1]->elements; i++) {
+            const redisReply *k = r->element[1]->element[i];
+            const char *argv[3] = {"PEXPIRE", k->str, grace};
+            size_t lens[3] = {7, k->len, strlen(grace)};
+            rc = pipe_send(g, 3, argv, lens);
+            g->stats->expired_keys++;
+        }
+        freeReplyObject(r);
+        if (rc < 0 || pipe_drain(g, 0) < 0) return -1;
+    } while (strcmp(cursor, "0") != 0);
+    return 0;
+}
+
+/* ---- the whole publish ----------------------------------------------------------------- */
+
+static int write_generation(gen_writer *g, uint64_t *n_out) {
+    char *layout = iqp_config_layout_json(g->cfg), fingerprint[24];
+    snprintf(fingerprint, sizeof fingerprint, "%016llx", (unsigned long long)XXH3_64bits(layout, strlen(layout)));
+    uint64_t served = 0, n = 0;
+    int rc = read_served(g, fingerprint, &served);
+    if (rc == 0) rc = allocate(g, served, &n);
+    if (rc == 0) rc = write_meta(g, n, layout, fingerprint);
+    free(layout);
+    g->stats->old_generation = served;
+    g->stats->new_generation = n;
+    for (size_t c = 0; rc == 0 && c < iqp_refresh_n_contexts(g->r); c++) {
+        rc = write_context(g, n, c);
+        if (rc == 0) rc = lease_renew(g, 0);
+    }
+    if (rc == 0) rc = lease_renew(g, 1);
+    if (rc == 0) rc = flip(g, n);
+    *n_out = n;
+    return rc;
+}
+
+int iqp_generation_publish(const iqp_refresh_result *r, const iqp_publisher_config *pc, const char *role,
+                           const char *lease, int64_t grace_ms, iqp_generation_stats *stats, char *err,
+                           size_t errlen) {
+    iqp_generation_stats local = {0};
+    gen_writer g = {.pc = pc, .r = r, .cfg = iqp_refresh_config(r), .stats = stats ? stats : &local,
+                    .err = err, .errlen = errlen};
+    memset(g.stats, 0, sizeof *g.stats);
+    iqp_redis_url url;
+    if (iqp_redis_url_parse(pc->url, &url, err, errlen) < 0) return -1;
+    iqp_redis_url_describe(&url, g.where, sizeof g.where);
+    snprintf(g.prefix, sizeof g.prefix, "%s", pc->prefix ? pc->prefix : "iqp");
+    if (!(g.redis = iqp_redis_connect(&url, pc->connect_timeout_ms, pc->command_timeout_ms, err, errlen))) return -1;
+    double t0 = iqp_mono_seconds();
+    uint64_t n = 0;
+    int rc = lease_take(&g, role, lease);
+    if (rc == 0) {
+        rc = write_generation(&g, &n);
+        if (rc == 0 && g.stats->old_generation) {
+            int erc = expire_generation(&g, g.stats->old_generation, grace_ms);
+            if (erc < 0) fprintf(stderr, "iqp: generation %" PRIu64 " is served; expiring the old one failed: %s\n",
+                                 n, err);
+        }
+        if (!lease) lease_release(&g);
+    }
+    g.stats->write_s = iqp_mono_seconds() - t0;
+    redisFree(g.redis);
+    free(g.buf);
+    return rc;
+}

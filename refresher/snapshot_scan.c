@@ -1,0 +1,576 @@
+/* snapshot_scan.c -- stage 1 of a refresh: one pass over a store snapshot
+ * into the flat arrays of refresh_internal.h.
+ *
+ * Design
+ * ------
+ * Keys are feature-major (cells.h: every key starts with u8 len + feature
+ * name), so each feature is one contiguous key range in both the counts
+ * and the contexts column families. A feature is one job; jobs run on the
+ * pool's threads, each over its own two iterators on the same snapshot:
+ *
+ *   contexts CF  -> list A: distinct context prefixes, each with its
+ *                   in-window context cells
+ *   counts CF    -> list B: distinct context prefixes, each with its
+ *                   entities (items), each with its in-window cells.
+ *                   Consecutive keys of one entity differ only in the
+ *                   9-byte (granularity, bucket) suffix, so a key is parsed
+ *                   (iqp_cells_parse_key) only when that part changes.
+ *   merge A, B   -> the feature's contexts in key order: a context prefix
+ *                   is self-delimiting (length-prefixed fields), so both
+ *                   lists are sorted by memcmp of the prefix and merge like
+ *                   two sorted runs.
+ *
+ * Cells outside every window are dropped here (they add to no window), and
+ * an entity or context is created with its first in-window cell, so one
+ * with none never appears. The jobs' arrays are then concatenated in
+ * config order into the result (offsets shifted), each job's memory freed
+ * as soon as it is copied, and the items of every context ranked in memcmp
+ * order (topk.c) for top-K ties.
+ *
+ * Counter values decode like store/counters.c: little-endian int64s,
+ * missing ones 0, extra ones ignored.
+ */
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aggregator/cells.h"
+#include "aggregator/window.h"
+#include "refresher/pool.h"
+#include "refresher/refresh_internal.h"
+#include "util/clock.h"
+
+/* A growable array: v holds n elements of elem bytes, room for cap. */
+typedef struct gvec {
+    void *v;
+    size_t n, cap, elem;
+} gvec;
+
+static void gvec_init(gvec *g, size_t elem) {
+    g->v = NULL;
+    g->n = g->cap = 0;
+    g->elem = elem;
+}
+
+static void gvec_free(gvec *g) {
+    free(g->v);
+    g->v = NULL;
+    g->n = g->cap = 0;
+}
+
+/* Room for k more elements; pointer to the first, or NULL when out of memory. */
+static void *gvec_extend(gvec *g, size_t k) {
+    if (g->n + k > g->cap) {
+        size_t cap = g->cap ? g->cap : 64;
+        while (cap < g->n + k) cap *= 2;
+        void *nv = realloc(g->v, cap * g->elem);
+        if (!nv) return NULL;
+        g->v = nv;
+        g->cap = cap;
+    }
+    void *at = (char *)g->v + g->n * g->elem;
+    g->n += k;
+    return at;
+}
+
+#define GVEC_AT(g, T, i) (((T *)(g).v)[i])
+
+/* One context list (A or B, or the merged one): key bytes in the job's
+ * arena, and the start of its run of cells (A) or entities (B). */
+typedef struct ctx_list {
+    gvec key_off, key_len, first; /* uint64_t, uint32_t, uint64_t */
+} ctx_list;
+
+/* A run of cells: granularity, age, and `width` counters each. */
+typedef struct cell_run {
+    gvec age, gran, val;          /* uint32_t, uint8_t, int64_t */
+} cell_run;
+
+/* One feature's scan (see the design comment). */
+typedef struct scan_job {
+    const iqp_refresh_result *r;
+    iqp_store *st;
+    const iqp_store_snapshot *snap;
+    size_t f;
+    unsigned char fprefix[1 + IQP_NAME_MAX];
+    size_t fplen;
+    gvec bytes;                   /* unsigned char: keys and item ids */
+    ctx_list a, b, merged;        /* merged.first: A's cell run start; see merge */
+    gvec merged_ent;              /* uint64_t: entity run start per merged context */
+    gvec merged_cells;            /* uint64_t: ctx cell run start per merged context */
+    cell_run ccells;              /* context cells, width 1 */
+    gvec ent_item_off, ent_item_len, ent_cell; /* uint64_t, uint32_t, uint64_t */
+    cell_run cells;               /* counter cells, width nc */
+    /* the key (without suffix) of the current run of cells, and what it parsed to */
+    unsigned char *cur;
+    size_t cur_len, cur_cap, cur_prefix_len, cur_item_at, cur_item_len;
+    int cur_ok, cur_created;
+    uint64_t keys, ctx_keys, n_cells, n_ctx_cells, bad;
+    _Atomic uint64_t *progress;
+    uint64_t unreported;
+    int oom;
+    char err[256];
+    int failed;
+} scan_job;
+
+static void ctx_list_init(ctx_list *l) {
+    gvec_init(&l->key_off, sizeof(uint64_t));
+    gvec_init(&l->key_len, sizeof(uint32_t));
+    gvec_init(&l->first, sizeof(uint64_t));
+}
+
+static void ctx_list_free(ctx_list *l) {
+    gvec_free(&l->key_off);
+    gvec_free(&l->key_len);
+    gvec_free(&l->first);
+}
+
+static void cell_run_init(cell_run *c) {
+    gvec_init(&c->age, sizeof(uint32_t));
+    gvec_init(&c->gran, sizeof(uint8_t));
+    gvec_init(&c->val, sizeof(int64_t));
+}
+
+static void cell_run_free(cell_run *c) {
+    gvec_free(&c->age);
+    gvec_free(&c->gran);
+    gvec_free(&c->val);
+}
+
+static void job_init(scan_job *j) {
+    gvec_init(&j->bytes, 1);
+    ctx_list_init(&j->a);
+    ctx_list_init(&j->b);
+    ctx_list_init(&j->merged);
+    gvec_init(&j->merged_ent, sizeof(uint64_t));
+    gvec_init(&j->merged_cells, sizeof(uint64_t));
+    cell_run_init(&j->ccells);
+    gvec_init(&j->ent_item_off, sizeof(uint64_t));
+    gvec_init(&j->ent_item_len, sizeof(uint32_t));
+    gvec_init(&j->ent_cell, sizeof(uint64_t));
+    cell_run_init(&j->cells);
+}
+
+static void job_free(scan_job *j) {
+    gvec_free(&j->bytes);
+    ctx_list_free(&j->a);
+    ctx_list_free(&j->b);
+    ctx_list_free(&j->merged);
+    gvec_free(&j->merged_ent);
+    gvec_free(&j->merged_cells);
+    cell_run_free(&j->ccells);
+    gvec_free(&j->ent_item_off);
+    gvec_free(&j->ent_item_len);
+    gvec_free(&j->ent_cell);
+    cell_run_free(&j->cells);
+    free(j->cur);
+    j->cur = NULL;
+}
+
+/* ---- small pieces ------------------------------------------------------ */
+
+/* Copies len bytes into the arena; their offset, or UINT64_MAX when out of memory. */
+static uint64_t put_bytes(scan_job *j, const void *p, size_t len) {
+    size_t at = j->bytes.n;
+    unsigned char *dst = gvec_extend(&j->bytes, len);
+    if (!dst && len) { j->oom = 1; return UINT64_MAX; }
+    if (len) memcpy(dst, p, len);
+    return at;
+}
+
+static const unsigned char *arena_at(const scan_job *j, uint64_t off) {
+    return (const unsigned char *)j->bytes.v + off;
+}
+
+/* Appends a context (key bytes) with its run starting at first. */
+static void push_context(scan_job *j, ctx_list *l, const unsigned char *key, size_t len,
+                         uint64_t first) {
+    uint64_t off = put_bytes(j, key, len);
+    uint64_t *o = gvec_extend(&l->key_off, 1);
+    uint32_t *n = gvec_extend(&l->key_len, 1);
+    uint64_t *s = gvec_extend(&l->first, 1);
+    if (off == UINT64_MAX || !o || !n || !s) { j->oom = 1; return; }
+    *o = off;
+    *n = (uint32_t)len;
+    *s = first;
+}
+
+/* True when l's last context has exactly these key bytes. */
+static int last_context_is(const scan_job *j, const ctx_list *l, const unsigned char *key,
+                           size_t len) {
+    if (l->key_off.n == 0) return 0;
+    size_t i = l->key_off.n - 1;
+    return GVEC_AT(l->key_len, uint32_t, i) == len &&
+           memcmp(arena_at(j, GVEC_AT(l->key_off, uint64_t, i)), key, len) == 0;
+}
+
+/* Whether a bucket of granularity gi lies in some window; its age if so. */
+static int in_window(const iqp_refresh_result *r, int gi, int64_t bucket, uint32_t *age) {
+    if (gi < 0 || (size_t)gi >= r->cfg.n_grans || r->gran_span[gi] == 0) return 0;
+    int64_t last = r->gran_last[gi];
+    if (bucket > last || bucket <= last - (int64_t)r->gran_span[gi]) return 0;
+    *age = (uint32_t)(last - bucket);
+    return 1;
+}
+
+/* Appends one cell of `width` counters decoded from val. */
+static void push_cell(scan_job *j, cell_run *c, int gi, uint32_t age, const char *val, size_t vlen,
+                      size_t width) {
+    uint32_t *a = gvec_extend(&c->age, 1);
+    uint8_t *g = gvec_extend(&c->gran, 1);
+    int64_t *v = gvec_extend(&c->val, width);
+    if (!a || !g || !v) { j->oom = 1; return; }
+    *a = age;
+    *g = (uint8_t)gi;
+    for (size_t k = 0; k < width; k++) {
+        uint64_t x = 0;
+        if (8 * k + 8 <= vlen)
+            for (int b = 7; b >= 0; b--) x = (x << 8) | (unsigned char)val[8 * k + (size_t)b];
+        v[k] = (int64_t)x;
+    }
+}
+
+static void count_progress(scan_job *j) {
+    if (++j->unreported == 4096) {
+        atomic_fetch_add(j->progress, j->unreported);
+        j->unreported = 0;
+    }
+}
+
+/* Makes key[0, len) the current run's key and parses it; want_item: a
+ * count key (context prefix + item) rather than a context prefix. */
+static void set_current(scan_job *j, const unsigned char *key, size_t len, int want_item) {
+    if (len > j->cur_cap) {
+        size_t cap = len * 2;
+        unsigned char *nb = realloc(j->cur, cap);
+        if (!nb) { j->oom = 1; j->cur_ok = 0; return; }
+        j->cur = nb;
+        j->cur_cap = cap;
+    }
+    memcpy(j->cur, key, len);
+    j->cur_len = len;
+    j->cur_created = 0;
+    iqp_parsed_key pk;
+    j->cur_ok = iqp_cells_parse_key(&j->r->cfg, j->cur, len, &pk) == 0 && pk.feature == j->f &&
+                (want_item ? pk.item != NULL : pk.item == NULL);
+    if (!j->cur_ok) return;
+    j->cur_prefix_len = pk.prefix_len;
+    j->cur_item_at = want_item ? (size_t)((const unsigned char *)pk.item - j->cur) : len;
+    j->cur_item_len = want_item ? pk.item_len : 0;
+}
+
+/* ---- the two column families ------------------------------------------------ */
+
+/* Counts CF: one key = one counter cell. Returns non-zero to stop (the
+ * feature's range ended, or out of memory). */
+static int on_count_key(void *ud, const unsigned char *key, size_t klen, const char *val,
+                        size_t vlen) {
+    scan_job *j = ud;
+    if (klen < j->fplen || memcmp(key, j->fprefix, j->fplen) != 0) return 1;
+    j->keys++;
+    count_progress(j);
+    int gi;
+    int64_t bucket;
+    uint32_t age;
+    if (iqp_cells_key_bucket(key, klen, &gi, &bucket) < 0 || klen <= IQP_BUCKET_SUFFIX_LEN) {
+        j->bad++;
+        return 0;
+    }
+    size_t elen = klen - IQP_BUCKET_SUFFIX_LEN;
+    if (!(j->cur_len == elen && memcmp(j->cur, key, elen) == 0)) set_current(j, key, elen, 1);
+    if (!j->cur_ok) { j->bad++; return j->oom; }
+    if (!in_window(j->r, gi, bucket, &age)) return 0;
+    if (!j->cur_created) {
+        if (!last_context_is(j, &j->b, j->cur, j->cur_prefix_len))
+            push_context(j, &j->b, j->cur, j->cur_prefix_len, j->ent_item_off.n);
+        uint64_t off = put_bytes(j, j->cur + j->cur_item_at, j->cur_item_len);
+        uint64_t *io = gvec_extend(&j->ent_item_off, 1);
+        uint32_t *il = gvec_extend(&j->ent_item_len, 1);
+        uint64_t *ic = gvec_extend(&j->ent_cell, 1);
+        if (off == UINT64_MAX || !io || !il || !ic) { j->oom = 1; return 1; }
+        *io = off;
+        *il = (uint32_t)j->cur_item_len;
+        *ic = j->cells.age.n;
+        j->cur_created = 1;
+    }
+    push_cell(j, &j->cells, gi, age, val, vlen, j->r->nc);
+    j->n_cells++;
+    return j->oom;
+}
+
+/* Contexts CF: one key = one context cell (context_count of a bucket). */
+static int on_context_key(void *ud, const unsigned char *key, size_t klen, const char *val,
+                          size_t vlen) {
+    scan_job *j = ud;
+    if (klen < j->fplen || memcmp(key, j->fprefix, j->fplen) != 0) return 1;
+    j->ctx_keys++;
+    count_progress(j);
+    int gi;
+    int64_t bucket;
+    uint32_t age;
+    if (iqp_cells_key_bucket(key, klen, &gi, &bucket) < 0 || klen <= IQP_BUCKET_SUFFIX_LEN) {
+        j->bad++;
+        return 0;
+    }
+    size_t plen = klen - IQP_BUCKET_SUFFIX_LEN;
+    if (!(j->cur_len == plen && memcmp(j->cur, key, plen) == 0)) set_current(j, key, plen, 0);
+    if (!j->cur_ok) { j->bad++; return j->oom; }
+    if (!in_window(j->r, gi, bucket, &age)) return 0;
+    if (!j->cur_created) {
+        push_context(j, &j->a, j->cur, plen, j->ccells.age.n);
+        j->cur_created = 1;
+    }
+    push_cell(j, &j->ccells, gi, age, val, vlen, 1);
+    j->n_ctx_cells++;
+    return j->oom;
+}
+
+/* ---- merging A and B ------------------------------------------------------ */
+
+static int key_cmp(const scan_job *j, const ctx_list *x, size_t i, const ctx_list *y, size_t k) {
+    uint32_t lx = GVEC_AT(x->key_len, uint32_t, i), ly = GVEC_AT(y->key_len, uint32_t, k);
+    int c = memcmp(arena_at(j, GVEC_AT(x->key_off, uint64_t, i)),
+                   arena_at(j, GVEC_AT(y->key_off, uint64_t, k)), lx < ly ? lx : ly);
+    if (c) return c;
+    return lx < ly ? -1 : lx > ly;
+}
+
+/* Appends one merged context: key from list l's entry i; cell run
+ * [c0, c1) of A and entity run [e0, e1) of B (both as starts: the ends are
+ * the next context's starts, with sentinels appended after the merge). */
+static void push_merged(scan_job *j, const ctx_list *l, size_t i, uint64_t c0, uint64_t e0) {
+    uint64_t *o = gvec_extend(&j->merged.key_off, 1);
+    uint32_t *n = gvec_extend(&j->merged.key_len, 1);
+    uint64_t *c = gvec_extend(&j->merged_cells, 1);
+    uint64_t *e = gvec_extend(&j->merged_ent, 1);
+    if (!o || !n || !c || !e) { j->oom = 1; return; }
+    *o = GVEC_AT(l->key_off, uint64_t, i);
+    *n = GVEC_AT(l->key_len, uint32_t, i);
+    *c = c0;
+    *e = e0;
+}
+
+static void merge_lists(scan_job *j) {
+    size_t na = j->a.key_off.n, nb = j->b.key_off.n, i = 0, k = 0;
+    uint64_t n_cc = j->ccells.age.n, n_ent = j->ent_item_off.n;
+    while ((i < na || k < nb) && !j->oom) {
+        int c = i == na ? 1 : k == nb ? -1 : key_cmp(j, &j->a, i, &j->b, k);
+        uint64_t cpos = i < na ? GVEC_AT(j->a.first, uint64_t, i) : n_cc;
+        uint64_t epos = k < nb ? GVEC_AT(j->b.first, uint64_t, k) : n_ent;
+        if (c < 0) {        /* context cells only */
+            push_merged(j, &j->a, i, cpos, epos);
+            i++;
+        } else if (c > 0) { /* entities only */
+            push_merged(j, &j->b, k, cpos, epos);
+            k++;
+        } else {
+            push_merged(j, &j->a, i, cpos, epos);
+            i++, k++;
+        }
+    }
+}
+
+/* ---- one job ----------------------------------------------------------------- */
+
+static void run_job(scan_job *j) {
+    char err[256];
+    const char *name = j->r->cfg.features[j->f].name;
+    size_t nlen = strlen(name);
+    j->fprefix[0] = (unsigned char)nlen;
+    memcpy(j->fprefix + 1, name, nlen);
+    j->fplen = 1 + nlen;
+    if (iqp_store_scan_keys(j->st, j->snap, IQP_CF_CONTEXTS, j->fprefix, j->fplen,
+                            on_context_key, j, err, sizeof err) < 0) {
+        snprintf(j->err, sizeof j->err, "%s", err);
+        j->failed = 1;
+        return;
+    }
+    j->cur_len = 0;
+    if (!j->oom && iqp_store_scan_keys(j->st, j->snap, IQP_CF_COUNTS, j->fprefix, j->fplen,
+                                       on_count_key, j, err, sizeof err) < 0) {
+        snprintf(j->err, sizeof j->err, "%s", err);
+        j->failed = 1;
+        return;
+    }
+    atomic_fetch_add(j->progress, j->unreported);
+    j->unreported = 0;
+    if (!j->oom) merge_lists(j);
+    if (j->oom) {
+        snprintf(j->err, sizeof j->err, "out of memory scanning feature %s", name);
+        j->failed = 1;
+    }
+}
+
+static void job_worker(void *ud, size_t begin, size_t end, int worker) {
+    (void)worker;
+    scan_job *jobs = ud;
+    for (size_t f = begin; f < end; f++) run_job(&jobs[f]);
+}
+
+/* ---- the result ------------------------------------------------------------------ */
+
+/* Window geometry of r for as_of. */
+static void set_geometry(iqp_refresh_result *r, int64_t as_of_ms) {
+    const iqp_config *cfg = &r->cfg;
+    r->as_of_ms = as_of_ms;
+    r->nw = cfg->n_windows;
+    r->nc = IQP_COUNTERS(cfg);
+    r->nf = cfg->n_features;
+    memset(r->gran_span, 0, sizeof r->gran_span);
+    for (size_t g = 0; g < cfg->n_grans; g++) r->gran_last[g] = iqp_bucket_of(as_of_ms, cfg->gran_ms[g]);
+    for (size_t w = 0; w < cfg->n_windows; w++) {
+        const iqp_window_spec *ws = &cfg->windows[w];
+        int64_t first, last;
+        iqp_window_buckets(ws, as_of_ms, &first, &last);
+        r->win_gran[w] = (uint32_t)ws->gran_index;
+        r->win_nb[w] = (uint32_t)(last - first + 1);
+        if (r->win_nb[w] > r->gran_span[ws->gran_index]) r->gran_span[ws->gran_index] = r->win_nb[w];
+    }
+}
+
+/* Allocates the structure arrays for the jobs' totals (cells stay where
+ * the jobs put them). */
+static int alloc_structure(iqp_refresh_result *r) {
+    size_t C = r->n_contexts, E = r->n_entities;
+    r->ctx_feature = malloc((C + 1) * sizeof *r->ctx_feature);
+    r->ctx_key_off = malloc((C + 1) * sizeof *r->ctx_key_off);
+    r->ctx_key_len = malloc((C + 1) * sizeof *r->ctx_key_len);
+    r->ctx_ent = malloc((C + 1) * sizeof *r->ctx_ent);
+    r->ctx_cell = malloc((C + 1) * sizeof *r->ctx_cell);
+    r->ent_ctx = malloc((E + 1) * sizeof *r->ent_ctx);
+    r->ent_item_off = malloc((E + 1) * sizeof *r->ent_item_off);
+    r->ent_item_len = malloc((E + 1) * sizeof *r->ent_item_len);
+    r->ent_rank = malloc((E + 1) * sizeof *r->ent_rank);
+    r->ent_cell = malloc((E + 1) * sizeof *r->ent_cell);
+    r->bytes = malloc(r->n_bytes + 1);
+    r->has_cells = 1;
+    return r->ctx_feature && r->ctx_key_off && r->ctx_key_len && r->ctx_ent && r->ctx_cell &&
+                   r->ent_ctx && r->ent_item_off && r->ent_item_len && r->ent_rank && r->ent_cell &&
+                   r->bytes
+               ? 0
+               : -1;
+}
+
+/* Running totals while jobs are appended. */
+typedef struct append_pos {
+    size_t c, e, n, m, bytes;
+} append_pos;
+
+/* Moves a job's run of n cells into part p (no copy: the buffers change
+ * owner, shrunk to size). */
+static void take_run(iqp_cell_part *p, cell_run *run, uint64_t first, size_t n, size_t width) {
+    p->first = first;
+    p->n = n;
+    p->age = run->age.v ? realloc(run->age.v, (n + 1) * sizeof *p->age) : calloc(1, sizeof *p->age);
+    p->gran = run->gran.v ? realloc(run->gran.v, n + 1) : calloc(1, 1);
+    p->val = run->val.v ? realloc(run->val.v, (n * width + 1) * sizeof *p->val) : calloc(1, sizeof *p->val);
+    if (!p->age) p->age = run->age.v; /* a failed shrink keeps the old block */
+    if (!p->gran) p->gran = run->gran.v;
+    if (!p->val) p->val = run->val.v;
+    run->age.v = run->gran.v = run->val.v = NULL;
+    run->age.n = run->gran.n = run->val.n = 0;
+}
+
+/* Copies job j (feature f) into r at pos, shifting offsets, takes its
+ * cells, and frees the rest. */
+static void append_job(iqp_refresh_result *r, scan_job *j, append_pos *pos) {
+    size_t nc = r->nc, C = j->merged.key_off.n, E = j->ent_item_off.n;
+    size_t N = j->cells.age.n, M = j->ccells.age.n;
+    memcpy(r->bytes + pos->bytes, j->bytes.v, j->bytes.n);
+    for (size_t i = 0; i < C; i++) {
+        size_t c = pos->c + i;
+        r->ctx_feature[c] = (uint32_t)j->f;
+        r->ctx_key_off[c] = pos->bytes + GVEC_AT(j->merged.key_off, uint64_t, i);
+        r->ctx_key_len[c] = GVEC_AT(j->merged.key_len, uint32_t, i);
+        r->ctx_ent[c] = pos->e + GVEC_AT(j->merged_ent, uint64_t, i);
+        r->ctx_cell[c] = pos->m + GVEC_AT(j->merged_cells, uint64_t, i);
+        size_t e_end = i + 1 < C ? GVEC_AT(j->merged_ent, uint64_t, i + 1) : E;
+        for (size_t e = GVEC_AT(j->merged_ent, uint64_t, i); e < e_end; e++)
+            r->ent_ctx[pos->e + e] = (uint32_t)c;
+    }
+    for (size_t e = 0; e < E; e++) {
+        r->ent_item_off[pos->e + e] = pos->bytes + GVEC_AT(j->ent_item_off, uint64_t, e);
+        r->ent_item_len[pos->e + e] = GVEC_AT(j->ent_item_len, uint32_t, e);
+        r->ent_cell[pos->e + e] = pos->n + GVEC_AT(j->ent_cell, uint64_t, e);
+    }
+    take_run(&r->cells[j->f], &j->cells, pos->n, N, nc);
+    take_run(&r->ctx_cells[j->f], &j->ccells, pos->m, M, 1);
+    pos->c += C, pos->e += E, pos->n += N, pos->m += M, pos->bytes += j->bytes.n;
+    job_free(j);
+}
+
+static void rank_worker(void *ud, size_t begin, size_t end, int worker) {
+    (void)worker;
+    iqp_refresh_rank_items(ud, begin, end);
+}
+
+/* Sums the jobs' sizes and stats into r; -1 with err when a job failed or
+ * an index would not fit its 32-bit field. */
+static int total_jobs(iqp_refresh_result *r, scan_job *jobs, char *err, size_t errlen) {
+    for (size_t f = 0; f < r->nf; f++) {
+        scan_job *j = &jobs[f];
+        if (j->failed) { snprintf(err, errlen, "%s", j->err); return -1; }
+        r->feat_ctx[f] = r->n_contexts;
+        r->n_contexts += j->merged.key_off.n;
+        r->n_entities += j->ent_item_off.n;
+        r->n_cells += j->cells.age.n;
+        r->n_ctx_cells += j->ccells.age.n;
+        r->n_bytes += j->bytes.n;
+        r->stats.keys_scanned += j->keys;
+        r->stats.ctx_keys_scanned += j->ctx_keys;
+        r->stats.bad_keys += j->bad;
+    }
+    r->feat_ctx[r->nf] = r->n_contexts;
+    if (r->n_contexts >= UINT32_MAX || r->n_entities >= UINT32_MAX) {
+        snprintf(err, errlen, "refresh: more than 2^32 contexts or entities in one snapshot");
+        return -1;
+    }
+    return 0;
+}
+
+int iqp_refresh_scan(iqp_store *st, const iqp_store_snapshot *snap, const iqp_refresh_params *p,
+                     iqp_refresh_result **out, char *err, size_t errlen) {
+    double t0 = iqp_mono_seconds();
+    *out = NULL;
+    iqp_refresh_result *r = calloc(1, sizeof *r);
+    if (!r) { snprintf(err, errlen, "out of memory"); return -1; }
+    r->cfg = *iqp_store_config(st);
+    set_geometry(r, p->as_of_ms);
+    iqp_store_snapshot *own = snap ? NULL : iqp_store_snapshot_new(st);
+    scan_job *jobs = calloc(r->nf + 1, sizeof *jobs);
+    _Atomic uint64_t progress;
+    atomic_init(&progress, 0);
+    if (!jobs) { snprintf(err, errlen, "out of memory"); goto fail; }
+    for (size_t f = 0; f < r->nf; f++) {
+        job_init(&jobs[f]);
+        jobs[f].r = r, jobs[f].st = st, jobs[f].snap = snap ? snap : own, jobs[f].f = f;
+        jobs[f].progress = &progress;
+    }
+    iqp_pool_progress prog = {p->progress, p->progress_ud, "scan", &progress, 0};
+    iqp_pool_run(p->n_threads, r->nf, 1, job_worker, jobs, &prog);
+    if (total_jobs(r, jobs, err, errlen) < 0) goto fail;
+    if (alloc_structure(r) < 0) { snprintf(err, errlen, "out of memory for %zu cells", r->n_cells); goto fail; }
+    append_pos pos = {0, 0, 0, 0, 0};
+    for (size_t f = 0; f < r->nf; f++) append_job(r, &jobs[f], &pos);
+    r->ctx_ent[r->n_contexts] = r->n_entities;
+    r->ctx_cell[r->n_contexts] = r->n_ctx_cells;
+    r->ent_cell[r->n_entities] = r->n_cells;
+    iqp_pool_run(p->n_threads, r->n_contexts, 256, rank_worker, r, NULL);
+    r->stats.cells = r->n_cells;
+    r->stats.ctx_cells = r->n_ctx_cells;
+    r->stats.contexts = r->n_contexts;
+    r->stats.entities = r->n_entities;
+    r->stats.scan_s = iqp_mono_seconds() - t0;
+    free(jobs);
+    if (own) iqp_store_snapshot_free(st, own);
+    *out = r;
+    return 0;
+fail:
+    if (jobs)
+        for (size_t f = 0; f < r->nf; f++) job_free(&jobs[f]);
+    free(jobs);
+    if (own) iqp_store_snapshot_free(st, own);
+    iqp_refresh_free(r);
+    return -1;
+}
