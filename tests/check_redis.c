@@ -398,7 +398,9 @@ START_TEST(readme_example_compiles_and_runs) {
     ck_assert_msg(len > 200, "the README example between its markers is missing or empty");
     /* the libdir under DESTDIR is whatever configure chose */
     char *pc_dir = NULL;
-    ck_assert(tu_run(tu_fmt("dirname \"$(find '%s' -name libiqp.pc | head -n 1)\"", inst), &pc_dir) == 0);
+    char *find_pc = tu_fmt("dirname \"$(find '%s' -name libiqp.pc | head -n 1)\"", inst);
+    ck_assert(tu_run(find_pc, &pc_dir) == 0);
+    free(find_pc);
     pc_dir[strcspn(pc_dir, "\n")] = 0;
     char *env = tu_fmt("PKG_CONFIG_PATH='%s' PKG_CONFIG_SYSROOT_DIR='%s'", pc_dir, inst);
     ck_assert_msg(run_ok(tu_fmt("%s sh -c 'cc %s -std=c11 -Wall -Wextra -Werror -o \"%s\" \"%s\" "
