@@ -262,25 +262,43 @@ static void set_current(scan_job *j, const unsigned char *key, size_t len, int w
 
 /* ---- the two column families ------------------------------------------------ */
 
+/* The part both callbacks share: checks that key is still in the job's
+ * feature, counts it, parses its bucket, makes its entity (want_item) or
+ * context current and places the bucket in the windows. Returns 1 when the
+ * cell is in some window (*gi, *age set), else 0 with *stop set to what
+ * the callback must return (non-zero: stop the scan). */
+static int enter_key(scan_job *j, const unsigned char *key, size_t klen, int want_item, uint64_t *counter,
+                     int *gi, uint32_t *age, int *stop) {
+    int64_t bucket;
+    *stop = 0;
+    if (klen < j->fplen || memcmp(key, j->fprefix, j->fplen) != 0) {
+        *stop = 1;
+        return 0;
+    }
+    (*counter)++;
+    count_progress(j);
+    if (iqp_cells_key_bucket(key, klen, gi, &bucket) < 0 || klen <= IQP_BUCKET_SUFFIX_LEN) {
+        j->bad++;
+        return 0;
+    }
+    size_t len = klen - IQP_BUCKET_SUFFIX_LEN;
+    if (!(j->cur_len == len && memcmp(j->cur, key, len) == 0)) set_current(j, key, len, want_item);
+    if (!j->cur_ok) {
+        j->bad++;
+        *stop = j->oom;
+        return 0;
+    }
+    return in_window(j->r, *gi, bucket, age);
+}
+
 /* Counts CF: one key = one counter cell. Returns non-zero to stop (the
  * feature's range ended, or out of memory). */
 static int on_count_key(void *ud, const unsigned char *key, size_t klen, const char *val,
                         size_t vlen) {
     scan_job *j = ud;
-    if (klen < j->fplen || memcmp(key, j->fprefix, j->fplen) != 0) return 1;
-    j->keys++;
-    count_progress(j);
-    int gi;
-    int64_t bucket;
+    int gi, stop;
     uint32_t age;
-    if (iqp_cells_key_bucket(key, klen, &gi, &bucket) < 0 || klen <= IQP_BUCKET_SUFFIX_LEN) {
-        j->bad++;
-        return 0;
-    }
-    size_t elen = klen - IQP_BUCKET_SUFFIX_LEN;
-    if (!(j->cur_len == elen && memcmp(j->cur, key, elen) == 0)) set_current(j, key, elen, 1);
-    if (!j->cur_ok) { j->bad++; return j->oom; }
-    if (!in_window(j->r, gi, bucket, &age)) return 0;
+    if (!enter_key(j, key, klen, 1, &j->keys, &gi, &age, &stop)) return stop;
     if (!j->cur_created) {
         if (!last_context_is(j, &j->b, j->cur, j->cur_prefix_len))
             push_context(j, &j->b, j->cur, j->cur_prefix_len, j->ent_item_off.n);
@@ -303,20 +321,10 @@ static int on_count_key(void *ud, const unsigned char *key, size_t klen, const c
 static int on_context_key(void *ud, const unsigned char *key, size_t klen, const char *val,
                           size_t vlen) {
     scan_job *j = ud;
-    if (klen < j->fplen || memcmp(key, j->fprefix, j->fplen) != 0) return 1;
-    j->ctx_keys++;
-    count_progress(j);
-    int gi;
-    int64_t bucket;
+    int gi, stop;
     uint32_t age;
-    if (iqp_cells_key_bucket(key, klen, &gi, &bucket) < 0 || klen <= IQP_BUCKET_SUFFIX_LEN) {
-        j->bad++;
-        return 0;
-    }
+    if (!enter_key(j, key, klen, 0, &j->ctx_keys, &gi, &age, &stop)) return stop;
     size_t plen = klen - IQP_BUCKET_SUFFIX_LEN;
-    if (!(j->cur_len == plen && memcmp(j->cur, key, plen) == 0)) set_current(j, key, plen, 0);
-    if (!j->cur_ok) { j->bad++; return j->oom; }
-    if (!in_window(j->r, gi, bucket, &age)) return 0;
     if (!j->cur_created) {
         push_context(j, &j->a, j->cur, plen, j->ccells.age.n);
         j->cur_created = 1;
