@@ -33,8 +33,6 @@
 #include "util/clock.h"
 
 #define HSET_ITEMS 256
-#define LEASE_MS 30000
-#define LEASE_RENEW_MS 5000
 
 typedef struct gen_writer {
     redisContext *redis;
@@ -114,8 +112,6 @@ static unsigned char *scratch(gen_writer *g, size_t need) {
 static const char *RENEW_SCRIPT =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
     "else return 0 end";
-static const char *RELEASE_SCRIPT =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 static const char *FLIP_SCRIPT =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[2], ARGV[2]) return 1 "
     "else return 0 end";
@@ -126,13 +122,24 @@ static const char *TAKE_SCRIPT =
     "return 0";
 
 /* Takes the lease as role, or confirms the caller's lease value. */
-static int lease_take(gen_writer *g, const char *role, const char *held) {
+void iqp_lease_value(char *out, size_t cap, const char *role) {
     char host[64] = "?";
     gethostname(host, sizeof host - 1);
+    snprintf(out, cap, "%s on %s pid %ld since %" PRId64, role, host, (long)getpid(), iqp_wall_ms());
+}
+
+void iqp_lease_release(struct redisContext *redis, const char *prefix, const char *value) {
+    static const char *release =
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+    if (!redis || !value[0]) return;
+    redisReply *r = redisCommand(redis, "EVAL %s 1 %s:lease %s", release, prefix, value);
+    if (r) freeReplyObject(r);
+}
+
+static int lease_take(gen_writer *g, const char *role, const char *held) {
     if (held) snprintf(g->lease_value, sizeof g->lease_value, "%s", held);
-    else snprintf(g->lease_value, sizeof g->lease_value, "%s on %s pid %ld since %" PRId64, role, host,
-                  (long)getpid(), iqp_wall_ms());
-    redisReply *r = command(g, "EVAL %s 1 %s:lease %s %d", TAKE_SCRIPT, g->prefix, g->lease_value, LEASE_MS);
+    else iqp_lease_value(g->lease_value, sizeof g->lease_value, role);
+    redisReply *r = command(g, "EVAL %s 1 %s:lease %s %d", TAKE_SCRIPT, g->prefix, g->lease_value, IQP_LEASE_MS);
     if (!r) return -1;
     int ok = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
     freeReplyObject(r);
@@ -149,23 +156,19 @@ static int lease_take(gen_writer *g, const char *role, const char *held) {
     return rc;
 }
 
-/* Renews the lease (at most every LEASE_RENEW_MS); -2 when it was lost. */
+/* Renews the lease (at most every IQP_LEASE_RENEW_MS); -2 when it was lost. */
 static int lease_renew(gen_writer *g, int force) {
-    if (!force && iqp_mono_ms() - g->lease_renewed_ms < LEASE_RENEW_MS) return 0;
+    if (!force && iqp_mono_ms() - g->lease_renewed_ms < IQP_LEASE_RENEW_MS) return 0;
     if (pipe_drain(g, 0) < 0) return -1;
-    redisReply *r = command(g, "EVAL %s 1 %s:lease %s %d", RENEW_SCRIPT, g->prefix, g->lease_value, LEASE_MS);
+    redisReply *r = command(g, "EVAL %s 1 %s:lease %s %d", RENEW_SCRIPT, g->prefix, g->lease_value, IQP_LEASE_MS);
     if (!r) return -1;
     int ok = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
     freeReplyObject(r);
-    if (!ok) return fail(g, -2, "lost the lease %s:lease while writing (a pause over %d ms?)", g->prefix, LEASE_MS);
+    if (!ok) return fail(g, -2, "lost the lease %s:lease while writing (a pause over %d ms?)", g->prefix, IQP_LEASE_MS);
     g->lease_renewed_ms = iqp_mono_ms();
     return 0;
 }
 
-static void lease_release(gen_writer *g) {
-    redisReply *r = redisCommand(g->redis, "EVAL %s 1 %s:lease %s", RELEASE_SCRIPT, g->prefix, g->lease_value);
-    if (r) freeReplyObject(r);
-}
 
 /* ---- generations ------------------------------------------------------------------ */
 
@@ -437,7 +440,7 @@ int iqp_generation_publish(const iqp_refresh_result *r, const iqp_publisher_conf
             if (erc < 0) fprintf(stderr, "iqp: generation %" PRIu64 " is served; expiring the old one failed: %s\n",
                                  n, err);
         }
-        if (!lease) lease_release(&g);
+        if (!lease) iqp_lease_release(g.redis, g.prefix, g.lease_value);
     }
     g.stats->write_s = iqp_mono_seconds() - t0;
     redisFree(g.redis);

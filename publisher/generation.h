@@ -28,6 +28,18 @@
 #include "publisher/publisher.h"
 #include "refresher/refresh.h"
 
+/* The publish lease <prefix>:lease: IQP_LEASE_MS to live, renewed every
+ * IQP_LEASE_RENEW_MS by its holder. */
+#define IQP_LEASE_MS 30000
+#define IQP_LEASE_RENEW_MS 5000
+
+/* The lease value naming this process: "<role> on <host> pid <pid> since <ms>". */
+void iqp_lease_value(char *out, size_t cap, const char *role);
+
+/* Deletes <prefix>:lease if it still holds value (errors ignored). */
+struct redisContext;
+void iqp_lease_release(struct redisContext *redis, const char *prefix, const char *value);
+
 typedef struct iqp_generation_stats {
     uint64_t old_generation, new_generation;
     uint64_t hashes, values, topk_keys, expired_keys;

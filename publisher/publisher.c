@@ -31,8 +31,6 @@
 #include "util/clock.h"
 
 #define HSET_ITEMS 256  /* item fields per HSET command */
-#define LEASE_MS 30000     /* the publish lease lives this long unless renewed */
-#define LEASE_RENEW_MS 5000
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 
@@ -273,7 +271,7 @@ static void run_id_meta_key(const iqp_publisher *p, char *out, size_t cap) {
 /* ---- the publish lease ---------------------------------------------------------- */
 
 /* <prefix>:lease names the one process that writes the prefix (see
- * publisher/generation.h): taken or renewed here (PX LEASE_MS), or the
+ * publisher/generation.h): taken or renewed here (PX IQP_LEASE_MS), or the
  * holder's name returned. */
 static const char *LEASE_SCRIPT =
     "local v = redis.call('GET', KEYS[1]) "
@@ -283,14 +281,9 @@ static const char *LEASE_SCRIPT =
 /* 0 when the lease is ours, -1 (retry later) when Redis failed or another
  * process holds it. */
 static int lease_hold(iqp_publisher *p) {
-    if (!p->lease_value[0]) {
-        char host[64] = "?";
-        gethostname(host, sizeof host - 1);
-        snprintf(p->lease_value, sizeof p->lease_value, "%s on %s pid %ld since %" PRId64, p->role, host,
-                 (long)getpid(), iqp_wall_ms());
-    }
+    if (!p->lease_value[0]) iqp_lease_value(p->lease_value, sizeof p->lease_value, p->role);
     redisReply *r = command(p, "lease", "EVAL %s 1 %s:lease %s %d", LEASE_SCRIPT, p->prefix, p->lease_value,
-                            LEASE_MS);
+                            IQP_LEASE_MS);
     if (!r) return -1;
     int ours = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
     if (!ours)
@@ -301,13 +294,7 @@ static int lease_hold(iqp_publisher *p) {
     return ours ? 0 : -1;
 }
 
-static void lease_release(iqp_publisher *p) {
-    static const char *release =
-        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
-    if (!p->redis || !p->lease_value[0]) return;
-    redisReply *r = redisCommand(p->redis, "EVAL %s 1 %s:lease %s", release, p->prefix, p->lease_value);
-    if (r) freeReplyObject(r);
-}
+static void lease_release(iqp_publisher *p) { iqp_lease_release(p->redis, p->prefix, p->lease_value); }
 
 /* Connects and prepares a session: 0, -1 (try again later) or -2 (refused). */
 static int session_open(iqp_publisher *p) {
@@ -774,7 +761,7 @@ static int64_t publish_step(iqp_publisher *p, int64_t backoff) {
         if (p->stats.errors) fprintf(stderr, "iqp stream: Redis at %s answers again; %" PRIu64 " changed keys queued\n",
                                      p->where, iqp_pending_count(p->q));
     }
-    if (iqp_mono_ms() - p->lease_renewed_ms >= LEASE_RENEW_MS && lease_hold(p) < 0) return backoff;
+    if (iqp_mono_ms() - p->lease_renewed_ms >= IQP_LEASE_RENEW_MS && lease_hold(p) < 0) return backoff;
     if (p->need_resync && resync(p) < 0) return backoff;
     if (windows_slid(p) && refresh_generation(p) < 0) return backoff;
     int n = publish_queue_round(p);
