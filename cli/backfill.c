@@ -103,6 +103,21 @@ static void print_summary(const iqp_ingest *ing, const char *dl_path, double sec
             secs > 0 ? s->lines / secs : 0.0, s->bytes_in / 1e6);
 }
 
+/* A run that fails before it commits anything to a store it created takes
+ * back what it created: the store, and the dead-letter file when it made
+ * that too (dl_made, NULL when the file was there before). A store or file
+ * that existed before the run is kept, and so is anything once a batch is
+ * committed (a re-run resumes from it). */
+static void close_store(iqp_store *st, int rc, const char *dl_made) {
+    if (rc != 0 && iqp_store_is_fresh(st)) {
+        if (dl_made) unlink(dl_made);
+        iqp_store_close_discarding(st);
+        fprintf(stderr, "iqp %s: nothing was counted; removed the store this run created\n", CMD);
+        return;
+    }
+    iqp_store_close(st);
+}
+
 /* SIGINT/SIGTERM: finish the batch in hand, commit it with its position,
  * exit 130. A second signal kills at once (SA_RESETHAND): still safe, as
  * every batch commits atomically. */
@@ -127,9 +142,10 @@ int iqp_cmd_backfill(int argc, char **argv) {
         snprintf(dl_default, sizeof dl_default, "%s/dead-letter.jsonl", o.store_dir);
         o.dead_letter = dl_default;
     }
+    int dl_existed = access(o.dead_letter, F_OK) == 0;
     iqp_deadletter *dl = iqp_deadletter_open_file(o.dead_letter, err, sizeof err);
     if (!dl) {
-        iqp_store_close(st);
+        iqp_store_close_discarding(st);
         return iqp_cli_fail(CMD, "%s", err);
     }
     double t0 = iqp_mono_seconds();
@@ -144,6 +160,6 @@ int iqp_cmd_backfill(int argc, char **argv) {
     print_summary(ing, o.dead_letter, iqp_mono_seconds() - t0);
     iqp_ingest_free(ing);
     if (iqp_deadletter_close(dl, err, sizeof err) < 0 && rc == 0) rc = iqp_cli_fail(CMD, "%s", err);
-    iqp_store_close(st);
+    close_store(st, rc, dl_existed ? NULL : o.dead_letter);
     return rc;
 }

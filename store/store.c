@@ -7,6 +7,29 @@
  * plain. A new store records the layout JSON in meta; an existing one must
  * match the running config's layout.
  *
+ * Creation and half-stores: a directory that holds any file RocksDB names
+ * (CURRENT, MANIFEST-*, *.sst, *.log, ...) is an existing store, whole or
+ * damaged, and is only ever opened, never created over: a store that lost
+ * its CURRENT is refused with RocksDB's error instead of being silently
+ * replaced by an empty one (RocksDB's create_if_missing would do that, and
+ * later delete the orphaned SSTs). A store that lacks one of the four
+ * column families iqp needs is refused before anything reads it, so no
+ * read ever goes to a missing handle. Only an absent directory, or one
+ * without RocksDB files, gets a new store, built complete (column
+ * families and layout record) in a hidden sibling directory and renamed
+ * into place: a reader sees no store or a whole one, never one without its
+ * layout. Where the rename cannot be done (the directory is a mount point
+ * or a symlink, holds other files, or its parent is read-only) the store
+ * is built in place; a reader that comes in between is told the layout is
+ * missing, and does not crash.
+ *
+ * RocksDB's info LOG is kept empty (level HEADER): librocksdb 7.8 as Debian
+ * builds it has assertions on, and its info logger aborts the process
+ * (WritableFileWriter::Append, "sync_without_flush_called_") on the first
+ * line written after a line that failed, which is what a full disk does.
+ * With the LOG silent, a full disk is an ordinary write error: the batch
+ * fails, iqp exits 1, and every batch committed before it stays.
+ *
  * The compaction filters read the watermark from this struct (an atomic,
  * advanced by every committed batch), so expiry follows event time.
  */
@@ -14,6 +37,8 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
 #include <limits.h>
 #include <rocksdb/c.h>
 #include <stdatomic.h>
@@ -21,6 +46,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "aggregator/cells.h"
 #include "aggregator/window.h"
@@ -49,8 +75,16 @@ struct iqp_store {
     iqp_config cfg;
     _Atomic int64_t watermark_ms;
     int read_only;
+    int made;             /* what this open created (made_kind), 0 when it existed */
+    uint64_t commits;     /* batches committed since open */
     char *dir;
 };
+
+/* What creating a store made, so a failed run can take exactly that back. */
+typedef enum { MADE_NOTHING = 0, MADE_DIR, MADE_FILES } made_kind;
+
+/* What a store directory held when it was looked at. */
+typedef enum { DIR_ABSENT, DIR_NO_STORE, DIR_HAS_STORE } dir_state;
 
 struct iqp_store_batch {
     iqp_store *st;                /* whose column family handles it uses */
@@ -61,6 +95,15 @@ struct iqp_store_batch {
 };
 
 #define FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); goto fail; } while (0)
+
+/* Formats a RocksDB error as "<what> <dir>: <rocksdb's text>", led by "no
+ * space left on device: " when that is the cause. */
+static void rocks_error(char *err, size_t errlen, const char *what, const char *dir,
+                        const char *rerr) {
+    int no_space = rerr && strstr(rerr, "No space left on device");
+    snprintf(err, errlen, "%s%s %s: %s", no_space ? "no space left on device: " : "", what, dir,
+             rerr ? rerr : "unknown error");
+}
 
 static rocksdb_column_family_handle_t *cf_handle(const iqp_store *st, iqp_cf cf) {
     return st->cf[cf + 1];
@@ -121,11 +164,95 @@ static void configure_cf_options(iqp_store *st) {
     rocksdb_options_set_block_based_table_factory(st->cf_opts[IQP_CF_DEDUP + 1], st->dedup_table);
 }
 
-static int store_exists(const char *dir) {
+/* ---- the store directory ------------------------------------------------ */
+
+/* A name RocksDB gives one of its files. */
+static int is_rocksdb_file(const char *name) {
+    static const char *const exact[] = {"CURRENT", "IDENTITY", "LOCK", "LOG"};
+    static const char *const prefix[] = {"MANIFEST-", "OPTIONS-", "LOG.old."};
+    static const char *const numbered[] = {".sst", ".log", ".blob", ".ldb", ".dbtmp"};
+    for (size_t i = 0; i < sizeof exact / sizeof *exact; i++)
+        if (strcmp(name, exact[i]) == 0) return 1;
+    for (size_t i = 0; i < sizeof prefix / sizeof *prefix; i++)
+        if (strncmp(name, prefix[i], strlen(prefix[i])) == 0) return 1;
+    size_t digits = strspn(name, "0123456789");
+    for (size_t i = 0; digits && i < sizeof numbered / sizeof *numbered; i++)
+        if (strcmp(name + digits, numbered[i]) == 0) return 1;
+    return 0;
+}
+
+static int inspect_dir(const char *dir, dir_state *state, char *err, size_t errlen) {
+    DIR *d = opendir(dir);
+    if (!d) {
+        if (errno == ENOENT) {
+            *state = DIR_ABSENT;
+            return 0;
+        }
+        snprintf(err, errlen, "cannot open store %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    struct dirent *e;
+    *state = DIR_NO_STORE;
+    while ((e = readdir(d)))
+        if (is_rocksdb_file(e->d_name)) {
+            *state = DIR_HAS_STORE;
+            break;
+        }
+    closedir(d);
+    return 0;
+}
+
+static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb, (void)flag, (void)ftw;
+    remove(path);
+    return 0;
+}
+
+static void remove_tree(const char *dir) { nftw(dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS); }
+
+/* Removes the RocksDB files of dir, nothing else. */
+static void remove_rocksdb_files(const char *dir) {
+    DIR *d = opendir(dir);
+    struct dirent *e;
     char path[PATH_MAX];
-    struct stat sb;
-    snprintf(path, sizeof path, "%s/CURRENT", dir);
-    return stat(path, &sb) == 0;
+    if (!d) return;
+    while ((e = readdir(d)))
+        if (is_rocksdb_file(e->d_name)) {
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            unlink(path);
+        }
+    closedir(d);
+}
+
+static void unmake_store(const char *dir, int made) {
+    if (made == MADE_DIR) remove_tree(dir);
+    else if (made == MADE_FILES) remove_rocksdb_files(dir);
+}
+
+/* "<parent>/.<name>.iqp-new-XXXXXX" for dir, a mkdtemp template beside it
+ * (same file system, so rename works). -1 when it does not fit. */
+static int sibling_template(const char *dir, char *out, size_t outlen) {
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/') n--;
+    size_t base = n;
+    while (base > 0 && dir[base - 1] != '/') base--;
+    int w = base ? snprintf(out, outlen, "%.*s.%.*s.iqp-new-XXXXXX", (int)base, dir,
+                            (int)(n - base), dir + base)
+                 : snprintf(out, outlen, ".%.*s.iqp-new-XXXXXX", (int)n, dir);
+    return w > 0 && (size_t)w < outlen && n > base ? 0 : -1;
+}
+
+/* Makes the rename of a new store durable. */
+static void sync_parent(const char *tmpl) {
+    char parent[PATH_MAX];
+    snprintf(parent, sizeof parent, "%s", tmpl);
+    char *slash = strrchr(parent, '/');
+    if (slash) *slash = '\0';
+    int fd = open(slash ? parent : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
 }
 
 /* ---- layout and watermark ------------------------------------------------ */
@@ -135,29 +262,22 @@ static int put_meta_now(iqp_store *st, const char *key, const void *val, size_t 
     char *rerr = NULL;
     rocksdb_put_cf(st->db, st->wo, cf_handle(st, IQP_CF_META), key, strlen(key), val, vlen, &rerr);
     if (rerr) {
-        snprintf(err, errlen, "cannot write to store %s: %s", st->dir, rerr);
+        rocks_error(err, errlen, "cannot write to store", st->dir, rerr);
         free(rerr);
         return -1;
     }
     return 0;
 }
 
-/* Checks (or, for a new store, records) the layout. */
-static int check_layout(iqp_store *st, const iqp_config *cfg, int is_new, char *err, size_t errlen) {
+/* Checks the stored layout against cfg, or (cfg NULL) adopts it. */
+static int check_layout(iqp_store *st, const iqp_config *cfg, char *err, size_t errlen) {
     char *stored = NULL;
     size_t slen = 0;
     int rc = iqp_store_get_meta(st, "layout", &stored, &slen);
     if (rc < 0) { snprintf(err, errlen, "cannot read store %s", st->dir); return -1; }
     if (rc == 0) {
-        if (!is_new || st->read_only) {
-            snprintf(err, errlen, "%s is not an iqp store (no layout record)", st->dir);
-            return -1;
-        }
-        char *layout = iqp_config_layout_json(cfg);
-        int prc = put_meta_now(st, "layout", layout, strlen(layout), err, errlen);
-        free(layout);
-        st->cfg = *cfg;
-        return prc;
+        snprintf(err, errlen, "%s is not an iqp store (no layout record)", st->dir);
+        return -1;
     }
     char *text = strndup(stored, slen);
     free(stored);
@@ -191,26 +311,72 @@ static int load_watermark(iqp_store *st) {
 
 /* ---- open / close -------------------------------------------------------- */
 
+static iqp_store *store_alloc(const char *dir, int read_only) {
+    iqp_store *st = calloc(1, sizeof *st);
+    if (!st) return NULL;
+    st->dir = strdup(dir);
+    st->read_only = read_only;
+    st->ro = rocksdb_readoptions_create();
+    st->wo = rocksdb_writeoptions_create();
+    atomic_store(&st->watermark_ms, INT64_MIN);
+    return st;
+}
+
+static void set_db_options(iqp_store *st, int create) {
+    st->db_opts = rocksdb_options_create();
+    rocksdb_options_set_create_if_missing(st->db_opts, create);
+    rocksdb_options_set_error_if_exists(st->db_opts, create);
+    rocksdb_options_set_create_missing_column_families(st->db_opts, !st->read_only);
+    rocksdb_options_increase_parallelism(st->db_opts, 2);
+    rocksdb_options_set_keep_log_file_num(st->db_opts, 3);
+    rocksdb_options_set_info_log_level(st->db_opts, 5 /* HEADER: see the top of this file */);
+    configure_cf_options(st);
+}
+
+/* Marks in have[] the column families the existing store at st->dir holds;
+ * -1 with err when RocksDB cannot read it (CURRENT or the MANIFEST is
+ * missing or damaged) or one that iqp needs is missing. Reads only. */
+static int list_families(iqp_store *st, int have[N_CF_HANDLES], char *err, size_t errlen) {
+    char *rerr = NULL;
+    size_t n_have = 0;
+    char **names = rocksdb_list_column_families(st->db_opts, st->dir, &n_have, &rerr);
+    if (rerr || !names) {
+        if (names) rocksdb_list_column_families_destroy(names, n_have);
+        rocks_error(err, errlen, "cannot open store", st->dir, rerr);
+        size_t len = strlen(err);
+        snprintf(err + len, errlen - len, " (the directory holds RocksDB files but not a whole "
+                                          "store; it was left as it is)");
+        free(rerr);
+        return -1;
+    }
+    for (int i = 0; i < N_CF_HANDLES; i++) {
+        have[i] = 0;
+        for (size_t j = 0; j < n_have; j++) have[i] |= strcmp(names[j], cf_names[i]) == 0;
+    }
+    rocksdb_list_column_families_destroy(names, n_have);
+    for (int cf = IQP_CF_COUNTS; cf <= IQP_CF_META; cf++)
+        if (!have[cf + 1]) {
+            snprintf(err, errlen, "%s is not a complete iqp store: it has no column family '%s' "
+                                  "(it was left as it is)", st->dir, cf_names[cf + 1]);
+            return -1;
+        }
+    return 0;
+}
+
 /* Read-only open of the column families that exist: a store written by an
  * older iqp may lack "pending" (added with the publisher); its handle stays
  * NULL and reads of it find nothing. */
-static rocksdb_t *open_read_only(iqp_store *st, char **rerr) {
-    size_t n_have = 0;
-    char **have = rocksdb_list_column_families(st->db_opts, st->dir, &n_have, rerr);
-    if (!have) return NULL;
+static rocksdb_t *open_read_only(iqp_store *st, const int have[N_CF_HANDLES], char **rerr) {
     const char *names[N_CF_HANDLES];
     const rocksdb_options_t *opts[N_CF_HANDLES];
     rocksdb_column_family_handle_t *handles[N_CF_HANDLES];
     int slot[N_CF_HANDLES], n = 0;
     for (int i = 0; i < N_CF_HANDLES; i++)
-        for (size_t j = 0; j < n_have; j++)
-            if (strcmp(have[j], cf_names[i]) == 0) {
-                slot[n] = i;
-                names[n] = cf_names[i];
-                opts[n++] = st->cf_opts[i];
-                break;
-            }
-    rocksdb_list_column_families_destroy(have, n_have);
+        if (have[i]) {
+            slot[n] = i;
+            names[n] = cf_names[i];
+            opts[n++] = st->cf_opts[i];
+        }
     rocksdb_t *db = rocksdb_open_for_read_only_column_families(st->db_opts, st->dir, n, names,
                                                                opts, handles, 0, rerr);
     if (db)
@@ -218,49 +384,136 @@ static rocksdb_t *open_read_only(iqp_store *st, char **rerr) {
     return db;
 }
 
-static int open_db(iqp_store *st, int is_new, char *err, size_t errlen) {
+/* Opens the RocksDB database: create makes a new one (and fails if one is
+ * there); otherwise an existing one with every column family iqp needs. */
+static int open_db(iqp_store *st, int create, char *err, size_t errlen) {
     char *rerr = NULL;
-    st->db_opts = rocksdb_options_create();
-    rocksdb_options_set_create_if_missing(st->db_opts, !st->read_only);
-    (void)is_new;
-    rocksdb_options_set_create_missing_column_families(st->db_opts, !st->read_only);
-    rocksdb_options_increase_parallelism(st->db_opts, 2);
-    rocksdb_options_set_keep_log_file_num(st->db_opts, 3);
-    configure_cf_options(st);
+    int have[N_CF_HANDLES];
+    set_db_options(st, create);
+    if (!create && list_families(st, have, err, errlen) < 0) return -1;
     if (st->read_only)
-        st->db = open_read_only(st, &rerr);
+        st->db = open_read_only(st, have, &rerr);
     else
         st->db = rocksdb_open_column_families(st->db_opts, st->dir, N_CF_HANDLES, cf_names,
                                               (const rocksdb_options_t *const *)st->cf_opts,
                                               st->cf, &rerr);
     if (!st->db) {
-        snprintf(err, errlen, "cannot open store %s: %s%s", st->dir, rerr ? rerr : "unknown error",
-                 rerr && strstr(rerr, "lock") ? " (is another iqp process writing to it?)" : "");
+        rocks_error(err, errlen, "cannot open store", st->dir, rerr);
+        if (rerr && strstr(rerr, "lock")) {
+            size_t len = strlen(err);
+            snprintf(err + len, errlen - len, " (is another iqp process writing to it?)");
+        }
         free(rerr);
         return -1;
     }
     return 0;
 }
 
-iqp_store *iqp_store_open(const char *dir, const iqp_config *cfg, iqp_store_mode mode, char *err,
-                          size_t errlen) {
-    iqp_store *st = calloc(1, sizeof *st);
+/* Builds a complete new store at path (which holds no RocksDB file): its
+ * column families and layout record; closed again (memtables flushed). */
+static int build_store(const char *path, const iqp_config *cfg, char *err, size_t errlen) {
+    iqp_store *st = store_alloc(path, 0);
+    if (!st) { snprintf(err, errlen, "out of memory"); return -1; }
+    int rc = open_db(st, 1, err, errlen);
+    if (rc == 0) {
+        char *layout = iqp_config_layout_json(cfg);
+        rc = put_meta_now(st, "layout", layout, strlen(layout), err, errlen);
+        free(layout);
+    }
+    iqp_store_close(st);
+    return rc;
+}
+
+/* Creates the store at dir (state: absent, or without RocksDB files) and
+ * sets *made to what was created. Built in a hidden sibling directory and
+ * renamed into place (rename(2) replaces an empty directory), else in
+ * place (see the top of this file). */
+static int create_store(const char *dir, dir_state state, const iqp_config *cfg, int *made,
+                        char *err, size_t errlen) {
+    char tmp[PATH_MAX];
+    *made = MADE_NOTHING;
+    if (sibling_template(dir, tmp, sizeof tmp) == 0 && mkdtemp(tmp)) {
+        int rc = build_store(tmp, cfg, err, errlen);
+        if (rc == 0 && rename(tmp, dir) == 0) {
+            sync_parent(tmp);
+            *made = state == DIR_ABSENT ? MADE_DIR : MADE_FILES;
+            return 0;
+        }
+        int rename_errno = errno;
+        remove_tree(tmp);
+        if (rc < 0) return -1;
+        dir_state now;
+        if ((rename_errno == ENOTEMPTY || rename_errno == EEXIST) &&
+            inspect_dir(dir, &now, err, errlen) == 0 && now == DIR_HAS_STORE)
+            return 0; /* another process created it meanwhile: open theirs */
+    }
+    if (state == DIR_ABSENT) {
+        if (mkdir(dir, 0777) < 0) {
+            snprintf(err, errlen, "cannot create store %s: %s", dir, strerror(errno));
+            return -1;
+        }
+        *made = MADE_DIR;
+    } else {
+        *made = MADE_FILES;
+    }
+    if (build_store(dir, cfg, err, errlen) < 0) {
+        unmake_store(dir, *made);
+        *made = MADE_NOTHING;
+        return -1;
+    }
+    return 0;
+}
+
+/* Opens the existing store at dir. */
+static iqp_store *open_existing(const char *dir, const iqp_config *cfg, int read_only, char *err,
+                                size_t errlen) {
+    iqp_store *st = store_alloc(dir, read_only);
     if (!st) { snprintf(err, errlen, "out of memory"); return NULL; }
-    st->dir = strdup(dir);
-    st->read_only = mode == IQP_STORE_READ_ONLY;
-    st->ro = rocksdb_readoptions_create();
-    st->wo = rocksdb_writeoptions_create();
-    atomic_store(&st->watermark_ms, INT64_MIN);
-    int is_new = !store_exists(dir);
-    if (is_new && st->read_only) FAIL("no iqp store at %s", dir);
-    if (!cfg && !st->read_only) FAIL("internal: a writable store needs a config");
-    if (open_db(st, is_new, err, errlen) < 0) goto fail;
-    if (check_layout(st, cfg, is_new, err, errlen) < 0) goto fail;
+    if (open_db(st, 0, err, errlen) < 0) goto fail;
+    if (check_layout(st, cfg, err, errlen) < 0) goto fail;
     if (load_watermark(st) < 0) FAIL("cannot read the watermark of store %s", dir);
     return st;
 fail:
     iqp_store_close(st);
     return NULL;
+}
+
+iqp_store *iqp_store_open(const char *dir, const iqp_config *cfg, iqp_store_mode mode, char *err,
+                          size_t errlen) {
+    int read_only = mode == IQP_STORE_READ_ONLY, made = MADE_NOTHING;
+    dir_state state;
+    if (!cfg && !read_only) {
+        snprintf(err, errlen, "internal: a writable store needs a config");
+        return NULL;
+    }
+    if (inspect_dir(dir, &state, err, errlen) < 0) return NULL;
+    if (state != DIR_HAS_STORE) {
+        if (read_only) {
+            snprintf(err, errlen, "no iqp store at %s", dir);
+            return NULL;
+        }
+        if (create_store(dir, state, cfg, &made, err, errlen) < 0) return NULL;
+    }
+    iqp_store *st = open_existing(dir, cfg, read_only, err, errlen);
+    if (!st) {
+        unmake_store(dir, made);
+        return NULL;
+    }
+    st->made = made;
+    return st;
+}
+
+int iqp_store_is_fresh(const iqp_store *st) { return st->made != MADE_NOTHING && st->commits == 0; }
+
+int iqp_store_close_discarding(iqp_store *st) {
+    if (!st) return 0;
+    int fresh = iqp_store_is_fresh(st);
+    int made = st->made;
+    char *dir = strdup(st->dir);
+    iqp_store_close(st);
+    if (fresh && dir) unmake_store(dir, made);
+    free(dir);
+    return fresh;
 }
 
 /* Writes the memtables to SST files, so that the next open (often a
@@ -354,10 +607,11 @@ int iqp_store_batch_commit(iqp_store *st, iqp_store_batch *b, char *err, size_t 
                                   (const char *)&b->watermark_ms, 8);
     rocksdb_write(st->db, st->wo, b->wb, &rerr);
     if (rerr) {
-        snprintf(err, errlen, "write to store %s failed: %s", st->dir, rerr);
+        rocks_error(err, errlen, "write failed in store", st->dir, rerr);
         free(rerr);
         return -1;
     }
+    st->commits++;
     if (b->has_watermark && b->watermark_ms > atomic_load(&st->watermark_ms))
         atomic_store(&st->watermark_ms, b->watermark_ms);
     return 0;
@@ -518,7 +772,7 @@ int iqp_store_compact(iqp_store *st, char *err, size_t errlen) {
     rocksdb_compactoptions_destroy(co);
     rocksdb_flushoptions_destroy(fo);
     if (rerr) {
-        snprintf(err, errlen, "compaction of store %s failed: %s", st->dir, rerr);
+        rocks_error(err, errlen, "compaction failed in store", st->dir, rerr);
         free(rerr);
         return -1;
     }

@@ -59,10 +59,28 @@ typedef enum {
 /* Opens dir. cfg is the running config; in read-write mode a new store
  * records cfg's layout and an existing one must match it (else NULL and a
  * message naming the differences). In read-only mode, when cfg is NULL the
- * store's own layout is used (iqp_store_config tells it). */
+ * store's own layout is used (iqp_store_config tells it).
+ *
+ * Only an absent directory, or one holding no RocksDB file, gets a new
+ * store, and it becomes visible at dir complete with its layout record
+ * (see store.c). A directory with RocksDB files that RocksDB cannot open
+ * (CURRENT lost, ...) or that lacks a column family iqp needs is refused
+ * in both modes, with RocksDB's error and dir in the message, and left as
+ * it is. On success every column family handle but "pending" (absent in
+ * stores older than the publisher, read-only) is valid. */
 iqp_store *iqp_store_open(const char *dir, const iqp_config *cfg, iqp_store_mode mode, char *err,
                           size_t errlen);
 void iqp_store_close(iqp_store *st);
+
+/* 1 when this open created the store and no batch has been committed to it
+ * since. */
+int iqp_store_is_fresh(const iqp_store *st);
+
+/* Closes st and, when it is fresh, removes what its open created: the
+ * directory when it did not exist before, else only the RocksDB files in
+ * it. For a run that failed before counting anything: it leaves nothing
+ * behind, and never removes what existed before. 1 when it removed. */
+int iqp_store_close_discarding(iqp_store *st);
 
 /* The layout and limits in force for this store. */
 const iqp_config *iqp_store_config(const iqp_store *st);

@@ -1,9 +1,24 @@
 /* check_store.c -- the RocksDB store: merge operator, reopen, layout
- * mismatch, read-only opening, bucket scans and compaction expiry. */
+ * mismatch, read-only opening, bucket scans and compaction expiry; and the
+ * store directory's guarantees, through the API and the iqp binary: a
+ * damaged store (CURRENT lost, column families missing) is refused and left
+ * as it is, a new store is never seen without its layout, a failed backfill
+ * takes back the store it created, and a full disk is an ordinary error
+ * that a re-run recovers from (tmpfs, when the test may mount one). */
 #include <check.h>
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <rocksdb/c.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "aggregator/cells.h"
 #include "aggregator/config.h"
@@ -221,6 +236,446 @@ START_TEST(compaction_expires_old_buckets_and_markers) {
 }
 END_TEST
 
+/* ---- the store directory ------------------------------------------------- */
+
+#define GEN_START_MS 1717996834567LL /* fixed: gen gives the same bytes every run */
+#define GEN_AS_OF_MS (GEN_START_MS + 6 * H)
+
+/* Stretch for the sanitizer build (ops/test --sanitize sets it). */
+static double time_multiplier(void) {
+    const char *m = getenv("CK_TIMEOUT_MULTIPLIER");
+    double v = m ? atof(m) : 1.0;
+    return v >= 1.0 ? v : 1.0;
+}
+
+static double mono_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Runs `iqp ARGS` (shell text) with stderr folded into *out. */
+static int run_iqp(char **out, const char *args) {
+    char *cmd = tu_fmt("%s %s 2>&1", tu_iqp(), args);
+    int rc = tu_run(cmd, out);
+    free(cmd);
+    return rc;
+}
+
+/* A deterministic event log of `impressions` impressions (and their actions). */
+static void gen_log(const char *path, int impressions) {
+    char *q = tu_shell_quote(path);
+    char *args = tu_fmt("gen --seed 7 --impressions %d --start %lld --span 6h --out %s",
+                        impressions, (long long)GEN_START_MS, q);
+    char *out = NULL;
+    ck_assert_msg(run_iqp(&out, args) == 0, "%s", out);
+    free(out);
+    free(args);
+    free(q);
+}
+
+/* Backfills log into store with batches of flush events; the exit status. */
+static int backfill(const char *store, const char *log, int flush, char **out) {
+    char *qs = tu_shell_quote(store), *ql = tu_shell_quote(log);
+    char *args = tu_fmt("backfill --quiet --flush-events %d --store %s %s", flush, qs, ql);
+    int rc = run_iqp(out, args);
+    free(args);
+    free(qs);
+    free(ql);
+    return rc;
+}
+
+/* One line per entry of dir, sorted by name: name, size and an FNV-1a hash
+ * of the bytes, so that any change to any file shows. */
+static char *dir_listing(const char *dir) {
+    struct dirent **names;
+    int n = scandir(dir, &names, NULL, alphasort);
+    if (n < 0) return tu_fmt("(cannot read %s: %s)", dir, strerror(errno));
+    char *out = strdup("");
+    for (int i = 0; i < n; i++) {
+        const char *name = names[i]->d_name;
+        if (strcmp(name, ".") != 0 && strcmp(name, "..") != 0) {
+            char *path = tu_fmt("%s/%s", dir, name), *next;
+            size_t len = 0;
+            char *data = tu_read_file(path, &len);
+            uint64_t h = 1469598103934665603ULL;
+            for (size_t k = 0; data && k < len; k++) h = (h ^ (unsigned char)data[k]) * 1099511628211ULL;
+            next = tu_fmt("%s%s %zu %016" PRIx64 "\n", out, name, data ? len : 0, h);
+            free(out);
+            out = next;
+            free(data);
+            free(path);
+        }
+        free(names[i]);
+    }
+    free(names);
+    return out;
+}
+
+static int count_suffix(const char *listing, const char *suffix) {
+    int n = 0;
+    for (const char *p = strstr(listing, suffix); p; p = strstr(p + 1, suffix)) n++;
+    return n;
+}
+
+/* Removes dir/CURRENT and, when with_wal, every dir/NNNNNN.log. */
+static void lose_current(const char *dir, int with_wal) {
+    struct dirent **names;
+    int n = scandir(dir, &names, NULL, alphasort);
+    ck_assert_int_ge(n, 0);
+    for (int i = 0; i < n; i++) {
+        const char *name = names[i]->d_name;
+        size_t len = strlen(name);
+        if (strcmp(name, "CURRENT") == 0 ||
+            (with_wal && len > 4 && strcmp(name + len - 4, ".log") == 0)) {
+            char *path = tu_fmt("%s/%s", dir, name);
+            ck_assert_int_eq(unlink(path), 0);
+            free(path);
+        }
+        free(names[i]);
+    }
+    free(names);
+}
+
+/* Every command that opens a store refuses dir (exit 1, a message naming
+ * dir and containing `why`), through the binary and the API, and leaves
+ * every file of it as it was. */
+static void assert_refused(const char *dir, const char *log, const char *why) {
+    char *before = dir_listing(dir), *qd = tu_shell_quote(dir), *ql = tu_shell_quote(log);
+    const char *iqp = tu_iqp();
+    char *cmds[] = {
+        tu_fmt("%s backfill --quiet --store %s %s", iqp, qd, ql),
+        tu_fmt("%s stats --store %s", iqp, qd),
+        tu_fmt("%s stats --compact --store %s", iqp, qd),
+        tu_fmt("%s lookup --store %s --query q --country US --gender f i1", iqp, qd),
+        tu_fmt("%s refresh --quiet --threads 1 --store %s --dump /dev/null", iqp, qd),
+        /* bounded: were the store opened, stream would wait for a broker */
+        tu_fmt("timeout 60 %s stream --store %s --brokers 127.0.0.1:9 --metrics-listen off", iqp,
+               qd),
+    };
+    for (size_t i = 0; i < sizeof cmds / sizeof *cmds; i++) {
+        char *out = NULL, *cmd = tu_fmt("%s 2>&1", cmds[i]);
+        int rc = tu_run(cmd, &out);
+        ck_assert_msg(rc == 1 && strstr(out, dir) && strstr(out, why),
+                      "%s: exit %d (want 1, a message naming %s and '%s'):\n%s", cmds[i], rc, dir,
+                      why, out);
+        free(out);
+        free(cmd);
+        free(cmds[i]);
+    }
+    iqp_config cfg;
+    iqp_config_defaults(&cfg);
+    ck_assert_ptr_null(iqp_store_open(dir, NULL, IQP_STORE_READ_ONLY, err, sizeof err));
+    ck_assert_msg(strstr(err, dir) && strstr(err, why), "%s", err);
+    ck_assert_ptr_null(iqp_store_open(dir, &cfg, IQP_STORE_READ_WRITE, err, sizeof err));
+    ck_assert_msg(strstr(err, dir) && strstr(err, why), "%s", err);
+    char *after = dir_listing(dir);
+    ck_assert_msg(strcmp(before, after) == 0, "files of %s changed:\nbefore\n%s\nafter\n%s", dir,
+                  before, after);
+    free(after);
+    free(before);
+    free(qd);
+    free(ql);
+}
+
+START_TEST(store_without_current_is_refused_and_left_alone) {
+    char *base = tu_mkdtemp("halfstore");
+    char *log = tu_fmt("%s/events.jsonl", base);
+    gen_log(log, 300);
+    for (int with_wal = 0; with_wal <= 1; with_wal++) {
+        char *dir = tu_fmt("%s/store%d", base, with_wal), *out = NULL;
+        ck_assert_msg(backfill(dir, log, 100, &out) == 0, "%s", out);
+        free(out);
+        lose_current(dir, with_wal);
+        char *files = dir_listing(dir);
+        /* the counts are in SST files: what a re-created store would lose */
+        ck_assert_msg(count_suffix(files, ".sst ") > 0 && !strstr(files, "CURRENT "), "%s", files);
+        free(files);
+        assert_refused(dir, log, "CURRENT");
+        free(dir);
+    }
+    tu_rmrf(base);
+    free(log);
+    free(base);
+}
+END_TEST
+
+/* A RocksDB database without iqp's column families (what an interrupted
+ * creation by an older iqp left): refused, no read of a missing handle. */
+START_TEST(store_without_column_families_is_refused) {
+    char *base = tu_mkdtemp("bare");
+    char *dir = tu_fmt("%s/store", base), *log = tu_fmt("%s/events.jsonl", base);
+    gen_log(log, 20);
+    rocksdb_options_t *o = rocksdb_options_create();
+    rocksdb_options_set_create_if_missing(o, 1);
+    char *rerr = NULL;
+    rocksdb_t *db = rocksdb_open(o, dir, &rerr);
+    ck_assert_msg(db != NULL, "%s", rerr);
+    rocksdb_close(db);
+    rocksdb_options_destroy(o);
+    assert_refused(dir, log, "column family");
+    tu_rmrf(base);
+    free(dir);
+    free(log);
+    free(base);
+}
+END_TEST
+
+/* A reader polling the directories a writer creates sees each one absent
+ * or whole (layout and all), never in between. */
+START_TEST(new_store_is_never_seen_without_layout) {
+    enum { N = 25 };
+    char *base = tu_mkdtemp("atomic"), *dirs[N];
+    for (int i = 0; i < N; i++) dirs[i] = tu_fmt("%s/s%d", base, i);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        iqp_config cfg;
+        iqp_config_defaults(&cfg);
+        for (int i = 0; i < N; i++) {
+            iqp_store *st = iqp_store_open(dirs[i], &cfg, IQP_STORE_READ_WRITE, err, sizeof err);
+            if (!st) _exit(1);
+            iqp_store_close(st);
+        }
+        _exit(0);
+    }
+    double deadline = mono_now() + 60 * time_multiplier();
+    int opened = 0;
+    long polls = 0;
+    char bad[1024] = "";
+    while (opened < N && !bad[0] && mono_now() < deadline) {
+        iqp_store *ro = iqp_store_open(dirs[opened], NULL, IQP_STORE_READ_ONLY, err, sizeof err);
+        polls++;
+        if (ro) {
+            ck_assert_int_eq(iqp_store_config(ro)->n_features, 5); /* the layout was there */
+            iqp_store_close(ro);
+            opened++;
+        } else if (!strstr(err, "no iqp store at")) {
+            snprintf(bad, sizeof bad, "%s", err);
+        }
+    }
+    int status = 0;
+    if (bad[0] || opened < N) kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    ck_assert_msg(!bad[0], "a reader saw a store being created: %s", bad);
+    ck_assert_msg(opened == N, "only %d of %d stores appeared in time", opened, N);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the writer failed");
+    ck_assert_int_gt(polls, N); /* the reader did poll while stores were missing */
+    for (int i = 0; i < N; i++) free(dirs[i]);
+    char *left = dir_listing(base);
+    ck_assert_msg(!strstr(left, "iqp-new"), "a temporary directory was left:\n%s", left);
+    free(left);
+    tu_rmrf(base);
+    free(base);
+}
+END_TEST
+
+/* `iqp stats` minus disk_bytes and what follows (which depend on files). */
+static char *stats_cells(const char *dir) {
+    char *qd = tu_shell_quote(dir), *args = tu_fmt("stats --store %s", qd), *out = NULL;
+    int rc = run_iqp(&out, args);
+    char *cut = strstr(out, ",\"disk_bytes\"");
+    if (rc != 0 || !cut) {
+        char *e = tu_fmt("(stats exit %d: %s)", rc, out);
+        free(out);
+        out = e;
+    } else {
+        *cut = '\0';
+    }
+    free(args);
+    free(qd);
+    return out;
+}
+
+/* Every value of the store as of GEN_AS_OF_MS, canonical text (or why not). */
+static char *dump_values(const char *dir, const char *path) {
+    char *qd = tu_shell_quote(dir), *qp = tu_shell_quote(path), *out = NULL;
+    char *args = tu_fmt("refresh --quiet --threads 1 --as-of %lld --store %s --dump %s",
+                        (long long)GEN_AS_OF_MS, qd, qp);
+    int rc = run_iqp(&out, args);
+    char *text = rc == 0 ? tu_read_file(path, NULL) : NULL;
+    if (!text) text = tu_fmt("(refresh exit %d: %s)", rc, out);
+    free(out);
+    free(args);
+    free(qd);
+    free(qp);
+    return text;
+}
+
+START_TEST(failed_backfill_takes_back_its_store) {
+    char *base = tu_mkdtemp("failed");
+    char *log = tu_fmt("%s/events.jsonl", base), *missing = tu_fmt("%s/missing.jsonl", base);
+    char *fresh = tu_fmt("%s/new", base), *empty = tu_fmt("%s/empty", base);
+    char *store = tu_fmt("%s/store", base), *dl = tu_fmt("%s/dl.jsonl", base);
+    char *old_dl = tu_fmt("%s/old-dl.jsonl", base), *dump = tu_fmt("%s/dump.txt", base), *out;
+    gen_log(log, 200);
+    /* into a directory that did not exist, with a dead-letter file of its own */
+    char *qf = tu_shell_quote(fresh), *qm = tu_shell_quote(missing), *qdl = tu_shell_quote(dl);
+    char *args = tu_fmt("backfill --quiet --store %s --dead-letter %s %s", qf, qdl, qm);
+    ck_assert_int_eq(run_iqp(&out, args), 1);
+    ck_assert_msg(strstr(out, missing), "%s", out);
+    free(out);
+    free(args);
+    struct stat sb;
+    ck_assert_msg(stat(fresh, &sb) < 0 && errno == ENOENT, "%s is left behind", fresh);
+    ck_assert_msg(stat(dl, &sb) < 0 && errno == ENOENT, "%s is left behind", dl);
+    /* a dead-letter file that was there before stays as it was */
+    FILE *f = fopen(old_dl, "w");
+    fputs("{\"kept\": true}\n", f);
+    fclose(f);
+    char *qo = tu_shell_quote(old_dl);
+    args = tu_fmt("backfill --quiet --store %s --dead-letter %s %s", qf, qo, qm);
+    ck_assert_int_eq(run_iqp(&out, args), 1);
+    free(out);
+    free(args);
+    char *kept = tu_read_file(old_dl, NULL);
+    ck_assert_str_eq(kept, "{\"kept\": true}\n");
+    free(kept);
+    ck_assert_msg(stat(fresh, &sb) < 0 && errno == ENOENT, "%s is left behind", fresh);
+    /* into an empty directory: it stays, empty */
+    ck_assert_int_eq(mkdir(empty, 0755), 0);
+    ck_assert_int_eq(backfill(empty, missing, 100, &out), 1);
+    free(out);
+    char *listing = dir_listing(empty);
+    ck_assert_msg(listing[0] == '\0', "left in %s:\n%s", empty, listing);
+    free(listing);
+    /* into an existing store: it keeps every count */
+    ck_assert_msg(backfill(store, log, 100, &out) == 0, "%s", out);
+    free(out);
+    char *cells = stats_cells(store), *values = dump_values(store, dump);
+    ck_assert_int_eq(backfill(store, missing, 100, &out), 1);
+    free(out);
+    char *cells2 = stats_cells(store), *values2 = dump_values(store, dump);
+    ck_assert_str_eq(cells2, cells);
+    ck_assert_msg(strcmp(values, values2) == 0 && strlen(values) > 1000, "values changed");
+    listing = dir_listing(base);
+    ck_assert_msg(!strstr(listing, "iqp-new"), "a temporary directory was left:\n%s", listing);
+    free(listing);
+    free(cells);
+    free(cells2);
+    free(values);
+    free(values2);
+    free(qf);
+    free(qm);
+    free(qdl);
+    free(qo);
+    tu_rmrf(base);
+    free(base);
+    free(log);
+    free(missing);
+    free(fresh);
+    free(empty);
+    free(store);
+    free(dl);
+    free(old_dl);
+    free(dump);
+}
+END_TEST
+
+/* ---- disk full ------------------------------------------------------------ */
+
+/* Fills the file system holding dir until a write fails; 0 when it did. */
+static int fill_disk(const char *dir) {
+    char *path = tu_fmt("%s/filler", dir), block[4096];
+    FILE *f = fopen(path, "w");
+    free(path);
+    if (!f) return errno == ENOSPC ? 0 : -1;
+    memset(block, 'x', sizeof block);
+    setvbuf(f, NULL, _IONBF, 0);
+    int rc = -1;
+    for (long i = 0; i < 1L << 20; i++)
+        if (fwrite(block, 1, sizeof block, f) != sizeof block) {
+            rc = errno == ENOSPC ? 0 : -1;
+            break;
+        }
+    fclose(f);
+    return rc;
+}
+
+/* The first failed expectation, kept until the tmpfs is unmounted. */
+static char *disk_failure;
+#define EXPECT(cond, ...) \
+    do { if (!disk_failure && !(cond)) disk_failure = tu_fmt(__VA_ARGS__); } while (0)
+
+/* Backfill into a tmpfs too small for the store, mounted at the store
+ * directory itself (so the store is built in place, not renamed): exit 1
+ * naming the cause and the store, commits so far readable; again while
+ * the disk is full: the same; after the disk grows: the same counts, value
+ * for value, as a backfill on ample disk. */
+static void disk_full_scenario(const char *base, const char *mnt) {
+    char *log = tu_fmt("%s/events.jsonl", base), *ref = tu_fmt("%s/ref", base), *out = NULL;
+    char *dump = tu_fmt("%s/dump.txt", base);
+    gen_log(log, 5000);
+    EXPECT(backfill(ref, log, 500, &out) == 0, "reference backfill: %s", out);
+    free(out);
+    char *want_cells = stats_cells(ref), *want_values = dump_values(ref, dump);
+
+    int rc = backfill(mnt, log, 500, &out);
+    EXPECT(rc == 1 && strcasestr(out, "no space left on device") && strstr(out, mnt),
+           "backfill on a full disk: exit %d (want 1, naming the cause and %s):\n%s", rc, mnt, out);
+    free(out);
+    char *cells = stats_cells(mnt);
+    EXPECT(strstr(cells, "\"count_cells\":") && !strstr(cells, "\"count_cells\":0,") &&
+               strcmp(cells, want_cells) != 0,
+           "after the failure the store should hold the batches committed before it: %s", cells);
+    free(cells);
+
+    EXPECT(fill_disk(mnt) == 0, "cannot fill %s", mnt);
+    rc = backfill(mnt, log, 500, &out);
+    EXPECT(rc == 1 && strcasestr(out, "no space left on device"),
+           "backfill while the disk is still full: exit %d (want 1):\n%s", rc, out);
+    free(out);
+
+    char *filler = tu_fmt("%s/filler", mnt);
+    unlink(filler);
+    free(filler);
+    EXPECT(mount("tmpfs", mnt, "tmpfs", MS_REMOUNT, "size=64m") == 0, "remount: %s",
+           strerror(errno));
+    rc = backfill(mnt, log, 500, &out);
+    EXPECT(rc == 0, "resumed backfill: exit %d:\n%s", rc, out);
+    free(out);
+    cells = stats_cells(mnt);
+    char *values = dump_values(mnt, dump);
+    EXPECT(strcmp(cells, want_cells) == 0, "resumed: %s\nample disk: %s", cells, want_cells);
+    EXPECT(strcmp(values, want_values) == 0 && strlen(values) > 1000,
+           "resumed store's values differ from the ample-disk store's (%zu vs %zu bytes)",
+           strlen(values), strlen(want_values));
+    free(cells);
+    free(values);
+    free(want_cells);
+    free(want_values);
+    free(log);
+    free(ref);
+    free(dump);
+}
+
+START_TEST(disk_full_is_an_error_and_resumes) {
+    if (geteuid() != 0) {
+        fprintf(stderr, "check_store: disk_full_is_an_error_and_resumes SKIPPED: "
+                        "mounting a size-limited tmpfs needs root\n");
+        return;
+    }
+    char *base = tu_mkdtemp("diskfull"), *mnt = tu_fmt("%s/store", base);
+    ck_assert_int_eq(mkdir(mnt, 0755), 0);
+    if (mount("tmpfs", mnt, "tmpfs", 0, "size=3m") != 0) {
+        fprintf(stderr, "check_store: disk_full_is_an_error_and_resumes SKIPPED: "
+                        "cannot mount a tmpfs at %s: %s\n", mnt, strerror(errno));
+        tu_rmrf(base);
+        free(mnt);
+        free(base);
+        return;
+    }
+    disk_failure = NULL;
+    disk_full_scenario(base, mnt);
+    int unmounted = umount2(mnt, MNT_DETACH);
+    ck_assert_msg(!disk_failure, "%s", disk_failure);
+    ck_assert_int_eq(unmounted, 0);
+    tu_rmrf(base);
+    free(mnt);
+    free(base);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("store");
     TCase *tc = tcase_create("core");
@@ -231,6 +686,14 @@ int main(void) {
     tcase_add_test(tc, read_only_uses_store_layout);
     tcase_add_test(tc, compaction_expires_old_buckets_and_markers);
     suite_add_tcase(s, tc);
+    TCase *dirs = tcase_create("directory");
+    tcase_set_timeout(dirs, 120);
+    tcase_add_test(dirs, store_without_current_is_refused_and_left_alone);
+    tcase_add_test(dirs, store_without_column_families_is_refused);
+    tcase_add_test(dirs, new_store_is_never_seen_without_layout);
+    tcase_add_test(dirs, failed_backfill_takes_back_its_store);
+    tcase_add_test(dirs, disk_full_is_an_error_and_resumes);
+    suite_add_tcase(s, dirs);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
