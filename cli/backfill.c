@@ -50,7 +50,9 @@ static void usage(FILE *out) {
             "with its file position, and running the same command again resumes there.\n"
             "\n"
             "Exit status: 0 done (bad events are dead-lettered, not fatal), 1 operational\n"
-            "failure (store or file unusable), 2 bad usage, 130 stopped by a signal.\n");
+            "failure (store or file unusable, disk full), 2 bad usage, 130 stopped by a\n"
+            "signal. A run that fails before it commits anything removes the store (and\n"
+            "the dead-letter file) it created; what existed before is never removed.\n");
 }
 
 typedef struct backfill_opts {

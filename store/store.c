@@ -433,7 +433,8 @@ static int create_store(const char *dir, dir_state state, const iqp_config *cfg,
     char tmp[PATH_MAX];
     *made = MADE_NOTHING;
     if (sibling_template(dir, tmp, sizeof tmp) == 0 && mkdtemp(tmp)) {
-        int rc = build_store(tmp, cfg, err, errlen);
+        char why[768];
+        int rc = build_store(tmp, cfg, why, sizeof why);
         if (rc == 0 && rename(tmp, dir) == 0) {
             sync_parent(tmp);
             *made = state == DIR_ABSENT ? MADE_DIR : MADE_FILES;
@@ -441,7 +442,10 @@ static int create_store(const char *dir, dir_state state, const iqp_config *cfg,
         }
         int rename_errno = errno;
         remove_tree(tmp);
-        if (rc < 0) return -1;
+        if (rc < 0) {
+            snprintf(err, errlen, "cannot create store %s: %s", dir, why);
+            return -1;
+        }
         dir_state now;
         if ((rename_errno == ENOTEMPTY || rename_errno == EEXIST) &&
             inspect_dir(dir, &now, err, errlen) == 0 && now == DIR_HAS_STORE)
