@@ -3,7 +3,8 @@
  * store directory's guarantees, through the API and the iqp binary: a
  * damaged store (CURRENT lost, column families missing) is refused and left
  * as it is, a new store is never seen without its layout, a failed backfill
- * takes back the store it created, and a full disk is an ordinary error
+ * takes back the store it created, `iqp stats` beside a running backfill
+ * never fails, and a full disk is an ordinary error
  * that a re-run recovers from (tmpfs, when the test may mount one). */
 #include <check.h>
 #include <dirent.h>
@@ -502,6 +503,45 @@ static char *dump_values(const char *dir, const char *path) {
     return text;
 }
 
+/* `iqp stats`, polled from the moment a backfill starts creating a store
+ * until it ends, always either finds no store yet or prints the store's
+ * figures: never an error, never a crash. */
+START_TEST(stats_beside_a_running_backfill) {
+    char *base = tu_mkdtemp("beside");
+    char *log = tu_fmt("%s/events.jsonl", base), *store = tu_fmt("%s/store", base);
+    gen_log(log, 3000);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        char *out = NULL;
+        _exit(backfill(store, log, 200, &out) == 0 ? 0 : 1);
+    }
+    double deadline = mono_now() + 120 * time_multiplier();
+    int status = 0, found = 0, polls = 0;
+    char *bad = NULL;
+    pid_t done = 0;
+    while (!bad && !done && mono_now() < deadline) {
+        done = waitpid(pid, &status, WNOHANG);
+        char *out = stats_cells(store);
+        polls++;
+        if (strncmp(out, "{\"watermark_ms\":", 16) == 0) found++;
+        else if (!strstr(out, "no iqp store at")) bad = tu_fmt("%s", out);
+        free(out);
+    }
+    if (!done) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+    }
+    ck_assert_msg(!bad, "iqp stats beside a backfill: %s", bad);
+    ck_assert_msg(done && WIFEXITED(status) && WEXITSTATUS(status) == 0, "the backfill failed");
+    ck_assert_msg(found > 1, "stats saw the store only %d times in %d polls", found, polls);
+    tu_rmrf(base);
+    free(log);
+    free(store);
+    free(base);
+}
+END_TEST
+
 START_TEST(failed_backfill_takes_back_its_store) {
     char *base = tu_mkdtemp("failed");
     char *log = tu_fmt("%s/events.jsonl", base), *missing = tu_fmt("%s/missing.jsonl", base);
@@ -691,6 +731,7 @@ int main(void) {
     tcase_add_test(dirs, store_without_current_is_refused_and_left_alone);
     tcase_add_test(dirs, store_without_column_families_is_refused);
     tcase_add_test(dirs, new_store_is_never_seen_without_layout);
+    tcase_add_test(dirs, stats_beside_a_running_backfill);
     tcase_add_test(dirs, failed_backfill_takes_back_its_store);
     tcase_add_test(dirs, disk_full_is_an_error_and_resumes);
     suite_add_tcase(s, dirs);
