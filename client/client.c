@@ -46,6 +46,8 @@ struct iqp_client {
     char fingerprint[64];
     char measure_names[1 + 2 * IQP_MAX_COUNTERS][IQP_NAME_MAX + 8];
     char keys[IQP_MAX_FEATURES][KEY_MAX]; /* this call's hash keys */
+    size_t key_lens[IQP_MAX_FEATURES];
+    size_t unread;                /* replies queued on the connection and not read yet */
     const char **argv;            /* HMGET arguments, grown to the largest call */
     size_t *argvlen;
     size_t argv_cap;
@@ -79,6 +81,15 @@ static iqp_status set_ok(iqp_client *c) {
     return IQP_OK;
 }
 
+/* Drops the connection; the next call reconnects. Whatever was queued on
+ * it (commands not yet sent, replies not yet read) goes with it, so no
+ * later call can read an earlier call's replies. */
+static void drop_connection(iqp_client *c) {
+    if (c->redis) redisFree(c->redis);
+    c->redis = NULL;
+    c->unread = 0;
+}
+
 /* A failed Redis I/O: the connection is dropped (its state is unknown). */
 static iqp_status redis_failed(iqp_client *c, const char *what) {
     char where[400];
@@ -89,8 +100,7 @@ static iqp_status redis_failed(iqp_client *c, const char *what) {
     iqp_status s = timeout ? IQP_ETIMEOUT : IQP_ECONNECT;
     set_error(c, s, "%s from Redis at %s failed: %s", what, where,
               c->redis ? (timeout ? "timed out" : c->redis->errstr) : "not connected");
-    if (c->redis) redisFree(c->redis);
-    c->redis = NULL;
+    drop_connection(c);
     return s;
 }
 
@@ -232,7 +242,7 @@ iqp_client *iqp_client_open(const char *url, const iqp_client_options *options) 
 
 void iqp_client_close(iqp_client *c) {
     if (!c) return;
-    if (c->redis) redisFree(c->redis);
+    drop_connection(c);
     free(c->argv);
     free(c->argvlen);
     free(c);
@@ -293,11 +303,29 @@ static iqp_status grow_argv(iqp_client *c, size_t n) {
     return IQP_OK;
 }
 
-/* Appends GET <prefix>:gen and one HMGET per applicable feature. */
+/* Builds every hash key of the call; IQP_EINVAL (nothing sent) when one
+ * does not fit. */
+static iqp_status build_keys(iqp_client *c, const lookup_ctx *lc) {
+    for (size_t f = 0; f < c->cfg.n_features; f++) {
+        if (!feature_applies(c, f, lc)) continue;
+        size_t klen = iqp_rv_hash_key(c->keys[f], KEY_MAX, c->prefix, c->generation, c->cfg.features[f].name,
+                                      c->cfg.features[f].dims, lc->country, lc->gender, lc->query,
+                                      lc->query_len);
+        if (klen >= KEY_MAX)
+            return set_error(c, IQP_EINVAL, "the query is too long: feature %s's key would be %zu bytes, "
+                             "the limit is %d", c->cfg.features[f].name, klen, KEY_MAX - 1);
+        c->key_lens[f] = klen;
+    }
+    return IQP_OK;
+}
+
+/* Appends GET <prefix>:gen and one HMGET per applicable feature. Every
+ * argument was checked before (check_args, normalize_call, build_keys):
+ * from the first append on, only Redis I/O can fail, and a failure drops
+ * the connection with whatever it had queued. */
 static iqp_status send_pipeline(iqp_client *c, const lookup_ctx *lc, const char *const *items,
                                 size_t n_items) {
-    if (grow_argv(c, n_items + 3)) return c->status;
-    if (redisAppendCommand(c->redis, "GET %s:gen", c->prefix) != REDIS_OK) return redis_failed(c, "GET");
+    if (build_keys(c, lc) || grow_argv(c, n_items + 3)) return c->status;
     c->argv[0] = "HMGET";
     c->argvlen[0] = 5;
     c->argv[2] = IQP_RV_CONTEXT_FIELD;
@@ -306,16 +334,15 @@ static iqp_status send_pipeline(iqp_client *c, const lookup_ctx *lc, const char 
         c->argv[3 + i] = items[i];
         c->argvlen[3 + i] = strlen(items[i]);
     }
+    if (redisAppendCommand(c->redis, "GET %s:gen", c->prefix) != REDIS_OK) return redis_failed(c, "GET");
+    c->unread++;
     for (size_t f = 0; f < c->cfg.n_features; f++) {
         if (!feature_applies(c, f, lc)) continue;
-        size_t klen = iqp_rv_hash_key(c->keys[f], KEY_MAX, c->prefix, c->generation, c->cfg.features[f].name,
-                                      c->cfg.features[f].dims, lc->country, lc->gender, lc->query,
-                                      lc->query_len);
-        if (klen >= KEY_MAX) return set_error(c, IQP_EINVAL, "the query is too long for a key");
         c->argv[1] = c->keys[f];
-        c->argvlen[1] = klen;
+        c->argvlen[1] = c->key_lens[f];
         if (redisAppendCommandArgv(c->redis, (int)(n_items + 3), c->argv, c->argvlen) != REDIS_OK)
             return redis_failed(c, "HMGET");
+        c->unread++;
     }
     return IQP_OK;
 }
@@ -370,6 +397,7 @@ static iqp_status read_pipeline(iqp_client *c, const lookup_ctx *lc, const char 
     redisReply *r = NULL;
     iqp_status s = IQP_OK;
     if (redisGetReply(c->redis, (void **)&r) != REDIS_OK) return redis_failed(c, "GET");
+    c->unread--;
     *seen_gen = reply_generation(r);
     int missing = r->type == REDIS_REPLY_NIL;
     freeReplyObject(r);
@@ -378,6 +406,7 @@ static iqp_status read_pipeline(iqp_client *c, const lookup_ctx *lc, const char 
     for (size_t f = 0; f < c->cfg.n_features; f++) {
         if (!feature_applies(c, f, lc)) continue;
         if (redisGetReply(c->redis, (void **)&r) != REDIS_OK) return redis_failed(c, "HMGET");
+        c->unread--;
         if (s == IQP_OK && *seen_gen == c->generation) s = decode_feature(c, f, r, items, n_items, out);
         freeReplyObject(r);
     }
@@ -425,5 +454,8 @@ iqp_status iqp_client_lookup(iqp_client *c, const char *query, const char *count
     }
     free(lc.query);
     if (s == IQP_OK) s = set_error(c, IQP_EPROTOCOL, "the generation kept changing during the call");
+    /* a call that failed with replies still owed must not leave them to
+     * the next call */
+    if (c->unread) drop_connection(c);
     return s;
 }

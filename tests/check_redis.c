@@ -338,6 +338,58 @@ START_TEST(libiqp_equals_the_oracle) {
 }
 END_TEST
 
+/* A bad call between good calls (issue 13, item 4): every argument is
+ * checked before anything is queued on the connection, and a call that
+ * fails with replies still owed drops them, so the good calls after a bad
+ * one still equal the oracle. */
+START_TEST(bad_call_between_good_calls) {
+    require_setup();
+    iqp_client *cl = open_client(2000);
+    const context *c = &contexts[0];
+    size_t len = iqp_client_result_len(cl, c->n_items);
+    double *v = malloc(len * sizeof *v);
+    char *long_query = malloc(9001);
+    memset(long_query, 'a', 9000);
+    long_query[9000] = 0;
+    const char *null_item[2] = {c->items[0], NULL};
+    compare_context(cl, c);
+    /* each bad call returns its own error; the next good call is right */
+    ck_assert_int_eq(iqp_client_lookup(cl, long_query, c->country, c->gender, c->items, c->n_items, v, len),
+                     IQP_EINVAL);
+    ck_assert_msg(strstr(iqp_client_errstr(cl), "too long"), "%s", iqp_client_errstr(cl));
+    compare_context(cl, c);
+    ck_assert_int_eq(iqp_client_lookup(cl, "\xff\xfe", c->country, c->gender, c->items, c->n_items, v, len),
+                     IQP_EINVAL);
+    compare_context(cl, &contexts[1]);
+    ck_assert_int_eq(iqp_client_lookup(cl, c->query, c->country, c->gender, null_item, 2, v, len), IQP_EINVAL);
+    compare_context(cl, c);
+    ck_assert_int_eq(iqp_client_lookup(cl, c->query, c->country, c->gender, c->items, c->n_items, v, len - 1),
+                     IQP_EINVAL);
+    compare_context(cl, &contexts[2]);
+    /* a value that is not the layout's: the call fails after its whole
+     * pipeline was sent; its other replies must not reach the next call */
+    redisContext *rc = redisConnect("127.0.0.1", redis_port);
+    ck_assert(rc && !rc->err);
+    redisReply *r = redisCommand(rc, "GET iqp:gen");
+    ck_assert(r && r->type == REDIS_REPLY_STRING);
+    char *key = tu_fmt("iqp:%s:q_item:%s", r->str, c->query);
+    freeReplyObject(r);
+    /* a mask of 512: a bit far beyond the counters */
+    freeReplyObject(redisCommand(rc, "HSET %s planted-item %b", key, "\x80\x04", (size_t)2));
+    const char *planted[2] = {c->items[0], "planted-item"};
+    ck_assert_int_eq(iqp_client_lookup(cl, c->query, c->country, c->gender, planted, 2, v, len), IQP_EPROTOCOL);
+    compare_context(cl, c);
+    ck_assert_int_eq(iqp_client_lookup(cl, long_query, NULL, NULL, c->items, 1, v, len), IQP_EINVAL);
+    compare_context(cl, &contexts[3]);
+    freeReplyObject(redisCommand(rc, "HDEL %s planted-item", key));
+    redisFree(rc);
+    free(key);
+    free(long_query);
+    free(v);
+    iqp_client_close(cl);
+}
+END_TEST
+
 static char *lookup_cmd(const char *source, const context *c) {
     char *q = tu_shell_quote(c->query), *items = tu_fmt("%s", ""), *next;
     for (size_t i = 0; i < c->n_items; i++) {
@@ -726,6 +778,7 @@ int main(void) {
     tcase_set_timeout(srv, 120);
     tcase_add_unchecked_fixture(srv, redis_setup, redis_teardown);
     tcase_add_test(srv, libiqp_equals_the_oracle);
+    tcase_add_test(srv, bad_call_between_good_calls);
     tcase_add_test(srv, lookup_redis_equals_lookup_store);
     tcase_add_test(srv, readme_example_compiles_and_runs);
     tcase_add_test(srv, unknown_layout_is_refused);
