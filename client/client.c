@@ -32,6 +32,11 @@
 #include "schemas/redis_value.h"
 
 #define KEY_MAX 8192
+/* Reply bounds (issue 13): a generation number, the meta's layout JSON,
+ * and the shortest bound any string gets (an error reply's text). */
+#define GEN_REPLY_MAX 64
+#define META_STRING_MAX (1 << 20)
+#define STRING_MIN_BOUND 1024
 
 struct iqp_client {
     iqp_redis_url url;
@@ -48,6 +53,7 @@ struct iqp_client {
     char keys[IQP_MAX_FEATURES][KEY_MAX]; /* this call's hash keys */
     size_t key_lens[IQP_MAX_FEATURES];
     size_t unread;                /* replies queued on the connection and not read yet */
+    iqp_reply_limits limits;      /* what the replies being read may hold */
     const char **argv;            /* HMGET arguments, grown to the largest call */
     size_t *argvlen;
     size_t argv_cap;
@@ -98,8 +104,12 @@ static iqp_status redis_failed(iqp_client *c, const char *what) {
     int timeout = c->redis && c->redis->err == REDIS_ERR_IO &&
                   strstr(c->redis->errstr, "temporarily unavailable");
     iqp_status s = timeout ? IQP_ETIMEOUT : IQP_ECONNECT;
-    set_error(c, s, "%s from Redis at %s failed: %s", what, where,
-              c->redis ? (timeout ? "timed out" : c->redis->errstr) : "not connected");
+    if (c->redis && c->limits.exceeded[0])
+        s = set_error(c, IQP_EPROTOCOL, "%s from Redis at %s refused: %s; the connection was dropped", what,
+                      where, c->limits.exceeded);
+    else
+        set_error(c, s, "%s from Redis at %s failed: %s", what, where,
+                  c->redis ? (timeout ? "timed out" : c->redis->errstr) : "not connected");
     drop_connection(c);
     return s;
 }
@@ -128,6 +138,7 @@ static iqp_status connect_now(iqp_client *c) {
     c->redis = iqp_redis_connect(&c->url, c->opts.connect_timeout_ms, c->opts.timeout_ms, err,
                                  sizeof err);
     if (!c->redis) return set_error(c, IQP_ECONNECT, "%s", err);
+    iqp_redis_limit_replies(c->redis, &c->limits);
     return IQP_OK;
 }
 
@@ -153,24 +164,43 @@ static void name_measures(iqp_client *c) {
     for (size_t a = 0; a < na; a++) snprintf(c->measure_names[m++], sizeof c->measure_names[0], "iqp_%s", c->cfg.actions[a]);
 }
 
-/* The string value of field name in an HGETALL reply, or NULL. */
-static const redisReply *hash_field(const redisReply *r, const char *name) {
-    for (size_t i = 0; i + 1 < r->elements; i += 2)
-        if (r->element[i]->type == REDIS_REPLY_STRING && strcmp(r->element[i]->str, name) == 0 &&
-            r->element[i + 1]->type == REDIS_REPLY_STRING)
-            return r->element[i + 1];
-    return NULL;
+/* Element i of an HMGET reply when it is a string, else NULL. */
+static const redisReply *hash_field(const redisReply *r, size_t i) {
+    return i < r->elements && r->element[i]->type == REDIS_REPLY_STRING ? r->element[i] : NULL;
+}
+
+/* Reads one reply within c->limits; redis_failed's status on failure. */
+static iqp_status read_reply(iqp_client *c, const char *what, redisReply **r) {
+    if (iqp_redis_get_reply(c->redis, &c->limits, r) != REDIS_OK) return redis_failed(c, what);
+    c->unread--;
+    return IQP_OK;
+}
+
+/* One command and its reply, which may hold at most max_objects objects
+ * of at most max_string bytes each. */
+static iqp_status bounded_command(iqp_client *c, redisReply **r, const char *what, size_t max_objects,
+                                  size_t max_string, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = redisvAppendCommand(c->redis, fmt, ap);
+    va_end(ap);
+    if (rc != REDIS_OK) return redis_failed(c, what);
+    c->unread++;
+    iqp_reply_limits_set(&c->limits, max_objects, max_string, max_objects * max_string);
+    return read_reply(c, what, r);
 }
 
 /* Checks a generation's meta hash and adopts its layout. When the client
  * already has a layout, the new one must have the same fingerprint (the
  * caller sized its arrays by it). */
 static iqp_status adopt_meta(iqp_client *c, uint64_t gen, const redisReply *r) {
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements == 0)
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 3)
+        return set_error(c, IQP_EPROTOCOL, "HMGET %s:%llu:meta: unexpected reply", c->prefix,
+                         (unsigned long long)gen);
+    const redisReply *ver = hash_field(r, 0), *fp = hash_field(r, 1), *layout = hash_field(r, 2);
+    if (!ver && !fp && !layout)
         return set_error(c, IQP_EPROTOCOL, "%s:%llu:meta is missing although %s:gen names generation %llu",
                          c->prefix, (unsigned long long)gen, c->prefix, (unsigned long long)gen);
-    const redisReply *ver = hash_field(r, "layout_version"), *fp = hash_field(r, "fingerprint"),
-                     *layout = hash_field(r, "layout");
     if (!ver || !fp || !layout)
         return set_error(c, IQP_EPROTOCOL, "%s:%llu:meta lacks layout_version, fingerprint or layout",
                          c->prefix, (unsigned long long)gen);
@@ -201,8 +231,8 @@ static iqp_status adopt_meta(iqp_client *c, uint64_t gen, const redisReply *r) {
 static iqp_status load_generation(iqp_client *c) {
     iqp_status s = connect_now(c);
     if (s) return s;
-    redisReply *r = redisCommand(c->redis, "GET %s:gen", c->prefix);
-    if (!r) return redis_failed(c, "GET");
+    redisReply *r;
+    if ((s = bounded_command(c, &r, "GET", 1, GEN_REPLY_MAX, "GET %s:gen", c->prefix))) return s;
     uint64_t gen = reply_generation(r);
     int missing = r->type == REDIS_REPLY_NIL;
     freeReplyObject(r);
@@ -210,8 +240,10 @@ static iqp_status load_generation(iqp_client *c) {
         return set_error(c, IQP_ENODATA, "nothing is published under prefix '%s' (no %s:gen key); is "
                          "iqp stream running with --redis?", c->prefix, c->prefix);
     if (gen == 0) return set_error(c, IQP_EPROTOCOL, "%s:gen does not hold a generation number", c->prefix);
-    r = redisCommand(c->redis, "HGETALL %s:%llu:meta", c->prefix, (unsigned long long)gen);
-    if (!r) return redis_failed(c, "HGETALL");
+    if ((s = bounded_command(c, &r, "HMGET meta", 4, META_STRING_MAX,
+                             "HMGET %s:%llu:meta layout_version fingerprint layout", c->prefix,
+                             (unsigned long long)gen)))
+        return s;
     s = adopt_meta(c, gen, r);
     freeReplyObject(r);
     return s;
@@ -390,14 +422,26 @@ static iqp_status decode_feature(iqp_client *c, size_t f, const redisReply *r,
     return IQP_OK;
 }
 
+/* What the pipeline's replies can legitimately hold: the generation
+ * number, then per feature an array of n_items + 1 values, each at most
+ * one encoded item (or context) value. */
+static void set_lookup_limits(iqp_client *c, const lookup_ctx *lc, size_t n_items) {
+    size_t nw = c->cfg.n_windows, width = IQP_COUNTERS(&c->cfg), nf = 0;
+    size_t max_string = IQP_RV_ITEM_MAX(nw, width);
+    if (max_string < IQP_RV_CONTEXT_MAX(nw)) max_string = IQP_RV_CONTEXT_MAX(nw);
+    if (max_string < STRING_MIN_BOUND) max_string = STRING_MIN_BOUND;
+    for (size_t f = 0; f < c->cfg.n_features; f++) nf += feature_applies(c, f, lc);
+    iqp_reply_limits_set(&c->limits, 1 + nf * (n_items + 2), max_string, (1 + nf * (n_items + 1)) * max_string);
+}
+
 /* Reads the pipeline's replies. *switched is set when the GET named
  * another generation (nothing is decoded then). */
 static iqp_status read_pipeline(iqp_client *c, const lookup_ctx *lc, const char *const *items,
                                 size_t n_items, double *out, uint64_t *seen_gen) {
     redisReply *r = NULL;
     iqp_status s = IQP_OK;
-    if (redisGetReply(c->redis, (void **)&r) != REDIS_OK) return redis_failed(c, "GET");
-    c->unread--;
+    set_lookup_limits(c, lc, n_items);
+    if ((s = read_reply(c, "GET", &r))) return s;
     *seen_gen = reply_generation(r);
     int missing = r->type == REDIS_REPLY_NIL;
     freeReplyObject(r);
@@ -405,8 +449,8 @@ static iqp_status read_pipeline(iqp_client *c, const lookup_ctx *lc, const char 
                                c->prefix, c->prefix);
     for (size_t f = 0; f < c->cfg.n_features; f++) {
         if (!feature_applies(c, f, lc)) continue;
-        if (redisGetReply(c->redis, (void **)&r) != REDIS_OK) return redis_failed(c, "HMGET");
-        c->unread--;
+        iqp_status rs = read_reply(c, "HMGET", &r);
+        if (rs) return rs;
         if (s == IQP_OK && *seen_gen == c->generation) s = decode_feature(c, f, r, items, n_items, out);
         freeReplyObject(r);
     }

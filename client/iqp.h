@@ -26,8 +26,12 @@
  * thread at a time; open one client per thread.
  *
  * Errors: every call returns an iqp_status; iqp_client_errstr() tells what
- * happened in words. After IQP_ECONNECT or IQP_ETIMEOUT the next call
- * reconnects by itself.
+ * happened in words. Arguments are checked before anything is sent, and a
+ * call that fails after sending drops the connection; the next call
+ * reconnects by itself. Replies are bounded by what the request can
+ * legitimately get back (n_items + 1 values of at most one encoded value
+ * each per feature; 1 MiB for the layout): a server or proxy that answers
+ * more fails the call with IQP_EPROTOCOL before it is buffered.
  */
 #ifndef IQP_CLIENT_H
 #define IQP_CLIENT_H
@@ -43,7 +47,7 @@ typedef enum iqp_status {
     IQP_EINVAL = 1,    /* a bad argument: NULL, a query that is not UTF-8 or empty, out too small */
     IQP_ECONNECT = 2,  /* Redis cannot be reached or the connection broke */
     IQP_ETIMEOUT = 3,  /* Redis did not answer within the timeout */
-    IQP_EPROTOCOL = 4, /* Redis answered something that is not iqp's layout */
+    IQP_EPROTOCOL = 4, /* Redis answered something that is not iqp's layout, or more than the call can need */
     IQP_ELAYOUT = 5,   /* a layout version this libiqp does not know, or the layout changed */
     IQP_ENODATA = 6,   /* nothing is published under this prefix */
     IQP_ENOMEM = 7,

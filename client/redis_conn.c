@@ -1,7 +1,9 @@
 /* redis_conn.c -- Redis URLs and connections (see redis_conn.h). */
 #include "client/redis_conn.h"
 
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,4 +170,120 @@ redisContext *iqp_redis_connect(const iqp_redis_url *u, int connect_timeout_ms,
         return NULL;
     }
     return c;
+}
+
+/* ---- bounded replies -------------------------------------------------------------- */
+
+/* The reader's object callbacks get only the read task; the limits of the
+ * read in progress are found through this (a connection is used by one
+ * thread at a time, and only iqp_redis_get_reply sets it). */
+static _Thread_local iqp_reply_limits *reading;
+
+/* Counts one object (a string of string_len bytes, or an array that
+ * announces `announced` elements); 0 when a bound is exceeded. */
+static int admit(iqp_reply_limits *l, size_t string_len, size_t announced) {
+    if (!l || l->exceeded[0]) return !l;
+    l->objects++;
+    l->bytes += string_len;
+    if (l->objects > l->max_objects || announced > l->max_objects - l->objects)
+        snprintf(l->exceeded, sizeof l->exceeded, "the reply holds more than %zu elements, more than the request "
+                 "can get back", l->max_objects);
+    else if (string_len > l->max_string)
+        snprintf(l->exceeded, sizeof l->exceeded, "the reply holds a string of %zu bytes; the request allows at "
+                 "most %zu", string_len, l->max_string);
+    else if (l->bytes > l->max_bytes)
+        snprintf(l->exceeded, sizeof l->exceeded, "the reply holds more than %zu bytes of strings, more than the "
+                 "request can get back", l->max_bytes);
+    return l->exceeded[0] == '\0';
+}
+
+/* hiredis's own object functions (static in hiredis.c), taken from a
+ * reader it creates. */
+static redisReplyObjectFunctions base_fns;
+static pthread_once_t base_once = PTHREAD_ONCE_INIT;
+
+static void take_base_fns(void) {
+    redisReader *r = redisReaderCreate();
+    if (!r) abort();
+    base_fns = *r->fn;
+    redisReaderFree(r);
+}
+
+/* NULL makes hiredis fail the read (as out of memory; errstr is fixed
+ * up by iqp_redis_get_reply). */
+static void *bounded_string(const redisReadTask *t, char *s, size_t len) {
+    return admit(reading, len, 0) ? base_fns.createString(t, s, len) : NULL;
+}
+static void *bounded_array(const redisReadTask *t, int n) {
+    return n >= 0 && admit(reading, 0, (size_t)n) ? base_fns.createArray(t, n) : NULL;
+}
+static void *bounded_integer(const redisReadTask *t, long long v) {
+    return admit(reading, 0, 0) ? base_fns.createInteger(t, v) : NULL;
+}
+static void *bounded_nil(const redisReadTask *t) {
+    return admit(reading, 0, 0) ? base_fns.createNil(t) : NULL;
+}
+
+static redisReplyObjectFunctions bounded_fns;
+
+static void make_bounded_fns(void) {
+    take_base_fns();
+    bounded_fns = base_fns;
+    bounded_fns.createString = bounded_string;
+    bounded_fns.createArray = bounded_array;
+    bounded_fns.createInteger = bounded_integer;
+    bounded_fns.createNil = bounded_nil;
+}
+
+void iqp_redis_limit_replies(redisContext *c, iqp_reply_limits *l) {
+    pthread_once(&base_once, make_bounded_fns);
+    c->reader->fn = &bounded_fns;
+    iqp_reply_limits_set(l, SIZE_MAX, SIZE_MAX, SIZE_MAX);
+}
+
+void iqp_reply_limits_set(iqp_reply_limits *l, size_t max_objects, size_t max_string, size_t max_bytes) {
+    l->max_objects = max_objects;
+    l->max_string = max_string;
+    l->max_bytes = max_bytes;
+    l->objects = l->bytes = 0;
+    l->exceeded[0] = '\0';
+}
+
+static int refuse(redisContext *c, iqp_reply_limits *l) {
+    snprintf(c->errstr, sizeof c->errstr, "%.*s", (int)sizeof c->errstr - 1, l->exceeded);
+    c->err = REDIS_ERR_PROTOCOL;
+    return REDIS_ERR;
+}
+
+/* What redisGetReply does for a blocking connection, with one more check
+ * between reads: a string is parsed only once all of it is buffered, so
+ * the buffer itself is bounded here (one read adds at most 16 KiB). */
+static int get_reply(redisContext *c, iqp_reply_limits *l, void **reply) {
+    *reply = NULL;
+    if (redisGetReplyFromReader(c, reply) != REDIS_OK) return REDIS_ERR;
+    if (*reply) return REDIS_OK;
+    int done = 0;
+    do {
+        if (redisBufferWrite(c, &done) != REDIS_OK) return REDIS_ERR;
+    } while (!done);
+    size_t max_buffered = l->max_string > SIZE_MAX - 65536 ? SIZE_MAX : l->max_string + 65536;
+    while (!*reply) {
+        if (c->reader->len - c->reader->pos > max_buffered) {
+            snprintf(l->exceeded, sizeof l->exceeded, "the reply holds a string longer than the %zu bytes the "
+                     "request allows", l->max_string);
+            return refuse(c, l);
+        }
+        if (redisBufferRead(c) != REDIS_OK || redisGetReplyFromReader(c, reply) != REDIS_OK) return REDIS_ERR;
+    }
+    return REDIS_OK;
+}
+
+int iqp_redis_get_reply(redisContext *c, iqp_reply_limits *l, redisReply **reply) {
+    reading = l;
+    void *r = NULL;
+    int rc = get_reply(c, l, &r);
+    reading = NULL;
+    if (rc != REDIS_OK && l->exceeded[0]) refuse(c, l);
+    *reply = r;
+    return rc;
 }

@@ -33,4 +33,30 @@ void iqp_redis_url_describe(const iqp_redis_url *u, char *out, size_t cap);
 redisContext *iqp_redis_connect(const iqp_redis_url *u, int connect_timeout_ms,
                                 int command_timeout_ms, char *err, size_t errlen);
 
+/* ---- bounded replies ----------------------------------------------------------
+ * hiredis reads whatever a server sends: a reply announcing a string of
+ * 8 GB, or an array of two billion elements, is buffered or allocated in
+ * full. A reader that knows what its request can legitimately get back
+ * sets limits on the connection and reads with iqp_redis_get_reply(): it
+ * fails, without buffering more, as soon as the replies read since the
+ * last iqp_reply_limits_set() hold more objects (array, string, integer,
+ * nil, each counted once), a longer string, or more string bytes in all
+ * than allowed. The connection must then be dropped (it is mid-reply). */
+typedef struct iqp_reply_limits {
+    size_t max_objects, max_string, max_bytes;
+    size_t objects, bytes;       /* counted since the last set */
+    char exceeded[200];          /* why a read was refused; "" when none was */
+} iqp_reply_limits;
+
+/* Makes c's reply reader count what it reads (for iqp_redis_get_reply;
+ * plain hiredis reads stay unbounded) and sets l unbounded. */
+void iqp_redis_limit_replies(redisContext *c, iqp_reply_limits *l);
+
+/* New bounds for the next reads; resets the counts. */
+void iqp_reply_limits_set(iqp_reply_limits *l, size_t max_objects, size_t max_string, size_t max_bytes);
+
+/* redisGetReply() within l's bounds: REDIS_OK with *reply, or REDIS_ERR
+ * (c->errstr says why; l->exceeded is set when a bound was hit). */
+int iqp_redis_get_reply(redisContext *c, iqp_reply_limits *l, redisReply **reply);
+
 #endif

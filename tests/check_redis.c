@@ -29,13 +29,17 @@
 #include <check.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
+#include <arpa/inet.h>
 #include <math.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -386,6 +390,167 @@ START_TEST(bad_call_between_good_calls) {
     free(key);
     free(long_query);
     free(v);
+    iqp_client_close(cl);
+}
+END_TEST
+
+/* ---- hostile replies (issue 13, item 5) ------------------------------------------ */
+
+/* A fake Redis on loopback: answers the client's open like the real one
+ * (GET gen, HMGET meta with the real layout), then answers a lookup's
+ * pipeline with a huge array or a huge string, and counts what it
+ * managed to send before the client hung up. */
+typedef struct fake_redis {
+    int listen_fd, port;
+    int huge_array;          /* else a huge bulk string */
+    char *meta_reply;        /* RESP of HMGET meta */
+    atomic_int stop;
+    atomic_size_t sent;      /* bytes of the hostile reply sent */
+    pthread_t thread;
+} fake_redis;
+
+#define HOSTILE_CAP ((size_t)96 << 20)
+
+static int send_all(int fd, const char *b, size_t n) {
+    while (n) {
+        ssize_t w = send(fd, b, n, MSG_NOSIGNAL);
+        if (w <= 0) return -1;
+        b += w, n -= (size_t)w;
+    }
+    return 0;
+}
+
+static void send_hostile(fake_redis *f, int fd) {
+    char chunk[65536];
+    const char *head = f->huge_array ? "$1\r\n1\r\n*4000000\r\n" : "$1\r\n1\r\n$100000000\r\n";
+    if (send_all(fd, head, strlen(head)) < 0) return;
+    for (size_t i = 0; i < sizeof chunk; i += 4) memcpy(chunk + i, f->huge_array ? ":1\r\n" : "xxxx", 4);
+    size_t total = f->huge_array ? 16000000 : 100000000;
+    for (size_t done = 0; done < total && done < HOSTILE_CAP && !atomic_load(&f->stop); done += sizeof chunk) {
+        if (send_all(fd, chunk, sizeof chunk) < 0) return;
+        atomic_fetch_add(&f->sent, sizeof chunk);
+    }
+}
+
+static void serve_one(fake_redis *f, int fd) {
+    char buf[65536];
+    ssize_t n;
+    while (!atomic_load(&f->stop) && (n = recv(fd, buf, sizeof buf - 1, 0)) > 0) {
+        buf[n] = 0;
+        if (strstr(buf, "meta")) {
+            if (send_all(fd, f->meta_reply, strlen(f->meta_reply)) < 0) return;
+        } else if (strstr(buf, "HMGET")) {
+            send_hostile(f, fd);
+            return;
+        } else if (strstr(buf, "GET")) {
+            if (send_all(fd, "$1\r\n1\r\n", 7) < 0) return;
+        }
+    }
+}
+
+static void *fake_main(void *arg) {
+    fake_redis *f = arg;
+    while (!atomic_load(&f->stop)) {
+        struct pollfd p = {.fd = f->listen_fd, .events = POLLIN};
+        if (poll(&p, 1, 50) <= 0) continue;
+        int fd = accept(f->listen_fd, NULL, NULL);
+        if (fd < 0) continue;
+        serve_one(f, fd);
+        close(fd);
+    }
+    return NULL;
+}
+
+static void fake_start(fake_redis *f, int huge_array) {
+    memset(f, 0, sizeof *f);
+    f->huge_array = huge_array;
+    redisContext *rc = redisConnect("127.0.0.1", redis_port);
+    ck_assert(rc && !rc->err);
+    redisReply *g = redisCommand(rc, "GET iqp:gen");
+    redisReply *m = redisCommand(rc, "HMGET iqp:%s:meta layout_version fingerprint layout", g->str);
+    ck_assert(m && m->type == REDIS_REPLY_ARRAY && m->elements == 3);
+    f->meta_reply = tu_fmt("*3\r\n$%zu\r\n%s\r\n$%zu\r\n%s\r\n$%zu\r\n%s\r\n", m->element[0]->len,
+                           m->element[0]->str, m->element[1]->len, m->element[1]->str, m->element[2]->len,
+                           m->element[2]->str);
+    freeReplyObject(m), freeReplyObject(g), redisFree(rc);
+    f->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    ck_assert_int_eq(bind(f->listen_fd, (struct sockaddr *)&a, sizeof a), 0);
+    ck_assert_int_eq(listen(f->listen_fd, 4), 0);
+    socklen_t alen = sizeof a;
+    getsockname(f->listen_fd, (struct sockaddr *)&a, &alen);
+    f->port = ntohs(a.sin_port);
+    ck_assert_int_eq(pthread_create(&f->thread, NULL, fake_main, f), 0);
+}
+
+static void fake_stop(fake_redis *f) {
+    atomic_store(&f->stop, 1);
+    pthread_join(f->thread, NULL);
+    close(f->listen_fd);
+    free(f->meta_reply);
+}
+
+/* Both shapes of hostile reply fail the call with a message saying what
+ * was refused, after reading a bounded amount; `iqp lookup --redis`
+ * exits 1 saying so. */
+START_TEST(hostile_replies_are_bounded) {
+    require_setup();
+    for (int huge_array = 0; huge_array < 2; huge_array++) {
+        fake_redis f;
+        fake_start(&f, huge_array);
+        char *url = tu_fmt("redis://127.0.0.1:%d/0", f.port);
+        iqp_client_options o;
+        iqp_client_options_init(&o);
+        o.timeout_ms = 5000;
+        iqp_client *cl = iqp_client_open(url, &o);
+        ck_assert_msg(iqp_client_status(cl) == IQP_OK, "open on the fake: %s", iqp_client_errstr(cl));
+        const context *c = &contexts[0];
+        size_t len = iqp_client_result_len(cl, c->n_items);
+        double *v = malloc(len * sizeof *v);
+        iqp_status s = iqp_client_lookup(cl, c->query, c->country, c->gender, c->items, c->n_items, v, len);
+        size_t sent = atomic_load(&f.sent);
+        fprintf(stderr, "redis: a huge %s: %s after the fake sent %zu bytes: %s\n", huge_array ? "array" : "string",
+                iqp_status_name(s), sent, iqp_client_errstr(cl));
+        ck_assert_int_eq(s, IQP_EPROTOCOL);
+        ck_assert_ptr_nonnull(strstr(iqp_client_errstr(cl), huge_array ? "elements" : "string"));
+        ck_assert_uint_lt(sent, (size_t)32 << 20);
+        free(v);
+        iqp_client_close(cl);
+        char *out = NULL, *cmd = tu_fmt("'%s' lookup --redis %s --query %s -- a 2>&1", tu_iqp(), url,
+                                        huge_array ? "x" : "y");
+        int rc = tu_run(cmd, &out);
+        ck_assert_msg(rc == 1 && strstr(out, "refused"), "lookup --redis on a hostile server: exit %d: %s", rc, out);
+        free(out), free(cmd), free(url);
+        fake_stop(&f);
+    }
+}
+END_TEST
+
+/* A huge value planted in the real Redis: that call fails, bounded; the
+ * next call (without it) is right. */
+START_TEST(huge_value_in_redis_is_refused) {
+    require_setup();
+    const context *c = &contexts[0];
+    redisContext *rc = redisConnect("127.0.0.1", redis_port);
+    ck_assert(rc && !rc->err);
+    redisReply *r = redisCommand(rc, "GET iqp:gen");
+    char *key = tu_fmt("iqp:%s:q_item:%s", r->str, c->query);
+    freeReplyObject(r);
+    size_t big = (size_t)24 << 20;
+    char *junk = malloc(big);
+    memset(junk, 0x7f, big);
+    freeReplyObject(redisCommand(rc, "HSET %s huge-item %b", key, junk, big));
+    free(junk);
+    iqp_client *cl = open_client(5000);
+    const char *items[2] = {c->items[0], "huge-item"};
+    size_t len = iqp_client_result_len(cl, 2);
+    double *v = malloc(len * sizeof *v);
+    ck_assert_int_eq(iqp_client_lookup(cl, c->query, c->country, c->gender, items, 2, v, len), IQP_EPROTOCOL);
+    ck_assert_msg(strstr(iqp_client_errstr(cl), "string"), "%s", iqp_client_errstr(cl));
+    compare_context(cl, c);
+    freeReplyObject(redisCommand(rc, "HDEL %s huge-item", key));
+    redisFree(rc);
+    free(key), free(v);
     iqp_client_close(cl);
 }
 END_TEST
@@ -779,6 +944,8 @@ int main(void) {
     tcase_add_unchecked_fixture(srv, redis_setup, redis_teardown);
     tcase_add_test(srv, libiqp_equals_the_oracle);
     tcase_add_test(srv, bad_call_between_good_calls);
+    tcase_add_test(srv, hostile_replies_are_bounded);
+    tcase_add_test(srv, huge_value_in_redis_is_refused);
     tcase_add_test(srv, lookup_redis_equals_lookup_store);
     tcase_add_test(srv, readme_example_compiles_and_runs);
     tcase_add_test(srv, unknown_layout_is_refused);
