@@ -1,6 +1,7 @@
 /* redis_conn.c -- Redis URLs and connections (see redis_conn.h). */
 #include "client/redis_conn.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -29,20 +30,20 @@ static int parse_int(const char *s, size_t n, int lo, int hi, int *out) {
     return 0;
 }
 
-static int parse_unix(const char *url, iqp_redis_url *u, char *err, size_t errlen) {
+static int parse_unix(const char *url, const char *shown, iqp_redis_url *u, char *err, size_t errlen) {
     const char *path = url + strlen("unix://");
     const char *q = strchr(path, '?');
     size_t plen = q ? (size_t)(q - path) : strlen(path);
     if (plen == 0 || path[0] != '/') {
-        snprintf(err, errlen, "Redis URL '%s': unix:// needs an absolute socket path", url);
+        snprintf(err, errlen, "Redis URL '%s': unix:// needs an absolute socket path", shown);
         return -1;
     }
     if (copy_part(u->host, sizeof u->host, path, plen) < 0) {
-        snprintf(err, errlen, "Redis URL '%s': socket path too long", url);
+        snprintf(err, errlen, "Redis URL '%s': socket path too long", shown);
         return -1;
     }
     if (q && (strncmp(q, "?db=", 4) != 0 || parse_int(q + 4, strlen(q + 4), 0, 1 << 20, &u->db) < 0)) {
-        snprintf(err, errlen, "Redis URL '%s': the only query parameter is ?db=N", url);
+        snprintf(err, errlen, "Redis URL '%s': the only query parameter is ?db=N", shown);
         return -1;
     }
     u->is_unix = 1;
@@ -87,9 +88,11 @@ int iqp_redis_url_parse(const char *url, iqp_redis_url *u, char *err, size_t err
         snprintf(err, errlen, "empty Redis URL (expected redis://host:port/db or unix:///path)");
         return -1;
     }
-    if (strncmp(url, "unix://", 7) == 0) return parse_unix(url, u, err, errlen);
+    char shown[600];
+    iqp_redis_url_mask(url, shown, sizeof shown);
+    if (strncmp(url, "unix://", 7) == 0) return parse_unix(url, shown, u, err, errlen);
     if (strncmp(url, "redis://", 8) != 0) {
-        snprintf(err, errlen, "Redis URL '%s' must start with redis:// or unix://", url);
+        snprintf(err, errlen, "Redis URL '%s' must start with redis:// or unix://", shown);
         return -1;
     }
     const char *p = url + 8, *end = p + strlen(p);
@@ -103,12 +106,60 @@ int iqp_redis_url_parse(const char *url, iqp_redis_url *u, char *err, size_t err
     }
     const char *hp = auth_end ? auth_end + 1 : p;
     if (parse_hostport(hp, (size_t)((slash ? slash : end) - hp), u) < 0) {
-        snprintf(err, errlen, "Redis URL '%s': expected host[:port] with a port in 1..65535", url);
+        snprintf(err, errlen, "Redis URL '%s': expected host[:port] with a port in 1..65535", shown);
         return -1;
     }
     if (slash && slash + 1 < end && parse_int(slash + 1, (size_t)(end - slash - 1), 0, 1 << 20, &u->db) < 0) {
-        snprintf(err, errlen, "Redis URL '%s': the database after '/' must be a number", url);
+        snprintf(err, errlen, "Redis URL '%s': the database after '/' must be a number", shown);
         return -1;
+    }
+    return 0;
+}
+
+void iqp_redis_url_mask(const char *url, char *out, size_t cap) {
+    if (!url) url = "";
+    const char *scheme = strstr(url, "://");
+    const char *start = scheme ? scheme + 3 : url;
+    /* the last '@' anywhere: a password may hold '/' or '@' (then the
+     * URL does not parse, and the message must not show it either) */
+    const char *at = strrchr(start, '@');
+    if (!at) {
+        snprintf(out, cap, "%s", url);
+        return;
+    }
+    const char *colon = memchr(start, ':', (size_t)(at - start));
+    size_t keep = colon ? (size_t)(colon - url) + 1 : (size_t)(start - url);
+    snprintf(out, cap, "%.*s***%s", (int)keep, url, at);
+}
+
+int iqp_redis_url_resolve(const char **url, const char *url_file, int use_env, char *buf, size_t cap,
+                          char *err, size_t errlen) {
+    if (*url && url_file) {
+        snprintf(err, errlen, "give a Redis URL or a Redis URL file (%s), not both", url_file);
+        return -1;
+    }
+    if (url_file) {
+        FILE *f = fopen(url_file, "r");
+        if (!f) {
+            snprintf(err, errlen, "cannot read the Redis URL file %s: %s", url_file, strerror(errno));
+            return -1;
+        }
+        int got = fgets(buf, (int)cap, f) != NULL;
+        fclose(f);
+        size_t n = got ? strlen(buf) : 0;
+        while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ' || buf[n - 1] == '\t'))
+            buf[--n] = '\0';
+        if (n == 0) {
+            snprintf(err, errlen, "the Redis URL file %s is empty (it must hold the URL on its first line)", url_file);
+            return -1;
+        }
+        *url = buf;
+        return 0;
+    }
+    const char *env = use_env && !*url ? getenv(IQP_REDIS_URL_ENV) : NULL;
+    if (env && *env) {
+        snprintf(buf, cap, "%s", env);
+        *url = buf;
     }
     return 0;
 }

@@ -25,6 +25,21 @@ typedef struct iqp_redis_url {
 /* 0, or -1 with a message naming what is wrong with the URL. */
 int iqp_redis_url_parse(const char *url, iqp_redis_url *out, char *err, size_t errlen);
 
+/* url as it may be shown: a password in it replaced by *** (also when
+ * url does not parse), for every message that echoes what was given. */
+void iqp_redis_url_mask(const char *url, char *out, size_t cap);
+
+/* Where a command's Redis URL comes from, so that a password need not be
+ * on a command line (visible in ps): *url (given by --redis or a
+ * config's redis.url), else the first line of url_file (--redis-url-file,
+ * redis.url_file; trailing white space dropped), else, when use_env, the
+ * environment variable IQP_REDIS_URL. *url is left NULL when none is
+ * given, and points into buf otherwise. 0, or -1 with err (both a URL and
+ * a file given, a file that cannot be read or is empty). */
+#define IQP_REDIS_URL_ENV "IQP_REDIS_URL"
+int iqp_redis_url_resolve(const char **url, const char *url_file, int use_env, char *buf, size_t cap,
+                          char *err, size_t errlen);
+
 /* The URL without its password, for messages ("redis://127.0.0.1:6379/0"). */
 void iqp_redis_url_describe(const iqp_redis_url *u, char *out, size_t cap);
 

@@ -162,6 +162,39 @@ START_TEST(urls_parse) {
 }
 END_TEST
 
+/* A password never appears in a message: URL errors show it as ***. */
+START_TEST(passwords_are_masked) {
+    iqp_redis_url u;
+    char err[512], shown[256];
+    static const char *const bad[] = {"redis://:s3cret@127.0.0.1:70000", "redis://ranker:s3cret@[::1",
+                                      "redis://:s3/cret@127.0.0.1", "http://:s3cret@x", "redis://s3cret@h:1/x",
+                                      NULL};
+    for (const char *const *b = bad; *b; b++) {
+        ck_assert_int_eq(iqp_redis_url_parse(*b, &u, err, sizeof err), -1);
+        ck_assert_msg(!strstr(err, "s3") && !strstr(err, "cret") && strstr(err, "***"), "%s -> %s", *b, err);
+    }
+    iqp_redis_url_mask("redis://ranker:pw@127.0.0.1:1/0", shown, sizeof shown);
+    ck_assert_str_eq(shown, "redis://ranker:***@127.0.0.1:1/0");
+    iqp_redis_url_mask("redis://pw@127.0.0.1", shown, sizeof shown);
+    ck_assert_str_eq(shown, "redis://***@127.0.0.1");
+    iqp_redis_url_mask("unix:///run/redis.sock?db=1", shown, sizeof shown);
+    ck_assert_str_eq(shown, "unix:///run/redis.sock?db=1");
+    /* every command that takes a URL: a bad one is a usage error that
+     * does not echo the password */
+    static const char *const cmds[] = {
+        "lookup --redis 'redis://:s3cret@127.0.0.1:0' --query q -- a",
+        "publish --store /nonexistent --redis 'redis://:s3cret@127.0.0.1:0'",
+        "refresh --store /nonexistent --redis 'redis://u:s3cret@127.0.0.1:99999'",
+        "stream --store /nonexistent --brokers 127.0.0.1:1 --redis 'redis://:s3cret@[::1'", NULL};
+    for (const char *const *c = cmds; *c; c++) {
+        char *out = NULL, *cmd = tu_fmt("'%s' %s 2>&1", tu_iqp(), *c);
+        int rc = tu_run(cmd, &out);
+        ck_assert_msg(rc == 2 && !strstr(out, "s3cret") && strstr(out, "***"), "%s: exit %d: %s", *c, rc, out);
+        free(out), free(cmd);
+    }
+}
+END_TEST
+
 /* ---- the published store ------------------------------------------------------------ */
 
 typedef struct context {
@@ -171,6 +204,7 @@ typedef struct context {
 } context;
 
 static char *setup_error, *dir, *store, *traffic, *redis_url;
+static char *lookup_cmd(const char *source, const context *c);
 static oracle *orc;
 static int redis_port;
 static pid_t redis_pid;
@@ -391,6 +425,41 @@ START_TEST(bad_call_between_good_calls) {
     free(long_query);
     free(v);
     iqp_client_close(cl);
+}
+END_TEST
+
+/* The URL from $IQP_REDIS_URL or --redis-url-file reads what --redis
+ * reads; a password in it is never printed, even when Redis refuses it. */
+START_TEST(url_from_env_and_file) {
+    require_setup();
+    const context *c = &contexts[0];
+    char *file = tu_fmt("%s/redis.url", dir), *direct = tu_fmt("--redis %s", redis_url);
+    char *write = tu_fmt("printf '%%s\\n' '%s' > '%s'", redis_url, file);
+    ck_assert(run_ok(write));
+    char *via_file = tu_fmt("--redis-url-file '%s'", file);
+    char *c1 = lookup_cmd(direct, c), *c2 = lookup_cmd(via_file, c), *c3 = lookup_cmd("", c);
+    char *c3env = tu_fmt("IQP_REDIS_URL='%s' %s", redis_url, c3);
+    char *o1 = NULL, *o2 = NULL, *o3 = NULL;
+    ck_assert(tu_run(c1, &o1) == 0 && tu_run(c2, &o2) == 0 && tu_run(c3env, &o3) == 0);
+    ck_assert_msg(strlen(o1) > 100 && strcmp(o1, o2) == 0 && strcmp(o1, o3) == 0,
+                  "--redis printed\n%s\n--redis-url-file printed\n%s\n$IQP_REDIS_URL printed\n%s", o1, o2, o3);
+    /* iqp publish from the environment */
+    char *pub = tu_fmt("IQP_REDIS_URL='%s' '%s' publish --store '%s' --quiet", redis_url, tu_iqp(), store);
+    ck_assert(run_ok(pub));
+    /* a missing file and an empty one are usage errors naming the file */
+    char *out = NULL, *cmd = tu_fmt("'%s' lookup --redis-url-file '%s/none' --query q -- a 2>&1", tu_iqp(), dir);
+    ck_assert_int_eq(tu_run(cmd, &out), 2);
+    ck_assert_msg(strstr(out, "/none"), "%s", out);
+    free(out), free(cmd);
+    /* a wrong password: the failure names the server, never the password */
+    char *bad = tu_fmt("printf 'redis://:s3cret@127.0.0.1:%d/0\\n' > '%s'", redis_port, file);
+    ck_assert(run_ok(bad));
+    cmd = tu_fmt("'%s' lookup --redis-url-file '%s' --query q -- a 2>&1", tu_iqp(), file);
+    int rc = tu_run(cmd, &out);
+    ck_assert_msg(rc == 1 && !strstr(out, "s3cret") && strstr(out, "AUTH"), "exit %d: %s", rc, out);
+    free(out), free(cmd);
+    free(o1), free(o2), free(o3), free(c1), free(c2), free(c3), free(c3env);
+    free(via_file), free(file), free(direct);
 }
 END_TEST
 
@@ -937,6 +1006,7 @@ int main(void) {
     tcase_add_test(unit, value_decoder_refuses_bad_bytes);
     tcase_add_test(unit, hash_keys_follow_the_document);
     tcase_add_test(unit, urls_parse);
+    tcase_add_test(unit, passwords_are_masked);
     tcase_add_test(unit, publish_rejects_bad_usage);
     suite_add_tcase(s, unit);
     TCase *srv = tcase_create("redis-server");
@@ -945,6 +1015,7 @@ int main(void) {
     tcase_add_test(srv, libiqp_equals_the_oracle);
     tcase_add_test(srv, bad_call_between_good_calls);
     tcase_add_test(srv, hostile_replies_are_bounded);
+    tcase_add_test(srv, url_from_env_and_file);
     tcase_add_test(srv, huge_value_in_redis_is_refused);
     tcase_add_test(srv, lookup_redis_equals_lookup_store);
     tcase_add_test(srv, readme_example_compiles_and_runs);
