@@ -116,7 +116,7 @@ static iqp_status redis_failed(iqp_client *c, const char *what) {
 
 const char *iqp_status_name(iqp_status s) {
     static const char *names[] = {"ok", "invalid argument", "cannot connect", "timeout",
-                                  "protocol error", "unknown layout", "nothing published",
+                                  "protocol error", "unknown layout", "no features published",
                                   "out of memory"};
     return (unsigned)s < sizeof names / sizeof names[0] ? names[s] : "unknown status";
 }
@@ -198,9 +198,6 @@ static iqp_status adopt_meta(iqp_client *c, uint64_t gen, const redisReply *r) {
         return set_error(c, IQP_EPROTOCOL, "HMGET %s:%llu:meta: unexpected reply", c->prefix,
                          (unsigned long long)gen);
     const redisReply *ver = hash_field(r, 0), *fp = hash_field(r, 1), *layout = hash_field(r, 2);
-    if (!ver && !fp && !layout)
-        return set_error(c, IQP_EPROTOCOL, "%s:%llu:meta is missing although %s:gen names generation %llu",
-                         c->prefix, (unsigned long long)gen, c->prefix, (unsigned long long)gen);
     if (!ver || !fp || !layout)
         return set_error(c, IQP_EPROTOCOL, "%s:%llu:meta lacks layout_version, fingerprint or layout",
                          c->prefix, (unsigned long long)gen);
@@ -226,27 +223,41 @@ static iqp_status adopt_meta(iqp_client *c, uint64_t gen, const redisReply *r) {
     return IQP_OK;
 }
 
+static iqp_status no_generation(iqp_client *c, const char *why) {
+    return set_error(c, IQP_NO_GENERATION, "no features published under prefix '%s' (%.300s); is iqp stream running "
+                     "with --redis, or did the last publish's TTL run out?", c->prefix, why);
+}
+
 /* Reads the current generation and its meta (two round trips; only on
- * open and after a switch). */
+ * open and after a switch). The pointer and its meta expire at the same
+ * instant, but the meta can be gone by the time it is read after the
+ * pointer: then the pointer is read once more. */
 static iqp_status load_generation(iqp_client *c) {
     iqp_status s = connect_now(c);
     if (s) return s;
-    redisReply *r;
-    if ((s = bounded_command(c, &r, "GET", 1, GEN_REPLY_MAX, "GET %s:gen", c->prefix))) return s;
-    uint64_t gen = reply_generation(r);
-    int missing = r->type == REDIS_REPLY_NIL;
-    freeReplyObject(r);
-    if (missing)
-        return set_error(c, IQP_ENODATA, "nothing is published under prefix '%s' (no %s:gen key); is "
-                         "iqp stream running with --redis?", c->prefix, c->prefix);
-    if (gen == 0) return set_error(c, IQP_EPROTOCOL, "%s:gen does not hold a generation number", c->prefix);
-    if ((s = bounded_command(c, &r, "HMGET meta", 4, META_STRING_MAX,
-                             "HMGET %s:%llu:meta layout_version fingerprint layout", c->prefix,
-                             (unsigned long long)gen)))
-        return s;
-    s = adopt_meta(c, gen, r);
-    freeReplyObject(r);
-    return s;
+    uint64_t gen = 0;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        redisReply *r;
+        if ((s = bounded_command(c, &r, "GET", 1, GEN_REPLY_MAX, "GET %s:gen", c->prefix))) return s;
+        gen = reply_generation(r);
+        int missing = r->type == REDIS_REPLY_NIL;
+        freeReplyObject(r);
+        if (missing) return no_generation(c, "no :gen key");
+        if (gen == 0) return set_error(c, IQP_EPROTOCOL, "%s:gen does not hold a generation number", c->prefix);
+        if ((s = bounded_command(c, &r, "HMGET meta", 4, META_STRING_MAX,
+                                 "HMGET %s:%llu:meta layout_version fingerprint layout", c->prefix,
+                                 (unsigned long long)gen)))
+            return s;
+        int gone = r->type == REDIS_REPLY_ARRAY && r->elements == 3 && r->element[0]->type == REDIS_REPLY_NIL &&
+                   r->element[1]->type == REDIS_REPLY_NIL && r->element[2]->type == REDIS_REPLY_NIL;
+        if (!gone) s = adopt_meta(c, gen, r);
+        freeReplyObject(r);
+        if (!gone) return s;
+    }
+    char why[320];
+    snprintf(why, sizeof why, "generation %llu, named by %s:gen, has no meta: it expired", (unsigned long long)gen,
+             c->prefix);
+    return no_generation(c, why);
 }
 
 iqp_client *iqp_client_open(const char *url, const iqp_client_options *options) {
@@ -445,8 +456,7 @@ static iqp_status read_pipeline(iqp_client *c, const lookup_ctx *lc, const char 
     *seen_gen = reply_generation(r);
     int missing = r->type == REDIS_REPLY_NIL;
     freeReplyObject(r);
-    if (missing) s = set_error(c, IQP_ENODATA, "nothing is published under prefix '%s' (no %s:gen key)",
-                               c->prefix, c->prefix);
+    if (missing) s = no_generation(c, "no :gen key");
     for (size_t f = 0; f < c->cfg.n_features; f++) {
         if (!feature_applies(c, f, lc)) continue;
         iqp_status rs = read_reply(c, "HMGET", &r);
@@ -469,7 +479,7 @@ static void fill_not_applicable(const iqp_client *c, const lookup_ctx *lc, size_
 
 static iqp_status check_args(iqp_client *c, const char *const *items, size_t n_items, double *out,
                              size_t out_len) {
-    if (!c->have_layout) return c->status ? c->status : set_error(c, IQP_ENODATA, "client has no layout");
+    if (!c->have_layout) return c->status ? c->status : set_error(c, IQP_NO_GENERATION, "client has no layout");
     if (n_items && (!items || !out)) return set_error(c, IQP_EINVAL, "items and out must not be NULL");
     if (out_len < iqp_client_result_len(c, n_items))
         return set_error(c, IQP_EINVAL, "out holds %zu doubles; %zu items need %zu", out_len, n_items,

@@ -49,7 +49,10 @@ typedef enum iqp_status {
     IQP_ETIMEOUT = 3,  /* Redis did not answer within the timeout */
     IQP_EPROTOCOL = 4, /* Redis answered something that is not iqp's layout, or more than the call can need */
     IQP_ELAYOUT = 5,   /* a layout version this libiqp does not know, or the layout changed */
-    IQP_ENODATA = 6,   /* nothing is published under this prefix */
+    IQP_NO_GENERATION = 6, /* no features published: no live generation under this prefix (never
+                              published, or its TTL ran out: the pointer and its generation expire
+                              together) */
+    IQP_ENODATA = IQP_NO_GENERATION, /* the former name */
     IQP_ENOMEM = 7,
 } iqp_status;
 

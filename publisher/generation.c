@@ -21,6 +21,7 @@
 
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,6 +43,8 @@ typedef struct gen_writer {
     char prefix[128], lease_value[160], where[300];
     int inflight;
     int64_t lease_renewed_ms;
+    int64_t started_ms;           /* monotonic, when the writes began */
+    char deadline[32];            /* Redis time (ms) when every key of the new generation expires */
     unsigned char *buf;
     size_t buf_cap;
     iqp_generation_stats *stats;
@@ -107,13 +110,26 @@ static unsigned char *scratch(gen_writer *g, size_t need) {
     return g->buf;
 }
 
+/* ---- test hook -------------------------------------------------------------------- */
+
+void iqp_failpoint(const char *name) {
+    const char *spec = getenv("IQP_FAILPOINT");
+    size_t n = strlen(name);
+    for (const char *p = spec; p && *p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL) {
+        if (strncmp(p, name, n) != 0 || p[n] != '=') continue;
+        const char *action = p + n + 1;
+        if (strncmp(action, "kill", 4) == 0) kill(getpid(), SIGKILL);
+        if (strncmp(action, "sleep:", 6) == 0) usleep((useconds_t)atoi(action + 6) * 1000);
+    }
+}
+
 /* ---- the lease ------------------------------------------------------------------- */
 
 static const char *RENEW_SCRIPT =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
     "else return 0 end";
 static const char *FLIP_SCRIPT =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[2], ARGV[2]) return 1 "
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[2], ARGV[2], 'PXAT', ARGV[3]) return 1 "
     "else return 0 end";
 
 static const char *TAKE_SCRIPT =
@@ -191,6 +207,21 @@ static int read_served(gen_writer *g, const char *fingerprint, uint64_t *served)
                 "prefix or database", g->where, g->prefix, g->prefix, *served);
 }
 
+/* The new generation's keys expire at Redis's TIME + ttl (Redis's clock,
+ * not ours: PEXPIREAT is judged by it). */
+static int set_deadline(gen_writer *g) {
+    redisReply *r = command(g, "TIME");
+    if (!r) return -1;
+    int ok = r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->type == REDIS_REPLY_STRING &&
+             r->element[1]->type == REDIS_REPLY_STRING;
+    int64_t now_ms = ok ? strtoll(r->element[0]->str, NULL, 10) * 1000 + strtoll(r->element[1]->str, NULL, 10) / 1000 : 0;
+    freeReplyObject(r);
+    if (!ok) return fail(g, -1, "TIME on Redis at %s: unexpected reply", g->where);
+    snprintf(g->deadline, sizeof g->deadline, "%" PRId64, now_ms + g->pc->ttl_ms);
+    g->started_ms = iqp_mono_ms();
+    return 0;
+}
+
 static int allocate(gen_writer *g, uint64_t served, uint64_t *n) {
     for (int attempt = 0; attempt < 2; attempt++) {
         redisReply *r = command(g, "INCR %s:gen:next", g->prefix);
@@ -239,7 +270,7 @@ static int write_meta(gen_writer *g, uint64_t n, const char *layout, const char 
     free(priors);
     if (!rep) return -1;
     freeReplyObject(rep);
-    rep = command(g, "PEXPIRE %s:%" PRIu64 ":meta %" PRId64, g->prefix, n, g->pc->ttl_ms);
+    rep = command(g, "PEXPIREAT %s:%" PRIu64 ":meta %s", g->prefix, n, g->deadline);
     if (!rep) return -1;
     freeReplyObject(rep);
     return 0;
@@ -291,15 +322,15 @@ static int write_context(gen_writer *g, uint64_t n, size_t ci) {
     iqp_refresh_context c;
     iqp_refresh_get_context(g->r, ci, &c);
     size_t klen;
-    char *key = context_key(g, n, &c, 0, &klen), ttl[32];
+    char *key = context_key(g, n, &c, 0, &klen);
     int rc = 0;
     for (size_t from = 0; rc == 0 && (from < c.n_entities || from == 0); from += HSET_ITEMS) {
         size_t count = c.n_entities - from < HSET_ITEMS ? c.n_entities - from : HSET_ITEMS;
         rc = write_items(g, key, klen, &c, from, count);
         if (c.n_entities == 0) break;
     }
-    const char *exp[3] = {"PEXPIRE", key, ttl};
-    size_t elens[3] = {7, klen, (size_t)snprintf(ttl, sizeof ttl, "%" PRId64, g->pc->ttl_ms)};
+    const char *exp[3] = {"PEXPIREAT", key, g->deadline};
+    size_t elens[3] = {9, klen, strlen(g->deadline)};
     if (rc == 0) rc = pipe_send(g, 3, exp, elens);
     g->stats->hashes++;
     free(key);
@@ -307,8 +338,8 @@ static int write_context(gen_writer *g, uint64_t n, size_t ci) {
         key = context_key(g, n, &c, 1, &klen);
         unsigned char *v = scratch(g, iqp_generation_topk_size(g->r, ci));
         size_t vlen = iqp_generation_encode_topk(g->r, ci, v);
-        const char *argv[5] = {"SET", key, (const char *)v, "PX", ttl};
-        size_t lens[5] = {3, klen, vlen, 2, strlen(ttl)};
+        const char *argv[5] = {"SET", key, (const char *)v, "PXAT", g->deadline};
+        size_t lens[5] = {3, klen, vlen, 4, strlen(g->deadline)};
         rc = pipe_send(g, 5, argv, lens);
         g->stats->topk_keys++;
         free(key);
@@ -358,10 +389,19 @@ size_t iqp_generation_encode_topk(const iqp_refresh_result *r, size_t c, unsigne
 
 /* ---- flip and expiry ------------------------------------------------------------------- */
 
+/* Switches readers to n, whose keys all expire at g->deadline: the
+ * pointer gets the same deadline, so the generation and its pointer die
+ * together. A publish that took half the TTL is not served: its keys
+ * would live on for less than half the TTL. */
 static int flip(gen_writer *g, uint64_t n) {
     if (pipe_drain(g, 0) < 0) return -1;
-    redisReply *r = command(g, "EVAL %s 2 %s:lease %s:gen %s %" PRIu64, FLIP_SCRIPT, g->prefix, g->prefix,
-                            g->lease_value, n);
+    int64_t took = iqp_mono_ms() - g->started_ms;
+    if (2 * took > g->pc->ttl_ms)
+        return fail(g, -1, "the publish took %" PRId64 " ms, more than half the TTL (%" PRId64 " ms): generation %"
+                    PRIu64 " would expire too soon after it is served; not served, use a longer TTL (--redis-ttl)",
+                    took, g->pc->ttl_ms, n);
+    redisReply *r = command(g, "EVAL %s 2 %s:lease %s:gen %s %" PRIu64 " %s", FLIP_SCRIPT, g->prefix, g->prefix,
+                            g->lease_value, n, g->deadline);
     if (!r) return -1;
     int ok = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
     freeReplyObject(r);
@@ -402,18 +442,23 @@ static int write_generation(gen_writer *g, uint64_t *n_out) {
     char *layout = iqp_config_layout_json(g->cfg), fingerprint[24];
     snprintf(fingerprint, sizeof fingerprint, "%016llx", (unsigned long long)XXH3_64bits(layout, strlen(layout)));
     uint64_t served = 0, n = 0;
-    int rc = read_served(g, fingerprint, &served);
+    int rc = set_deadline(g);
+    if (rc == 0) rc = read_served(g, fingerprint, &served);
     if (rc == 0) rc = allocate(g, served, &n);
     if (rc == 0) rc = write_meta(g, n, layout, fingerprint);
+    if (rc == 0) iqp_failpoint("generation.meta");
     free(layout);
     g->stats->old_generation = served;
     g->stats->new_generation = n;
     for (size_t c = 0; rc == 0 && c < iqp_refresh_n_contexts(g->r); c++) {
         rc = write_context(g, n, c);
+        if (rc == 0 && c == 0 && (rc = pipe_drain(g, 0)) == 0) iqp_failpoint("generation.values");
         if (rc == 0) rc = lease_renew(g, 0);
     }
     if (rc == 0) rc = lease_renew(g, 1);
+    if (rc == 0) iqp_failpoint("generation.before_flip");
     if (rc == 0) rc = flip(g, n);
+    if (rc == 0) iqp_failpoint("generation.after_flip");
     *n_out = n;
     return rc;
 }

@@ -40,6 +40,14 @@ void iqp_lease_value(char *out, size_t cap, const char *role);
 struct redisContext;
 void iqp_lease_release(struct redisContext *redis, const char *prefix, const char *value);
 
+/* Test hook: when the environment variable IQP_FAILPOINT holds
+ * "<name>=kill" the process SIGKILLs itself here, with "<name>=sleep:MS"
+ * it sleeps MS ms (several entries separated by ','). The tests use it
+ * to stop a writer at an exact point (tests/check_redis.c); unset, it
+ * costs one getenv. Names: generation.meta, generation.values,
+ * generation.before_flip, generation.after_flip, publish.resync. */
+void iqp_failpoint(const char *name);
+
 typedef struct iqp_generation_stats {
     uint64_t old_generation, new_generation;
     uint64_t hashes, values, topk_keys, expired_keys;

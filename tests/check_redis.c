@@ -972,6 +972,103 @@ START_TEST(refresh_swaps_generations_whole) {
 }
 END_TEST
 
+/* ---- TTLs: the pointer and its generation live and die together (issue 18, item 3) ---- */
+
+/* redis-cli on database db, trailing newline removed. */
+static char *db_get(int db, const char *args) {
+    char *a = tu_fmt("-n %d %s", db, args), *out = redis_get(a);
+    free(a);
+    return out;
+}
+
+static long long db_int(int db, const char *fmt, const char *arg) {
+    char *args = tu_fmt(fmt, arg), *out = db_get(db, args);
+    long long v = strtoll(out, NULL, 10);
+    free(out), free(args);
+    return v;
+}
+
+/* Waits (bounded) until the pointer of database db is gone. */
+static int wait_pointer_gone(int db, int max_ms) {
+    for (int waited = 0; waited <= max_ms; waited += 50) {
+        char *g = db_get(db, "EXISTS iqp:gen");
+        int gone = strcmp(g, "0") == 0;
+        free(g);
+        if (gone) return 1;
+        usleep(50000);
+    }
+    return 0;
+}
+
+START_TEST(pointer_and_generation_expire_together) {
+    require_setup();
+    const int db = 2;
+    char *url = tu_fmt("redis://127.0.0.1:%d/%d", redis_port, db);
+    free(db_get(db, "FLUSHDB"));
+    ck_assert(run_ok(tu_fmt("'%s' publish --store '%s' --redis %s --all --redis-ttl 3s --quiet", tu_iqp(), store, url)));
+    /* publish --all hands out its generation number with INCR, as the
+     * layout document says */
+    char *gen = db_get(db, "GET iqp:gen"), *next = db_get(db, "GET iqp:gen:next");
+    ck_assert_msg(strcmp(gen, next) == 0 && atoi(gen) >= 1, "iqp:gen %s, iqp:gen:next %s", gen, next);
+    char *meta = tu_fmt("iqp:%s:meta", gen);
+    long long t_gen = db_int(db, "PEXPIRETIME %s", "iqp:gen"), t_meta = db_int(db, "PEXPIRETIME %s", meta);
+    ck_assert_msg(t_gen > 0 && t_gen == t_meta, "PEXPIRETIME of the pointer %lld, of its meta %lld", t_gen, t_meta);
+    iqp_client_options o;
+    iqp_client_options_init(&o);
+    o.timeout_ms = 2000;
+    iqp_client *cl = iqp_client_open(url, &o);
+    ck_assert_msg(iqp_client_status(cl) == IQP_OK, "%s", iqp_client_errstr(cl));
+    const context *c = &contexts[0];
+    size_t len = iqp_client_result_len(cl, c->n_items);
+    double *v = malloc(len * sizeof *v);
+    ck_assert_int_eq(iqp_client_lookup(cl, c->query, c->country, c->gender, c->items, c->n_items, v, len), IQP_OK);
+    /* after the TTL: no live generation, a distinct status, and the CLI says so */
+    ck_assert_msg(wait_pointer_gone(db, 10000), "iqp:gen still there 10 s after a 3 s TTL");
+    ck_assert_int_eq(iqp_client_lookup(cl, c->query, c->country, c->gender, c->items, c->n_items, v, len),
+                     IQP_NO_GENERATION);
+    ck_assert_msg(strstr(iqp_client_errstr(cl), "no features published"), "%s", iqp_client_errstr(cl));
+    iqp_client_close(cl);
+    cl = iqp_client_open(url, &o);
+    ck_assert_int_eq(iqp_client_status(cl), IQP_NO_GENERATION);
+    iqp_client_close(cl);
+    char *out = NULL, *cmd = tu_fmt("'%s' lookup --redis %s --query x -- a 2>&1", tu_iqp(), url);
+    int rc = tu_run(cmd, &out);
+    ck_assert_msg(rc == 1 && strstr(out, "no features published"), "exit %d: %s", rc, out);
+    free(out), free(cmd);
+    /* a refresh: every key of the new generation, its meta and the
+     * pointer share one expiry instant */
+    ck_assert(run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --redis %s --redis-ttl 30s --quiet 2>/dev/null",
+                            tu_iqp(), store, START_MS + 6LL * 3600 * 1000, url)));
+    free(gen), free(meta);
+    gen = db_get(db, "GET iqp:gen");
+    meta = tu_fmt("iqp:%s:meta", gen);
+    char *value_key = tu_fmt("'iqp:%s:q_item:%s'", gen, c->query), *top_key = tu_fmt("'iqp:%s:@top:q_item:%s'", gen,
+                                                                                   c->query);
+    t_gen = db_int(db, "PEXPIRETIME %s", "iqp:gen");
+    ck_assert(t_gen > 0);
+    ck_assert_int_eq(db_int(db, "PEXPIRETIME %s", meta), t_gen);
+    ck_assert_int_eq(db_int(db, "PEXPIRETIME %s", value_key), t_gen);
+    ck_assert_int_eq(db_int(db, "PEXPIRETIME %s", top_key), t_gen);
+    /* a TTL shorter than twice the publish: refused, the old generation stays served */
+    cmd = tu_fmt("IQP_FAILPOINT=generation.values=sleep:1200 '%s' refresh --store '%s' --as-of %lld --redis %s "
+                 "--redis-ttl 2s --quiet 2>&1", tu_iqp(), store, START_MS + 6LL * 3600 * 1000, url);
+    rc = tu_run(cmd, &out);
+    ck_assert_msg(rc == 1 && strstr(out, "half the TTL"), "exit %d: %s", rc, out);
+    char *after = db_get(db, "GET iqp:gen");
+    ck_assert_str_eq(after, gen);
+    free(out), free(cmd), free(after);
+    /* the same for a full publish */
+    free(db_get(db, "FLUSHDB"));
+    cmd = tu_fmt("IQP_FAILPOINT=publish.resync=sleep:1200 '%s' publish --store '%s' --redis %s --all "
+                 "--redis-ttl 2s 2>&1", tu_iqp(), store, url);
+    rc = tu_run(cmd, &out);
+    ck_assert_msg(rc == 1 && strstr(out, "shorter than twice"), "exit %d: %s", rc, out);
+    free(out), free(cmd);
+    free(db_get(db, "FLUSHDB"));
+    free(value_key), free(top_key), free(v), free(meta), free(gen), free(next), free(url);
+}
+END_TEST
+
 /* Bad usage of `iqp publish` exits 2 and names the problem. */
 START_TEST(publish_rejects_bad_usage) {
     static const struct {
@@ -1022,6 +1119,7 @@ int main(void) {
     tcase_add_test(srv, unknown_layout_is_refused);
     tcase_add_test(srv, client_times_out_and_recovers);
     tcase_add_test(srv, refresh_swaps_generations_whole);
+    tcase_add_test(srv, pointer_and_generation_expire_together);
     suite_add_tcase(s, srv);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
