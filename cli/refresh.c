@@ -140,7 +140,7 @@ static int publish(const refresh_opts *o, iqp_store *st, const iqp_refresh_resul
     if (rc < 0) return iqp_cli_fail(CMD, "%s", err);
     if (!o->quiet)
         fprintf(stderr, "refresh: generation %llu served (was %llu): %llu hashes, %llu values, %llu top-K keys in "
-                "%.3f s; %llu keys of the old generation expire in %lld ms\n",
+                "%.3f s; %llu keys of older or abandoned generations expire in %lld ms\n",
                 (unsigned long long)gs.new_generation, (unsigned long long)gs.old_generation,
                 (unsigned long long)gs.hashes, (unsigned long long)gs.values, (unsigned long long)gs.topk_keys,
                 gs.write_s, (unsigned long long)gs.expired_keys, (long long)o->grace_ms);

@@ -281,27 +281,24 @@ static void run_id_meta_key(const iqp_publisher *p, char *out, size_t cap) {
 /* ---- the publish lease ---------------------------------------------------------- */
 
 /* <prefix>:lease names the one process that writes the prefix (see
- * publisher/generation.h): taken or renewed here (PX IQP_LEASE_MS), or the
- * holder's name returned. */
-static const char *LEASE_SCRIPT =
-    "local v = redis.call('GET', KEYS[1]) "
-    "if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end "
-    "return v";
-
-/* 0 when the lease is ours, -1 (retry later) when Redis failed or another
- * process holds it. */
+ * publisher/generation.h). 0 when the lease is ours (taken, renewed or
+ * taken over from a dead holder), -1 (retry later) when Redis failed or
+ * another process holds it. */
 static int lease_hold(iqp_publisher *p) {
-    if (!p->lease_value[0]) iqp_lease_value(p->lease_value, sizeof p->lease_value, p->role);
-    redisReply *r = command(p, "lease", "EVAL %s 1 %s:lease %s %d", LEASE_SCRIPT, p->prefix, p->lease_value,
-                            IQP_LEASE_MS);
-    if (!r) return -1;
-    int ours = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
-    if (!ours)
+    char holder[256];
+    if (!p->lease_value[0] && iqp_lease_new_value(p->redis, p->prefix, p->role, p->lease_value,
+                                                  sizeof p->lease_value) < 0) {
+        note_error(p, "lease on Redis at %s failed: %s", p->where, p->lease_value);
+        p->lease_value[0] = '\0';
+        return -1;
+    }
+    int rc = iqp_lease_acquire(p->redis, p->prefix, p->lease_value, holder, sizeof holder);
+    if (rc < 0) note_error(p, "lease on Redis at %s failed: %s", p->where, holder);
+    if (rc == 0)
         note_error(p, "prefix '%s' on Redis at %s is being written by %s; changes stay queued until it is done",
-                   p->prefix, p->where, r->type == REDIS_REPLY_STRING ? r->str : "another process");
-    freeReplyObject(r);
-    if (ours) p->lease_renewed_ms = iqp_mono_ms();
-    return ours ? 0 : -1;
+                   p->prefix, p->where, holder);
+    if (rc == 1) p->lease_renewed_ms = iqp_mono_ms();
+    return rc == 1 ? 0 : -1;
 }
 
 static void lease_release(iqp_publisher *p) { iqp_lease_release(p->redis, p->prefix, p->lease_value); }

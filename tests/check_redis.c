@@ -40,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -1069,6 +1070,115 @@ START_TEST(pointer_and_generation_expire_together) {
 }
 END_TEST
 
+/* ---- a killed refresh (issue 13, item 10) ---------------------------------------- */
+
+static pid_t spawn_sh(const char *cmd) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Keys of database db that belong to a generation other than the served one. */
+static long long stale_keys(int db) {
+    char *n = db_get(db, "EVAL \"local g = redis.call('GET', 'iqp:gen') local n = 0 "
+                         "for _, k in ipairs(redis.call('KEYS', 'iqp:*')) do "
+                         "local x = string.match(k, '^iqp:(%d+):') if x and x ~= g then n = n + 1 end end "
+                         "return n\" 0");
+    long long v = strtoll(n, NULL, 10);
+    free(n);
+    return v;
+}
+
+static uint64_t served_digest(const char *url, const context *c) {
+    iqp_client_options o;
+    iqp_client_options_init(&o);
+    o.timeout_ms = 2000;
+    iqp_client *cl = iqp_client_open(url, &o);
+    ck_assert_msg(iqp_client_status(cl) == IQP_OK, "%s", iqp_client_errstr(cl));
+    uint64_t d = 0;
+    ck_assert_int_eq(answer_digest(cl, c, &d), 0);
+    iqp_client_close(cl);
+    return d;
+}
+
+/* kill -9 of `iqp refresh --redis` at each point of its publish: before
+ * the flip readers keep the old generation whole, after it the new one
+ * whole; the next refresh takes over the dead holder's lease at once,
+ * and every key of the abandoned (or replaced) generation is collected. */
+START_TEST(killed_refresh_leaves_nothing_half_done) {
+    require_setup();
+    const int db = 3;
+    const context *c = &contexts[0];
+    long long t2 = START_MS + 26LL * 3600 * 1000;
+    char *url = tu_fmt("redis://127.0.0.1:%d/%d", redis_port, db), *url4 = tu_fmt("redis://127.0.0.1:%d/4", redis_port);
+    free(db_get(4, "FLUSHDB"));
+    ck_assert(run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --redis %s --quiet 2>/dev/null", tu_iqp(), store,
+                            t2, url4)));
+    uint64_t d_new = served_digest(url4, c);
+    free(db_get(4, "FLUSHDB"));
+    static const char *const points[] = {"generation.meta", "generation.values", "generation.before_flip",
+                                         "generation.after_flip"};
+    for (size_t i = 0; i < sizeof points / sizeof points[0]; i++) {
+        free(db_get(db, "FLUSHDB"));
+        ck_assert(run_ok(tu_fmt("'%s' publish --store '%s' --redis %s --all --quiet", tu_iqp(), store, url)));
+        uint64_t d_old = served_digest(url, c);
+        ck_assert_msg(d_old != d_new, "the refresh changes nothing: a vacuous test");
+        char *g0 = db_get(db, "GET iqp:gen");
+        char *cmd = tu_fmt("IQP_FAILPOINT=%s=kill '%s' refresh --store '%s' --as-of %lld --redis %s --grace-ms 300 "
+                           "--quiet 2>/dev/null", points[i], tu_iqp(), store, t2, url);
+        int rc = tu_run(cmd, NULL);
+        ck_assert_msg(rc == 128 + SIGKILL, "%s: the refresh was not killed (exit %d)", points[i], rc);
+        char *g1 = db_get(db, "GET iqp:gen"), *lease = db_get(db, "EXISTS iqp:lease");
+        ck_assert_msg(strcmp(lease, "1") == 0, "%s: the killed writer's lease is not there", points[i]);
+        int flipped = strcmp(points[i], "generation.after_flip") == 0;
+        ck_assert_msg(flipped ? strcmp(g0, g1) != 0 : strcmp(g0, g1) == 0, "%s: pointer %s -> %s", points[i], g0, g1);
+        ck_assert_msg(served_digest(url, c) == (flipped ? d_new : d_old), "%s: readers see a mixed answer",
+                      points[i]);
+        /* the next refresh is not refused by the dead holder's lease */
+        ck_assert_msg(run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --redis %s --grace-ms 300 --quiet "
+                                    "2>/dev/null", tu_iqp(), store, t2, url)),
+                      "%s: the next refresh failed", points[i]);
+        ck_assert(served_digest(url, c) == d_new);
+        long long stale = -1;
+        for (int waited = 0; waited < 10000 && (stale = stale_keys(db)) != 0; waited += 100) usleep(100000);
+        ck_assert_msg(stale == 0, "%s: %lld keys of other generations left", points[i], stale);
+        fprintf(stderr, "redis: refresh killed at %s: pointer %s -> %s, readers whole, next refresh took over, "
+                "nothing left\n", points[i], g0, g1);
+        free(cmd), free(g0), free(g1), free(lease);
+    }
+    /* a live writer is never overtaken: a second refresh is refused */
+    char *slow = tu_fmt("IQP_FAILPOINT=generation.values=sleep:3000 '%s' refresh --store '%s' --as-of %lld "
+                        "--redis %s --quiet 2>/dev/null", tu_iqp(), store, t2, url);
+    pid_t pid = spawn_sh(slow);
+    ck_assert_int_gt(pid, 0);
+    char *g_before = db_get(db, "GET iqp:gen"), *meta_count = NULL;
+    /* wait until the slow writer holds the lease and has written its meta */
+    int waited = 0;
+    for (; waited < 10000; waited += 50) {
+        char *lease = db_get(db, "GET iqp:lease");
+        int held = strstr(lease, "iqp refresh") != NULL;
+        free(lease);
+        if (held) break;
+        usleep(50000);
+    }
+    ck_assert_msg(waited < 10000, "the slow refresh never took the lease");
+    char *out = NULL, *cmd = tu_fmt("'%s' refresh --store '%s' --as-of %lld --redis %s --quiet 2>&1", tu_iqp(), store,
+                                    t2, url);
+    int rc = tu_run(cmd, &out);
+    ck_assert_msg(rc == 1 && strstr(out, "being written by"), "a second writer: exit %d: %s", rc, out);
+    int status = 0;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the slow refresh failed");
+    char *g_after = db_get(db, "GET iqp:gen");
+    ck_assert_msg(strcmp(g_before, g_after) != 0, "the slow refresh did not flip");
+    free(db_get(db, "FLUSHDB"));
+    free(out), free(cmd), free(slow), free(g_before), free(g_after), free(meta_count), free(url), free(url4);
+}
+END_TEST
+
 /* Bad usage of `iqp publish` exits 2 and names the problem. */
 START_TEST(publish_rejects_bad_usage) {
     static const struct {
@@ -1120,6 +1230,7 @@ int main(void) {
     tcase_add_test(srv, client_times_out_and_recovers);
     tcase_add_test(srv, refresh_swaps_generations_whole);
     tcase_add_test(srv, pointer_and_generation_expire_together);
+    tcase_add_test(srv, killed_refresh_leaves_nothing_half_done);
     suite_add_tcase(s, srv);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
