@@ -93,8 +93,10 @@ size_t iqp_client_result_len(const iqp_client *c, size_t n_items);
 /* Looks up every feature for one query and user context and n_items items
  * (non-empty strings) into out (out_len >= iqp_client_result_len()).
  * query, country, gender may be NULL (features needing them read NaN).
- * One pipelined round trip; a second one only when the publisher has just
- * switched generations. */
+ * One pipelined round trip once the client knows the served generation
+ * (iqp_client_open reads the pointer and the meta: 2 round trips); a call
+ * that finds the publisher switched generations takes 3 more (pointer,
+ * meta, the pipeline again). */
 iqp_status iqp_client_lookup(iqp_client *c, const char *query, const char *country,
                              const char *gender, const char *const *items, size_t n_items,
                              double *out, size_t out_len);

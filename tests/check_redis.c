@@ -46,6 +46,7 @@
 #include <xxhash.h>
 
 #include "aggregator/config.h"
+#include "aggregator/normalize.h"
 #include "client/iqp.h"
 #include "client/redis_conn.h"
 #include "schemas/redis_value.h"
@@ -123,6 +124,36 @@ START_TEST(hash_keys_follow_the_document) {
     ck_assert_str_eq(key, "p:1:g_item:male");
     n = iqp_rv_hash_key(key, 4, "iqp", 7, "q_item", IQP_DIM_QUERY, NULL, NULL, "shoes", 5);
     ck_assert_uint_eq(n, strlen("iqp:7:q_item:shoes"));
+}
+END_TEST
+
+/* The document's list of country codes is the one the pipeline keeps:
+ * every two-letter code is kept iff the document lists it. */
+START_TEST(layout_doc_lists_the_country_codes) {
+    char *path = tu_fmt("%s/schemas/redis-layout.md", IQP_SRCDIR), *doc = tu_read_file(path, NULL);
+    ck_assert_ptr_nonnull(doc);
+    char *block = strstr(doc, "officially assigned ISO 3166-1 alpha-2 codes below");
+    ck_assert_ptr_nonnull(block);
+    block = strstr(block, "```text\n");
+    ck_assert_ptr_nonnull(block);
+    block += 8;
+    char *end = strstr(block, "```");
+    ck_assert_ptr_nonnull(end);
+    *end = 0;
+    size_t listed = 0;
+    for (char a = 'A'; a <= 'Z'; a++)
+        for (char b = 'A'; b <= 'Z'; b++) {
+            char code[3] = {a, b, 0}, out[3], word[4] = {a, b, 0, 0};
+            int in_doc = 0;
+            for (const char *p = block; (p = strstr(p, word)); p++)
+                if ((p == block || p[-1] == ' ' || p[-1] == '\n') && (p[2] == ' ' || p[2] == '\n' || !p[2])) in_doc = 1;
+            iqp_normalize_country(code, 2, out);
+            int kept = strcmp(out, code) == 0 && strcmp(code, "ZZ") != 0;
+            ck_assert_msg(in_doc == kept, "%s: listed %d, kept by the pipeline %d", code, in_doc, kept);
+            listed += in_doc;
+        }
+    ck_assert_uint_eq(listed, 249);
+    free(doc), free(path);
 }
 END_TEST
 
@@ -730,6 +761,31 @@ START_TEST(readme_example_compiles_and_runs) {
     ck_assert_msg(strcmp(py_out, want) == 0, "the Python reader printed\n%s\nlibiqp says\n%s", py_out, want);
     free(py_out);
     free(py_cmd);
+    /* with --json it prints what `iqp lookup --redis` prints, byte for byte
+     * (the document's formatting rules) */
+    char *lk_out = NULL, *lk_cmd = tu_fmt("'%s' lookup --redis %s --query %s --country %s --gender %s -- %s %s",
+                                          tu_iqp(), redis_url, q, c->country, c->gender, i0, i1);
+    py_cmd = tu_fmt("/usr/bin/python3 '%s' --json %s %s %s %s %s %s", py, redis_url, q, c->country, c->gender, i0, i1);
+    ck_assert(tu_run(lk_cmd, &lk_out) == 0);
+    ck_assert_msg(tu_run(py_cmd, &py_out) == 0, "the Python reader failed: %s", py_cmd);
+    ck_assert_msg(strlen(lk_out) > 100 && strcmp(py_out, lk_out) == 0,
+                  "the Python reader --json printed\n%s\niqp lookup --redis printed\n%s", py_out, lk_out);
+    free(py_out), free(py_cmd), free(lk_out), free(lk_cmd);
+    /* an empty field value is a broken value, not zeros: both refuse it */
+    redisContext *rc = redisConnect("127.0.0.1", redis_port);
+    ck_assert(rc && !rc->err);
+    redisReply *g = redisCommand(rc, "GET iqp:gen");
+    char *key = tu_fmt("iqp:%s:q_item:%s", g->str, c->query);
+    freeReplyObject(g);
+    freeReplyObject(redisCommand(rc, "HSET %s empty-item %b", key, "", (size_t)0));
+    py_cmd = tu_fmt("/usr/bin/python3 '%s' %s %s %s %s empty-item 2>/dev/null", py, redis_url, q, c->country, c->gender);
+    ck_assert_msg(tu_run(py_cmd, NULL) != 0, "the Python reader took an empty value");
+    const char *empty_item[1] = {"empty-item"};
+    ck_assert_int_eq(iqp_client_lookup(cl, c->query, c->country, c->gender, empty_item, 1, v,
+                                       iqp_client_result_len(cl, 1)), IQP_EPROTOCOL);
+    freeReplyObject(redisCommand(rc, "HDEL %s empty-item", key));
+    redisFree(rc);
+    free(key), free(py_cmd);
     free(py);
     free(want);
     free(v);
@@ -1214,6 +1270,7 @@ int main(void) {
     tcase_add_test(unit, hash_keys_follow_the_document);
     tcase_add_test(unit, urls_parse);
     tcase_add_test(unit, passwords_are_masked);
+    tcase_add_test(unit, layout_doc_lists_the_country_codes);
     tcase_add_test(unit, publish_rejects_bad_usage);
     suite_add_tcase(s, unit);
     TCase *srv = tcase_create("redis-server");
