@@ -25,13 +25,15 @@
 #include "aggregator/normalize.h"
 #include "cli/cli.h"
 #include "client/client_internal.h"
+#include "client/redis_conn.h"
 #include "store/store.h"
 
 static const char *CMD = "lookup";
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: iqp lookup (--store DIR | --redis URL) [--query Q] [--country CC]\n"
+            "usage: iqp lookup (--store DIR | --redis URL | --redis-url-file FILE)\n"
+            "                  [--query Q] [--country CC]\n"
             "                  [--gender G] [--as-of MS] [--feature NAME]... ITEM...\n"
             "\n"
             "Prints one JSON object per line per (feature, window, item) with the keys\n"
@@ -43,6 +45,9 @@ static void usage(FILE *out) {
             "  --redis URL      read what iqp stream published instead (redis://host:port/db\n"
             "                   or unix:///path), through libiqp; windows are as of the\n"
             "                   publisher's last write, so --as-of does not apply\n"
+            "  --redis-url-file FILE  the Redis URL on the first line of FILE (keeps a\n"
+            "                   password off the command line); without --store, --redis\n"
+            "                   and this, the URL in $IQP_REDIS_URL is used when set\n"
             "  --redis-prefix P the publisher's key prefix (default iqp)\n"
             "  --query Q        the raw query; normalized like events\n"
             "  --country CC     ISO 3166-1 alpha-2; anything else reads as ZZ\n"
@@ -57,7 +62,8 @@ static void usage(FILE *out) {
 }
 
 typedef struct lookup_opts {
-    const char *store_dir, *config_path, *query, *country, *gender, *redis_url, *prefix;
+    const char *store_dir, *config_path, *query, *country, *gender, *redis_url, *prefix, *redis_url_file;
+    char redis_url_buf[1024];
     int64_t as_of;
     int as_of_given;
     int n_features;
@@ -71,7 +77,7 @@ static int parse_opts(int argc, char **argv, lookup_opts *o) {
         {"as-of", required_argument, 0, 'a'},   {"feature", required_argument, 0, 'f'},
         {"config", required_argument, 0, 'C'},  {"help", no_argument, 0, 'h'},
         {"redis", required_argument, 0, 'r'},   {"redis-prefix", required_argument, 0, 'p'},
-        {0, 0, 0, 0}};
+        {"redis-url-file", required_argument, 0, 'F'}, {0, 0, 0, 0}};
     int c;
     memset(o, 0, sizeof *o);
     o->as_of = iqp_now_ms();
@@ -84,6 +90,7 @@ static int parse_opts(int argc, char **argv, lookup_opts *o) {
         case 'g': o->gender = optarg; break;
         case 'C': o->config_path = optarg; break;
         case 'r': o->redis_url = optarg; break;
+        case 'F': o->redis_url_file = optarg; break;
         case 'p': o->prefix = optarg; break;
         case 'a':
             if (iqp_cli_parse_i64(optarg, &o->as_of) < 0 || o->as_of < 0)
@@ -98,7 +105,15 @@ static int parse_opts(int argc, char **argv, lookup_opts *o) {
         default: return iqp_cli_usage_error(CMD, "unknown option");
         }
     }
-    if (!o->store_dir == !o->redis_url) return iqp_cli_usage_error(CMD, "give exactly one of --store DIR and --redis URL");
+    char err[512];
+    if (o->store_dir && (o->redis_url || o->redis_url_file))
+        return iqp_cli_usage_error(CMD, "give exactly one of --store DIR and --redis URL");
+    if (iqp_redis_url_resolve(&o->redis_url, o->redis_url_file, !o->store_dir, o->redis_url_buf,
+                              sizeof o->redis_url_buf, err, sizeof err) < 0)
+        return iqp_cli_usage_error(CMD, "%s", err);
+    if (!o->store_dir && !o->redis_url)
+        return iqp_cli_usage_error(CMD, "give exactly one of --store DIR and --redis URL (or set $%s)",
+                                   IQP_REDIS_URL_ENV);
     if (o->redis_url && (o->as_of_given || o->config_path))
         return iqp_cli_usage_error(CMD, "--as-of and --config apply to --store only");
     if (optind >= argc) return iqp_cli_usage_error(CMD, "no items given");

@@ -29,7 +29,8 @@ static const char *CMD = "publish";
 
 static void usage(FILE *out) {
     fprintf(out,
-            "usage: iqp publish --store DIR --redis URL [--all] [--redis-prefix P]\n"
+            "usage: iqp publish --store DIR (--redis URL | --redis-url-file FILE) [--all]\n"
+            "                   [--redis-prefix P]\n"
             "                   [--redis-ttl DURATION] [--quiet]\n"
             "\n"
             "Writes the store's features to Redis in the published layout\n"
@@ -42,6 +43,9 @@ static void usage(FILE *out) {
             "  --store DIR             the store\n"
             "  --redis URL             redis://[[user]:password@]host[:port][/db] or\n"
             "                          unix:///path/to/socket[?db=N]\n"
+            "  --redis-url-file FILE   the URL on the first line of FILE (keeps a password\n"
+            "                          off the command line); without either flag the URL\n"
+            "                          in $IQP_REDIS_URL is used\n"
             "  --all                   republish every key, not only the queue\n"
             "  --redis-prefix P        key prefix (default iqp)\n"
             "  --redis-ttl DURATION    TTL of every written key (default 8d)\n"
@@ -53,18 +57,20 @@ static void usage(FILE *out) {
 }
 
 typedef struct publish_opts {
-    const char *store_dir;
+    const char *store_dir, *url_file;
+    char url_buf[1024];
     int all, quiet;
     iqp_publisher_config redis;
 } publish_opts;
 
-enum { OPT_STORE = 1, OPT_REDIS, OPT_ALL, OPT_PREFIX, OPT_TTL, OPT_QUIET, OPT_HELP };
+enum { OPT_STORE = 1, OPT_REDIS, OPT_ALL, OPT_PREFIX, OPT_TTL, OPT_QUIET, OPT_HELP, OPT_URL_FILE };
 
 static int parse_option(publish_opts *o, int c, const char *arg) {
     int64_t ms;
     switch (c) {
     case OPT_STORE: o->store_dir = arg; return 0;
     case OPT_REDIS: o->redis.url = arg; return 0;
+    case OPT_URL_FILE: o->url_file = arg; return 0;
     case OPT_ALL: o->all = 1; return 0;
     case OPT_PREFIX: o->redis.prefix = arg; return 0;
     case OPT_QUIET: o->quiet = 1; return 0;
@@ -83,7 +89,8 @@ static int parse_args(int argc, char **argv, publish_opts *o) {
         {"store", required_argument, 0, OPT_STORE}, {"redis", required_argument, 0, OPT_REDIS},
         {"all", no_argument, 0, OPT_ALL}, {"redis-prefix", required_argument, 0, OPT_PREFIX},
         {"redis-ttl", required_argument, 0, OPT_TTL}, {"quiet", no_argument, 0, OPT_QUIET},
-        {"help", no_argument, 0, OPT_HELP}, {0, 0, 0, 0}};
+        {"help", no_argument, 0, OPT_HELP}, {"redis-url-file", required_argument, 0, OPT_URL_FILE},
+        {0, 0, 0, 0}};
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
@@ -95,8 +102,12 @@ static int parse_args(int argc, char **argv, publish_opts *o) {
     }
     if (optind < argc) return iqp_cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
     if (!o->store_dir) return iqp_cli_usage_error(CMD, "--store DIR is required");
-    if (!o->redis.url) return iqp_cli_usage_error(CMD, "--redis URL is required");
     char err[512];
+    if (iqp_redis_url_resolve(&o->redis.url, o->url_file, 1, o->url_buf, sizeof o->url_buf, err, sizeof err) < 0)
+        return iqp_cli_usage_error(CMD, "%s", err);
+    if (!o->redis.url)
+        return iqp_cli_usage_error(CMD, "--redis URL is required (or --redis-url-file FILE, or $%s)",
+                                   IQP_REDIS_URL_ENV);
     iqp_redis_url u;
     if (iqp_redis_url_parse(o->redis.url, &u, err, sizeof err) < 0) return iqp_cli_usage_error(CMD, "%s", err);
     if (!o->redis.prefix[0] || strlen(o->redis.prefix) > 100)

@@ -31,7 +31,7 @@ static void usage(FILE *out) {
             "usage: iqp refresh --store DIR [--as-of MS] [--backend cpu|cuda] [--threads N]\n"
             "                   [--smoothing A] [--top-k K] [--rank-measure NAME]\n"
             "                   [--dump FILE] [--redis URL] [--redis-prefix P] [--redis-ttl D]\n"
-            "                   [--grace-ms N] [--quiet]\n"
+            "                   [--redis-url-file FILE] [--grace-ms N] [--quiet]\n"
             "\n"
             "Recomputes, from one snapshot of the store, every (feature, context, item)\n"
             "and window: context_count, the counters summed over the window, the rates\n"
@@ -56,6 +56,8 @@ static void usage(FILE *out) {
             "                      the same snapshot gives the same bytes on any backend\n"
             "  --redis URL         publish to Redis as a new generation, then switch readers\n"
             "                      to it (refused while an iqp stream publishes there)\n"
+            "  --redis-url-file F  ... the URL on the first line of file F instead (keeps a\n"
+            "                      password off the command line)\n"
             "  --redis-prefix P    the publisher's key prefix (default iqp)\n"
             "  --redis-ttl D       TTL of the new generation's keys (default 8d)\n"
             "  --grace-ms N        the old generation's keys live N ms after the flip, for\n"
@@ -68,6 +70,8 @@ static void usage(FILE *out) {
 
 typedef struct refresh_opts {
     const char *store_dir, *config_path, *dump_path, *redis_url, *redis_prefix, *redis_ttl, *measure;
+    const char *redis_url_file;
+    char redis_url_buf[1024];
     iqp_refresh_params params;
     iqp_publisher_config redis;   /* from --redis* after publish_check */
     int64_t grace_ms;             /* old generation's keys live this long after the flip */
@@ -109,8 +113,11 @@ static int parse_backend(const char *s, iqp_refresh_backend *out) {
  * generation and flips readers to it (publisher/generation.h). Both return
  * 0, or an exit status after printing the problem. */
 static int publish_check(refresh_opts *o) {
-    if (!o->redis_url) return 0;
     char err[512];
+    if (iqp_redis_url_resolve(&o->redis_url, o->redis_url_file, 0, o->redis_url_buf, sizeof o->redis_url_buf, err,
+                              sizeof err) < 0)
+        return iqp_cli_usage_error(CMD, "%s", err);
+    if (!o->redis_url) return 0;
     iqp_redis_url u;
     if (iqp_redis_url_parse(o->redis_url, &u, err, sizeof err) < 0) return iqp_cli_usage_error(CMD, "%s", err);
     iqp_publisher_config_defaults(&o->redis);
@@ -133,7 +140,7 @@ static int publish(const refresh_opts *o, iqp_store *st, const iqp_refresh_resul
     if (rc < 0) return iqp_cli_fail(CMD, "%s", err);
     if (!o->quiet)
         fprintf(stderr, "refresh: generation %llu served (was %llu): %llu hashes, %llu values, %llu top-K keys in "
-                "%.3f s; %llu keys of the old generation expire in %lld ms\n",
+                "%.3f s; %llu keys of older or abandoned generations expire in %lld ms\n",
                 (unsigned long long)gs.new_generation, (unsigned long long)gs.old_generation,
                 (unsigned long long)gs.hashes, (unsigned long long)gs.values, (unsigned long long)gs.topk_keys,
                 gs.write_s, (unsigned long long)gs.expired_keys, (long long)o->grace_ms);
@@ -150,7 +157,8 @@ static int parse_opts(int argc, char **argv, refresh_opts *o) {
         {"dump", required_argument, 0, 'd'},      {"redis", required_argument, 0, 'r'},
         {"redis-prefix", required_argument, 0, 'p'}, {"quiet", no_argument, 0, 'q'},
         {"redis-ttl", required_argument, 0, 'T'}, {"grace-ms", required_argument, 0, 'g'},
-        {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
+        {"help", no_argument, 0, 'h'},            {"redis-url-file", required_argument, 0, 'F'},
+        {0, 0, 0, 0}};
     int c, rc = 0;
     int64_t v;
     memset(o, 0, sizeof *o);
@@ -164,6 +172,7 @@ static int parse_opts(int argc, char **argv, refresh_opts *o) {
         case 'C': o->config_path = optarg; break;
         case 'd': o->dump_path = optarg; break;
         case 'r': o->redis_url = optarg; break;
+        case 'F': o->redis_url_file = optarg; break;
         case 'p': o->redis_prefix = optarg; break;
         case 'T': o->redis_ttl = optarg; break;
         case 'g': rc = parse_number("--grace-ms", optarg, 0, 86400000, &o->grace_ms); break;

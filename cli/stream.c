@@ -70,6 +70,8 @@ static void usage(FILE *out) {
             "  --redis URL              publish changed features to Redis\n"
             "                           (redis://[:password@]host:port/db or unix:///path;\n"
             "                           redis.url; default: no publishing)\n"
+            "  --redis-url-file FILE    ... the URL on the first line of FILE instead, off\n"
+            "                           the command line (redis.url_file)\n"
             "  --redis-prefix P         key prefix in Redis (redis.prefix; default iqp)\n"
             "  --redis-ttl DURATION     TTL every write sets, e.g. 8d (redis.ttl; default 8d)\n"
             "  --redis-refresh on|off   when windows slide, republish everything as a new\n"
@@ -88,6 +90,8 @@ typedef struct stream_opts {
     const char *config_path, *store_dir, *imp_topic, *act_topic, *dl_topic, *dl_file, *listen;
     const char *ckpt_topic;
     iqp_publisher_config redis;           /* redis.url NULL: no publishing */
+    const char *redis_url_file;           /* redis.url_file, --redis-url-file */
+    char redis_url_buf[1024];
     int64_t drain_ms;
     int64_t flush_ms, flush_events;
     int progress;
@@ -190,7 +194,7 @@ static int parse_ttl(stream_opts *o, const char *text) {
 }
 
 static int read_redis_section(stream_opts *o, json_t *sec) {
-    static const char *known[] = {"url", "prefix", "ttl", "refresh", "connect_timeout_ms", "command_timeout_ms",
+    static const char *known[] = {"url", "url_file", "prefix", "ttl", "refresh", "connect_timeout_ms", "command_timeout_ms",
                                   "drain_ms", "batch_keys", "pipeline_depth", NULL};
     const char *key;
     json_t *v;
@@ -201,7 +205,11 @@ static int read_redis_section(stream_opts *o, json_t *sec) {
         while (*k && strcmp(*k, key) != 0) k++;
         if (!*k) return iqp_cli_usage_error(CMD, "config: unknown key \"redis.%s\"", key);
     }
-    if (config_string(sec, "url", &o->redis.url) || config_string(sec, "prefix", &o->redis.prefix)) return 2;
+    if (config_string(sec, "url", &o->redis.url) || config_string(sec, "url_file", &o->redis_url_file) ||
+        config_string(sec, "prefix", &o->redis.prefix))
+        return 2;
+    if (o->redis.url && o->redis_url_file)
+        return iqp_cli_usage_error(CMD, "config: give \"redis.url\" or \"redis.url_file\", not both");
     const char *ttl = NULL;
     if (config_string(sec, "ttl", &ttl) || (ttl && parse_ttl(o, ttl))) return 2;
     json_t *refresh = json_object_get(sec, "refresh");
@@ -246,7 +254,7 @@ static int read_config_sections(stream_opts *o) {
 
 enum { OPT_IMP = 256, OPT_ACT, OPT_FLUSH_MS, OPT_FLUSH_EV, OPT_DL_TOPIC, OPT_DL_FILE, OPT_LISTEN,
        OPT_PROP, OPT_PROGRESS, OPT_BROKERS, OPT_GROUP, OPT_CKPT, OPT_REDIS, OPT_REDIS_PREFIX,
-       OPT_REDIS_TTL, OPT_REDIS_REFRESH };
+       OPT_REDIS_TTL, OPT_REDIS_REFRESH, OPT_REDIS_URL_FILE };
 
 static const struct option longopts[] = {
     {"config", required_argument, 0, 'c'},           {"store", required_argument, 0, 's'},
@@ -261,6 +269,7 @@ static const struct option longopts[] = {
     {"redis", required_argument, 0, OPT_REDIS}, {"redis-prefix", required_argument, 0, OPT_REDIS_PREFIX},
     {"redis-ttl", required_argument, 0, OPT_REDIS_TTL}, {"redis-refresh", required_argument, 0, OPT_REDIS_REFRESH},
     {"progress", no_argument, 0, OPT_PROGRESS},      {"help", no_argument, 0, 'h'},
+    {"redis-url-file", required_argument, 0, OPT_REDIS_URL_FILE},
     {0, 0, 0, 0}};
 
 static int parse_positive(const char *flag, const char *arg, int64_t max, int64_t *out) {
@@ -299,7 +308,8 @@ static int apply_flag(stream_opts *o, int c) {
     case OPT_PROP: return add_prop_arg(o, optarg);
     case OPT_PROGRESS: o->progress = 1; return 0;
     case OPT_CKPT: o->ckpt_topic = optarg; return 0;
-    case OPT_REDIS: o->redis.url = optarg; return 0;
+    case OPT_REDIS: o->redis.url = optarg, o->redis_url_file = NULL; return 0;
+    case OPT_REDIS_URL_FILE: o->redis_url_file = optarg, o->redis.url = NULL; return 0;
     case OPT_REDIS_PREFIX: o->redis.prefix = optarg; return 0;
     case OPT_REDIS_TTL: return parse_ttl(o, optarg);
     case OPT_REDIS_REFRESH:
@@ -351,9 +361,12 @@ static int parse_opts(int argc, char **argv, stream_opts *o) {
     if (strcmp(o->imp_topic ? o->imp_topic : "impressions", o->act_topic ? o->act_topic : "actions") == 0)
         return iqp_cli_usage_error(CMD, "the impressions and actions topics must differ");
     if (o->redis.url && strcmp(o->redis.url, "off") == 0) o->redis.url = NULL;
+    char err[512];
+    if (iqp_redis_url_resolve(&o->redis.url, o->redis_url_file, 0, o->redis_url_buf, sizeof o->redis_url_buf, err,
+                              sizeof err) < 0)
+        return iqp_cli_usage_error(CMD, "%s", err);
     if (o->redis.url) {
         iqp_redis_url u;
-        char err[512];
         if (iqp_redis_url_parse(o->redis.url, &u, err, sizeof err) < 0) return iqp_cli_usage_error(CMD, "%s", err);
         if (!o->redis.prefix[0] || strlen(o->redis.prefix) > 100)
             return iqp_cli_usage_error(CMD, "the Redis key prefix must be 1..100 bytes");

@@ -32,6 +32,11 @@
 #include "schemas/redis_value.h"
 
 #define KEY_MAX 8192
+/* Reply bounds (issue 13): a generation number, the meta's layout JSON,
+ * and the shortest bound any string gets (an error reply's text). */
+#define GEN_REPLY_MAX 64
+#define META_STRING_MAX (1 << 20)
+#define STRING_MIN_BOUND 1024
 
 struct iqp_client {
     iqp_redis_url url;
@@ -46,6 +51,9 @@ struct iqp_client {
     char fingerprint[64];
     char measure_names[1 + 2 * IQP_MAX_COUNTERS][IQP_NAME_MAX + 8];
     char keys[IQP_MAX_FEATURES][KEY_MAX]; /* this call's hash keys */
+    size_t key_lens[IQP_MAX_FEATURES];
+    size_t unread;                /* replies queued on the connection and not read yet */
+    iqp_reply_limits limits;      /* what the replies being read may hold */
     const char **argv;            /* HMGET arguments, grown to the largest call */
     size_t *argvlen;
     size_t argv_cap;
@@ -79,6 +87,15 @@ static iqp_status set_ok(iqp_client *c) {
     return IQP_OK;
 }
 
+/* Drops the connection; the next call reconnects. Whatever was queued on
+ * it (commands not yet sent, replies not yet read) goes with it, so no
+ * later call can read an earlier call's replies. */
+static void drop_connection(iqp_client *c) {
+    if (c->redis) redisFree(c->redis);
+    c->redis = NULL;
+    c->unread = 0;
+}
+
 /* A failed Redis I/O: the connection is dropped (its state is unknown). */
 static iqp_status redis_failed(iqp_client *c, const char *what) {
     char where[400];
@@ -87,16 +104,19 @@ static iqp_status redis_failed(iqp_client *c, const char *what) {
     int timeout = c->redis && c->redis->err == REDIS_ERR_IO &&
                   strstr(c->redis->errstr, "temporarily unavailable");
     iqp_status s = timeout ? IQP_ETIMEOUT : IQP_ECONNECT;
-    set_error(c, s, "%s from Redis at %s failed: %s", what, where,
-              c->redis ? (timeout ? "timed out" : c->redis->errstr) : "not connected");
-    if (c->redis) redisFree(c->redis);
-    c->redis = NULL;
+    if (c->redis && c->limits.exceeded[0])
+        s = set_error(c, IQP_EPROTOCOL, "%s from Redis at %s refused: %s; the connection was dropped", what,
+                      where, c->limits.exceeded);
+    else
+        set_error(c, s, "%s from Redis at %s failed: %s", what, where,
+                  c->redis ? (timeout ? "timed out" : c->redis->errstr) : "not connected");
+    drop_connection(c);
     return s;
 }
 
 const char *iqp_status_name(iqp_status s) {
     static const char *names[] = {"ok", "invalid argument", "cannot connect", "timeout",
-                                  "protocol error", "unknown layout", "nothing published",
+                                  "protocol error", "unknown layout", "no features published",
                                   "out of memory"};
     return (unsigned)s < sizeof names / sizeof names[0] ? names[s] : "unknown status";
 }
@@ -118,6 +138,7 @@ static iqp_status connect_now(iqp_client *c) {
     c->redis = iqp_redis_connect(&c->url, c->opts.connect_timeout_ms, c->opts.timeout_ms, err,
                                  sizeof err);
     if (!c->redis) return set_error(c, IQP_ECONNECT, "%s", err);
+    iqp_redis_limit_replies(c->redis, &c->limits);
     return IQP_OK;
 }
 
@@ -143,24 +164,40 @@ static void name_measures(iqp_client *c) {
     for (size_t a = 0; a < na; a++) snprintf(c->measure_names[m++], sizeof c->measure_names[0], "iqp_%s", c->cfg.actions[a]);
 }
 
-/* The string value of field name in an HGETALL reply, or NULL. */
-static const redisReply *hash_field(const redisReply *r, const char *name) {
-    for (size_t i = 0; i + 1 < r->elements; i += 2)
-        if (r->element[i]->type == REDIS_REPLY_STRING && strcmp(r->element[i]->str, name) == 0 &&
-            r->element[i + 1]->type == REDIS_REPLY_STRING)
-            return r->element[i + 1];
-    return NULL;
+/* Element i of an HMGET reply when it is a string, else NULL. */
+static const redisReply *hash_field(const redisReply *r, size_t i) {
+    return i < r->elements && r->element[i]->type == REDIS_REPLY_STRING ? r->element[i] : NULL;
+}
+
+/* Reads one reply within c->limits; redis_failed's status on failure. */
+static iqp_status read_reply(iqp_client *c, const char *what, redisReply **r) {
+    if (iqp_redis_get_reply(c->redis, &c->limits, r) != REDIS_OK) return redis_failed(c, what);
+    c->unread--;
+    return IQP_OK;
+}
+
+/* One command and its reply, which may hold at most max_objects objects
+ * of at most max_string bytes each. */
+static iqp_status bounded_command(iqp_client *c, redisReply **r, const char *what, size_t max_objects,
+                                  size_t max_string, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    int rc = redisvAppendCommand(c->redis, fmt, ap);
+    va_end(ap);
+    if (rc != REDIS_OK) return redis_failed(c, what);
+    c->unread++;
+    iqp_reply_limits_set(&c->limits, max_objects, max_string, max_objects * max_string);
+    return read_reply(c, what, r);
 }
 
 /* Checks a generation's meta hash and adopts its layout. When the client
  * already has a layout, the new one must have the same fingerprint (the
  * caller sized its arrays by it). */
 static iqp_status adopt_meta(iqp_client *c, uint64_t gen, const redisReply *r) {
-    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements == 0)
-        return set_error(c, IQP_EPROTOCOL, "%s:%llu:meta is missing although %s:gen names generation %llu",
-                         c->prefix, (unsigned long long)gen, c->prefix, (unsigned long long)gen);
-    const redisReply *ver = hash_field(r, "layout_version"), *fp = hash_field(r, "fingerprint"),
-                     *layout = hash_field(r, "layout");
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 3)
+        return set_error(c, IQP_EPROTOCOL, "HMGET %s:%llu:meta: unexpected reply", c->prefix,
+                         (unsigned long long)gen);
+    const redisReply *ver = hash_field(r, 0), *fp = hash_field(r, 1), *layout = hash_field(r, 2);
     if (!ver || !fp || !layout)
         return set_error(c, IQP_EPROTOCOL, "%s:%llu:meta lacks layout_version, fingerprint or layout",
                          c->prefix, (unsigned long long)gen);
@@ -186,25 +223,41 @@ static iqp_status adopt_meta(iqp_client *c, uint64_t gen, const redisReply *r) {
     return IQP_OK;
 }
 
+static iqp_status no_generation(iqp_client *c, const char *why) {
+    return set_error(c, IQP_NO_GENERATION, "no features published under prefix '%s' (%.300s); is iqp stream running "
+                     "with --redis, or did the last publish's TTL run out?", c->prefix, why);
+}
+
 /* Reads the current generation and its meta (two round trips; only on
- * open and after a switch). */
+ * open and after a switch). The pointer and its meta expire at the same
+ * instant, but the meta can be gone by the time it is read after the
+ * pointer: then the pointer is read once more. */
 static iqp_status load_generation(iqp_client *c) {
     iqp_status s = connect_now(c);
     if (s) return s;
-    redisReply *r = redisCommand(c->redis, "GET %s:gen", c->prefix);
-    if (!r) return redis_failed(c, "GET");
-    uint64_t gen = reply_generation(r);
-    int missing = r->type == REDIS_REPLY_NIL;
-    freeReplyObject(r);
-    if (missing)
-        return set_error(c, IQP_ENODATA, "nothing is published under prefix '%s' (no %s:gen key); is "
-                         "iqp stream running with --redis?", c->prefix, c->prefix);
-    if (gen == 0) return set_error(c, IQP_EPROTOCOL, "%s:gen does not hold a generation number", c->prefix);
-    r = redisCommand(c->redis, "HGETALL %s:%llu:meta", c->prefix, (unsigned long long)gen);
-    if (!r) return redis_failed(c, "HGETALL");
-    s = adopt_meta(c, gen, r);
-    freeReplyObject(r);
-    return s;
+    uint64_t gen = 0;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        redisReply *r;
+        if ((s = bounded_command(c, &r, "GET", 1, GEN_REPLY_MAX, "GET %s:gen", c->prefix))) return s;
+        gen = reply_generation(r);
+        int missing = r->type == REDIS_REPLY_NIL;
+        freeReplyObject(r);
+        if (missing) return no_generation(c, "no :gen key");
+        if (gen == 0) return set_error(c, IQP_EPROTOCOL, "%s:gen does not hold a generation number", c->prefix);
+        if ((s = bounded_command(c, &r, "HMGET meta", 4, META_STRING_MAX,
+                                 "HMGET %s:%llu:meta layout_version fingerprint layout", c->prefix,
+                                 (unsigned long long)gen)))
+            return s;
+        int gone = r->type == REDIS_REPLY_ARRAY && r->elements == 3 && r->element[0]->type == REDIS_REPLY_NIL &&
+                   r->element[1]->type == REDIS_REPLY_NIL && r->element[2]->type == REDIS_REPLY_NIL;
+        if (!gone) s = adopt_meta(c, gen, r);
+        freeReplyObject(r);
+        if (!gone) return s;
+    }
+    char why[320];
+    snprintf(why, sizeof why, "generation %llu, named by %s:gen, has no meta: it expired", (unsigned long long)gen,
+             c->prefix);
+    return no_generation(c, why);
 }
 
 iqp_client *iqp_client_open(const char *url, const iqp_client_options *options) {
@@ -232,7 +285,7 @@ iqp_client *iqp_client_open(const char *url, const iqp_client_options *options) 
 
 void iqp_client_close(iqp_client *c) {
     if (!c) return;
-    if (c->redis) redisFree(c->redis);
+    drop_connection(c);
     free(c->argv);
     free(c->argvlen);
     free(c);
@@ -293,11 +346,29 @@ static iqp_status grow_argv(iqp_client *c, size_t n) {
     return IQP_OK;
 }
 
-/* Appends GET <prefix>:gen and one HMGET per applicable feature. */
+/* Builds every hash key of the call; IQP_EINVAL (nothing sent) when one
+ * does not fit. */
+static iqp_status build_keys(iqp_client *c, const lookup_ctx *lc) {
+    for (size_t f = 0; f < c->cfg.n_features; f++) {
+        if (!feature_applies(c, f, lc)) continue;
+        size_t klen = iqp_rv_hash_key(c->keys[f], KEY_MAX, c->prefix, c->generation, c->cfg.features[f].name,
+                                      c->cfg.features[f].dims, lc->country, lc->gender, lc->query,
+                                      lc->query_len);
+        if (klen >= KEY_MAX)
+            return set_error(c, IQP_EINVAL, "the query is too long: feature %s's key would be %zu bytes, "
+                             "the limit is %d", c->cfg.features[f].name, klen, KEY_MAX - 1);
+        c->key_lens[f] = klen;
+    }
+    return IQP_OK;
+}
+
+/* Appends GET <prefix>:gen and one HMGET per applicable feature. Every
+ * argument was checked before (check_args, normalize_call, build_keys):
+ * from the first append on, only Redis I/O can fail, and a failure drops
+ * the connection with whatever it had queued. */
 static iqp_status send_pipeline(iqp_client *c, const lookup_ctx *lc, const char *const *items,
                                 size_t n_items) {
-    if (grow_argv(c, n_items + 3)) return c->status;
-    if (redisAppendCommand(c->redis, "GET %s:gen", c->prefix) != REDIS_OK) return redis_failed(c, "GET");
+    if (build_keys(c, lc) || grow_argv(c, n_items + 3)) return c->status;
     c->argv[0] = "HMGET";
     c->argvlen[0] = 5;
     c->argv[2] = IQP_RV_CONTEXT_FIELD;
@@ -306,16 +377,15 @@ static iqp_status send_pipeline(iqp_client *c, const lookup_ctx *lc, const char 
         c->argv[3 + i] = items[i];
         c->argvlen[3 + i] = strlen(items[i]);
     }
+    if (redisAppendCommand(c->redis, "GET %s:gen", c->prefix) != REDIS_OK) return redis_failed(c, "GET");
+    c->unread++;
     for (size_t f = 0; f < c->cfg.n_features; f++) {
         if (!feature_applies(c, f, lc)) continue;
-        size_t klen = iqp_rv_hash_key(c->keys[f], KEY_MAX, c->prefix, c->generation, c->cfg.features[f].name,
-                                      c->cfg.features[f].dims, lc->country, lc->gender, lc->query,
-                                      lc->query_len);
-        if (klen >= KEY_MAX) return set_error(c, IQP_EINVAL, "the query is too long for a key");
         c->argv[1] = c->keys[f];
-        c->argvlen[1] = klen;
+        c->argvlen[1] = c->key_lens[f];
         if (redisAppendCommandArgv(c->redis, (int)(n_items + 3), c->argv, c->argvlen) != REDIS_OK)
             return redis_failed(c, "HMGET");
+        c->unread++;
     }
     return IQP_OK;
 }
@@ -363,21 +433,34 @@ static iqp_status decode_feature(iqp_client *c, size_t f, const redisReply *r,
     return IQP_OK;
 }
 
+/* What the pipeline's replies can legitimately hold: the generation
+ * number, then per feature an array of n_items + 1 values, each at most
+ * one encoded item (or context) value. */
+static void set_lookup_limits(iqp_client *c, const lookup_ctx *lc, size_t n_items) {
+    size_t nw = c->cfg.n_windows, width = IQP_COUNTERS(&c->cfg), nf = 0;
+    size_t max_string = IQP_RV_ITEM_MAX(nw, width);
+    if (max_string < IQP_RV_CONTEXT_MAX(nw)) max_string = IQP_RV_CONTEXT_MAX(nw);
+    if (max_string < STRING_MIN_BOUND) max_string = STRING_MIN_BOUND;
+    for (size_t f = 0; f < c->cfg.n_features; f++) nf += feature_applies(c, f, lc);
+    iqp_reply_limits_set(&c->limits, 1 + nf * (n_items + 2), max_string, (1 + nf * (n_items + 1)) * max_string);
+}
+
 /* Reads the pipeline's replies. *switched is set when the GET named
  * another generation (nothing is decoded then). */
 static iqp_status read_pipeline(iqp_client *c, const lookup_ctx *lc, const char *const *items,
                                 size_t n_items, double *out, uint64_t *seen_gen) {
     redisReply *r = NULL;
     iqp_status s = IQP_OK;
-    if (redisGetReply(c->redis, (void **)&r) != REDIS_OK) return redis_failed(c, "GET");
+    set_lookup_limits(c, lc, n_items);
+    if ((s = read_reply(c, "GET", &r))) return s;
     *seen_gen = reply_generation(r);
     int missing = r->type == REDIS_REPLY_NIL;
     freeReplyObject(r);
-    if (missing) s = set_error(c, IQP_ENODATA, "nothing is published under prefix '%s' (no %s:gen key)",
-                               c->prefix, c->prefix);
+    if (missing) s = no_generation(c, "no :gen key");
     for (size_t f = 0; f < c->cfg.n_features; f++) {
         if (!feature_applies(c, f, lc)) continue;
-        if (redisGetReply(c->redis, (void **)&r) != REDIS_OK) return redis_failed(c, "HMGET");
+        iqp_status rs = read_reply(c, "HMGET", &r);
+        if (rs) return rs;
         if (s == IQP_OK && *seen_gen == c->generation) s = decode_feature(c, f, r, items, n_items, out);
         freeReplyObject(r);
     }
@@ -396,7 +479,7 @@ static void fill_not_applicable(const iqp_client *c, const lookup_ctx *lc, size_
 
 static iqp_status check_args(iqp_client *c, const char *const *items, size_t n_items, double *out,
                              size_t out_len) {
-    if (!c->have_layout) return c->status ? c->status : set_error(c, IQP_ENODATA, "client has no layout");
+    if (!c->have_layout) return c->status ? c->status : set_error(c, IQP_NO_GENERATION, "client has no layout");
     if (n_items && (!items || !out)) return set_error(c, IQP_EINVAL, "items and out must not be NULL");
     if (out_len < iqp_client_result_len(c, n_items))
         return set_error(c, IQP_EINVAL, "out holds %zu doubles; %zu items need %zu", out_len, n_items,
@@ -425,5 +508,8 @@ iqp_status iqp_client_lookup(iqp_client *c, const char *query, const char *count
     }
     free(lc.query);
     if (s == IQP_OK) s = set_error(c, IQP_EPROTOCOL, "the generation kept changing during the call");
+    /* a call that failed with replies still owed must not leave them to
+     * the next call */
+    if (c->unread) drop_connection(c);
     return s;
 }

@@ -26,8 +26,12 @@
  * thread at a time; open one client per thread.
  *
  * Errors: every call returns an iqp_status; iqp_client_errstr() tells what
- * happened in words. After IQP_ECONNECT or IQP_ETIMEOUT the next call
- * reconnects by itself.
+ * happened in words. Arguments are checked before anything is sent, and a
+ * call that fails after sending drops the connection; the next call
+ * reconnects by itself. Replies are bounded by what the request can
+ * legitimately get back (n_items + 1 values of at most one encoded value
+ * each per feature; 1 MiB for the layout): a server or proxy that answers
+ * more fails the call with IQP_EPROTOCOL before it is buffered.
  */
 #ifndef IQP_CLIENT_H
 #define IQP_CLIENT_H
@@ -43,9 +47,12 @@ typedef enum iqp_status {
     IQP_EINVAL = 1,    /* a bad argument: NULL, a query that is not UTF-8 or empty, out too small */
     IQP_ECONNECT = 2,  /* Redis cannot be reached or the connection broke */
     IQP_ETIMEOUT = 3,  /* Redis did not answer within the timeout */
-    IQP_EPROTOCOL = 4, /* Redis answered something that is not iqp's layout */
+    IQP_EPROTOCOL = 4, /* Redis answered something that is not iqp's layout, or more than the call can need */
     IQP_ELAYOUT = 5,   /* a layout version this libiqp does not know, or the layout changed */
-    IQP_ENODATA = 6,   /* nothing is published under this prefix */
+    IQP_NO_GENERATION = 6, /* no features published: no live generation under this prefix (never
+                              published, or its TTL ran out: the pointer and its generation expire
+                              together) */
+    IQP_ENODATA = IQP_NO_GENERATION, /* the former name */
     IQP_ENOMEM = 7,
 } iqp_status;
 
@@ -86,8 +93,10 @@ size_t iqp_client_result_len(const iqp_client *c, size_t n_items);
 /* Looks up every feature for one query and user context and n_items items
  * (non-empty strings) into out (out_len >= iqp_client_result_len()).
  * query, country, gender may be NULL (features needing them read NaN).
- * One pipelined round trip; a second one only when the publisher has just
- * switched generations. */
+ * One pipelined round trip once the client knows the served generation
+ * (iqp_client_open reads the pointer and the meta: 2 round trips); a call
+ * that finds the publisher switched generations takes 3 more (pointer,
+ * meta, the pipeline again). */
 iqp_status iqp_client_lookup(iqp_client *c, const char *query, const char *country,
                              const char *gender, const char *const *items, size_t n_items,
                              double *out, size_t out_len);

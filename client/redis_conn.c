@@ -1,7 +1,10 @@
 /* redis_conn.c -- Redis URLs and connections (see redis_conn.h). */
 #include "client/redis_conn.h"
 
+#include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,20 +30,20 @@ static int parse_int(const char *s, size_t n, int lo, int hi, int *out) {
     return 0;
 }
 
-static int parse_unix(const char *url, iqp_redis_url *u, char *err, size_t errlen) {
+static int parse_unix(const char *url, const char *shown, iqp_redis_url *u, char *err, size_t errlen) {
     const char *path = url + strlen("unix://");
     const char *q = strchr(path, '?');
     size_t plen = q ? (size_t)(q - path) : strlen(path);
     if (plen == 0 || path[0] != '/') {
-        snprintf(err, errlen, "Redis URL '%s': unix:// needs an absolute socket path", url);
+        snprintf(err, errlen, "Redis URL '%s': unix:// needs an absolute socket path", shown);
         return -1;
     }
     if (copy_part(u->host, sizeof u->host, path, plen) < 0) {
-        snprintf(err, errlen, "Redis URL '%s': socket path too long", url);
+        snprintf(err, errlen, "Redis URL '%s': socket path too long", shown);
         return -1;
     }
     if (q && (strncmp(q, "?db=", 4) != 0 || parse_int(q + 4, strlen(q + 4), 0, 1 << 20, &u->db) < 0)) {
-        snprintf(err, errlen, "Redis URL '%s': the only query parameter is ?db=N", url);
+        snprintf(err, errlen, "Redis URL '%s': the only query parameter is ?db=N", shown);
         return -1;
     }
     u->is_unix = 1;
@@ -85,9 +88,11 @@ int iqp_redis_url_parse(const char *url, iqp_redis_url *u, char *err, size_t err
         snprintf(err, errlen, "empty Redis URL (expected redis://host:port/db or unix:///path)");
         return -1;
     }
-    if (strncmp(url, "unix://", 7) == 0) return parse_unix(url, u, err, errlen);
+    char shown[600];
+    iqp_redis_url_mask(url, shown, sizeof shown);
+    if (strncmp(url, "unix://", 7) == 0) return parse_unix(url, shown, u, err, errlen);
     if (strncmp(url, "redis://", 8) != 0) {
-        snprintf(err, errlen, "Redis URL '%s' must start with redis:// or unix://", url);
+        snprintf(err, errlen, "Redis URL '%s' must start with redis:// or unix://", shown);
         return -1;
     }
     const char *p = url + 8, *end = p + strlen(p);
@@ -101,12 +106,60 @@ int iqp_redis_url_parse(const char *url, iqp_redis_url *u, char *err, size_t err
     }
     const char *hp = auth_end ? auth_end + 1 : p;
     if (parse_hostport(hp, (size_t)((slash ? slash : end) - hp), u) < 0) {
-        snprintf(err, errlen, "Redis URL '%s': expected host[:port] with a port in 1..65535", url);
+        snprintf(err, errlen, "Redis URL '%s': expected host[:port] with a port in 1..65535", shown);
         return -1;
     }
     if (slash && slash + 1 < end && parse_int(slash + 1, (size_t)(end - slash - 1), 0, 1 << 20, &u->db) < 0) {
-        snprintf(err, errlen, "Redis URL '%s': the database after '/' must be a number", url);
+        snprintf(err, errlen, "Redis URL '%s': the database after '/' must be a number", shown);
         return -1;
+    }
+    return 0;
+}
+
+void iqp_redis_url_mask(const char *url, char *out, size_t cap) {
+    if (!url) url = "";
+    const char *scheme = strstr(url, "://");
+    const char *start = scheme ? scheme + 3 : url;
+    /* the last '@' anywhere: a password may hold '/' or '@' (then the
+     * URL does not parse, and the message must not show it either) */
+    const char *at = strrchr(start, '@');
+    if (!at) {
+        snprintf(out, cap, "%s", url);
+        return;
+    }
+    const char *colon = memchr(start, ':', (size_t)(at - start));
+    size_t keep = colon ? (size_t)(colon - url) + 1 : (size_t)(start - url);
+    snprintf(out, cap, "%.*s***%s", (int)keep, url, at);
+}
+
+int iqp_redis_url_resolve(const char **url, const char *url_file, int use_env, char *buf, size_t cap,
+                          char *err, size_t errlen) {
+    if (*url && url_file) {
+        snprintf(err, errlen, "give a Redis URL or a Redis URL file (%s), not both", url_file);
+        return -1;
+    }
+    if (url_file) {
+        FILE *f = fopen(url_file, "r");
+        if (!f) {
+            snprintf(err, errlen, "cannot read the Redis URL file %s: %s", url_file, strerror(errno));
+            return -1;
+        }
+        int got = fgets(buf, (int)cap, f) != NULL;
+        fclose(f);
+        size_t n = got ? strlen(buf) : 0;
+        while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' ' || buf[n - 1] == '\t'))
+            buf[--n] = '\0';
+        if (n == 0) {
+            snprintf(err, errlen, "the Redis URL file %s is empty (it must hold the URL on its first line)", url_file);
+            return -1;
+        }
+        *url = buf;
+        return 0;
+    }
+    const char *env = use_env && !*url ? getenv(IQP_REDIS_URL_ENV) : NULL;
+    if (env && *env) {
+        snprintf(buf, cap, "%s", env);
+        *url = buf;
     }
     return 0;
 }
@@ -168,4 +221,120 @@ redisContext *iqp_redis_connect(const iqp_redis_url *u, int connect_timeout_ms,
         return NULL;
     }
     return c;
+}
+
+/* ---- bounded replies -------------------------------------------------------------- */
+
+/* The reader's object callbacks get only the read task; the limits of the
+ * read in progress are found through this (a connection is used by one
+ * thread at a time, and only iqp_redis_get_reply sets it). */
+static _Thread_local iqp_reply_limits *reading;
+
+/* Counts one object (a string of string_len bytes, or an array that
+ * announces `announced` elements); 0 when a bound is exceeded. */
+static int admit(iqp_reply_limits *l, size_t string_len, size_t announced) {
+    if (!l || l->exceeded[0]) return !l;
+    l->objects++;
+    l->bytes += string_len;
+    if (l->objects > l->max_objects || announced > l->max_objects - l->objects)
+        snprintf(l->exceeded, sizeof l->exceeded, "the reply holds more than %zu elements, more than the request "
+                 "can get back", l->max_objects);
+    else if (string_len > l->max_string)
+        snprintf(l->exceeded, sizeof l->exceeded, "the reply holds a string of %zu bytes; the request allows at "
+                 "most %zu", string_len, l->max_string);
+    else if (l->bytes > l->max_bytes)
+        snprintf(l->exceeded, sizeof l->exceeded, "the reply holds more than %zu bytes of strings, more than the "
+                 "request can get back", l->max_bytes);
+    return l->exceeded[0] == '\0';
+}
+
+/* hiredis's own object functions (static in hiredis.c), taken from a
+ * reader it creates. */
+static redisReplyObjectFunctions base_fns;
+static pthread_once_t base_once = PTHREAD_ONCE_INIT;
+
+static void take_base_fns(void) {
+    redisReader *r = redisReaderCreate();
+    if (!r) abort();
+    base_fns = *r->fn;
+    redisReaderFree(r);
+}
+
+/* NULL makes hiredis fail the read (as out of memory; errstr is fixed
+ * up by iqp_redis_get_reply). */
+static void *bounded_string(const redisReadTask *t, char *s, size_t len) {
+    return admit(reading, len, 0) ? base_fns.createString(t, s, len) : NULL;
+}
+static void *bounded_array(const redisReadTask *t, int n) {
+    return n >= 0 && admit(reading, 0, (size_t)n) ? base_fns.createArray(t, n) : NULL;
+}
+static void *bounded_integer(const redisReadTask *t, long long v) {
+    return admit(reading, 0, 0) ? base_fns.createInteger(t, v) : NULL;
+}
+static void *bounded_nil(const redisReadTask *t) {
+    return admit(reading, 0, 0) ? base_fns.createNil(t) : NULL;
+}
+
+static redisReplyObjectFunctions bounded_fns;
+
+static void make_bounded_fns(void) {
+    take_base_fns();
+    bounded_fns = base_fns;
+    bounded_fns.createString = bounded_string;
+    bounded_fns.createArray = bounded_array;
+    bounded_fns.createInteger = bounded_integer;
+    bounded_fns.createNil = bounded_nil;
+}
+
+void iqp_redis_limit_replies(redisContext *c, iqp_reply_limits *l) {
+    pthread_once(&base_once, make_bounded_fns);
+    c->reader->fn = &bounded_fns;
+    iqp_reply_limits_set(l, SIZE_MAX, SIZE_MAX, SIZE_MAX);
+}
+
+void iqp_reply_limits_set(iqp_reply_limits *l, size_t max_objects, size_t max_string, size_t max_bytes) {
+    l->max_objects = max_objects;
+    l->max_string = max_string;
+    l->max_bytes = max_bytes;
+    l->objects = l->bytes = 0;
+    l->exceeded[0] = '\0';
+}
+
+static int refuse(redisContext *c, iqp_reply_limits *l) {
+    snprintf(c->errstr, sizeof c->errstr, "%.*s", (int)sizeof c->errstr - 1, l->exceeded);
+    c->err = REDIS_ERR_PROTOCOL;
+    return REDIS_ERR;
+}
+
+/* What redisGetReply does for a blocking connection, with one more check
+ * between reads: a string is parsed only once all of it is buffered, so
+ * the buffer itself is bounded here (one read adds at most 16 KiB). */
+static int get_reply(redisContext *c, iqp_reply_limits *l, void **reply) {
+    *reply = NULL;
+    if (redisGetReplyFromReader(c, reply) != REDIS_OK) return REDIS_ERR;
+    if (*reply) return REDIS_OK;
+    int done = 0;
+    do {
+        if (redisBufferWrite(c, &done) != REDIS_OK) return REDIS_ERR;
+    } while (!done);
+    size_t max_buffered = l->max_string > SIZE_MAX - 65536 ? SIZE_MAX : l->max_string + 65536;
+    while (!*reply) {
+        if (c->reader->len - c->reader->pos > max_buffered) {
+            snprintf(l->exceeded, sizeof l->exceeded, "the reply holds a string longer than the %zu bytes the "
+                     "request allows", l->max_string);
+            return refuse(c, l);
+        }
+        if (redisBufferRead(c) != REDIS_OK || redisGetReplyFromReader(c, reply) != REDIS_OK) return REDIS_ERR;
+    }
+    return REDIS_OK;
+}
+
+int iqp_redis_get_reply(redisContext *c, iqp_reply_limits *l, redisReply **reply) {
+    reading = l;
+    void *r = NULL;
+    int rc = get_reply(c, l, &r);
+    reading = NULL;
+    if (rc != REDIS_OK && l->exceeded[0]) refuse(c, l);
+    *reply = r;
+    return rc;
 }

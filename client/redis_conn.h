@@ -25,6 +25,21 @@ typedef struct iqp_redis_url {
 /* 0, or -1 with a message naming what is wrong with the URL. */
 int iqp_redis_url_parse(const char *url, iqp_redis_url *out, char *err, size_t errlen);
 
+/* url as it may be shown: a password in it replaced by *** (also when
+ * url does not parse), for every message that echoes what was given. */
+void iqp_redis_url_mask(const char *url, char *out, size_t cap);
+
+/* Where a command's Redis URL comes from, so that a password need not be
+ * on a command line (visible in ps): *url (given by --redis or a
+ * config's redis.url), else the first line of url_file (--redis-url-file,
+ * redis.url_file; trailing white space dropped), else, when use_env, the
+ * environment variable IQP_REDIS_URL. *url is left NULL when none is
+ * given, and points into buf otherwise. 0, or -1 with err (both a URL and
+ * a file given, a file that cannot be read or is empty). */
+#define IQP_REDIS_URL_ENV "IQP_REDIS_URL"
+int iqp_redis_url_resolve(const char **url, const char *url_file, int use_env, char *buf, size_t cap,
+                          char *err, size_t errlen);
+
 /* The URL without its password, for messages ("redis://127.0.0.1:6379/0"). */
 void iqp_redis_url_describe(const iqp_redis_url *u, char *out, size_t cap);
 
@@ -32,5 +47,31 @@ void iqp_redis_url_describe(const iqp_redis_url *u, char *out, size_t cap);
  * Timeouts in ms; command_timeout_ms bounds every reply wait. */
 redisContext *iqp_redis_connect(const iqp_redis_url *u, int connect_timeout_ms,
                                 int command_timeout_ms, char *err, size_t errlen);
+
+/* ---- bounded replies ----------------------------------------------------------
+ * hiredis reads whatever a server sends: a reply announcing a string of
+ * 8 GB, or an array of two billion elements, is buffered or allocated in
+ * full. A reader that knows what its request can legitimately get back
+ * sets limits on the connection and reads with iqp_redis_get_reply(): it
+ * fails, without buffering more, as soon as the replies read since the
+ * last iqp_reply_limits_set() hold more objects (array, string, integer,
+ * nil, each counted once), a longer string, or more string bytes in all
+ * than allowed. The connection must then be dropped (it is mid-reply). */
+typedef struct iqp_reply_limits {
+    size_t max_objects, max_string, max_bytes;
+    size_t objects, bytes;       /* counted since the last set */
+    char exceeded[200];          /* why a read was refused; "" when none was */
+} iqp_reply_limits;
+
+/* Makes c's reply reader count what it reads (for iqp_redis_get_reply;
+ * plain hiredis reads stay unbounded) and sets l unbounded. */
+void iqp_redis_limit_replies(redisContext *c, iqp_reply_limits *l);
+
+/* New bounds for the next reads; resets the counts. */
+void iqp_reply_limits_set(iqp_reply_limits *l, size_t max_objects, size_t max_string, size_t max_bytes);
+
+/* redisGetReply() within l's bounds: REDIS_OK with *reply, or REDIS_ERR
+ * (c->errstr says why; l->exceeded is set when a bound was hit). */
+int iqp_redis_get_reply(redisContext *c, iqp_reply_limits *l, redisReply **reply);
 
 #endif

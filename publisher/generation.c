@@ -3,24 +3,31 @@
  *
  * Order of writes, all pipelined (up to pipeline_depth commands in
  * flight, replies checked):
- *   1. take the lease <prefix>:lease (SET NX PX), refuse if held;
- *   2. read the served generation G and check its layout fingerprint;
- *   3. N = INCR <prefix>:gen:next (kept above G);
- *   4. HSET <prefix>:N:meta (layout, as_of_ms, smoothing, priors, top-K);
- *   5. every (feature, context): HSET <prefix>:N:<feature>[:...] "" <ctx>
- *      item value ... (256 items per HSET), PEXPIRE; SET
- *      <prefix>:N:@top:<feature>[:...] <top-K value> PX ttl;
- *   6. the flip: a script that SETs <prefix>:gen to N only while the
- *      lease is still ours;
- *   7. SCAN <prefix>:G:* and PEXPIRE each key to grace_ms;
- *   8. release the lease.
- * A failure before 6 leaves G served and N's keys to expire with their
- * TTL. '@' is not allowed in feature names, so "@top" cannot collide.
+ *   1. take the lease <prefix>:lease (a new fencing token; taken over
+ *      when its holder is a dead process of this host), refuse if held;
+ *   2. deadline = Redis TIME + ttl: every key of N expires then;
+ *   3. read the served generation G and check its layout fingerprint;
+ *   4. N = INCR <prefix>:gen:next (kept above G);
+ *   5. HSET <prefix>:N:meta (layout, as_of_ms, smoothing, priors, top-K);
+ *   6. every (feature, context): HSET <prefix>:N:<feature>[:...] "" <ctx>
+ *      item value ... (256 items per HSET), PEXPIREAT deadline; SET
+ *      <prefix>:N:@top:<feature>[:...] <top-K value> PXAT deadline;
+ *   7. the flip: a script that SETs <prefix>:gen to N (PXAT deadline)
+ *      only while the lease still holds our value; refused when the
+ *      writes took more than half the TTL;
+ *   8. SCAN <prefix>:* and PEXPIRE ... LT grace_ms every key of another
+ *      generation (the old one, and any a killed writer abandoned);
+ *   9. release the lease.
+ * A failure (or kill -9) before 7 leaves G served; N's keys are collected
+ * by step 8 of the next refresh. '@' is not allowed in feature names, so
+ * "@top" cannot collide.
  */
 #include "publisher/generation.h"
 
 #include <hiredis/hiredis.h>
+#include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,6 +49,8 @@ typedef struct gen_writer {
     char prefix[128], lease_value[160], where[300];
     int inflight;
     int64_t lease_renewed_ms;
+    int64_t started_ms;           /* monotonic, when the writes began */
+    char deadline[32];            /* Redis time (ms) when every key of the new generation expires */
     unsigned char *buf;
     size_t buf_cap;
     iqp_generation_stats *stats;
@@ -107,25 +116,91 @@ static unsigned char *scratch(gen_writer *g, size_t need) {
     return g->buf;
 }
 
+/* ---- test hook -------------------------------------------------------------------- */
+
+void iqp_failpoint(const char *name) {
+    const char *spec = getenv("IQP_FAILPOINT");
+    size_t n = strlen(name);
+    for (const char *p = spec; p && *p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL) {
+        if (strncmp(p, name, n) != 0 || p[n] != '=') continue;
+        const char *action = p + n + 1;
+        if (strncmp(action, "kill", 4) == 0) kill(getpid(), SIGKILL);
+        if (strncmp(action, "sleep:", 6) == 0) usleep((useconds_t)atoi(action + 6) * 1000);
+    }
+}
+
 /* ---- the lease ------------------------------------------------------------------- */
 
 static const char *RENEW_SCRIPT =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
     "else return 0 end";
 static const char *FLIP_SCRIPT =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[2], ARGV[2]) return 1 "
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[2], ARGV[2], 'PXAT', ARGV[3]) return 1 "
     "else return 0 end";
 
+/* Takes the lease when free or ours (and renews it), else returns the
+ * holder's value. */
 static const char *TAKE_SCRIPT =
     "local v = redis.call('GET', KEYS[1]) "
     "if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end "
+    "return v";
+/* Replaces exactly the value seen (a dead holder's) by ours. */
+static const char *TAKEOVER_SCRIPT =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 end "
     "return 0";
 
-/* Takes the lease as role, or confirms the caller's lease value. */
-void iqp_lease_value(char *out, size_t cap, const char *role) {
+void iqp_lease_value(char *out, size_t cap, const char *role, long long token) {
     char host[64] = "?";
     gethostname(host, sizeof host - 1);
-    snprintf(out, cap, "%s on %s pid %ld since %" PRId64, role, host, (long)getpid(), iqp_wall_ms());
+    snprintf(out, cap, "%s on %s pid %ld since %" PRId64 " token %lld", role, host, (long)getpid(), iqp_wall_ms(),
+             token);
+}
+
+int iqp_lease_new_value(struct redisContext *redis, const char *prefix, const char *role, char *out, size_t cap) {
+    redisReply *r = redisCommand(redis, "INCR %s:lease:token", prefix);
+    int ok = r && r->type == REDIS_REPLY_INTEGER;
+    if (ok) iqp_lease_value(out, cap, role, r->integer);
+    else snprintf(out, cap, "%s", r && r->type == REDIS_REPLY_ERROR ? r->str : redis->errstr);
+    if (r) freeReplyObject(r);
+    return ok ? 0 : -1;
+}
+
+/* 1 when the lease value names a process of this host that no longer
+ * exists (the only holder that is provably gone; on another host only
+ * the lease's expiry tells). */
+static int holder_is_gone(const char *value) {
+    char host[64] = "?", vhost[64];
+    long pid;
+    const char *on = strstr(value, " on ");
+    gethostname(host, sizeof host - 1);
+    if (!on || sscanf(on, " on %63s pid %ld", vhost, &pid) != 2 || pid <= 0) return 0;
+    return strcmp(vhost, host) == 0 && pid != (long)getpid() && kill((pid_t)pid, 0) < 0 && errno == ESRCH;
+}
+
+int iqp_lease_acquire(struct redisContext *redis, const char *prefix, const char *value, char *holder,
+                      size_t holder_cap) {
+    for (int attempt = 0; attempt < 3; attempt++) {
+        redisReply *r = redisCommand(redis, "EVAL %s 1 %s:lease %s %d", TAKE_SCRIPT, prefix, value, IQP_LEASE_MS);
+        if (!r || r->type == REDIS_REPLY_ERROR) {
+            snprintf(holder, holder_cap, "%s", r ? r->str : redis->errstr);
+            if (r) freeReplyObject(r);
+            return -1;
+        }
+        int ours = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+        snprintf(holder, holder_cap, "%s", r->type == REDIS_REPLY_STRING ? r->str : "another process");
+        freeReplyObject(r);
+        if (ours) return 1;
+        if (!holder_is_gone(holder)) return 0;
+        r = redisCommand(redis, "EVAL %s 1 %s:lease %s %s %d", TAKEOVER_SCRIPT, prefix, holder, value, IQP_LEASE_MS);
+        ours = r && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+        if (r) freeReplyObject(r);
+        if (ours) {
+            fprintf(stderr, "iqp: took over the publish lease %s:lease from %s (that process is gone)\n", prefix,
+                    holder);
+            return 1;
+        }
+    }
+    return 0;
 }
 
 void iqp_lease_release(struct redisContext *redis, const char *prefix, const char *value) {
@@ -137,23 +212,20 @@ void iqp_lease_release(struct redisContext *redis, const char *prefix, const cha
 }
 
 static int lease_take(gen_writer *g, const char *role, const char *held) {
+    char holder[256];
     if (held) snprintf(g->lease_value, sizeof g->lease_value, "%s", held);
-    else iqp_lease_value(g->lease_value, sizeof g->lease_value, role);
-    redisReply *r = command(g, "EVAL %s 1 %s:lease %s %d", TAKE_SCRIPT, g->prefix, g->lease_value, IQP_LEASE_MS);
-    if (!r) return -1;
-    int ok = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
-    freeReplyObject(r);
-    if (ok) {
+    else if (iqp_lease_new_value(g->redis, g->prefix, role, g->lease_value, sizeof g->lease_value) < 0)
+        return fail(g, -1, "Redis at %s: %s", g->where, g->lease_value);
+    int rc = iqp_lease_acquire(g->redis, g->prefix, g->lease_value, holder, sizeof holder);
+    if (rc < 0) return fail(g, -1, "Redis at %s: %s", g->where, holder);
+    if (rc == 1) {
         g->lease_renewed_ms = iqp_mono_ms();
         return 0;
     }
-    r = command(g, "GET %s:lease", g->prefix);
-    int rc = fail(g, -2, "prefix '%s' on Redis at %s is being written by %s (key %s:lease); %s", g->prefix,
-                  g->where, r && r->type == REDIS_REPLY_STRING ? r->str : "another process", g->prefix,
-                  "a running `iqp stream --redis` refreshes by itself; run `iqp refresh --redis` only "
-                  "where no stream publishes to this prefix");
-    if (r) freeReplyObject(r);
-    return rc;
+    return fail(g, -2, "prefix '%s' on Redis at %s is being written by %s (key %s:lease, renewed every %d ms, "
+                "lives %d ms); %s", g->prefix, g->where, holder, g->prefix, IQP_LEASE_RENEW_MS, IQP_LEASE_MS,
+                "a running `iqp stream --redis` refreshes by itself; run `iqp refresh --redis` only "
+                "where no stream publishes to this prefix");
 }
 
 /* Renews the lease (at most every IQP_LEASE_RENEW_MS); -2 when it was lost. */
@@ -189,6 +261,21 @@ static int read_served(gen_writer *g, const char *fingerprint, uint64_t *served)
     if (same || gone) return 0;
     return fail(g, -2, "Redis at %s serves another layout under prefix '%s' (%s:%" PRIu64 ":meta); use another "
                 "prefix or database", g->where, g->prefix, g->prefix, *served);
+}
+
+/* The new generation's keys expire at Redis's TIME + ttl (Redis's clock,
+ * not ours: PEXPIREAT is judged by it). */
+static int set_deadline(gen_writer *g) {
+    redisReply *r = command(g, "TIME");
+    if (!r) return -1;
+    int ok = r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->type == REDIS_REPLY_STRING &&
+             r->element[1]->type == REDIS_REPLY_STRING;
+    int64_t now_ms = ok ? strtoll(r->element[0]->str, NULL, 10) * 1000 + strtoll(r->element[1]->str, NULL, 10) / 1000 : 0;
+    freeReplyObject(r);
+    if (!ok) return fail(g, -1, "TIME on Redis at %s: unexpected reply", g->where);
+    snprintf(g->deadline, sizeof g->deadline, "%" PRId64, now_ms + g->pc->ttl_ms);
+    g->started_ms = iqp_mono_ms();
+    return 0;
 }
 
 static int allocate(gen_writer *g, uint64_t served, uint64_t *n) {
@@ -239,7 +326,7 @@ static int write_meta(gen_writer *g, uint64_t n, const char *layout, const char 
     free(priors);
     if (!rep) return -1;
     freeReplyObject(rep);
-    rep = command(g, "PEXPIRE %s:%" PRIu64 ":meta %" PRId64, g->prefix, n, g->pc->ttl_ms);
+    rep = command(g, "PEXPIREAT %s:%" PRIu64 ":meta %s", g->prefix, n, g->deadline);
     if (!rep) return -1;
     freeReplyObject(rep);
     return 0;
@@ -291,15 +378,15 @@ static int write_context(gen_writer *g, uint64_t n, size_t ci) {
     iqp_refresh_context c;
     iqp_refresh_get_context(g->r, ci, &c);
     size_t klen;
-    char *key = context_key(g, n, &c, 0, &klen), ttl[32];
+    char *key = context_key(g, n, &c, 0, &klen);
     int rc = 0;
     for (size_t from = 0; rc == 0 && (from < c.n_entities || from == 0); from += HSET_ITEMS) {
         size_t count = c.n_entities - from < HSET_ITEMS ? c.n_entities - from : HSET_ITEMS;
         rc = write_items(g, key, klen, &c, from, count);
         if (c.n_entities == 0) break;
     }
-    const char *exp[3] = {"PEXPIRE", key, ttl};
-    size_t elens[3] = {7, klen, (size_t)snprintf(ttl, sizeof ttl, "%" PRId64, g->pc->ttl_ms)};
+    const char *exp[3] = {"PEXPIREAT", key, g->deadline};
+    size_t elens[3] = {9, klen, strlen(g->deadline)};
     if (rc == 0) rc = pipe_send(g, 3, exp, elens);
     g->stats->hashes++;
     free(key);
@@ -307,8 +394,8 @@ static int write_context(gen_writer *g, uint64_t n, size_t ci) {
         key = context_key(g, n, &c, 1, &klen);
         unsigned char *v = scratch(g, iqp_generation_topk_size(g->r, ci));
         size_t vlen = iqp_generation_encode_topk(g->r, ci, v);
-        const char *argv[5] = {"SET", key, (const char *)v, "PX", ttl};
-        size_t lens[5] = {3, klen, vlen, 2, strlen(ttl)};
+        const char *argv[5] = {"SET", key, (const char *)v, "PXAT", g->deadline};
+        size_t lens[5] = {3, klen, vlen, 4, strlen(g->deadline)};
         rc = pipe_send(g, 5, argv, lens);
         g->stats->topk_keys++;
         free(key);
@@ -358,10 +445,19 @@ size_t iqp_generation_encode_topk(const iqp_refresh_result *r, size_t c, unsigne
 
 /* ---- flip and expiry ------------------------------------------------------------------- */
 
+/* Switches readers to n, whose keys all expire at g->deadline: the
+ * pointer gets the same deadline, so the generation and its pointer die
+ * together. A publish that took half the TTL is not served: its keys
+ * would live on for less than half the TTL. */
 static int flip(gen_writer *g, uint64_t n) {
     if (pipe_drain(g, 0) < 0) return -1;
-    redisReply *r = command(g, "EVAL %s 2 %s:lease %s:gen %s %" PRIu64, FLIP_SCRIPT, g->prefix, g->prefix,
-                            g->lease_value, n);
+    int64_t took = iqp_mono_ms() - g->started_ms;
+    if (2 * took > g->pc->ttl_ms)
+        return fail(g, -1, "the publish took %" PRId64 " ms, more than half the TTL (%" PRId64 " ms): generation %"
+                    PRIu64 " would expire too soon after it is served; not served, use a longer TTL (--redis-ttl)",
+                    took, g->pc->ttl_ms, n);
+    redisReply *r = command(g, "EVAL %s 2 %s:lease %s:gen %s %" PRIu64 " %s", FLIP_SCRIPT, g->prefix, g->prefix,
+                            g->lease_value, n, g->deadline);
     if (!r) return -1;
     int ok = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
     freeReplyObject(r);
@@ -369,10 +465,24 @@ static int flip(gen_writer *g, uint64_t n) {
                          g->prefix, n);
 }
 
-/* PEXPIRE every key of generation old to grace_ms. */
-static int expire_generation(gen_writer *g, uint64_t old, int64_t grace_ms) {
+/* The generation number of a key <prefix>:<G>:..., or 0 (the pointer,
+ * the counter, the lease, or not this prefix's). */
+static uint64_t key_generation(const gen_writer *g, const char *key, size_t len) {
+    size_t pl = strlen(g->prefix), i = pl + 1;
+    if (len <= i || memcmp(key, g->prefix, pl) != 0 || key[pl] != ':') return 0;
+    uint64_t n = 0;
+    for (; i < len && key[i] >= '0' && key[i] <= '9' && n < UINT64_MAX / 10; i++) n = n * 10 + (uint64_t)(key[i] - '0');
+    return i < len && key[i] == ':' ? n : 0;
+}
+
+/* Garbage collection after the flip: every key of every generation but
+ * the one served now -- the one just replaced, and any a killed writer
+ * abandoned half-written -- gets at most grace_ms to live (PEXPIRE ... LT
+ * never lengthens a TTL), so a reader that read the old pointer finishes
+ * its call and nothing is left behind. */
+static int gc_generations(gen_writer *g, uint64_t keep, int64_t grace_ms) {
     char pattern[160], cursor[32] = "0", grace[32];
-    snprintf(pattern, sizeof pattern, "%s:%" PRIu64 ":*", g->prefix, old);
+    snprintf(pattern, sizeof pattern, "%s:*", g->prefix);
     snprintf(grace, sizeof grace, "%" PRId64, grace_ms > 0 ? grace_ms : 1);
     do {
         redisReply *r = command(g, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
@@ -385,9 +495,11 @@ static int expire_generation(gen_writer *g, uint64_t old, int64_t grace_ms) {
         int rc = 0;
         for (size_t i = 0; rc == 0 && i < r->element[1]->elements; i++) {
             const redisReply *k = r->element[1]->element[i];
-            const char *argv[3] = {"PEXPIRE", k->str, grace};
-            size_t lens[3] = {7, k->len, strlen(grace)};
-            rc = pipe_send(g, 3, argv, lens);
+            uint64_t gen = key_generation(g, k->str, k->len);
+            if (gen == 0 || gen == keep) continue;
+            const char *argv[4] = {"PEXPIRE", k->str, grace, "LT"};
+            size_t lens[4] = {7, k->len, strlen(grace), 2};
+            rc = pipe_send(g, 4, argv, lens);
             g->stats->expired_keys++;
         }
         freeReplyObject(r);
@@ -402,18 +514,23 @@ static int write_generation(gen_writer *g, uint64_t *n_out) {
     char *layout = iqp_config_layout_json(g->cfg), fingerprint[24];
     snprintf(fingerprint, sizeof fingerprint, "%016llx", (unsigned long long)XXH3_64bits(layout, strlen(layout)));
     uint64_t served = 0, n = 0;
-    int rc = read_served(g, fingerprint, &served);
+    int rc = set_deadline(g);
+    if (rc == 0) rc = read_served(g, fingerprint, &served);
     if (rc == 0) rc = allocate(g, served, &n);
     if (rc == 0) rc = write_meta(g, n, layout, fingerprint);
+    if (rc == 0) iqp_failpoint("generation.meta");
     free(layout);
     g->stats->old_generation = served;
     g->stats->new_generation = n;
     for (size_t c = 0; rc == 0 && c < iqp_refresh_n_contexts(g->r); c++) {
         rc = write_context(g, n, c);
+        if (rc == 0 && c == 0 && (rc = pipe_drain(g, 0)) == 0) iqp_failpoint("generation.values");
         if (rc == 0) rc = lease_renew(g, 0);
     }
     if (rc == 0) rc = lease_renew(g, 1);
+    if (rc == 0) iqp_failpoint("generation.before_flip");
     if (rc == 0) rc = flip(g, n);
+    if (rc == 0) iqp_failpoint("generation.after_flip");
     *n_out = n;
     return rc;
 }
@@ -435,11 +552,8 @@ int iqp_generation_publish(const iqp_refresh_result *r, const iqp_publisher_conf
     int rc = lease_take(&g, role, lease);
     if (rc == 0) {
         rc = write_generation(&g, &n);
-        if (rc == 0 && g.stats->old_generation) {
-            int erc = expire_generation(&g, g.stats->old_generation, grace_ms);
-            if (erc < 0) fprintf(stderr, "iqp: generation %" PRIu64 " is served; expiring the old one failed: %s\n",
-                                 n, err);
-        }
+        if (rc == 0 && gc_generations(&g, n, grace_ms) < 0)
+            fprintf(stderr, "iqp: generation %" PRIu64 " is served; expiring older ones failed: %s\n", n, err);
         if (!lease) iqp_lease_release(g.redis, g.prefix, g.lease_value);
     }
     g.stats->write_s = iqp_mono_seconds() - t0;

@@ -33,12 +33,36 @@
 #define IQP_LEASE_MS 30000
 #define IQP_LEASE_RENEW_MS 5000
 
-/* The lease value naming this process: "<role> on <host> pid <pid> since <ms>". */
-void iqp_lease_value(char *out, size_t cap, const char *role);
+/* The lease value naming this process: "<role> on <host> pid <pid> since
+ * <ms> token <T>", T a fencing token from INCR <prefix>:lease:token, so
+ * no two holders ever have the same value. Every commit point of a writer
+ * (the flip, the meta stamp) runs in a script that checks the lease still
+ * holds the writer's exact value: a writer whose lease was taken over
+ * cannot make anything visible. */
+struct redisContext;
+void iqp_lease_value(char *out, size_t cap, const char *role, long long token);
+/* iqp_lease_value with a new token; 0, or -1 with Redis's error in out. */
+int iqp_lease_new_value(struct redisContext *redis, const char *prefix, const char *role, char *out, size_t cap);
+
+/* Takes or renews <prefix>:lease for value: 1 ours, 0 held by another
+ * holder (its value in holder), -1 Redis failed (the error in holder).
+ * A holder that is provably gone -- a process of this host that no longer
+ * exists, e.g. a killed `iqp refresh` -- is taken over at once
+ * (compare-and-set on its exact value); one on another host only when
+ * its lease expires (IQP_LEASE_MS after its last renewal). */
+int iqp_lease_acquire(struct redisContext *redis, const char *prefix, const char *value, char *holder,
+                      size_t holder_cap);
 
 /* Deletes <prefix>:lease if it still holds value (errors ignored). */
-struct redisContext;
 void iqp_lease_release(struct redisContext *redis, const char *prefix, const char *value);
+
+/* Test hook: when the environment variable IQP_FAILPOINT holds
+ * "<name>=kill" the process SIGKILLs itself here, with "<name>=sleep:MS"
+ * it sleeps MS ms (several entries separated by ','). The tests use it
+ * to stop a writer at an exact point (tests/check_redis.c); unset, it
+ * costs one getenv. Names: generation.meta, generation.values,
+ * generation.before_flip, generation.after_flip, publish.resync. */
+void iqp_failpoint(const char *name);
 
 typedef struct iqp_generation_stats {
     uint64_t old_generation, new_generation;

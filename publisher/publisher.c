@@ -112,6 +112,7 @@ struct iqp_publisher {
     int64_t lease_renewed_ms;
     int64_t refresh_bucket;       /* finest-granularity bucket of the last refresh (or start) */
     int64_t refresh_at_ms;        /* monotonic time of the last refresh */
+    int64_t resync_started_ms;    /* monotonic */
     int need_resync;
     int inflight;
     /* scratch */
@@ -201,8 +202,10 @@ static int read_run_id(iqp_publisher *p) {
     return 0;
 }
 
-/* The generation Redis serves, creating generation 1 when there is none.
- * Sets need_resync when it had to create it. */
+/* The generation Redis serves. When there is none (never published, or
+ * the last one expired), a new number N = INCR <prefix>:gen:next becomes
+ * the pointer, with the TTL its meta will get (stamp_meta renews both),
+ * and need_resync is set: the new generation starts empty. */
 static int read_generation(iqp_publisher *p) {
     for (int attempt = 0; attempt < 2; attempt++) {
         redisReply *r = command(p, "GET gen", "GET %s:gen", p->prefix);
@@ -217,7 +220,10 @@ static int read_generation(iqp_publisher *p) {
             return 0;
         }
         freeReplyObject(r);
-        r = command(p, "SET gen", "SET %s:gen 1 NX", p->prefix);
+        if (!(r = command(p, "INCR gen:next", "INCR %s:gen:next", p->prefix))) return -1;
+        long long n = r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
+        freeReplyObject(r);
+        r = command(p, "SET gen", "SET %s:gen %lld NX PX %lld", p->prefix, n, (long long)p->pc.ttl_ms);
         if (!r) return -1;
         freeReplyObject(r);
         p->need_resync = 1;
@@ -246,6 +252,10 @@ static int check_meta(iqp_publisher *p) {
                     p->prefix, g, IQP_RV_LAYOUT_VERSION, p->fingerprint, p->layout_json, (long long)iqp_wall_ms());
         p->need_resync = 1;
         rc = r ? 0 : -1;
+        if (r) freeReplyObject(r);
+        r = rc == 0 ? command(p, "PEXPIRE meta", "PEXPIRE %s:%llu:meta %lld", p->prefix, g, (long long)p->pc.ttl_ms)
+                    : NULL;
+        rc = r ? 0 : -1;
     } else {
         const redisReply *ver = hash_field(r, "layout_version"), *fp = hash_field(r, "fingerprint");
         char want[8];
@@ -271,27 +281,24 @@ static void run_id_meta_key(const iqp_publisher *p, char *out, size_t cap) {
 /* ---- the publish lease ---------------------------------------------------------- */
 
 /* <prefix>:lease names the one process that writes the prefix (see
- * publisher/generation.h): taken or renewed here (PX IQP_LEASE_MS), or the
- * holder's name returned. */
-static const char *LEASE_SCRIPT =
-    "local v = redis.call('GET', KEYS[1]) "
-    "if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end "
-    "return v";
-
-/* 0 when the lease is ours, -1 (retry later) when Redis failed or another
- * process holds it. */
+ * publisher/generation.h). 0 when the lease is ours (taken, renewed or
+ * taken over from a dead holder), -1 (retry later) when Redis failed or
+ * another process holds it. */
 static int lease_hold(iqp_publisher *p) {
-    if (!p->lease_value[0]) iqp_lease_value(p->lease_value, sizeof p->lease_value, p->role);
-    redisReply *r = command(p, "lease", "EVAL %s 1 %s:lease %s %d", LEASE_SCRIPT, p->prefix, p->lease_value,
-                            IQP_LEASE_MS);
-    if (!r) return -1;
-    int ours = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
-    if (!ours)
+    char holder[256];
+    if (!p->lease_value[0] && iqp_lease_new_value(p->redis, p->prefix, p->role, p->lease_value,
+                                                  sizeof p->lease_value) < 0) {
+        note_error(p, "lease on Redis at %s failed: %s", p->where, p->lease_value);
+        p->lease_value[0] = '\0';
+        return -1;
+    }
+    int rc = iqp_lease_acquire(p->redis, p->prefix, p->lease_value, holder, sizeof holder);
+    if (rc < 0) note_error(p, "lease on Redis at %s failed: %s", p->where, holder);
+    if (rc == 0)
         note_error(p, "prefix '%s' on Redis at %s is being written by %s; changes stay queued until it is done",
-                   p->prefix, p->where, r->type == REDIS_REPLY_STRING ? r->str : "another process");
-    freeReplyObject(r);
-    if (ours) p->lease_renewed_ms = iqp_mono_ms();
-    return ours ? 0 : -1;
+                   p->prefix, p->where, holder);
+    if (rc == 1) p->lease_renewed_ms = iqp_mono_ms();
+    return rc == 1 ? 0 : -1;
 }
 
 static void lease_release(iqp_publisher *p) { iqp_lease_release(p->redis, p->prefix, p->lease_value); }
@@ -488,20 +495,37 @@ static int publish_dirty(iqp_publisher *p, const iqp_store_snapshot *snap, const
     return rc;
 }
 
-/* Records this round's watermark and wall clock in the generation's meta. */
+/* Records this round's watermark and wall clock in the generation's
+ * meta and gives the meta and the pointer the same new TTL, in one script
+ * (Redis fixes the time while a script runs, so both expire at the same
+ * instant): a reader never finds a pointer to an expired generation for
+ * longer than the read between the two. Refused when the pointer no
+ * longer names this generation (it expired, or a refresh replaced it
+ * under another lease) or when the lease is no longer ours. */
+static const char *STAMP_SCRIPT =
+    "if redis.call('GET', KEYS[3]) ~= ARGV[5] then return -1 end "
+    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end "
+    "redis.call('HSET', KEYS[2], 'as_of_ms', ARGV[2], 'published_ms', ARGV[3]) "
+    "redis.call('PEXPIRE', KEYS[2], ARGV[4]) "
+    "redis.call('PEXPIRE', KEYS[1], ARGV[4]) "
+    "return 1";
+
 static int stamp_meta(iqp_publisher *p) {
-    char as_of[32], now[32], key[200];
-    snprintf(key, sizeof key, "%s:%llu:meta", p->prefix, (unsigned long long)p->generation);
-    const char *argv[6] = {"HSET", key, "as_of_ms", as_of, "published_ms", now};
-    size_t lens[6] = {4, strlen(key), 8, (size_t)snprintf(as_of, sizeof as_of, "%" PRId64, iqp_store_watermark(p->st)),
-                      12, (size_t)snprintf(now, sizeof now, "%" PRId64, iqp_wall_ms())};
-    if (pipe_append(p, 6, argv, lens) < 0) return -1;
-    /* the meta key outlives every value key: each round refreshes it */
-    char ttl[32];
-    const char *exp[3] = {"PEXPIRE", key, ttl};
-    size_t elens[3] = {7, strlen(key), (size_t)snprintf(ttl, sizeof ttl, "%" PRId64, p->pc.ttl_ms)};
-    if (pipe_append(p, 3, exp, elens) < 0) return -1;
-    return pipe_read(p, 0);
+    if (pipe_read(p, 0) < 0) return -1;
+    unsigned long long g = (unsigned long long)p->generation;
+    redisReply *r = command(p, "stamp meta", "EVAL %s 3 %s:gen %s:%llu:meta %s:lease %llu %lld %lld %lld %s",
+                            STAMP_SCRIPT, p->prefix, p->prefix, g, p->prefix, g, (long long)iqp_store_watermark(p->st),
+                            (long long)iqp_wall_ms(), (long long)p->pc.ttl_ms, p->lease_value);
+    if (!r) return -1;
+    long long v = r->type == REDIS_REPLY_INTEGER ? r->integer : -2;
+    freeReplyObject(r);
+    if (v == 1) return 0;
+    if (v == -1)
+        note_error(p, "lost the lease %s:lease on Redis at %s (another writer took over)", p->prefix, p->where);
+    else
+        note_error(p, "%s:gen on Redis at %s no longer names generation %llu (its TTL ran out, or it was "
+                   "replaced); publishing everything into a new generation", p->prefix, p->where, g);
+    return -1;
 }
 
 /* ---- the queue ---------------------------------------------------------------------- */
@@ -607,6 +631,18 @@ static int collect_dirty(void *ud, const unsigned char *key, size_t klen, const 
     return 0;
 }
 
+/* A full publish must end while the keys it wrote first still live:
+ * one that has taken half the TTL is stopped (the next keys would
+ * outlive the first ones by more than the TTL leaves them). */
+static int check_ttl_covers(iqp_publisher *p) {
+    int64_t took = iqp_mono_ms() - p->resync_started_ms;
+    if (2 * took <= p->pc.ttl_ms) return 0;
+    note_error(p, "the Redis TTL (%lld ms) is shorter than twice this full publish (%lld ms so far): the keys "
+               "written first would expire before it ends; use a longer TTL (--redis-ttl, redis.ttl)",
+               (long long)p->pc.ttl_ms, (long long)took);
+    return -1;
+}
+
 static int resync_cf(iqp_publisher *p, const iqp_store_snapshot *snap, iqp_cf cf) {
     char err[512];
     resync_scan rs = {.dirty = &p->dirty, .max = p->pc.batch_keys};
@@ -622,6 +658,8 @@ static int resync_cf(iqp_publisher *p, const iqp_store_snapshot *snap, iqp_cf cf
             rc = -1;
         }
         if (rc == 0) rc = publish_dirty(p, snap, &p->dirty);
+        if (rc == 0) iqp_failpoint("publish.resync");
+        if (rc == 0) rc = check_ttl_covers(p);
     } while (rc == 0 && rs.more);
     iqp_keybuf_free(&rs.resume);
     return rc;
@@ -653,6 +691,7 @@ static int drop_records_before(iqp_publisher *p, uint64_t seq) {
 static int resync(iqp_publisher *p) {
     char key[200], err[512];
     uint64_t covered = iqp_pending_next_seq(p->q); /* records below were committed before the snapshot */
+    p->resync_started_ms = iqp_mono_ms();
     iqp_store_snapshot *snap = iqp_store_snapshot_new(p->st);
     int rc = resync_cf(p, snap, IQP_CF_CONTEXTS);
     if (rc == 0) rc = resync_cf(p, snap, IQP_CF_COUNTS);

@@ -29,18 +29,24 @@
 #include <check.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
+#include <arpa/inet.h>
 #include <math.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
 
 #include "aggregator/config.h"
+#include "aggregator/normalize.h"
 #include "client/iqp.h"
 #include "client/redis_conn.h"
 #include "schemas/redis_value.h"
@@ -121,6 +127,36 @@ START_TEST(hash_keys_follow_the_document) {
 }
 END_TEST
 
+/* The document's list of country codes is the one the pipeline keeps:
+ * every two-letter code is kept iff the document lists it. */
+START_TEST(layout_doc_lists_the_country_codes) {
+    char *path = tu_fmt("%s/schemas/redis-layout.md", IQP_SRCDIR), *doc = tu_read_file(path, NULL);
+    ck_assert_ptr_nonnull(doc);
+    char *block = strstr(doc, "officially assigned ISO 3166-1 alpha-2 codes below");
+    ck_assert_ptr_nonnull(block);
+    block = strstr(block, "```text\n");
+    ck_assert_ptr_nonnull(block);
+    block += 8;
+    char *end = strstr(block, "```");
+    ck_assert_ptr_nonnull(end);
+    *end = 0;
+    size_t listed = 0;
+    for (char a = 'A'; a <= 'Z'; a++)
+        for (char b = 'A'; b <= 'Z'; b++) {
+            char code[3] = {a, b, 0}, out[3], word[4] = {a, b, 0, 0};
+            int in_doc = 0;
+            for (const char *p = block; (p = strstr(p, word)); p++)
+                if ((p == block || p[-1] == ' ' || p[-1] == '\n') && (p[2] == ' ' || p[2] == '\n' || !p[2])) in_doc = 1;
+            iqp_normalize_country(code, 2, out);
+            int kept = strcmp(out, code) == 0 && strcmp(code, "ZZ") != 0;
+            ck_assert_msg(in_doc == kept, "%s: listed %d, kept by the pipeline %d", code, in_doc, kept);
+            listed += in_doc;
+        }
+    ck_assert_uint_eq(listed, 249);
+    free(doc), free(path);
+}
+END_TEST
+
 /* ---- Redis URLs -------------------------------------------------------------------- */
 
 START_TEST(urls_parse) {
@@ -158,6 +194,39 @@ START_TEST(urls_parse) {
 }
 END_TEST
 
+/* A password never appears in a message: URL errors show it as ***. */
+START_TEST(passwords_are_masked) {
+    iqp_redis_url u;
+    char err[512], shown[256];
+    static const char *const bad[] = {"redis://:s3cret@127.0.0.1:70000", "redis://ranker:s3cret@[::1",
+                                      "redis://:s3/cret@127.0.0.1", "http://:s3cret@x", "redis://s3cret@h:1/x",
+                                      NULL};
+    for (const char *const *b = bad; *b; b++) {
+        ck_assert_int_eq(iqp_redis_url_parse(*b, &u, err, sizeof err), -1);
+        ck_assert_msg(!strstr(err, "s3") && !strstr(err, "cret") && strstr(err, "***"), "%s -> %s", *b, err);
+    }
+    iqp_redis_url_mask("redis://ranker:pw@127.0.0.1:1/0", shown, sizeof shown);
+    ck_assert_str_eq(shown, "redis://ranker:***@127.0.0.1:1/0");
+    iqp_redis_url_mask("redis://pw@127.0.0.1", shown, sizeof shown);
+    ck_assert_str_eq(shown, "redis://***@127.0.0.1");
+    iqp_redis_url_mask("unix:///run/redis.sock?db=1", shown, sizeof shown);
+    ck_assert_str_eq(shown, "unix:///run/redis.sock?db=1");
+    /* every command that takes a URL: a bad one is a usage error that
+     * does not echo the password */
+    static const char *const cmds[] = {
+        "lookup --redis 'redis://:s3cret@127.0.0.1:0' --query q -- a",
+        "publish --store /nonexistent --redis 'redis://:s3cret@127.0.0.1:0'",
+        "refresh --store /nonexistent --redis 'redis://u:s3cret@127.0.0.1:99999'",
+        "stream --store /nonexistent --brokers 127.0.0.1:1 --redis 'redis://:s3cret@[::1'", NULL};
+    for (const char *const *c = cmds; *c; c++) {
+        char *out = NULL, *cmd = tu_fmt("'%s' %s 2>&1", tu_iqp(), *c);
+        int rc = tu_run(cmd, &out);
+        ck_assert_msg(rc == 2 && !strstr(out, "s3cret") && strstr(out, "***"), "%s: exit %d: %s", *c, rc, out);
+        free(out), free(cmd);
+    }
+}
+END_TEST
+
 /* ---- the published store ------------------------------------------------------------ */
 
 typedef struct context {
@@ -167,6 +236,7 @@ typedef struct context {
 } context;
 
 static char *setup_error, *dir, *store, *traffic, *redis_url;
+static char *lookup_cmd(const char *source, const context *c);
 static oracle *orc;
 static int redis_port;
 static pid_t redis_pid;
@@ -338,6 +408,254 @@ START_TEST(libiqp_equals_the_oracle) {
 }
 END_TEST
 
+/* A bad call between good calls (issue 13, item 4): every argument is
+ * checked before anything is queued on the connection, and a call that
+ * fails with replies still owed drops them, so the good calls after a bad
+ * one still equal the oracle. */
+START_TEST(bad_call_between_good_calls) {
+    require_setup();
+    iqp_client *cl = open_client(2000);
+    const context *c = &contexts[0];
+    size_t len = iqp_client_result_len(cl, c->n_items);
+    double *v = malloc(len * sizeof *v);
+    char *long_query = malloc(9001);
+    memset(long_query, 'a', 9000);
+    long_query[9000] = 0;
+    const char *null_item[2] = {c->items[0], NULL};
+    compare_context(cl, c);
+    /* each bad call returns its own error; the next good call is right */
+    ck_assert_int_eq(iqp_client_lookup(cl, long_query, c->country, c->gender, c->items, c->n_items, v, len),
+                     IQP_EINVAL);
+    ck_assert_msg(strstr(iqp_client_errstr(cl), "too long"), "%s", iqp_client_errstr(cl));
+    compare_context(cl, c);
+    ck_assert_int_eq(iqp_client_lookup(cl, "\xff\xfe", c->country, c->gender, c->items, c->n_items, v, len),
+                     IQP_EINVAL);
+    compare_context(cl, &contexts[1]);
+    ck_assert_int_eq(iqp_client_lookup(cl, c->query, c->country, c->gender, null_item, 2, v, len), IQP_EINVAL);
+    compare_context(cl, c);
+    ck_assert_int_eq(iqp_client_lookup(cl, c->query, c->country, c->gender, c->items, c->n_items, v, len - 1),
+                     IQP_EINVAL);
+    compare_context(cl, &contexts[2]);
+    /* a value that is not the layout's: the call fails after its whole
+     * pipeline was sent; its other replies must not reach the next call */
+    redisContext *rc = redisConnect("127.0.0.1", redis_port);
+    ck_assert(rc && !rc->err);
+    redisReply *r = redisCommand(rc, "GET iqp:gen");
+    ck_assert(r && r->type == REDIS_REPLY_STRING);
+    char *key = tu_fmt("iqp:%s:q_item:%s", r->str, c->query);
+    freeReplyObject(r);
+    /* a mask of 512: a bit far beyond the counters */
+    freeReplyObject(redisCommand(rc, "HSET %s planted-item %b", key, "\x80\x04", (size_t)2));
+    const char *planted[2] = {c->items[0], "planted-item"};
+    ck_assert_int_eq(iqp_client_lookup(cl, c->query, c->country, c->gender, planted, 2, v, len), IQP_EPROTOCOL);
+    compare_context(cl, c);
+    ck_assert_int_eq(iqp_client_lookup(cl, long_query, NULL, NULL, c->items, 1, v, len), IQP_EINVAL);
+    compare_context(cl, &contexts[3]);
+    freeReplyObject(redisCommand(rc, "HDEL %s planted-item", key));
+    redisFree(rc);
+    free(key);
+    free(long_query);
+    free(v);
+    iqp_client_close(cl);
+}
+END_TEST
+
+/* The URL from $IQP_REDIS_URL or --redis-url-file reads what --redis
+ * reads; a password in it is never printed, even when Redis refuses it. */
+START_TEST(url_from_env_and_file) {
+    require_setup();
+    const context *c = &contexts[0];
+    char *file = tu_fmt("%s/redis.url", dir), *direct = tu_fmt("--redis %s", redis_url);
+    char *write = tu_fmt("printf '%%s\\n' '%s' > '%s'", redis_url, file);
+    ck_assert(run_ok(write));
+    char *via_file = tu_fmt("--redis-url-file '%s'", file);
+    char *c1 = lookup_cmd(direct, c), *c2 = lookup_cmd(via_file, c), *c3 = lookup_cmd("", c);
+    char *c3env = tu_fmt("IQP_REDIS_URL='%s' %s", redis_url, c3);
+    char *o1 = NULL, *o2 = NULL, *o3 = NULL;
+    ck_assert(tu_run(c1, &o1) == 0 && tu_run(c2, &o2) == 0 && tu_run(c3env, &o3) == 0);
+    ck_assert_msg(strlen(o1) > 100 && strcmp(o1, o2) == 0 && strcmp(o1, o3) == 0,
+                  "--redis printed\n%s\n--redis-url-file printed\n%s\n$IQP_REDIS_URL printed\n%s", o1, o2, o3);
+    /* iqp publish from the environment */
+    char *pub = tu_fmt("IQP_REDIS_URL='%s' '%s' publish --store '%s' --quiet", redis_url, tu_iqp(), store);
+    ck_assert(run_ok(pub));
+    /* a missing file and an empty one are usage errors naming the file */
+    char *out = NULL, *cmd = tu_fmt("'%s' lookup --redis-url-file '%s/none' --query q -- a 2>&1", tu_iqp(), dir);
+    ck_assert_int_eq(tu_run(cmd, &out), 2);
+    ck_assert_msg(strstr(out, "/none"), "%s", out);
+    free(out), free(cmd);
+    /* a wrong password: the failure names the server, never the password */
+    char *bad = tu_fmt("printf 'redis://:s3cret@127.0.0.1:%d/0\\n' > '%s'", redis_port, file);
+    ck_assert(run_ok(bad));
+    cmd = tu_fmt("'%s' lookup --redis-url-file '%s' --query q -- a 2>&1", tu_iqp(), file);
+    int rc = tu_run(cmd, &out);
+    ck_assert_msg(rc == 1 && !strstr(out, "s3cret") && strstr(out, "AUTH"), "exit %d: %s", rc, out);
+    free(out), free(cmd);
+    free(o1), free(o2), free(o3), free(c1), free(c2), free(c3), free(c3env);
+    free(via_file), free(file), free(direct);
+}
+END_TEST
+
+/* ---- hostile replies (issue 13, item 5) ------------------------------------------ */
+
+/* A fake Redis on loopback: answers the client's open like the real one
+ * (GET gen, HMGET meta with the real layout), then answers a lookup's
+ * pipeline with a huge array or a huge string, and counts what it
+ * managed to send before the client hung up. */
+typedef struct fake_redis {
+    int listen_fd, port;
+    int huge_array;          /* else a huge bulk string */
+    char *meta_reply;        /* RESP of HMGET meta */
+    atomic_int stop;
+    atomic_size_t sent;      /* bytes of the hostile reply sent */
+    pthread_t thread;
+} fake_redis;
+
+#define HOSTILE_CAP ((size_t)96 << 20)
+
+static int send_all(int fd, const char *b, size_t n) {
+    while (n) {
+        ssize_t w = send(fd, b, n, MSG_NOSIGNAL);
+        if (w <= 0) return -1;
+        b += w, n -= (size_t)w;
+    }
+    return 0;
+}
+
+static void send_hostile(fake_redis *f, int fd) {
+    char chunk[65536];
+    const char *head = f->huge_array ? "$1\r\n1\r\n*4000000\r\n" : "$1\r\n1\r\n$100000000\r\n";
+    if (send_all(fd, head, strlen(head)) < 0) return;
+    for (size_t i = 0; i < sizeof chunk; i += 4) memcpy(chunk + i, f->huge_array ? ":1\r\n" : "xxxx", 4);
+    size_t total = f->huge_array ? 16000000 : 100000000;
+    for (size_t done = 0; done < total && done < HOSTILE_CAP && !atomic_load(&f->stop); done += sizeof chunk) {
+        if (send_all(fd, chunk, sizeof chunk) < 0) return;
+        atomic_fetch_add(&f->sent, sizeof chunk);
+    }
+}
+
+static void serve_one(fake_redis *f, int fd) {
+    char buf[65536];
+    ssize_t n;
+    while (!atomic_load(&f->stop) && (n = recv(fd, buf, sizeof buf - 1, 0)) > 0) {
+        buf[n] = 0;
+        if (strstr(buf, "meta")) {
+            if (send_all(fd, f->meta_reply, strlen(f->meta_reply)) < 0) return;
+        } else if (strstr(buf, "HMGET")) {
+            send_hostile(f, fd);
+            return;
+        } else if (strstr(buf, "GET")) {
+            if (send_all(fd, "$1\r\n1\r\n", 7) < 0) return;
+        }
+    }
+}
+
+static void *fake_main(void *arg) {
+    fake_redis *f = arg;
+    while (!atomic_load(&f->stop)) {
+        struct pollfd p = {.fd = f->listen_fd, .events = POLLIN};
+        if (poll(&p, 1, 50) <= 0) continue;
+        int fd = accept(f->listen_fd, NULL, NULL);
+        if (fd < 0) continue;
+        serve_one(f, fd);
+        close(fd);
+    }
+    return NULL;
+}
+
+static void fake_start(fake_redis *f, int huge_array) {
+    memset(f, 0, sizeof *f);
+    f->huge_array = huge_array;
+    redisContext *rc = redisConnect("127.0.0.1", redis_port);
+    ck_assert(rc && !rc->err);
+    redisReply *g = redisCommand(rc, "GET iqp:gen");
+    redisReply *m = redisCommand(rc, "HMGET iqp:%s:meta layout_version fingerprint layout", g->str);
+    ck_assert(m && m->type == REDIS_REPLY_ARRAY && m->elements == 3);
+    f->meta_reply = tu_fmt("*3\r\n$%zu\r\n%s\r\n$%zu\r\n%s\r\n$%zu\r\n%s\r\n", m->element[0]->len,
+                           m->element[0]->str, m->element[1]->len, m->element[1]->str, m->element[2]->len,
+                           m->element[2]->str);
+    freeReplyObject(m), freeReplyObject(g), redisFree(rc);
+    f->listen_fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    ck_assert_int_eq(bind(f->listen_fd, (struct sockaddr *)&a, sizeof a), 0);
+    ck_assert_int_eq(listen(f->listen_fd, 4), 0);
+    socklen_t alen = sizeof a;
+    getsockname(f->listen_fd, (struct sockaddr *)&a, &alen);
+    f->port = ntohs(a.sin_port);
+    ck_assert_int_eq(pthread_create(&f->thread, NULL, fake_main, f), 0);
+}
+
+static void fake_stop(fake_redis *f) {
+    atomic_store(&f->stop, 1);
+    pthread_join(f->thread, NULL);
+    close(f->listen_fd);
+    free(f->meta_reply);
+}
+
+/* Both shapes of hostile reply fail the call with a message saying what
+ * was refused, after reading a bounded amount; `iqp lookup --redis`
+ * exits 1 saying so. */
+START_TEST(hostile_replies_are_bounded) {
+    require_setup();
+    for (int huge_array = 0; huge_array < 2; huge_array++) {
+        fake_redis f;
+        fake_start(&f, huge_array);
+        char *url = tu_fmt("redis://127.0.0.1:%d/0", f.port);
+        iqp_client_options o;
+        iqp_client_options_init(&o);
+        o.timeout_ms = 5000;
+        iqp_client *cl = iqp_client_open(url, &o);
+        ck_assert_msg(iqp_client_status(cl) == IQP_OK, "open on the fake: %s", iqp_client_errstr(cl));
+        const context *c = &contexts[0];
+        size_t len = iqp_client_result_len(cl, c->n_items);
+        double *v = malloc(len * sizeof *v);
+        iqp_status s = iqp_client_lookup(cl, c->query, c->country, c->gender, c->items, c->n_items, v, len);
+        size_t sent = atomic_load(&f.sent);
+        fprintf(stderr, "redis: a huge %s: %s after the fake sent %zu bytes: %s\n", huge_array ? "array" : "string",
+                iqp_status_name(s), sent, iqp_client_errstr(cl));
+        ck_assert_int_eq(s, IQP_EPROTOCOL);
+        ck_assert_ptr_nonnull(strstr(iqp_client_errstr(cl), huge_array ? "elements" : "string"));
+        ck_assert_uint_lt(sent, (size_t)32 << 20);
+        free(v);
+        iqp_client_close(cl);
+        char *out = NULL, *cmd = tu_fmt("'%s' lookup --redis %s --query %s -- a 2>&1", tu_iqp(), url,
+                                        huge_array ? "x" : "y");
+        int rc = tu_run(cmd, &out);
+        ck_assert_msg(rc == 1 && strstr(out, "refused"), "lookup --redis on a hostile server: exit %d: %s", rc, out);
+        free(out), free(cmd), free(url);
+        fake_stop(&f);
+    }
+}
+END_TEST
+
+/* A huge value planted in the real Redis: that call fails, bounded; the
+ * next call (without it) is right. */
+START_TEST(huge_value_in_redis_is_refused) {
+    require_setup();
+    const context *c = &contexts[0];
+    redisContext *rc = redisConnect("127.0.0.1", redis_port);
+    ck_assert(rc && !rc->err);
+    redisReply *r = redisCommand(rc, "GET iqp:gen");
+    char *key = tu_fmt("iqp:%s:q_item:%s", r->str, c->query);
+    freeReplyObject(r);
+    size_t big = (size_t)24 << 20;
+    char *junk = malloc(big);
+    memset(junk, 0x7f, big);
+    freeReplyObject(redisCommand(rc, "HSET %s huge-item %b", key, junk, big));
+    free(junk);
+    iqp_client *cl = open_client(5000);
+    const char *items[2] = {c->items[0], "huge-item"};
+    size_t len = iqp_client_result_len(cl, 2);
+    double *v = malloc(len * sizeof *v);
+    ck_assert_int_eq(iqp_client_lookup(cl, c->query, c->country, c->gender, items, 2, v, len), IQP_EPROTOCOL);
+    ck_assert_msg(strstr(iqp_client_errstr(cl), "string"), "%s", iqp_client_errstr(cl));
+    compare_context(cl, c);
+    freeReplyObject(redisCommand(rc, "HDEL %s huge-item", key));
+    redisFree(rc);
+    free(key), free(v);
+    iqp_client_close(cl);
+}
+END_TEST
+
 static char *lookup_cmd(const char *source, const context *c) {
     char *q = tu_shell_quote(c->query), *items = tu_fmt("%s", ""), *next;
     for (size_t i = 0; i < c->n_items; i++) {
@@ -443,6 +761,31 @@ START_TEST(readme_example_compiles_and_runs) {
     ck_assert_msg(strcmp(py_out, want) == 0, "the Python reader printed\n%s\nlibiqp says\n%s", py_out, want);
     free(py_out);
     free(py_cmd);
+    /* with --json it prints what `iqp lookup --redis` prints, byte for byte
+     * (the document's formatting rules) */
+    char *lk_out = NULL, *lk_cmd = tu_fmt("'%s' lookup --redis %s --query %s --country %s --gender %s -- %s %s",
+                                          tu_iqp(), redis_url, q, c->country, c->gender, i0, i1);
+    py_cmd = tu_fmt("/usr/bin/python3 '%s' --json %s %s %s %s %s %s", py, redis_url, q, c->country, c->gender, i0, i1);
+    ck_assert(tu_run(lk_cmd, &lk_out) == 0);
+    ck_assert_msg(tu_run(py_cmd, &py_out) == 0, "the Python reader failed: %s", py_cmd);
+    ck_assert_msg(strlen(lk_out) > 100 && strcmp(py_out, lk_out) == 0,
+                  "the Python reader --json printed\n%s\niqp lookup --redis printed\n%s", py_out, lk_out);
+    free(py_out), free(py_cmd), free(lk_out), free(lk_cmd);
+    /* an empty field value is a broken value, not zeros: both refuse it */
+    redisContext *rc = redisConnect("127.0.0.1", redis_port);
+    ck_assert(rc && !rc->err);
+    redisReply *g = redisCommand(rc, "GET iqp:gen");
+    char *key = tu_fmt("iqp:%s:q_item:%s", g->str, c->query);
+    freeReplyObject(g);
+    freeReplyObject(redisCommand(rc, "HSET %s empty-item %b", key, "", (size_t)0));
+    py_cmd = tu_fmt("/usr/bin/python3 '%s' %s %s %s %s empty-item 2>/dev/null", py, redis_url, q, c->country, c->gender);
+    ck_assert_msg(tu_run(py_cmd, NULL) != 0, "the Python reader took an empty value");
+    const char *empty_item[1] = {"empty-item"};
+    ck_assert_int_eq(iqp_client_lookup(cl, c->query, c->country, c->gender, empty_item, 1, v,
+                                       iqp_client_result_len(cl, 1)), IQP_EPROTOCOL);
+    freeReplyObject(redisCommand(rc, "HDEL %s empty-item", key));
+    redisFree(rc);
+    free(key), free(py_cmd);
     free(py);
     free(want);
     free(v);
@@ -686,6 +1029,212 @@ START_TEST(refresh_swaps_generations_whole) {
 }
 END_TEST
 
+/* ---- TTLs: the pointer and its generation live and die together (issue 18, item 3) ---- */
+
+/* redis-cli on database db, trailing newline removed. */
+static char *db_get(int db, const char *args) {
+    char *a = tu_fmt("-n %d %s", db, args), *out = redis_get(a);
+    free(a);
+    return out;
+}
+
+static long long db_int(int db, const char *fmt, const char *arg) {
+    char *args = tu_fmt(fmt, arg), *out = db_get(db, args);
+    long long v = strtoll(out, NULL, 10);
+    free(out), free(args);
+    return v;
+}
+
+/* Waits (bounded) until the pointer of database db is gone. */
+static int wait_pointer_gone(int db, int max_ms) {
+    for (int waited = 0; waited <= max_ms; waited += 50) {
+        char *g = db_get(db, "EXISTS iqp:gen");
+        int gone = strcmp(g, "0") == 0;
+        free(g);
+        if (gone) return 1;
+        usleep(50000);
+    }
+    return 0;
+}
+
+START_TEST(pointer_and_generation_expire_together) {
+    require_setup();
+    const int db = 2;
+    char *url = tu_fmt("redis://127.0.0.1:%d/%d", redis_port, db);
+    free(db_get(db, "FLUSHDB"));
+    ck_assert(run_ok(tu_fmt("'%s' publish --store '%s' --redis %s --all --redis-ttl 3s --quiet", tu_iqp(), store, url)));
+    /* publish --all hands out its generation number with INCR, as the
+     * layout document says */
+    char *gen = db_get(db, "GET iqp:gen"), *next = db_get(db, "GET iqp:gen:next");
+    ck_assert_msg(strcmp(gen, next) == 0 && atoi(gen) >= 1, "iqp:gen %s, iqp:gen:next %s", gen, next);
+    char *meta = tu_fmt("iqp:%s:meta", gen);
+    long long t_gen = db_int(db, "PEXPIRETIME %s", "iqp:gen"), t_meta = db_int(db, "PEXPIRETIME %s", meta);
+    ck_assert_msg(t_gen > 0 && t_gen == t_meta, "PEXPIRETIME of the pointer %lld, of its meta %lld", t_gen, t_meta);
+    iqp_client_options o;
+    iqp_client_options_init(&o);
+    o.timeout_ms = 2000;
+    iqp_client *cl = iqp_client_open(url, &o);
+    ck_assert_msg(iqp_client_status(cl) == IQP_OK, "%s", iqp_client_errstr(cl));
+    const context *c = &contexts[0];
+    size_t len = iqp_client_result_len(cl, c->n_items);
+    double *v = malloc(len * sizeof *v);
+    ck_assert_int_eq(iqp_client_lookup(cl, c->query, c->country, c->gender, c->items, c->n_items, v, len), IQP_OK);
+    /* after the TTL: no live generation, a distinct status, and the CLI says so */
+    ck_assert_msg(wait_pointer_gone(db, 10000), "iqp:gen still there 10 s after a 3 s TTL");
+    ck_assert_int_eq(iqp_client_lookup(cl, c->query, c->country, c->gender, c->items, c->n_items, v, len),
+                     IQP_NO_GENERATION);
+    ck_assert_msg(strstr(iqp_client_errstr(cl), "no features published"), "%s", iqp_client_errstr(cl));
+    iqp_client_close(cl);
+    cl = iqp_client_open(url, &o);
+    ck_assert_int_eq(iqp_client_status(cl), IQP_NO_GENERATION);
+    iqp_client_close(cl);
+    char *out = NULL, *cmd = tu_fmt("'%s' lookup --redis %s --query x -- a 2>&1", tu_iqp(), url);
+    int rc = tu_run(cmd, &out);
+    ck_assert_msg(rc == 1 && strstr(out, "no features published"), "exit %d: %s", rc, out);
+    free(out), free(cmd);
+    /* a refresh: every key of the new generation, its meta and the
+     * pointer share one expiry instant */
+    ck_assert(run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --redis %s --redis-ttl 30s --quiet 2>/dev/null",
+                            tu_iqp(), store, START_MS + 6LL * 3600 * 1000, url)));
+    free(gen), free(meta);
+    gen = db_get(db, "GET iqp:gen");
+    meta = tu_fmt("iqp:%s:meta", gen);
+    char *value_key = tu_fmt("'iqp:%s:q_item:%s'", gen, c->query), *top_key = tu_fmt("'iqp:%s:@top:q_item:%s'", gen,
+                                                                                   c->query);
+    t_gen = db_int(db, "PEXPIRETIME %s", "iqp:gen");
+    ck_assert(t_gen > 0);
+    ck_assert_int_eq(db_int(db, "PEXPIRETIME %s", meta), t_gen);
+    ck_assert_int_eq(db_int(db, "PEXPIRETIME %s", value_key), t_gen);
+    ck_assert_int_eq(db_int(db, "PEXPIRETIME %s", top_key), t_gen);
+    /* a TTL shorter than twice the publish: refused, the old generation stays served */
+    cmd = tu_fmt("IQP_FAILPOINT=generation.values=sleep:1200 '%s' refresh --store '%s' --as-of %lld --redis %s "
+                 "--redis-ttl 2s --quiet 2>&1", tu_iqp(), store, START_MS + 6LL * 3600 * 1000, url);
+    rc = tu_run(cmd, &out);
+    ck_assert_msg(rc == 1 && strstr(out, "half the TTL"), "exit %d: %s", rc, out);
+    char *after = db_get(db, "GET iqp:gen");
+    ck_assert_str_eq(after, gen);
+    free(out), free(cmd), free(after);
+    /* the same for a full publish */
+    free(db_get(db, "FLUSHDB"));
+    cmd = tu_fmt("IQP_FAILPOINT=publish.resync=sleep:1200 '%s' publish --store '%s' --redis %s --all "
+                 "--redis-ttl 2s 2>&1", tu_iqp(), store, url);
+    rc = tu_run(cmd, &out);
+    ck_assert_msg(rc == 1 && strstr(out, "shorter than twice"), "exit %d: %s", rc, out);
+    free(out), free(cmd);
+    free(db_get(db, "FLUSHDB"));
+    free(value_key), free(top_key), free(v), free(meta), free(gen), free(next), free(url);
+}
+END_TEST
+
+/* ---- a killed refresh (issue 13, item 10) ---------------------------------------- */
+
+static pid_t spawn_sh(const char *cmd) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* Keys of database db that belong to a generation other than the served one. */
+static long long stale_keys(int db) {
+    char *n = db_get(db, "EVAL \"local g = redis.call('GET', 'iqp:gen') local n = 0 "
+                         "for _, k in ipairs(redis.call('KEYS', 'iqp:*')) do "
+                         "local x = string.match(k, '^iqp:(%d+):') if x and x ~= g then n = n + 1 end end "
+                         "return n\" 0");
+    long long v = strtoll(n, NULL, 10);
+    free(n);
+    return v;
+}
+
+static uint64_t served_digest(const char *url, const context *c) {
+    iqp_client_options o;
+    iqp_client_options_init(&o);
+    o.timeout_ms = 2000;
+    iqp_client *cl = iqp_client_open(url, &o);
+    ck_assert_msg(iqp_client_status(cl) == IQP_OK, "%s", iqp_client_errstr(cl));
+    uint64_t d = 0;
+    ck_assert_int_eq(answer_digest(cl, c, &d), 0);
+    iqp_client_close(cl);
+    return d;
+}
+
+/* kill -9 of `iqp refresh --redis` at each point of its publish: before
+ * the flip readers keep the old generation whole, after it the new one
+ * whole; the next refresh takes over the dead holder's lease at once,
+ * and every key of the abandoned (or replaced) generation is collected. */
+START_TEST(killed_refresh_leaves_nothing_half_done) {
+    require_setup();
+    const int db = 3;
+    const context *c = &contexts[0];
+    long long t2 = START_MS + 26LL * 3600 * 1000;
+    char *url = tu_fmt("redis://127.0.0.1:%d/%d", redis_port, db), *url4 = tu_fmt("redis://127.0.0.1:%d/4", redis_port);
+    free(db_get(4, "FLUSHDB"));
+    ck_assert(run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --redis %s --quiet 2>/dev/null", tu_iqp(), store,
+                            t2, url4)));
+    uint64_t d_new = served_digest(url4, c);
+    free(db_get(4, "FLUSHDB"));
+    static const char *const points[] = {"generation.meta", "generation.values", "generation.before_flip",
+                                         "generation.after_flip"};
+    for (size_t i = 0; i < sizeof points / sizeof points[0]; i++) {
+        free(db_get(db, "FLUSHDB"));
+        ck_assert(run_ok(tu_fmt("'%s' publish --store '%s' --redis %s --all --quiet", tu_iqp(), store, url)));
+        uint64_t d_old = served_digest(url, c);
+        ck_assert_msg(d_old != d_new, "the refresh changes nothing: a vacuous test");
+        char *g0 = db_get(db, "GET iqp:gen");
+        char *cmd = tu_fmt("IQP_FAILPOINT=%s=kill '%s' refresh --store '%s' --as-of %lld --redis %s --grace-ms 300 "
+                           "--quiet 2>/dev/null", points[i], tu_iqp(), store, t2, url);
+        int rc = tu_run(cmd, NULL);
+        ck_assert_msg(rc == 128 + SIGKILL, "%s: the refresh was not killed (exit %d)", points[i], rc);
+        char *g1 = db_get(db, "GET iqp:gen"), *lease = db_get(db, "EXISTS iqp:lease");
+        ck_assert_msg(strcmp(lease, "1") == 0, "%s: the killed writer's lease is not there", points[i]);
+        int flipped = strcmp(points[i], "generation.after_flip") == 0;
+        ck_assert_msg(flipped ? strcmp(g0, g1) != 0 : strcmp(g0, g1) == 0, "%s: pointer %s -> %s", points[i], g0, g1);
+        ck_assert_msg(served_digest(url, c) == (flipped ? d_new : d_old), "%s: readers see a mixed answer",
+                      points[i]);
+        /* the next refresh is not refused by the dead holder's lease */
+        ck_assert_msg(run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --redis %s --grace-ms 300 --quiet "
+                                    "2>/dev/null", tu_iqp(), store, t2, url)),
+                      "%s: the next refresh failed", points[i]);
+        ck_assert(served_digest(url, c) == d_new);
+        long long stale = -1;
+        for (int waited = 0; waited < 10000 && (stale = stale_keys(db)) != 0; waited += 100) usleep(100000);
+        ck_assert_msg(stale == 0, "%s: %lld keys of other generations left", points[i], stale);
+        fprintf(stderr, "redis: refresh killed at %s: pointer %s -> %s, readers whole, next refresh took over, "
+                "nothing left\n", points[i], g0, g1);
+        free(cmd), free(g0), free(g1), free(lease);
+    }
+    /* a live writer is never overtaken: a second refresh is refused */
+    char *slow = tu_fmt("IQP_FAILPOINT=generation.values=sleep:3000 '%s' refresh --store '%s' --as-of %lld "
+                        "--redis %s --quiet 2>/dev/null", tu_iqp(), store, t2, url);
+    pid_t pid = spawn_sh(slow);
+    ck_assert_int_gt(pid, 0);
+    char *g_before = db_get(db, "GET iqp:gen"), *meta_count = NULL;
+    /* wait until the slow writer holds the lease and has written its meta */
+    int waited = 0;
+    for (; waited < 10000; waited += 50) {
+        char *lease = db_get(db, "GET iqp:lease");
+        int held = strstr(lease, "iqp refresh") != NULL;
+        free(lease);
+        if (held) break;
+        usleep(50000);
+    }
+    ck_assert_msg(waited < 10000, "the slow refresh never took the lease");
+    char *out = NULL, *cmd = tu_fmt("'%s' refresh --store '%s' --as-of %lld --redis %s --quiet 2>&1", tu_iqp(), store,
+                                    t2, url);
+    int rc = tu_run(cmd, &out);
+    ck_assert_msg(rc == 1 && strstr(out, "being written by"), "a second writer: exit %d: %s", rc, out);
+    int status = 0;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the slow refresh failed");
+    char *g_after = db_get(db, "GET iqp:gen");
+    ck_assert_msg(strcmp(g_before, g_after) != 0, "the slow refresh did not flip");
+    free(db_get(db, "FLUSHDB"));
+    free(out), free(cmd), free(slow), free(g_before), free(g_after), free(meta_count), free(url), free(url4);
+}
+END_TEST
+
 /* Bad usage of `iqp publish` exits 2 and names the problem. */
 START_TEST(publish_rejects_bad_usage) {
     static const struct {
@@ -720,17 +1269,25 @@ int main(void) {
     tcase_add_test(unit, value_decoder_refuses_bad_bytes);
     tcase_add_test(unit, hash_keys_follow_the_document);
     tcase_add_test(unit, urls_parse);
+    tcase_add_test(unit, passwords_are_masked);
+    tcase_add_test(unit, layout_doc_lists_the_country_codes);
     tcase_add_test(unit, publish_rejects_bad_usage);
     suite_add_tcase(s, unit);
     TCase *srv = tcase_create("redis-server");
     tcase_set_timeout(srv, 120);
     tcase_add_unchecked_fixture(srv, redis_setup, redis_teardown);
     tcase_add_test(srv, libiqp_equals_the_oracle);
+    tcase_add_test(srv, bad_call_between_good_calls);
+    tcase_add_test(srv, hostile_replies_are_bounded);
+    tcase_add_test(srv, url_from_env_and_file);
+    tcase_add_test(srv, huge_value_in_redis_is_refused);
     tcase_add_test(srv, lookup_redis_equals_lookup_store);
     tcase_add_test(srv, readme_example_compiles_and_runs);
     tcase_add_test(srv, unknown_layout_is_refused);
     tcase_add_test(srv, client_times_out_and_recovers);
     tcase_add_test(srv, refresh_swaps_generations_whole);
+    tcase_add_test(srv, pointer_and_generation_expire_together);
+    tcase_add_test(srv, killed_refresh_leaves_nothing_half_done);
     suite_add_tcase(s, srv);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
