@@ -563,6 +563,24 @@ static const char *parse_listen(const char *listen, struct sockaddr_storage *sa)
     return NULL;
 }
 
+static int is_loopback(const struct sockaddr_storage *sa) {
+    if (sa->ss_family == AF_INET6)
+        return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)sa)->sin6_addr);
+    return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+}
+
+int iqp_metrics_check_listen(const char *listen, int *loopback, char *err, size_t errlen) {
+    struct sockaddr_storage sa;
+    memset(&sa, 0, sizeof sa);
+    const char *why = parse_listen(listen ? listen : "", &sa);
+    if (why) {
+        if (err && errlen) snprintf(err, errlen, "bad metrics address '%s': %s", listen ? listen : "", why);
+        return -1;
+    }
+    if (loopback) *loopback = is_loopback(&sa);
+    return 0;
+}
+
 /* A listening TCP socket on sa, or -1 with errno set. */
 static int listen_on(const struct sockaddr_storage *sa) {
     int v6 = sa->ss_family == AF_INET6, one = 1;

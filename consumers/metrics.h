@@ -80,6 +80,13 @@ typedef struct iqp_metrics_server iqp_metrics_server;
  * use". m must outlive the server. */
 iqp_metrics_server *iqp_metrics_serve(iqp_metrics *m, const char *listen, char *err, size_t errlen);
 
+/* Checks a listen string without binding anything: 0 when iqp_metrics_serve
+ * could parse it, with *loopback (may be NULL) set to 1 for a loopback
+ * address (127.0.0.0/8, ::1, localhost) and 0 for any other (0.0.0.0, a
+ * LAN address: the endpoint is reachable from other hosts); -1 with the
+ * reason in err, e.g. "bad metrics address 'x:1': host must be ...". */
+int iqp_metrics_check_listen(const char *listen, int *loopback, char *err, size_t errlen);
+
 /* The TCP port actually bound. */
 int iqp_metrics_server_port(const iqp_metrics_server *s);
 

@@ -553,6 +553,10 @@ START_TEST(bad_listen_strings_are_refused_by_name) {
         ck_assert_msg(strncmp(err, want, strlen(want)) == 0, "'%s': err '%s'", cases[i].listen, err);
         ck_assert_msg(strstr(err, cases[i].why) != NULL, "'%s': err '%s'", cases[i].listen, err);
         free(want);
+        /* the same strings are refused before anything binds (iqp stream: exit 2) */
+        err[0] = 0;
+        ck_assert_int_eq(iqp_metrics_check_listen(cases[i].listen, NULL, err, sizeof err), -1);
+        ck_assert_msg(strstr(err, cases[i].why) != NULL, "check '%s': err '%s'", cases[i].listen, err);
     }
     /* a NULL or short error buffer is fine */
     ck_assert_ptr_null(iqp_metrics_serve(m, "nohost", NULL, 0));
@@ -560,6 +564,27 @@ START_TEST(bad_listen_strings_are_refused_by_name) {
     ck_assert_ptr_null(iqp_metrics_serve(m, "nohost", tiny, sizeof tiny));
     ck_assert_str_eq(tiny, "cannot ");
     iqp_metrics_free(m);
+}
+END_TEST
+
+/* Which listen addresses are loopback (served to this host only). */
+START_TEST(listen_addresses_are_classified_loopback_or_not) {
+    static const struct {
+        const char *listen;
+        int loopback;
+    } cases[] = {
+        {"127.0.0.1:9464", 1}, {"127.8.9.10:1", 1}, {"localhost:0", 1},  {"[::1]:9464", 1},
+        {"0.0.0.0:9464", 0},   {"10.1.2.3:9464", 0}, {"[::]:9464", 0},   {"128.0.0.1:1", 0},
+        {"[::ffff:10.0.0.1]:1", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char err[256] = "";
+        int loopback = -1;
+        ck_assert_msg(iqp_metrics_check_listen(cases[i].listen, &loopback, err, sizeof err) == 0,
+                      "'%s' refused: %s", cases[i].listen, err);
+        ck_assert_msg(loopback == cases[i].loopback, "'%s': loopback %d, want %d", cases[i].listen,
+                      loopback, cases[i].loopback);
+    }
 }
 END_TEST
 
@@ -605,6 +630,7 @@ int main(void) {
     tcase_add_test(http, http_serves_localhost_and_a_fixed_port);
     tcase_add_test(http, http_serves_ipv6_loopback);
     tcase_add_test(http, bad_listen_strings_are_refused_by_name);
+    tcase_add_test(http, listen_addresses_are_classified_loopback_or_not);
     tcase_add_test(http, a_port_in_use_is_refused_by_name);
     suite_add_tcase(s, http);
     SRunner *sr = srunner_create(s);
