@@ -145,6 +145,21 @@ int iqp_config_valid_name(const char *s, size_t n) {
     return 1;
 }
 
+/* Every key of obj must be in known (NULL-terminated): the first that is
+ * not fails with its JSON path, e.g. unknown key "windows[1].lenght".
+ * path is the object's own path ("" for the root). */
+static int check_keys(json_t *obj, const char *const *known, const char *path, const char *src,
+                      char *err, size_t errlen) {
+    const char *key;
+    json_t *v;
+    json_object_foreach(obj, key, v) {
+        const char *const *k = known;
+        while (*k && strcmp(*k, key) != 0) k++;
+        if (!*k) FAIL("%s: unknown key \"%s%s%s\"", src, path, *path ? "." : "", key);
+    }
+    return 0;
+}
+
 static int reserved_action_name(const char *name) {
     static const char *reserved[] = {"feature", "window", "context", "item",
                                      "context_count", "impression", "engaged"};
@@ -199,9 +214,14 @@ static int parse_features(iqp_config *cfg, json_t *arr, const char *src, char *e
     size_t i;
     json_t *v;
     json_array_foreach(arr, i, v) {
+        static const char *const known[] = {"name", "context", "entity", NULL};
         const char *name = json_string_value(json_object_get(v, "name"));
         json_t *entity = json_object_get(v, "entity");
         iqp_feature_spec *f = &cfg->features[cfg->n_features];
+        char path[32];
+        snprintf(path, sizeof path, "features[%zu]", i);
+        if (!json_is_object(v)) FAIL("%s: %s must be an object", src, path);
+        if (check_keys(v, known, path, src, err, errlen)) return -1;
         if (!name || !iqp_config_valid_name(name, strlen(name))) FAIL("%s: features[%zu].name is missing or invalid", src, i);
         if (iqp_config_feature_index(cfg, name) >= 0)
             FAIL("%s: features[%zu] \"%s\" is listed twice", src, i, name);
@@ -228,6 +248,11 @@ static int window_duration(json_t *v, int64_t *ms) {
 
 static int parse_window(iqp_window_spec *w, json_t *v, size_t i, const char *src, char *err,
                         size_t errlen) {
+    static const char *const known[] = {"name", "length", "granularity", NULL};
+    char path[32];
+    snprintf(path, sizeof path, "windows[%zu]", i);
+    if (!json_is_object(v)) FAIL("%s: %s must be an object", src, path);
+    if (check_keys(v, known, path, src, err, errlen)) return -1;
     const char *name = json_string_value(json_object_get(v, "name"));
     if (!name || !iqp_config_valid_name(name, strlen(name))) FAIL("%s: windows[%zu].name is missing or invalid", src, i);
     if (window_duration(json_object_get(v, "length"), &w->length_ms) < 0)
@@ -280,13 +305,9 @@ static int parse_size(json_t *obj, const char *key, size_t lo, size_t hi, size_t
 }
 
 static int parse_limits(iqp_config *cfg, json_t *obj, const char *src, char *err, size_t errlen) {
+    static const char *const known[] = {"max_event_bytes", "max_items", "max_string_bytes", NULL};
     if (!json_is_object(obj)) FAIL("%s: \"limits\" must be an object", src);
-    const char *key;
-    json_t *v;
-    json_object_foreach(obj, key, v) {
-        if (strcmp(key, "max_event_bytes") && strcmp(key, "max_items") && strcmp(key, "max_string_bytes"))
-            FAIL("%s: unknown key \"limits.%s\"", src, key);
-    }
+    if (check_keys(obj, known, "limits", src, err, errlen)) return -1;
     if (parse_size(obj, "max_event_bytes", 64, 64u << 20, &cfg->limits.max_event_bytes, src, err, errlen) ||
         parse_size(obj, "max_items", 1, 1000000, &cfg->limits.max_items, src, err, errlen) ||
         parse_size(obj, "max_string_bytes", 16, 16384, &cfg->limits.max_string_bytes, src, err, errlen))
@@ -313,19 +334,41 @@ static int check_at_most(json_t *root, const char *key, int64_t v, int64_t max, 
     return 0;
 }
 
-static const char *known_keys[] = {"layout_version", "actions",       "features",           "windows",
-                                   "limits",        "dedup_horizon",      "max_future_skew_ms",
-                                   "flush_events",  "kafka",              "stream",
-                                   "redis",         "metrics"};
+static const char *const known_keys[] = {"layout_version", "actions",       "features",           "windows",
+                                         "limits",        "dedup_horizon",      "max_future_skew_ms",
+                                         "flush_events",  "kafka",              "stream",
+                                         "redis",         "metrics",            NULL};
+
+/* The layout record's version: this build reads and writes 1 only. */
+#define LAYOUT_VERSION 1
+
+static int check_layout_version(json_t *v, const char *src, char *err, size_t errlen) {
+    if (!v || (json_is_integer(v) && json_integer_value(v) == LAYOUT_VERSION)) return 0;
+    char *text = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+    snprintf(err, errlen, "%s: \"layout_version\" %.40s is not supported (this iqp reads layout_version %d)",
+             src, text ? text : "?", LAYOUT_VERSION);
+    free(text);
+    return -1;
+}
+
+/* The "metrics" section belongs to `iqp stream` (cli/stream.c reads it),
+ * but its shape is checked here so every command refuses a misspelt key. */
+static int check_metrics_section(json_t *v, const char *src, char *err, size_t errlen) {
+    static const char *const known[] = {"listen", NULL};
+    if (!v) return 0;
+    if (!json_is_object(v)) FAIL("%s: \"metrics\" must be an object like {\"listen\": \"127.0.0.1:9464\"}", src);
+    if (check_keys(v, known, "metrics", src, err, errlen)) return -1;
+    json_t *l = json_object_get(v, "listen");
+    if (l && !json_is_string(l)) FAIL("%s: \"metrics.listen\" must be a string \"HOST:PORT\" or \"off\"", src);
+    return 0;
+}
 
 static int parse_root(iqp_config *cfg, json_t *root, const char *src, char *err, size_t errlen) {
-    const char *key;
     json_t *v;
-    json_object_foreach(root, key, v) {
-        size_t k = 0;
-        while (k < COUNT_OF(known_keys) && strcmp(key, known_keys[k])) k++;
-        if (k == COUNT_OF(known_keys)) FAIL("%s: unknown key \"%s\"", src, key);
-    }
+    if (check_keys(root, known_keys, "", src, err, errlen) ||
+        check_layout_version(json_object_get(root, "layout_version"), src, err, errlen) ||
+        check_metrics_section(json_object_get(root, "metrics"), src, err, errlen))
+        return -1;
     if ((v = json_object_get(root, "actions")) && parse_actions(cfg, v, src, err, errlen)) return -1;
     if ((v = json_object_get(root, "features")) && parse_features(cfg, v, src, err, errlen)) return -1;
     if ((v = json_object_get(root, "windows")) && parse_windows(cfg, v, src, err, errlen)) return -1;
@@ -341,8 +384,10 @@ static int parse_root(iqp_config *cfg, json_t *root, const char *src, char *err,
 
 int iqp_config_parse(iqp_config *cfg, const char *text, const char *src, char *err, size_t errlen) {
     json_error_t jerr;
-    json_t *root = json_loads(text, 0, &jerr);
-    if (!root) FAIL("%s:%d:%d: invalid JSON: %s", src, jerr.line, jerr.column, jerr.text);
+    json_t *root = json_loads(text, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) FAIL("%s:%d:%d: %s: %s", src, jerr.line, jerr.column,
+                    json_error_code(&jerr) == json_error_duplicate_key ? "a key is given twice" : "invalid JSON",
+                    jerr.text);
     if (!json_is_object(root)) {
         json_decref(root);
         FAIL("%s: the config must be a JSON object", src);
@@ -415,7 +460,7 @@ char *iqp_config_layout_json(const iqp_config *cfg) {
         json_array_append_new(wins, json_pack("{s:s, s:I, s:I}", "name", cfg->windows[i].name,
                                               "length", (json_int_t)cfg->windows[i].length_ms,
                                               "granularity", (json_int_t)cfg->windows[i].gran_ms));
-    json_object_set_new(root, "layout_version", json_integer(1));
+    json_object_set_new(root, "layout_version", json_integer(LAYOUT_VERSION));
     json_object_set_new(root, "actions", acts);
     json_object_set_new(root, "features", feats);
     json_object_set_new(root, "windows", wins);

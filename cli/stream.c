@@ -236,15 +236,23 @@ static int read_config_sections(stream_opts *o) {
     json_error_t jerr;
     json_t *v;
     if (!o->config_path) return 0;
-    o->root = json_load_file(o->config_path, 0, &jerr);
-    if (!o->root) return iqp_cli_usage_error(CMD, "%s: %s", o->config_path, jerr.text);
+    o->root = json_load_file(o->config_path, JSON_REJECT_DUPLICATES, &jerr);
+    if (!o->root)
+        return iqp_cli_usage_error(CMD, "%s:%d:%d: %s: %s", o->config_path, jerr.line, jerr.column,
+                                   json_error_code(&jerr) == json_error_duplicate_key ? "a key is given twice"
+                                                                                      : "invalid JSON",
+                                   jerr.text);
     if ((v = json_object_get(o->root, "stream")) && read_stream_section(o, v)) return 2;
     if ((v = json_object_get(o->root, "kafka")) && read_kafka_section(o, v)) return 2;
     if ((v = json_object_get(o->root, "redis")) && read_redis_section(o, v)) return 2;
     if ((v = json_object_get(o->root, "metrics"))) {
         json_t *l = json_object_get(v, "listen");
+        const char *key;
+        json_t *x;
         if (!json_is_object(v) || (l && !json_is_string(l)))
             return iqp_cli_usage_error(CMD, "config: \"metrics\" must be {\"listen\": \"HOST:PORT\"}");
+        json_object_foreach(v, key, x)
+            if (strcmp(key, "listen") != 0) return iqp_cli_usage_error(CMD, "config: unknown key \"metrics.%s\"", key);
         if (l) o->listen = json_string_value(l);
     }
     return 0;
@@ -346,6 +354,21 @@ static int validate_props(const stream_opts *o) {
     return rc;
 }
 
+/* The metrics address must parse (a config error, exit 2, before anything
+ * opens); one that is not loopback is served to other hosts too, which is
+ * allowed but said. */
+static int check_metrics_listen(const stream_opts *o) {
+    char err[512];
+    int loopback = 1;
+    if (!o->listen || strcmp(o->listen, "off") == 0) return 0;
+    if (iqp_metrics_check_listen(o->listen, &loopback, err, sizeof err) < 0)
+        return iqp_cli_usage_error(CMD, "%s (--metrics-listen / metrics.listen)", err);
+    if (!loopback)
+        fprintf(stderr, "iqp stream: warning: metrics listen on %s, which is not a loopback address: "
+                        "/metrics and /healthz are reachable from other hosts\n", o->listen);
+    return 0;
+}
+
 static int parse_opts(int argc, char **argv, stream_opts *o) {
     int c, rc;
     if ((rc = first_pass(argc, argv, o))) return rc;
@@ -371,6 +394,7 @@ static int parse_opts(int argc, char **argv, stream_opts *o) {
         if (!o->redis.prefix[0] || strlen(o->redis.prefix) > 100)
             return iqp_cli_usage_error(CMD, "the Redis key prefix must be 1..100 bytes");
     }
+    if (check_metrics_listen(o)) return 2;
     return validate_props(o);
 }
 

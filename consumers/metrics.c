@@ -29,6 +29,19 @@
  * requested address") instead of MHD's bare NULL. MHD then runs its own
  * polling thread; MHD_stop_daemon() closes the socket.
  *
+ * Slow clients. A client that connects and sends nothing (or half a
+ * request) holds a connection slot until the connection timeout. With 64
+ * slots and select(), 64 such clients used to starve /healthz for
+ * everyone. Now: MHD picks epoll on Linux (MHD_USE_AUTO), so an idle
+ * connection costs one fd and no work; the limits are
+ *   - IQP_METRICS_MAX_CONNECTIONS in all (fewer when the process's open
+ *     file limit is low: at most a quarter of it, so slow clients can never
+ *     take the fds the store and Kafka need),
+ *   - half of that per client IP address (one host cannot take them all),
+ *   - IQP_METRICS_IDLE_TIMEOUT_S without traffic closes a connection,
+ * and the listen backlog is SOMAXCONN. A health check arriving while 256
+ * idle clients are connected is served at once (tests/check_metrics).
+ *
  * The handler renders on every GET /metrics (no caching: a scrape sees the
  * values of that instant) and answers /healthz from the health state.
  *
@@ -47,6 +60,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -460,6 +474,7 @@ struct iqp_metrics_server {
     iqp_metrics *m;
     struct MHD_Daemon *daemon;
     int port;
+    unsigned max_connections, max_per_ip;
 };
 
 /* Queues status with body (malloc'd; MHD frees it) and a content type. */
@@ -563,6 +578,24 @@ static const char *parse_listen(const char *listen, struct sockaddr_storage *sa)
     return NULL;
 }
 
+static int is_loopback(const struct sockaddr_storage *sa) {
+    if (sa->ss_family == AF_INET6)
+        return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)sa)->sin6_addr);
+    return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+}
+
+int iqp_metrics_check_listen(const char *listen, int *loopback, char *err, size_t errlen) {
+    struct sockaddr_storage sa;
+    memset(&sa, 0, sizeof sa);
+    const char *why = parse_listen(listen ? listen : "", &sa);
+    if (why) {
+        if (err && errlen) snprintf(err, errlen, "bad metrics address '%s': %s", listen ? listen : "", why);
+        return -1;
+    }
+    if (loopback) *loopback = is_loopback(&sa);
+    return 0;
+}
+
 /* A listening TCP socket on sa, or -1 with errno set. */
 static int listen_on(const struct sockaddr_storage *sa) {
     int v6 = sa->ss_family == AF_INET6, one = 1;
@@ -571,7 +604,7 @@ static int listen_on(const struct sockaddr_storage *sa) {
     if (fd < 0) return -1;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
         (v6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0) ||
-        bind(fd, (const struct sockaddr *)sa, len) != 0 || listen(fd, 64) != 0) {
+        bind(fd, (const struct sockaddr *)sa, len) != 0 || listen(fd, SOMAXCONN) != 0) {
         int saved = errno;
         close(fd);
         errno = saved;
@@ -596,6 +629,16 @@ static iqp_metrics_server *fail(char *err, size_t errlen, const char *listen, co
     return NULL;
 }
 
+/* The connection limit: IQP_METRICS_MAX_CONNECTIONS, or a quarter of the
+ * open file limit when that is smaller (at least 16). */
+static unsigned connection_limit(void) {
+    struct rlimit rl;
+    rlim_t limit = IQP_METRICS_MAX_CONNECTIONS;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur / 4 < limit)
+        limit = rl.rlim_cur / 4;
+    return limit < 16 ? 16 : (unsigned)limit;
+}
+
 iqp_metrics_server *iqp_metrics_serve(iqp_metrics *m, const char *listen, char *err, size_t errlen) {
     struct sockaddr_storage sa;
     memset(&sa, 0, sizeof sa);
@@ -606,10 +649,13 @@ iqp_metrics_server *iqp_metrics_serve(iqp_metrics *m, const char *listen, char *
     if (fd < 0) return fail(err, errlen, listen, strerror(errno));
     iqp_metrics_server *s = xcalloc(1, sizeof *s);
     s->m = m;
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | (sa.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0);
+    s->max_connections = connection_limit();
+    s->max_per_ip = s->max_connections / 2;
+    unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | (sa.ss_family == AF_INET6 ? MHD_USE_IPv6 : 0);
     s->daemon = MHD_start_daemon(flags, 0, NULL, NULL, handle, s, MHD_OPTION_LISTEN_SOCKET, fd,
-                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)10,
-                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)64, MHD_OPTION_END);
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)IQP_METRICS_IDLE_TIMEOUT_S,
+                                 MHD_OPTION_CONNECTION_LIMIT, s->max_connections,
+                                 MHD_OPTION_PER_IP_CONNECTION_LIMIT, s->max_per_ip, MHD_OPTION_END);
     if (!s->daemon) {
         close(fd);
         free(s);
@@ -620,6 +666,11 @@ iqp_metrics_server *iqp_metrics_serve(iqp_metrics *m, const char *listen, char *
 }
 
 int iqp_metrics_server_port(const iqp_metrics_server *s) { return s ? s->port : -1; }
+
+void iqp_metrics_server_limits(const iqp_metrics_server *s, unsigned *total, unsigned *per_ip) {
+    *total = s->max_connections;
+    *per_ip = s->max_per_ip;
+}
 
 void iqp_metrics_server_stop(iqp_metrics_server *s) {
     if (!s) return;

@@ -71,6 +71,12 @@ void iqp_metrics_label_value(const char *in, char *out, size_t outlen);
 
 typedef struct iqp_metrics_server iqp_metrics_server;
 
+/* Connection limits of the endpoint (see metrics.c, "Slow clients"): at
+ * most this many connections (fewer when the open file limit is low), half
+ * of them per client IP; a connection idle this long is closed. */
+#define IQP_METRICS_MAX_CONNECTIONS 1024
+#define IQP_METRICS_IDLE_TIMEOUT_S 5
+
 /* Serves m on listen = "HOST:PORT" where HOST is 127.0.0.1, localhost,
  * [::1] or another literal address (IPv6 in brackets), and PORT may be 0
  * (the kernel picks; see iqp_metrics_server_port). GET or HEAD /metrics
@@ -80,8 +86,18 @@ typedef struct iqp_metrics_server iqp_metrics_server;
  * use". m must outlive the server. */
 iqp_metrics_server *iqp_metrics_serve(iqp_metrics *m, const char *listen, char *err, size_t errlen);
 
+/* Checks a listen string without binding anything: 0 when iqp_metrics_serve
+ * could parse it, with *loopback (may be NULL) set to 1 for a loopback
+ * address (127.0.0.0/8, ::1, localhost) and 0 for any other (0.0.0.0, a
+ * LAN address: the endpoint is reachable from other hosts); -1 with the
+ * reason in err, e.g. "bad metrics address 'x:1': host must be ...". */
+int iqp_metrics_check_listen(const char *listen, int *loopback, char *err, size_t errlen);
+
 /* The TCP port actually bound. */
 int iqp_metrics_server_port(const iqp_metrics_server *s);
+
+/* The connection limits in force: all connections, and per client IP. */
+void iqp_metrics_server_limits(const iqp_metrics_server *s, unsigned *total, unsigned *per_ip);
 
 /* Stops serving and frees s (NULL is fine). */
 void iqp_metrics_server_stop(iqp_metrics_server *s);

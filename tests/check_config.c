@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "aggregator/config.h"
+#include "tests/testutil.h"
 
 static char err[1024];
 
@@ -88,6 +89,24 @@ START_TEST(errors_name_the_problem) {
         {"{\"actions\": [\"iqp_click\"]}", "clash with a lookup output key"},
         {"{\"max_future_skew_ms\": 9223372036854775807}", "max_future_skew_ms\" must be at most"},
         {"{\"limits\": {\"max_string_bytes\": 70000}}", "max_string_bytes"},
+        /* unknown keys anywhere, named by their JSON path */
+        {"{\"windows\": [{\"name\": \"a\", \"length\": \"1d\", \"granularity\": \"1h\"},"
+         " {\"name\": \"b\", \"lenght\": \"7d\", \"length\": \"7d\", \"granularity\": \"1d\"}]}",
+         "unknown key \"windows[1].lenght\""},
+        {"{\"features\": [{\"name\": \"x\", \"context\": [\"query\"], \"contxt\": [\"country\"]}]}",
+         "unknown key \"features[0].contxt\""},
+        {"{\"metrics\": {\"listen\": \"127.0.0.1:9464\", \"lisen\": \"0.0.0.0:80\"}}",
+         "unknown key \"metrics.lisen\""},
+        {"{\"metrics\": {\"listen\": 9464}}", "metrics.listen"},
+        {"{\"metrics\": \"127.0.0.1:9464\"}", "\"metrics\" must be an object"},
+        {"{\"windows\": [\"1d\"]}", "windows[0] must be an object"},
+        /* a key given twice: jansson names it, with line and column */
+        {"{\"dedup_horizon\": \"1h\",\n \"dedup_horizon\": \"2h\"}", "t.json:2:"},
+        {"{\"windows\": [{\"name\": \"w\", \"length\": \"1d\", \"length\": \"2d\", \"granularity\": \"1h\"}]}",
+         "a key is given twice: duplicate object key near '\"length\"'"},
+        /* only layout_version 1 exists */
+        {"{\"layout_version\": 2}", "\"layout_version\" 2 is not supported"},
+        {"{\"layout_version\": \"1\"}", "\"layout_version\" \"1\" is not supported"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         iqp_config c;
@@ -98,6 +117,60 @@ START_TEST(errors_name_the_problem) {
                       cases[i].expect);
         ck_assert_int_eq(c.n_actions, 6); /* a failed parse leaves the config as it was */
     }
+}
+END_TEST
+
+START_TEST(layout_version_1_is_accepted) {
+    iqp_config c;
+    iqp_config_defaults(&c);
+    ck_assert_msg(iqp_config_parse(&c, "{\"layout_version\": 1}", "t.json", err, sizeof err) == 0, "%s", err);
+}
+END_TEST
+
+/* The commands exit 2 on these configs (a config error), naming the key;
+ * `iqp stream` also refuses a bad metrics address with 2 before opening
+ * anything, and warns when metrics are served beyond loopback. */
+static void expect_exit(const char *config_text, const char *args, int want_rc, const char *needle) {
+    char *dir = tu_mkdtemp("config");
+    ck_assert_ptr_nonnull(dir);
+    char *path = tu_fmt("%s/c.json", dir);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(config_text, f);
+    fclose(f);
+    char *full = tu_fmt("'%s' %s --config '%s' 2>&1", tu_iqp(), args, path), *out = NULL;
+    int rc = tu_run(full, &out);
+    ck_assert_msg(rc == want_rc, "%s: exit %d, want %d: %s", full, rc, want_rc, out);
+    ck_assert_msg(out && strstr(out, needle), "%s: output lacks '%s': %s", full, needle, out);
+    free(out);
+    free(full);
+    free(path);
+    tu_rmrf(dir);
+    free(dir);
+}
+
+START_TEST(commands_exit_2_naming_the_key) {
+    const char *win = "{\"windows\": [{\"name\": \"w\", \"length\": \"1d\", \"granularity\": \"1h\", "
+                      "\"lenght\": \"2d\"}]}";
+    expect_exit(win, "backfill --store /nonexistent/s /nonexistent/in.jsonl", 2, "windows[0].lenght");
+    expect_exit(win, "stream --store /nonexistent/s --brokers 127.0.0.1:1 --metrics-listen off", 2,
+                "windows[0].lenght");
+    expect_exit("{\"metrics\": {\"listn\": \"127.0.0.1:1\"}}", "backfill --store /nonexistent/s /nonexistent/in.jsonl", 2,
+                "metrics.listn");
+    expect_exit("{\"metrics\": {\"listn\": \"127.0.0.1:1\"}}", "stream --store /nonexistent/s --brokers 127.0.0.1:1",
+                2, "metrics.listn");
+    expect_exit("{\"flush_events\": 5, \"flush_events\": 6}", "stream --store /nonexistent/s --brokers 127.0.0.1:1",
+                2, "given twice");
+    expect_exit("{\"layout_version\": 7}", "backfill --store /nonexistent/s /nonexistent/in.jsonl", 2, "layout_version");
+    /* bad metrics addresses: exit 2, before the store is opened (it does not exist) */
+    expect_exit("{\"metrics\": {\"listen\": \"example.com:9464\"}}",
+                "stream --store /nonexistent/s --brokers 127.0.0.1:1", 2, "bad metrics address 'example.com:9464'");
+    expect_exit("{}", "stream --store /nonexistent/s --brokers 127.0.0.1:1 --metrics-listen 127.0.0.1:99999", 2,
+                "port out of range");
+    /* not loopback: a warning naming it (the unknown property then stops the run, exit 2) */
+    expect_exit("{}", "stream --store /nonexistent/s --brokers 127.0.0.1:1 --metrics-listen 0.0.0.0:9464 "
+                "--property no.such.property=1", 2,
+                "warning: metrics listen on 0.0.0.0:9464, which is not a loopback address");
 }
 END_TEST
 
@@ -148,6 +221,8 @@ int main(void) {
     tcase_add_test(tc, override_sections);
     tcase_add_test(tc, errors_name_the_problem);
     tcase_add_test(tc, missing_file);
+    tcase_add_test(tc, layout_version_1_is_accepted);
+    tcase_add_test(tc, commands_exit_2_naming_the_key);
     tcase_add_test(tc, layout_fingerprint);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

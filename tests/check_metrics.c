@@ -5,7 +5,10 @@
  * declaration errors, ignored updates, label escaping, exact counts under
  * two writer threads; and the HTTP server through a raw-socket client on
  * loopback: /metrics, /healthz healthy and not, 404, 405, IPv6 when the
- * machine has it, bad listen strings and a port already in use. */
+ * machine has it, bad listen strings and a port already in use; and slow
+ * clients: /healthz answers while 256 idle clients hold connections, idle
+ * connections are closed after the timeout, and one address cannot take
+ * more than its share of the connections. */
 #include <arpa/inet.h>
 #include <check.h>
 #include <dirent.h>
@@ -16,8 +19,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "consumers/metrics.h"
@@ -553,12 +559,186 @@ START_TEST(bad_listen_strings_are_refused_by_name) {
         ck_assert_msg(strncmp(err, want, strlen(want)) == 0, "'%s': err '%s'", cases[i].listen, err);
         ck_assert_msg(strstr(err, cases[i].why) != NULL, "'%s': err '%s'", cases[i].listen, err);
         free(want);
+        /* the same strings are refused before anything binds (iqp stream: exit 2) */
+        err[0] = 0;
+        ck_assert_int_eq(iqp_metrics_check_listen(cases[i].listen, NULL, err, sizeof err), -1);
+        ck_assert_msg(strstr(err, cases[i].why) != NULL, "check '%s': err '%s'", cases[i].listen, err);
     }
     /* a NULL or short error buffer is fine */
     ck_assert_ptr_null(iqp_metrics_serve(m, "nohost", NULL, 0));
     char tiny[8];
     ck_assert_ptr_null(iqp_metrics_serve(m, "nohost", tiny, sizeof tiny));
     ck_assert_str_eq(tiny, "cannot ");
+    iqp_metrics_free(m);
+}
+END_TEST
+
+/* Which listen addresses are loopback (served to this host only). */
+START_TEST(listen_addresses_are_classified_loopback_or_not) {
+    static const struct {
+        const char *listen;
+        int loopback;
+    } cases[] = {
+        {"127.0.0.1:9464", 1}, {"127.8.9.10:1", 1}, {"localhost:0", 1},  {"[::1]:9464", 1},
+        {"0.0.0.0:9464", 0},   {"10.1.2.3:9464", 0}, {"[::]:9464", 0},   {"128.0.0.1:1", 0},
+        {"[::ffff:10.0.0.1]:1", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char err[256] = "";
+        int loopback = -1;
+        ck_assert_msg(iqp_metrics_check_listen(cases[i].listen, &loopback, err, sizeof err) == 0,
+                      "'%s' refused: %s", cases[i].listen, err);
+        ck_assert_msg(loopback == cases[i].loopback, "'%s': loopback %d, want %d", cases[i].listen,
+                      loopback, cases[i].loopback);
+    }
+}
+END_TEST
+
+/* ---- slow clients ------------------------------------------------------------ */
+
+/* Bounds of the waits below, stretched when the binaries are slow
+ * (ops/test --sanitize sets CK_TIMEOUT_MULTIPLIER). They only guard
+ * against a hang; what is asserted is the outcome. */
+static int wait_limit_ms(int base_ms) {
+    const char *m = getenv("CK_TIMEOUT_MULTIPLIER");
+    int k = m ? atoi(m) : 1;
+    return base_ms * (k >= 1 && k <= 20 ? k : 1);
+}
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* A connection to 127.0.0.1:port from the loopback address 127.0.0.src
+ * (any 127.x address is this host's on Linux). */
+static int connect_from(int src, int port) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert_int_ge(fd, 0);
+    struct sockaddr_in from = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000000u | (unsigned)src)};
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    ck_assert_msg(bind(fd, (struct sockaddr *)&from, sizeof from) == 0, "bind 127.0.0.%d: %s", src,
+                  strerror(errno));
+    ck_assert_msg(connect(fd, (struct sockaddr *)&to, sizeof to) == 0, "connect: %s", strerror(errno));
+    return fd;
+}
+
+/* Waits up to ms for the server to close fd (EOF or reset): 1 closed, 0 still open. */
+static int closed_within(int fd, int ms) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, ms) <= 0) return 0;
+    char c;
+    return recv(fd, &c, 1, MSG_DONTWAIT) <= 0;
+}
+
+/* Opens n slow clients from 127.0.0.src: every other one sends half a
+ * request (headers never finished), the rest send nothing. */
+static void open_slow_clients(int *fds, int n, int src, int port) {
+    static const char half[] = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
+    for (int i = 0; i < n; i++) {
+        fds[i] = connect_from(src, port);
+        if (i % 2) ck_assert_int_eq(write(fds[i], half, sizeof half - 1), (ssize_t)(sizeof half - 1));
+    }
+}
+
+/* GET /healthz answers 200 "ok" (asserted); returns how long it took. */
+static double timed_healthz(int port) {
+    double t0 = now_ms();
+    http_reply r = http_get(port, "/healthz");
+    double ms = now_ms() - t0;
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_str_eq(r.body, "ok\n");
+    reply_free(&r);
+    return ms;
+}
+
+/* The issue's scenario: 256 idle clients (from the same address as the
+ * health checker) hold connections; /healthz must still answer at once.
+ * It used to be refused: the endpoint had 64 slots. */
+START_TEST(healthz_answers_while_256_slow_clients_are_connected) {
+    enum { SLOW = 256 };
+    iqp_metrics *m = small_registry();
+    char err[256] = "";
+    iqp_metrics_server *s = iqp_metrics_serve(m, "127.0.0.1:0", err, sizeof err);
+    ck_assert_msg(s != NULL, "serve: %s", err);
+    int port = iqp_metrics_server_port(s), fds[SLOW];
+    open_slow_clients(fds, SLOW, 1, port);
+    double worst = 0;
+    for (int i = 0; i < 20; i++) {
+        double ms = timed_healthz(port);
+        if (ms > worst) worst = ms;
+    }
+    http_reply r = http_get(port, "/metrics");
+    ck_assert_int_eq(r.status, 200);
+    ck_assert_ptr_nonnull(strstr(r.body, "up_total 42\n"));
+    reply_free(&r);
+    /* the slow clients were served slots, not turned away: all still open */
+    int open = 0;
+    for (int i = 0; i < SLOW; i++) open += !closed_within(fds[i], 0);
+    fprintf(stderr, "metrics: %d of %d slow clients connected; 20 /healthz, slowest %.1f ms\n", open,
+            SLOW, worst);
+    ck_assert_int_eq(open, SLOW);
+    ck_assert_msg(worst < wait_limit_ms(2000), "a /healthz took %.0f ms", worst);
+    for (int i = 0; i < SLOW; i++) close(fds[i]);
+    iqp_metrics_server_stop(s);
+    iqp_metrics_free(m);
+}
+END_TEST
+
+/* A connection that sends nothing, or never finishes its request, is
+ * closed by the server after the idle timeout, freeing its slot. */
+START_TEST(idle_connections_are_closed_after_the_timeout) {
+    iqp_metrics *m = small_registry();
+    iqp_metrics_server *s = iqp_metrics_serve(m, "127.0.0.1:0", NULL, 0);
+    ck_assert_ptr_nonnull(s);
+    int fds[4];
+    open_slow_clients(fds, 4, 1, iqp_metrics_server_port(s));
+    int bound = wait_limit_ms((IQP_METRICS_IDLE_TIMEOUT_S + 5) * 1000);
+    double t0 = now_ms();
+    for (int i = 0; i < 4; i++) {
+        int left = bound - (int)(now_ms() - t0);
+        ck_assert_msg(closed_within(fds[i], left > 0 ? left : 0), "idle connection %d still open after %d ms",
+                      i, bound);
+        close(fds[i]);
+    }
+    fprintf(stderr, "metrics: 4 idle connections closed after %.1f s (timeout %d s)\n",
+            (now_ms() - t0) / 1000, IQP_METRICS_IDLE_TIMEOUT_S);
+    iqp_metrics_server_stop(s);
+    iqp_metrics_free(m);
+}
+END_TEST
+
+/* One address gets at most its share: the connection past the per-IP
+ * limit is closed at once, while another address is still served. */
+START_TEST(one_address_cannot_take_every_connection) {
+    iqp_metrics *m = small_registry();
+    iqp_metrics_server *s = iqp_metrics_serve(m, "127.0.0.1:0", NULL, 0);
+    ck_assert_ptr_nonnull(s);
+    unsigned total, per_ip;
+    iqp_metrics_server_limits(s, &total, &per_ip);
+    ck_assert_uint_ge(total, 16);
+    ck_assert_uint_eq(per_ip, total / 2);
+    int port = iqp_metrics_server_port(s), n = (int)per_ip;
+    int *fds = calloc((size_t)n + 1, sizeof *fds);
+    ck_assert_ptr_nonnull(fds);
+    open_slow_clients(fds, n, 2, port);
+    /* accepting is first come, first served: once a health check from
+     * 127.0.0.1 made after them is answered, all n were accepted */
+    timed_healthz(port);
+    fds[n] = connect_from(2, port);
+    ck_assert_msg(closed_within(fds[n], wait_limit_ms(5000)),
+                  "connection %d from 127.0.0.2 kept open (per-IP limit %u)", n + 1, per_ip);
+    timed_healthz(port);
+    int open = 0;
+    for (int i = 0; i < n; i++) open += !closed_within(fds[i], 0);
+    fprintf(stderr, "metrics: limits %u in all, %u per address; %d of them open from 127.0.0.2, "
+                    "the next refused, 127.0.0.1 served\n", total, per_ip, open);
+    ck_assert_int_eq(open, n);
+    for (int i = 0; i <= n; i++) close(fds[i]);
+    free(fds);
+    iqp_metrics_server_stop(s);
     iqp_metrics_free(m);
 }
 END_TEST
@@ -605,8 +785,15 @@ int main(void) {
     tcase_add_test(http, http_serves_localhost_and_a_fixed_port);
     tcase_add_test(http, http_serves_ipv6_loopback);
     tcase_add_test(http, bad_listen_strings_are_refused_by_name);
+    tcase_add_test(http, listen_addresses_are_classified_loopback_or_not);
     tcase_add_test(http, a_port_in_use_is_refused_by_name);
     suite_add_tcase(s, http);
+    TCase *slow = tcase_create("slow_clients");
+    tcase_set_timeout(slow, 60);
+    tcase_add_test(slow, healthz_answers_while_256_slow_clients_are_connected);
+    tcase_add_test(slow, idle_connections_are_closed_after_the_timeout);
+    tcase_add_test(slow, one_address_cannot_take_every_connection);
+    suite_add_tcase(s, slow);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
