@@ -415,7 +415,7 @@ char *iqp_config_layout_json(const iqp_config *cfg) {
         json_array_append_new(wins, json_pack("{s:s, s:I, s:I}", "name", cfg->windows[i].name,
                                               "length", (json_int_t)cfg->windows[i].length_ms,
                                               "granularity", (json_int_t)cfg->windows[i].gran_ms));
-    json_object_set_new(root, "layout_version", json_integer(1));
+    json_object_set_new(root, "layout_version", json_integer(IQP_LAYOUT_VERSION));
     json_object_set_new(root, "actions", acts);
     json_object_set_new(root, "features", feats);
     json_object_set_new(root, "windows", wins);
@@ -456,6 +456,10 @@ int iqp_config_layout_diff(const char *stored, const iqp_config *cfg, char *msg,
     json_t *now = json_loads(now_text, 0, NULL);
     free(now_text);
     static const char *sections[] = {"layout_version", "actions", "features", "windows"};
+    json_t *ver = json_object_get(old, "layout_version");
+    if (!json_equal(ver, json_object_get(now, "layout_version")))
+        add_diff(msg, msglen, "the store was written by another iqp version (its dedup markers "
+                              "have another format); count into a new store");
     for (size_t i = 0; i < COUNT_OF(sections); i++)
         diff_named(sections[i], json_object_get(old, sections[i]), json_object_get(now, sections[i]),
                    msg, msglen);
