@@ -14,6 +14,14 @@
  * Every delta goes to the combiner for the granularities whose bucket is
  * still retained; markers are looked up first in the batch, then in the
  * store. Nothing is read-modify-written in the store.
+ *
+ * Markers are forgotten by processing progress only (README rule 7): a
+ * marker records the watermark just after the event that wrote it counted
+ * (written_wm); an event looking it up forgets it when the watermark before
+ * that event (seen_wm) is past written_wm + dedup_horizon
+ * (iqp_marker_forgotten). Both watermarks advance per counted event, not
+ * per flush, so the outcome depends on the sequence of events only, never
+ * on where micro-batches end.
  */
 #include "aggregator/aggregator.h"
 
@@ -115,15 +123,15 @@ static int retained_granularities(iqp_aggregator *a, int64_t ts, int64_t wm) {
 
 /* ---- markers ------------------------------------------------------------- */
 
-/* 1 and *ts when the marker exists (batch or store), 0 when not, -1 error.
- * A stored marker older than the dedup horizon behind the watermark counts
- * as absent whether or not compaction has dropped it yet, so results never
- * depend on when compaction runs (README rule 7). */
-static int find_marker(iqp_aggregator *a, const unsigned char *key, int64_t *ts) {
-    if (iqp_combiner_get_marker(a->comb, key, ts)) return 1;
-    int rc = iqp_store_get_marker(a->st, key, IQP_MARKER_KEY_LEN, ts);
-    if (rc == 1 && a->watermark_ms != INT64_MIN && *ts < a->watermark_ms - a->cfg->dedup_horizon_ms)
-        return 0;
+/* 1 and *m when the marker is remembered under watermark wm, 0 when not,
+ * -1 on a store error. The unflushed batch and the store hold markers of
+ * the same kind under the same rule (iqp_marker_forgotten, README rule 7):
+ * a marker is forgotten by processing progress only, so neither a flush
+ * nor a compaction changes what is a duplicate. */
+static int find_marker(iqp_aggregator *a, const unsigned char *key, int64_t wm, iqp_marker *m) {
+    int rc = iqp_combiner_get_marker(a->comb, key, m);
+    if (!rc) rc = iqp_store_get_marker(a->st, key, IQP_MARKER_KEY_LEN, m);
+    if (rc == 1 && iqp_marker_forgotten(m, wm, a->cfg->dedup_horizon_ms)) return 0;
     return rc;
 }
 
@@ -207,24 +215,26 @@ static void count_impression(iqp_aggregator *a, const iqp_event *ev) {
 /* The keyed min-ts rule for one marker: returns 1 when counters changed,
  * 0 when this occurrence is a repeat, -1 on a store error. */
 static int count_keyed(iqp_aggregator *a, const iqp_event *ev, const iqp_context *ctx, char kind,
-                       int action, size_t idx) {
+                       int action, size_t idx, int64_t seen_wm) {
     unsigned char mk[IQP_MARKER_KEY_LEN];
-    int64_t old_ts;
+    iqp_marker old, now = {ev->ts, a->watermark_ms};
     iqp_cells_action_marker(mk, kind, ev->request_id, ev->request_id_len, ev->item.id,
                             ev->item.len, action, ctx);
-    int found = find_marker(a, mk, &old_ts);
+    int found = find_marker(a, mk, seen_wm, &old);
     if (found < 0) return -1;
-    if (found && old_ts <= ev->ts) return 0;
-    if (found) bump_item(a, &ev->item, idx, old_ts, a->watermark_ms, -1);
+    if (found && old.ts <= ev->ts) return 0;
+    if (found) bump_item(a, &ev->item, idx, old.ts, a->watermark_ms, -1);
     bump_item(a, &ev->item, idx, ev->ts, a->watermark_ms, 1);
-    iqp_combiner_set_marker(a->comb, mk, ev->ts);
+    iqp_combiner_set_marker(a->comb, mk, &now);
     return 1;
 }
 
-static int count_action(iqp_aggregator *a, const iqp_event *ev, const iqp_context *ctx) {
-    int acted = count_keyed(a, ev, ctx, 'A', ev->action, IQP_COUNTER_ACTION0 + (size_t)ev->action);
+static int count_action(iqp_aggregator *a, const iqp_event *ev, const iqp_context *ctx,
+                        int64_t seen_wm) {
+    int acted = count_keyed(a, ev, ctx, 'A', ev->action, IQP_COUNTER_ACTION0 + (size_t)ev->action,
+                            seen_wm);
     if (acted < 0) return -1;
-    int engaged = count_keyed(a, ev, ctx, 'G', -1, IQP_COUNTER_ENGAGED);
+    int engaged = count_keyed(a, ev, ctx, 'G', -1, IQP_COUNTER_ENGAGED, seen_wm);
     if (engaged < 0) return -1;
     return acted || engaged;
 }
@@ -239,9 +249,9 @@ iqp_agg_outcome iqp_aggregator_add(iqp_aggregator *a, const iqp_event *ev, int64
     int64_t wm = ev->ts > a->watermark_ms ? ev->ts : a->watermark_ms;
     if (retained_granularities(a, ev->ts, wm) == 0) return a->stats.late++, IQP_AGG_LATE;
     unsigned char mk[IQP_MARKER_KEY_LEN];
-    int64_t seen_ts;
+    iqp_marker seen, now = {ev->ts, wm};
     iqp_cells_event_marker(mk, ev->event_id, ev->event_id_len);
-    int found = find_marker(a, mk, &seen_ts);
+    int found = find_marker(a, mk, a->watermark_ms, &seen);
     if (found < 0) goto store_error;
     if (found) return a->stats.duplicate++, IQP_AGG_DUPLICATE;
     /* Count under the watermark this event would set; keep it (and the
@@ -255,11 +265,11 @@ iqp_agg_outcome iqp_aggregator_add(iqp_aggregator *a, const iqp_event *ev, int64
     int changed = 1;
     if (ev->kind == IQP_EVENT_IMPRESSION)
         count_impression(a, ev);
-    else if ((changed = count_action(a, ev, &ctx)) < 0)
+    else if ((changed = count_action(a, ev, &ctx, previous_wm)) < 0)
         goto store_error;
     if (!changed || a->restoring) a->watermark_ms = previous_wm;
     if (!changed) return a->stats.duplicate++, IQP_AGG_DUPLICATE;
-    iqp_combiner_set_marker(a->comb, mk, ev->ts);
+    iqp_combiner_set_marker(a->comb, mk, &now);
     a->pending++;
     if (a->restoring) return a->stats.restored++, IQP_AGG_COUNTED;
     return a->stats.counted++, IQP_AGG_COUNTED;
@@ -365,7 +375,7 @@ int iqp_aggregator_pending_buckets(const iqp_aggregator *a, int gran_index, int6
 
 int iqp_aggregator_event_seen(iqp_aggregator *a, const iqp_event *ev) {
     unsigned char mk[IQP_MARKER_KEY_LEN];
-    int64_t ts;
+    iqp_marker m;
     iqp_cells_event_marker(mk, ev->event_id, ev->event_id_len);
-    return find_marker(a, mk, &ts);
+    return find_marker(a, mk, a->watermark_ms, &m);
 }

@@ -14,7 +14,7 @@
  * are kept for the next batch (a batch's memory is reused, not re-faulted).
  *
  *   cell = { key length | counters[width] | key bytes }
- *   marker cells use the same tables with an 8-byte "counter": the ts
+ *   marker cells use the same tables with two "counters": ts, written_wm
  */
 #include "aggregator/combiner.h"
 
@@ -190,7 +190,7 @@ iqp_combiner *iqp_combiner_new(size_t width) {
     if (!c) abort();
     table_init(&c->counts, width);
     table_init(&c->contexts, 1);
-    table_init(&c->markers, 1);
+    table_init(&c->markers, 2);
     return c;
 }
 
@@ -213,17 +213,20 @@ void iqp_combiner_add_context(iqp_combiner *c, const unsigned char *key, size_t 
     table_get(c, &c->contexts, key, klen)->vec[0] += delta;
 }
 
-int iqp_combiner_get_marker(const iqp_combiner *c, const unsigned char *key, int64_t *ts) {
+int iqp_combiner_get_marker(const iqp_combiner *c, const unsigned char *key, iqp_marker *m) {
     if (c->markers.count == 0) return 0;
     uint64_t h = XXH3_64bits(key, IQP_MARKER_KEY_LEN);
     slot *s = table_probe(&c->markers, key, IQP_MARKER_KEY_LEN, h);
     if (!s->c) return 0;
-    *ts = s->c->vec[0];
+    m->ts = s->c->vec[0];
+    m->written_wm = s->c->vec[1];
     return 1;
 }
 
-void iqp_combiner_set_marker(iqp_combiner *c, const unsigned char *key, int64_t ts) {
-    table_get(c, &c->markers, key, IQP_MARKER_KEY_LEN)->vec[0] = ts;
+void iqp_combiner_set_marker(iqp_combiner *c, const unsigned char *key, const iqp_marker *m) {
+    cell *e = table_get(c, &c->markers, key, IQP_MARKER_KEY_LEN);
+    e->vec[0] = m->ts;
+    e->vec[1] = m->written_wm;
 }
 
 const int64_t *iqp_combiner_peek(const iqp_combiner *c, iqp_cf cf, const unsigned char *key,
@@ -290,9 +293,10 @@ size_t iqp_combiner_drain_with(iqp_combiner *c, iqp_store_batch *b, iqp_combiner
     size_t written = drain_counters(&c->counts, IQP_CF_COUNTS, b, on_cell, ud);
     written += drain_counters(&c->contexts, IQP_CF_CONTEXTS, b, on_cell, ud);
     cell **markers = sorted_cells(&c->markers);
-    for (size_t i = 0; i < c->markers.count; i++)
-        iqp_store_batch_put(b, IQP_CF_DEDUP, markers[i]->key, IQP_MARKER_KEY_LEN, &markers[i]->vec[0],
-                            sizeof(int64_t));
+    for (size_t i = 0; i < c->markers.count; i++) {
+        iqp_marker m = {markers[i]->vec[0], markers[i]->vec[1]};
+        iqp_store_batch_put_marker(b, markers[i]->key, IQP_MARKER_KEY_LEN, &m);
+    }
     free(markers);
     table_reset(&c->markers);
     arena_rewind(c);

@@ -30,9 +30,11 @@ void iqp_combiner_add_context(iqp_combiner *c, const unsigned char *key, size_t 
                               int64_t delta);
 
 /* Pending dedup markers (IQP_MARKER_KEY_LEN-byte keys). get returns 1 and
- * the ts when the marker is pending in this batch, else 0. */
-int iqp_combiner_get_marker(const iqp_combiner *c, const unsigned char *key, int64_t *ts);
-void iqp_combiner_set_marker(iqp_combiner *c, const unsigned char *key, int64_t ts);
+ * the marker when it is pending in this batch, else 0; whether it is
+ * forgotten is the caller's rule (iqp_marker_forgotten), as for stored
+ * ones. */
+int iqp_combiner_get_marker(const iqp_combiner *c, const unsigned char *key, iqp_marker *m);
+void iqp_combiner_set_marker(iqp_combiner *c, const unsigned char *key, const iqp_marker *m);
 
 /* The pending counters of one cell: a counts key (cf IQP_CF_COUNTS, width
  * counters) or a context key (IQP_CF_CONTEXTS, one counter); NULL when this

@@ -339,14 +339,11 @@ static const char *const known_keys[] = {"layout_version", "actions",       "fea
                                          "flush_events",  "kafka",              "stream",
                                          "redis",         "metrics",            NULL};
 
-/* The layout record's version: this build reads and writes 1 only. */
-#define LAYOUT_VERSION 1
-
 static int check_layout_version(json_t *v, const char *src, char *err, size_t errlen) {
-    if (!v || (json_is_integer(v) && json_integer_value(v) == LAYOUT_VERSION)) return 0;
+    if (!v || (json_is_integer(v) && json_integer_value(v) == IQP_LAYOUT_VERSION)) return 0;
     char *text = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
     snprintf(err, errlen, "%s: \"layout_version\" %.40s is not supported (this iqp reads layout_version %d)",
-             src, text ? text : "?", LAYOUT_VERSION);
+             src, text ? text : "?", IQP_LAYOUT_VERSION);
     free(text);
     return -1;
 }
@@ -460,7 +457,7 @@ char *iqp_config_layout_json(const iqp_config *cfg) {
         json_array_append_new(wins, json_pack("{s:s, s:I, s:I}", "name", cfg->windows[i].name,
                                               "length", (json_int_t)cfg->windows[i].length_ms,
                                               "granularity", (json_int_t)cfg->windows[i].gran_ms));
-    json_object_set_new(root, "layout_version", json_integer(LAYOUT_VERSION));
+    json_object_set_new(root, "layout_version", json_integer(IQP_LAYOUT_VERSION));
     json_object_set_new(root, "actions", acts);
     json_object_set_new(root, "features", feats);
     json_object_set_new(root, "windows", wins);
@@ -501,6 +498,10 @@ int iqp_config_layout_diff(const char *stored, const iqp_config *cfg, char *msg,
     json_t *now = json_loads(now_text, 0, NULL);
     free(now_text);
     static const char *sections[] = {"layout_version", "actions", "features", "windows"};
+    json_t *ver = json_object_get(old, "layout_version");
+    if (!json_equal(ver, json_object_get(now, "layout_version")))
+        add_diff(msg, msglen, "the store was written by another iqp version (its dedup markers "
+                              "have another format); count into a new store");
     for (size_t i = 0; i < COUNT_OF(sections); i++)
         diff_named(sections[i], json_object_get(old, sections[i]), json_object_get(now, sections[i]),
                    msg, msglen);

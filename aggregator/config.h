@@ -92,6 +92,11 @@ int iqp_config_load(iqp_config *cfg, const char *path, char *err, size_t errlen)
 int iqp_config_parse(iqp_config *cfg, const char *json_text, const char *source,
                      char *err, size_t errlen);
 
+/* The store format the layout JSON records as "layout_version": 1 kept a
+ * dedup marker's ts only; 2 adds the watermark it was written at (store.h
+ * iqp_marker). A store of another version is refused for writing. */
+#define IQP_LAYOUT_VERSION 2
+
 /* Canonical layout JSON (actions, features, windows): malloc'd, caller frees. */
 char *iqp_config_layout_json(const iqp_config *cfg);
 

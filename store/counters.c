@@ -31,6 +31,12 @@ void iqp_counters_add_encoded(int64_t *vec, size_t n, const char *val, size_t vl
         vec[i] = (int64_t)((uint64_t)vec[i] + load_le64((const unsigned char *)val + 8 * i));
 }
 
+int iqp_counters_all_zero(const char *val, size_t vlen) {
+    for (size_t i = 0; i < vlen; i++)
+        if (val[i]) return 0;
+    return 1;
+}
+
 char *iqp_counters_sum(const char *const *vals, const size_t *lens, int nvals, size_t *outlen) {
     size_t width = 0;
     for (int i = 0; i < nvals; i++)

@@ -22,6 +22,9 @@ void iqp_counters_encode(const int64_t *vec, size_t n, unsigned char *out);
  * encoded counters beyond n are ignored; missing ones count as 0. */
 void iqp_counters_add_encoded(int64_t *vec, size_t n, const char *val, size_t vlen);
 
+/* 1 when every counter encoded in val is zero (an empty value too). */
+int iqp_counters_all_zero(const char *val, size_t vlen);
+
 /* Element-wise sum of encoded vectors (the merge operator's core): returns a
  * malloc'd vector of the longest operand's length in *outlen. */
 char *iqp_counters_sum(const char *const *vals, const size_t *lens, int nvals, size_t *outlen);

@@ -31,7 +31,10 @@
  * fails, iqp exits 1, and every batch committed before it stays.
  *
  * The compaction filters read the watermark from this struct (an atomic,
- * advanced by every committed batch), so expiry follows event time.
+ * advanced by every committed batch), so expiry follows event time. They
+ * also drop counter cells that sum to zero (a move of an action count
+ * within one batch folds away, across batches it leaves a zero cell), so a
+ * compacted store holds the same keys whatever the flush sizes were.
  */
 #include "store/store.h"
 
@@ -119,11 +122,11 @@ static unsigned char expiry_filter_fn(void *state, int level, const char *key, s
     int64_t wm = atomic_load(&f->st->watermark_ms);
     if (wm == INT64_MIN) return 0;
     if (f->is_dedup) {
-        int64_t ts = 0;
-        if (vlen != 8) return 0;
-        memcpy(&ts, val, 8);
-        return ts < wm - f->st->cfg.dedup_horizon_ms;
+        iqp_marker m;
+        return iqp_marker_decode(val, vlen, &m) == 0 &&
+               iqp_marker_forgotten(&m, wm, f->st->cfg.dedup_horizon_ms);
     }
+    if (iqp_counters_all_zero(val, vlen)) return 1; /* reads as absent anyway */
     int gi;
     int64_t bucket;
     if (iqp_cells_key_bucket((const unsigned char *)key, klen, &gi, &bucket) < 0) return 0;
@@ -557,6 +560,36 @@ const iqp_config *iqp_store_config(const iqp_store *st) { return &st->cfg; }
 
 int64_t iqp_store_watermark(const iqp_store *st) { return atomic_load(&st->watermark_ms); }
 
+/* ---- dedup markers -------------------------------------------------------- */
+
+int iqp_marker_forgotten(const iqp_marker *m, int64_t wm, int64_t horizon_ms) {
+    if (wm == INT64_MIN || wm < INT64_MIN + horizon_ms) return 0;
+    return m->written_wm < wm - horizon_ms;
+}
+
+static void put_i64le(unsigned char *out, int64_t v) {
+    for (int i = 0; i < 8; i++) out[i] = (unsigned char)((uint64_t)v >> (8 * i));
+}
+
+static int64_t get_i64le(const unsigned char *in) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v |= (uint64_t)in[i] << (8 * i);
+    return (int64_t)v;
+}
+
+void iqp_marker_encode(const iqp_marker *m, unsigned char out[IQP_MARKER_VALUE_LEN]) {
+    put_i64le(out, m->ts);
+    put_i64le(out + 8, m->written_wm);
+}
+
+int iqp_marker_decode(const void *val, size_t vlen, iqp_marker *m) {
+    const unsigned char *v = val;
+    if (vlen != IQP_MARKER_VALUE_LEN && vlen != 8) return -1;
+    m->ts = get_i64le(v);
+    m->written_wm = vlen == 8 ? m->ts : get_i64le(v + 8);
+    return 0;
+}
+
 /* ---- batches ------------------------------------------------------------- */
 
 iqp_store_batch *iqp_store_batch_new(iqp_store *st) {
@@ -583,6 +616,13 @@ void iqp_store_batch_merge(iqp_store_batch *b, iqp_cf cf, const void *key, size_
 void iqp_store_batch_put(iqp_store_batch *b, iqp_cf cf, const void *key, size_t klen,
                          const void *val, size_t vlen) {
     rocksdb_writebatch_put_cf(b->wb, cf_handle(b->st, cf), key, klen, val, vlen);
+}
+
+void iqp_store_batch_put_marker(iqp_store_batch *b, const unsigned char *key, size_t klen,
+                                const iqp_marker *m) {
+    unsigned char v[IQP_MARKER_VALUE_LEN];
+    iqp_marker_encode(m, v);
+    iqp_store_batch_put(b, IQP_CF_DEDUP, key, klen, v, sizeof v);
 }
 
 void iqp_store_batch_delete(iqp_store_batch *b, iqp_cf cf, const void *key, size_t klen) {
@@ -623,15 +663,14 @@ int iqp_store_batch_commit(iqp_store *st, iqp_store_batch *b, char *err, size_t 
 
 /* ---- reads --------------------------------------------------------------- */
 
-int iqp_store_get_marker(iqp_store *st, const unsigned char *key, size_t klen, int64_t *ts) {
+int iqp_store_get_marker(iqp_store *st, const unsigned char *key, size_t klen, iqp_marker *m) {
     char *rerr = NULL;
     size_t vlen = 0;
     char *val = rocksdb_get_cf(st->db, st->ro, cf_handle(st, IQP_CF_DEDUP), (const char *)key, klen,
                                &vlen, &rerr);
     if (rerr) { free(rerr); return -1; }
     if (!val) return 0;
-    int found = vlen == 8;
-    if (found) memcpy(ts, val, 8);
+    int found = iqp_marker_decode(val, vlen, m) == 0;
     free(val);
     return found ? 1 : 0;
 }

@@ -8,7 +8,8 @@
  *
  *   CF "counts"    count key   -> IQP_COUNTERS(cfg) counters (merge: sum)
  *   CF "contexts"  context key -> 1 counter, context_count (merge: sum)
- *   CF "dedup"     marker key  -> int64 LE ts the marker counted at
+ *   CF "dedup"     marker key  -> iqp_marker: int64 LE ts the marker counted
+ *                  at, int64 LE watermark when it was written (layout 2)
  *   CF "meta"      "layout" -> canonical layout JSON; "watermark" -> int64
  *                  LE; "src/<id>" -> source position (ingest, Kafka
  *                  offsets): whatever a writer stages with its batch;
@@ -24,8 +25,9 @@
  *
  * Expiry: compaction filters drop count and context cells whose bucket is
  * older than the retention of its granularity (cells.h, window.h), and
- * dedup markers whose ts is more than dedup_horizon behind the watermark.
- * Reads never depend on expiry having run.
+ * dedup markers that iqp_marker_forgotten says are forgotten, and
+ * counter cells whose counters are all zero. Reads never depend on expiry
+ * having run.
  *
  * May not touch: event decoding, aggregation rules, Redis.
  */
@@ -101,9 +103,35 @@ size_t iqp_store_batch_bytes(const iqp_store_batch *b);
 /* Commits atomically; on success the store's watermark advances. */
 int iqp_store_batch_commit(iqp_store *st, iqp_store_batch *b, char *err, size_t errlen);
 
+/* ---- dedup markers (README "Exact counting rules", rule 7) ----------------
+ * A marker remembers the ts it counted at (the action min-ts rule moves a
+ * count when an earlier ts arrives) and the watermark at the moment it was
+ * written. It is forgotten by processing progress alone: once the
+ * watermark has passed written_wm + dedup_horizon. Where a micro-batch
+ * ended never matters, so the aggregator applies this one rule to markers
+ * of its unflushed batch and of the store alike, and the compaction filter
+ * drops exactly the markers it would ignore. */
+typedef struct iqp_marker {
+    int64_t ts;         /* event time the marked thing counts at */
+    int64_t written_wm; /* watermark (with the marking event) when written */
+} iqp_marker;
+
+#define IQP_MARKER_VALUE_LEN 16
+
+/* 1 when m is forgotten under watermark wm (written_wm < wm - horizon). */
+int iqp_marker_forgotten(const iqp_marker *m, int64_t wm, int64_t horizon_ms);
+void iqp_marker_encode(const iqp_marker *m, unsigned char out[IQP_MARKER_VALUE_LEN]);
+/* 0, or -1 when val is not a marker value. An 8-byte value of layout 1
+ * (ts only) reads as written at its own ts, the rule layout 1 applied. */
+int iqp_marker_decode(const void *val, size_t vlen, iqp_marker *m);
+
+void iqp_store_batch_put_marker(iqp_store_batch *b, const unsigned char *key, size_t klen,
+                                const iqp_marker *m);
+
 /* ---- reading ------------------------------------------------------------- */
-/* 1 found (value in *ts), 0 absent, -1 error. */
-int iqp_store_get_marker(iqp_store *st, const unsigned char *key, size_t klen, int64_t *ts);
+/* 1 found (value in *m), 0 absent, -1 error. Forgotten markers are returned
+ * too: the caller applies iqp_marker_forgotten with its own watermark. */
+int iqp_store_get_marker(iqp_store *st, const unsigned char *key, size_t klen, iqp_marker *m);
 /* 1 found (*val malloc'd), 0 absent, -1 error. */
 int iqp_store_get_meta(iqp_store *st, const char *key, char **val, size_t *vlen);
 

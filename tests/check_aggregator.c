@@ -172,6 +172,39 @@ START_TEST(uncounted_repeat_keeps_the_watermark) {
 }
 END_TEST
 
+/* Rule 7 by hand, once without any flush and once flushing after every
+ * event: a marker is forgotten when the watermark before an event is more
+ * than 24 h past the watermark it was written at, wherever batches end. */
+static void forget_by_progress(int flush_each) {
+    static const struct { int64_t ts; const char *id, *req; int is_action; iqp_agg_outcome want; } seq[] = {
+        {T0, "e1", "r1", 0, IQP_AGG_COUNTED},           /* written at wm T0 */
+        {T0 + 1, "c1", "r1", 1, IQP_AGG_COUNTED},       /* key written at wm T0+1 */
+        {T0 + 24 * H, "e2", "r2", 0, IQP_AGG_COUNTED},  /* wm T0+24h: nothing forgotten yet */
+        {T0, "e1", "r1", 0, IQP_AGG_DUPLICATE},         /* T0 < (T0+24h) - 24h is false */
+        {T0 + 24 * H + 2, "e3", "r3", 0, IQP_AGG_COUNTED}, /* wm T0+24h+2 */
+        {T0, "e1", "r1", 0, IQP_AGG_COUNTED},           /* forgotten: counted again */
+        {T0 + 5, "c2", "r1", 1, IQP_AGG_COUNTED},       /* the key too, in T0's day */
+        {T0 + 5, "c2", "r1", 1, IQP_AGG_DUPLICATE},     /* rewritten at wm T0+24h+2 */
+    };
+    for (size_t i = 0; i < sizeof seq / sizeof *seq; i++) {
+        const char *json = seq[i].is_action ? action(seq[i].id, seq[i].ts, seq[i].req, "a", "click")
+                                            : impression(seq[i].id, seq[i].ts, seq[i].req, "[\"a\"]");
+        ck_assert_msg(add(json) == seq[i].want, "event %zu (flush_each %d)", i, flush_each);
+        if (flush_each) flush();
+    }
+    flush();
+    iqp_feature_row day0 = read_one("q_item", "7d", "a", T0 + 13 * H); /* days up to T0's */
+    ck_assert_int_eq(day0.context_count, 2);            /* e1 twice */
+    ck_assert_int_eq(day0.counters[CLICK], 2);          /* c1, then c2 after c1's key was forgotten */
+    ck_assert_int_eq(day0.counters[IQP_COUNTER_ENGAGED], 2);
+}
+
+START_TEST(markers_forgotten_by_progress_in_one_batch) { forget_by_progress(0); }
+END_TEST
+
+START_TEST(markers_forgotten_by_progress_flushing_each_event) { forget_by_progress(1); }
+END_TEST
+
 START_TEST(future_events_are_rejected) {
     ck_assert_int_eq(add_at(impression("e1", NOW + 300001, "r1", "[\"a\"]"), NOW), IQP_AGG_FUTURE);
     ck_assert_int_eq(add_at(impression("e2", NOW + 300000, "r2", "[\"a\"]"), NOW), IQP_AGG_COUNTED);
@@ -278,6 +311,8 @@ int main(void) {
     tcase_add_test(tc, actions_count_distinct_requests_and_engaged);
     tcase_add_test(tc, earlier_repeat_moves_the_count);
     tcase_add_test(tc, uncounted_repeat_keeps_the_watermark);
+    tcase_add_test(tc, markers_forgotten_by_progress_in_one_batch);
+    tcase_add_test(tc, markers_forgotten_by_progress_flushing_each_event);
     tcase_add_test(tc, future_events_are_rejected);
     tcase_add_test(tc, window_edges);
     tcase_add_test(tc, old_events_partially_or_wholly_late);

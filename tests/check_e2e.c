@@ -37,6 +37,12 @@
  *   backfill_killed_and_resumed
  *                       SIGINT, then kill -9 twice, mid-backfill; run again:
  *                       byte-identical outputs to the uninterrupted store.
+ *   flush_size_invariance
+ *                       a 30-day log, time-ordered and shuffled (repeats
+ *                       far behind the watermark, dedup markers forgotten
+ *                       under rule 7), backfilled with flush sizes 1, 997
+ *                       and 200000: byte-identical lookups, equal `iqp stats
+ *                       --compact` cell counts, and the oracle's values.
  *
  * Every command goes through /bin/sh, so each argument is single-quoted.
  */
@@ -972,6 +978,146 @@ START_TEST(backfill_killed_and_resumed) {
 }
 END_TEST
 
+/* ---- flush-size invariance (README rule 7) ------------------------------ */
+
+#define INV_IMPRESSIONS 1500
+static const int inv_flush_sizes[] = {1, 997, 200000};
+#define N_INV_FLUSH (sizeof inv_flush_sizes / sizeof *inv_flush_sizes)
+
+/* Writes the lines of src to dst in a fixed pseudo-random order
+ * (Fisher-Yates with a xorshift generator). */
+static void shuffle_lines(const char *src, const char *dst) {
+    char *text = tu_read_file(src, NULL);
+    ck_assert_msg(text != NULL, "cannot read %s", src);
+    size_t n = 0, cap = 1024;
+    char **lines = malloc(cap * sizeof *lines);
+    for (char *save = NULL, *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        if (n == cap) lines = realloc(lines, (cap *= 2) * sizeof *lines);
+        lines[n++] = l;
+    }
+    uint64_t x = 0x9e3779b97f4a7c15ULL;
+    for (size_t i = n; i > 1; i--) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        size_t j = (size_t)(x % i);
+        char *t = lines[i - 1];
+        lines[i - 1] = lines[j];
+        lines[j] = t;
+    }
+    FILE *f = fopen(dst, "wb");
+    ck_assert_msg(f != NULL, "cannot write %s", dst);
+    for (size_t i = 0; i < n; i++) fprintf(f, "%s\n", lines[i]);
+    fclose(f);
+    free(lines);
+    free(text);
+}
+
+/* `iqp stats --compact` of dir without disk_bytes / bytes_per_cell (file
+ * sizes depend on how the data was batched, the cells do not). */
+static char *settled_stats(const char *dir) {
+    char *cmd = fmt("%s stats --compact --store '%s'", tu_iqp(), dir), *out = NULL;
+    ck_assert_msg(tu_run(cmd, &out) == 0, "iqp stats failed: %s", cmd);
+    json_t *o = json_loads(out, 0, NULL);
+    ck_assert_msg(o != NULL, "iqp stats printed no JSON: %s", out);
+    json_object_del(o, "disk_bytes");
+    json_object_del(o, "bytes_per_cell");
+    char *text = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(o);
+    free(out);
+    free(cmd);
+    return text;
+}
+
+/* Every lookup of the model's top queries x 2 countries x 3 genders, as of
+ * the watermark and the next day, appended to out; compared with model. */
+static void invariance_lookups(const oracle *model, const char *dir, FILE *out, tally *t) {
+    static const char *const genders[] = {"female", "male", "unknown"};
+    int64_t w = oracle_watermark(model), times[2] = {w, floor_to(w, DAY_MS) + DAY_MS};
+    size_t nq = oracle_n_queries(model) < 6 ? oracle_n_queries(model) : 6;
+    for (size_t q = 0; q < nq; q++)
+        for (size_t cc = 0; cc < 2 && cc < oracle_n_countries(model); cc++)
+            for (int g = 0; g < 3; g++)
+                for (int a = 0; a < 2; a++) {
+                    size_t n;
+                    context c = {0};
+                    c.query = c.query_arg = (char *)oracle_query(model, q, NULL);
+                    c.country = c.country_arg = oracle_country(model, cc, NULL);
+                    c.gender = c.gender_arg = genders[g];
+                    c.items = (const char **)oracle_query_items(model, c.query, &n);
+                    c.n_items = n;
+                    lookup_req r = {dir, &c, times[a], NULL, model};
+                    char *res = lookup(&r);
+                    ck_assert_msg(res != NULL, "iqp lookup failed on %s", dir);
+                    compare(t, &r, res);
+                    fputs(res, out);
+                    free(res);
+                }
+}
+
+/* One log at every flush size: returns the number of differences. */
+static size_t check_invariance(const char *log, const char *what) {
+    oracle *model = oracle_new(now_ms());
+    ck_assert_msg(oracle_load_file(model, log) == 0, "oracle cannot read %s", log);
+    char *first_out = NULL, *first_stats = NULL;
+    size_t differ = 0;
+    tally t = {0, 0, 0};
+    for (size_t k = 0; k < N_INV_FLUSH; k++) {
+        char *dir = fmt("%s/inv-%s-%d", tmp, what, inv_flush_sizes[k]);
+        char *cmd = fmt("%s backfill --quiet --flush-events %d --store '%s' '%s' 2>/dev/null",
+                        tu_iqp(), inv_flush_sizes[k], dir, log);
+        char *text = NULL;
+        size_t len = 0;
+        FILE *out = open_memstream(&text, &len);
+        ck_assert(run_ok(cmd));
+        invariance_lookups(model, dir, out, &t);
+        fclose(out);
+        char *stats = settled_stats(dir);
+        if (!first_out) {
+            first_out = text;
+            first_stats = stats;
+        } else {
+            if (strcmp(first_out, text) != 0) {
+                fprintf(stderr, "e2e: %s: lookups at flush %d differ from flush %d\n", what,
+                        inv_flush_sizes[k], inv_flush_sizes[0]);
+                differ++;
+            }
+            if (strcmp(first_stats, stats) != 0) {
+                fprintf(stderr, "e2e: %s: stats at flush %d: %s, at flush %d: %s\n", what,
+                        inv_flush_sizes[k], stats, inv_flush_sizes[0], first_stats);
+                differ++;
+            }
+            free(text);
+            free(stats);
+        }
+        tu_rmrf(dir);
+        free(dir);
+        free(cmd);
+    }
+    oracle_stats s = oracle_get_stats(model);
+    fprintf(stderr, "e2e: invariance %s: %" PRIu64 " lines, %" PRIu64 " duplicate, %" PRIu64
+            " late; stats %s; %" PRIu64 " values vs oracle, %" PRIu64 " mismatches\n",
+            what, s.lines, s.duplicate, s.late, first_stats, t.values, t.mismatches);
+    free(first_out);
+    free(first_stats);
+    oracle_free(model);
+    return differ + t.mismatches;
+}
+
+START_TEST(flush_size_invariance) {
+    REQUIRE_SETUP();
+    char *ordered = fmt("%s/inv-ordered.jsonl", tmp), *shuffled = fmt("%s/inv-shuffled.jsonl", tmp);
+    char *cmd = fmt("%s gen --seed 7 --impressions %d --start %" PRId64 " --span 30d "
+                    "--redeliver-rate 0.1 --repeat-rate 0.3 --queries 20 --items 200 --out '%s'",
+                    tu_iqp(), INV_IMPRESSIONS, (int64_t)START_MS, ordered);
+    ck_assert(run_ok(cmd));
+    shuffle_lines(ordered, shuffled);
+    size_t differ = check_invariance(ordered, "ordered") + check_invariance(shuffled, "shuffled");
+    ck_assert_msg(differ == 0, "%zu differences between flush sizes or with the oracle", differ);
+    free(cmd);
+    free(ordered);
+    free(shuffled);
+}
+END_TEST
+
 static Suite *e2e_suite(void) {
     Suite *s = suite_create("e2e");
     TCase *tc = tcase_create("gen-backfill-lookup");
@@ -985,6 +1131,7 @@ static Suite *e2e_suite(void) {
     tcase_add_test(tc, stdin_input);
     tcase_add_test(tc, backfill_again);
     tcase_add_test(tc, backfill_killed_and_resumed);
+    tcase_add_test(tc, flush_size_invariance);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -35,9 +35,10 @@
  * As long as T is at or after the watermark, every bucket a window reads is
  * still retained, so expiry never has to be modelled after the fact.
  *
- * Not modelled: the dedup horizon (rule 7). The oracle remembers every key
- * forever, which agrees with the product whenever repeats arrive within 24 h
- * of event time, as they do in `iqp gen` output.
+ *   6. Dedup memory (rule 7): every remembered event id and key also
+ *      remembers the watermark just after the event that (re)wrote it;
+ *      an event forgets it when the watermark before that event is more
+ *      than 24 h past it. A forgotten key seen again starts a new unit.
  */
 #include "tests/oracle.h"
 
@@ -197,6 +198,7 @@ typedef struct strid {          /* interned string -> dense id */
 typedef struct strset {         /* a set of strings (event ids, unit keys) */
     char *s;
     size_t unit;                /* for unit keys: index into o->units */
+    int64_t written_wm;         /* watermark after the event that wrote it */
     UT_hash_handle hh;
 } strset;
 
@@ -568,10 +570,27 @@ static void note_country(oracle *o, const char *country) {
     o->country_freq[id]++;
 }
 
-static void remember_event_id(oracle *o, const char *id) {
-    strset *e = calloc(1, sizeof *e);
-    e->s = xstrdup(id);
-    HASH_ADD_KEYPTR(hh, o->event_ids, e->s, strlen(e->s), e);
+#define DEDUP_HORIZON_MS (24 * 3600000LL)
+
+/* Rule 7, as the README says it: forgotten once the watermark (before the
+ * event looking) is more than the horizon past the one it was written at. */
+static int forgotten(const oracle *o, const strset *e) {
+    return o->watermark >= 0 && e->written_wm < o->watermark - DEDUP_HORIZON_MS;
+}
+
+static int64_t watermark_with(const oracle *o, int64_t ts) {
+    return ts > o->watermark ? ts : o->watermark;
+}
+
+static void remember_event_id(oracle *o, const event *ev) {
+    strset *e;
+    HASH_FIND_STR(o->event_ids, ev->event_id, e);
+    if (!e) {
+        e = calloc(1, sizeof *e);
+        e->s = xstrdup(ev->event_id);
+        HASH_ADD_KEYPTR(hh, o->event_ids, e->s, strlen(e->s), e);
+    }
+    e->written_wm = watermark_with(o, ev->ts);
 }
 
 static void count_impression(oracle *o, const event *ev) {
@@ -600,20 +619,26 @@ static int count_key(oracle *o, const event *ev, int counter, int qid, int iid) 
                  iid, act, qid, ev->country, ev->gender) < 0)
         abort();
     HASH_FIND_STR(o->keys, key, e);
-    if (!e) {
+    if (!e || forgotten(o, e)) {
         unit *u = new_unit(o, counter, ev, qid);
         u->items = calloc(1, sizeof *u->items);
         u->items[0] = iid;
         u->n_items = 1;
-        e = calloc(1, sizeof *e);
-        e->s = key;
+        if (!e) {
+            e = calloc(1, sizeof *e);
+            e->s = key;
+            HASH_ADD_KEYPTR(hh, o->keys, e->s, strlen(e->s), e);
+        } else {
+            free(key);          /* the old unit keeps its count */
+        }
         e->unit = o->n_units - 1;
-        HASH_ADD_KEYPTR(hh, o->keys, e->s, strlen(e->s), e);
+        e->written_wm = watermark_with(o, ev->ts);
         return 1;
     }
     free(key);
     if (ev->ts >= o->units[e->unit].ts) return 0;
     set_buckets(o, &o->units[e->unit], ev->ts);
+    e->written_wm = watermark_with(o, ev->ts);
     o->stats.moved++;
     return 1;
 }
@@ -634,7 +659,7 @@ static int count_event(oracle *o, const event *ev) {
     strset *seen;
     int counted;
     HASH_FIND_STR(o->event_ids, ev->event_id, seen);
-    if (seen) { o->stats.duplicate++; return 0; }
+    if (seen && !forgotten(o, seen)) { o->stats.duplicate++; return 0; }
     if (is_late(o, ev->ts)) { o->stats.late++; return 0; }
     if (ev->is_action) {
         counted = count_action(o, ev);
@@ -643,7 +668,7 @@ static int count_event(oracle *o, const event *ev) {
         counted = 1;
     }
     if (!counted) return 0;
-    remember_event_id(o, ev->event_id);
+    remember_event_id(o, ev);
     if (ev->ts > o->watermark) o->watermark = ev->ts;
     return 1;
 }
