@@ -8,10 +8,13 @@
  *         1: the payload is the text of a plain file
  *         2: the payload is the text, gzip-compressed here
  *         3: the payload is the text, zstd-compressed here
- *   4     repeat the text until it passes 1 MiB, the reader's chunk size,
- *         so lines cross buffer refills (its "carry" path)
+ *   4     put a filler line of 'x' before the text, so long that the
+ *         text's middle falls on the reader's 1 MiB refill boundary:
+ *         lines cross refills (the reader's "carry" path)
  *   8     compress in three members / frames instead of one
  *   16    cut the last bytes of the compressed file (a truncated log)
+ *   32    with 4: the filler has no '\n', so it and the text's first line
+ *         make one line of about 1 MiB (oversized for most max_line)
  * The file is an in-memory file (memfd) opened by its /proc/self/fd path,
  * so iqp_logfile_open() runs exactly as for a file on disk.
  *
@@ -159,12 +162,19 @@ static int has_magic(const buf *file, int format) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 2) return 0;
-    int mode = data[0], format = mode & 3, repeat = mode & 4, members = mode & 8, trunc = mode & 16;
+    int mode = data[0], format = mode & 3, filler = mode & 4, members = mode & 8, trunc = mode & 16;
     size_t max_line = data[1];
     buf text = {0}, file = {0};
+    if (filler && format != 0) {
+        size_t n = CHUNK - 1 - (size - 2) / 2;
+        unsigned char *x = malloc(n);
+        if (!x) abort();
+        memset(x, 'x', n);
+        put(&text, x, n);
+        free(x);
+        if (!(mode & 32)) put(&text, "\n", 1);
+    }
     put(&text, data + 2, size - 2);
-    if (repeat && format != 0 && text.len > 0)
-        while (text.len <= CHUNK + 1) put(&text, data + 2, size - 2);
     if (format == 0) put(&file, text.p, text.len);
     else make_file(&file, format, members, &text);
     int truncated = trunc && format >= 2 && file.len > 0;

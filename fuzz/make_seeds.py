@@ -146,10 +146,11 @@ def logfile_seeds():
     write("logfile", "gzip", bytes([2, 0]) + payload)
     write("logfile", "zstd_members", bytes([3 | 8, 5]) + payload)
     write("logfile", "gzip_cut", bytes([2 | 8 | 16, 3]) + payload)
-    write("logfile", "plain_repeat", bytes([1 | 4, 0]) + b"a line crossing the chunk\n")
-    write("logfile", "zstd_repeat", bytes([3 | 4, 100]) + b"x" * 300 + b"\n")
+    write("logfile", "plain_filler", bytes([1 | 4, 0]) + b"a line crossing\r\nthe chunk\n\nend")
+    write("logfile", "gzip_filler_joined", bytes([2 | 4 | 32, 0]) + b"joined\nnext\n")
+    write("logfile", "zstd_filler", bytes([3 | 4, 100]) + b"y" * 300 + b"\n")
     # raw files, framing included, for mode 0 to mutate
-    write("logfile", "raw_gzip", bytes([0, 0]) + gzip.compress(payload) + gzip.compress(b"m2\n"))
+    write("logfile", "raw_gzip", bytes([0, 0]) + gzip.compress(payload, mtime=0) + gzip.compress(b"m2\n", mtime=0))
     if shutil.which("zstd"):
         z = subprocess.run(["zstd", "-q", "-c", "--no-check"], input=payload,
                            stdout=subprocess.PIPE, check=True).stdout
@@ -157,11 +158,18 @@ def logfile_seeds():
     write("logfile", "raw_plain", bytes([0, 0]) + payload)
 
 
-def client_conversation(layout, gen, n_features_lookup1, n_features_lookup2, width, nw,
+def meta_reply(style, version, layout_text):
+    """The meta hash as HGETALL returns it (field, value, ...) or as
+    HMGET <meta> layout_version fingerprint layout does (values only)."""
+    if style == "hmget":
+        return array([bulk(version), bulk("f00d"), bulk(layout_text)])
+    return array([bulk("layout_version"), bulk(version), bulk("fingerprint"), bulk("f00d"),
+                  bulk("layout"), bulk(layout_text), bulk("created_ms"), bulk("1718000000000")])
+
+
+def client_conversation(style, layout, gen, n_features_lookup1, n_features_lookup2, width, nw,
                         switch=False):
-    meta = array([bulk("layout_version"), bulk("1"), bulk("fingerprint"), bulk("f00d"),
-                  bulk("layout"), bulk(json.dumps(layout, separators=(",", ":"))),
-                  bulk("created_ms"), bulk("1718000000000")])
+    meta = meta_reply(style, "1", json.dumps(layout, separators=(",", ":")))
     ctx = context_value([10 * (w + 1) for w in range(nw)])
     item = item_value([[w + 1] + [1] * (width - 1) for w in range(nw)])
 
@@ -179,18 +187,25 @@ def client_conversation(layout, gen, n_features_lookup1, n_features_lookup2, wid
 
 
 def client_seeds():
-    # lookup 1 gives query, country, gender (every feature); lookup 2 the query only
-    write("client", "default", client_conversation(DEFAULT_LAYOUT, 7, 5, 1, 8, 4))
-    write("client", "small", client_conversation(SMALL_LAYOUT, 3, 2, 1, 3, 1))
-    write("client", "switch", client_conversation(SMALL_LAYOUT, 3, 2, 1, 3, 1, switch=True))
+    # libiqp has read the meta with HGETALL and with HMGET of its three
+    # fields; a seed per style keeps the corpus useful to either.
+    for style in ("hgetall", "hmget"):
+        # lookup 1 gives query, country, gender (every feature); lookup 2 the query only
+        write("client", style + "_default", client_conversation(style, DEFAULT_LAYOUT, 7, 5, 1, 8, 4))
+        small = client_conversation(style, SMALL_LAYOUT, 3, 2, 1, 3, 1)
+        write("client", style + "_small", small)
+        write("client", style + "_switch",
+              client_conversation(style, SMALL_LAYOUT, 3, 2, 1, 3, 1, switch=True))
+        write("client", style + "_version2", bulk("4") + meta_reply(style, "2", "{}"))
+        write("client", style + "_hmget_error",
+              small[:small.rindex(b"$1\r\n3")] + bulk("3") + b"-OOM\r\n")
     write("client", "nothing_published", bulk(None))
-    write("client", "errors", bulk("3") + b"-ERR unknown command\r\n")
-    write("client", "version2", bulk("4") + array([bulk("layout_version"), bulk("2"),
-                                                  bulk("fingerprint"), bulk("x"),
-                                                  bulk("layout"), bulk("{}")]))
-    small = client_conversation(SMALL_LAYOUT, 3, 2, 1, 3, 1)
-    write("client", "hmget_error", small[:small.rindex(b"$1\r\n3")] + bulk("3") + b"-OOM\r\n")
+    write("client", "meta_error", bulk("3") + b"-ERR unknown command\r\n")
     write("client", "integer_and_status", bulk("3") + b":12\r\n+OK\r\n")
+    # a hostile server's headers: a 300-million-element array, a 3 GB string
+    # (issue 13 item 5: libiqp must refuse them, not allocate for them)
+    write("client", "huge_array", bulk("3") + b"*300000000\r\n")
+    write("client", "huge_string", bulk("3") + b"$3000000000\r\n")
 
 
 def main():
