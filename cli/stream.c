@@ -34,6 +34,8 @@
 #include "publisher/pending.h"
 #include "publisher/publisher.h"
 #include "store/store.h"
+#include "util/clock.h"
+#include "util/sdnotify.h"
 
 static const char *CMD = "stream";
 
@@ -435,7 +437,26 @@ static void print_summary(iqp_stream *s) {
             (unsigned long long)st.latency_n);
 }
 
+/* systemd (Type=notify): READY=1 once every part is open, WATCHDOG=1 from
+ * the main loop when WatchdogSec= is set, STOPPING=1 at a stop request.
+ * No-ops outside systemd or without libsystemd (util/sdnotify.h). */
+typedef struct sd_state {
+    int64_t watchdog_ms, last_ping_ms;
+    int stopping_sent;
+} sd_state;
+
+static void on_tick(void *arg, int stopping) {
+    sd_state *sd = arg;
+    if (stopping) {
+        if (!sd->stopping_sent) iqp_sd_notify("STOPPING=1");
+        sd->stopping_sent = 1;
+        return;
+    }
+    iqp_sd_watchdog_tick(sd->watchdog_ms, iqp_mono_ms(), &sd->last_ping_ms);
+}
+
 typedef struct stream_parts {
+    sd_state sd;
     iqp_store *st;
     iqp_deadletter *dl;
     iqp_metrics *m;
@@ -472,8 +493,9 @@ static int open_parts(const stream_opts *o, iqp_config *cfg, stream_parts *p) {
                 iqp_metrics_server_port(p->srv), listen);
     }
     if (open_checkpoints(o, &p->ckpt, err, sizeof err) < 0) return iqp_cli_fail(CMD, "%s", err);
+    p->sd.watchdog_ms = iqp_sd_watchdog_ms();
     iqp_stream_options so = {o->imp_topic, o->act_topic, o->flush_ms, o->props, p->dl, p->m,
-                             p->ckpt, o->progress};
+                             p->ckpt, o->progress, on_tick, &p->sd};
     if (!(p->s = iqp_stream_new(p->st, &so, err, sizeof err))) return iqp_cli_fail(CMD, "%s", err);
     return open_publisher(o, p);
 }
@@ -525,6 +547,7 @@ int iqp_cmd_stream(int argc, char **argv) {
     stream_parts p = {0};
     iqp_cli_on_stop_signals(on_stop_signal);
     rc = open_parts(&o, &cfg, &p);
+    if (rc == 0) iqp_sd_notify("READY=1\nSTATUS=counting");
     if (rc == 0 && iqp_stream_run(p.s, err, sizeof err) < 0) rc = iqp_cli_fail(CMD, "%s", err);
     rc = close_parts(&p, rc, o.drain_ms);
     free_opts(&o);
