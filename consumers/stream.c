@@ -563,6 +563,9 @@ static const char *const default_props[] = {
 static const char *const forced_props[] = {
     "enable.auto.commit", "false", "enable.auto.offset.store", "false", NULL};
 
+const char *const *iqp_stream_kafka_defaults(void) { return default_props; }
+const char *const *iqp_stream_kafka_forced(void) { return forced_props; }
+
 static int set_props(rd_kafka_conf_t *conf, const char *const *kv, char *err, size_t errlen) {
     char kerr[256];
     for (; kv && kv[0] && kv[1]; kv += 2)
@@ -641,7 +644,7 @@ iqp_stream *iqp_stream_new(iqp_store *st, const iqp_stream_options *o, char *err
     s->dl = o->dl;
     s->m = o->metrics;
     s->ckpt = o->checkpoints;
-    s->flush_ms = o->flush_ms > 0 ? o->flush_ms : 500;
+    s->flush_ms = o->flush_ms > 0 ? o->flush_ms : IQP_STREAM_DEFAULT_FLUSH_MS;
     s->progress = o->progress;
     s->on_tick = o->on_tick;
     s->tick_arg = o->tick_arg;

@@ -90,4 +90,13 @@ struct iqp_aggregator *iqp_stream_aggregator(iqp_stream *s);
 /* Closes the consumer (if run did not) and frees s. */
 void iqp_stream_free(iqp_stream *s);
 
+/* The librdkafka properties the stream sets under the caller's (defaults)
+ * and the ones the caller may not change (forced), as NULL-terminated
+ * name/value pairs: for `iqp config show`. */
+const char *const *iqp_stream_kafka_defaults(void);
+const char *const *iqp_stream_kafka_forced(void);
+
+/* Flush interval when the options give none. */
+#define IQP_STREAM_DEFAULT_FLUSH_MS 500
+
 #endif
