@@ -6,6 +6,9 @@
  *   - `iqp config check` names every planted problem by its JSON path and
  *     is silent on a good file; `iqp config show` fills in every default,
  *     and its output is a config that checks clean and shows the same;
+ *   - every metric ops/prometheus/iqp.rules.yml and ops/grafana/iqp.json
+ *     use is on the /metrics of a running `iqp stream --redis`, and every
+ *     recorded (iqp:...) series they use is defined by a rule;
  *   - `iqp stream --dry-run` finds the topics, a missing topic, a store of
  *     another layout and a writable Redis, and changes nothing;
  *
@@ -336,6 +339,107 @@ START_TEST(stream_dry_run_checks_and_changes_nothing) {
 }
 END_TEST
 
+
+/* ---- dashboards and rules use only exported metrics ----------------------------- */
+
+/* GET /metrics; NULL when the endpoint does not answer 200 (yet). */
+static char *try_fetch_metrics(int port) {
+    char *cmd = tu_fmt("bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d && printf \"GET /metrics HTTP/1.0"
+                       "\\r\\n\\r\\n\" >&3 && cat <&3' 2>/dev/null", port), *out = NULL;
+    int rc = tu_run(cmd, &out);
+    free(cmd);
+    if (rc == 0 && out && strstr(out, "200 OK")) return out;
+    free(out);
+    return NULL;
+}
+
+/* Whether the exposition declares name: its own family, or a histogram's
+ * _bucket/_count/_sum series. */
+static int exported(const char *metrics, const char *name) {
+    char *want = tu_fmt("# TYPE %s ", name);
+    int found = strstr(metrics, want) != NULL;
+    free(want);
+    static const char *const suffixes[] = {"_bucket", "_count", "_sum"};
+    for (size_t i = 0; !found && i < 3; i++) {
+        size_t n = strlen(name), k = strlen(suffixes[i]);
+        if (n > k && strcmp(name + n - k, suffixes[i]) == 0) {
+            char *h = tu_fmt("# TYPE %.*s histogram", (int)(n - k), name);
+            found = strstr(metrics, h) != NULL;
+            free(h);
+        }
+    }
+    return found;
+}
+
+static int name_char(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == ':';
+}
+
+/* Every iqp_... and iqp:... name in text must be exported (iqp_) or
+ * recorded by rules (iqp:...). Returns how many names were checked. */
+static int check_names(const char *file, const char *text, const char *metrics, const char *rules) {
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, "iqp")) != NULL;) {
+        if ((p > text && name_char(p[-1])) || (p[3] != '_' && p[3] != ':')) {
+            p += 3;
+            continue;
+        }
+        size_t len = 3;
+        while (name_char(p[len])) len++;
+        char *name = tu_fmt("%.*s", (int)len, p);
+        p += len;
+        if (strchr(name, ':')) {
+            char *rec = tu_fmt("record: %s\n", name);
+            ck_assert_msg(strstr(rules, rec) != NULL, "%s uses %s, which no rule records", file, name);
+            free(rec);
+        } else if (strcmp(name, "iqp_") != 0) {
+            ck_assert_msg(exported(metrics, name), "%s uses %s, which iqp stream does not export", file, name);
+        }
+        free(name);
+        n++;
+    }
+    return n;
+}
+
+START_TEST(rules_and_dashboard_use_exported_metrics) {
+    int redis_port = tu_free_port(), metrics_port = tu_free_port();
+    char *rlog = tu_fmt("%s/redis.log", tmp), *log = tu_fmt("%s/stream.log", tmp);
+    char *store = tu_fmt("%s/store", tmp), *dl = tu_fmt("%s/dl.jsonl", tmp);
+    char *url = tu_fmt("redis://127.0.0.1:%d/0", redis_port), *listen = tu_fmt("127.0.0.1:%d", metrics_port);
+    pid_t redis = tu_redis_start(redis_port, rlog);
+    ck_assert_int_gt(redis, 0);
+    const char *const argv[] = {"iqp", "stream", "--store", store, "--brokers", broker.bootstrap,
+                                "--dead-letter-file", dl, "--metrics-listen", listen,
+                                "--checkpoint-topic", "off", "--redis", url, NULL};
+    child = spawn_env(argv, NULL, log);
+    char *metrics = NULL;
+    int64_t deadline = iqp_mono_ms() + wait_limit_ms(30000);
+    while (iqp_mono_ms() < deadline) {
+        free(metrics);
+        metrics = try_fetch_metrics(metrics_port);
+        if (metrics && strstr(metrics, "# TYPE iqp_redis_connected ") && strstr(metrics, "# TYPE iqp_events_total ")) break;
+        usleep(100000);
+    }
+    ck_assert_msg(metrics != NULL, "no /metrics on %s (log %s)", listen, log);
+    char *rules_path = tu_fmt("%s/ops/prometheus/iqp.rules.yml", IQP_SRCDIR);
+    char *dash_path = tu_fmt("%s/ops/grafana/iqp.json", IQP_SRCDIR);
+    char *rules = tu_read_file(rules_path, NULL), *dash = tu_read_file(dash_path, NULL);
+    ck_assert_ptr_nonnull(rules);
+    ck_assert_ptr_nonnull(dash);
+    json_t *dash_json = json_loads(dash, 0, NULL);
+    ck_assert_msg(dash_json != NULL, "%s is not JSON", dash_path);
+    json_decref(dash_json);
+    /* and enough of them that the scan cannot pass by finding nothing */
+    ck_assert_int_ge(check_names(rules_path, rules, metrics, rules), 20);
+    ck_assert_int_ge(check_names(dash_path, dash, metrics, rules), 25);
+    ck_assert_int_eq(tu_stop_pid(child, SIGTERM, wait_limit_ms(15000)), 0);
+    child = 0;
+    tu_stop_pid(redis, SIGTERM, 5000);
+    free(rlog), free(log), free(store), free(dl), free(url), free(listen), free(metrics);
+    free(rules_path), free(dash_path), free(rules), free(dash);
+}
+END_TEST
+
 static void teardown_tmp(void) {
     if (tmp) tu_rmrf(tmp);
     free(tmp);
@@ -349,6 +453,7 @@ static Suite *ops_suite(void) {
     tcase_set_timeout(tc, 90);
     tcase_add_test(tc, stream_notifies_systemd);
     tcase_add_test(tc, stream_dry_run_checks_and_changes_nothing);
+    tcase_add_test(tc, rules_and_dashboard_use_exported_metrics);
     suite_add_tcase(s, tc);
     tc = tcase_create("config");
     tcase_add_checked_fixture(tc, setup_tmp, teardown_tmp);
