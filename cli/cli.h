@@ -14,6 +14,7 @@
 #ifndef IQP_CLI_H
 #define IQP_CLI_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct iqp_command {
@@ -32,6 +33,18 @@ int iqp_cmd_stream(int argc, char **argv);
 int iqp_cmd_export(int argc, char **argv);
 int iqp_cmd_refresh(int argc, char **argv);
 int iqp_cmd_publish(int argc, char **argv);
+int iqp_cmd_config(int argc, char **argv);
+
+/* The stream's config sections ("stream", "kafka", "redis", "metrics" of a
+ * parsed config file), read exactly as `iqp stream --config` reads them
+ * (cli/stream.c), for `iqp config`. source names the file in messages.
+ * check: 0, or 2 after reporting the first problem through
+ * iqp_cli_usage_error; require_all also demands a store and brokers.
+ * effective: the four sections with every default filled in (a new
+ * reference), or NULL after reporting the problem. */
+struct json_t;
+int iqp_stream_config_check(struct json_t *root, const char *source, int require_all);
+struct json_t *iqp_stream_config_effective(struct json_t *root, const char *source);
 
 /* Prints "iqp <cmd>: <message>\n" to stderr; returns 2 (usage error). */
 int iqp_cli_usage_error(const char *cmd, const char *fmt, ...)
@@ -39,6 +52,13 @@ int iqp_cli_usage_error(const char *cmd, const char *fmt, ...)
 
 /* Prints "iqp <cmd>: <message>\n" to stderr; returns 1 (operational error). */
 int iqp_cli_fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* While buf is set, iqp_cli_usage_error and iqp_cli_fail write their
+ * message (without the "iqp <cmd>: " prefix; the last one wins) into
+ * buf[0..len) instead of stderr; NULL restores stderr. For `iqp config
+ * check`, which runs other commands' config readers and reports what they
+ * find itself. */
+void iqp_cli_capture_errors(char *buf, size_t len);
 
 /* Strict integer parse of the whole string; 0 on success. */
 int iqp_cli_parse_i64(const char *s, int64_t *out);

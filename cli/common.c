@@ -10,7 +10,21 @@
 #include <stdlib.h>
 #include <time.h>
 
+/* Where errors go instead of stderr while a caller captures them. */
+static char *capture_buf;
+static size_t capture_len;
+
+void iqp_cli_capture_errors(char *buf, size_t len) {
+    capture_buf = buf;
+    capture_len = buf ? len : 0;
+    if (buf && len) buf[0] = '\0';
+}
+
 static void vreport(const char *cmd, const char *fmt, va_list ap) {
+    if (capture_buf) {
+        vsnprintf(capture_buf, capture_len, fmt, ap);
+        return;
+    }
     fprintf(stderr, "iqp %s: ", cmd);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
@@ -21,7 +35,7 @@ int iqp_cli_usage_error(const char *cmd, const char *fmt, ...) {
     va_start(ap, fmt);
     vreport(cmd, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "Try 'iqp %s --help'.\n", cmd);
+    if (!capture_buf) fprintf(stderr, "Try 'iqp %s --help'.\n", cmd);
     return 2;
 }
 

@@ -18,9 +18,15 @@
  *              no url (or "off"): no publishing
  */
 #include <getopt.h>
+#include <hiredis/hiredis.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +40,8 @@
 #include "publisher/pending.h"
 #include "publisher/publisher.h"
 #include "store/store.h"
+#include "util/clock.h"
+#include "util/sdnotify.h"
 
 static const char *CMD = "stream";
 
@@ -77,7 +85,13 @@ static void usage(FILE *out) {
             "  --redis-refresh on|off   when windows slide, republish everything as a new\n"
             "                           generation (redis.refresh; default on)\n"
             "  --progress               a progress line on stderr every 2 s\n"
+            "  --dry-run                connect to Kafka, Redis and the store, check topics,\n"
+            "                           partitions, permissions and the store's layout, print\n"
+            "                           what would run, and exit (0: all good, 1: a problem)\n"
             "  --help                   this text\n"
+            "\n"
+            "Under systemd (Type=notify) it reports READY=1 once running, STOPPING=1 at a\n"
+            "stop request and WATCHDOG=1 from its main loop when WatchdogSec= is set.\n"
             "\n"
             "Exit status: 0 stopped by a signal after a clean flush, 1 operational failure\n"
             "(store, dead-letter sink or Kafka unusable; nothing more was committed), 2 bad\n"
@@ -94,7 +108,7 @@ typedef struct stream_opts {
     char redis_url_buf[1024];
     int64_t drain_ms;
     int64_t flush_ms, flush_events;
-    int progress;
+    int progress, dry_run;
     const char *props[2 * MAX_PROPS + 1]; /* config's kafka section, then flags */
     size_t n_props;
     char *owned[MAX_PROPS];               /* strings made here (numbers, NAME=VALUE splits) */
@@ -232,20 +246,13 @@ static int read_redis_section(stream_opts *o, json_t *sec) {
     return 0;
 }
 
-static int read_config_sections(stream_opts *o) {
-    json_error_t jerr;
+/* The stream's sections of a parsed config file (root stays the caller's). */
+static int read_sections(stream_opts *o, json_t *root) {
     json_t *v;
-    if (!o->config_path) return 0;
-    o->root = json_load_file(o->config_path, JSON_REJECT_DUPLICATES, &jerr);
-    if (!o->root)
-        return iqp_cli_usage_error(CMD, "%s:%d:%d: %s: %s", o->config_path, jerr.line, jerr.column,
-                                   json_error_code(&jerr) == json_error_duplicate_key ? "a key is given twice"
-                                                                                      : "invalid JSON",
-                                   jerr.text);
-    if ((v = json_object_get(o->root, "stream")) && read_stream_section(o, v)) return 2;
-    if ((v = json_object_get(o->root, "kafka")) && read_kafka_section(o, v)) return 2;
-    if ((v = json_object_get(o->root, "redis")) && read_redis_section(o, v)) return 2;
-    if ((v = json_object_get(o->root, "metrics"))) {
+    if ((v = json_object_get(root, "stream")) && read_stream_section(o, v)) return 2;
+    if ((v = json_object_get(root, "kafka")) && read_kafka_section(o, v)) return 2;
+    if ((v = json_object_get(root, "redis")) && read_redis_section(o, v)) return 2;
+    if ((v = json_object_get(root, "metrics"))) {
         json_t *l = json_object_get(v, "listen");
         const char *key;
         json_t *x;
@@ -258,11 +265,24 @@ static int read_config_sections(stream_opts *o) {
     return 0;
 }
 
+static int read_config_sections(stream_opts *o) {
+    json_error_t jerr;
+    if (!o->config_path) return 0;
+    o->root = json_load_file(o->config_path, JSON_REJECT_DUPLICATES, &jerr);
+    if (!o->root)
+        return iqp_cli_usage_error(CMD, "%s:%d:%d: %s: %s", o->config_path, jerr.line, jerr.column,
+                                   json_error_code(&jerr) == json_error_duplicate_key ? "a key is given twice"
+                                                                                      : "invalid JSON",
+                                   jerr.text);
+    if (!json_is_object(o->root)) return iqp_cli_usage_error(CMD, "%s: the config must be a JSON object", o->config_path);
+    return read_sections(o, o->root);
+}
+
 /* ---- flags ------------------------------------------------------------------ */
 
 enum { OPT_IMP = 256, OPT_ACT, OPT_FLUSH_MS, OPT_FLUSH_EV, OPT_DL_TOPIC, OPT_DL_FILE, OPT_LISTEN,
        OPT_PROP, OPT_PROGRESS, OPT_BROKERS, OPT_GROUP, OPT_CKPT, OPT_REDIS, OPT_REDIS_PREFIX,
-       OPT_REDIS_TTL, OPT_REDIS_REFRESH, OPT_REDIS_URL_FILE };
+       OPT_REDIS_TTL, OPT_REDIS_REFRESH, OPT_REDIS_URL_FILE, OPT_DRY_RUN };
 
 static const struct option longopts[] = {
     {"config", required_argument, 0, 'c'},           {"store", required_argument, 0, 's'},
@@ -278,6 +298,7 @@ static const struct option longopts[] = {
     {"redis-ttl", required_argument, 0, OPT_REDIS_TTL}, {"redis-refresh", required_argument, 0, OPT_REDIS_REFRESH},
     {"progress", no_argument, 0, OPT_PROGRESS},      {"help", no_argument, 0, 'h'},
     {"redis-url-file", required_argument, 0, OPT_REDIS_URL_FILE},
+    {"dry-run", no_argument, 0, OPT_DRY_RUN},
     {0, 0, 0, 0}};
 
 static int parse_positive(const char *flag, const char *arg, int64_t max, int64_t *out) {
@@ -315,6 +336,7 @@ static int apply_flag(stream_opts *o, int c) {
     case OPT_LISTEN: o->listen = optarg; return 0;
     case OPT_PROP: return add_prop_arg(o, optarg);
     case OPT_PROGRESS: o->progress = 1; return 0;
+    case OPT_DRY_RUN: o->dry_run = 1; return 0;
     case OPT_CKPT: o->ckpt_topic = optarg; return 0;
     case OPT_REDIS: o->redis.url = optarg, o->redis_url_file = NULL; return 0;
     case OPT_REDIS_URL_FILE: o->redis_url_file = optarg, o->redis.url = NULL; return 0;
@@ -369,6 +391,8 @@ static int check_metrics_listen(const stream_opts *o) {
     return 0;
 }
 
+static int check_opts(stream_opts *o, int require_all);
+
 static int parse_opts(int argc, char **argv, stream_opts *o) {
     int c, rc;
     if ((rc = first_pass(argc, argv, o))) return rc;
@@ -376,8 +400,15 @@ static int parse_opts(int argc, char **argv, stream_opts *o) {
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1)
         if ((rc = apply_flag(o, c))) return rc;
     if (optind < argc) return iqp_cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
-    if (!o->store_dir) return iqp_cli_usage_error(CMD, "no store: give --store DIR or stream.store");
-    if (!has_prop(o, "bootstrap.servers"))
+    return check_opts(o, 1);
+}
+
+/* What must hold once the config and the flags are read; require_all:
+ * also a store and brokers (a config checked on its own may leave them to
+ * flags). */
+static int check_opts(stream_opts *o, int require_all) {
+    if (require_all && !o->store_dir) return iqp_cli_usage_error(CMD, "no store: give --store DIR or stream.store");
+    if (require_all && !has_prop(o, "bootstrap.servers"))
         return iqp_cli_usage_error(CMD, "no brokers: give --brokers LIST or kafka.bootstrap.servers");
     if (o->dl_file && o->dl_topic && o->config_path)
         return iqp_cli_usage_error(CMD, "config: give dead_letter_topic or dead_letter_file, not both");
@@ -472,7 +503,26 @@ static void print_summary(iqp_stream *s) {
             (unsigned long long)st.latency_n);
 }
 
+/* systemd (Type=notify): READY=1 once every part is open, WATCHDOG=1 from
+ * the main loop when WatchdogSec= is set, STOPPING=1 at a stop request.
+ * No-ops outside systemd or without libsystemd (util/sdnotify.h). */
+typedef struct sd_state {
+    int64_t watchdog_ms, last_ping_ms;
+    int stopping_sent;
+} sd_state;
+
+static void on_tick(void *arg, int stopping) {
+    sd_state *sd = arg;
+    if (stopping) {
+        if (!sd->stopping_sent) iqp_sd_notify("STOPPING=1");
+        sd->stopping_sent = 1;
+        return;
+    }
+    iqp_sd_watchdog_tick(sd->watchdog_ms, iqp_mono_ms(), &sd->last_ping_ms);
+}
+
 typedef struct stream_parts {
+    sd_state sd;
     iqp_store *st;
     iqp_deadletter *dl;
     iqp_metrics *m;
@@ -509,8 +559,9 @@ static int open_parts(const stream_opts *o, iqp_config *cfg, stream_parts *p) {
                 iqp_metrics_server_port(p->srv), listen);
     }
     if (open_checkpoints(o, &p->ckpt, err, sizeof err) < 0) return iqp_cli_fail(CMD, "%s", err);
+    p->sd.watchdog_ms = iqp_sd_watchdog_ms();
     iqp_stream_options so = {o->imp_topic, o->act_topic, o->flush_ms, o->props, p->dl, p->m,
-                             p->ckpt, o->progress};
+                             p->ckpt, o->progress, on_tick, &p->sd};
     if (!(p->s = iqp_stream_new(p->st, &so, err, sizeof err))) return iqp_cli_fail(CMD, "%s", err);
     return open_publisher(o, p);
 }
@@ -546,6 +597,248 @@ static void free_opts(stream_opts *o) {
     json_decref(o->root);
 }
 
+/* ---- --dry-run ------------------------------------------------------------------ */
+/* Everything iqp stream would touch, checked without consuming, counting,
+ * publishing or joining the group (a join would rebalance the running
+ * members). One line per check: "ok", "FAIL" (iqp stream would not start
+ * or not work) or "note"; exit 1 when any check failed. */
+
+static int dry_line(int ok, const char *what, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int dry_line(int ok, const char *what, const char *fmt, ...) {
+    va_list ap;
+    printf("%-4s %-9s ", ok > 0 ? "ok" : ok == 0 ? "FAIL" : "note", what);
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    putchar('\n');
+    return ok == 0;
+}
+
+/* "." or the directory part of path (malloc'd). */
+static char *parent_dir(const char *path) {
+    char *parent = strdup(path), *slash;
+    if (!parent) abort();
+    if (!(slash = strrchr(parent, '/'))) return strcpy(parent, "."), parent;
+    *(slash == parent ? slash + 1 : slash) = '\0';
+    return parent;
+}
+
+/* The store: opened read-only when it exists (safe beside a running
+ * writer), its layout compared with the config; else its parent must be
+ * writable. */
+static int dry_store(const stream_opts *o, const iqp_config *cfg) {
+    char err[1024];
+    struct stat sb;
+    if (stat(o->store_dir, &sb) != 0) {
+        char *parent = parent_dir(o->store_dir);
+        int ok = access(parent, W_OK) == 0;
+        int bad = dry_line(ok, "store", ok ? "%s does not exist yet: would create it with this config's layout"
+                                           : "%s does not exist and %s is not writable", o->store_dir, parent);
+        free(parent);
+        return bad;
+    }
+    iqp_store *st = iqp_store_open(o->store_dir, cfg, IQP_STORE_READ_ONLY, err, sizeof err);
+    if (!st) return dry_line(0, "store", "%s", err);
+    int64_t wm = iqp_store_watermark(st);
+    iqp_store_close(st);
+    int bad = dry_line(1, "store", "%s: layout matches the config; watermark %lld", o->store_dir,
+                       (long long)(wm == INT64_MIN ? 0 : wm));
+    if (access(o->store_dir, W_OK) != 0)
+        bad += dry_line(0, "store", "%s is not writable by this user", o->store_dir);
+    return bad;
+}
+
+static const rd_kafka_metadata_topic_t *find_topic(const rd_kafka_metadata_t *md, const char *name) {
+    for (int i = 0; i < md->topic_cnt; i++)
+        if (strcmp(md->topics[i].topic, name) == 0) return &md->topics[i];
+    return NULL;
+}
+
+/* One topic iqp stream needs: present, readable (no error), its partitions. */
+static int dry_topic(const rd_kafka_metadata_t *md, const char *role, const char *name, int *parts) {
+    const rd_kafka_metadata_topic_t *t = find_topic(md, name);
+    *parts = 0;
+    if (!t || t->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+        return dry_line(0, "kafka", "%s topic '%s' does not exist", role, name);
+    if (t->err) return dry_line(0, "kafka", "%s topic '%s': %s", role, name, rd_kafka_err2str(t->err));
+    for (int p = 0; p < t->partition_cnt; p++)
+        if (t->partitions[p].err && t->partitions[p].err != RD_KAFKA_RESP_ERR_REPLICA_NOT_AVAILABLE)
+            return dry_line(0, "kafka", "%s topic '%s' partition %d: %s", role, name, t->partitions[p].id,
+                            rd_kafka_err2str(t->partitions[p].err));
+    *parts = t->partition_cnt;
+    return dry_line(1, "kafka", "%s topic '%s': %d partitions", role, name, t->partition_cnt);
+}
+
+static int dry_kafka(const stream_opts *o) {
+    const char *props[2 * MAX_PROPS + 1];
+    char kerr[512];
+    int bad = 0, ni = 0, na = 0, n;
+    producer_props(o, props);
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    for (size_t i = 0; props[i]; i += 2) rd_kafka_conf_set(conf, props[i], props[i + 1], kerr, sizeof kerr);
+    rd_kafka_conf_set(conf, "log_level", "0", kerr, sizeof kerr);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof kerr);
+    if (!rk) return dry_line(0, "kafka", "cannot create a client: %s", kerr);
+    const rd_kafka_metadata_t *md = NULL;
+    rd_kafka_resp_err_t err = rd_kafka_metadata(rk, 1, NULL, &md, 10000);
+    if (err) {
+        rd_kafka_destroy(rk);
+        return dry_line(0, "kafka", "no metadata from the brokers within 10 s: %s", rd_kafka_err2str(err));
+    }
+    dry_line(1, "kafka", "%d brokers answer (cluster of %s)", md->broker_cnt, props[0] ? "bootstrap servers given" : "?");
+    bad += dry_topic(md, "impressions", o->imp_topic ? o->imp_topic : "impressions", &ni);
+    bad += dry_topic(md, "actions", o->act_topic ? o->act_topic : "actions", &na);
+    if (ni && na && ni != na)
+        dry_line(-1, "kafka", "impressions has %d partitions, actions %d: instances scale out by partition, "
+                              "so both topics should have the same count", ni, na);
+    if (!o->dl_file) bad += dry_topic(md, "dead-letter", o->dl_topic ? o->dl_topic : "dead-letter", &n);
+    const char *ckpt = o->ckpt_topic ? o->ckpt_topic : "iqp-checkpoints";
+    if (strcmp(ckpt, "off") != 0) bad += dry_topic(md, "checkpoint", ckpt, &n);
+    dry_line(-1, "kafka", "would join group '%s' and count the partitions it is given (membership not "
+                          "tried: a join would rebalance running members)", group_id(o));
+    rd_kafka_metadata_destroy(md);
+    rd_kafka_destroy(rk);
+    return bad;
+}
+
+static int dry_dead_letter_file(const stream_opts *o) {
+    if (!o->dl_file) return 0;
+    char *parent = parent_dir(o->dl_file);
+    int ok = access(o->dl_file, F_OK) == 0 ? access(o->dl_file, W_OK) == 0 : access(parent, W_OK) == 0;
+    free(parent);
+    return dry_line(ok, "deadlettr", ok ? "rejected events would be appended to %s" : "cannot append to %s",
+                    o->dl_file);
+}
+
+/* Redis: reachable, writable (one probe key that expires in 1 s), the
+ * publish lease free, and any published layout the same as ours. */
+static int dry_redis(const stream_opts *o, const iqp_config *cfg) {
+    iqp_redis_url u;
+    char err[512], where[512];
+    if (!o->redis.url) return dry_line(-1, "redis", "no redis.url: features would not be published"), 0;
+    if (iqp_redis_url_parse(o->redis.url, &u, err, sizeof err) < 0) return dry_line(0, "redis", "%s", err);
+    iqp_redis_url_describe(&u, where, sizeof where);
+    redisContext *c = iqp_redis_connect(&u, o->redis.connect_timeout_ms, o->redis.command_timeout_ms, err, sizeof err);
+    if (!c) return dry_line(0, "redis", "%s", err);
+    const char *pf = o->redis.prefix;
+    int bad = 0;
+    redisReply *r = redisCommand(c, "SET %s:dry-run-probe 1 PX 1000", pf);
+    if (!r || r->type == REDIS_REPLY_ERROR)
+        bad += dry_line(0, "redis", "%s: cannot write under prefix '%s': %s", where, pf, r ? r->str : c->errstr);
+    else
+        dry_line(1, "redis", "%s answers and accepts writes under prefix '%s'", where, pf);
+    freeReplyObject(r);
+    r = redisCommand(c, "GET %s:lease", pf);
+    if (r && r->type == REDIS_REPLY_STRING)
+        bad += dry_line(0, "redis", "another process publishes to prefix '%s' (%s)", pf, r->str);
+    freeReplyObject(r);
+    char *layout = iqp_config_layout_json(cfg), fp[17];
+    snprintf(fp, sizeof fp, "%016llx", (unsigned long long)XXH3_64bits(layout, strlen(layout)));
+    free(layout);
+    r = redisCommand(c, "GET %s:gen", pf);
+    if (r && r->type == REDIS_REPLY_STRING) {
+        redisReply *m = redisCommand(c, "HGET %s:%s:meta fingerprint", pf, r->str);
+        if (m && m->type == REDIS_REPLY_STRING && strcmp(m->str, fp) != 0)
+            bad += dry_line(0, "redis", "generation %s under '%s' has layout fingerprint %s, this config %s: "
+                                        "publishing would be refused", r->str, pf, m->str, fp);
+        else
+            dry_line(1, "redis", "serving generation %s under '%s'; layout fingerprint %s matches", r->str, pf, fp);
+        freeReplyObject(m);
+    } else {
+        dry_line(1, "redis", "nothing published under '%s' yet: would publish layout %s", pf, fp);
+    }
+    freeReplyObject(r);
+    redisFree(c);
+    return bad;
+}
+
+static int dry_metrics(const stream_opts *o) {
+    char err[512];
+    const char *listen = o->listen ? o->listen : "127.0.0.1:9464";
+    if (strcmp(listen, "off") == 0) return dry_line(-1, "metrics", "off"), 0;
+    iqp_metrics *m = iqp_metrics_new();
+    iqp_metrics_server *srv = iqp_metrics_serve(m, listen, err, sizeof err);
+    int bad = srv ? dry_line(1, "metrics", "/metrics and /healthz would be served on %s", listen)
+                  : dry_line(0, "metrics", "%s", err);
+    iqp_metrics_server_stop(srv);
+    iqp_metrics_free(m);
+    return bad;
+}
+
+static int dry_run(const stream_opts *o, const iqp_config *cfg) {
+    int bad = dry_store(o, cfg) + dry_kafka(o) + dry_dead_letter_file(o) + dry_redis(o, cfg) + dry_metrics(o);
+    int64_t flush_ms = o->flush_ms ? o->flush_ms : IQP_STREAM_DEFAULT_FLUSH_MS;
+    printf("%s: would count topics '%s' and '%s' into %s, flushing every %lld ms or %zu events%s\n",
+           bad ? "dry run FAILED" : "dry run ok", o->imp_topic ? o->imp_topic : "impressions",
+           o->act_topic ? o->act_topic : "actions", o->store_dir, (long long)flush_ms, cfg->flush_events,
+           o->redis.url ? ", publishing to Redis" : "");
+    if (bad) fprintf(stderr, "iqp stream: dry run: %d problem%s (above)\n", bad, bad == 1 ? "" : "s");
+    return bad ? 1 : 0;
+}
+
+/* ---- the stream's config sections, for `iqp config` ------------------------------ */
+
+static void opts_init(stream_opts *o) {
+    memset(o, 0, sizeof *o);
+    iqp_publisher_config_defaults(&o->redis);
+    o->drain_ms = 3000;
+}
+
+int iqp_stream_config_check(json_t *root, const char *source, int require_all) {
+    stream_opts o;
+    opts_init(&o);
+    o.config_path = source;
+    int rc = read_sections(&o, root);
+    if (rc == 0) rc = check_opts(&o, require_all);
+    free_opts(&o);
+    return rc;
+}
+
+/* "8d", "90m", "1500ms": the largest unit that divides ms exactly. */
+static json_t *duration_json(int64_t ms) {
+    static const struct { const char *unit; int64_t ms; } units[] = {
+        {"d", 86400000}, {"h", 3600000}, {"m", 60000}, {"s", 1000}};
+    char buf[48];
+    snprintf(buf, sizeof buf, "%lldms", (long long)ms);
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+        if (ms > 0 && ms % units[i].ms == 0) {
+            snprintf(buf, sizeof buf, "%lld%s", (long long)(ms / units[i].ms), units[i].unit);
+            break;
+        }
+    return json_string(buf);
+}
+
+static json_t *effective_kafka(const stream_opts *o) {
+    json_t *k = json_object();
+    for (const char *const *kv = iqp_stream_kafka_defaults(); kv[0]; kv += 2) json_object_set_new(k, kv[0], json_string(kv[1]));
+    for (size_t i = 0; i < o->n_props; i++) json_object_set_new(k, o->props[2 * i], json_string(o->props[2 * i + 1]));
+    for (const char *const *kv = iqp_stream_kafka_forced(); kv[0]; kv += 2) json_object_set_new(k, kv[0], json_string(kv[1]));
+    return k;
+}
+
+json_t *iqp_stream_config_effective(json_t *root, const char *source) {
+    stream_opts o;
+    opts_init(&o);
+    o.config_path = source;
+    if (read_sections(&o, root) || check_opts(&o, 0)) return free_opts(&o), NULL;
+    json_t *st = json_pack("{s:s, s:s, s:I}", "impressions_topic", o.imp_topic ? o.imp_topic : "impressions",
+                           "actions_topic", o.act_topic ? o.act_topic : "actions", "flush_ms",
+                           (json_int_t)(o.flush_ms ? o.flush_ms : IQP_STREAM_DEFAULT_FLUSH_MS));
+    if (o.store_dir) json_object_set_new(st, "store", json_string(o.store_dir));
+    if (o.dl_file) json_object_set_new(st, "dead_letter_file", json_string(o.dl_file));
+    else json_object_set_new(st, "dead_letter_topic", json_string(o.dl_topic ? o.dl_topic : "dead-letter"));
+    json_object_set_new(st, "checkpoint_topic", json_string(o.ckpt_topic ? o.ckpt_topic : "iqp-checkpoints"));
+    json_t *redis = json_pack("{s:s, s:s, s:o, s:b, s:i, s:i, s:I, s:I, s:i}", "url", o.redis.url ? o.redis.url : "off",
+                              "prefix", o.redis.prefix, "ttl", duration_json(o.redis.ttl_ms), "refresh",
+                              o.redis.refresh_on_slide, "connect_timeout_ms", o.redis.connect_timeout_ms,
+                              "command_timeout_ms", o.redis.command_timeout_ms, "drain_ms", (json_int_t)o.drain_ms,
+                              "batch_keys", (json_int_t)o.redis.batch_keys, "pipeline_depth", o.redis.pipeline_depth);
+    json_t *out = json_pack("{s:o, s:o, s:o, s:{s:s}}", "stream", st, "kafka", effective_kafka(&o), "redis", redis,
+                            "metrics", "listen", o.listen ? o.listen : "127.0.0.1:9464");
+    free_opts(&o);
+    return out;
+}
+
 int iqp_cmd_stream(int argc, char **argv) {
     stream_opts o;
     iqp_config cfg;
@@ -559,9 +852,15 @@ int iqp_cmd_stream(int argc, char **argv) {
     if (o.config_path && iqp_config_load(&cfg, o.config_path, err, sizeof err) < 0)
         return free_opts(&o), iqp_cli_usage_error(CMD, "%s", err);
     if (o.flush_events) cfg.flush_events = (size_t)o.flush_events;
+    if (o.dry_run) {
+        rc = dry_run(&o, &cfg);
+        free_opts(&o);
+        return rc;
+    }
     stream_parts p = {0};
     iqp_cli_on_stop_signals(on_stop_signal);
     rc = open_parts(&o, &cfg, &p);
+    if (rc == 0) iqp_sd_notify("READY=1\nSTATUS=counting");
     if (rc == 0 && iqp_stream_run(p.s, err, sizeof err) < 0) rc = iqp_cli_fail(CMD, "%s", err);
     rc = close_parts(&p, rc, o.drain_ms);
     free_opts(&o);

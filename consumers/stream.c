@@ -82,6 +82,8 @@ struct iqp_stream {
     char *topic_labels[N_TOPICS]; /* escaped for metric labels */
     int64_t flush_ms;
     int progress;
+    void (*on_tick)(void *arg, int stopping);
+    void *tick_arg;
     part_state *parts;
     size_t n_parts, cap_parts;
     int fatal;                  /* a flush failed: stop, commit nothing more */
@@ -561,6 +563,9 @@ static const char *const default_props[] = {
 static const char *const forced_props[] = {
     "enable.auto.commit", "false", "enable.auto.offset.store", "false", NULL};
 
+const char *const *iqp_stream_kafka_defaults(void) { return default_props; }
+const char *const *iqp_stream_kafka_forced(void) { return forced_props; }
+
 static int set_props(rd_kafka_conf_t *conf, const char *const *kv, char *err, size_t errlen) {
     char kerr[256];
     for (; kv && kv[0] && kv[1]; kv += 2)
@@ -639,8 +644,10 @@ iqp_stream *iqp_stream_new(iqp_store *st, const iqp_stream_options *o, char *err
     s->dl = o->dl;
     s->m = o->metrics;
     s->ckpt = o->checkpoints;
-    s->flush_ms = o->flush_ms > 0 ? o->flush_ms : 500;
+    s->flush_ms = o->flush_ms > 0 ? o->flush_ms : IQP_STREAM_DEFAULT_FLUSH_MS;
     s->progress = o->progress;
+    s->on_tick = o->on_tick;
+    s->tick_arg = o->tick_arg;
     set_topics(s, o);
     if (strcmp(s->topics[0], s->topics[1]) == 0) {
         snprintf(err, errlen, "the impressions and actions topics must differ (both '%s')", s->topics[0]);
@@ -689,7 +696,9 @@ int iqp_stream_run(iqp_stream *s, char *err, size_t errlen) {
             stream_flush(s, PUBLISH_MS);
             periodic(s, now);
         }
+        if (s->on_tick) s->on_tick(s->tick_arg, 0);
     }
+    if (s->on_tick) s->on_tick(s->tick_arg, 1);
     if (!s->fatal) close_consumer(s);
     if (s->fatal) {
         snprintf(err, errlen, "%s", s->fatal_msg);

@@ -50,6 +50,12 @@ typedef struct iqp_stream_options {
     iqp_metrics *metrics;          /* may be NULL; owned by the caller */
     iqp_checkpoints *checkpoints;  /* may be NULL (group offsets only); owned by the caller */
     int progress;                  /* a progress line on stderr every ~2 s */
+    /* A supervisor's heartbeat (systemd's watchdog): called on every turn
+     * of the main loop, at least every 100 ms, with stopping 0, and once
+     * with stopping 1 when a stop was requested, before the last flush.
+     * May be NULL. */
+    void (*on_tick)(void *arg, int stopping);
+    void *tick_arg;
 } iqp_stream_options;
 
 typedef struct iqp_stream_stats {
@@ -83,5 +89,14 @@ struct iqp_aggregator *iqp_stream_aggregator(iqp_stream *s);
 
 /* Closes the consumer (if run did not) and frees s. */
 void iqp_stream_free(iqp_stream *s);
+
+/* The librdkafka properties the stream sets under the caller's (defaults)
+ * and the ones the caller may not change (forced), as NULL-terminated
+ * name/value pairs: for `iqp config show`. */
+const char *const *iqp_stream_kafka_defaults(void);
+const char *const *iqp_stream_kafka_forced(void);
+
+/* Flush interval when the options give none. */
+#define IQP_STREAM_DEFAULT_FLUSH_MS 500
 
 #endif

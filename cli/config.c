@@ -1,0 +1,261 @@
+/* config.c -- `iqp config check|show`: a config file checked before it is
+ * deployed, and the configuration a command would really run with.
+ *
+ * Builds on the readers the commands use, so a file that passes here is a
+ * file they accept: the counting part through aggregator/config.c
+ * (iqp_config_parse), the stream's sections through cli/stream.c
+ * (iqp_stream_config_check / _effective, which read them exactly as
+ * `iqp stream --config` does).
+ *
+ * Those readers stop at the first problem. To name every problem and
+ * where it is, check narrows it down by asking them about parts of the
+ * file: each top-level key alone, then each member of an object or
+ * element of an array alone. A part that fails alone is reported with its
+ * JSON path ($.redis.ttl, $.windows[2]); a problem that only shows when
+ * parts are combined (a name listed twice, a topic used twice, a store
+ * missing) is reported at the smallest enclosing path. The readers'
+ * messages are printed as they are.
+ */
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aggregator/config.h"
+#include "cli/cli.h"
+
+static const char *CMD = "config";
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: iqp config check [--stream] FILE\n"
+            "       iqp config show [FILE]\n"
+            "\n"
+            "check: reads FILE the way every iqp command reads its --config (the counting\n"
+            "layout and limits, and the \"stream\", \"kafka\", \"redis\" and \"metrics\"\n"
+            "sections) and prints nothing when it is valid. Otherwise it prints one line\n"
+            "per problem on stderr, \"FILE: JSON-PATH: what is wrong\", e.g.\n"
+            "  service.json: $.redis.ttl: redis TTL must be a duration of at least 1s\n"
+            "\n"
+            "show: prints the configuration a command would run with, as JSON: FILE (or\n"
+            "nothing) over the defaults, every default filled in. Its output is itself a\n"
+            "valid config file.\n"
+            "\n"
+            "options:\n"
+            "  --stream   check: also require what `iqp stream --config FILE` needs with no\n"
+            "             other flags (stream.store, kafka.bootstrap.servers)\n"
+            "  --help     this text\n"
+            "\n"
+            "Exit status: 0 valid (check) or printed (show), 2 a problem in FILE or bad\n"
+            "usage, 1 FILE cannot be read.\n");
+}
+
+/* ---- asking the readers ---------------------------------------------------- */
+
+/* Runs both readers on doc; 0 when both accept it, else -1 with the first
+ * problem (without the "FILE: " prefix) in msg. */
+static int check_doc(json_t *doc, const char *source, int require_all, char *msg, size_t msglen) {
+    iqp_config cfg;
+    char err[1024];
+    char *text = json_dumps(doc, JSON_COMPACT);
+    if (!text) abort();
+    iqp_config_defaults(&cfg);
+    int rc = iqp_config_parse(&cfg, text, source, err, sizeof err);
+    free(text);
+    if (rc == 0) {
+        iqp_cli_capture_errors(err, sizeof err);
+        rc = iqp_stream_config_check(doc, source, require_all) ? -1 : 0;
+        iqp_cli_capture_errors(NULL, 0);
+    }
+    if (rc == 0) return 0;
+    /* "FILE: ..." (counting reader) or "config: ..." (stream reader) */
+    size_t n = strlen(source);
+    const char *m = err;
+    if (strncmp(m, source, n) == 0 && strncmp(m + n, ": ", 2) == 0) m += n + 2;
+    else if (strncmp(m, "config: ", 8) == 0) m += 8;
+    snprintf(msg, msglen, "%s", m);
+    return -1;
+}
+
+/* {key: value} as a document of its own (value borrowed). */
+static json_t *single(const char *key, json_t *value) {
+    json_t *doc = json_object();
+    json_object_set(doc, key, value);
+    return doc;
+}
+
+static int report(const char *source, const char *path, const char *msg) {
+    fprintf(stderr, "%s: %s: %s\n", source, path, msg);
+    return 1;
+}
+
+/* path + one member name: ".name" when it is an identifier, else
+ * ["name"] (kafka properties have dots). */
+static void member_path(char *out, size_t cap, const char *path, const char *name) {
+    int ident = (name[0] >= 'a' && name[0] <= 'z') || (name[0] >= 'A' && name[0] <= 'Z') || name[0] == '_';
+    for (const char *p = name; ident && *p; p++)
+        ident = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_';
+    if (ident) snprintf(out, cap, "%s.%s", path, name);
+    else snprintf(out, cap, "%s[\"%s\"]", path, name);
+}
+
+/* An element checked alone is element 0 of its array: the reader's message
+ * says key[0]; make it say key[i]. */
+static void renumber(char *msg, size_t cap, const char *key, size_t i) {
+    char from[96], to[96], out[1024];
+    snprintf(from, sizeof from, "%s[0]", key);
+    snprintf(to, sizeof to, "%s[%zu]", key, i);
+    char *at = strstr(msg, from);
+    if (!at) return;
+    snprintf(out, sizeof out, "%.*s%s%s", (int)(at - msg), msg, to, at + strlen(from));
+    snprintf(msg, cap, "%s", out);
+}
+
+/* Whether value checked as {key: value} fails; its message in msg. */
+static int fails_alone(const char *source, const char *key, json_t *value, char *msg, size_t msglen) {
+    json_t *doc = single(key, value);
+    int bad = check_doc(doc, source, 0, msg, msglen) < 0;
+    json_decref(doc);
+    return bad;
+}
+
+/* Problems inside top-level key `key`, whose value failed alone: members
+ * or elements that fail alone; then what is left without them, when it
+ * still fails (a name listed twice), at the key itself. Returns how many. */
+static int narrow(const char *source, const char *key, json_t *value, const char *whole_msg) {
+    char msg[1024], path[512], top[300];
+    int found = 0;
+    json_t *rest = json_deep_copy(value);
+    member_path(top, sizeof top, "$", key);
+    if (json_is_object(value)) {
+        const char *k;
+        json_t *v;
+        json_object_foreach(value, k, v) {
+            json_t *part = single(k, v);
+            if (fails_alone(source, key, part, msg, sizeof msg)) {
+                member_path(path, sizeof path, top, k);
+                found += report(source, path, msg);
+                json_object_del(rest, k);
+            }
+            json_decref(part);
+        }
+    } else if (json_is_array(value)) {
+        size_t i, kept = 0;
+        json_t *v;
+        json_array_foreach(value, i, v) {
+            json_t *part = json_array();
+            json_array_append(part, v);
+            if (fails_alone(source, key, part, msg, sizeof msg)) {
+                renumber(msg, sizeof msg, key, i);
+                snprintf(path, sizeof path, "%s[%zu]", top, i);
+                found += report(source, path, msg);
+                json_array_remove(rest, kept);
+            } else {
+                kept++;
+            }
+            json_decref(part);
+        }
+    }
+    if (!found) found = report(source, top, whole_msg);
+    else if (fails_alone(source, key, rest, msg, sizeof msg)) found += report(source, top, msg);
+    json_decref(rest);
+    return found;
+}
+
+static int check_file(const char *path, int require_all) {
+    json_error_t jerr;
+    char msg[1024];
+    json_t *root = json_load_file(path, 0, &jerr);
+    if (!root) {
+        if (jerr.line < 0 && jerr.position == 0) return iqp_cli_fail(CMD, "cannot read %s: %s", path, jerr.text);
+        fprintf(stderr, "%s: $: invalid JSON at line %d, column %d: %s\n", path, jerr.line, jerr.column, jerr.text);
+        return 2;
+    }
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return report(path, "$", "the config must be a JSON object"), 2;
+    }
+    if (check_doc(root, path, require_all, msg, sizeof msg) == 0) return json_decref(root), 0;
+    int found = 0;
+    const char *key;
+    json_t *v;
+    json_object_foreach(root, key, v) {
+        json_t *doc = single(key, v);
+        char part_msg[1024];
+        if (check_doc(doc, path, 0, part_msg, sizeof part_msg) < 0) found += narrow(path, key, v, part_msg);
+        json_decref(doc);
+    }
+    if (!found) report(path, "$", msg);
+    json_decref(root);
+    return 2;
+}
+
+/* ---- show ---------------------------------------------------------------------- */
+
+/* The counting part as JSON: the canonical layout plus limits and tuning. */
+static json_t *counting_json(const iqp_config *cfg) {
+    char *layout = iqp_config_layout_json(cfg);
+    json_t *out = json_loads(layout, 0, NULL);
+    free(layout);
+    if (!out) abort();
+    json_object_set_new(out, "limits", json_pack("{s:I, s:I, s:I}", "max_event_bytes",
+                                                 (json_int_t)cfg->limits.max_event_bytes, "max_items",
+                                                 (json_int_t)cfg->limits.max_items, "max_string_bytes",
+                                                 (json_int_t)cfg->limits.max_string_bytes));
+    json_object_set_new(out, "dedup_horizon", json_integer(cfg->dedup_horizon_ms));
+    json_object_set_new(out, "max_future_skew_ms", json_integer(cfg->max_future_skew_ms));
+    json_object_set_new(out, "flush_events", json_integer((json_int_t)cfg->flush_events));
+    return out;
+}
+
+static int show(const char *path) {
+    iqp_config cfg;
+    char err[1024];
+    json_error_t jerr;
+    json_t *root = json_object();
+    iqp_config_defaults(&cfg);
+    if (path) {
+        json_decref(root);
+        if (iqp_config_load(&cfg, path, err, sizeof err) < 0) return iqp_cli_usage_error(CMD, "%s", err);
+        if (!(root = json_load_file(path, 0, &jerr))) return iqp_cli_usage_error(CMD, "%s: %s", path, jerr.text);
+    }
+    json_t *out = counting_json(&cfg), *stream = iqp_stream_config_effective(root, path ? path : "defaults");
+    json_decref(root);
+    if (!stream) return json_decref(out), 2;
+    json_object_update(out, stream);
+    json_decref(stream);
+    char *text = json_dumps(out, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(out);
+    if (!text) abort();
+    puts(text);
+    free(text);
+    return 0;
+}
+
+/* ---- entry point ----------------------------------------------------------------- */
+
+int iqp_cmd_config(int argc, char **argv) {
+    static const struct option longopts[] = {
+        {"stream", no_argument, 0, 's'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    int c, require_all = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        if (c == 'h') return usage(stdout), 0;
+        if (c == 's') require_all = 1;
+        else return iqp_cli_usage_error(CMD, "unknown option (see iqp config --help)");
+    }
+    if (optind >= argc) return iqp_cli_usage_error(CMD, "give check FILE or show [FILE]");
+    const char *what = argv[optind++];
+    int nargs = argc - optind;
+    if (strcmp(what, "check") == 0) {
+        if (nargs != 1) return iqp_cli_usage_error(CMD, "check takes one FILE");
+        return check_file(argv[optind], require_all);
+    }
+    if (strcmp(what, "show") == 0) {
+        if (nargs > 1) return iqp_cli_usage_error(CMD, "show takes at most one FILE");
+        if (require_all) return iqp_cli_usage_error(CMD, "--stream goes with check");
+        return show(nargs ? argv[optind] : NULL);
+    }
+    return iqp_cli_usage_error(CMD, "unknown action '%s': check or show", what);
+}

@@ -1,0 +1,474 @@
+/* check_ops.c -- what an operator relies on (issue 17), tested against the
+ * real binary:
+ *   - systemd: `iqp stream` sends READY=1, WATCHDOG=1 and STOPPING=1 to
+ *     $NOTIFY_SOCKET (a datagram socket this test binds), or nothing when
+ *     built without libsystemd;
+ *   - `iqp config check` names every planted problem by its JSON path and
+ *     is silent on a good file; `iqp config show` fills in every default,
+ *     and its output is a config that checks clean and shows the same;
+ *   - every metric ops/prometheus/iqp.rules.yml and ops/grafana/iqp.json
+ *     use is on the /metrics of a running `iqp stream --redis`, and every
+ *     recorded (iqp:...) series they use is defined by a rule;
+ *   - `iqp stream --dry-run` finds the topics, a missing topic, a store of
+ *     another layout and a writable Redis, and changes nothing;
+ *
+ * Kafka is `iqp devbroker` (a child, stopped by pid); every wait is
+ * bounded and stretched by CK_TIMEOUT_MULTIPLIER like Check's timeouts.
+ */
+#include <check.h>
+#include <errno.h>
+#include <jansson.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "tests/testutil.h"
+#include "util/clock.h"
+
+static char *tmp;
+static tu_broker broker;
+static pid_t child;
+
+static int wait_limit_ms(int base_ms) {
+    const char *m = getenv("CK_TIMEOUT_MULTIPLIER");
+    int k = m ? atoi(m) : 1;
+    return base_ms * (k >= 1 && k <= 20 ? k : 1);
+}
+
+static void setup_broker(void) {
+    static const char *const args[] = {"--brokers", "1", "--partitions", "2", "--topics",
+                                       "impressions,actions,dead-letter,iqp-checkpoints", NULL};
+    tmp = tu_mkdtemp("ops");
+    ck_assert_ptr_nonnull(tmp);
+    ck_assert_int_eq(tu_broker_start(&broker, args), 0);
+}
+
+static void teardown_broker(void) {
+    if (child > 0) tu_stop_pid(child, SIGKILL, 5000);
+    child = 0;
+    tu_broker_stop(&broker);
+    if (tmp) tu_rmrf(tmp);
+    free(tmp);
+    tmp = NULL;
+}
+
+/* Runs `iqp ARGV...` in the background with extra environment (NAME=VALUE
+ * strings, NULL-terminated); stderr to log. */
+static pid_t spawn_env(const char *const *argv, const char *const *env, const char *log) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        for (const char *const *e = env; e && *e; e++) putenv((char *)*e);
+        if (!freopen(log, "a", stderr) || !freopen("/dev/null", "w", stdout)) _exit(126);
+        execv(tu_iqp(), (char *const *)argv);
+        _exit(127);
+    }
+    ck_assert_int_gt(pid, 0);
+    return pid;
+}
+
+/* ---- systemd notifications ------------------------------------------------ */
+
+/* Reads datagrams from fd for up to ms, appending each (one line) to
+ * seen; returns once want is among them (1) or the time is up (0). */
+static int wait_for_state(int fd, const char *want, char *seen, size_t seenlen, int ms) {
+    int64_t deadline = iqp_mono_ms() + ms;
+    while (iqp_mono_ms() < deadline) {
+        struct pollfd p = {fd, POLLIN, 0};
+        if (poll(&p, 1, 50) <= 0) continue;
+        char buf[512];
+        ssize_t n = recv(fd, buf, sizeof buf - 1, 0);
+        if (n <= 0) continue;
+        buf[n] = '\0';
+        size_t used = strlen(seen);
+        snprintf(seen + used, seenlen - used, "%s|", buf);
+        for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n"))
+            if (strcmp(line, want) == 0) return 1;
+    }
+    return 0;
+}
+
+static int bind_notify_socket(const char *path) {
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    ck_assert_int_ge(fd, 0);
+    ck_assert_uint_lt(strlen(path), sizeof a.sun_path);
+    strcpy(a.sun_path, path);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    return fd;
+}
+
+START_TEST(stream_notifies_systemd) {
+    char *sock = tu_fmt("%s/notify.sock", tmp), *store = tu_fmt("%s/store", tmp);
+    char *dl = tu_fmt("%s/dl.jsonl", tmp), *log = tu_fmt("%s/stream.log", tmp);
+    char *env_sock = tu_fmt("NOTIFY_SOCKET=%s", sock);
+    const char *const env[] = {env_sock, "WATCHDOG_USEC=300000", NULL};
+    const char *const argv[] = {"iqp", "stream", "--store", store, "--brokers", broker.bootstrap,
+                                "--dead-letter-file", dl, "--metrics-listen", "off",
+                                "--checkpoint-topic", "off", "--flush-ms", "100", NULL};
+    char seen[8192] = "";
+    int fd = bind_notify_socket(sock);
+    child = spawn_env(argv, env, log);
+#ifdef IQP_HAVE_SYSTEMD
+    ck_assert_msg(wait_for_state(fd, "READY=1", seen, sizeof seen, wait_limit_ms(30000)),
+                  "no READY=1 (got '%s', log %s)", seen, log);
+    /* WatchdogSec=300ms: a ping at least every 100 ms; wait for three. */
+    for (int i = 0; i < 3; i++)
+        ck_assert_msg(wait_for_state(fd, "WATCHDOG=1", seen, sizeof seen, wait_limit_ms(2000)),
+                      "watchdog ping %d missing (got '%s')", i, seen);
+    ck_assert_int_eq(kill(child, SIGTERM), 0);
+    ck_assert_msg(wait_for_state(fd, "STOPPING=1", seen, sizeof seen, wait_limit_ms(10000)),
+                  "no STOPPING=1 (got '%s')", seen);
+#else
+    /* The no-op build: nothing is ever sent, and the stream runs as usual. */
+    ck_assert_msg(!wait_for_state(fd, "READY=1", seen, sizeof seen, 2000), "got '%s'", seen);
+    ck_assert_int_eq(kill(child, SIGTERM), 0);
+#endif
+    int rc = tu_stop_pid(child, 0, wait_limit_ms(15000)); /* 0: wait only (SIGTERM sent) */
+    child = 0;
+    ck_assert_msg(rc == 0, "iqp stream exited %d (log %s)", rc, log);
+    close(fd);
+    free(sock), free(store), free(dl), free(log), free(env_sock);
+}
+END_TEST
+
+
+/* ---- iqp config ------------------------------------------------------------- */
+
+static char *write_tmp(const char *name, const char *text) {
+    char *path = tu_fmt("%s/%s", tmp, name);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    fclose(f);
+    return path;
+}
+
+/* Runs shell text; *out gets stdout, *err stderr (files in tmp). */
+static int run_split(const char *cmd, char **out, char **err) {
+    char *errf = tu_fmt("%s/stderr.txt", tmp), *full = tu_fmt("%s 2>'%s'", cmd, errf);
+    int rc = tu_run(full, out);
+    *err = tu_read_file(errf, NULL);
+    ck_assert_ptr_nonnull(*err);
+    free(errf), free(full);
+    return rc;
+}
+
+static void setup_tmp(void) {
+    tmp = tu_mkdtemp("ops");
+    ck_assert_ptr_nonnull(tmp);
+}
+
+START_TEST(config_check_names_every_problem) {
+    /* One problem planted per line, each at a known path. */
+    char *path = write_tmp("bad.json",
+        "{\"actions\": [\"click\", \"iqp_x\", \"click\"],\n"
+        " \"windows\": [{\"name\": \"1d\", \"length\": \"1d\", \"granularity\": \"5h\"},\n"
+        "             {\"name\": \"7d\", \"length\": \"7d\", \"granularity\": \"1d\"}],\n"
+        " \"limits\": {\"max_items\": 0, \"max_event_bytes\": 100, \"nope\": 1},\n"
+        " \"stream\": {\"flush_ms\": 0, \"store\": \"/x\"},\n"
+        " \"redis\": {\"url\": \"redis://127.0.0.1:6379/0\", \"ttl\": \"1ms\"},\n"
+        " \"kafka\": {\"bootstrap.servers\": \"127.0.0.1:9\", \"no.such.property\": \"1\"},\n"
+        " \"metrics\": {\"listen\": 5},\n"
+        " \"bogus\": 1}\n");
+    static const char *const want[] = {"$.actions[1]", "$.actions", "$.windows[0]", "$.limits.max_items",
+                                       "$.limits.nope", "$.stream.flush_ms", "$.redis.ttl",
+                                       "$.kafka[\"no.such.property\"]", "$.metrics.listen", "$.bogus"};
+    size_t n_want = sizeof want / sizeof want[0];
+    char *cmd = tu_fmt("'%s' config check '%s'", tu_iqp(), path), *out = NULL, *err = NULL;
+    ck_assert_int_eq(run_split(cmd, &out, &err), 2);
+    ck_assert_str_eq(out, "");
+    /* exactly the planted paths, each once, in file order */
+    size_t n = 0;
+    for (char *line = strtok(err, "\n"); line; line = strtok(NULL, "\n"), n++) {
+        ck_assert_msg(n < n_want, "more problems than planted: %s", line);
+        char *prefix = tu_fmt("%s: %s: ", path, want[n]);
+        ck_assert_msg(strncmp(line, prefix, strlen(prefix)) == 0, "line %zu is '%s', want path %s", n, line, want[n]);
+        free(prefix);
+    }
+    ck_assert_uint_eq(n, n_want);
+    free(cmd), free(out), free(err), free(path);
+}
+END_TEST
+
+START_TEST(config_check_silent_on_good_files) {
+    char *cmd = tu_fmt("'%s' config check --stream '%s/ops/config/stream.json'", tu_iqp(), IQP_SRCDIR);
+    char *out = NULL, *err = NULL;
+    ck_assert_int_eq(run_split(cmd, &out, &err), 0);
+    ck_assert_str_eq(out, "");
+    ck_assert_str_eq(err, "");
+    free(cmd), free(out), free(err);
+    /* --stream demands a store and brokers; without it a partial file is fine */
+    char *part = write_tmp("part.json", "{\"redis\": {\"url\": \"redis://127.0.0.1:1/0\"}}");
+    cmd = tu_fmt("'%s' config check '%s'", tu_iqp(), part);
+    ck_assert_int_eq(run_split(cmd, &out, &err), 0);
+    free(cmd), free(out), free(err);
+    cmd = tu_fmt("'%s' config check --stream '%s'", tu_iqp(), part);
+    ck_assert_int_eq(run_split(cmd, &out, &err), 2);
+    ck_assert_msg(strstr(err, ": $: no store") != NULL, "got '%s'", err);
+    free(cmd), free(out), free(err), free(part);
+    /* not JSON, not an object, not there */
+    char *junk = write_tmp("junk.json", "{\"a\": ");
+    cmd = tu_fmt("'%s' config check '%s'", tu_iqp(), junk);
+    ck_assert_int_eq(run_split(cmd, &out, &err), 2);
+    ck_assert_msg(strstr(err, ": $: invalid JSON at line 1") != NULL, "got '%s'", err);
+    free(cmd), free(out), free(err), free(junk);
+    cmd = tu_fmt("'%s' config check '%s/none.json'", tu_iqp(), tmp);
+    ck_assert_int_eq(run_split(cmd, &out, &err), 1);
+    free(cmd), free(out), free(err);
+}
+END_TEST
+
+static json_t *show(const char *path) {
+    char *cmd = tu_fmt("'%s' config show %s", tu_iqp(), path ? path : ""), *out = NULL;
+    ck_assert_int_eq(tu_run(cmd, &out), 0);
+    json_t *j = json_loads(out, 0, NULL);
+    ck_assert_msg(j != NULL, "config show printed no JSON: %s", out);
+    free(cmd), free(out);
+    return j;
+}
+
+static const char *str_at(json_t *j, const char *section, const char *key) {
+    return json_string_value(json_object_get(json_object_get(j, section), key));
+}
+
+START_TEST(config_show_fills_defaults) {
+    char *path = write_tmp("svc.json",
+        "{\"actions\": [\"click\", \"buy\"], \"flush_events\": 5000,\n"
+        " \"stream\": {\"store\": \"/var/lib/iqp/main/store\", \"flush_ms\": 250,\n"
+        "            \"dead_letter_file\": \"/var/lib/iqp/main/dl.jsonl\"},\n"
+        " \"kafka\": {\"bootstrap.servers\": \"k1:9092\", \"group.id\": \"g1\", \"fetch.wait.max.ms\": 50},\n"
+        " \"redis\": {\"url\": \"redis://127.0.0.1:6379/0\", \"ttl\": \"2h\"}}\n");
+    json_t *j = show(path);
+    /* what the file says */
+    ck_assert_uint_eq(json_array_size(json_object_get(j, "actions")), 2);
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "flush_events")), 5000);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(j, "stream"), "flush_ms")), 250);
+    ck_assert_str_eq(str_at(j, "stream", "dead_letter_file"), "/var/lib/iqp/main/dl.jsonl");
+    ck_assert_ptr_null(json_object_get(json_object_get(j, "stream"), "dead_letter_topic"));
+    ck_assert_str_eq(str_at(j, "kafka", "group.id"), "g1");
+    ck_assert_str_eq(str_at(j, "kafka", "fetch.wait.max.ms"), "50");
+    ck_assert_str_eq(str_at(j, "redis", "ttl"), "2h");
+    /* the defaults (DESIGN.md, README, iqp stream --help) */
+    ck_assert_uint_eq(json_array_size(json_object_get(j, "features")), 5);
+    ck_assert_uint_eq(json_array_size(json_object_get(j, "windows")), 4);
+    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(j, "limits"), "max_items")), 10000);
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "dedup_horizon")), 24 * 3600 * 1000);
+    ck_assert_str_eq(str_at(j, "stream", "impressions_topic"), "impressions");
+    ck_assert_str_eq(str_at(j, "stream", "checkpoint_topic"), "iqp-checkpoints");
+    ck_assert_str_eq(str_at(j, "kafka", "auto.offset.reset"), "earliest");
+    ck_assert_str_eq(str_at(j, "kafka", "enable.auto.commit"), "false");
+    ck_assert_str_eq(str_at(j, "redis", "prefix"), "iqp");
+    ck_assert_str_eq(str_at(j, "metrics", "listen"), "127.0.0.1:9464");
+    /* its output is a valid config that shows the same */
+    char *text = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    char *again_path = write_tmp("shown.json", text);
+    char *cmd = tu_fmt("'%s' config check --stream '%s'", tu_iqp(), again_path), *out = NULL, *err = NULL;
+    ck_assert_int_eq(run_split(cmd, &out, &err), 0);
+    json_t *again = show(again_path);
+    ck_assert_msg(json_equal(j, again), "show(show(FILE)) differs from show(FILE)");
+    /* no file: the defaults alone, no store and Redis off */
+    json_t *d = show(NULL);
+    ck_assert_str_eq(str_at(d, "redis", "url"), "off");
+    ck_assert_ptr_null(json_object_get(json_object_get(d, "stream"), "store"));
+    json_decref(d), json_decref(again), json_decref(j);
+    free(text), free(again_path), free(cmd), free(out), free(err), free(path);
+}
+END_TEST
+
+/* ---- iqp stream --dry-run ------------------------------------------------------ */
+
+static int dry_run(const char *extra, char **out) {
+    char *err = NULL;
+    char *cmd = tu_fmt("'%s' stream --dry-run --brokers '%s' --store '%s/store' --dead-letter-file '%s/dl.jsonl' "
+                       "--metrics-listen 127.0.0.1:0 %s", tu_iqp(), broker.bootstrap, tmp, tmp, extra);
+    int rc = run_split(cmd, out, &err);
+    free(cmd), free(err);
+    return rc;
+}
+
+START_TEST(stream_dry_run_checks_and_changes_nothing) {
+    char *out = NULL, *store = tu_fmt("%s/store", tmp);
+    ck_assert_int_eq(dry_run("", &out), 0);
+    ck_assert_msg(strstr(out, "ok   kafka     impressions topic 'impressions': 2 partitions"), "%s", out);
+    ck_assert_msg(strstr(out, "ok   kafka     checkpoint topic 'iqp-checkpoints': 2 partitions"), "%s", out);
+    ck_assert_msg(strstr(out, "does not exist yet: would create it"), "%s", out);
+    ck_assert_msg(strstr(out, "dry run ok: would count topics 'impressions' and 'actions'"), "%s", out);
+    ck_assert_msg(access(store, F_OK) != 0, "the dry run created the store");
+    char *dl = tu_fmt("%s/dl.jsonl", tmp);
+    ck_assert_msg(access(dl, F_OK) != 0, "the dry run created the dead-letter file");
+    free(dl);
+    free(out);
+    /* a topic that is not there */
+    ck_assert_int_eq(dry_run("--actions-topic missing", &out), 1);
+    ck_assert_msg(strstr(out, "FAIL kafka     actions topic 'missing' does not exist"), "%s", out);
+    free(out);
+    /* a store of another layout (backfilled with two actions only) */
+    char *cfg = write_tmp("other.json", "{\"actions\": [\"click\", \"buy\"]}");
+    char *events = write_tmp("none.jsonl", "");
+    char *cmd = tu_fmt("'%s' backfill --store '%s' --config '%s' '%s' 2>/dev/null", tu_iqp(), store, cfg, events);
+    ck_assert_int_eq(tu_run(cmd, NULL), 0);
+    ck_assert_int_eq(dry_run("", &out), 1);
+    ck_assert_msg(strstr(out, "FAIL store"), "%s", out);
+    free(out), free(cmd);
+    char *with_cfg = tu_fmt("--config '%s'", cfg);
+    ck_assert_int_eq(dry_run(with_cfg, &out), 0);
+    ck_assert_msg(strstr(out, "layout matches the config"), "%s", out);
+    free(out), free(with_cfg);
+    /* Redis: reachable and writable */
+    int port = tu_free_port();
+    char *rlog = tu_fmt("%s/redis.log", tmp);
+    char *redis = tu_fmt("--config '%s' --redis redis://127.0.0.1:%d/0", cfg, port);
+    child = tu_redis_start(port, rlog);
+    ck_assert_int_gt(child, 0);
+    ck_assert_int_eq(dry_run(redis, &out), 0);
+    ck_assert_msg(strstr(out, "accepts writes under prefix 'iqp'"), "%s", out);
+    ck_assert_msg(strstr(out, "nothing published under 'iqp' yet"), "%s", out);
+    free(out);
+    tu_stop_pid(child, SIGTERM, 5000);
+    child = 0;
+    ck_assert_int_eq(dry_run(redis, &out), 1);
+    ck_assert_msg(strstr(out, "FAIL redis"), "%s", out);
+    free(out), free(rlog), free(redis), free(cfg), free(events), free(store);
+}
+END_TEST
+
+
+/* ---- dashboards and rules use only exported metrics ----------------------------- */
+
+/* GET /metrics; NULL when the endpoint does not answer 200 (yet). */
+static char *try_fetch_metrics(int port) {
+    char *cmd = tu_fmt("bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d && printf \"GET /metrics HTTP/1.0"
+                       "\\r\\n\\r\\n\" >&3 && cat <&3' 2>/dev/null", port), *out = NULL;
+    int rc = tu_run(cmd, &out);
+    free(cmd);
+    if (rc == 0 && out && strstr(out, "200 OK")) return out;
+    free(out);
+    return NULL;
+}
+
+/* Whether the exposition declares name: its own family, or a histogram's
+ * _bucket/_count/_sum series. */
+static int exported(const char *metrics, const char *name) {
+    char *want = tu_fmt("# TYPE %s ", name);
+    int found = strstr(metrics, want) != NULL;
+    free(want);
+    static const char *const suffixes[] = {"_bucket", "_count", "_sum"};
+    for (size_t i = 0; !found && i < 3; i++) {
+        size_t n = strlen(name), k = strlen(suffixes[i]);
+        if (n > k && strcmp(name + n - k, suffixes[i]) == 0) {
+            char *h = tu_fmt("# TYPE %.*s histogram", (int)(n - k), name);
+            found = strstr(metrics, h) != NULL;
+            free(h);
+        }
+    }
+    return found;
+}
+
+static int name_char(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == ':';
+}
+
+/* Every iqp_... and iqp:... name in text must be exported (iqp_) or
+ * recorded by rules (iqp:...). Returns how many names were checked. */
+static int check_names(const char *file, const char *text, const char *metrics, const char *rules) {
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, "iqp")) != NULL;) {
+        if ((p > text && name_char(p[-1])) || (p[3] != '_' && p[3] != ':')) {
+            p += 3;
+            continue;
+        }
+        size_t len = 3;
+        while (name_char(p[len])) len++;
+        char *name = tu_fmt("%.*s", (int)len, p);
+        p += len;
+        if (strchr(name, ':')) {
+            char *rec = tu_fmt("record: %s\n", name);
+            ck_assert_msg(strstr(rules, rec) != NULL, "%s uses %s, which no rule records", file, name);
+            free(rec);
+        } else if (strcmp(name, "iqp_") != 0) {
+            ck_assert_msg(exported(metrics, name), "%s uses %s, which iqp stream does not export", file, name);
+        }
+        free(name);
+        n++;
+    }
+    return n;
+}
+
+START_TEST(rules_and_dashboard_use_exported_metrics) {
+    int redis_port = tu_free_port(), metrics_port = tu_free_port();
+    char *rlog = tu_fmt("%s/redis.log", tmp), *log = tu_fmt("%s/stream.log", tmp);
+    char *store = tu_fmt("%s/store", tmp), *dl = tu_fmt("%s/dl.jsonl", tmp);
+    char *url = tu_fmt("redis://127.0.0.1:%d/0", redis_port), *listen = tu_fmt("127.0.0.1:%d", metrics_port);
+    pid_t redis = tu_redis_start(redis_port, rlog);
+    ck_assert_int_gt(redis, 0);
+    const char *const argv[] = {"iqp", "stream", "--store", store, "--brokers", broker.bootstrap,
+                                "--dead-letter-file", dl, "--metrics-listen", listen,
+                                "--checkpoint-topic", "off", "--redis", url, NULL};
+    child = spawn_env(argv, NULL, log);
+    char *metrics = NULL;
+    int64_t deadline = iqp_mono_ms() + wait_limit_ms(30000);
+    while (iqp_mono_ms() < deadline) {
+        free(metrics);
+        metrics = try_fetch_metrics(metrics_port);
+        if (metrics && strstr(metrics, "# TYPE iqp_redis_connected ") && strstr(metrics, "# TYPE iqp_events_total ")) break;
+        usleep(100000);
+    }
+    ck_assert_msg(metrics != NULL, "no /metrics on %s (log %s)", listen, log);
+    char *rules_path = tu_fmt("%s/ops/prometheus/iqp.rules.yml", IQP_SRCDIR);
+    char *dash_path = tu_fmt("%s/ops/grafana/iqp.json", IQP_SRCDIR);
+    char *rules = tu_read_file(rules_path, NULL), *dash = tu_read_file(dash_path, NULL);
+    ck_assert_ptr_nonnull(rules);
+    ck_assert_ptr_nonnull(dash);
+    json_t *dash_json = json_loads(dash, 0, NULL);
+    ck_assert_msg(dash_json != NULL, "%s is not JSON", dash_path);
+    json_decref(dash_json);
+    /* and enough of them that the scan cannot pass by finding nothing */
+    ck_assert_int_ge(check_names(rules_path, rules, metrics, rules), 20);
+    ck_assert_int_ge(check_names(dash_path, dash, metrics, rules), 25);
+    ck_assert_int_eq(tu_stop_pid(child, SIGTERM, wait_limit_ms(15000)), 0);
+    child = 0;
+    tu_stop_pid(redis, SIGTERM, 5000);
+    free(rlog), free(log), free(store), free(dl), free(url), free(listen), free(metrics);
+    free(rules_path), free(dash_path), free(rules), free(dash);
+}
+END_TEST
+
+static void teardown_tmp(void) {
+    if (tmp) tu_rmrf(tmp);
+    free(tmp);
+    tmp = NULL;
+}
+
+static Suite *ops_suite(void) {
+    Suite *s = suite_create("ops");
+    TCase *tc = tcase_create("systemd");
+    tcase_add_checked_fixture(tc, setup_broker, teardown_broker);
+    tcase_set_timeout(tc, 90);
+    tcase_add_test(tc, stream_notifies_systemd);
+    tcase_add_test(tc, stream_dry_run_checks_and_changes_nothing);
+    tcase_add_test(tc, rules_and_dashboard_use_exported_metrics);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("config");
+    tcase_add_checked_fixture(tc, setup_tmp, teardown_tmp);
+    tcase_set_timeout(tc, 30);
+    tcase_add_test(tc, config_check_names_every_problem);
+    tcase_add_test(tc, config_check_silent_on_good_files);
+    tcase_add_test(tc, config_show_fills_defaults);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void) {
+    SRunner *sr = srunner_create(ops_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
