@@ -147,16 +147,23 @@ static int parse_opts(int argc, char **argv, export_cli *c) {
     return 0;
 }
 
+/* The summary's first part adds up: lines = impressions counted + actions
+ * counted + duplicate + late + bad (iqp backfill's categories for the same
+ * file) + events read past --until - lag (never counted: no row reads them)
+ * + events still buffered when a signal stopped the run. */
 static void print_summary(const export_cli *c, const iqp_export_stats *s, const char *dl, double secs) {
     fprintf(stderr,
-            "export: %llu files, %llu lines, %llu bad -> %s (%llu out of order, %llu future), "
-            "%llu counted, %llu duplicate, %llu late; %llu impressions -> %llu rows -> %s "
-            "(%llu engaged, %llu labels set), features as of ts - %lld ms; peak %zu events "
+            "export: %llu files, %llu lines = %llu impressions + %llu actions counted + %llu "
+            "duplicate + %llu late + %llu bad -> %s (%llu out of order, %llu future) + %llu past "
+            "--until (not counted) + %llu unprocessed (stopped); %llu impressions -> %llu rows -> "
+            "%s (%llu engaged, %llu labels set), features as of ts - %lld ms; peak %zu events "
             "buffered, %zu rows open%s; %.2f s, %.0f rows/s, %.1f MB read\n",
-            (unsigned long long)s->files, (unsigned long long)s->lines, (unsigned long long)s->bad,
-            dl, (unsigned long long)s->out_of_order, (unsigned long long)s->future,
-            (unsigned long long)s->counted, (unsigned long long)s->duplicate,
-            (unsigned long long)s->late, (unsigned long long)s->impressions_read,
+            (unsigned long long)s->files, (unsigned long long)s->lines,
+            (unsigned long long)s->counted_impressions, (unsigned long long)s->counted_actions,
+            (unsigned long long)s->duplicate, (unsigned long long)s->late,
+            (unsigned long long)s->bad, dl, (unsigned long long)s->out_of_order,
+            (unsigned long long)s->future, (unsigned long long)s->skipped_after_until,
+            (unsigned long long)s->unprocessed, (unsigned long long)s->impressions_read,
             (unsigned long long)s->rows.rows, c->o.out, (unsigned long long)s->rows.rows_engaged,
             (unsigned long long)s->rows.labels_set, (long long)c->o.lag_ms, s->buffer_peak,
             s->rows.open_peak, s->stopped_early ? "; stopped reading past --until + horizon" : "",

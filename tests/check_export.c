@@ -39,6 +39,12 @@
  *                         dead-lettered with their reasons; the run goes on.
  *   progress_and_summary  on a terminal a progress line, then the summary;
  *                         with --quiet or on a pipe the summary only.
+ *   summary_adds_up       the summary's categories add up to the lines of the
+ *                         file (bad = dead-letter records); they equal
+ *                         backfill's and the brute force's for a log in
+ *                         time order, and for a disordered one the totals
+ *                         do (counted + duplicate, bad, late); --until
+ *                         adds a "past --until" category.
  *   usage                 --help describes the flags; bad flags exit 2
  *                         naming the problem; a missing input or unusable
  *                         --out exits 1 naming the file.
@@ -861,6 +867,111 @@ START_TEST(bad_input) {
 }
 END_TEST
 
+/* The categories of an export summary line (cli/export.c print_summary). */
+typedef struct export_summary {
+    unsigned long long files, lines, impressions, actions, duplicate, late, bad, out_of_order,
+        future, past_until, unprocessed;
+} export_summary;
+
+static int parse_export_summary(const char *text, export_summary *s) {
+    const char *p = text ? strstr(text, "export: ") : NULL;
+    if (!p) return -1;
+    return sscanf(p, "export: %llu files, %llu lines = %llu impressions + %llu actions counted + "
+                     "%llu duplicate + %llu late + %llu bad -> %*s (%llu out of order, %llu future) "
+                     "+ %llu past --until (not counted) + %llu unprocessed (stopped);",
+                  &s->files, &s->lines, &s->impressions, &s->actions, &s->duplicate, &s->late,
+                  &s->bad, &s->out_of_order, &s->future, &s->past_until, &s->unprocessed) == 11
+               ? 0 : -1;
+}
+
+typedef struct backfill_summary {
+    unsigned long long lines, counted, duplicate, late, bad;
+} backfill_summary;
+
+/* Backfills log into a fresh store; its summary's categories. */
+static void backfill_categories(const char *log, const char *name, backfill_summary *b) {
+    char *store = tu_fmt("%s/%s-store", tmp, name), *out = NULL;
+    char *cmd = tu_fmt("%s backfill --quiet --store '%s' --dead-letter '%s/%s-dl.jsonl' '%s' 2>&1",
+                       tu_iqp(), store, tmp, name, log);
+    ck_assert_int_eq(tu_run(cmd, &out), 0);
+    const char *p = out ? strstr(out, "backfill: ") : NULL;
+    unsigned long long files, skipped, resumed;
+    ck_assert_msg(p && sscanf(p, "backfill: %llu files (%llu skipped), %llu lines (%llu already "
+                                 "counted), %llu counted, %llu duplicate, %llu late, %llu bad",
+                              &files, &skipped, &b->lines, &resumed, &b->counted, &b->duplicate,
+                              &b->late, &b->bad) == 8,
+                  "unexpected backfill summary: '%s'", out ? out : "");
+    tu_rmrf(store);
+    free(store); free(out); free(cmd);
+}
+
+/* Exports log with extra flags; the summary, checked to add up to the
+ * lines of the file and the dead letters to the records written. */
+static export_summary export_categories(const char *log, const char *name, const char *extra) {
+    char *out = tu_fmt("%s/%s-rows.csv", tmp, name), *dl = tu_fmt("%s/%s-edl.jsonl", tmp, name);
+    char *cmd = tu_fmt("%s export --quiet --format csv --no-rates --events '%s' --out '%s' "
+                       "--dead-letter '%s' %s 2>&1", tu_iqp(), log, out, dl, extra);
+    char *text = NULL;
+    export_summary s;
+    ck_assert_int_eq(tu_run(cmd, &text), 0);
+    ck_assert_msg(parse_export_summary(text, &s) == 0, "unexpected export summary: '%s'", text);
+    ck_assert_msg(s.lines == s.impressions + s.actions + s.duplicate + s.late + s.bad +
+                                 s.past_until + s.unprocessed,
+                  "the summary does not add up: '%s'", text);
+    ck_assert_msg(s.lines == count_lines(log), "%llu lines in the summary, %zu in %s", s.lines,
+                  count_lines(log), log);
+    ck_assert_msg(s.bad == count_lines(dl), "%llu bad in the summary, %zu dead letters", s.bad,
+                  count_lines(dl));
+    ck_assert(s.unprocessed == 0);
+    free(out); free(dl); free(cmd); free(text);
+    return s;
+}
+
+START_TEST(summary_adds_up) {
+    REQUIRE_SETUP();
+    oracle_stats o = oracle_get_stats(orc);
+    backfill_summary b;
+    /* The fixture's log, 2 min out of time order: what a line became can
+     * depend on the order (a repeated action's earlier copy read second is
+     * "counted" in file order, moving the count; in time order the later
+     * copy is the duplicate), never the totals. */
+    export_summary s = export_categories(log_all, "sum-all", "");
+    backfill_categories(log_all, "sum-all", &b);
+    ck_assert_uint_eq(s.lines, b.lines);
+    ck_assert_uint_eq(s.bad, b.bad);
+    ck_assert_uint_eq(s.bad, o.invalid);
+    ck_assert_uint_eq(s.late, b.late);
+    ck_assert_uint_eq(s.impressions, o.impressions);
+    ck_assert_uint_eq(s.impressions + s.actions + s.duplicate, b.counted + b.duplicate);
+    ck_assert(s.past_until == 0 && s.duplicate > 0);
+    /* In time order every category equals backfill's and the brute force's. */
+    char *sorted = tu_fmt("%s/sorted.jsonl", tmp);
+    char *cmd = tu_fmt("%s gen --seed %d --impressions %d --start %lld --span 36h --disorder 0 "
+                       "--out '%s' 2>/dev/null", tu_iqp(), SEED + 1, IMPRESSIONS / 2,
+                       (long long)START_MS, sorted);
+    ck_assert(run_ok(cmd));
+    oracle *ordered = oracle_new(now_ms());
+    ck_assert_int_eq(oracle_load_file(ordered, sorted), 0);
+    oracle_stats os = oracle_get_stats(ordered);
+    oracle_free(ordered);
+    s = export_categories(sorted, "sum-sorted", "");
+    backfill_categories(sorted, "sum-sorted", &b);
+    ck_assert_uint_eq(s.impressions + s.actions, b.counted);
+    ck_assert_uint_eq(s.duplicate, b.duplicate);
+    ck_assert_uint_eq(s.late, b.late);
+    ck_assert_uint_eq(s.bad, b.bad);
+    ck_assert_uint_eq(s.impressions, os.impressions);
+    ck_assert_uint_eq(s.actions, os.actions);
+    ck_assert_uint_eq(s.duplicate, os.duplicate);
+    /* --until: what is read past until - lag is its own category. */
+    char *until = tu_fmt("--until %lld", (long long)(START_MS + 20 * HOUR_MS));
+    s = export_categories(sorted, "sum-until", until);
+    ck_assert_msg(s.past_until > 0, "no events past --until in the summary");
+    ck_assert(s.impressions + s.actions < b.counted);
+    free(until); free(cmd); free(sorted);
+}
+END_TEST
+
 /* Runs iqp export with args; its exit status, stderr in *err. */
 static int export_status(const char *args, char **err) {
     char *cmd = tu_fmt("%s export %s 2>&1 >/dev/null", tu_iqp(), args);
@@ -919,20 +1030,20 @@ START_TEST(progress_and_summary) {
     const char *loud[] = {"--events", log, "--out", out, NULL};
     char *tty = export_on_tty(loud);
     ck_assert_msg(strstr(tty, "\rexport: 2 lines, 1 rows, "), "no progress line on a tty: '%s'", tty);
-    ck_assert_msg(strstr(tty, "export: 1 files, 2 lines, 0 bad -> "), "no summary line: '%s'", tty);
+    ck_assert_msg(strstr(tty, "export: 1 files, 2 lines = 1 impressions + 1 actions counted + 0 duplicate + 0 late + 0 bad -> "), "no summary line: '%s'", tty);
     ck_assert_msg(strstr(tty, "1 impressions -> 1 rows -> "), "summary lacks the rows: '%s'", tty);
     free(tty);
     /* --quiet: the summary only */
     const char *quiet[] = {"--quiet", "--events", log, "--out", out, NULL};
     tty = export_on_tty(quiet);
     ck_assert_msg(!strstr(tty, "\rexport: "), "--quiet printed progress: '%s'", tty);
-    ck_assert_msg(strstr(tty, "export: 1 files, 2 lines, 0 bad -> "), "--quiet: no summary: '%s'", tty);
+    ck_assert_msg(strstr(tty, "export: 1 files, 2 lines = 1 impressions + 1 actions counted + 0 duplicate + 0 late + 0 bad -> "), "--quiet: no summary: '%s'", tty);
     free(tty);
     /* not a terminal: the summary only */
     char *cmd = tu_fmt("%s export --events '%s' --out '%s' 2>&1", tu_iqp(), log, out), *piped = NULL;
     ck_assert_int_eq(tu_run(cmd, &piped), 0);
     ck_assert_msg(piped && !strchr(piped, '\r'), "progress on a pipe: '%s'", piped ? piped : "");
-    ck_assert_msg(strstr(piped, "export: 1 files, 2 lines, 0 bad -> "), "no summary: '%s'", piped);
+    ck_assert_msg(strstr(piped, "export: 1 files, 2 lines = 1 impressions + 1 actions counted + 0 duplicate + 0 late + 0 bad -> "), "no summary: '%s'", piped);
     free(piped); free(cmd); free(text); free(l1); free(l2); free(log); free(out);
 }
 END_TEST
@@ -1012,6 +1123,7 @@ static Suite *export_suite(void) {
     tcase_add_test(tc, parity_with_lookup);
     tcase_add_test(tc, bad_input);
     tcase_add_test(tc, progress_and_summary);
+    tcase_add_test(tc, summary_adds_up);
     tcase_add_test(tc, usage);
     suite_add_tcase(s, tc);
     return s;
