@@ -21,6 +21,7 @@
 
 #include <errno.h>
 #include <ftw.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,6 +75,7 @@ typedef struct exporter {
     iqp_reorder *buffer;
     iqp_keymap *buffered_ids;  /* event ids in the reorder buffer */
     iqp_rows *rows;
+    char *rows_tmp;            /* the rows until the end: renamed to o->out on success */
     input *inputs;
     impression_scratch imp;
     double started, last_progress;
@@ -466,16 +468,62 @@ static int merge_inputs(exporter *x, char *err, size_t errlen) {
 
 /* ---- setup and teardown ----------------------------------------------------------- */
 
+static int create_rows_tmp(exporter *x, char *err, size_t errlen);
+
 static int setup(exporter *x, char *err, size_t errlen) {
     if (open_store(x, err, errlen) < 0) return -1;
     x->agg = iqp_aggregator_new(x->st);
     x->pending = (iqp_features_pending){pending_buckets, pending_cell, x->agg};
     x->buffer = iqp_reorder_new(x->o->max_disorder_ms, x->o->lag_ms);
     x->buffered_ids = iqp_keymap_new();
-    x->rows = iqp_rows_open(x->o->out, x->cfg, x->o->format, x->o->rates,
+    if (create_rows_tmp(x, err, errlen) < 0) return -1;
+    x->rows = iqp_rows_open(x->rows_tmp, x->cfg, x->o->format, x->o->rates,
                             x->o->label_horizon_ms, err, errlen);
     if (!x->rows) return -1;
     return open_inputs(x, err, errlen);
+}
+
+/* ---- the output file ---------------------------------------------------------------
+ *
+ * Rows go to a temporary file next to --out ("OUT.partial-XXXXXX", same
+ * directory, so same file system) that replaces --out by rename(2) only
+ * when the run ends without a failure (done, or stopped by a signal: the
+ * rows written are whole). A failed run removes it, so it never leaves a
+ * half or empty --out behind, and an --out that existed before is left as
+ * it was. */
+
+static int create_rows_tmp(exporter *x, char *err, size_t errlen) {
+    if (asprintf(&x->rows_tmp, "%s.partial-XXXXXX", x->o->out) < 0) abort();
+    int fd = mkstemp(x->rows_tmp);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot create %s: %s", x->o->out, strerror(errno));
+        free(x->rows_tmp);
+        x->rows_tmp = NULL;
+        return -1;
+    }
+    mode_t mask = umask(0); /* the mode a plain creat(2) of --out would give */
+    umask(mask);
+    if (fchmod(fd, 0666 & ~mask) < 0) {
+        snprintf(err, errlen, "cannot create %s: %s", x->o->out, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    close(fd);
+    return 0;
+}
+
+/* After the rows are closed: --out gets them (rc >= 0), or they go. */
+static int finish_rows_tmp(exporter *x, int rc, char *err, size_t errlen) {
+    if (!x->rows_tmp) return rc;
+    if (rc >= 0 && rename(x->rows_tmp, x->o->out) < 0) {
+        snprintf(err, errlen, "cannot write %s: rename from %s: %s", x->o->out, x->rows_tmp,
+                 strerror(errno));
+        rc = -1;
+    }
+    if (rc < 0) unlink(x->rows_tmp);
+    free(x->rows_tmp);
+    x->rows_tmp = NULL;
+    return rc;
 }
 
 static int teardown(exporter *x, int rc, char *err, size_t errlen) {
@@ -491,6 +539,7 @@ static int teardown(exporter *x, int rc, char *err, size_t errlen) {
             rc = -1;
         }
     }
+    rc = finish_rows_tmp(x, rc, err, errlen);
     if (x->buffer) x->stats->unprocessed = iqp_reorder_held(x->buffer);
     iqp_reorder_free(x->buffer);
     iqp_keymap_free(x->buffered_ids);

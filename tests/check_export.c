@@ -45,6 +45,12 @@
  *                         time order, and for a disordered one the totals
  *                         do (counted + duplicate, bad, late); --until
  *                         adds a "past --until" category.
+ *   failed_run_leaves_nothing  a run that fails (an input cut short after
+ *                         rows were written, a missing input) leaves no
+ *                         --out, partial file or dead-letter file it
+ *                         created, and leaves an --out and a dead-letter
+ *                         file that existed before as they were; a bad
+ *                         --out directory is named as --out.
  *   usage                 --help describes the flags; bad flags exit 2
  *                         naming the problem; a missing input or unusable
  *                         --out exits 1 naming the file.
@@ -1110,6 +1116,69 @@ START_TEST(usage) {
 }
 END_TEST
 
+/* Entries of dir whose name starts with prefix. */
+static int entries_starting(const char *dir, const char *prefix) {
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int n = 0;
+    while (d && (e = readdir(d))) n += strncmp(e->d_name, prefix, strlen(prefix)) == 0;
+    if (d) closedir(d);
+    return n;
+}
+
+START_TEST(failed_run_leaves_nothing) {
+    REQUIRE_SETUP();
+    char *dir = tu_fmt("%s/failed", tmp), *out = tu_fmt("%s/rows.csv", dir);
+    char *dl = tu_fmt("%s.dead-letter.jsonl", out), *gz = tu_fmt("%s/cut.jsonl.gz", dir), *args;
+    ck_assert(mkdir(dir, 0700) == 0);
+    /* A gzip file cut short: the run fails after rows and dead letters of
+     * the first (good) file were written. */
+    char *cmd = tu_fmt("gzip -c '%s' | head -c 20000 > '%s'", log_all, gz);
+    ck_assert(run_ok(cmd));
+    args = tu_fmt("--events '%s' '%s' --out '%s'", log_all, gz, out);
+    expect_status(args, 1, "cut.jsonl.gz");
+    ck_assert_msg(access(out, F_OK) != 0, "a failed run left %s", out);
+    ck_assert_msg(access(dl, F_OK) != 0, "a failed run left %s", dl);
+    ck_assert_msg(entries_starting(dir, "rows.csv") == 0, "a failed run left a partial file");
+    /* What existed before stays as it was: --out untouched, the dead-letter
+     * file without the records the failed run appended. */
+    write_text(out, "earlier rows\n");
+    write_text(dl, "{\"earlier\":1}\n");
+    expect_status(args, 1, "cut.jsonl.gz");
+    char *kept = tu_read_file(out, NULL), *kept_dl = tu_read_file(dl, NULL);
+    ck_assert_str_eq(kept, "earlier rows\n");
+    ck_assert_str_eq(kept_dl, "{\"earlier\":1}\n");
+    free(kept); free(kept_dl); free(args);
+    /* A missing input: nothing created either. */
+    unlink(out), unlink(dl);
+    args = tu_fmt("--events '%s' '%s/missing.jsonl' --out '%s'", log_all, dir, out);
+    expect_status(args, 1, "missing.jsonl");
+    ck_assert(access(out, F_OK) != 0 && access(dl, F_OK) != 0);
+    ck_assert_int_eq(entries_starting(dir, "rows.csv"), 0);
+    free(args);
+    /* --out in a directory that does not exist: the message names --out,
+     * not the dead-letter file that would go next to it. */
+    char *err = NULL;
+    args = tu_fmt("--events '%s' --out /nonexistent/x.csv", log_all);
+    ck_assert_int_eq(export_status(args, &err), 1);
+    ck_assert_msg(err && strstr(err, "/nonexistent/x.csv") && !strstr(err, "dead-letter"),
+                  "--out /nonexistent/x.csv: '%s'", err ? err : "");
+    free(err); free(args);
+    /* A run that succeeds replaces --out whole and leaves no partial file. */
+    write_text(out, "earlier rows\n");
+    args = tu_fmt("--events '%s' --out '%s' --format csv --no-rates", log_all, out);
+    char *ok = tu_fmt("%s export --quiet %s", tu_iqp(), args);
+    ck_assert(run_ok(ok));
+    ck_assert_uint_gt(count_lines(out), HASH_COUNT(impressions)); /* a header and rows */
+    char *head = tu_read_file(out, NULL);
+    ck_assert_msg(head && strncmp(head, "request_id,", 11) == 0, "--out was not replaced");
+    ck_assert_int_eq(entries_starting(dir, "rows.csv.partial"), 0);
+    free(head); free(ok); free(args);
+    tu_rmrf(dir);
+    free(cmd); free(dir); free(out); free(dl); free(gz);
+}
+END_TEST
+
 static Suite *export_suite(void) {
     Suite *s = suite_create("export");
     TCase *tc = tcase_create("export");
@@ -1125,6 +1194,7 @@ static Suite *export_suite(void) {
     tcase_add_test(tc, progress_and_summary);
     tcase_add_test(tc, summary_adds_up);
     tcase_add_test(tc, usage);
+    tcase_add_test(tc, failed_run_leaves_nothing);
     suite_add_tcase(s, tc);
     return s;
 }
