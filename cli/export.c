@@ -5,9 +5,13 @@
  * and feature reader as iqp backfill and iqp lookup). Exit 0 when every
  * file was read (bad lines are dead-lettered, not failures); 1 on an
  * operational failure, naming the file; 2 on bad usage; 130 when stopped
- * by a signal.
+ * by a signal. A failed run takes back what it wrote: --out is only
+ * replaced at the end (export.c), and the dead-letter file is removed, or
+ * cut back to its length before the run when it existed.
  */
+#include <errno.h>
 #include <getopt.h>
+#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,7 +47,9 @@ static void usage(FILE *out) {
             "  --events FILE...        log files as for iqp backfill (.jsonl, gzip, zstd, or\n"
             "                          '-' for stdin); repeatable, and further FILE arguments\n"
             "                          count too. Several files are merged by event time.\n"
-            "  --out FILE              the rows (a regular file: labels are set in place)\n"
+            "  --out FILE              the rows (a regular file: labels are set in place);\n"
+            "                          written as FILE.partial-XXXXXX and renamed at the\n"
+            "                          end, so a failed run leaves FILE as it was\n"
             "  --format jsonl|csv      row format (default jsonl); same columns in both\n"
             "  --from MS               first impression time to export (default: all)\n"
             "  --until MS              export impressions with ts < MS (default: all)\n"
@@ -147,16 +153,23 @@ static int parse_opts(int argc, char **argv, export_cli *c) {
     return 0;
 }
 
+/* The summary's first part adds up: lines = impressions counted + actions
+ * counted + duplicate + late + bad (iqp backfill's categories for the same
+ * file) + events read past --until - lag (never counted: no row reads them)
+ * + events still buffered when a signal stopped the run. */
 static void print_summary(const export_cli *c, const iqp_export_stats *s, const char *dl, double secs) {
     fprintf(stderr,
-            "export: %llu files, %llu lines, %llu bad -> %s (%llu out of order, %llu future), "
-            "%llu counted, %llu duplicate, %llu late; %llu impressions -> %llu rows -> %s "
-            "(%llu engaged, %llu labels set), features as of ts - %lld ms; peak %zu events "
+            "export: %llu files, %llu lines = %llu impressions + %llu actions counted + %llu "
+            "duplicate + %llu late + %llu bad -> %s (%llu out of order, %llu future) + %llu past "
+            "--until (not counted) + %llu unprocessed (stopped); %llu impressions -> %llu rows -> "
+            "%s (%llu engaged, %llu labels set), features as of ts - %lld ms; peak %zu events "
             "buffered, %zu rows open%s; %.2f s, %.0f rows/s, %.1f MB read\n",
-            (unsigned long long)s->files, (unsigned long long)s->lines, (unsigned long long)s->bad,
-            dl, (unsigned long long)s->out_of_order, (unsigned long long)s->future,
-            (unsigned long long)s->counted, (unsigned long long)s->duplicate,
-            (unsigned long long)s->late, (unsigned long long)s->impressions_read,
+            (unsigned long long)s->files, (unsigned long long)s->lines,
+            (unsigned long long)s->counted_impressions, (unsigned long long)s->counted_actions,
+            (unsigned long long)s->duplicate, (unsigned long long)s->late,
+            (unsigned long long)s->bad, dl, (unsigned long long)s->out_of_order,
+            (unsigned long long)s->future, (unsigned long long)s->skipped_after_until,
+            (unsigned long long)s->unprocessed, (unsigned long long)s->impressions_read,
             (unsigned long long)s->rows.rows, c->o.out, (unsigned long long)s->rows.rows_engaged,
             (unsigned long long)s->rows.labels_set, (long long)c->o.lag_ms, s->buffer_peak,
             s->rows.open_peak, s->stopped_early ? "; stopped reading past --until + horizon" : "",
@@ -164,6 +177,45 @@ static void print_summary(const export_cli *c, const iqp_export_stats *s, const 
     if (s->not_counted)
         fprintf(stderr, "iqp export: warning: %llu impressions gave rows but were then not counted\n",
                 (unsigned long long)s->not_counted);
+}
+
+/* --out's directory must exist: checked before the dead-letter file (which
+ * lives next to --out by default) is opened, so the message names --out.
+ * 0, or 1 after the message. */
+static int check_out_dir(const char *out) {
+    char *copy = strdup(out);
+    if (!copy) abort();
+    const char *dir = dirname(copy);
+    struct stat st;
+    int rc = 0;
+    if (stat(dir, &st) < 0)
+        rc = iqp_cli_fail(CMD, "cannot create --out %s: %s: %s", out, dir, strerror(errno));
+    else if (!S_ISDIR(st.st_mode))
+        rc = iqp_cli_fail(CMD, "cannot create --out %s: %s is not a directory", out, dir);
+    free(copy);
+    return rc;
+}
+
+/* The dead-letter file as it was before the run, so that a failed run can
+ * take back what it added: remove the file it created, or cut one that
+ * existed back to its old length (records are only ever appended). */
+typedef struct dl_before {
+    int existed, regular;
+    off_t size;
+} dl_before;
+
+static dl_before dl_state(const char *path) {
+    struct stat st;
+    dl_before b = {0, 0, 0};
+    if (stat(path, &st) == 0) b = (dl_before){1, S_ISREG(st.st_mode), st.st_size};
+    return b;
+}
+
+static void dl_restore(const char *path, const dl_before *b) {
+    if (!b->existed) unlink(path);
+    else if (b->regular && truncate(path, b->size) < 0)
+        fprintf(stderr, "iqp export: warning: cannot cut %s back to %lld bytes: %s\n", path,
+                (long long)b->size, strerror(errno));
 }
 
 static void on_stop_signal(int sig) {
@@ -186,10 +238,12 @@ int iqp_cmd_export(int argc, char **argv) {
     if (stat(c.o.out, &st) == 0 && !S_ISREG(st.st_mode))
         return iqp_cli_fail(CMD, "%s is not a regular file (labels are set in place, so the output "
                                  "must be one)", c.o.out);
+    if ((rc = check_out_dir(c.o.out))) return rc;
     if (!c.dead_letter) {
         if (asprintf(&dl_default, "%s.dead-letter.jsonl", c.o.out) < 0) abort();
         c.dead_letter = dl_default;
     }
+    dl_before dl_was = dl_state(c.dead_letter);
     c.o.dl = iqp_deadletter_open_file(c.dead_letter, err, sizeof err);
     if (!c.o.dl) {
         rc = iqp_cli_fail(CMD, "%s", err);
@@ -204,6 +258,7 @@ int iqp_cmd_export(int argc, char **argv) {
     rc = erc < 0 ? iqp_cli_fail(CMD, "%s", err) : erc == 1 ? 130 : 0;
     if (erc >= 0) print_summary(&c, &stats, c.dead_letter, iqp_mono_seconds() - t0);
     if (iqp_deadletter_close(c.o.dl, err, sizeof err) < 0 && rc == 0) rc = iqp_cli_fail(CMD, "%s", err);
+    if (erc < 0) dl_restore(c.dead_letter, &dl_was); /* --out: export.c already did */
     free(dl_default);
     return rc;
 }

@@ -21,6 +21,7 @@
 
 #include <errno.h>
 #include <ftw.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,6 +75,7 @@ typedef struct exporter {
     iqp_reorder *buffer;
     iqp_keymap *buffered_ids;  /* event ids in the reorder buffer */
     iqp_rows *rows;
+    char *rows_tmp;            /* the rows until the end: renamed to o->out on success */
     input *inputs;
     impression_scratch imp;
     double started, last_progress;
@@ -334,6 +336,21 @@ static int pending_span_wide(const exporter *x) {
            last - first >= PENDING_SPAN_BUCKETS;
 }
 
+/* A held event the aggregator calls future although the decoder did not
+ * (the wall clock stepped back in between). Its bytes are gone, so the
+ * dead-letter record carries its event id. */
+static int future_after_reading(exporter *x, const iqp_event *ev, char *err, size_t errlen) {
+    char reason[300];
+    x->stats->bad++;
+    x->stats->future++;
+    snprintf(reason, sizeof reason,
+             "future_event: ts: %lld is more than %lld ms ahead of the clock (event id only: the "
+             "wall clock stepped back after the line was read)",
+             (long long)ev->ts, (long long)x->cfg->max_future_skew_ms);
+    return iqp_deadletter_write(x->o->dl, "future_event", reason, "(reorder buffer)", 0,
+                                ev->event_id, ev->event_id_len, ev->event_id_len, err, errlen);
+}
+
 static int apply_event(exporter *x, iqp_held_event *h, int64_t time, char *err, size_t errlen) {
     const iqp_event *ev = &h->ev;
     iqp_rows_expire(x->rows, time);
@@ -348,10 +365,16 @@ static int apply_event(exporter *x, iqp_held_event *h, int64_t time, char *err, 
     }
     iqp_agg_outcome out = iqp_aggregator_add(x->agg, ev, iqp_wall_ms(), err, errlen);
     switch (out) {
-    case IQP_AGG_COUNTED: x->stats->counted++; break;
+    case IQP_AGG_COUNTED:
+        x->stats->counted++;
+        if (ev->kind == IQP_EVENT_IMPRESSION) x->stats->counted_impressions++;
+        else x->stats->counted_actions++;
+        break;
     case IQP_AGG_DUPLICATE: x->stats->duplicate++; break;
     case IQP_AGG_LATE: x->stats->late++; break;
-    case IQP_AGG_FUTURE: x->stats->future++; break; /* screened at reading; the clock moved */
+    case IQP_AGG_FUTURE: /* screened at reading; only a wall clock stepped back gets here */
+        if (future_after_reading(x, ev, err, errlen) < 0) return -1;
+        break;
     case IQP_AGG_ERROR: default: return -1;
     }
     if (h->row_state && out != IQP_AGG_COUNTED) x->stats->not_counted++;
@@ -401,7 +424,8 @@ static int take(exporter *x, input *in, iqp_decoded_line *d, char *err, size_t e
     iqp_key128 id = iqp_key128_of(ev->event_id, ev->event_id_len);
     uint64_t v;
     if (iqp_keymap_get(x->buffered_ids, id, &v)) {
-        x->stats->copies++;
+        x->stats->copies++; /* backfill's dedup would call it a duplicate */
+        x->stats->duplicate++;
         return 0;
     }
     iqp_keymap_put(x->buffered_ids, id, 1);
@@ -444,16 +468,62 @@ static int merge_inputs(exporter *x, char *err, size_t errlen) {
 
 /* ---- setup and teardown ----------------------------------------------------------- */
 
+static int create_rows_tmp(exporter *x, char *err, size_t errlen);
+
 static int setup(exporter *x, char *err, size_t errlen) {
     if (open_store(x, err, errlen) < 0) return -1;
     x->agg = iqp_aggregator_new(x->st);
     x->pending = (iqp_features_pending){pending_buckets, pending_cell, x->agg};
     x->buffer = iqp_reorder_new(x->o->max_disorder_ms, x->o->lag_ms);
     x->buffered_ids = iqp_keymap_new();
-    x->rows = iqp_rows_open(x->o->out, x->cfg, x->o->format, x->o->rates,
+    if (create_rows_tmp(x, err, errlen) < 0) return -1;
+    x->rows = iqp_rows_open(x->rows_tmp, x->cfg, x->o->format, x->o->rates,
                             x->o->label_horizon_ms, err, errlen);
     if (!x->rows) return -1;
     return open_inputs(x, err, errlen);
+}
+
+/* ---- the output file ---------------------------------------------------------------
+ *
+ * Rows go to a temporary file next to --out ("OUT.partial-XXXXXX", same
+ * directory, so same file system) that replaces --out by rename(2) only
+ * when the run ends without a failure (done, or stopped by a signal: the
+ * rows written are whole). A failed run removes it, so it never leaves a
+ * half or empty --out behind, and an --out that existed before is left as
+ * it was. */
+
+static int create_rows_tmp(exporter *x, char *err, size_t errlen) {
+    if (asprintf(&x->rows_tmp, "%s.partial-XXXXXX", x->o->out) < 0) abort();
+    int fd = mkstemp(x->rows_tmp);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot create %s: %s", x->o->out, strerror(errno));
+        free(x->rows_tmp);
+        x->rows_tmp = NULL;
+        return -1;
+    }
+    mode_t mask = umask(0); /* the mode a plain creat(2) of --out would give */
+    umask(mask);
+    if (fchmod(fd, 0666 & ~mask) < 0) {
+        snprintf(err, errlen, "cannot create %s: %s", x->o->out, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    close(fd);
+    return 0;
+}
+
+/* After the rows are closed: --out gets them (rc >= 0), or they go. */
+static int finish_rows_tmp(exporter *x, int rc, char *err, size_t errlen) {
+    if (!x->rows_tmp) return rc;
+    if (rc >= 0 && rename(x->rows_tmp, x->o->out) < 0) {
+        snprintf(err, errlen, "cannot write %s: rename from %s: %s", x->o->out, x->rows_tmp,
+                 strerror(errno));
+        rc = -1;
+    }
+    if (rc < 0) unlink(x->rows_tmp);
+    free(x->rows_tmp);
+    x->rows_tmp = NULL;
+    return rc;
 }
 
 static int teardown(exporter *x, int rc, char *err, size_t errlen) {
@@ -469,6 +539,8 @@ static int teardown(exporter *x, int rc, char *err, size_t errlen) {
             rc = -1;
         }
     }
+    rc = finish_rows_tmp(x, rc, err, errlen);
+    if (x->buffer) x->stats->unprocessed = iqp_reorder_held(x->buffer);
     iqp_reorder_free(x->buffer);
     iqp_keymap_free(x->buffered_ids);
     iqp_aggregator_free(x->agg);

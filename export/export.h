@@ -50,13 +50,22 @@ typedef struct iqp_export_options {
     int progress;                /* a progress line on stderr about twice a second */
 } iqp_export_options;
 
+/* Every line read lands in exactly one of: counted_impressions,
+ * counted_actions, duplicate, late, bad, skipped_after_until, unprocessed.
+ * These are iqp backfill's categories (counted = impressions + actions,
+ * duplicate, late, bad) plus the two only an export has, so for the same
+ * file without --until and without out-of-order lines the numbers equal
+ * backfill's (tests/check_export.c summary_adds_up). */
 typedef struct iqp_export_stats {
     uint64_t files, lines, bytes_in;
     uint64_t bad;                /* dead-lettered, all reasons */
     uint64_t out_of_order;       /* of which: beyond the reorder buffer */
     uint64_t future;             /* of which: future_event */
-    uint64_t copies;             /* a copy of an event id still in the buffer: dropped */
-    uint64_t counted, duplicate, late; /* aggregator outcomes */
+    uint64_t copies;             /* of duplicate: a copy of an event id still in the buffer */
+    uint64_t counted, duplicate, late; /* counted = counted_impressions + counted_actions;
+                                          duplicate includes copies */
+    uint64_t counted_impressions, counted_actions;
+    uint64_t unprocessed;        /* read but still in the buffer when stopped by a signal */
     uint64_t impressions_read;   /* impressions that gave rows */
     uint64_t impressions_seen;   /* impressions in [from, until) skipped: already counted */
     uint64_t not_counted;        /* rows whose impression the aggregator then did not count (0) */

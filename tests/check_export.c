@@ -39,6 +39,18 @@
  *                         dead-lettered with their reasons; the run goes on.
  *   progress_and_summary  on a terminal a progress line, then the summary;
  *                         with --quiet or on a pipe the summary only.
+ *   summary_adds_up       the summary's categories add up to the lines of the
+ *                         file (bad = dead-letter records); they equal
+ *                         backfill's and the brute force's for a log in
+ *                         time order, and for a disordered one the totals
+ *                         do (counted + duplicate, bad, late); --until
+ *                         adds a "past --until" category.
+ *   failed_run_leaves_nothing  a run that fails (an input cut short after
+ *                         rows were written, a missing input) leaves no
+ *                         --out, partial file or dead-letter file it
+ *                         created, and leaves an --out and a dead-letter
+ *                         file that existed before as they were; a bad
+ *                         --out directory is named as --out.
  *   usage                 --help describes the flags; bad flags exit 2
  *                         naming the problem; a missing input or unusable
  *                         --out exits 1 naming the file.
@@ -861,6 +873,111 @@ START_TEST(bad_input) {
 }
 END_TEST
 
+/* The categories of an export summary line (cli/export.c print_summary). */
+typedef struct export_summary {
+    unsigned long long files, lines, impressions, actions, duplicate, late, bad, out_of_order,
+        future, past_until, unprocessed;
+} export_summary;
+
+static int parse_export_summary(const char *text, export_summary *s) {
+    const char *p = text ? strstr(text, "export: ") : NULL;
+    if (!p) return -1;
+    return sscanf(p, "export: %llu files, %llu lines = %llu impressions + %llu actions counted + "
+                     "%llu duplicate + %llu late + %llu bad -> %*s (%llu out of order, %llu future) "
+                     "+ %llu past --until (not counted) + %llu unprocessed (stopped);",
+                  &s->files, &s->lines, &s->impressions, &s->actions, &s->duplicate, &s->late,
+                  &s->bad, &s->out_of_order, &s->future, &s->past_until, &s->unprocessed) == 11
+               ? 0 : -1;
+}
+
+typedef struct backfill_summary {
+    unsigned long long lines, counted, duplicate, late, bad;
+} backfill_summary;
+
+/* Backfills log into a fresh store; its summary's categories. */
+static void backfill_categories(const char *log, const char *name, backfill_summary *b) {
+    char *store = tu_fmt("%s/%s-store", tmp, name), *out = NULL;
+    char *cmd = tu_fmt("%s backfill --quiet --store '%s' --dead-letter '%s/%s-dl.jsonl' '%s' 2>&1",
+                       tu_iqp(), store, tmp, name, log);
+    ck_assert_int_eq(tu_run(cmd, &out), 0);
+    const char *p = out ? strstr(out, "backfill: ") : NULL;
+    unsigned long long files, skipped, resumed;
+    ck_assert_msg(p && sscanf(p, "backfill: %llu files (%llu skipped), %llu lines (%llu already "
+                                 "counted), %llu counted, %llu duplicate, %llu late, %llu bad",
+                              &files, &skipped, &b->lines, &resumed, &b->counted, &b->duplicate,
+                              &b->late, &b->bad) == 8,
+                  "unexpected backfill summary: '%s'", out ? out : "");
+    tu_rmrf(store);
+    free(store); free(out); free(cmd);
+}
+
+/* Exports log with extra flags; the summary, checked to add up to the
+ * lines of the file and the dead letters to the records written. */
+static export_summary export_categories(const char *log, const char *name, const char *extra) {
+    char *out = tu_fmt("%s/%s-rows.csv", tmp, name), *dl = tu_fmt("%s/%s-edl.jsonl", tmp, name);
+    char *cmd = tu_fmt("%s export --quiet --format csv --no-rates --events '%s' --out '%s' "
+                       "--dead-letter '%s' %s 2>&1", tu_iqp(), log, out, dl, extra);
+    char *text = NULL;
+    export_summary s;
+    ck_assert_int_eq(tu_run(cmd, &text), 0);
+    ck_assert_msg(parse_export_summary(text, &s) == 0, "unexpected export summary: '%s'", text);
+    ck_assert_msg(s.lines == s.impressions + s.actions + s.duplicate + s.late + s.bad +
+                                 s.past_until + s.unprocessed,
+                  "the summary does not add up: '%s'", text);
+    ck_assert_msg(s.lines == count_lines(log), "%llu lines in the summary, %zu in %s", s.lines,
+                  count_lines(log), log);
+    ck_assert_msg(s.bad == count_lines(dl), "%llu bad in the summary, %zu dead letters", s.bad,
+                  count_lines(dl));
+    ck_assert(s.unprocessed == 0);
+    free(out); free(dl); free(cmd); free(text);
+    return s;
+}
+
+START_TEST(summary_adds_up) {
+    REQUIRE_SETUP();
+    oracle_stats o = oracle_get_stats(orc);
+    backfill_summary b;
+    /* The fixture's log, 2 min out of time order: what a line became can
+     * depend on the order (a repeated action's earlier copy read second is
+     * "counted" in file order, moving the count; in time order the later
+     * copy is the duplicate), never the totals. */
+    export_summary s = export_categories(log_all, "sum-all", "");
+    backfill_categories(log_all, "sum-all", &b);
+    ck_assert_uint_eq(s.lines, b.lines);
+    ck_assert_uint_eq(s.bad, b.bad);
+    ck_assert_uint_eq(s.bad, o.invalid);
+    ck_assert_uint_eq(s.late, b.late);
+    ck_assert_uint_eq(s.impressions, o.impressions);
+    ck_assert_uint_eq(s.impressions + s.actions + s.duplicate, b.counted + b.duplicate);
+    ck_assert(s.past_until == 0 && s.duplicate > 0);
+    /* In time order every category equals backfill's and the brute force's. */
+    char *sorted = tu_fmt("%s/sorted.jsonl", tmp);
+    char *cmd = tu_fmt("%s gen --seed %d --impressions %d --start %lld --span 36h --disorder 0 "
+                       "--out '%s' 2>/dev/null", tu_iqp(), SEED + 1, IMPRESSIONS / 2,
+                       (long long)START_MS, sorted);
+    ck_assert(run_ok(cmd));
+    oracle *ordered = oracle_new(now_ms());
+    ck_assert_int_eq(oracle_load_file(ordered, sorted), 0);
+    oracle_stats os = oracle_get_stats(ordered);
+    oracle_free(ordered);
+    s = export_categories(sorted, "sum-sorted", "");
+    backfill_categories(sorted, "sum-sorted", &b);
+    ck_assert_uint_eq(s.impressions + s.actions, b.counted);
+    ck_assert_uint_eq(s.duplicate, b.duplicate);
+    ck_assert_uint_eq(s.late, b.late);
+    ck_assert_uint_eq(s.bad, b.bad);
+    ck_assert_uint_eq(s.impressions, os.impressions);
+    ck_assert_uint_eq(s.actions, os.actions);
+    ck_assert_uint_eq(s.duplicate, os.duplicate);
+    /* --until: what is read past until - lag is its own category. */
+    char *until = tu_fmt("--until %lld", (long long)(START_MS + 20 * HOUR_MS));
+    s = export_categories(sorted, "sum-until", until);
+    ck_assert_msg(s.past_until > 0, "no events past --until in the summary");
+    ck_assert(s.impressions + s.actions < b.counted);
+    free(until); free(cmd); free(sorted);
+}
+END_TEST
+
 /* Runs iqp export with args; its exit status, stderr in *err. */
 static int export_status(const char *args, char **err) {
     char *cmd = tu_fmt("%s export %s 2>&1 >/dev/null", tu_iqp(), args);
@@ -919,20 +1036,20 @@ START_TEST(progress_and_summary) {
     const char *loud[] = {"--events", log, "--out", out, NULL};
     char *tty = export_on_tty(loud);
     ck_assert_msg(strstr(tty, "\rexport: 2 lines, 1 rows, "), "no progress line on a tty: '%s'", tty);
-    ck_assert_msg(strstr(tty, "export: 1 files, 2 lines, 0 bad -> "), "no summary line: '%s'", tty);
+    ck_assert_msg(strstr(tty, "export: 1 files, 2 lines = 1 impressions + 1 actions counted + 0 duplicate + 0 late + 0 bad -> "), "no summary line: '%s'", tty);
     ck_assert_msg(strstr(tty, "1 impressions -> 1 rows -> "), "summary lacks the rows: '%s'", tty);
     free(tty);
     /* --quiet: the summary only */
     const char *quiet[] = {"--quiet", "--events", log, "--out", out, NULL};
     tty = export_on_tty(quiet);
     ck_assert_msg(!strstr(tty, "\rexport: "), "--quiet printed progress: '%s'", tty);
-    ck_assert_msg(strstr(tty, "export: 1 files, 2 lines, 0 bad -> "), "--quiet: no summary: '%s'", tty);
+    ck_assert_msg(strstr(tty, "export: 1 files, 2 lines = 1 impressions + 1 actions counted + 0 duplicate + 0 late + 0 bad -> "), "--quiet: no summary: '%s'", tty);
     free(tty);
     /* not a terminal: the summary only */
     char *cmd = tu_fmt("%s export --events '%s' --out '%s' 2>&1", tu_iqp(), log, out), *piped = NULL;
     ck_assert_int_eq(tu_run(cmd, &piped), 0);
     ck_assert_msg(piped && !strchr(piped, '\r'), "progress on a pipe: '%s'", piped ? piped : "");
-    ck_assert_msg(strstr(piped, "export: 1 files, 2 lines, 0 bad -> "), "no summary: '%s'", piped);
+    ck_assert_msg(strstr(piped, "export: 1 files, 2 lines = 1 impressions + 1 actions counted + 0 duplicate + 0 late + 0 bad -> "), "no summary: '%s'", piped);
     free(piped); free(cmd); free(text); free(l1); free(l2); free(log); free(out);
 }
 END_TEST
@@ -999,6 +1116,69 @@ START_TEST(usage) {
 }
 END_TEST
 
+/* Entries of dir whose name starts with prefix. */
+static int entries_starting(const char *dir, const char *prefix) {
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    int n = 0;
+    while (d && (e = readdir(d))) n += strncmp(e->d_name, prefix, strlen(prefix)) == 0;
+    if (d) closedir(d);
+    return n;
+}
+
+START_TEST(failed_run_leaves_nothing) {
+    REQUIRE_SETUP();
+    char *dir = tu_fmt("%s/failed", tmp), *out = tu_fmt("%s/rows.csv", dir);
+    char *dl = tu_fmt("%s.dead-letter.jsonl", out), *gz = tu_fmt("%s/cut.jsonl.gz", dir), *args;
+    ck_assert(mkdir(dir, 0700) == 0);
+    /* A gzip file cut short: the run fails after rows and dead letters of
+     * the first (good) file were written. */
+    char *cmd = tu_fmt("gzip -c '%s' | head -c 20000 > '%s'", log_all, gz);
+    ck_assert(run_ok(cmd));
+    args = tu_fmt("--events '%s' '%s' --out '%s'", log_all, gz, out);
+    expect_status(args, 1, "cut.jsonl.gz");
+    ck_assert_msg(access(out, F_OK) != 0, "a failed run left %s", out);
+    ck_assert_msg(access(dl, F_OK) != 0, "a failed run left %s", dl);
+    ck_assert_msg(entries_starting(dir, "rows.csv") == 0, "a failed run left a partial file");
+    /* What existed before stays as it was: --out untouched, the dead-letter
+     * file without the records the failed run appended. */
+    write_text(out, "earlier rows\n");
+    write_text(dl, "{\"earlier\":1}\n");
+    expect_status(args, 1, "cut.jsonl.gz");
+    char *kept = tu_read_file(out, NULL), *kept_dl = tu_read_file(dl, NULL);
+    ck_assert_str_eq(kept, "earlier rows\n");
+    ck_assert_str_eq(kept_dl, "{\"earlier\":1}\n");
+    free(kept); free(kept_dl); free(args);
+    /* A missing input: nothing created either. */
+    unlink(out), unlink(dl);
+    args = tu_fmt("--events '%s' '%s/missing.jsonl' --out '%s'", log_all, dir, out);
+    expect_status(args, 1, "missing.jsonl");
+    ck_assert(access(out, F_OK) != 0 && access(dl, F_OK) != 0);
+    ck_assert_int_eq(entries_starting(dir, "rows.csv"), 0);
+    free(args);
+    /* --out in a directory that does not exist: the message names --out,
+     * not the dead-letter file that would go next to it. */
+    char *err = NULL;
+    args = tu_fmt("--events '%s' --out /nonexistent/x.csv", log_all);
+    ck_assert_int_eq(export_status(args, &err), 1);
+    ck_assert_msg(err && strstr(err, "/nonexistent/x.csv") && !strstr(err, "dead-letter"),
+                  "--out /nonexistent/x.csv: '%s'", err ? err : "");
+    free(err); free(args);
+    /* A run that succeeds replaces --out whole and leaves no partial file. */
+    write_text(out, "earlier rows\n");
+    args = tu_fmt("--events '%s' --out '%s' --format csv --no-rates", log_all, out);
+    char *ok = tu_fmt("%s export --quiet %s", tu_iqp(), args);
+    ck_assert(run_ok(ok));
+    ck_assert_uint_gt(count_lines(out), HASH_COUNT(impressions)); /* a header and rows */
+    char *head = tu_read_file(out, NULL);
+    ck_assert_msg(head && strncmp(head, "request_id,", 11) == 0, "--out was not replaced");
+    ck_assert_int_eq(entries_starting(dir, "rows.csv.partial"), 0);
+    free(head); free(ok); free(args);
+    tu_rmrf(dir);
+    free(cmd); free(dir); free(out); free(dl); free(gz);
+}
+END_TEST
+
 static Suite *export_suite(void) {
     Suite *s = suite_create("export");
     TCase *tc = tcase_create("export");
@@ -1012,7 +1192,9 @@ static Suite *export_suite(void) {
     tcase_add_test(tc, parity_with_lookup);
     tcase_add_test(tc, bad_input);
     tcase_add_test(tc, progress_and_summary);
+    tcase_add_test(tc, summary_adds_up);
     tcase_add_test(tc, usage);
+    tcase_add_test(tc, failed_run_leaves_nothing);
     suite_add_tcase(s, tc);
     return s;
 }
