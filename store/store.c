@@ -232,23 +232,33 @@ static void unmake_store(const char *dir, int made) {
     else if (made == MADE_FILES) remove_rocksdb_files(dir);
 }
 
-/* "<parent>/.<name>.iqp-new-XXXXXX" for dir, a mkdtemp template beside it
- * (same file system, so rename works). -1 when it does not fit. */
-static int sibling_template(const char *dir, char *out, size_t outlen) {
+/* Makes "<parent>/.<name>.iqp-new-<pid>-<n>", a new directory beside dir
+ * (same file system, so rename works) with dir's mode when dir exists, else
+ * the mode RocksDB would give it (0777 less the umask). 0, or -1. */
+static int make_sibling(const char *dir, char *out, size_t outlen) {
     size_t n = strlen(dir);
     while (n > 1 && dir[n - 1] == '/') n--;
     size_t base = n;
     while (base > 0 && dir[base - 1] != '/') base--;
-    int w = base ? snprintf(out, outlen, "%.*s.%.*s.iqp-new-XXXXXX", (int)base, dir,
-                            (int)(n - base), dir + base)
-                 : snprintf(out, outlen, ".%.*s.iqp-new-XXXXXX", (int)n, dir);
-    return w > 0 && (size_t)w < outlen && n > base ? 0 : -1;
+    if (n == base) return -1;
+    for (int attempt = 0; attempt < 100; attempt++) {
+        int w = snprintf(out, outlen, "%.*s.%.*s.iqp-new-%ld-%d", (int)base, dir,
+                         (int)(n - base), dir + base, (long)getpid(), attempt);
+        if (w < 0 || (size_t)w >= outlen) return -1;
+        if (mkdir(out, 0777) == 0) {
+            struct stat sb;
+            if (stat(dir, &sb) == 0) chmod(out, sb.st_mode & 07777);
+            return 0;
+        }
+        if (errno != EEXIST) return -1;
+    }
+    return -1;
 }
 
-/* Makes the rename of a new store durable. */
-static void sync_parent(const char *tmpl) {
+/* Makes the rename of a new store durable (path: a file in the parent). */
+static void sync_parent(const char *path) {
     char parent[PATH_MAX];
-    snprintf(parent, sizeof parent, "%s", tmpl);
+    snprintf(parent, sizeof parent, "%s", path);
     char *slash = strrchr(parent, '/');
     if (slash) *slash = '\0';
     int fd = open(slash ? parent : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -435,7 +445,7 @@ static int create_store(const char *dir, dir_state state, const iqp_config *cfg,
                         char *err, size_t errlen) {
     char tmp[PATH_MAX];
     *made = MADE_NOTHING;
-    if (sibling_template(dir, tmp, sizeof tmp) == 0 && mkdtemp(tmp)) {
+    if (make_sibling(dir, tmp, sizeof tmp) == 0) {
         char why[768];
         int rc = build_store(tmp, cfg, why, sizeof why);
         if (rc == 0 && rename(tmp, dir) == 0) {
