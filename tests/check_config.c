@@ -104,8 +104,9 @@ START_TEST(errors_name_the_problem) {
         {"{\"dedup_horizon\": \"1h\",\n \"dedup_horizon\": \"2h\"}", "t.json:2:"},
         {"{\"windows\": [{\"name\": \"w\", \"length\": \"1d\", \"length\": \"2d\", \"granularity\": \"1h\"}]}",
          "a key is given twice: duplicate object key near '\"length\"'"},
-        /* only layout_version 1 exists */
-        {"{\"layout_version\": 2}", "\"layout_version\" 2 is not supported"},
+        /* only the current layout_version (IQP_LAYOUT_VERSION, 2) is read */
+        {"{\"layout_version\": 1}", "\"layout_version\" 1 is not supported"},
+        {"{\"layout_version\": 3}", "\"layout_version\" 3 is not supported"},
         {"{\"layout_version\": \"1\"}", "\"layout_version\" \"1\" is not supported"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -120,10 +121,10 @@ START_TEST(errors_name_the_problem) {
 }
 END_TEST
 
-START_TEST(layout_version_1_is_accepted) {
+START_TEST(current_layout_version_is_accepted) {
     iqp_config c;
     iqp_config_defaults(&c);
-    ck_assert_msg(iqp_config_parse(&c, "{\"layout_version\": 1}", "t.json", err, sizeof err) == 0, "%s", err);
+    ck_assert_msg(iqp_config_parse(&c, "{\"layout_version\": 2}", "t.json", err, sizeof err) == 0, "%s", err);
 }
 END_TEST
 
@@ -221,7 +222,7 @@ int main(void) {
     tcase_add_test(tc, override_sections);
     tcase_add_test(tc, errors_name_the_problem);
     tcase_add_test(tc, missing_file);
-    tcase_add_test(tc, layout_version_1_is_accepted);
+    tcase_add_test(tc, current_layout_version_is_accepted);
     tcase_add_test(tc, commands_exit_2_naming_the_key);
     tcase_add_test(tc, layout_fingerprint);
     suite_add_tcase(s, tc);
