@@ -108,6 +108,7 @@ struct iqp_publisher {
     redisContext *redis;
     uint64_t generation;
     char run_id[64];
+    int policy_warned;
     char lease_value[160];        /* who we are in <prefix>:lease */
     int64_t lease_renewed_ms;
     int64_t refresh_bucket;       /* finest-granularity bucket of the last refresh (or start) */
@@ -197,14 +198,34 @@ static redisReply *command(iqp_publisher *p, const char *what, const char *fmt, 
     return r;
 }
 
-/* The run_id line of INFO server: it changes whenever Redis restarts. */
+/* The run_id line of INFO server: it changes whenever Redis restarts.
+ * Also checks what the layout needs of the server (README, "Redis
+ * settings"): version 7.0 or later (PEXPIRE ... LT, SET ... PXAT, a
+ * fixed clock inside scripts); -2 when older. An eviction policy that may
+ * drop keys without a TTL (the generation and lease counters) or the
+ * pointer is reported once on stderr. */
 static int read_run_id(iqp_publisher *p) {
     redisReply *r = command(p, "INFO server", "INFO server");
     if (!r) return -1;
     const char *id = r->type == REDIS_REPLY_STRING ? strstr(r->str, "run_id:") : NULL;
+    const char *ver = r->type == REDIS_REPLY_STRING ? strstr(r->str, "redis_version:") : NULL;
+    int major = ver ? atoi(ver + 14) : 0;
     p->run_id[0] = '\0';
     if (id) sscanf(id + 7, "%63[0-9a-fA-F]", p->run_id);
     freeReplyObject(r);
+    if (major > 0 && major < 7) {
+        note_error(p, "Redis at %s is version %d; iqp's layout needs Redis 7.0 or later", p->where, major);
+        return -2;
+    }
+    redisReply *c = redisCommand(p->redis, "CONFIG GET maxmemory-policy");
+    if (!p->policy_warned && c && c->type == REDIS_REPLY_ARRAY && c->elements == 2 &&
+        c->element[1]->type == REDIS_REPLY_STRING && strcmp(c->element[1]->str, "noeviction") != 0) {
+        fprintf(stderr, "iqp: warning: Redis at %s has maxmemory-policy %s: when full it may evict the "
+                "generation pointer or its counters; use noeviction (README, Redis settings)\n", p->where,
+                c->element[1]->str);
+        p->policy_warned = 1;
+    }
+    if (c) freeReplyObject(c);
     return 0;
 }
 

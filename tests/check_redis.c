@@ -1252,6 +1252,24 @@ START_TEST(killed_refresh_leaves_nothing_half_done) {
 }
 END_TEST
 
+/* A Redis that may evict keys without a TTL is reported (README, Redis settings). */
+START_TEST(eviction_policy_is_reported) {
+    require_setup();
+    const int db = 6;
+    char *url = tu_fmt("redis://127.0.0.1:%d/%d", redis_port, db), *out = NULL;
+    free(redis_get("CONFIG SET maxmemory-policy allkeys-lru"));
+    char *cmd = tu_fmt("'%s' publish --store '%s' --redis %s --all --quiet 2>&1", tu_iqp(), store, url);
+    int rc = tu_run(cmd, &out);
+    free(redis_get("CONFIG SET maxmemory-policy noeviction"));
+    ck_assert_msg(rc == 0 && strstr(out, "maxmemory-policy allkeys-lru"), "exit %d: %s", rc, out);
+    free(out);
+    ck_assert_int_eq(tu_run(cmd, &out), 0);
+    ck_assert_msg(!strstr(out, "maxmemory-policy"), "warned under noeviction: %s", out);
+    free(db_get(db, "FLUSHDB"));
+    free(out), free(cmd), free(url);
+}
+END_TEST
+
 /* ---- summaries that add up, a queue that coalesces (issue 18, items 4 and 6) ---- */
 
 /* `iqp publish --all` into an empty Redis: the fields and hashes it
@@ -1424,6 +1442,7 @@ int main(void) {
     tcase_add_test(srv, pointer_and_generation_expire_together);
     tcase_add_test(srv, killed_refresh_leaves_nothing_half_done);
     tcase_add_test(srv, publish_summary_adds_up);
+    tcase_add_test(srv, eviction_policy_is_reported);
     tcase_add_test(srv, publish_queue_coalesces);
     suite_add_tcase(s, srv);
     SRunner *sr = srunner_create(s);
