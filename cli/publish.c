@@ -145,8 +145,10 @@ int iqp_cmd_publish(int argc, char **argv) {
     iqp_store_close(st);
     if (rc < 0) return iqp_cli_fail(CMD, "%s (%llu keys still queued in the store)", err, (unsigned long long)left);
     if (!o.quiet)
-        fprintf(stderr, "iqp publish: %llu values in %.2f s%s, %llu keys left in the queue\n",
-                (unsigned long long)stats.values, iqp_mono_seconds() - t0, o.all ? " (all keys)" : "",
-                (unsigned long long)left);
+        fprintf(stderr, "iqp publish: %llu fields (%llu item fields + %llu context fields) in %llu hashes in "
+                "%.2f s%s, %llu keys left in the queue\n",
+                (unsigned long long)stats.values, (unsigned long long)stats.item_fields,
+                (unsigned long long)stats.context_fields, (unsigned long long)stats.context_fields,
+                iqp_mono_seconds() - t0, o.all ? " (all keys)" : "", (unsigned long long)left);
     return 0;
 }

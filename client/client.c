@@ -16,8 +16,14 @@
  * publisher encodes with; rates are count / context_count as doubles, as
  * aggregator/features.c computes them for `iqp lookup --store`.
  *
- * Per-call memory: the argv arrays of the pipeline and the query string;
- * everything else lives in the client and is reused.
+ * The HMGETs of one call differ only in their key: their item part
+ * ("" item1 ... itemN, in the Redis protocol) is formatted once per call
+ * and appended after each feature's header. Decoding writes each
+ * (item, feature) block of out once: zeros, then the non-zero counters
+ * the value's masks name, and their rates.
+ *
+ * Per-call memory: the query string; everything else lives in the client
+ * and is reused.
  */
 #include "client/client_internal.h"
 
@@ -54,9 +60,8 @@ struct iqp_client {
     size_t key_lens[IQP_MAX_FEATURES];
     size_t unread;                /* replies queued on the connection and not read yet */
     iqp_reply_limits limits;      /* what the replies being read may hold */
-    const char **argv;            /* HMGET arguments, grown to the largest call */
-    size_t *argvlen;
-    size_t argv_cap;
+    char *items_cmd;              /* the HMGETs' shared item part, RESP */
+    size_t items_cmd_cap;
 };
 
 /* One call's normalized context. */
@@ -286,8 +291,7 @@ iqp_client *iqp_client_open(const char *url, const iqp_client_options *options) 
 void iqp_client_close(iqp_client *c) {
     if (!c) return;
     drop_connection(c);
-    free(c->argv);
-    free(c->argvlen);
+    free(c->items_cmd);
     free(c);
 }
 
@@ -335,14 +339,39 @@ static iqp_status normalize_call(iqp_client *c, const char *query, const char *c
     return IQP_OK;
 }
 
-static iqp_status grow_argv(iqp_client *c, size_t n) {
-    if (n <= c->argv_cap) return IQP_OK;
-    const char **argv = realloc(c->argv, n * sizeof *argv);
-    if (argv) c->argv = argv;
-    size_t *lens = realloc(c->argvlen, n * sizeof *lens);
-    if (lens) c->argvlen = lens;
-    if (!argv || !lens) return set_error(c, IQP_ENOMEM, "out of memory for %zu arguments", n);
-    c->argv_cap = n;
+/* Writes a bulk string's header "$<n>\r\n" at out; returns its length. */
+static size_t put_bulk_header(char *out, size_t n) {
+    char digits[24];
+    size_t d = 0, len = 0;
+    do digits[d++] = (char)('0' + n % 10), n /= 10; while (n);
+    out[len++] = '$';
+    while (d) out[len++] = digits[--d];
+    out[len++] = '\r', out[len++] = '\n';
+    return len;
+}
+
+/* Formats the item part of the call's HMGETs into c->items_cmd: the
+ * context field "" and every item, as RESP bulk strings. */
+static iqp_status format_items(iqp_client *c, const char *const *items, size_t n_items, size_t *len) {
+    size_t need = 6;
+    for (size_t i = 0; i < n_items; i++) need += strlen(items[i]) + 24;
+    if (need > c->items_cmd_cap) {
+        char *b = realloc(c->items_cmd, need);
+        if (!b) return set_error(c, IQP_ENOMEM, "out of memory for a %zu-byte request", need);
+        c->items_cmd = b;
+        c->items_cmd_cap = need;
+    }
+    char *o = c->items_cmd;
+    size_t n = put_bulk_header(o, 0);
+    o[n++] = '\r', o[n++] = '\n';
+    for (size_t i = 0; i < n_items; i++) {
+        size_t il = strlen(items[i]);
+        n += put_bulk_header(o + n, il);
+        memcpy(o + n, items[i], il);
+        n += il;
+        o[n++] = '\r', o[n++] = '\n';
+    }
+    *len = n;
     return IQP_OK;
 }
 
@@ -368,40 +397,46 @@ static iqp_status build_keys(iqp_client *c, const lookup_ctx *lc) {
  * the connection with whatever it had queued. */
 static iqp_status send_pipeline(iqp_client *c, const lookup_ctx *lc, const char *const *items,
                                 size_t n_items) {
-    if (build_keys(c, lc) || grow_argv(c, n_items + 3)) return c->status;
-    c->argv[0] = "HMGET";
-    c->argvlen[0] = 5;
-    c->argv[2] = IQP_RV_CONTEXT_FIELD;
-    c->argvlen[2] = 0;
-    for (size_t i = 0; i < n_items; i++) {
-        c->argv[3 + i] = items[i];
-        c->argvlen[3 + i] = strlen(items[i]);
-    }
+    size_t items_len = 0;
+    if (build_keys(c, lc) || format_items(c, items, n_items, &items_len)) return c->status;
     if (redisAppendCommand(c->redis, "GET %s:gen", c->prefix) != REDIS_OK) return redis_failed(c, "GET");
     c->unread++;
     for (size_t f = 0; f < c->cfg.n_features; f++) {
         if (!feature_applies(c, f, lc)) continue;
-        c->argv[1] = c->keys[f];
-        c->argvlen[1] = c->key_lens[f];
-        if (redisAppendCommandArgv(c->redis, (int)(n_items + 3), c->argv, c->argvlen) != REDIS_OK)
+        char head[KEY_MAX + 64];
+        int hl = snprintf(head, sizeof head, "*%zu\r\n$5\r\nHMGET\r\n", n_items + 3);
+        hl += (int)put_bulk_header(head + hl, c->key_lens[f]);
+        memcpy(head + hl, c->keys[f], c->key_lens[f]);
+        hl += (int)c->key_lens[f];
+        head[hl++] = '\r', head[hl++] = '\n';
+        /* one command in two appends: the bytes are what redisAppendCommandArgv would send */
+        if (redisAppendFormattedCommand(c->redis, head, (size_t)hl) != REDIS_OK ||
+            redisAppendFormattedCommand(c->redis, c->items_cmd, items_len) != REDIS_OK)
             return redis_failed(c, "HMGET");
         c->unread++;
     }
     return IQP_OK;
 }
 
-/* Writes one (item, feature)'s windows into out. */
-static void fill_item(const iqp_client *c, double *out, const int64_t *cc, const int64_t *counts) {
+/* Writes one (item, feature)'s windows into out: the counters masks
+ * name (the rest are 0) and their rates, count / context_count as
+ * aggregator/features.c computes them (0 / cc is +0.0 for cc > 0, so a
+ * zero counter's rate is left at the memset's +0.0; only a negative
+ * context_count needs 0 / cc = -0.0 spelled out). */
+static void fill_item(const iqp_client *c, double *out, const int64_t *cc, const uint64_t *masks,
+                      const int64_t *counts) {
     size_t nw = c->cfg.n_windows, width = IQP_COUNTERS(&c->cfg), nm = 1 + 2 * width;
+    memset(out, 0, nw * nm * sizeof *out);
     for (size_t w = 0; w < nw; w++) {
-        double *o = out + w * nm;
-        const int64_t *k = counts + w * width;
-        o[0] = (double)cc[w];
-        for (size_t i = 0; i < width; i++) {
-            o[1 + i] = (double)k[i];
-            /* most counters are 0: skip the division (0 / cc is +0.0 exactly
-             * for cc > 0, so this equals iqp_features_rate bit for bit) */
-            o[1 + width + i] = cc[w] == 0 || (k[i] == 0 && cc[w] > 0) ? 0.0 : (double)k[i] / (double)cc[w];
+        double *o = out + w * nm, d = (double)cc[w];
+        o[0] = d;
+        if (cc[w] < 0)
+            for (size_t k = 0; k < width; k++) o[1 + width + k] = 0.0 / d;
+        for (uint64_t m = masks ? masks[w] : 0; m; m &= m - 1) {
+            size_t k = (size_t)__builtin_ctzll(m);
+            double v = (double)counts[w * width + k];
+            o[1 + k] = v;
+            o[1 + width + k] = cc[w] == 0 ? 0.0 : v / d;
         }
     }
 }
@@ -412,6 +447,7 @@ static iqp_status decode_feature(iqp_client *c, size_t f, const redisReply *r,
     size_t nf = c->cfg.n_features, nw = c->cfg.n_windows, width = IQP_COUNTERS(&c->cfg);
     size_t stride = nw * (1 + 2 * width);
     int64_t cc[IQP_MAX_WINDOWS] = {0}, counts[IQP_MAX_WINDOWS * IQP_MAX_COUNTERS];
+    uint64_t masks[IQP_MAX_WINDOWS];
     if (r->type != REDIS_REPLY_ARRAY || r->elements != n_items + 1)
         return set_error(c, IQP_EPROTOCOL, "HMGET %s: unexpected reply", c->keys[f]);
     const redisReply *e = r->element[0];
@@ -421,14 +457,11 @@ static iqp_status decode_feature(iqp_client *c, size_t f, const redisReply *r,
                          c->keys[f], IQP_RV_LAYOUT_VERSION);
     for (size_t i = 0; i < n_items; i++) {
         e = r->element[1 + i];
-        if (e->type == REDIS_REPLY_STRING) {
-            if (iqp_rv_decode_item((const unsigned char *)e->str, e->len, nw, width, counts) < 0)
-                return set_error(c, IQP_EPROTOCOL, "%s field '%s': not a layout version %d value",
-                                 c->keys[f], items[i], IQP_RV_LAYOUT_VERSION);
-        } else {
-            memset(counts, 0, nw * width * sizeof counts[0]);
-        }
-        fill_item(c, out + (i * nf + f) * stride, cc, counts);
+        int present = e->type == REDIS_REPLY_STRING;
+        if (present && iqp_rv_decode_item_sparse((const unsigned char *)e->str, e->len, nw, width, masks, counts) < 0)
+            return set_error(c, IQP_EPROTOCOL, "%s field '%s': not a layout version %d value",
+                             c->keys[f], items[i], IQP_RV_LAYOUT_VERSION);
+        fill_item(c, out + (i * nf + f) * stride, cc, present ? masks : NULL, counts);
     }
     return IQP_OK;
 }

@@ -108,6 +108,7 @@ struct iqp_publisher {
     redisContext *redis;
     uint64_t generation;
     char run_id[64];
+    int policy_warned;
     char lease_value[160];        /* who we are in <prefix>:lease */
     int64_t lease_renewed_ms;
     int64_t refresh_bucket;       /* finest-granularity bucket of the last refresh (or start) */
@@ -116,7 +117,13 @@ struct iqp_publisher {
     int need_resync;
     int inflight;
     /* scratch */
-    keylist records, dirty;
+    keylist records, dirty;       /* a round's record keys and their dirty keys */
+    uint64_t *seqs;               /* the sequence each record held when read */
+    size_t n_seqs, seqs_cap;
+    iqp_keybuf cursor;            /* where the next round reads from (empty: the start) */
+    iqp_keybuf last_ctx;          /* the context prefix whose field was counted last */
+    keylist done_ctx;             /* resync: contexts published with their items */
+    int tracking;                 /* resync's item pass: fill done_ctx */
     unsigned char *values;
     size_t values_cap;
     /* thread */
@@ -191,14 +198,34 @@ static redisReply *command(iqp_publisher *p, const char *what, const char *fmt, 
     return r;
 }
 
-/* The run_id line of INFO server: it changes whenever Redis restarts. */
+/* The run_id line of INFO server: it changes whenever Redis restarts.
+ * Also checks what the layout needs of the server (README, "Redis
+ * settings"): version 7.0 or later (PEXPIRE ... LT, SET ... PXAT, a
+ * fixed clock inside scripts); -2 when older. An eviction policy that may
+ * drop keys without a TTL (the generation and lease counters) or the
+ * pointer is reported once on stderr. */
 static int read_run_id(iqp_publisher *p) {
     redisReply *r = command(p, "INFO server", "INFO server");
     if (!r) return -1;
     const char *id = r->type == REDIS_REPLY_STRING ? strstr(r->str, "run_id:") : NULL;
+    const char *ver = r->type == REDIS_REPLY_STRING ? strstr(r->str, "redis_version:") : NULL;
+    int major = ver ? atoi(ver + 14) : 0;
     p->run_id[0] = '\0';
     if (id) sscanf(id + 7, "%63[0-9a-fA-F]", p->run_id);
     freeReplyObject(r);
+    if (major > 0 && major < 7) {
+        note_error(p, "Redis at %s is version %d; iqp's layout needs Redis 7.0 or later", p->where, major);
+        return -2;
+    }
+    redisReply *c = redisCommand(p->redis, "CONFIG GET maxmemory-policy");
+    if (!p->policy_warned && c && c->type == REDIS_REPLY_ARRAY && c->elements == 2 &&
+        c->element[1]->type == REDIS_REPLY_STRING && strcmp(c->element[1]->str, "noeviction") != 0) {
+        fprintf(stderr, "iqp: warning: Redis at %s has maxmemory-policy %s: when full it may evict the "
+                "generation pointer or its counters; use noeviction (README, Redis settings)\n", p->where,
+                c->element[1]->str);
+        p->policy_warned = 1;
+    }
+    if (c) freeReplyObject(c);
     return 0;
 }
 
@@ -391,6 +418,23 @@ static unsigned char *value_space(iqp_publisher *p, size_t need) {
     return p->values;
 }
 
+static void count_fields(iqp_publisher *p, uint64_t n) {
+    p->stats.values += n;
+    if (p->m && n) iqp_metrics_add(p->m, "iqp_published_values_total", NULL, (double)n);
+}
+
+/* Counts the context field of the group starting now, unless it continues
+ * the previous group's context (a resync chunk boundary), and notes the
+ * context as done for the resync's context pass. */
+static void context_written(iqp_publisher *p, const unsigned char *prefix, size_t len) {
+    if (p->last_ctx.len == len && memcmp(p->last_ctx.buf, prefix, len) == 0) return;
+    iqp_keybuf_truncate(&p->last_ctx, 0);
+    iqp_keybuf_append(&p->last_ctx, prefix, len);
+    p->stats.context_fields++;
+    count_fields(p, 1);
+    if (p->tracking) keylist_push(&p->done_ctx, prefix, len);
+}
+
 /* HSET key "" <context> item value ... for items [from, from + n). */
 static int write_chunk(iqp_publisher *p, const char *key, size_t klen, const int64_t *cc,
                        const ctx_group *g, size_t from, size_t n, const iqp_feature_row *rows) {
@@ -412,8 +456,8 @@ static int write_chunk(iqp_publisher *p, const char *key, size_t klen, const int
         argv[argc] = (const char *)v, lens[argc++] = iqp_rv_encode_item(counts, nw, width, v);
         v += lens[argc - 1];
     }
-    p->stats.values += n + 1;
-    if (p->m) iqp_metrics_add(p->m, "iqp_published_values_total", NULL, (double)(n + 1));
+    p->stats.item_fields += n;
+    count_fields(p, n);
     return pipe_append(p, argc, argv, lens);
 }
 
@@ -430,6 +474,7 @@ static int publish_group(iqp_publisher *p, const iqp_store_snapshot *snap, int64
     iqp_rv_hash_key(key, klen + 1, p->prefix, p->generation, f->name, f->dims, ctx->country,
                     iqp_gender_name(ctx->gender), ctx->query, ctx->query_len);
     int rc = iqp_features_read_context_at(p->st, snap, g->key.feature, ctx, as_of, cc, err, sizeof err);
+    if (rc == 0) context_written(p, g->prefix, g->key.prefix_len);
     for (size_t from = 0; rc == 0 && (from < g->n || from == 0); from += HSET_ITEMS) {
         size_t n = g->n - from < HSET_ITEMS ? g->n - from : HSET_ITEMS;
         if (n) rc = iqp_features_read_at(p->st, snap, g->key.feature, ctx, g->items + from,
@@ -530,18 +575,30 @@ static int stamp_meta(iqp_publisher *p) {
 
 /* ---- the queue ---------------------------------------------------------------------- */
 
+/* Reading a round: up to max records from the cursor on. */
 typedef struct collect {
-    keylist *records;
+    iqp_publisher *p;
     size_t max;
-    int64_t oldest_ms;    /* flush time of the first record */
-    uint64_t before_seq;  /* collect_before: stop at this sequence */
+    int64_t oldest_ms;    /* earliest flush time among the records read */
 } collect;
+
+static void push_seq(iqp_publisher *p, uint64_t seq) {
+    if (p->n_seqs == p->seqs_cap) {
+        p->seqs_cap = p->seqs_cap * 2 + 1024;
+        if (!(p->seqs = realloc(p->seqs, p->seqs_cap * sizeof *p->seqs))) abort();
+    }
+    p->seqs[p->n_seqs++] = seq;
+}
 
 static int collect_record(void *ud, const unsigned char *key, size_t klen, const char *val, size_t vlen) {
     collect *c = ud;
-    if (c->records->n == 0 && vlen == 8) memcpy(&c->oldest_ms, val, 8);
-    keylist_push(c->records, key, klen);
-    return c->records->n >= c->max;
+    iqp_pending_record rec;
+    if (iqp_pending_parse(key, klen, val, vlen, &rec) < 0) return 0; /* not a record: left alone */
+    if (!c->oldest_ms || (rec.flush_ms && rec.flush_ms < c->oldest_ms)) c->oldest_ms = rec.flush_ms;
+    keylist_push(&c->p->records, key, klen);
+    keylist_push(&c->p->dirty, rec.dirty, rec.dirty_len);
+    push_seq(c->p, rec.seq);
+    return c->p->records.n >= c->max;
 }
 
 static void set_lag(iqp_publisher *p, int64_t oldest_ms) {
@@ -551,51 +608,114 @@ static void set_lag(iqp_publisher *p, int64_t oldest_ms) {
     iqp_metrics_set(p->m, "iqp_publish_keys_pending", NULL, (double)iqp_pending_count(p->q));
 }
 
-/* Deletes the records in l from the queue. */
-static int delete_records(iqp_publisher *p, const keylist *l) {
-    char err[512];
-    iqp_store_batch *b = iqp_store_batch_new(p->st);
-    for (size_t i = 0; i < l->n; i++) {
-        size_t len;
-        const unsigned char *k = keylist_get(l, i, &len);
-        iqp_store_batch_delete(b, IQP_CF_PENDING, k, len);
+/* Deleting after a round, under the queue lock: the records read are
+ * compared with what the queue holds now; a record is deleted only while
+ * it still holds the sequence that was read (a flush since then rewrote
+ * it: that change is not published yet). Counts what stays. */
+typedef struct sweep {
+    iqp_publisher *p;
+    iqp_store_batch *b;
+    size_t next;              /* the next record read, in key order */
+    const unsigned char *last;/* stop after this key (NULL: scan to the end) */
+    size_t last_len;
+    uint64_t before_seq;      /* drop_records_before: delete every record below */
+    uint64_t seen, deleted;
+} sweep;
+
+static int keycmp(const unsigned char *a, size_t al, const unsigned char *b, size_t bl) {
+    int c = memcmp(a, b, al < bl ? al : bl);
+    return c ? c : (al > bl) - (al < bl);
+}
+
+/* Compares string i of l with key. */
+static int keylist_cmp(const keylist *l, size_t i, const unsigned char *key, size_t len) {
+    size_t il;
+    const unsigned char *ik = keylist_get(l, i, &il);
+    return keycmp(ik, il, key, len);
+}
+
+static int sweep_record(void *ud, const unsigned char *key, size_t klen, const char *val, size_t vlen) {
+    sweep *w = ud;
+    iqp_publisher *p = w->p;
+    if (w->last && keycmp(key, klen, w->last, w->last_len) > 0) return 1;
+    w->seen++;
+    iqp_pending_record rec;
+    if (iqp_pending_parse(key, klen, val, vlen, &rec) < 0) return 0;
+    int del = 0;
+    if (w->before_seq) {
+        del = rec.seq < w->before_seq;
+    } else {
+        while (w->next < p->records.n && keylist_cmp(&p->records, w->next, key, klen) < 0) w->next++;
+        del = w->next < p->records.n && keylist_cmp(&p->records, w->next, key, klen) == 0 &&
+              p->seqs[w->next] == rec.seq;
     }
-    int rc = iqp_store_batch_commit(p->st, b, err, sizeof err);
-    iqp_store_batch_free(b);
-    if (rc < 0) {
-        note_error(p, "%s", err);
-        return -1;
+    if (del) {
+        iqp_store_batch_delete(w->b, IQP_CF_PENDING, key, klen);
+        w->deleted++;
     }
-    iqp_pending_consumed(p->q, l->n);
     return 0;
 }
 
-/* Publishes up to batch_keys queued records: the count published, 0 when
- * the queue is empty, -1 on error (the records stay queued). */
+/* Runs a sweep from start (NULL: the first record); whole: the sweep saw
+ * the whole queue, so the count of what stays is exact. */
+static int run_sweep(iqp_publisher *p, sweep *w, const unsigned char *start, size_t start_len, int whole) {
+    char err[512];
+    iqp_pending_lock(p->q);
+    w->b = iqp_store_batch_new(p->st);
+    int rc = iqp_store_scan_keys(p->st, NULL, IQP_CF_PENDING, start, start_len, sweep_record, w, err, sizeof err);
+    if (rc == 0 && w->deleted) rc = iqp_store_batch_commit(p->st, w->b, err, sizeof err);
+    iqp_store_batch_free(w->b);
+    if (rc == 0) {
+        if (whole) iqp_pending_set_count(p->q, w->seen - w->deleted);
+        else iqp_pending_consumed(p->q, w->deleted);
+    }
+    iqp_pending_unlock(p->q);
+    if (rc < 0) note_error(p, "%s", err);
+    return rc;
+}
+
+/* Publishes up to batch_keys queued records, from where the last round
+ * stopped (so a key that keeps changing cannot starve the others): the
+ * count published, 0 when there was nothing, -1 on error (the records
+ * stay queued). */
 static int publish_queue_round(iqp_publisher *p) {
     char err[512];
-    collect c = {.records = &p->records, .max = p->pc.batch_keys};
+    collect c = {.p = p, .max = p->pc.batch_keys};
+    int from_start = p->cursor.len == 0;
     keylist_clear(&p->records);
-    if (iqp_store_scan_keys(p->st, NULL, IQP_CF_PENDING, NULL, 0, collect_record, &c, err, sizeof err) < 0) {
+    keylist_clear(&p->dirty);
+    p->n_seqs = 0;
+    if (iqp_store_scan_keys(p->st, NULL, IQP_CF_PENDING, from_start ? NULL : p->cursor.buf, p->cursor.len,
+                            collect_record, &c, err, sizeof err) < 0) {
         note_error(p, "%s", err);
         return -1;
     }
+    int full = p->records.n >= c.max;
     set_lag(p, p->records.n ? c.oldest_ms : 0);
-    if (p->records.n == 0) return 0;
-    double t0 = (double)iqp_mono_ms();
-    keylist_clear(&p->dirty);
-    for (size_t i = 0; i < p->records.n; i++) {
-        size_t len;
-        const unsigned char *k = keylist_get(&p->records, i, &len);
-        if (len > IQP_PENDING_HEADER) keylist_push(&p->dirty, k + IQP_PENDING_HEADER, len - IQP_PENDING_HEADER);
+    if (p->records.n == 0) {
+        iqp_keybuf_truncate(&p->cursor, 0);
+        if (from_start) iqp_pending_set_count(p->q, 0);
+        return 0;
     }
+    double t0 = (double)iqp_mono_ms();
     /* the snapshot is taken after the records were read: it holds their counts */
     iqp_store_snapshot *snap = iqp_store_snapshot_new(p->st);
+    iqp_keybuf_truncate(&p->last_ctx, 0);
     int rc = publish_dirty(p, snap, &p->dirty);
     iqp_store_snapshot_free(p->st, snap);
     if (rc == 0) rc = stamp_meta(p);
-    if (rc == 0) rc = delete_records(p, &p->records);
+    size_t first_len, last_len;
+    const unsigned char *first = keylist_get(&p->records, 0, &first_len);
+    const unsigned char *last = keylist_get(&p->records, p->records.n - 1, &last_len);
+    sweep w = {.p = p, .last = full ? last : NULL, .last_len = last_len};
+    if (rc == 0) rc = run_sweep(p, &w, from_start ? NULL : first, from_start ? 0 : first_len, from_start && !full);
     if (rc < 0) return -1;
+    /* the next round starts right after the last record read, or over */
+    iqp_keybuf_truncate(&p->cursor, 0);
+    if (full) {
+        iqp_keybuf_append(&p->cursor, last, last_len);
+        iqp_keybuf_append(&p->cursor, "", 1);
+    }
     p->stats.rounds++;
     if (p->m) iqp_metrics_observe(p->m, "iqp_publish_round_seconds", NULL, ((double)iqp_mono_ms() - t0) / 1000.0);
     set_lag(p, 0);
@@ -609,13 +729,23 @@ typedef struct resync_scan {
     size_t max;
     iqp_keybuf resume;  /* where the next chunk starts */
     int more;
+    const keylist *skip; /* contexts pass: contexts the items pass wrote (key order) */
+    size_t skip_pos;
 } resync_scan;
+
+/* 1 when the context prefix key[0..len) is in rs->skip (walked in order). */
+static int skipped(resync_scan *rs, const unsigned char *key, size_t len) {
+    if (!rs->skip) return 0;
+    while (rs->skip_pos < rs->skip->n && keylist_cmp(rs->skip, rs->skip_pos, key, len) < 0) rs->skip_pos++;
+    return rs->skip_pos < rs->skip->n && keylist_cmp(rs->skip, rs->skip_pos, key, len) == 0;
+}
 
 static int collect_dirty(void *ud, const unsigned char *key, size_t klen, const char *val, size_t vlen) {
     resync_scan *rs = ud;
     (void)val, (void)vlen;
     if (klen <= IQP_BUCKET_SUFFIX_LEN) return 0;
     size_t dlen = klen - IQP_BUCKET_SUFFIX_LEN, plen;
+    if (skipped(rs, key, dlen)) return 0;
     if (rs->dirty->n) {
         const unsigned char *prev = keylist_get(rs->dirty, rs->dirty->n - 1, &plen);
         if (plen == dlen && memcmp(prev, key, dlen) == 0) return 0;
@@ -645,7 +775,7 @@ static int check_ttl_covers(iqp_publisher *p) {
 
 static int resync_cf(iqp_publisher *p, const iqp_store_snapshot *snap, iqp_cf cf) {
     char err[512];
-    resync_scan rs = {.dirty = &p->dirty, .max = p->pc.batch_keys};
+    resync_scan rs = {.dirty = &p->dirty, .max = p->pc.batch_keys, .skip = cf == IQP_CF_CONTEXTS ? &p->done_ctx : NULL};
     iqp_keybuf_init(&rs.resume);
     int rc = 0;
     do {
@@ -665,27 +795,11 @@ static int resync_cf(iqp_publisher *p, const iqp_store_snapshot *snap, iqp_cf cf
     return rc;
 }
 
-static int collect_before(void *ud, const unsigned char *key, size_t klen, const char *val, size_t vlen) {
-    collect *c = ud;
-    (void)val, (void)vlen;
-    if (iqp_pending_key_seq(key, klen) >= c->before_seq) return 1;
-    keylist_push(c->records, key, klen);
-    return c->records->n >= c->max;
-}
-
-/* Drops queue records older than seq (a resync covered them). */
+/* Drops every queue record older than seq (a resync or a refresh
+ * covered them); what a flush wrote since stays. */
 static int drop_records_before(iqp_publisher *p, uint64_t seq) {
-    char err[512];
-    collect c = {.records = &p->records, .max = p->pc.batch_keys, .before_seq = seq};
-    do {
-        keylist_clear(&p->records);
-        if (iqp_store_scan_keys(p->st, NULL, IQP_CF_PENDING, NULL, 0, collect_before, &c, err, sizeof err) < 0) {
-            note_error(p, "%s", err);
-            return -1;
-        }
-        if (p->records.n && delete_records(p, &p->records) < 0) return -1;
-    } while (p->records.n == c.max);
-    return 0;
+    sweep w = {.p = p, .before_seq = seq ? seq : 1};
+    return run_sweep(p, &w, NULL, 0, 1);
 }
 
 static int resync(iqp_publisher *p) {
@@ -693,8 +807,15 @@ static int resync(iqp_publisher *p) {
     uint64_t covered = iqp_pending_next_seq(p->q); /* records below were committed before the snapshot */
     p->resync_started_ms = iqp_mono_ms();
     iqp_store_snapshot *snap = iqp_store_snapshot_new(p->st);
-    int rc = resync_cf(p, snap, IQP_CF_CONTEXTS);
-    if (rc == 0) rc = resync_cf(p, snap, IQP_CF_COUNTS);
+    /* every context with items is written with them; then only the
+     * contexts without any, so each hash and field is written once */
+    keylist_clear(&p->done_ctx);
+    iqp_keybuf_truncate(&p->last_ctx, 0);
+    p->tracking = 1;
+    int rc = resync_cf(p, snap, IQP_CF_COUNTS);
+    p->tracking = 0;
+    if (rc == 0) rc = resync_cf(p, snap, IQP_CF_CONTEXTS);
+    keylist_free(&p->done_ctx);
     iqp_store_snapshot_free(p->st, snap);
     if (rc == 0) rc = stamp_meta(p);
     if (rc == 0) rc = drop_records_before(p, covered);
@@ -853,6 +974,8 @@ static iqp_publisher *publisher_new(iqp_store *st, iqp_pending *q, const iqp_pub
     p->layout_json = iqp_config_layout_json(p->cfg);
     snprintf(p->fingerprint, sizeof p->fingerprint, "%016llx",
              (unsigned long long)XXH3_64bits(p->layout_json, strlen(p->layout_json)));
+    iqp_keybuf_init(&p->cursor);
+    iqp_keybuf_init(&p->last_ctx);
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv, NULL);
     return p;
@@ -863,6 +986,10 @@ static void publisher_free(iqp_publisher *p) {
     drop_session(p);
     keylist_free(&p->records);
     keylist_free(&p->dirty);
+    free(p->seqs);
+    iqp_keybuf_free(&p->cursor);
+    iqp_keybuf_free(&p->last_ctx);
+    keylist_free(&p->done_ctx);
     free(p->values);
     free(p->layout_json);
     pthread_mutex_destroy(&p->mu);

@@ -67,8 +67,15 @@ typedef struct iqp_publisher_config {
 
 void iqp_publisher_config_defaults(iqp_publisher_config *pc);
 
+/* values = item_fields + context_fields: the (hash, field) pairs written,
+ * each counted once per round or full publish (a context split over
+ * several HSETs counts its context field once), so after a full publish
+ * into an empty Redis, values is the sum of HLEN over the value hashes
+ * and context_fields the number of those hashes. A key rewritten by a
+ * later round counts again. */
 typedef struct iqp_publisher_stats {
     uint64_t rounds, values, errors, resyncs, refreshes;
+    uint64_t item_fields, context_fields;
     int connected;
 } iqp_publisher_stats;
 

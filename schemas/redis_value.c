@@ -67,21 +67,28 @@ size_t iqp_rv_encode_context(const int64_t *context_count, size_t n_windows, uns
     return n;
 }
 
-int iqp_rv_decode_item(const unsigned char *in, size_t len, size_t n_windows, size_t width,
-                       int64_t *counts) {
+int iqp_rv_decode_item_sparse(const unsigned char *in, size_t len, size_t n_windows, size_t width,
+                              uint64_t *masks, int64_t *counts) {
     size_t pos = 0;
-    memset(counts, 0, n_windows * width * sizeof *counts);
     if (width > 63) return -1;
     for (size_t w = 0; w < n_windows; w++) {
         uint64_t mask, v;
         if (get_uvarint(in, len, &pos, &mask) < 0 || (mask >> width) != 0) return -1;
-        for (size_t k = 0; k < width; k++) {
-            if (!(mask & (1ull << k))) continue;
+        masks[w] = mask;
+        for (uint64_t m = mask; m; m &= m - 1) {
             if (get_uvarint(in, len, &pos, &v) < 0) return -1;
-            counts[w * width + k] = unzigzag(v);
+            counts[w * width + (size_t)__builtin_ctzll(m)] = unzigzag(v);
         }
     }
     return pos == len ? 0 : -1;
+}
+
+int iqp_rv_decode_item(const unsigned char *in, size_t len, size_t n_windows, size_t width,
+                       int64_t *counts) {
+    uint64_t masks[64];
+    memset(counts, 0, n_windows * width * sizeof *counts);
+    if (n_windows > 64) return -1;
+    return iqp_rv_decode_item_sparse(in, len, n_windows, width, masks, counts);
 }
 
 int iqp_rv_decode_context(const unsigned char *in, size_t len, size_t n_windows,

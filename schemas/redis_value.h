@@ -56,6 +56,13 @@ int iqp_rv_decode_item(const unsigned char *in, size_t len, size_t n_windows, si
 int iqp_rv_decode_context(const unsigned char *in, size_t len, size_t n_windows,
                           int64_t *context_count);
 
+/* iqp_rv_decode_item for readers that skip zeros: masks[w] gets window
+ * w's mask (bit k: counter k is non-zero) and counts[w * width + k] only
+ * the counters whose bit is set (the others are left as they are). Same
+ * refusals. */
+int iqp_rv_decode_item_sparse(const unsigned char *in, size_t len, size_t n_windows, size_t width,
+                              uint64_t *masks, int64_t *counts);
+
 /* Writes the hash key of one (feature, context) into out (NUL-terminated
  * when it fits) and returns its length; the caller retries with a larger
  * buffer when the result is >= cap. country / gender / query are used

@@ -48,7 +48,14 @@
 #include "aggregator/config.h"
 #include "aggregator/normalize.h"
 #include "client/iqp.h"
+#include "aggregator/aggregator.h"
+#include "aggregator/cells.h"
 #include "client/redis_conn.h"
+#include "publisher/pending.h"
+#include "publisher/publisher.h"
+#include "schemas/event.h"
+#include "store/store.h"
+#include "util/clock.h"
 #include "schemas/redis_value.h"
 #include "tests/oracle.h"
 #include "tests/testutil.h"
@@ -1057,12 +1064,22 @@ static int wait_pointer_gone(int db, int max_ms) {
     return 0;
 }
 
+/* A TTL long enough for a full publish on a loaded machine (the
+ * sanitizer build stretches it like Check's timeouts), short enough to
+ * wait for. */
+static int ttl_seconds(void) {
+    const char *m = getenv("CK_TIMEOUT_MULTIPLIER");
+    int k = m ? atoi(m) : 1;
+    return 10 * (k >= 1 && k <= 10 ? k : 1);
+}
+
 START_TEST(pointer_and_generation_expire_together) {
     require_setup();
-    const int db = 2;
+    const int db = 2, ttl = ttl_seconds();
     char *url = tu_fmt("redis://127.0.0.1:%d/%d", redis_port, db);
     free(db_get(db, "FLUSHDB"));
-    ck_assert(run_ok(tu_fmt("'%s' publish --store '%s' --redis %s --all --redis-ttl 3s --quiet", tu_iqp(), store, url)));
+    ck_assert(run_ok(tu_fmt("'%s' publish --store '%s' --redis %s --all --redis-ttl %ds --quiet", tu_iqp(), store,
+                            url, ttl)));
     /* publish --all hands out its generation number with INCR, as the
      * layout document says */
     char *gen = db_get(db, "GET iqp:gen"), *next = db_get(db, "GET iqp:gen:next");
@@ -1080,7 +1097,7 @@ START_TEST(pointer_and_generation_expire_together) {
     double *v = malloc(len * sizeof *v);
     ck_assert_int_eq(iqp_client_lookup(cl, c->query, c->country, c->gender, c->items, c->n_items, v, len), IQP_OK);
     /* after the TTL: no live generation, a distinct status, and the CLI says so */
-    ck_assert_msg(wait_pointer_gone(db, 10000), "iqp:gen still there 10 s after a 3 s TTL");
+    ck_assert_msg(wait_pointer_gone(db, 3000 * ttl), "iqp:gen still there %d s after a %d s TTL", 3 * ttl, ttl);
     ck_assert_int_eq(iqp_client_lookup(cl, c->query, c->country, c->gender, c->items, c->n_items, v, len),
                      IQP_NO_GENERATION);
     ck_assert_msg(strstr(iqp_client_errstr(cl), "no features published"), "%s", iqp_client_errstr(cl));
@@ -1094,8 +1111,8 @@ START_TEST(pointer_and_generation_expire_together) {
     free(out), free(cmd);
     /* a refresh: every key of the new generation, its meta and the
      * pointer share one expiry instant */
-    ck_assert(run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --redis %s --redis-ttl 30s --quiet 2>/dev/null",
-                            tu_iqp(), store, START_MS + 6LL * 3600 * 1000, url)));
+    ck_assert(run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --redis %s --redis-ttl %ds --quiet 2>/dev/null",
+                            tu_iqp(), store, START_MS + 6LL * 3600 * 1000, url, 3 * ttl)));
     free(gen), free(meta);
     gen = db_get(db, "GET iqp:gen");
     meta = tu_fmt("iqp:%s:meta", gen);
@@ -1235,6 +1252,142 @@ START_TEST(killed_refresh_leaves_nothing_half_done) {
 }
 END_TEST
 
+/* A Redis that may evict keys without a TTL is reported (README, Redis settings). */
+START_TEST(eviction_policy_is_reported) {
+    require_setup();
+    const int db = 6;
+    char *url = tu_fmt("redis://127.0.0.1:%d/%d", redis_port, db), *out = NULL;
+    free(redis_get("CONFIG SET maxmemory-policy allkeys-lru"));
+    char *cmd = tu_fmt("'%s' publish --store '%s' --redis %s --all --quiet 2>&1", tu_iqp(), store, url);
+    int rc = tu_run(cmd, &out);
+    free(redis_get("CONFIG SET maxmemory-policy noeviction"));
+    ck_assert_msg(rc == 0 && strstr(out, "maxmemory-policy allkeys-lru"), "exit %d: %s", rc, out);
+    free(out);
+    ck_assert_int_eq(tu_run(cmd, &out), 0);
+    ck_assert_msg(!strstr(out, "maxmemory-policy"), "warned under noeviction: %s", out);
+    free(db_get(db, "FLUSHDB"));
+    free(out), free(cmd), free(url);
+}
+END_TEST
+
+/* ---- summaries that add up, a queue that coalesces (issue 18, items 4 and 6) ---- */
+
+/* `iqp publish --all` into an empty Redis: the fields and hashes it
+ * reports are the fields and hashes Redis holds. */
+START_TEST(publish_summary_adds_up) {
+    require_setup();
+    const int db = 5;
+    char *url = tu_fmt("redis://127.0.0.1:%d/%d", redis_port, db), *out = NULL;
+    free(db_get(db, "FLUSHDB"));
+    char *cmd = tu_fmt("'%s' publish --store '%s' --redis %s --all 2>&1", tu_iqp(), store, url);
+    ck_assert_int_eq(tu_run(cmd, &out), 0);
+    unsigned long long fields = 0, items = 0, ctx_fields = 0, hashes = 0;
+    ck_assert_msg(sscanf(out, "iqp publish: %llu fields (%llu item fields + %llu context fields) in %llu hashes",
+                         &fields, &items, &ctx_fields, &hashes) == 4, "summary: %s", out);
+    char *held = db_get(db, "EVAL \"local n, h = 0, 0 for _, k in ipairs(redis.call('KEYS', 'iqp:*')) do "
+                            "if string.match(k, '^iqp:%d+:') and redis.call('TYPE', k).ok == 'hash' "
+                            "and not string.match(k, ':meta$') then n = n + redis.call('HLEN', k) h = h + 1 end end "
+                            "return n .. ' ' .. h\" 0");
+    unsigned long long held_fields = 0, held_hashes = 0;
+    ck_assert(sscanf(held, "%llu %llu", &held_fields, &held_hashes) == 2);
+    fprintf(stderr, "redis: publish --all reported %llu fields in %llu hashes; Redis holds %llu fields in %llu hashes\n",
+            fields, hashes, held_fields, held_hashes);
+    ck_assert_uint_eq(items + ctx_fields, fields);
+    ck_assert_uint_eq(fields, held_fields);
+    ck_assert_uint_eq(hashes, held_hashes);
+    ck_assert_uint_gt(fields, hashes);
+    free(db_get(db, "FLUSHDB"));
+    free(held), free(out), free(cmd), free(url);
+}
+END_TEST
+
+typedef struct distinct_count {
+    iqp_keybuf last;
+    uint64_t n;
+} distinct_count;
+
+/* Counts distinct keys without their bucket suffix (in key order). */
+static int count_distinct(void *ud, const unsigned char *key, size_t klen, const char *val, size_t vlen) {
+    distinct_count *d = ud;
+    (void)val, (void)vlen;
+    size_t n = klen - IQP_BUCKET_SUFFIX_LEN;
+    if (d->last.len != n || memcmp(d->last.buf, key, n) != 0) d->n++;
+    iqp_keybuf_truncate(&d->last, 0);
+    iqp_keybuf_append(&d->last, key, n);
+    return 0;
+}
+
+static uint64_t distinct_prefixes(iqp_store *st, iqp_cf cf) {
+    char err[256];
+    distinct_count d = {.n = 0};
+    iqp_keybuf_init(&d.last);
+    ck_assert_int_eq(iqp_store_scan_keys(st, NULL, cf, NULL, 0, count_distinct, &d, err, sizeof err), 0);
+    iqp_keybuf_free(&d.last);
+    return d.n;
+}
+
+/* The traffic counted in flushes of 25 events, as a stream would: the
+ * publish queue holds one record per distinct changed key, however many
+ * flushes changed it; draining it publishes what the oracle says. */
+START_TEST(publish_queue_coalesces) {
+    require_setup();
+    char err[512], *qdir = tu_fmt("%s/qstore", dir);
+    iqp_config cfg;
+    iqp_config_defaults(&cfg);
+    iqp_store *st = iqp_store_open(qdir, &cfg, IQP_STORE_READ_WRITE, err, sizeof err);
+    ck_assert_msg(st != NULL, "%s", err);
+    iqp_pending *q = iqp_pending_open(st, err, sizeof err);
+    iqp_aggregator *a = iqp_aggregator_new(st);
+    iqp_pending_attach(q, a, NULL, NULL);
+    char *text = tu_read_file(traffic, NULL);
+    uint64_t flushes = 0, events = 0;
+    for (char *line = text, *nl; (nl = strchr(line, '\n')); line = nl + 1) {
+        iqp_event ev;
+        iqp_decode_error derr;
+        if (iqp_event_decode(iqp_store_config(st), line, (size_t)(nl - line), &ev, &derr) < 0) continue;
+        iqp_aggregator_add(a, &ev, iqp_wall_ms(), err, sizeof err);
+        iqp_event_clear(&ev);
+        if (++events % 25 == 0) {
+            ck_assert_msg(iqp_aggregator_flush(a, err, sizeof err) == 0, "%s", err);
+            flushes++;
+        }
+    }
+    ck_assert_msg(iqp_aggregator_flush(a, err, sizeof err) == 0, "%s", err);
+    uint64_t records = iqp_store_count_keys(st, IQP_CF_PENDING), written = iqp_pending_count(q);
+    uint64_t ctx_keys = distinct_prefixes(st, IQP_CF_CONTEXTS), entities = distinct_prefixes(st, IQP_CF_COUNTS);
+    fprintf(stderr, "redis: %" PRIu64 " flushes wrote %" PRIu64 " queue records for %" PRIu64 " distinct keys; the "
+            "queue holds %" PRIu64 "\n", flushes, written, ctx_keys + entities, records);
+    ck_assert_uint_eq(records, ctx_keys + entities);
+    ck_assert_uint_gt(written, 2 * records); /* keys did change in many flushes */
+    /* drain it into database 5: exactly those fields, values equal the oracle */
+    const int db = 5;
+    char *url = tu_fmt("redis://127.0.0.1:%d/%d", redis_port, db);
+    free(db_get(db, "FLUSHDB"));
+    iqp_publisher_config pc;
+    iqp_publisher_config_defaults(&pc);
+    pc.url = url;
+    iqp_publisher_stats stats;
+    ck_assert_msg(iqp_publisher_run_once(st, q, &pc, 0, &stats, err, sizeof err) == 0, "%s", err);
+    ck_assert_uint_eq(iqp_store_count_keys(st, IQP_CF_PENDING), 0);
+    ck_assert_uint_eq(iqp_pending_count(q), 0);
+    ck_assert_uint_eq(stats.item_fields, entities);
+    ck_assert_uint_eq(stats.context_fields, ctx_keys);
+    ck_assert_uint_eq(stats.values, entities + ctx_keys);
+    iqp_client_options o;
+    iqp_client_options_init(&o);
+    o.timeout_ms = 2000;
+    iqp_client *cl = iqp_client_open(url, &o);
+    ck_assert_msg(iqp_client_status(cl) == IQP_OK, "%s", iqp_client_errstr(cl));
+    for (size_t ci = 0; ci < n_contexts; ci++) compare_context(cl, &contexts[ci]);
+    iqp_client_close(cl);
+    free(db_get(db, "FLUSHDB"));
+    iqp_aggregator_free(a);
+    iqp_pending_free(q);
+    iqp_store_close(st);
+    free(text), free(url), free(qdir);
+}
+END_TEST
+
 /* Bad usage of `iqp publish` exits 2 and names the problem. */
 START_TEST(publish_rejects_bad_usage) {
     static const struct {
@@ -1288,6 +1441,9 @@ int main(void) {
     tcase_add_test(srv, refresh_swaps_generations_whole);
     tcase_add_test(srv, pointer_and_generation_expire_together);
     tcase_add_test(srv, killed_refresh_leaves_nothing_half_done);
+    tcase_add_test(srv, publish_summary_adds_up);
+    tcase_add_test(srv, eviction_policy_is_reported);
+    tcase_add_test(srv, publish_queue_coalesces);
     suite_add_tcase(s, srv);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
