@@ -203,15 +203,34 @@ static void test_setup(void) {
     }
 }
 
+/* A sanitizer report in a child's log (ops/test --sanitize) is copied to
+ * this test's output, where ops/test finds it and fails the run: a child
+ * killed with SIGKILL, or one whose exit status is not checked, would
+ * otherwise hide it. */
+static void copy_sanitizer_reports(const char *log) {
+    char *text = log ? tu_read_file(log, NULL) : NULL;
+    const char *hit = NULL;
+    static const char *const marks[] = {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"};
+    for (size_t k = 0; text && k < sizeof marks / sizeof marks[0] && !hit; k++) hit = strstr(text, marks[k]);
+    if (hit) fprintf(stderr, "stream: sanitizer report in %s:\n%.4000s\n", log, hit);
+    free(text);
+}
+
 static void test_teardown(void) {
     for (int i = 0; i < MAX_STREAMS; i++) {
         if (streams[i].pid > 0) tu_stop_pid(streams[i].pid, SIGKILL, 5000);
+        copy_sanitizer_reports(streams[i].log);
         free(streams[i].store);
         free(streams[i].log);
         memset(&streams[i], 0, sizeof streams[i]);
     }
     if (producer > 0) tu_stop_pid(producer, SIGKILL, 5000);
     producer = 0;
+    if (tmp) {
+        char *log = tu_fmt("%s/produce.log", tmp);
+        copy_sanitizer_reports(log);
+        free(log);
+    }
     if (redis_pid > 0) {
         kill(redis_pid, SIGCONT);
         tu_stop_pid(redis_pid, SIGKILL, 5000);
@@ -302,18 +321,42 @@ static void kill_stream(int i) {
 
 /* ---- waiting for the stores to catch up ------------------------------------ */
 
+static int64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* Bounds of the waits below, stretched like Check's own timeouts when the
- * binaries are slow (ops/test --sanitize sets CK_TIMEOUT_MULTIPLIER). */
+ * binaries are slow (ops/test --sanitize sets CK_TIMEOUT_MULTIPLIER). The
+ * waits measure time on the clock, not by adding up their sleeps: each
+ * poll runs `iqp stats` or an HTTP request, which take seconds under ASan. */
 static int wait_limit_ms(int base_ms) {
     const char *m = getenv("CK_TIMEOUT_MULTIPLIER");
     int k = m ? atoi(m) : 1;
     return base_ms * (k >= 1 && k <= 20 ? k : 1);
 }
 
+/* Runs `iqp stats` on store: 0 with its output in *out, or 1 when the
+ * store cannot be read (yet). Anything else (a crash, a sanitizer report:
+ * LeakSanitizer exits 23) fails the test at once: polling on would only
+ * wait out every bound. */
+static int run_stats(const char *store, char **out) {
+    char *cmd = tu_fmt("'%s' stats --store '%s' 2>/dev/null", tu_iqp(), store), *report = NULL;
+    int rc = tu_run(cmd, out);
+    if (rc != 0 && rc != 1) {
+        char *again = tu_fmt("'%s' stats --store '%s' 2>&1", tu_iqp(), store);
+        tu_run(again, &report);
+        ck_abort_msg("%s exited %d:\n%.3000s", cmd, rc, report ? report : "");
+    }
+    free(cmd);
+    return rc;
+}
+
 /* Adds store's kafka_offsets into best[topic][partition] (max). */
 static void read_offsets(const char *store, int64_t best[2][8]) {
-    char *cmd = tu_fmt("'%s' stats --store '%s' 2>/dev/null", tu_iqp(), store), *out = NULL;
-    if (tu_run(cmd, &out) == 0) {
+    char *out = NULL;
+    if (run_stats(store, &out) == 0) {
         json_t *j = json_loads(out, 0, NULL), *v;
         const char *key;
         json_object_foreach(json_object_get(j, "kafka_offsets"), key, v) {
@@ -325,13 +368,12 @@ static void read_offsets(const char *store, int64_t best[2][8]) {
         json_decref(j);
     }
     free(out);
-    free(cmd);
 }
 
 /* Waits until the stores (together) have committed every produced message. */
 static void wait_caught_up(int n_stores) {
     uint64_t got[2] = {0, 0};
-    for (int waited = 0; waited < wait_limit_ms(CATCH_UP_MS); waited += 300) {
+    for (int64_t t0 = mono_ms(); mono_ms() - t0 < wait_limit_ms(CATCH_UP_MS);) {
         int64_t best[2][8] = {{0}};
         for (int i = 0; i < n_stores; i++)
             if (access(streams[i].store, F_OK) == 0) read_offsets(streams[i].store, best);
@@ -476,7 +518,7 @@ static char *fetch_metrics(int port) {
 /* Waits (bounded) until instance i owns partitions; returns its metrics. */
 static char *wait_assigned(int i) {
     static const char *const none[] = {NULL};
-    for (int waited = 0; waited < wait_limit_ms(60000); waited += 250) {
+    for (int64_t t0 = mono_ms(); mono_ms() - t0 < wait_limit_ms(60000);) {
         char *m = try_fetch_metrics(streams[i].metrics_port);
         if (m && metric_sum(m, "iqp_assigned_partitions", none) > 0) return m;
         free(m);
@@ -507,15 +549,14 @@ static void kill_redis(void) {
 
 /* One integer of `iqp stats` on a store (-1 when it cannot be read). */
 static int64_t store_stat(const char *store, const char *key) {
-    char *cmd = tu_fmt("'%s' stats --store '%s' 2>/dev/null", tu_iqp(), store), *out = NULL;
+    char *out = NULL;
     int64_t v = -1;
-    if (tu_run(cmd, &out) == 0) {
+    if (run_stats(store, &out) == 0) {
         json_t *j = json_loads(out, 0, NULL);
         if (json_is_integer(json_object_get(j, key))) v = json_integer_value(json_object_get(j, key));
         json_decref(j);
     }
     free(out);
-    free(cmd);
     return v;
 }
 
@@ -523,7 +564,7 @@ static int64_t store_stat(const char *store, const char *key) {
  * committed flushes changed is in Redis. Call after wait_caught_up. */
 static void wait_published(int i) {
     int64_t left = -1;
-    for (int waited = 0; waited < wait_limit_ms(60000); waited += 250) {
+    for (int64_t t0 = mono_ms(); mono_ms() - t0 < wait_limit_ms(60000);) {
         if ((left = store_stat(streams[i].store, "publish_pending")) == 0) return;
         usleep(250000);
     }
@@ -798,12 +839,6 @@ static int fetch_health(int port, char **body) {
     return status;
 }
 
-static int64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Waits (bounded by wait_limit_ms(base_ms), a guard against a hang) until
  * instance i's /healthz answers want with needle in its body; returns how
  * long that took in ms. */
@@ -892,7 +927,7 @@ static int64_t partition_edge(const char *topic, int from_end) {
  * up to their ends. */
 static void wait_partition_0_counted(void) {
     int64_t want[2] = {partition_edge("imp", 1), partition_edge("act", 1)}, best[2][8] = {{0}};
-    for (int waited = 0; waited < wait_limit_ms(CATCH_UP_MS); waited += 300) {
+    for (int64_t t0 = mono_ms(); mono_ms() - t0 < wait_limit_ms(CATCH_UP_MS);) {
         memset(best, 0, sizeof best);
         read_offsets(streams[0].store, best);
         if (best[0][0] == want[0] && best[1][0] == want[1]) return;
@@ -912,7 +947,7 @@ static void produce_file(const char *path) {
 /* Exit status of instance 0, which must exit by itself within the bound. */
 static int wait_stream_exit(int base_ms) {
     int status = 0;
-    for (int waited = 0; waited < wait_limit_ms(base_ms); waited += 100) {
+    for (int64_t t0 = mono_ms(); mono_ms() - t0 < wait_limit_ms(base_ms);) {
         pid_t r = waitpid(streams[0].pid, &status, WNOHANG);
         if (r == streams[0].pid) {
             streams[0].pid = 0;
