@@ -8,7 +8,7 @@
  * Config sections read here (all optional; flags win):
  *   "stream":  {"store": DIR, "impressions_topic": T, "actions_topic": T,
  *               "flush_ms": 500, "dead_letter_topic": T | "dead_letter_file": F,
- *               "checkpoint_topic": T}
+ *               "checkpoint_topic": T, "on_offset_lost": "stop" | "skip"}
  *   "kafka":   {"<librdkafka property>": value, ...}   passed through as is
  *   "metrics": {"listen": "127.0.0.1:9464"}            "off" disables
  *   "redis":   {"url": "redis://127.0.0.1:6379/0", "prefix": "iqp",
@@ -84,6 +84,11 @@ static void usage(FILE *out) {
             "  --redis-ttl DURATION     TTL every write sets, e.g. 8d (redis.ttl; default 8d)\n"
             "  --redis-refresh on|off   when windows slide, republish everything as a new\n"
             "                           generation (redis.refresh; default on)\n"
+            "  --on-offset-lost stop|skip  when a stored offset is no longer on the broker\n"
+            "                           (evicted before it was counted): stop with exit 1\n"
+            "                           (default) or skip to the earliest kept offset; both\n"
+            "                           log the lost range and count it in\n"
+            "                           iqp_kafka_offset_resets_total (stream.on_offset_lost)\n"
             "  --progress               a progress line on stderr every 2 s\n"
             "  --dry-run                connect to Kafka, Redis and the store, check topics,\n"
             "                           partitions, permissions and the store's layout, print\n"
@@ -109,6 +114,7 @@ typedef struct stream_opts {
     int64_t drain_ms;
     int64_t flush_ms, flush_events;
     int progress, dry_run;
+    int skip_lost;                        /* --on-offset-lost skip */
     const char *props[2 * MAX_PROPS + 1]; /* config's kafka section, then flags */
     size_t n_props;
     char *owned[MAX_PROPS];               /* strings made here (numbers, NAME=VALUE splits) */
@@ -148,10 +154,17 @@ static int config_string(json_t *obj, const char *key, const char **out) {
     return 0;
 }
 
+static int parse_on_offset_lost(stream_opts *o, const char *v) {
+    if (strcmp(v, "stop") != 0 && strcmp(v, "skip") != 0)
+        return iqp_cli_usage_error(CMD, "--on-offset-lost / stream.on_offset_lost must be stop or skip, not '%s'", v);
+    o->skip_lost = strcmp(v, "skip") == 0;
+    return 0;
+}
+
 static int read_stream_section(stream_opts *o, json_t *sec) {
     static const char *const known[] = {"store", "impressions_topic", "actions_topic", "flush_ms",
                                         "dead_letter_topic", "dead_letter_file", "checkpoint_topic",
-                                        NULL};
+                                        "on_offset_lost", NULL};
     const char *key;
     json_t *v;
     if (!json_is_object(sec)) return iqp_cli_usage_error(CMD, "config: \"stream\" must be an object");
@@ -165,6 +178,8 @@ static int read_stream_section(stream_opts *o, json_t *sec) {
         config_string(sec, "dead_letter_file", &o->dl_file) ||
         config_string(sec, "checkpoint_topic", &o->ckpt_topic))
         return 2;
+    const char *lost = NULL;
+    if (config_string(sec, "on_offset_lost", &lost) || (lost && parse_on_offset_lost(o, lost))) return 2;
     if ((v = json_object_get(sec, "flush_ms"))) {
         if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 3600000)
             return iqp_cli_usage_error(CMD, "config: \"stream.flush_ms\" must be an integer 1..3600000");
@@ -282,7 +297,7 @@ static int read_config_sections(stream_opts *o) {
 
 enum { OPT_IMP = 256, OPT_ACT, OPT_FLUSH_MS, OPT_FLUSH_EV, OPT_DL_TOPIC, OPT_DL_FILE, OPT_LISTEN,
        OPT_PROP, OPT_PROGRESS, OPT_BROKERS, OPT_GROUP, OPT_CKPT, OPT_REDIS, OPT_REDIS_PREFIX,
-       OPT_REDIS_TTL, OPT_REDIS_REFRESH, OPT_REDIS_URL_FILE, OPT_DRY_RUN };
+       OPT_REDIS_TTL, OPT_REDIS_REFRESH, OPT_REDIS_URL_FILE, OPT_DRY_RUN, OPT_ON_LOST };
 
 static const struct option longopts[] = {
     {"config", required_argument, 0, 'c'},           {"store", required_argument, 0, 's'},
@@ -296,6 +311,7 @@ static const struct option longopts[] = {
     {"checkpoint-topic", required_argument, 0, OPT_CKPT},
     {"redis", required_argument, 0, OPT_REDIS}, {"redis-prefix", required_argument, 0, OPT_REDIS_PREFIX},
     {"redis-ttl", required_argument, 0, OPT_REDIS_TTL}, {"redis-refresh", required_argument, 0, OPT_REDIS_REFRESH},
+    {"on-offset-lost", required_argument, 0, OPT_ON_LOST},
     {"progress", no_argument, 0, OPT_PROGRESS},      {"help", no_argument, 0, 'h'},
     {"redis-url-file", required_argument, 0, OPT_REDIS_URL_FILE},
     {"dry-run", no_argument, 0, OPT_DRY_RUN},
@@ -337,6 +353,7 @@ static int apply_flag(stream_opts *o, int c) {
     case OPT_PROP: return add_prop_arg(o, optarg);
     case OPT_PROGRESS: o->progress = 1; return 0;
     case OPT_DRY_RUN: o->dry_run = 1; return 0;
+    case OPT_ON_LOST: return parse_on_offset_lost(o, optarg);
     case OPT_CKPT: o->ckpt_topic = optarg; return 0;
     case OPT_REDIS: o->redis.url = optarg, o->redis_url_file = NULL; return 0;
     case OPT_REDIS_URL_FILE: o->redis_url_file = optarg, o->redis.url = NULL; return 0;
@@ -369,6 +386,11 @@ static int validate_props(const stream_opts *o) {
             strcmp(value, "false") != 0)
             rc = iqp_cli_usage_error(CMD, "kafka property %s must stay false: iqp stream commits "
                                           "offsets itself, with the counts", name);
+        else if (!strcmp(name, "auto.offset.reset") && strcmp(value, "earliest") && strcmp(value, "smallest") &&
+                 strcmp(value, "beginning") && strcmp(value, "latest") && strcmp(value, "largest") &&
+                 strcmp(value, "end") && strcmp(value, "error"))
+            rc = iqp_cli_usage_error(CMD, "kafka property auto.offset.reset=%s: want earliest, latest or error",
+                                     value);
         else if (rd_kafka_conf_set(conf, name, value, kerr, sizeof kerr) != RD_KAFKA_CONF_OK)
             rc = iqp_cli_usage_error(CMD, "kafka property %s=%s: %s", name, value, kerr);
     }
@@ -551,6 +573,9 @@ static int open_parts(const stream_opts *o, iqp_config *cfg, stream_parts *p) {
         return iqp_cli_fail(CMD, "%s", err);
     if (!(p->dl = open_dead_letter(o, err, sizeof err))) return iqp_cli_fail(CMD, "dead-letter sink: %s", err);
     p->m = iqp_metrics_new();
+    /* /healthz says 503 until the stream loop sees a broker up (the start
+     * can wait up to 30 s on the checkpoint topic) */
+    iqp_metrics_set_part(p->m, "kafka", 0, "starting: no broker connected yet", 0);
     const char *listen = o->listen ? o->listen : "127.0.0.1:9464";
     if (strcmp(listen, "off") != 0) {
         if (!(p->srv = iqp_metrics_serve(p->m, listen, err, sizeof err)))
@@ -561,7 +586,7 @@ static int open_parts(const stream_opts *o, iqp_config *cfg, stream_parts *p) {
     if (open_checkpoints(o, &p->ckpt, err, sizeof err) < 0) return iqp_cli_fail(CMD, "%s", err);
     p->sd.watchdog_ms = iqp_sd_watchdog_ms();
     iqp_stream_options so = {o->imp_topic, o->act_topic, o->flush_ms, o->props, p->dl, p->m,
-                             p->ckpt, o->progress, on_tick, &p->sd};
+                             p->ckpt, o->progress, on_tick, &p->sd, o->redis.url != NULL, o->skip_lost};
     if (!(p->s = iqp_stream_new(p->st, &so, err, sizeof err))) return iqp_cli_fail(CMD, "%s", err);
     return open_publisher(o, p);
 }

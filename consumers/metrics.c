@@ -62,6 +62,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define uthash_fatal(msg) abort()
@@ -139,17 +140,25 @@ typedef struct family {
     UT_hash_handle hh;
 } family;
 
+/* One part of the health /healthz reports (see metrics.h). */
+typedef struct health_part {
+    char name[IQP_HEALTH_NAME_MAX];
+    int ok;
+    char *reason;       /* NULL while ok */
+    int64_t stale_ms;   /* > 0: unhealthy when not set again within this */
+    int64_t set_at_ms;  /* monotonic */
+} health_part;
+
 struct iqp_metrics {
     pthread_mutex_t mu;
     family *families; /* uthash head; iteration = declaration order */
-    int healthy;
-    char *reason; /* NULL while healthy */
+    health_part health[IQP_HEALTH_MAX_PARTS];
+    size_t n_health;
 };
 
 iqp_metrics *iqp_metrics_new(void) {
     iqp_metrics *m = xcalloc(1, sizeof *m);
     pthread_mutex_init(&m->mu, NULL);
-    m->healthy = 1;
     return m;
 }
 
@@ -178,7 +187,7 @@ void iqp_metrics_free(iqp_metrics *m) {
         HASH_DEL(m->families, f);
         family_free(f);
     }
-    free(m->reason);
+    for (size_t i = 0; i < m->n_health; i++) free(m->health[i].reason);
     pthread_mutex_destroy(&m->mu);
     free(m);
 }
@@ -316,12 +325,74 @@ double iqp_metrics_value(iqp_metrics *m, const char *name, const char *labels) {
     return v;
 }
 
-void iqp_metrics_set_health(iqp_metrics *m, int ok, const char *reason) {
+/* ---------------------------------------------------------------------------
+ * Health: named parts, all of which must be ok. A part may go stale: its
+ * owner must set it again within stale_ms, or it reads unhealthy (an owner
+ * stuck in a blocking call cannot vouch for what it watches).
+ * ------------------------------------------------------------------------- */
+
+static int64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void iqp_metrics_set_part(iqp_metrics *m, const char *part, int ok, const char *reason, int64_t stale_ms) {
+    if (!part) part = "";
     pthread_mutex_lock(&m->mu);
-    free(m->reason);
-    m->healthy = ok != 0;
-    m->reason = ok ? NULL : xstrdup(reason && *reason ? reason : "unhealthy");
+    size_t i = 0;
+    while (i < m->n_health && strncmp(m->health[i].name, part, IQP_HEALTH_NAME_MAX - 1) != 0) i++;
+    if (i == m->n_health && i < IQP_HEALTH_MAX_PARTS) {
+        snprintf(m->health[i].name, sizeof m->health[i].name, "%s", part);
+        m->n_health++;
+    }
+    if (i < m->n_health) {
+        health_part *h = &m->health[i];
+        free(h->reason);
+        h->ok = ok != 0;
+        h->reason = ok ? NULL : xstrdup(reason && *reason ? reason : "unhealthy");
+        h->stale_ms = stale_ms > 0 ? stale_ms : 0;
+        h->set_at_ms = mono_ms();
+    }
     pthread_mutex_unlock(&m->mu);
+}
+
+void iqp_metrics_set_health(iqp_metrics *m, int ok, const char *reason) {
+    iqp_metrics_set_part(m, "", ok, reason, 0);
+}
+
+/* Appends one failed part ("name: reason", or the reason alone for the
+ * unnamed part) to b, "; "-separated. Caller holds the mutex. */
+static void sb_failed_part(strbuf *b, const health_part *h, int64_t now) {
+    char stale[96];
+    const char *why = h->reason;
+    if (h->stale_ms && now - h->set_at_ms > h->stale_ms) {
+        snprintf(stale, sizeof stale, "no update for %.1f s (its owner is blocked)",
+                 (double)(now - h->set_at_ms) / 1000);
+        why = stale;
+    } else if (h->ok) {
+        return;
+    }
+    if (b->len) sb_puts(b, "; ");
+    if (h->name[0]) {
+        sb_puts(b, h->name);
+        sb_puts(b, ": ");
+    }
+    sb_puts(b, why);
+}
+
+int iqp_metrics_healthy(iqp_metrics *m, char *reason, size_t len) {
+    strbuf b = {0};
+    sb_reserve(&b, 0);
+    b.p[0] = '\0';
+    pthread_mutex_lock(&m->mu);
+    int64_t now = mono_ms();
+    for (size_t i = 0; i < m->n_health; i++) sb_failed_part(&b, &m->health[i], now);
+    pthread_mutex_unlock(&m->mu);
+    int ok = b.len == 0;
+    if (reason && len) snprintf(reason, len, "%s", ok ? "ok" : b.p);
+    free(b.p);
+    return ok;
 }
 
 /* ---------------------------------------------------------------------------
@@ -492,13 +563,12 @@ static mhd_result reply(struct MHD_Connection *c, unsigned status, char *body, c
     return ret;
 }
 
-/* "ok\n" or the reason and "\n"; *status set to 200 or 503. */
+/* "ok\n" or the reasons and "\n"; *status set to 200 or 503. */
 static char *health_body(iqp_metrics *m, unsigned *status) {
-    pthread_mutex_lock(&m->mu);
-    int ok = m->healthy;
-    char *body = ok ? xstrdup("ok\n") : xmalloc(strlen(m->reason) + 2);
-    if (!ok) sprintf(body, "%s\n", m->reason);
-    pthread_mutex_unlock(&m->mu);
+    char reason[2048];
+    int ok = iqp_metrics_healthy(m, reason, sizeof reason);
+    char *body = xmalloc(strlen(reason) + 2);
+    sprintf(body, "%s\n", reason);
     *status = ok ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE;
     return body;
 }

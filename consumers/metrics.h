@@ -4,9 +4,10 @@
  * Owns: a registry of named metric families (counter, gauge, histogram),
  * each with a help text and, for histograms, fixed bucket bounds; the
  * series of each family, keyed by a label string; rendering the registry
- * in the Prometheus text exposition format (version 0.0.4); an HTTP server
- * answering GET /metrics (that text) and GET /healthz (200 "ok\n" while
- * healthy, 503 with the reason otherwise; anything else 404).
+ * in the Prometheus text exposition format (version 0.0.4); the health
+ * state (named parts, see iqp_metrics_set_part); an HTTP server answering
+ * GET /metrics (that text) and GET /healthz (200 "ok\n" while healthy,
+ * 503 with the reasons otherwise; anything else 404).
  *
  * May not touch: what is measured (callers update the values), Kafka, the
  * store. Updates and renders may come from different threads: every call
@@ -61,9 +62,23 @@ double iqp_metrics_value(iqp_metrics *m, const char *name, const char *labels);
  * TYPE lines. Integral values up to 2^53 print without exponent. */
 char *iqp_metrics_render(iqp_metrics *m);
 
-/* Health shown by /healthz: ok = 1 healthy, 0 unhealthy with reason
- * (copied; NULL or "" reads "unhealthy"). A new registry is healthy. */
+/* Health shown by /healthz is made of named parts (e.g. "kafka", "redis",
+ * "stream"), each ok or not with a reason; healthy when every part is ok.
+ * A new registry has no parts: healthy.
+ *
+ * set_part: sets (or adds, up to IQP_HEALTH_MAX_PARTS) part: ok = 1
+ * healthy, 0 unhealthy with reason (copied; NULL or "" reads "unhealthy").
+ * stale_ms > 0 makes the part unhealthy ("no update for N s") when it is
+ * not set again within stale_ms: a part whose owner stops reporting (a
+ * loop stuck in a blocking call) does not stay green.
+ * set_health: the unnamed part, never stale.
+ * healthy: 1 when every part is ok (reason "ok"), else 0 with the failed
+ * parts in reason as "name: reason; name: reason" (the /healthz body). */
+#define IQP_HEALTH_MAX_PARTS 8
+#define IQP_HEALTH_NAME_MAX 32
+void iqp_metrics_set_part(iqp_metrics *m, const char *part, int ok, const char *reason, int64_t stale_ms);
 void iqp_metrics_set_health(iqp_metrics *m, int ok, const char *reason);
+int iqp_metrics_healthy(iqp_metrics *m, char *reason, size_t len);
 
 /* Escapes a label value for use inside double quotes (\\, \", \n):
  * writes at most outlen bytes including the NUL, truncating. */

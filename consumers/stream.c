@@ -29,6 +29,20 @@
  * partition to the right start. Both the eager and the cooperative
  * protocol are handled.
  *
+ * Health (/healthz). Two parts, renewed by the loop every HEALTH_EVERY_MS
+ * and stale (unhealthy) when the loop has not renewed them for
+ * HEALTH_STALE_MS, i.e. when it is stuck in a blocking call:
+ *   kafka  ok while at least one real broker connection is UP, from
+ *          librdkafka's statistics (statistics.interval.ms, default here
+ *          1000) and at once on RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN;
+ *          "no broker connected" from the start until the first is up;
+ *   redis  (when publishing) ok while the publisher holds a working
+ *          connection (its iqp_redis_connected gauge, which it checks on
+ *          every round and lease renewal, every 5 s at most).
+ * A fatal failure (store or dead-letter write) sets a third part, stream,
+ * for good. So /healthz turns 503 within about 2 s of the last broker
+ * going down (5 s stated), and 200 again within 2 s of one coming back.
+ *
  * Latency. Each counted event's Kafka timestamp (producer create time) is
  * kept until its flush commits; the difference to the commit time goes
  * into a 1 ms-resolution histogram (p50/p99 for the summary) and into the
@@ -58,6 +72,8 @@
 #define DL_FLUSH_TIMEOUT_MS 30000
 #define STORE_SIZE_EVERY_MS 5000
 #define META_PREFIX "src/kafka/"
+#define HEALTH_EVERY_MS 250
+#define HEALTH_STALE_MS 10000
 
 enum { TOPIC_IMPRESSIONS = 0, TOPIC_ACTIONS = 1, N_TOPICS = 2 };
 
@@ -97,6 +113,15 @@ struct iqp_stream {
     uint64_t lat_hist[LAT_BINS];
     uint64_t bytes_reported;
     int64_t last_flush_ms, last_store_size_ms, last_progress_ms;
+    /* health (see "Health" at the top) */
+    int watch_redis;
+    int have_broker_stats;      /* a statistics report arrived */
+    int brokers_up, brokers_known;
+    int64_t last_health_ms;
+    /* where partitions start without a stored offset (the user's
+     * auto.offset.reset; librdkafka's own is always "error") */
+    int64_t new_start;          /* RD_KAFKA_OFFSET_BEGINNING, _END, or _INVALID for error */
+    int skip_lost;              /* a stored offset out of range: skip to the earliest (else stop) */
 };
 
 static volatile sig_atomic_t stop_requested;
@@ -142,6 +167,12 @@ static void declare_metrics(iqp_metrics *m) {
                         "Partition assignments and revocations.", NULL, 0);
     iqp_metrics_declare(m, "iqp_assigned_partitions", IQP_METRIC_GAUGE,
                         "Partitions this instance owns.", NULL, 0);
+    iqp_metrics_declare(m, "iqp_kafka_offset_resets_total", IQP_METRIC_COUNTER,
+                        "Partitions whose position was no longer on the broker (offset out of range: "
+                        "the broker evicted events before they were counted).", NULL, 0);
+    iqp_metrics_declare(m, "iqp_kafka_brokers_up", IQP_METRIC_GAUGE,
+                        "Broker connections in state UP (librdkafka statistics); /healthz is 503 at 0.",
+                        NULL, 0);
 }
 
 static void count_event(iqp_stream *s, int topic, const char *outcome) {
@@ -291,7 +322,7 @@ static void observe_flush(iqp_stream *s, int64_t started, int64_t done) {
 static void fail(iqp_stream *s, const char *what, const char *why) {
     s->fatal = 1;
     snprintf(s->fatal_msg, sizeof s->fatal_msg, "%s: %s", what, why);
-    if (s->m) iqp_metrics_set_health(s->m, 0, s->fatal_msg);
+    if (s->m) iqp_metrics_set_part(s->m, "stream", 0, s->fatal_msg, 0);
 }
 
 /* Writes the micro-batch and its offsets, then publishes the offsets,
@@ -371,7 +402,7 @@ static int plan_assignment(iqp_stream *s, rd_kafka_topic_partition_list_t *parts
             tp->offset = mine >= 0 ? mine : RD_KAFKA_OFFSET_BEGINNING;
             p->restore_until = group;
         } else {
-            tp->offset = mine >= 0 ? mine : RD_KAFKA_OFFSET_INVALID;
+            tp->offset = mine >= 0 ? mine : s->new_start;
         }
     }
     free(published);
@@ -429,11 +460,61 @@ static void offset_commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         count_commit_failure(opaque, "offset commit", rd_kafka_err2str(err));
 }
 
+/* ---- health ---------------------------------------------------------------- */
+
+static void update_health(iqp_stream *s) {
+    char why[128];
+    if (!s->m) return;
+    s->last_health_ms = iqp_mono_ms();
+    if (s->brokers_up > 0) {
+        iqp_metrics_set_part(s->m, "kafka", 1, NULL, HEALTH_STALE_MS);
+    } else {
+        if (s->have_broker_stats)
+            snprintf(why, sizeof why, "no broker connected (%d known, none up)", s->brokers_known);
+        else
+            snprintf(why, sizeof why, "no broker connected yet");
+        iqp_metrics_set_part(s->m, "kafka", 0, why, HEALTH_STALE_MS);
+    }
+    if (s->watch_redis) {
+        int up = iqp_metrics_value(s->m, "iqp_redis_connected", "") == 1;
+        iqp_metrics_set_part(s->m, "redis", up, "not connected (changes stay queued in the store)",
+                             HEALTH_STALE_MS);
+    }
+}
+
+/* librdkafka's statistics (served by consumer_poll): how many real broker
+ * connections (not the internal or logical ones) are UP. */
+static int stats_cb(rd_kafka_t *rk, char *json, size_t json_len, void *opaque) {
+    iqp_stream *s = opaque;
+    (void)rk;
+    json_t *root = json_loadb(json, json_len, 0, NULL), *b;
+    const char *name;
+    int up = 0, known = 0;
+    json_object_foreach(json_object_get(root, "brokers"), name, b) {
+        const char *source = json_string_value(json_object_get(b, "source"));
+        const char *state = json_string_value(json_object_get(b, "state"));
+        if (source && (!strcmp(source, "internal") || !strcmp(source, "logical"))) continue;
+        known++;
+        up += state && strcmp(state, "UP") == 0;
+    }
+    if (root) {
+        s->have_broker_stats = 1;
+        s->brokers_up = up;
+        s->brokers_known = known;
+        if (s->m) iqp_metrics_set(s->m, "iqp_kafka_brokers_up", "", up);
+        update_health(s);
+    }
+    json_decref(root);
+    return 0; /* librdkafka frees json */
+}
+
 static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque) {
     iqp_stream *s = opaque;
     (void)rk;
-    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN && s->m)
-        iqp_metrics_set_health(s->m, 0, "all brokers down");
+    if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
+        s->brokers_up = 0;
+        update_health(s);
+    }
     if (err == RD_KAFKA_RESP_ERR__FATAL) fail(s, "kafka", reason);
 }
 
@@ -498,11 +579,66 @@ static int aggregate(iqp_stream *s, int topic, const rd_kafka_message_t *msg, co
     }
 }
 
+/* Lost events: a partition's position is no longer on the broker (the
+ * broker evicted events before they were counted). Counted in
+ * iqp_kafka_offset_resets_total{topic,partition} and logged with the lost
+ * range, always. Then, by default, the stream stops (exit 1, nothing
+ * skipped): librdkafka's own auto.offset.reset is "error", and its
+ * RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET comes here (offset_lost). With
+ * skip_lost, librdkafka's reset is "earliest" and the jump shows as a gap:
+ * a message whose offset is past the partition's next offset while that
+ * next offset is no longer on the broker (skipped_range). A gap that the
+ * broker still holds (transaction markers, compaction) is not a loss. */
+static void report_lost(iqp_stream *s, int t, int32_t partition, int64_t from, int64_t to, int64_t lo,
+                        int64_t hi) {
+    char labels[300];
+    if (s->m) {
+        snprintf(labels, sizeof labels, "topic=\"%s\",partition=\"%d\"", s->topic_labels[t], (int)partition);
+        iqp_metrics_add(s->m, "iqp_kafka_offset_resets_total", labels, 1);
+    }
+    fprintf(stderr, "iqp stream: %s/%d: offset %lld is no longer on the broker (it keeps %lld..%lld): the "
+                    "events at offsets %lld..%lld were never counted and are lost%s\n",
+            s->topics[t], (int)partition, (long long)from, (long long)lo, (long long)hi - 1, (long long)from,
+            (long long)to, s->skip_lost ? " (stream.on_offset_lost skip: going on)" : "");
+}
+
+static void offset_lost(iqp_stream *s, const rd_kafka_message_t *msg) {
+    const char *topic = rd_kafka_topic_name(msg->rkt);
+    int t = topic_index(s, topic);
+    part_state *p = t < 0 ? NULL : find_part(s, t, msg->partition);
+    int64_t from = p && p->next_offset >= 0 ? p->next_offset : msg->offset, lo = -1, hi = -1;
+    char why[600];
+    if (!p) return; /* released meanwhile */
+    if (p->next_offset < 0 && p->restore_until < 0 && msg->offset < 0) {
+        snprintf(why, sizeof why, "%s/%d has no stored offset and auto.offset.reset is error", topic,
+                 (int)msg->partition);
+        return fail(s, "kafka", why);
+    }
+    rd_kafka_query_watermark_offsets(s->rk, topic, msg->partition, &lo, &hi, 5000);
+    report_lost(s, t, msg->partition, from, lo - 1, lo, hi);
+    snprintf(why, sizeof why, "%s/%d: offset %lld is no longer on the broker (events %lld..%lld are lost); "
+                              "stopping (stream.on_offset_lost \"skip\" would go on from offset %lld)",
+             topic, (int)msg->partition, (long long)from, (long long)from, (long long)lo - 1, (long long)lo);
+    fail(s, "kafka", why);
+}
+
+/* skip_lost: msg jumps past p's next offset; a loss when the broker no
+ * longer holds that offset. */
+static void skipped_range(iqp_stream *s, int t, const part_state *p, const rd_kafka_message_t *msg) {
+    int64_t lo = -1, hi = -1;
+    if (p->next_offset < 0 || msg->offset <= p->next_offset) return;
+    if (rd_kafka_query_watermark_offsets(s->rk, s->topics[t], p->partition, &lo, &hi, 5000) != 0 ||
+        p->next_offset >= lo)
+        return;
+    report_lost(s, t, p->partition, p->next_offset, msg->offset - 1, lo, hi);
+}
+
 static int handle_message(iqp_stream *s, const rd_kafka_message_t *msg) {
     int topic = topic_index(s, rd_kafka_topic_name(msg->rkt));
     part_state *p = topic < 0 ? NULL : find_part(s, topic, msg->partition);
     if (!p) return 0; /* a straggler of a partition just released */
     int restoring = p->restore_until >= 0 && msg->offset < p->restore_until;
+    if (s->skip_lost) skipped_range(s, topic, p, msg);
     iqp_event ev;
     iqp_decode_error derr;
     int rc = 0;
@@ -524,6 +660,7 @@ static int handle_message(iqp_stream *s, const rd_kafka_message_t *msg) {
 
 static void handle_error(iqp_stream *s, const rd_kafka_message_t *msg) {
     if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) return;
+    if (msg->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET && msg->rkt) return offset_lost(s, msg);
     fprintf(stderr, "iqp stream: kafka: %s\n", rd_kafka_message_errstr(msg));
     if (msg->err == RD_KAFKA_RESP_ERR__FATAL) fail(s, "kafka", rd_kafka_message_errstr(msg));
 }
@@ -559,12 +696,34 @@ static void periodic(iqp_stream *s, int64_t now) {
 
 static const char *const default_props[] = {
     "group.id", "iqp-stream",          "auto.offset.reset", "earliest",
-    "enable.partition.eof", "false",   NULL};
+    "enable.partition.eof", "false",   "statistics.interval.ms", "1000",
+    /* as the Java client: retry a lost broker every second at most, so
+     * counting (and /healthz) recover within seconds of an outage */
+    "reconnect.backoff.max.ms", "1000", NULL};
 static const char *const forced_props[] = {
     "enable.auto.commit", "false", "enable.auto.offset.store", "false", NULL};
 
 const char *const *iqp_stream_kafka_defaults(void) { return default_props; }
 const char *const *iqp_stream_kafka_forced(void) { return forced_props; }
+
+/* The user's auto.offset.reset (the last one given; default earliest)
+ * decides where a partition without any stored offset starts; librdkafka's
+ * own is set apart ("error", or "earliest" with skip_lost: see "Lost
+ * events") so that a stored offset out of range is never skipped silently. */
+static int new_partition_start(const char *const *kv, int64_t *start, char *err, size_t errlen) {
+    const char *v = "earliest";
+    for (; kv && kv[0] && kv[1]; kv += 2)
+        if (strcmp(kv[0], "auto.offset.reset") == 0) v = kv[1];
+    if (!strcmp(v, "earliest") || !strcmp(v, "smallest") || !strcmp(v, "beginning"))
+        *start = RD_KAFKA_OFFSET_BEGINNING;
+    else if (!strcmp(v, "latest") || !strcmp(v, "largest") || !strcmp(v, "end"))
+        *start = RD_KAFKA_OFFSET_END;
+    else if (!strcmp(v, "error"))
+        *start = RD_KAFKA_OFFSET_INVALID;
+    else
+        return snprintf(err, errlen, "kafka property auto.offset.reset=%s: want earliest, latest or error", v), -1;
+    return 0;
+}
 
 static int set_props(rd_kafka_conf_t *conf, const char *const *kv, char *err, size_t errlen) {
     char kerr[256];
@@ -591,17 +750,21 @@ static int check_user_props(const char *const *kv, char *err, size_t errlen) {
 static rd_kafka_t *create_consumer(iqp_stream *s, const iqp_stream_options *o, char *err,
                                    size_t errlen) {
     char kerr[512];
-    if (check_user_props(o->kafka_props, err, errlen) < 0) return NULL;
+    if (check_user_props(o->kafka_props, err, errlen) < 0 ||
+        new_partition_start(o->kafka_props, &s->new_start, err, errlen) < 0)
+        return NULL;
+    const char *const reset[] = {"auto.offset.reset", o->skip_lost_offsets ? "earliest" : "error", NULL};
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     if (set_props(conf, default_props, err, errlen) < 0 ||
         set_props(conf, o->kafka_props, err, errlen) < 0 ||
-        set_props(conf, forced_props, err, errlen) < 0) {
+        set_props(conf, forced_props, err, errlen) < 0 || set_props(conf, reset, err, errlen) < 0) {
         rd_kafka_conf_destroy(conf);
         return NULL;
     }
     rd_kafka_conf_set_opaque(conf, s);
     rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
     rd_kafka_conf_set_error_cb(conf, error_cb);
+    rd_kafka_conf_set_stats_cb(conf, stats_cb);
     rd_kafka_conf_set_offset_commit_cb(conf, offset_commit_cb);
     rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof kerr);
     if (!rk) {
@@ -661,7 +824,9 @@ iqp_stream *iqp_stream_new(iqp_store *st, const iqp_stream_options *o, char *err
         iqp_stream_free(s);
         return NULL;
     }
-    if (s->m) iqp_metrics_set_health(s->m, 1, NULL);
+    s->watch_redis = o->watch_redis;
+    s->skip_lost = o->skip_lost_offsets;
+    update_health(s);
     return s;
 }
 
@@ -688,10 +853,11 @@ int iqp_stream_run(iqp_stream *s, char *err, size_t errlen) {
         rd_kafka_message_t *msg = rd_kafka_consumer_poll(s->rk, (int)poll_timeout(s, now));
         if (msg) {
             if (msg->err) handle_error(s, msg);
-            else if (handle_message(s, msg) == 0 && s->m) iqp_metrics_set_health(s->m, 1, NULL);
+            else handle_message(s, msg);
             rd_kafka_message_destroy(msg);
         }
         now = iqp_mono_ms();
+        if (now - s->last_health_ms >= HEALTH_EVERY_MS) update_health(s);
         if (iqp_aggregator_should_flush(s->agg) || now - s->last_flush_ms >= s->flush_ms) {
             stream_flush(s, PUBLISH_MS);
             periodic(s, now);

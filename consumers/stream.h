@@ -22,7 +22,11 @@
  *     checkpoint is further (another instance counted
  *     the span in between), the span is read again in restore mode:
  *     markers only, no counts, so repeats of events counted elsewhere stay
- *     duplicates; with neither, auto.offset.reset decides;
+ *     duplicates; with neither, auto.offset.reset decides (earliest,
+ *     latest or error; librdkafka's own reset is always "error");
+ *   - a stored offset the broker no longer keeps stops the stream (or,
+ *     with skip_lost_offsets, skips to the earliest kept offset), always
+ *     counted in iqp_kafka_offset_resets_total and logged with the range;
  *   - dead letters are made durable (iqp_deadletter_flush) before the
  *     offsets that produced them are written.
  */
@@ -56,6 +60,12 @@ typedef struct iqp_stream_options {
      * May be NULL. */
     void (*on_tick)(void *arg, int stopping);
     void *tick_arg;
+    int watch_redis;               /* /healthz follows the publisher's iqp_redis_connected */
+    /* A stored offset the broker no longer has (out of range): counted in
+     * iqp_kafka_offset_resets_total and logged with the lost range, then
+     * 0: stop (iqp_stream_run fails, nothing skipped), 1: go on from the
+     * earliest offset the broker keeps. */
+    int skip_lost_offsets;
 } iqp_stream_options;
 
 typedef struct iqp_stream_stats {

@@ -594,6 +594,38 @@ START_TEST(listen_addresses_are_classified_loopback_or_not) {
 }
 END_TEST
 
+/* Health is every part's: the body names each failed part; a part that is
+ * not renewed within its stale_ms turns unhealthy by itself. */
+START_TEST(health_parts_combine_and_go_stale) {
+    iqp_metrics *m = iqp_metrics_new();
+    char why[256];
+    ck_assert_int_eq(iqp_metrics_healthy(m, why, sizeof why), 1);
+    ck_assert_str_eq(why, "ok");
+    iqp_metrics_set_part(m, "kafka", 0, "no broker connected", 0);
+    iqp_metrics_set_part(m, "redis", 0, "not connected", 0);
+    ck_assert_int_eq(iqp_metrics_healthy(m, why, sizeof why), 0);
+    ck_assert_str_eq(why, "kafka: no broker connected; redis: not connected");
+    iqp_metrics_set_part(m, "kafka", 1, NULL, 0);
+    ck_assert_int_eq(iqp_metrics_healthy(m, why, sizeof why), 0);
+    ck_assert_str_eq(why, "redis: not connected");
+    iqp_metrics_set_part(m, "redis", 1, "ignored when ok", 0);
+    ck_assert_int_eq(iqp_metrics_healthy(m, why, sizeof why), 1);
+    /* stale: ok now, unhealthy once 100 ms pass without a renewal */
+    iqp_metrics_set_part(m, "loop", 1, NULL, 100);
+    ck_assert_int_eq(iqp_metrics_healthy(m, NULL, 0), 1);
+    int stale = 0;
+    for (int waited = 0; waited < 5000 && !stale; waited += 20) {
+        usleep(20000);
+        stale = !iqp_metrics_healthy(m, why, sizeof why);
+    }
+    ck_assert_msg(stale, "a part not renewed for 5 s is still healthy");
+    ck_assert_msg(strncmp(why, "loop: no update for ", 20) == 0, "%s", why);
+    iqp_metrics_set_part(m, "loop", 1, NULL, 100);
+    ck_assert_int_eq(iqp_metrics_healthy(m, NULL, 0), 1);
+    iqp_metrics_free(m);
+}
+END_TEST
+
 /* ---- slow clients ------------------------------------------------------------ */
 
 /* Bounds of the waits below, stretched when the binaries are slow
@@ -778,6 +810,7 @@ int main(void) {
     tcase_add_test(reg, updates_to_undeclared_or_mistyped_families_are_ignored);
     tcase_add_test(reg, label_values_are_escaped_and_truncated_whole);
     tcase_add_test(reg, two_writer_threads_count_exactly);
+    tcase_add_test(reg, health_parts_combine_and_go_stale);
     suite_add_tcase(s, reg);
     TCase *http = tcase_create("http");
     tcase_set_timeout(http, 60);
