@@ -169,8 +169,8 @@ int fuzz_logfile_one(const uint8_t *data, size_t size) {
     size_t max_line = data[1];
     buf text = {0}, file = {0};
     if (filler && format != 0) {
-        size_t n = CHUNK - 1 - (size - 2) / 2;
-        unsigned char *x = malloc(n);
+        size_t half = (size - 2) / 2, n = half < CHUNK - 1 ? CHUNK - 1 - half : 0;
+        unsigned char *x = malloc(n + 1);
         if (!x) abort();
         memset(x, 'x', n);
         put(&text, x, n);
