@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #include "client/iqp.h"
+#include "fuzz/fuzz.h"
 
 #define CHECK(cond)                                                           \
     do {                                                                      \
@@ -61,9 +62,8 @@ static void remove_socket(void) {
     if (url[0]) unlink(url + strlen("unix://"));
 }
 
-int LLVMFuzzerInitialize(int *argc, char ***argv) {
-    (void)argc;
-    (void)argv;
+int fuzz_client_init(void) {
+    if (listen_fd >= 0) return 0; /* already listening */
     signal(SIGPIPE, SIG_IGN); /* the fake server hangs up on the client */
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
@@ -158,7 +158,7 @@ static void lookup(iqp_client *c, const char *query, const char *country, const 
     free(out);
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+int fuzz_client_one(const uint8_t *data, size_t size) {
     server s = {.data = data, .size = size};
     pthread_t th;
     if (pipe2(s.stop, O_CLOEXEC) != 0) abort();
@@ -185,3 +185,5 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     close(s.stop[1]);
     return 0;
 }
+
+IQP_FUZZ_ENTRY(fuzz_client_init, fuzz_client_one)

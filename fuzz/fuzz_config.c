@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "aggregator/config.h"
+#include "fuzz/fuzz.h"
 
 #define CHECK(cond)                                                           \
     do {                                                                      \
@@ -60,7 +61,9 @@ static void check_layout_roundtrip(const iqp_config *cfg) {
     free(layout);
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+int fuzz_config_init(void) { return 0; }
+
+int fuzz_config_one(const uint8_t *data, size_t size) {
     char *text = malloc(size + 1);
     if (!text) return 0;
     memcpy(text, data, size);
@@ -89,3 +92,5 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     free(text);
     return 0;
 }
+
+IQP_FUZZ_ENTRY(fuzz_config_init, fuzz_config_one)

@@ -26,12 +26,11 @@
 #include "aggregator/config.h"
 #include "aggregator/normalize.h"
 #include "schemas/event.h"
+#include "fuzz/fuzz.h"
 
 static iqp_config default_cfg, tight_cfg;
 
-int LLVMFuzzerInitialize(int *argc, char ***argv) {
-    (void)argc;
-    (void)argv;
+int fuzz_event_init(void) {
     char err[256];
     iqp_config_defaults(&default_cfg);
     iqp_config_defaults(&tight_cfg);
@@ -97,7 +96,7 @@ static void decode_once(const iqp_config *cfg, const char *buf, size_t len) {
     CHECK(strlen(msg) < sizeof msg);
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+int fuzz_event_one(const uint8_t *data, size_t size) {
     const char *buf = (const char *)data;
     decode_once(&default_cfg, buf, size);
     decode_once(&tight_cfg, buf, size);
@@ -114,3 +113,5 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     CHECK(iqp_normalize_gender(buf, size) <= IQP_GENDER_MALE);
     return 0;
 }
+
+IQP_FUZZ_ENTRY(fuzz_event_init, fuzz_event_one)

@@ -34,6 +34,7 @@
 #include <zstd.h>
 
 #include "consumers/logfile.h"
+#include "fuzz/fuzz.h"
 
 #define CHUNK (1u << 20) /* the reader's refill size, see logfile.c */
 
@@ -160,14 +161,16 @@ static int has_magic(const buf *file, int format) {
     return file->len >= 4 && memcmp(file->p, zst, 4) == 0;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+int fuzz_logfile_init(void) { return 0; }
+
+int fuzz_logfile_one(const uint8_t *data, size_t size) {
     if (size < 2) return 0;
     int mode = data[0], format = mode & 3, filler = mode & 4, members = mode & 8, trunc = mode & 16;
     size_t max_line = data[1];
     buf text = {0}, file = {0};
     if (filler && format != 0) {
-        size_t n = CHUNK - 1 - (size - 2) / 2;
-        unsigned char *x = malloc(n);
+        size_t half = (size - 2) / 2, n = half < CHUNK - 1 ? CHUNK - 1 - half : 0;
+        unsigned char *x = malloc(n + 1);
         if (!x) abort();
         memset(x, 'x', n);
         put(&text, x, n);
@@ -201,3 +204,5 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     free(file.p);
     return 0;
 }
+
+IQP_FUZZ_ENTRY(fuzz_logfile_init, fuzz_logfile_one)

@@ -23,6 +23,7 @@
 
 #include "aggregator/config.h"
 #include "schemas/redis_value.h"
+#include "fuzz/fuzz.h"
 
 #define CHECK(cond)                                                           \
     do {                                                                      \
@@ -78,7 +79,9 @@ static void hash_key(const char *query, size_t qlen, size_t cap) {
     }
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+int fuzz_redis_value_init(void) { return 0; }
+
+int fuzz_redis_value_one(const uint8_t *data, size_t size) {
     if (size < 3) return 0;
     size_t nw = data[0] % (IQP_MAX_WINDOWS + 1);
     size_t width = data[1] % 71;
@@ -90,3 +93,5 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     hash_key((const char *)value, len < 400 ? len : 400, cap);
     return 0;
 }
+
+IQP_FUZZ_ENTRY(fuzz_redis_value_init, fuzz_redis_value_one)
