@@ -577,15 +577,6 @@ static int dry_line(int ok, const char *what, const char *fmt, ...) {
     return ok == 0;
 }
 
-/* "." or the directory part of path (malloc'd). */
-static char *parent_dir(const char *path) {
-    char *parent = strdup(path), *slash;
-    if (!parent) abort();
-    if (!(slash = strrchr(parent, '/'))) return strcpy(parent, "."), parent;
-    *(slash == parent ? slash + 1 : slash) = '\0';
-    return parent;
-}
-
 /* The store: opened read-only when it exists (safe beside a running
  * writer), its layout compared with the config; else its parent must be
  * writable. */
@@ -593,7 +584,7 @@ static int dry_store(const stream_opts *o, const iqp_config *cfg) {
     char err[1024];
     struct stat sb;
     if (stat(o->store_dir, &sb) != 0) {
-        char *parent = parent_dir(o->store_dir);
+        char *parent = iqp_cli_parent_dir(o->store_dir);
         int ok = access(parent, W_OK) == 0;
         int bad = dry_line(ok, "store", ok ? "%s does not exist yet: would create it with this config's layout"
                                            : "%s does not exist and %s is not writable", o->store_dir, parent);
@@ -666,7 +657,7 @@ static int dry_kafka(const stream_opts *o) {
 
 static int dry_dead_letter_file(const stream_opts *o) {
     if (!o->dl_file) return 0;
-    char *parent = parent_dir(o->dl_file);
+    char *parent = iqp_cli_parent_dir(o->dl_file);
     int ok = access(o->dl_file, F_OK) == 0 ? access(o->dl_file, W_OK) == 0 : access(parent, W_OK) == 0;
     free(parent);
     return dry_line(ok, "deadlettr", ok ? "rejected events would be appended to %s" : "cannot append to %s",
