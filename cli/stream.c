@@ -639,7 +639,8 @@ static int dry_kafka(const stream_opts *o) {
         rd_kafka_destroy(rk);
         return dry_line(0, "kafka", "no metadata from the brokers within 10 s: %s", rd_kafka_err2str(err));
     }
-    dry_line(1, "kafka", "%d brokers answer (cluster of %s)", md->broker_cnt, props[0] ? "bootstrap servers given" : "?");
+    dry_line(1, "kafka", "%d broker%s answer%s", md->broker_cnt, md->broker_cnt == 1 ? "" : "s",
+             md->broker_cnt == 1 ? "s" : "");
     bad += dry_topic(md, "impressions", o->imp_topic ? o->imp_topic : "impressions", &ni);
     bad += dry_topic(md, "actions", o->act_topic ? o->act_topic : "actions", &na);
     if (ni && na && ni != na)
