@@ -89,7 +89,7 @@ void iqp_cli_add_kafka_offset(void *ud, const char *key, size_t klen, const char
     json_t *pos = json_loadb(val, vlen, 0, NULL);
     json_t *next = json_object_get(pos, "next_offset");
     if (klen > prefix && json_is_integer(next))
-        json_object_setn(ud, key + prefix, klen - prefix, json_integer(json_integer_value(next)));
+        json_object_setn_new(ud, key + prefix, klen - prefix, json_integer(json_integer_value(next)));
     json_decref(pos);
 }
 

@@ -183,7 +183,7 @@ START_TEST(config_check_names_every_problem) {
         " \"kafka\": {\"bootstrap.servers\": \"127.0.0.1:9\", \"no.such.property\": \"1\"},\n"
         " \"metrics\": {\"listen\": 5},\n"
         " \"bogus\": 1}\n");
-    static const char *const want[] = {"$.actions[1]", "$.actions", "$.windows[0]", "$.limits.max_items",
+    static const char *const want[] = {"$.actions[1]", "$.actions[2]", "$.windows[0]", "$.limits.max_items",
                                        "$.limits.nope", "$.stream.flush_ms", "$.redis.ttl",
                                        "$.kafka[\"no.such.property\"]", "$.metrics.listen", "$.bogus"};
     size_t n_want = sizeof want / sizeof want[0];
