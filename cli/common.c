@@ -2,6 +2,7 @@
 #include "cli/cli.h"
 #include "store/store.h"
 #include "util/clock.h"
+#include "util/logfmt.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -29,6 +30,7 @@ static void vreport(const char *cmd, const char *fmt, va_list ap) {
         vsnprintf(capture_buf, capture_len, fmt, ap);
         return;
     }
+    if (iqp_logfmt_json_active()) fputs(IQP_LOG_ERROR_MARK, stderr);
     fprintf(stderr, "iqp %s: ", cmd);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
@@ -39,7 +41,7 @@ int iqp_cli_usage_error(const char *cmd, const char *fmt, ...) {
     va_start(ap, fmt);
     vreport(cmd, fmt, ap);
     va_end(ap);
-    if (!capture_buf) fprintf(stderr, "Try 'iqp %s --help'.\n", cmd);
+    if (!capture_buf && !iqp_logfmt_json_active()) fprintf(stderr, "Try 'iqp %s --help'.\n", cmd);
     return 2;
 }
 

@@ -41,6 +41,7 @@
 #include "publisher/publisher.h"
 #include "store/store.h"
 #include "util/clock.h"
+#include "util/logfmt.h"
 #include "util/sdnotify.h"
 
 static const char *CMD = "stream";
@@ -83,6 +84,8 @@ static void usage(FILE *out) {
             "  --redis-refresh on|off   when windows slide, republish everything as a new\n"
             "                           generation (redis.refresh; default on)\n"
             "  --progress               a progress line on stderr every 2 s\n"
+            "  --log-format text|json   stderr as text (default) or one JSON object per line:\n"
+            "                           time, level, msg, and librdkafka's facility\n"
             "  --dry-run                connect to Kafka, Redis and the store, check topics,\n"
             "                           partitions, permissions and the store's layout, print\n"
             "                           what would run, and exit (0: all good, 1: a problem)\n"
@@ -104,7 +107,7 @@ typedef struct stream_opts {
     iqp_publisher_config redis;           /* redis.url NULL: no publishing */
     int64_t drain_ms;
     int64_t flush_ms, flush_events;
-    int progress, dry_run;
+    int progress, dry_run, log_json;
     const char *props[2 * MAX_PROPS + 1]; /* config's kafka section, then flags */
     size_t n_props;
     char *owned[MAX_PROPS];               /* strings made here (numbers, NAME=VALUE splits) */
@@ -266,7 +269,7 @@ static int read_config_sections(stream_opts *o) {
 
 enum { OPT_IMP = 256, OPT_ACT, OPT_FLUSH_MS, OPT_FLUSH_EV, OPT_DL_TOPIC, OPT_DL_FILE, OPT_LISTEN,
        OPT_PROP, OPT_PROGRESS, OPT_BROKERS, OPT_GROUP, OPT_CKPT, OPT_REDIS, OPT_REDIS_PREFIX,
-       OPT_REDIS_TTL, OPT_REDIS_REFRESH, OPT_DRY_RUN };
+       OPT_REDIS_TTL, OPT_REDIS_REFRESH, OPT_DRY_RUN, OPT_LOG_FORMAT };
 
 static const struct option longopts[] = {
     {"config", required_argument, 0, 'c'},           {"store", required_argument, 0, 's'},
@@ -281,7 +284,7 @@ static const struct option longopts[] = {
     {"redis", required_argument, 0, OPT_REDIS}, {"redis-prefix", required_argument, 0, OPT_REDIS_PREFIX},
     {"redis-ttl", required_argument, 0, OPT_REDIS_TTL}, {"redis-refresh", required_argument, 0, OPT_REDIS_REFRESH},
     {"progress", no_argument, 0, OPT_PROGRESS},      {"help", no_argument, 0, 'h'},
-    {"dry-run", no_argument, 0, OPT_DRY_RUN},
+    {"dry-run", no_argument, 0, OPT_DRY_RUN},        {"log-format", required_argument, 0, OPT_LOG_FORMAT},
     {0, 0, 0, 0}};
 
 static int parse_positive(const char *flag, const char *arg, int64_t max, int64_t *out) {
@@ -320,6 +323,11 @@ static int apply_flag(stream_opts *o, int c) {
     case OPT_PROP: return add_prop_arg(o, optarg);
     case OPT_PROGRESS: o->progress = 1; return 0;
     case OPT_DRY_RUN: o->dry_run = 1; return 0;
+    case OPT_LOG_FORMAT:
+        if (strcmp(optarg, "text") != 0 && strcmp(optarg, "json") != 0)
+            return iqp_cli_usage_error(CMD, "--log-format must be text or json, not '%s'", optarg);
+        o->log_json = strcmp(optarg, "json") == 0;
+        return 0;
     case OPT_CKPT: o->ckpt_topic = optarg; return 0;
     case OPT_REDIS: o->redis.url = optarg; return 0;
     case OPT_REDIS_PREFIX: o->redis.prefix = optarg; return 0;
@@ -794,30 +802,33 @@ json_t *iqp_stream_config_effective(json_t *root, const char *source) {
     return out;
 }
 
-int iqp_cmd_stream(int argc, char **argv) {
-    stream_opts o;
+/* After the options: the config, then a dry run or the stream itself. */
+static int run_stream(stream_opts *o) {
     iqp_config cfg;
     char err[1024];
-    memset(&o, 0, sizeof o);
-    iqp_publisher_config_defaults(&o.redis);
-    o.drain_ms = 3000;
-    int rc = parse_opts(argc, argv, &o);
-    if (rc) return free_opts(&o), rc < 0 ? 0 : rc;
+    int rc;
     iqp_config_defaults(&cfg);
-    if (o.config_path && iqp_config_load(&cfg, o.config_path, err, sizeof err) < 0)
-        return free_opts(&o), iqp_cli_usage_error(CMD, "%s", err);
-    if (o.flush_events) cfg.flush_events = (size_t)o.flush_events;
-    if (o.dry_run) {
-        rc = dry_run(&o, &cfg);
-        free_opts(&o);
-        return rc;
-    }
+    if (o->config_path && iqp_config_load(&cfg, o->config_path, err, sizeof err) < 0)
+        return iqp_cli_usage_error(CMD, "%s", err);
+    if (o->flush_events) cfg.flush_events = (size_t)o->flush_events;
+    if (o->dry_run) return dry_run(o, &cfg);
     stream_parts p = {0};
     iqp_cli_on_stop_signals(on_stop_signal);
-    rc = open_parts(&o, &cfg, &p);
+    rc = open_parts(o, &cfg, &p);
     if (rc == 0) iqp_sd_notify("READY=1\nSTATUS=counting");
     if (rc == 0 && iqp_stream_run(p.s, err, sizeof err) < 0) rc = iqp_cli_fail(CMD, "%s", err);
-    rc = close_parts(&p, rc, o.drain_ms);
+    return close_parts(&p, rc, o->drain_ms);
+}
+
+int iqp_cmd_stream(int argc, char **argv) {
+    stream_opts o;
+    opts_init(&o);
+    int rc = parse_opts(argc, argv, &o);
+    if (rc) return free_opts(&o), rc < 0 ? 0 : rc;
+    if (o.log_json && iqp_logfmt_json_start(CMD) < 0)
+        return free_opts(&o), iqp_cli_fail(CMD, "cannot start the JSON log formatter");
+    rc = run_stream(&o);
+    iqp_logfmt_stop();
     free_opts(&o);
     return rc;
 }

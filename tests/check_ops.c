@@ -9,6 +9,9 @@
  *   - every metric ops/prometheus/iqp.rules.yml and ops/grafana/iqp.json
  *     use is on the /metrics of a running `iqp stream --redis`, and every
  *     recorded (iqp:...) series they use is defined by a rule;
+ *   - `iqp stream --log-format json` writes only JSON objects with time,
+ *     level, component and msg on stderr, its own lines and librdkafka's,
+ *     failures at level error;
  *   - `iqp backup` + `iqp restore` give back a store with the same
  *     contents (refresh --dump, byte for byte), refuse to overwrite, and a
  *     backup taken beside a running `iqp stream`, restored and streamed on
@@ -447,6 +450,63 @@ START_TEST(rules_and_dashboard_use_exported_metrics) {
 END_TEST
 
 
+
+/* ---- --log-format json ------------------------------------------------------------- */
+
+/* Every line of path is a JSON object with time, level, component, msg;
+ * returns how many lines have msg starting with want_msg at want_level. */
+static int json_log_lines(const char *path, const char *want_level, const char *want_msg, int *lines) {
+    char *text = tu_read_file(path, NULL);
+    int hits = 0;
+    *lines = 0;
+    ck_assert_ptr_nonnull(text);
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"), (*lines)++) {
+        json_t *j = json_loads(line, 0, NULL);
+        ck_assert_msg(json_is_object(j), "not a JSON object: %s", line);
+        const char *time = json_string_value(json_object_get(j, "time"));
+        const char *level = json_string_value(json_object_get(j, "level"));
+        const char *msg = json_string_value(json_object_get(j, "msg"));
+        ck_assert_msg(time && strlen(time) == 24 && time[10] == 'T' && time[23] == 'Z', "bad time in %s", line);
+        ck_assert_msg(level && msg, "no level or msg in %s", line);
+        ck_assert_str_eq(json_string_value(json_object_get(j, "component")), "stream");
+        if (strcmp(level, want_level) == 0 && strncmp(msg, want_msg, strlen(want_msg)) == 0) hits++;
+        json_decref(j);
+    }
+    free(text);
+    return hits;
+}
+
+START_TEST(stream_logs_json) {
+    char *store = tu_fmt("%s/store", tmp), *dl = tu_fmt("%s/dl.jsonl", tmp), *log = tu_fmt("%s/stream.log", tmp);
+    const char *const argv[] = {"iqp", "stream", "--log-format", "json", "--store", store, "--brokers",
+                                broker.bootstrap, "--dead-letter-file", dl, "--metrics-listen", "127.0.0.1:0",
+                                "--checkpoint-topic", "off", "--property", "debug=cgrp", NULL};
+    int lines = 0;
+    child = spawn_env(argv, NULL, log);
+    int64_t deadline = iqp_mono_ms() + wait_limit_ms(20000);
+    for (;;) {
+        char *text = tu_read_file(log, NULL);
+        int joined = text && strstr(text, "\"source\":\"librdkafka\"") && strstr(text, "metrics on port");
+        free(text);
+        if (joined || iqp_mono_ms() > deadline) break;
+        usleep(100000);
+    }
+    ck_assert_int_eq(tu_stop_pid(child, SIGTERM, wait_limit_ms(15000)), 0);
+    child = 0;
+    ck_assert_int_eq(json_log_lines(log, "info", "metrics on port", &lines), 1);
+    ck_assert_int_eq(json_log_lines(log, "info", "0 messages: 0 counted", &lines), 1);
+    ck_assert_int_eq(json_log_lines(log, "debug", "[thrd:", &lines) > 0, 1); /* librdkafka's, by syslog level */
+    /* a failure: level error, and nothing but JSON */
+    char *bad = tu_fmt("%s/file", tmp), *bad_store = tu_fmt("%s/file/store", tmp), *log2 = tu_fmt("%s/bad.log", tmp);
+    char *cmd = tu_fmt("touch '%s' && '%s' stream --log-format json --store '%s' --brokers '%s' --dead-letter-file '%s' "
+                       "--metrics-listen off 2>'%s'", bad, tu_iqp(), bad_store, broker.bootstrap, dl, log2);
+    ck_assert_int_eq(tu_run(cmd, NULL), 1);
+    ck_assert_int_eq(json_log_lines(log2, "error", "cannot open store", &lines), 1);
+    ck_assert_int_eq(lines, 1);
+    free(store), free(dl), free(log), free(bad), free(bad_store), free(log2), free(cmd);
+}
+END_TEST
+
 /* ---- iqp backup / iqp restore --------------------------------------------------- */
 
 static int run_quiet(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -597,6 +657,7 @@ static Suite *ops_suite(void) {
     tcase_add_test(tc, stream_dry_run_checks_and_changes_nothing);
     tcase_add_test(tc, rules_and_dashboard_use_exported_metrics);
     tcase_add_test(tc, backup_beside_running_stream);
+    tcase_add_test(tc, stream_logs_json);
     suite_add_tcase(s, tc);
     tc = tcase_create("config");
     tcase_add_checked_fixture(tc, setup_tmp, teardown_tmp);
