@@ -16,6 +16,13 @@
  *               "command_timeout_ms": 2000, "drain_ms": 3000,
  *               "batch_keys": 20000, "pipeline_depth": 256}
  *              no url (or "off"): no publishing
+ *
+ * Also here, for operators (issue 17): --dry-run (every connection and
+ * check the run would need, nothing consumed, written or published);
+ * systemd notifications (READY / WATCHDOG / STOPPING, util/sdnotify.h);
+ * --log-format json (util/logfmt.h); and the reading of these sections
+ * for `iqp config check|show` (iqp_stream_config_check / _effective), so
+ * that a file `iqp config` accepts is one `iqp stream` accepts.
  */
 #include <getopt.h>
 #include <hiredis/hiredis.h>
