@@ -34,6 +34,8 @@ int iqp_cmd_export(int argc, char **argv);
 int iqp_cmd_refresh(int argc, char **argv);
 int iqp_cmd_publish(int argc, char **argv);
 int iqp_cmd_config(int argc, char **argv);
+int iqp_cmd_backup(int argc, char **argv);
+int iqp_cmd_restore(int argc, char **argv);
 
 /* The stream's config sections ("stream", "kafka", "redis", "metrics" of a
  * parsed config file), read exactly as `iqp stream --config` reads them
@@ -67,6 +69,23 @@ int iqp_cli_parse_i64(const char *s, int64_t *out);
  * signal kills the process, which every long-running command is built to
  * survive (its batches commit atomically). */
 void iqp_cli_on_stop_signals(void (*handler)(int));
+
+/* An iqp_store_scan_meta callback over "src/kafka/": adds each stored
+ * position as "<topic>/<partition>": next_offset to the JSON object ud
+ * (what `iqp stats` and `iqp backup` print as kafka_offsets). */
+void iqp_cli_add_kafka_offset(void *ud, const char *key, size_t klen, const char *val, size_t vlen);
+
+/* Opens the store at dir read-only and returns what it was counted up to,
+ * {"watermark", "kafka_offsets", "disk_bytes"} (a new reference), or NULL
+ * with err. */
+struct json_t *iqp_cli_store_position(const char *dir, char *err, size_t errlen);
+
+/* The directory part of path ("." when it has none), malloc'd. */
+char *iqp_cli_parent_dir(const char *path);
+
+/* Removes path and everything under it (nothing there is fine): 0 or -1
+ * with errno. */
+int iqp_cli_rmrf(const char *path);
 
 /* Current wall clock in ms since the epoch. */
 int64_t iqp_now_ms(void);

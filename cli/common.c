@@ -1,13 +1,18 @@
 /* common.c -- helpers every subcommand shares (see cli.h). */
 #include "cli/cli.h"
+#include "store/store.h"
 #include "util/clock.h"
+#include "util/logfmt.h"
 
 #include <errno.h>
+#include <jansson.h>
+#include <ftw.h>
 #include <stdarg.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <time.h>
 
 /* Where errors go instead of stderr while a caller captures them. */
@@ -25,6 +30,7 @@ static void vreport(const char *cmd, const char *fmt, va_list ap) {
         vsnprintf(capture_buf, capture_len, fmt, ap);
         return;
     }
+    if (iqp_logfmt_json_active()) fputs(IQP_LOG_ERROR_MARK, stderr);
     fprintf(stderr, "iqp %s: ", cmd);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
@@ -35,7 +41,7 @@ int iqp_cli_usage_error(const char *cmd, const char *fmt, ...) {
     va_start(ap, fmt);
     vreport(cmd, fmt, ap);
     va_end(ap);
-    if (!capture_buf) fprintf(stderr, "Try 'iqp %s --help'.\n", cmd);
+    if (!capture_buf && !iqp_logfmt_json_active()) fprintf(stderr, "Try 'iqp %s --help'.\n", cmd);
     return 2;
 }
 
@@ -67,4 +73,43 @@ void iqp_cli_on_stop_signals(void (*handler)(int)) {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+}
+
+static int remove_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb, (void)flag, (void)ftw;
+    return remove(path) == 0 || errno == ENOENT ? 0 : -1;
+}
+
+int iqp_cli_rmrf(const char *path) {
+    struct stat sb;
+    if (lstat(path, &sb) != 0) return errno == ENOENT ? 0 : -1;
+    return nftw(path, remove_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+void iqp_cli_add_kafka_offset(void *ud, const char *key, size_t klen, const char *val, size_t vlen) {
+    static const size_t prefix = sizeof "src/kafka/" - 1;
+    json_t *pos = json_loadb(val, vlen, 0, NULL);
+    json_t *next = json_object_get(pos, "next_offset");
+    if (klen > prefix && json_is_integer(next))
+        json_object_setn_new(ud, key + prefix, klen - prefix, json_integer(json_integer_value(next)));
+    json_decref(pos);
+}
+
+json_t *iqp_cli_store_position(const char *dir, char *err, size_t errlen) {
+    iqp_store *st = iqp_store_open(dir, NULL, IQP_STORE_READ_ONLY, err, errlen);
+    if (!st) return NULL;
+    json_t *offsets = json_object();
+    iqp_store_scan_meta(st, "src/kafka/", iqp_cli_add_kafka_offset, offsets);
+    json_t *o = json_pack("{s:I, s:o, s:I}", "watermark", (json_int_t)iqp_store_watermark(st), "kafka_offsets",
+                          offsets, "disk_bytes", (json_int_t)iqp_store_disk_bytes(st));
+    iqp_store_close(st);
+    return o;
+}
+
+char *iqp_cli_parent_dir(const char *path) {
+    char *parent = strdup(path), *slash;
+    if (!parent) abort();
+    if (!(slash = strrchr(parent, '/'))) return strcpy(parent, "."), parent;
+    *(slash == parent ? slash + 1 : slash) = '\0';
+    return parent;
 }

@@ -100,16 +100,19 @@ static void member_path(char *out, size_t cap, const char *path, const char *nam
     else snprintf(out, cap, "%s[\"%s\"]", path, name);
 }
 
-/* An element checked alone is element 0 of its array: the reader's message
- * says key[0]; make it say key[i]. */
-static void renumber(char *msg, size_t cap, const char *key, size_t i) {
-    char from[96], to[96], out[1024];
-    snprintf(from, sizeof from, "%s[0]", key);
-    snprintf(to, sizeof to, "%s[%zu]", key, i);
+/* The reader's message about an array it was given part of names elements
+ * by their index in that part, "key[j]": make it name the element of the
+ * file, key[orig[j]], and return that index (-1 when it names none). */
+static long renumber(char *msg, size_t cap, const char *key, const size_t *orig, size_t n) {
+    char from[96], out[1024], *end;
+    snprintf(from, sizeof from, "%s[", key);
     char *at = strstr(msg, from);
-    if (!at) return;
-    snprintf(out, sizeof out, "%.*s%s%s", (int)(at - msg), msg, to, at + strlen(from));
+    if (!at) return -1;
+    unsigned long j = strtoul(at + strlen(from), &end, 10);
+    if (end == at + strlen(from) || *end != ']' || j >= n) return -1;
+    snprintf(out, sizeof out, "%.*s%s%zu%s", (int)(at - msg), msg, from, orig[j], end);
     snprintf(msg, cap, "%s", out);
+    return (long)orig[j];
 }
 
 /* Whether value checked as {key: value} fails; its message in msg. */
@@ -141,24 +144,37 @@ static int narrow(const char *source, const char *key, json_t *value, const char
             json_decref(part);
         }
     } else if (json_is_array(value)) {
-        size_t i, kept = 0;
+        size_t i, kept = 0, *orig = calloc(json_array_size(value) + 1, sizeof *orig);
         json_t *v;
+        if (!orig) abort();
         json_array_foreach(value, i, v) {
             json_t *part = json_array();
             json_array_append(part, v);
             if (fails_alone(source, key, part, msg, sizeof msg)) {
-                renumber(msg, sizeof msg, key, i);
+                renumber(msg, sizeof msg, key, &i, 1);
                 snprintf(path, sizeof path, "%s[%zu]", top, i);
                 found += report(source, path, msg);
                 json_array_remove(rest, kept);
             } else {
-                kept++;
+                orig[kept++] = i;
             }
             json_decref(part);
         }
+        /* What fails only together (a name listed twice), among what is
+         * left: at the element the reader names, else at the array. */
+        if (!found) snprintf(msg, sizeof msg, "%s", whole_msg);
+        if (!found || fails_alone(source, key, rest, msg, sizeof msg)) {
+            long at = renumber(msg, sizeof msg, key, orig, kept);
+            if (at >= 0) snprintf(path, sizeof path, "%s[%ld]", top, at);
+            else snprintf(path, sizeof path, "%s", top);
+            found += report(source, path, msg);
+        }
+        free(orig);
+        json_decref(rest);
+        rest = NULL;
     }
     if (!found) found = report(source, top, whole_msg);
-    else if (fails_alone(source, key, rest, msg, sizeof msg)) found += report(source, top, msg);
+    else if (rest && fails_alone(source, key, rest, msg, sizeof msg)) found += report(source, top, msg);
     json_decref(rest);
     return found;
 }

@@ -20,6 +20,8 @@ static const iqp_command command_table[] = {
     {"publish", "write a store's features to Redis once (queue or --all), then exit", iqp_cmd_publish},
     {"refresh", "recompute every feature, smoothed rates and top-K lists from a snapshot", iqp_cmd_refresh},
     {"export", "write point-in-time training rows: features and labels per shown item", iqp_cmd_export},
+    {"backup", "copy a store consistently (RocksDB checkpoint), safe beside a running writer", iqp_cmd_backup},
+    {"restore", "put a backup back as a store", iqp_cmd_restore},
     {"config", "check a config file (JSON path of each problem) or show the effective one", iqp_cmd_config},
     {"devbroker", "run a local Kafka (librdkafka mock cluster) for tests and demos", iqp_cmd_devbroker},
 };

@@ -31,16 +31,6 @@ static void usage(FILE *out) {
             "  --help        this text\n");
 }
 
-/* Adds one "src/kafka/<topic>/<partition>" position to the offsets object. */
-static void add_offset(void *ud, const char *key, size_t klen, const char *val, size_t vlen) {
-    static const size_t prefix = sizeof "src/kafka/" - 1;
-    json_t *pos = json_loadb(val, vlen, 0, NULL);
-    json_t *next = json_object_get(pos, "next_offset");
-    if (klen > prefix && json_is_integer(next))
-        json_object_setn_new(ud, key + prefix, klen - prefix, json_integer(json_integer_value(next)));
-    json_decref(pos);
-}
-
 int iqp_cmd_stats(int argc, char **argv) {
     static const struct option longopts[] = {{"store", required_argument, 0, 's'},
                                               {"compact", no_argument, 0, 'c'},
@@ -83,7 +73,7 @@ int iqp_cmd_stats(int argc, char **argv) {
                           counts + contexts ? (double)bytes / (double)(counts + contexts) : 0.0);
     json_object_set_new(o, "publish_pending", json_integer((json_int_t)iqp_store_count_keys(st, IQP_CF_PENDING)));
     json_t *offsets = json_object();
-    iqp_store_scan_meta(st, "src/kafka/", add_offset, offsets);
+    iqp_store_scan_meta(st, "src/kafka/", iqp_cli_add_kafka_offset, offsets);
     json_object_set_new(o, "kafka_offsets", offsets);
     char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     puts(text);

@@ -16,6 +16,13 @@
  *               "command_timeout_ms": 2000, "drain_ms": 3000,
  *               "batch_keys": 20000, "pipeline_depth": 256}
  *              no url (or "off"): no publishing
+ *
+ * Also here, for operators (issue 17): --dry-run (every connection and
+ * check the run would need, nothing consumed, written or published);
+ * systemd notifications (READY / WATCHDOG / STOPPING, util/sdnotify.h);
+ * --log-format json (util/logfmt.h); and the reading of these sections
+ * for `iqp config check|show` (iqp_stream_config_check / _effective), so
+ * that a file `iqp config` accepts is one `iqp stream` accepts.
  */
 #include <getopt.h>
 #include <hiredis/hiredis.h>
@@ -41,6 +48,7 @@
 #include "publisher/publisher.h"
 #include "store/store.h"
 #include "util/clock.h"
+#include "util/logfmt.h"
 #include "util/sdnotify.h"
 
 static const char *CMD = "stream";
@@ -90,6 +98,8 @@ static void usage(FILE *out) {
             "                           log the lost range and count it in\n"
             "                           iqp_kafka_offset_resets_total (stream.on_offset_lost)\n"
             "  --progress               a progress line on stderr every 2 s\n"
+            "  --log-format text|json   stderr as text (default) or one JSON object per line:\n"
+            "                           time, level, msg, and librdkafka's facility\n"
             "  --dry-run                connect to Kafka, Redis and the store, check topics,\n"
             "                           partitions, permissions and the store's layout, print\n"
             "                           what would run, and exit (0: all good, 1: a problem)\n"
@@ -113,7 +123,7 @@ typedef struct stream_opts {
     char redis_url_buf[1024];
     int64_t drain_ms;
     int64_t flush_ms, flush_events;
-    int progress, dry_run;
+    int progress, dry_run, log_json;
     int skip_lost;                        /* --on-offset-lost skip */
     const char *props[2 * MAX_PROPS + 1]; /* config's kafka section, then flags */
     size_t n_props;
@@ -297,7 +307,7 @@ static int read_config_sections(stream_opts *o) {
 
 enum { OPT_IMP = 256, OPT_ACT, OPT_FLUSH_MS, OPT_FLUSH_EV, OPT_DL_TOPIC, OPT_DL_FILE, OPT_LISTEN,
        OPT_PROP, OPT_PROGRESS, OPT_BROKERS, OPT_GROUP, OPT_CKPT, OPT_REDIS, OPT_REDIS_PREFIX,
-       OPT_REDIS_TTL, OPT_REDIS_REFRESH, OPT_REDIS_URL_FILE, OPT_DRY_RUN, OPT_ON_LOST };
+       OPT_REDIS_TTL, OPT_REDIS_REFRESH, OPT_REDIS_URL_FILE, OPT_DRY_RUN, OPT_ON_LOST, OPT_LOG_FORMAT };
 
 static const struct option longopts[] = {
     {"config", required_argument, 0, 'c'},           {"store", required_argument, 0, 's'},
@@ -314,7 +324,7 @@ static const struct option longopts[] = {
     {"on-offset-lost", required_argument, 0, OPT_ON_LOST},
     {"progress", no_argument, 0, OPT_PROGRESS},      {"help", no_argument, 0, 'h'},
     {"redis-url-file", required_argument, 0, OPT_REDIS_URL_FILE},
-    {"dry-run", no_argument, 0, OPT_DRY_RUN},
+    {"dry-run", no_argument, 0, OPT_DRY_RUN},        {"log-format", required_argument, 0, OPT_LOG_FORMAT},
     {0, 0, 0, 0}};
 
 static int parse_positive(const char *flag, const char *arg, int64_t max, int64_t *out) {
@@ -354,6 +364,11 @@ static int apply_flag(stream_opts *o, int c) {
     case OPT_PROGRESS: o->progress = 1; return 0;
     case OPT_DRY_RUN: o->dry_run = 1; return 0;
     case OPT_ON_LOST: return parse_on_offset_lost(o, optarg);
+    case OPT_LOG_FORMAT:
+        if (strcmp(optarg, "text") != 0 && strcmp(optarg, "json") != 0)
+            return iqp_cli_usage_error(CMD, "--log-format must be text or json, not '%s'", optarg);
+        o->log_json = strcmp(optarg, "json") == 0;
+        return 0;
     case OPT_CKPT: o->ckpt_topic = optarg; return 0;
     case OPT_REDIS: o->redis.url = optarg, o->redis_url_file = NULL; return 0;
     case OPT_REDIS_URL_FILE: o->redis_url_file = optarg, o->redis.url = NULL; return 0;
@@ -639,15 +654,6 @@ static int dry_line(int ok, const char *what, const char *fmt, ...) {
     return ok == 0;
 }
 
-/* "." or the directory part of path (malloc'd). */
-static char *parent_dir(const char *path) {
-    char *parent = strdup(path), *slash;
-    if (!parent) abort();
-    if (!(slash = strrchr(parent, '/'))) return strcpy(parent, "."), parent;
-    *(slash == parent ? slash + 1 : slash) = '\0';
-    return parent;
-}
-
 /* The store: opened read-only when it exists (safe beside a running
  * writer), its layout compared with the config; else its parent must be
  * writable. */
@@ -655,7 +661,7 @@ static int dry_store(const stream_opts *o, const iqp_config *cfg) {
     char err[1024];
     struct stat sb;
     if (stat(o->store_dir, &sb) != 0) {
-        char *parent = parent_dir(o->store_dir);
+        char *parent = iqp_cli_parent_dir(o->store_dir);
         int ok = access(parent, W_OK) == 0;
         int bad = dry_line(ok, "store", ok ? "%s does not exist yet: would create it with this config's layout"
                                            : "%s does not exist and %s is not writable", o->store_dir, parent);
@@ -710,7 +716,8 @@ static int dry_kafka(const stream_opts *o) {
         rd_kafka_destroy(rk);
         return dry_line(0, "kafka", "no metadata from the brokers within 10 s: %s", rd_kafka_err2str(err));
     }
-    dry_line(1, "kafka", "%d brokers answer (cluster of %s)", md->broker_cnt, props[0] ? "bootstrap servers given" : "?");
+    dry_line(1, "kafka", "%d broker%s answer%s", md->broker_cnt, md->broker_cnt == 1 ? "" : "s",
+             md->broker_cnt == 1 ? "s" : "");
     bad += dry_topic(md, "impressions", o->imp_topic ? o->imp_topic : "impressions", &ni);
     bad += dry_topic(md, "actions", o->act_topic ? o->act_topic : "actions", &na);
     if (ni && na && ni != na)
@@ -728,7 +735,7 @@ static int dry_kafka(const stream_opts *o) {
 
 static int dry_dead_letter_file(const stream_opts *o) {
     if (!o->dl_file) return 0;
-    char *parent = parent_dir(o->dl_file);
+    char *parent = iqp_cli_parent_dir(o->dl_file);
     int ok = access(o->dl_file, F_OK) == 0 ? access(o->dl_file, W_OK) == 0 : access(parent, W_OK) == 0;
     free(parent);
     return dry_line(ok, "deadlettr", ok ? "rejected events would be appended to %s" : "cannot append to %s",
@@ -864,30 +871,33 @@ json_t *iqp_stream_config_effective(json_t *root, const char *source) {
     return out;
 }
 
-int iqp_cmd_stream(int argc, char **argv) {
-    stream_opts o;
+/* After the options: the config, then a dry run or the stream itself. */
+static int run_stream(stream_opts *o) {
     iqp_config cfg;
     char err[1024];
-    memset(&o, 0, sizeof o);
-    iqp_publisher_config_defaults(&o.redis);
-    o.drain_ms = 3000;
-    int rc = parse_opts(argc, argv, &o);
-    if (rc) return free_opts(&o), rc < 0 ? 0 : rc;
+    int rc;
     iqp_config_defaults(&cfg);
-    if (o.config_path && iqp_config_load(&cfg, o.config_path, err, sizeof err) < 0)
-        return free_opts(&o), iqp_cli_usage_error(CMD, "%s", err);
-    if (o.flush_events) cfg.flush_events = (size_t)o.flush_events;
-    if (o.dry_run) {
-        rc = dry_run(&o, &cfg);
-        free_opts(&o);
-        return rc;
-    }
+    if (o->config_path && iqp_config_load(&cfg, o->config_path, err, sizeof err) < 0)
+        return iqp_cli_usage_error(CMD, "%s", err);
+    if (o->flush_events) cfg.flush_events = (size_t)o->flush_events;
+    if (o->dry_run) return dry_run(o, &cfg);
     stream_parts p = {0};
     iqp_cli_on_stop_signals(on_stop_signal);
-    rc = open_parts(&o, &cfg, &p);
+    rc = open_parts(o, &cfg, &p);
     if (rc == 0) iqp_sd_notify("READY=1\nSTATUS=counting");
     if (rc == 0 && iqp_stream_run(p.s, err, sizeof err) < 0) rc = iqp_cli_fail(CMD, "%s", err);
-    rc = close_parts(&p, rc, o.drain_ms);
+    return close_parts(&p, rc, o->drain_ms);
+}
+
+int iqp_cmd_stream(int argc, char **argv) {
+    stream_opts o;
+    opts_init(&o);
+    int rc = parse_opts(argc, argv, &o);
+    if (rc) return free_opts(&o), rc < 0 ? 0 : rc;
+    if (o.log_json && iqp_logfmt_json_start(CMD) < 0)
+        return free_opts(&o), iqp_cli_fail(CMD, "cannot start the JSON log formatter");
+    rc = run_stream(&o);
+    iqp_logfmt_stop();
     free_opts(&o);
     return rc;
 }

@@ -56,7 +56,8 @@ typedef struct iqp_stream_options {
     int progress;                  /* a progress line on stderr every ~2 s */
     /* A supervisor's heartbeat (systemd's watchdog): called on every turn
      * of the main loop, at least every 100 ms, with stopping 0, and once
-     * with stopping 1 when a stop was requested, before the last flush.
+     * with stopping 1 when the loop ends (a stop request or a fatal
+     * error), before the last flush.
      * May be NULL. */
     void (*on_tick)(void *arg, int stopping);
     void *tick_arg;

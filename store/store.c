@@ -858,3 +858,18 @@ uint64_t iqp_store_disk_bytes(iqp_store *st) {
     closedir(d);
     return total;
 }
+
+/* ---- backups ---------------------------------------------------------------- */
+
+int iqp_store_checkpoint(iqp_store *st, const char *dir, char *err, size_t errlen) {
+    char *rerr = NULL;
+    rocksdb_checkpoint_t *ck = rocksdb_checkpoint_object_create(st->db, &rerr);
+    if (ck) {
+        rocksdb_checkpoint_create(ck, dir, 0, &rerr);
+        rocksdb_checkpoint_object_destroy(ck);
+    }
+    if (!rerr) return 0;
+    snprintf(err, errlen, "checkpoint of %s into %s: %s", st->dir, dir, rerr);
+    free(rerr);
+    return -1;
+}

@@ -177,4 +177,16 @@ uint64_t iqp_store_count_keys(iqp_store *st, iqp_cf cf);
 /* Bytes of SST and WAL files in the store directory. */
 uint64_t iqp_store_disk_bytes(iqp_store *st);
 
+/* ---- backups (iqp backup) -------------------------------------------------- */
+
+/* Writes a RocksDB checkpoint of st into dir, which must not exist: hard
+ * links to the immutable table files (copies across file systems) and
+ * copies of the MANIFEST and the live WAL. It is one point in time, so the
+ * counters come with exactly the Kafka offsets they were counted up to,
+ * and opens as a store of its own. Works on a read-only store beside a
+ * running writer; a file the writer deletes meanwhile (compaction) fails
+ * it with a message, and taking it again from a fresh open succeeds.
+ * Returns 0, or -1 with err. */
+int iqp_store_checkpoint(iqp_store *st, const char *dir, char *err, size_t errlen);
+
 #endif

@@ -9,6 +9,14 @@
  *   - every metric ops/prometheus/iqp.rules.yml and ops/grafana/iqp.json
  *     use is on the /metrics of a running `iqp stream --redis`, and every
  *     recorded (iqp:...) series they use is defined by a rule;
+ *   - `iqp stream --log-format json` writes only JSON objects with time,
+ *     level, component and msg on stderr, its own lines and librdkafka's,
+ *     failures at level error;
+ *   - `iqp backup` + `iqp restore` give back a store with the same
+ *     contents (refresh --dump, byte for byte), refuse to overwrite, and a
+ *     backup taken beside a running `iqp stream`, restored and streamed on
+ *     under a new group, ends exactly where the uninterrupted store ends
+ *     (counts and offsets were copied together);
  *   - `iqp stream --dry-run` finds the topics, a missing topic, a store of
  *     another layout and a writable Redis, and changes nothing;
  *
@@ -20,6 +28,7 @@
 #include <jansson.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -177,7 +186,7 @@ START_TEST(config_check_names_every_problem) {
         " \"kafka\": {\"bootstrap.servers\": \"127.0.0.1:9\", \"no.such.property\": \"1\"},\n"
         " \"metrics\": {\"listen\": 5},\n"
         " \"bogus\": 1}\n");
-    static const char *const want[] = {"$.actions[1]", "$.actions", "$.windows[0]", "$.limits.max_items",
+    static const char *const want[] = {"$.actions[1]", "$.actions[2]", "$.windows[0]", "$.limits.max_items",
                                        "$.limits.nope", "$.stream.flush_ms", "$.redis.ttl",
                                        "$.kafka[\"no.such.property\"]", "$.metrics.listen", "$.bogus"};
     size_t n_want = sizeof want / sizeof want[0];
@@ -440,6 +449,199 @@ START_TEST(rules_and_dashboard_use_exported_metrics) {
 }
 END_TEST
 
+
+
+/* ---- --log-format json ------------------------------------------------------------- */
+
+/* Every line of path is a JSON object with time, level, component, msg;
+ * returns how many lines have msg starting with want_msg at want_level. */
+static int json_log_lines(const char *path, const char *want_level, const char *want_msg, int *lines) {
+    char *text = tu_read_file(path, NULL);
+    int hits = 0;
+    *lines = 0;
+    ck_assert_ptr_nonnull(text);
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"), (*lines)++) {
+        json_t *j = json_loads(line, 0, NULL);
+        ck_assert_msg(json_is_object(j), "not a JSON object: %s", line);
+        const char *time = json_string_value(json_object_get(j, "time"));
+        const char *level = json_string_value(json_object_get(j, "level"));
+        const char *msg = json_string_value(json_object_get(j, "msg"));
+        ck_assert_msg(time && strlen(time) == 24 && time[10] == 'T' && time[23] == 'Z', "bad time in %s", line);
+        ck_assert_msg(level && msg, "no level or msg in %s", line);
+        ck_assert_str_eq(json_string_value(json_object_get(j, "component")), "stream");
+        if (strcmp(level, want_level) == 0 && strncmp(msg, want_msg, strlen(want_msg)) == 0) hits++;
+        json_decref(j);
+    }
+    free(text);
+    return hits;
+}
+
+START_TEST(stream_logs_json) {
+    char *store = tu_fmt("%s/store", tmp), *dl = tu_fmt("%s/dl.jsonl", tmp), *log = tu_fmt("%s/stream.log", tmp);
+    const char *const argv[] = {"iqp", "stream", "--log-format", "json", "--store", store, "--brokers",
+                                broker.bootstrap, "--dead-letter-file", dl, "--metrics-listen", "127.0.0.1:0",
+                                "--checkpoint-topic", "off", "--property", "debug=cgrp", NULL};
+    int lines = 0;
+    child = spawn_env(argv, NULL, log);
+    int64_t deadline = iqp_mono_ms() + wait_limit_ms(20000);
+    for (;;) {
+        char *text = tu_read_file(log, NULL);
+        int joined = text && strstr(text, "\"source\":\"librdkafka\"") && strstr(text, "metrics on port");
+        free(text);
+        if (joined || iqp_mono_ms() > deadline) break;
+        usleep(100000);
+    }
+    ck_assert_int_eq(tu_stop_pid(child, SIGTERM, wait_limit_ms(15000)), 0);
+    child = 0;
+    ck_assert_int_eq(json_log_lines(log, "info", "metrics on port", &lines), 1);
+    ck_assert_int_eq(json_log_lines(log, "info", "0 messages: 0 counted", &lines), 1);
+    ck_assert_int_eq(json_log_lines(log, "debug", "[thrd:", &lines) > 0, 1); /* librdkafka's, by syslog level */
+    /* a failure: level error, and nothing but JSON */
+    char *bad = tu_fmt("%s/file", tmp), *bad_store = tu_fmt("%s/file/store", tmp), *log2 = tu_fmt("%s/bad.log", tmp);
+    char *cmd = tu_fmt("touch '%s' && '%s' stream --log-format json --store '%s' --brokers '%s' --dead-letter-file '%s' "
+                       "--metrics-listen off 2>'%s'", bad, tu_iqp(), bad_store, broker.bootstrap, dl, log2);
+    ck_assert_int_eq(tu_run(cmd, NULL), 1);
+    ck_assert_int_eq(json_log_lines(log2, "error", "cannot open store", &lines), 1);
+    ck_assert_int_eq(lines, 1);
+    free(store), free(dl), free(log), free(bad), free(bad_store), free(log2), free(cmd);
+}
+END_TEST
+
+/* ---- iqp backup / iqp restore --------------------------------------------------- */
+
+static int run_quiet(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int run_quiet(const char *fmt, ...) {
+    va_list ap;
+    char cmd[8192];
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    char *full = tu_fmt("%s >>'%s/cmd.log' 2>&1", cmd, tmp);
+    int rc = tu_run(full, NULL);
+    free(full);
+    return rc;
+}
+
+/* refresh --dump of a store as of a fixed time: every value it serves. */
+static char *dump(const char *store) {
+    char *path = tu_fmt("%s/%s.dump", tmp, strrchr(store, '/') + 1);
+    ck_assert_int_eq(run_quiet("'%s' refresh --store '%s' --as-of 1700100000000 --threads 1 --quiet --dump '%s'",
+                               tu_iqp(), store, path), 0);
+    char *text = tu_read_file(path, NULL);
+    ck_assert_ptr_nonnull(text);
+    ck_assert_uint_gt(strlen(text), 1000);
+    free(path);
+    return text;
+}
+
+static char *gen_events(int impressions) {
+    char *events = tu_fmt("%s/events.jsonl", tmp);
+    ck_assert_int_eq(run_quiet("'%s' gen --seed 7 --impressions %d --queries 30 --items 300 --start 1700000000000 "
+                               "--span 1h --out '%s'", tu_iqp(), impressions, events), 0);
+    return events;
+}
+
+START_TEST(backup_restore_roundtrip) {
+    char *events = gen_events(400);
+    char *a = tu_fmt("%s/A", tmp), *b = tu_fmt("%s/B", tmp), *c = tu_fmt("%s/C", tmp);
+    ck_assert_int_eq(run_quiet("'%s' backfill --store '%s' '%s'", tu_iqp(), a, events), 0);
+    ck_assert_int_eq(run_quiet("'%s' backup --store '%s' --to '%s'", tu_iqp(), a, b), 0);
+    ck_assert_int_eq(run_quiet("'%s' restore --from '%s' --store '%s'", tu_iqp(), b, c), 0);
+    char *da = dump(a), *db = dump(b), *dc = dump(c);
+    ck_assert_msg(strcmp(da, db) == 0, "the backup serves other values than the store");
+    ck_assert_msg(strcmp(da, dc) == 0, "the restored store serves other values than the store");
+    /* refusals: an existing backup directory, an existing store, a non-backup */
+    ck_assert_int_eq(run_quiet("'%s' backup --store '%s' --to '%s'", tu_iqp(), a, b), 1);
+    ck_assert_int_eq(run_quiet("'%s' restore --from '%s' --store '%s'", tu_iqp(), b, c), 1);
+    ck_assert_int_eq(run_quiet("'%s' restore --from '%s' --store '%s/D'", tu_iqp(), tmp, tmp), 1);
+    ck_assert_int_eq(run_quiet("'%s' restore --from '%s' --store '%s'", tu_iqp(), b, b), 2);
+    ck_assert_int_eq(run_quiet("'%s' backup --store '%s'", tu_iqp(), a), 2);
+    /* --force keeps the old store, moved aside */
+    ck_assert_int_eq(run_quiet("'%s' restore --from '%s' --store '%s' --force", tu_iqp(), b, c), 0);
+    char *out = NULL, *cmd = tu_fmt("ls -d '%s'.before-restore-* | wc -l", c);
+    ck_assert_int_eq(tu_run(cmd, &out), 0);
+    ck_assert_int_eq(atoi(out), 1);
+    free(da), free(db), free(dc), free(events), free(a), free(b), free(c), free(out), free(cmd);
+}
+END_TEST
+
+/* Sum of a store's stored Kafka offsets (-1 when stats fails). */
+static long long offsets_sum(const char *store) {
+    char *cmd = tu_fmt("'%s' stats --store '%s' 2>/dev/null", tu_iqp(), store), *out = NULL;
+    long long sum = -1;
+    if (tu_run(cmd, &out) == 0) {
+        json_t *j = json_loads(out, 0, NULL), *v;
+        const char *k;
+        if (j) sum = 0;
+        json_object_foreach(json_object_get(j, "kafka_offsets"), k, v) sum += json_integer_value(v);
+        json_decref(j);
+    }
+    free(cmd), free(out);
+    return sum;
+}
+
+static int wait_offsets(const char *store, long long want, int ms) {
+    int64_t deadline = iqp_mono_ms() + wait_limit_ms(ms);
+    while (iqp_mono_ms() < deadline) {
+        if (offsets_sum(store) == want) return 1;
+        usleep(200000);
+    }
+    return 0;
+}
+
+static pid_t start_stream(const char *store, const char *group, const char *log) {
+    char *dl = tu_fmt("%s.dl.jsonl", store);
+    const char *const argv[] = {"iqp", "stream", "--store", store, "--brokers", broker.bootstrap, "--group", group,
+                                "--dead-letter-file", dl, "--metrics-listen", "off", "--checkpoint-topic", "off",
+                                "--flush-ms", "100", "--property", "session.timeout.ms=6000", NULL};
+    pid_t pid = spawn_env(argv, NULL, log);
+    free(dl);
+    return pid;
+}
+
+START_TEST(backup_beside_running_stream) {
+    char *events = gen_events(1500), *lines = NULL;
+    char *cmd = tu_fmt("wc -l <'%s'", events);
+    ck_assert_int_eq(tu_run(cmd, &lines), 0);
+    long long total = atoll(lines);
+    char *a = tu_fmt("%s/A", tmp), *b = tu_fmt("%s/B", tmp), *c = tu_fmt("%s/C", tmp);
+    char *log1 = tu_fmt("%s/stream1.log", tmp), *log2 = tu_fmt("%s/stream2.log", tmp);
+    /* One event first, so the stream has joined and counted; then the rest
+     * slowly (about 3 s), and the backup is taken while it streams. */
+    char *first = tu_fmt("%s/first.jsonl", tmp), *rest = tu_fmt("%s/rest.jsonl", tmp);
+    char *split = tu_fmt("head -n 1 '%s' >'%s' && tail -n +2 '%s' >'%s'", events, first, events, rest);
+    ck_assert_int_eq(tu_run(split, NULL), 0);
+    ck_assert_int_eq(run_quiet("'%s' produce --brokers '%s' '%s'", tu_iqp(), broker.bootstrap, first), 0);
+    child = start_stream(a, "g1", log1);
+    ck_assert_msg(wait_offsets(a, 1, 30000), "the stream counted nothing (log %s)", log1);
+    const char *const produce[] = {"iqp", "produce", "--brokers", broker.bootstrap, "--rate", "1000", rest, NULL};
+    pid_t producer = spawn_env(produce, NULL, log1);
+    int64_t deadline = iqp_mono_ms() + wait_limit_ms(30000);
+    while (offsets_sum(a) <= 1 && iqp_mono_ms() < deadline) usleep(50000);
+    ck_assert_int_eq(run_quiet("'%s' backup --store '%s' --to '%s'", tu_iqp(), a, b), 0);
+    long long at_backup = offsets_sum(b);
+    ck_assert_msg(at_backup > 1 && at_backup < total, "backup at %lld of %lld messages: not mid-stream", at_backup,
+                  total);
+    /* a running writer's store is not replaced */
+    ck_assert_int_eq(run_quiet("'%s' restore --from '%s' --store '%s' --force", tu_iqp(), b, a), 1);
+    ck_assert_int_eq(tu_stop_pid(producer, 0, wait_limit_ms(60000)), 0);
+    ck_assert_msg(wait_offsets(a, total, 60000), "store A stopped at %lld of %lld messages", offsets_sum(a), total);
+    ck_assert_int_eq(tu_stop_pid(child, SIGTERM, wait_limit_ms(15000)), 0);
+    child = 0;
+    /* the backup, restored and streamed on under a new group, ends where A ends */
+    ck_assert_int_eq(run_quiet("'%s' restore --from '%s' --store '%s'", tu_iqp(), b, c), 0);
+    child = start_stream(c, "g2", log2);
+    ck_assert_msg(wait_offsets(c, total, 60000), "store C stopped at %lld of %lld messages", offsets_sum(c), total);
+    ck_assert_int_eq(tu_stop_pid(child, SIGTERM, wait_limit_ms(15000)), 0);
+    child = 0;
+    fprintf(stderr, "backup beside the stream: taken at %lld of %lld messages\n", at_backup, total);
+    char *da = dump(a), *dc = dump(c);
+    ck_assert_msg(strcmp(da, dc) == 0, "restored + continued store differs from the uninterrupted one");
+    free(da), free(dc), free(events), free(lines), free(cmd), free(a), free(b), free(c), free(log1), free(log2);
+    free(first), free(rest), free(split);
+}
+END_TEST
+
 static void teardown_tmp(void) {
     if (tmp) tu_rmrf(tmp);
     free(tmp);
@@ -450,17 +652,20 @@ static Suite *ops_suite(void) {
     Suite *s = suite_create("ops");
     TCase *tc = tcase_create("systemd");
     tcase_add_checked_fixture(tc, setup_broker, teardown_broker);
-    tcase_set_timeout(tc, 90);
+    tcase_set_timeout(tc, 240);
     tcase_add_test(tc, stream_notifies_systemd);
     tcase_add_test(tc, stream_dry_run_checks_and_changes_nothing);
     tcase_add_test(tc, rules_and_dashboard_use_exported_metrics);
+    tcase_add_test(tc, backup_beside_running_stream);
+    tcase_add_test(tc, stream_logs_json);
     suite_add_tcase(s, tc);
     tc = tcase_create("config");
     tcase_add_checked_fixture(tc, setup_tmp, teardown_tmp);
-    tcase_set_timeout(tc, 30);
+    tcase_set_timeout(tc, 60);
     tcase_add_test(tc, config_check_names_every_problem);
     tcase_add_test(tc, config_check_silent_on_good_files);
     tcase_add_test(tc, config_show_fills_defaults);
+    tcase_add_test(tc, backup_restore_roundtrip);
     suite_add_tcase(s, tc);
     return s;
 }
