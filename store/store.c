@@ -49,6 +49,7 @@ struct iqp_store {
     iqp_config cfg;
     _Atomic int64_t watermark_ms;
     int read_only;
+    int scratch;              /* IQP_STORE_SCRATCH: nothing outlives the process */
     char *dir;
 };
 
@@ -250,6 +251,8 @@ iqp_store *iqp_store_open(const char *dir, const iqp_config *cfg, iqp_store_mode
     st->read_only = mode == IQP_STORE_READ_ONLY;
     st->ro = rocksdb_readoptions_create();
     st->wo = rocksdb_writeoptions_create();
+    st->scratch = mode == IQP_STORE_SCRATCH;
+    if (st->scratch) rocksdb_writeoptions_disable_WAL(st->wo, 1);
     atomic_store(&st->watermark_ms, INT64_MIN);
     int is_new = !store_exists(dir);
     if (is_new && st->read_only) FAIL("no iqp store at %s", dir);
@@ -278,7 +281,7 @@ static void flush_memtables(iqp_store *st) {
 
 void iqp_store_close(iqp_store *st) {
     if (!st) return;
-    if (st->db && !st->read_only && st->cf[IQP_CF__COUNT]) flush_memtables(st);
+    if (st->db && !st->read_only && !st->scratch && st->cf[IQP_CF__COUNT]) flush_memtables(st);
     if (st->db) {
         for (int i = 0; i < N_CF_HANDLES; i++)
             if (st->cf[i]) rocksdb_column_family_handle_destroy(st->cf[i]);
