@@ -72,9 +72,12 @@ static int scan_all_grans(iqp_store *st, const iqp_store_snapshot *snap,
         }
         if (lo > hi) continue;
         ws->gran_index = (int)g;
-        if (iqp_store_scan_buckets_at(st, snap, cf, prefix->buf, prefix->len, (int)g, lo, hi, n,
-                                      add_bucket, ws, err, errlen) < 0)
-            return -1;
+        int rc = pending && pending->scan
+                     ? pending->scan(pending->scan_ud, cf, prefix->buf, prefix->len, (int)g, lo, hi,
+                                     n, add_bucket, ws, err, errlen)
+                     : iqp_store_scan_buckets_at(st, snap, cf, prefix->buf, prefix->len, (int)g, lo,
+                                                 hi, n, add_bucket, ws, err, errlen);
+        if (rc < 0) return -1;
         add_pending(pending, cf, prefix, (int)g, lo, hi, ws, n);
     }
     return 0;

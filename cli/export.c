@@ -66,6 +66,8 @@ static void usage(FILE *out) {
             "                          (default: OUT.dead-letter.jsonl)\n"
             "  --work-dir DIR          where the temporary store goes (default $TMPDIR or\n"
             "                          /tmp); it is removed at the end\n"
+            "  --cache-mb N            memory for the store cells kept for reads (default\n"
+            "                          256); past it they are dropped and read again\n"
             "  --quiet                 no progress line\n"
             "  --help                  this text\n"
             "\n"
@@ -112,6 +114,12 @@ static int parse_flag(export_cli *c, int opt, const char *arg) {
     case 'c': c->config_path = arg; return 0;
     case 'D': c->dead_letter = arg; return 0;
     case 'w': c->o.work_dir = arg; return 0;
+    case 'M': {
+        int64_t mb;
+        if (parse_ms("--cache-mb", arg, 1 << 20, &mb)) return 2;
+        c->o.cache_bytes = (size_t)mb << 20;
+        return 0;
+    }
     case 'q': c->quiet = 1; return 0;
     default: return iqp_cli_usage_error(CMD, "unknown option (see iqp export --help)");
     }
@@ -127,6 +135,7 @@ static int parse_opts(int argc, char **argv, export_cli *c) {
         {"no-rates", no_argument, 0, 'R'},             {"config", required_argument, 0, 'c'},
         {"dead-letter", required_argument, 0, 'D'},    {"work-dir", required_argument, 0, 'w'},
         {"quiet", no_argument, 0, 'q'},                {"help", no_argument, 0, 'h'},
+        {"cache-mb", required_argument, 0, 'M'},
         {0, 0, 0, 0}};
     int opt, rc;
     memset(c, 0, sizeof *c);
@@ -134,6 +143,7 @@ static int parse_opts(int argc, char **argv, export_cli *c) {
     c->o.until_ms = INT64_MAX;
     c->o.label_horizon_ms = DAY_MS;
     c->o.max_disorder_ms = 600000;
+    c->o.cache_bytes = (size_t)256 << 20;
     optind = 1;
     while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         if (opt == 'h') return usage(stdout), -1;

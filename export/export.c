@@ -34,6 +34,7 @@
 #include "aggregator/normalize.h"
 #include "consumers/decode_queue.h"
 #include "consumers/logfile.h"
+#include "export/featcache.h"
 #include "export/keymap.h"
 #include "export/reorder.h"
 #include "store/store.h"
@@ -72,6 +73,7 @@ typedef struct exporter {
     iqp_store *st;
     iqp_aggregator *agg;
     iqp_features_pending pending;
+    iqp_featcache *cache;      /* the store's cells the reads need (featcache.h) */
     iqp_reorder *buffer;
     iqp_keymap *buffered_ids;  /* event ids in the reorder buffer */
     iqp_rows *rows;
@@ -104,7 +106,7 @@ static int open_store(exporter *x, char *err, size_t errlen) {
         x->store_dir = NULL;
         return -1;
     }
-    x->st = iqp_store_open(x->store_dir, x->cfg, IQP_STORE_READ_WRITE, err, errlen);
+    x->st = iqp_store_open(x->store_dir, x->cfg, IQP_STORE_SCRATCH, err, errlen);
     return x->st ? 0 : -1;
 }
 
@@ -117,6 +119,22 @@ static int pending_buckets(const void *ud, int g, int64_t *first, int64_t *last)
 static int pending_cell(const void *ud, iqp_cf cf, const unsigned char *key, size_t klen,
                         int64_t *vec, size_t n) {
     return iqp_aggregator_pending_cell(ud, cf, key, klen, vec, n);
+}
+
+/* ---- the feature cache (featcache.h) --------------------------------------------- */
+
+static int cache_scan(void *ud, iqp_cf cf, const unsigned char *prefix, size_t plen, int g,
+                      int64_t first, int64_t last, size_t n, iqp_store_bucket_fn fn, void *fn_ud,
+                      char *err, size_t errlen) {
+    return iqp_featcache_scan(ud, cf, prefix, plen, g, first, last, n, fn, fn_ud, err, errlen);
+}
+
+/* The aggregator's flush hook: the cell is about to be written with the
+ * delta the batch still holds. */
+static void cache_on_cell(void *ud, iqp_store_batch *b, iqp_cf cf, const unsigned char *key,
+                          size_t klen) {
+    (void)b;
+    iqp_featcache_on_flush_cell(ud, cf, key, klen);
 }
 
 /* ---- dead letters ---------------------------------------------------------------- */
@@ -308,6 +326,7 @@ static int read_impression(exporter *x, iqp_held_event *h, int64_t as_of, char *
     }
     size_t n = distinct_items(x, ev), nw = x->cfg->n_windows;
     iqp_context ctx = {ev->query, ev->query_len, {ev->country[0], ev->country[1], 0}, ev->gender};
+    iqp_featcache_advance(x->cache, as_of);
     for (size_t f = 0; f < x->cfg->n_features && n > 0; f++)
         if (iqp_features_read_pending(x->st, &x->pending, f, &ctx, x->imp.items, x->imp.lens, n,
                                       as_of, &x->imp.by_feature[f * x->imp.cap * nw], err,
@@ -473,7 +492,10 @@ static int create_rows_tmp(exporter *x, char *err, size_t errlen);
 static int setup(exporter *x, char *err, size_t errlen) {
     if (open_store(x, err, errlen) < 0) return -1;
     x->agg = iqp_aggregator_new(x->st);
-    x->pending = (iqp_features_pending){pending_buckets, pending_cell, x->agg};
+    x->cache = iqp_featcache_new(x->st, x->o->cache_bytes, pending_cell, x->agg);
+    x->pending = (iqp_features_pending){pending_buckets, pending_cell, x->agg, cache_scan, x->cache};
+    iqp_aggregator_set_flush_hook(x->agg, &(iqp_agg_flush_hook){.on_cell = cache_on_cell,
+                                                                 .ud = x->cache});
     x->buffer = iqp_reorder_new(x->o->max_disorder_ms, x->o->lag_ms);
     x->buffered_ids = iqp_keymap_new();
     if (create_rows_tmp(x, err, errlen) < 0) return -1;
@@ -544,6 +566,7 @@ static int teardown(exporter *x, int rc, char *err, size_t errlen) {
     iqp_reorder_free(x->buffer);
     iqp_keymap_free(x->buffered_ids);
     iqp_aggregator_free(x->agg);
+    iqp_featcache_free(x->cache);
     if (x->st) iqp_store_close(x->st);
     if (x->store_dir) remove_tree(x->store_dir);
     free(x->store_dir);

@@ -46,6 +46,7 @@ typedef struct iqp_export_options {
     int64_t label_horizon_ms;    /* actions with ts <= action ts < ts + horizon label a row */
     int64_t max_disorder_ms;     /* the reorder buffer's span (reorder.h) */
     const char *work_dir;        /* parent of the temporary store; NULL: $TMPDIR or /tmp */
+    size_t cache_bytes;          /* memory for store cells held for reads (featcache.h) */
     iqp_deadletter *dl;          /* the caller's sink */
     int progress;                /* a progress line on stderr about twice a second */
 } iqp_export_options;

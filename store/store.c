@@ -80,6 +80,7 @@ struct iqp_store {
     int read_only;
     int made;             /* what this open created (made_kind), 0 when it existed */
     uint64_t commits;     /* batches committed since open */
+    int scratch;          /* IQP_STORE_SCRATCH: nothing outlives the process */
     char *dir;
 };
 
@@ -517,6 +518,8 @@ iqp_store *iqp_store_open(const char *dir, const iqp_config *cfg, iqp_store_mode
         return NULL;
     }
     st->made = made;
+    st->scratch = mode == IQP_STORE_SCRATCH;
+    if (st->scratch) rocksdb_writeoptions_disable_WAL(st->wo, 1);
     return st;
 }
 
@@ -548,7 +551,7 @@ static void flush_memtables(iqp_store *st) {
 
 void iqp_store_close(iqp_store *st) {
     if (!st) return;
-    if (st->db && !st->read_only && st->cf[IQP_CF__COUNT]) flush_memtables(st);
+    if (st->db && !st->read_only && !st->scratch && st->cf[IQP_CF__COUNT]) flush_memtables(st);
     if (st->db) {
         for (int i = 0; i < N_CF_HANDLES; i++)
             if (st->cf[i]) rocksdb_column_family_handle_destroy(st->cf[i]);

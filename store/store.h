@@ -56,6 +56,8 @@ typedef struct iqp_store_snapshot iqp_store_snapshot;
 typedef enum {
     IQP_STORE_READ_WRITE = 0, /* create when missing; write the layout on creation */
     IQP_STORE_READ_ONLY = 1,  /* must exist; never writes; may run beside a writer */
+    IQP_STORE_SCRATCH = 2,    /* read-write for a store deleted after use (iqp export's):
+                                 no write-ahead log, memtables not flushed at close */
 } iqp_store_mode;
 
 /* Opens dir. cfg is the running config; in read-write mode a new store

@@ -20,6 +20,10 @@
  *   lag_and_range         the same with --lag-ms 90000 and a --from/--until
  *                         slice in the middle (events before --from warm
  *                         the counters; no rows outside the slice).
+ *   cache_budget_invariance  the lag_and_range export with --cache-mb 0
+ *                         (the store read again on every cache miss) equals
+ *                         the brute force and, byte for byte, the export
+ *                         with the default cache.
  *   csv_matches_jsonl     --format csv holds the same values, column by
  *                         column, as the JSONL export.
  *   files_merged_by_time  impressions and actions in two files give the
@@ -468,6 +472,27 @@ START_TEST(features_and_labels) {
     ck_assert_msg(count_lines(dl) == oracle_n_invalid(orc), "%zu dead letters, oracle rejects %zu",
                   count_lines(dl), oracle_n_invalid(orc));
     free(dl); free(out); free(in);
+}
+END_TEST
+
+/* Without room for the cached store cells (--cache-mb 0: every read that
+ * misses drops what was held) the rows are the brute force's, and the same
+ * bytes as with the default cache. */
+START_TEST(cache_budget_invariance) {
+    REQUIRE_SETUP();
+    char *in = tu_fmt("'%s'", log_all);
+    export_req none = SLICE;
+    none.extra = "--cache-mb 0";
+    char *out = run_export(&none, in, "no-cache.jsonl"), *ref = run_export(&SLICE, in, "cache.jsonl");
+    ck_assert_msg(out && ref, "iqp export failed");
+    tally t = check_export(out, &none);
+    ck_assert_msg(t.rows > 0 && t.mismatches == 0, "--cache-mb 0: %" PRIu64 " of %" PRIu64
+                  " values differ from the brute force", t.mismatches, t.values);
+    size_t n1, n2;
+    char *a = tu_read_file(out, &n1), *b = tu_read_file(ref, &n2);
+    ck_assert_msg(a && b && n1 == n2 && memcmp(a, b, n1) == 0,
+                  "--cache-mb 0 and the default cache wrote different rows");
+    free(a); free(b); free(out); free(ref); free(in);
 }
 END_TEST
 
@@ -1186,6 +1211,7 @@ static Suite *export_suite(void) {
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, features_and_labels);
     tcase_add_test(tc, lag_and_range);
+    tcase_add_test(tc, cache_budget_invariance);
     tcase_add_test(tc, csv_matches_jsonl);
     tcase_add_test(tc, files_merged_by_time);
     tcase_add_test(tc, leakage);
