@@ -20,6 +20,13 @@
 #   $BROKERS    the bootstrap list of a local Kafka (`iqp devbroker`).
 # README "Running the examples" says how to set them by hand.
 #
+# Blocks that belong together (a walk-through whose steps share a shell:
+# variables, files, processes started by an earlier step) are joined into
+# one: a block whose fence has, on the line just before it,
+#   <!-- readme-test: continue -->
+# is appended to the block before it and runs in the same bash, with that
+# block's servers, under the sum of their time limits.
+#
 # A block that must not run here (it installs packages, or runs this test
 # suite itself) is marked on the line just before its fence with
 #   <!-- readme-test: skip REASON -->
@@ -132,6 +139,12 @@ extract_blocks() {
     /^#+ / { section = $0; sub(/^#+ /, "", section) }
     in_block && /^```[[:space:]]*$/ { in_block = 0; close(file); next }
     in_block { print > file; next }
+    /^```sh[[:space:]]*$/ && prev ~ /<!-- readme-test: continue/ && n > 0 {
+      in_block = 1; file = dir "/block-" n ".sh"; parts[n]++
+      print "" >> file
+      printf "%d\t%d\t%s\t%s\n", first[n], parts[n], sect[n], skips[n] > (dir "/block-" n ".meta"); close(dir "/block-" n ".meta")
+      next
+    }
     /^```sh[[:space:]]*$/ {
       n++; in_block = 1; file = dir "/block-" n ".sh"; printf "" > file
       skip = ""
@@ -139,7 +152,8 @@ extract_blocks() {
         skip = prev; sub(/.*<!-- readme-test: skip[[:space:]]*/, "", skip); sub(/[[:space:]]*-->.*/, "", skip)
         if (skip == "") skip = "(no reason given)"
       }
-      printf "%d\t%s\t%s\n", NR, section, skip > (dir "/block-" n ".meta"); close(dir "/block-" n ".meta")
+      first[n] = NR; sect[n] = section; skips[n] = skip; parts[n] = 1
+      printf "%d\t%d\t%s\t%s\n", NR, 1, section, skip > (dir "/block-" n ".meta"); close(dir "/block-" n ".meta")
     }
     { prev = $0 }
     END { if (in_block) { print "unterminated ```sh block" > "/dev/stderr"; exit 1 } print n + 0 }
@@ -149,8 +163,9 @@ extract_blocks() {
 n=$(extract_blocks) || { echo "readme: cannot parse README.md"; echo "0%: Checks: 1, Failures: 1, Errors: 0"; exit 1; }
 passed=0 failed=0 skipped=0
 for i in $(seq "$n"); do
-  IFS=$'\t' read -r line section skip <"$tmp/block-$i.meta"
+  IFS=$'\t' read -r line parts section skip <"$tmp/block-$i.meta"
   what="README block $i (line $line, \"$section\")"
+  ((parts > 1)) && what="$what with the $((parts - 1)) blocks that continue it"
   if [[ -n "$skip" ]]; then
     echo "SKIP $what: $skip"
     skipped=$((skipped + 1))
@@ -165,7 +180,7 @@ for i in $(seq "$n"); do
   rc=0
   if ((ok)); then
     # its own process group (setsid), so whatever it leaves running goes with it
-    (cd "$repo" && TMPDIR="$tmp/tmp" exec setsid timeout -s TERM -k 10 "$limit" \
+    (cd "$repo" && TMPDIR="$tmp/tmp" exec setsid timeout -s TERM -k 10 "$((limit * parts))" \
       bash -e -o pipefail "$tmp/block-$i.sh") >>"$out" 2>&1 &
     block_pid=$!
     wait "$block_pid"
@@ -178,7 +193,7 @@ for i in $(seq "$n"); do
     echo "PASS $what"
     passed=$((passed + 1))
   else
-    ((rc == 124)) && echo "(timed out after ${limit} s)" >>"$out"
+    ((rc == 124)) && echo "(timed out after $((limit * parts)) s)" >>"$out"
     echo "FAIL $what: exit $rc"
     sed 's/^/    | /' "$tmp/block-$i.sh"
     echo "    output (last 30 lines):"
