@@ -354,7 +354,7 @@ static size_t put_bulk_header(char *out, size_t n) {
  * context field "" and every item, as RESP bulk strings. */
 static iqp_status format_items(iqp_client *c, const char *const *items, size_t n_items, size_t *len) {
     size_t need = 6;
-    for (size_t i = 0; i < n_items; i++) need += strlen(items[i]) + 24;
+    for (size_t i = 0; i < n_items; i++) need += strlen(items[i]) + 32; /* "$" len "\r\n" item "\r\n" */
     if (need > c->items_cmd_cap) {
         char *b = realloc(c->items_cmd, need);
         if (!b) return set_error(c, IQP_ENOMEM, "out of memory for a %zu-byte request", need);

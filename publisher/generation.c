@@ -149,11 +149,30 @@ static const char *TAKEOVER_SCRIPT =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 end "
     "return 0";
 
+/* Which processes kill(pid, 0) speaks for: this kernel's boot id and
+ * this pid namespace ("?" when unknown: then no holder is provably
+ * gone). Containers share a host name but not a pid namespace. */
+static void pid_space(char *out, size_t cap) {
+    char boot[40] = "", ns[64] = "";
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+    if (f) {
+        if (!fgets(boot, sizeof boot, f)) boot[0] = '\0';
+        fclose(f);
+    }
+    boot[strcspn(boot, "\n-")] = '\0';
+    ssize_t n = readlink("/proc/self/ns/pid", ns, sizeof ns - 1);
+    ns[n > 0 ? n : 0] = '\0';
+    const char *digits = strchr(ns, '[');
+    if (!boot[0] || !digits) snprintf(out, cap, "?");
+    else snprintf(out, cap, "%s/%.*s", boot, (int)strspn(digits + 1, "0123456789"), digits + 1);
+}
+
 void iqp_lease_value(char *out, size_t cap, const char *role, long long token) {
-    char host[64] = "?";
+    char host[64] = "?", space[80];
     gethostname(host, sizeof host - 1);
-    snprintf(out, cap, "%s on %s pid %ld since %" PRId64 " token %lld", role, host, (long)getpid(), iqp_wall_ms(),
-             token);
+    pid_space(space, sizeof space);
+    snprintf(out, cap, "%s on %s pid %ld in %s since %" PRId64 " token %lld", role, host, (long)getpid(), space,
+             iqp_wall_ms(), token);
 }
 
 int iqp_lease_new_value(struct redisContext *redis, const char *prefix, const char *role, char *out, size_t cap) {
@@ -165,16 +184,19 @@ int iqp_lease_new_value(struct redisContext *redis, const char *prefix, const ch
     return ok ? 0 : -1;
 }
 
-/* 1 when the lease value names a process of this host that no longer
- * exists (the only holder that is provably gone; on another host only
- * the lease's expiry tells). */
+/* 1 when the lease value names a process that no longer exists and that
+ * this process can tell about: same host, same kernel boot, same pid
+ * namespace (the only holder that is provably gone; any other only by
+ * the lease's expiry). */
 static int holder_is_gone(const char *value) {
-    char host[64] = "?", vhost[64];
+    char host[64] = "?", vhost[64], space[80], vspace[80];
     long pid;
     const char *on = strstr(value, " on ");
     gethostname(host, sizeof host - 1);
-    if (!on || sscanf(on, " on %63s pid %ld", vhost, &pid) != 2 || pid <= 0) return 0;
-    return strcmp(vhost, host) == 0 && pid != (long)getpid() && kill((pid_t)pid, 0) < 0 && errno == ESRCH;
+    pid_space(space, sizeof space);
+    if (!on || sscanf(on, " on %63s pid %ld in %79s", vhost, &pid, vspace) != 3 || pid <= 0) return 0;
+    return strcmp(vhost, host) == 0 && strcmp(vspace, space) == 0 && strcmp(space, "?") != 0 &&
+           pid != (long)getpid() && kill((pid_t)pid, 0) < 0 && errno == ESRCH;
 }
 
 int iqp_lease_acquire(struct redisContext *redis, const char *prefix, const char *value, char *holder,

@@ -33,8 +33,8 @@
 #define IQP_LEASE_MS 30000
 #define IQP_LEASE_RENEW_MS 5000
 
-/* The lease value naming this process: "<role> on <host> pid <pid> since
- * <ms> token <T>", T a fencing token from INCR <prefix>:lease:token, so
+/* The lease value naming this process: "<role> on <host> pid <pid> in
+ * <boot id>/<pid namespace> since <ms> token <T>", T a fencing token from INCR <prefix>:lease:token, so
  * no two holders ever have the same value. Every commit point of a writer
  * (the flip, the meta stamp) runs in a script that checks the lease still
  * holds the writer's exact value: a writer whose lease was taken over
@@ -46,8 +46,9 @@ int iqp_lease_new_value(struct redisContext *redis, const char *prefix, const ch
 
 /* Takes or renews <prefix>:lease for value: 1 ours, 0 held by another
  * holder (its value in holder), -1 Redis failed (the error in holder).
- * A holder that is provably gone -- a process of this host that no longer
- * exists, e.g. a killed `iqp refresh` -- is taken over at once
+ * A holder that is provably gone -- a process of this host, kernel boot
+ * and pid namespace that no longer exists, e.g. a killed `iqp refresh`
+ * -- is taken over at once
  * (compare-and-set on its exact value); one on another host only when
  * its lease expires (IQP_LEASE_MS after its last renewal). */
 int iqp_lease_acquire(struct redisContext *redis, const char *prefix, const char *value, char *holder,

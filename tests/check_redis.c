@@ -1075,11 +1075,18 @@ static int ttl_seconds(void) {
 
 START_TEST(pointer_and_generation_expire_together) {
     require_setup();
-    const int db = 2, ttl = ttl_seconds();
+    const int db = 2;
+    int ttl = ttl_seconds(), published = 0;
     char *url = tu_fmt("redis://127.0.0.1:%d/%d", redis_port, db);
-    free(db_get(db, "FLUSHDB"));
-    ck_assert(run_ok(tu_fmt("'%s' publish --store '%s' --redis %s --all --redis-ttl %ds --quiet", tu_iqp(), store,
-                            url, ttl)));
+    /* a loaded machine can make the publish take half the TTL, which the
+     * publisher refuses (tested below): then the TTL doubles, at most twice */
+    for (int attempt = 0; attempt < 3 && !published; attempt++, ttl *= 2) {
+        free(db_get(db, "FLUSHDB"));
+        published = run_ok(tu_fmt("'%s' publish --store '%s' --redis %s --all --redis-ttl %ds --quiet 2>/dev/null",
+                                  tu_iqp(), store, url, ttl));
+    }
+    ttl /= 2;
+    ck_assert_msg(published, "publish --all with a TTL up to %d s failed", ttl);
     /* publish --all hands out its generation number with INCR, as the
      * layout document says */
     char *gen = db_get(db, "GET iqp:gen"), *next = db_get(db, "GET iqp:gen:next");
