@@ -119,7 +119,7 @@ struct iqp_stream {
     int brokers_up, brokers_known;
     int64_t last_health_ms;
     /* where partitions start without a stored offset (the user's
-     * auto.offset.reset; librdkafka's own is always "error") */
+     * auto.offset.reset; librdkafka's own is set apart: see "Lost events") */
     int64_t new_start;          /* RD_KAFKA_OFFSET_BEGINNING, _END, or _INVALID for error */
     int skip_lost;              /* a stored offset out of range: skip to the earliest (else stop) */
 };
@@ -595,6 +595,12 @@ static void report_lost(iqp_stream *s, int t, int32_t partition, int64_t from, i
     if (s->m) {
         snprintf(labels, sizeof labels, "topic=\"%s\",partition=\"%d\"", s->topic_labels[t], (int)partition);
         iqp_metrics_add(s->m, "iqp_kafka_offset_resets_total", labels, 1);
+    }
+    if (lo < 0) {
+        fprintf(stderr, "iqp stream: %s/%d: offset %lld is no longer on the broker (its range could not be "
+                        "read): the events from offset %lld on that it dropped are lost\n",
+                s->topics[t], (int)partition, (long long)from, (long long)from);
+        return;
     }
     fprintf(stderr, "iqp stream: %s/%d: offset %lld is no longer on the broker (it keeps %lld..%lld): the "
                     "events at offsets %lld..%lld were never counted and are lost%s\n",
