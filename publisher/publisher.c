@@ -24,6 +24,7 @@
 
 #include "aggregator/cells.h"
 #include "aggregator/features.h"
+#include "client/redis_cluster.h"
 #include "client/redis_conn.h"
 #include "publisher/generation.h"
 #include "refresher/refresh.h"
@@ -105,7 +106,7 @@ struct iqp_publisher {
     char *layout_json;
     iqp_metrics *m;
     /* session */
-    redisContext *redis;
+    iqp_rconn *redis;
     uint64_t generation;
     char run_id[64];
     char lease_value[160];        /* who we are in <prefix>:lease */
@@ -165,7 +166,7 @@ static void note_error(iqp_publisher *p, const char *fmt, ...) {
 }
 
 static void drop_session(iqp_publisher *p) {
-    if (p->redis) redisFree(p->redis);
+    iqp_rconn_free(p->redis);
     p->redis = NULL;
     p->inflight = 0;
     p->stats.connected = 0;
@@ -177,10 +178,10 @@ static void drop_session(iqp_publisher *p) {
 static redisReply *command(iqp_publisher *p, const char *what, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    redisReply *r = redisvCommand(p->redis, fmt, ap);
+    redisReply *r = iqp_rconn_vcommand(p->redis, fmt, ap);
     va_end(ap);
     if (!r) {
-        note_error(p, "%s on Redis at %s failed: %s", what, p->where, p->redis->errstr);
+        note_error(p, "%s on Redis at %s failed: %s", what, p->where, iqp_rconn_errstr(p->redis));
         return NULL;
     }
     if (r->type == REDIS_REPLY_ERROR) {
@@ -307,7 +308,7 @@ static void lease_release(iqp_publisher *p) { iqp_lease_release(p->redis, p->pre
 static int session_open(iqp_publisher *p) {
     char err[600];
     if (p->redis) return 0;
-    p->redis = iqp_redis_connect(&p->url, p->pc.connect_timeout_ms, p->pc.command_timeout_ms, err, sizeof err);
+    p->redis = iqp_rconn_connect(&p->url, p->pc.connect_timeout_ms, p->pc.command_timeout_ms, err, sizeof err);
     if (!p->redis) {
         note_error(p, "%s", err);
         return -1;
@@ -337,8 +338,8 @@ static int session_open(iqp_publisher *p) {
 static int pipe_read(iqp_publisher *p, int keep) {
     while (p->inflight > keep) {
         redisReply *r = NULL;
-        if (redisGetReply(p->redis, (void **)&r) != REDIS_OK) {
-            note_error(p, "reply from Redis at %s: %s", p->where, p->redis->errstr);
+        if (iqp_rconn_get_reply(p->redis, &r) != REDIS_OK) {
+            note_error(p, "reply from Redis at %s: %s", p->where, iqp_rconn_errstr(p->redis));
             return -1;
         }
         p->inflight--;
@@ -351,8 +352,8 @@ static int pipe_read(iqp_publisher *p, int keep) {
 }
 
 static int pipe_append(iqp_publisher *p, int argc, const char **argv, const size_t *lens) {
-    if (redisAppendCommandArgv(p->redis, argc, argv, lens) != REDIS_OK) {
-        note_error(p, "command to Redis at %s: %s", p->where, p->redis->errstr);
+    if (iqp_rconn_append_argv(p->redis, argc, argv, lens) != REDIS_OK) {
+        note_error(p, "command to Redis at %s: %s", p->where, iqp_rconn_errstr(p->redis));
         return -1;
     }
     p->inflight++;
@@ -844,8 +845,8 @@ static iqp_publisher *publisher_new(iqp_store *st, iqp_pending *q, const iqp_pub
     p->pc = *pc;
     if (p->pc.pipeline_depth < 64) p->pc.pipeline_depth = 64;
     if (p->pc.batch_keys == 0) p->pc.batch_keys = 20000;
-    snprintf(p->prefix, sizeof p->prefix, "%s", pc->prefix ? pc->prefix : "iqp");
-    if (iqp_redis_url_parse(pc->url, &p->url, err, errlen) < 0) {
+    if (iqp_redis_url_parse(pc->url, &p->url, err, errlen) < 0 ||
+        iqp_redis_key_prefix(&p->url, pc->prefix ? pc->prefix : "iqp", p->prefix, sizeof p->prefix, err, errlen) < 0) {
         free(p);
         return NULL;
     }
