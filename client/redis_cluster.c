@@ -419,15 +419,18 @@ redisReply *iqp_rconn_command(iqp_rconn *rc, const char *fmt, ...) {
 
 /* ---- masters ------------------------------------------------------------------------- */
 
-/* Node index of the i-th distinct master in slot order, or -1. */
+/* Node index of the i-th master (a node that serves a slot, in node
+ * order), or -1. */
 static int master_node(const iqp_rconn *rc, size_t want) {
-    size_t seen = 0;
-    for (size_t n = 0; n < rc->n_nodes; n++) {
-        int serves = 0;
-        for (size_t s = 0; s < IQP_CLUSTER_SLOTS && !serves; s++) serves = rc->slot_node[s] == (int16_t)n;
-        if (serves && seen++ == want) return (int)n;
-    }
-    return -1;
+    unsigned char *serves = calloc(rc->n_nodes + 1, 1);
+    if (!serves) abort();
+    for (size_t s = 0; s < IQP_CLUSTER_SLOTS; s++)
+        if (rc->slot_node[s] >= 0) serves[rc->slot_node[s]] = 1;
+    int found = -1;
+    for (size_t n = 0, seen = 0; n < rc->n_nodes && found < 0; n++)
+        if (serves[n] && seen++ == want) found = (int)n;
+    free(serves);
+    return found;
 }
 
 size_t iqp_rconn_masters(iqp_rconn *rc) {

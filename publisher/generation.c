@@ -519,7 +519,8 @@ static int gc_generations(gen_writer *g, uint64_t keep, int64_t grace_ms) {
     snprintf(pattern[0], sizeof pattern[0], "%s:*", g->prefix);
     snprintf(pattern[1], sizeof pattern[1], "%.*s:*", (int)(pl > 2 ? pl - 2 : 0), g->prefix + 1);
     snprintf(grace, sizeof grace, "%" PRId64, grace_ms > 0 ? grace_ms : 1);
-    for (size_t m = 0; m < iqp_rconn_masters(g->redis); m++)
+    size_t masters = iqp_rconn_masters(g->redis);
+    for (size_t m = 0; m < masters; m++)
         for (int p = 0; p <= cluster; p++)
             if (gc_scan(g, m, pattern[p], keep, grace) < 0) return -1;
     return 0;

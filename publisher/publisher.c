@@ -193,13 +193,34 @@ static redisReply *command(iqp_publisher *p, const char *what, const char *fmt, 
 }
 
 /* The run_id line of INFO server: it changes whenever Redis restarts. */
+static int by_id(const void *a, const void *b) { return strcmp(a, b); }
+
+/* Redis's run_id: a restarted server without persistence has a new one.
+ * In a Redis Cluster every master's counts, so the run_id kept is an
+ * XXH3 of all of them, sorted (a restarted or added master changes it). */
 static int read_run_id(iqp_publisher *p) {
-    redisReply *r = command(p, "INFO server", "INFO server");
-    if (!r) return -1;
-    const char *id = r->type == REDIS_REPLY_STRING ? strstr(r->str, "run_id:") : NULL;
+    size_t n = iqp_rconn_masters(p->redis);
+    char (*ids)[64] = calloc(n ? n : 1, sizeof *ids);
+    if (!ids) abort();
+    for (size_t m = 0; m < n; m++) {
+        redisReply *r = iqp_rconn_master_command(p->redis, m, "INFO server");
+        if (!r || r->type == REDIS_REPLY_ERROR) {
+            note_error(p, "INFO server on Redis at %s failed: %s", p->where,
+                       r ? r->str : iqp_rconn_errstr(p->redis));
+            if (r) freeReplyObject(r);
+            free(ids);
+            return -1;
+        }
+        const char *id = r->type == REDIS_REPLY_STRING ? strstr(r->str, "run_id:") : NULL;
+        if (id) sscanf(id + 7, "%63[0-9a-fA-F]", ids[m]);
+        freeReplyObject(r);
+    }
+    qsort(ids, n, sizeof *ids, by_id);
     p->run_id[0] = '\0';
-    if (id) sscanf(id + 7, "%63[0-9a-fA-F]", p->run_id);
-    freeReplyObject(r);
+    if (n == 1) snprintf(p->run_id, sizeof p->run_id, "%s", ids[0]);
+    else if (n > 1)
+        snprintf(p->run_id, sizeof p->run_id, "%016llx", (unsigned long long)XXH3_64bits(ids, n * sizeof *ids));
+    free(ids);
     return 0;
 }
 
