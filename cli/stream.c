@@ -426,6 +426,9 @@ static int check_opts(stream_opts *o, int require_all) {
         if (iqp_redis_url_parse(o->redis.url, &u, err, sizeof err) < 0) return iqp_cli_usage_error(CMD, "%s", err);
         if (!o->redis.prefix[0] || strlen(o->redis.prefix) > 100)
             return iqp_cli_usage_error(CMD, "the Redis key prefix must be 1..100 bytes");
+        char tagged[128]; /* a cluster prefix may hold no brace */
+        if (iqp_redis_key_prefix(&u, o->redis.prefix, tagged, sizeof tagged, err, sizeof err) < 0)
+            return iqp_cli_usage_error(CMD, "%s", err);
     }
     if (check_metrics_listen(o)) return 2;
     return validate_props(o);

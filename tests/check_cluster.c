@@ -347,6 +347,20 @@ START_TEST(cluster_urls_parse) {
     iqp_redis_url_parse("redis://h:1", &u, err, sizeof err);
     ck_assert_int_eq(iqp_redis_key_prefix(&u, "a{b}", buf, sizeof buf, err, sizeof err), 0);
     ck_assert_str_eq(buf, "a{b}");
+    /* bad cluster flags are usage errors (exit 2), named in the message */
+    static const char *bad[] = {"publish --store /nonexistent --all --redis redis-cluster://127.0.0.1:1 "
+                                "--redis-prefix 'a{b'",
+                                "lookup --redis redis-cluster://127.0.0.1:1 --redis-prefix 'x}' --query q i1",
+                                "lookup --redis redis-cluster://127.0.0.1:1/3 --query q i1",
+                                "refresh --store /nonexistent --redis redis-cluster://127.0.0.1:1 --redis-prefix '{p}'"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char *cmd = tu_fmt("'%s' %s 2>&1", tu_iqp(), bad[i]), *out = NULL;
+        int rc = tu_run(cmd, &out);
+        ck_assert_msg(rc == 2, "%s: exit %d, want 2\n%s", cmd, rc, out);
+        ck_assert_msg(strstr(out, "brace") || strstr(out, "only database 0"), "%s printed\n%s", cmd, out);
+        free(out);
+        free(cmd);
+    }
     /* a single server is not a cluster: a clear error */
     int port = tu_free_port();
     char *log = tu_fmt("/dev/null");
