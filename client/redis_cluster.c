@@ -447,9 +447,10 @@ redisReply *iqp_rconn_master_command(iqp_rconn *rc, size_t i, const char *fmt, .
     if (rc->single) {
         r = redisvCommand(rc->single, fmt, ap);
     } else {
-        int n = master_node(rc, i);
+        int n = rc->n_q ? -1 : master_node(rc, i); /* a queued reply would be read as this one's */
         redisContext *c = n >= 0 ? node_ctx(rc, n) : NULL;
-        if (n < 0) set_err(rc, REDIS_ERR_OTHER, "no Redis Cluster master number %zu", i);
+        if (n < 0 && rc->n_q) set_err(rc, REDIS_ERR_OTHER, "commands are still queued");
+        else if (n < 0) set_err(rc, REDIS_ERR_OTHER, "no Redis Cluster master %zu", i);
         if (c && !(r = redisvCommand(c, fmt, ap))) node_failed(rc, &rc->nodes[n]);
     }
     va_end(ap);
