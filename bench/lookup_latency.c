@@ -9,7 +9,9 @@
  * GET of the generation pointer + one HMGET per feature, decoding every
  * value into the caller's array). The ceiling sends the very same
  * commands, built once up front, through one hiredis connection and only
- * waits for the replies (no key building, no normalization, no decoding).
+ * waits for the replies (no key building, no normalization, no decoding);
+ * for a redis-cluster:// URL it sends them through the same cluster layer
+ * (client/redis_cluster.h), with the cluster key names.
  * Calls alternate in blocks of 100 between the two, so both see the same
  * machine noise; each side makes CALLS calls or stops at MAX_SECONDS.
  * Prints one line per side with p50/p99/p999 in microseconds, then the
@@ -24,6 +26,7 @@
 #include "aggregator/config.h"
 #include "client/client_internal.h"
 #include "client/iqp.h"
+#include "client/redis_cluster.h"
 #include "client/redis_conn.h"
 #include "schemas/redis_value.h"
 #include "util/clock.h"
@@ -53,10 +56,14 @@ static char **read_items(const char *path, size_t want, size_t *got) {
 
 /* Builds GET iqp:gen and one HMGET per feature of the served layout, for
  * the generation the client reads. */
-static int build_raw(raw_request *r, iqp_client *c, const char *query, const char *country,
+static int build_raw(raw_request *r, iqp_client *c, const char *prefix, const char *query, const char *country,
                      const char *gender, char **items, size_t n) {
-    static const char *get_argv[2] = {"GET", "iqp:gen"};
-    static size_t get_lens[2] = {3, 7};
+    static const char *get_argv[2] = {"GET", NULL};
+    static size_t get_lens[2] = {3, 0};
+    static char gen_key[200];
+    snprintf(gen_key, sizeof gen_key, "%s:gen", prefix);
+    get_argv[1] = gen_key;
+    get_lens[1] = strlen(gen_key);
     const iqp_config *cfg = iqp_client_config(c);
     r->argc[0] = 2;
     r->argv[0] = get_argv;
@@ -65,7 +72,7 @@ static int build_raw(raw_request *r, iqp_client *c, const char *query, const cha
     if (cfg->n_features > MAX_FEATURES) return -1;
     for (size_t f = 0; f < cfg->n_features; f++) {
         char key[1024];
-        size_t klen = iqp_rv_hash_key(key, sizeof key, "iqp", iqp_client_generation(c), cfg->features[f].name,
+        size_t klen = iqp_rv_hash_key(key, sizeof key, prefix, iqp_client_generation(c), cfg->features[f].name,
                                       cfg->features[f].dims, country, gender, query, strlen(query));
         if (klen >= sizeof key) return -1;
         const char **argv = malloc((n + 3) * sizeof *argv);
@@ -82,11 +89,11 @@ static int build_raw(raw_request *r, iqp_client *c, const char *query, const cha
     return 0;
 }
 
-static int raw_call(redisContext *ctx, const raw_request *r) {
-    for (int k = 0; k < r->n_cmds; k++) redisAppendCommandArgv(ctx, r->argc[k], r->argv[k], r->lens[k]);
+static int raw_call(iqp_rconn *ctx, const raw_request *r) {
+    for (int k = 0; k < r->n_cmds; k++) iqp_rconn_append_argv(ctx, r->argc[k], r->argv[k], r->lens[k]);
     for (int k = 0; k < r->n_cmds; k++) {
         redisReply *reply;
-        if (redisGetReply(ctx, (void **)&reply) != REDIS_OK) return -1;
+        if (iqp_rconn_get_reply(ctx, &reply) != REDIS_OK) return -1;
         int bad = reply->type == REDIS_REPLY_ERROR || (k > 0 && reply->type != REDIS_REPLY_ARRAY);
         freeReplyObject(reply);
         if (bad) return -1;
@@ -126,15 +133,16 @@ int main(int argc, char **argv) {
         return 1;
     }
     iqp_redis_url u;
-    char err[512];
+    char err[512], prefix[160];
     if (iqp_redis_url_parse(url, &u, err, sizeof err) < 0) return 1;
-    redisContext *ctx = iqp_redis_connect(&u, 1000, 1000, err, sizeof err);
+    if (iqp_redis_key_prefix(&u, "iqp", prefix, sizeof prefix, err, sizeof err) < 0) return 1;
+    iqp_rconn *ctx = iqp_rconn_connect(&u, 1000, 1000, err, sizeof err);
     if (!ctx) {
         fprintf(stderr, "lookup_latency: %s\n", err);
         return 1;
     }
     raw_request raw;
-    if (build_raw(&raw, c, query, country, gender, items, n) < 0) return 1;
+    if (build_raw(&raw, c, prefix, query, country, gender, items, n) < 0) return 1;
     size_t len = iqp_client_result_len(c, n);
     double *out = malloc(len * sizeof *out);
     double *lib_us = malloc(calls * sizeof *lib_us), *raw_us = malloc(calls * sizeof *raw_us);
@@ -152,7 +160,7 @@ int main(int argc, char **argv) {
         for (size_t b = 0; b < BLOCK && n_raw < calls; b++) {
             double t0 = iqp_mono_seconds();
             if (raw_call(ctx, &raw) < 0) {
-                fprintf(stderr, "lookup_latency: raw hiredis call failed: %s\n", ctx->errstr);
+                fprintf(stderr, "lookup_latency: raw hiredis call failed: %s\n", iqp_rconn_errstr(ctx));
                 return 1;
             }
             raw_us[n_raw++] = (iqp_mono_seconds() - t0) * 1e6;
@@ -170,6 +178,6 @@ int main(int argc, char **argv) {
            pct(lib_us, n_lib, .5) / pct(raw_us, n_raw, .5), pct(lib_us, n_lib, .99) / pct(raw_us, n_raw, .99),
            seen);
     iqp_client_close(c);
-    redisFree(ctx);
+    iqp_rconn_free(ctx);
     return 0;
 }

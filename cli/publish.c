@@ -19,6 +19,7 @@
 
 #include "aggregator/config.h"
 #include "cli/cli.h"
+#include "client/redis_cluster.h"
 #include "client/redis_conn.h"
 #include "publisher/pending.h"
 #include "publisher/publisher.h"
@@ -42,7 +43,8 @@ static void usage(FILE *out) {
             "\n"
             "  --store DIR             the store\n"
             "  --redis URL             redis://[[user]:password@]host[:port][/db] or\n"
-            "                          unix:///path/to/socket[?db=N]\n"
+            "                          unix:///path/to/socket[?db=N] or, for a Redis\n"
+            "                          Cluster, redis-cluster://host:port[,host:port...]\n"
             "  --redis-url-file FILE   the URL on the first line of FILE (keeps a password\n"
             "                          off the command line); without either flag the URL\n"
             "                          in $IQP_REDIS_URL is used\n"
@@ -112,6 +114,9 @@ static int parse_args(int argc, char **argv, publish_opts *o) {
     if (iqp_redis_url_parse(o->redis.url, &u, err, sizeof err) < 0) return iqp_cli_usage_error(CMD, "%s", err);
     if (!o->redis.prefix[0] || strlen(o->redis.prefix) > 100)
         return iqp_cli_usage_error(CMD, "the Redis key prefix must be 1..100 bytes");
+    char tagged[128]; /* a cluster prefix may hold no brace */
+    if (iqp_redis_key_prefix(&u, o->redis.prefix, tagged, sizeof tagged, err, sizeof err) < 0)
+        return iqp_cli_usage_error(CMD, "%s", err);
     return 0;
 }
 

@@ -17,6 +17,7 @@
 
 #include "aggregator/config.h"
 #include "cli/cli.h"
+#include "client/redis_cluster.h"
 #include "client/redis_conn.h"
 #include "publisher/generation.h"
 #include "refresher/dump.h"
@@ -125,6 +126,9 @@ static int publish_check(refresh_opts *o) {
     if (o->redis_prefix) o->redis.prefix = o->redis_prefix;
     if (!o->redis.prefix[0] || strlen(o->redis.prefix) > 100)
         return iqp_cli_usage_error(CMD, "the Redis key prefix must be 1..100 bytes");
+    char tagged[128]; /* a cluster prefix may hold no brace */
+    if (iqp_redis_key_prefix(&u, o->redis.prefix, tagged, sizeof tagged, err, sizeof err) < 0)
+        return iqp_cli_usage_error(CMD, "%s", err);
     if (o->redis_ttl && (iqp_parse_duration(o->redis_ttl, &o->redis.ttl_ms) < 0 || o->redis.ttl_ms < 1000))
         return iqp_cli_usage_error(CMD, "--redis-ttl must be a duration of at least 1s (e.g. 8d), not '%s'",
                                    o->redis_ttl);

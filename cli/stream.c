@@ -43,6 +43,7 @@
 #include "consumers/deadletter.h"
 #include "consumers/metrics.h"
 #include "consumers/stream.h"
+#include "client/redis_cluster.h"
 #include "client/redis_conn.h"
 #include "publisher/pending.h"
 #include "publisher/publisher.h"
@@ -84,7 +85,8 @@ static void usage(FILE *out) {
             "                           iqp-checkpoints, compacted; 'off': group offsets only)\n"
             "  --property NAME=VALUE    any librdkafka property (repeatable)\n"
             "  --redis URL              publish changed features to Redis\n"
-            "                           (redis://[:password@]host:port/db or unix:///path;\n"
+            "                           (redis://[:password@]host:port/db, unix:///path or\n"
+            "                           redis-cluster://host:port[,host:port...];\n"
             "                           redis.url; default: no publishing)\n"
             "  --redis-url-file FILE    ... the URL on the first line of FILE instead, off\n"
             "                           the command line (redis.url_file)\n"
@@ -461,6 +463,9 @@ static int check_opts(stream_opts *o, int require_all) {
         if (iqp_redis_url_parse(o->redis.url, &u, err, sizeof err) < 0) return iqp_cli_usage_error(CMD, "%s", err);
         if (!o->redis.prefix[0] || strlen(o->redis.prefix) > 100)
             return iqp_cli_usage_error(CMD, "the Redis key prefix must be 1..100 bytes");
+        char tagged[128]; /* a cluster prefix may hold no brace */
+        if (iqp_redis_key_prefix(&u, o->redis.prefix, tagged, sizeof tagged, err, sizeof err) < 0)
+            return iqp_cli_usage_error(CMD, "%s", err);
     }
     if (check_metrics_listen(o)) return 2;
     return validate_props(o);
@@ -750,26 +755,29 @@ static int dry_redis(const stream_opts *o, const iqp_config *cfg) {
     if (!o->redis.url) return dry_line(-1, "redis", "no redis.url: features would not be published"), 0;
     if (iqp_redis_url_parse(o->redis.url, &u, err, sizeof err) < 0) return dry_line(0, "redis", "%s", err);
     iqp_redis_url_describe(&u, where, sizeof where);
-    redisContext *c = iqp_redis_connect(&u, o->redis.connect_timeout_ms, o->redis.command_timeout_ms, err, sizeof err);
+    char pf[160];
+    if (iqp_redis_key_prefix(&u, o->redis.prefix, pf, sizeof pf, err, sizeof err) < 0)
+        return dry_line(0, "redis", "%s", err);
+    iqp_rconn *c = iqp_rconn_connect(&u, o->redis.connect_timeout_ms, o->redis.command_timeout_ms, err, sizeof err);
     if (!c) return dry_line(0, "redis", "%s", err);
-    const char *pf = o->redis.prefix;
     int bad = 0;
-    redisReply *r = redisCommand(c, "SET %s:dry-run-probe 1 PX 1000", pf);
+    redisReply *r = iqp_rconn_command(c, "SET %s:dry-run-probe 1 PX 1000", pf);
     if (!r || r->type == REDIS_REPLY_ERROR)
-        bad += dry_line(0, "redis", "%s: cannot write under prefix '%s': %s", where, pf, r ? r->str : c->errstr);
+        bad += dry_line(0, "redis", "%s: cannot write under prefix '%s': %s", where, pf,
+                        r ? r->str : iqp_rconn_errstr(c));
     else
         dry_line(1, "redis", "%s answers and accepts writes under prefix '%s'", where, pf);
     freeReplyObject(r);
-    r = redisCommand(c, "GET %s:lease", pf);
+    r = iqp_rconn_command(c, "GET %s:lease", pf);
     if (r && r->type == REDIS_REPLY_STRING)
         bad += dry_line(0, "redis", "another process publishes to prefix '%s' (%s)", pf, r->str);
     freeReplyObject(r);
     char *layout = iqp_config_layout_json(cfg), fp[17];
     snprintf(fp, sizeof fp, "%016llx", (unsigned long long)XXH3_64bits(layout, strlen(layout)));
     free(layout);
-    r = redisCommand(c, "GET %s:gen", pf);
+    r = iqp_rconn_command(c, "GET %s:gen", pf);
     if (r && r->type == REDIS_REPLY_STRING) {
-        redisReply *m = redisCommand(c, "HGET %s:%s:meta fingerprint", pf, r->str);
+        redisReply *m = iqp_rconn_command(c, "HGET %s:%s:meta fingerprint", pf, r->str);
         if (m && m->type == REDIS_REPLY_STRING && strcmp(m->str, fp) != 0)
             bad += dry_line(0, "redis", "generation %s under '%s' has layout fingerprint %s, this config %s: "
                                         "publishing would be refused", r->str, pf, m->str, fp);
@@ -780,7 +788,7 @@ static int dry_redis(const stream_opts *o, const iqp_config *cfg) {
         dry_line(1, "redis", "nothing published under '%s' yet: would publish layout %s", pf, fp);
     }
     freeReplyObject(r);
-    redisFree(c);
+    iqp_rconn_free(c);
     return bad;
 }
 

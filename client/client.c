@@ -1,6 +1,7 @@
 /* client.c -- libiqp (see iqp.h for the contract).
  *
- * A lookup is one hiredis pipeline on one connection:
+ * A lookup is one pipeline (client/redis_cluster.h: one hiredis connection,
+ * or, in a Redis Cluster, the masters of the keys, written before any is read):
  *
  *   GET   <prefix>:gen
  *   HMGET <prefix>:<G>:<feature>:<context> "" item1 ... itemN   (per feature)
@@ -34,6 +35,7 @@
 #include <string.h>
 
 #include "aggregator/normalize.h"
+#include "client/redis_cluster.h"
 #include "client/redis_conn.h"
 #include "schemas/redis_value.h"
 
@@ -48,7 +50,7 @@ struct iqp_client {
     iqp_redis_url url;
     iqp_client_options opts;
     char prefix[128];
-    redisContext *redis;          /* NULL: reconnect on the next call */
+    iqp_rconn *redis;             /* NULL: reconnect on the next call */
     iqp_status status;
     char errstr[512];
     int have_layout;
@@ -96,7 +98,7 @@ static iqp_status set_ok(iqp_client *c) {
  * it (commands not yet sent, replies not yet read) goes with it, so no
  * later call can read an earlier call's replies. */
 static void drop_connection(iqp_client *c) {
-    if (c->redis) redisFree(c->redis);
+    iqp_rconn_free(c->redis);
     c->redis = NULL;
     c->unread = 0;
 }
@@ -106,15 +108,15 @@ static iqp_status redis_failed(iqp_client *c, const char *what) {
     char where[400];
     iqp_redis_url_describe(&c->url, where, sizeof where);
     /* hiredis 0.14 reports a read timeout as an I/O error with EAGAIN's text */
-    int timeout = c->redis && c->redis->err == REDIS_ERR_IO &&
-                  strstr(c->redis->errstr, "temporarily unavailable");
+    int timeout = c->redis && iqp_rconn_err(c->redis) == REDIS_ERR_IO &&
+                  strstr(iqp_rconn_errstr(c->redis), "temporarily unavailable");
     iqp_status s = timeout ? IQP_ETIMEOUT : IQP_ECONNECT;
     if (c->redis && c->limits.exceeded[0])
         s = set_error(c, IQP_EPROTOCOL, "%s from Redis at %s refused: %s; the connection was dropped", what,
                       where, c->limits.exceeded);
     else
         set_error(c, s, "%s from Redis at %s failed: %s", what, where,
-                  c->redis ? (timeout ? "timed out" : c->redis->errstr) : "not connected");
+                  c->redis ? (timeout ? "timed out" : iqp_rconn_errstr(c->redis)) : "not connected");
     drop_connection(c);
     return s;
 }
@@ -140,10 +142,9 @@ void iqp_client_options_init(iqp_client_options *o) {
 static iqp_status connect_now(iqp_client *c) {
     char err[600];
     if (c->redis) return IQP_OK;
-    c->redis = iqp_redis_connect(&c->url, c->opts.connect_timeout_ms, c->opts.timeout_ms, err,
-                                 sizeof err);
+    c->redis = iqp_rconn_connect(&c->url, c->opts.connect_timeout_ms, c->opts.timeout_ms, err, sizeof err);
     if (!c->redis) return set_error(c, IQP_ECONNECT, "%s", err);
-    iqp_redis_limit_replies(c->redis, &c->limits);
+    iqp_rconn_limit_replies(c->redis, &c->limits);
     return IQP_OK;
 }
 
@@ -176,7 +177,7 @@ static const redisReply *hash_field(const redisReply *r, size_t i) {
 
 /* Reads one reply within c->limits; redis_failed's status on failure. */
 static iqp_status read_reply(iqp_client *c, const char *what, redisReply **r) {
-    if (iqp_redis_get_reply(c->redis, &c->limits, r) != REDIS_OK) return redis_failed(c, what);
+    if (iqp_rconn_get_reply(c->redis, r) != REDIS_OK) return redis_failed(c, what);
     c->unread--;
     return IQP_OK;
 }
@@ -187,7 +188,7 @@ static iqp_status bounded_command(iqp_client *c, redisReply **r, const char *wha
                                   size_t max_string, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    int rc = redisvAppendCommand(c->redis, fmt, ap);
+    int rc = iqp_rconn_vappend(c->redis, fmt, ap);
     va_end(ap);
     if (rc != REDIS_OK) return redis_failed(c, what);
     c->unread++;
@@ -277,13 +278,13 @@ iqp_client *iqp_client_open(const char *url, const iqp_client_options *options) 
         set_error(c, IQP_EINVAL, "prefix longer than %zu bytes", sizeof c->prefix - 1);
         return c;
     }
-    snprintf(c->prefix, sizeof c->prefix, "%s", c->opts.prefix);
-    c->opts.prefix = c->prefix;
     char err[512];
-    if (iqp_redis_url_parse(url, &c->url, err, sizeof err) < 0) {
+    if (iqp_redis_url_parse(url, &c->url, err, sizeof err) < 0 ||
+        iqp_redis_key_prefix(&c->url, c->opts.prefix, c->prefix, sizeof c->prefix, err, sizeof err) < 0) {
         set_error(c, IQP_EINVAL, "%s", err);
         return c;
     }
+    c->opts.prefix = c->prefix;
     if (load_generation(c) == IQP_OK) set_ok(c);
     return c;
 }
@@ -399,7 +400,7 @@ static iqp_status send_pipeline(iqp_client *c, const lookup_ctx *lc, const char 
                                 size_t n_items) {
     size_t items_len = 0;
     if (build_keys(c, lc) || format_items(c, items, n_items, &items_len)) return c->status;
-    if (redisAppendCommand(c->redis, "GET %s:gen", c->prefix) != REDIS_OK) return redis_failed(c, "GET");
+    if (iqp_rconn_append(c->redis, "GET %s:gen", c->prefix) != REDIS_OK) return redis_failed(c, "GET");
     c->unread++;
     for (size_t f = 0; f < c->cfg.n_features; f++) {
         if (!feature_applies(c, f, lc)) continue;
@@ -409,9 +410,8 @@ static iqp_status send_pipeline(iqp_client *c, const lookup_ctx *lc, const char 
         memcpy(head + hl, c->keys[f], c->key_lens[f]);
         hl += (int)c->key_lens[f];
         head[hl++] = '\r', head[hl++] = '\n';
-        /* one command in two appends: the bytes are what redisAppendCommandArgv would send */
-        if (redisAppendFormattedCommand(c->redis, head, (size_t)hl) != REDIS_OK ||
-            redisAppendFormattedCommand(c->redis, c->items_cmd, items_len) != REDIS_OK)
+        /* one command from two parts: the bytes are what redisAppendCommandArgv would send */
+        if (iqp_rconn_append_formatted2(c->redis, head, (size_t)hl, c->items_cmd, items_len) != REDIS_OK)
             return redis_failed(c, "HMGET");
         c->unread++;
     }

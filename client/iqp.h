@@ -68,7 +68,8 @@ typedef struct iqp_client iqp_client;
 void iqp_client_options_init(iqp_client_options *o);
 
 /* Connects to url (redis://[[user]:password@]host[:port][/db] or
- * unix:///path[?db=N]) and reads the published layout. options may be NULL
+ * unix:///path[?db=N], or redis-cluster://host:port[,host:port...] for a
+ * Redis Cluster) and reads the published layout. options may be NULL
  * (defaults). Returns NULL only when out of memory; otherwise check
  * iqp_client_status(): on failure the client only reports its error and
  * must be closed. */

@@ -81,6 +81,49 @@ static int parse_hostport(const char *s, size_t n, iqp_redis_url *u) {
     return 0;
 }
 
+/* redis-cluster://[[user]:password@]host:port[,host:port...][/0]: the
+ * seeds a cluster's slot map is first asked from. A cluster has only
+ * database 0. */
+static int parse_cluster(const char *url, const char *shown, iqp_redis_url *u, char *err, size_t errlen) {
+    const char *p = url + strlen("redis-cluster://"), *end = p + strlen(p);
+    const char *slash = memchr(p, '/', (size_t)(end - p)), *stop = slash ? slash : end;
+    const char *at = NULL;
+    for (const char *c = p; c < stop; c++)
+        if (*c == '@') at = c;
+    if (at && parse_userinfo(p, (size_t)(at - p), u) < 0) {
+        snprintf(err, errlen, "Redis URL: user or password too long");
+        return -1;
+    }
+    if (slash && slash + 1 < end && strcmp(slash + 1, "0") != 0) {
+        snprintf(err, errlen, "Redis URL '%s': a Redis Cluster has only database 0", shown);
+        return -1;
+    }
+    for (const char *s = at ? at + 1 : p; s < stop;) {
+        const char *comma = memchr(s, ',', (size_t)(stop - s)), *e = comma ? comma : stop;
+        if (u->n_seeds == IQP_REDIS_MAX_SEEDS) {
+            snprintf(err, errlen, "Redis URL '%s': at most %d cluster seed nodes", shown, IQP_REDIS_MAX_SEEDS);
+            return -1;
+        }
+        u->port = 6379;
+        if (parse_hostport(s, (size_t)(e - s), u) < 0) {
+            snprintf(err, errlen, "Redis URL '%s': expected host[:port][,host[:port]...] with ports in 1..65535",
+                     shown);
+            return -1;
+        }
+        snprintf(u->seeds[u->n_seeds].host, sizeof u->seeds[0].host, "%s", u->host);
+        u->seeds[u->n_seeds++].port = u->port;
+        s = comma ? comma + 1 : stop;
+    }
+    if (u->n_seeds == 0) {
+        snprintf(err, errlen, "Redis URL '%s': redis-cluster:// needs at least one host:port", shown);
+        return -1;
+    }
+    snprintf(u->host, sizeof u->host, "%s", u->seeds[0].host);
+    u->port = u->seeds[0].port;
+    u->is_cluster = 1;
+    return 0;
+}
+
 int iqp_redis_url_parse(const char *url, iqp_redis_url *u, char *err, size_t errlen) {
     memset(u, 0, sizeof *u);
     u->port = 6379;
@@ -91,8 +134,9 @@ int iqp_redis_url_parse(const char *url, iqp_redis_url *u, char *err, size_t err
     char shown[600];
     iqp_redis_url_mask(url, shown, sizeof shown);
     if (strncmp(url, "unix://", 7) == 0) return parse_unix(url, shown, u, err, errlen);
+    if (strncmp(url, "redis-cluster://", 16) == 0) return parse_cluster(url, shown, u, err, errlen);
     if (strncmp(url, "redis://", 8) != 0) {
-        snprintf(err, errlen, "Redis URL '%s' must start with redis:// or unix://", shown);
+        snprintf(err, errlen, "Redis URL '%s' must start with redis://, redis-cluster:// or unix://", shown);
         return -1;
     }
     const char *p = url + 8, *end = p + strlen(p);
@@ -164,8 +208,20 @@ int iqp_redis_url_resolve(const char **url, const char *url_file, int use_env, c
     return 0;
 }
 
+static void describe_cluster(const iqp_redis_url *u, char *out, size_t cap) {
+    size_t n = (size_t)snprintf(out, cap, "redis-cluster://");
+    for (int i = 0; i < u->n_seeds && n < cap; i++) {
+        const char *h = u->seeds[i].host;
+        int v6 = strchr(h, ':') != NULL;
+        n += (size_t)snprintf(out + n, cap - n, "%s%s%s%s:%d", i ? "," : "", v6 ? "[" : "", h, v6 ? "]" : "",
+                              u->seeds[i].port);
+    }
+}
+
 void iqp_redis_url_describe(const iqp_redis_url *u, char *out, size_t cap) {
-    if (u->is_unix)
+    if (u->is_cluster)
+        describe_cluster(u, out, cap);
+    else if (u->is_unix)
         snprintf(out, cap, "unix://%s?db=%d", u->host, u->db);
     else if (strchr(u->host, ':'))
         snprintf(out, cap, "redis://[%s]:%d/%d", u->host, u->port, u->db);

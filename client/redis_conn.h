@@ -1,7 +1,9 @@
 /* redis_conn.h -- Redis addresses as URLs, and connecting to them.
  *
  * Owns: parsing `redis://[[user]:password@]host[:port][/db]` (host may be
- * a bracketed IPv6 literal) and `unix:///path[?db=N]`, and opening a
+ * a bracketed IPv6 literal), `unix:///path[?db=N]` and
+ * `redis-cluster://[[user]:password@]host:port[,host:port...]` (a Redis
+ * Cluster's seed nodes; client/redis_cluster.h talks to it), and opening a
  * hiredis connection with a connect timeout, a command timeout, AUTH and
  * SELECT. Shared by the publisher (iqp stream) and libiqp.
  *
@@ -13,8 +15,18 @@
 #include <hiredis/hiredis.h>
 #include <stddef.h>
 
+#define IQP_REDIS_MAX_SEEDS 8
+
+typedef struct iqp_redis_seed {
+    char host[256];
+    int port;
+} iqp_redis_seed;
+
 typedef struct iqp_redis_url {
     int is_unix;
+    int is_cluster;     /* redis-cluster://: host/port is the first seed */
+    int n_seeds;        /* cluster seeds (first one included) */
+    iqp_redis_seed seeds[IQP_REDIS_MAX_SEEDS];
     char host[256];     /* TCP host, or the socket path when is_unix */
     int port;           /* default 6379 */
     int db;             /* default 0 */

@@ -35,6 +35,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "client/redis_cluster.h"
 #include "client/redis_conn.h"
 #include "schemas/redis_value.h"
 #include "util/clock.h"
@@ -42,7 +43,7 @@
 #define HSET_ITEMS 256
 
 typedef struct gen_writer {
-    redisContext *redis;
+    iqp_rconn *redis;
     const iqp_publisher_config *pc;
     const iqp_refresh_result *r;
     const iqp_config *cfg;
@@ -70,10 +71,10 @@ static int fail(gen_writer *g, int rc, const char *fmt, ...) {
 static redisReply *command(gen_writer *g, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    redisReply *r = redisvCommand(g->redis, fmt, ap);
+    redisReply *r = iqp_rconn_vcommand(g->redis, fmt, ap);
     va_end(ap);
     if (!r) {
-        fail(g, -1, "Redis at %s: %s", g->where, g->redis->errstr);
+        fail(g, -1, "Redis at %s: %s", g->where, iqp_rconn_errstr(g->redis));
         return NULL;
     }
     if (r->type == REDIS_REPLY_ERROR) {
@@ -89,8 +90,8 @@ static redisReply *command(gen_writer *g, const char *fmt, ...) {
 static int pipe_drain(gen_writer *g, int keep) {
     while (g->inflight > keep) {
         redisReply *r = NULL;
-        if (redisGetReply(g->redis, (void **)&r) != REDIS_OK)
-            return fail(g, -1, "reply from Redis at %s: %s", g->where, g->redis->errstr);
+        if (iqp_rconn_get_reply(g->redis, &r) != REDIS_OK)
+            return fail(g, -1, "reply from Redis at %s: %s", g->where, iqp_rconn_errstr(g->redis));
         g->inflight--;
         int bad = r->type == REDIS_REPLY_ERROR;
         if (bad) fail(g, -1, "Redis at %s refused a write: %s", g->where, r->str);
@@ -101,8 +102,8 @@ static int pipe_drain(gen_writer *g, int keep) {
 }
 
 static int pipe_send(gen_writer *g, int argc, const char **argv, const size_t *lens) {
-    if (redisAppendCommandArgv(g->redis, argc, argv, lens) != REDIS_OK)
-        return fail(g, -1, "command to Redis at %s: %s", g->where, g->redis->errstr);
+    if (iqp_rconn_append_argv(g->redis, argc, argv, lens) != REDIS_OK)
+        return fail(g, -1, "command to Redis at %s: %s", g->where, iqp_rconn_errstr(g->redis));
     g->inflight++;
     return g->inflight >= g->pc->pipeline_depth ? pipe_drain(g, g->pc->pipeline_depth / 2) : 0;
 }
@@ -175,11 +176,11 @@ void iqp_lease_value(char *out, size_t cap, const char *role, long long token) {
              iqp_wall_ms(), token);
 }
 
-int iqp_lease_new_value(struct redisContext *redis, const char *prefix, const char *role, char *out, size_t cap) {
-    redisReply *r = redisCommand(redis, "INCR %s:lease:token", prefix);
+int iqp_lease_new_value(iqp_rconn *redis, const char *prefix, const char *role, char *out, size_t cap) {
+    redisReply *r = iqp_rconn_command(redis, "INCR %s:lease:token", prefix);
     int ok = r && r->type == REDIS_REPLY_INTEGER;
     if (ok) iqp_lease_value(out, cap, role, r->integer);
-    else snprintf(out, cap, "%s", r && r->type == REDIS_REPLY_ERROR ? r->str : redis->errstr);
+    else snprintf(out, cap, "%s", r && r->type == REDIS_REPLY_ERROR ? r->str : iqp_rconn_errstr(redis));
     if (r) freeReplyObject(r);
     return ok ? 0 : -1;
 }
@@ -199,12 +200,12 @@ static int holder_is_gone(const char *value) {
            pid != (long)getpid() && kill((pid_t)pid, 0) < 0 && errno == ESRCH;
 }
 
-int iqp_lease_acquire(struct redisContext *redis, const char *prefix, const char *value, char *holder,
+int iqp_lease_acquire(iqp_rconn *redis, const char *prefix, const char *value, char *holder,
                       size_t holder_cap) {
     for (int attempt = 0; attempt < 3; attempt++) {
-        redisReply *r = redisCommand(redis, "EVAL %s 1 %s:lease %s %d", TAKE_SCRIPT, prefix, value, IQP_LEASE_MS);
+        redisReply *r = iqp_rconn_command(redis, "EVAL %s 1 %s:lease %s %d", TAKE_SCRIPT, prefix, value, IQP_LEASE_MS);
         if (!r || r->type == REDIS_REPLY_ERROR) {
-            snprintf(holder, holder_cap, "%s", r ? r->str : redis->errstr);
+            snprintf(holder, holder_cap, "%s", r ? r->str : iqp_rconn_errstr(redis));
             if (r) freeReplyObject(r);
             return -1;
         }
@@ -213,7 +214,7 @@ int iqp_lease_acquire(struct redisContext *redis, const char *prefix, const char
         freeReplyObject(r);
         if (ours) return 1;
         if (!holder_is_gone(holder)) return 0;
-        r = redisCommand(redis, "EVAL %s 1 %s:lease %s %s %d", TAKEOVER_SCRIPT, prefix, holder, value, IQP_LEASE_MS);
+        r = iqp_rconn_command(redis, "EVAL %s 1 %s:lease %s %s %d", TAKEOVER_SCRIPT, prefix, holder, value, IQP_LEASE_MS);
         ours = r && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
         if (r) freeReplyObject(r);
         if (ours) {
@@ -225,11 +226,11 @@ int iqp_lease_acquire(struct redisContext *redis, const char *prefix, const char
     return 0;
 }
 
-void iqp_lease_release(struct redisContext *redis, const char *prefix, const char *value) {
+void iqp_lease_release(iqp_rconn *redis, const char *prefix, const char *value) {
     static const char *release =
         "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
     if (!redis || !value[0]) return;
-    redisReply *r = redisCommand(redis, "EVAL %s 1 %s:lease %s", release, prefix, value);
+    redisReply *r = iqp_rconn_command(redis, "EVAL %s 1 %s:lease %s", release, prefix, value);
     if (r) freeReplyObject(r);
 }
 
@@ -490,28 +491,25 @@ static int flip(gen_writer *g, uint64_t n) {
 /* The generation number of a key <prefix>:<G>:..., or 0 (the pointer,
  * the counter, the lease, or not this prefix's). */
 static uint64_t key_generation(const gen_writer *g, const char *key, size_t len) {
-    size_t pl = strlen(g->prefix), i = pl + 1;
-    if (len <= i || memcmp(key, g->prefix, pl) != 0 || key[pl] != ':') return 0;
+    const char *pf = g->prefix;
+    size_t pl = strlen(pf);
+    if (pl >= 3 && pf[0] == '{' && pf[pl - 1] == '}' && len && key[0] != '{') pf++, pl -= 2; /* cluster form */
+    size_t i = pl + 1;
+    if (len <= i || memcmp(key, pf, pl) != 0 || key[pl] != ':') return 0;
     uint64_t n = 0;
     for (; i < len && key[i] >= '0' && key[i] <= '9' && n < UINT64_MAX / 10; i++) n = n * 10 + (uint64_t)(key[i] - '0');
     return i < len && key[i] == ':' ? n : 0;
 }
 
-/* Garbage collection after the flip: every key of every generation but
- * the one served now -- the one just replaced, and any a killed writer
- * abandoned half-written -- gets at most grace_ms to live (PEXPIRE ... LT
- * never lengthens a TTL), so a reader that read the old pointer finishes
- * its call and nothing is left behind. */
-static int gc_generations(gen_writer *g, uint64_t keep, int64_t grace_ms) {
-    char pattern[160], cursor[32] = "0", grace[32];
-    snprintf(pattern, sizeof pattern, "%s:*", g->prefix);
-    snprintf(grace, sizeof grace, "%" PRId64, grace_ms > 0 ? grace_ms : 1);
+/* SCANs master m for pattern and shortens the TTL of every key of a
+ * generation other than keep. */
+static int gc_scan(gen_writer *g, size_t m, const char *pattern, uint64_t keep, const char *grace) {
+    char cursor[32] = "0";
     do {
-        redisReply *r = command(g, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
-        if (!r) return -1;
-        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
-            freeReplyObject(r);
-            return fail(g, -1, "SCAN on Redis at %s: unexpected reply", g->where);
+        redisReply *r = iqp_rconn_master_command(g->redis, m, "SCAN %s MATCH %s COUNT 1000", cursor, pattern);
+        if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+            if (r) freeReplyObject(r);
+            return fail(g, -1, "SCAN on Redis at %s: %s", g->where, r ? "unexpected reply" : iqp_rconn_errstr(g->redis));
         }
         snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
         int rc = 0;
@@ -527,6 +525,26 @@ static int gc_generations(gen_writer *g, uint64_t keep, int64_t grace_ms) {
         freeReplyObject(r);
         if (rc < 0 || pipe_drain(g, 0) < 0) return -1;
     } while (strcmp(cursor, "0") != 0);
+    return 0;
+}
+
+/* Garbage collection after the flip: every key of every generation but
+ * the one served now -- the one just replaced, and any a killed writer
+ * abandoned half-written -- gets at most grace_ms to live (PEXPIRE ... LT
+ * never lengthens a TTL), so a reader that read the old pointer finishes
+ * its call and nothing is left behind. In a Redis Cluster every master is
+ * scanned, for the `{P}:` keys and for the feature keys (`P:`). */
+static int gc_generations(gen_writer *g, uint64_t keep, int64_t grace_ms) {
+    char pattern[2][160], grace[32];
+    size_t pl = strlen(g->prefix);
+    int cluster = iqp_rconn_is_cluster(g->redis);
+    snprintf(pattern[0], sizeof pattern[0], "%s:*", g->prefix);
+    snprintf(pattern[1], sizeof pattern[1], "%.*s:*", (int)(pl > 2 ? pl - 2 : 0), g->prefix + 1);
+    snprintf(grace, sizeof grace, "%" PRId64, grace_ms > 0 ? grace_ms : 1);
+    size_t masters = iqp_rconn_masters(g->redis);
+    for (size_t m = 0; m < masters; m++)
+        for (int p = 0; p <= cluster; p++)
+            if (gc_scan(g, m, pattern[p], keep, grace) < 0) return -1;
     return 0;
 }
 
@@ -567,8 +585,9 @@ int iqp_generation_publish(const iqp_refresh_result *r, const iqp_publisher_conf
     iqp_redis_url url;
     if (iqp_redis_url_parse(pc->url, &url, err, errlen) < 0) return -1;
     iqp_redis_url_describe(&url, g.where, sizeof g.where);
-    snprintf(g.prefix, sizeof g.prefix, "%s", pc->prefix ? pc->prefix : "iqp");
-    if (!(g.redis = iqp_redis_connect(&url, pc->connect_timeout_ms, pc->command_timeout_ms, err, errlen))) return -1;
+    if (iqp_redis_key_prefix(&url, pc->prefix ? pc->prefix : "iqp", g.prefix, sizeof g.prefix, err, errlen) < 0)
+        return -1;
+    if (!(g.redis = iqp_rconn_connect(&url, pc->connect_timeout_ms, pc->command_timeout_ms, err, errlen))) return -1;
     double t0 = iqp_mono_seconds();
     uint64_t n = 0;
     int rc = lease_take(&g, role, lease);
@@ -579,7 +598,7 @@ int iqp_generation_publish(const iqp_refresh_result *r, const iqp_publisher_conf
         if (!lease) iqp_lease_release(g.redis, g.prefix, g.lease_value);
     }
     g.stats->write_s = iqp_mono_seconds() - t0;
-    redisFree(g.redis);
+    iqp_rconn_free(g.redis);
     free(g.buf);
     return rc;
 }

@@ -39,10 +39,10 @@
  * (the flip, the meta stamp) runs in a script that checks the lease still
  * holds the writer's exact value: a writer whose lease was taken over
  * cannot make anything visible. */
-struct redisContext;
+typedef struct iqp_rconn iqp_rconn;
 void iqp_lease_value(char *out, size_t cap, const char *role, long long token);
 /* iqp_lease_value with a new token; 0, or -1 with Redis's error in out. */
-int iqp_lease_new_value(struct redisContext *redis, const char *prefix, const char *role, char *out, size_t cap);
+int iqp_lease_new_value(iqp_rconn *redis, const char *prefix, const char *role, char *out, size_t cap);
 
 /* Takes or renews <prefix>:lease for value: 1 ours, 0 held by another
  * holder (its value in holder), -1 Redis failed (the error in holder).
@@ -51,11 +51,11 @@ int iqp_lease_new_value(struct redisContext *redis, const char *prefix, const ch
  * -- is taken over at once
  * (compare-and-set on its exact value); one on another host only when
  * its lease expires (IQP_LEASE_MS after its last renewal). */
-int iqp_lease_acquire(struct redisContext *redis, const char *prefix, const char *value, char *holder,
+int iqp_lease_acquire(iqp_rconn *redis, const char *prefix, const char *value, char *holder,
                       size_t holder_cap);
 
 /* Deletes <prefix>:lease if it still holds value (errors ignored). */
-void iqp_lease_release(struct redisContext *redis, const char *prefix, const char *value);
+void iqp_lease_release(iqp_rconn *redis, const char *prefix, const char *value);
 
 /* Test hook: when the environment variable IQP_FAILPOINT holds
  * "<name>=kill" the process SIGKILLs itself here, with "<name>=sleep:MS"

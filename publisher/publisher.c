@@ -24,6 +24,7 @@
 
 #include "aggregator/cells.h"
 #include "aggregator/features.h"
+#include "client/redis_cluster.h"
 #include "client/redis_conn.h"
 #include "publisher/generation.h"
 #include "refresher/refresh.h"
@@ -105,7 +106,7 @@ struct iqp_publisher {
     char *layout_json;
     iqp_metrics *m;
     /* session */
-    redisContext *redis;
+    iqp_rconn *redis;
     uint64_t generation;
     char run_id[64];
     int policy_warned;
@@ -172,7 +173,7 @@ static void note_error(iqp_publisher *p, const char *fmt, ...) {
 }
 
 static void drop_session(iqp_publisher *p) {
-    if (p->redis) redisFree(p->redis);
+    iqp_rconn_free(p->redis);
     p->redis = NULL;
     p->inflight = 0;
     p->stats.connected = 0;
@@ -184,10 +185,10 @@ static void drop_session(iqp_publisher *p) {
 static redisReply *command(iqp_publisher *p, const char *what, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    redisReply *r = redisvCommand(p->redis, fmt, ap);
+    redisReply *r = iqp_rconn_vcommand(p->redis, fmt, ap);
     va_end(ap);
     if (!r) {
-        note_error(p, "%s on Redis at %s failed: %s", what, p->where, p->redis->errstr);
+        note_error(p, "%s on Redis at %s failed: %s", what, p->where, iqp_rconn_errstr(p->redis));
         return NULL;
     }
     if (r->type == REDIS_REPLY_ERROR) {
@@ -198,34 +199,60 @@ static redisReply *command(iqp_publisher *p, const char *what, const char *fmt, 
     return r;
 }
 
-/* The run_id line of INFO server: it changes whenever Redis restarts.
- * Also checks what the layout needs of the server (README, "Redis
- * settings"): version 7.0 or later (PEXPIRE ... LT, SET ... PXAT, a
- * fixed clock inside scripts); -2 when older. An eviction policy that may
- * drop keys without a TTL (the generation and lease counters) or the
- * pointer is reported once on stderr. */
-static int read_run_id(iqp_publisher *p) {
-    redisReply *r = command(p, "INFO server", "INFO server");
-    if (!r) return -1;
-    const char *id = r->type == REDIS_REPLY_STRING ? strstr(r->str, "run_id:") : NULL;
-    const char *ver = r->type == REDIS_REPLY_STRING ? strstr(r->str, "redis_version:") : NULL;
-    int major = ver ? atoi(ver + 14) : 0;
-    p->run_id[0] = '\0';
-    if (id) sscanf(id + 7, "%63[0-9a-fA-F]", p->run_id);
-    freeReplyObject(r);
-    if (major > 0 && major < 7) {
-        note_error(p, "Redis at %s is version %d; iqp's layout needs Redis 7.0 or later", p->where, major);
-        return -2;
-    }
-    redisReply *c = redisCommand(p->redis, "CONFIG GET maxmemory-policy");
-    if (!p->policy_warned && c && c->type == REDIS_REPLY_ARRAY && c->elements == 2 &&
-        c->element[1]->type == REDIS_REPLY_STRING && strcmp(c->element[1]->str, "noeviction") != 0) {
+/* Redis's run_id: a restarted server without persistence has a new one.
+ * In a Redis Cluster every master's counts, so the run_id kept is an
+ * XXH3 of all of them, sorted (a restarted or added master changes it).
+ * Also checks what the layout needs of each server (README, "Redis
+ * settings"): version 7.0 or later (PEXPIRE ... LT, SET ... PXAT, a fixed
+ * clock inside scripts); -2 when older. An eviction policy that may drop
+ * keys without a TTL (the generation and lease counters) or the pointer is
+ * reported once on stderr. */
+static int by_id(const void *a, const void *b) { return strcmp(a, b); }
+
+static void warn_eviction_policy(iqp_publisher *p, size_t master) {
+    if (p->policy_warned) return;
+    redisReply *c = iqp_rconn_master_command(p->redis, master, "CONFIG GET maxmemory-policy");
+    if (c && c->type == REDIS_REPLY_ARRAY && c->elements == 2 && c->element[1]->type == REDIS_REPLY_STRING &&
+        strcmp(c->element[1]->str, "noeviction") != 0) {
         fprintf(stderr, "iqp: warning: Redis at %s has maxmemory-policy %s: when full it may evict the "
                 "generation pointer or its counters; use noeviction (README, Redis settings)\n", p->where,
                 c->element[1]->str);
         p->policy_warned = 1;
     }
     if (c) freeReplyObject(c);
+}
+
+static int read_run_id(iqp_publisher *p) {
+    size_t n = iqp_rconn_masters(p->redis);
+    char (*ids)[64] = calloc(n ? n : 1, sizeof *ids);
+    if (!ids) abort();
+    for (size_t m = 0; m < n; m++) {
+        redisReply *r = iqp_rconn_master_command(p->redis, m, "INFO server");
+        if (!r || r->type == REDIS_REPLY_ERROR) {
+            note_error(p, "INFO server on Redis at %s failed: %s", p->where,
+                       r ? r->str : iqp_rconn_errstr(p->redis));
+            if (r) freeReplyObject(r);
+            free(ids);
+            return -1;
+        }
+        const char *id = r->type == REDIS_REPLY_STRING ? strstr(r->str, "run_id:") : NULL;
+        const char *ver = r->type == REDIS_REPLY_STRING ? strstr(r->str, "redis_version:") : NULL;
+        int major = ver ? atoi(ver + 14) : 0;
+        if (id) sscanf(id + 7, "%63[0-9a-fA-F]", ids[m]);
+        freeReplyObject(r);
+        if (major > 0 && major < 7) {
+            note_error(p, "Redis at %s is version %d; iqp's layout needs Redis 7.0 or later", p->where, major);
+            free(ids);
+            return -2;
+        }
+        warn_eviction_policy(p, m);
+    }
+    qsort(ids, n, sizeof *ids, by_id);
+    p->run_id[0] = '\0';
+    if (n == 1) snprintf(p->run_id, sizeof p->run_id, "%s", ids[0]);
+    else if (n > 1)
+        snprintf(p->run_id, sizeof p->run_id, "%016llx", (unsigned long long)XXH3_64bits(ids, n * sizeof *ids));
+    free(ids);
     return 0;
 }
 
@@ -334,7 +361,7 @@ static void lease_release(iqp_publisher *p) { iqp_lease_release(p->redis, p->pre
 static int session_open(iqp_publisher *p) {
     char err[600];
     if (p->redis) return 0;
-    p->redis = iqp_redis_connect(&p->url, p->pc.connect_timeout_ms, p->pc.command_timeout_ms, err, sizeof err);
+    p->redis = iqp_rconn_connect(&p->url, p->pc.connect_timeout_ms, p->pc.command_timeout_ms, err, sizeof err);
     if (!p->redis) {
         note_error(p, "%s", err);
         return -1;
@@ -364,8 +391,8 @@ static int session_open(iqp_publisher *p) {
 static int pipe_read(iqp_publisher *p, int keep) {
     while (p->inflight > keep) {
         redisReply *r = NULL;
-        if (redisGetReply(p->redis, (void **)&r) != REDIS_OK) {
-            note_error(p, "reply from Redis at %s: %s", p->where, p->redis->errstr);
+        if (iqp_rconn_get_reply(p->redis, &r) != REDIS_OK) {
+            note_error(p, "reply from Redis at %s: %s", p->where, iqp_rconn_errstr(p->redis));
             return -1;
         }
         p->inflight--;
@@ -378,8 +405,8 @@ static int pipe_read(iqp_publisher *p, int keep) {
 }
 
 static int pipe_append(iqp_publisher *p, int argc, const char **argv, const size_t *lens) {
-    if (redisAppendCommandArgv(p->redis, argc, argv, lens) != REDIS_OK) {
-        note_error(p, "command to Redis at %s: %s", p->where, p->redis->errstr);
+    if (iqp_rconn_append_argv(p->redis, argc, argv, lens) != REDIS_OK) {
+        note_error(p, "command to Redis at %s: %s", p->where, iqp_rconn_errstr(p->redis));
         return -1;
     }
     p->inflight++;
@@ -965,8 +992,8 @@ static iqp_publisher *publisher_new(iqp_store *st, iqp_pending *q, const iqp_pub
     p->pc = *pc;
     if (p->pc.pipeline_depth < 64) p->pc.pipeline_depth = 64;
     if (p->pc.batch_keys == 0) p->pc.batch_keys = 20000;
-    snprintf(p->prefix, sizeof p->prefix, "%s", pc->prefix ? pc->prefix : "iqp");
-    if (iqp_redis_url_parse(pc->url, &p->url, err, errlen) < 0) {
+    if (iqp_redis_url_parse(pc->url, &p->url, err, errlen) < 0 ||
+        iqp_redis_key_prefix(&p->url, pc->prefix ? pc->prefix : "iqp", p->prefix, sizeof p->prefix, err, errlen) < 0) {
         free(p);
         return NULL;
     }

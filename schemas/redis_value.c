@@ -108,27 +108,29 @@ static void append(char *out, size_t cap, size_t *len, const char *s, size_t n) 
     *len += n;
 }
 
+/* Appends ":" and one context part; the last part of a cluster key is
+ * wrapped in braces, its hash tag. */
+static void append_part(char *out, size_t cap, size_t *len, const char *s, size_t n, int tag) {
+    append(out, cap, len, tag ? ":{" : ":", tag ? 2 : 1);
+    append(out, cap, len, s, n);
+    if (tag) append(out, cap, len, "}", 1);
+}
+
 size_t iqp_rv_hash_key(char *out, size_t cap, const char *prefix, uint64_t generation,
                        const char *feature, unsigned dims, const char *country,
                        const char *gender, const char *query, size_t query_len) {
     char gen[24];
-    size_t len = 0;
+    size_t len = 0, plen = strlen(prefix);
+    int cluster = plen >= 3 && prefix[0] == '{' && prefix[plen - 1] == '}';
     int gl = snprintf(gen, sizeof gen, ":%llu:", (unsigned long long)generation);
-    append(out, cap, &len, prefix, strlen(prefix));
+    append(out, cap, &len, prefix + cluster, plen - 2 * (size_t)cluster);
     append(out, cap, &len, gen, (size_t)gl);
     append(out, cap, &len, feature, strlen(feature));
-    if (dims & IQP_DIM_COUNTRY) {
-        append(out, cap, &len, ":", 1);
-        append(out, cap, &len, country, 2);
-    }
-    if (dims & IQP_DIM_GENDER) {
-        append(out, cap, &len, ":", 1);
-        append(out, cap, &len, gender, strlen(gender));
-    }
-    if (dims & IQP_DIM_QUERY) {
-        append(out, cap, &len, ":", 1);
-        append(out, cap, &len, query, query_len);
-    }
+    if (dims & IQP_DIM_COUNTRY)
+        append_part(out, cap, &len, country, 2, cluster && !(dims & (IQP_DIM_GENDER | IQP_DIM_QUERY)));
+    if (dims & IQP_DIM_GENDER)
+        append_part(out, cap, &len, gender, strlen(gender), cluster && !(dims & IQP_DIM_QUERY));
+    if (dims & IQP_DIM_QUERY) append_part(out, cap, &len, query, query_len, cluster);
     if (len < cap) out[len] = '\0';
     return len;
 }

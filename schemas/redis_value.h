@@ -66,7 +66,11 @@ int iqp_rv_decode_item_sparse(const unsigned char *in, size_t len, size_t n_wind
 /* Writes the hash key of one (feature, context) into out (NUL-terminated
  * when it fits) and returns its length; the caller retries with a larger
  * buffer when the result is >= cap. country / gender / query are used
- * only when the feature has that dimension (dims: IQP_DIM_* bits). */
+ * only when the feature has that dimension (dims: IQP_DIM_* bits).
+ * A prefix of the form `{P}` (what a Redis Cluster connection uses, see
+ * client/redis_cluster.h) writes the cluster form of the key:
+ * `P:<G>:<feature>[:...]:{<last context part>}`, so that the keys of one
+ * context share its hash slot, and the query's keys of every feature too. */
 size_t iqp_rv_hash_key(char *out, size_t cap, const char *prefix, uint64_t generation,
                        const char *feature, unsigned dims, const char *country,
                        const char *gender, const char *query, size_t query_len);
