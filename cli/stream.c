@@ -868,7 +868,12 @@ json_t *iqp_stream_config_effective(json_t *root, const char *source) {
     if (o.dl_file) json_object_set_new(st, "dead_letter_file", json_string(o.dl_file));
     else json_object_set_new(st, "dead_letter_topic", json_string(o.dl_topic ? o.dl_topic : "dead-letter"));
     json_object_set_new(st, "checkpoint_topic", json_string(o.ckpt_topic ? o.ckpt_topic : "iqp-checkpoints"));
-    json_t *redis = json_pack("{s:s, s:s, s:o, s:b, s:i, s:i, s:I, s:I, s:i}", "url", o.redis.url ? o.redis.url : "off",
+    /* never a password: a URL read from a file is shown as that file, a
+     * URL given inline with its password masked (***) */
+    char shown_url[1024];
+    iqp_redis_url_mask(o.redis.url ? o.redis.url : "off", shown_url, sizeof shown_url);
+    json_t *redis = json_pack("{s:s, s:s, s:o, s:b, s:i, s:i, s:I, s:I, s:i}",
+                              o.redis_url_file ? "url_file" : "url", o.redis_url_file ? o.redis_url_file : shown_url,
                               "prefix", o.redis.prefix, "ttl", duration_json(o.redis.ttl_ms), "refresh",
                               o.redis.refresh_on_slide, "connect_timeout_ms", o.redis.connect_timeout_ms,
                               "command_timeout_ms", o.redis.command_timeout_ms, "drain_ms", (json_int_t)o.drain_ms,

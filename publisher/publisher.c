@@ -355,6 +355,18 @@ static int lease_hold(iqp_publisher *p) {
     return rc == 1 ? 0 : -1;
 }
 
+/* Renews the lease when IQP_LEASE_RENEW_MS has passed since the last
+ * renewal: called between the chunks of every long write (a full publish,
+ * the rounds of `iqp publish`), which may take far longer than the lease
+ * lives. 0, or -1 when the lease could not be held. */
+static int pipe_read(iqp_publisher *p, int keep);
+
+static int lease_renew_if_due(iqp_publisher *p) {
+    if (iqp_mono_ms() - p->lease_renewed_ms < IQP_LEASE_RENEW_MS) return 0;
+    if (p->inflight > 0 && pipe_read(p, 0) < 0) return -1; /* replies in order: none owed */
+    return lease_hold(p);
+}
+
 static void lease_release(iqp_publisher *p) { iqp_lease_release(p->redis, p->prefix, p->lease_value); }
 
 /* Connects and prepares a session: 0, -1 (try again later) or -2 (refused). */
@@ -583,7 +595,7 @@ static const char *STAMP_SCRIPT =
     "return 1";
 
 static int stamp_meta(iqp_publisher *p) {
-    if (pipe_read(p, 0) < 0) return -1;
+    if (pipe_read(p, 0) < 0 || lease_renew_if_due(p) < 0) return -1;
     unsigned long long g = (unsigned long long)p->generation;
     redisReply *r = command(p, "stamp meta", "EVAL %s 3 %s:gen %s:%llu:meta %s:lease %llu %lld %lld %lld %s",
                             STAMP_SCRIPT, p->prefix, p->prefix, g, p->prefix, g, (long long)iqp_store_watermark(p->st),
@@ -817,6 +829,7 @@ static int resync_cf(iqp_publisher *p, const iqp_store_snapshot *snap, iqp_cf cf
         if (rc == 0) rc = publish_dirty(p, snap, &p->dirty);
         if (rc == 0) iqp_failpoint("publish.resync");
         if (rc == 0) rc = check_ttl_covers(p);
+        if (rc == 0) rc = lease_renew_if_due(p);
     } while (rc == 0 && rs.more);
     iqp_keybuf_free(&rs.resume);
     return rc;
@@ -948,7 +961,7 @@ static int64_t publish_step(iqp_publisher *p, int64_t backoff) {
         if (p->stats.errors) fprintf(stderr, "iqp stream: Redis at %s answers again; %" PRIu64 " changed keys queued\n",
                                      p->where, iqp_pending_count(p->q));
     }
-    if (iqp_mono_ms() - p->lease_renewed_ms >= IQP_LEASE_RENEW_MS && lease_hold(p) < 0) return backoff;
+    if (lease_renew_if_due(p) < 0) return backoff;
     if (p->need_resync && resync(p) < 0) return backoff;
     if (windows_slid(p) && refresh_generation(p) < 0) return backoff;
     int n = publish_queue_round(p);
@@ -1075,7 +1088,7 @@ int iqp_publisher_run_once(iqp_store *st, iqp_pending *q, const iqp_publisher_co
     int rc = session_open(p) < 0 ? -1 : 0;
     if (rc == 0 && full) p->need_resync = 1;
     if (rc == 0 && p->need_resync) rc = resync(p);
-    while (rc == 0) {
+    while (rc == 0 && (rc = lease_renew_if_due(p)) == 0) {
         int n = publish_queue_round(p);
         if (n <= 0) {
             rc = n;

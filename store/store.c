@@ -512,11 +512,14 @@ iqp_store *iqp_store_open(const char *dir, const iqp_config *cfg, iqp_store_mode
         }
         if (create_store(dir, state, cfg, &made, err, errlen) < 0) return NULL;
     }
+    /* A store this call just created is complete (layout included) once
+     * create_store returned, and visible: another process may have opened
+     * it in between (then this open fails on RocksDB's lock). So a failed
+     * open leaves it in place rather than removing a store someone else is
+     * writing; only a store this process opened and never committed to is
+     * taken back (iqp_store_close_discarding). */
     iqp_store *st = open_existing(dir, cfg, read_only, err, errlen);
-    if (!st) {
-        unmake_store(dir, made);
-        return NULL;
-    }
+    if (!st) return NULL;
     st->made = made;
     st->scratch = mode == IQP_STORE_SCRATCH;
     if (st->scratch) rocksdb_writeoptions_disable_WAL(st->wo, 1);

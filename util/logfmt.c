@@ -23,6 +23,20 @@ static void iso_time(char *out, size_t cap) {
     snprintf(out + n, cap - n, ".%03ldZ", ts.tv_nsec / 1000000);
 }
 
+/* A JSON string of a log line's text: bytes that are not UTF-8 (a file
+ * name, a broker's message) become '?' rather than losing the line. */
+static json_t *text_json(const char *s) {
+    json_t *j = json_string(s);
+    if (j) return j;
+    char *copy = strdup(s);
+    if (!copy) return json_string("(out of memory)");
+    for (char *c = copy; *c; c++)
+        if ((unsigned char)*c >= 0x80) *c = '?';
+    j = json_string(copy);
+    free(copy);
+    return j;
+}
+
 /* librdkafka's default log line: "%LEVEL|TIME|FACILITY|CLIENT| message". */
 static int kafka_line(const char *line, json_t *ev) {
     static const char *const levels[] = {"error", "error", "error", "error", "warn", "info", "info", "debug"};
@@ -30,10 +44,10 @@ static int kafka_line(const char *line, json_t *ev) {
     int level, used = 0;
     if (sscanf(line, "%%%d|%*[^|]|%63[^|]|%127[^|]|%n", &level, fac, client, &used) != 3 || used == 0) return 0;
     json_object_set_new(ev, "level", json_string(levels[level >= 0 && level <= 7 ? level : 6]));
-    json_object_set_new(ev, "msg", json_string(line[used] == ' ' ? line + used + 1 : line + used));
+    json_object_set_new(ev, "msg", text_json(line[used] == ' ' ? line + used + 1 : line + used));
     json_object_set_new(ev, "source", json_string("librdkafka"));
-    json_object_set_new(ev, "facility", json_string(fac));
-    json_object_set_new(ev, "client", json_string(client));
+    json_object_set_new(ev, "facility", text_json(fac));
+    json_object_set_new(ev, "client", text_json(client));
     return 1;
 }
 
@@ -51,7 +65,7 @@ static void emit(const char *line) {
         char prefix[64];
         snprintf(prefix, sizeof prefix, "iqp %s: ", component_name);
         if (strncmp(msg, prefix, strlen(prefix)) == 0) msg += strlen(prefix);
-        json_object_set_new(ev, "msg", json_string(msg));
+        json_object_set_new(ev, "msg", text_json(msg));
     }
     char *text = json_dumps(ev, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII);
     json_decref(ev);
