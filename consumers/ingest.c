@@ -172,8 +172,10 @@ static int count_batches(iqp_ingest *ing, iqp_decode_queue *q, iqp_logfile *lf,
     while (rc == 0 && (b = iqp_decode_queue_next(q))) {
         for (size_t i = 0; i < b->n && rc == 0; i++) {
             rc = ingest_line(ing, path, &b->lines[i], err, errlen);
-            if (rc == 0 && iqp_aggregator_should_flush(ing->agg))
-                rc = flush_at(ing, pos, path, b->lines[i].line_no, 0, err, errlen);
+            if (rc == 0 && iqp_aggregator_should_flush(ing->agg)) {
+                stage_position(ing, pos, path, b->lines[i].line_no, 0);
+                rc = iqp_aggregator_flush_begin(ing->agg, err, errlen);
+            }
         }
         if (rc == 0 && b->n > 0) last_line = *handled = b->lines[b->n - 1].line_no;
         iqp_decode_queue_release(b);

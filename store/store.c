@@ -349,6 +349,11 @@ void iqp_store_batch_free(iqp_store_batch *b) {
     free(b);
 }
 
+void iqp_store_batch_clear(iqp_store_batch *b) {
+    rocksdb_writebatch_clear(b->wb);
+    b->has_watermark = 0;
+}
+
 void iqp_store_batch_merge(iqp_store_batch *b, iqp_cf cf, const void *key, size_t klen,
                            const int64_t *vec, size_t n) {
     iqp_counters_encode(vec, n, b->vec_buf);
