@@ -170,12 +170,11 @@ static void build_prefixes(iqp_aggregator *a, const iqp_context *ctx) {
     }
 }
 
-/* Adds delta to counter idx of item's cells at ts, in every feature and
- * every granularity that retains ts's bucket relative to wm. */
-static void bump_item(iqp_aggregator *a, const iqp_item_ref *item, size_t idx, int64_t ts,
-                      int64_t wm, int64_t delta) {
-    if (a->restoring) return;
-    uint32_t item_id = iqp_combiner_item_id(a->comb, item->id, item->len);
+/* Adds delta to counter idx of the cells of item (an interned id) at ts, in
+ * every feature and every granularity that retains ts's bucket relative
+ * to wm. */
+static void bump_item_id(iqp_aggregator *a, uint32_t item_id, size_t idx, int64_t ts, int64_t wm,
+                         int64_t delta) {
     for (size_t g = 0; g < a->cfg->n_grans; g++) {
         int64_t b = iqp_bucket_of(ts, a->cfg->gran_ms[g]);
         if (b < iqp_retention_first_bucket(a->cfg, (int)g, wm)) continue;
@@ -184,6 +183,12 @@ static void bump_item(iqp_aggregator *a, const iqp_item_ref *item, size_t idx, i
         note_pending_bucket(a, g, b);
         a->stats.cell_updates += a->cfg->n_features;
     }
+}
+
+static void bump_item(iqp_aggregator *a, const iqp_item_ref *item, size_t idx, int64_t ts,
+                      int64_t wm, int64_t delta) {
+    if (a->restoring) return;
+    bump_item_id(a, iqp_combiner_item_id(a->comb, item->id, item->len), idx, ts, wm, delta);
 }
 
 /* +1 context_count for every feature's context in the live granularities. */
@@ -198,15 +203,6 @@ static void bump_contexts(iqp_aggregator *a) {
     }
 }
 
-/* True when items[i] repeats an earlier item of the same event. Linear for
- * the usual tens of items; impressions are capped by limits.max_items. */
-static int repeats_earlier(const iqp_item_ref *items, size_t i) {
-    for (size_t j = 0; j < i; j++)
-        if (items[j].len == items[i].len && memcmp(items[j].id, items[i].id, items[i].len) == 0)
-            return 1;
-    return 0;
-}
-
 static int cmp_item_refs(const void *x, const void *y) {
     const iqp_item_ref *a = x, *b = y;
     size_t n = a->len < b->len ? a->len : b->len;
@@ -216,10 +212,17 @@ static int cmp_item_refs(const void *x, const void *y) {
 
 static void count_impression(iqp_aggregator *a, const iqp_event *ev) {
     bump_contexts(a);
+    if (a->restoring) return;
     if (ev->n_items <= 64) {
-        for (size_t i = 0; i < ev->n_items; i++)
-            if (!repeats_earlier(ev->items, i))
-                bump_item(a, &ev->items[i], IQP_COUNTER_IMPRESSION, ev->ts, a->watermark_ms, 1);
+        /* equal items intern to equal ids: a repeat is an id seen before
+         * (linear over the usual tens of integers) */
+        uint32_t ids[64];
+        for (size_t i = 0; i < ev->n_items; i++) {
+            ids[i] = iqp_combiner_item_id(a->comb, ev->items[i].id, ev->items[i].len);
+            size_t j = 0;
+            while (j < i && ids[j] != ids[i]) j++;
+            if (j == i) bump_item_id(a, ids[i], IQP_COUNTER_IMPRESSION, ev->ts, a->watermark_ms, 1);
+        }
         return;
     }
     /* Large impressions: sort a copy so duplicates are adjacent. */

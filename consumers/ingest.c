@@ -5,6 +5,12 @@
  * "lines" counts every line of the file that is fully handled (counted,
  * duplicate, late, or dead-lettered). It is staged before every flush and
  * once more, with done=true, for the final flush of the file.
+ *
+ * Threads: the decode queue parses lines on one thread, this loop counts on
+ * the caller's, and full micro-batches are written by the aggregator's
+ * writer thread (iqp_aggregator_flush_begin) while counting goes on. The
+ * final flush of a file, a stop and a read error flush synchronously, so
+ * what this function returns is committed.
  */
 #include "consumers/ingest.h"
 
