@@ -25,6 +25,8 @@
  */
 #include "aggregator/aggregator.h"
 
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,10 +42,27 @@ typedef struct staged_meta {
     size_t vlen;
 } staged_meta;
 
+/* A micro-batch being written by the writer thread (flush_begin): its
+ * combiner is only read until the counting thread joins the writer. */
+typedef struct flush_job {
+    iqp_aggregator *a;
+    iqp_combiner *comb;
+    staged_meta *meta;
+    int64_t watermark_ms;
+    pthread_t thread;
+    int running;                  /* thread started, not joined yet */
+    int rc;
+    size_t cells_written, batch_bytes;
+    char err[512];
+} flush_job;
+
 struct iqp_aggregator {
     iqp_store *st;
     const iqp_config *cfg;
     iqp_combiner *comb;
+    iqp_store_batch *batch;       /* reused by every flush (keeps its pages) */
+    iqp_combiner *spare;          /* the other combiner, for flush_begin */
+    flush_job job;                /* at most one flush in flight */
     int64_t watermark_ms;         /* includes unflushed events */
     size_t pending;
     int failed;                   /* a flush failed: the batch is lost, refuse work */
@@ -57,7 +76,7 @@ struct iqp_aggregator {
     int64_t pending_first[IQP_MAX_GRANS], pending_last[IQP_MAX_GRANS];
     /* per-event scratch */
     iqp_keybuf prefix[IQP_MAX_FEATURES];
-    iqp_keybuf key;
+    uint32_t prefix_id[IQP_MAX_FEATURES]; /* the prefixes interned in the combiner */
     int live[IQP_MAX_GRANS];      /* granularity retains this event's bucket */
     int64_t buckets[IQP_MAX_GRANS];
 };
@@ -81,10 +100,10 @@ iqp_aggregator *iqp_aggregator_new(iqp_store *st) {
     a->st = st;
     a->cfg = iqp_store_config(st);
     a->comb = iqp_combiner_new(IQP_COUNTERS(a->cfg));
+    a->batch = iqp_store_batch_new(st);
     a->watermark_ms = iqp_store_watermark(st);
     reset_pending_buckets(a);
     for (size_t f = 0; f < a->cfg->n_features; f++) iqp_keybuf_init(&a->prefix[f]);
-    iqp_keybuf_init(&a->key);
     return a;
 }
 
@@ -98,11 +117,16 @@ static void free_staged(iqp_aggregator *a) {
     }
 }
 
+static int join_flush(iqp_aggregator *a, char *err, size_t errlen);
+
 void iqp_aggregator_free(iqp_aggregator *a) {
     if (!a) return;
+    char err[512];
+    join_flush(a, err, sizeof err); /* a failure was reported by the caller's last flush */
+    iqp_combiner_free(a->spare);
     iqp_combiner_free(a->comb);
+    iqp_store_batch_free(a->batch);
     for (size_t f = 0; f < a->cfg->n_features; f++) iqp_keybuf_free(&a->prefix[f]);
-    iqp_keybuf_free(&a->key);
     free_staged(a);
     free(a);
 }
@@ -130,6 +154,7 @@ static int retained_granularities(iqp_aggregator *a, int64_t ts, int64_t wm) {
  * nor a compaction changes what is a duplicate. */
 static int find_marker(iqp_aggregator *a, const unsigned char *key, int64_t wm, iqp_marker *m) {
     int rc = iqp_combiner_get_marker(a->comb, key, m);
+    if (!rc && a->job.running) rc = iqp_combiner_get_marker(a->job.comb, key, m);
     if (!rc) rc = iqp_store_get_marker(a->st, key, IQP_MARKER_KEY_LEN, m);
     if (rc == 1 && iqp_marker_forgotten(m, wm, a->cfg->dedup_horizon_ms)) return 0;
     return rc;
@@ -137,53 +162,45 @@ static int find_marker(iqp_aggregator *a, const unsigned char *key, int64_t wm, 
 
 /* ---- cell deltas --------------------------------------------------------- */
 
+/* Builds and interns every feature's context prefix for this event. */
 static void build_prefixes(iqp_aggregator *a, const iqp_context *ctx) {
-    for (size_t f = 0; f < a->cfg->n_features; f++)
+    for (size_t f = 0; f < a->cfg->n_features; f++) {
         iqp_cells_context_prefix(&a->prefix[f], &a->cfg->features[f], ctx);
+        a->prefix_id[f] = iqp_combiner_prefix_id(a->comb, a->prefix[f].buf, a->prefix[f].len);
+    }
 }
 
-/* Adds delta to counter idx of item's cells at ts, in every feature and
- * every granularity that retains ts's bucket relative to wm. */
+/* Adds delta to counter idx of the cells of item (an interned id) at ts, in
+ * every feature and every granularity that retains ts's bucket relative
+ * to wm. */
+static void bump_item_id(iqp_aggregator *a, uint32_t item_id, size_t idx, int64_t ts, int64_t wm,
+                         int64_t delta) {
+    for (size_t g = 0; g < a->cfg->n_grans; g++) {
+        int64_t b = iqp_bucket_of(ts, a->cfg->gran_ms[g]);
+        if (b < iqp_retention_first_bucket(a->cfg, (int)g, wm)) continue;
+        for (size_t f = 0; f < a->cfg->n_features; f++)
+            iqp_combiner_add_count(a->comb, a->prefix_id[f], item_id, (int)g, b, idx, delta);
+        note_pending_bucket(a, g, b);
+        a->stats.cell_updates += a->cfg->n_features;
+    }
+}
+
 static void bump_item(iqp_aggregator *a, const iqp_item_ref *item, size_t idx, int64_t ts,
                       int64_t wm, int64_t delta) {
     if (a->restoring) return;
-    for (size_t f = 0; f < a->cfg->n_features; f++) {
-        iqp_keybuf_copy(&a->key, &a->prefix[f]);
-        iqp_cells_append_entity(&a->key, item->id, item->len);
-        size_t base = a->key.len;
-        for (size_t g = 0; g < a->cfg->n_grans; g++) {
-            int64_t b = iqp_bucket_of(ts, a->cfg->gran_ms[g]);
-            if (b < iqp_retention_first_bucket(a->cfg, (int)g, wm)) continue;
-            iqp_keybuf_truncate(&a->key, base);
-            iqp_cells_append_bucket(&a->key, (int)g, b);
-            iqp_combiner_add_count(a->comb, a->key.buf, a->key.len, idx, delta);
-            note_pending_bucket(a, g, b);
-            a->stats.cell_updates++;
-        }
-    }
+    bump_item_id(a, iqp_combiner_item_id(a->comb, item->id, item->len), idx, ts, wm, delta);
 }
 
 /* +1 context_count for every feature's context in the live granularities. */
 static void bump_contexts(iqp_aggregator *a) {
     if (a->restoring) return;
-    for (size_t f = 0; f < a->cfg->n_features; f++)
-        for (size_t g = 0; g < a->cfg->n_grans; g++) {
-            if (!a->live[g]) continue;
-            iqp_keybuf_copy(&a->key, &a->prefix[f]);
-            iqp_cells_append_bucket(&a->key, (int)g, a->buckets[g]);
-            iqp_combiner_add_context(a->comb, a->key.buf, a->key.len, 1);
-            note_pending_bucket(a, g, a->buckets[g]);
-            a->stats.cell_updates++;
-        }
-}
-
-/* True when items[i] repeats an earlier item of the same event. Linear for
- * the usual tens of items; impressions are capped by limits.max_items. */
-static int repeats_earlier(const iqp_item_ref *items, size_t i) {
-    for (size_t j = 0; j < i; j++)
-        if (items[j].len == items[i].len && memcmp(items[j].id, items[i].id, items[i].len) == 0)
-            return 1;
-    return 0;
+    for (size_t g = 0; g < a->cfg->n_grans; g++) {
+        if (!a->live[g]) continue;
+        for (size_t f = 0; f < a->cfg->n_features; f++)
+            iqp_combiner_add_context(a->comb, a->prefix_id[f], (int)g, a->buckets[g], 1);
+        note_pending_bucket(a, g, a->buckets[g]);
+        a->stats.cell_updates += a->cfg->n_features;
+    }
 }
 
 static int cmp_item_refs(const void *x, const void *y) {
@@ -195,10 +212,17 @@ static int cmp_item_refs(const void *x, const void *y) {
 
 static void count_impression(iqp_aggregator *a, const iqp_event *ev) {
     bump_contexts(a);
+    if (a->restoring) return;
     if (ev->n_items <= 64) {
-        for (size_t i = 0; i < ev->n_items; i++)
-            if (!repeats_earlier(ev->items, i))
-                bump_item(a, &ev->items[i], IQP_COUNTER_IMPRESSION, ev->ts, a->watermark_ms, 1);
+        /* equal items intern to equal ids: a repeat is an id seen before
+         * (linear over the usual tens of integers) */
+        uint32_t ids[64];
+        for (size_t i = 0; i < ev->n_items; i++) {
+            ids[i] = iqp_combiner_item_id(a->comb, ev->items[i].id, ev->items[i].len);
+            size_t j = 0;
+            while (j < i && ids[j] != ids[i]) j++;
+            if (j == i) bump_item_id(a, ids[i], IQP_COUNTER_IMPRESSION, ev->ts, a->watermark_ms, 1);
+        }
         return;
     }
     /* Large impressions: sort a copy so duplicates are adjacent. */
@@ -308,9 +332,9 @@ void iqp_aggregator_stage_meta(iqp_aggregator *a, const char *key, const void *v
 size_t iqp_aggregator_pending(const iqp_aggregator *a) { return a->pending; }
 
 void iqp_aggregator_discard(iqp_aggregator *a) {
-    iqp_store_batch *b = iqp_store_batch_new(a->st);
-    iqp_combiner_drain(a->comb, b); /* empties the combiner; the batch is never written */
-    iqp_store_batch_free(b);
+    char err[512];
+    join_flush(a, err, sizeof err); /* the batch before this one stays committed */
+    iqp_combiner_clear(a->comb);
     free_staged(a);
     a->pending = 0;
     a->watermark_ms = iqp_store_watermark(a->st);
@@ -321,30 +345,112 @@ int iqp_aggregator_should_flush(const iqp_aggregator *a) {
     return a->pending >= a->cfg->flush_events || iqp_combiner_cells(a->comb) >= IQP_AGG_MAX_CELLS;
 }
 
+/* Fills b with a micro-batch: counter merges and markers of comb (on_cell
+ * told of each merge), staged meta and the watermark. Returns the merges. */
+static size_t fill_batch(iqp_store_batch *b, const iqp_combiner *comb, const staged_meta *meta,
+                         int64_t watermark_ms, const iqp_agg_flush_hook *hook) {
+    iqp_store_batch_clear(b);
+    size_t written = iqp_combiner_write(comb, b, hook ? hook->on_cell : NULL, hook ? hook->ud : NULL);
+    for (const staged_meta *m = meta; m; m = m->next)
+        iqp_store_batch_put(b, IQP_CF_META, m->key, strlen(m->key), m->val, m->vlen);
+    if (watermark_ms != INT64_MIN) iqp_store_batch_set_watermark(b, watermark_ms);
+    return written;
+}
+
+/* Forgets the micro-batch just committed (or handed to the writer). */
+static void batch_done(iqp_aggregator *a) {
+    a->pending = 0;
+    reset_pending_buckets(a);
+    a->stats.flushes++;
+}
+
+static void *writer_main(void *arg) {
+    flush_job *j = arg;
+    iqp_store_batch *b = j->a->batch;
+    pthread_setname_np(pthread_self(), "iqp-writer");
+    j->cells_written = fill_batch(b, j->comb, j->meta, j->watermark_ms, NULL);
+    j->batch_bytes = iqp_store_batch_bytes(b);
+    j->rc = iqp_store_batch_commit(j->a->st, b, j->err, sizeof j->err);
+    iqp_store_batch_clear(b);
+    return NULL;
+}
+
+/* Takes back what the finished writer held; 0, or -1 with its error (and
+ * the aggregator refuses further work). */
+static int collect_flush(iqp_aggregator *a, char *err, size_t errlen) {
+    flush_job *j = &a->job;
+    j->running = 0;
+    iqp_combiner_clear(j->comb);
+    a->spare = j->comb;
+    staged_meta *keep = a->meta;
+    a->meta = j->meta;
+    free_staged(a);
+    a->meta = keep;
+    a->stats.cells_written += j->cells_written;
+    a->stats.batch_bytes += j->batch_bytes;
+    if (j->rc < 0) {
+        a->failed = 1;
+        snprintf(err, errlen, "%s", j->err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Waits for the flush in flight, if any; as collect_flush. */
+static int join_flush(iqp_aggregator *a, char *err, size_t errlen) {
+    if (!a->job.running) return 0;
+    pthread_join(a->job.thread, NULL);
+    return collect_flush(a, err, errlen);
+}
+
 int iqp_aggregator_flush(iqp_aggregator *a, char *err, size_t errlen) {
+    if (join_flush(a, err, errlen) < 0) return -1;
     if (a->failed) {
         snprintf(err, errlen, "an earlier store write failed; this batch cannot be written");
         return -1;
     }
     if (a->pending == 0 && !a->meta) return 0;
-    iqp_store_batch *b = iqp_store_batch_new(a->st);
-    a->stats.cells_written += iqp_combiner_drain_with(a->comb, b, a->hook.on_cell, a->hook.ud);
-    for (staged_meta *m = a->meta; m; m = m->next)
-        iqp_store_batch_put(b, IQP_CF_META, m->key, strlen(m->key), m->val, m->vlen);
-    if (a->watermark_ms != INT64_MIN) iqp_store_batch_set_watermark(b, a->watermark_ms);
+    iqp_store_batch *b = a->batch;
+    a->stats.cells_written += fill_batch(b, a->comb, a->meta, a->watermark_ms, &a->hook);
+    iqp_combiner_clear(a->comb);
     if (a->hook.before_commit) a->hook.before_commit(a->hook.ud, b);
     a->stats.batch_bytes += iqp_store_batch_bytes(b);
     int rc = iqp_store_batch_commit(a->st, b, err, errlen);
-    iqp_store_batch_free(b);
+    iqp_store_batch_clear(b);
     if (a->hook.after_commit) a->hook.after_commit(a->hook.ud, rc == 0);
     if (rc < 0) {
         a->failed = 1;
         return -1;
     }
     free_staged(a);
-    a->pending = 0;
-    reset_pending_buckets(a);
-    a->stats.flushes++;
+    batch_done(a);
+    return 0;
+}
+
+int iqp_aggregator_flush_begin(iqp_aggregator *a, char *err, size_t errlen) {
+    if (a->hook.on_cell || a->hook.before_commit || a->hook.after_commit)
+        return iqp_aggregator_flush(a, err, errlen); /* hooks run on the caller's thread */
+    if (join_flush(a, err, errlen) < 0) return -1;
+    if (a->failed) {
+        snprintf(err, errlen, "an earlier store write failed; this batch cannot be written");
+        return -1;
+    }
+    if (a->pending == 0 && !a->meta) return 0;
+    flush_job *j = &a->job;
+    if (!a->spare) a->spare = iqp_combiner_new(IQP_COUNTERS(a->cfg));
+    j->a = a;
+    j->comb = a->comb;
+    j->meta = a->meta;
+    j->watermark_ms = a->watermark_ms;
+    a->comb = a->spare;
+    a->spare = NULL;
+    a->meta = NULL;
+    j->running = 1;
+    batch_done(a);
+    if (pthread_create(&j->thread, NULL, writer_main, j) != 0) {
+        writer_main(j); /* no thread to be had: write on this one */
+        return collect_flush(a, err, errlen);
+    }
     return 0;
 }
 
@@ -359,7 +465,18 @@ const iqp_agg_stats *iqp_aggregator_stats(const iqp_aggregator *a) { return &a->
 
 int iqp_aggregator_pending_cell(const iqp_aggregator *a, iqp_cf cf, const unsigned char *key,
                                 size_t klen, int64_t *vec, size_t n) {
-    const int64_t *held = iqp_combiner_peek(a->comb, cf, key, klen);
+    int gran;
+    int64_t bucket;
+    const int64_t *held = NULL;
+    if (iqp_cells_key_bucket(key, klen, &gran, &bucket) < 0) return 0;
+    size_t body = klen - IQP_BUCKET_SUFFIX_LEN;
+    if (cf == IQP_CF_CONTEXTS) {
+        held = iqp_combiner_peek(a->comb, key, body, NULL, 0, gran, bucket);
+    } else {
+        iqp_parsed_key pk;
+        if (iqp_cells_parse_key(a->cfg, key, body, &pk) < 0 || !pk.item) return 0;
+        held = iqp_combiner_peek(a->comb, key, pk.prefix_len, pk.item, pk.item_len, gran, bucket);
+    }
     if (!held) return 0;
     for (size_t i = 0; i < n; i++) vec[i] += held[i];
     return 1;

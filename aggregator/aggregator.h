@@ -82,6 +82,15 @@ int iqp_aggregator_should_flush(const iqp_aggregator *a);
  * gone, so retrying could commit positions without their counts. */
 int iqp_aggregator_flush(iqp_aggregator *a, char *err, size_t errlen);
 
+/* The same, written by a writer thread while the caller goes on counting
+ * into a second micro-batch (backfill: decode, count and store write then
+ * run side by side). Returns 0 once the batch is handed over, after
+ * collecting the previous one; a write error surfaces here or at the next
+ * flush / flush_begin (-1 with err), and the aggregator then refuses work.
+ * Dedup lookups see the batch in flight. With a flush hook installed this
+ * is iqp_aggregator_flush (hooks run on the caller's thread). */
+int iqp_aggregator_flush_begin(iqp_aggregator *a, char *err, size_t errlen);
+
 /* A flush hook sees what each flush writes, and adds to its batch: the
  * publisher's queue (publisher/pending.h) records the cells that changed
  * in the same atomic write as the counts. on_cell is called for every

@@ -4,10 +4,22 @@
  * this is the hottest code in iqp. Design, from measurement: a chained hash
  * (uthash) spent ~700 ns per lookup on a batch of a million cells, nearly
  * all of it cache misses walking bucket chains. So each table here is a flat
- * open-addressing array of {hash, cell} slots with linear probing, grown at
- * 50% load: a lookup touches one slot line and, on a hash match, the cell.
- * Hashes are XXH3-64 of the full store key and are kept in the slot, so
- * growing never rehashes keys and mismatches rarely touch the cell.
+ * open-addressing array with linear probing, grown at 50% load.
+ *
+ * Two kinds of table:
+ *   - byte tables (strings: context prefixes, item entities, dedup
+ *     markers) hold {XXH3-64 hash, cell} slots; the hash is kept in the
+ *     slot, so growing never rehashes keys and mismatches rarely touch the
+ *     cell. Prefix and item cells hold their interned id.
+ *   - counter tables (counts, contexts) hold {a, b, counters} slots where
+ *     a = prefix id << 32 | item id and b = bucket << 8 | granularity: a
+ *     probe compares two integers in the slot and never touches a string
+ *     (before interning, 37% of the counting thread went to probing and
+ *     comparing ~40-byte string keys).
+ * At drain, prefix and item ids are ranked by their bytes, the cells are
+ * sorted by (prefix rank, item rank, granularity, bucket), which is the
+ * store's key order (all parts are length-prefixed), and each key is
+ * written once.
  *
  * Cells are carved, with their counters and key bytes, out of an arena of
  * 2 MiB blocks, rewound in one sweep at drain time; blocks and slot arrays
@@ -51,8 +63,43 @@ typedef struct arena_block {
     _Alignas(16) unsigned char data[];
 } arena_block;
 
+/* Counter cells named by integers. Cells live in insertion order in
+ * chunks of CHUNK_CELLS (names: a, b; vals: width counters each), which a
+ * drain walks sequentially; a slot holds the name and the cell's index + 1
+ * (0: empty), so a probe never leaves the slot array. */
+#define CHUNK_SHIFT 16
+#define CHUNK_CELLS ((size_t)1 << CHUNK_SHIFT)
+
+typedef struct int_slot {
+    uint64_t a, b;
+    uint64_t idx1;
+} int_slot;
+
+typedef struct cell_chunk {
+    uint64_t *names;    /* 2 per cell: a, b */
+    int64_t *vals;      /* width per cell */
+} cell_chunk;
+
+typedef struct int_table {
+    int_slot *slots;
+    size_t mask, count, width;
+    cell_chunk *chunks;
+    size_t n_chunks;    /* allocated; kept across batches */
+} int_table;
+
+/* Interned strings: the byte table finds an id, keys[id] its bytes. */
+typedef struct intern {
+    cell_table table;
+    cell **keys;
+    size_t cap;
+} intern;
+
 struct iqp_combiner {
-    cell_table counts, contexts, markers;
+    int_table counts, contexts;
+    cell_table markers;
+    intern prefixes, items;
+    unsigned char *entity;  /* scratch: an item's entity encoding */
+    size_t entity_cap;
     arena_block *arena;     /* blocks in use, newest first */
     arena_block *spare;     /* rewound blocks kept for the next batch */
 };
@@ -183,34 +230,206 @@ static cell *table_get(iqp_combiner *c, cell_table *t, const unsigned char *key,
     return e;
 }
 
+/* ---- counter tables ------------------------------------------------------ */
+
+#define NO_ITEM UINT32_MAX
+
+static void int_table_init(int_table *t, size_t width) {
+    t->slots = alloc_zeroed(INITIAL_SLOTS * sizeof(int_slot));
+    t->mask = INITIAL_SLOTS - 1;
+    t->count = 0;
+    t->width = width;
+    t->chunks = NULL;
+    t->n_chunks = 0;
+}
+
+static void int_table_free(int_table *t) {
+    for (size_t i = 0; i < t->n_chunks; i++) {
+        free(t->chunks[i].names);
+        free(t->chunks[i].vals);
+    }
+    free(t->chunks);
+    free(t->slots);
+}
+
+static int64_t *cell_vals(const int_table *t, size_t idx) {
+    return t->chunks[idx >> CHUNK_SHIFT].vals + (idx & (CHUNK_CELLS - 1)) * t->width;
+}
+
+static const uint64_t *cell_names(const int_table *t, size_t idx) {
+    return t->chunks[idx >> CHUNK_SHIFT].names + 2 * (idx & (CHUNK_CELLS - 1));
+}
+
+static void int_table_reset(int_table *t) {
+    if (t->count == 0) return;
+    memset(t->slots, 0, (t->mask + 1) * sizeof(int_slot));
+    t->count = 0;
+}
+
+/* splitmix64's finalizer over both words: cheap, and every input bit
+ * reaches the low bits the table indexes with. */
+static uint64_t mix(uint64_t a, uint64_t b) {
+    uint64_t h = a * 0x9E3779B97F4A7C15ULL ^ (b + 0x632BE59BD9B4E019ULL);
+    h ^= h >> 30;
+    h *= 0xBF58476D1CE4E5B9ULL;
+    h ^= h >> 27;
+    h *= 0x94D049BB133111EBULL;
+    return h ^ (h >> 31);
+}
+
+static int_slot *probe_slots(int_slot *slots, size_t mask, uint64_t a, uint64_t b) {
+    size_t i = mix(a, b) & mask;
+    for (;;) {
+        int_slot *s = &slots[i];
+        if (!s->idx1 || (s->a == a && s->b == b)) return s;
+        i = (i + 1) & mask;
+    }
+}
+
+static int_slot *int_probe(const int_table *t, uint64_t a, uint64_t b) {
+    return probe_slots(t->slots, t->mask, a, b);
+}
+
+static void int_table_grow(int_table *t) {
+    size_t cap = (t->mask + 1) * 2;
+    int_slot *bigger = alloc_zeroed(cap * sizeof(int_slot));
+    for (size_t i = 0; i <= t->mask; i++)
+        if (t->slots[i].idx1) *probe_slots(bigger, cap - 1, t->slots[i].a, t->slots[i].b) = t->slots[i];
+    free(t->slots);
+    t->slots = bigger;
+    t->mask = cap - 1;
+}
+
+/* Appends a zeroed cell named (a, b); returns its index. */
+static size_t append_cell(int_table *t, uint64_t a, uint64_t b) {
+    size_t idx = t->count++, k = idx >> CHUNK_SHIFT;
+    if (k == t->n_chunks) {
+        t->chunks = realloc(t->chunks, (k + 1) * sizeof *t->chunks);
+        if (!t->chunks) abort();
+        t->chunks[k].names = malloc(2 * CHUNK_CELLS * sizeof(uint64_t));
+        t->chunks[k].vals = malloc(CHUNK_CELLS * t->width * sizeof(int64_t));
+        if (!t->chunks[k].names || !t->chunks[k].vals) abort();
+        t->n_chunks++;
+    }
+    uint64_t *name = t->chunks[k].names + 2 * (idx & (CHUNK_CELLS - 1));
+    name[0] = a;
+    name[1] = b;
+    memset(cell_vals(t, idx), 0, t->width * sizeof(int64_t));
+    return idx;
+}
+
+static int64_t *int_table_get(int_table *t, uint64_t a, uint64_t b) {
+    int_slot *s = int_probe(t, a, b);
+    if (s->idx1) return cell_vals(t, s->idx1 - 1);
+    if (2 * (t->count + 1) > t->mask + 1) {
+        int_table_grow(t);
+        s = int_probe(t, a, b);
+    }
+    s->a = a;
+    s->b = b;
+    s->idx1 = append_cell(t, a, b) + 1;
+    return cell_vals(t, s->idx1 - 1);
+}
+
+static uint64_t name_word(uint32_t prefix, uint32_t item) {
+    return (uint64_t)prefix << 32 | item;
+}
+
+static uint64_t bucket_word(int gran, int64_t bucket) {
+    return (uint64_t)bucket << 8 | (uint8_t)gran;
+}
+
+/* ---- interning ------------------------------------------------------------ */
+
+static void intern_init(intern *in) {
+    table_init(&in->table, 1);
+    in->keys = NULL;
+    in->cap = 0;
+}
+
+static uint32_t intern_id(iqp_combiner *c, intern *in, const unsigned char *key, size_t len) {
+    size_t before = in->table.count;
+    cell *e = table_get(c, &in->table, key, len);
+    if (in->table.count == before) return (uint32_t)e->vec[0];
+    size_t id = before;
+    if (id == in->cap) {
+        in->cap = in->cap ? 2 * in->cap : 1024;
+        in->keys = realloc(in->keys, in->cap * sizeof *in->keys);
+        if (!in->keys) abort();
+    }
+    in->keys[id] = e;
+    e->vec[0] = (int64_t)id;
+    return (uint32_t)id;
+}
+
+/* 1 and *id when key is interned. */
+static int intern_find(const intern *in, const unsigned char *key, size_t len, uint32_t *id) {
+    if (in->table.count == 0) return 0;
+    slot *s = table_probe(&in->table, key, len, XXH3_64bits(key, len));
+    if (!s->c) return 0;
+    *id = (uint32_t)s->c->vec[0];
+    return 1;
+}
+
+/* Writes the entity encoding (cells.h: u16 BE length, bytes) of item into
+ * out (2 + len bytes, len capped like iqp_cells_append_entity). */
+static size_t encode_entity(unsigned char *out, const char *item, size_t len) {
+    if (len > 65535) len = 65535;
+    out[0] = (unsigned char)(len >> 8);
+    out[1] = (unsigned char)len;
+    memcpy(out + 2, item, len);
+    return len + 2;
+}
+
 /* ---- public -------------------------------------------------------------- */
 
 iqp_combiner *iqp_combiner_new(size_t width) {
     iqp_combiner *c = calloc(1, sizeof *c);
     if (!c) abort();
-    table_init(&c->counts, width);
-    table_init(&c->contexts, 1);
+    int_table_init(&c->counts, width);
+    int_table_init(&c->contexts, 1);
     table_init(&c->markers, 2);
+    intern_init(&c->prefixes);
+    intern_init(&c->items);
     return c;
 }
 
 void iqp_combiner_free(iqp_combiner *c) {
     if (!c) return;
-    free(c->counts.slots);
-    free(c->contexts.slots);
+    int_table_free(&c->counts);
+    int_table_free(&c->contexts);
     free(c->markers.slots);
+    free(c->prefixes.table.slots);
+    free(c->prefixes.keys);
+    free(c->items.table.slots);
+    free(c->items.keys);
+    free(c->entity);
     arena_free_all(c);
     free(c);
 }
 
-void iqp_combiner_add_count(iqp_combiner *c, const unsigned char *key, size_t klen, size_t idx,
-                            int64_t delta) {
-    table_get(c, &c->counts, key, klen)->vec[idx] += delta;
+uint32_t iqp_combiner_prefix_id(iqp_combiner *c, const unsigned char *prefix, size_t len) {
+    return intern_id(c, &c->prefixes, prefix, len);
 }
 
-void iqp_combiner_add_context(iqp_combiner *c, const unsigned char *key, size_t klen,
+uint32_t iqp_combiner_item_id(iqp_combiner *c, const char *item, size_t len) {
+    if (len + 2 > c->entity_cap) {
+        c->entity_cap = len + 2 > 256 ? len + 2 : 256;
+        c->entity = realloc(c->entity, c->entity_cap);
+        if (!c->entity) abort();
+    }
+    size_t n = encode_entity(c->entity, item, len);
+    return intern_id(c, &c->items, c->entity, n);
+}
+
+void iqp_combiner_add_count(iqp_combiner *c, uint32_t prefix, uint32_t item, int gran,
+                            int64_t bucket, size_t idx, int64_t delta) {
+    int_table_get(&c->counts, name_word(prefix, item), bucket_word(gran, bucket))[idx] += delta;
+}
+
+void iqp_combiner_add_context(iqp_combiner *c, uint32_t prefix, int gran, int64_t bucket,
                               int64_t delta) {
-    table_get(c, &c->contexts, key, klen)->vec[0] += delta;
+    int_table_get(&c->contexts, name_word(prefix, NO_ITEM), bucket_word(gran, bucket))[0] += delta;
 }
 
 int iqp_combiner_get_marker(const iqp_combiner *c, const unsigned char *key, iqp_marker *m) {
@@ -229,17 +448,28 @@ void iqp_combiner_set_marker(iqp_combiner *c, const unsigned char *key, const iq
     e->vec[1] = m->written_wm;
 }
 
-const int64_t *iqp_combiner_peek(const iqp_combiner *c, iqp_cf cf, const unsigned char *key,
-                                 size_t klen) {
-    const cell_table *t = cf == IQP_CF_CONTEXTS ? &c->contexts : &c->counts;
+const int64_t *iqp_combiner_peek(const iqp_combiner *c, const unsigned char *prefix, size_t plen,
+                                 const char *item, size_t ilen, int gran, int64_t bucket) {
+    uint32_t pid, iid = NO_ITEM;
+    if (!intern_find(&c->prefixes, prefix, plen, &pid)) return NULL;
+    if (item) {
+        unsigned char small[256], *ent = ilen + 2 <= sizeof small ? small : malloc(ilen + 2);
+        if (!ent) abort();
+        int found = intern_find(&c->items, ent, encode_entity(ent, item, ilen), &iid);
+        if (ent != small) free(ent);
+        if (!found) return NULL;
+    }
+    const int_table *t = item ? &c->counts : &c->contexts;
     if (t->count == 0) return NULL;
-    slot *s = table_probe(t, key, klen, XXH3_64bits(key, klen));
-    return s->c ? s->c->vec : NULL;
+    const int_slot *s = int_probe(t, name_word(pid, iid), bucket_word(gran, bucket));
+    return s->idx1 ? cell_vals(t, s->idx1 - 1) : NULL;
 }
 
 size_t iqp_combiner_cells(const iqp_combiner *c) { return c->counts.count + c->contexts.count; }
 
 size_t iqp_combiner_markers(const iqp_combiner *c) { return c->markers.count; }
+
+/* ---- drain ----------------------------------------------------------------- */
 
 /* RocksDB's default (bytewise) order. */
 static int cmp_cells(const void *a, const void *b) {
@@ -248,12 +478,6 @@ static int cmp_cells(const void *a, const void *b) {
     int r = memcmp(x->key, y->key, n);
     if (r) return r;
     return (x->klen > y->klen) - (x->klen < y->klen);
-}
-
-static int all_zero(const int64_t *vec, size_t n) {
-    for (size_t i = 0; i < n; i++)
-        if (vec[i]) return 0;
-    return 1;
 }
 
 /* The table's cells in key order (caller frees the array). */
@@ -267,38 +491,152 @@ static cell **sorted_cells(const cell_table *t) {
     return sorted;
 }
 
-/* Writes one table's non-zero cells, sorted, as merges into cf, telling
- * on_cell (when set) about each. */
-static size_t drain_counters(cell_table *t, iqp_cf cf, iqp_store_batch *b,
+/* rank[id] = position of interned string id in byte order, and
+ * *sorted[rank] = its cell (caller frees both). */
+static uint32_t *rank_interned(const intern *in, cell ***sorted) {
+    size_t n = in->table.count;
+    uint32_t *rank = malloc((n ? n : 1) * sizeof *rank);
+    if (!rank) abort();
+    *sorted = sorted_cells(&in->table);
+    for (size_t r = 0; r < n; r++) rank[(*sorted)[r]->vec[0]] = (uint32_t)r;
+    return rank;
+}
+
+/* One cell of a drain: its sort key and where it lives. */
+typedef struct drain_entry {
+    uint64_t rank;      /* prefix rank << 32 | item rank */
+    uint64_t suffix;    /* granularity << 56 | bucket bits (store order) */
+    size_t idx;         /* the cell */
+} drain_entry;
+
+static int entry_less(const drain_entry *x, const drain_entry *y) {
+    return x->rank != y->rank ? x->rank < y->rank : x->suffix < y->suffix;
+}
+
+static void swap_entries(drain_entry *x, drain_entry *y) {
+    drain_entry t = *x;
+    *x = *y;
+    *y = t;
+}
+
+/* Sorts e[0..n) by (rank, suffix): a quicksort with the comparison inlined
+ * (qsort's indirect calls were 6% of counting on a 30-day log), median of
+ * three pivots, insertion sort for short runs, recursion on the smaller
+ * side only. */
+static void sort_entries(drain_entry *e, size_t n) {
+    while (n > 16) {
+        size_t mid = n / 2;
+        if (entry_less(&e[mid], &e[0])) swap_entries(&e[mid], &e[0]);
+        if (entry_less(&e[n - 1], &e[0])) swap_entries(&e[n - 1], &e[0]);
+        if (entry_less(&e[n - 1], &e[mid])) swap_entries(&e[n - 1], &e[mid]);
+        drain_entry pivot = e[mid];
+        size_t i = 0, j = n - 1;
+        for (;;) {
+            while (entry_less(&e[i], &pivot)) i++;
+            while (entry_less(&pivot, &e[j])) j--;
+            if (i >= j) break;
+            swap_entries(&e[i++], &e[j--]);
+        }
+        size_t left = j + 1; /* e[0..left) <= pivot <= e[left..n) */
+        if (left < n - left) {
+            sort_entries(e, left);
+            e += left;
+            n -= left;
+        } else {
+            sort_entries(e + left, n - left);
+            n = left;
+        }
+    }
+    for (size_t i = 1; i < n; i++) {
+        drain_entry x = e[i];
+        size_t j = i;
+        for (; j > 0 && entry_less(&x, &e[j - 1]); j--) e[j] = e[j - 1];
+        e[j] = x;
+    }
+}
+
+static int all_zero(const int64_t *vec, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (vec[i]) return 0;
+    return 1;
+}
+
+/* Writes one counter table's non-zero cells, in store key order, as merges
+ * into cf, telling on_cell (when set) about each. */
+static size_t drain_counters(const iqp_combiner *c, const int_table *t, iqp_cf cf, iqp_store_batch *b,
                              iqp_combiner_cell_fn on_cell, void *ud) {
-    size_t written = 0;
-    cell **sorted = sorted_cells(t);
-    for (size_t i = 0; i < t->count; i++) {
-        if (all_zero(sorted[i]->vec, t->width)) continue;
-        iqp_store_batch_merge(b, cf, sorted[i]->key, sorted[i]->klen, sorted[i]->vec, t->width);
-        if (on_cell) on_cell(ud, b, cf, sorted[i]->key, sorted[i]->klen);
+    cell **pkeys, **ikeys; /* by rank */
+    uint32_t *prank = rank_interned(&c->prefixes, &pkeys), *irank = rank_interned(&c->items, &ikeys);
+    drain_entry *e = malloc((t->count ? t->count : 1) * sizeof *e);
+    size_t n = 0, written = 0;
+    if (!e) abort();
+    for (size_t idx = 0; idx < t->count; idx++) { /* insertion order: sequential */
+        const uint64_t *name = cell_names(t, idx);
+        if (all_zero(cell_vals(t, idx), t->width)) continue;
+        uint32_t item = (uint32_t)name[0];
+        uint64_t ir = item == NO_ITEM ? 0 : irank[item];
+        e[n].rank = (uint64_t)prank[name[0] >> 32] << 32 | ir;
+        e[n].suffix = (name[1] & 0xff) << 56 | ((uint64_t)((int64_t)name[1] >> 8) & 0x00ffffffffffffffULL);
+        e[n++].idx = idx;
+    }
+    sort_entries(e, n);
+    iqp_keybuf key;
+    iqp_keybuf_init(&key);
+    for (size_t i = 0; i < n; i++) {
+        /* cells are visited in key order, i.e. at random in memory: ask for
+         * the counters a few cells ahead (a miss per cell was 8% of the writer) */
+        if (i + 8 < n) __builtin_prefetch(cell_vals(t, e[i + 8].idx));
+        const cell *p = pkeys[e[i].rank >> 32];
+        key.len = 0;
+        iqp_keybuf_append(&key, p->key, p->klen);
+        if (cf == IQP_CF_COUNTS) { /* the item's entity */
+            const cell *it = ikeys[(uint32_t)e[i].rank];
+            iqp_keybuf_append(&key, it->key, it->klen);
+        }
+        int64_t bucket = (int64_t)(e[i].suffix << 8) >> 8; /* sign-extend 56 bits */
+        iqp_cells_append_bucket(&key, (int)(e[i].suffix >> 56), bucket);
+        iqp_store_batch_merge(b, cf, key.buf, key.len, cell_vals(t, e[i].idx), t->width);
+        if (on_cell) on_cell(ud, b, cf, key.buf, key.len);
         written++;
     }
-    free(sorted);
-    table_reset(t);
+    iqp_keybuf_free(&key);
+    free(e);
+    free(prank);
+    free(irank);
+    free(pkeys);
+    free(ikeys);
     return written;
+}
+
+void iqp_combiner_clear(iqp_combiner *c) {
+    int_table_reset(&c->counts);
+    int_table_reset(&c->contexts);
+    table_reset(&c->markers);
+    table_reset(&c->prefixes.table);
+    table_reset(&c->items.table);
+    arena_rewind(c);
 }
 
 size_t iqp_combiner_drain(iqp_combiner *c, iqp_store_batch *b) {
     return iqp_combiner_drain_with(c, b, NULL, NULL);
 }
 
-size_t iqp_combiner_drain_with(iqp_combiner *c, iqp_store_batch *b, iqp_combiner_cell_fn on_cell,
-                               void *ud) {
-    size_t written = drain_counters(&c->counts, IQP_CF_COUNTS, b, on_cell, ud);
-    written += drain_counters(&c->contexts, IQP_CF_CONTEXTS, b, on_cell, ud);
+size_t iqp_combiner_write(const iqp_combiner *c, iqp_store_batch *b, iqp_combiner_cell_fn on_cell,
+                          void *ud) {
+    size_t written = drain_counters(c, &c->counts, IQP_CF_COUNTS, b, on_cell, ud);
+    written += drain_counters(c, &c->contexts, IQP_CF_CONTEXTS, b, on_cell, ud);
     cell **markers = sorted_cells(&c->markers);
     for (size_t i = 0; i < c->markers.count; i++) {
         iqp_marker m = {markers[i]->vec[0], markers[i]->vec[1]};
         iqp_store_batch_put_marker(b, markers[i]->key, IQP_MARKER_KEY_LEN, &m);
     }
     free(markers);
-    table_reset(&c->markers);
-    arena_rewind(c);
+    return written;
+}
+
+size_t iqp_combiner_drain_with(iqp_combiner *c, iqp_store_batch *b, iqp_combiner_cell_fn on_cell,
+                               void *ud) {
+    size_t written = iqp_combiner_write(c, b, on_cell, ud);
+    iqp_combiner_clear(c);
     return written;
 }

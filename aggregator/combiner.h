@@ -1,10 +1,17 @@
 /* combiner.h -- folds a micro-batch's counter deltas in memory.
  *
- * Owns: the per-batch hash tables of counter cells (counts and contexts
- * column families) and of pending dedup markers, and turning them into one
- * store batch, sorted by key (sorted inserts are cheaper for RocksDB's
- * memtable). Search traffic is dominated by hot query x item cells, so a
- * batch of many events usually shrinks to far fewer merges.
+ * Owns: the per-batch tables of counter cells (counts and contexts column
+ * families), of the strings that name them (context prefixes and item
+ * entities, interned to integer ids), of pending dedup markers, and turning
+ * them into one store batch, sorted by key (sorted inserts are cheaper for
+ * RocksDB's memtable). Search traffic is dominated by hot query x item
+ * cells, so a batch of many events usually shrinks to far fewer merges.
+ *
+ * Cells are named by integers: (context prefix id, item id, granularity,
+ * bucket). The aggregator interns a prefix once per feature per event and
+ * an item once per event, so the ~100 cell updates of an impression hash
+ * and compare fixed-width integers, and the store keys (cells.h) are
+ * written once per distinct cell, at drain.
  *
  * May not touch: event semantics (which cells to bump is the aggregator's
  * decision) and the store beyond appending to the batch it is given.
@@ -22,11 +29,17 @@ typedef struct iqp_combiner iqp_combiner;
 iqp_combiner *iqp_combiner_new(size_t width);
 void iqp_combiner_free(iqp_combiner *c);
 
-/* Adds delta to counter idx of the counts cell key. */
-void iqp_combiner_add_count(iqp_combiner *c, const unsigned char *key, size_t klen, size_t idx,
-                            int64_t delta);
-/* Adds delta to the context cell key. */
-void iqp_combiner_add_context(iqp_combiner *c, const unsigned char *key, size_t klen,
+/* Integer ids of a context prefix (cells.h bytes) and of an item id
+ * (raw bytes; the entity encoding is the combiner's), valid until the next
+ * drain. */
+uint32_t iqp_combiner_prefix_id(iqp_combiner *c, const unsigned char *prefix, size_t len);
+uint32_t iqp_combiner_item_id(iqp_combiner *c, const char *item, size_t len);
+
+/* Adds delta to counter idx of the counts cell (prefix, item, gran, bucket). */
+void iqp_combiner_add_count(iqp_combiner *c, uint32_t prefix, uint32_t item, int gran,
+                            int64_t bucket, size_t idx, int64_t delta);
+/* Adds delta to the context cell (prefix, gran, bucket). */
+void iqp_combiner_add_context(iqp_combiner *c, uint32_t prefix, int gran, int64_t bucket,
                               int64_t delta);
 
 /* Pending dedup markers (IQP_MARKER_KEY_LEN-byte keys). get returns 1 and
@@ -36,12 +49,13 @@ void iqp_combiner_add_context(iqp_combiner *c, const unsigned char *key, size_t 
 int iqp_combiner_get_marker(const iqp_combiner *c, const unsigned char *key, iqp_marker *m);
 void iqp_combiner_set_marker(iqp_combiner *c, const unsigned char *key, const iqp_marker *m);
 
-/* The pending counters of one cell: a counts key (cf IQP_CF_COUNTS, width
- * counters) or a context key (IQP_CF_CONTEXTS, one counter); NULL when this
- * batch does not hold it. Valid until the next add or drain. For readers
- * that must see a batch before it is written (iqp export). */
-const int64_t *iqp_combiner_peek(const iqp_combiner *c, iqp_cf cf, const unsigned char *key,
-                                 size_t klen);
+/* The pending counters of one cell named by its strings: a counts cell
+ * (item non-NULL, width counters) or a context cell (item NULL, one
+ * counter); NULL when this batch does not hold it. Valid until the next
+ * add or drain. For readers that must see a batch before it is written
+ * (iqp export). */
+const int64_t *iqp_combiner_peek(const iqp_combiner *c, const unsigned char *prefix, size_t plen,
+                                 const char *item, size_t ilen, int gran, int64_t bucket);
 
 /* Distinct cells (counts + contexts) and markers held. */
 size_t iqp_combiner_cells(const iqp_combiner *c);
@@ -57,5 +71,13 @@ typedef void (*iqp_combiner_cell_fn)(void *ud, iqp_store_batch *b, iqp_cf cf,
                                      const unsigned char *key, size_t klen);
 size_t iqp_combiner_drain_with(iqp_combiner *c, iqp_store_batch *b, iqp_combiner_cell_fn on_cell,
                                void *ud);
+
+/* drain_with without emptying: reads c only, so another thread may look
+ * up markers (iqp_combiner_get_marker) meanwhile. */
+size_t iqp_combiner_write(const iqp_combiner *c, iqp_store_batch *b, iqp_combiner_cell_fn on_cell,
+                          void *ud);
+
+/* Empties the combiner without writing anything. */
+void iqp_combiner_clear(iqp_combiner *c);
 
 #endif

@@ -92,6 +92,7 @@ static void *reader_main(void *arg) {
     int oversized, rc;
     uint64_t full_len;
     char err[512];
+    pthread_setname_np(pthread_self(), "iqp-decode");
     while ((rc = iqp_logfile_next(q->lf, &line, &len, &oversized, &full_len, err, sizeof err)) == 1) {
         uint64_t line_no = iqp_logfile_line_no(q->lf);
         if (line_no <= q->skip_lines) { q->skipped++; continue; }

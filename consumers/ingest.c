@@ -5,6 +5,12 @@
  * "lines" counts every line of the file that is fully handled (counted,
  * duplicate, late, or dead-lettered). It is staged before every flush and
  * once more, with done=true, for the final flush of the file.
+ *
+ * Threads: the decode queue parses lines on one thread, this loop counts on
+ * the caller's, and full micro-batches are written by the aggregator's
+ * writer thread (iqp_aggregator_flush_begin) while counting goes on. The
+ * final flush of a file, a stop and a read error flush synchronously, so
+ * what this function returns is committed.
  */
 #include "consumers/ingest.h"
 
@@ -172,8 +178,10 @@ static int count_batches(iqp_ingest *ing, iqp_decode_queue *q, iqp_logfile *lf,
     while (rc == 0 && (b = iqp_decode_queue_next(q))) {
         for (size_t i = 0; i < b->n && rc == 0; i++) {
             rc = ingest_line(ing, path, &b->lines[i], err, errlen);
-            if (rc == 0 && iqp_aggregator_should_flush(ing->agg))
-                rc = flush_at(ing, pos, path, b->lines[i].line_no, 0, err, errlen);
+            if (rc == 0 && iqp_aggregator_should_flush(ing->agg)) {
+                stage_position(ing, pos, path, b->lines[i].line_no, 0);
+                rc = iqp_aggregator_flush_begin(ing->agg, err, errlen);
+            }
         }
         if (rc == 0 && b->n > 0) last_line = *handled = b->lines[b->n - 1].line_no;
         iqp_decode_queue_release(b);

@@ -622,6 +622,11 @@ void iqp_store_batch_free(iqp_store_batch *b) {
     free(b);
 }
 
+void iqp_store_batch_clear(iqp_store_batch *b) {
+    rocksdb_writebatch_clear(b->wb);
+    b->has_watermark = 0;
+}
+
 void iqp_store_batch_merge(iqp_store_batch *b, iqp_cf cf, const void *key, size_t klen,
                            const int64_t *vec, size_t n) {
     iqp_counters_encode(vec, n, b->vec_buf);
@@ -682,12 +687,14 @@ int iqp_store_batch_commit(iqp_store *st, iqp_store_batch *b, char *err, size_t 
 int iqp_store_get_marker(iqp_store *st, const unsigned char *key, size_t klen, iqp_marker *m) {
     char *rerr = NULL;
     size_t vlen = 0;
-    char *val = rocksdb_get_cf(st->db, st->ro, cf_handle(st, IQP_CF_DEDUP), (const char *)key, klen,
-                               &vlen, &rerr);
+    /* pinned: the value is read in place, not copied into a malloc'd buffer */
+    rocksdb_pinnableslice_t *ps = rocksdb_get_pinned_cf(st->db, st->ro, cf_handle(st, IQP_CF_DEDUP),
+                                                        (const char *)key, klen, &rerr);
     if (rerr) { free(rerr); return -1; }
-    if (!val) return 0;
-    int found = iqp_marker_decode(val, vlen, m) == 0;
-    free(val);
+    if (!ps) return 0;
+    const char *val = rocksdb_pinnableslice_value(ps, &vlen);
+    int found = val && iqp_marker_decode(val, vlen, m) == 0;
+    rocksdb_pinnableslice_destroy(ps);
     return found ? 1 : 0;
 }
 

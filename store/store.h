@@ -95,6 +95,9 @@ int64_t iqp_store_watermark(const iqp_store *st);
 /* ---- writing --------------------------------------------------------------- */
 iqp_store_batch *iqp_store_batch_new(iqp_store *st);
 void iqp_store_batch_free(iqp_store_batch *b);
+/* Empties b for reuse, keeping its memory: a writer that commits large
+ * batches one after another does not fault in fresh pages for each. */
+void iqp_store_batch_clear(iqp_store_batch *b);
 void iqp_store_batch_merge(iqp_store_batch *b, iqp_cf cf, const void *key, size_t klen,
                            const int64_t *vec, size_t n);
 void iqp_store_batch_put(iqp_store_batch *b, iqp_cf cf, const void *key, size_t klen,

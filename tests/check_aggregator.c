@@ -205,6 +205,29 @@ END_TEST
 START_TEST(markers_forgotten_by_progress_flushing_each_event) { forget_by_progress(1); }
 END_TEST
 
+/* flush_begin hands the batch to a writer thread: events counted meanwhile
+ * still see its markers, and the final flush leaves what sync flushes do. */
+START_TEST(flush_begin_writes_in_the_background) {
+    for (int round = 0; round < 50; round++) {
+        char id[32], cid[32], req[32];
+        snprintf(id, sizeof id, "e%d", round);
+        snprintf(cid, sizeof cid, "c%d", round);
+        snprintf(req, sizeof req, "r%d", round);
+        ck_assert_int_eq(add(impression(id, T0 + round, req, "[\"a\", \"b\"]")), IQP_AGG_COUNTED);
+        ck_assert_int_eq(iqp_aggregator_flush_begin(agg, err, sizeof err), 0);
+        ck_assert_int_eq(add(impression(id, T0 + round, req, "[\"a\"]")), IQP_AGG_DUPLICATE);
+        ck_assert_int_eq(add(action(cid, T0 + round + 1, req, "a", "click")), IQP_AGG_COUNTED);
+    }
+    flush();
+    ck_assert_int_eq(iqp_store_watermark(st), T0 + 50);
+    iqp_feature_row a = read_one("q_item", "1d", "a", T0 + H);
+    ck_assert_int_eq(a.context_count, 50);
+    ck_assert_int_eq(a.counters[IQP_COUNTER_IMPRESSION], 50);
+    ck_assert_int_eq(a.counters[CLICK], 50);
+    ck_assert_int_eq(read_one("q_item", "1d", "b", T0 + H).counters[IQP_COUNTER_IMPRESSION], 50);
+}
+END_TEST
+
 START_TEST(future_events_are_rejected) {
     ck_assert_int_eq(add_at(impression("e1", NOW + 300001, "r1", "[\"a\"]"), NOW), IQP_AGG_FUTURE);
     ck_assert_int_eq(add_at(impression("e2", NOW + 300000, "r2", "[\"a\"]"), NOW), IQP_AGG_COUNTED);
@@ -313,6 +336,7 @@ int main(void) {
     tcase_add_test(tc, uncounted_repeat_keeps_the_watermark);
     tcase_add_test(tc, markers_forgotten_by_progress_in_one_batch);
     tcase_add_test(tc, markers_forgotten_by_progress_flushing_each_event);
+    tcase_add_test(tc, flush_begin_writes_in_the_background);
     tcase_add_test(tc, future_events_are_rejected);
     tcase_add_test(tc, window_edges);
     tcase_add_test(tc, old_events_partially_or_wholly_late);
