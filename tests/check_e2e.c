@@ -961,13 +961,21 @@ START_TEST(backfill_killed_and_resumed) {
     /* first a graceful stop (SIGINT: commit, exit 130), then two kill -9s */
     static const char *const signals[] = {"INT", "KILL", "KILL"};
     for (int attempt = 0; attempt < 3; attempt++) {
+        char *errlog = fmt("%s/store-killed-%d.err", tmp, attempt);
         char *kill_cmd = fmt("timeout -s %s %.1f %s backfill --quiet --flush-events 500 --store '%s' "
-                             "'%s' '%s' 2>/dev/null", signals[attempt], 0.5 + 0.7 * attempt, tu_iqp(),
-                             dir, plain1, zst2);
+                             "'%s' '%s' 2>'%s'", signals[attempt], 0.5 + 0.7 * attempt, tu_iqp(),
+                             dir, plain1, zst2, errlog);
         int rc = tu_run(kill_cmd, NULL);
         free(kill_cmd);
         /* timeout exits 124 when it had to signal; 137 = killed; 130 = stopped */
-        ck_assert_msg(rc == 0 || rc == 124 || rc == 130 || rc == 137, "interrupted backfill exited %d", rc);
+        if (!(rc == 0 || rc == 124 || rc == 130 || rc == 137)) {
+            char *show = fmt("tail -n 20 '%s' >&2", errlog);
+            if (system(show) != 0) fprintf(stderr, "(no stderr of attempt %d)\n", attempt);
+            free(show);
+        }
+        ck_assert_msg(rc == 0 || rc == 124 || rc == 130 || rc == 137, "interrupted backfill (attempt %d, %s) exited %d",
+                      attempt, signals[attempt], rc);
+        free(errlog);
     }
     char *again = fmt("%s backfill --store '%s' '%s' '%s'", tu_iqp(), dir, plain1, zst2);
     ck_assert(run_ok(again));

@@ -515,6 +515,33 @@ static char *fetch_metrics(int port) {
     return out;
 }
 
+/* Waits (bounded) until instance i's metrics hold the text needle;
+ * returns them (the last ones fetched when the bound ran out). */
+static char *wait_metrics_with(int i, const char *needle) {
+    char *m = fetch_metrics(streams[i].metrics_port);
+    for (int64_t t0 = mono_ms(); !strstr(m, needle) && mono_ms() - t0 < wait_limit_ms(15000);) {
+        free(m);
+        usleep(200000);
+        m = fetch_metrics(streams[i].metrics_port);
+    }
+    return m;
+}
+
+/* Waits (bounded) until instance i has finished more full publishes
+ * (resyncs) than before. */
+static void wait_resyncs_above(int i, double before) {
+    static const char *const none[] = {NULL};
+    double now = before;
+    for (int64_t t0 = mono_ms(); mono_ms() - t0 < wait_limit_ms(60000);) {
+        char *m = try_fetch_metrics(streams[i].metrics_port);
+        if (m) now = metric_sum(m, "iqp_publish_resyncs_total", none);
+        free(m);
+        if (now > before) return;
+        usleep(250000);
+    }
+    ck_abort_msg("instance %d did not republish after Redis came back empty (resyncs %.0f)", i, now);
+}
+
 /* Waits (bounded) until instance i owns partitions; returns its metrics. */
 static char *wait_assigned(int i) {
     static const char *const none[] = {NULL};
@@ -633,7 +660,8 @@ START_TEST(stream_counts_exactly_with_dead_letters) {
     produce(0, 1);
     start_stream(0, 1);
     wait_caught_up(1);
-    char *m = fetch_metrics(streams[0].metrics_port);
+    /* the lag gauges are set by the loop's periodic update: wait for one */
+    char *m = wait_metrics_with(0, "iqp_consumer_lag{topic=\"imp\",partition=\"");
     stop_stream(0);
     compare_with_oracle(1);
 
@@ -780,11 +808,18 @@ START_TEST(stream_republishes_after_redis_restarts_empty) {
     start_stream(0, 0);
     free(wait_assigned(0));
     usleep(2500000);
+    static const char *const none[] = {NULL};
+    char *m = fetch_metrics(streams[0].metrics_port);
+    double resyncs = metric_sum(m, "iqp_publish_resyncs_total", none);
+    free(m);
     kill_redis();
     usleep(2000000);
     start_redis();
     wait_producer();
     wait_caught_up(1);
+    /* an idle publisher notices the empty Redis at its next lease renewal
+     * (every 5 s): wait for that full publish, then for the queue */
+    wait_resyncs_above(0, resyncs);
     wait_published(0);
     stop_stream(0);
     check_redis_outcome();
