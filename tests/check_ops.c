@@ -351,16 +351,6 @@ END_TEST
 
 /* ---- dashboards and rules use only exported metrics ----------------------------- */
 
-/* GET /metrics; NULL when the endpoint does not answer 200 (yet). */
-static char *try_fetch_metrics(int port) {
-    char *cmd = tu_fmt("bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d && printf \"GET /metrics HTTP/1.0"
-                       "\\r\\n\\r\\n\" >&3 && cat <&3' 2>/dev/null", port), *out = NULL;
-    int rc = tu_run(cmd, &out);
-    free(cmd);
-    if (rc == 0 && out && strstr(out, "200 OK")) return out;
-    free(out);
-    return NULL;
-}
 
 /* Whether the exposition declares name: its own family, or a histogram's
  * _bucket/_count/_sum series. */
@@ -425,7 +415,7 @@ START_TEST(rules_and_dashboard_use_exported_metrics) {
     int64_t deadline = iqp_mono_ms() + wait_limit_ms(30000);
     while (iqp_mono_ms() < deadline) {
         free(metrics);
-        metrics = try_fetch_metrics(metrics_port);
+        metrics = tu_try_fetch_metrics(metrics_port);
         if (metrics && strstr(metrics, "# TYPE iqp_redis_connected ") && strstr(metrics, "# TYPE iqp_events_total ")) break;
         usleep(100000);
     }

@@ -498,19 +498,9 @@ static double metric_sum(const char *text, const char *name, const char *const *
     return total;
 }
 
-/* GET /metrics; NULL when the endpoint does not answer 200 (yet). */
-static char *try_fetch_metrics(int port) {
-    char *cmd = tu_fmt("bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d && printf \"GET /metrics HTTP/1.0"
-                       "\\r\\n\\r\\n\" >&3 && cat <&3' 2>/dev/null", port), *out = NULL;
-    int rc = tu_run(cmd, &out);
-    free(cmd);
-    if (rc == 0 && out && strstr(out, "200 OK")) return out;
-    free(out);
-    return NULL;
-}
 
 static char *fetch_metrics(int port) {
-    char *out = try_fetch_metrics(port);
+    char *out = tu_try_fetch_metrics(port);
     ck_assert_msg(out != NULL, "GET /metrics on port %d failed", port);
     return out;
 }
@@ -533,7 +523,7 @@ static void wait_resyncs_above(int i, double before) {
     static const char *const none[] = {NULL};
     double now = before;
     for (int64_t t0 = mono_ms(); mono_ms() - t0 < wait_limit_ms(60000);) {
-        char *m = try_fetch_metrics(streams[i].metrics_port);
+        char *m = tu_try_fetch_metrics(streams[i].metrics_port);
         if (m) now = metric_sum(m, "iqp_publish_resyncs_total", none);
         free(m);
         if (now > before) return;
@@ -546,7 +536,7 @@ static void wait_resyncs_above(int i, double before) {
 static char *wait_assigned(int i) {
     static const char *const none[] = {NULL};
     for (int64_t t0 = mono_ms(); mono_ms() - t0 < wait_limit_ms(60000);) {
-        char *m = try_fetch_metrics(streams[i].metrics_port);
+        char *m = tu_try_fetch_metrics(streams[i].metrics_port);
         if (m && metric_sum(m, "iqp_assigned_partitions", none) > 0) return m;
         free(m);
         usleep(250000);

@@ -232,3 +232,14 @@ char *tu_shell_quote(const char *s) {
     *o = 0;
     return out;
 }
+
+/* GET /metrics; NULL when the endpoint does not answer 200 (yet). */
+char *tu_try_fetch_metrics(int port) {
+    char *cmd = tu_fmt("bash -c 'exec 3<>/dev/tcp/127.0.0.1/%d && printf \"GET /metrics HTTP/1.0"
+                       "\\r\\n\\r\\n\" >&3 && cat <&3' 2>/dev/null", port), *out = NULL;
+    int rc = tu_run(cmd, &out);
+    free(cmd);
+    if (rc == 0 && out && strstr(out, "200 OK")) return out;
+    free(out);
+    return NULL;
+}

@@ -80,4 +80,8 @@ pid_t tu_redis_start(int port, const char *log_path);
  * (malloc'd; NULL when redis-cli failed). args is shell text. */
 char *tu_redis_cli(int port, const char *args);
 
+/* GET /metrics from 127.0.0.1:port (a raw HTTP/1.0 request through
+ * bash); the whole response (malloc'd), or NULL unless it answered 200. */
+char *tu_try_fetch_metrics(int port);
+
 #endif
