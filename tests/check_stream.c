@@ -883,8 +883,12 @@ static int64_t wait_health(int i, int want, const char *needle, int base_ms) {
         }
         usleep(100000);
     }
-    ck_abort_msg("/healthz of instance %d still answers %d '%s' after %d ms, want %d with '%s' (log %s)", i,
-                 status, body ? body : "", wait_limit_ms(base_ms), want, needle, streams[i].log);
+    /* the end of the instance's log says what librdkafka was doing */
+    size_t len = 0;
+    char *log = tu_read_file(streams[i].log, &len);
+    const char *tail = log ? log + (len > 2000 ? len - 2000 : 0) : "";
+    ck_abort_msg("/healthz of instance %d still answers %d '%s' after %d ms, want %d with '%s' (log %s ends: %s)",
+                 i, status, body ? body : "", wait_limit_ms(base_ms), want, needle, streams[i].log, tail);
     return -1;
 }
 
@@ -922,9 +926,12 @@ START_TEST(stream_health_follows_brokers_and_redis) {
     all_brokers("up");
     int64_t ms_start = wait_health(0, 200, "ok", 30000);
     all_brokers("down");
-    int64_t ms_down = wait_health(0, 503, "kafka: no broker connected", 7000);
+    /* Bounds well above librdkafka's reconnect backoff (1 s max here) plus
+     * a statistics interval: on a loaded CI machine the reconnect took over
+     * 7 s once. What is checked is that health follows, not how fast. */
+    int64_t ms_down = wait_health(0, 503, "kafka: no broker connected", 20000);
     all_brokers("up");
-    int64_t ms_up = wait_health(0, 200, "ok", 7000);
+    int64_t ms_up = wait_health(0, 200, "ok", 20000);
     ck_assert_int_eq(kill(redis_pid, SIGSTOP), 0);
     int64_t ms_redis_down = wait_health(0, 503, "redis: not connected", 15000);
     ck_assert_int_eq(kill(redis_pid, SIGCONT), 0);
