@@ -105,6 +105,10 @@ void iqp_config_defaults(iqp_config *cfg) {
     cfg->dedup_horizon_ms = DAY_MS;
     cfg->max_future_skew_ms = 300000;
     cfg->flush_events = 200000;
+    cfg->store.write_buffer_mb = 64;
+    cfg->store.l0_compaction_trigger = 8;
+    cfg->store.block_cache_mb = 64;
+    cfg->store.background_jobs = 2;
 }
 
 /* ---- durations ----------------------------------------------------------- */
@@ -315,6 +319,21 @@ static int parse_limits(iqp_config *cfg, json_t *obj, const char *src, char *err
     return 0;
 }
 
+static int parse_store_tuning(iqp_config *cfg, json_t *obj, const char *src, char *err,
+                              size_t errlen) {
+    static const char *const known[] = {"write_buffer_mb", "l0_compaction_trigger", "block_cache_mb",
+                                        "background_jobs", NULL};
+    iqp_store_tuning *t = &cfg->store;
+    if (!json_is_object(obj)) FAIL("%s: \"store\" must be an object", src);
+    if (check_keys(obj, known, "store", src, err, errlen)) return -1;
+    if (parse_size(obj, "write_buffer_mb", 1, 4096, &t->write_buffer_mb, src, err, errlen) ||
+        parse_size(obj, "l0_compaction_trigger", 1, 64, &t->l0_compaction_trigger, src, err, errlen) ||
+        parse_size(obj, "block_cache_mb", 0, 65536, &t->block_cache_mb, src, err, errlen) ||
+        parse_size(obj, "background_jobs", 1, 64, &t->background_jobs, src, err, errlen))
+        return -1;
+    return 0;
+}
+
 static int parse_duration_key(json_t *root, const char *key, int64_t *out, const char *src,
                               char *err, size_t errlen) {
     json_t *v = json_object_get(root, key);
@@ -337,7 +356,8 @@ static int check_at_most(json_t *root, const char *key, int64_t v, int64_t max, 
 static const char *const known_keys[] = {"layout_version", "actions",       "features",           "windows",
                                          "limits",        "dedup_horizon",      "max_future_skew_ms",
                                          "flush_events",  "kafka",              "stream",
-                                         "redis",         "metrics",            NULL};
+                                         "redis",         "metrics",            "store",
+                                         NULL};
 
 static int check_layout_version(json_t *v, const char *src, char *err, size_t errlen) {
     if (!v || (json_is_integer(v) && json_integer_value(v) == IQP_LAYOUT_VERSION)) return 0;
@@ -370,6 +390,7 @@ static int parse_root(iqp_config *cfg, json_t *root, const char *src, char *err,
     if ((v = json_object_get(root, "features")) && parse_features(cfg, v, src, err, errlen)) return -1;
     if ((v = json_object_get(root, "windows")) && parse_windows(cfg, v, src, err, errlen)) return -1;
     if ((v = json_object_get(root, "limits")) && parse_limits(cfg, v, src, err, errlen)) return -1;
+    if ((v = json_object_get(root, "store")) && parse_store_tuning(cfg, v, src, err, errlen)) return -1;
     if (parse_duration_key(root, "dedup_horizon", &cfg->dedup_horizon_ms, src, err, errlen) ||
         parse_duration_key(root, "max_future_skew_ms", &cfg->max_future_skew_ms, src, err, errlen) ||
         check_at_most(root, "max_future_skew_ms", cfg->max_future_skew_ms, 366 * DAY_MS, src, err, errlen) ||

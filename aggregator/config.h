@@ -20,7 +20,9 @@
  *     "limits":   {"max_event_bytes": 1048576, "max_items": 10000,
  *                  "max_string_bytes": 4096},
  *     "dedup_horizon": "24h", "max_future_skew_ms": 300000,
- *     "flush_events": 200000 }
+ *     "flush_events": 200000,
+ *     "store":    {"write_buffer_mb": 64, "l0_compaction_trigger": 8,
+ *                  "block_cache_mb": 64, "background_jobs": 2} }
  * Only actions, features and windows (the layout) are part of the store's
  * fingerprint; limits and tuning may change between runs.
  */
@@ -63,6 +65,16 @@ typedef struct iqp_limits {
     size_t max_string_bytes;    /* any one string value, default 4 KiB */
 } iqp_limits;
 
+/* RocksDB tuning ("store" in the config file): not part of the layout, so
+ * it may change between runs. Defaults suit the 2-core machines iqp is
+ * measured on (README "Tuning the store" says what each costs). */
+typedef struct iqp_store_tuning {
+    size_t write_buffer_mb;       /* memtable size per column family, default 64 */
+    size_t l0_compaction_trigger; /* L0 files before an L0->L1 compaction, default 8 */
+    size_t block_cache_mb;        /* shared LRU block cache for reads, default 64 */
+    size_t background_jobs;       /* flush + compaction threads, default 2 */
+} iqp_store_tuning;
+
 typedef struct iqp_config {
     size_t n_actions;
     char actions[IQP_MAX_ACTIONS][IQP_NAME_MAX];
@@ -79,6 +91,7 @@ typedef struct iqp_config {
     int64_t dedup_horizon_ms;   /* event time a dedup marker is kept for */
     int64_t max_future_skew_ms; /* events further ahead of the wall clock are rejected */
     size_t flush_events;        /* events per store flush in backfill */
+    iqp_store_tuning store;     /* RocksDB options */
 } iqp_config;
 
 /* Fills cfg with DESIGN.md's defaults. */

@@ -105,6 +105,19 @@ static void print_summary(const iqp_ingest *ing, const char *dl_path, double sec
             secs > 0 ? s->lines / secs : 0.0, s->bytes_in / 1e6);
 }
 
+/* What the store wrote, after a final memtable flush so that every byte
+ * this run handed it is counted in the table files too. */
+static void print_store_io(iqp_store *st) {
+    iqp_store_io io;
+    iqp_store_flush(st);
+    if (iqp_store_io_stats(st, &io) < 0 || !io.flushed) return;
+    fprintf(stderr,
+            "backfill: store wrote %.1f MB (write-ahead log), flushed %.1f MB, compactions wrote %.1f MB: "
+            "write amplification %.2f\n",
+            io.logical / 1e6, io.flushed / 1e6, io.compacted / 1e6,
+            (double)(io.flushed + io.compacted) / io.flushed);
+}
+
 /* A run that fails before it commits anything to a store it created takes
  * back what it created: the store, and the dead-letter file when it made
  * that too (dl_made, NULL when the file was there before). A store or file
@@ -160,6 +173,7 @@ int iqp_cmd_backfill(int argc, char **argv) {
         if (frc == 1) rc = 130; /* stopped by a signal, as shells report SIGINT */
     }
     print_summary(ing, o.dead_letter, iqp_mono_seconds() - t0);
+    if (!o.quiet) print_store_io(st);
     iqp_ingest_free(ing);
     if (iqp_deadletter_close(dl, err, sizeof err) < 0 && rc == 0) rc = iqp_cli_fail(CMD, "%s", err);
     close_store(st, rc, dl_existed ? NULL : o.dead_letter);

@@ -182,6 +182,19 @@ uint64_t iqp_store_count_keys(iqp_store *st, iqp_cf cf);
 /* Bytes of SST and WAL files in the store directory. */
 uint64_t iqp_store_disk_bytes(iqp_store *st);
 
+/* What a writable store wrote since it was opened, from RocksDB's
+ * statistics: logical bytes handed to it (keys + values + batch overhead,
+ * what the write-ahead log gets), bytes flushed from memtables into L0
+ * files, and bytes compactions rewrote. Write amplification on the table
+ * files is (flushed + compacted) / flushed. -1 for a read-only store. */
+typedef struct iqp_store_io {
+    uint64_t logical, flushed, compacted;
+} iqp_store_io;
+int iqp_store_io_stats(iqp_store *st, iqp_store_io *io);
+
+/* Writes the memtables into table files now (close does it too). */
+void iqp_store_flush(iqp_store *st);
+
 /* ---- backups (iqp backup) -------------------------------------------------- */
 
 /* Writes a RocksDB checkpoint of st into dir, which must not exist: hard

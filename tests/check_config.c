@@ -25,6 +25,10 @@ START_TEST(defaults) {
     ck_assert_int_eq(c.limits.max_items, 10000);
     ck_assert_int_eq(c.limits.max_string_bytes, 4096);
     ck_assert_int_eq(c.dedup_horizon_ms, 86400000);
+    ck_assert_int_eq(c.store.write_buffer_mb, 64);
+    ck_assert_int_eq(c.store.l0_compaction_trigger, 8);
+    ck_assert_int_eq(c.store.block_cache_mb, 64);
+    ck_assert_int_eq(c.store.background_jobs, 2);
 }
 END_TEST
 
@@ -53,7 +57,8 @@ START_TEST(override_sections) {
         " \"windows\": [{\"name\": \"6h\", \"length\": \"6h\", \"granularity\": \"1h\"},"
         "               {\"name\": \"2d\", \"length\": \"2d\", \"granularity\": \"1d\"},"
         "               {\"name\": \"3h\", \"length\": \"3h\", \"granularity\": \"1h\"}],"
-        " \"limits\": {\"max_items\": 50}, \"dedup_horizon\": \"2h\"}";
+        " \"limits\": {\"max_items\": 50}, \"dedup_horizon\": \"2h\","
+        " \"store\": {\"l0_compaction_trigger\": 12, \"block_cache_mb\": 0}}";
     ck_assert_msg(iqp_config_parse(&c, text, "t.json", err, sizeof err) == 0, "%s", err);
     ck_assert_int_eq(c.n_actions, 2);
     ck_assert_int_eq(iqp_config_action_index(&c, "buy", 3), 1);
@@ -67,6 +72,9 @@ START_TEST(override_sections) {
     ck_assert_int_eq(c.limits.max_items, 50);
     ck_assert_int_eq(c.limits.max_event_bytes, 1048576); /* untouched */
     ck_assert_int_eq(c.dedup_horizon_ms, 7200000);
+    ck_assert_int_eq(c.store.l0_compaction_trigger, 12);
+    ck_assert_int_eq(c.store.block_cache_mb, 0);
+    ck_assert_int_eq(c.store.write_buffer_mb, 64); /* untouched */
 }
 END_TEST
 
@@ -98,6 +106,9 @@ START_TEST(errors_name_the_problem) {
         {"{\"metrics\": {\"listen\": \"127.0.0.1:9464\", \"lisen\": \"0.0.0.0:80\"}}",
          "unknown key \"metrics.lisen\""},
         {"{\"metrics\": {\"listen\": 9464}}", "metrics.listen"},
+        {"{\"store\": {\"write_buffer_mb\": 0}}", "\"write_buffer_mb\" must be an integer in [1, 4096]"},
+        {"{\"store\": {\"l0_trigger\": 8}}", "unknown key \"store.l0_trigger\""},
+        {"{\"store\": 8}", "\"store\" must be an object"},
         {"{\"metrics\": \"127.0.0.1:9464\"}", "\"metrics\" must be an object"},
         {"{\"windows\": [\"1d\"]}", "windows[0] must be an object"},
         /* a key given twice: jansson names it, with line and column */

@@ -138,6 +138,66 @@ START_TEST(merges_sum_and_survive_reopen) {
 }
 END_TEST
 
+/* The newest OPTIONS-* file RocksDB wrote into dir (it records every
+ * option the open used), read whole. */
+static char *newest_options_file(const char *dir) {
+    DIR *d = opendir(dir);
+    ck_assert_ptr_nonnull(d);
+    struct dirent *e;
+    long best = -1;
+    while ((e = readdir(d)))
+        if (strncmp(e->d_name, "OPTIONS-", 8) == 0 && atol(e->d_name + 8) > best) best = atol(e->d_name + 8);
+    closedir(d);
+    ck_assert_int_ge(best, 0);
+    char *path = tu_fmt("%s/OPTIONS-%06ld", dir, best), *text = tu_read_file(path, NULL);
+    ck_assert_msg(text != NULL, "cannot read %s", path);
+    free(path);
+    return text;
+}
+
+/* The config's "store" section reaches RocksDB (its OPTIONS file says what
+ * it ran with), and the write statistics count what was written. */
+START_TEST(store_tuning_reaches_rocksdb) {
+    char *dir = tu_mkdtemp("tuning");
+    iqp_config cfg;
+    iqp_config_defaults(&cfg);
+    cfg.store.l0_compaction_trigger = 13;
+    cfg.store.write_buffer_mb = 7;
+    cfg.store.background_jobs = 3;
+    iqp_store *st = iqp_store_open(dir, &cfg, IQP_STORE_READ_WRITE, err, sizeof err);
+    ck_assert_msg(st != NULL, "%s", err);
+    iqp_store_io io;
+    ck_assert_int_eq(iqp_store_io_stats(st, &io), 0);
+    uint64_t before = io.logical, key_bytes = 0;
+    iqp_keybuf kb;
+    iqp_keybuf_init(&kb);
+    for (int i = 0; i < 50; i++) {
+        count_key(&kb, &cfg, "red dress", "i1", 0, i);
+        key_bytes += kb.len + 1; /* + at least one value byte */
+        merge_one(st, &cfg, "red dress", "i1", 0, i, 1, i * H);
+    }
+    iqp_keybuf_free(&kb);
+    iqp_store_flush(st);
+    ck_assert_int_eq(iqp_store_io_stats(st, &io), 0);
+    ck_assert_msg(io.logical - before >= key_bytes, "logical %" PRIu64 " < %" PRIu64 " key bytes",
+                  io.logical - before, key_bytes);
+    ck_assert_uint_gt(io.flushed, 0);
+    ck_assert_uint_eq(io.compacted, 0); /* one L0 file per family: below the trigger */
+    char *opts = newest_options_file(dir);
+    ck_assert_msg(strstr(opts, "level0_file_num_compaction_trigger=13"), "trigger not applied");
+    ck_assert_msg(strstr(opts, "write_buffer_size=7340032"), "write buffer not applied");
+    ck_assert_msg(strstr(opts, "max_background_jobs=3"), "background jobs not applied");
+    free(opts);
+    iqp_store_close(st);
+    st = iqp_store_open(dir, NULL, IQP_STORE_READ_ONLY, err, sizeof err);
+    ck_assert_msg(st != NULL, "%s", err);
+    ck_assert_int_eq(iqp_store_io_stats(st, &io), -1); /* readers keep no statistics */
+    iqp_store_close(st);
+    tu_rmrf(dir);
+    free(dir);
+}
+END_TEST
+
 START_TEST(layout_mismatch_is_refused) {
     char *dir = tu_mkdtemp("store");
     iqp_config cfg, other;
@@ -729,6 +789,7 @@ int main(void) {
     tcase_add_test(tc, counter_sum_is_elementwise);
     tcase_add_test(tc, merges_sum_and_survive_reopen);
     tcase_add_test(tc, layout_mismatch_is_refused);
+    tcase_add_test(tc, store_tuning_reaches_rocksdb);
     tcase_add_test(tc, read_only_uses_store_layout);
     tcase_add_test(tc, compaction_expires_old_buckets_and_markers);
     suite_add_tcase(s, tc);
