@@ -673,6 +673,13 @@ static int dry_store(const stream_opts *o, const iqp_config *cfg) {
         free(parent);
         return bad;
     }
+    int present = iqp_store_present(o->store_dir, err, sizeof err);
+    if (present < 0) return dry_line(0, "store", "%s", err);
+    if (!present) {
+        int ok = access(o->store_dir, W_OK) == 0;
+        return dry_line(ok, "store", ok ? "%s holds no store yet: would create it with this config's layout"
+                                        : "%s holds no store and is not writable by this user", o->store_dir);
+    }
     iqp_store *st = iqp_store_open(o->store_dir, cfg, IQP_STORE_READ_ONLY, err, sizeof err);
     if (!st) return dry_line(0, "store", "%s", err);
     int64_t wm = iqp_store_watermark(st);

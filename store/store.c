@@ -558,6 +558,12 @@ iqp_store *iqp_store_open(const char *dir, const iqp_config *cfg, iqp_store_mode
     return st;
 }
 
+int iqp_store_present(const char *dir, char *err, size_t errlen) {
+    dir_state state;
+    if (inspect_dir(dir, &state, err, errlen) < 0) return -1;
+    return state == DIR_HAS_STORE;
+}
+
 int iqp_store_is_fresh(const iqp_store *st) { return st->made != MADE_NOTHING && st->commits == 0; }
 
 int iqp_store_close_discarding(iqp_store *st) {

@@ -179,6 +179,11 @@ int iqp_store_scan_meta(iqp_store *st, const char *prefix, iqp_store_meta_fn fn,
 int iqp_store_compact(iqp_store *st, char *err, size_t errlen);
 /* Number of keys in cf (exact, by scanning; for tests and benchmarks). */
 uint64_t iqp_store_count_keys(iqp_store *st, iqp_cf cf);
+/* 1 when dir holds RocksDB files (a store, whole or damaged: opening it
+ * says which), 0 when it is absent or holds none (an open for writing
+ * would create the store there), -1 with err when it cannot be read. */
+int iqp_store_present(const char *dir, char *err, size_t errlen);
+
 /* Bytes of SST and WAL files in the store directory. */
 uint64_t iqp_store_disk_bytes(iqp_store *st);
 

@@ -314,6 +314,12 @@ START_TEST(stream_dry_run_checks_and_changes_nothing) {
     ck_assert_msg(access(dl, F_OK) != 0, "the dry run created the dead-letter file");
     free(dl);
     free(out);
+    /* an empty directory (made by an operator or a package) is no store yet */
+    ck_assert_int_eq(mkdir(store, 0755), 0);
+    ck_assert_int_eq(dry_run("", &out), 0);
+    ck_assert_msg(strstr(out, "ok   store") && strstr(out, "holds no store yet: would create it"), "%s", out);
+    ck_assert_int_eq(rmdir(store), 0); /* still empty: the dry run wrote nothing into it */
+    free(out);
     /* a topic that is not there */
     ck_assert_int_eq(dry_run("--actions-topic missing", &out), 1);
     ck_assert_msg(strstr(out, "FAIL kafka     actions topic 'missing' does not exist"), "%s", out);
