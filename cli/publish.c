@@ -112,8 +112,6 @@ static int parse_args(int argc, char **argv, publish_opts *o) {
                                    IQP_REDIS_URL_ENV);
     iqp_redis_url u;
     if (iqp_redis_url_parse(o->redis.url, &u, err, sizeof err) < 0) return iqp_cli_usage_error(CMD, "%s", err);
-    if (!o->redis.prefix[0] || strlen(o->redis.prefix) > 100)
-        return iqp_cli_usage_error(CMD, "the Redis key prefix must be 1..100 bytes");
     char tagged[128]; /* a cluster prefix may hold no brace */
     if (iqp_redis_key_prefix(&u, o->redis.prefix, tagged, sizeof tagged, err, sizeof err) < 0)
         return iqp_cli_usage_error(CMD, "%s", err);

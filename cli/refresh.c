@@ -124,8 +124,6 @@ static int publish_check(refresh_opts *o) {
     iqp_publisher_config_defaults(&o->redis);
     o->redis.url = o->redis_url;
     if (o->redis_prefix) o->redis.prefix = o->redis_prefix;
-    if (!o->redis.prefix[0] || strlen(o->redis.prefix) > 100)
-        return iqp_cli_usage_error(CMD, "the Redis key prefix must be 1..100 bytes");
     char tagged[128]; /* a cluster prefix may hold no brace */
     if (iqp_redis_key_prefix(&u, o->redis.prefix, tagged, sizeof tagged, err, sizeof err) < 0)
         return iqp_cli_usage_error(CMD, "%s", err);

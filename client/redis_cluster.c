@@ -524,8 +524,30 @@ void iqp_rconn_limit_replies(iqp_rconn *rc, iqp_reply_limits *l) {
     iqp_reply_limits_set(l, SIZE_MAX, SIZE_MAX, SIZE_MAX);
 }
 
+/* 1 when some ':'-separated part of prefix is all digits: its keys would
+ * read as generation keys of a shorter prefix ("iqp:7:..." looks like
+ * generation 7 of "iqp"), whose garbage collection would expire them. */
+static int has_numeric_part(const char *prefix) {
+    for (const char *p = prefix; *p;) {
+        size_t n = strcspn(p, ":");
+        if (n && strspn(p, "0123456789") >= n) return 1;
+        p += n + (p[n] == ':');
+    }
+    return 0;
+}
+
 int iqp_redis_key_prefix(const iqp_redis_url *u, const char *prefix, char *out, size_t cap, char *err,
                          size_t errlen) {
+    if (!prefix[0] || strlen(prefix) > IQP_REDIS_PREFIX_MAX) {
+        snprintf(err, errlen, "the Redis key prefix must be 1..%d bytes", IQP_REDIS_PREFIX_MAX);
+        return -1;
+    }
+    if (has_numeric_part(prefix)) {
+        snprintf(err, errlen,
+                 "key prefix '%s' has an all-digit ':' part: its keys would read as another prefix's "
+                 "generation keys (use letters, e.g. 'iqp:v7')", prefix);
+        return -1;
+    }
     if (u->is_cluster && strpbrk(prefix, "{}")) {
         snprintf(err, errlen, "key prefix '%s' holds a brace; in a Redis Cluster iqp adds the hash tags itself",
                  prefix);

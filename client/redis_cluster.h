@@ -81,7 +81,10 @@ redisReply *iqp_rconn_master_command(iqp_rconn *rc, size_t i, const char *fmt, .
  * prefix itself for a single server, `{prefix}` for a cluster (so that
  * the pointer, meta and lease keys share one slot; feature keys take
  * their context as hash tag, see iqp_rv_hash_key). -1 with err when the
- * prefix holds a brace in cluster mode or does not fit. */
+ * prefix is empty or longer than IQP_REDIS_PREFIX_MAX, has an all-digit
+ * ':' part (it would collide with another prefix's generation keys),
+ * holds a brace in cluster mode, or does not fit. */
+#define IQP_REDIS_PREFIX_MAX 100
 int iqp_redis_key_prefix(const iqp_redis_url *u, const char *prefix, char *out, size_t cap, char *err,
                          size_t errlen);
 

@@ -347,6 +347,21 @@ START_TEST(cluster_urls_parse) {
     iqp_redis_url_parse("redis://h:1", &u, err, sizeof err);
     ck_assert_int_eq(iqp_redis_key_prefix(&u, "a{b}", buf, sizeof buf, err, sizeof err), 0);
     ck_assert_str_eq(buf, "a{b}");
+    /* "iqp:7:..." would read as generation 7 of prefix "iqp", whose
+     * garbage collection would expire it: an all-digit part is refused */
+    static const char *const refused[] = {"iqp:7", "7", "a:12:b", ""};
+    static const char *const kept[] = {"iqp:v7", "team:iqp", "a7", "a::b"};
+    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++)
+        ck_assert_msg(iqp_redis_key_prefix(&u, refused[i], buf, sizeof buf, err, sizeof err) == -1,
+                      "prefix '%s' accepted", refused[i]);
+    for (size_t i = 0; i < sizeof kept / sizeof *kept; i++)
+        ck_assert_msg(iqp_redis_key_prefix(&u, kept[i], buf, sizeof buf, err, sizeof err) == 0,
+                      "prefix '%s' refused: %s", kept[i], err);
+    char longest[IQP_REDIS_PREFIX_MAX + 2];
+    memset(longest, 'p', sizeof longest - 1);
+    longest[sizeof longest - 1] = 0;
+    ck_assert_int_eq(iqp_redis_key_prefix(&u, longest, buf, sizeof buf, err, sizeof err), -1);
+    ck_assert_ptr_nonnull(strstr(err, "1..100 bytes"));
     /* bad cluster flags are usage errors (exit 2), named in the message */
     static const char *bad[] = {"publish --store /nonexistent --all --redis redis-cluster://127.0.0.1:1 "
                                 "--redis-prefix 'a{b'",
