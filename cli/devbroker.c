@@ -77,20 +77,52 @@ static int run_command(rd_kafka_mock_cluster_t *mc, int brokers, char *line) {
     return 0;
 }
 
+/* Runs every complete line in buf[0..*len) and keeps the unfinished rest
+ * at the front; a line longer than the buffer is run as it stands. Returns
+ * 1 on "quit". */
+static int run_lines(rd_kafka_mock_cluster_t *mc, int brokers, char *buf, size_t *len, size_t cap) {
+    char *start = buf, *end = buf + *len, *nl;
+    while ((nl = memchr(start, '\n', (size_t)(end - start)))) {
+        *nl = '\0';
+        if (run_command(mc, brokers, start)) return 1;
+        start = nl + 1;
+    }
+    *len = (size_t)(end - start);
+    memmove(buf, start, *len);
+    if (*len == cap - 1) {
+        buf[*len] = '\0';
+        *len = 0;
+        return run_command(mc, brokers, buf);
+    }
+    return 0;
+}
+
 /* Serves stdin commands until a signal, "quit" or end of input (then it
- * keeps running until a signal: a background devbroker has no stdin). */
+ * keeps running until a signal: a background devbroker has no stdin).
+ * stdin is read with read(2), not stdio: poll(2) sees the descriptor, so
+ * lines stdio had buffered would wait unseen (several commands written at
+ * once ran only the first). */
 static void serve(rd_kafka_mock_cluster_t *mc, int brokers) {
-    char line[256];
+    char buf[256];
+    size_t len = 0;
     int stdin_open = 1;
     while (!stop) {
         struct pollfd p = {.fd = STDIN_FILENO, .events = POLLIN};
         int n = stdin_open ? poll(&p, 1, 200) : (usleep(200000), 0);
         if (n <= 0) continue;
-        if (!fgets(line, sizeof line, stdin)) {
+        ssize_t got = read(STDIN_FILENO, buf + len, sizeof buf - 1 - len);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) {
             stdin_open = 0;
+            if (len) {
+                buf[len] = '\n';
+                len++;
+                if (run_lines(mc, brokers, buf, &len, sizeof buf)) break;
+            }
             continue;
         }
-        if (run_command(mc, brokers, line)) break;
+        len += (size_t)got;
+        if (run_lines(mc, brokers, buf, &len, sizeof buf)) break;
     }
 }
 

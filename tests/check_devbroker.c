@@ -70,6 +70,18 @@ START_TEST(broker_commands_answer) {
     ck_assert_str_eq(command("up 2"), "ok up 2");
     ck_assert_ptr_nonnull(strstr(command("down 9"), "error"));
     ck_assert_ptr_nonnull(strstr(command("reboot"), "error"));
+    /* several commands in one write: each is answered, in order (a
+     * stdio-buffered reader once ran only the first; the tcase timeout
+     * ends the test if an answer never comes) */
+    static const char *const want[] = {"ok down 1", "ok down 2", "ok up 1", "ok up 2"};
+    ck_assert_int_eq(fputs("down 1\ndown 2\nup 1\nup 2\n", b.in), 0);
+    fflush(b.in);
+    char answer[256];
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
+        ck_assert_ptr_nonnull(fgets(answer, sizeof answer, b.out));
+        answer[strcspn(answer, "\n")] = '\0';
+        ck_assert_str_eq(answer, want[i]);
+    }
     ck_assert_int_eq(stop_broker(), 0);
 }
 END_TEST
