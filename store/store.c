@@ -189,6 +189,11 @@ static void configure_cf_options(iqp_store *st) {
     rocksdb_block_based_options_set_filter_policy(st->dedup_table, st->bloom);
     rocksdb_block_based_options_set_block_cache(st->dedup_table, st->block_cache);
     rocksdb_options_set_block_based_table_factory(st->cf_opts[IQP_CF_DEDUP + 1], st->dedup_table);
+    /* Most events have no marker yet: a bloom filter over the memtable's
+     * whole keys answers those Gets without a skiplist search (measured:
+     * -6% CPU of a 30-day backfill; the table files have theirs above). */
+    rocksdb_options_set_memtable_prefix_bloom_size_ratio(st->cf_opts[IQP_CF_DEDUP + 1], 0.1);
+    rocksdb_options_set_memtable_whole_key_filtering(st->cf_opts[IQP_CF_DEDUP + 1], 1);
 }
 
 /* ---- the store directory ------------------------------------------------ */
