@@ -30,9 +30,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "aggregator/cells.h"
+#include "model/cells.h"
 #include "aggregator/combiner.h"
-#include "aggregator/window.h"
+#include "model/window.h"
 
 /* A staged meta record (source positions); a short list. */
 typedef struct staged_meta {

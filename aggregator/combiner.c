@@ -35,7 +35,7 @@
 #include <sys/mman.h>
 #include <xxhash.h>
 
-#include "aggregator/cells.h"
+#include "model/cells.h"
 
 typedef struct cell {
     size_t klen;

@@ -15,7 +15,7 @@
 
 #include <string.h>
 
-#include "aggregator/window.h"
+#include "model/window.h"
 
 /* Scan target: add each bucket into the rows of the windows holding it. */
 typedef struct window_sum {

@@ -13,7 +13,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include "aggregator/cells.h"
+#include "model/cells.h"
 #include "store/store.h"
 
 typedef struct iqp_feature_row {

@@ -23,7 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "aggregator/config.h"
+#include "model/config.h"
 #include "client/client_internal.h"
 #include "client/iqp.h"
 #include "client/redis_cluster.h"

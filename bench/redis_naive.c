@@ -35,8 +35,8 @@
 #include "bench/kafka_assign.h"
 #include <unistd.h>
 
-#include "aggregator/config.h"
-#include "aggregator/normalize.h"
+#include "model/config.h"
+#include "model/normalize.h"
 #include "schemas/event.h"
 
 #define MAX_TOPICS 8

@@ -30,9 +30,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "aggregator/cells.h"
-#include "aggregator/config.h"
-#include "aggregator/window.h"
+#include "model/cells.h"
+#include "model/config.h"
+#include "model/window.h"
 #include "refresher/refresh.h"
 #include "store/store.h"
 #include "util/clock.h"

@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "aggregator/aggregator.h"
-#include "aggregator/config.h"
+#include "model/config.h"
 #include "cli/cli.h"
 #include "consumers/deadletter.h"
 #include "consumers/ingest.h"

@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "aggregator/config.h"
+#include "model/config.h"
 #include "cli/cli.h"
 
 static const char *CMD = "config";

@@ -19,7 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "aggregator/config.h"
+#include "model/config.h"
 #include "cli/cli.h"
 #include "consumers/deadletter.h"
 #include "export/export.h"

@@ -78,7 +78,7 @@
 #include <zlib.h>
 #include <zstd.h>
 
-#include "aggregator/config.h"
+#include "model/config.h"
 #include "cli/cli.h"
 
 #define CMD "gen"

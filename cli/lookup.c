@@ -19,10 +19,10 @@
 #include <string.h>
 #include <strings.h>
 
-#include "aggregator/cells.h"
-#include "aggregator/config.h"
+#include "model/cells.h"
+#include "model/config.h"
 #include "aggregator/features.h"
-#include "aggregator/normalize.h"
+#include "model/normalize.h"
 #include "cli/cli.h"
 #include "client/client_internal.h"
 #include "client/redis_conn.h"

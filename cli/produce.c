@@ -61,8 +61,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "aggregator/config.h"
-#include "aggregator/normalize.h"
+#include "model/config.h"
+#include "model/normalize.h"
 #include "cli/cli.h"
 #include "consumers/logfile.h"
 #include "util/clock.h"

@@ -15,7 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "aggregator/config.h"
+#include "model/config.h"
 #include "cli/cli.h"
 #include "client/redis_cluster.h"
 #include "client/redis_conn.h"

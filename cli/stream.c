@@ -38,7 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "aggregator/config.h"
+#include "model/config.h"
 #include "cli/cli.h"
 #include "consumers/deadletter.h"
 #include "consumers/metrics.h"

@@ -34,7 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "aggregator/normalize.h"
+#include "model/normalize.h"
 #include "client/redis_cluster.h"
 #include "client/redis_conn.h"
 #include "schemas/redis_value.h"

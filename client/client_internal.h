@@ -8,7 +8,7 @@
 #define IQP_CLIENT_INTERNAL_H
 
 #include <stdint.h>
-#include "aggregator/config.h"
+#include "model/config.h"
 #include "client/iqp.h"
 
 /* The layout the client read from Redis (valid after a successful open). */

@@ -31,7 +31,7 @@
 
 #include "aggregator/aggregator.h"
 #include "aggregator/features.h"
-#include "aggregator/normalize.h"
+#include "model/normalize.h"
 #include "consumers/decode_queue.h"
 #include "consumers/logfile.h"
 #include "export/featcache.h"

@@ -33,7 +33,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include "aggregator/config.h"
+#include "model/config.h"
 #include "consumers/deadletter.h"
 #include "export/rows.h"
 

@@ -12,8 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "aggregator/cells.h"
-#include "aggregator/window.h"
+#include "model/cells.h"
+#include "model/window.h"
 #include "store/counters.h"
 #include "export/keymap.h"
 

@@ -34,7 +34,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include "aggregator/config.h"
+#include "model/config.h"
 #include "store/store.h"
 
 typedef struct iqp_featcache iqp_featcache;

@@ -30,7 +30,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include "aggregator/config.h"
+#include "model/config.h"
 #include "aggregator/features.h"
 
 typedef enum { IQP_ROWS_JSONL = 0, IQP_ROWS_CSV = 1 } iqp_rows_format;

@@ -1,4 +1,4 @@
-/* fuzz_config.c -- libFuzzer target: config parsing (aggregator/config.c).
+/* fuzz_config.c -- libFuzzer target: config parsing (model/config.c).
  *
  * The input is the text of a config file. It goes through the three entry
  * points that read untrusted text:
@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "aggregator/config.h"
+#include "model/config.h"
 #include "fuzz/fuzz.h"
 
 #define CHECK(cond)                                                           \

@@ -1,5 +1,5 @@
 /* fuzz_event.c -- libFuzzer target: one event line through the decoder and
- * the normalization (schemas/event.c, aggregator/normalize.c).
+ * the normalization (schemas/event.c, model/normalize.c).
  *
  * The input is one line of bytes, exactly what a log file or a Kafka
  * message hands iqp_event_decode(). It is decoded twice: under the default
@@ -23,8 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "aggregator/config.h"
-#include "aggregator/normalize.h"
+#include "model/config.h"
+#include "model/normalize.h"
 #include "schemas/event.h"
 #include "fuzz/fuzz.h"
 

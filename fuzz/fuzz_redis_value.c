@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "aggregator/config.h"
+#include "model/config.h"
 #include "schemas/redis_value.h"
 #include "fuzz/fuzz.h"
 

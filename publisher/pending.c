@@ -14,7 +14,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "aggregator/cells.h"
+#include "model/cells.h"
 #include "util/clock.h"
 
 struct iqp_pending {

@@ -22,7 +22,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#include "aggregator/cells.h"
+#include "model/cells.h"
 #include "aggregator/features.h"
 #include "client/redis_cluster.h"
 #include "client/redis_conn.h"

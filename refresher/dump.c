@@ -7,8 +7,8 @@
 #include <inttypes.h>
 #include <stdio.h>
 
-#include "aggregator/normalize.h"
-#include "aggregator/window.h"
+#include "model/normalize.h"
+#include "model/window.h"
 
 static void put_string(FILE *out, const char *s, size_t len) {
     fputc('"', out);

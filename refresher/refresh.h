@@ -25,7 +25,7 @@
  *   smoothed_k            (count_k + a * prior_k) / (context_count + a),
  *                         0 when context_count + a is 0
  *
- * Windows are aggregator/window.h's: W covers the L/g buckets ending with
+ * Windows are model/window.h's: W covers the L/g buckets ending with
  * the one holding T, exactly what aggregator/features.c sums, so counts and
  * rates equal `iqp lookup --as-of T` bit for bit.
  *
@@ -71,8 +71,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "aggregator/cells.h"
-#include "aggregator/config.h"
+#include "model/cells.h"
+#include "model/config.h"
 #include "aggregator/features.h"
 #include "store/store.h"
 

@@ -44,7 +44,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "aggregator/config.h"
+#include "model/config.h"
 #include "refresher/refresh.h"
 
 /* A run of cells with global indexes [first, first + n). */

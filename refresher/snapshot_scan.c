@@ -35,8 +35,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "aggregator/cells.h"
-#include "aggregator/window.h"
+#include "model/cells.h"
+#include "model/window.h"
 #include "refresher/pool.h"
 #include "refresher/refresh_internal.h"
 #include "util/clock.h"

@@ -21,8 +21,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <jansson.h>
-#include "aggregator/config.h"
-#include "aggregator/normalize.h"
+#include "model/config.h"
+#include "model/normalize.h"
 
 typedef enum { IQP_EVENT_IMPRESSION = 0, IQP_EVENT_ACTION = 1 } iqp_event_kind;
 

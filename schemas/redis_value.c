@@ -15,7 +15,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "aggregator/config.h"
+#include "model/config.h"
 
 size_t iqp_rv_put_uvarint(unsigned char *out, uint64_t v) {
     size_t n = 0;

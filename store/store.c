@@ -51,8 +51,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "aggregator/cells.h"
-#include "aggregator/window.h"
+#include "model/cells.h"
+#include "model/window.h"
 #include "store/counters.h"
 
 static const char *cf_names[] = {"default", "counts", "contexts", "dedup", "meta", "pending"};

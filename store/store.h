@@ -36,7 +36,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include "aggregator/config.h"
+#include "model/config.h"
 
 typedef struct iqp_store iqp_store;
 typedef struct iqp_store_batch iqp_store_batch;

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "aggregator/aggregator.h"
-#include "aggregator/cells.h"
+#include "model/cells.h"
 #include "aggregator/features.h"
 #include "schemas/event.h"
 #include "store/store.h"

@@ -31,7 +31,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-#include "aggregator/config.h"
+#include "model/config.h"
 #include "client/iqp.h"
 #include "client/redis_cluster.h"
 #include "client/redis_conn.h"

@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "aggregator/config.h"
+#include "model/config.h"
 #include "tests/testutil.h"
 
 static char err[1024];

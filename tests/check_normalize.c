@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "aggregator/normalize.h"
+#include "model/normalize.h"
 
 /* Normalizes in[0..len) and checks the result against want. */
 static void expect_query_n(const char *in, size_t len, const char *want) {

@@ -24,7 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "aggregator/normalize.h"
+#include "model/normalize.h"
 #include "tests/testutil.h"
 
 #define PARTITIONS 4

@@ -45,11 +45,11 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-#include "aggregator/config.h"
-#include "aggregator/normalize.h"
+#include "model/config.h"
+#include "model/normalize.h"
 #include "client/iqp.h"
 #include "aggregator/aggregator.h"
-#include "aggregator/cells.h"
+#include "model/cells.h"
 #include "client/redis_conn.h"
 #include "publisher/pending.h"
 #include "publisher/publisher.h"

@@ -21,9 +21,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "aggregator/cells.h"
-#include "aggregator/config.h"
-#include "aggregator/window.h"
+#include "model/cells.h"
+#include "model/config.h"
+#include "model/window.h"
 #include "store/counters.h"
 #include "store/store.h"
 #include "tests/testutil.h"

@@ -2,8 +2,8 @@
 #include <check.h>
 #include <stdlib.h>
 
-#include "aggregator/config.h"
-#include "aggregator/window.h"
+#include "model/config.h"
+#include "model/window.h"
 
 #define H 3600000LL
 #define D (24 * H)

@@ -31,7 +31,7 @@
  * ASCII white space trimmed, compared case-insensitively (ASCII) with the
  * spellings listed in normalize.h.
  */
-#include "aggregator/normalize.h"
+#include "model/normalize.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -13,7 +13,7 @@
  * Loading starts from DESIGN.md's defaults and overrides whole sections:
  * a config that lists "windows" replaces the default windows entirely.
  */
-#include "aggregator/config.h"
+#include "model/config.h"
 
 #include <errno.h>
 #include <inttypes.h>

@@ -21,14 +21,16 @@
  * Dedup markers are hashed: 128 bits make a false "duplicate" negligible.
  *
  * May not touch: the store or counters; it only formats bytes.
+ * model/ is the ground floor: this file includes nothing of the project
+ * but model/ itself, so every module (store/ and schemas/ too) may use it.
  */
 #ifndef IQP_CELLS_H
 #define IQP_CELLS_H
 
 #include <stddef.h>
 #include <stdint.h>
-#include "aggregator/config.h"
-#include "aggregator/normalize.h"
+#include "model/config.h"
+#include "model/normalize.h"
 
 #define IQP_KEY_MAX (1 + IQP_NAME_MAX + 3 * (2 + 65535) + 2 + 65535 + 1 + 8)
 #define IQP_MARKER_KEY_LEN 17

@@ -8,6 +8,8 @@
  *
  * May not touch: anything but its arguments; no allocation except the
  * returned query string.
+ * model/ is the ground floor: this file includes nothing of the project
+ * but model/ itself, so every module (store/ and schemas/ too) may use it.
  */
 #ifndef IQP_NORMALIZE_H
 #define IQP_NORMALIZE_H

@@ -1,5 +1,5 @@
 /* cells.c -- key encoding for counter cells and dedup markers (cells.h). */
-#include "aggregator/cells.h"
+#include "model/cells.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -7,12 +7,14 @@
  * belong to it and ts = k*g starts bucket k.
  *
  * May not touch: anything else; pure functions.
+ * model/ is the ground floor: this file includes nothing of the project
+ * but model/ itself, so every module (store/ and schemas/ too) may use it.
  */
 #ifndef IQP_WINDOW_H
 #define IQP_WINDOW_H
 
 #include <stdint.h>
-#include "aggregator/config.h"
+#include "model/config.h"
 
 /* floor(ts_ms / gran_ms), correct for negative ts too. */
 int64_t iqp_bucket_of(int64_t ts_ms, int64_t gran_ms);

@@ -5,7 +5,7 @@
  * for negative instants (not produced by valid events, but --as-of and
  * tests may ask).
  */
-#include "aggregator/window.h"
+#include "model/window.h"
 
 int64_t iqp_bucket_of(int64_t ts_ms, int64_t gran_ms) {
     int64_t q = ts_ms / gran_ms;

@@ -7,6 +7,8 @@
  *
  * May not touch: events, the store, any I/O other than reading the config
  * file it is given.
+ * model/ is the ground floor: this file includes nothing of the project
+ * but model/ itself, so every module (store/ and schemas/ too) may use it.
  *
  * Counter vectors: every (feature, context, entity, bucket) cell holds
  * IQP_COUNTERS(cfg) signed 64-bit counters, in this order:
