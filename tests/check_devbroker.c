@@ -74,7 +74,7 @@ START_TEST(broker_commands_answer) {
      * stdio-buffered reader once ran only the first; the tcase timeout
      * ends the test if an answer never comes) */
     static const char *const want[] = {"ok down 1", "ok down 2", "ok up 1", "ok up 2"};
-    ck_assert_int_eq(fputs("down 1\ndown 2\nup 1\nup 2\n", b.in), 0);
+    ck_assert_int_ge(fputs("down 1\ndown 2\nup 1\nup 2\n", b.in), 0);
     fflush(b.in);
     char answer[256];
     for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
