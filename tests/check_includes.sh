@@ -28,7 +28,7 @@ else cat "$tmp/out"; fail "ops/check-includes on this tree"; fi
 # A scratch copy of the sources and the baseline (no build outputs).
 mkdir -p "$tmp/orig/ops"
 (cd "$srcdir" && find model aggregator store schemas consumers publisher refresher export \
-   client cli util bench tests fuzz -type f \( -name '*.[ch]' -o -name '*.cu' -o -name '*.cuh' \) \
+   client gen cli util bench tests fuzz -type f \( -name '*.[ch]' -o -name '*.cu' -o -name '*.cuh' \) \
    ! -path '*/_*' -print) >"$tmp/list"
 (cd "$srcdir" && tar -cf - -T "$tmp/list") | tar -C "$tmp/orig" -xf - || exit 99
 cp "$srcdir/ops/include-baseline.txt" "$tmp/orig/ops/" || exit 99
