@@ -70,7 +70,7 @@ int truth_write(cellset *s, gen_out *w, uint64_t seed, size_t *n_out) {
     size_t n = 0;
     for (size_t i = 0; i < s->cap; i++)
         if (s->v[i].key) s->v[n++] = s->v[i];
-    qsort(s->v, n, sizeof *s->v, cell_cmp);
+    if (n) qsort(s->v, n, sizeof *s->v, cell_cmp);   /* s->v is NULL when nothing was shown */
     for (size_t i = 0; rc == 0 && i < n; i++) {
         char qbuf[QUERY_TEXT_MAX], ibuf[16];
         uint64_t k = s->v[i].key;
