@@ -164,9 +164,10 @@ static int apply_opt(iqp_gen_options *o, int c, const char *a) {
 
 /* Fills o from argv: 0 to run, 1 for --help (done), 2 for a usage error. */
 static int parse_opts(iqp_gen_options *o, int argc, char **argv) {
-    *o = (iqp_gen_options){.seed = 1, .impressions = 10000, .span_ms = 6 * HOUR_MS, .queries = 200,
-                    .items = 2000, .per_impression = 10, .redeliver = 0.02, .repeat = 0.03,
-                    .variant = 0.1, .bad = 0.01, .disorder_ms = 120 * SEC_MS, .out = "-"};
+    *o = (iqp_gen_options){.seed = 1, .impressions = 10000, .span_ms = 6 * HOUR_MS,
+                           .queries = 200, .items = 2000, .per_impression = 10,
+                           .redeliver = 0.02, .repeat = 0.03, .variant = 0.1, .bad = 0.01,
+                           .disorder_ms = 120 * SEC_MS, .out = "-"};
     parse_actions(o, DEFAULT_ACTIONS);
     opterr = 0;
     optind = 0;

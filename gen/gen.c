@@ -1,7 +1,6 @@
 /* gen.c -- one `iqp gen` run: impressions in time order, their actions,
  * and every line out through the pending heap (gen.h has the model). */
 #include <errno.h>
-#include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
