@@ -461,9 +461,8 @@ typedef struct feature_reply {
 static iqp_status check_feature(iqp_client *c, feature_reply *fr, size_t n_items) {
     const redisReply *r = fr->r;
     memset(fr->cc, 0, sizeof fr->cc);
-    if (r->type != REDIS_REPLY_ARRAY || iqp_flat_len(r) != n_items + 1)
-        return set_error(c, IQP_EPROTOCOL, "HMGET %s: unexpected reply", c->keys[fr->f]);
-    const iqp_flat_elem *e = iqp_flat_at(&c->limits, r, 0);
+    const iqp_flat_elem *e = iqp_flat_len(r) == n_items + 1 ? iqp_flat_at(&c->limits, r, 0) : NULL;
+    if (!e) return set_error(c, IQP_EPROTOCOL, "HMGET %s: unexpected reply", c->keys[fr->f]);
     if (e->type == REDIS_REPLY_STRING &&
         iqp_rv_decode_context((const unsigned char *)iqp_flat_str(&c->limits, e), e->len, c->cfg.n_windows,
                               fr->cc) < 0)
@@ -485,6 +484,7 @@ static iqp_status decode_items(iqp_client *c, const feature_reply *fr, size_t n_
     for (size_t i = 0; i < n_items; i++)
         for (size_t j = 0; j < n_fr; j++) {
             const iqp_flat_elem *e = iqp_flat_at(&c->limits, fr[j].r, 1 + i);
+            if (!e) return set_error(c, IQP_EPROTOCOL, "HMGET %s: unexpected reply", c->keys[fr[j].f]);
             int present = e->type == REDIS_REPLY_STRING;
             if (present && iqp_rv_decode_item_sparse((const unsigned char *)iqp_flat_str(&c->limits, e), e->len, nw,
                                                      width, masks, counts) < 0)
