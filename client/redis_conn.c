@@ -316,19 +316,89 @@ static void take_base_fns(void) {
     redisReaderFree(r);
 }
 
+/* ---- flat arrays ----
+ * A flat array reply is a real redisReply (type REDIS_REPLY_ARRAY, no
+ * element vector, so freeReplyObject frees only it) that carries where its
+ * elements are in the reading limits: `integer` is the index of its first
+ * element in flat_elems, `len` the element count. Its elements are
+ * appended there by the object functions below as hiredis parses them;
+ * what they hand back to hiredis for an element is only a non-NULL
+ * marker (hiredis keeps child objects nowhere but in their parent, which
+ * here does not hold them). */
+static char flat_marker;
+
+static int in_flat_array(const redisReadTask *t) { return reading && reading->flat && t->parent; }
+
+/* Appends one element; 0 when out of memory. */
+static int flat_push(iqp_reply_limits *l, int type, long long integer, const char *s, size_t len) {
+    if (l->n_flat == l->cap_flat) {
+        size_t cap = l->cap_flat ? 2 * l->cap_flat : 1024;
+        iqp_flat_elem *e = realloc(l->flat_elems, cap * sizeof *e);
+        if (!e) return 0;
+        l->flat_elems = e, l->cap_flat = cap;
+    }
+    if (len > l->cap_flat_bytes - l->n_flat_bytes) {
+        size_t cap = 2 * (l->n_flat_bytes + len) + 16384;
+        char *b = realloc(l->flat_bytes, cap);
+        if (!b) return 0;
+        l->flat_bytes = b, l->cap_flat_bytes = cap;
+    }
+    if (len) memcpy(l->flat_bytes + l->n_flat_bytes, s, len);
+    l->flat_elems[l->n_flat++] = (iqp_flat_elem){.type = type, .integer = integer, .off = l->n_flat_bytes, .len = len};
+    l->n_flat_bytes += len;
+    return 1;
+}
+
+/* type: the object's (a nil bulk string's task says REDIS_REPLY_STRING). */
+static void *flat_element(int type, long long integer, const char *s, size_t len) {
+    return flat_push(reading, type, integer, s, len) ? &flat_marker : NULL;
+}
+
+static void *flat_array(const redisReadTask *t, int n) {
+    if (t->parent) {
+        snprintf(reading->exceeded, sizeof reading->exceeded, "the reply nests an array in an array, which "
+                 "the request cannot get back");
+        return NULL;
+    }
+    redisReply *r = base_fns.createArray(t, 0);
+    if (r) r->integer = (long long)reading->n_flat, r->len = (size_t)n;
+    return r;
+}
+
 /* NULL makes hiredis fail the read (as out of memory; errstr is fixed
  * up by iqp_redis_get_reply). */
 static void *bounded_string(const redisReadTask *t, char *s, size_t len) {
-    return admit(reading, len, 0) ? base_fns.createString(t, s, len) : NULL;
+    if (!admit(reading, len, 0)) return NULL;
+    return in_flat_array(t) ? flat_element(t->type, 0, s, len) : base_fns.createString(t, s, len);
 }
 static void *bounded_array(const redisReadTask *t, int n) {
-    return n >= 0 && admit(reading, 0, (size_t)n) ? base_fns.createArray(t, n) : NULL;
+    if (n < 0 || !admit(reading, 0, (size_t)n)) return NULL;
+    return reading && reading->flat ? flat_array(t, n) : base_fns.createArray(t, n);
 }
 static void *bounded_integer(const redisReadTask *t, long long v) {
-    return admit(reading, 0, 0) ? base_fns.createInteger(t, v) : NULL;
+    if (!admit(reading, 0, 0)) return NULL;
+    return in_flat_array(t) ? flat_element(REDIS_REPLY_INTEGER, v, NULL, 0) : base_fns.createInteger(t, v);
 }
 static void *bounded_nil(const redisReadTask *t) {
-    return admit(reading, 0, 0) ? base_fns.createNil(t) : NULL;
+    if (!admit(reading, 0, 0)) return NULL;
+    return in_flat_array(t) ? flat_element(REDIS_REPLY_NIL, 0, NULL, 0) : base_fns.createNil(t);
+}
+
+void iqp_reply_limits_flat(iqp_reply_limits *l, int on) { l->flat = on; }
+
+size_t iqp_flat_len(const redisReply *r) { return r->type == REDIS_REPLY_ARRAY && !r->element ? r->len : 0; }
+
+const iqp_flat_elem *iqp_flat_at(const iqp_reply_limits *l, const redisReply *r, size_t i) {
+    if (i >= iqp_flat_len(r) || r->integer < 0) return NULL;
+    size_t at = (size_t)r->integer + i;
+    return at < l->n_flat ? &l->flat_elems[at] : NULL;
+}
+
+void iqp_reply_limits_free(iqp_reply_limits *l) {
+    free(l->flat_elems);
+    free(l->flat_bytes);
+    l->flat_elems = NULL, l->flat_bytes = NULL;
+    l->n_flat = l->cap_flat = l->n_flat_bytes = l->cap_flat_bytes = 0;
 }
 
 static redisReplyObjectFunctions bounded_fns;
@@ -354,6 +424,7 @@ void iqp_reply_limits_set(iqp_reply_limits *l, size_t max_objects, size_t max_st
     l->max_bytes = max_bytes;
     l->objects = l->bytes = 0;
     l->exceeded[0] = '\0';
+    l->n_flat = l->n_flat_bytes = 0;
 }
 
 static int refuse(redisContext *c, iqp_reply_limits *l) {

@@ -69,10 +69,23 @@ redisContext *iqp_redis_connect(const iqp_redis_url *u, int connect_timeout_ms,
  * last iqp_reply_limits_set() hold more objects (array, string, integer,
  * nil, each counted once), a longer string, or more string bytes in all
  * than allowed. The connection must then be dropped (it is mid-reply). */
+typedef struct iqp_flat_elem {
+    int type;                    /* REDIS_REPLY_STRING, _NIL, _INTEGER, _STATUS or _ERROR */
+    long long integer;
+    size_t off, len;             /* a string's bytes: flat_bytes[off .. off + len) */
+} iqp_flat_elem;
+
 typedef struct iqp_reply_limits {
     size_t max_objects, max_string, max_bytes;
     size_t objects, bytes;       /* counted since the last set */
     char exceeded[200];          /* why a read was refused; "" when none was */
+    /* flat arrays (iqp_reply_limits_flat): the elements read since the
+     * last set, and their string bytes */
+    int flat;
+    iqp_flat_elem *flat_elems;
+    size_t n_flat, cap_flat;
+    char *flat_bytes;
+    size_t n_flat_bytes, cap_flat_bytes;
 } iqp_reply_limits;
 
 /* Makes c's reply reader count what it reads (for iqp_redis_get_reply;
@@ -81,6 +94,26 @@ void iqp_redis_limit_replies(redisContext *c, iqp_reply_limits *l);
 
 /* New bounds for the next reads; resets the counts. */
 void iqp_reply_limits_set(iqp_reply_limits *l, size_t max_objects, size_t max_string, size_t max_bytes);
+
+/* Flat arrays, for a reader of many small values (a lookup's HMGETs): while
+ * on, the elements of a top-level array reply are not allocated one by one
+ * as redisReply objects (two mallocs and two frees each) but appended to
+ * l's own buffers, which iqp_reply_limits_set() empties. The array reply
+ * itself comes back as a redisReply of type REDIS_REPLY_ARRAY with no
+ * elements of its own: read it with iqp_flat_len() / iqp_flat_at(). An
+ * array nested in an array is refused (no reply of such a reader holds
+ * one). Off by default; only reads through iqp_redis_get_reply() are
+ * affected. */
+void iqp_reply_limits_flat(iqp_reply_limits *l, int on);
+/* The element count of flat array reply r; element i of it (NULL when i
+ * is out of range), and a string element's bytes. */
+size_t iqp_flat_len(const redisReply *r);
+const iqp_flat_elem *iqp_flat_at(const iqp_reply_limits *l, const redisReply *r, size_t i);
+static inline const char *iqp_flat_str(const iqp_reply_limits *l, const iqp_flat_elem *e) {
+    return l->flat_bytes + e->off;
+}
+/* Frees l's flat buffers. */
+void iqp_reply_limits_free(iqp_reply_limits *l);
 
 /* redisGetReply() within l's bounds: REDIS_OK with *reply, or REDIS_ERR
  * (c->errstr says why; l->exceeded is set when a bound was hit). */

@@ -31,8 +31,12 @@ static uint64_t zigzag(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 
 static int64_t unzigzag(uint64_t u) { return (int64_t)(u >> 1) ^ -(int64_t)(u & 1); }
 
 /* Reads one varint at in[*pos]; -1 when truncated or longer than 64 bits. */
-static int get_uvarint(const unsigned char *in, size_t len, size_t *pos, uint64_t *v) {
+static inline int get_uvarint(const unsigned char *in, size_t len, size_t *pos, uint64_t *v) {
     uint64_t r = 0;
+    if (*pos < len && in[*pos] < 0x80) { /* most values are one byte: counts below 64, masks */
+        *v = in[(*pos)++];
+        return 0;
+    }
     for (unsigned shift = 0; shift < 64; shift += 7) {
         if (*pos >= len) return -1;
         unsigned char b = in[(*pos)++];

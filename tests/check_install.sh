@@ -143,6 +143,7 @@ check_libiqp
 # ---- examples, dashboard, rules ---------------------------------------------------
 docdir=$(make -s -C "$builddir" print-iqp-dirs | sed -n 's/^docdir=//p')
 for f in "$docdir/examples/main.json" "$docdir/examples/stream.json" "$docdir/examples/refresh.env" \
+         "$docdir/examples/redis.conf" \
          "$prefix/share/iqp/grafana/iqp.json" "$prefix/share/iqp/prometheus/iqp.rules.yml"; do
   [ -f "$dest$f" ] && ok "installed $f" || fail "not installed: $f"
 done
