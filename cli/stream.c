@@ -49,6 +49,7 @@
 #include "publisher/publisher.h"
 #include "store/store.h"
 #include "util/clock.h"
+#include "util/stop.h"
 #include "util/logfmt.h"
 #include "util/sdnotify.h"
 
@@ -475,7 +476,7 @@ static int check_opts(stream_opts *o, int require_all) {
 
 static void on_stop_signal(int sig) {
     (void)sig;
-    iqp_stream_request_stop();
+    iqp_stop_request();
 }
 
 
