@@ -78,6 +78,7 @@
 #include <zlib.h>
 #include <zstd.h>
 
+#include "model/buf.h"
 #include "model/config.h"
 #include "cli/cli.h"
 
@@ -659,82 +660,52 @@ static int cell_cmp(const void *a, const void *b) {
 
 /* ---- Line buffer ------------------------------------------------------------- */
 
-typedef struct sbuf { char *p; size_t len, cap; int oom; } sbuf;
-
-static int sb_reserve(sbuf *b, size_t more) {
-    if (b->len + more <= b->cap) return 0;
-    size_t cap = b->cap ? b->cap : 1024;
-    while (cap < b->len + more) cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) return -1;
-    b->p = p; b->cap = cap;
-    return 0;
-}
-
-static void sb_raw(sbuf *b, const char *s, size_t n) {
-    if (sb_reserve(b, n)) { b->oom = 1; return; }   /* reported by sb_take */
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-}
-
-#define SB_LIT(b, lit) sb_raw((b), (lit), sizeof(lit) - 1)
-
-static void sb_u64(sbuf *b, uint64_t v) {
-    char t[24];
-    size_t n = sizeof t;
-    do { t[--n] = (char)('0' + v % 10); v /= 10; } while (v);
-    sb_raw(b, t + n, sizeof t - n);
-}
-
-static void sb_i64(sbuf *b, int64_t v) {
-    if (v < 0) { SB_LIT(b, "-"); sb_u64(b, 0 - (uint64_t)v); }
-    else sb_u64(b, (uint64_t)v);
-}
+/* Lines are built in the one byte buffer (model/buf.h). */
+#define SB_LIT(b, lit) iqp_buf_append((b), (lit), sizeof(lit) - 1)
 
 /* A JSON string (UTF-8 passes through, as jansson writes it), or null. */
-static void sb_str(sbuf *b, const char *s) {
+static void sb_str(iqp_buf *b, const char *s) {
     static const char hex[] = "0123456789abcdef";
     if (!s) { SB_LIT(b, "null"); return; }
     SB_LIT(b, "\"");
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
         char e[6] = {'\\', 'u', '0', '0', hex[*p >> 4], hex[*p & 15]};
-        if (*p == '"' || *p == '\\') { e[1] = (char)*p; sb_raw(b, e, 2); }
-        else if (*p == '\t') sb_raw(b, "\\t", 2);
-        else if (*p == '\n') sb_raw(b, "\\n", 2);
-        else if (*p == '\r') sb_raw(b, "\\r", 2);
-        else if (*p == '\b') sb_raw(b, "\\b", 2);
-        else if (*p == '\f') sb_raw(b, "\\f", 2);
-        else if (*p < 0x20) sb_raw(b, e, 6);
-        else sb_raw(b, (const char *)p, 1);
+        if (*p == '"' || *p == '\\') { e[1] = (char)*p; iqp_buf_append(b, e, 2); }
+        else if (*p == '\t') iqp_buf_append(b, "\\t", 2);
+        else if (*p == '\n') iqp_buf_append(b, "\\n", 2);
+        else if (*p == '\r') iqp_buf_append(b, "\\r", 2);
+        else if (*p == '\b') iqp_buf_append(b, "\\b", 2);
+        else if (*p == '\f') iqp_buf_append(b, "\\f", 2);
+        else if (*p < 0x20) iqp_buf_append(b, e, 6);
+        else iqp_buf_append(b, (const char *)p, 1);
     }
     SB_LIT(b, "\"");
 }
 
 /* "<prefix><seed>-<n>" as a JSON string. */
-static void sb_id(sbuf *b, const char *prefix, int64_t seed, uint64_t n) {
+static void sb_id(iqp_buf *b, const char *prefix, int64_t seed, uint64_t n) {
     SB_LIT(b, "\"");
-    sb_raw(b, prefix, strlen(prefix));
-    sb_i64(b, seed);
+    iqp_buf_append(b, prefix, strlen(prefix));
+    iqp_buf_i64(b, seed);
     SB_LIT(b, "-");
-    sb_u64(b, n);
+    iqp_buf_u64(b, n);
     SB_LIT(b, "\"");
 }
 
-static void sb_item(sbuf *b, uint32_t item) {
+static void sb_item(iqp_buf *b, uint32_t item) {
     SB_LIT(b, "\"i");
-    sb_u64(b, item);
+    iqp_buf_u64(b, item);
     SB_LIT(b, "\"");
 }
 
 /* The finished line, malloc'd; NULL when out of memory. Resets b. */
-static char *sb_take(sbuf *b) {
-    char *s = b->oom ? NULL : malloc(b->len + 1);
+static char *sb_take(iqp_buf *b) {
+    char *s = malloc(b->len + 1);
     if (s) {
-        memcpy(s, b->p, b->len);
+        memcpy(s, b->buf, b->len);
         s[b->len] = '\0';
     }
     b->len = 0;
-    b->oom = 0;
     return s;
 }
 
@@ -751,7 +722,7 @@ typedef struct gen {
     uint64_t seq;
     gen_out out, tout;          /* events; the truth file */
     cellset truth;
-    sbuf sb;                    /* the line being built */
+    iqp_buf sb;                    /* the line being built */
     int oom;
     const char *unknown_action;
     size_t heavy_action;        /* "click" when listed, else the first */
@@ -802,13 +773,13 @@ static void sb_query(gen *g) {
 /* Everything up to and including the user object; id is a JSON string. */
 static void event_head(gen *g, const char *schema, const char *id_prefix, uint64_t id_no,
                        int64_t ts) {
-    sbuf *b = &g->sb;
+    iqp_buf *b = &g->sb;
     SB_LIT(b, "{\"schema\":");
     sb_str(b, schema);
     SB_LIT(b, ",\"event_id\":");
     sb_id(b, id_prefix, g->o.seed, id_no);
     SB_LIT(b, ",\"ts\":");
-    sb_i64(b, ts);
+    iqp_buf_i64(b, ts);
     SB_LIT(b, ",\"request_id\":");
     sb_id(b, "req-", g->o.seed, (uint64_t)g->imp_no);
     SB_LIT(b, ",\"query\":");
@@ -821,7 +792,7 @@ static void event_head(gen *g, const char *schema, const char *id_prefix, uint64
 }
 
 static void event_items(gen *g) {
-    sbuf *b = &g->sb;
+    iqp_buf *b = &g->sb;
     int form = (int)rng_below(&g->r, 20); /* 12: strings, 5: objects, 3: mixed */
     SB_LIT(b, ",\"items\":[");
     for (size_t i = 0; i < g->n_listed; i++) {
@@ -829,7 +800,7 @@ static void event_items(gen *g) {
         if (i) SB_LIT(b, ",");
         if (obj) SB_LIT(b, "{\"id\":");
         sb_item(b, g->listed[i]);
-        if (obj) { SB_LIT(b, ",\"pos\":"); sb_u64(b, i); SB_LIT(b, "}"); }
+        if (obj) { SB_LIT(b, ",\"pos\":"); iqp_buf_u64(b, i); SB_LIT(b, "}"); }
     }
     SB_LIT(b, "]}");
 }
@@ -1109,7 +1080,7 @@ static void gen_free(gen *g) {
     while (g->heap.n) free(heap_pop(&g->heap).line);
     free(g->heap.v);
     free(g->qz.cdf); free(g->iz.cdf); free(g->pz.cdf);
-    free(g->mark); free(g->shown); free(g->listed); free(g->sb.p); free(g->truth.v);
+    free(g->mark); free(g->shown); free(g->listed); iqp_buf_free(&g->sb); free(g->truth.v);
 }
 
 /* The main loop: impressions in time order, lines out once they are safe. */
