@@ -13,7 +13,7 @@
  * could not be fed from here.
  *
  * Keys. The message key is the "query" field normalized exactly as the
- * aggregator does (aggregator/normalize.c: NFKC, case fold, white space
+ * aggregator does (model/normalize.c: NFKC, case fold, white space
  * trimmed and collapsed), for any JSON object with a string query that
  * normalizes to something non-empty; other lines have no key. With the
  * "murmur2_random" partitioner (the Java client's murmur2 hash of the key,
@@ -27,7 +27,7 @@
  * messages. Properties are applied in this order, later wins: those
  * defaults, the "kafka" object of --config (the same file the stream
  * processor reads, values taken as `iqp stream` takes them: strings,
- * integers, booleans; aggregator/config.c accepts and ignores that key, and
+ * integers, booleans; model/config.c accepts and ignores that key, and
  * its "stream" object's topic names are the defaults here too),
  * bootstrap.servers from --brokers, then each --property NAME=VALUE. A
  * property librdkafka does not know or rejects is a usage error (exit 2).

@@ -1,7 +1,7 @@
 /* stream.c -- `iqp stream`: count Kafka topics into a store, exactly once.
  *
  * Thin: reads the config file (its counting part through
- * aggregator/config.c, its "stream", "kafka" and "metrics" sections here),
+ * model/config.c, its "stream", "kafka" and "metrics" sections here),
  * lets flags override it, opens the store, the dead-letter sink and the
  * metrics endpoint, and runs consumers/stream.c until SIGINT/SIGTERM.
  *
