@@ -23,6 +23,7 @@
 #include "consumers/ingest.h"
 #include "store/store.h"
 #include "util/clock.h"
+#include "util/stop.h"
 
 static const char *CMD = "backfill";
 
@@ -138,7 +139,7 @@ static void close_store(iqp_store *st, int rc, const char *dl_made) {
  * every batch commits atomically. */
 static void on_stop_signal(int sig) {
     (void)sig;
-    iqp_ingest_request_stop();
+    iqp_stop_request();
 }
 
 int iqp_cmd_backfill(int argc, char **argv) {

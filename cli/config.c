@@ -2,7 +2,7 @@
  * deployed, and the configuration a command would really run with.
  *
  * Builds on the readers the commands use, so a file that passes here is a
- * file they accept: the counting part through aggregator/config.c
+ * file they accept: the counting part through model/config.c
  * (iqp_config_parse), the stream's sections through cli/stream.c
  * (iqp_stream_config_check / _effective, which read them exactly as
  * `iqp stream --config` does).

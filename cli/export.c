@@ -24,6 +24,7 @@
 #include "consumers/deadletter.h"
 #include "export/export.h"
 #include "util/clock.h"
+#include "util/stop.h"
 
 static const char *CMD = "export";
 
@@ -230,7 +231,7 @@ static void dl_restore(const char *path, const dl_before *b) {
 
 static void on_stop_signal(int sig) {
     (void)sig;
-    iqp_export_request_stop();
+    iqp_stop_request();
 }
 
 int iqp_cmd_export(int argc, char **argv) {

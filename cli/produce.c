@@ -13,7 +13,7 @@
  * could not be fed from here.
  *
  * Keys. The message key is the "query" field normalized exactly as the
- * aggregator does (aggregator/normalize.c: NFKC, case fold, white space
+ * aggregator does (model/normalize.c: NFKC, case fold, white space
  * trimmed and collapsed), for any JSON object with a string query that
  * normalizes to something non-empty; other lines have no key. With the
  * "murmur2_random" partitioner (the Java client's murmur2 hash of the key,
@@ -27,7 +27,7 @@
  * messages. Properties are applied in this order, later wins: those
  * defaults, the "kafka" object of --config (the same file the stream
  * processor reads, values taken as `iqp stream` takes them: strings,
- * integers, booleans; aggregator/config.c accepts and ignores that key, and
+ * integers, booleans; model/config.c accepts and ignores that key, and
  * its "stream" object's topic names are the defaults here too),
  * bootstrap.servers from --brokers, then each --property NAME=VALUE. A
  * property librdkafka does not know or rejects is a usage error (exit 2).
@@ -66,6 +66,7 @@
 #include "cli/cli.h"
 #include "consumers/logfile.h"
 #include "util/clock.h"
+#include "util/stop.h"
 
 static const char *CMD = "produce";
 
@@ -75,7 +76,6 @@ static const char *CMD = "produce";
 #define POLL_EVERY 1024          /* lines between rd_kafka_poll(0) calls */
 #define MAX_REPORTED_ERRORS 5    /* per-line errors printed, then a count */
 
-static volatile sig_atomic_t stop_requested;
 static volatile sig_atomic_t reading_stdin;
 
 static void usage(FILE *out) {
@@ -388,7 +388,7 @@ static int send_message(producer *p, rd_kafka_topic_t *rkt, const char *line, si
             *why = "the producer queue stayed full for 30 s (are the brokers reachable?)";
             return -1;
         }
-        if (stop_requested) {
+        if (iqp_stop_requested()) {
             *why = NULL;
             return -1;
         }
@@ -403,7 +403,7 @@ static void pace(producer *p, int64_t rate, double t0) {
     double due = t0 + (double)p->lines / (double)rate;
     for (;;) {
         double left = due - iqp_mono_seconds();
-        if (left <= 0 || stop_requested) return;
+        if (left <= 0 || iqp_stop_requested()) return;
         if (left >= 0.001) {
             rd_kafka_poll(p->rk, (int)(left * 1000));
         } else {
@@ -439,35 +439,35 @@ static int produce_line(producer *p, const char *path, uint64_t line_no, const c
 }
 
 /* Produces every line of one log. Returns 0, or -1 to stop (a read error,
- * printed, or a stop; the caller tells them apart by stop_requested). */
+ * printed, or a stop; the caller tells them apart by iqp_stop_requested()). */
 static int produce_file(producer *p, const char *path, int64_t rate, double t0) {
     char err[1024];
     reading_stdin = strcmp(path, "-") == 0; /* open reads the magic bytes */
     iqp_logfile *lf = iqp_logfile_open(path, p->max_line, err, sizeof err);
     if (!lf) {
         reading_stdin = 0;
-        if (!stop_requested) iqp_cli_fail(CMD, "%s", err);
+        if (!iqp_stop_requested()) iqp_cli_fail(CMD, "%s", err);
         return -1;
     }
     const char *line;
     size_t len;
     int oversized = 0, rc = 0;
     uint64_t full_len = 0;
-    while (rc == 0 && !stop_requested) {
+    while (rc == 0 && !iqp_stop_requested()) {
         int r = iqp_logfile_next(lf, &line, &len, &oversized, &full_len, err, sizeof err);
         if (r == 0) break;
         if (r < 0) {
-            if (!stop_requested) iqp_cli_fail(CMD, "%s", err);
+            if (!iqp_stop_requested()) iqp_cli_fail(CMD, "%s", err);
             rc = -1;
             break;
         }
         pace(p, rate, t0);
-        if (stop_requested) break;
+        if (iqp_stop_requested()) break;
         rc = produce_line(p, path, iqp_logfile_line_no(lf), line, len, oversized, full_len);
     }
     reading_stdin = 0;
     iqp_logfile_close(lf);
-    return stop_requested ? -1 : rc;
+    return iqp_stop_requested() ? -1 : rc;
 }
 
 /* Flushes for at most FLUSH_MS, or STOP_FLUSH_MS once a stop is asked for
@@ -475,14 +475,14 @@ static int produce_file(producer *p, const char *path, int64_t rate, double t0) 
  * and its delivery reports (failures) are served before returning. */
 static void flush_and_purge(producer *p) {
     double now = iqp_mono_seconds();
-    double deadline = now + (stop_requested ? STOP_FLUSH_MS : FLUSH_MS) / 1000.0;
-    int stop_seen = stop_requested;
+    double deadline = now + (iqp_stop_requested() ? STOP_FLUSH_MS : FLUSH_MS) / 1000.0;
+    int stop_seen = iqp_stop_requested();
     while (rd_kafka_outq_len(p->rk) > 0 && now < deadline) {
         rd_kafka_flush(p->rk, 100);
         now = iqp_mono_seconds();
-        if (stop_requested && !stop_seen && now + STOP_FLUSH_MS / 1000.0 < deadline)
+        if (iqp_stop_requested() && !stop_seen && now + STOP_FLUSH_MS / 1000.0 < deadline)
             deadline = now + STOP_FLUSH_MS / 1000.0;
-        stop_seen = stop_requested;
+        stop_seen = iqp_stop_requested();
     }
     if (rd_kafka_outq_len(p->rk) == 0) return;
     rd_kafka_purge(p->rk, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
@@ -496,7 +496,7 @@ static void flush_and_purge(producer *p) {
  * signal kills. */
 static void on_stop_signal(int sig) {
     (void)sig;
-    stop_requested = 1;
+    iqp_stop_request();
     if (reading_stdin) {
         int fd = open("/dev/null", O_RDONLY);
         if (fd >= 0) {
@@ -566,7 +566,7 @@ static int run(producer *p, const produce_opts *o) {
         if (produce_file(p, o->files[i], o->rate, t0) < 0) rc = 1;
     flush_and_purge(p);
     print_summary(p, o->brokers, iqp_mono_seconds() - t0);
-    if (stop_requested) return 130;
+    if (iqp_stop_requested()) return 130;
     return rc || p->delivered != p->lines ? 1 : 0;
 }
 

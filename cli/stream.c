@@ -1,7 +1,7 @@
 /* stream.c -- `iqp stream`: count Kafka topics into a store, exactly once.
  *
  * Thin: reads the config file (its counting part through
- * aggregator/config.c, its "stream", "kafka" and "metrics" sections here),
+ * model/config.c, its "stream", "kafka" and "metrics" sections here),
  * lets flags override it, opens the store, the dead-letter sink and the
  * metrics endpoint, and runs consumers/stream.c until SIGINT/SIGTERM.
  *
@@ -49,6 +49,7 @@
 #include "publisher/publisher.h"
 #include "store/store.h"
 #include "util/clock.h"
+#include "util/stop.h"
 #include "util/logfmt.h"
 #include "util/sdnotify.h"
 
@@ -473,7 +474,7 @@ static int check_opts(stream_opts *o, int require_all) {
 
 static void on_stop_signal(int sig) {
     (void)sig;
-    iqp_stream_request_stop();
+    iqp_stop_request();
 }
 
 

@@ -27,11 +27,7 @@
 #include "consumers/logfile.h"
 #include "schemas/event.h"
 #include "util/clock.h"
-
-/* Set from a signal handler; read between decoded batches. */
-static volatile sig_atomic_t stop_requested;
-
-void iqp_ingest_request_stop(void) { stop_requested = 1; }
+#include "util/stop.h"
 
 struct iqp_ingest {
     iqp_store *st;
@@ -186,7 +182,7 @@ static int count_batches(iqp_ingest *ing, iqp_decode_queue *q, iqp_logfile *lf,
         if (rc == 0 && b->n > 0) last_line = *handled = b->lines[b->n - 1].line_no;
         iqp_decode_queue_release(b);
         report_progress(ing, path, iqp_logfile_bytes_in(lf), 0);
-        if (rc == 0 && stop_requested) {
+        if (rc == 0 && iqp_stop_requested()) {
             rc = flush_at(ing, pos, path, last_line, 0, err, errlen);
             return rc < 0 ? -1 : 1;
         }

@@ -35,14 +35,10 @@ iqp_ingest *iqp_ingest_new(iqp_store *st, iqp_deadletter *dl, int progress);
 void iqp_ingest_free(iqp_ingest *ing);
 
 /* Counts one file ("-" = stdin) and commits it. Returns 0, 1 when stopped
- * by iqp_ingest_request_stop (what was counted is committed with its
+ * by iqp_stop_request (util/stop.h; what was counted is committed with its
  * position, so the next run resumes there), or -1 with err on an
  * operational failure (unreadable file, store write error). */
 int iqp_ingest_file(iqp_ingest *ing, const char *path, char *err, size_t errlen);
-
-/* Asks a running iqp_ingest_file to stop at the next batch boundary.
- * Async-signal-safe: meant to be called from a SIGINT/SIGTERM handler. */
-void iqp_ingest_request_stop(void);
 
 const iqp_ingest_stats *iqp_ingest_get_stats(const iqp_ingest *ing);
 

@@ -49,6 +49,7 @@
  * no useful way to report it.
  */
 #include "consumers/metrics.h"
+#include "model/buf.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -69,7 +70,7 @@
 #include <uthash.h>
 
 /* ---------------------------------------------------------------------------
- * Small helpers: checked allocation, a growable string.
+ * Small helpers: checked allocation (text is built in model/buf.h buffers).
  * ------------------------------------------------------------------------- */
 
 static void *xmalloc(size_t n) {
@@ -87,34 +88,6 @@ static void *xcalloc(size_t n, size_t size) {
 static char *xstrdup(const char *s) {
     size_t n = strlen(s) + 1;
     return memcpy(xmalloc(n), s, n);
-}
-
-typedef struct {
-    char *p;
-    size_t len, cap;
-} strbuf;
-
-static void sb_reserve(strbuf *b, size_t extra) {
-    if (b->len + extra + 1 <= b->cap) return;
-    size_t cap = b->cap ? b->cap : 1024;
-    while (cap < b->len + extra + 1) cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) abort();
-    b->p = p;
-    b->cap = cap;
-}
-
-static void sb_puts(strbuf *b, const char *s) {
-    size_t n = strlen(s);
-    sb_reserve(b, n);
-    memcpy(b->p + b->len, s, n + 1);
-    b->len += n;
-}
-
-static void sb_putc(strbuf *b, char c) {
-    sb_reserve(b, 1);
-    b->p[b->len++] = c;
-    b->p[b->len] = '\0';
 }
 
 /* ---------------------------------------------------------------------------
@@ -363,7 +336,7 @@ void iqp_metrics_set_health(iqp_metrics *m, int ok, const char *reason) {
 
 /* Appends one failed part ("name: reason", or the reason alone for the
  * unnamed part) to b, "; "-separated. Caller holds the mutex. */
-static void sb_failed_part(strbuf *b, const health_part *h, int64_t now) {
+static void sb_failed_part(iqp_buf *b, const health_part *h, int64_t now) {
     char stale[96];
     const char *why = h->reason;
     if (h->stale_ms && now - h->set_at_ms > h->stale_ms) {
@@ -373,25 +346,23 @@ static void sb_failed_part(strbuf *b, const health_part *h, int64_t now) {
     } else if (h->ok) {
         return;
     }
-    if (b->len) sb_puts(b, "; ");
+    if (b->len) iqp_buf_puts(b, "; ");
     if (h->name[0]) {
-        sb_puts(b, h->name);
-        sb_puts(b, ": ");
+        iqp_buf_puts(b, h->name);
+        iqp_buf_puts(b, ": ");
     }
-    sb_puts(b, why);
+    iqp_buf_puts(b, why);
 }
 
 int iqp_metrics_healthy(iqp_metrics *m, char *reason, size_t len) {
-    strbuf b = {0};
-    sb_reserve(&b, 0);
-    b.p[0] = '\0';
+    iqp_buf b = {0};
     pthread_mutex_lock(&m->mu);
     int64_t now = mono_ms();
     for (size_t i = 0; i < m->n_health; i++) sb_failed_part(&b, &m->health[i], now);
     pthread_mutex_unlock(&m->mu);
     int ok = b.len == 0;
-    if (reason && len) snprintf(reason, len, "%s", ok ? "ok" : b.p);
-    free(b.p);
+    if (reason && len) snprintf(reason, len, "%s", ok ? "ok" : iqp_buf_cstr(&b));
+    iqp_buf_free(&b);
     return ok;
 }
 
@@ -417,52 +388,52 @@ static void format_number(char *buf, size_t len, double v) {
     }
 }
 
-static void sb_number(strbuf *b, double v) {
+static void sb_number(iqp_buf *b, double v) {
     char num[40];
     format_number(num, sizeof num, v);
-    sb_puts(b, num);
+    iqp_buf_puts(b, num);
 }
 
 /* HELP text escapes backslash and newline. */
-static void sb_help(strbuf *b, const family *f) {
+static void sb_help(iqp_buf *b, const family *f) {
     static const char *const types[] = {"counter", "gauge", "histogram"};
-    sb_puts(b, "# HELP ");
-    sb_puts(b, f->name);
-    sb_putc(b, ' ');
+    iqp_buf_puts(b, "# HELP ");
+    iqp_buf_puts(b, f->name);
+    iqp_buf_putc(b, ' ');
     for (const char *p = f->help; *p; p++) {
-        if (*p == '\\') sb_puts(b, "\\\\");
-        else if (*p == '\n') sb_puts(b, "\\n");
-        else sb_putc(b, *p);
+        if (*p == '\\') iqp_buf_puts(b, "\\\\");
+        else if (*p == '\n') iqp_buf_puts(b, "\\n");
+        else iqp_buf_putc(b, *p);
     }
-    sb_puts(b, "\n# TYPE ");
-    sb_puts(b, f->name);
-    sb_putc(b, ' ');
-    sb_puts(b, types[f->type]);
-    sb_putc(b, '\n');
+    iqp_buf_puts(b, "\n# TYPE ");
+    iqp_buf_puts(b, f->name);
+    iqp_buf_putc(b, ' ');
+    iqp_buf_puts(b, types[f->type]);
+    iqp_buf_putc(b, '\n');
 }
 
 /* name+suffix{labels[,le="bound"]} value\n; le NULL for no le label. */
-static void sb_sample(strbuf *b, const char *name, const char *suffix, const char *labels,
+static void sb_sample(iqp_buf *b, const char *name, const char *suffix, const char *labels,
                       const char *le, double value) {
-    sb_puts(b, name);
-    sb_puts(b, suffix);
+    iqp_buf_puts(b, name);
+    iqp_buf_puts(b, suffix);
     if (*labels || le) {
-        sb_putc(b, '{');
-        sb_puts(b, labels);
+        iqp_buf_putc(b, '{');
+        iqp_buf_puts(b, labels);
         if (le) {
-            if (*labels) sb_putc(b, ',');
-            sb_puts(b, "le=\"");
-            sb_puts(b, le);
-            sb_putc(b, '"');
+            if (*labels) iqp_buf_putc(b, ',');
+            iqp_buf_puts(b, "le=\"");
+            iqp_buf_puts(b, le);
+            iqp_buf_putc(b, '"');
         }
-        sb_putc(b, '}');
+        iqp_buf_putc(b, '}');
     }
-    sb_putc(b, ' ');
+    iqp_buf_putc(b, ' ');
     sb_number(b, value);
-    sb_putc(b, '\n');
+    iqp_buf_putc(b, '\n');
 }
 
-static void sb_histogram(strbuf *b, const family *f, const series *s) {
+static void sb_histogram(iqp_buf *b, const family *f, const series *s) {
     char le[40];
     uint64_t cumulative = 0;
     for (size_t i = 0; i <= f->n_bounds; i++) {
@@ -477,7 +448,7 @@ static void sb_histogram(strbuf *b, const family *f, const series *s) {
 
 static int by_labels(const series *a, const series *b) { return strcmp(a->labels, b->labels); }
 
-static void sb_family(strbuf *b, family *f) {
+static void sb_family(iqp_buf *b, family *f) {
     sb_help(b, f);
     HASH_SRT(hh, f->series, by_labels);
     for (series *s = f->series; s; s = s->hh.next) {
@@ -487,13 +458,11 @@ static void sb_family(strbuf *b, family *f) {
 }
 
 char *iqp_metrics_render(iqp_metrics *m) {
-    strbuf b = {0};
-    sb_reserve(&b, 0);
-    b.p[0] = '\0';
+    iqp_buf b = {0};
     pthread_mutex_lock(&m->mu);
     for (family *f = m->families; f; f = f->hh.next) sb_family(&b, f);
     pthread_mutex_unlock(&m->mu);
-    return b.p;
+    return iqp_buf_cstr(&b);
 }
 
 /* ---------------------------------------------------------------------------

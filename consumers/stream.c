@@ -62,6 +62,7 @@
 #include "aggregator/aggregator.h"
 #include "schemas/event.h"
 #include "util/clock.h"
+#include "util/stop.h"
 
 #define POLL_MS 100
 #define PUBLISH_MS 10000          /* checkpoint acks, per flush and on revoke */
@@ -123,10 +124,6 @@ struct iqp_stream {
     int64_t new_start;          /* RD_KAFKA_OFFSET_BEGINNING, _END, or _INVALID for error */
     int skip_lost;              /* a stored offset out of range: skip to the earliest (else stop) */
 };
-
-static volatile sig_atomic_t stop_requested;
-
-void iqp_stream_request_stop(void) { stop_requested = 1; }
 
 /* ---- metrics ------------------------------------------------------------- */
 
@@ -854,7 +851,7 @@ struct iqp_aggregator *iqp_stream_aggregator(iqp_stream *s) { return s->agg; }
 
 int iqp_stream_run(iqp_stream *s, char *err, size_t errlen) {
     s->last_flush_ms = s->last_store_size_ms = s->last_progress_ms = iqp_mono_ms();
-    while (!stop_requested && !s->fatal) {
+    while (!iqp_stop_requested() && !s->fatal) {
         int64_t now = iqp_mono_ms();
         rd_kafka_message_t *msg = rd_kafka_consumer_poll(s->rk, (int)poll_timeout(s, now));
         if (msg) {

@@ -83,13 +83,10 @@ typedef struct iqp_stream iqp_stream;
  * a client that cannot be created. */
 iqp_stream *iqp_stream_new(iqp_store *st, const iqp_stream_options *o, char *err, size_t errlen);
 
-/* Runs until iqp_stream_request_stop: then flushes, commits, leaves the
+/* Runs until iqp_stop_request (util/stop.h): then flushes, commits, leaves the
  * group and returns 0. Returns -1 with err on an operational failure (a
  * store or dead-letter write failed: nothing more is committed). */
 int iqp_stream_run(iqp_stream *s, char *err, size_t errlen);
-
-/* Async-signal-safe: asks a running iqp_stream_run to stop. */
-void iqp_stream_request_stop(void);
 
 /* Counters so far; latency percentiles are computed on each call. */
 iqp_stream_stats iqp_stream_get_stats(iqp_stream *s);

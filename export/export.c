@@ -39,10 +39,7 @@
 #include "export/reorder.h"
 #include "store/store.h"
 #include "util/clock.h"
-
-static volatile sig_atomic_t stop_requested;
-
-void iqp_export_request_stop(void) { stop_requested = 1; }
+#include "util/stop.h"
 
 /* One log file being read: its decode thread and the batch in hand. */
 typedef struct input {
@@ -464,7 +461,7 @@ static int past_until(const exporter *x) {
 /* Merges the inputs by ts into the buffer; 0 at the end, 1 when stopped. */
 static int merge_inputs(exporter *x, char *err, size_t errlen) {
     for (;;) {
-        if (stop_requested) return 1;
+        if (iqp_stop_requested()) return 1;
         if (past_until(x)) {
             x->stats->stopped_early = 1;
             return 0;

@@ -78,13 +78,10 @@ typedef struct iqp_export_stats {
     int stopped_early;           /* every later event was past until + horizon */
 } iqp_export_stats;
 
-/* Runs the export. 0 done; 1 stopped by iqp_export_request_stop (the
+/* Runs the export. 0 done; 1 stopped by iqp_stop_request (util/stop.h: the
  * rows written so far are complete, their labels may not be); -1 with
  * err on an operational failure (a file that cannot be read or written). */
 int iqp_export_run(const iqp_config *cfg, const iqp_export_options *o, iqp_export_stats *stats,
                    char *err, size_t errlen);
-
-/* Asks a running export to stop. Async-signal-safe. */
-void iqp_export_request_stop(void);
 
 #endif

@@ -18,15 +18,10 @@
 #include <unistd.h>
 
 #include "export/keymap.h"
+#include "model/buf.h"
 
 #define OUT_BUFFER (1u << 20)
 #define NO_ROW UINT64_MAX
-
-/* A growable byte buffer. */
-typedef struct sbuf {
-    char *buf;
-    size_t len, cap;
-} sbuf;
 
 /* A row whose label horizon is open: where its labels are in the file. */
 typedef struct open_row {
@@ -44,12 +39,12 @@ struct iqp_rows {
     int64_t horizon_ms;
     int fd;
     char *path;
-    sbuf out;                 /* not yet written; out.buf[0] is at file offset out_offset */
+    iqp_buf out;                 /* not yet written; out.buf[0] is at file offset out_offset */
     uint64_t out_offset;
-    sbuf row;                 /* scratch: the row being formatted */
+    iqp_buf row;                 /* scratch: the row being formatted */
     char **measure_keys;      /* JSONL: ',"<feature>.<window>.<measure>":' per value column */
     size_t n_measures;        /* value columns per (feature, window) */
-    sbuf labels;              /* the all-zero labels segment, ending the row */
+    iqp_buf labels;              /* the all-zero labels segment, ending the row */
     size_t label_digit[1 + IQP_MAX_ACTIONS];
     /* open rows: a ring indexed by sequence number, oldest first */
     open_row *ring;
@@ -58,88 +53,60 @@ struct iqp_rows {
     iqp_rows_stats stats;
 };
 
-/* ---- byte buffers ----------------------------------------------------------- */
-
-static void sb_reserve(sbuf *b, size_t n) {
-    if (b->len + n <= b->cap) return;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < b->len + n) cap *= 2;
-    b->buf = realloc(b->buf, cap);
-    if (!b->buf) abort();
-    b->cap = cap;
-}
-
-static void sb_put(sbuf *b, const char *s, size_t n) {
-    if (n == 0) return;
-    sb_reserve(b, n);
-    memcpy(b->buf + b->len, s, n);
-    b->len += n;
-}
-
-static void sb_puts(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
-
-static void sb_i64(sbuf *b, int64_t v) {
-    char tmp[24];
-    size_t n = 0;
-    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    do tmp[sizeof tmp - ++n] = (char)('0' + u % 10);
-    while ((u /= 10) != 0);
-    if (v < 0) tmp[sizeof tmp - ++n] = '-';
-    sb_put(b, tmp + sizeof tmp - n, n);
-}
+/* ---- formatting into the buffers (model/buf.h) ------------------------------- */
 
 /* A rate with 17 significant digits; in JSON always with a '.' or an
  * exponent, as jansson (iqp lookup) prints reals. */
-static void sb_rate(sbuf *b, double v, int json) {
+static void sb_rate(iqp_buf *b, double v, int json) {
     char tmp[40];
     if (v == 0.0) { /* the common case: no such action in the window */
-        sb_puts(b, json ? "0.0" : "0");
+        iqp_buf_puts(b, json ? "0.0" : "0");
         return;
     }
     int n = snprintf(tmp, sizeof tmp, "%.17g", v);
-    sb_put(b, tmp, (size_t)n);
-    if (json && !strpbrk(tmp, ".eEn")) sb_put(b, ".0", 2);
+    iqp_buf_append(b, tmp, (size_t)n);
+    if (json && !strpbrk(tmp, ".eEn")) iqp_buf_append(b, ".0", 2);
 }
 
 /* A JSON string: quotes, backslashes and control bytes escaped; other
  * bytes (valid UTF-8, the decoder checked) as they are. */
-static void sb_json_string(sbuf *b, const char *s, size_t n) {
+static void sb_json_string(iqp_buf *b, const char *s, size_t n) {
     static const char hex[] = "0123456789abcdef";
-    sb_reserve(b, n + 2);
+    iqp_buf_reserve(b, n + 2);
     b->buf[b->len++] = '"';
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c == '"' || c == '\\') {
             char e[2] = {'\\', (char)c};
-            sb_put(b, e, 2);
+            iqp_buf_append(b, e, 2);
         } else if (c < 0x20) {
             char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
-            sb_put(b, e, 6);
+            iqp_buf_append(b, e, 6);
         } else {
-            sb_put(b, (const char *)&c, 1);
+            iqp_buf_append(b, (const char *)&c, 1);
         }
     }
-    sb_put(b, "\"", 1);
+    iqp_buf_append(b, "\"", 1);
 }
 
 /* A CSV field (RFC 4180): quoted, with quotes doubled, when it holds a
  * comma, a quote or a line break. */
-static void sb_csv_string(sbuf *b, const char *s, size_t n) {
+static void sb_csv_string(iqp_buf *b, const char *s, size_t n) {
     int quote = 0;
     for (size_t i = 0; i < n && !quote; i++) quote = strchr(",\"\r\n", s[i]) != NULL && s[i];
     if (!quote) {
-        sb_put(b, s, n);
+        iqp_buf_append(b, s, n);
         return;
     }
-    sb_put(b, "\"", 1);
+    iqp_buf_append(b, "\"", 1);
     for (size_t i = 0; i < n; i++) {
-        if (s[i] == '"') sb_put(b, "\"", 1);
-        sb_put(b, &s[i], 1);
+        if (s[i] == '"') iqp_buf_append(b, "\"", 1);
+        iqp_buf_append(b, &s[i], 1);
     }
-    sb_put(b, "\"", 1);
+    iqp_buf_append(b, "\"", 1);
 }
 
-static void sb_string(sbuf *b, const char *s, size_t n, iqp_rows_format fmt) {
+static void sb_string(iqp_buf *b, const char *s, size_t n, iqp_rows_format fmt) {
     if (fmt == IQP_ROWS_JSONL) sb_json_string(b, s, n);
     else sb_csv_string(b, s, n);
 }
@@ -161,15 +128,15 @@ static const char *const ROW_KEYS[] = {"request_id", "position", "query", "count
                                        "gender",     "item",     "ts"};
 
 /* The JSONL key prefixes of every value column, and the CSV header. */
-static void build_columns(iqp_rows *w, sbuf *header) {
+static void build_columns(iqp_rows *w, iqp_buf *header) {
     const iqp_config *cfg = w->cfg;
     w->n_measures = 1 + IQP_COUNTERS(cfg) * (w->rates ? 2 : 1);
     size_t n = cfg->n_features * cfg->n_windows * w->n_measures;
     w->measure_keys = calloc(n, sizeof *w->measure_keys);
     if (!w->measure_keys) abort();
     for (size_t i = 0; i < sizeof ROW_KEYS / sizeof *ROW_KEYS; i++) {
-        if (i) sb_puts(header, ",");
-        sb_puts(header, ROW_KEYS[i]);
+        if (i) iqp_buf_puts(header, ",");
+        iqp_buf_puts(header, ROW_KEYS[i]);
     }
     size_t k = 0;
     for (size_t f = 0; f < cfg->n_features; f++)
@@ -179,8 +146,8 @@ static void build_columns(iqp_rows *w, sbuf *header) {
                 measure_name(cfg, m, name, sizeof name);
                 snprintf(key, sizeof key, "%s.%s.%s", cfg->features[f].name,
                          cfg->windows[win].name, name);
-                sb_puts(header, ",");
-                sb_puts(header, key);
+                iqp_buf_puts(header, ",");
+                iqp_buf_puts(header, key);
                 w->measure_keys[k] = malloc(strlen(key) + 5);
                 if (!w->measure_keys[k]) abort();
                 sprintf(w->measure_keys[k], ",\"%s\":", key);
@@ -188,25 +155,25 @@ static void build_columns(iqp_rows *w, sbuf *header) {
 }
 
 /* The labels segment (all zeros) and where its digits are. */
-static void build_labels(iqp_rows *w, sbuf *header) {
+static void build_labels(iqp_rows *w, iqp_buf *header) {
     const iqp_config *cfg = w->cfg;
     for (size_t k = 0; k <= cfg->n_actions; k++) {
         char name[IQP_NAME_MAX + 8];
         snprintf(name, sizeof name, "label_%s", k == 0 ? "engaged" : cfg->actions[k - 1]);
-        sb_puts(header, ",");
-        sb_puts(header, name);
+        iqp_buf_puts(header, ",");
+        iqp_buf_puts(header, name);
         if (w->fmt == IQP_ROWS_JSONL) {
-            sb_puts(&w->labels, ",\"");
-            sb_puts(&w->labels, name);
-            sb_puts(&w->labels, "\":");
+            iqp_buf_puts(&w->labels, ",\"");
+            iqp_buf_puts(&w->labels, name);
+            iqp_buf_puts(&w->labels, "\":");
         } else {
-            sb_puts(&w->labels, ",");
+            iqp_buf_puts(&w->labels, ",");
         }
         w->label_digit[k] = w->labels.len;
-        sb_puts(&w->labels, "0");
+        iqp_buf_puts(&w->labels, "0");
     }
-    sb_puts(&w->labels, w->fmt == IQP_ROWS_JSONL ? "}\n" : "\n");
-    sb_puts(header, "\n");
+    iqp_buf_puts(&w->labels, w->fmt == IQP_ROWS_JSONL ? "}\n" : "\n");
+    iqp_buf_puts(header, "\n");
 }
 
 /* ---- the file ----------------------------------------------------------------- */
@@ -226,7 +193,7 @@ static int write_all(iqp_rows *w, const char *p, size_t n, char *err, size_t err
 }
 
 static int flush_out(iqp_rows *w, char *err, size_t errlen) {
-    if (write_all(w, w->out.buf, w->out.len, err, errlen) < 0) return -1;
+    if (write_all(w, (const char *)w->out.buf, w->out.len, err, errlen) < 0) return -1;
     w->out_offset += w->out.len;
     w->out.len = 0;
     return 0;
@@ -275,10 +242,10 @@ iqp_rows *iqp_rows_open(const char *path, const iqp_config *cfg, iqp_rows_format
     w->ring = malloc((w->ring_mask + 1) * sizeof *w->ring);
     w->newest = iqp_keymap_new();
     if (!w->path || !w->ring) abort();
-    sbuf header = {0};
+    iqp_buf header = {0};
     build_columns(w, &header);
     build_labels(w, &header);
-    if (fmt == IQP_ROWS_CSV) sb_put(&w->out, header.buf, header.len);
+    if (fmt == IQP_ROWS_CSV) iqp_buf_append(&w->out, header.buf, header.len);
     free(header.buf);
     return w;
 }
@@ -371,9 +338,9 @@ static void format_values(iqp_rows *w, const iqp_feature_row *features) {
         values[0] = r->context_count;
         memcpy(values + 1, r->counters, width * sizeof *values);
         for (size_t m = 0; m < w->n_measures; m++, k++) {
-            if (json) sb_puts(&w->row, w->measure_keys[k]);
-            else sb_put(&w->row, ",", 1);
-            if (m <= width) sb_i64(&w->row, values[m]);
+            if (json) iqp_buf_puts(&w->row, w->measure_keys[k]);
+            else iqp_buf_append(&w->row, ",", 1);
+            if (m <= width) iqp_buf_i64(&w->row, values[m]);
             else sb_rate(&w->row, iqp_features_rate(values[m - width], r->context_count), json);
         }
     }
@@ -382,22 +349,22 @@ static void format_values(iqp_rows *w, const iqp_feature_row *features) {
 static void format_row(iqp_rows *w, const iqp_row *row) {
     iqp_rows_format fmt = w->fmt;
     int json = fmt == IQP_ROWS_JSONL;
-    sbuf *b = &w->row;
+    iqp_buf *b = &w->row;
     b->len = 0;
-    sb_puts(b, json ? "{\"request_id\":" : "");
+    iqp_buf_puts(b, json ? "{\"request_id\":" : "");
     sb_string(b, row->request_id, row->request_id_len, fmt);
-    sb_puts(b, json ? ",\"position\":" : ",");
-    sb_i64(b, row->position);
-    sb_puts(b, json ? ",\"query\":" : ",");
+    iqp_buf_puts(b, json ? ",\"position\":" : ",");
+    iqp_buf_i64(b, row->position);
+    iqp_buf_puts(b, json ? ",\"query\":" : ",");
     sb_string(b, row->query, row->query_len, fmt);
-    sb_puts(b, json ? ",\"country\":" : ",");
+    iqp_buf_puts(b, json ? ",\"country\":" : ",");
     sb_string(b, row->country, strlen(row->country), fmt);
-    sb_puts(b, json ? ",\"gender\":" : ",");
+    iqp_buf_puts(b, json ? ",\"gender\":" : ",");
     sb_string(b, row->gender, strlen(row->gender), fmt);
-    sb_puts(b, json ? ",\"item\":" : ",");
+    iqp_buf_puts(b, json ? ",\"item\":" : ",");
     sb_string(b, row->item, row->item_len, fmt);
-    sb_puts(b, json ? ",\"ts\":" : ",");
-    sb_i64(b, row->ts);
+    iqp_buf_puts(b, json ? ",\"ts\":" : ",");
+    iqp_buf_i64(b, row->ts);
     format_values(w, row->features);
 }
 
@@ -406,8 +373,8 @@ int iqp_rows_write(iqp_rows *w, const iqp_row *row, char *err, size_t errlen) {
     size_t n = w->row.len + w->labels.len;
     if (w->out.len + n > OUT_BUFFER && w->out.len > 0 && flush_out(w, err, errlen) < 0) return -1;
     uint64_t labels_offset = w->out_offset + w->out.len + w->row.len;
-    sb_put(&w->out, w->row.buf, w->row.len);
-    sb_put(&w->out, w->labels.buf, w->labels.len);
+    iqp_buf_append(&w->out, w->row.buf, w->row.len);
+    iqp_buf_append(&w->out, w->labels.buf, w->labels.len);
     w->stats.rows++;
     w->stats.bytes += n;
     open_label_horizon(w, row, labels_offset);

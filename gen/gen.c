@@ -147,7 +147,7 @@ static void gen_free(gen *g) {
     while (g->heap.n) free(pheap_pop(&g->heap).line);
     free(g->heap.v);
     free(g->qz.cdf); free(g->iz.cdf); free(g->pz.cdf);
-    free(g->mark); free(g->shown); free(g->listed); free(g->sb.p); free(g->truth.v);
+    free(g->mark); free(g->shown); free(g->listed); iqp_buf_free(&g->sb); free(g->truth.v);
 }
 
 /* The main loop: impressions in time order, lines out once they are safe. */

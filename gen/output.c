@@ -128,34 +128,6 @@ pending pheap_pop(pheap *h) {
 
 /* ---- Line buffer ------------------------------------------------------------- */
 
-static int sb_reserve(sbuf *b, size_t more) {
-    if (b->len + more <= b->cap) return 0;
-    size_t cap = b->cap ? b->cap : 1024;
-    while (cap < b->len + more) cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p) return -1;
-    b->p = p; b->cap = cap;
-    return 0;
-}
-
-void sb_raw(sbuf *b, const char *s, size_t n) {
-    if (sb_reserve(b, n)) { b->oom = 1; return; }   /* reported by sb_take */
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-}
-
-void sb_u64(sbuf *b, uint64_t v) {
-    char t[24];
-    size_t n = sizeof t;
-    do { t[--n] = (char)('0' + v % 10); v /= 10; } while (v);
-    sb_raw(b, t + n, sizeof t - n);
-}
-
-void sb_i64(sbuf *b, int64_t v) {
-    if (v < 0) { SB_LIT(b, "-"); sb_u64(b, 0 - (uint64_t)v); }
-    else sb_u64(b, (uint64_t)v);
-}
-
 void sb_str(sbuf *b, const char *s) {
     static const char hex[] = "0123456789abcdef";
     if (!s) { SB_LIT(b, "null"); return; }
@@ -190,13 +162,12 @@ void sb_item(sbuf *b, uint32_t item) {
 }
 
 char *sb_take(sbuf *b) {
-    char *s = b->oom ? NULL : malloc(b->len + 1);
+    char *s = malloc(b->len + 1);
     if (s) {
-        memcpy(s, b->p, b->len);
+        memcpy(s, b->buf, b->len);
         s[b->len] = '\0';
     }
     b->len = 0;
-    b->oom = 0;
     return s;
 }
 

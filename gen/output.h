@@ -2,10 +2,10 @@
  * the pending-line heap that orders them, and the (compressed) writer.
  *
  * Owns:
- *   - sbuf: one growable buffer a line is built in, with the appenders of
- *     jansson's compact form (integers, JSON strings with jansson's
- *     escapes, "<prefix><seed>-<n>" ids, "i<k>" items); an allocation
- *     failure is remembered and reported once, by sb_take;
+ *   - the appenders of jansson's compact form a line is built with, in
+ *     the one byte buffer (model/buf.h; sbuf is its name here): integers,
+ *     JSON strings with jansson's escapes, "<prefix><seed>-<n>" ids,
+ *     "i<k>" items;
  *   - pheap: a min-heap of pending lines on (key, seq), key = ts + jitter,
  *     seq = generation order; gen.c pushes every line and pops the ones no
  *     later line can sort before (gen.h, "Output order");
@@ -26,6 +26,8 @@
 #include <jansson.h>
 #include <zlib.h>
 #include <zstd.h>
+
+#include "model/buf.h"
 
 /* ---- Output: plain, gzip or zstd, by file name ------------------------------ */
 
@@ -62,14 +64,14 @@ pending pheap_pop(pheap *h);
 
 /* ---- Line buffer ------------------------------------------------------------- */
 
-typedef struct sbuf { char *p; size_t len, cap; int oom; } sbuf;
+typedef iqp_buf sbuf;
 
-void sb_raw(sbuf *b, const char *s, size_t n);
+static inline void sb_raw(sbuf *b, const char *s, size_t n) { iqp_buf_append(b, s, n); }
 
 #define SB_LIT(b, lit) sb_raw((b), (lit), sizeof(lit) - 1)
 
-void sb_u64(sbuf *b, uint64_t v);
-void sb_i64(sbuf *b, int64_t v);
+static inline void sb_u64(sbuf *b, uint64_t v) { iqp_buf_u64(b, v); }
+static inline void sb_i64(sbuf *b, int64_t v) { iqp_buf_i64(b, v); }
 
 /* A JSON string (UTF-8 passes through, as jansson writes it), or null. */
 void sb_str(sbuf *b, const char *s);
@@ -80,7 +82,7 @@ void sb_id(sbuf *b, const char *prefix, int64_t seed, uint64_t n);
 /* "i<item>" as a JSON string. */
 void sb_item(sbuf *b, uint32_t item);
 
-/* The finished line, malloc'd; NULL when out of memory. Resets b. */
+/* The finished line, malloc'd; NULL when out of memory. Empties b. */
 char *sb_take(sbuf *b);
 
 /* e as one compact line (keys in insertion order), malloc'd; NULL when e

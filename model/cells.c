@@ -5,42 +5,8 @@
 #include <string.h>
 #include <xxhash.h>
 
-void iqp_keybuf_init(iqp_keybuf *kb) {
-    kb->cap = 256;
-    kb->len = 0;
-    kb->buf = malloc(kb->cap);
-    if (!kb->buf) abort();
-}
-
-void iqp_keybuf_free(iqp_keybuf *kb) {
-    free(kb->buf);
-    kb->buf = NULL;
-    kb->len = kb->cap = 0;
-}
-
-void iqp_keybuf_truncate(iqp_keybuf *kb, size_t len) {
-    if (len < kb->len) kb->len = len;
-}
-
-static void reserve(iqp_keybuf *kb, size_t more) {
-    if (kb->len + more <= kb->cap) return;
-    while (kb->len + more > kb->cap) kb->cap *= 2;
-    kb->buf = realloc(kb->buf, kb->cap);
-    if (!kb->buf) abort();
-}
-
-void iqp_keybuf_copy(iqp_keybuf *kb, const iqp_keybuf *src) {
-    kb->len = 0;
-    reserve(kb, src->len);
-    memcpy(kb->buf, src->buf, src->len);
-    kb->len = src->len;
-}
-
-void iqp_keybuf_append(iqp_keybuf *kb, const void *bytes, size_t len) {
-    reserve(kb, len);
-    memcpy(kb->buf + kb->len, bytes, len);
-    kb->len += len;
-}
+/* The key builders below write bytes in place after making room. */
+static void reserve(iqp_keybuf *kb, size_t more) { iqp_buf_reserve(kb, more); }
 
 static void put_u16_string(iqp_keybuf *kb, const char *s, size_t len) {
     if (len > 65535) len = 65535; /* decoder limits strings far below this */

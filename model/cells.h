@@ -29,6 +29,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "model/buf.h"
 #include "model/config.h"
 #include "model/normalize.h"
 
@@ -43,19 +44,19 @@ typedef struct iqp_context {
     iqp_gender gender;
 } iqp_context;
 
-/* A growable byte buffer for building keys. */
-typedef struct iqp_keybuf {
-    unsigned char *buf;
-    size_t len, cap;
-} iqp_keybuf;
+/* Keys are built in the one growable byte buffer (buf.h). iqp_keybuf and
+ * iqp_keybuf_* are its names where keys are built; they add nothing. */
+typedef iqp_buf iqp_keybuf;
 
-void iqp_keybuf_init(iqp_keybuf *kb);
-void iqp_keybuf_free(iqp_keybuf *kb);
-void iqp_keybuf_truncate(iqp_keybuf *kb, size_t len);
+static inline void iqp_keybuf_init(iqp_keybuf *kb) { iqp_buf_init(kb); }
+static inline void iqp_keybuf_free(iqp_keybuf *kb) { iqp_buf_free(kb); }
+static inline void iqp_keybuf_truncate(iqp_keybuf *kb, size_t len) { iqp_buf_truncate(kb, len); }
 /* Appends len bytes. */
-void iqp_keybuf_append(iqp_keybuf *kb, const void *bytes, size_t len);
+static inline void iqp_keybuf_append(iqp_keybuf *kb, const void *bytes, size_t len) {
+    iqp_buf_append(kb, bytes, len);
+}
 /* Replaces kb's contents with src's. */
-void iqp_keybuf_copy(iqp_keybuf *kb, const iqp_keybuf *src);
+static inline void iqp_keybuf_copy(iqp_keybuf *kb, const iqp_keybuf *src) { iqp_buf_copy(kb, src); }
 
 /* Replaces kb's contents with the context prefix of feature f for ctx. */
 void iqp_cells_context_prefix(iqp_keybuf *kb, const iqp_feature_spec *f, const iqp_context *ctx);

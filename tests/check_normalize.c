@@ -1,4 +1,4 @@
-/* check_normalize.c -- unit tests for aggregator/normalize.c.
+/* check_normalize.c -- unit tests for model/normalize.c.
  *
  * Every expected value is written out literally here (as UTF-8 byte
  * escapes where it is not ASCII), never computed by the code under test,
