@@ -362,8 +362,8 @@ static int check_layout(iqp_store *st, const iqp_config *cfg, char *err, size_t 
         snprintf(src, sizeof src, "the layout of store %s", st->dir);
         iqp_config_defaults(&st->cfg);
         result = iqp_config_parse(&st->cfg, text, src, err, errlen);
-        size_t n = strlen(err);
-        if (result < 0 && strstr(err, "layout_version") && n + 1 < errlen)
+        size_t n = result < 0 ? strlen(err) : errlen;
+        if (n + 1 < errlen && strstr(err, "layout_version"))
             snprintf(err + n, errlen - n, "; it was written by another iqp version: rebuild it, "
                                           "counting the event logs into a new store with `iqp backfill`");
     }
