@@ -89,11 +89,17 @@ int iqp_cells_key_bucket(const unsigned char *key, size_t len, int *gran_index, 
 
 int64_t iqp_cells_slot(const iqp_config *cfg, int gran_index, int64_t bucket) {
     if (gran_index < 0 || (size_t)gran_index >= cfg->n_grans) return bucket;
-    int64_t g = cfg->gran_ms[gran_index], s = cfg->gran_ms[cfg->n_grans - 1];
-    if (g == s) return bucket;
-    int64_t start = bucket * g; /* bucket = ts / g: this is a time, it fits */
-    int64_t q = start / s;
-    return start % s < 0 ? q - 1 : q; /* floor */
+    int64_t g = cfg->gran_ms[gran_index], s = cfg->gran_ms[cfg->n_grans - 1], num = bucket, den;
+    if (s % g == 0) {
+        den = s / g; /* the usual case (1h in 1d): no multiplication */
+    } else if (!__builtin_mul_overflow(bucket, g, &num)) {
+        den = s;     /* floor(start / S) */
+    } else {
+        num = bucket; /* a bucket no event time gives: any fixed slot will do */
+        den = s / g > 0 ? s / g : 1;
+    }
+    int64_t q = num / den;
+    return num % den < 0 ? q - 1 : q; /* floor */
 }
 
 void iqp_cells_append_slot(iqp_keybuf *kb, const iqp_config *cfg, int64_t slot) {

@@ -300,6 +300,41 @@ START_TEST(one_merge_per_slot_and_expiry_rewrites_values) {
 }
 END_TEST
 
+/* A slot is the coarsest bucket holding a cell's start, also when the
+ * granularities do not divide (5h cells in days), and a scan finds every
+ * cell of a range across slots. */
+START_TEST(slots_of_any_granularity) {
+    iqp_config cfg;
+    iqp_config_defaults(&cfg);
+    ck_assert_int_eq(iqp_cells_slot(&cfg, 0, 23), 0); /* hours in days */
+    ck_assert_int_eq(iqp_cells_slot(&cfg, 0, 24), 1);
+    ck_assert_int_eq(iqp_cells_slot(&cfg, 0, -1), -1);
+    ck_assert_int_eq(iqp_cells_slot(&cfg, 1, 17), 17);
+    ck_assert_int_eq(iqp_config_parse(&cfg, "{\"windows\": [{\"name\": \"10h\", \"length\": \"10h\", "
+                                            "\"granularity\": \"5h\"}, {\"name\": \"2d\", \"length\": "
+                                            "\"2d\", \"granularity\": \"1d\"}]}", "t", err, sizeof err), 0);
+    ck_assert_int_eq(iqp_cells_slot(&cfg, 0, 4), 0);  /* 20h-25h starts on day 0 */
+    ck_assert_int_eq(iqp_cells_slot(&cfg, 0, 5), 1);  /* 25h */
+    ck_assert_int_eq(iqp_cells_slot(&cfg, 0, -1), -1); /* -5h */
+    char *dir = tu_mkdtemp("packed");
+    iqp_store *st = iqp_store_open(dir, &cfg, IQP_STORE_READ_WRITE, err, sizeof err);
+    ck_assert_msg(st != NULL, "%s", err);
+    iqp_store_batch *bt = iqp_store_batch_new(st);
+    merge_run(bt, &cfg, "i", 0, 3, 10, 1);
+    commit(st, bt, 2 * D);
+    merge_run(bt, &cfg, "i", 0, 3, 10, 1);
+    commit(st, bt, 2 * D);
+    iqp_store_batch_free(bt);
+    got s = scan(st, &cfg, "i", 0);
+    ck_assert_int_eq(s.n, 8);
+    expect_run(&s, 0, 3, 10, 2);
+    ck_assert_uint_eq(iqp_store_count_keys(st, IQP_CF_COUNTS), 3); /* days 0, 1, 2 */
+    iqp_store_close(st);
+    tu_rmrf(dir);
+    free(dir);
+}
+END_TEST
+
 START_TEST(layout_2_store_is_refused) {
     char *dir = tu_mkdtemp("packed");
     iqp_config cfg;
@@ -333,6 +368,7 @@ int main(void) {
     tcase_add_test(tc, sum_matches_naive_for_any_grouping);
     tcase_add_test(tc, malformed_values_are_refused);
     tcase_add_test(tc, one_merge_per_slot_and_expiry_rewrites_values);
+    tcase_add_test(tc, slots_of_any_granularity);
     tcase_add_test(tc, layout_2_store_is_refused);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
