@@ -346,15 +346,17 @@ int iqp_aggregator_should_flush(const iqp_aggregator *a) {
 }
 
 /* Fills b with a micro-batch: counter merges and markers of comb (on_cell
- * told of each merge), staged meta and the watermark. Returns the merges. */
+ * told of each cell), staged meta and the watermark. Returns the merges
+ * (stored keys written: one per (context, entity, slot)). */
 static size_t fill_batch(iqp_store_batch *b, const iqp_combiner *comb, const staged_meta *meta,
                          int64_t watermark_ms, const iqp_agg_flush_hook *hook) {
     iqp_store_batch_clear(b);
-    size_t written = iqp_combiner_write(comb, b, hook ? hook->on_cell : NULL, hook ? hook->ud : NULL);
+    iqp_combiner_write(comb, b, hook ? hook->on_cell : NULL, hook ? hook->ud : NULL);
+    size_t merges = iqp_store_batch_merges(b);
     for (const staged_meta *m = meta; m; m = m->next)
         iqp_store_batch_put(b, IQP_CF_META, m->key, strlen(m->key), m->val, m->vlen);
     if (watermark_ms != INT64_MIN) iqp_store_batch_set_watermark(b, watermark_ms);
-    return written;
+    return merges;
 }
 
 /* Forgets the micro-batch just committed (or handed to the writer). */

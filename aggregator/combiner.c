@@ -17,9 +17,10 @@
  *     (before interning, 37% of the counting thread went to probing and
  *     comparing ~40-byte string keys).
  * At drain, prefix and item ids are ranked by their bytes, the cells are
- * sorted by (prefix rank, item rank, granularity, bucket), which is the
- * store's key order (all parts are length-prefixed), and each key is
- * written once.
+ * sorted by (prefix rank, item rank, slot, granularity, bucket), which is
+ * the store's key order (all parts are length-prefixed; cells.h: one
+ * stored key per slot) and each stored key's cell order, so the batch
+ * packs the cells of one (context, entity, slot) into one merge.
  *
  * Cells are carved, with their counters and key bytes, out of an arena of
  * 2 MiB blocks, rewound in one sweep at drain time; blocks and slot arrays
@@ -505,12 +506,14 @@ static uint32_t *rank_interned(const intern *in, cell ***sorted) {
 /* One cell of a drain: its sort key and where it lives. */
 typedef struct drain_entry {
     uint64_t rank;      /* prefix rank << 32 | item rank */
-    uint64_t suffix;    /* granularity << 56 | bucket bits (store order) */
+    uint64_t slot;      /* the stored key's slot, as its u64 BE suffix orders */
+    uint64_t suffix;    /* granularity << 56 | bucket bits (cell order in a value) */
     size_t idx;         /* the cell */
 } drain_entry;
 
 static int entry_less(const drain_entry *x, const drain_entry *y) {
-    return x->rank != y->rank ? x->rank < y->rank : x->suffix < y->suffix;
+    if (x->rank != y->rank) return x->rank < y->rank;
+    return x->slot != y->slot ? x->slot < y->slot : x->suffix < y->suffix;
 }
 
 static void swap_entries(drain_entry *x, drain_entry *y) {
@@ -562,7 +565,7 @@ static int all_zero(const int64_t *vec, size_t n) {
 }
 
 /* Writes one counter table's non-zero cells, in store key order, as merges
- * into cf, telling on_cell (when set) about each. */
+ * into cf, telling on_cell (when set) about each; returns the cells. */
 static size_t drain_counters(const iqp_combiner *c, const int_table *t, iqp_cf cf, iqp_store_batch *b,
                              iqp_combiner_cell_fn on_cell, void *ud) {
     cell **pkeys, **ikeys; /* by rank */
@@ -577,6 +580,7 @@ static size_t drain_counters(const iqp_combiner *c, const int_table *t, iqp_cf c
         uint64_t ir = item == NO_ITEM ? 0 : irank[item];
         e[n].rank = (uint64_t)prank[name[0] >> 32] << 32 | ir;
         e[n].suffix = (name[1] & 0xff) << 56 | ((uint64_t)((int64_t)name[1] >> 8) & 0x00ffffffffffffffULL);
+        e[n].slot = (uint64_t)iqp_store_batch_slot(b, (int)(name[1] & 0xff), (int64_t)name[1] >> 8);
         e[n++].idx = idx;
     }
     sort_entries(e, n);

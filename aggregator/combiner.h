@@ -62,7 +62,9 @@ size_t iqp_combiner_cells(const iqp_combiner *c);
 size_t iqp_combiner_markers(const iqp_combiner *c);
 
 /* Appends every non-zero cell as a merge and every marker as a put to b,
- * in key order, then empties the combiner. Returns the merges written. */
+ * in key order, then empties the combiner. Returns the cells written (b
+ * packs the cells of one stored key into one merge:
+ * iqp_store_batch_merges). */
 size_t iqp_combiner_drain(iqp_combiner *c, iqp_store_batch *b);
 
 /* The same, calling on_cell for every merge written (key order within

@@ -4,8 +4,8 @@
  *   refresh_bench fill  --store DIR --cells N [--as-of MS] [--seed S]
  *   refresh_bench run   --store DIR [--as-of MS] [--runs R] [--threads T]
  *
- * fill writes a synthetic store directly through the store API (a put per
- * cell in large batches, key order, default config): contexts of all five
+ * fill writes a synthetic store directly through the store API (a merge
+ * per cell in large batches, key order, default config): contexts of all five
  * default features over Zipf-like query popularity, every entity with a
  * few hourly cells in the last 24 h and a few daily cells in the last
  * 30 days (all inside the windows as of --as-of), context cells for every
@@ -74,10 +74,8 @@ typedef struct filler {
 } filler;
 
 static void put_cell(filler *fl, iqp_cf cf, const int64_t *vec, size_t n) {
-    unsigned char val[8 * IQP_MAX_COUNTERS];
-    for (size_t k = 0; k < n; k++)
-        for (int b = 0; b < 8; b++) val[8 * k + (size_t)b] = (unsigned char)((uint64_t)vec[k] >> (8 * b));
-    iqp_store_batch_put(fl->b, cf, fl->key.buf, fl->key.len, val, 8 * n);
+    /* a cell key: the batch packs consecutive cells of one slot (cells.h) */
+    iqp_store_batch_merge(fl->b, cf, fl->key.buf, fl->key.len, vec, n);
     if (++fl->in_batch == 200000) {
         char err[512];
         if (iqp_store_batch_commit(fl->st, fl->b, err, sizeof err) < 0) {

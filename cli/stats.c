@@ -1,7 +1,7 @@
 /* stats.c -- `iqp stats`: what a store holds, as one JSON object.
  *
- * Counts the keys of each column family (an exact scan), the bytes of its
- * files, and the watermark. With --compact it first runs a full compaction,
+ * Counts the cells and keys of the counter column families and the keys of
+ * the others (exact scans), the bytes of its files, and the watermark. With --compact it first runs a full compaction,
  * which also applies bucket and dedup expiry, so the figures are settled.
  */
 #include <getopt.h>
@@ -19,8 +19,10 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: iqp stats --store DIR [--compact]\n"
             "\n"
-            "Prints one JSON object: watermark_ms, count_cells, context_cells,\n"
-            "dedup_markers, disk_bytes, bytes_per_cell, publish_pending (keys that\n"
+            "Prints one JSON object: watermark_ms, count_cells, context_cells\n"
+            "((granularity, bucket) cells), count_keys, context_keys (stored keys:\n"
+            "one per slot, each packing that slot's cells), dedup_markers,\n"
+            "disk_bytes, bytes_per_cell, publish_pending (keys that\n"
             "`iqp stream --redis` queued for Redis and has not published yet), and\n"
             "kafka_offsets: for every Kafka partition the store has counted,\n"
             "\"TOPIC/PARTITION\": the next offset (what `iqp stream` resumes from).\n"
@@ -62,12 +64,14 @@ int iqp_cmd_stats(int argc, char **argv) {
             return iqp_cli_fail(CMD, "%s", err);
         }
     }
-    uint64_t counts = iqp_store_count_keys(st, IQP_CF_COUNTS);
-    uint64_t contexts = iqp_store_count_keys(st, IQP_CF_CONTEXTS);
+    uint64_t counts = iqp_store_count_cells(st, IQP_CF_COUNTS);
+    uint64_t contexts = iqp_store_count_cells(st, IQP_CF_CONTEXTS);
     uint64_t bytes = iqp_store_disk_bytes(st);
-    json_t *o = json_pack("{s:I, s:I, s:I, s:I, s:I, s:f}", "watermark_ms",
+    json_t *o = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f}", "watermark_ms",
                           (json_int_t)iqp_store_watermark(st), "count_cells", (json_int_t)counts,
-                          "context_cells", (json_int_t)contexts, "dedup_markers",
+                          "context_cells", (json_int_t)contexts, "count_keys",
+                          (json_int_t)iqp_store_count_keys(st, IQP_CF_COUNTS), "context_keys",
+                          (json_int_t)iqp_store_count_keys(st, IQP_CF_CONTEXTS), "dedup_markers",
                           (json_int_t)iqp_store_count_keys(st, IQP_CF_DEDUP), "disk_bytes",
                           (json_int_t)bytes, "bytes_per_cell",
                           counts + contexts ? (double)bytes / (double)(counts + contexts) : 0.0);

@@ -9,12 +9,12 @@
  */
 #include "export/featcache.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "model/cells.h"
 #include "model/window.h"
-#include "store/counters.h"
 #include "export/keymap.h"
 
 typedef struct fc_entry {
@@ -151,27 +151,41 @@ static void prune(const iqp_featcache *c, fc_entry *e) {
 
 /* One pass over the prefix's keys, every granularity: one seek, where a
  * scan per granularity (iqp_store_scan_buckets) takes one each. Keys are
- * prefix + granularity byte + bucket; a longer key sharing the prefix
- * belongs to another prefix and is skipped, as that scan does. */
+ * prefix + slot suffix, each value packing the slot's cells of every
+ * granularity (cells.h); a longer key sharing the prefix belongs to
+ * another prefix and is skipped, as that scan does. */
 typedef struct fill_target {
     iqp_featcache *c;
     fc_entry *e;
     const unsigned char *prefix;
     size_t plen;
+    int bad;
 } fill_target;
+
+static void fill_cell(void *ud, int gi, int64_t bucket, const int64_t *vec, size_t n) {
+    fill_target *t = ud;
+    (void)n;
+    if (gi < 0 || (size_t)gi >= t->c->cfg->n_grans || bucket < t->c->oldest[gi]) return;
+    add_record(t->c, t->e, gi, bucket, vec);
+}
 
 static int fill_key(void *ud, const unsigned char *key, size_t klen, const char *val, size_t vlen) {
     fill_target *t = ud;
-    int gi;
-    int64_t bucket, vec[IQP_MAX_COUNTERS];
     if (klen < t->plen || memcmp(key, t->prefix, t->plen) != 0) return 1; /* past the prefix */
-    if (klen != t->plen + IQP_BUCKET_SUFFIX_LEN || iqp_cells_key_bucket(key, klen, &gi, &bucket) < 0)
-        return 0;
-    if (gi < 0 || (size_t)gi >= t->c->cfg->n_grans || bucket < t->c->oldest[gi]) return 0;
-    memset(vec, 0, sizeof vec);
-    iqp_counters_add_encoded(vec, t->e->n, val, vlen);
-    add_record(t->c, t->e, gi, bucket, vec);
-    return 0;
+    if (klen != t->plen + IQP_BUCKET_SUFFIX_LEN) return 0;
+    t->bad = iqp_store_value_cells(val, vlen, t->e->n, fill_cell, t) < 0;
+    return t->bad;
+}
+
+/* The first slot holding a bucket some read can still ask for. */
+static int64_t oldest_slot(const iqp_featcache *c) {
+    int64_t slot = INT64_MAX;
+    for (size_t g = 0; g < c->cfg->n_grans; g++) {
+        if (c->oldest[g] == INT64_MAX) continue;
+        int64_t s = iqp_cells_slot(c->cfg, (int)g, c->oldest[g] > 0 ? c->oldest[g] : 0);
+        if (s < slot) slot = s;
+    }
+    return slot == INT64_MAX ? 0 : slot;
 }
 
 static fc_entry *fill(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix, size_t plen,
@@ -187,10 +201,14 @@ static fc_entry *fill(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix, 
     iqp_keybuf from;
     iqp_keybuf_init(&from);
     iqp_keybuf_append(&from, prefix, plen);
-    iqp_cells_append_bucket(&from, 0, c->oldest[0] > 0 ? c->oldest[0] : 0);
-    fill_target t = {c, e, prefix, plen};
+    iqp_cells_append_slot(&from, c->cfg, oldest_slot(c));
+    fill_target t = {c, e, prefix, plen, 0};
     int rc = iqp_store_scan_keys(c->st, NULL, cf, from.buf, from.len, fill_key, &t, err, errlen);
     iqp_keybuf_free(&from);
+    if (t.bad) {
+        snprintf(err, errlen, "a counter value of the store does not decode (damaged store?)");
+        rc = -1;
+    }
     if (rc < 0) {
         free(e->rec);
         free(e);

@@ -53,6 +53,25 @@ int iqp_cells_key_bucket(const unsigned char *key, size_t len, int *gran_index, 
     return 0;
 }
 
+int64_t iqp_cells_slot(const iqp_config *cfg, int gran_index, int64_t bucket) {
+    if (gran_index < 0 || (size_t)gran_index >= cfg->n_grans) return bucket;
+    int64_t g = cfg->gran_ms[gran_index], s = cfg->gran_ms[cfg->n_grans - 1], num = bucket, den;
+    if (s % g == 0) {
+        den = s / g; /* the usual case (1h in 1d): no multiplication */
+    } else if (!__builtin_mul_overflow(bucket, g, &num)) {
+        den = s;     /* floor(start / S) */
+    } else {
+        num = bucket; /* a bucket no event time gives: any fixed slot will do */
+        den = s / g > 0 ? s / g : 1;
+    }
+    int64_t q = num / den;
+    return num % den < 0 ? q - 1 : q; /* floor */
+}
+
+void iqp_cells_append_slot(iqp_keybuf *kb, const iqp_config *cfg, int64_t slot) {
+    iqp_cells_append_bucket(kb, cfg->n_grans ? (int)cfg->n_grans - 1 : 0, slot);
+}
+
 /* Marker keys hash the length-prefixed fields as one byte string, built in
  * a small buffer (fields are bounded by the decoder's string limit). */
 static void put_field(iqp_keybuf *kb, const void *p, size_t len) {

@@ -7,18 +7,34 @@
  *   context prefix  = u8 len, feature name,
  *                     then per context dimension in (query, country, gender)
  *                     order: u16 BE len, normalized value
- *   count key       = context prefix, u16 BE len, item id, u8 granularity
- *                     index, u64 BE bucket                    (CF "counts")
- *   context key     = context prefix, u8 granularity index, u64 BE bucket
- *                                                             (CF "contexts")
+ *   count cell      = context prefix, u16 BE len, item id, u8 granularity
+ *                     index, u64 BE bucket
+ *   context cell    = context prefix, u8 granularity index, u64 BE bucket
  *   dedup marker    = u8 kind ('E' event id, 'A' action, 'G' engaged),
  *                     XXH3-128 of the length-prefixed fields  (CF "dedup")
  *
+ * Cells and stored keys (layout 3): a cell is one (granularity, bucket) of
+ * a (context, entity); the counts and contexts column families store one
+ * key per slot, where a slot is a bucket of the coarsest granularity S
+ * (the largest in the config, 1d by default): the cells of every
+ * granularity whose bucket starts inside it are packed into its one value
+ * (store/counters.h). The stored key of a slot is the cell key of its
+ * coarsest bucket:
+ *   count key       = context prefix, u16 BE len, item id,
+ *                     u8 (n_grans - 1), u64 BE slot           (CF "counts")
+ *   context key     = context prefix, u8 (n_grans - 1), u64 BE slot
+ *                                                             (CF "contexts")
+ * So cell keys and stored keys both end in a 9-byte suffix
+ * (IQP_BUCKET_SUFFIX_LEN), and the (context, entity) part before it is
+ * the same: code that names a dirty (context, entity) strips 9 bytes from
+ * either. One day of one (context, item) is one key, whatever the number
+ * of hourly and daily cells it has: one RocksDB merge per day and item.
+ *
  * Context-major: one context's entities are adjacent, and for one entity
- * the buckets of one granularity are adjacent and ascending, so a window is
- * one short range scan. Raw strings, not hashes, name contexts and items,
- * so counts are exact; RocksDB's prefix compression takes the repetition.
- * Dedup markers are hashed: 128 bits make a false "duplicate" negligible.
+ * the slots are adjacent and ascending, so a window is one short range
+ * scan. Raw strings, not hashes, name contexts and items, so counts are
+ * exact; RocksDB's prefix compression takes the repetition. Dedup markers
+ * are hashed: 128 bits make a false "duplicate" negligible.
  *
  * May not touch: the store or counters; it only formats bytes.
  * model/ is the ground floor: this file includes nothing of the project
@@ -73,6 +89,14 @@ void iqp_cells_append_bucket(iqp_keybuf *kb, int gran_index, int64_t bucket);
 /* Reads the granularity index and bucket from a key's last 9 bytes;
  * returns -1 when the key is too short. */
 int iqp_cells_key_bucket(const unsigned char *key, size_t len, int *gran_index, int64_t *bucket);
+
+/* The slot of bucket `bucket` of granularity gran_index: the bucket of the
+ * coarsest granularity holding its start (floor(start / S)). A
+ * granularity index the config lacks is its own slot. */
+int64_t iqp_cells_slot(const iqp_config *cfg, int gran_index, int64_t bucket);
+
+/* Appends the stored-key suffix of slot: u8 (n_grans - 1), u64 BE slot. */
+void iqp_cells_append_slot(iqp_keybuf *kb, const iqp_config *cfg, int64_t slot);
 
 /* A context prefix, or a context prefix plus entity, parsed back. The
  * strings point into the key. */

@@ -520,9 +520,16 @@ int iqp_config_layout_diff(const char *stored, const iqp_config *cfg, char *msg,
     free(now_text);
     static const char *sections[] = {"layout_version", "actions", "features", "windows"};
     json_t *ver = json_object_get(old, "layout_version");
-    if (!json_equal(ver, json_object_get(now, "layout_version")))
-        add_diff(msg, msglen, "the store was written by another iqp version (its dedup markers "
-                              "have another format); count into a new store");
+    if (!json_equal(ver, json_object_get(now, "layout_version"))) {
+        char *v = ver ? json_dumps(ver, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+        char line[512];
+        snprintf(line, sizeof line, "the store was written by another iqp version (layout_version %.20s; "
+                 "this iqp reads and writes %d: another format of counters and dedup markers); "
+                 "rebuild it: count the event logs into a new store with `iqp backfill`",
+                 v ? v : "(none)", IQP_LAYOUT_VERSION);
+        free(v);
+        add_diff(msg, msglen, line);
+    }
     for (size_t i = 0; i < COUNT_OF(sections); i++)
         diff_named(sections[i], json_object_get(old, sections[i]), json_object_get(now, sections[i]),
                    msg, msglen);

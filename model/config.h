@@ -109,8 +109,9 @@ int iqp_config_parse(iqp_config *cfg, const char *json_text, const char *source,
 
 /* The store format the layout JSON records as "layout_version": 1 kept a
  * dedup marker's ts only; 2 adds the watermark it was written at (store.h
- * iqp_marker). A store of another version is refused for writing. */
-#define IQP_LAYOUT_VERSION 2
+ * iqp_marker); 3 packs the cells of one slot into one value (cells.h,
+ * store/counters.h). A store of another version is refused. */
+#define IQP_LAYOUT_VERSION 3
 
 /* Canonical layout JSON (actions, features, windows): malloc'd, caller frees. */
 char *iqp_config_layout_json(const iqp_config *cfg);

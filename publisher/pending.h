@@ -8,7 +8,7 @@
  *
  *   key   = u8 kind || dirty key
  *           kind 'C': dirty key = context prefix (its context_count changed)
- *           kind 'E': dirty key = context prefix + entity (aggregator/cells.h)
+ *           kind 'E': dirty key = context prefix + entity (model/cells.h)
  *   value = u64 LE sequence of the flush || int64 LE wall-clock ms of the
  *           flush (the publish lag)
  *   meta "publish/next_seq" = u64 LE, the next flush's sequence

@@ -12,9 +12,11 @@
  *                   in-window context cells
  *   counts CF    -> list B: distinct context prefixes, each with its
  *                   entities (items), each with its in-window cells.
- *                   Consecutive keys of one entity differ only in the
- *                   9-byte (granularity, bucket) suffix, so a key is parsed
- *                   (iqp_cells_parse_key) only when that part changes.
+ *                   A key is one slot of one entity (cells.h), its value
+ *                   the slot's cells of every granularity; consecutive
+ *                   keys of one entity differ only in the 9-byte slot
+ *                   suffix, so a key is parsed (iqp_cells_parse_key) only
+ *                   when that part changes.
  *   merge A, B   -> the feature's contexts in key order: a context prefix
  *                   is self-delimiting (length-prefixed fields), so both
  *                   lists are sorted by memcmp of the prefix and merge like
@@ -27,8 +29,8 @@
  * as soon as it is copied, and the items of every context ranked in memcmp
  * order (topk.c) for top-K ties.
  *
- * Counter values decode like store/counters.c: little-endian int64s,
- * missing ones 0, extra ones ignored.
+ * Values decode through iqp_store_value_cells (store/counters.h's packed
+ * cells): missing counters 0, extra ones ignored.
  */
 #include <stdatomic.h>
 #include <stdio.h>
@@ -214,8 +216,8 @@ static int in_window(const iqp_refresh_result *r, int gi, int64_t bucket, uint32
     return 1;
 }
 
-/* Appends one cell of `width` counters decoded from val. */
-static void push_cell(scan_job *j, cell_run *c, int gi, uint32_t age, const char *val, size_t vlen,
+/* Appends one cell of `width` counters. */
+static void push_cell(scan_job *j, cell_run *c, int gi, uint32_t age, const int64_t *vec,
                       size_t width) {
     uint32_t *a = gvec_extend(&c->age, 1);
     uint8_t *g = gvec_extend(&c->gran, 1);
@@ -223,12 +225,7 @@ static void push_cell(scan_job *j, cell_run *c, int gi, uint32_t age, const char
     if (!a || !g || !v) { j->oom = 1; return; }
     *a = age;
     *g = (uint8_t)gi;
-    for (size_t k = 0; k < width; k++) {
-        uint64_t x = 0;
-        if (8 * k + 8 <= vlen)
-            for (int b = 7; b >= 0; b--) x = (x << 8) | (unsigned char)val[8 * k + (size_t)b];
-        v[k] = (int64_t)x;
-    }
+    memcpy(v, vec, width * sizeof *v);
 }
 
 static void count_progress(scan_job *j) {
@@ -263,13 +260,11 @@ static void set_current(scan_job *j, const unsigned char *key, size_t len, int w
 /* ---- the two column families ------------------------------------------------ */
 
 /* The part both callbacks share: checks that key is still in the job's
- * feature, counts it, parses its bucket, makes its entity (want_item) or
- * context current and places the bucket in the windows. Returns 1 when the
- * cell is in some window (*gi, *age set), else 0 with *stop set to what
+ * feature, counts it and makes its entity (want_item) or context current.
+ * Returns 1 when its cells are to be read, else 0 with *stop set to what
  * the callback must return (non-zero: stop the scan). */
 static int enter_key(scan_job *j, const unsigned char *key, size_t klen, int want_item, uint64_t *counter,
-                     int *gi, uint32_t *age, int *stop) {
-    int64_t bucket;
+                     int *stop) {
     *stop = 0;
     if (klen < j->fplen || memcmp(key, j->fprefix, j->fplen) != 0) {
         *stop = 1;
@@ -277,7 +272,7 @@ static int enter_key(scan_job *j, const unsigned char *key, size_t klen, int wan
     }
     (*counter)++;
     count_progress(j);
-    if (iqp_cells_key_bucket(key, klen, gi, &bucket) < 0 || klen <= IQP_BUCKET_SUFFIX_LEN) {
+    if (klen <= IQP_BUCKET_SUFFIX_LEN) {
         j->bad++;
         return 0;
     }
@@ -288,17 +283,14 @@ static int enter_key(scan_job *j, const unsigned char *key, size_t klen, int wan
         *stop = j->oom;
         return 0;
     }
-    return in_window(j->r, *gi, bucket, age);
+    return 1;
 }
 
-/* Counts CF: one key = one counter cell. Returns non-zero to stop (the
- * feature's range ended, or out of memory). */
-static int on_count_key(void *ud, const unsigned char *key, size_t klen, const char *val,
-                        size_t vlen) {
+/* One counter cell of the current entity: kept when in some window. */
+static void on_count_cell(void *ud, int gi, int64_t bucket, const int64_t *vec, size_t n) {
     scan_job *j = ud;
-    int gi, stop;
     uint32_t age;
-    if (!enter_key(j, key, klen, 1, &j->keys, &gi, &age, &stop)) return stop;
+    if (j->oom || !in_window(j->r, gi, bucket, &age)) return;
     if (!j->cur_created) {
         if (!last_context_is(j, &j->b, j->cur, j->cur_prefix_len))
             push_context(j, &j->b, j->cur, j->cur_prefix_len, j->ent_item_off.n);
@@ -306,31 +298,48 @@ static int on_count_key(void *ud, const unsigned char *key, size_t klen, const c
         uint64_t *io = gvec_extend(&j->ent_item_off, 1);
         uint32_t *il = gvec_extend(&j->ent_item_len, 1);
         uint64_t *ic = gvec_extend(&j->ent_cell, 1);
-        if (off == UINT64_MAX || !io || !il || !ic) { j->oom = 1; return 1; }
+        if (off == UINT64_MAX || !io || !il || !ic) { j->oom = 1; return; }
         *io = off;
         *il = (uint32_t)j->cur_item_len;
         *ic = j->cells.age.n;
         j->cur_created = 1;
     }
-    push_cell(j, &j->cells, gi, age, val, vlen, j->r->nc);
+    push_cell(j, &j->cells, gi, age, vec, n);
     j->n_cells++;
+}
+
+/* Counts CF: one key = one slot of one entity, its value the slot's
+ * counter cells. Returns non-zero to stop (the feature's range ended, or
+ * out of memory). */
+static int on_count_key(void *ud, const unsigned char *key, size_t klen, const char *val,
+                        size_t vlen) {
+    scan_job *j = ud;
+    int stop;
+    if (!enter_key(j, key, klen, 1, &j->keys, &stop)) return stop;
+    if (iqp_store_value_cells(val, vlen, j->r->nc, on_count_cell, j) < 0) j->bad++;
     return j->oom;
 }
 
-/* Contexts CF: one key = one context cell (context_count of a bucket). */
+/* One context cell (context_count of a bucket) of the current context. */
+static void on_context_cell(void *ud, int gi, int64_t bucket, const int64_t *vec, size_t n) {
+    scan_job *j = ud;
+    uint32_t age;
+    if (j->oom || !in_window(j->r, gi, bucket, &age)) return;
+    if (!j->cur_created) {
+        push_context(j, &j->a, j->cur, j->cur_len, j->ccells.age.n);
+        j->cur_created = 1;
+    }
+    push_cell(j, &j->ccells, gi, age, vec, n);
+    j->n_ctx_cells++;
+}
+
+/* Contexts CF: one key = one slot of one context. */
 static int on_context_key(void *ud, const unsigned char *key, size_t klen, const char *val,
                           size_t vlen) {
     scan_job *j = ud;
-    int gi, stop;
-    uint32_t age;
-    if (!enter_key(j, key, klen, 0, &j->ctx_keys, &gi, &age, &stop)) return stop;
-    size_t plen = klen - IQP_BUCKET_SUFFIX_LEN;
-    if (!j->cur_created) {
-        push_context(j, &j->a, j->cur, plen, j->ccells.age.n);
-        j->cur_created = 1;
-    }
-    push_cell(j, &j->ccells, gi, age, val, vlen, 1);
-    j->n_ctx_cells++;
+    int stop;
+    if (!enter_key(j, key, klen, 0, &j->ctx_keys, &stop)) return stop;
+    if (iqp_store_value_cells(val, vlen, 1, on_context_cell, j) < 0) j->bad++;
     return j->oom;
 }
 

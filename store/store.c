@@ -31,10 +31,21 @@
  * fails, iqp exits 1, and every batch committed before it stays.
  *
  * The compaction filters read the watermark from this struct (an atomic,
- * advanced by every committed batch), so expiry follows event time. They
- * also drop counter cells that sum to zero (a move of an action count
- * within one batch folds away, across batches it leaves a zero cell), so a
- * compacted store holds the same keys whatever the flush sizes were.
+ * advanced by every committed batch), so expiry follows event time. A
+ * counts or contexts value packs the cells of one slot (cells.h,
+ * counters.h); the filter rewrites it without the cells older than their
+ * granularity's retention and those that sum to zero (a move of an action
+ * count within one batch folds away, across batches it leaves a zero
+ * cell), and removes the key when no cell is left, so a compacted store
+ * holds the same keys and values whatever the flush sizes were. RocksDB's
+ * C API copies a rewritten value after the filter returns and does not
+ * free it, so the filter writes it into a buffer of its thread's own
+ * (pthread key: freed when the thread exits), valid until its next call.
+ *
+ * Writes: a batch takes counter merges cell by cell (cell keys, cells.h)
+ * and packs consecutive cells of one stored key into one merge operand;
+ * the combiner sorts its drain by (stored key, granularity, bucket), so a
+ * micro-batch writes one merge per (context, entity, slot).
  */
 #include "store/store.h"
 
@@ -43,6 +54,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
+#include <pthread.h>
 #include <rocksdb/c.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -98,7 +110,13 @@ struct iqp_store_batch {
     rocksdb_writebatch_t *wb;
     int64_t watermark_ms;
     int has_watermark;
-    unsigned char vec_buf[8 * IQP_MAX_COUNTERS];
+    /* the open group: consecutive cells of one stored key, one merge */
+    int group_open;
+    iqp_cf group_cf;
+    int64_t group_slot;
+    iqp_keybuf group_key;         /* the stored key */
+    iqp_packed_writer group;      /* its packed value so far */
+    size_t merges;                /* counter merges, open group included */
 };
 
 #define FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); goto fail; } while (0)
@@ -118,10 +136,50 @@ static rocksdb_column_family_handle_t *cf_handle(const iqp_store *st, iqp_cf cf)
 
 /* ---- compaction filters -------------------------------------------------- */
 
+static pthread_key_t filter_buf_key;
+static pthread_once_t filter_buf_once = PTHREAD_ONCE_INIT;
+
+static void free_filter_buf(void *p) {
+    iqp_packed_writer_free(p);
+    free(p);
+}
+
+static void make_filter_buf_key(void) {
+    if (pthread_key_create(&filter_buf_key, free_filter_buf) != 0) abort();
+}
+
+/* This thread's buffer for rewritten values (see the top of this file). */
+static iqp_packed_writer *filter_buf(void) {
+    pthread_once(&filter_buf_once, make_filter_buf_key);
+    iqp_packed_writer *w = pthread_getspecific(filter_buf_key);
+    if (!w) {
+        w = calloc(1, sizeof *w);
+        if (!w || pthread_setspecific(filter_buf_key, w) != 0) abort();
+    }
+    return w;
+}
+
+/* Counts and contexts: keeps the value, rewrites it without its expired
+ * and zero cells, or (returns 1) removes it when none is left. A value
+ * that does not decode is kept as it is. */
+static unsigned char expire_cells(const iqp_config *cfg, int64_t wm, const char *val, size_t vlen,
+                                  char **new_val, size_t *new_len, unsigned char *changed) {
+    int64_t first[IQP_MAX_GRANS];
+    for (size_t g = 0; g < cfg->n_grans; g++) first[g] = iqp_retention_first_bucket(cfg, (int)g, wm);
+    iqp_packed_writer *w = filter_buf();
+    long dropped = iqp_packed_retain(val, vlen, first, cfg->n_grans, w);
+    if (dropped <= 0) return 0;
+    if (w->cells == 0) return 1;
+    *new_val = (char *)w->buf;
+    *new_len = w->len;
+    *changed = 1;
+    return 0;
+}
+
 static unsigned char expiry_filter_fn(void *state, int level, const char *key, size_t klen,
                                       const char *val, size_t vlen, char **new_val,
                                       size_t *new_len, unsigned char *changed) {
-    (void)level, (void)new_val, (void)new_len, (void)changed;
+    (void)level, (void)key, (void)klen;
     expiry_filter *f = state;
     int64_t wm = atomic_load(&f->st->watermark_ms);
     if (wm == INT64_MIN) return 0;
@@ -130,12 +188,7 @@ static unsigned char expiry_filter_fn(void *state, int level, const char *key, s
         return iqp_marker_decode(val, vlen, &m) == 0 &&
                iqp_marker_forgotten(&m, wm, f->st->cfg.dedup_horizon_ms);
     }
-    if (iqp_counters_all_zero(val, vlen)) return 1; /* reads as absent anyway */
-    int gi;
-    int64_t bucket;
-    if (iqp_cells_key_bucket((const unsigned char *)key, klen, &gi, &bucket) < 0) return 0;
-    if (gi < 0 || (size_t)gi >= f->st->cfg.n_grans) return 0;
-    return bucket < iqp_retention_first_bucket(&f->st->cfg, gi, wm);
+    return expire_cells(&f->st->cfg, wm, val, vlen, new_val, new_len, changed);
 }
 
 static const char *expiry_filter_name(void *state) {
@@ -333,8 +386,14 @@ static int check_layout(iqp_store *st, const iqp_config *cfg, char *err, size_t 
         }
         st->cfg = *cfg;
     } else {
+        char src[PATH_MAX + 32];
+        snprintf(src, sizeof src, "the layout of store %s", st->dir);
         iqp_config_defaults(&st->cfg);
-        result = iqp_config_parse(&st->cfg, text, "store layout", err, errlen);
+        result = iqp_config_parse(&st->cfg, text, src, err, errlen);
+        size_t n = result < 0 ? strlen(err) : errlen;
+        if (n + 1 < errlen && strstr(err, "layout_version"))
+            snprintf(err + n, errlen - n, "; it was written by another iqp version: rebuild it, "
+                                          "counting the event logs into a new store with `iqp backfill`");
     }
     free(text);
     return result;
@@ -658,29 +717,67 @@ iqp_store_batch *iqp_store_batch_new(iqp_store *st) {
     if (!b) abort();
     b->st = st;
     b->wb = rocksdb_writebatch_create();
+    iqp_keybuf_init(&b->group_key);
+    iqp_packed_writer_init(&b->group);
     return b;
 }
 
 void iqp_store_batch_free(iqp_store_batch *b) {
     if (!b) return;
     rocksdb_writebatch_destroy(b->wb);
+    iqp_keybuf_free(&b->group_key);
+    iqp_packed_writer_free(&b->group);
     free(b);
 }
 
 void iqp_store_batch_clear(iqp_store_batch *b) {
     rocksdb_writebatch_clear(b->wb);
     b->has_watermark = 0;
+    b->group_open = 0;
+    b->merges = 0;
 }
+
+/* Writes the open group as one merge. */
+static void close_group(iqp_store_batch *b) {
+    if (!b->group_open) return;
+    rocksdb_writebatch_merge_cf(b->wb, cf_handle(b->st, b->group_cf), (const char *)b->group_key.buf,
+                                b->group_key.len, (const char *)b->group.buf, b->group.len);
+    b->group_open = 0;
+}
+
+int64_t iqp_store_batch_slot(const iqp_store_batch *b, int gran_index, int64_t bucket) {
+    return iqp_cells_slot(&b->st->cfg, gran_index, bucket);
+}
+
+size_t iqp_store_batch_merges(const iqp_store_batch *b) { return b->merges; }
 
 void iqp_store_batch_merge(iqp_store_batch *b, iqp_cf cf, const void *key, size_t klen,
                            const int64_t *vec, size_t n) {
-    iqp_counters_encode(vec, n, b->vec_buf);
-    rocksdb_writebatch_merge_cf(b->wb, cf_handle(b->st, cf), key, klen, (const char *)b->vec_buf,
-                                8 * n);
+    int gi;
+    int64_t bucket;
+    if (iqp_cells_key_bucket(key, klen, &gi, &bucket) < 0) abort(); /* a caller's bug */
+    size_t body = klen - IQP_BUCKET_SUFFIX_LEN;
+    int64_t slot = iqp_cells_slot(&b->st->cfg, gi, bucket);
+    if (b->group_open && !(b->group_cf == cf && b->group_slot == slot &&
+                           b->group_key.len == klen && memcmp(b->group_key.buf, key, body) == 0 &&
+                           iqp_packed_can_put(&b->group, gi, bucket)))
+        close_group(b);
+    if (!b->group_open) {
+        iqp_keybuf_truncate(&b->group_key, 0);
+        iqp_keybuf_append(&b->group_key, key, body);
+        iqp_cells_append_slot(&b->group_key, &b->st->cfg, slot);
+        iqp_packed_writer_reset(&b->group);
+        b->group_cf = cf;
+        b->group_slot = slot;
+        b->group_open = 1;
+        b->merges++;
+    }
+    iqp_packed_put(&b->group, gi, bucket, vec, n);
 }
 
 void iqp_store_batch_put(iqp_store_batch *b, iqp_cf cf, const void *key, size_t klen,
                          const void *val, size_t vlen) {
+    if (cf == b->group_cf) close_group(b); /* other column families: order is no matter */
     rocksdb_writebatch_put_cf(b->wb, cf_handle(b->st, cf), key, klen, val, vlen);
 }
 
@@ -692,6 +789,7 @@ void iqp_store_batch_put_marker(iqp_store_batch *b, const unsigned char *key, si
 }
 
 void iqp_store_batch_delete(iqp_store_batch *b, iqp_cf cf, const void *key, size_t klen) {
+    if (cf == b->group_cf) close_group(b);
     rocksdb_writebatch_delete_cf(b->wb, cf_handle(b->st, cf), key, klen);
 }
 
@@ -703,7 +801,7 @@ void iqp_store_batch_set_watermark(iqp_store_batch *b, int64_t watermark_ms) {
 size_t iqp_store_batch_bytes(const iqp_store_batch *b) {
     size_t n = 0;
     rocksdb_writebatch_data(b->wb, &n);
-    return n;
+    return n + (b->group_open ? b->group_key.len + b->group.len : 0);
 }
 
 int iqp_store_batch_commit(iqp_store *st, iqp_store_batch *b, char *err, size_t errlen) {
@@ -712,6 +810,7 @@ int iqp_store_batch_commit(iqp_store *st, iqp_store_batch *b, char *err, size_t 
         snprintf(err, errlen, "store %s is open read-only", st->dir);
         return -1;
     }
+    close_group(b);
     if (b->has_watermark && b->watermark_ms > atomic_load(&st->watermark_ms))
         rocksdb_writebatch_put_cf(b->wb, cf_handle(st, IQP_CF_META), "watermark", 9,
                                   (const char *)&b->watermark_ms, 8);
@@ -750,14 +849,33 @@ int iqp_store_get_meta(iqp_store *st, const char *key, char **val, size_t *vlen)
     return *val ? 1 : 0;
 }
 
-/* Writes prefix || gran || bucket into buf; returns its length. */
-static size_t bucket_key(unsigned char *buf, const unsigned char *prefix, size_t plen, int gi,
-                         int64_t bucket) {
-    memcpy(buf, prefix, plen);
-    buf[plen] = (unsigned char)gi;
-    uint64_t b = (uint64_t)bucket;
-    for (int i = 0; i < 8; i++) buf[plen + 1 + i] = (unsigned char)(b >> (8 * (7 - i)));
-    return plen + IQP_BUCKET_SUFFIX_LEN;
+/* Sets kb to the stored key of prefix's slot. */
+static void slot_key(iqp_keybuf *kb, const iqp_config *cfg, const unsigned char *prefix,
+                     size_t plen, int64_t slot) {
+    iqp_keybuf_truncate(kb, 0);
+    iqp_keybuf_append(kb, prefix, plen);
+    iqp_cells_append_slot(kb, cfg, slot);
+}
+
+/* Copies a packed cell's counters into vec (n wide, missing ones 0). */
+static void cell_counters(const iqp_packed_cell *c, int64_t *vec, size_t n) {
+    size_t k = c->n < n ? c->n : n;
+    memcpy(vec, c->vec, k * sizeof *vec);
+    if (n > k) memset(vec + k, 0, (n - k) * sizeof *vec);
+}
+
+int iqp_store_value_cells(const char *val, size_t vlen, size_t n, iqp_store_cell_fn fn, void *ud) {
+    iqp_packed_reader r;
+    iqp_packed_cell c;
+    int64_t vec[IQP_PACKED_MAX_COUNTERS];
+    int rc;
+    if (n > IQP_PACKED_MAX_COUNTERS) n = IQP_PACKED_MAX_COUNTERS;
+    iqp_packed_reader_init(&r, val, vlen);
+    while ((rc = iqp_packed_next(&r, &c)) > 0) {
+        cell_counters(&c, vec, n);
+        fn(ud, c.gran, c.bucket, vec, n);
+    }
+    return rc;
 }
 
 int iqp_store_scan_buckets(iqp_store *st, iqp_cf cf, const unsigned char *prefix, size_t plen,
@@ -774,35 +892,45 @@ int iqp_store_scan_buckets_at(iqp_store *st, const iqp_store_snapshot *snap, iqp
     if (first < 0) first = 0;
     if (last > INT64_MAX - 1) last = INT64_MAX - 1; /* last + 1 below must not overflow */
     if (last < first) return 0;
-    unsigned char *lo = malloc(2 * (plen + IQP_BUCKET_SUFFIX_LEN));
-    if (!lo) abort();
-    unsigned char *hi = lo + plen + IQP_BUCKET_SUFFIX_LEN;
-    size_t klen = bucket_key(lo, prefix, plen, gran_index, first);
-    bucket_key(hi, prefix, plen, gran_index, last + 1);
+    if (n > IQP_PACKED_MAX_COUNTERS) n = IQP_PACKED_MAX_COUNTERS;
+    /* the slots holding [first, last]; each value holds every granularity */
+    iqp_keybuf lo, hi;
+    iqp_keybuf_init(&lo);
+    iqp_keybuf_init(&hi);
+    slot_key(&lo, &st->cfg, prefix, plen, iqp_cells_slot(&st->cfg, gran_index, first));
+    slot_key(&hi, &st->cfg, prefix, plen, iqp_cells_slot(&st->cfg, gran_index, last) + 1);
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
-    rocksdb_readoptions_set_iterate_upper_bound(ro, (const char *)hi, klen);
+    rocksdb_readoptions_set_iterate_upper_bound(ro, (const char *)hi.buf, hi.len);
     if (snap) rocksdb_readoptions_set_snapshot(ro, (const rocksdb_snapshot_t *)snap);
     rocksdb_iterator_t *it = rocksdb_create_iterator_cf(st->db, ro, cf_handle(st, cf));
-    int64_t vec[IQP_MAX_COUNTERS];
-    for (rocksdb_iter_seek(it, (const char *)lo, klen); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+    int64_t vec[IQP_PACKED_MAX_COUNTERS];
+    int bad = 0;
+    for (rocksdb_iter_seek(it, (const char *)lo.buf, lo.len); rocksdb_iter_valid(it) && !bad;
+         rocksdb_iter_next(it)) {
         size_t kl, vl;
-        const char *k = rocksdb_iter_key(it, &kl);
+        rocksdb_iter_key(it, &kl);
+        if (kl != lo.len) continue; /* a longer key: another entity of this prefix */
         const char *v = rocksdb_iter_value(it, &vl);
-        int gi;
-        int64_t bucket;
-        if (kl != klen || iqp_cells_key_bucket((const unsigned char *)k, kl, &gi, &bucket) < 0)
-            continue;
-        memset(vec, 0, sizeof vec);
-        iqp_counters_add_encoded(vec, n, v, vl);
-        fn(ud, bucket, vec, n);
+        iqp_packed_reader r;
+        iqp_packed_cell c;
+        int rc;
+        iqp_packed_reader_init(&r, v, vl);
+        while ((rc = iqp_packed_next(&r, &c)) > 0) {
+            if (c.gran != gran_index || c.bucket < first || c.bucket > last) continue;
+            cell_counters(&c, vec, n);
+            fn(ud, c.bucket, vec, n);
+        }
+        bad = rc < 0;
     }
     char *rerr = NULL;
     rocksdb_iter_get_error(it, &rerr);
     rocksdb_iter_destroy(it);
     rocksdb_readoptions_destroy(ro);
-    free(lo);
-    if (rerr) {
-        snprintf(err, errlen, "read from store %s failed: %s", st->dir, rerr);
+    iqp_keybuf_free(&lo);
+    iqp_keybuf_free(&hi);
+    if (rerr || bad) {
+        snprintf(err, errlen, "read from store %s failed: %s", st->dir,
+                 rerr ? rerr : "a counter value does not decode (damaged store?)");
         free(rerr);
         return -1;
     }
@@ -895,6 +1023,22 @@ uint64_t iqp_store_count_keys(iqp_store *st, iqp_cf cf) {
     if (!cf_handle(st, cf)) return 0;
     rocksdb_iterator_t *it = rocksdb_create_iterator_cf(st->db, st->ro, cf_handle(st, cf));
     for (rocksdb_iter_seek_to_first(it); rocksdb_iter_valid(it); rocksdb_iter_next(it)) n++;
+    rocksdb_iter_destroy(it);
+    return n;
+}
+
+uint64_t iqp_store_count_cells(iqp_store *st, iqp_cf cf) {
+    uint64_t n = 0;
+    if (!cf_handle(st, cf)) return 0;
+    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(st->db, st->ro, cf_handle(st, cf));
+    for (rocksdb_iter_seek_to_first(it); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+        size_t vl;
+        const char *v = rocksdb_iter_value(it, &vl);
+        iqp_packed_reader r;
+        iqp_packed_cell c;
+        iqp_packed_reader_init(&r, v, vl);
+        while (iqp_packed_next(&r, &c) > 0) n++;
+    }
     rocksdb_iter_destroy(it);
     return n;
 }

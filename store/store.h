@@ -6,8 +6,9 @@
  * watermark, and every read and write of the database. Nothing else in iqp
  * includes rocksdb/c.h except store/counters.c.
  *
- *   CF "counts"    count key   -> IQP_COUNTERS(cfg) counters (merge: sum)
- *   CF "contexts"  context key -> 1 counter, context_count (merge: sum)
+ *   CF "counts"    count key   -> the packed cells of one slot (cells.h,
+ *                  counters.h), IQP_COUNTERS(cfg) counters each (merge: sum)
+ *   CF "contexts"  context key -> the same, 1 counter each: context_count
  *   CF "dedup"     marker key  -> iqp_marker: int64 LE ts the marker counted
  *                  at, int64 LE watermark when it was written (layout 2)
  *   CF "meta"      "layout" -> canonical layout JSON; "watermark" -> int64
@@ -24,9 +25,10 @@
  * suffix of whole batches, never part of one).
  *
  * Expiry: compaction filters drop count and context cells whose bucket is
- * older than the retention of its granularity (cells.h, window.h), and
- * dedup markers that iqp_marker_forgotten says are forgotten, and
- * counter cells whose counters are all zero. Reads never depend on expiry
+ * older than the retention of its granularity (cells.h, window.h) and
+ * counter cells whose counters are all zero (rewriting the value that
+ * packs them; a key with no cell left goes), and dedup markers that
+ * iqp_marker_forgotten says are forgotten. Reads never depend on expiry
  * having run.
  *
  * May not touch: event decoding, aggregation rules, Redis.
@@ -98,8 +100,18 @@ void iqp_store_batch_free(iqp_store_batch *b);
 /* Empties b for reuse, keeping its memory: a writer that commits large
  * batches one after another does not fault in fresh pages for each. */
 void iqp_store_batch_clear(iqp_store_batch *b);
+/* Adds the counters vec (n <= 32 wide) to the cell key (cells.h: prefix,
+ * granularity, bucket) of cf (counts or contexts). Consecutive merges of
+ * cells of one stored key (one slot) in ascending (granularity, bucket)
+ * order become one RocksDB merge; any other order is still exact, only
+ * more merges. */
 void iqp_store_batch_merge(iqp_store_batch *b, iqp_cf cf, const void *key, size_t klen,
                            const int64_t *vec, size_t n);
+/* The slot (cells.h) the cell (gran_index, bucket) is stored under: a
+ * writer sorts by it to make cells of one stored key consecutive. */
+int64_t iqp_store_batch_slot(const iqp_store_batch *b, int gran_index, int64_t bucket);
+/* Counter merges (stored keys written) in b since it was cleared. */
+size_t iqp_store_batch_merges(const iqp_store_batch *b);
 void iqp_store_batch_put(iqp_store_batch *b, iqp_cf cf, const void *key, size_t klen,
                          const void *val, size_t vlen);
 void iqp_store_batch_delete(iqp_store_batch *b, iqp_cf cf, const void *key, size_t klen);
@@ -140,9 +152,10 @@ int iqp_store_get_marker(iqp_store *st, const unsigned char *key, size_t klen, i
 /* 1 found (*val malloc'd), 0 absent, -1 error. */
 int iqp_store_get_meta(iqp_store *st, const char *key, char **val, size_t *vlen);
 
-/* Calls fn for each key "prefix || gran_index || bucket" in cf with bucket
- * in [first, last], ascending, with its counters decoded into vec (n wide).
- * Returns 0, or -1 with err on an iterator error. */
+/* Calls fn for each cell "prefix || gran_index || bucket" of cf with
+ * bucket in [first, last], ascending, with its counters decoded into vec
+ * (n wide). Returns 0, or -1 with err on an iterator error or a value that
+ * does not decode. */
 typedef void (*iqp_store_bucket_fn)(void *ud, int64_t bucket, const int64_t *vec, size_t n);
 int iqp_store_scan_buckets(iqp_store *st, iqp_cf cf, const unsigned char *prefix, size_t plen,
                            int gran_index, int64_t first, int64_t last, size_t n,
@@ -153,6 +166,13 @@ int iqp_store_scan_buckets_at(iqp_store *st, const iqp_store_snapshot *snap, iqp
                               const unsigned char *prefix, size_t plen, int gran_index,
                               int64_t first, int64_t last, size_t n, iqp_store_bucket_fn fn,
                               void *ud, char *err, size_t errlen);
+
+/* The cells of one counts or contexts value as iqp_store_scan_keys gives
+ * it, in (granularity, bucket) order, counters decoded into vec (n wide,
+ * missing ones 0). 0, or -1 when the value does not decode. */
+typedef void (*iqp_store_cell_fn)(void *ud, int gran_index, int64_t bucket, const int64_t *vec,
+                                  size_t n);
+int iqp_store_value_cells(const char *val, size_t vlen, size_t n, iqp_store_cell_fn fn, void *ud);
 
 /* Snapshots: reads through one see the store as of its creation, while
  * writers go on. Safe to create from any thread. */
@@ -184,6 +204,9 @@ uint64_t iqp_store_count_keys(iqp_store *st, iqp_cf cf);
  * would create the store there), -1 with err when it cannot be read. */
 int iqp_store_present(const char *dir, char *err, size_t errlen);
 
+/* Number of cells packed in the values of cf (counts, contexts; exact, by
+ * scanning). */
+uint64_t iqp_store_count_cells(iqp_store *st, iqp_cf cf);
 /* Bytes of SST and WAL files in the store directory. */
 uint64_t iqp_store_disk_bytes(iqp_store *st);
 

@@ -115,9 +115,10 @@ START_TEST(errors_name_the_problem) {
         {"{\"dedup_horizon\": \"1h\",\n \"dedup_horizon\": \"2h\"}", "t.json:2:"},
         {"{\"windows\": [{\"name\": \"w\", \"length\": \"1d\", \"length\": \"2d\", \"granularity\": \"1h\"}]}",
          "a key is given twice: duplicate object key near '\"length\"'"},
-        /* only the current layout_version (IQP_LAYOUT_VERSION, 2) is read */
+        /* only the current layout_version (IQP_LAYOUT_VERSION, 3) is read */
         {"{\"layout_version\": 1}", "\"layout_version\" 1 is not supported"},
-        {"{\"layout_version\": 3}", "\"layout_version\" 3 is not supported"},
+        {"{\"layout_version\": 2}", "\"layout_version\" 2 is not supported"},
+        {"{\"layout_version\": 4}", "\"layout_version\" 4 is not supported"},
         {"{\"layout_version\": \"1\"}", "\"layout_version\" \"1\" is not supported"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -135,7 +136,7 @@ END_TEST
 START_TEST(current_layout_version_is_accepted) {
     iqp_config c;
     iqp_config_defaults(&c);
-    ck_assert_msg(iqp_config_parse(&c, "{\"layout_version\": 2}", "t.json", err, sizeof err) == 0, "%s", err);
+    ck_assert_msg(iqp_config_parse(&c, "{\"layout_version\": 3}", "t.json", err, sizeof err) == 0, "%s", err);
 }
 END_TEST
 
