@@ -911,6 +911,31 @@ START_TEST(stream_stalled_instance_drops_its_batch) {
 }
 END_TEST
 
+/* The coordinator refuses this member (UNKNOWN_MEMBER_ID, as for a member
+ * it dropped) when the instance asks before a store write: the batch is
+ * dropped unwritten and its partitions read again, so nothing is lost and
+ * nothing counted twice. One instance, flushing every 200 ms under
+ * traffic; the devbroker refuses the next 3 offset commits. */
+START_TEST(stream_refused_member_drops_and_rereads) {
+    static const char *const none[] = {NULL};
+    start_stream(0, 0);
+    free(wait_assigned(0));
+    produce(1500, 0);
+    for (int64_t t0 = mono_ms(); instance_metric(0, "iqp_events_total", counted_events) == 0; usleep(100000))
+        ck_assert_msg(mono_ms() - t0 < wait_limit_ms(30000), "instance 0 counted nothing");
+    ck_assert_str_eq(tu_broker_command(&broker, "refuse-commits 3"), "ok refuse-commits 3");
+    double drops = 0;
+    for (int64_t t0 = mono_ms(); drops == 0 && mono_ms() - t0 < wait_limit_ms(30000); usleep(100000))
+        drops = instance_metric(0, "iqp_batches_dropped_total", none);
+    ck_assert_msg(drops > 0, "no batch dropped after the coordinator refused the member (log %s)",
+                  streams[0].log);
+    wait_producer();
+    wait_caught_up(1);
+    stop_stream(0);
+    compare_with_oracle(1);
+}
+END_TEST
+
 /* Brokers go down mid-stream and come back; the stream recovers alone. */
 START_TEST(stream_recovers_from_broker_outage) {
     produce(4000, 0);
@@ -1298,6 +1323,7 @@ int main(void) {
     tcase_add_checked_fixture(grp, test_setup, test_teardown);
     tcase_add_test(grp, stream_rebalances_between_two_instances);
     tcase_add_test(grp, stream_stalled_instance_drops_its_batch);
+    tcase_add_test(grp, stream_refused_member_drops_and_rereads);
     suite_add_tcase(s, grp);
     /* publishing to Redis; run alone with CK_RUN_CASE=redis */
     TCase *rc = tcase_create("redis");
