@@ -822,12 +822,13 @@ static void wait_owns_all(int i) {
  *
  * Deterministic: instance 0 flushes every 30 s, so its only store writes
  * are at rebalances (flush before release); the kill comes once the group
- * settled and instance 0 counted more with no rebalance begun. A kill between a store write and its checkpoint reaching
- * the broker (README "Kafka: exactly once", "the one gap") would count that
- * batch in both stores; under load that window grew to 0.3-2.3 s against
- * a 200 ms flush interval, which is how this test over-counted in 2 of 8
- * loaded runs when it killed at a fixed 1.5 s. fetch_metrics fails the
- * test if an endpoint does not answer 200, so waiting on it is bounded. */
+ * settled and instance 0 counted more with no rebalance begun. A kill
+ * between a store write and its checkpoint reaching the broker (README
+ * "Kafka: exactly once", "the one gap") would count that batch in both
+ * stores; under load that window grew to 0.3-2.3 s against a 200 ms flush
+ * interval, the likely cause of this test over-counting in 2 of ~8 loaded
+ * runs when it killed at a fixed 1.5 s. fetch_metrics fails the test if
+ * an endpoint does not answer 200, so waiting on it is bounded. */
 START_TEST(stream_rebalances_between_two_instances) {
     static const char *const restored[] = {"outcome=\"restored\"", NULL};
     stream_extra_arg = "--flush-ms=30000";
