@@ -751,6 +751,14 @@ END_TEST
 static const char *const no_labels[] = {NULL};
 static const char *const counted_events[] = {"outcome=\"counted\"", NULL};
 
+/* A producer rate (lines/s) that spreads the traffic over about seconds:
+ * the group scenarios need events flowing while their steps happen, with
+ * the full traffic and with the smaller sanitized one alike. */
+static int rate_over(int seconds) {
+    uint64_t total = expected_msgs[0] + expected_msgs[1];
+    return total / (uint64_t)seconds > 0 ? (int)(total / (uint64_t)seconds) : 1;
+}
+
 /* One metric of instance i, summed over its series (see metric_sum). */
 static double instance_metric(int i, const char *name, const char *const *must) {
     char *m = fetch_metrics(streams[i].metrics_port);
@@ -835,7 +843,7 @@ START_TEST(stream_rebalances_between_two_instances) {
     start_stream(0, 0);
     stream_extra_arg = NULL;
     free(wait_assigned(0));
-    produce(600, 0);
+    produce(rate_over(30), 0);
     for (int64_t t0 = mono_ms(); instance_metric(0, "iqp_events_total", counted_events) == 0; usleep(100000))
         ck_assert_msg(mono_ms() - t0 < wait_limit_ms(30000), "instance 0 counted nothing");
     start_stream(1, 0);
@@ -895,7 +903,7 @@ START_TEST(stream_stalled_instance_drops_its_batch) {
     start_stream(1, 0);
     free(wait_assigned(1));
     wait_group_settled();
-    produce(1000, 0);
+    produce(rate_over(20), 0);
     wait_published_then_counting(0);
     ck_assert_int_eq(kill(streams[0].pid, SIGSTOP), 0);
     wait_owns_all(1); /* session.timeout.ms is 6 s */
@@ -921,7 +929,7 @@ START_TEST(stream_refused_member_drops_and_rereads) {
     static const char *const none[] = {NULL};
     start_stream(0, 0);
     free(wait_assigned(0));
-    produce(1500, 0);
+    produce(rate_over(15), 0);
     for (int64_t t0 = mono_ms(); instance_metric(0, "iqp_events_total", counted_events) == 0; usleep(100000))
         ck_assert_msg(mono_ms() - t0 < wait_limit_ms(30000), "instance 0 counted nothing");
     ck_assert_str_eq(tu_broker_command(&broker, "refuse-commits 3"), "ok refuse-commits 3");
