@@ -25,6 +25,10 @@ static int partition_count(rd_kafka_t *rk, const char *topic) {
 }
 
 int bench_assign_all(const char *prog, rd_kafka_t *rk, char **topics, int n_topics) {
+    return bench_assign_share(prog, rk, topics, n_topics, 0, 1);
+}
+
+int bench_assign_share(const char *prog, rd_kafka_t *rk, char **topics, int n_topics, int share, int of) {
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(64);
     for (int t = 0; t < n_topics; t++) {
         int n = partition_count(rk, topics[t]);
@@ -34,7 +38,8 @@ int bench_assign_all(const char *prog, rd_kafka_t *rk, char **topics, int n_topi
             return -1;
         }
         for (int p = 0; p < n; p++)
-            rd_kafka_topic_partition_list_add(l, topics[t], p)->offset = RD_KAFKA_OFFSET_BEGINNING;
+            if (p % of == share)
+                rd_kafka_topic_partition_list_add(l, topics[t], p)->offset = RD_KAFKA_OFFSET_BEGINNING;
     }
     rd_kafka_resp_err_t err = rd_kafka_assign(rk, l);
     rd_kafka_topic_partition_list_destroy(l);
@@ -43,6 +48,40 @@ int bench_assign_all(const char *prog, rd_kafka_t *rk, char **topics, int n_topi
 }
 
 rd_kafka_t *bench_consumer_new(const char *prog, const char *brokers, char **topics, int n_topics) {
+    return bench_consumer_new_share(prog, brokers, topics, n_topics, 0, 1);
+}
+
+long long bench_assigned_messages(const char *prog, rd_kafka_t *rk) {
+    rd_kafka_topic_partition_list_t *l = NULL;
+    long long n = 0;
+    if (rd_kafka_assignment(rk, &l)) return fprintf(stderr, "%s: no assignment\n", prog), -1;
+    for (int i = 0; i < l->cnt && n >= 0; i++) {
+        int64_t lo, hi;
+        rd_kafka_resp_err_t e =
+            rd_kafka_query_watermark_offsets(rk, l->elems[i].topic, l->elems[i].partition, &lo, &hi, 10000);
+        if (e) {
+            fprintf(stderr, "%s: %s/%d: %s\n", prog, l->elems[i].topic, (int)l->elems[i].partition,
+                    rd_kafka_err2str(e));
+            n = -1;
+        } else {
+            n += hi - lo;
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+    return n;
+}
+
+rd_kafka_t *bench_consumer_new_share(const char *prog, const char *brokers, char **topics, int n_topics,
+                                     int share, int of) {
+    rd_kafka_t *rk = bench_consumer_connect(prog, brokers);
+    if (rk && bench_assign_share(prog, rk, topics, n_topics, share, of) < 0) {
+        rd_kafka_destroy(rk);
+        return NULL;
+    }
+    return rk;
+}
+
+rd_kafka_t *bench_consumer_connect(const char *prog, const char *brokers) {
     const char *props[] = {"bootstrap.servers", brokers, "enable.partition.eof", "false",
                            "enable.auto.commit", "false", "log_level", "3",
                            "auto.offset.reset", "error",
@@ -62,10 +101,6 @@ rd_kafka_t *bench_consumer_new(const char *prog, const char *brokers, char **top
         return NULL;
     }
     rd_kafka_poll_set_consumer(rk);
-    if (bench_assign_all(prog, rk, topics, n_topics) < 0) {
-        rd_kafka_destroy(rk);
-        return NULL;
-    }
     return rk;
 }
 

@@ -8,6 +8,9 @@
  *
  * Standard input takes one command per line, for failure tests:
  *   down N   take broker N (1-based) down     up N   bring it back
+ *   refuse-commits N   answer the next N OffsetCommit requests with
+ *            UNKNOWN_MEMBER_ID, as a coordinator does to a member it has
+ *            dropped (tests of the stream's ownership check)
  *   quit     stop
  * Each command is answered on stdout with "ok ..." or "error ...".
  *
@@ -47,7 +50,8 @@ static void usage(FILE *out) {
             "                   dead-letter,iqp-checkpoints)\n"
             "  --help           this text\n"
             "\n"
-            "stdin commands: 'down N' / 'up N' (broker N, 1-based), 'quit'.\n"
+            "stdin commands: 'down N' / 'up N' (broker N, 1-based), 'refuse-commits N' (the next N\n"
+            "offset commits are refused with UNKNOWN_MEMBER_ID), 'quit'.\n"
             "Limits: about 5 MiB kept per partition (older data evicted silently), first\n"
             "group join takes about 3 s, transactions have no effect, no admin APIs.\n");
 }
@@ -64,9 +68,17 @@ static int run_command(rd_kafka_mock_cluster_t *mc, int brokers, char *line) {
     line[strcspn(line, "\r\n")] = '\0';
     if (sscanf(line, "%15s %d", verb, &id) < 1) return 0;
     if (strcmp(verb, "quit") == 0) return 1;
+    if (strcmp(verb, "refuse-commits") == 0 && id >= 1 && id <= 1000) {
+        for (int i = 0; i < id; i++) /* ApiKey 8 = OffsetCommit */
+            rd_kafka_mock_push_request_errors(mc, 8, 1, RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID);
+        printf("ok refuse-commits %d\n", id);
+        fflush(stdout);
+        return 0;
+    }
     int down = strcmp(verb, "down") == 0, up = strcmp(verb, "up") == 0;
     if ((!down && !up) || id < 1 || id > brokers) {
-        printf("error: unknown command '%s' (use: down N, up N, quit; N in 1..%d)\n", line, brokers);
+        printf("error: unknown command '%s' (use: down N, up N, refuse-commits N, quit; N in 1..%d)\n", line,
+               brokers);
     } else {
         rd_kafka_resp_err_t err = down ? rd_kafka_mock_broker_set_down(mc, id)
                                        : rd_kafka_mock_broker_set_up(mc, id);

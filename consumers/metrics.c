@@ -268,6 +268,18 @@ void iqp_metrics_set(iqp_metrics *m, const char *name, const char *labels, doubl
     pthread_mutex_unlock(&m->mu);
 }
 
+void iqp_metrics_remove(iqp_metrics *m, const char *name, const char *labels) {
+    pthread_mutex_lock(&m->mu);
+    family *f = NULL;
+    if (name) HASH_FIND_STR(m->families, name, f);
+    series *s = f ? find_series(f, labels) : NULL;
+    if (s) {
+        HASH_DEL(f->series, s);
+        series_free(s);
+    }
+    pthread_mutex_unlock(&m->mu);
+}
+
 /* Index of the first bucket whose bound is >= v; n_bounds means +Inf. */
 static size_t bucket_of(const family *f, double v) {
     size_t i = 0;

@@ -52,6 +52,11 @@ void iqp_metrics_add(iqp_metrics *m, const char *name, const char *labels, doubl
 void iqp_metrics_set(iqp_metrics *m, const char *name, const char *labels, double value);
 void iqp_metrics_observe(iqp_metrics *m, const char *name, const char *labels, double value);
 
+/* Removes one series of any family (a gauge of something that went away,
+ * such as a released partition), so it is no longer rendered; a series or
+ * family that does not exist is ignored. */
+void iqp_metrics_remove(iqp_metrics *m, const char *name, const char *labels);
+
 /* Current value of a counter or gauge series (0 when it does not exist);
  * for a histogram, its observation count. For tests and summaries. */
 double iqp_metrics_value(iqp_metrics *m, const char *name, const char *labels);

@@ -29,6 +29,43 @@
  * partition to the right start. Both the eager and the cooperative
  * protocol are handled.
  *
+ * Zombie writes: a batch is written only while this member owns its
+ * partitions. A member that stalls (SIGSTOP, swap, a starved CPU) past
+ * session.timeout.ms is dropped from the group by the broker, and its
+ * partitions go to another member, which starts from the published
+ * offsets. librdkafka tells the stalled member only later: when its own
+ * session timer or a refused heartbeat marks the assignment lost (its
+ * timer runs from the last acknowledged heartbeat, so it fires after the
+ * broker's), and the rebalance callback runs only inside a later
+ * consumer_poll. A member that flushed in between (a flush overdue after
+ * the stall, or a member cut off from the coordinator but not from the
+ * partition leaders) wrote and published a batch that the new owner,
+ * started from the older offsets, counted again. The order now is:
+ *
+ *   1. probe: commit the offsets already published (a no-op in content)
+ *      and wait for the coordinator's answer (PROBE_MS at most). The
+ *      coordinator checks the member id and generation of every commit:
+ *      UNKNOWN_MEMBER_ID or ILLEGAL_GENERATION (or librdkafka's own
+ *      __ASSIGNMENT_LOST) means the partitions may be someone else's now:
+ *      the batch is dropped, never written, and every partition is read
+ *      again from where the store stopped (rewind), so if it is still
+ *      ours nothing is lost and if it is not the coming revoke removes it.
+ *      REBALANCE_IN_PROGRESS still proves membership: during a rebalance
+ *      no partition moves before its owner's revoke callback returns.
+ *      No answer (coordinator unreachable) writes nothing either: the
+ *      batch is held and the probe retried at the next flush;
+ *   2. the store write (counts + offsets), at once after the answer;
+ *   3. publish (checkpoint, acknowledged; group commit).
+ *
+ * So a write starts only after the coordinator confirmed, a moment
+ * before, that the group had not moved on; a stall must now fall inside
+ * the few milliseconds between that answer and the end of the write's
+ * checkpoint, instead of anywhere in the flush interval, to double count
+ * (the same window as a kill -9 there, README "Kafka: exactly once").
+ * Closing it needs the offsets and the counts in one system (partition-
+ * owned state, issue 16 items 1-2). A lost assignment seen in the
+ * revoke callback drops the batch the same way.
+ *
  * Health (/healthz). Two parts, renewed by the loop every HEALTH_EVERY_MS
  * and stale (unhealthy) when the loop has not renewed them for
  * HEALTH_STALE_MS, i.e. when it is stuck in a blocking call:
@@ -65,6 +102,8 @@
 #include "util/stop.h"
 
 #define POLL_MS 100
+#define PROBE_MS 2000             /* ownership probe: the coordinator's answer */
+#define CLOSE_PROBE_MS 1000
 #define PUBLISH_MS 10000          /* checkpoint acks, per flush and on revoke */
 #define CLOSE_PUBLISH_MS 3000
 #define CHECKPOINT_READ_MS 60000  /* on assignment: retried until then, then fatal */     /* ... at shutdown (SIGTERM must end within 10 s) */
@@ -84,6 +123,8 @@ typedef struct part_state {
     int32_t partition;
     int64_t next_offset;        /* offset after the last message handled; -1 none yet */
     int64_t restore_until;      /* messages below this only restore markers; -1 none */
+    int64_t published;          /* offset a new owner would start from (last published); -1 none */
+    int64_t rewind;             /* where to read again if the batch is dropped (may be logical) */
     int dirty;                  /* next_offset not yet flushed */
 } part_state;
 
@@ -107,6 +148,9 @@ struct iqp_stream {
     char fatal_msg[1100];
     int closed;
     int closing;                /* shutting down: shorter waits */
+    rd_kafka_queue_t *probe_q;  /* answers to ownership probes (see "Zombie writes") */
+    uintptr_t probe_seq;        /* the probe being waited for */
+    int held;                   /* the last probe got no answer: the batch waits */
     iqp_stream_stats stats;
     uint64_t batch_events;      /* messages handled since the last flush */
     int64_t *batch_ts;          /* Kafka timestamps of counted events in this batch */
@@ -143,7 +187,14 @@ static void declare_metrics(iqp_metrics *m) {
                         "Events sent to the dead-letter sink, by topic and code.", NULL, 0);
     iqp_metrics_declare(m, "iqp_consumer_lag", IQP_METRIC_GAUGE,
                         "Messages behind the partition's high watermark, per assigned partition "
-                        "(0 after a partition is released).", NULL, 0);
+                        "(removed when the partition is released).", NULL, 0);
+    iqp_metrics_declare(m, "iqp_kafka_committed_offset", IQP_METRIC_GAUGE,
+                        "Next offset of each assigned partition whose events are counted in a store "
+                        "and published (by this instance, or by the previous owner when assigned); "
+                        "removed when the partition is released.", NULL, 0);
+    iqp_metrics_declare(m, "iqp_batches_dropped_total", IQP_METRIC_COUNTER,
+                        "Micro-batches dropped unwritten because this instance no longer owned "
+                        "their partitions (reason: assignment_lost, not_member).", NULL, 0);
     iqp_metrics_declare(m, "iqp_flush_seconds", IQP_METRIC_HISTOGRAM,
                         "Time to write one micro-batch to the store.", flush_seconds_bounds,
                         COUNT_OF(flush_seconds_bounds));
@@ -202,22 +253,32 @@ static part_state *add_part(iqp_stream *s, int topic, int32_t partition) {
         if (!s->parts) abort();
     }
     p = &s->parts[s->n_parts++];
-    *p = (part_state){topic, partition, -1, -1, 0};
+    *p = (part_state){topic, partition, -1, -1, -1, RD_KAFKA_OFFSET_INVALID, 0};
     return p;
 }
 
-static void set_lag(iqp_stream *s, const part_state *p, double lag) {
-    if (!s->m) return;
+static void part_labels(const iqp_stream *s, const part_state *p, char *labels, size_t len) {
+    snprintf(labels, len, "topic=\"%s\",partition=\"%d\"", s->topic_labels[p->topic], (int)p->partition);
+}
+
+/* Sets (value >= 0) or removes (value < 0) a per-partition gauge. */
+static void set_part_gauge(iqp_stream *s, const part_state *p, const char *name, double value) {
     char labels[300];
-    snprintf(labels, sizeof labels, "topic=\"%s\",partition=\"%d\"", s->topic_labels[p->topic],
-             (int)p->partition);
-    iqp_metrics_set(s->m, "iqp_consumer_lag", labels, lag);
+    if (!s->m) return;
+    part_labels(s, p, labels, sizeof labels);
+    if (value >= 0) iqp_metrics_set(s->m, name, labels, value);
+    else iqp_metrics_remove(s->m, name, labels);
+}
+
+static void set_lag(iqp_stream *s, const part_state *p, double lag) {
+    set_part_gauge(s, p, "iqp_consumer_lag", lag);
 }
 
 static void remove_part(iqp_stream *s, int topic, int32_t partition) {
     part_state *p = find_part(s, topic, partition);
     if (!p) return;
-    set_lag(s, p, 0);
+    set_part_gauge(s, p, "iqp_consumer_lag", -1);
+    set_part_gauge(s, p, "iqp_kafka_committed_offset", -1);
     *p = s->parts[--s->n_parts];
 }
 
@@ -280,6 +341,7 @@ static void commit_offsets(iqp_stream *s, int timeout_ms) {
          * the next owner would count that span a second time. */
         int64_t off = p->next_offset > p->restore_until ? p->next_offset : p->restore_until;
         rd_kafka_topic_partition_list_add(l, s->topics[p->topic], p->partition)->offset = off;
+        p->published = off;
         if (s->ckpt && iqp_checkpoints_put(s->ckpt, s->topics[p->topic], p->partition, off, err,
                                            sizeof err) < 0)
             count_commit_failure(s, "checkpoint", err);
@@ -287,6 +349,11 @@ static void commit_offsets(iqp_stream *s, int timeout_ms) {
     }
     if (s->ckpt && l->cnt > 0 && iqp_checkpoints_sync(s->ckpt, timeout_ms, err, sizeof err) < 0)
         count_commit_failure(s, "checkpoint", err);
+    for (int i = 0; i < l->cnt; i++) {
+        int t = topic_index(s, l->elems[i].topic);
+        part_state *p = t < 0 ? NULL : find_part(s, t, l->elems[i].partition);
+        if (p) set_part_gauge(s, p, "iqp_kafka_committed_offset", (double)l->elems[i].offset);
+    }
     if (l->cnt > 0) {
         rd_kafka_resp_err_t e = rd_kafka_commit(s->rk, l, 1);
         if (e) count_commit_failure(s, "offset commit", rd_kafka_err2str(e));
@@ -322,29 +389,148 @@ static void fail(iqp_stream *s, const char *what, const char *why) {
     if (s->m) iqp_metrics_set_part(s->m, "stream", 0, s->fatal_msg, 0);
 }
 
-/* Writes the micro-batch and its offsets, then publishes the offsets,
- * waiting up to publish_ms for the checkpoints. Returns 0, or -1 after
- * fail() (nothing more may be committed). */
-static int stream_flush(iqp_stream *s, int publish_ms) {
+/* ---- ownership (see "Zombie writes" at the top) ------------------------------ */
+
+typedef enum { OWNED, NOT_OWNED, OWNER_UNKNOWN } ownership;
+
+/* Answers that mean this member is not in the group's current generation:
+ * its partitions may be counted by another member already. */
+static int not_member(rd_kafka_resp_err_t e) {
+    return e == RD_KAFKA_RESP_ERR_UNKNOWN_MEMBER_ID || e == RD_KAFKA_RESP_ERR_ILLEGAL_GENERATION ||
+           e == RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID || e == RD_KAFKA_RESP_ERR__ASSIGNMENT_LOST ||
+           e == RD_KAFKA_RESP_ERR__FENCED;
+}
+
+static ownership ownership_of(rd_kafka_resp_err_t e) {
+    if (!e || e == RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS) return OWNED;
+    return not_member(e) ? NOT_OWNED : OWNER_UNKNOWN;
+}
+
+/* The first error of a commit answer: the request's, else a partition's. */
+static rd_kafka_resp_err_t commit_answer(rd_kafka_event_t *ev) {
+    rd_kafka_resp_err_t e = rd_kafka_event_error(ev);
+    const rd_kafka_topic_partition_list_t *l = rd_kafka_event_topic_partition_list(ev);
+    for (int i = 0; !e && l && i < l->cnt; i++) e = l->elems[i].err;
+    return e;
+}
+
+/* Asks the group coordinator whether this member still holds its
+ * generation, by committing the offsets it already published, and waits
+ * up to timeout_ms for the answer. */
+static ownership probe_ownership(iqp_stream *s, int timeout_ms) {
+    if (rd_kafka_assignment_lost(s->rk)) return NOT_OWNED;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)s->n_parts + 1);
+    for (size_t i = 0; i < s->n_parts; i++)
+        if (s->parts[i].published >= 0)
+            rd_kafka_topic_partition_list_add(l, s->topics[s->parts[i].topic], s->parts[i].partition)
+                ->offset = s->parts[i].published;
+    if (l->cnt == 0) { /* nothing consumed: nothing to write but markers of nothing */
+        rd_kafka_topic_partition_list_destroy(l);
+        return OWNED;
+    }
+    uintptr_t seq = ++s->probe_seq;
+    rd_kafka_resp_err_t e = rd_kafka_commit_queue(s->rk, l, s->probe_q, NULL, (void *)seq);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (e) return ownership_of(e);
+    for (int64_t deadline = iqp_mono_ms() + timeout_ms, left; (left = deadline - iqp_mono_ms()) > 0;) {
+        rd_kafka_event_t *ev = rd_kafka_queue_poll(s->probe_q, (int)left);
+        if (!ev) continue;
+        int mine = rd_kafka_event_type(ev) == RD_KAFKA_EVENT_OFFSET_COMMIT &&
+                   (uintptr_t)rd_kafka_event_opaque(ev) == seq;
+        if (mine) e = commit_answer(ev);
+        rd_kafka_event_destroy(ev); /* else the late answer of an older probe */
+        if (mine) {
+            if (ownership_of(e) != OWNED)
+                fprintf(stderr, "iqp stream: ownership probe: %s\n", rd_kafka_err2str(e));
+            return ownership_of(e);
+        }
+    }
+    return OWNER_UNKNOWN;
+}
+
+/* Reads every partition again from where the store stopped (after a
+ * dropped batch: if a partition is still ours its events count then). */
+static void rewind_partitions(iqp_stream *s) {
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)s->n_parts + 1);
+    for (size_t i = 0; i < s->n_parts; i++) {
+        part_state *p = &s->parts[i];
+        rd_kafka_topic_partition_list_add(l, s->topics[p->topic], p->partition)->offset = p->rewind;
+        p->next_offset = p->rewind >= 0 ? p->rewind : -1;
+        p->dirty = 0;
+    }
+    rd_kafka_error_t *e = l->cnt ? rd_kafka_seek_partitions(s->rk, l, 0) : NULL;
+    if (e) {
+        fprintf(stderr, "iqp stream: rewinding after a dropped batch: %s\n", rd_kafka_error_string(e));
+        rd_kafka_error_destroy(e);
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* Drops the unwritten micro-batch (counts, markers, offsets): its
+ * partitions may be another member's now, who counts those events. */
+static void drop_batch(iqp_stream *s, const char *reason) {
+    char labels[64];
+    size_t pending = iqp_aggregator_pending(s->agg);
+    uint64_t messages = s->batch_events;
+    iqp_aggregator_discard(s->agg);
+    s->n_batch_ts = 0;
+    s->batch_events = 0;
+    s->held = 0;
+    for (size_t i = 0; i < s->n_parts; i++) s->parts[i].dirty = 0;
+    if (!pending && !messages) return;
+    fprintf(stderr, "iqp stream: %s: dropping %zu unwritten events (%llu messages); the partitions' "
+                    "owner counts them\n", strcmp(reason, "assignment_lost") == 0 ?
+                    "partitions lost (session timed out)" : "not a member of the group's generation",
+            pending, (unsigned long long)messages);
+    if (!s->m) return;
+    snprintf(labels, sizeof labels, "reason=\"%s\"", reason);
+    iqp_metrics_add(s->m, "iqp_batches_dropped_total", labels, 1);
+}
+
+/* ---- flushing, continued ---------------------------------------------------- */
+
+typedef enum { FLUSH_DONE, FLUSH_DROPPED, FLUSH_HELD, FLUSH_FAILED } flush_result;
+
+/* Writes the micro-batch and its offsets when this member still owns its
+ * partitions (probe_ownership), then publishes the offsets, waiting up to
+ * publish_ms for the checkpoints. FLUSH_DROPPED: not the owner, nothing
+ * written, partitions rewound; FLUSH_HELD: no answer, nothing written, the
+ * batch kept for the next try; FLUSH_FAILED after fail() (nothing more may
+ * be committed). */
+static flush_result stream_flush(iqp_stream *s, int publish_ms) {
     char err[512];
     int dirty = 0;
-    if (s->fatal) return -1;
+    if (s->fatal) return FLUSH_FAILED;
     for (size_t i = 0; i < s->n_parts; i++) dirty |= s->parts[i].dirty;
     s->last_flush_ms = iqp_mono_ms();
-    if (!dirty && iqp_aggregator_pending(s->agg) == 0) return 0;
+    if (!dirty && iqp_aggregator_pending(s->agg) == 0) return FLUSH_DONE;
+    switch (probe_ownership(s, s->closing ? CLOSE_PROBE_MS : PROBE_MS)) {
+    case NOT_OWNED:
+        drop_batch(s, "not_member");
+        rewind_partitions(s);
+        return FLUSH_DROPPED;
+    case OWNER_UNKNOWN:
+        if (!s->held) fprintf(stderr, "iqp stream: the group coordinator did not confirm this member; "
+                                      "the batch waits (nothing written)\n");
+        s->held = 1;
+        return FLUSH_HELD;
+    case OWNED: s->held = 0; break;
+    }
     if (iqp_deadletter_flush(s->dl, s->closing ? DL_CLOSE_TIMEOUT_MS : DL_FLUSH_TIMEOUT_MS, err,
                              sizeof err) < 0)
-        return fail(s, "dead-letter sink", err), -1;
+        return fail(s, "dead-letter sink", err), FLUSH_FAILED;
     stage_offsets(s);
     int64_t t0 = iqp_mono_ms();
     if (iqp_aggregator_flush(s->agg, err, sizeof err) < 0)
-        return fail(s, "store write", err), -1;
+        return fail(s, "store write", err), FLUSH_FAILED;
+    for (size_t i = 0; i < s->n_parts; i++)
+        if (s->parts[i].dirty) s->parts[i].rewind = s->parts[i].next_offset;
     int64_t t1 = iqp_mono_ms();
     record_latencies(s, iqp_wall_ms());
     observe_flush(s, t0, t1);
     s->batch_events = 0;
     commit_offsets(s, publish_ms);
-    return 0;
+    return FLUSH_DONE;
 }
 
 /* ---- rebalance ----------------------------------------------------------- */
@@ -401,6 +587,9 @@ static int plan_assignment(iqp_stream *s, rd_kafka_topic_partition_list_t *parts
         } else {
             tp->offset = mine >= 0 ? mine : s->new_start;
         }
+        p->published = mine > group ? mine : group;
+        p->rewind = tp->offset;
+        if (p->published >= 0) set_part_gauge(s, p, "iqp_kafka_committed_offset", (double)p->published);
     }
     free(published);
     return 0;
@@ -409,16 +598,16 @@ static int plan_assignment(iqp_stream *s, rd_kafka_topic_partition_list_t *parts
 static void on_revoke(iqp_stream *s, rd_kafka_topic_partition_list_t *parts) {
     /* A lost assignment (session timed out) is already someone else's, who
      * starts from the published offsets: the unwritten micro-batch is
-     * dropped, not written, or its events would count in both stores. */
+     * dropped, not written, or its events would count in both stores. A
+     * batch the coordinator did not let us write (not a member, or no
+     * answer) cannot wait either: its partitions are leaving. The
+     * partitions that stay (cooperative protocol) are read again. */
     if (rd_kafka_assignment_lost(s->rk)) {
-        fprintf(stderr, "iqp stream: partitions lost (session timed out); dropping %zu unwritten "
-                        "events, their new owner counts them\n", iqp_aggregator_pending(s->agg));
-        iqp_aggregator_discard(s->agg);
-        s->n_batch_ts = 0;
-        s->batch_events = 0;
-        for (size_t i = 0; i < s->n_parts; i++) s->parts[i].dirty = 0;
-    } else {
-        stream_flush(s, s->closing ? CLOSE_PUBLISH_MS : PUBLISH_MS);
+        drop_batch(s, "assignment_lost");
+        rewind_partitions(s);
+    } else if (stream_flush(s, s->closing ? CLOSE_PUBLISH_MS : PUBLISH_MS) == FLUSH_HELD) {
+        drop_batch(s, "not_member");
+        rewind_partitions(s);
     }
     for (int i = 0; i < parts->cnt; i++) {
         int t = topic_index(s, parts->elems[i].topic);
@@ -656,6 +845,7 @@ static int handle_message(iqp_stream *s, const rd_kafka_message_t *msg) {
         rc = aggregate(s, topic, msg, &ev, restoring);
         iqp_event_clear(&ev);
     }
+    if (p->published < 0) p->published = msg->offset; /* a new owner would start here */
     p->next_offset = msg->offset + 1;
     p->dirty = 1;
     return rc;
@@ -823,6 +1013,7 @@ iqp_stream *iqp_stream_new(iqp_store *st, const iqp_stream_options *o, char *err
     declare_metrics(s->m);
     s->agg = iqp_aggregator_new(st);
     s->rk = create_consumer(s, o, err, errlen);
+    if (s->rk) s->probe_q = rd_kafka_queue_new(s->rk);
     if (!s->rk || subscribe(s, err, errlen) < 0) {
         iqp_stream_free(s);
         return NULL;
@@ -899,6 +1090,7 @@ void iqp_stream_free(iqp_stream *s) {
     if (!s) return;
     if (s->rk) {
         if (!s->fatal) close_consumer(s);
+        if (s->probe_q) rd_kafka_queue_destroy(s->probe_q);
         rd_kafka_destroy(s->rk);
     }
     iqp_aggregator_free(s->agg);

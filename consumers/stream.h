@@ -28,7 +28,11 @@
  *     with skip_lost_offsets, skips to the earliest kept offset), always
  *     counted in iqp_kafka_offset_resets_total and logged with the range;
  *   - dead letters are made durable (iqp_deadletter_flush) before the
- *     offsets that produced them are written.
+ *     offsets that produced them are written;
+ *   - a batch is written only after the group coordinator confirmed that
+ *     this member still holds its generation (an ownership probe, see
+ *     stream.c "Zombie writes"); otherwise it is dropped unwritten, never
+ *     counted in a store whose partitions another member has taken.
  */
 #ifndef IQP_STREAM_H
 #define IQP_STREAM_H

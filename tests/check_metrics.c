@@ -252,6 +252,31 @@ START_TEST(updates_to_undeclared_or_mistyped_families_are_ignored) {
 }
 END_TEST
 
+/* A removed series is no longer rendered; its siblings and family stay. */
+START_TEST(removed_series_are_not_rendered) {
+    iqp_metrics *m = iqp_metrics_new();
+    ck_assert_int_eq(iqp_metrics_declare(m, "lag", IQP_METRIC_GAUGE, "h", NULL, 0), 0);
+    ck_assert_int_eq(iqp_metrics_declare(m, "h", IQP_METRIC_HISTOGRAM, "h", flush_bounds, 3), 0);
+    iqp_metrics_set(m, "lag", "partition=\"0\"", 7);
+    iqp_metrics_set(m, "lag", "partition=\"1\"", 9);
+    iqp_metrics_observe(m, "h", "", 0.5);
+    iqp_metrics_remove(m, "lag", "partition=\"0\"");
+    iqp_metrics_remove(m, "lag", "partition=\"5\""); /* absent: ignored */
+    iqp_metrics_remove(m, "nope", "");
+    iqp_metrics_remove(m, "h", "");
+    char *text = iqp_metrics_render(m);
+    ck_assert_ptr_null(strstr(text, "lag{partition=\"0\"}"));
+    ck_assert_ptr_nonnull(strstr(text, "\nlag{partition=\"1\"} 9\n"));
+    ck_assert_ptr_null(strstr(text, "h_count"));
+    ck_assert_ptr_nonnull(strstr(text, "# TYPE h histogram"));
+    ck_assert(iqp_metrics_value(m, "lag", "partition=\"0\"") == 0);
+    iqp_metrics_set(m, "lag", "partition=\"0\"", 3); /* comes back when set again */
+    ck_assert(iqp_metrics_value(m, "lag", "partition=\"0\"") == 3);
+    free(text);
+    iqp_metrics_free(m);
+}
+END_TEST
+
 /* ---- label values -------------------------------------------------------------- */
 
 START_TEST(label_values_are_escaped_and_truncated_whole) {
@@ -808,6 +833,7 @@ int main(void) {
     tcase_add_test(reg, help_text_is_escaped);
     tcase_add_test(reg, declare_rejects_bad_names_duplicates_and_bounds);
     tcase_add_test(reg, updates_to_undeclared_or_mistyped_families_are_ignored);
+    tcase_add_test(reg, removed_series_are_not_rendered);
     tcase_add_test(reg, label_values_are_escaped_and_truncated_whole);
     tcase_add_test(reg, two_writer_threads_count_exactly);
     tcase_add_test(reg, health_parts_combine_and_go_stale);

@@ -499,6 +499,26 @@ static double metric_sum(const char *text, const char *name, const char *const *
 }
 
 
+/* Reads the per-partition series of family name (labels topic="imp" or
+ * "act", partition="N") into v[topic][partition]; returns how many. */
+static int partition_series(const char *text, const char *name, int64_t v[2][8]) {
+    int n = 0;
+    size_t nlen = strlen(name);
+    memset(v, 0, sizeof(int64_t[2][8]));
+    for (const char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+        char topic[8];
+        int part;
+        long long val;
+        if (strncmp(l, name, nlen) != 0 || l[nlen] != '{') continue;
+        if (sscanf(l + nlen, "{topic=\"%3[a-z]\",partition=\"%d\"} %lld", topic, &part, &val) != 3) continue;
+        int t = strcmp(topic, "imp") == 0 ? 0 : strcmp(topic, "act") == 0 ? 1 : -1;
+        ck_assert_msg(t >= 0 && part >= 0 && part < 8, "unexpected series of %s", name);
+        v[t][part] = val;
+        n++;
+    }
+    return n;
+}
+
 static char *fetch_metrics(int port) {
     char *out = tu_try_fetch_metrics(port);
     ck_assert_msg(out != NULL, "GET /metrics on port %d failed", port);
@@ -651,9 +671,31 @@ START_TEST(stream_counts_exactly_with_dead_letters) {
     start_stream(0, 1);
     wait_caught_up(1);
     /* the lag gauges are set by the loop's periodic update: wait for one */
-    char *m = wait_metrics_with(0, "iqp_consumer_lag{topic=\"imp\",partition=\"");
+    free(wait_metrics_with(0, "iqp_consumer_lag{topic=\"imp\",partition=\""));
+    /* per partition: the published offsets reach the end of each topic
+     * (right after the store write that wait_caught_up saw) */
+    char *m = NULL;
+    int64_t published[2][8], lag[2][8], stored[2][8] = {{0}};
+    for (int64_t t0 = mono_ms();; usleep(200000)) {
+        free(m);
+        m = fetch_metrics(streams[0].metrics_port);
+        partition_series(m, "iqp_kafka_committed_offset", published);
+        int64_t sum[2] = {0, 0};
+        for (int p = 0; p < 8; p++) sum[0] += published[0][p], sum[1] += published[1][p];
+        if ((uint64_t)sum[0] == expected_msgs[0] && (uint64_t)sum[1] == expected_msgs[1]) break;
+        ck_assert_msg(mono_ms() - t0 < wait_limit_ms(30000), "published offsets sum to %" PRId64 "/%" PRId64
+                      ", produced %" PRIu64 "/%" PRIu64, sum[0], sum[1], expected_msgs[0], expected_msgs[1]);
+    }
+    ck_assert_int_eq(partition_series(m, "iqp_kafka_committed_offset", published), 16);
+    ck_assert_int_eq(partition_series(m, "iqp_consumer_lag", lag), 16);
     stop_stream(0);
     compare_with_oracle(1);
+    /* iqp stats shows the same offsets per partition as the metrics */
+    read_offsets(streams[0].store, stored);
+    for (int t = 0; t < 2; t++)
+        for (int p = 0; p < 8; p++)
+            ck_assert_msg(stored[t][p] == published[t][p], "%s/%d: iqp stats %" PRId64 ", metric %" PRId64,
+                          t ? "act" : "imp", p, stored[t][p], published[t][p]);
 
     /* every rejected line is in the dead-letter topic once, with its code */
     size_t n_invalid = oracle_n_invalid(orc);
@@ -704,26 +746,136 @@ START_TEST(stream_survives_kill_9) {
 }
 END_TEST
 
+/* ---- a group of two ------------------------------------------------------------------ */
+
+static const char *const no_labels[] = {NULL};
+static const char *const counted_events[] = {"outcome=\"counted\"", NULL};
+
+/* A producer rate (lines/s) that spreads the traffic over about seconds:
+ * the group scenarios need events flowing while their steps happen, with
+ * the full traffic and with the smaller sanitized one alike. */
+static int rate_over(int seconds) {
+    uint64_t total = expected_msgs[0] + expected_msgs[1];
+    return total / (uint64_t)seconds > 0 ? (int)(total / (uint64_t)seconds) : 1;
+}
+
+/* One metric of instance i, summed over its series (see metric_sum). */
+static double instance_metric(int i, const char *name, const char *const *must) {
+    char *m = fetch_metrics(streams[i].metrics_port);
+    double v = metric_sum(m, name, must);
+    free(m);
+    return v;
+}
+
+/* Waits (bounded) until the two instances together own every partition
+ * (8 of each topic) and the split no longer changes: a rebalance is over. */
+static void wait_group_settled(void) {
+    for (int64_t t0 = mono_ms(); mono_ms() - t0 < wait_limit_ms(60000);) {
+        double a = instance_metric(0, "iqp_assigned_partitions", no_labels);
+        double b = instance_metric(1, "iqp_assigned_partitions", no_labels);
+        if (a > 0 && b > 0 && a + b == 16) return;
+        usleep(250000);
+    }
+    ck_abort_msg("the group of two did not settle on 16 partitions");
+}
+
+/* Waits (bounded) until instance i has published a flush after this call
+ * (its iqp_kafka_committed_offset went up) and counted events after that,
+ * so it holds an unwritten batch; with a long --flush-ms its next store
+ * write is then seconds away. Returns when both hold. */
+static void wait_published_then_counting(int i) {
+    double published = instance_metric(i, "iqp_kafka_committed_offset", no_labels), counted = 0;
+    int64_t t0 = mono_ms();
+    for (;;) {
+        ck_assert_msg(mono_ms() - t0 < wait_limit_ms(60000), "instance %d published nothing new", i);
+        double now = instance_metric(i, "iqp_kafka_committed_offset", no_labels);
+        if (now > published) break;
+        usleep(50000);
+    }
+    counted = instance_metric(i, "iqp_events_total", counted_events);
+    while (instance_metric(i, "iqp_events_total", counted_events) <= counted) {
+        ck_assert_msg(mono_ms() - t0 < wait_limit_ms(60000), "instance %d counted nothing new", i);
+        usleep(20000);
+    }
+}
+
+/* Waits (bounded) until instance i counted events while no rebalance
+ * began (iqp_rebalances_total rises as a rebalance callback starts): with
+ * a long --flush-ms it then holds an unwritten batch and is not writing. */
+static void wait_counting_between_rebalances(int i) {
+    static const char *const none[] = {NULL};
+    for (int64_t t0 = mono_ms(); mono_ms() - t0 < wait_limit_ms(60000);) {
+        double rebalances = instance_metric(i, "iqp_rebalances_total", none);
+        double counted = instance_metric(i, "iqp_events_total", counted_events);
+        usleep(100000);
+        if (instance_metric(i, "iqp_events_total", counted_events) > counted &&
+            instance_metric(i, "iqp_rebalances_total", none) == rebalances)
+            return;
+    }
+    ck_abort_msg("instance %d counted nothing between rebalances", i);
+}
+
+/* Waits (bounded) until instance i owns all 16 partitions. */
+static void wait_owns_all(int i) {
+    for (int64_t t0 = mono_ms(); mono_ms() - t0 < wait_limit_ms(60000); usleep(250000))
+        if (instance_metric(i, "iqp_assigned_partitions", no_labels) == 16) return;
+    ck_abort_msg("instance %d did not take over every partition", i);
+}
+
 /* Two instances in one group: the second joins mid-stream, then the first
- * is killed with kill -9 and its partitions move to the second, which
- * restores their dedup markers; later the first comes back with its store
- * and takes partitions back (restoring from its own offsets). The stores
- * are summed. fetch_metrics fails the test if an endpoint does not answer
- * 200, so waiting on it is bounded. */
+ * is killed with kill -9 while it holds an unwritten batch, and its
+ * partitions move to the second, which restores their dedup markers;
+ * later the first comes back with its store and takes partitions back
+ * (restoring from its own offsets). The stores are summed: exact.
+ *
+ * Deterministic: instance 0 flushes every 30 s, so its only store writes
+ * are at rebalances (flush before release); the kill comes once the group
+ * settled and instance 0 counted more with no rebalance begun. A kill
+ * between a store write and its checkpoint reaching the broker (README
+ * "Kafka: exactly once", "the one gap") would count that batch in both
+ * stores; under load that window grew to 0.3-2.3 s against a 200 ms flush
+ * interval, the likely cause of this test over-counting in 2 of ~8 loaded
+ * runs when it killed at a fixed 1.5 s. fetch_metrics fails the test if
+ * an endpoint does not answer 200, so waiting on it is bounded. */
 START_TEST(stream_rebalances_between_two_instances) {
     static const char *const restored[] = {"outcome=\"restored\"", NULL};
-    produce(2500, 0);
+    stream_extra_arg = "--flush-ms=30000";
     start_stream(0, 0);
+    stream_extra_arg = NULL;
     free(wait_assigned(0));
+    produce(rate_over(30), 0);
+    for (int64_t t0 = mono_ms(); instance_metric(0, "iqp_events_total", counted_events) == 0; usleep(100000))
+        ck_assert_msg(mono_ms() - t0 < wait_limit_ms(30000), "instance 0 counted nothing");
     start_stream(1, 0);
     free(wait_assigned(1));
-    usleep(1500000);
+    wait_group_settled();
+    wait_counting_between_rebalances(0);
     kill_stream(0);
     wait_producer();
     wait_caught_up(2);
     start_stream(0, 0);
     free(wait_assigned(0));
     wait_caught_up(2);
+    /* per-partition series follow the assignment: each instance shows its
+     * own partitions (committed offset and lag) and no released one */
+    int owned[2] = {0, 0}, offsets[2] = {0, 0}, lags[2] = {0, 0};
+    for (int64_t t0 = mono_ms(); mono_ms() - t0 < wait_limit_ms(30000); usleep(200000)) {
+        for (int i = 0; i < 2; i++) {
+            int64_t v[2][8];
+            char *m = fetch_metrics(streams[i].metrics_port);
+            owned[i] = (int)metric_sum(m, "iqp_assigned_partitions", no_labels);
+            offsets[i] = partition_series(m, "iqp_kafka_committed_offset", v);
+            lags[i] = partition_series(m, "iqp_consumer_lag", v);
+            free(m);
+        }
+        if (owned[0] + owned[1] == 16 && owned[0] > 0 && offsets[0] == owned[0] && offsets[1] == owned[1] &&
+            lags[0] == owned[0] && lags[1] == owned[1])
+            break;
+    }
+    for (int i = 0; i < 2; i++)
+        ck_assert_msg(offsets[i] == owned[i] && lags[i] == owned[i] && owned[0] + owned[1] == 16,
+                      "instance %d owns %d partitions, shows %d committed offsets and %d lags", i, owned[i],
+                      offsets[i], lags[i]);
     char *m1 = fetch_metrics(streams[1].metrics_port);
     stop_stream(0);
     stop_stream(1);
@@ -731,6 +883,65 @@ START_TEST(stream_rebalances_between_two_instances) {
                   "instance 1 restored no markers of partitions instance 0 had counted");
     free(m1);
     compare_with_oracle(2);
+}
+END_TEST
+
+/* A stalled instance (SIGSTOP past session.timeout.ms) loses its
+ * partitions to the other; when it resumes its flush is overdue (4 s
+ * interval, stalled longer), and it must drop the batch it holds rather
+ * than write it: the other instance has counted those events from the
+ * published offsets (stream.c, "Zombie writes"). Without the ownership
+ * probe the resumed instance wrote the batch and the sum over-counted.
+ * Deterministic: the stop comes right after instance 0 published a flush
+ * and counted more, seconds before its next store write. */
+START_TEST(stream_stalled_instance_drops_its_batch) {
+    static const char *const dropped[] = {NULL};
+    stream_extra_arg = "--flush-ms=4000";
+    start_stream(0, 0);
+    stream_extra_arg = NULL;
+    free(wait_assigned(0));
+    start_stream(1, 0);
+    free(wait_assigned(1));
+    wait_group_settled();
+    produce(rate_over(20), 0);
+    wait_published_then_counting(0);
+    ck_assert_int_eq(kill(streams[0].pid, SIGSTOP), 0);
+    wait_owns_all(1); /* session.timeout.ms is 6 s */
+    ck_assert_int_eq(kill(streams[0].pid, SIGCONT), 0);
+    double drops = 0;
+    for (int64_t t0 = mono_ms(); drops == 0 && mono_ms() - t0 < wait_limit_ms(30000); usleep(100000))
+        drops = instance_metric(0, "iqp_batches_dropped_total", dropped);
+    ck_assert_msg(drops > 0, "the resumed instance dropped no batch (log %s)", streams[0].log);
+    wait_producer();
+    wait_caught_up(2);
+    stop_stream(0);
+    stop_stream(1);
+    compare_with_oracle(2);
+}
+END_TEST
+
+/* The coordinator refuses this member (UNKNOWN_MEMBER_ID, as for a member
+ * it dropped) when the instance asks before a store write: the batch is
+ * dropped unwritten and its partitions read again, so nothing is lost and
+ * nothing counted twice. One instance, flushing every 200 ms under
+ * traffic; the devbroker refuses the next 3 offset commits. */
+START_TEST(stream_refused_member_drops_and_rereads) {
+    static const char *const none[] = {NULL};
+    start_stream(0, 0);
+    free(wait_assigned(0));
+    produce(rate_over(15), 0);
+    for (int64_t t0 = mono_ms(); instance_metric(0, "iqp_events_total", counted_events) == 0; usleep(100000))
+        ck_assert_msg(mono_ms() - t0 < wait_limit_ms(30000), "instance 0 counted nothing");
+    ck_assert_str_eq(tu_broker_command(&broker, "refuse-commits 3"), "ok refuse-commits 3");
+    double drops = 0;
+    for (int64_t t0 = mono_ms(); drops == 0 && mono_ms() - t0 < wait_limit_ms(30000); usleep(100000))
+        drops = instance_metric(0, "iqp_batches_dropped_total", none);
+    ck_assert_msg(drops > 0, "no batch dropped after the coordinator refused the member (log %s)",
+                  streams[0].log);
+    wait_producer();
+    wait_caught_up(1);
+    stop_stream(0);
+    compare_with_oracle(1);
 }
 END_TEST
 
@@ -1112,10 +1323,17 @@ int main(void) {
     tcase_add_test(tc, stream_rejects_bad_usage);
     tcase_add_test(tc, stream_counts_exactly_with_dead_letters);
     tcase_add_test(tc, stream_survives_kill_9);
-    tcase_add_test(tc, stream_rebalances_between_two_instances);
     tcase_add_test(tc, stream_recovers_from_broker_outage);
     tcase_add_test(tc, stream_stops_gracefully_and_resumes);
     suite_add_tcase(s, tc);
+    /* a consumer group of two instances; run alone with CK_RUN_CASE=group */
+    TCase *grp = tcase_create("group");
+    tcase_set_timeout(grp, 300);
+    tcase_add_checked_fixture(grp, test_setup, test_teardown);
+    tcase_add_test(grp, stream_rebalances_between_two_instances);
+    tcase_add_test(grp, stream_stalled_instance_drops_its_batch);
+    tcase_add_test(grp, stream_refused_member_drops_and_rereads);
+    suite_add_tcase(s, grp);
     /* publishing to Redis; run alone with CK_RUN_CASE=redis */
     TCase *rc = tcase_create("redis");
     tcase_set_timeout(rc, 300);
