@@ -230,19 +230,7 @@ static void require_setup(void) { ck_assert_msg(setup_error == NULL, "%s", setup
 /* ---- lookups ------------------------------------------------------------------------------ */
 
 static char *lookup_cmd(const char *source, const context *c) {
-    char *q = tu_shell_quote(c->query), *items = strdup(""), *next;
-    for (size_t i = 0; i < c->n_items; i++) {
-        char *item = tu_shell_quote(c->items[i]);
-        next = tu_fmt("%s %s", items, item);
-        free(item);
-        free(items);
-        items = next;
-    }
-    char *cmd = tu_fmt("'%s' lookup %s --query %s --country %s --gender female --%s", tu_iqp(), source, q,
-                       c->country, items);
-    free(items);
-    free(q);
-    return cmd;
+    return tu_lookup_cmd(source, c->query, c->country, "female", (const char *const *)c->items, c->n_items);
 }
 
 /* `iqp lookup --redis <cluster>` equals `iqp lookup --store --as-of` of

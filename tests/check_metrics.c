@@ -653,14 +653,8 @@ END_TEST
 
 /* ---- slow clients ------------------------------------------------------------ */
 
-/* Bounds of the waits below, stretched when the binaries are slow
- * (ops/test --sanitize sets CK_TIMEOUT_MULTIPLIER). They only guard
- * against a hang; what is asserted is the outcome. */
-static int wait_limit_ms(int base_ms) {
-    const char *m = getenv("CK_TIMEOUT_MULTIPLIER");
-    int k = m ? atoi(m) : 1;
-    return base_ms * (k >= 1 && k <= 20 ? k : 1);
-}
+/* The waits below are bounded by tu_wait_limit_ms (stretched for slow
+ * binaries); they only guard against a hang. */
 
 static double now_ms(void) {
     struct timespec ts;
@@ -737,7 +731,7 @@ START_TEST(healthz_answers_while_256_slow_clients_are_connected) {
     fprintf(stderr, "metrics: %d of %d slow clients connected; 20 /healthz, slowest %.1f ms\n", open,
             SLOW, worst);
     ck_assert_int_eq(open, SLOW);
-    ck_assert_msg(worst < wait_limit_ms(2000), "a /healthz took %.0f ms", worst);
+    ck_assert_msg(worst < tu_wait_limit_ms(2000), "a /healthz took %.0f ms", worst);
     for (int i = 0; i < SLOW; i++) close(fds[i]);
     iqp_metrics_server_stop(s);
     iqp_metrics_free(m);
@@ -752,7 +746,7 @@ START_TEST(idle_connections_are_closed_after_the_timeout) {
     ck_assert_ptr_nonnull(s);
     int fds[4];
     open_slow_clients(fds, 4, 1, iqp_metrics_server_port(s));
-    int bound = wait_limit_ms((IQP_METRICS_IDLE_TIMEOUT_S + 5) * 1000);
+    int bound = tu_wait_limit_ms((IQP_METRICS_IDLE_TIMEOUT_S + 5) * 1000);
     double t0 = now_ms();
     for (int i = 0; i < 4; i++) {
         int left = bound - (int)(now_ms() - t0);
@@ -785,7 +779,7 @@ START_TEST(one_address_cannot_take_every_connection) {
      * 127.0.0.1 made after them is answered, all n were accepted */
     timed_healthz(port);
     fds[n] = connect_from(2, port);
-    ck_assert_msg(closed_within(fds[n], wait_limit_ms(5000)),
+    ck_assert_msg(closed_within(fds[n], tu_wait_limit_ms(5000)),
                   "connection %d from 127.0.0.2 kept open (per-IP limit %u)", n + 1, per_ip);
     timed_healthz(port);
     int open = 0;

@@ -46,11 +46,6 @@ static char *tmp;
 static tu_broker broker;
 static pid_t child;
 
-static int wait_limit_ms(int base_ms) {
-    const char *m = getenv("CK_TIMEOUT_MULTIPLIER");
-    int k = m ? atoi(m) : 1;
-    return base_ms * (k >= 1 && k <= 20 ? k : 1);
-}
 
 static void setup_broker(void) {
     static const char *const args[] = {"--brokers", "1", "--partitions", "2", "--topics",
@@ -126,21 +121,21 @@ START_TEST(stream_notifies_systemd) {
     int fd = bind_notify_socket(sock);
     child = spawn_env(argv, env, log);
 #ifdef IQP_HAVE_SYSTEMD
-    ck_assert_msg(wait_for_state(fd, "READY=1", seen, sizeof seen, wait_limit_ms(30000)),
+    ck_assert_msg(wait_for_state(fd, "READY=1", seen, sizeof seen, tu_wait_limit_ms(30000)),
                   "no READY=1 (got '%s', log %s)", seen, log);
     /* WatchdogSec=300ms: a ping at least every 100 ms; wait for three. */
     for (int i = 0; i < 3; i++)
-        ck_assert_msg(wait_for_state(fd, "WATCHDOG=1", seen, sizeof seen, wait_limit_ms(2000)),
+        ck_assert_msg(wait_for_state(fd, "WATCHDOG=1", seen, sizeof seen, tu_wait_limit_ms(2000)),
                       "watchdog ping %d missing (got '%s')", i, seen);
     ck_assert_int_eq(kill(child, SIGTERM), 0);
-    ck_assert_msg(wait_for_state(fd, "STOPPING=1", seen, sizeof seen, wait_limit_ms(10000)),
+    ck_assert_msg(wait_for_state(fd, "STOPPING=1", seen, sizeof seen, tu_wait_limit_ms(10000)),
                   "no STOPPING=1 (got '%s')", seen);
 #else
     /* The no-op build: nothing is ever sent, and the stream runs as usual. */
     ck_assert_msg(!wait_for_state(fd, "READY=1", seen, sizeof seen, 2000), "got '%s'", seen);
     ck_assert_int_eq(kill(child, SIGTERM), 0);
 #endif
-    int rc = tu_stop_pid(child, 0, wait_limit_ms(15000)); /* 0: wait only (SIGTERM sent) */
+    int rc = tu_stop_pid(child, 0, tu_wait_limit_ms(15000)); /* 0: wait only (SIGTERM sent) */
     child = 0;
     ck_assert_msg(rc == 0, "iqp stream exited %d (log %s)", rc, log);
     close(fd);
@@ -419,7 +414,7 @@ START_TEST(rules_and_dashboard_use_exported_metrics) {
                                 "--checkpoint-topic", "off", "--redis", url, NULL};
     child = spawn_env(argv, NULL, log);
     char *metrics = NULL;
-    int64_t deadline = iqp_mono_ms() + wait_limit_ms(30000);
+    int64_t deadline = iqp_mono_ms() + tu_wait_limit_ms(30000);
     while (iqp_mono_ms() < deadline) {
         free(metrics);
         metrics = tu_try_fetch_metrics(metrics_port);
@@ -438,7 +433,7 @@ START_TEST(rules_and_dashboard_use_exported_metrics) {
     /* and enough of them that the scan cannot pass by finding nothing */
     ck_assert_int_ge(check_names(rules_path, rules, metrics, rules), 20);
     ck_assert_int_ge(check_names(dash_path, dash, metrics, rules), 25);
-    ck_assert_int_eq(tu_stop_pid(child, SIGTERM, wait_limit_ms(15000)), 0);
+    ck_assert_int_eq(tu_stop_pid(child, SIGTERM, tu_wait_limit_ms(15000)), 0);
     child = 0;
     tu_stop_pid(redis, SIGTERM, 5000);
     free(rlog), free(log), free(store), free(dl), free(url), free(listen), free(metrics);
@@ -480,7 +475,7 @@ START_TEST(stream_logs_json) {
                                 "--checkpoint-topic", "off", "--property", "debug=cgrp", NULL};
     int lines = 0;
     child = spawn_env(argv, NULL, log);
-    int64_t deadline = iqp_mono_ms() + wait_limit_ms(20000);
+    int64_t deadline = iqp_mono_ms() + tu_wait_limit_ms(20000);
     for (;;) {
         char *text = tu_read_file(log, NULL);
         int joined = text && strstr(text, "\"source\":\"librdkafka\"") && strstr(text, "metrics on port");
@@ -488,7 +483,7 @@ START_TEST(stream_logs_json) {
         if (joined || iqp_mono_ms() > deadline) break;
         usleep(100000);
     }
-    ck_assert_int_eq(tu_stop_pid(child, SIGTERM, wait_limit_ms(15000)), 0);
+    ck_assert_int_eq(tu_stop_pid(child, SIGTERM, tu_wait_limit_ms(15000)), 0);
     child = 0;
     ck_assert_int_eq(json_log_lines(log, "info", "metrics on port", &lines), 1);
     ck_assert_int_eq(json_log_lines(log, "info", "0 messages: 0 counted", &lines), 1);
@@ -578,7 +573,7 @@ static long long offsets_sum(const char *store) {
 }
 
 static int wait_offsets(const char *store, long long want, int ms) {
-    int64_t deadline = iqp_mono_ms() + wait_limit_ms(ms);
+    int64_t deadline = iqp_mono_ms() + tu_wait_limit_ms(ms);
     while (iqp_mono_ms() < deadline) {
         if (offsets_sum(store) == want) return 1;
         usleep(200000);
@@ -613,7 +608,7 @@ START_TEST(backup_beside_running_stream) {
     ck_assert_msg(wait_offsets(a, 1, 30000), "the stream counted nothing (log %s)", log1);
     const char *const produce[] = {"iqp", "produce", "--brokers", broker.bootstrap, "--rate", "1000", rest, NULL};
     pid_t producer = spawn_env(produce, NULL, log1);
-    int64_t deadline = iqp_mono_ms() + wait_limit_ms(30000);
+    int64_t deadline = iqp_mono_ms() + tu_wait_limit_ms(30000);
     while (offsets_sum(a) <= 1 && iqp_mono_ms() < deadline) usleep(50000);
     ck_assert_int_eq(run_quiet("'%s' backup --store '%s' --to '%s'", tu_iqp(), a, b), 0);
     long long at_backup = offsets_sum(b);
@@ -621,15 +616,15 @@ START_TEST(backup_beside_running_stream) {
                   total);
     /* a running writer's store is not replaced */
     ck_assert_int_eq(run_quiet("'%s' restore --from '%s' --store '%s' --force", tu_iqp(), b, a), 1);
-    ck_assert_int_eq(tu_stop_pid(producer, 0, wait_limit_ms(60000)), 0);
+    ck_assert_int_eq(tu_stop_pid(producer, 0, tu_wait_limit_ms(60000)), 0);
     ck_assert_msg(wait_offsets(a, total, 60000), "store A stopped at %lld of %lld messages", offsets_sum(a), total);
-    ck_assert_int_eq(tu_stop_pid(child, SIGTERM, wait_limit_ms(15000)), 0);
+    ck_assert_int_eq(tu_stop_pid(child, SIGTERM, tu_wait_limit_ms(15000)), 0);
     child = 0;
     /* the backup, restored and streamed on under a new group, ends where A ends */
     ck_assert_int_eq(run_quiet("'%s' restore --from '%s' --store '%s'", tu_iqp(), b, c), 0);
     child = start_stream(c, "g2", log2);
     ck_assert_msg(wait_offsets(c, total, 60000), "store C stopped at %lld of %lld messages", offsets_sum(c), total);
-    ck_assert_int_eq(tu_stop_pid(child, SIGTERM, wait_limit_ms(15000)), 0);
+    ck_assert_int_eq(tu_stop_pid(child, SIGTERM, tu_wait_limit_ms(15000)), 0);
     child = 0;
     fprintf(stderr, "backup beside the stream: taken at %lld of %lld messages\n", at_backup, total);
     char *da = dump(a), *dc = dump(c);

@@ -696,19 +696,7 @@ START_TEST(huge_value_in_redis_is_refused) {
 END_TEST
 
 static char *lookup_cmd(const char *source, const context *c) {
-    char *q = tu_shell_quote(c->query), *items = tu_fmt("%s", ""), *next;
-    for (size_t i = 0; i < c->n_items; i++) {
-        char *item = tu_shell_quote(c->items[i]);
-        next = tu_fmt("%s %s", items, item);
-        free(item);
-        free(items);
-        items = next;
-    }
-    char *cmd = tu_fmt("'%s' lookup %s --query %s --country %s --gender %s --%s", tu_iqp(), source, q,
-                       c->country, c->gender, items);
-    free(items);
-    free(q);
-    return cmd;
+    return tu_lookup_cmd(source, c->query, c->country, c->gender, c->items, c->n_items);
 }
 
 START_TEST(lookup_redis_equals_lookup_store) {
@@ -1100,9 +1088,8 @@ static int wait_pointer_gone(int db, int max_ms) {
  * sanitizer build stretches it like Check's timeouts), short enough to
  * wait for. */
 static int ttl_seconds(void) {
-    const char *m = getenv("CK_TIMEOUT_MULTIPLIER");
-    int k = m ? atoi(m) : 1;
-    return 10 * (k >= 1 && k <= 10 ? k : 1);
+    int k = tu_timeout_multiplier();
+    return 10 * (k <= 10 ? k : 1);
 }
 
 START_TEST(pointer_and_generation_expire_together) {

@@ -327,15 +327,10 @@ static int64_t mono_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Bounds of the waits below, stretched like Check's own timeouts when the
- * binaries are slow (ops/test --sanitize sets CK_TIMEOUT_MULTIPLIER). The
- * waits measure time on the clock, not by adding up their sleeps: each
- * poll runs `iqp stats` or an HTTP request, which take seconds under ASan. */
-static int wait_limit_ms(int base_ms) {
-    const char *m = getenv("CK_TIMEOUT_MULTIPLIER");
-    int k = m ? atoi(m) : 1;
-    return base_ms * (k >= 1 && k <= 20 ? k : 1);
-}
+/* The waits below are bounded by tu_wait_limit_ms (stretched for slow
+ * binaries) and measure time on the clock, not by adding up their sleeps:
+ * each poll runs `iqp stats` or an HTTP request, which take seconds under
+ * ASan. */
 
 /* Runs `iqp stats` on store: 0 with its output in *out, or 1 when the
  * store cannot be read (yet). Anything else (a crash, a sanitizer report:
@@ -373,7 +368,7 @@ static void read_offsets(const char *store, int64_t best[2][8]) {
 /* Waits until the stores (together) have committed every produced message. */
 static void wait_caught_up(int n_stores) {
     uint64_t got[2] = {0, 0};
-    for (int64_t t0 = mono_ms(); mono_ms() - t0 < wait_limit_ms(CATCH_UP_MS);) {
+    for (int64_t t0 = mono_ms(); mono_ms() - t0 < tu_wait_limit_ms(CATCH_UP_MS);) {
         int64_t best[2][8] = {{0}};
         for (int i = 0; i < n_stores; i++)
             if (access(streams[i].store, F_OK) == 0) read_offsets(streams[i].store, best);
@@ -529,7 +524,7 @@ static char *fetch_metrics(int port) {
  * returns them (the last ones fetched when the bound ran out). */
 static char *wait_metrics_with(int i, const char *needle) {
     char *m = fetch_metrics(streams[i].metrics_port);
-    for (int64_t t0 = mono_ms(); !strstr(m, needle) && mono_ms() - t0 < wait_limit_ms(15000);) {
+    for (int64_t t0 = mono_ms(); !strstr(m, needle) && mono_ms() - t0 < tu_wait_limit_ms(15000);) {
         free(m);
         usleep(200000);
         m = fetch_metrics(streams[i].metrics_port);
@@ -542,7 +537,7 @@ static char *wait_metrics_with(int i, const char *needle) {
 static void wait_resyncs_above(int i, double before) {
     static const char *const none[] = {NULL};
     double now = before;
-    for (int64_t t0 = mono_ms(); mono_ms() - t0 < wait_limit_ms(60000);) {
+    for (int64_t t0 = mono_ms(); mono_ms() - t0 < tu_wait_limit_ms(60000);) {
         char *m = tu_try_fetch_metrics(streams[i].metrics_port);
         if (m) now = metric_sum(m, "iqp_publish_resyncs_total", none);
         free(m);
@@ -555,13 +550,13 @@ static void wait_resyncs_above(int i, double before) {
 /* Waits (bounded) until instance i owns partitions; returns its metrics. */
 static char *wait_assigned(int i) {
     static const char *const none[] = {NULL};
-    for (int64_t t0 = mono_ms(); mono_ms() - t0 < wait_limit_ms(60000);) {
+    for (int64_t t0 = mono_ms(); mono_ms() - t0 < tu_wait_limit_ms(60000);) {
         char *m = tu_try_fetch_metrics(streams[i].metrics_port);
         if (m && metric_sum(m, "iqp_assigned_partitions", none) > 0) return m;
         free(m);
         usleep(250000);
     }
-    ck_abort_msg("instance %d got no partitions within %d s", i, wait_limit_ms(60000) / 1000);
+    ck_abort_msg("instance %d got no partitions within %d s", i, tu_wait_limit_ms(60000) / 1000);
     return NULL;
 }
 
@@ -601,7 +596,7 @@ static int64_t store_stat(const char *store, const char *key) {
  * committed flushes changed is in Redis. Call after wait_caught_up. */
 static void wait_published(int i) {
     int64_t left = -1;
-    for (int64_t t0 = mono_ms(); mono_ms() - t0 < wait_limit_ms(60000);) {
+    for (int64_t t0 = mono_ms(); mono_ms() - t0 < tu_wait_limit_ms(60000);) {
         if ((left = store_stat(streams[i].store, "publish_pending")) == 0) return;
         usleep(250000);
     }
@@ -683,7 +678,7 @@ START_TEST(stream_counts_exactly_with_dead_letters) {
         int64_t sum[2] = {0, 0};
         for (int p = 0; p < 8; p++) sum[0] += published[0][p], sum[1] += published[1][p];
         if ((uint64_t)sum[0] == expected_msgs[0] && (uint64_t)sum[1] == expected_msgs[1]) break;
-        ck_assert_msg(mono_ms() - t0 < wait_limit_ms(30000), "published offsets sum to %" PRId64 "/%" PRId64
+        ck_assert_msg(mono_ms() - t0 < tu_wait_limit_ms(30000), "published offsets sum to %" PRId64 "/%" PRId64
                       ", produced %" PRIu64 "/%" PRIu64, sum[0], sum[1], expected_msgs[0], expected_msgs[1]);
     }
     ck_assert_int_eq(partition_series(m, "iqp_kafka_committed_offset", published), 16);
@@ -770,7 +765,7 @@ static double instance_metric(int i, const char *name, const char *const *must) 
 /* Waits (bounded) until the two instances together own every partition
  * (8 of each topic) and the split no longer changes: a rebalance is over. */
 static void wait_group_settled(void) {
-    for (int64_t t0 = mono_ms(); mono_ms() - t0 < wait_limit_ms(60000);) {
+    for (int64_t t0 = mono_ms(); mono_ms() - t0 < tu_wait_limit_ms(60000);) {
         double a = instance_metric(0, "iqp_assigned_partitions", no_labels);
         double b = instance_metric(1, "iqp_assigned_partitions", no_labels);
         if (a > 0 && b > 0 && a + b == 16) return;
@@ -787,14 +782,14 @@ static void wait_published_then_counting(int i) {
     double published = instance_metric(i, "iqp_kafka_committed_offset", no_labels), counted = 0;
     int64_t t0 = mono_ms();
     for (;;) {
-        ck_assert_msg(mono_ms() - t0 < wait_limit_ms(60000), "instance %d published nothing new", i);
+        ck_assert_msg(mono_ms() - t0 < tu_wait_limit_ms(60000), "instance %d published nothing new", i);
         double now = instance_metric(i, "iqp_kafka_committed_offset", no_labels);
         if (now > published) break;
         usleep(50000);
     }
     counted = instance_metric(i, "iqp_events_total", counted_events);
     while (instance_metric(i, "iqp_events_total", counted_events) <= counted) {
-        ck_assert_msg(mono_ms() - t0 < wait_limit_ms(60000), "instance %d counted nothing new", i);
+        ck_assert_msg(mono_ms() - t0 < tu_wait_limit_ms(60000), "instance %d counted nothing new", i);
         usleep(20000);
     }
 }
@@ -804,7 +799,7 @@ static void wait_published_then_counting(int i) {
  * a long --flush-ms it then holds an unwritten batch and is not writing. */
 static void wait_counting_between_rebalances(int i) {
     static const char *const none[] = {NULL};
-    for (int64_t t0 = mono_ms(); mono_ms() - t0 < wait_limit_ms(60000);) {
+    for (int64_t t0 = mono_ms(); mono_ms() - t0 < tu_wait_limit_ms(60000);) {
         double rebalances = instance_metric(i, "iqp_rebalances_total", none);
         double counted = instance_metric(i, "iqp_events_total", counted_events);
         usleep(100000);
@@ -817,7 +812,7 @@ static void wait_counting_between_rebalances(int i) {
 
 /* Waits (bounded) until instance i owns all 16 partitions. */
 static void wait_owns_all(int i) {
-    for (int64_t t0 = mono_ms(); mono_ms() - t0 < wait_limit_ms(60000); usleep(250000))
+    for (int64_t t0 = mono_ms(); mono_ms() - t0 < tu_wait_limit_ms(60000); usleep(250000))
         if (instance_metric(i, "iqp_assigned_partitions", no_labels) == 16) return;
     ck_abort_msg("instance %d did not take over every partition", i);
 }
@@ -845,7 +840,7 @@ START_TEST(stream_rebalances_between_two_instances) {
     free(wait_assigned(0));
     produce(rate_over(30), 0);
     for (int64_t t0 = mono_ms(); instance_metric(0, "iqp_events_total", counted_events) == 0; usleep(100000))
-        ck_assert_msg(mono_ms() - t0 < wait_limit_ms(30000), "instance 0 counted nothing");
+        ck_assert_msg(mono_ms() - t0 < tu_wait_limit_ms(30000), "instance 0 counted nothing");
     start_stream(1, 0);
     free(wait_assigned(1));
     wait_group_settled();
@@ -859,7 +854,7 @@ START_TEST(stream_rebalances_between_two_instances) {
     /* per-partition series follow the assignment: each instance shows its
      * own partitions (committed offset and lag) and no released one */
     int owned[2] = {0, 0}, offsets[2] = {0, 0}, lags[2] = {0, 0};
-    for (int64_t t0 = mono_ms(); mono_ms() - t0 < wait_limit_ms(30000); usleep(200000)) {
+    for (int64_t t0 = mono_ms(); mono_ms() - t0 < tu_wait_limit_ms(30000); usleep(200000)) {
         for (int i = 0; i < 2; i++) {
             int64_t v[2][8];
             char *m = fetch_metrics(streams[i].metrics_port);
@@ -909,7 +904,7 @@ START_TEST(stream_stalled_instance_drops_its_batch) {
     wait_owns_all(1); /* session.timeout.ms is 6 s */
     ck_assert_int_eq(kill(streams[0].pid, SIGCONT), 0);
     double drops = 0;
-    for (int64_t t0 = mono_ms(); drops == 0 && mono_ms() - t0 < wait_limit_ms(30000); usleep(100000))
+    for (int64_t t0 = mono_ms(); drops == 0 && mono_ms() - t0 < tu_wait_limit_ms(30000); usleep(100000))
         drops = instance_metric(0, "iqp_batches_dropped_total", dropped);
     ck_assert_msg(drops > 0, "the resumed instance dropped no batch (log %s)", streams[0].log);
     wait_producer();
@@ -931,10 +926,10 @@ START_TEST(stream_refused_member_drops_and_rereads) {
     free(wait_assigned(0));
     produce(rate_over(15), 0);
     for (int64_t t0 = mono_ms(); instance_metric(0, "iqp_events_total", counted_events) == 0; usleep(100000))
-        ck_assert_msg(mono_ms() - t0 < wait_limit_ms(30000), "instance 0 counted nothing");
+        ck_assert_msg(mono_ms() - t0 < tu_wait_limit_ms(30000), "instance 0 counted nothing");
     ck_assert_str_eq(tu_broker_command(&broker, "refuse-commits 3"), "ok refuse-commits 3");
     double drops = 0;
-    for (int64_t t0 = mono_ms(); drops == 0 && mono_ms() - t0 < wait_limit_ms(30000); usleep(100000))
+    for (int64_t t0 = mono_ms(); drops == 0 && mono_ms() - t0 < tu_wait_limit_ms(30000); usleep(100000))
         drops = instance_metric(0, "iqp_batches_dropped_total", none);
     ck_assert_msg(drops > 0, "no batch dropped after the coordinator refused the member (log %s)",
                   streams[0].log);
@@ -1078,14 +1073,14 @@ static int fetch_health(int port, char **body) {
     return status;
 }
 
-/* Waits (bounded by wait_limit_ms(base_ms), a guard against a hang) until
+/* Waits (bounded by tu_wait_limit_ms(base_ms), a guard against a hang) until
  * instance i's /healthz answers want with needle in its body; returns how
  * long that took in ms. */
 static int64_t wait_health(int i, int want, const char *needle, int base_ms) {
     int64_t t0 = mono_ms();
     int status = 0;
     char *body = NULL;
-    while (mono_ms() - t0 < wait_limit_ms(base_ms)) {
+    while (mono_ms() - t0 < tu_wait_limit_ms(base_ms)) {
         free(body);
         status = fetch_health(streams[i].metrics_port, &body);
         if (status == want && body && strstr(body, needle)) {
@@ -1099,7 +1094,7 @@ static int64_t wait_health(int i, int want, const char *needle, int base_ms) {
     char *log = tu_read_file(streams[i].log, &len);
     const char *tail = log ? log + (len > 2000 ? len - 2000 : 0) : "";
     ck_abort_msg("/healthz of instance %d still answers %d '%s' after %d ms, want %d with '%s' (log %s ends: %s)",
-                 i, status, body ? body : "", wait_limit_ms(base_ms), want, needle, streams[i].log, tail);
+                 i, status, body ? body : "", tu_wait_limit_ms(base_ms), want, needle, streams[i].log, tail);
     return -1;
 }
 
@@ -1126,7 +1121,7 @@ START_TEST(stream_health_follows_brokers_and_redis) {
     int64_t t0 = mono_ms();
     char *body = NULL;
     int status = 0;
-    while (status == 0 && mono_ms() - t0 < wait_limit_ms(20000)) {
+    while (status == 0 && mono_ms() - t0 < tu_wait_limit_ms(20000)) {
         usleep(100000);
         free(body);
         status = fetch_health(streams[0].metrics_port, &body);
@@ -1173,7 +1168,7 @@ static int64_t partition_edge(const char *topic, int from_end) {
  * up to their ends. */
 static void wait_partition_0_counted(void) {
     int64_t want[2] = {partition_edge("imp", 1), partition_edge("act", 1)}, best[2][8] = {{0}};
-    for (int64_t t0 = mono_ms(); mono_ms() - t0 < wait_limit_ms(CATCH_UP_MS);) {
+    for (int64_t t0 = mono_ms(); mono_ms() - t0 < tu_wait_limit_ms(CATCH_UP_MS);) {
         memset(best, 0, sizeof best);
         read_offsets(streams[0].store, best);
         if (best[0][0] == want[0] && best[1][0] == want[1]) return;
@@ -1193,7 +1188,7 @@ static void produce_file(const char *path) {
 /* Exit status of instance 0, which must exit by itself within the bound. */
 static int wait_stream_exit(int base_ms) {
     int status = 0;
-    for (int64_t t0 = mono_ms(); mono_ms() - t0 < wait_limit_ms(base_ms);) {
+    for (int64_t t0 = mono_ms(); mono_ms() - t0 < tu_wait_limit_ms(base_ms);) {
         pid_t r = waitpid(streams[0].pid, &status, WNOHANG);
         if (r == streams[0].pid) {
             streams[0].pid = 0;
@@ -1201,7 +1196,7 @@ static int wait_stream_exit(int base_ms) {
         }
         usleep(100000);
     }
-    ck_abort_msg("iqp stream did not stop by itself within %d ms (log %s)", wait_limit_ms(base_ms),
+    ck_abort_msg("iqp stream did not stop by itself within %d ms (log %s)", tu_wait_limit_ms(base_ms),
                  streams[0].log);
     return -1;
 }

@@ -243,3 +243,28 @@ char *tu_try_fetch_metrics(int port) {
     free(out);
     return NULL;
 }
+
+int tu_timeout_multiplier(void) {
+    const char *m = getenv("CK_TIMEOUT_MULTIPLIER");
+    int k = m ? atoi(m) : 1;
+    return k >= 1 && k <= 20 ? k : 1;
+}
+
+int tu_wait_limit_ms(int base_ms) { return base_ms * tu_timeout_multiplier(); }
+
+char *tu_lookup_cmd(const char *source, const char *query, const char *country, const char *gender,
+                    const char *const *items, size_t n_items) {
+    char *q = tu_shell_quote(query), *list = tu_fmt("%s", ""), *next;
+    for (size_t i = 0; i < n_items; i++) {
+        char *item = tu_shell_quote(items[i]);
+        next = tu_fmt("%s %s", list, item);
+        free(item);
+        free(list);
+        list = next;
+    }
+    char *cmd = tu_fmt("'%s' lookup %s --query %s --country %s --gender %s --%s", tu_iqp(), source, q, country,
+                       gender, list);
+    free(list);
+    free(q);
+    return cmd;
+}

@@ -84,4 +84,16 @@ char *tu_redis_cli(int port, const char *args);
  * bash); the whole response (malloc'd), or NULL unless it answered 200. */
 char *tu_try_fetch_metrics(int port);
 
+/* CK_TIMEOUT_MULTIPLIER (ops/test --sanitize sets it) as an integer in
+ * 1..20, 1 when unset or out of range; tu_wait_limit_ms stretches a
+ * wait's bound by it. Bounds only guard against a hang: what a test
+ * asserts is the outcome. */
+int tu_timeout_multiplier(void);
+int tu_wait_limit_ms(int base_ms);
+
+/* `iqp lookup SOURCE --query Q --country C --gender G -- ITEMS...` with
+ * every value shell-quoted (malloc'd). */
+char *tu_lookup_cmd(const char *source, const char *query, const char *country, const char *gender,
+                    const char *const *items, size_t n_items);
+
 #endif
