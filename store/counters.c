@@ -13,49 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint64_t load_le64(const unsigned char *p) {
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
-    return v;
-}
-
-static void store_le64(unsigned char *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
-
-void iqp_counters_encode(const int64_t *vec, size_t n, unsigned char *out) {
-    for (size_t i = 0; i < n; i++) store_le64(out + 8 * i, (uint64_t)vec[i]);
-}
-
-void iqp_counters_add_encoded(int64_t *vec, size_t n, const char *val, size_t vlen) {
-    size_t m = vlen / 8;
-    if (m > n) m = n;
-    for (size_t i = 0; i < m; i++)
-        vec[i] = (int64_t)((uint64_t)vec[i] + load_le64((const unsigned char *)val + 8 * i));
-}
-
-int iqp_counters_all_zero(const char *val, size_t vlen) {
-    for (size_t i = 0; i < vlen; i++)
-        if (val[i]) return 0;
-    return 1;
-}
-
-char *iqp_counters_sum(const char *const *vals, const size_t *lens, int nvals, size_t *outlen) {
-    size_t width = 0;
-    for (int i = 0; i < nvals; i++)
-        if (vals[i] && lens[i] / 8 > width) width = lens[i] / 8;
-    unsigned char *out = calloc(width ? width : 1, 8);
-    if (!out) return NULL;
-    for (int i = 0; i < nvals; i++) {
-        if (!vals[i]) continue;
-        const unsigned char *p = (const unsigned char *)vals[i];
-        for (size_t k = 0; k < lens[i] / 8; k++)
-            store_le64(out + 8 * k, load_le64(out + 8 * k) + load_le64(p + 8 * k));
-    }
-    *outlen = width * 8;
-    return (char *)out;
-}
-
 /* ---- varints ----------------------------------------------------------------- */
 
 static uint64_t zigzag(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }

@@ -2,8 +2,7 @@
  *
  * Owns: the packed value format of the counts and contexts column families
  * (layout 3), its reader and writer, the RocksDB merge operator that sums
- * packed values, and the plain counter-vector helpers the format is built
- * on.
+ * packed values.
  *
  * A stored value holds the cells of one slot (cells.h: one key per
  * (context, entity, coarsest bucket)): a list of cells sorted by
@@ -34,24 +33,6 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <rocksdb/c.h>
-
-/* ---- plain counter vectors (n signed 64-bit little-endian integers) -----
- * Layout 2's stored value; the store no longer writes them (kept for the
- * tests that pin their arithmetic). */
-
-/* Writes n counters into out (8n bytes). */
-void iqp_counters_encode(const int64_t *vec, size_t n, unsigned char *out);
-
-/* Adds the counters encoded in val (vlen bytes) into vec[0..n). Extra
- * encoded counters beyond n are ignored; missing ones count as 0. */
-void iqp_counters_add_encoded(int64_t *vec, size_t n, const char *val, size_t vlen);
-
-/* 1 when every counter encoded in val is zero (an empty value too). */
-int iqp_counters_all_zero(const char *val, size_t vlen);
-
-/* Element-wise sum of encoded vectors: returns a malloc'd vector of the
- * longest operand's length in *outlen. */
-char *iqp_counters_sum(const char *const *vals, const size_t *lens, int nvals, size_t *outlen);
 
 /* ---- packed values ----------------------------------------------------- */
 

@@ -24,33 +24,11 @@
 #include "model/cells.h"
 #include "model/config.h"
 #include "model/window.h"
-#include "store/counters.h"
 #include "store/store.h"
 #include "tests/testutil.h"
 
 #define H 3600000LL
 static char err[1024];
-
-/* ---- merge operator core ------------------------------------------------- */
-
-START_TEST(counter_sum_is_elementwise) {
-    int64_t a[3] = {1, -2, 3}, b[3] = {10, 20, 30}, c[2] = {100, 100};
-    unsigned char ea[24], eb[24], ec[16];
-    iqp_counters_encode(a, 3, ea);
-    iqp_counters_encode(b, 3, eb);
-    iqp_counters_encode(c, 2, ec);
-    const char *vals[] = {(char *)ea, NULL, (char *)eb, (char *)ec};
-    size_t lens[] = {24, 0, 24, 16}, outlen;
-    char *sum = iqp_counters_sum(vals, lens, 4, &outlen);
-    ck_assert_uint_eq(outlen, 24);
-    int64_t got[3] = {0, 0, 0};
-    iqp_counters_add_encoded(got, 3, sum, outlen);
-    ck_assert_int_eq(got[0], 111);
-    ck_assert_int_eq(got[1], 118);
-    ck_assert_int_eq(got[2], 33);
-    free(sum);
-}
-END_TEST
 
 /* ---- helpers ------------------------------------------------------------- */
 
@@ -786,7 +764,6 @@ int main(void) {
     Suite *s = suite_create("store");
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 60);
-    tcase_add_test(tc, counter_sum_is_elementwise);
     tcase_add_test(tc, merges_sum_and_survive_reopen);
     tcase_add_test(tc, layout_mismatch_is_refused);
     tcase_add_test(tc, store_tuning_reaches_rocksdb);
