@@ -243,7 +243,7 @@ static int count_keyed(iqp_aggregator *a, const iqp_event *ev, const iqp_context
     unsigned char mk[IQP_MARKER_KEY_LEN];
     iqp_marker old, now = {ev->ts, a->watermark_ms};
     iqp_cells_action_marker(mk, kind, ev->request_id, ev->request_id_len, ev->item.id,
-                            ev->item.len, action, ctx);
+                            ev->item.len, action, a->cfg->n_segments, ctx);
     int found = find_marker(a, mk, seen_wm, &old);
     if (found < 0) return -1;
     if (found && old.ts <= ev->ts) return 0;
@@ -284,7 +284,8 @@ iqp_agg_outcome iqp_aggregator_add(iqp_aggregator *a, const iqp_event *ev, int64
      * nothing must not expire anyone's buckets. */
     int64_t previous_wm = a->watermark_ms;
     a->watermark_ms = wm;
-    iqp_context ctx = {ev->query, ev->query_len, {ev->country[0], ev->country[1], 0}, ev->gender};
+    iqp_context ctx;
+    iqp_event_context(a->cfg, ev, &ctx);
     build_prefixes(a, &ctx);
     int changed = 1;
     if (ev->kind == IQP_EVENT_IMPRESSION)

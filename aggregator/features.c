@@ -171,10 +171,6 @@ double iqp_features_rate(int64_t count, int64_t context_count) {
     return context_count == 0 ? 0.0 : (double)count / (double)context_count;
 }
 
-int iqp_features_applicable(const iqp_feature_spec *f, int has_query, int has_country,
-                            int has_gender) {
-    if ((f->dims & IQP_DIM_QUERY) && !has_query) return 0;
-    if ((f->dims & IQP_DIM_COUNTRY) && !has_country) return 0;
-    if ((f->dims & IQP_DIM_GENDER) && !has_gender) return 0;
-    return 1;
+int iqp_features_applicable(const iqp_feature_spec *f, unsigned given) {
+    return (f->dims & ~given) == 0;
 }

@@ -70,9 +70,8 @@ int iqp_features_read_context_at(iqp_store *st, const iqp_store_snapshot *snap, 
 /* count / context_count as a double; 0 when context_count is 0. */
 double iqp_features_rate(int64_t count, int64_t context_count);
 
-/* True when ctx carries every dimension feature f needs (has_country /
- * has_gender say whether the caller supplied them). */
-int iqp_features_applicable(const iqp_feature_spec *f, int has_query, int has_country,
-                            int has_gender);
+/* True when the caller gave every segment feature f's context needs
+ * (given: bit i for segment i, as iqp_context_mask). */
+int iqp_features_applicable(const iqp_feature_spec *f, unsigned given);
 
 #endif

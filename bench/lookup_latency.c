@@ -74,11 +74,15 @@ static int build_raw(raw_request *r, iqp_client *c, const char *prefix, const ch
     r->lens[0] = get_lens;
     r->n_cmds = 1;
     if (cfg->n_features > MAX_FEATURES) return -1;
+    const char *names[2] = {"country", "gender"}, *values[2] = {country, gender};
+    iqp_context_buf cb;
+    char err[256];
+    if (iqp_context_build(cfg, query, names, values, 2, &cb, err, sizeof err) < 0) return -1;
     for (size_t f = 0; f < cfg->n_features; f++) {
         char key[1024];
         size_t klen = iqp_rv_hash_key(key, sizeof key, prefix, iqp_client_generation(c), cfg->features[f].name,
-                                      cfg->features[f].dims, country, gender, query, strlen(query));
-        if (klen >= sizeof key) return -1;
+                                      cfg, cfg->features[f].dims, &cb.ctx);
+        if (klen >= sizeof key) { iqp_context_buf_free(&cb); return -1; }
         const char **argv = malloc((n + 3) * sizeof *argv);
         size_t *lens = malloc((n + 3) * sizeof *lens);
         argv[0] = "HMGET", lens[0] = 5;
@@ -90,6 +94,7 @@ static int build_raw(raw_request *r, iqp_client *c, const char *prefix, const ch
         r->lens[r->n_cmds] = lens;
         r->n_cmds++;
     }
+    iqp_context_buf_free(&cb);
     return 0;
 }
 

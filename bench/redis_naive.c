@@ -117,8 +117,8 @@ static void gran_name(int64_t ms, char *out, size_t len) {
 static size_t context_prefix(const iqp_feature_spec *f, const iqp_event *ev, char *out, size_t len) {
     int n = snprintf(out, len, "%s|", f->name);
     if (f->dims & IQP_DIM_QUERY) n += snprintf(out + n, len - (size_t)n, "%.*s|", (int)ev->query_len, ev->query);
-    if (f->dims & IQP_DIM_COUNTRY) n += snprintf(out + n, len - (size_t)n, "%s|", ev->country);
-    if (f->dims & IQP_DIM_GENDER) n += snprintf(out + n, len - (size_t)n, "%s|", iqp_gender_name(ev->gender));
+    if (f->dims & IQP_DIM_COUNTRY) n += snprintf(out + n, len - (size_t)n, "%s|", ev->seg_text[1]);
+    if (f->dims & IQP_DIM_GENDER) n += snprintf(out + n, len - (size_t)n, "%s|", ev->seg_text[2]);
     return (size_t)n < len ? (size_t)n : len - 1;
 }
 

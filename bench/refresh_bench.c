@@ -160,11 +160,13 @@ static void context_of(unsigned dims, uint64_t i, char *query, size_t qcap, iqp_
     q = i;
     memset(ctx, 0, sizeof *ctx);
     int ql = snprintf(query, qcap, "query %" PRIu64, q);
-    ctx->query = query;
-    ctx->query_len = (size_t)ql;
+    ctx->v[0].s = query; /* the default segments: query, country, gender */
+    ctx->v[0].len = (size_t)ql;
     if (dims & IQP_DIM_QUERY) c = (q + 7 * c) % N_COUNTRIES;
-    memcpy(ctx->country, bench_countries[c], 3);
-    ctx->gender = iqp_normalize_gender(genders[g], strlen(genders[g]));
+    ctx->v[1].s = bench_countries[c];
+    ctx->v[1].len = 2;
+    ctx->v[2].s = genders[g];
+    ctx->v[2].len = strlen(genders[g]);
 }
 
 /* Zipf-like (s = 0.9) share of `budget` entities for popularity rank r. */

@@ -2,8 +2,9 @@
  * and a list of items, one JSON object per (feature, window, item).
  *
  * Inputs go through the same normalization as events, so "RED  Dress" finds
- * "red dress". Features whose context needs a dimension that was not given
- * are skipped. Two sources, one output:
+ * "red dress"; segment values (--country, --gender, --segment NAME=VALUE)
+ * by the normalizer the layout declares for that segment. Features whose
+ * context needs a segment that was not given are skipped. Two sources, one output:
  *   --store DIR   the RocksDB store, opened read-only (safe beside a
  *                 writer); its own layout unless --config is given, in
  *                 which case the two must match;
@@ -33,8 +34,8 @@ static const char *CMD = "lookup";
 static void usage(FILE *out) {
     fprintf(out,
             "usage: iqp lookup (--store DIR | --redis URL | --redis-url-file FILE)\n"
-            "                  [--query Q] [--country CC]\n"
-            "                  [--gender G] [--as-of MS] [--feature NAME]... ITEM...\n"
+            "                  [--query Q] [--country CC] [--gender G]\n"
+            "                  [--segment NAME=VALUE]... [--as-of MS] [--feature NAME]... ITEM...\n"
             "\n"
             "Prints one JSON object per line per (feature, window, item) with the keys\n"
             "feature, window, context, item, context_count, impression, engaged, one per\n"
@@ -53,23 +54,51 @@ static void usage(FILE *out) {
             "  --query Q        the raw query; normalized like events\n"
             "  --country CC     ISO 3166-1 alpha-2; anything else reads as ZZ\n"
             "  --gender G       female, male or unknown (f, m, ... accepted)\n"
+            "  --segment NAME=VALUE  the value of the layout's segment NAME (repeatable;\n"
+            "                   --country CC is --segment country=CC), normalized as events\n"
             "  --as-of MS       read windows as of this time, ms since the epoch (default: now)\n"
             "  --feature NAME   only this feature (repeatable; default: all)\n"
             "  --config FILE    check the store against this config\n"
             "  --help           this text\n"
             "\n"
-            "Features whose context needs a query, country or gender that was not given are\n"
+            "Features whose context needs a query or segment that was not given are\n"
             "skipped. An unknown item prints zeros with the real context_count.\n");
 }
 
+#define MAX_SEGMENT_ARGS 16
+
 typedef struct lookup_opts {
-    const char *store_dir, *config_path, *query, *country, *gender, *redis_url, *prefix, *redis_url_file;
+    const char *store_dir, *config_path, *query, *redis_url, *prefix, *redis_url_file;
+    /* segment values by name, in the order given (--country, --gender, --segment) */
+    size_t n_segments;
+    const char *seg_names[MAX_SEGMENT_ARGS], *seg_values[MAX_SEGMENT_ARGS];
+    char seg_name_buf[MAX_SEGMENT_ARGS][IQP_NAME_MAX];
     char redis_url_buf[1024];
     int64_t as_of;
     int as_of_given;
     int n_features;
     const char *features[IQP_MAX_FEATURES];
 } lookup_opts;
+
+/* --country V, --gender V, --segment NAME=V: one name/value pair. */
+static int add_segment_arg(lookup_opts *o, int opt, const char *arg) {
+    const char *name = opt == 'c' ? "country" : opt == 'g' ? "gender" : NULL, *value = arg;
+    if (o->n_segments == MAX_SEGMENT_ARGS) return iqp_cli_usage_error(CMD, "too many segment values");
+    if (!name) {
+        const char *eq = strchr(arg, '=');
+        size_t n = eq ? (size_t)(eq - arg) : 0;
+        if (!eq || !iqp_config_valid_name(arg, n))
+            return iqp_cli_usage_error(CMD, "--segment takes NAME=VALUE (a segment name, '=', its value), "
+                                       "not '%s'", arg);
+        memcpy(o->seg_name_buf[o->n_segments], arg, n);
+        o->seg_name_buf[o->n_segments][n] = '\0';
+        name = o->seg_name_buf[o->n_segments];
+        value = eq + 1;
+    }
+    o->seg_names[o->n_segments] = name;
+    o->seg_values[o->n_segments++] = value;
+    return 0;
+}
 
 static int parse_opts(int argc, char **argv, lookup_opts *o) {
     static const struct option longopts[] = {
@@ -78,7 +107,8 @@ static int parse_opts(int argc, char **argv, lookup_opts *o) {
         {"as-of", required_argument, 0, 'a'},   {"feature", required_argument, 0, 'f'},
         {"config", required_argument, 0, 'C'},  {"help", no_argument, 0, 'h'},
         {"redis", required_argument, 0, 'r'},   {"redis-prefix", required_argument, 0, 'p'},
-        {"redis-url-file", required_argument, 0, 'F'}, {0, 0, 0, 0}};
+        {"redis-url-file", required_argument, 0, 'F'}, {"segment", required_argument, 0, 'S'},
+        {0, 0, 0, 0}};
     int c;
     memset(o, 0, sizeof *o);
     o->as_of = iqp_now_ms();
@@ -87,8 +117,11 @@ static int parse_opts(int argc, char **argv, lookup_opts *o) {
         switch (c) {
         case 's': o->store_dir = optarg; break;
         case 'q': o->query = optarg; break;
-        case 'c': o->country = optarg; break;
-        case 'g': o->gender = optarg; break;
+        case 'c':
+        case 'g':
+        case 'S':
+            if (add_segment_arg(o, c, optarg)) return 2;
+            break;
         case 'C': o->config_path = optarg; break;
         case 'r': o->redis_url = optarg; break;
         case 'F': o->redis_url_file = optarg; break;
@@ -126,35 +159,28 @@ static int parse_opts(int argc, char **argv, lookup_opts *o) {
     return 0;
 }
 
-/* Builds the normalized context; 2 on a usage error. */
-static int build_context(const lookup_opts *o, iqp_context *ctx, char **query_buf) {
-    memset(ctx, 0, sizeof *ctx);
-    *query_buf = NULL;
-    if (o->query) {
-        size_t len;
-        if (iqp_normalize_query(o->query, strlen(o->query), query_buf, &len) < 0)
-            return iqp_cli_usage_error(CMD, "--query is not valid UTF-8");
-        if (len == 0) {
-            free(*query_buf);
-            *query_buf = NULL;
-            return iqp_cli_usage_error(CMD, "--query is empty after normalization");
-        }
-        ctx->query = *query_buf;
-        ctx->query_len = len;
+/* Builds the normalized context by cfg's segments; 2 on a usage error. */
+static int build_context(const iqp_config *cfg, const lookup_opts *o, iqp_context_buf *cb) {
+    char err[512];
+    if (iqp_context_build(cfg, o->query, o->seg_names, o->seg_values, o->n_segments, cb, err,
+                          sizeof err) < 0)
+        return strncmp(err, "the query ", 10) == 0 ? iqp_cli_usage_error(CMD, "--%s", err + 4)
+                                                   : iqp_cli_usage_error(CMD, "%s", err);
+    for (size_t i = 0; i < o->n_segments; i++) {
+        int s = iqp_config_segment_index(cfg, o->seg_names[i]);
+        if (cfg->segments[s].normalizer == IQP_NORM_COUNTRY && strcmp(cb->ctx.v[s].s, "ZZ") == 0 &&
+            strcasecmp(o->seg_values[i], "ZZ") != 0)
+            fprintf(stderr, "iqp lookup: note: '%s' is not an ISO 3166-1 alpha-2 code; reading %s ZZ\n",
+                    o->seg_values[i], cfg->segments[s].name);
     }
-    iqp_normalize_country(o->country, o->country ? strlen(o->country) : 0, ctx->country);
-    if (o->country && strcmp(ctx->country, "ZZ") == 0 && strcasecmp(o->country, "ZZ") != 0)
-        fprintf(stderr, "iqp lookup: note: '%s' is not an ISO 3166-1 alpha-2 code; reading country ZZ\n",
-                o->country);
-    ctx->gender = iqp_normalize_gender(o->gender, o->gender ? strlen(o->gender) : 0);
     return 0;
 }
 
-static json_t *context_json(const iqp_feature_spec *f, const iqp_context *ctx) {
+static json_t *context_json(const iqp_config *cfg, const iqp_feature_spec *f, const iqp_context *ctx) {
     json_t *c = json_object();
-    if (f->dims & IQP_DIM_QUERY) json_object_set_new(c, "query", json_stringn(ctx->query, ctx->query_len));
-    if (f->dims & IQP_DIM_COUNTRY) json_object_set_new(c, "country", json_string(ctx->country));
-    if (f->dims & IQP_DIM_GENDER) json_object_set_new(c, "gender", json_string(iqp_gender_name(ctx->gender)));
+    for (size_t s = 0; s < cfg->n_segments; s++)
+        if (f->dims & (1u << s))
+            json_object_set_new(c, cfg->segments[s].name, json_stringn(ctx->v[s].s, ctx->v[s].len));
     return c;
 }
 
@@ -165,7 +191,7 @@ static void print_row(const iqp_config *cfg, size_t f, size_t w, const iqp_conte
     int64_t cc = r->context_count;
     json_object_set_new(o, "feature", json_string(cfg->features[f].name));
     json_object_set_new(o, "window", json_string(cfg->windows[w].name));
-    json_object_set_new(o, "context", context_json(&cfg->features[f], ctx));
+    json_object_set_new(o, "context", context_json(cfg, &cfg->features[f], ctx));
     json_object_set_new(o, "item", json_string(item));
     json_object_set_new(o, "context_count", json_integer(cc));
     json_object_set_new(o, "impression", json_integer(r->counters[IQP_COUNTER_IMPRESSION]));
@@ -249,8 +275,7 @@ static int print_features(const iqp_config *cfg, row_source *src, const lookup_o
     if (!lens || !rows) abort();
     for (size_t i = 0; i < n_items; i++) lens[i] = strlen(items[i]);
     for (size_t f = 0; f < cfg->n_features && rc == 0; f++) {
-        if (!selected[f] || !iqp_features_applicable(&cfg->features[f], o->query != NULL,
-                                                     o->country != NULL, o->gender != NULL))
+        if (!selected[f] || !iqp_features_applicable(&cfg->features[f], iqp_context_mask(cfg, ctx)))
             continue;
         if ((rc = src->read(src, f, ctx, items, lens, n_items, rows))) break;
         for (size_t w = 0; w < cfg->n_windows; w++)
@@ -263,7 +288,10 @@ static int print_features(const iqp_config *cfg, row_source *src, const lookup_o
 }
 
 /* --redis: one libiqp call for every feature, then the shared printer. */
-static int lookup_redis(const lookup_opts *o, const iqp_context *ctx, char **items, size_t n_items) {
+static int lookup_redis(const lookup_opts *o, char **items, size_t n_items) {
+    iqp_context_buf cb;
+    iqp_ctx *ctx = iqp_ctx_new();
+    if (!ctx) return iqp_cli_fail(CMD, "out of memory");
     iqp_client_options co;
     iqp_client_options_init(&co);
     co.timeout_ms = 5000;
@@ -277,19 +305,23 @@ static int lookup_redis(const lookup_opts *o, const iqp_context *ctx, char **ite
                                                 : iqp_cli_fail(CMD, "%s", iqp_client_errstr(c));
         goto out;
     }
+    if ((rc = build_context(iqp_client_config(c), o, &cb))) goto out;
+    for (size_t i = 0; i < o->n_segments; i++)
+        if (iqp_ctx_set(ctx, o->seg_names[i], o->seg_values[i]) != IQP_OK) abort();
     size_t len = iqp_client_result_len(c, n_items);
     values = malloc((len ? len : 1) * sizeof *values);
     if (!values) abort();
-    if (iqp_client_lookup(c, o->query, o->country, o->gender, (const char *const *)items, n_items, values,
-                          len) != IQP_OK) {
+    if (iqp_client_lookup_ctx(c, o->query, ctx, (const char *const *)items, n_items, values, len) != IQP_OK) {
         rc = iqp_cli_fail(CMD, "%s", iqp_client_errstr(c));
-        goto out;
+    } else {
+        row_source src = {.read = read_client_rows, .values = values, .n_features = iqp_client_n_features(c),
+                          .n_windows = iqp_client_n_windows(c), .n_measures = iqp_client_n_measures(c)};
+        rc = print_features(iqp_client_config(c), &src, o, &cb.ctx, items, n_items);
     }
-    row_source src = {.read = read_client_rows, .values = values, .n_features = iqp_client_n_features(c),
-                      .n_windows = iqp_client_n_windows(c), .n_measures = iqp_client_n_measures(c)};
-    rc = print_features(iqp_client_config(c), &src, o, ctx, items, n_items);
+    iqp_context_buf_free(&cb);
 out:
     free(values);
+    iqp_ctx_free(ctx);
     iqp_client_close(c);
     return rc;
 }
@@ -298,31 +330,22 @@ int iqp_cmd_lookup(int argc, char **argv) {
     lookup_opts o;
     int rc = parse_opts(argc, argv, &o);
     if (rc) return rc < 0 ? 0 : rc;
-    char err[1024], *query_buf;
-    iqp_context ctx;
-    if ((rc = build_context(&o, &ctx, &query_buf))) return rc;
-    if (o.redis_url) {
-        rc = lookup_redis(&o, &ctx, argv + optind, (size_t)(argc - optind));
-        free(query_buf);
-        return rc;
-    }
+    if (o.redis_url) return lookup_redis(&o, argv + optind, (size_t)(argc - optind));
+    char err[1024];
     iqp_config cfg, *cfgp = NULL;
     if (o.config_path) {
         iqp_config_defaults(&cfg);
-        if (iqp_config_load(&cfg, o.config_path, err, sizeof err) < 0) {
-            free(query_buf);
-            return iqp_cli_usage_error(CMD, "%s", err);
-        }
+        if (iqp_config_load(&cfg, o.config_path, err, sizeof err) < 0) return iqp_cli_usage_error(CMD, "%s", err);
         cfgp = &cfg;
     }
     iqp_store *st = iqp_store_open(o.store_dir, cfgp, IQP_STORE_READ_ONLY, err, sizeof err);
-    if (!st) {
-        free(query_buf);
-        return iqp_cli_fail(CMD, "%s", err);
+    if (!st) return iqp_cli_fail(CMD, "%s", err);
+    iqp_context_buf cb;
+    if ((rc = build_context(iqp_store_config(st), &o, &cb)) == 0) {
+        row_source src = {.read = read_store_rows, .st = st, .as_of = o.as_of};
+        rc = print_features(iqp_store_config(st), &src, &o, &cb.ctx, argv + optind, (size_t)(argc - optind));
+        iqp_context_buf_free(&cb);
     }
-    row_source src = {.read = read_store_rows, .st = st, .as_of = o.as_of};
-    rc = print_features(iqp_store_config(st), &src, &o, &ctx, argv + optind, (size_t)(argc - optind));
     iqp_store_close(st);
-    free(query_buf);
     return rc;
 }

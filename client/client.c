@@ -41,6 +41,7 @@
 #include <string.h>
 
 #include "model/normalize.h"
+#include "model/segments.h"
 #include "client/redis_cluster.h"
 #include "client/redis_conn.h"
 #include "schemas/redis_value.h"
@@ -74,12 +75,18 @@ struct iqp_client {
 
 /* One call's normalized context. */
 typedef struct lookup_ctx {
-    char *query;                  /* malloc'd, NULL when not given */
-    size_t query_len;
-    char country[3];
-    const char *gender;
-    int has[3];                   /* query, country, gender given */
+    iqp_context_buf b;            /* the segment values given */
+    unsigned given;               /* bit i: segment i was given */
 } lookup_ctx;
+
+/* A call's raw segment values by name (iqp.h): at most IQP_CTX_MAX names,
+ * names and values copied. */
+#define IQP_CTX_MAX 16
+struct iqp_ctx {
+    size_t n;
+    char *names[IQP_CTX_MAX];
+    char *values[IQP_CTX_MAX];
+};
 
 /* ---- errors --------------------------------------------------------------- */
 
@@ -327,24 +334,19 @@ uint64_t iqp_client_generation(const iqp_client *c) { return c->generation; }
 /* ---- lookups ---------------------------------------------------------------- */
 
 static int feature_applies(const iqp_client *c, size_t f, const lookup_ctx *lc) {
-    unsigned d = c->cfg.features[f].dims;
-    return !((d & IQP_DIM_QUERY) && !lc->has[0]) && !((d & IQP_DIM_COUNTRY) && !lc->has[1]) &&
-           !((d & IQP_DIM_GENDER) && !lc->has[2]);
+    return (c->cfg.features[f].dims & ~lc->given) == 0;
 }
 
-static iqp_status normalize_call(iqp_client *c, const char *query, const char *country,
-                                 const char *gender, lookup_ctx *lc) {
+/* Normalizes the call's segment values by the published layout's segments
+ * (model/segments.h, as the pipeline normalizes events). */
+static iqp_status normalize_call(iqp_client *c, const char *query, const iqp_ctx *ctx, lookup_ctx *lc) {
+    char err[256];
     memset(lc, 0, sizeof *lc);
-    if (query) {
-        if (iqp_normalize_query(query, strlen(query), &lc->query, &lc->query_len) < 0)
-            return set_error(c, IQP_EINVAL, "the query is not valid UTF-8");
-        if (lc->query_len == 0) return set_error(c, IQP_EINVAL, "the query is empty after normalization");
-        lc->has[0] = 1;
-    }
-    iqp_normalize_country(country, country ? strlen(country) : 0, lc->country);
-    lc->has[1] = country != NULL;
-    lc->gender = iqp_gender_name(iqp_normalize_gender(gender, gender ? strlen(gender) : 0));
-    lc->has[2] = gender != NULL;
+    if (iqp_context_build(&c->cfg, query, ctx ? (const char *const *)ctx->names : NULL,
+                          ctx ? (const char *const *)ctx->values : NULL, ctx ? ctx->n : 0, &lc->b, err,
+                          sizeof err) < 0)
+        return set_error(c, IQP_EINVAL, "%s", err);
+    lc->given = iqp_context_mask(&c->cfg, &lc->b.ctx);
     return IQP_OK;
 }
 
@@ -390,8 +392,7 @@ static iqp_status build_keys(iqp_client *c, const lookup_ctx *lc) {
     for (size_t f = 0; f < c->cfg.n_features; f++) {
         if (!feature_applies(c, f, lc)) continue;
         size_t klen = iqp_rv_hash_key(c->keys[f], KEY_MAX, c->prefix, c->generation, c->cfg.features[f].name,
-                                      c->cfg.features[f].dims, lc->country, lc->gender, lc->query,
-                                      lc->query_len);
+                                      &c->cfg, c->cfg.features[f].dims, &lc->b.ctx);
         if (klen >= KEY_MAX)
             return set_error(c, IQP_EINVAL, "the query is too long: feature %s's key would be %zu bytes, "
                              "the limit is %d", c->cfg.features[f].name, klen, KEY_MAX - 1);
@@ -561,27 +562,79 @@ static iqp_status check_args(iqp_client *c, const char *const *items, size_t n_i
     return IQP_OK;
 }
 
-iqp_status iqp_client_lookup(iqp_client *c, const char *query, const char *country,
-                             const char *gender, const char *const *items, size_t n_items,
-                             double *out, size_t out_len) {
+iqp_status iqp_client_lookup_ctx(iqp_client *c, const char *query, const iqp_ctx *ctx,
+                                 const char *const *items, size_t n_items, double *out,
+                                 size_t out_len) {
     lookup_ctx lc;
     if (check_args(c, items, n_items, out, out_len)) return c->status;
-    iqp_status s = normalize_call(c, query, country, gender, &lc);
+    iqp_status s = normalize_call(c, query, ctx, &lc);
+    if (s) return s;
     for (int attempt = 0; s == IQP_OK && attempt < 3; attempt++) {
         uint64_t seen = 0;
         if ((s = connect_now(c)) || (s = send_pipeline(c, &lc, items, n_items))) break;
         if ((s = read_pipeline(c, &lc, items, n_items, out, &seen))) break;
         if (seen == c->generation) {
             fill_not_applicable(c, &lc, n_items, out);
-            free(lc.query);
+            iqp_context_buf_free(&lc.b);
             return set_ok(c);
         }
         s = load_generation(c); /* the publisher switched generations: follow it */
     }
-    free(lc.query);
+    iqp_context_buf_free(&lc.b);
     if (s == IQP_OK) s = set_error(c, IQP_EPROTOCOL, "the generation kept changing during the call");
     /* a call that failed with replies still owed must not leave them to
      * the next call */
     if (c->unread) drop_connection(c);
     return s;
+}
+
+/* The positional form: country and gender are the segments of those names
+ * (the defaults), passed by name. */
+iqp_status iqp_client_lookup(iqp_client *c, const char *query, const char *country,
+                             const char *gender, const char *const *items, size_t n_items,
+                             double *out, size_t out_len) {
+    iqp_ctx ctx = {2, {(char *)"country", (char *)"gender"}, {(char *)country, (char *)gender}};
+    return iqp_client_lookup_ctx(c, query, &ctx, items, n_items, out, out_len);
+}
+
+/* ---- contexts ----------------------------------------------------------------- */
+
+iqp_ctx *iqp_ctx_new(void) { return calloc(1, sizeof(iqp_ctx)); }
+
+void iqp_ctx_clear(iqp_ctx *ctx) {
+    if (!ctx) return;
+    for (size_t i = 0; i < ctx->n; i++) free(ctx->names[i]), free(ctx->values[i]);
+    ctx->n = 0;
+}
+
+void iqp_ctx_free(iqp_ctx *ctx) {
+    iqp_ctx_clear(ctx);
+    free(ctx);
+}
+
+iqp_status iqp_ctx_set(iqp_ctx *ctx, const char *name, const char *value) {
+    if (!ctx || !name || !name[0]) return IQP_EINVAL;
+    size_t i = 0;
+    while (i < ctx->n && strcmp(ctx->names[i], name) != 0) i++;
+    if (!value) { /* unset: move the last pair into the hole */
+        if (i == ctx->n) return IQP_OK;
+        free(ctx->names[i]), free(ctx->values[i]);
+        ctx->n--;
+        ctx->names[i] = ctx->names[ctx->n], ctx->values[i] = ctx->values[ctx->n];
+        return IQP_OK;
+    }
+    if (i == IQP_CTX_MAX) return IQP_EINVAL;
+    char *v = strdup(value), *n = i < ctx->n ? NULL : strdup(name);
+    if (!v || (i == ctx->n && !n)) {
+        free(v), free(n);
+        return IQP_ENOMEM;
+    }
+    if (i < ctx->n) {
+        free(ctx->values[i]);
+    } else {
+        ctx->names[i] = n;
+        ctx->n++;
+    }
+    ctx->values[i] = v;
+    return IQP_OK;
 }

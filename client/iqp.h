@@ -1,8 +1,9 @@
 /* iqp.h -- libiqp: IQP features for a ranker, read from Redis.
  *
  * A ranker scores, per search request, one query in one user context
- * (country, gender) against a few hundred to a few thousand candidate
- * items. iqp_client_lookup() answers that in one pipelined round trip to
+ * (country, gender, or whatever segments the pipeline's config declares)
+ * against a few hundred to a few thousand candidate items.
+ * iqp_client_lookup_ctx() answers that in one pipelined round trip to
  * the Redis that `iqp stream` publishes to, filling a caller-owned array of
  * doubles:
  *
@@ -15,12 +16,14 @@
  *   iqp_impression, iqp_engaged, iqp_<each action>       (count / context_count)
  * Counts are exact integers (as doubles); rates are computed here exactly
  * as `iqp lookup` computes them. An item nobody published reads as zeros
- * with the real context_count. A feature whose context needs a dimension
- * the call did not give (country or gender NULL) reads as NaN.
+ * with the real context_count. A feature whose context needs a segment
+ * the call did not give reads as NaN.
  *
  * The query is normalized exactly like the pipeline normalizes events
  * (Unicode NFKC, case fold, white space collapsed), so raw user input may
- * be passed as is; country and gender likewise.
+ * be passed as is; every segment value likewise, by the normalizer the
+ * published layout declares for it (country: ISO code else ZZ; an enum
+ * such as device: one of its values else its fallback; ...).
  *
  * Threads: a client is one Redis connection and must be used by one
  * thread at a time; open one client per thread.
@@ -91,13 +94,39 @@ const char *iqp_client_measure_name(const iqp_client *c, size_t m);
 /* Doubles needed for n_items items. */
 size_t iqp_client_result_len(const iqp_client *c, size_t n_items);
 
+/* A user context: segment values by segment name, e.g.
+ *   iqp_ctx *ctx = iqp_ctx_new();
+ *   iqp_ctx_set(ctx, "country", "DE");
+ *   iqp_ctx_set(ctx, "device", "ios");
+ * Names and values are copied; setting a name again replaces its value,
+ * a NULL value removes it. At most 16 names. A context may be reused for
+ * any number of calls (and clients); it is not thread-safe by itself. */
+typedef struct iqp_ctx iqp_ctx;
+
+iqp_ctx *iqp_ctx_new(void);   /* NULL when out of memory */
+/* IQP_OK; IQP_EINVAL for a NULL ctx or an empty name, or a 17th name;
+ * IQP_ENOMEM. Names are checked against the layout at lookup time. */
+iqp_status iqp_ctx_set(iqp_ctx *ctx, const char *name, const char *value);
+void iqp_ctx_clear(iqp_ctx *ctx); /* removes every name */
+void iqp_ctx_free(iqp_ctx *ctx);
+
 /* Looks up every feature for one query and user context and n_items items
  * (non-empty strings) into out (out_len >= iqp_client_result_len()).
- * query, country, gender may be NULL (features needing them read NaN).
- * One pipelined round trip once the client knows the served generation
- * (iqp_client_open reads the pointer and the meta: 2 round trips); a call
- * that finds the publisher switched generations takes 3 more (pointer,
- * meta, the pipeline again). */
+ * query and ctx may be NULL (features needing a segment not given read
+ * NaN); query is the value of the query-text segment. A name in ctx that
+ * the published layout has no segment of fails the call with IQP_EINVAL
+ * (nothing sent). One pipelined round trip once the client knows the
+ * served generation (iqp_client_open reads the pointer and the meta: 2
+ * round trips); a call that finds the publisher switched generations
+ * takes 3 more (pointer, meta, the pipeline again). */
+iqp_status iqp_client_lookup_ctx(iqp_client *c, const char *query, const iqp_ctx *ctx,
+                                 const char *const *items, size_t n_items, double *out,
+                                 size_t out_len);
+
+/* The positional form, kept for existing callers: country and
+ * gender (either may be NULL) are the values of the segments named
+ * "country" and "gender"; the same as iqp_client_lookup_ctx with those
+ * two names set. */
 iqp_status iqp_client_lookup(iqp_client *c, const char *query, const char *country,
                              const char *gender, const char *const *items, size_t n_items,
                              double *out, size_t out_len);

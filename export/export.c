@@ -293,11 +293,12 @@ static size_t distinct_items(exporter *x, const iqp_event *ev) {
     return n;
 }
 
-static int write_rows(exporter *x, const iqp_event *ev, size_t n, char *err, size_t errlen) {
+static int write_rows(exporter *x, const iqp_event *ev, const iqp_context *ctx, size_t n, char *err,
+                      size_t errlen) {
     impression_scratch *s = &x->imp;
     size_t nf = x->cfg->n_features, nw = x->cfg->n_windows;
-    iqp_row row = {ev->request_id, ev->request_id_len, 0, ev->query, ev->query_len, ev->country,
-                   iqp_gender_name(ev->gender), NULL, 0, ev->ts, s->by_item};
+    iqp_row row = {ev->request_id, ev->request_id_len, 0, ev->query, ev->query_len, ctx,
+                   NULL, 0, ev->ts, s->by_item};
     for (size_t i = 0; i < n; i++) {
         for (size_t f = 0; f < nf; f++)
             memcpy(&s->by_item[f * nw], &s->by_feature[(f * s->cap + i) * nw], nw * sizeof *s->by_item);
@@ -322,14 +323,15 @@ static int read_impression(exporter *x, iqp_held_event *h, int64_t as_of, char *
         return 0;
     }
     size_t n = distinct_items(x, ev), nw = x->cfg->n_windows;
-    iqp_context ctx = {ev->query, ev->query_len, {ev->country[0], ev->country[1], 0}, ev->gender};
+    iqp_context ctx;
+    iqp_event_context(x->cfg, ev, &ctx);
     iqp_featcache_advance(x->cache, as_of);
     for (size_t f = 0; f < x->cfg->n_features && n > 0; f++)
         if (iqp_features_read_pending(x->st, &x->pending, f, &ctx, x->imp.items, x->imp.lens, n,
                                       as_of, &x->imp.by_feature[f * x->imp.cap * nw], err,
                                       errlen) < 0)
             return -1;
-    if (write_rows(x, ev, n, err, errlen) < 0) return -1;
+    if (write_rows(x, ev, &ctx, n, err, errlen) < 0) return -1;
     h->row_state = 1;
     x->stats->impressions_read++;
     return 0;

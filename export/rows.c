@@ -124,8 +124,10 @@ static void measure_name(const iqp_config *cfg, size_t m, char *out, size_t len)
     else snprintf(out, len, "%s%s", rate, cfg->actions[k - IQP_COUNTER_ACTION0]);
 }
 
-static const char *const ROW_KEYS[] = {"request_id", "position", "query", "country",
-                                       "gender",     "item",     "ts"};
+/* The leading columns: request_id, position, query, then every segment
+ * but query text (the defaults: country, gender), then item, ts. */
+static const char *const ROW_KEYS[] = {"request_id", "position", "query", "item", "ts"};
+#define ROW_KEYS_BEFORE_SEGMENTS 3
 
 /* The JSONL key prefixes of every value column, and the CSV header. */
 static void build_columns(iqp_rows *w, iqp_buf *header) {
@@ -137,6 +139,11 @@ static void build_columns(iqp_rows *w, iqp_buf *header) {
     for (size_t i = 0; i < sizeof ROW_KEYS / sizeof *ROW_KEYS; i++) {
         if (i) iqp_buf_puts(header, ",");
         iqp_buf_puts(header, ROW_KEYS[i]);
+        for (size_t sg = 0; i + 1 == ROW_KEYS_BEFORE_SEGMENTS && sg < cfg->n_segments; sg++)
+            if (cfg->segments[sg].normalizer != IQP_NORM_QUERY) {
+                iqp_buf_puts(header, ",");
+                iqp_buf_puts(header, cfg->segments[sg].name);
+            }
     }
     size_t k = 0;
     for (size_t f = 0; f < cfg->n_features; f++)
@@ -357,10 +364,16 @@ static void format_row(iqp_rows *w, const iqp_row *row) {
     iqp_buf_i64(b, row->position);
     iqp_buf_puts(b, json ? ",\"query\":" : ",");
     sb_string(b, row->query, row->query_len, fmt);
-    iqp_buf_puts(b, json ? ",\"country\":" : ",");
-    sb_string(b, row->country, strlen(row->country), fmt);
-    iqp_buf_puts(b, json ? ",\"gender\":" : ",");
-    sb_string(b, row->gender, strlen(row->gender), fmt);
+    for (size_t sg = 0; sg < w->cfg->n_segments; sg++) {
+        if (w->cfg->segments[sg].normalizer == IQP_NORM_QUERY) continue;
+        iqp_buf_puts(b, ",");
+        if (json) {
+            iqp_buf_puts(b, "\"");
+            iqp_buf_puts(b, w->cfg->segments[sg].name);
+            iqp_buf_puts(b, "\":");
+        }
+        sb_string(b, row->ctx->v[sg].s, row->ctx->v[sg].len, fmt);
+    }
     iqp_buf_puts(b, json ? ",\"item\":" : ",");
     sb_string(b, row->item, row->item_len, fmt);
     iqp_buf_puts(b, json ? ",\"ts\":" : ",");

@@ -5,7 +5,8 @@
  * horizon is still open.
  *
  * Columns (README "Training data: iqp export"): request_id, position,
- * query, country, gender, item, ts; then for every feature, window and
+ * query, every segment other than query text in segment order (by default
+ * country, gender), item, ts; then for every feature, window and
  * measure, in config order, "<feature>.<window>.<measure>" with measures
  * context_count, impression, engaged, one per action and (unless rates
  * are off) iqp_impression, iqp_engaged, iqp_<action>; then label_engaged
@@ -42,8 +43,7 @@ typedef struct iqp_row {
     int64_t position;
     const char *query;        /* normalized */
     size_t query_len;
-    const char *country;      /* normalized, NUL-terminated */
-    const char *gender;       /* "female", "male", "unknown" */
+    const iqp_context *ctx;   /* the event's segment values */
     const char *item;
     size_t item_len;
     int64_t ts;

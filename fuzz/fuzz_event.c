@@ -68,9 +68,10 @@ static void check_event(const iqp_config *cfg, const iqp_event *ev) {
     CHECK(ev->kind == IQP_EVENT_IMPRESSION || ev->kind == IQP_EVENT_ACTION);
     CHECK(ev->ts >= 0 && ev->event_id_len > 0 && ev->request_id_len > 0);
     check_normalized(ev->query, ev->query_len);
-    CHECK(strcmp(ev->country, "ZZ") == 0 ||
-          (strlen(ev->country) == 2 && ev->country[0] >= 'A' && ev->country[0] <= 'Z' &&
-           ev->country[1] >= 'A' && ev->country[1] <= 'Z'));
+    const char *country = ev->seg_text[1]; /* the default segments: query, country, gender */
+    CHECK(strcmp(country, "ZZ") == 0 ||
+          (strlen(country) == 2 && country[0] >= 'A' && country[0] <= 'Z' &&
+           country[1] >= 'A' && country[1] <= 'Z'));
     if (ev->kind == IQP_EVENT_IMPRESSION) {
         CHECK(ev->n_items <= cfg->limits.max_items);
         for (size_t i = 0; i < ev->n_items; i++) CHECK(ev->items[i].len > 0 && ev->items[i].id);

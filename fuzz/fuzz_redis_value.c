@@ -63,14 +63,21 @@ static void context_roundtrip(const unsigned char *in, size_t len, size_t nw) {
 static void hash_key(const char *query, size_t qlen, size_t cap) {
     static const unsigned dims[] = {IQP_DIM_QUERY, IQP_DIM_QUERY | IQP_DIM_COUNTRY | IQP_DIM_GENDER,
                                     IQP_DIM_GENDER};
+    iqp_config cfg;
+    iqp_config_defaults(&cfg);
+    iqp_context ctx;
+    memset(&ctx, 0, sizeof ctx);
+    ctx.v[0].s = query, ctx.v[0].len = qlen;
+    ctx.v[1].s = "US", ctx.v[1].len = 2;
+    ctx.v[2].s = "female", ctx.v[2].len = 6;
     for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++) {
         char roomy[512];
         size_t full = iqp_rv_hash_key(roomy, sizeof roomy, "iqp", 18446744073709551615ull,
-                                      "qcg_item", dims[d], "US", "female", query, qlen);
+                                      "qcg_item", &cfg, dims[d], &ctx);
         char *tight = malloc(cap ? cap : 1);
         if (!tight) abort();
-        size_t n = iqp_rv_hash_key(tight, cap, "iqp", 18446744073709551615ull, "qcg_item", dims[d],
-                                   "US", "female", query, qlen);
+        size_t n = iqp_rv_hash_key(tight, cap, "iqp", 18446744073709551615ull, "qcg_item", &cfg,
+                                   dims[d], &ctx);
         CHECK(n == full);
         size_t shown = n < cap ? n : cap;
         if (full < sizeof roomy) CHECK(memcmp(tight, roomy, shown) == 0);

@@ -24,12 +24,8 @@ void iqp_cells_context_prefix(iqp_keybuf *kb, const iqp_feature_spec *f, const i
     kb->buf[kb->len++] = (unsigned char)nlen;
     memcpy(kb->buf + kb->len, f->name, nlen);
     kb->len += nlen;
-    if (f->dims & IQP_DIM_QUERY) put_u16_string(kb, ctx->query, ctx->query_len);
-    if (f->dims & IQP_DIM_COUNTRY) put_u16_string(kb, ctx->country, 2);
-    if (f->dims & IQP_DIM_GENDER) {
-        const char *g = iqp_gender_name(ctx->gender);
-        put_u16_string(kb, g, strlen(g));
-    }
+    for (unsigned s = 0, d = f->dims; d; s++, d >>= 1)
+        if (d & 1u) put_u16_string(kb, ctx->v[s].s, ctx->v[s].len);
 }
 
 void iqp_cells_append_entity(iqp_keybuf *kb, const char *item, size_t len) {
@@ -99,17 +95,15 @@ void iqp_cells_event_marker(unsigned char *out, const char *event_id, size_t len
 }
 
 void iqp_cells_action_marker(unsigned char *out, char kind, const char *request_id, size_t rlen,
-                             const char *item, size_t ilen, int action, const iqp_context *ctx) {
+                             const char *item, size_t ilen, int action, size_t n_segments,
+                             const iqp_context *ctx) {
     iqp_keybuf kb;
     int32_t a = action;
-    const char *g = iqp_gender_name(ctx->gender);
     iqp_keybuf_init(&kb);
     put_field(&kb, request_id, rlen);
     put_field(&kb, item, ilen);
     put_field(&kb, &a, sizeof a);
-    put_field(&kb, ctx->query, ctx->query_len);
-    put_field(&kb, ctx->country, 2);
-    put_field(&kb, g, strlen(g));
+    for (size_t s = 0; s < n_segments; s++) put_field(&kb, ctx->v[s].s, ctx->v[s].len);
     finish_marker(out, kind, &kb);
 }
 
@@ -127,12 +121,6 @@ static int get_u16_string(const unsigned char *key, size_t len, size_t *pos, con
     return 0;
 }
 
-static iqp_gender gender_from_name(const char *s, size_t n) {
-    if (n == 6 && memcmp(s, "female", 6) == 0) return IQP_GENDER_FEMALE;
-    if (n == 4 && memcmp(s, "male", 4) == 0) return IQP_GENDER_MALE;
-    return IQP_GENDER_UNKNOWN;
-}
-
 int iqp_cells_parse_key(const iqp_config *cfg, const unsigned char *key, size_t len,
                         iqp_parsed_key *out) {
     memset(out, 0, sizeof *out);
@@ -143,21 +131,9 @@ int iqp_cells_parse_key(const iqp_config *cfg, const unsigned char *key, size_t 
     int f = iqp_config_feature_index(cfg, name);
     if (f < 0) return -1;
     size_t pos = 1 + (size_t)key[0];
-    const char *s;
-    size_t n;
-    unsigned dims = cfg->features[f].dims;
-    memcpy(out->ctx.country, "ZZ", 3);
-    if (dims & IQP_DIM_QUERY) {
-        if (get_u16_string(key, len, &pos, &out->ctx.query, &out->ctx.query_len) < 0) return -1;
-    }
-    if (dims & IQP_DIM_COUNTRY) {
-        if (get_u16_string(key, len, &pos, &s, &n) < 0 || n != 2) return -1;
-        memcpy(out->ctx.country, s, 2);
-    }
-    if (dims & IQP_DIM_GENDER) {
-        if (get_u16_string(key, len, &pos, &s, &n) < 0) return -1;
-        out->ctx.gender = gender_from_name(s, n);
-    }
+    for (unsigned s = 0, d = cfg->features[f].dims; d; s++, d >>= 1)
+        if ((d & 1u) && get_u16_string(key, len, &pos, &out->ctx.v[s].s, &out->ctx.v[s].len) < 0)
+            return -1;
     out->feature = (size_t)f;
     out->prefix_len = pos;
     if (pos == len) return 0; /* a context key */

@@ -5,13 +5,16 @@
  * refresher) both build keys only through these functions.
  *
  *   context prefix  = u8 len, feature name,
- *                     then per context dimension in (query, country, gender)
- *                     order: u16 BE len, normalized value
+ *                     then per segment of the feature's context, in
+ *                     segment (declaration) order: u16 BE len, normalized
+ *                     value (the defaults: query, country, gender)
  *   count cell      = context prefix, u16 BE len, item id, u8 granularity
  *                     index, u64 BE bucket
  *   context cell    = context prefix, u8 granularity index, u64 BE bucket
  *   dedup marker    = u8 kind ('E' event id, 'A' action, 'G' engaged),
- *                     XXH3-128 of the length-prefixed fields  (CF "dedup")
+ *                     XXH3-128 of the length-prefixed fields  (CF "dedup");
+ *                     an action marker's fields are the request id, item,
+ *                     action and every segment's value, in segment order
  *
  * Cells and stored keys (layout 3): a cell is one (granularity, bucket) of
  * a (context, entity); the counts and contexts column families store one
@@ -47,18 +50,10 @@
 #include <stdint.h>
 #include "model/buf.h"
 #include "model/config.h"
-#include "model/normalize.h"
+#include "model/segments.h"
 
-#define IQP_KEY_MAX (1 + IQP_NAME_MAX + 3 * (2 + 65535) + 2 + 65535 + 1 + 8)
+#define IQP_KEY_MAX (1 + IQP_NAME_MAX + IQP_MAX_SEGMENTS * (2 + 65535) + 2 + 65535 + 1 + 8)
 #define IQP_MARKER_KEY_LEN 17
-
-/* A normalized user/query context, as the aggregator and lookup see it. */
-typedef struct iqp_context {
-    const char *query;
-    size_t query_len;
-    char country[3];
-    iqp_gender gender;
-} iqp_context;
 
 /* Keys are built in the one growable byte buffer (buf.h). iqp_keybuf and
  * iqp_keybuf_* are its names where keys are built; they add nothing. */
@@ -102,7 +97,7 @@ void iqp_cells_append_slot(iqp_keybuf *kb, const iqp_config *cfg, int64_t slot);
  * strings point into the key. */
 typedef struct iqp_parsed_key {
     size_t feature;        /* index into cfg->features */
-    iqp_context ctx;       /* the dimensions the feature has; others zero / "ZZ" */
+    iqp_context ctx;       /* the segments the feature has; the others NULL */
     size_t prefix_len;     /* bytes of the context prefix */
     const char *item;      /* NULL for a context prefix */
     size_t item_len;
@@ -116,6 +111,7 @@ int iqp_cells_parse_key(const iqp_config *cfg, const unsigned char *key, size_t 
 /* Dedup marker keys (out: IQP_MARKER_KEY_LEN bytes). */
 void iqp_cells_event_marker(unsigned char *out, const char *event_id, size_t len);
 void iqp_cells_action_marker(unsigned char *out, char kind, const char *request_id, size_t rlen,
-                             const char *item, size_t ilen, int action, const iqp_context *ctx);
+                             const char *item, size_t ilen, int action, size_t n_segments,
+                             const iqp_context *ctx);
 
 #endif

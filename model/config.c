@@ -2,7 +2,7 @@
  *
  * The configuration has two parts with different lifetimes:
  *
- *  - the layout (actions, features, windows) fixes what every counter cell
+ *  - the layout (actions, segments, features, windows) fixes what every counter cell
  *    in a store means. It is written into the store when the store is
  *    created, as canonical JSON (iqp_config_layout_json), and every later
  *    open compares it with the running config (iqp_config_layout_diff) and
@@ -21,20 +21,35 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 static const char *default_actions[] = {"click",    "save",     "closeup",
                                         "long_click", "download", "screenshot"};
 
 static const struct {
-    const char *name;
-    unsigned dims;
-} default_features[] = {
-    {"q_item", IQP_DIM_QUERY},
-    {"qc_item", IQP_DIM_QUERY | IQP_DIM_COUNTRY},
-    {"qg_item", IQP_DIM_QUERY | IQP_DIM_GENDER},
-    {"c_item", IQP_DIM_COUNTRY},
-    {"g_item", IQP_DIM_GENDER},
+    const char *name, *field;
+    iqp_normalizer normalizer;
+} default_segments[] = {
+    {"query", "query", IQP_NORM_QUERY},
+    {"country", "user.country", IQP_NORM_COUNTRY},
+    {"gender", "user.gender", IQP_NORM_GENDER},
 };
+
+/* Contexts by segment name: resolved against the config's segments. */
+static const struct {
+    const char *name;
+    const char *context[3];
+} default_features[] = {
+    {"q_item", {"query"}},
+    {"qc_item", {"query", "country"}},
+    {"qg_item", {"query", "gender"}},
+    {"c_item", {"country"}},
+    {"g_item", {"gender"}},
+};
+
+static const char *const normalizer_names[IQP_NORM__COUNT] = {
+    [IQP_NORM_QUERY] = "query", [IQP_NORM_COUNTRY] = "country", [IQP_NORM_GENDER] = "gender",
+    [IQP_NORM_ENUM] = "enum", [IQP_NORM_BUCKET] = "bucket"};
 
 #define HOUR_MS (3600LL * 1000)
 #define DAY_MS (24 * HOUR_MS)
@@ -80,16 +95,41 @@ static void derive_granularities(iqp_config *cfg) {
     }
 }
 
+/* The default features, their contexts resolved against cfg's segments.
+ * -1 (with a message naming src) when a segment they use is not declared. */
+static int default_feature_set(iqp_config *cfg, const char *src, char *err, size_t errlen) {
+    cfg->n_features = COUNT_OF(default_features);
+    for (size_t i = 0; i < cfg->n_features; i++) {
+        iqp_feature_spec *f = &cfg->features[i];
+        snprintf(f->name, IQP_NAME_MAX, "%s", default_features[i].name);
+        f->dims = 0;
+        for (size_t k = 0; k < COUNT_OF(default_features[i].context) && default_features[i].context[k]; k++) {
+            int s = iqp_config_segment_index(cfg, default_features[i].context[k]);
+            if (s < 0) {
+                if (err) snprintf(err, errlen, "%s: the default features use segment \"%s\", which "
+                                  "\"segments\" does not declare; list \"features\" too", src,
+                                  default_features[i].context[k]);
+                return -1;
+            }
+            f->dims |= 1u << s;
+        }
+    }
+    return 0;
+}
+
 void iqp_config_defaults(iqp_config *cfg) {
     memset(cfg, 0, sizeof(*cfg));
     cfg->n_actions = COUNT_OF(default_actions);
     for (size_t i = 0; i < cfg->n_actions; i++)
         snprintf(cfg->actions[i], IQP_NAME_MAX, "%s", default_actions[i]);
-    cfg->n_features = COUNT_OF(default_features);
-    for (size_t i = 0; i < cfg->n_features; i++) {
-        snprintf(cfg->features[i].name, IQP_NAME_MAX, "%s", default_features[i].name);
-        cfg->features[i].dims = default_features[i].dims;
+    cfg->n_segments = COUNT_OF(default_segments);
+    for (size_t i = 0; i < cfg->n_segments; i++) {
+        iqp_segment_spec *sg = &cfg->segments[i];
+        snprintf(sg->name, IQP_NAME_MAX, "%s", default_segments[i].name);
+        snprintf(sg->field, IQP_FIELD_MAX, "%s", default_segments[i].field);
+        sg->normalizer = default_segments[i].normalizer;
     }
+    default_feature_set(cfg, NULL, NULL, 0);
     cfg->n_windows = COUNT_OF(default_windows);
     for (size_t i = 0; i < cfg->n_windows; i++) {
         iqp_window_spec *w = &cfg->windows[i];
@@ -138,8 +178,8 @@ int iqp_parse_duration(const char *text, int64_t *ms) {
 
 #define FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); return -1; } while (0)
 
-int iqp_config_valid_name(const char *s, size_t n) {
-    if (n == 0 || n >= IQP_NAME_MAX) return 0;
+/* s[0..n) is made of [A-Za-z0-9_.-] only. */
+static int name_chars(const char *s, size_t n) {
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
         if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -147,6 +187,10 @@ int iqp_config_valid_name(const char *s, size_t n) {
             return 0;
     }
     return 1;
+}
+
+int iqp_config_valid_name(const char *s, size_t n) {
+    return n > 0 && n < IQP_NAME_MAX && name_chars(s, n);
 }
 
 /* Every key of obj must be in known (NULL-terminated): the first that is
@@ -161,6 +205,15 @@ static int check_keys(json_t *obj, const char *const *known, const char *path, c
         while (*k && strcmp(*k, key) != 0) k++;
         if (!*k) FAIL("%s: unknown key \"%s%s%s\"", src, path, *path ? "." : "", key);
     }
+    return 0;
+}
+
+/* A section that is an array of 1..max objects ("features", "windows",
+ * "segments"). */
+static int check_object_array(json_t *arr, const char *key, size_t max, const char *src, char *err,
+                              size_t errlen) {
+    if (!json_is_array(arr) || json_array_size(arr) == 0 || json_array_size(arr) > max)
+        FAIL("%s: \"%s\" must be an array of 1..%zu objects", src, key, max);
     return 0;
 }
 
@@ -193,27 +246,140 @@ static int parse_actions(iqp_config *cfg, json_t *arr, const char *src, char *er
     return 0;
 }
 
-static int parse_dims(json_t *ctx, unsigned *dims) {
-    static const struct { const char *name; unsigned bit; } dim_names[] = {
-        {"query", IQP_DIM_QUERY}, {"country", IQP_DIM_COUNTRY}, {"gender", IQP_DIM_GENDER}};
+/* A feature's context: distinct names of declared segments. */
+static int parse_dims(const iqp_config *cfg, json_t *ctx, unsigned *dims) {
     *dims = 0;
     if (!json_is_array(ctx) || json_array_size(ctx) == 0) return -1;
     size_t i;
     json_t *v;
     json_array_foreach(ctx, i, v) {
         const char *s = json_string_value(v);
-        unsigned bit = 0;
-        for (size_t k = 0; s && k < COUNT_OF(dim_names); k++)
-            if (strcmp(s, dim_names[k].name) == 0) bit = dim_names[k].bit;
-        if (!bit || (*dims & bit)) return -1;
-        *dims |= bit;
+        int k = s ? iqp_config_segment_index(cfg, s) : -1;
+        if (k < 0 || (*dims & (1u << k))) return -1;
+        *dims |= 1u << k;
     }
     return 0;
 }
 
+/* "seg1", "seg2", ... of cfg's segments, for messages. */
+static void segment_list(const iqp_config *cfg, char *out, size_t cap) {
+    size_t n = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < cfg->n_segments && n < cap; i++)
+        n += (size_t)snprintf(out + n, cap - n, "%s\"%s\"", i ? ", " : "", cfg->segments[i].name);
+}
+
+/* ---- segments ------------------------------------------------------------ */
+
+static int valid_field(const char *s) {
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n >= IQP_FIELD_MAX || s[0] == '.' || s[n - 1] == '.' || strstr(s, "..")) return 0;
+    return name_chars(s, n);
+}
+
+static int parse_normalizer(const char *s, iqp_normalizer *out) {
+    for (int k = 0; s && k < IQP_NORM__COUNT; k++)
+        if (strcmp(s, normalizer_names[k]) == 0) return *out = (iqp_normalizer)k, 0;
+    return -1;
+}
+
+/* An enum segment's "values" and "fallback". */
+static int parse_enum(iqp_segment_spec *sg, json_t *v, const char *path, const char *src, char *err,
+                      size_t errlen) {
+    json_t *vals = json_object_get(v, "values"), *x;
+    size_t k;
+    if (!json_is_array(vals) || json_array_size(vals) == 0 || json_array_size(vals) > IQP_MAX_ENUM_VALUES)
+        FAIL("%s: %s.values must be an array of 1..%d names (an enum segment)", src, path, IQP_MAX_ENUM_VALUES);
+    json_array_foreach(vals, k, x) {
+        const char *s = json_string_value(x);
+        if (!s || !iqp_config_valid_name(s, strlen(s)))
+            FAIL("%s: %s.values[%zu] must be a name of 1..%d characters [A-Za-z0-9_.-]", src, path, k,
+                 IQP_NAME_MAX - 1);
+        for (size_t j = 0; j < k; j++)
+            if (strcasecmp(sg->values[j], s) == 0) FAIL("%s: %s.values[%zu] \"%s\" is listed twice", src, path, k, s);
+        snprintf(sg->values[sg->n_values++], IQP_NAME_MAX, "%s", s);
+    }
+    return 0;
+}
+
+/* A bucket segment's "bounds": ascending integers. */
+static int parse_bounds(iqp_segment_spec *sg, json_t *v, const char *path, const char *src, char *err,
+                        size_t errlen) {
+    json_t *b = json_object_get(v, "bounds"), *x;
+    size_t k;
+    if (!json_is_array(b) || json_array_size(b) == 0 || json_array_size(b) > IQP_MAX_BUCKET_BOUNDS)
+        FAIL("%s: %s.bounds must be an array of 1..%d ascending integers (a bucket segment)", src, path,
+             IQP_MAX_BUCKET_BOUNDS);
+    json_array_foreach(b, k, x) {
+        json_int_t n = json_is_integer(x) ? json_integer_value(x) : 0;
+        if (!json_is_integer(x) || n < -IQP_BUCKET_BOUND_MAX || n > IQP_BUCKET_BOUND_MAX ||
+            (k && n <= sg->bounds[k - 1]))
+            FAIL("%s: %s.bounds[%zu] must be an integer in [-%lld, %lld], above the one before", src, path,
+                 k, IQP_BUCKET_BOUND_MAX, IQP_BUCKET_BOUND_MAX);
+        sg->bounds[sg->n_bounds++] = n;
+    }
+    return 0;
+}
+
+/* Export rows name their columns by segment; these are taken. */
+static int reserved_segment_name(const char *name) {
+    static const char *reserved[] = {"item", "request_id", "position", "ts"};
+    for (size_t k = 0; k < COUNT_OF(reserved); k++)
+        if (strcmp(name, reserved[k]) == 0) return 1;
+    return strncmp(name, "label_", 6) == 0;
+}
+
+static int parse_segment(iqp_config *cfg, iqp_segment_spec *sg, json_t *v, size_t i, const char *src,
+                         char *err, size_t errlen) {
+    static const char *const known[] = {"name", "field", "normalizer", "values", "bounds", "fallback", NULL};
+    char path[32];
+    snprintf(path, sizeof path, "segments[%zu]", i);
+    if (!json_is_object(v)) FAIL("%s: %s must be an object", src, path);
+    if (check_keys(v, known, path, src, err, errlen)) return -1;
+    const char *name = json_string_value(json_object_get(v, "name"));
+    const char *field = json_string_value(json_object_get(v, "field"));
+    const char *norm = json_string_value(json_object_get(v, "normalizer"));
+    json_t *fb = json_object_get(v, "fallback");
+    memset(sg, 0, sizeof *sg);
+    if (!name || !iqp_config_valid_name(name, strlen(name)) || reserved_segment_name(name))
+        FAIL("%s: %s.name is missing or invalid (1..%d characters [A-Za-z0-9_.-]; not item, request_id, "
+             "position, ts, which name export columns)", src, path, IQP_NAME_MAX - 1);
+    if (iqp_config_segment_index(cfg, name) >= 0) FAIL("%s: %s \"%s\" is listed twice", src, path, name);
+    if (!valid_field(field))
+        FAIL("%s: %s.field must be the event field's dotted path, like \"user.device\"", src, path);
+    if (parse_normalizer(norm, &sg->normalizer) < 0)
+        FAIL("%s: %s.normalizer must be one of \"query\", \"country\", \"gender\", \"enum\", \"bucket\"",
+             src, path);
+    if (sg->normalizer == IQP_NORM_QUERY && strcmp(field, "query") != 0)
+        FAIL("%s: %s: the query normalizer reads the event's \"query\" field only", src, path);
+    if (sg->normalizer != IQP_NORM_QUERY && strcmp(name, "query") == 0)
+        FAIL("%s: %s: a segment named \"query\" must use the query normalizer", src, path);
+    int has_fallback = sg->normalizer == IQP_NORM_ENUM || sg->normalizer == IQP_NORM_BUCKET;
+    if (sg->normalizer == IQP_NORM_ENUM && parse_enum(sg, v, path, src, err, errlen)) return -1;
+    if (sg->normalizer == IQP_NORM_BUCKET && parse_bounds(sg, v, path, src, err, errlen)) return -1;
+    if (sg->normalizer != IQP_NORM_ENUM && json_object_get(v, "values"))
+        FAIL("%s: %s.values belongs to an enum segment only", src, path);
+    if (sg->normalizer != IQP_NORM_BUCKET && json_object_get(v, "bounds"))
+        FAIL("%s: %s.bounds belongs to a bucket segment only", src, path);
+    if (fb && (!has_fallback || !json_is_string(fb) ||
+               !iqp_config_valid_name(json_string_value(fb), json_string_length(fb))))
+        FAIL("%s: %s.fallback must be a name, and only an enum or bucket segment has one", src, path);
+    if (has_fallback) snprintf(sg->fallback, IQP_NAME_MAX, "%s", fb ? json_string_value(fb) : "unknown");
+    snprintf(sg->name, IQP_NAME_MAX, "%s", name);
+    snprintf(sg->field, IQP_FIELD_MAX, "%s", field);
+    return 0;
+}
+
+static int parse_segments(iqp_config *cfg, json_t *arr, const char *src, char *err, size_t errlen) {
+    if (check_object_array(arr, "segments", IQP_MAX_SEGMENTS, src, err, errlen)) return -1;
+    cfg->n_segments = 0; /* each segment is checked against the ones before it */
+    for (size_t i = 0; i < json_array_size(arr); i++, cfg->n_segments++)
+        if (parse_segment(cfg, &cfg->segments[i], json_array_get(arr, i), i, src, err, errlen)) return -1;
+    return 0;
+}
+
 static int parse_features(iqp_config *cfg, json_t *arr, const char *src, char *err, size_t errlen) {
-    if (!json_is_array(arr) || json_array_size(arr) == 0 || json_array_size(arr) > IQP_MAX_FEATURES)
-        FAIL("%s: \"features\" must be an array of 1..%d objects", src, IQP_MAX_FEATURES);
+    if (check_object_array(arr, "features", IQP_MAX_FEATURES, src, err, errlen)) return -1;
     cfg->n_features = 0;
     size_t i;
     json_t *v;
@@ -229,9 +395,12 @@ static int parse_features(iqp_config *cfg, json_t *arr, const char *src, char *e
         if (!name || !iqp_config_valid_name(name, strlen(name))) FAIL("%s: features[%zu].name is missing or invalid", src, i);
         if (iqp_config_feature_index(cfg, name) >= 0)
             FAIL("%s: features[%zu] \"%s\" is listed twice", src, i, name);
-        if (parse_dims(json_object_get(v, "context"), &f->dims) < 0)
-            FAIL("%s: features[%zu].context must be a non-empty array of distinct \"query\", "
-                 "\"country\", \"gender\"", src, i);
+        if (parse_dims(cfg, json_object_get(v, "context"), &f->dims) < 0) {
+            char names[IQP_MAX_SEGMENTS * (IQP_NAME_MAX + 4)];
+            segment_list(cfg, names, sizeof names);
+            FAIL("%s: features[%zu].context must be a non-empty array of distinct segment names (%s)",
+                 src, i, names);
+        }
         if (entity && !(json_is_string(entity) && strcmp(json_string_value(entity), "item") == 0))
             FAIL("%s: features[%zu].entity must be \"item\" (the only entity supported)", src, i);
         snprintf(f->name, IQP_NAME_MAX, "%s", name);
@@ -273,8 +442,7 @@ static int parse_window(iqp_window_spec *w, json_t *v, size_t i, const char *src
 }
 
 static int parse_windows(iqp_config *cfg, json_t *arr, const char *src, char *err, size_t errlen) {
-    if (!json_is_array(arr) || json_array_size(arr) == 0 || json_array_size(arr) > IQP_MAX_WINDOWS)
-        FAIL("%s: \"windows\" must be an array of 1..%d objects", src, IQP_MAX_WINDOWS);
+    if (check_object_array(arr, "windows", IQP_MAX_WINDOWS, src, err, errlen)) return -1;
     cfg->n_windows = 0;
     size_t i;
     json_t *v;
@@ -353,7 +521,7 @@ static int check_at_most(json_t *root, const char *key, int64_t v, int64_t max, 
     return 0;
 }
 
-static const char *const known_keys[] = {"layout_version", "actions",       "features",           "windows",
+static const char *const known_keys[] = {"layout_version", "actions",       "segments", "features", "windows",
                                          "limits",        "dedup_horizon",      "max_future_skew_ms",
                                          "flush_events",  "kafka",              "stream",
                                          "redis",         "metrics",            "store",
@@ -387,7 +555,9 @@ static int parse_root(iqp_config *cfg, json_t *root, const char *src, char *err,
         check_metrics_section(json_object_get(root, "metrics"), src, err, errlen))
         return -1;
     if ((v = json_object_get(root, "actions")) && parse_actions(cfg, v, src, err, errlen)) return -1;
+    if ((v = json_object_get(root, "segments")) && parse_segments(cfg, v, src, err, errlen)) return -1;
     if ((v = json_object_get(root, "features")) && parse_features(cfg, v, src, err, errlen)) return -1;
+    if (json_object_get(root, "segments") && !v && default_feature_set(cfg, src, err, errlen)) return -1;
     if ((v = json_object_get(root, "windows")) && parse_windows(cfg, v, src, err, errlen)) return -1;
     if ((v = json_object_get(root, "limits")) && parse_limits(cfg, v, src, err, errlen)) return -1;
     if ((v = json_object_get(root, "store")) && parse_store_tuning(cfg, v, src, err, errlen)) return -1;
@@ -451,6 +621,12 @@ int iqp_config_action_index(const iqp_config *cfg, const char *name, size_t len)
     return -1;
 }
 
+int iqp_config_segment_index(const iqp_config *cfg, const char *name) {
+    for (size_t i = 0; i < cfg->n_segments; i++)
+        if (strcmp(cfg->segments[i].name, name) == 0) return (int)i;
+    return -1;
+}
+
 int iqp_config_feature_index(const iqp_config *cfg, const char *name) {
     for (size_t i = 0; i < cfg->n_features; i++)
         if (strcmp(cfg->features[i].name, name) == 0) return (int)i;
@@ -459,20 +635,45 @@ int iqp_config_feature_index(const iqp_config *cfg, const char *name) {
 
 /* ---- layout fingerprint -------------------------------------------------- */
 
-static json_t *dims_json(unsigned dims) {
+/* A feature's context: its segment names in segment order. */
+static json_t *dims_json(const iqp_config *cfg, unsigned dims) {
     json_t *a = json_array();
-    if (dims & IQP_DIM_QUERY) json_array_append_new(a, json_string("query"));
-    if (dims & IQP_DIM_COUNTRY) json_array_append_new(a, json_string("country"));
-    if (dims & IQP_DIM_GENDER) json_array_append_new(a, json_string("gender"));
+    for (size_t s = 0; s < cfg->n_segments; s++)
+        if (dims & (1u << s)) json_array_append_new(a, json_string(cfg->segments[s].name));
+    return a;
+}
+
+static json_t *segment_json(const iqp_segment_spec *sg) {
+    json_t *o = json_pack("{s:s, s:s, s:s}", "name", sg->name, "field", sg->field, "normalizer",
+                          normalizer_names[sg->normalizer]);
+    if (sg->normalizer == IQP_NORM_ENUM) {
+        json_t *a = json_array();
+        for (size_t k = 0; k < sg->n_values; k++) json_array_append_new(a, json_string(sg->values[k]));
+        json_object_set_new(o, "values", a);
+    }
+    if (sg->normalizer == IQP_NORM_BUCKET) {
+        json_t *a = json_array();
+        for (size_t k = 0; k < sg->n_bounds; k++) json_array_append_new(a, json_integer(sg->bounds[k]));
+        json_object_set_new(o, "bounds", a);
+    }
+    if (sg->normalizer == IQP_NORM_ENUM || sg->normalizer == IQP_NORM_BUCKET)
+        json_object_set_new(o, "fallback", json_string(sg->fallback));
+    return o;
+}
+
+static json_t *segments_json(const iqp_config *cfg) {
+    json_t *a = json_array();
+    for (size_t s = 0; s < cfg->n_segments; s++) json_array_append_new(a, segment_json(&cfg->segments[s]));
     return a;
 }
 
 char *iqp_config_layout_json(const iqp_config *cfg) {
     json_t *root = json_object(), *acts = json_array(), *feats = json_array(), *wins = json_array();
+    json_t *segs = segments_json(cfg);
     for (size_t i = 0; i < cfg->n_actions; i++) json_array_append_new(acts, json_string(cfg->actions[i]));
     for (size_t i = 0; i < cfg->n_features; i++)
         json_array_append_new(feats, json_pack("{s:s, s:o, s:s}", "name", cfg->features[i].name,
-                                               "context", dims_json(cfg->features[i].dims),
+                                               "context", dims_json(cfg, cfg->features[i].dims),
                                                "entity", "item"));
     for (size_t i = 0; i < cfg->n_windows; i++)
         json_array_append_new(wins, json_pack("{s:s, s:I, s:I}", "name", cfg->windows[i].name,
@@ -480,6 +681,7 @@ char *iqp_config_layout_json(const iqp_config *cfg) {
                                               "granularity", (json_int_t)cfg->windows[i].gran_ms));
     json_object_set_new(root, "layout_version", json_integer(IQP_LAYOUT_VERSION));
     json_object_set_new(root, "actions", acts);
+    json_object_set_new(root, "segments", segs);
     json_object_set_new(root, "features", feats);
     json_object_set_new(root, "windows", wins);
     char *s = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
@@ -518,7 +720,12 @@ int iqp_config_layout_diff(const char *stored, const iqp_config *cfg, char *msg,
     char *now_text = iqp_config_layout_json(cfg);
     json_t *now = json_loads(now_text, 0, NULL);
     free(now_text);
-    static const char *sections[] = {"layout_version", "actions", "features", "windows"};
+    static const char *sections[] = {"layout_version", "actions", "segments", "features", "windows"};
+    if (!json_object_get(old, "segments")) { /* written before segments were data */
+        iqp_config defaults;
+        iqp_config_defaults(&defaults);
+        json_object_set_new(old, "segments", segments_json(&defaults));
+    }
     json_t *ver = json_object_get(old, "layout_version");
     if (!json_equal(ver, json_object_get(now, "layout_version"))) {
         char *v = ver ? json_dumps(ver, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;

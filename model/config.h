@@ -17,6 +17,8 @@
  *
  * The config file is JSON; every key is optional:
  *   { "actions":  ["click", "save", ...],
+ *     "segments": [ {"name": "country", "field": "user.country",
+ *                    "normalizer": "country"}, ...],
  *     "features": [ {"name": "qc_item", "context": ["query", "country"]}, ...],
  *     "windows":  [ {"name": "1d", "length": "1d", "granularity": "1h"}, ...],
  *     "limits":   {"max_event_bytes": 1048576, "max_items": 10000,
@@ -25,8 +27,17 @@
  *     "flush_events": 200000,
  *     "store":    {"write_buffer_mb": 64, "l0_compaction_trigger": 8,
  *                  "block_cache_mb": 64, "background_jobs": 2} }
- * Only actions, features and windows (the layout) are part of the store's
- * fingerprint; limits and tuning may change between runs.
+ * Only actions, segments, features and windows (the layout) are part of
+ * the store's fingerprint; limits and tuning may change between runs.
+ *
+ * Segments (the dimensions a context is keyed by) are data: each names the
+ * event field its value comes from and the normalizer that makes the value
+ * a key part (model/segments.h says how each normalizes). The defaults are
+ * query ("query", query text), country ("user.country", ISO country) and
+ * gender ("user.gender", gender). A feature's context is a set of segment
+ * names; its keys list the values in segment (declaration) order, so with
+ * the default segments the keys are byte for byte those of the fixed
+ * (query, country, gender) context that came before.
  */
 #ifndef IQP_CONFIG_H
 #define IQP_CONFIG_H
@@ -44,13 +55,45 @@
 
 enum { IQP_COUNTER_IMPRESSION = 0, IQP_COUNTER_ENGAGED = 1, IQP_COUNTER_ACTION0 = 2 };
 
-/* Context dimensions a feature may be keyed by; a bit set, and the key
- * always lists them in this order (query, country, gender). */
+#define IQP_MAX_SEGMENTS 8
+#define IQP_MAX_ENUM_VALUES 16
+#define IQP_MAX_BUCKET_BOUNDS 16
+#define IQP_FIELD_MAX 64
+/* Bound of a normalized segment value other than query text (NUL included):
+ * an ISO code, a gender, an enum value or a bucket label. */
+#define IQP_SEGMENT_VALUE_MAX IQP_NAME_MAX
+/* Bucket bounds stay within +-IQP_BUCKET_BOUND_MAX so labels fit. */
+#define IQP_BUCKET_BOUND_MAX 1000000000LL
+
+typedef enum {
+    IQP_NORM_QUERY = 0,   /* query text (NFKC, case fold, spaces); only the "query" field */
+    IQP_NORM_COUNTRY,     /* ISO 3166-1 alpha-2, else "ZZ" */
+    IQP_NORM_GENDER,      /* female | male | unknown */
+    IQP_NORM_ENUM,        /* one of values (ASCII case-insensitive, trimmed), else fallback */
+    IQP_NORM_BUCKET,      /* an integer, labelled by the bucket of bounds it falls in, else fallback */
+    IQP_NORM__COUNT
+} iqp_normalizer;
+
+typedef struct iqp_segment_spec {
+    char name[IQP_NAME_MAX];
+    char field[IQP_FIELD_MAX];  /* dotted path in the event: "query", "user.device" */
+    iqp_normalizer normalizer;
+    size_t n_values;            /* enum: the allowed values, as written in keys */
+    char values[IQP_MAX_ENUM_VALUES][IQP_NAME_MAX];
+    char fallback[IQP_NAME_MAX]; /* enum and bucket: the value of anything else */
+    size_t n_bounds;            /* bucket: ascending lower bounds */
+    int64_t bounds[IQP_MAX_BUCKET_BOUNDS];
+} iqp_segment_spec;
+
+/* The bits of the default segments (query, country, gender), for tests
+ * and tools written against the defaults; the pipeline itself reads
+ * cfg->segments and never assumes them. */
 enum { IQP_DIM_QUERY = 1u, IQP_DIM_COUNTRY = 2u, IQP_DIM_GENDER = 4u };
 
 typedef struct iqp_feature_spec {
     char name[IQP_NAME_MAX];
-    unsigned dims;              /* IQP_DIM_* bits; entity is always the item */
+    unsigned dims;              /* bit i: segment i (cfg->segments[i]) is part of the
+                                 * context; entity is always the item */
 } iqp_feature_spec;
 
 typedef struct iqp_window_spec {
@@ -80,6 +123,8 @@ typedef struct iqp_store_tuning {
 typedef struct iqp_config {
     size_t n_actions;
     char actions[IQP_MAX_ACTIONS][IQP_NAME_MAX];
+    size_t n_segments;
+    iqp_segment_spec segments[IQP_MAX_SEGMENTS];
     size_t n_features;
     iqp_feature_spec features[IQP_MAX_FEATURES];
     size_t n_windows;
@@ -113,7 +158,9 @@ int iqp_config_parse(iqp_config *cfg, const char *json_text, const char *source,
  * store/counters.h). A store of another version is refused. */
 #define IQP_LAYOUT_VERSION 3
 
-/* Canonical layout JSON (actions, features, windows): malloc'd, caller frees. */
+/* Canonical layout JSON (actions, segments, features, windows): malloc'd,
+ * caller frees. A stored layout without "segments" (written before
+ * segments were data) reads as the default segments. */
 char *iqp_config_layout_json(const iqp_config *cfg);
 
 /* Compares a stored layout JSON with cfg. Returns 0 when they agree; 1 when
@@ -128,6 +175,9 @@ int iqp_config_action_index(const iqp_config *cfg, const char *name, size_t len)
 /* True when s[0..n) is a valid action, feature or window name: 1 to
  * IQP_NAME_MAX-1 characters of [A-Za-z0-9_.-]. */
 int iqp_config_valid_name(const char *s, size_t n);
+
+/* Index of a segment name, or -1. */
+int iqp_config_segment_index(const iqp_config *cfg, const char *name);
 
 /* Index of a feature name, or -1. */
 int iqp_config_feature_index(const iqp_config *cfg, const char *name);

@@ -363,13 +363,10 @@ static char *context_key(gen_writer *g, uint64_t n, const iqp_refresh_context *c
     char feature[96];
     snprintf(feature, sizeof feature, "%s%s", top ? "@top:" : "", g->cfg->features[c->feature].name);
     const iqp_feature_spec *f = &g->cfg->features[c->feature];
-    const char *gender = iqp_gender_name(c->ctx.gender);
-    *len = iqp_rv_hash_key(NULL, 0, g->prefix, n, feature, f->dims, c->ctx.country, gender, c->ctx.query,
-                           c->ctx.query_len);
+    *len = iqp_rv_hash_key(NULL, 0, g->prefix, n, feature, g->cfg, f->dims, &c->ctx);
     char *key = malloc(*len + 1);
     if (!key) abort();
-    iqp_rv_hash_key(key, *len + 1, g->prefix, n, feature, f->dims, c->ctx.country, gender, c->ctx.query,
-                    c->ctx.query_len);
+    iqp_rv_hash_key(key, *len + 1, g->prefix, n, feature, g->cfg, f->dims, &c->ctx);
     return key;
 }
 

@@ -506,12 +506,10 @@ static int publish_group(iqp_publisher *p, const iqp_store_snapshot *snap, int64
     const iqp_context *ctx = &g->key.ctx;
     int64_t cc[IQP_MAX_WINDOWS];
     char err[512], ttl[32];
-    size_t klen = iqp_rv_hash_key(NULL, 0, p->prefix, p->generation, f->name, f->dims, ctx->country,
-                                  iqp_gender_name(ctx->gender), ctx->query, ctx->query_len);
+    size_t klen = iqp_rv_hash_key(NULL, 0, p->prefix, p->generation, f->name, p->cfg, f->dims, ctx);
     char *key = malloc(klen + 1);
     if (!key) abort();
-    iqp_rv_hash_key(key, klen + 1, p->prefix, p->generation, f->name, f->dims, ctx->country,
-                    iqp_gender_name(ctx->gender), ctx->query, ctx->query_len);
+    iqp_rv_hash_key(key, klen + 1, p->prefix, p->generation, f->name, p->cfg, f->dims, ctx);
     int rc = iqp_features_read_context_at(p->st, snap, g->key.feature, ctx, as_of, cc, err, sizeof err);
     if (rc == 0) context_written(p, g->prefix, g->key.prefix_len);
     for (size_t from = 0; rc == 0 && (from < g->n || from == 0); from += HSET_ITEMS) {

@@ -26,16 +26,14 @@ static void put_context(FILE *out, const iqp_config *cfg, const iqp_refresh_cont
     const iqp_feature_spec *f = &cfg->features[c->feature];
     const char *sep = "";
     fprintf(out, "%s {", f->name);
-    if (f->dims & IQP_DIM_QUERY) {
-        fputs("query=", out);
-        put_string(out, c->ctx.query, c->ctx.query_len);
+    for (size_t s = 0; s < cfg->n_segments; s++) {
+        if (!(f->dims & (1u << s))) continue;
+        const iqp_segval *v = &c->ctx.v[s];
+        fprintf(out, "%s%s=", sep, cfg->segments[s].name);
+        if (cfg->segments[s].normalizer == IQP_NORM_QUERY) put_string(out, v->s, v->len);
+        else fprintf(out, "%.*s", (int)v->len, v->s);
         sep = ",";
     }
-    if (f->dims & IQP_DIM_COUNTRY) {
-        fprintf(out, "%scountry=%s", sep, c->ctx.country);
-        sep = ",";
-    }
-    if (f->dims & IQP_DIM_GENDER) fprintf(out, "%sgender=%s", sep, iqp_gender_name(c->ctx.gender));
     fputc('}', out);
 }
 

@@ -16,7 +16,8 @@
  *   topk FEATURE CTX WINDOW n=N ITEM=V ITEM=V ...    one per window
  *
  * CTX is {query="...",country=CC,gender=G} with only the feature's
- * dimensions; strings are double-quoted, with \" \\ and \xHH for bytes
+ * segments, in segment order, named as the config names them (query text
+ * double-quoted, other values as they are); strings are double-quoted, with \" \\ and \xHH for bytes
  * below 0x20 and 0x7f; counts and measures in config order (impression,
  * engaged, actions).
  *

@@ -194,7 +194,7 @@ void iqp_refresh_get_context(const iqp_refresh_result *r, size_t c, iqp_refresh_
     out->key = r->bytes + r->ctx_key_off[c];
     out->key_len = r->ctx_key_len[c];
     if (iqp_cells_parse_key(&r->cfg, out->key, out->key_len, &pk) == 0) out->ctx = pk.ctx;
-    else memcpy(out->ctx.country, "ZZ", 3); /* the scan kept only keys that parse */
+    /* else: the scan kept only keys that parse; ctx stays empty */
     out->context_count = r->ctx_count ? r->ctx_count + c * r->nw : NULL;
     out->first_entity = r->ctx_ent[c];
     out->n_entities = r->ctx_ent[c + 1] - r->ctx_ent[c];

@@ -13,6 +13,10 @@
  *   4. schema          then the common fields in this order: event_id, ts,
  *                      request_id, query, user (.country, .gender); then
  *                      items (impression) or item, action (action)
+ *   5. segments        every configured segment's field is read and
+ *                      normalized (model/segments.h); this never fails: a
+ *                      missing, null or non-scalar value is the
+ *                      normalizer's "unknown" (ZZ, unknown, the fallback)
  *
  * For each field: absent -> missing_field, wrong JSON type -> wrong_type,
  * string longer than limits.max_string_bytes -> string_too_long, unusable
@@ -193,6 +197,8 @@ static int get_user_string(dctx *d, const json_t *user, const char *key, const c
     return check_len(d, path, *len);
 }
 
+/* Checks the schema's user fields; the segments that read them normalize
+ * them (decode_segments). */
 static int get_user(dctx *d, const json_t *obj) {
     json_t *user;
     const char *s;
@@ -200,10 +206,58 @@ static int get_user(dctx *d, const json_t *obj) {
     if (require(d, obj, "user", "user", &user)) return -1;
     if (!json_is_object(user)) return wrong_type(d, "user", "an object", user);
     if (get_user_string(d, user, "country", "user.country", &s, &len)) return -1;
-    iqp_normalize_country(s, len, d->ev->country);
     if (get_user_string(d, user, "gender", "user.gender", &s, &len)) return -1;
-    d->ev->gender = iqp_normalize_gender(s, len);
     return 0;
+}
+
+/* ------------------------------------------------------------ segments --- */
+
+/* The value at a dotted path ("user.device"); NULL when a step is missing. */
+static const json_t *field_at(const json_t *root, const char *path) {
+    char key[IQP_FIELD_MAX];
+    while (root && json_is_object(root)) {
+        const char *dot = strchr(path, '.');
+        size_t n = dot ? (size_t)(dot - path) : strlen(path);
+        memcpy(key, path, n);
+        key[n] = '\0';
+        root = json_object_get(root, key);
+        if (!dot) return root;
+        path = dot + 1;
+    }
+    return NULL;
+}
+
+/* Normalizes every segment but query text into ev->seg_text. */
+static void decode_segments(dctx *d, const json_t *obj) {
+    for (size_t s = 0; s < d->cfg->n_segments; s++) {
+        const iqp_segment_spec *sg = &d->cfg->segments[s];
+        if (sg->normalizer == IQP_NORM_QUERY) continue;
+        const json_t *v = field_at(obj, sg->field);
+        char num[INT_ID_MAX];
+        const char *raw = NULL;
+        size_t len = 0;
+        if (json_is_string(v)) {
+            raw = json_string_value(v);
+            len = json_string_length(v);
+        } else if (json_is_integer(v)) {
+            len = (size_t)snprintf(num, sizeof num, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+            raw = num;
+        }
+        d->ev->seg_len[s] = (unsigned char)iqp_segment_normalize(sg, raw, len, d->ev->seg_text[s]);
+    }
+}
+
+void iqp_event_context(const iqp_config *cfg, const iqp_event *ev, iqp_context *ctx) {
+    for (size_t s = 0; s < cfg->n_segments; s++) {
+        if (cfg->segments[s].normalizer == IQP_NORM_QUERY) {
+            ctx->v[s].s = ev->query;
+            ctx->v[s].len = ev->query_len;
+        } else {
+            ctx->v[s].s = ev->seg_text[s];
+            ctx->v[s].len = ev->seg_len[s];
+        }
+    }
+    for (size_t s = cfg->n_segments; s < IQP_MAX_SEGMENTS; s++) ctx->v[s].s = NULL, ctx->v[s].len = 0;
 }
 
 /* ------------------------------------------------------------ item ids --- */
@@ -345,6 +399,7 @@ static int decode_fields(dctx *d, const json_t *obj) {
         get_id_string(d, obj, "request_id", &ev->request_id, &ev->request_id_len) ||
         get_query(d, obj) || get_user(d, obj))
         return -1;
+    decode_segments(d, obj);
     if (ev->kind == IQP_EVENT_IMPRESSION) return get_items(d, obj);
     return get_action_item(d, obj) || get_action(d, obj) ? -1 : 0;
 }
@@ -453,7 +508,6 @@ int iqp_event_decode(const iqp_config *cfg, const char *buf, size_t len, iqp_eve
 
     memset(ev, 0, sizeof(*ev));
     memset(err, 0, sizeof(*err));
-    memcpy(ev->country, "ZZ", 3);
     ev->item.pos = -1;
     if (len > cfg->limits.max_event_bytes)
         return fail(err, IQP_DECODE_TOO_LARGE, "", "%zu bytes, limit %zu", len,

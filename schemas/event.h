@@ -23,6 +23,7 @@
 #include <jansson.h>
 #include "model/config.h"
 #include "model/normalize.h"
+#include "model/segments.h"
 
 typedef enum { IQP_EVENT_IMPRESSION = 0, IQP_EVENT_ACTION = 1 } iqp_event_kind;
 
@@ -61,8 +62,10 @@ typedef struct iqp_event {
     const char *request_id; size_t request_id_len;
     int64_t ts;                 /* ms since epoch, event time, >= 0 */
     char *query; size_t query_len;  /* normalized, owned, NUL-terminated */
-    char country[3];            /* normalized, "ZZ" when unknown */
-    iqp_gender gender;
+    /* normalized values of the segments other than query text, by segment
+     * index (iqp_event_context gives all of them) */
+    char seg_text[IQP_MAX_SEGMENTS][IQP_SEGMENT_VALUE_MAX];
+    unsigned char seg_len[IQP_MAX_SEGMENTS];
     /* impression.v1: items as listed (duplicates kept; the aggregator dedups) */
     iqp_item_ref *items; size_t n_items;
     /* action.v1 */
@@ -79,6 +82,11 @@ int iqp_event_decode(const iqp_config *cfg, const char *buf, size_t len, iqp_eve
                      iqp_decode_error *err);
 
 void iqp_event_clear(iqp_event *ev);
+
+/* The event's context: every configured segment's normalized value (query
+ * text: ev->query). The strings point into ev; fill it again after ev is
+ * moved or copied. */
+void iqp_event_context(const iqp_config *cfg, const iqp_event *ev, iqp_context *ctx);
 
 /* "invalid_json", "missing_field", ...: the stable name of a code. */
 const char *iqp_decode_code_name(iqp_decode_code code);

@@ -15,7 +15,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "model/config.h"
 
 size_t iqp_rv_put_uvarint(unsigned char *out, uint64_t v) {
     size_t n = 0;
@@ -120,9 +119,23 @@ static void append_part(char *out, size_t cap, size_t *len, const char *s, size_
     if (tag) append(out, cap, len, "}", 1);
 }
 
+/* Appends the feature's context parts: every segment but query text in
+ * segment order, then the query text ones (a query may hold ':'). The
+ * last part is the cluster hash tag. */
+static void append_context(char *out, size_t cap, size_t *len, const iqp_config *cfg, unsigned dims,
+                           const iqp_context *ctx, int cluster) {
+    size_t order[IQP_MAX_SEGMENTS], n = 0;
+    for (int query = 0; query < 2; query++)
+        for (size_t s = 0; s < cfg->n_segments; s++)
+            if ((dims & (1u << s)) && (cfg->segments[s].normalizer == IQP_NORM_QUERY) == query)
+                order[n++] = s;
+    for (size_t i = 0; i < n; i++)
+        append_part(out, cap, len, ctx->v[order[i]].s, ctx->v[order[i]].len, cluster && i + 1 == n);
+}
+
 size_t iqp_rv_hash_key(char *out, size_t cap, const char *prefix, uint64_t generation,
-                       const char *feature, unsigned dims, const char *country,
-                       const char *gender, const char *query, size_t query_len) {
+                       const char *feature, const iqp_config *cfg, unsigned dims,
+                       const iqp_context *ctx) {
     char gen[24];
     size_t len = 0, plen = strlen(prefix);
     int cluster = plen >= 3 && prefix[0] == '{' && prefix[plen - 1] == '}';
@@ -130,11 +143,7 @@ size_t iqp_rv_hash_key(char *out, size_t cap, const char *prefix, uint64_t gener
     append(out, cap, &len, prefix + cluster, plen - 2 * (size_t)cluster);
     append(out, cap, &len, gen, (size_t)gl);
     append(out, cap, &len, feature, strlen(feature));
-    if (dims & IQP_DIM_COUNTRY)
-        append_part(out, cap, &len, country, 2, cluster && !(dims & (IQP_DIM_GENDER | IQP_DIM_QUERY)));
-    if (dims & IQP_DIM_GENDER)
-        append_part(out, cap, &len, gender, strlen(gender), cluster && !(dims & IQP_DIM_QUERY));
-    if (dims & IQP_DIM_QUERY) append_part(out, cap, &len, query, query_len, cluster);
+    append_context(out, cap, &len, cfg, dims, ctx, cluster);
     if (len < cap) out[len] = '\0';
     return len;
 }

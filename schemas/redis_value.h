@@ -8,8 +8,11 @@
  *   <prefix>:gen                       string: the generation G being served
  *   <prefix>:<G>:meta                  hash: layout_version, fingerprint,
  *                                      layout (JSON), created_ms
- *   <prefix>:<G>:<feature>[:<country>][:<gender>][:<query>]
- *                                      hash per (feature, context):
+ *   <prefix>:<G>:<feature>[:<segment value>]...[:<query>]
+ *                                      hash per (feature, context): the
+ *                                      context's segment values in segment
+ *                                      order, query text last (defaults:
+ *                                      [:<country>][:<gender>][:<query>])
  *     field ""        per window: zigzag varint context_count
  *     field <item>    per window: uvarint mask of non-zero counters, then
  *                     each non-zero counter (ascending index) as a zigzag
@@ -21,13 +24,15 @@
  * is what `iqp lookup --store` prints.
  *
  * May not touch: Redis connections, the store; it only formats bytes. It
- * is compiled into libiqp, so it depends on nothing but libc.
+ * is compiled into libiqp, so it depends on nothing but libc and model/'s
+ * config and segment types.
  */
 #ifndef IQP_REDIS_VALUE_H
 #define IQP_REDIS_VALUE_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include "model/segments.h"
 
 #define IQP_RV_LAYOUT_VERSION 1
 
@@ -65,14 +70,14 @@ int iqp_rv_decode_item_sparse(const unsigned char *in, size_t len, size_t n_wind
 
 /* Writes the hash key of one (feature, context) into out (NUL-terminated
  * when it fits) and returns its length; the caller retries with a larger
- * buffer when the result is >= cap. country / gender / query are used
- * only when the feature has that dimension (dims: IQP_DIM_* bits).
+ * buffer when the result is >= cap. The values of ctx are used only for
+ * the segments in dims (the feature's context, config.h).
  * A prefix of the form `{P}` (what a Redis Cluster connection uses, see
  * client/redis_cluster.h) writes the cluster form of the key:
  * `P:<G>:<feature>[:...]:{<last context part>}`, so that the keys of one
  * context share its hash slot, and the query's keys of every feature too. */
 size_t iqp_rv_hash_key(char *out, size_t cap, const char *prefix, uint64_t generation,
-                       const char *feature, unsigned dims, const char *country,
-                       const char *gender, const char *query, size_t query_len);
+                       const char *feature, const iqp_config *cfg, unsigned dims,
+                       const iqp_context *ctx);
 
 #endif

@@ -78,7 +78,7 @@ static char *action(const char *id, int64_t ts, const char *req, const char *ite
 static iqp_feature_row read_one(const char *feature, const char *window, const char *item,
                                 int64_t as_of) {
     const iqp_config *cfg = iqp_store_config(st);
-    iqp_context ctx = {"red dress", 9, "US", IQP_GENDER_FEMALE};
+    iqp_context ctx = tu_ctx("red dress", "US", "female");
     iqp_feature_row rows[IQP_MAX_WINDOWS];
     size_t len = strlen(item);
     int f = iqp_config_feature_index(cfg, feature);
@@ -298,7 +298,7 @@ START_TEST(flush_size_does_not_change_results) {
                 const char *ip = item;
                 size_t len;
                 iqp_feature_row r1[IQP_MAX_WINDOWS], r2[IQP_MAX_WINDOWS];
-                iqp_context ctx = {"red dress", 9, "US", IQP_GENDER_FEMALE};
+                iqp_context ctx = tu_ctx("red dress", "US", "female");
                 snprintf(item, sizeof item, "i%d", i);
                 len = strlen(item);
                 ck_assert_int_eq(iqp_features_read(st, f, &ctx, &ip, &len, 1, as_of, r1, err, sizeof err), 0);

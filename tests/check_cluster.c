@@ -287,12 +287,12 @@ START_TEST(slots_match_the_server) {
     /* one lookup's keys: the query's features share the query's slot;
      * pointer, meta and lease share the prefix's */
     char k1[128], k2[128], k3[128], k4[128];
-    iqp_rv_hash_key(k1, sizeof k1, "{iqp}", 3, "q_item", IQP_DIM_QUERY, "US", "female", "red dress", 9);
-    iqp_rv_hash_key(k2, sizeof k2, "{iqp}", 3, "qc_item", IQP_DIM_QUERY | IQP_DIM_COUNTRY, "US", "female",
+    tu_hash_key(k1, sizeof k1, "{iqp}", 3, "q_item", IQP_DIM_QUERY, "US", "female", "red dress", 9);
+    tu_hash_key(k2, sizeof k2, "{iqp}", 3, "qc_item", IQP_DIM_QUERY | IQP_DIM_COUNTRY, "US", "female",
                     "red dress", 9);
-    iqp_rv_hash_key(k3, sizeof k3, "{iqp}", 3, "qg_item", IQP_DIM_QUERY | IQP_DIM_GENDER, "US", "female",
+    tu_hash_key(k3, sizeof k3, "{iqp}", 3, "qg_item", IQP_DIM_QUERY | IQP_DIM_GENDER, "US", "female",
                     "red dress", 9);
-    iqp_rv_hash_key(k4, sizeof k4, "{iqp}", 3, "c_item", IQP_DIM_COUNTRY, "US", "female", NULL, 0);
+    tu_hash_key(k4, sizeof k4, "{iqp}", 3, "c_item", IQP_DIM_COUNTRY, "US", "female", NULL, 0);
     ck_assert_str_eq(k1, "iqp:3:q_item:{red dress}");
     ck_assert_str_eq(k2, "iqp:3:qc_item:US:{red dress}");
     ck_assert_str_eq(k3, "iqp:3:qg_item:female:{red dress}");
@@ -303,7 +303,7 @@ START_TEST(slots_match_the_server) {
     ck_assert_uint_eq(iqp_cluster_slot("{iqp}:gen", 9), iqp_cluster_slot("{iqp}:3:meta", 12));
     ck_assert_uint_eq(iqp_cluster_slot("{iqp}:gen", 9), iqp_cluster_slot("{iqp}:lease", 11));
     /* the single-server form is unchanged */
-    iqp_rv_hash_key(k1, sizeof k1, "iqp", 3, "qc_item", IQP_DIM_QUERY | IQP_DIM_COUNTRY, "US", "female", "red dress",
+    tu_hash_key(k1, sizeof k1, "iqp", 3, "qc_item", IQP_DIM_QUERY | IQP_DIM_COUNTRY, "US", "female", "red dress",
                     9);
     ck_assert_str_eq(k1, "iqp:3:qc_item:US:red dress");
 }

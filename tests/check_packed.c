@@ -178,7 +178,7 @@ static const char *TWO_GRANS = "{\"windows\": [{\"name\": \"3h\", \"length\": \"
                                " {\"name\": \"2d\", \"length\": \"2d\", \"granularity\": \"1d\"}]}";
 
 static void cell_key(iqp_keybuf *kb, const iqp_config *cfg, const char *item, int g, int64_t bucket) {
-    iqp_context ctx = {"q", 1, "US", IQP_GENDER_FEMALE};
+    iqp_context ctx = tu_ctx("q", "US", "female");
     iqp_cells_context_prefix(kb, &cfg->features[0], &ctx);
     iqp_cells_append_entity(kb, item, strlen(item));
     iqp_cells_append_bucket(kb, g, bucket);
@@ -221,7 +221,7 @@ static void collect(void *ud, int64_t bucket, const int64_t *vec, size_t n) {
 
 static got scan(iqp_store *st, const iqp_config *cfg, const char *item, int g) {
     iqp_keybuf kb;
-    iqp_context ctx = {"q", 1, "US", IQP_GENDER_FEMALE};
+    iqp_context ctx = tu_ctx("q", "US", "female");
     got s;
     memset(&s, 0, sizeof s);
     g_width = IQP_COUNTERS(cfg);

@@ -123,13 +123,13 @@ END_TEST
 
 START_TEST(hash_keys_follow_the_document) {
     char key[256];
-    size_t n = iqp_rv_hash_key(key, sizeof key, "iqp", 7, "qc_item", IQP_DIM_QUERY | IQP_DIM_COUNTRY, "DE",
+    size_t n = tu_hash_key(key, sizeof key, "iqp", 7, "qc_item", IQP_DIM_QUERY | IQP_DIM_COUNTRY, "DE",
                                "female", "red dress", 9);
     ck_assert_str_eq(key, "iqp:7:qc_item:DE:red dress");
     ck_assert_uint_eq(n, strlen(key));
-    iqp_rv_hash_key(key, sizeof key, "p", 1, "g_item", IQP_DIM_GENDER, "DE", "male", NULL, 0);
+    tu_hash_key(key, sizeof key, "p", 1, "g_item", IQP_DIM_GENDER, "DE", "male", NULL, 0);
     ck_assert_str_eq(key, "p:1:g_item:male");
-    n = iqp_rv_hash_key(key, 4, "iqp", 7, "q_item", IQP_DIM_QUERY, NULL, NULL, "shoes", 5);
+    n = tu_hash_key(key, 4, "iqp", 7, "q_item", IQP_DIM_QUERY, NULL, NULL, "shoes", 5);
     ck_assert_uint_eq(n, strlen("iqp:7:q_item:shoes"));
 }
 END_TEST

@@ -243,10 +243,13 @@ static char *key_of(int f, const char *q, size_t qlen, const char *c, const char
 
 static char *refresh_key(const iqp_refresh_result *r, const iqp_refresh_context *c) {
     unsigned dims = iqp_refresh_config(r)->features[c->feature].dims;
-    return key_of((int)c->feature, (dims & IQP_DIM_QUERY) ? c->ctx.query : NULL,
-                  (dims & IQP_DIM_QUERY) ? c->ctx.query_len : 0,
-                  (dims & IQP_DIM_COUNTRY) ? c->ctx.country : NULL,
-                  (dims & IQP_DIM_GENDER) ? iqp_gender_name(c->ctx.gender) : NULL);
+    char country[3] = "", gender[IQP_SEGMENT_VALUE_MAX] = "";
+    if (dims & IQP_DIM_COUNTRY) snprintf(country, sizeof country, "%.*s", (int)c->ctx.v[1].len, c->ctx.v[1].s);
+    if (dims & IQP_DIM_GENDER) snprintf(gender, sizeof gender, "%.*s", (int)c->ctx.v[2].len, c->ctx.v[2].s);
+    return key_of((int)c->feature, (dims & IQP_DIM_QUERY) ? c->ctx.v[0].s : NULL,
+                  (dims & IQP_DIM_QUERY) ? c->ctx.v[0].len : 0,
+                  (dims & IQP_DIM_COUNTRY) ? country : NULL,
+                  (dims & IQP_DIM_GENDER) ? gender : NULL);
 }
 
 /* ---- the comparison ------------------------------------------------------------------- */

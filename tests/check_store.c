@@ -44,7 +44,7 @@ static void collect(void *ud, int64_t bucket, const int64_t *vec, size_t n) {
 /* A count key for feature 0, query q, item it, at (gran, bucket). */
 static void count_key(iqp_keybuf *kb, const iqp_config *cfg, const char *q, const char *it, int g,
                       int64_t bucket) {
-    iqp_context ctx = {q, strlen(q), "US", IQP_GENDER_FEMALE};
+    iqp_context ctx = tu_ctx(q, "US", "female");
     iqp_cells_context_prefix(kb, &cfg->features[0], &ctx);
     iqp_cells_append_entity(kb, it, strlen(it));
     iqp_cells_append_bucket(kb, g, bucket);
@@ -69,7 +69,7 @@ static void merge_one(iqp_store *st, const iqp_config *cfg, const char *q, const
 static seen scan(iqp_store *st, const iqp_config *cfg, const char *q, const char *it, int g,
                  int64_t lo, int64_t hi) {
     iqp_keybuf kb;
-    iqp_context ctx = {q, strlen(q), "US", IQP_GENDER_FEMALE};
+    iqp_context ctx = tu_ctx(q, "US", "female");
     seen s;
     memset(&s, 0, sizeof s);
     iqp_keybuf_init(&kb);

@@ -1,6 +1,8 @@
 /* testutil.c -- see testutil.h. */
 #include "tests/testutil.h"
 
+#include "schemas/redis_value.h"
+
 #include <ftw.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -267,4 +269,31 @@ char *tu_lookup_cmd(const char *source, const char *query, const char *country, 
     free(list);
     free(q);
     return cmd;
+}
+
+/* ---- contexts of the default segments --------------------------------------- */
+
+static iqp_segval tu_segval(const char *s) {
+    iqp_segval v = {s, s ? strlen(s) : 0};
+    return v;
+}
+
+iqp_context tu_ctx(const char *query, const char *country, const char *gender) {
+    iqp_context ctx;
+    memset(&ctx, 0, sizeof ctx);
+    ctx.v[0] = tu_segval(query);
+    ctx.v[1] = tu_segval(country);
+    ctx.v[2] = tu_segval(gender);
+    return ctx;
+}
+
+size_t tu_hash_key(char *out, size_t cap, const char *prefix, uint64_t generation, const char *feature,
+                   unsigned dims, const char *country, const char *gender, const char *query,
+                   size_t query_len) {
+    iqp_config cfg;
+    iqp_config_defaults(&cfg);
+    iqp_context ctx = tu_ctx(NULL, country, gender);
+    ctx.v[0].s = query;
+    ctx.v[0].len = query_len;
+    return iqp_rv_hash_key(out, cap, prefix, generation, feature, &cfg, dims, &ctx);
 }

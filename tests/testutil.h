@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <sys/types.h>
+#include <stdint.h>
+#include "model/segments.h"
 
 /* Creates a new directory under $TMPDIR (or /tmp) whose name contains tag.
  * Returns its malloc'd path, or NULL on failure. */
@@ -95,5 +97,14 @@ int tu_wait_limit_ms(int base_ms);
  * every value shell-quoted (malloc'd). */
 char *tu_lookup_cmd(const char *source, const char *query, const char *country, const char *gender,
                     const char *const *items, size_t n_items);
+
+/* A context of the default segments (query, country, gender); NULL values
+ * are not given. The strings are borrowed. */
+iqp_context tu_ctx(const char *query, const char *country, const char *gender);
+
+/* iqp_rv_hash_key under the default segments. */
+size_t tu_hash_key(char *out, size_t cap, const char *prefix, uint64_t generation, const char *feature,
+                   unsigned dims, const char *country, const char *gender, const char *query,
+                   size_t query_len);
 
 #endif
