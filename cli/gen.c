@@ -51,6 +51,8 @@ static void gen_usage(FILE *f) {
           "                            .zst: zstd\n"
           "  --truth FILE              write the planted propensity of every shown\n"
           "                            (query, item, country, gender) cell as JSONL\n"
+          "  --devices                 also write user.device (web, ios, android, with\n"
+          "                            variants and junk); truth cells are then per device\n"
           "  --help                    print this help\n"
           "\n"
           "Durations: 500ms, 30s, 15m, 6h, 2d. Actions follow their impression by\n"
@@ -111,7 +113,7 @@ static int parse_actions(iqp_gen_options *o, const char *list) {
 enum {
     OPT_SEED = 256, OPT_IMPRESSIONS, OPT_START, OPT_SPAN, OPT_QUERIES, OPT_ITEMS, OPT_PER_IMP,
     OPT_REDELIVER, OPT_REPEAT, OPT_VARIANT, OPT_BAD, OPT_DISORDER, OPT_OUT, OPT_TRUTH,
-    OPT_ACTIONS, OPT_HELP
+    OPT_ACTIONS, OPT_DEVICES, OPT_HELP
 };
 
 static const struct option LONG_OPTS[] = {
@@ -130,6 +132,7 @@ static const struct option LONG_OPTS[] = {
     {"out", required_argument, NULL, OPT_OUT},
     {"truth", required_argument, NULL, OPT_TRUTH},
     {"actions", required_argument, NULL, OPT_ACTIONS},
+    {"devices", no_argument, NULL, OPT_DEVICES},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
@@ -158,6 +161,7 @@ static int apply_opt(iqp_gen_options *o, int c, const char *a) {
     case OPT_OUT: o->out = a; return 0;
     case OPT_TRUTH: o->truth = a; return 0;
     case OPT_ACTIONS: return parse_actions(o, a);
+    case OPT_DEVICES: o->devices = 1; return 0;
     default: return 2;
     }
 }

@@ -28,6 +28,10 @@ static void event_head(gen *g, const char *schema, const char *id_prefix, uint64
     sb_str(b, COUNTRIES[g->country].raw);
     SB_LIT(b, ",\"gender\":");
     sb_str(b, GENDERS[g->gender].raw);
+    if (g->o.devices) {
+        SB_LIT(b, ",\"device\":");
+        sb_str(b, DEVICES[g->device].raw);
+    }
     SB_LIT(b, "}");
 }
 

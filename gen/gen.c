@@ -98,16 +98,18 @@ static void gen_impression(gen *g) {
     g->qnorm = query_text(g->q, g->qtext, sizeof g->qtext);
     g->country = draw_weighted(COUNTRIES, COUNT_OF(COUNTRIES), &g->r);
     g->gender = draw_weighted(GENDERS, COUNT_OF(GENDERS), &g->r);
+    if (g->o.devices) g->device = draw_weighted(DEVICES, COUNT_OF(DEVICES), &g->r);
     pick_items(g);
     emit(g, build_impression(g, "imp-", (uint64_t)g->imp_no), g->imp_ts);
     g->n_imp++;
     int cn = COUNTRIES[g->country].norm, gn = GENDERS[g->gender].norm;
+    int dn = g->o.devices ? DEVICES[g->device].norm : 0;
     for (size_t i = 0; i < g->n_distinct; i++) {
         uint32_t item = g->shown[i];
         int hit = rng_chance(&g->r, propensity((uint64_t)g->o.seed, g->qnorm, item, cn, gn));
         if (hit) engage(g, item);
         if (!g->o.truth) continue;
-        cell *c = cellset_get(&g->truth, cell_key(g->q, item, cn, gn));
+        cell *c = cellset_get(&g->truth, cell_key(g->q, item, cn, gn, dn));
         if (!c) { g->oom = 1; continue; }
         c->shown++;
         c->engaged += (uint32_t)hit;
@@ -171,7 +173,7 @@ static int open_or_fail(gen *g, gen_out *w, const char *path) {
 
 /* Writes the shown cells, sorted, into the opened truth file and closes it. */
 static int write_truth(gen *g) {
-    if (truth_write(&g->truth, &g->tout, (uint64_t)g->o.seed, &g->n_truth))
+    if (truth_write(&g->truth, &g->tout, (uint64_t)g->o.seed, g->o.devices, &g->n_truth))
         return gen_fail(g, "cannot write %s: %s", g->o.truth,
                         strerror(g->tout.failed ? g->tout.failed : EIO));
     return 0;

@@ -28,7 +28,10 @@
  *   are written as "i7" or {"id":"i7","pos":3}, mixed per event.
  * Users: country from a weighted list (US, IN, DE, FR, GB, BR, JP) plus 2%
  *   junk ("usa", "xx", "", null, "de"); gender female / male / unknown plus
- *   variants ("F", "Male", null).
+ *   variants ("F", "Male", null). With --devices, also user.device: web,
+ *   ios, android plus variants and junk ("IOS", " Android", "tv", "",
+ *   null; normalized web | ios | android | unknown), drawn after gender;
+ *   without it no device is drawn or written, so the output is unchanged.
  * Engagement: a shown (distinct) item is engaged with probability
  *   p(query, item, country, gender), a hash of the four normalized values
  *   and the seed:  p = min(0.95, base * cf * gf), base = 0.01 + 0.3 u1^3,
@@ -57,6 +60,7 @@
  *   JSON array, schema "impression.v9", no event_id, ts as a string, items
  *   not an array, an unknown action, query not a string, or plain text.
  * Truth (--truth): one JSON line per (query, item, country, gender) cell
+ *   (and device, with --devices: the cells are then per device too)
  *   that was shown, with normalized values, the planted propensity, and the
  *   exact number of impressions showing it and of those that engaged it.
  *   This keeps one hash entry per shown cell in memory.
@@ -107,6 +111,7 @@ typedef struct iqp_gen_options {
     int64_t per_impression;             /* in [1, items] */
     double redeliver, repeat, variant, bad;     /* rates in [0, 1] */
     const char *out, *truth;            /* "-": stdout; .gz, .zst: compressed; truth NULL: none */
+    int devices;                        /* write user.device (and count it in the truth) */
     size_t n_actions;                   /* >= 1, distinct valid names */
     char actions[IQP_MAX_ACTIONS][IQP_NAME_MAX];
 } iqp_gen_options;

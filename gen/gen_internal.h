@@ -48,7 +48,7 @@ struct gen {
     uint32_t q;
     char qtext[QUERY_TEXT_MAX];
     const char *qnorm;
-    size_t country, gender;
+    size_t country, gender, device;
     size_t n_listed, n_distinct;
     /* counts for the summary */
     uint64_t n_imp, n_act, n_redeliver, n_repeat, n_bad, n_action_ids, n_bad_ids;

@@ -106,6 +106,7 @@ void query_variant(const char *text, rng *r, char *out) {
 
 const char *const COUNTRY_NORM[] = {"US", "GB", "DE", "FR", "BR", "IN", "JP", "ZZ"};
 const char *const GENDER_NORM[] = {"female", "male", "unknown"};
+const char *const DEVICE_NORM[] = {"web", "ios", "android", "unknown"};
 
 const user_value COUNTRIES[] = {
     {"US", 0, 300}, {"IN", 5, 140}, {"DE", 2, 120}, {"FR", 3, 120}, {"GB", 1, 100},
@@ -115,6 +116,10 @@ const user_value COUNTRIES[] = {
 const user_value GENDERS[] = {
     {"female", 0, 440}, {"male", 1, 440}, {"unknown", 2, 60},
     {"F", 0, 20},       {"Male", 1, 20},  {NULL, 2, 20},
+};
+const user_value DEVICES[] = {
+    {"web", 0, 420}, {"ios", 1, 280}, {"android", 2, 220}, {"IOS", 1, 20},
+    {" Android", 2, 20}, {"tv", 3, 15}, {"", 3, 10}, {NULL, 3, 15},
 };
 
 size_t draw_weighted(const user_value *v, size_t n, rng *r) {

@@ -42,6 +42,7 @@ void query_variant(const char *text, rng *r, char *out);
 /* The normalized values, indexed by user_value.norm. */
 extern const char *const COUNTRY_NORM[8];
 extern const char *const GENDER_NORM[3];
+extern const char *const DEVICE_NORM[4];
 
 typedef struct user_value { const char *raw; int norm; int weight; } user_value;
 
@@ -49,6 +50,7 @@ typedef struct user_value { const char *raw; int norm; int weight; } user_value;
  * mille; the sizes are checked against the definitions. */
 extern const user_value COUNTRIES[12];
 extern const user_value GENDERS[6];
+extern const user_value DEVICES[8];        /* drawn only with --devices */
 
 /* An index into v[0..n), by weight. */
 size_t draw_weighted(const user_value *v, size_t n, rng *r);

@@ -30,9 +30,9 @@ double propensity(uint64_t seed, const char *qnorm, uint32_t item, int country, 
 
 #define CELL_USED (1ULL << 63)
 
-uint64_t cell_key(uint32_t q, uint32_t item, int country, int gender) {
-    return CELL_USED | (uint64_t)q << 32 | (uint64_t)item << 8 | (uint64_t)country << 2 |
-           (uint64_t)gender;
+uint64_t cell_key(uint32_t q, uint32_t item, int country, int gender, int device) {
+    return CELL_USED | (uint64_t)device << 56 | (uint64_t)q << 32 | (uint64_t)item << 8 |
+           (uint64_t)country << 2 | (uint64_t)gender;
 }
 
 static int cellset_grow(cellset *s) {
@@ -65,7 +65,7 @@ static int cell_cmp(const void *a, const void *b) {
 
 /* ---- Truth file ---------------------------------------------------------------- */
 
-int truth_write(cellset *s, gen_out *w, uint64_t seed, size_t *n_out) {
+int truth_write(cellset *s, gen_out *w, uint64_t seed, int devices, size_t *n_out) {
     int rc = 0;
     size_t n = 0;
     for (size_t i = 0; i < s->cap; i++)
@@ -83,6 +83,7 @@ int truth_write(cellset *s, gen_out *w, uint64_t seed, size_t *n_out) {
                               "propensity", propensity(seed, qn, item, c, gd),
                               "impressions", (json_int_t)s->v[i].shown, "engaged",
                               (json_int_t)s->v[i].engaged);
+        if (devices) json_object_set_new(e, "device", json_string(DEVICE_NORM[(k >> 56) & 7]));
         char *line = json_line(e);
         rc = line ? gen_out_write(w, line, strlen(line)) : -1;
         if (rc == 0) rc = gen_out_write(w, "\n", 1);

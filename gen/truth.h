@@ -29,15 +29,16 @@ typedef struct cell { uint64_t key; uint32_t shown, engaged; } cell;
 typedef struct cellset { cell *v; size_t n, cap; } cellset;
 
 /* The key of a cell: query rank and item below 2^24 (IQP_GEN_MAX_KEYSPACE),
- * country below 64, gender below 4; never 0. */
-uint64_t cell_key(uint32_t q, uint32_t item, int country, int gender);
+ * country below 64, gender below 4, device below 8 (0 without
+ * --devices); never 0. */
+uint64_t cell_key(uint32_t q, uint32_t item, int country, int gender, int device);
 
 /* The cell of key, added with zero counts when new; NULL out of memory. */
 cell *cellset_get(cellset *s, uint64_t key);
 
-/* Writes the cells of s, sorted by key (s is left sorted, no longer a hash
+/* Writes the cells of s (with their "device" when devices is set), sorted by key (s is left sorted, no longer a hash
  * set), into the opened w and closes it: 0, or -1 (w->failed says why when
  * it can). *n: the number of cells. */
-int truth_write(cellset *s, gen_out *w, uint64_t seed, size_t *n);
+int truth_write(cellset *s, gen_out *w, uint64_t seed, int devices, size_t *n);
 
 #endif
