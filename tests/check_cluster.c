@@ -121,12 +121,6 @@ static void fail_setup(const char *what) {
     if (!setup_error) setup_error = strdup(what);
 }
 
-static int run_ok(char *cmd) {
-    int rc = tu_run(cmd, NULL);
-    free(cmd);
-    return rc == 0;
-}
-
 static pid_t start_node(int i) {
     int bus = tu_free_port();
     char *log = tu_fmt("%s/node%d.log", dir, i), *conf = tu_fmt("node%d.conf", i);
@@ -182,9 +176,9 @@ static void cluster_setup(void) {
     if (!(dir = tu_mkdtemp("cluster"))) return fail_setup("no temp dir");
     store = tu_fmt("%s/store", dir);
     char *traffic = tu_fmt("%s/traffic.jsonl", dir);
-    int ok = run_ok(tu_fmt("'%s' gen --seed 7 --impressions 1500 --start %lld --span 6h --out '%s' 2>/dev/null",
+    int ok = tu_run_ok(tu_fmt("'%s' gen --seed 7 --impressions 1500 --start %lld --span 6h --out '%s' 2>/dev/null",
                            tu_iqp(), START_MS, traffic)) &&
-             run_ok(tu_fmt("'%s' backfill --store '%s' --dead-letter '%s/dl.jsonl' '%s' 2>/dev/null", tu_iqp(),
+             tu_run_ok(tu_fmt("'%s' backfill --store '%s' --dead-letter '%s/dl.jsonl' '%s' 2>/dev/null", tu_iqp(),
                            store, dir, traffic));
     free(traffic);
     if (!ok) return fail_setup("iqp gen / backfill failed");
@@ -196,7 +190,7 @@ static void cluster_setup(void) {
         free(create);
         create = next;
     }
-    ok = run_ok(tu_fmt("%s --cluster-replicas 0 --cluster-yes >/dev/null 2>&1", create));
+    ok = tu_run_ok(tu_fmt("%s --cluster-replicas 0 --cluster-yes >/dev/null 2>&1", create));
     free(create);
     if (!ok) return fail_setup("redis-cli --cluster create failed");
     int all_ok = 0;
@@ -207,7 +201,7 @@ static void cluster_setup(void) {
     }
     if (!all_ok) return fail_setup("the cluster did not reach cluster_state:ok in 20 s");
     url = tu_fmt("redis-cluster://127.0.0.1:%d", ports[1]);
-    if (!run_ok(tu_fmt("'%s' publish --store '%s' --redis %s --all --quiet", tu_iqp(), store, url)))
+    if (!tu_run_ok(tu_fmt("'%s' publish --store '%s' --redis %s --all --quiet", tu_iqp(), store, url)))
         return fail_setup("iqp publish --all to the cluster failed");
     choose_contexts();
     if (n_contexts < 2) fail_setup("the publish wrote too few qc_item keys");
@@ -459,7 +453,7 @@ START_TEST(lookups_follow_ask_and_moved) {
     ck_assert_msg(same_answer(before, again, n), "libiqp's answer changed after the slot map refresh");
     compare_lookup(c);
     /* the publisher follows the move too: a new full publish, then compare */
-    ck_assert(run_ok(tu_fmt("'%s' publish --store '%s' --redis %s --all --quiet", tu_iqp(), store, url)));
+    ck_assert(tu_run_ok(tu_fmt("'%s' publish --store '%s' --redis %s --all --quiet", tu_iqp(), store, url)));
     compare_lookup(c);
     free(before), free(asked), free(moved), free(again);
     freeReplyObject(keys);
@@ -476,7 +470,7 @@ START_TEST(refresh_switches_generations) {
     require_setup();
     char *gen1 = owner_string("GET %s", "{iqp}:gen");
     long long t2 = START_MS + 26LL * 3600 * 1000;
-    ck_assert(run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --redis %s --grace-ms 300 --quiet", tu_iqp(),
+    ck_assert(tu_run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --redis %s --grace-ms 300 --quiet", tu_iqp(),
                             store, t2, url)));
     char *gen2 = owner_string("GET %s", "{iqp}:gen");
     ck_assert_msg(strcmp(gen1, gen2) != 0, "the pointer did not move from %s", gen1);

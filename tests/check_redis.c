@@ -254,15 +254,9 @@ static void fail_setup(const char *what) {
     if (!setup_error) setup_error = tu_fmt("redis setup: %s", what);
 }
 
-static int run_ok(char *cmd) {
-    int rc = tu_run(cmd, NULL);
-    free(cmd);
-    return rc == 0;
-}
-
 /* Republishes everything (after a test changed Redis). */
 static int publish_all(void) {
-    return run_ok(tu_fmt("'%s' publish --store '%s' --redis %s --all --quiet", tu_iqp(), store, redis_url));
+    return tu_run_ok(tu_fmt("'%s' publish --store '%s' --redis %s --all --quiet", tu_iqp(), store, redis_url));
 }
 
 static void choose_contexts(void) {
@@ -286,10 +280,10 @@ static void redis_setup(void) {
     if (!(dir = tu_mkdtemp("redis"))) return fail_setup("no temp dir");
     store = tu_fmt("%s/store", dir);
     traffic = tu_fmt("%s/traffic.jsonl", dir);
-    if (!run_ok(tu_fmt("'%s' gen --seed 5 --impressions 3000 --start %lld --span 6h --out '%s'", tu_iqp(),
+    if (!tu_run_ok(tu_fmt("'%s' gen --seed 5 --impressions 3000 --start %lld --span 6h --out '%s'", tu_iqp(),
                        START_MS, traffic)))
         return fail_setup("iqp gen failed");
-    if (!run_ok(tu_fmt("'%s' backfill --store '%s' --dead-letter '%s/dl.jsonl' '%s' 2>/dev/null", tu_iqp(),
+    if (!tu_run_ok(tu_fmt("'%s' backfill --store '%s' --dead-letter '%s/dl.jsonl' '%s' 2>/dev/null", tu_iqp(),
                        store, dir, traffic)))
         return fail_setup("iqp backfill failed");
     orc = oracle_new((int64_t)time(NULL) * 1000);
@@ -358,20 +352,11 @@ static uint64_t compare_context(iqp_client *cl, const context *c) {
         for (size_t f = 0; f < nf; f++)
             for (size_t w = 0; w < nw; w++) {
                 const double *g = &got[((i * nf + f) * nw + w) * nm];
-                const oracle_counts *o = &want[(f * nw + w) * c->n_items + i];
-                if (!applicable[f]) {
-                    for (size_t m = 0; m < nm; m++) ck_assert_msg(isnan(g[m]), "feature %zu should be NaN", f);
-                    continue;
-                }
-                ck_assert_msg(g[0] == (double)o->context_count, "'%s' %s f%zu w%zu: context_count %.0f, want %" PRId64,
-                              c->query, c->items[i], f, w, g[0], o->context_count);
-                for (size_t k = 0; k < ORACLE_N_COUNTERS; k++) {
-                    double rate = o->context_count ? (double)o->c[k] / (double)o->context_count : 0.0;
-                    ck_assert_msg(g[1 + k] == (double)o->c[k] && g[1 + ORACLE_N_COUNTERS + k] == rate,
-                                  "'%s' %s f%zu w%zu counter %zu: %.0f / %.17g, want %" PRId64 " / %.17g", c->query,
-                                  c->items[i], f, w, k, g[1 + k], g[1 + ORACLE_N_COUNTERS + k], o->c[k], rate);
-                }
-                compared += nm;
+                const oracle_counts *o = applicable[f] ? &want[(f * nw + w) * c->n_items + i] : NULL;
+                int m = oracle_measures_differ(o, g);
+                ck_assert_msg(m < 0, "'%s' %s f%zu w%zu: measure %s is %.17g, not the oracle's", c->query,
+                              c->items[i], f, w, iqp_client_measure_name(cl, (size_t)(m < 0 ? 0 : m)), g[m < 0 ? 0 : m]);
+                compared += applicable[f] ? nm : 0;
             }
     free(got);
     free(want);
@@ -474,7 +459,7 @@ START_TEST(url_from_env_and_file) {
     const context *c = &contexts[0];
     char *file = tu_fmt("%s/redis.url", dir), *direct = tu_fmt("--redis %s", redis_url);
     char *write = tu_fmt("printf '%%s\\n' '%s' > '%s'", redis_url, file);
-    ck_assert(run_ok(write));
+    ck_assert(tu_run_ok(write));
     char *via_file = tu_fmt("--redis-url-file '%s'", file);
     char *c1 = lookup_cmd(direct, c), *c2 = lookup_cmd(via_file, c), *c3 = lookup_cmd("", c);
     char *c3env = tu_fmt("IQP_REDIS_URL='%s' %s", redis_url, c3);
@@ -484,7 +469,7 @@ START_TEST(url_from_env_and_file) {
                   "--redis printed\n%s\n--redis-url-file printed\n%s\n$IQP_REDIS_URL printed\n%s", o1, o2, o3);
     /* iqp publish from the environment */
     char *pub = tu_fmt("IQP_REDIS_URL='%s' '%s' publish --store '%s' --quiet", redis_url, tu_iqp(), store);
-    ck_assert(run_ok(pub));
+    ck_assert(tu_run_ok(pub));
     /* a missing file and an empty one are usage errors naming the file */
     char *out = NULL, *cmd = tu_fmt("'%s' lookup --redis-url-file '%s/none' --query q -- a 2>&1", tu_iqp(), dir);
     ck_assert_int_eq(tu_run(cmd, &out), 2);
@@ -492,7 +477,7 @@ START_TEST(url_from_env_and_file) {
     free(out), free(cmd);
     /* a wrong password: the failure names the server, never the password */
     char *bad = tu_fmt("printf 'redis://:s3cret@127.0.0.1:%d/0\\n' > '%s'", redis_port, file);
-    ck_assert(run_ok(bad));
+    ck_assert(tu_run_ok(bad));
     cmd = tu_fmt("'%s' lookup --redis-url-file '%s' --query q -- a 2>&1", tu_iqp(), file);
     int rc = tu_run(cmd, &out);
     ck_assert_msg(rc == 1 && !strstr(out, "s3cret") && strstr(out, "AUTH"), "exit %d: %s", rc, out);
@@ -731,11 +716,11 @@ END_TEST
 START_TEST(readme_example_compiles_and_runs) {
     require_setup();
     char *inst = tu_fmt("%s/inst", dir), *src = tu_fmt("%s/ranker.c", dir), *exe = tu_fmt("%s/ranker", dir);
-    ck_assert_msg(run_ok(tu_fmt("make -s -C '%s' install-libLTLIBRARIES install-includeHEADERS "
+    ck_assert_msg(tu_run_ok(tu_fmt("make -s -C '%s' install-libLTLIBRARIES install-includeHEADERS "
                                 "install-pkgconfigDATA DESTDIR='%s' >'%s/install.log' 2>&1",
                                 IQP_BUILDDIR, inst, dir)),
                   "make install into %s failed (see %s/install.log)", inst, dir);
-    ck_assert_msg(run_ok(tu_fmt("sed -n '/<!-- libiqp example begin -->/,/<!-- libiqp example end -->/p' "
+    ck_assert_msg(tu_run_ok(tu_fmt("sed -n '/<!-- libiqp example begin -->/,/<!-- libiqp example end -->/p' "
                                 "'%s/README.md' | sed '1,/^```c$/d; /^```$/,$d' > '%s'", IQP_SRCDIR, src)),
                   "cannot extract the example");
     size_t len = 0;
@@ -748,7 +733,7 @@ START_TEST(readme_example_compiles_and_runs) {
     free(find_pc);
     pc_dir[strcspn(pc_dir, "\n")] = 0;
     char *env = tu_fmt("PKG_CONFIG_PATH='%s' PKG_CONFIG_SYSROOT_DIR='%s'", pc_dir, inst);
-    ck_assert_msg(run_ok(tu_fmt("%s sh -c 'cc %s -std=c11 -Wall -Wextra -Werror -o \"%s\" \"%s\" "
+    ck_assert_msg(tu_run_ok(tu_fmt("%s sh -c 'cc %s -std=c11 -Wall -Wextra -Werror -o \"%s\" \"%s\" "
                                 "$(pkg-config --cflags --libs libiqp) -lm' 2>'%s/cc.log'",
                                 env, IQP_BUILD_CFLAGS, exe, src, dir)),
                   "the README example does not compile against libiqp.pc (see %s/cc.log)", dir);
@@ -780,7 +765,7 @@ START_TEST(readme_example_compiles_and_runs) {
      * python3-redis, which ops/setup installs), written from the
      * document alone, prints the same */
     char *py = tu_fmt("%s/read_iqp.py", dir), *py_out = NULL;
-    ck_assert(run_ok(tu_fmt("sed -n '/<!-- python reader begin -->/,/<!-- python reader end -->/p' "
+    ck_assert(tu_run_ok(tu_fmt("sed -n '/<!-- python reader begin -->/,/<!-- python reader end -->/p' "
                             "'%s/schemas/redis-layout.md' | sed '1,/^```python$/d; /^```$/,$d' > '%s'",
                             IQP_SRCDIR, py)));
     char *py_cmd = tu_fmt("/usr/bin/python3 '%s' %s %s %s %s %s %s", py, redis_url, q, c->country, c->gender, i0, i1);
@@ -983,7 +968,7 @@ START_TEST(refresh_swaps_generations_whole) {
     /* the new generation's answer, computed apart: publish the store as of
      * t2 into another database and read it there */
     char *url2 = tu_fmt("redis://127.0.0.1:%d/1", redis_port);
-    ck_assert(run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --redis %s --quiet", tu_iqp(), store,
+    ck_assert(tu_run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --redis %s --quiet", tu_iqp(), store,
                             (long long)t2, url2)));
     iqp_client_options o;
     iqp_client_options_init(&o);
@@ -997,7 +982,7 @@ START_TEST(refresh_swaps_generations_whole) {
     pthread_t reader;
     ck_assert_int_eq(pthread_create(&reader, NULL, reader_main, &rs), 0);
     for (int i = 0; i < 10000 && atomic_load(&rs.calls) < 20; i++) usleep(1000);
-    int rc = run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --redis %s --grace-ms 300 --quiet", tu_iqp(),
+    int rc = tu_run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --redis %s --grace-ms 300 --quiet", tu_iqp(),
                            store, (long long)t2, redis_url));
     uint64_t at_flip = atomic_load(&rs.calls);
     for (int i = 0; i < 10000 && atomic_load(&rs.calls) < at_flip + 20; i++) usleep(1000);
@@ -1035,7 +1020,7 @@ START_TEST(refresh_swaps_generations_whole) {
     ck_assert_msg(left && !left[strspn(left, "\n")], "keys of generation %s still there: %.200s", gen1, left);
     /* the top-K lists in Redis are what the refresher computed (its dump) */
     char *dump_path = tu_fmt("%s/refresh.dump", dir);
-    ck_assert(run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --dump '%s' --quiet 2>/dev/null", tu_iqp(),
+    ck_assert(tu_run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --dump '%s' --quiet 2>/dev/null", tu_iqp(),
                             store, (long long)t2, dump_path)));
     char *dump = tu_read_file(dump_path, NULL), *lines = topk_lines(gen2, c->query);
     for (char *l = lines, *nl; *l; l = nl + 1) {
@@ -1101,7 +1086,7 @@ START_TEST(pointer_and_generation_expire_together) {
      * publisher refuses (tested below): then the TTL doubles, at most twice */
     for (int attempt = 0; attempt < 3 && !published; attempt++, ttl *= 2) {
         free(db_get(db, "FLUSHDB"));
-        published = run_ok(tu_fmt("'%s' publish --store '%s' --redis %s --all --redis-ttl %ds --quiet 2>/dev/null",
+        published = tu_run_ok(tu_fmt("'%s' publish --store '%s' --redis %s --all --redis-ttl %ds --quiet 2>/dev/null",
                                   tu_iqp(), store, url, ttl));
     }
     ttl /= 2;
@@ -1137,7 +1122,7 @@ START_TEST(pointer_and_generation_expire_together) {
     free(out), free(cmd);
     /* a refresh: every key of the new generation, its meta and the
      * pointer share one expiry instant */
-    ck_assert(run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --redis %s --redis-ttl %ds --quiet 2>/dev/null",
+    ck_assert(tu_run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --redis %s --redis-ttl %ds --quiet 2>/dev/null",
                             tu_iqp(), store, START_MS + 6LL * 3600 * 1000, url, 3 * ttl)));
     free(gen), free(meta);
     gen = db_get(db, "GET iqp:gen");
@@ -1214,7 +1199,7 @@ START_TEST(killed_refresh_leaves_nothing_half_done) {
     long long t2 = START_MS + 26LL * 3600 * 1000;
     char *url = tu_fmt("redis://127.0.0.1:%d/%d", redis_port, db), *url4 = tu_fmt("redis://127.0.0.1:%d/4", redis_port);
     free(db_get(4, "FLUSHDB"));
-    ck_assert(run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --redis %s --quiet 2>/dev/null", tu_iqp(), store,
+    ck_assert(tu_run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --redis %s --quiet 2>/dev/null", tu_iqp(), store,
                             t2, url4)));
     uint64_t d_new = served_digest(url4, c);
     free(db_get(4, "FLUSHDB"));
@@ -1222,7 +1207,7 @@ START_TEST(killed_refresh_leaves_nothing_half_done) {
                                          "generation.after_flip"};
     for (size_t i = 0; i < sizeof points / sizeof points[0]; i++) {
         free(db_get(db, "FLUSHDB"));
-        ck_assert(run_ok(tu_fmt("'%s' publish --store '%s' --redis %s --all --quiet", tu_iqp(), store, url)));
+        ck_assert(tu_run_ok(tu_fmt("'%s' publish --store '%s' --redis %s --all --quiet", tu_iqp(), store, url)));
         uint64_t d_old = served_digest(url, c);
         ck_assert_msg(d_old != d_new, "the refresh changes nothing: a vacuous test");
         char *g0 = db_get(db, "GET iqp:gen");
@@ -1237,7 +1222,7 @@ START_TEST(killed_refresh_leaves_nothing_half_done) {
         ck_assert_msg(served_digest(url, c) == (flipped ? d_new : d_old), "%s: readers see a mixed answer",
                       points[i]);
         /* the next refresh is not refused by the dead holder's lease */
-        ck_assert_msg(run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --redis %s --grace-ms 300 --quiet "
+        ck_assert_msg(tu_run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %lld --redis %s --grace-ms 300 --quiet "
                                     "2>/dev/null", tu_iqp(), store, t2, url)),
                       "%s: the next refresh failed", points[i]);
         ck_assert(served_digest(url, c) == d_new);

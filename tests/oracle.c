@@ -43,6 +43,7 @@
 #include "tests/oracle.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -215,6 +216,7 @@ typedef struct unit {
     int qid;
     char country[3];
     const char *gender;
+    const char *device;
     int64_t ts;
     int64_t bucket[ORACLE_N_GRANS];
     int *items;                 /* impression: distinct item ids; key: one */
@@ -248,6 +250,7 @@ struct oracle {
     size_t *query_order, *country_order;   /* sorted views, built lazily */
 
     int keep_events;                        /* oracle_keep_events was called */
+    int devices;                            /* oracle_count_devices was called */
     oracle_event *events; size_t n_events, cap_events;
 };
 
@@ -260,6 +263,7 @@ typedef struct event {
     char *query;
     char country[3];
     const char *gender;
+    const char *device;
     char **items; size_t n_items;   /* impression: as listed; action: one */
     int action;
 } event;
@@ -393,6 +397,23 @@ static int nullable_string(json_t *user, const char *key, const char **s, size_t
     return 0;
 }
 
+const char *oracle_norm_device(const char *s, size_t len) {
+    static const char *const devices[] = {"web", "ios", "android"};
+    if (s == NULL) return "unknown";
+    trim_ascii(&s, &len);
+    for (size_t i = 0; i < 3; i++)
+        if (word_eq(s, len, devices[i])) return devices[i];
+    return "unknown";
+}
+
+/* user.device: optional; a string, else (null, missing, a number, ...)
+ * unknown. Only read when devices are counted. */
+static void decode_device(const oracle *o, json_t *root, event *ev) {
+    json_t *v = json_object_get(json_object_get(root, "user"), "device");
+    ev->device = "unknown";
+    if (o->devices && json_is_string(v)) ev->device = oracle_norm_device(json_string_value(v), json_string_length(v));
+}
+
 static int decode_user(json_t *root, event *ev, const char **code) {
     json_t *user = json_object_get(root, "user");
     const char *s; size_t len;
@@ -466,6 +487,7 @@ static int decode_event(const oracle *o, json_t *root, event *ev, const char **c
     else if (strcmp(json_string_value(schema), "action.v1") == 0) ev->is_action = 1;
     else { *code = "unknown_schema"; return -1; }
     if (decode_common(root, ev, code) < 0) return -1;
+    decode_device(o, root, ev);
     if ((ev->is_action ? decode_action : decode_items)(root, ev, code) < 0) return -1;
     if (ev->ts > o->now_ms + MAX_FUTURE_SKEW_MS) { *code = "future_event"; return -1; }
     return 0;
@@ -523,6 +545,7 @@ static unit *new_unit(oracle *o, int counter, const event *ev, int qid) {
     u->qid = qid;
     memcpy(u->country, ev->country, 3);
     u->gender = ev->gender;
+    u->device = ev->device;
     set_buckets(o, u, ev->ts);
     return u;
 }
@@ -615,8 +638,9 @@ static int count_key(oracle *o, const event *ev, int counter, int qid, int iid) 
     char *key;
     strset *e;
     const char *act = counter >= 2 ? oracle_action_names[counter - 2] : "*engaged";
-    if (asprintf(&key, "%zu:%s|%d|%s|%d|%s|%s", strlen(ev->request_id), ev->request_id,
-                 iid, act, qid, ev->country, ev->gender) < 0)
+    if (asprintf(&key, "%zu:%s|%d|%s|%d|%s|%s%s%s", strlen(ev->request_id), ev->request_id,
+                 iid, act, qid, ev->country, ev->gender, o->devices ? "|" : "",
+                 o->devices ? ev->device : "") < 0)
         abort();
     HASH_FIND_STR(o->keys, key, e);
     if (!e || forgotten(o, e)) {
@@ -690,6 +714,7 @@ static void keep_event(oracle *o, const event *ev, json_t *root, int counted) {
     e->query = xstrdup(ev->query);
     memcpy(e->country, ev->country, 3);
     e->gender = ev->gender;
+    e->device = ev->device;
     e->ts = ev->ts;
     e->action = ev->action;
     e->n_items = ev->n_items;
@@ -703,6 +728,7 @@ static void keep_event(oracle *o, const event *ev, json_t *root, int counted) {
 }
 
 void oracle_keep_events(oracle *o) { o->keep_events = 1; }
+void oracle_count_devices(oracle *o) { o->devices = 1; }
 size_t oracle_n_events(const oracle *o) { return o->n_events; }
 const oracle_event *oracle_get_event(const oracle *o, size_t i) {
     return i < o->n_events ? &o->events[i] : NULL;
@@ -865,6 +891,8 @@ const char *oracle_country(const oracle *o, size_t i, uint64_t *impressions) {
 typedef struct lookup_ctx {
     int qid;                    /* -1: the query was never counted */
     const char *country, *gender;
+    const char *device;         /* device mode: feature 0 is (query, device) or (device) */
+    int device_query;           /* device mode: the query is part of the context */
     int applicable[ORACLE_N_FEATURES];
     int64_t first[ORACLE_N_WINDOWS], last[ORACLE_N_WINDOWS];
     int64_t before;             /* only units with ts < before count */
@@ -877,6 +905,8 @@ typedef struct lookup_ctx {
 /* Bit f set when unit u belongs to feature f's context of the request. */
 static unsigned unit_features(const lookup_ctx *lc, const unit *u) {
     unsigned mask = 0;
+    if (lc->device)
+        return strcmp(u->device, lc->device) == 0 && (!lc->device_query || u->qid == lc->qid);
     for (int f = 0; f < ORACLE_N_FEATURES; f++) {
         unsigned d = oracle_feature_dims[f];
         if (!lc->applicable[f]) continue;
@@ -914,25 +944,35 @@ static void scan_units(const oracle *o, lookup_ctx *lc) {
 }
 
 static void lookup_before(const oracle *o, const char *query, const char *country,
-                          const char *gender, int64_t as_of, int64_t before,
+                          const char *gender, const char *device, int64_t as_of, int64_t before,
                           const char *const *items, size_t n_items,
                           int applicable[ORACLE_N_FEATURES], oracle_counts *out);
 
 void oracle_lookup(const oracle *o, const char *query, const char *country,
                    const char *gender, int64_t as_of, const char *const *items,
                    size_t n_items, int applicable[ORACLE_N_FEATURES], oracle_counts *out) {
-    lookup_before(o, query, country, gender, as_of, INT64_MAX, items, n_items, applicable, out);
+    lookup_before(o, query, country, gender, NULL, as_of, INT64_MAX, items, n_items, applicable, out);
 }
 
 void oracle_lookup_before(const oracle *o, const char *query, const char *country,
                           const char *gender, int64_t as_of, int64_t before,
                           const char *const *items, size_t n_items,
                           int applicable[ORACLE_N_FEATURES], oracle_counts *out) {
-    lookup_before(o, query, country, gender, as_of, before, items, n_items, applicable, out);
+    lookup_before(o, query, country, gender, NULL, as_of, before, items, n_items, applicable, out);
+}
+
+void oracle_lookup_device(const oracle *o, const char *query, const char *device, int64_t as_of,
+                          int64_t before, const char *const *items, size_t n_items,
+                          oracle_counts *out) {
+    int applicable[ORACLE_N_FEATURES];
+    oracle_counts *all = calloc((size_t)ORACLE_N_FEATURES * ORACLE_N_WINDOWS * n_items + 1, sizeof *all);
+    lookup_before(o, query, NULL, NULL, device, as_of, before, items, n_items, applicable, all);
+    memcpy(out, all, (size_t)ORACLE_N_WINDOWS * n_items * sizeof *out); /* feature 0 */
+    free(all);
 }
 
 static void lookup_before(const oracle *o, const char *query, const char *country,
-                          const char *gender, int64_t as_of, int64_t before,
+                          const char *gender, const char *device, int64_t as_of, int64_t before,
                           const char *const *items, size_t n_items,
                           int applicable[ORACLE_N_FEATURES], oracle_counts *out) {
     lookup_ctx lc;
@@ -942,10 +982,13 @@ static void lookup_before(const oracle *o, const char *query, const char *countr
     memset(&lc, 0, sizeof lc);
     lc.before = before;
     memset(out, 0, n_out * sizeof *out);
-    HASH_FIND_STR(o->queries, query, e);
+    e = NULL;
+    if (query) HASH_FIND_STR(o->queries, query, e);
     lc.qid = e ? e->id : -1;
     lc.country = country;
     lc.gender = gender;
+    lc.device = device;
+    lc.device_query = query != NULL;
     for (int f = 0; f < ORACLE_N_FEATURES; f++) {
         unsigned d = oracle_feature_dims[f];
         lc.applicable[f] = !((d & ORACLE_DIM_COUNTRY) && !country) &&
@@ -977,4 +1020,19 @@ static void lookup_before(const oracle *o, const char *query, const char *countr
                 c->context_count = lc.context_count[f][w];
             }
     free(lc.slot);
+}
+
+int oracle_measures_differ(const oracle_counts *o, const double *got) {
+    if (!o) {
+        for (int m = 0; m < 1 + 2 * ORACLE_N_COUNTERS; m++)
+            if (!isnan(got[m])) return m;
+        return -1;
+    }
+    if (got[0] != (double)o->context_count) return 0;
+    for (int k = 0; k < ORACLE_N_COUNTERS; k++) {
+        double rate = o->context_count ? (double)o->c[k] / (double)o->context_count : 0.0;
+        if (got[1 + k] != (double)o->c[k]) return 1 + k;
+        if (got[1 + ORACLE_N_COUNTERS + k] != rate) return 1 + ORACLE_N_COUNTERS + k;
+    }
+    return -1;
 }

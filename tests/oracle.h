@@ -106,6 +106,13 @@ void oracle_lookup(const oracle *o, const char *query, const char *country,
                    const char *gender, int64_t as_of, const char *const *items,
                    size_t n_items, int applicable[ORACLE_N_FEATURES], oracle_counts *out);
 
+/* The measures libiqp gives one (item, feature, window) -- context_count,
+ * the ORACLE_N_COUNTERS counters, then count / context_count of each (0
+ * when context_count is 0) -- compared with o, or with NaN everywhere when
+ * o is NULL (a feature the call's context cannot address): the index of
+ * the first measure that differs, or -1 when every one is as expected. */
+int oracle_measures_differ(const oracle_counts *o, const double *got);
+
 /* ---- point in time (iqp export) ------------------------------------------ */
 
 /* oracle_lookup over only the counted things whose ts is < before (an
@@ -127,12 +134,35 @@ typedef struct oracle_event {
     char *query;                /* normalized */
     char country[3];
     const char *gender;
+    const char *device;         /* "unknown" unless oracle_count_devices */
     int64_t ts;
     char **items;               /* impression: as listed; action: its one item */
     int64_t *positions;         /* impression: "pos", else the array index */
     size_t n_items;
     int action;                 /* action: index into oracle_action_names */
 } oracle_event;
+
+/* ---- the device segment --------------------------------------------------- */
+
+/* Count a `device` segment from now on, as a config that declares
+ * {"name": "device", "field": "user.device", "normalizer": "enum",
+ *  "values": ["web", "ios", "android"], "fallback": "unknown"} after the
+ * default segments does: user.device normalized (trimmed, ASCII case
+ * folded; web | ios | android, anything else, null or missing: unknown)
+ * and made part of the action and engaged keys. Without it every event's
+ * device is "unknown" and keys are as before. Call before feeding. */
+void oracle_count_devices(oracle *o);
+
+/* Normalization of a device value (s may be NULL). */
+const char *oracle_norm_device(const char *s, size_t len);
+
+/* The brute-force lookup of one device feature: context (query, device)
+ * or, with query NULL, (device) alone; counted things with ts < before
+ * (INT64_MAX: all). out has ORACLE_N_WINDOWS * n_items entries, index
+ * w * n_items + i. */
+void oracle_lookup_device(const oracle *o, const char *query, const char *device, int64_t as_of,
+                          int64_t before, const char *const *items, size_t n_items,
+                          oracle_counts *out);
 
 /* Keep every valid event fed from now on (memory: the whole input). */
 void oracle_keep_events(oracle *o);

@@ -271,6 +271,12 @@ char *tu_lookup_cmd(const char *source, const char *query, const char *country, 
     return cmd;
 }
 
+int tu_run_ok(char *cmd) {
+    int rc = tu_run(cmd, NULL);
+    free(cmd);
+    return rc == 0;
+}
+
 /* ---- contexts of the default segments --------------------------------------- */
 
 static iqp_segval tu_segval(const char *s) {

@@ -26,6 +26,9 @@ void tu_rmrf(const char *path);
  * not be run or did not exit normally. */
 int tu_run(const char *cmdline, char **out);
 
+/* tu_run(cmd, NULL) == 0, then frees cmd (a tu_fmt result). */
+int tu_run_ok(char *cmd);
+
 /* Path of the iqp binary of this build: IQP_BUILDDIR "/iqp". */
 const char *tu_iqp(void);
 
