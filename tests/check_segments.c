@@ -26,6 +26,9 @@
  *     iqp_client_lookup reads NaN for the device features and the same
  *     values for the others; an unknown segment name is IQP_EINVAL;
  *     `iqp lookup --redis --segment` prints what `iqp lookup --store` does;
+ *   - `iqp refresh --redis` publishes the device contexts (a new
+ *     generation) that libiqp reads back as the oracle's; its dump names
+ *     them by segment;
  *   - `iqp export` with the config writes a device column (the event's
  *     normalized device) and qd_item / d_item columns equal to the oracle
  *     as of each impression.
@@ -514,6 +517,36 @@ START_TEST(lookup_redis_equals_lookup_store) {
 }
 END_TEST
 
+/* `iqp refresh --redis` publishes every (feature, context) of the store as
+ * a new generation: the device contexts read back as the oracle's, and the
+ * dump names them by segment. */
+START_TEST(refresh_publishes_device_contexts) {
+    require_setup();
+    char *dump = tu_fmt("%s/refresh.dump", dir);
+    ck_assert(tu_run_ok(tu_fmt("'%s' refresh --store '%s' --as-of %" PRId64 " --redis %s --dump '%s' --quiet",
+                               tu_iqp(), store, oracle_watermark(orc), redis_url, dump)));
+    char *text = tu_read_file(dump, NULL);
+    ck_assert_ptr_nonnull(text);
+    char *want = tu_fmt("context qd_item {query=\"%s\",device=ios}", contexts[0].query);
+    ck_assert_msg(strstr(text, want), "the dump lacks '%s'", want);
+    ck_assert_ptr_nonnull(strstr(text, "context d_item {device=unknown}"));
+    iqp_client *cl = iqp_client_open(redis_url, NULL);
+    ck_assert_msg(cl && iqp_client_status(cl) == IQP_OK, "open: %s", cl ? iqp_client_errstr(cl) : "no memory");
+    iqp_ctx *ctx = iqp_ctx_new();
+    ck_assert(iqp_ctx_set(ctx, "country", "us") == IQP_OK && iqp_ctx_set(ctx, "gender", "F") == IQP_OK);
+    uint64_t compared = 0;
+    for (size_t ci = 0; ci < n_contexts; ci++)
+        for (size_t d = 0; d < N_DEVICES; d++) {
+            ck_assert_int_eq(iqp_ctx_set(ctx, "device", DEVICES[d].raw), IQP_OK);
+            compared += compare_client(cl, &contexts[ci], ctx, DEVICES[d].norm, 0);
+        }
+    fprintf(stderr, "segments: %" PRIu64 " values of the refreshed generation equal the oracle\n", compared);
+    iqp_ctx_free(ctx);
+    iqp_client_close(cl);
+    free(want), free(text), free(dump);
+}
+END_TEST
+
 /* ---- export ------------------------------------------------------------------------- */
 
 /* The first counted impression of every request id, by request id. */
@@ -607,6 +640,7 @@ int main(void) {
     tcase_add_test(e2e, store_refuses_other_segments);
     tcase_add_test(e2e, libiqp_by_name_equals_the_oracle);
     tcase_add_test(e2e, lookup_redis_equals_lookup_store);
+    tcase_add_test(e2e, refresh_publishes_device_contexts);
     tcase_add_test(e2e, export_has_device_columns);
     suite_add_tcase(s, e2e);
     SRunner *sr = srunner_create(s);
