@@ -29,6 +29,8 @@
  *   - `iqp refresh --redis` publishes the device contexts (a new
  *     generation) that libiqp reads back as the oracle's; its dump names
  *     them by segment;
+ *   - `iqp stream` with the config, over the same traffic on a devbroker,
+ *     counts what backfill counted (every lookup line equal);
  *   - `iqp export` with the config writes a device column (the event's
  *     normalized device) and qd_item / d_item columns equal to the oracle
  *     as of each impression.
@@ -43,6 +45,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -547,6 +550,76 @@ START_TEST(refresh_publishes_device_contexts) {
 }
 END_TEST
 
+/* ---- stream ------------------------------------------------------------------------- */
+
+/* The lookup lines of every chosen context (device ios, US, female) from
+ * a store, as of the oracle's watermark; malloc'd. */
+static char *store_lines(const char *dir_) {
+    char *source = tu_fmt("--store '%s' --as-of %" PRId64, dir_, oracle_watermark(orc)), *all = tu_fmt("%s", "");
+    for (size_t ci = 0; ci < n_contexts; ci++) {
+        char *cmd = lookup_cmd(source, &contexts[ci], "ios"), *out = NULL;
+        int rc = tu_run(cmd, &out);
+        char *next = tu_fmt("%s%s", all, rc == 0 && out ? out : "(failed)\n");
+        free(all), free(out), free(cmd);
+        all = next;
+    }
+    free(source);
+    return all;
+}
+
+static pid_t spawn_logged(const char *const *argv, const char *log) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        FILE *f = freopen(log, "a", stderr);
+        (void)f;
+        if (!freopen("/dev/null", "w", stdout)) _exit(126);
+        execv(tu_iqp(), (char *const *)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* `iqp stream` with the device config over the same traffic on a
+ * devbroker counts what backfill counted: every lookup line of the device
+ * features (and the others) equal, byte for byte, once it has caught up
+ * (polled, bounded). */
+START_TEST(stream_counts_devices_as_backfill) {
+    require_setup();
+    static const char *const args[] = {"--brokers", "1", "--partitions", "4", "--topics", "imp,act", NULL};
+    tu_broker broker;
+    memset(&broker, 0, sizeof broker);
+    ck_assert_int_eq(tu_broker_start(&broker, args), 0);
+    ck_assert(tu_run_ok(tu_fmt("'%s' produce --brokers '%s' --impressions-topic imp --actions-topic act '%s' "
+                               "2>/dev/null", tu_iqp(), broker.bootstrap, traffic)));
+    char *sstore = tu_fmt("%s/stream-store", dir), *log = tu_fmt("%s/stream.log", dir);
+    char *dl = tu_fmt("%s/stream-dl.jsonl", dir);
+    const char *argv[] = {"iqp", "stream", "--config", config_path, "--store", sstore, "--brokers",
+                          broker.bootstrap, "--group", "check-segments", "--impressions-topic", "imp",
+                          "--actions-topic", "act", "--flush-ms", "200", "--dead-letter-file", dl,
+                          "--checkpoint-topic", "off", "--metrics-listen", "off", NULL};
+    pid_t pid = spawn_logged(argv, log);
+    ck_assert_int_gt(pid, 0);
+    char *want = store_lines(store), *got = NULL;
+    int same = 0;
+    for (int64_t t0 = (int64_t)time(NULL); !same && (int64_t)time(NULL) - t0 < tu_wait_limit_ms(60000) / 1000;) {
+        free(got);
+        got = access(sstore, F_OK) == 0 ? store_lines(sstore) : tu_fmt("%s", "");
+        same = strcmp(got, want) == 0;
+        if (!same) usleep(500000);
+    }
+    int rc = tu_stop_pid(pid, SIGTERM, 10000);
+    tu_broker_stop(&broker);
+    char *text = tu_read_file(log, NULL);
+    ck_assert_msg(same, "the stream store's lookups never equalled the backfilled store's; stream log:\n%.2000s",
+                  text ? text : "");
+    ck_assert_msg(rc == 0, "iqp stream exited %d after SIGTERM:\n%.2000s", rc, text ? text : "");
+    ck_assert_ptr_nonnull(strstr(got, "\"feature\":\"qd_item\""));
+    fprintf(stderr, "segments: iqp stream counted the device features as backfill did (%zu bytes of lookups)\n",
+            strlen(got));
+    free(text), free(want), free(got), free(sstore), free(log), free(dl);
+}
+END_TEST
+
 /* ---- export ------------------------------------------------------------------------- */
 
 /* The first counted impression of every request id, by request id. */
@@ -641,6 +714,7 @@ int main(void) {
     tcase_add_test(e2e, libiqp_by_name_equals_the_oracle);
     tcase_add_test(e2e, lookup_redis_equals_lookup_store);
     tcase_add_test(e2e, refresh_publishes_device_contexts);
+    tcase_add_test(e2e, stream_counts_devices_as_backfill);
     tcase_add_test(e2e, export_has_device_columns);
     suite_add_tcase(s, e2e);
     SRunner *sr = srunner_create(s);
