@@ -194,17 +194,21 @@ static char *context_key(gen_writer *g, uint64_t n, const iqp_refresh_context *c
     return key;
 }
 
-/* HSET key "" <context> item value ... for entities [from, from + count). */
-static int write_items(gen_writer *g, const char *key, size_t klen, const iqp_refresh_context *c, size_t from,
-                       size_t count) {
-    iqp_rpipe_hset_begin(g->pipe, key, klen, c->context_count, g->cfg->n_windows, IQP_COUNTERS(g->cfg));
-    for (size_t i = 0; i < count; i++) {
+/* Filling one context's HSETs: its entities [from, from + n). */
+typedef struct context_fill {
+    gen_writer *g;
+    const iqp_refresh_context *c;
+} context_fill;
+
+static iqp_rc fill_entities(void *ud, iqp_rpipe *pipe, size_t from, size_t n) {
+    context_fill *f = ud;
+    for (size_t i = 0; i < n; i++) {
         iqp_refresh_entity e;
-        iqp_refresh_get_entity(g->r, c->first_entity + from + i, &e);
-        iqp_rpipe_hset_item(g->pipe, e.item, e.item_len, e.counts);
+        iqp_refresh_get_entity(f->g->r, f->c->first_entity + from + i, &e);
+        iqp_rpipe_hset_item(pipe, e.item, e.item_len, e.counts);
     }
-    g->stats->values += count;
-    return iqp_rpipe_hset_send(g->pipe);
+    f->g->stats->values += n;
+    return IQP_RC_OK;
 }
 
 static int write_context(gen_writer *g, uint64_t n, size_t ci) {
@@ -212,13 +216,9 @@ static int write_context(gen_writer *g, uint64_t n, size_t ci) {
     iqp_refresh_get_context(g->r, ci, &c);
     size_t klen;
     char *key = context_key(g, n, &c, 0, &klen);
-    int rc = 0;
-    for (size_t from = 0; rc == 0 && (from < c.n_entities || from == 0); from += IQP_RPIPE_HSET_ITEMS) {
-        size_t count = c.n_entities - from < IQP_RPIPE_HSET_ITEMS ? c.n_entities - from : IQP_RPIPE_HSET_ITEMS;
-        rc = write_items(g, key, klen, &c, from, count);
-        if (c.n_entities == 0) break;
-    }
-    if (rc == 0) rc = iqp_rpipe_expire(g->pipe, "PEXPIREAT", key, klen, g->deadline);
+    context_fill fill = {.g = g, .c = &c};
+    int rc = iqp_rpipe_put_hash(g->pipe, key, klen, c.context_count, g->cfg->n_windows, IQP_COUNTERS(g->cfg),
+                                c.n_entities, fill_entities, &fill, "PEXPIREAT", g->deadline);
     g->stats->hashes++;
     free(key);
     if (rc == 0 && iqp_refresh_top_k(g->r) > 0) {

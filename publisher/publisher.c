@@ -22,6 +22,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "model/buf.h"
 #include "model/cells.h"
 #include "aggregator/features.h"
 #include "client/redis_cluster.h"
@@ -51,41 +52,36 @@ void iqp_publisher_config_defaults(iqp_publisher_config *pc) {
 /* ---- keylist: byte strings in one growable buffer ----------------------------- */
 
 typedef struct keylist {
-    unsigned char *bytes;
-    size_t len, cap;
+    iqp_buf bytes;        /* the strings, back to back (model/buf.h) */
     size_t *off;          /* n + 1 offsets: string i is bytes[off[i] .. off[i+1]) */
     size_t n, ncap;
 } keylist;
 
 static void keylist_clear(keylist *l) {
-    l->len = 0;
+    iqp_buf_truncate(&l->bytes, 0);
     l->n = 0;
     if (l->off) l->off[0] = 0;
 }
 
 static void keylist_push(keylist *l, const void *s, size_t len) {
-    if (l->len + len > l->cap) {
-        l->cap = (l->len + len) * 2 + 4096;
-        l->bytes = realloc(l->bytes, l->cap);
-    }
     if (l->n + 2 > l->ncap) {
         l->ncap = l->ncap * 2 + 1024;
         l->off = realloc(l->off, l->ncap * sizeof *l->off);
+        if (!l->off) abort();
     }
-    if (!l->bytes || !l->off) abort();
     if (l->n == 0) l->off[0] = 0;
-    memcpy(l->bytes + l->len, s, len);
-    l->len += len;
-    l->off[++l->n] = l->len;
+    if (!l->bytes.buf) iqp_buf_init(&l->bytes); /* get() never offsets NULL */
+    iqp_buf_append(&l->bytes, s, len);
+    l->off[++l->n] = l->bytes.len;
 }
 
 static const unsigned char *keylist_get(const keylist *l, size_t i, size_t *len) {
     *len = l->off[i + 1] - l->off[i];
-    return l->bytes + l->off[i];
+    return l->bytes.buf + l->off[i];
 }
 
 static void keylist_free(keylist *l) {
-    free(l->bytes);
+    iqp_buf_free(&l->bytes);
     free(l->off);
     memset(l, 0, sizeof *l);
 }
@@ -404,20 +400,34 @@ static void context_written(iqp_publisher *p, const unsigned char *prefix, size_
     if (p->tracking) keylist_push(&p->done_ctx, prefix, len);
 }
 
-/* HSET key "" <context> item value ... for items [from, from + n). */
-static int write_chunk(iqp_publisher *p, const char *key, size_t klen, const int64_t *cc,
-                       const ctx_group *g, size_t from, size_t n, const iqp_feature_row *rows) {
+/* Filling one group's HSETs: the items' windowed counts, read from the
+ * snapshot one HSET's worth at a time. */
+typedef struct group_fill {
+    iqp_publisher *p;
+    const iqp_store_snapshot *snap;
+    int64_t as_of;
+    const ctx_group *g;
+    iqp_feature_row *rows;
+} group_fill;
+
+static iqp_rc fill_items(void *ud, iqp_rpipe *pipe, size_t from, size_t n) {
+    group_fill *f = ud;
+    iqp_publisher *p = f->p;
+    const ctx_group *g = f->g;
     size_t nw = p->cfg->n_windows, width = IQP_COUNTERS(p->cfg);
     int64_t counts[IQP_MAX_WINDOWS * IQP_MAX_COUNTERS];
-    iqp_rpipe_hset_begin(p->pipe, key, klen, cc, nw, width);
+    char err[512];
+    if (iqp_features_read_at(p->st, f->snap, g->key.feature, &g->key.ctx, g->items + from, g->item_lens + from, n,
+                             f->as_of, f->rows, err, sizeof err) < 0)
+        return iqp_rpipe_fail(pipe, IQP_RC_FAILED, "%s", err);
     for (size_t i = 0; i < n; i++) {
         for (size_t w = 0; w < nw; w++)
-            memcpy(counts + w * width, rows[i * nw + w].counters, width * sizeof counts[0]);
-        iqp_rpipe_hset_item(p->pipe, g->items[from + i], g->item_lens[from + i], counts);
+            memcpy(counts + w * width, f->rows[i * nw + w].counters, width * sizeof counts[0]);
+        iqp_rpipe_hset_item(pipe, g->items[from + i], g->item_lens[from + i], counts);
     }
     p->stats.item_fields += n;
     count_fields(p, n);
-    return iqp_rpipe_hset_send(p->pipe);
+    return IQP_RC_OK;
 }
 
 static int publish_group(iqp_publisher *p, const iqp_store_snapshot *snap, int64_t as_of,
@@ -433,18 +443,14 @@ static int publish_group(iqp_publisher *p, const iqp_store_snapshot *snap, int64
     iqp_rv_hash_key(key, klen + 1, p->prefix, p->generation, f->name, f->dims, ctx->country,
                     iqp_gender_name(ctx->gender), ctx->query, ctx->query_len);
     int rc = iqp_features_read_context_at(p->st, snap, g->key.feature, ctx, as_of, cc, err, sizeof err);
-    if (rc == 0) context_written(p, g->prefix, g->key.prefix_len);
-    for (size_t from = 0; rc == 0 && (from < g->n || from == 0); from += IQP_RPIPE_HSET_ITEMS) {
-        size_t n = g->n - from < IQP_RPIPE_HSET_ITEMS ? g->n - from : IQP_RPIPE_HSET_ITEMS;
-        if (n) rc = iqp_features_read_at(p->st, snap, g->key.feature, ctx, g->items + from,
-                                         g->item_lens + from, n, as_of, rows, err, sizeof err);
-        if (rc < 0) note_error(p, "%s", err);
-        else rc = write_chunk(p, key, klen, cc, g, from, n, rows);
-        if (g->n == 0) break;
-    }
-    if (rc == 0) {
+    if (rc < 0) {
+        note_error(p, "%s", err);
+    } else {
+        context_written(p, g->prefix, g->key.prefix_len);
+        group_fill fill = {.p = p, .snap = snap, .as_of = as_of, .g = g, .rows = rows};
         snprintf(ttl, sizeof ttl, "%" PRId64, p->pc.ttl_ms);
-        rc = iqp_rpipe_expire(p->pipe, "PEXPIRE", key, klen, ttl);
+        rc = iqp_rpipe_put_hash(p->pipe, key, klen, cc, p->cfg->n_windows, IQP_COUNTERS(p->cfg), g->n, fill_items,
+                                &fill, "PEXPIRE", ttl);
     }
     free(key);
     return rc;

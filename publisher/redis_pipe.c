@@ -5,7 +5,7 @@
  *   report / iqp_rpipe_fail   one error message, kept and handed to the hook
  *   iqp_rpipe_new / connect   URL, prefix, connection
  *   send / flush / command    the pipeline and its reply checks
- *   hset_*                    one (feature, context) HSET built in scratch
+ *   put_hash / hset_*         one (feature, context) hash, HSETs built in scratch
  *   lease_*                   <prefix>:lease and its scripts
  *   iqp_rpipe_layout, iqp_failpoint
  */
@@ -156,12 +156,14 @@ static redisReply *checked(iqp_rpipe *p, redisReply *r, const char *what) {
     return r;
 }
 
+/* Before a synchronous command: connected, and no reply owed. */
+static int ready(iqp_rpipe *p, const char *what) {
+    if (!p->redis) return iqp_rpipe_fail(p, IQP_RC_FAILED, "%s: not connected to Redis at %s", what, p->where) == 0;
+    return iqp_rpipe_flush(p) == IQP_RC_OK;
+}
+
 redisReply *iqp_rpipe_command(iqp_rpipe *p, const char *what, const char *fmt, ...) {
-    if (!p->redis) {
-        iqp_rpipe_fail(p, IQP_RC_FAILED, "%s: not connected to Redis at %s", what, p->where);
-        return NULL;
-    }
-    if (iqp_rpipe_flush(p) != IQP_RC_OK) return NULL;
+    if (!ready(p, what)) return NULL;
     va_list ap;
     va_start(ap, fmt);
     redisReply *r = iqp_rconn_vcommand(p->redis, fmt, ap);
@@ -170,11 +172,7 @@ redisReply *iqp_rpipe_command(iqp_rpipe *p, const char *what, const char *fmt, .
 }
 
 redisReply *iqp_rpipe_master_command(iqp_rpipe *p, size_t m, const char *what, const char *fmt, ...) {
-    if (!p->redis) {
-        iqp_rpipe_fail(p, IQP_RC_FAILED, "%s: not connected to Redis at %s", what, p->where);
-        return NULL;
-    }
-    if (iqp_rpipe_flush(p) != IQP_RC_OK) return NULL;
+    if (!ready(p, what)) return NULL;
     va_list ap;
     va_start(ap, fmt);
     redisReply *r = iqp_rconn_master_vcommand(p->redis, m, fmt, ap);
@@ -189,7 +187,7 @@ static void push_arg(iqp_rpipe *p, const char *s, size_t len) {
     p->lens[p->argc++] = len;
 }
 
-void iqp_rpipe_hset_begin(iqp_rpipe *p, const char *key, size_t klen, const int64_t *context_counts,
+static void hset_begin(iqp_rpipe *p, const char *key, size_t klen, const int64_t *context_counts,
                           size_t n_windows, size_t width) {
     size_t need = IQP_RV_CONTEXT_MAX(n_windows) + IQP_RPIPE_HSET_ITEMS * IQP_RV_ITEM_MAX(n_windows, width);
     if (need > p->values_cap) {
@@ -216,11 +214,20 @@ void iqp_rpipe_hset_item(iqp_rpipe *p, const char *item, size_t len, const int64
     p->next_value += n;
 }
 
-iqp_rc iqp_rpipe_hset_send(iqp_rpipe *p) { return iqp_rpipe_send(p, p->argc, p->argv, p->lens); }
-
-iqp_rc iqp_rpipe_expire(iqp_rpipe *p, const char *cmd, const char *key, size_t klen, const char *arg) {
-    const char *argv[3] = {cmd, key, arg};
-    size_t lens[3] = {strlen(cmd), klen, strlen(arg)};
+iqp_rc iqp_rpipe_put_hash(iqp_rpipe *p, const char *key, size_t klen, const int64_t *context_counts,
+                          size_t n_windows, size_t width, size_t n_items, iqp_rpipe_fill_fn fill, void *ud,
+                          const char *expire_cmd, const char *expire_arg) {
+    iqp_rc rc = IQP_RC_OK;
+    for (size_t from = 0; rc == IQP_RC_OK && (from < n_items || from == 0); from += IQP_RPIPE_HSET_ITEMS) {
+        size_t n = n_items - from < IQP_RPIPE_HSET_ITEMS ? n_items - from : IQP_RPIPE_HSET_ITEMS;
+        hset_begin(p, key, klen, context_counts, n_windows, width);
+        if (n) rc = fill(ud, p, from, n);
+        if (rc == IQP_RC_OK) rc = iqp_rpipe_send(p, p->argc, p->argv, p->lens);
+        if (n_items == 0) break;
+    }
+    if (rc != IQP_RC_OK) return rc;
+    const char *argv[3] = {expire_cmd, key, expire_arg};
+    size_t lens[3] = {strlen(expire_cmd), klen, strlen(expire_arg)};
     return iqp_rpipe_send(p, 3, argv, lens);
 }
 

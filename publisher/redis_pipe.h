@@ -91,19 +91,21 @@ redisReply *iqp_rpipe_command(iqp_rpipe *p, const char *what, const char *fmt, .
 redisReply *iqp_rpipe_master_command(iqp_rpipe *p, size_t m, const char *what, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-/* One HSET of a (feature, context) hash: the context field with its
- * per-window context counts, then up to IQP_RPIPE_HSET_ITEMS items with
- * their counter vectors (counts[w * width + k]), encoded as
- * schemas/redis_value.h says; send queues it. One context field and its
- * items in one command, so a reader never pairs a new count with an old
- * context_count of the same write. */
-void iqp_rpipe_hset_begin(iqp_rpipe *p, const char *key, size_t klen, const int64_t *context_counts,
-                          size_t n_windows, size_t width);
+/* Writes one (feature, context) hash, as schemas/redis_value.h encodes
+ * it: the context field with its per-window context counts and n_items
+ * items with their counter vectors, IQP_RPIPE_HSET_ITEMS items per HSET,
+ * each HSET carrying the context field too (so a reader never pairs a new
+ * count with an old context_count of the same write; one HSET of the
+ * context field alone when n_items is 0); then `<expire_cmd> key
+ * <expire_arg>` (PEXPIRE key ms, PEXPIREAT key deadline). fill(ud, p,
+ * from, n) adds items [from, from + n) in order with iqp_rpipe_hset_item
+ * and reports its own failures (iqp_rpipe_fail). */
+typedef iqp_rc (*iqp_rpipe_fill_fn)(void *ud, iqp_rpipe *p, size_t from, size_t n);
+iqp_rc iqp_rpipe_put_hash(iqp_rpipe *p, const char *key, size_t klen, const int64_t *context_counts,
+                          size_t n_windows, size_t width, size_t n_items, iqp_rpipe_fill_fn fill, void *ud,
+                          const char *expire_cmd, const char *expire_arg);
+/* One item of the HSET being filled: counts[w * width + k]. */
 void iqp_rpipe_hset_item(iqp_rpipe *p, const char *item, size_t len, const int64_t *counts);
-iqp_rc iqp_rpipe_hset_send(iqp_rpipe *p);
-
-/* Queues `<cmd> key <arg>` (PEXPIRE key ms, PEXPIREAT key deadline). */
-iqp_rc iqp_rpipe_expire(iqp_rpipe *p, const char *cmd, const char *key, size_t klen, const char *arg);
 
 /* ---- the publish lease --------------------------------------------------------- */
 
