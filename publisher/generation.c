@@ -27,7 +27,6 @@
 
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,16 +94,8 @@ static int read_served(gen_writer *g, const char *fingerprint, uint64_t *served)
     *served = r->type == REDIS_REPLY_STRING ? strtoull(r->str, NULL, 10) : 0;
     freeReplyObject(r);
     if (!*served) return 0;
-    r = command(g, "HMGET meta", "HMGET %s:%" PRIu64 ":meta layout_version fingerprint", g->prefix, *served);
-    if (!r) return -1;
-    int same = r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->type == REDIS_REPLY_STRING &&
-               r->element[1]->type == REDIS_REPLY_STRING && atoi(r->element[0]->str) == IQP_RV_LAYOUT_VERSION &&
-               strcmp(r->element[1]->str, fingerprint) == 0;
-    int gone = r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->type == REDIS_REPLY_NIL;
-    freeReplyObject(r);
-    if (same || gone) return 0;
-    return fail(g, -2, "Redis at %s serves another layout under prefix '%s' (%s:%" PRIu64 ":meta); use another "
-                "prefix or database", iqp_rpipe_where(g->pipe), g->prefix, g->prefix, *served);
+    int absent;
+    return iqp_rpipe_check_layout(g->pipe, *served, fingerprint, &absent);
 }
 
 /* The new generation's keys expire at Redis's TIME + ttl (Redis's clock,
@@ -385,7 +376,7 @@ static int write_generation(gen_writer *g, uint64_t *n_out) {
     return rc;
 }
 
-int iqp_generation_publish(const iqp_refresh_result *r, const iqp_publisher_config *pc, const char *role,
+iqp_rc iqp_generation_publish(const iqp_refresh_result *r, const iqp_publisher_config *pc, const char *role,
                            const char *lease, int64_t grace_ms, iqp_generation_stats *stats, char *err,
                            size_t errlen) {
     iqp_generation_stats local = {0};
@@ -394,7 +385,7 @@ int iqp_generation_publish(const iqp_refresh_result *r, const iqp_publisher_conf
     memset(g.stats, 0, sizeof *g.stats);
     g.pipe = iqp_rpipe_new(pc->url, pc->prefix, pc->connect_timeout_ms, pc->command_timeout_ms, pc->pipeline_depth,
                            err, errlen);
-    if (!g.pipe) return -1;
+    if (!g.pipe) return IQP_RC_FAILED;
     iqp_rpipe_on_error(g.pipe, keep_error, &g);
     g.prefix = iqp_rpipe_prefix(g.pipe);
     double t0 = iqp_mono_seconds();
@@ -410,5 +401,5 @@ int iqp_generation_publish(const iqp_refresh_result *r, const iqp_publisher_conf
     g.stats->write_s = iqp_mono_seconds() - t0;
     iqp_rpipe_free(g.pipe);
     iqp_buf_free(&g.topk);
-    return rc;
+    return rc == 0 ? IQP_RC_OK : rc == -2 ? IQP_RC_REFUSED : IQP_RC_FAILED;
 }

@@ -41,10 +41,11 @@ typedef struct iqp_generation_stats {
  * generation's keys grace_ms to live. Holds the publish lease for the
  * duration: lease is the exact lease value of a caller that already holds
  * it (the stream's publisher; it keeps it afterwards), or NULL to take it
- * as role (e.g. "iqp refresh") and release it at the end. Returns 0; -1 on
- * a Redis failure (nothing flipped); -2 when another process holds the
- * lease or Redis serves another layout (err says who or what). */
-int iqp_generation_publish(const iqp_refresh_result *r, const iqp_publisher_config *pc, const char *role,
+ * as role (e.g. "iqp refresh") and release it at the end. Returns
+ * IQP_RC_OK; IQP_RC_FAILED on a Redis failure (nothing flipped);
+ * IQP_RC_REFUSED when another process holds the lease or Redis serves
+ * another layout (err says who or what). */
+iqp_rc iqp_generation_publish(const iqp_refresh_result *r, const iqp_publisher_config *pc, const char *role,
                            const char *lease, int64_t grace_ms, iqp_generation_stats *stats, char *err,
                            size_t errlen);
 

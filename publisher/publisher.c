@@ -264,46 +264,23 @@ static int read_generation(iqp_publisher *p) {
     return -1;
 }
 
-static const redisReply *hash_field(const redisReply *r, const char *name) {
-    for (size_t i = 0; i + 1 < r->elements; i += 2)
-        if (r->element[i]->type == REDIS_REPLY_STRING && strcmp(r->element[i]->str, name) == 0)
-            return r->element[i + 1];
-    return NULL;
-}
-
 /* Checks the generation's meta against this store's layout, writing it
  * when absent. -2 when Redis holds another layout. */
 static int check_meta(iqp_publisher *p) {
     unsigned long long g = (unsigned long long)p->generation;
-    redisReply *r = command(p, "HGETALL meta", "HGETALL %s:%llu:meta", p->prefix, g);
+    int absent = 0;
+    iqp_rc rc = iqp_rpipe_check_layout(p->pipe, p->generation, p->fingerprint, &absent);
+    if (rc != IQP_RC_OK || !absent) return rc;
+    redisReply *r = command(p, "HSET meta", "HSET %s:%llu:meta layout_version %d fingerprint %s layout %s created_ms %lld",
+                            p->prefix, g, IQP_RV_LAYOUT_VERSION, p->fingerprint, p->layout_json,
+                            (long long)iqp_wall_ms());
+    p->need_resync = 1;
     if (!r) return -1;
-    int rc = 0;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements == 0) {
-        freeReplyObject(r);
-        r = command(p, "HSET meta", "HSET %s:%llu:meta layout_version %d fingerprint %s layout %s created_ms %lld",
-                    p->prefix, g, IQP_RV_LAYOUT_VERSION, p->fingerprint, p->layout_json, (long long)iqp_wall_ms());
-        p->need_resync = 1;
-        rc = r ? 0 : -1;
-        if (r) freeReplyObject(r);
-        r = rc == 0 ? command(p, "PEXPIRE meta", "PEXPIRE %s:%llu:meta %lld", p->prefix, g, (long long)p->pc.ttl_ms)
-                    : NULL;
-        rc = r ? 0 : -1;
-    } else {
-        const redisReply *ver = hash_field(r, "layout_version"), *fp = hash_field(r, "fingerprint");
-        char want[8];
-        snprintf(want, sizeof want, "%d", IQP_RV_LAYOUT_VERSION);
-        if (!ver || !fp || ver->type != REDIS_REPLY_STRING || fp->type != REDIS_REPLY_STRING ||
-            strcmp(ver->str, want) != 0 || strcmp(fp->str, p->fingerprint) != 0) {
-            note_error(p, "Redis at %s serves another layout under prefix '%s' (%s:%llu:meta: layout_version %s, "
-                       "fingerprint %s; this store: layout_version %d, fingerprint %s); use another --redis "
-                       "prefix or database, or delete those keys",
-                       p->where, p->prefix, p->prefix, g, ver && ver->str ? ver->str : "?",
-                       fp && fp->str ? fp->str : "?", IQP_RV_LAYOUT_VERSION, p->fingerprint);
-            rc = -2;
-        }
-    }
-    if (r) freeReplyObject(r);
-    return rc;
+    freeReplyObject(r);
+    r = command(p, "PEXPIRE meta", "PEXPIRE %s:%llu:meta %lld", p->prefix, g, (long long)p->pc.ttl_ms);
+    if (!r) return -1;
+    freeReplyObject(r);
+    return 0;
 }
 
 static void run_id_meta_key(const iqp_publisher *p, char *out, size_t cap) {
@@ -1006,10 +983,10 @@ void iqp_publisher_stop(iqp_publisher *p, int drain_ms, iqp_publisher_stats *sta
     publisher_free(p);
 }
 
-int iqp_publisher_run_once(iqp_store *st, iqp_pending *q, const iqp_publisher_config *pc, int full,
+iqp_rc iqp_publisher_run_once(iqp_store *st, iqp_pending *q, const iqp_publisher_config *pc, int full,
                            iqp_publisher_stats *stats, char *err, size_t errlen) {
     iqp_publisher *p = publisher_new(st, q, pc, err, errlen);
-    if (!p) return -1;
+    if (!p) return IQP_RC_FAILED;
     p->role = "iqp publish";
     int rc = session_open(p) < 0 ? -1 : 0;
     if (rc == 0 && full) p->need_resync = 1;
@@ -1024,5 +1001,5 @@ int iqp_publisher_run_once(iqp_store *st, iqp_pending *q, const iqp_publisher_co
     if (rc < 0) snprintf(err, errlen, "%s", p->last_error);
     if (stats) *stats = p->stats;
     publisher_free(p);
-    return rc;
+    return rc < 0 ? IQP_RC_FAILED : IQP_RC_OK;
 }

@@ -158,7 +158,10 @@ static redisReply *checked(iqp_rpipe *p, redisReply *r, const char *what) {
 
 /* Before a synchronous command: connected, and no reply owed. */
 static int ready(iqp_rpipe *p, const char *what) {
-    if (!p->redis) return iqp_rpipe_fail(p, IQP_RC_FAILED, "%s: not connected to Redis at %s", what, p->where) == 0;
+    if (!p->redis) {
+        iqp_rpipe_fail(p, IQP_RC_FAILED, "%s: not connected to Redis at %s", what, p->where);
+        return 0;
+    }
     return iqp_rpipe_flush(p) == IQP_RC_OK;
 }
 
@@ -304,12 +307,16 @@ const char *iqp_rpipe_lease_value(const iqp_rpipe *p) { return p->lease_value; }
 /* One lease script on the connection, unreported: NULL with Redis's
  * error in holder. */
 static redisReply *lease_eval(iqp_rpipe *p, char *holder, size_t cap, const char *fmt, ...) {
+    if (iqp_rpipe_flush(p) != IQP_RC_OK) {
+        snprintf(holder, cap, "%s", p->error);
+        return NULL;
+    }
     va_list ap;
     va_start(ap, fmt);
-    redisReply *r = iqp_rpipe_flush(p) == IQP_RC_OK ? iqp_rconn_vcommand(p->redis, fmt, ap) : NULL;
+    redisReply *r = iqp_rconn_vcommand(p->redis, fmt, ap);
     va_end(ap);
     if (r && r->type != REDIS_REPLY_ERROR) return r;
-    snprintf(holder, cap, "%s", r ? r->str : p->inflight ? p->error : iqp_rconn_errstr(p->redis));
+    snprintf(holder, cap, "%s", r ? r->str : iqp_rconn_errstr(p->redis));
     if (r) freeReplyObject(r);
     return NULL;
 }
@@ -377,6 +384,30 @@ char *iqp_rpipe_layout(const iqp_config *cfg, char fingerprint[17]) {
     char *layout = iqp_config_layout_json(cfg);
     snprintf(fingerprint, 17, "%016llx", (unsigned long long)XXH3_64bits(layout, strlen(layout)));
     return layout;
+}
+
+iqp_rc iqp_rpipe_check_layout(iqp_rpipe *p, uint64_t generation, const char *fingerprint, int *absent) {
+    redisReply *r = iqp_rpipe_command(p, "HMGET meta", "HMGET %s:%" PRIu64 ":meta layout_version fingerprint",
+                                      p->prefix, generation);
+    if (!r) return IQP_RC_FAILED;
+    const redisReply *ver = r->type == REDIS_REPLY_ARRAY && r->elements == 2 ? r->element[0] : NULL;
+    const redisReply *fp = ver ? r->element[1] : NULL;
+    char want[16];
+    snprintf(want, sizeof want, "%d", IQP_RV_LAYOUT_VERSION);
+    *absent = ver && ver->type == REDIS_REPLY_NIL;
+    int same = ver && ver->type == REDIS_REPLY_STRING && fp->type == REDIS_REPLY_STRING &&
+               strcmp(ver->str, want) == 0 && strcmp(fp->str, fingerprint) == 0;
+    iqp_rc rc = IQP_RC_OK;
+    if (!same && !*absent)
+        rc = iqp_rpipe_fail(p, IQP_RC_REFUSED, "Redis at %s serves another layout under prefix '%s' (%s:%" PRIu64
+                            ":meta: layout_version %s, fingerprint %s; this config: layout_version %d, fingerprint "
+                            "%s); use another --redis prefix or database, or delete those keys",
+                            p->where, p->prefix, p->prefix, generation,
+                            ver && ver->type == REDIS_REPLY_STRING ? ver->str : "?",
+                            fp && fp->type == REDIS_REPLY_STRING ? fp->str : "?", IQP_RV_LAYOUT_VERSION,
+                            fingerprint);
+    freeReplyObject(r);
+    return rc;
 }
 
 void iqp_failpoint(const char *name) {

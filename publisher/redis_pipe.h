@@ -157,6 +157,13 @@ void iqp_rpipe_lease_release(iqp_rpipe *p);
  * JSON as 16 lower-case hex digits. */
 char *iqp_rpipe_layout(const iqp_config *cfg, char fingerprint[17]);
 
+/* Checks that generation's meta (<prefix>:<generation>:meta) holds this
+ * layout: IQP_RC_OK when it does, and also when it has no layout at all
+ * (*absent set: never written, or expired), IQP_RC_REFUSED (reported,
+ * naming both layouts) when it holds another layout version or
+ * fingerprint, IQP_RC_FAILED when Redis failed. */
+iqp_rc iqp_rpipe_check_layout(iqp_rpipe *p, uint64_t generation, const char *fingerprint, int *absent);
+
 /* Test hook: when the environment variable IQP_FAILPOINT holds
  * "<name>=kill" the process SIGKILLs itself here, with "<name>=sleep:MS"
  * it sleeps MS ms (several entries separated by ','). The tests use it
