@@ -2,7 +2,8 @@
  * changed, written in the Redis layout (schemas/redis_value.h).
  *
  * Owns: the Redis side of serving on the writer's side: the publisher
- * thread, its connection, the generation pointer and meta key it creates
+ * thread, its connection (a publisher/redis_pipe.h pipe, which also holds
+ * the lease), the generation pointer and meta key it creates
  * when Redis has none, the layout check against what Redis holds,
  * draining the publish queue (pending.h) and the full resync.
  *
