@@ -67,7 +67,7 @@ static const char *FLIP_SCRIPT =
     "else return 0 end";
 
 static int lease_take(gen_writer *g, const char *role, const char *held) {
-    char holder[256];
+    char holder[IQP_LEASE_VALUE_MAX];
     if (iqp_rpipe_lease_value_new(g->pipe, role, held) != IQP_RC_OK) return -1;
     iqp_rc rc = iqp_rpipe_lease_acquire(g->pipe, holder, sizeof holder);
     if (rc == IQP_RC_FAILED) return fail(g, -1, "lease on Redis at %s failed: %s", iqp_rpipe_where(g->pipe), holder);

@@ -294,7 +294,7 @@ static void run_id_meta_key(const iqp_publisher *p, char *out, size_t cap) {
  * taken over from a dead holder), -1 (retry later) when Redis failed or
  * another process holds it. */
 static int lease_hold(iqp_publisher *p) {
-    char holder[256];
+    char holder[IQP_LEASE_VALUE_MAX];
     if (!iqp_rpipe_lease_value(p->pipe)[0] && iqp_rpipe_lease_value_new(p->pipe, p->role, NULL) != IQP_RC_OK)
         return -1;
     iqp_rc rc = iqp_rpipe_lease_acquire(p->pipe, holder, sizeof holder);

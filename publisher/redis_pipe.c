@@ -45,7 +45,7 @@ struct iqp_rpipe {
     unsigned char *values, *next_value;
     size_t values_cap;
     /* the lease */
-    char lease_value[160];
+    char lease_value[IQP_LEASE_VALUE_MAX];
     int64_t lease_renewed_ms;
 };
 
@@ -297,8 +297,10 @@ iqp_rc iqp_rpipe_lease_value_new(iqp_rpipe *p, const char *role, const char *hel
     char host[64] = "?", space[80];
     gethostname(host, sizeof host - 1);
     pid_space(space, sizeof space);
-    snprintf(p->lease_value, sizeof p->lease_value, "%s on %s pid %ld in %s since %" PRId64 " token %lld", role, host,
-             (long)getpid(), space, iqp_wall_ms(), token);
+    int n = snprintf(p->lease_value, sizeof p->lease_value, "%s on %s pid %ld in %s since %" PRId64 " token %lld",
+                     role, host, (long)getpid(), space, iqp_wall_ms(), token);
+    if (n < 0 || (size_t)n >= sizeof p->lease_value) /* would not compare equal to itself in Redis */
+        return iqp_rpipe_fail(p, IQP_RC_FAILED, "lease value for role '%s' on host '%s' is too long", role, host);
     return IQP_RC_OK;
 }
 
@@ -335,7 +337,7 @@ iqp_rc iqp_rpipe_lease_acquire(iqp_rpipe *p, char *holder, size_t holder_cap) {
         freeReplyObject(r);
         if (!ours && !holder_is_gone(holder)) return IQP_RC_REFUSED;
         if (!ours) {
-            char seen[256];
+            char seen[IQP_LEASE_VALUE_MAX];
             snprintf(seen, sizeof seen, "%s", holder);
             r = lease_eval(p, holder, holder_cap, "EVAL %s 1 %s:lease %s %s %d", TAKEOVER_SCRIPT, p->prefix, seen,
                            p->lease_value, IQP_LEASE_MS);
@@ -371,7 +373,7 @@ int iqp_rpipe_lease_due(const iqp_rpipe *p) { return iqp_mono_ms() - p->lease_re
 void iqp_rpipe_lease_touch(iqp_rpipe *p) { p->lease_renewed_ms = iqp_mono_ms(); }
 
 void iqp_rpipe_lease_release(iqp_rpipe *p) {
-    char ignored[256];
+    char ignored[IQP_LEASE_VALUE_MAX];
     if (!p->redis || !p->lease_value[0]) return;
     redisReply *r = lease_eval(p, ignored, sizeof ignored, "EVAL %s 1 %s:lease %s", RELEASE_SCRIPT, p->prefix,
                                p->lease_value);

@@ -123,6 +123,8 @@ void iqp_rpipe_hset_item(iqp_rpipe *p, const char *item, size_t len, const int64
  * lease was taken over cannot make anything visible. */
 #define IQP_LEASE_MS 30000
 #define IQP_LEASE_RENEW_MS 5000
+/* Room for a lease value (a holder's, too). */
+#define IQP_LEASE_VALUE_MAX 320
 
 /* Makes the pipe's lease value: held (the exact value of a lease the
  * caller already holds, e.g. the stream's publisher handing it to a
