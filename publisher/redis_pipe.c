@@ -191,7 +191,7 @@ static void push_arg(iqp_rpipe *p, const char *s, size_t len) {
 }
 
 static void hset_begin(iqp_rpipe *p, const char *key, size_t klen, const int64_t *context_counts,
-                          size_t n_windows, size_t width) {
+                       size_t n_windows, size_t width) {
     size_t need = IQP_RV_CONTEXT_MAX(n_windows) + IQP_RPIPE_HSET_ITEMS * IQP_RV_ITEM_MAX(n_windows, width);
     if (need > p->values_cap) {
         free(p->values);
