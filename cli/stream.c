@@ -28,7 +28,6 @@
 #include <hiredis/hiredis.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <signal.h>
@@ -47,6 +46,7 @@
 #include "client/redis_conn.h"
 #include "publisher/pending.h"
 #include "publisher/publisher.h"
+#include "publisher/redis_pipe.h"
 #include "store/store.h"
 #include "util/clock.h"
 #include "util/stop.h"
@@ -778,9 +778,8 @@ static int dry_redis(const stream_opts *o, const iqp_config *cfg) {
     if (r && r->type == REDIS_REPLY_STRING)
         bad += dry_line(0, "redis", "another process publishes to prefix '%s' (%s)", pf, r->str);
     freeReplyObject(r);
-    char *layout = iqp_config_layout_json(cfg), fp[17];
-    snprintf(fp, sizeof fp, "%016llx", (unsigned long long)XXH3_64bits(layout, strlen(layout)));
-    free(layout);
+    char fp[17];
+    free(iqp_rpipe_layout(cfg, fp));
     r = iqp_rconn_command(c, "GET %s:gen", pf);
     if (r && r->type == REDIS_REPLY_STRING) {
         redisReply *m = iqp_rconn_command(c, "HGET %s:%s:meta fingerprint", pf, r->str);

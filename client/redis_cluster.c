@@ -458,6 +458,12 @@ size_t iqp_rconn_masters(iqp_rconn *rc) {
 redisReply *iqp_rconn_master_command(iqp_rconn *rc, size_t i, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
+    redisReply *r = iqp_rconn_master_vcommand(rc, i, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+redisReply *iqp_rconn_master_vcommand(iqp_rconn *rc, size_t i, const char *fmt, va_list ap) {
     redisReply *r = NULL;
     if (rc->single) {
         r = redisvCommand(rc->single, fmt, ap);
@@ -468,7 +474,6 @@ redisReply *iqp_rconn_master_command(iqp_rconn *rc, size_t i, const char *fmt, .
         else if (n < 0) set_err(rc, REDIS_ERR_OTHER, "no Redis Cluster master %zu", i);
         if (c && !(r = redisvCommand(c, fmt, ap))) node_failed(rc, &rc->nodes[n]);
     }
-    va_end(ap);
     return r;
 }
 

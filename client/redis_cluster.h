@@ -76,6 +76,7 @@ void iqp_rconn_limit_replies(iqp_rconn *rc, iqp_reply_limits *l);
  * command sent to master i, with nothing queued. */
 size_t iqp_rconn_masters(iqp_rconn *rc);
 redisReply *iqp_rconn_master_command(iqp_rconn *rc, size_t i, const char *fmt, ...);
+redisReply *iqp_rconn_master_vcommand(iqp_rconn *rc, size_t i, const char *fmt, va_list ap);
 
 /* The key prefix a writer or reader uses for prefix on this connection:
  * prefix itself for a single server, `{prefix}` for a cluster (so that

@@ -2,10 +2,10 @@
  *
  * Code map:
  *   keylist            a flat list of byte strings (dirty keys, records)
- *   session_*          one Redis connection: connect, check or create the
- *                      generation and meta, decide whether to resync
- *   pipe_*             a bounded pipeline: append, and read replies back
- *                      whenever pipeline_depth commands are in flight
+ *   session_*          one Redis connection (publisher/redis_pipe.h: the
+ *                      pipeline, reply checks, the lease): connect, check
+ *                      or create the generation and meta, decide whether
+ *                      to resync
  *   publish_dirty      sorted dirty keys -> grouped by context -> HSETs
  *   publish_queue_round / resync   the two sources of dirty keys
  *   thread_main        reconnects with backoff, drains, waits for notify
@@ -22,16 +22,16 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "model/buf.h"
 #include "model/cells.h"
 #include "aggregator/features.h"
 #include "client/redis_cluster.h"
-#include "client/redis_conn.h"
 #include "publisher/generation.h"
+#include "publisher/redis_pipe.h"
 #include "refresher/refresh.h"
 #include "schemas/redis_value.h"
 #include "util/clock.h"
 
-#define HSET_ITEMS 256  /* item fields per HSET command */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 
@@ -52,41 +52,36 @@ void iqp_publisher_config_defaults(iqp_publisher_config *pc) {
 /* ---- keylist: byte strings in one growable buffer ----------------------------- */
 
 typedef struct keylist {
-    unsigned char *bytes;
-    size_t len, cap;
+    iqp_buf bytes;        /* the strings, back to back (model/buf.h) */
     size_t *off;          /* n + 1 offsets: string i is bytes[off[i] .. off[i+1]) */
     size_t n, ncap;
 } keylist;
 
 static void keylist_clear(keylist *l) {
-    l->len = 0;
+    iqp_buf_truncate(&l->bytes, 0);
     l->n = 0;
     if (l->off) l->off[0] = 0;
 }
 
 static void keylist_push(keylist *l, const void *s, size_t len) {
-    if (l->len + len > l->cap) {
-        l->cap = (l->len + len) * 2 + 4096;
-        l->bytes = realloc(l->bytes, l->cap);
-    }
     if (l->n + 2 > l->ncap) {
         l->ncap = l->ncap * 2 + 1024;
         l->off = realloc(l->off, l->ncap * sizeof *l->off);
+        if (!l->off) abort();
     }
-    if (!l->bytes || !l->off) abort();
     if (l->n == 0) l->off[0] = 0;
-    memcpy(l->bytes + l->len, s, len);
-    l->len += len;
-    l->off[++l->n] = l->len;
+    if (!l->bytes.buf) iqp_buf_init(&l->bytes); /* get() never offsets NULL */
+    iqp_buf_append(&l->bytes, s, len);
+    l->off[++l->n] = l->bytes.len;
 }
 
 static const unsigned char *keylist_get(const keylist *l, size_t i, size_t *len) {
     *len = l->off[i + 1] - l->off[i];
-    return l->bytes + l->off[i];
+    return l->bytes.buf + l->off[i];
 }
 
 static void keylist_free(keylist *l) {
-    free(l->bytes);
+    iqp_buf_free(&l->bytes);
     free(l->off);
     memset(l, 0, sizeof *l);
 }
@@ -98,25 +93,21 @@ struct iqp_publisher {
     iqp_pending *q;
     const iqp_config *cfg;
     iqp_publisher_config pc;
-    char prefix[128];
+    iqp_rpipe *pipe;              /* the connection, its pipeline and the lease */
+    const char *prefix;           /* the pipe's key prefix */
+    const char *where;            /* the URL without password, for messages */
     const char *role;             /* "iqp stream" or "iqp publish", in the lease */
-    iqp_redis_url url;
-    char where[400];               /* the URL without password, for messages */
     char fingerprint[17];
     char *layout_json;
     iqp_metrics *m;
     /* session */
-    iqp_rconn *redis;
     uint64_t generation;
     char run_id[64];
     int policy_warned;
-    char lease_value[160];        /* who we are in <prefix>:lease */
-    int64_t lease_renewed_ms;
     int64_t refresh_bucket;       /* finest-granularity bucket of the last refresh (or start) */
     int64_t refresh_at_ms;        /* monotonic time of the last refresh */
     int64_t resync_started_ms;    /* monotonic */
     int need_resync;
-    int inflight;
     /* scratch */
     keylist records, dirty;       /* a round's record keys and their dirty keys */
     uint64_t *seqs;               /* the sequence each record held when read */
@@ -125,8 +116,6 @@ struct iqp_publisher {
     iqp_keybuf last_ctx;          /* the context prefix whose field was counted last */
     keylist done_ctx;             /* resync: contexts published with their items */
     int tracking;                 /* resync's item pass: fill done_ctx */
-    unsigned char *values;
-    size_t values_cap;
     /* thread */
     pthread_t thread;
     pthread_mutex_t mu;
@@ -162,42 +151,33 @@ void iqp_publisher_declare_metrics(iqp_metrics *m) {
                         sizeof round_bounds / sizeof round_bounds[0]);
 }
 
+/* Every error, the pipe's included (its hook), is kept for the messages
+ * and counted. */
+static void count_error(void *publisher, const char *msg) {
+    iqp_publisher *p = publisher;
+    if (msg != p->last_error) snprintf(p->last_error, sizeof p->last_error, "%s", msg);
+    p->stats.errors++;
+    if (p->m) iqp_metrics_add(p->m, "iqp_redis_errors_total", NULL, 1);
+}
+
 static void note_error(iqp_publisher *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void note_error(iqp_publisher *p, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(p->last_error, sizeof p->last_error, fmt, ap);
     va_end(ap);
-    p->stats.errors++;
-    if (p->m) iqp_metrics_add(p->m, "iqp_redis_errors_total", NULL, 1);
+    count_error(p, p->last_error);
 }
 
 static void drop_session(iqp_publisher *p) {
-    iqp_rconn_free(p->redis);
-    p->redis = NULL;
-    p->inflight = 0;
+    iqp_rpipe_disconnect(p->pipe);
     p->stats.connected = 0;
     if (p->m) iqp_metrics_set(p->m, "iqp_redis_connected", NULL, 0);
 }
 
 /* ---- session: connection, generation, meta -------------------------------------- */
 
-static redisReply *command(iqp_publisher *p, const char *what, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    redisReply *r = iqp_rconn_vcommand(p->redis, fmt, ap);
-    va_end(ap);
-    if (!r) {
-        note_error(p, "%s on Redis at %s failed: %s", what, p->where, iqp_rconn_errstr(p->redis));
-        return NULL;
-    }
-    if (r->type == REDIS_REPLY_ERROR) {
-        note_error(p, "%s on Redis at %s failed: %s", what, p->where, r->str);
-        freeReplyObject(r);
-        return NULL;
-    }
-    return r;
-}
+#define command(p, what, ...) iqp_rpipe_command((p)->pipe, (what), __VA_ARGS__)
 
 /* Redis's run_id: a restarted server without persistence has a new one.
  * In a Redis Cluster every master's counts, so the run_id kept is an
@@ -211,7 +191,8 @@ static int by_id(const void *a, const void *b) { return strcmp(a, b); }
 
 static void warn_eviction_policy(iqp_publisher *p, size_t master) {
     if (p->policy_warned) return;
-    redisReply *c = iqp_rconn_master_command(p->redis, master, "CONFIG GET maxmemory-policy");
+    /* unchecked: a Redis that refuses CONFIG is not a failure */
+    redisReply *c = iqp_rconn_master_command(iqp_rpipe_conn(p->pipe), master, "CONFIG GET maxmemory-policy");
     if (c && c->type == REDIS_REPLY_ARRAY && c->elements == 2 && c->element[1]->type == REDIS_REPLY_STRING &&
         strcmp(c->element[1]->str, "noeviction") != 0) {
         fprintf(stderr, "iqp: warning: Redis at %s has maxmemory-policy %s: when full it may evict the "
@@ -223,15 +204,12 @@ static void warn_eviction_policy(iqp_publisher *p, size_t master) {
 }
 
 static int read_run_id(iqp_publisher *p) {
-    size_t n = iqp_rconn_masters(p->redis);
+    size_t n = iqp_rconn_masters(iqp_rpipe_conn(p->pipe));
     char (*ids)[64] = calloc(n ? n : 1, sizeof *ids);
     if (!ids) abort();
     for (size_t m = 0; m < n; m++) {
-        redisReply *r = iqp_rconn_master_command(p->redis, m, "INFO server");
-        if (!r || r->type == REDIS_REPLY_ERROR) {
-            note_error(p, "INFO server on Redis at %s failed: %s", p->where,
-                       r ? r->str : iqp_rconn_errstr(p->redis));
-            if (r) freeReplyObject(r);
+        redisReply *r = iqp_rpipe_master_command(p->pipe, m, "INFO server", "INFO server");
+        if (!r) {
             free(ids);
             return -1;
         }
@@ -286,46 +264,23 @@ static int read_generation(iqp_publisher *p) {
     return -1;
 }
 
-static const redisReply *hash_field(const redisReply *r, const char *name) {
-    for (size_t i = 0; i + 1 < r->elements; i += 2)
-        if (r->element[i]->type == REDIS_REPLY_STRING && strcmp(r->element[i]->str, name) == 0)
-            return r->element[i + 1];
-    return NULL;
-}
-
 /* Checks the generation's meta against this store's layout, writing it
  * when absent. -2 when Redis holds another layout. */
 static int check_meta(iqp_publisher *p) {
     unsigned long long g = (unsigned long long)p->generation;
-    redisReply *r = command(p, "HGETALL meta", "HGETALL %s:%llu:meta", p->prefix, g);
+    int absent = 0;
+    iqp_rc rc = iqp_rpipe_check_layout(p->pipe, p->generation, p->fingerprint, &absent);
+    if (rc != IQP_RC_OK || !absent) return rc;
+    redisReply *r = command(p, "HSET meta", "HSET %s:%llu:meta layout_version %d fingerprint %s layout %s created_ms %lld",
+                            p->prefix, g, IQP_RV_LAYOUT_VERSION, p->fingerprint, p->layout_json,
+                            (long long)iqp_wall_ms());
+    p->need_resync = 1;
     if (!r) return -1;
-    int rc = 0;
-    if (r->type != REDIS_REPLY_ARRAY || r->elements == 0) {
-        freeReplyObject(r);
-        r = command(p, "HSET meta", "HSET %s:%llu:meta layout_version %d fingerprint %s layout %s created_ms %lld",
-                    p->prefix, g, IQP_RV_LAYOUT_VERSION, p->fingerprint, p->layout_json, (long long)iqp_wall_ms());
-        p->need_resync = 1;
-        rc = r ? 0 : -1;
-        if (r) freeReplyObject(r);
-        r = rc == 0 ? command(p, "PEXPIRE meta", "PEXPIRE %s:%llu:meta %lld", p->prefix, g, (long long)p->pc.ttl_ms)
-                    : NULL;
-        rc = r ? 0 : -1;
-    } else {
-        const redisReply *ver = hash_field(r, "layout_version"), *fp = hash_field(r, "fingerprint");
-        char want[8];
-        snprintf(want, sizeof want, "%d", IQP_RV_LAYOUT_VERSION);
-        if (!ver || !fp || ver->type != REDIS_REPLY_STRING || fp->type != REDIS_REPLY_STRING ||
-            strcmp(ver->str, want) != 0 || strcmp(fp->str, p->fingerprint) != 0) {
-            note_error(p, "Redis at %s serves another layout under prefix '%s' (%s:%llu:meta: layout_version %s, "
-                       "fingerprint %s; this store: layout_version %d, fingerprint %s); use another --redis "
-                       "prefix or database, or delete those keys",
-                       p->where, p->prefix, p->prefix, g, ver && ver->str ? ver->str : "?",
-                       fp && fp->str ? fp->str : "?", IQP_RV_LAYOUT_VERSION, p->fingerprint);
-            rc = -2;
-        }
-    }
-    if (r) freeReplyObject(r);
-    return rc;
+    freeReplyObject(r);
+    r = command(p, "PEXPIRE meta", "PEXPIRE %s:%llu:meta %lld", p->prefix, g, (long long)p->pc.ttl_ms);
+    if (!r) return -1;
+    freeReplyObject(r);
+    return 0;
 }
 
 static void run_id_meta_key(const iqp_publisher *p, char *out, size_t cap) {
@@ -339,45 +294,31 @@ static void run_id_meta_key(const iqp_publisher *p, char *out, size_t cap) {
  * taken over from a dead holder), -1 (retry later) when Redis failed or
  * another process holds it. */
 static int lease_hold(iqp_publisher *p) {
-    char holder[256];
-    if (!p->lease_value[0] && iqp_lease_new_value(p->redis, p->prefix, p->role, p->lease_value,
-                                                  sizeof p->lease_value) < 0) {
-        note_error(p, "lease on Redis at %s failed: %s", p->where, p->lease_value);
-        p->lease_value[0] = '\0';
+    char holder[IQP_LEASE_VALUE_MAX];
+    if (!iqp_rpipe_lease_value(p->pipe)[0] && iqp_rpipe_lease_value_new(p->pipe, p->role, NULL) != IQP_RC_OK)
         return -1;
-    }
-    int rc = iqp_lease_acquire(p->redis, p->prefix, p->lease_value, holder, sizeof holder);
-    if (rc < 0) note_error(p, "lease on Redis at %s failed: %s", p->where, holder);
-    if (rc == 0)
+    iqp_rc rc = iqp_rpipe_lease_acquire(p->pipe, holder, sizeof holder);
+    if (rc == IQP_RC_FAILED) note_error(p, "lease on Redis at %s failed: %s", p->where, holder);
+    if (rc == IQP_RC_REFUSED)
         note_error(p, "prefix '%s' on Redis at %s is being written by %s; changes stay queued until it is done",
                    p->prefix, p->where, holder);
-    if (rc == 1) p->lease_renewed_ms = iqp_mono_ms();
-    return rc == 1 ? 0 : -1;
+    return rc == IQP_RC_OK ? 0 : -1;
 }
 
 /* Renews the lease when IQP_LEASE_RENEW_MS has passed since the last
  * renewal: called between the chunks of every long write (a full publish,
  * the rounds of `iqp publish`), which may take far longer than the lease
  * lives. 0, or -1 when the lease could not be held. */
-static int pipe_read(iqp_publisher *p, int keep);
-
 static int lease_renew_if_due(iqp_publisher *p) {
-    if (iqp_mono_ms() - p->lease_renewed_ms < IQP_LEASE_RENEW_MS) return 0;
-    if (p->inflight > 0 && pipe_read(p, 0) < 0) return -1; /* replies in order: none owed */
+    if (!iqp_rpipe_lease_due(p->pipe)) return 0;
+    if (iqp_rpipe_flush(p->pipe) < 0) return -1; /* replies in order: none owed */
     return lease_hold(p);
 }
 
-static void lease_release(iqp_publisher *p) { iqp_lease_release(p->redis, p->prefix, p->lease_value); }
-
 /* Connects and prepares a session: 0, -1 (try again later) or -2 (refused). */
 static int session_open(iqp_publisher *p) {
-    char err[600];
-    if (p->redis) return 0;
-    p->redis = iqp_rconn_connect(&p->url, p->pc.connect_timeout_ms, p->pc.command_timeout_ms, err, sizeof err);
-    if (!p->redis) {
-        note_error(p, "%s", err);
-        return -1;
-    }
+    if (iqp_rpipe_connected(p->pipe)) return 0;
+    if (iqp_rpipe_connect(p->pipe) != IQP_RC_OK) return -1;
     int rc = read_run_id(p);
     if (rc == 0) rc = lease_hold(p);
     if (rc == 0) rc = read_generation(p);
@@ -395,34 +336,6 @@ static int session_open(iqp_publisher *p) {
     p->stats.connected = 1;
     if (p->m) iqp_metrics_set(p->m, "iqp_redis_connected", NULL, 1);
     return 0;
-}
-
-/* ---- pipeline ------------------------------------------------------------------- */
-
-/* Reads replies until at most keep commands are in flight. */
-static int pipe_read(iqp_publisher *p, int keep) {
-    while (p->inflight > keep) {
-        redisReply *r = NULL;
-        if (iqp_rconn_get_reply(p->redis, &r) != REDIS_OK) {
-            note_error(p, "reply from Redis at %s: %s", p->where, iqp_rconn_errstr(p->redis));
-            return -1;
-        }
-        p->inflight--;
-        int bad = r->type == REDIS_REPLY_ERROR;
-        if (bad) note_error(p, "Redis at %s refused a write: %s", p->where, r->str);
-        freeReplyObject(r);
-        if (bad) return -1;
-    }
-    return 0;
-}
-
-static int pipe_append(iqp_publisher *p, int argc, const char **argv, const size_t *lens) {
-    if (iqp_rconn_append_argv(p->redis, argc, argv, lens) != REDIS_OK) {
-        note_error(p, "command to Redis at %s: %s", p->where, iqp_rconn_errstr(p->redis));
-        return -1;
-    }
-    p->inflight++;
-    return p->inflight >= p->pc.pipeline_depth ? pipe_read(p, 0) : 0;
 }
 
 /* ---- writing one (feature, context) --------------------------------------------- */
@@ -447,16 +360,6 @@ static void group_add_item(ctx_group *g, const char *item, size_t len) {
     g->item_lens[g->n++] = len;
 }
 
-static unsigned char *value_space(iqp_publisher *p, size_t need) {
-    if (need > p->values_cap) {
-        free(p->values);
-        p->values_cap = need;
-        p->values = malloc(need);
-        if (!p->values) abort();
-    }
-    return p->values;
-}
-
 static void count_fields(iqp_publisher *p, uint64_t n) {
     p->stats.values += n;
     if (p->m && n) iqp_metrics_add(p->m, "iqp_published_values_total", NULL, (double)n);
@@ -474,30 +377,34 @@ static void context_written(iqp_publisher *p, const unsigned char *prefix, size_
     if (p->tracking) keylist_push(&p->done_ctx, prefix, len);
 }
 
-/* HSET key "" <context> item value ... for items [from, from + n). */
-static int write_chunk(iqp_publisher *p, const char *key, size_t klen, const int64_t *cc,
-                       const ctx_group *g, size_t from, size_t n, const iqp_feature_row *rows) {
-    size_t nw = p->cfg->n_windows, width = IQP_COUNTERS(p->cfg), item_max = IQP_RV_ITEM_MAX(nw, width);
-    const char *argv[4 + 2 * HSET_ITEMS];
-    size_t lens[4 + 2 * HSET_ITEMS];
-    unsigned char *v = value_space(p, IQP_RV_CONTEXT_MAX(nw) + HSET_ITEMS * item_max);
+/* Filling one group's HSETs: the items' windowed counts, read from the
+ * snapshot one HSET's worth at a time. */
+typedef struct group_fill {
+    iqp_publisher *p;
+    const iqp_store_snapshot *snap;
+    int64_t as_of;
+    const ctx_group *g;
+    iqp_feature_row *rows;
+} group_fill;
+
+static iqp_rc fill_items(void *ud, iqp_rpipe *pipe, size_t from, size_t n) {
+    group_fill *f = ud;
+    iqp_publisher *p = f->p;
+    const ctx_group *g = f->g;
+    size_t nw = p->cfg->n_windows, width = IQP_COUNTERS(p->cfg);
     int64_t counts[IQP_MAX_WINDOWS * IQP_MAX_COUNTERS];
-    int argc = 0;
-    argv[argc] = "HSET", lens[argc++] = 4;
-    argv[argc] = key, lens[argc++] = klen;
-    argv[argc] = IQP_RV_CONTEXT_FIELD, lens[argc++] = 0;
-    argv[argc] = (const char *)v, lens[argc++] = iqp_rv_encode_context(cc, nw, v);
-    v += lens[argc - 1];
+    char err[512];
+    if (iqp_features_read_at(p->st, f->snap, g->key.feature, &g->key.ctx, g->items + from, g->item_lens + from, n,
+                             f->as_of, f->rows, err, sizeof err) < 0)
+        return iqp_rpipe_fail(pipe, IQP_RC_FAILED, "%s", err);
     for (size_t i = 0; i < n; i++) {
         for (size_t w = 0; w < nw; w++)
-            memcpy(counts + w * width, rows[i * nw + w].counters, width * sizeof counts[0]);
-        argv[argc] = g->items[from + i], lens[argc++] = g->item_lens[from + i];
-        argv[argc] = (const char *)v, lens[argc++] = iqp_rv_encode_item(counts, nw, width, v);
-        v += lens[argc - 1];
+            memcpy(counts + w * width, f->rows[i * nw + w].counters, width * sizeof counts[0]);
+        iqp_rpipe_hset_item(pipe, g->items[from + i], g->item_lens[from + i], counts);
     }
     p->stats.item_fields += n;
     count_fields(p, n);
-    return pipe_append(p, argc, argv, lens);
+    return IQP_RC_OK;
 }
 
 static int publish_group(iqp_publisher *p, const iqp_store_snapshot *snap, int64_t as_of,
@@ -511,19 +418,14 @@ static int publish_group(iqp_publisher *p, const iqp_store_snapshot *snap, int64
     if (!key) abort();
     iqp_rv_hash_key(key, klen + 1, p->prefix, p->generation, f->name, p->cfg, f->dims, ctx);
     int rc = iqp_features_read_context_at(p->st, snap, g->key.feature, ctx, as_of, cc, err, sizeof err);
-    if (rc == 0) context_written(p, g->prefix, g->key.prefix_len);
-    for (size_t from = 0; rc == 0 && (from < g->n || from == 0); from += HSET_ITEMS) {
-        size_t n = g->n - from < HSET_ITEMS ? g->n - from : HSET_ITEMS;
-        if (n) rc = iqp_features_read_at(p->st, snap, g->key.feature, ctx, g->items + from,
-                                         g->item_lens + from, n, as_of, rows, err, sizeof err);
-        if (rc < 0) note_error(p, "%s", err);
-        else rc = write_chunk(p, key, klen, cc, g, from, n, rows);
-        if (g->n == 0) break;
-    }
-    if (rc == 0) {
-        const char *argv[3] = {"PEXPIRE", key, ttl};
-        size_t lens[3] = {7, klen, (size_t)snprintf(ttl, sizeof ttl, "%" PRId64, p->pc.ttl_ms)};
-        rc = pipe_append(p, 3, argv, lens);
+    if (rc < 0) {
+        note_error(p, "%s", err);
+    } else {
+        context_written(p, g->prefix, g->key.prefix_len);
+        group_fill fill = {.p = p, .snap = snap, .as_of = as_of, .g = g, .rows = rows};
+        snprintf(ttl, sizeof ttl, "%" PRId64, p->pc.ttl_ms);
+        rc = iqp_rpipe_put_hash(p->pipe, key, klen, cc, p->cfg->n_windows, IQP_COUNTERS(p->cfg), g->n, fill_items,
+                                &fill, "PEXPIRE", ttl);
     }
     free(key);
     return rc;
@@ -542,7 +444,7 @@ static int cmp_dirty(const void *a, const void *b, void *list) {
 /* Publishes every dirty key of l (any order, duplicates allowed). */
 static int publish_dirty(iqp_publisher *p, const iqp_store_snapshot *snap, const keylist *l) {
     size_t *idx = malloc((l->n ? l->n : 1) * sizeof *idx);
-    iqp_feature_row *rows = malloc(HSET_ITEMS * p->cfg->n_windows * sizeof *rows);
+    iqp_feature_row *rows = malloc(IQP_RPIPE_HSET_ITEMS * p->cfg->n_windows * sizeof *rows);
     if (!idx || !rows) abort();
     for (size_t i = 0; i < l->n; i++) idx[i] = i;
     qsort_r(idx, l->n, sizeof *idx, cmp_dirty, (void *)l);
@@ -569,7 +471,7 @@ static int publish_dirty(iqp_publisher *p, const iqp_store_snapshot *snap, const
         if (pk.item) group_add_item(&g, pk.item, pk.item_len);
     }
     if (rc == 0 && open) rc = publish_group(p, snap, as_of, &g, rows);
-    if (rc == 0) rc = pipe_read(p, 0);
+    if (rc == 0) rc = iqp_rpipe_flush(p->pipe);
     free(g.items);
     free(g.item_lens);
     free(rows);
@@ -593,11 +495,11 @@ static const char *STAMP_SCRIPT =
     "return 1";
 
 static int stamp_meta(iqp_publisher *p) {
-    if (pipe_read(p, 0) < 0 || lease_renew_if_due(p) < 0) return -1;
+    if (iqp_rpipe_flush(p->pipe) < 0 || lease_renew_if_due(p) < 0) return -1;
     unsigned long long g = (unsigned long long)p->generation;
     redisReply *r = command(p, "stamp meta", "EVAL %s 3 %s:gen %s:%llu:meta %s:lease %llu %lld %lld %lld %s",
                             STAMP_SCRIPT, p->prefix, p->prefix, g, p->prefix, g, (long long)iqp_store_watermark(p->st),
-                            (long long)iqp_wall_ms(), (long long)p->pc.ttl_ms, p->lease_value);
+                            (long long)iqp_wall_ms(), (long long)p->pc.ttl_ms, iqp_rpipe_lease_value(p->pipe));
     if (!r) return -1;
     long long v = r->type == REDIS_REPLY_INTEGER ? r->integer : -2;
     freeReplyObject(r);
@@ -895,7 +797,7 @@ static int should_exit(iqp_publisher *p) {
     int64_t deadline = p->drain_deadline_ms;
     pthread_mutex_unlock(&p->mu);
     if (!stopping) return 0;
-    return iqp_pending_count(p->q) == 0 || iqp_mono_ms() >= deadline || !p->redis;
+    return iqp_pending_count(p->q) == 0 || iqp_mono_ms() >= deadline || !iqp_rpipe_connected(p->pipe);
 }
 
 /* ---- refresh when windows slide ----------------------------------------------------- */
@@ -931,8 +833,8 @@ static int refresh_generation(iqp_publisher *p) {
     iqp_generation_stats gs;
     int rc = iqp_refresh_run(p->st, snap, &rp, &r, err, sizeof err);
     iqp_store_snapshot_free(p->st, snap);
-    if (rc == 0) rc = iqp_generation_publish(r, &p->pc, p->role, p->lease_value, p->pc.refresh_grace_ms, &gs, err,
-                                             sizeof err);
+    if (rc == 0) rc = iqp_generation_publish(r, &p->pc, p->role, iqp_rpipe_lease_value(p->pipe),
+                                             p->pc.refresh_grace_ms, &gs, err, sizeof err);
     iqp_refresh_free(r);
     p->refresh_at_ms = iqp_mono_ms();
     if (rc < 0) {
@@ -941,7 +843,7 @@ static int refresh_generation(iqp_publisher *p) {
     }
     p->generation = gs.new_generation;
     p->refresh_bucket = bucket;
-    p->lease_renewed_ms = iqp_mono_ms();
+    iqp_rpipe_lease_touch(p->pipe); /* the refresh renewed it */
     p->stats.refreshes++;
     if (p->m) {
         iqp_metrics_add(p->m, "iqp_refreshes_total", NULL, 1);
@@ -953,7 +855,7 @@ static int refresh_generation(iqp_publisher *p) {
 
 /* One step of the loop; returns how long to back off (0: none). */
 static int64_t publish_step(iqp_publisher *p, int64_t backoff) {
-    if (!p->redis) {
+    if (!iqp_rpipe_connected(p->pipe)) {
         int rc = session_open(p);
         if (rc < 0) return rc == -2 ? 30000 : backoff;
         if (p->stats.errors) fprintf(stderr, "iqp stream: Redis at %s answers again; %" PRIu64 " changed keys queued\n",
@@ -1003,15 +905,16 @@ static iqp_publisher *publisher_new(iqp_store *st, iqp_pending *q, const iqp_pub
     p->pc = *pc;
     if (p->pc.pipeline_depth < 64) p->pc.pipeline_depth = 64;
     if (p->pc.batch_keys == 0) p->pc.batch_keys = 20000;
-    if (iqp_redis_url_parse(pc->url, &p->url, err, errlen) < 0 ||
-        iqp_redis_key_prefix(&p->url, pc->prefix ? pc->prefix : "iqp", p->prefix, sizeof p->prefix, err, errlen) < 0) {
+    p->pipe = iqp_rpipe_new(pc->url, pc->prefix, pc->connect_timeout_ms, pc->command_timeout_ms,
+                            p->pc.pipeline_depth, err, errlen);
+    if (!p->pipe) {
         free(p);
         return NULL;
     }
-    iqp_redis_url_describe(&p->url, p->where, sizeof p->where);
-    p->layout_json = iqp_config_layout_json(p->cfg);
-    snprintf(p->fingerprint, sizeof p->fingerprint, "%016llx",
-             (unsigned long long)XXH3_64bits(p->layout_json, strlen(p->layout_json)));
+    iqp_rpipe_on_error(p->pipe, count_error, p);
+    p->prefix = iqp_rpipe_prefix(p->pipe);
+    p->where = iqp_rpipe_where(p->pipe);
+    p->layout_json = iqp_rpipe_layout(p->cfg, p->fingerprint);
     iqp_keybuf_init(&p->cursor);
     iqp_keybuf_init(&p->last_ctx);
     pthread_mutex_init(&p->mu, NULL);
@@ -1020,7 +923,7 @@ static iqp_publisher *publisher_new(iqp_store *st, iqp_pending *q, const iqp_pub
 }
 
 static void publisher_free(iqp_publisher *p) {
-    lease_release(p);
+    iqp_rpipe_lease_release(p->pipe);
     drop_session(p);
     keylist_free(&p->records);
     keylist_free(&p->dirty);
@@ -1028,7 +931,7 @@ static void publisher_free(iqp_publisher *p) {
     iqp_keybuf_free(&p->cursor);
     iqp_keybuf_free(&p->last_ctx);
     keylist_free(&p->done_ctx);
-    free(p->values);
+    iqp_rpipe_free(p->pipe);
     free(p->layout_json);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
@@ -1078,10 +981,10 @@ void iqp_publisher_stop(iqp_publisher *p, int drain_ms, iqp_publisher_stats *sta
     publisher_free(p);
 }
 
-int iqp_publisher_run_once(iqp_store *st, iqp_pending *q, const iqp_publisher_config *pc, int full,
+iqp_rc iqp_publisher_run_once(iqp_store *st, iqp_pending *q, const iqp_publisher_config *pc, int full,
                            iqp_publisher_stats *stats, char *err, size_t errlen) {
     iqp_publisher *p = publisher_new(st, q, pc, err, errlen);
-    if (!p) return -1;
+    if (!p) return IQP_RC_FAILED;
     p->role = "iqp publish";
     int rc = session_open(p) < 0 ? -1 : 0;
     if (rc == 0 && full) p->need_resync = 1;
@@ -1096,5 +999,5 @@ int iqp_publisher_run_once(iqp_store *st, iqp_pending *q, const iqp_publisher_co
     if (rc < 0) snprintf(err, errlen, "%s", p->last_error);
     if (stats) *stats = p->stats;
     publisher_free(p);
-    return rc;
+    return rc < 0 ? IQP_RC_FAILED : IQP_RC_OK;
 }

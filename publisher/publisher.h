@@ -2,7 +2,8 @@
  * changed, written in the Redis layout (schemas/redis_value.h).
  *
  * Owns: the Redis side of serving on the writer's side: the publisher
- * thread, its connection, the generation pointer and meta key it creates
+ * thread, its connection (a publisher/redis_pipe.h pipe, which also holds
+ * the lease), the generation pointer and meta key it creates
  * when Redis has none, the layout check against what Redis holds,
  * draining the publish queue (pending.h) and the full resync.
  *
@@ -44,6 +45,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "consumers/metrics.h"
+#include "model/status.h"
 #include "publisher/pending.h"
 #include "store/store.h"
 
@@ -98,8 +100,9 @@ void iqp_publisher_notify(void *publisher);
 void iqp_publisher_stop(iqp_publisher *p, int drain_ms, iqp_publisher_stats *stats);
 
 /* One-shot, in the caller's thread (iqp publish): drains the queue, and
- * with full != 0 republishes every key first. 0, or -1 with err. */
-int iqp_publisher_run_once(iqp_store *st, iqp_pending *q, const iqp_publisher_config *pc, int full,
+ * with full != 0 republishes every key first. IQP_RC_OK, or
+ * IQP_RC_FAILED with err. */
+iqp_rc iqp_publisher_run_once(iqp_store *st, iqp_pending *q, const iqp_publisher_config *pc, int full,
                            iqp_publisher_stats *stats, char *err, size_t errlen);
 
 #endif
