@@ -42,7 +42,7 @@ int iqp_cli_usage_error(const char *cmd, const char *fmt, ...) {
     vreport(cmd, fmt, ap);
     va_end(ap);
     if (!capture_buf && !iqp_logfmt_json_active()) fprintf(stderr, "Try 'iqp %s --help'.\n", cmd);
-    return 2;
+    return IQP_EXIT_USAGE;
 }
 
 int iqp_cli_fail(const char *cmd, const char *fmt, ...) {
@@ -50,7 +50,7 @@ int iqp_cli_fail(const char *cmd, const char *fmt, ...) {
     va_start(ap, fmt);
     vreport(cmd, fmt, ap);
     va_end(ap);
-    return 1;
+    return IQP_EXIT_FAIL;
 }
 
 int iqp_cli_parse_i64(const char *s, int64_t *out) {
