@@ -12,7 +12,7 @@
  * offsets are printed: what `iqp restore` would bring back.
  */
 #include <errno.h>
-#include <getopt.h>
+#include <stddef.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,31 +20,37 @@
 #include <sys/stat.h>
 
 #include "cli/cli.h"
+#include "cli/flags.h"
 #include "store/store.h"
 
 static const char *CMD = "backup";
 
-static void usage(FILE *out) {
-    fprintf(out,
-            "usage: iqp backup --store DIR --to DIR [--attempts N]\n"
-            "\n"
-            "Writes a consistent copy of the store into a new directory: a RocksDB\n"
-            "checkpoint (table files hard-linked when on the same file system, else\n"
-            "copied). Safe beside a running `iqp stream`: the store is opened read-only,\n"
-            "and the copy holds the counts together with exactly the Kafka offsets they\n"
-            "were counted up to. Prints the copy's watermark and offsets as JSON on\n"
-            "stdout (what `iqp restore` would bring back).\n"
-            "\n"
-            "options:\n"
-            "  --store DIR     the store to back up\n"
-            "  --to DIR        the backup; must not exist yet (its parent must)\n"
-            "  --attempts N    tries when a concurrent compaction deletes a file being\n"
-            "                  linked (default 5)\n"
-            "  --help          this text\n"
-            "\n"
-            "Exit status: 0 backed up, 1 the store cannot be read or the backup written,\n"
-            "2 bad usage.\n");
-}
+typedef struct backup_opts {
+    const char *store, *to;
+    int64_t attempts;
+} backup_opts;
+
+static const iqp_flag FLAGS[] = {
+    {"store", IQP_FLAG_STRING, offsetof(backup_opts, store), .arg = "DIR", .help = "the store to back up"},
+    {"to", IQP_FLAG_STRING, offsetof(backup_opts, to), .arg = "DIR",
+     .help = "the backup; must not exist yet (its parent must)"},
+    {"attempts", IQP_FLAG_INT, offsetof(backup_opts, attempts), .def = "5", .min = 1, .max = 100,
+     .must = "an integer 1..100", .help = "tries when a concurrent compaction deletes a file being linked"},
+    {0}};
+
+static const iqp_flag_cmd BACKUP = {
+    .name = "backup",
+    .usage = "iqp backup --store DIR --to DIR [--attempts N]",
+    .about = "Writes a consistent copy of the store into a new directory: a RocksDB\n"
+             "checkpoint (table files hard-linked when on the same file system, else\n"
+             "copied). Safe beside a running `iqp stream`: the store is opened read-only,\n"
+             "and the copy holds the counts together with exactly the Kafka offsets they\n"
+             "were counted up to. Prints the copy's watermark and offsets as JSON on\n"
+             "stdout (what `iqp restore` would bring back).",
+    .epilog = "Exit status: 0 backed up, 1 the store cannot be read or the backup written,\n"
+              "2 bad usage.",
+    .flags = FLAGS,
+};
 
 /* One attempt: a fresh read-only open, then the checkpoint. */
 static int attempt(const char *store, const char *to, char *err, size_t errlen) {
@@ -56,28 +62,16 @@ static int attempt(const char *store, const char *to, char *err, size_t errlen) 
 }
 
 int iqp_cmd_backup(int argc, char **argv) {
-    static const struct option longopts[] = {{"store", required_argument, 0, 's'}, {"to", required_argument, 0, 't'},
-                                              {"attempts", required_argument, 0, 'a'}, {"help", no_argument, 0, 'h'},
-                                              {0, 0, 0, 0}};
-    const char *store = NULL, *to = NULL;
-    int64_t attempts = 5;
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-        if (c == 'h') return usage(stdout), 0;
-        if (c == 's') store = optarg;
-        else if (c == 't') to = optarg;
-        else if (c == 'a') {
-            if (iqp_cli_parse_i64(optarg, &attempts) < 0 || attempts < 1 || attempts > 100)
-                return iqp_cli_usage_error(CMD, "--attempts must be an integer 1..100, not '%s'", optarg);
-        } else return iqp_cli_usage_error(CMD, "unknown option (see iqp backup --help)");
-    }
-    if (optind < argc) return iqp_cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    backup_opts opt = {0};
+    int rc = iqp_flags_parse(&BACKUP, &opt, argc, argv);
+    if (rc) return rc < 0 ? IQP_EXIT_OK : rc;
+    const char *store = opt.store, *to = opt.to;
+    int64_t attempts = opt.attempts;
     if (!store || !to) return iqp_cli_usage_error(CMD, "give --store DIR and --to DIR");
     struct stat sb;
     if (stat(to, &sb) == 0) return iqp_cli_fail(CMD, "%s already exists: a backup goes into a new directory", to);
     char err[1024];
-    int rc = -1;
+    rc = -1;
     for (int64_t i = 1; i <= attempts && rc == -1; i++) {
         rc = attempt(store, to, err, sizeof err);
         if (rc == -1) {

@@ -20,7 +20,7 @@
 #include <errno.h>
 #include <dirent.h>
 #include <fcntl.h>
-#include <getopt.h>
+#include <stddef.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,30 +29,38 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/flags.h"
 
 static const char *CMD = "restore";
 
-static void usage(FILE *out) {
-    fprintf(out,
-            "usage: iqp restore --from BACKUP --store DIR [--force]\n"
-            "\n"
-            "Puts a backup written by `iqp backup` back as the store DIR: checks that it\n"
-            "opens as a store, stages a copy next to DIR (table files hard-linked when\n"
-            "possible, the rest copied; the backup stays usable), fsyncs it and renames it\n"
-            "into place. Prints the restored store's watermark and Kafka offsets as JSON.\n"
-            "\n"
-            "Then start `iqp stream` on it under a new kafka.group.id: under the old group\n"
-            "the events after the backup would count as counted elsewhere and be skipped.\n"
-            "\n"
-            "options:\n"
-            "  --from BACKUP   a directory written by iqp backup\n"
-            "  --store DIR     where the store goes; must not exist, unless --force\n"
-            "  --force         move an existing DIR aside to DIR.before-restore-<ms> first\n"
-            "                  (refused while a process writes to it)\n"
-            "  --help          this text\n"
-            "\n"
-            "Exit status: 0 restored, 1 the backup or the target cannot be used, 2 bad usage.\n");
-}
+typedef struct restore_opts {
+    const char *from, *store;
+    int force;
+} restore_opts;
+
+static const iqp_flag FLAGS[] = {
+    {"from", IQP_FLAG_STRING, offsetof(restore_opts, from), .arg = "BACKUP",
+     .help = "a directory written by iqp backup"},
+    {"store", IQP_FLAG_STRING, offsetof(restore_opts, store), .arg = "DIR",
+     .help = "where the store goes; must not exist, unless --force"},
+    {"force", IQP_FLAG_BOOL, offsetof(restore_opts, force),
+     .help = "move an existing DIR aside to DIR.before-restore-<ms> first (refused while a process "
+             "writes to it)"},
+    {0}};
+
+static const iqp_flag_cmd RESTORE = {
+    .name = "restore",
+    .usage = "iqp restore --from BACKUP --store DIR [--force]",
+    .about = "Puts a backup written by `iqp backup` back as the store DIR: checks that it\n"
+             "opens as a store, stages a copy next to DIR (table files hard-linked when\n"
+             "possible, the rest copied; the backup stays usable), fsyncs it and renames it\n"
+             "into place. Prints the restored store's watermark and Kafka offsets as JSON.\n"
+             "\n"
+             "Then start `iqp stream` on it under a new kafka.group.id: under the old group\n"
+             "the events after the backup would count as counted elsewhere and be skipped.",
+    .epilog = "Exit status: 0 restored, 1 the backup or the target cannot be used, 2 bad usage.",
+    .flags = FLAGS,
+};
 
 /* ---- files --------------------------------------------------------------------- */
 
@@ -170,24 +178,14 @@ static int restore(const char *from, const char *dir, int force) {
 }
 
 int iqp_cmd_restore(int argc, char **argv) {
-    static const struct option longopts[] = {{"from", required_argument, 0, 'f'}, {"store", required_argument, 0, 's'},
-                                              {"force", no_argument, 0, 'F'}, {"help", no_argument, 0, 'h'},
-                                              {0, 0, 0, 0}};
-    const char *from = NULL, *dir = NULL;
-    int c, force = 0;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-        if (c == 'h') return usage(stdout), 0;
-        if (c == 'f') from = optarg;
-        else if (c == 's') dir = optarg;
-        else if (c == 'F') force = 1;
-        else return iqp_cli_usage_error(CMD, "unknown option (see iqp restore --help)");
-    }
-    if (optind < argc) return iqp_cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    restore_opts opt = {0};
+    int rc = iqp_flags_parse(&RESTORE, &opt, argc, argv);
+    if (rc) return rc < 0 ? IQP_EXIT_OK : rc;
+    const char *from = opt.from, *dir = opt.store;
     if (!from || !dir) return iqp_cli_usage_error(CMD, "give --from BACKUP and --store DIR");
     char *rf = realpath(from, NULL), *rd = realpath(dir, NULL);
     int same = rf && rd && strcmp(rf, rd) == 0;
     free(rf), free(rd);
     if (same) return iqp_cli_usage_error(CMD, "--from and --store are the same directory");
-    return restore(from, dir, force);
+    return restore(from, dir, opt.force);
 }
