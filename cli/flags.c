@@ -87,6 +87,27 @@ static void describe(const iqp_flag *f, char *buf, size_t len) {
     }
 }
 
+/* The flag of cmd called name, or NULL. */
+static const iqp_flag *flag_named(const iqp_flag_cmd *cmd, const char *name) {
+    for (const iqp_flag *f = cmd->flags; f->name; f++)
+        if (strcmp(f->name, name) == 0) return f;
+    return NULL;
+}
+
+/* What f->replaces set, cleared: its field zeroed for its kind. */
+static void clear_replaced(const iqp_flag_cmd *cmd, const iqp_flag *f, void *opts) {
+    const iqp_flag *r = f->replaces ? flag_named(cmd, f->replaces) : NULL;
+    if (!r) return;
+    char *field = (char *)opts + r->offset;
+    switch (r->kind) {
+    case IQP_FLAG_STRING: *(const char **)field = NULL; break;
+    case IQP_FLAG_INT: case IQP_FLAG_DURATION: case IQP_FLAG_SIZE: *(int64_t *)field = 0; break;
+    case IQP_FLAG_NUMBER: *(double *)field = 0; break;
+    case IQP_FLAG_BOOL: case IQP_FLAG_CHOICE: *(int *)field = 0; break;
+    case IQP_FLAG_REPEATED: ((iqp_flag_list *)field)->n = 0; break;
+    }
+}
+
 /* Stores one value of f into opts: 0, or 2 after the message. */
 static int store_value(const iqp_flag_cmd *cmd, const iqp_flag *f, void *opts, const char *v) {
     char *field = (char *)opts + f->offset, what[256];
@@ -130,6 +151,14 @@ static int store_value(const iqp_flag_cmd *cmd, const iqp_flag *f, void *opts, c
     }
     if (f->check && f->check(opts, v, what, sizeof what) != 0) return iqp_cli_usage_error(cmd->name, "%s", what);
     return 0;
+}
+
+/* A value given on the command line (not a default): stored, and what
+ * the flag's alternative set cleared. */
+static int store_given(const iqp_flag_cmd *cmd, const iqp_flag *f, void *opts, const char *v) {
+    int rc = store_value(cmd, f, opts, v);
+    if (rc == 0) clear_replaced(cmd, f, opts);
+    return rc;
 }
 
 /* ---- lookup --------------------------------------------------------------------- */
@@ -180,11 +209,11 @@ static int parse_flag(const iqp_flag_cmd *cmd, void *opts, int argc, char **argv
     if (!f) return 2;
     if (f->kind == IQP_FLAG_BOOL) {
         if (eq) return iqp_cli_usage_error(cmd->name, "option '--%s' takes no value", f->name);
-        return store_value(cmd, f, opts, NULL);
+        return store_given(cmd, f, opts, NULL);
     }
-    if (eq) return store_value(cmd, f, opts, eq + 1);
+    if (eq) return store_given(cmd, f, opts, eq + 1);
     if (*i + 1 >= argc) return iqp_cli_usage_error(cmd->name, "option '--%s' needs a value", f->name);
-    return store_value(cmd, f, opts, argv[++*i]);
+    return store_given(cmd, f, opts, argv[++*i]);
 }
 
 int iqp_flags_parse(const iqp_flag_cmd *cmd, void *opts, int argc, char **argv) {

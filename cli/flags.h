@@ -80,6 +80,8 @@ typedef struct iqp_flag {
     double fmin, fmax;  /* NUMBER: the range */
     const char *choices;/* CHOICE: the accepted values, '|'-separated */
     const char *must;   /* for a bad value: "--NAME must be <must>, not 'VALUE'"; NULL: from the kind */
+    const char *replaces; /* another flag's name: the two are alternatives, and this one given
+                             clears what that one set (a STRING set to NULL, a number to 0) */
     /* Optional: after the value is stored, a check of it (and of the
      * options so far); 0, or -1 with the whole message in why. */
     int (*check)(void *opts, const char *value, char *why, size_t whylen);

@@ -67,6 +67,13 @@ static const iqp_flag_cmd DEMO = {
 
 static const iqp_flag_cmd NO_ARGS = {.name = "demo", .usage = "iqp demo", .flags = DEMO_FLAGS};
 
+/* Two alternatives: the one given last counts. */
+static const iqp_flag ALT_FLAGS[] = {
+    {"topic", IQP_FLAG_STRING, offsetof(demo_opts, store), .replaces = "count", .help = "a topic"},
+    {"count", IQP_FLAG_INT, offsetof(demo_opts, count), .def = "7", .replaces = "topic", .help = "a number"},
+    {0}};
+static const iqp_flag_cmd ALT = {.name = "alt", .usage = "iqp alt", .flags = ALT_FLAGS};
+
 static char errbuf[1024];
 
 /* Parses the NULL-terminated words (after the command name) into *o,
@@ -147,6 +154,21 @@ START_TEST(repeated_and_later_wins) {
     ck_assert_int_eq(o.count, 6);
     ck_assert_int_eq(PARSE(&o, "--tag", "1", "--tag", "2", "--tag", "3", "--tag", "4"), 2);
     ck_assert_msg(strstr(errbuf, "--tag") && strstr(errbuf, "3 times"), "%s", errbuf);
+}
+END_TEST
+
+/* .replaces: the flag given later clears what its alternative set. */
+START_TEST(alternatives_last_one_counts) {
+    demo_opts o;
+    ck_assert_int_eq(parse_cmd(&ALT, &o, (const char *const[]){"--count", "3", "--topic", "t", NULL}), 0);
+    ck_assert_str_eq(o.store, "t");
+    ck_assert_int_eq(o.count, 0);
+    ck_assert_int_eq(parse_cmd(&ALT, &o, (const char *const[]){"--topic", "t", "--count", "3", NULL}), 0);
+    ck_assert_ptr_null(o.store);
+    ck_assert_int_eq(o.count, 3);
+    /* a default is not "given": it clears nothing */
+    ck_assert_int_eq(parse_cmd(&ALT, &o, (const char *const[]){"--topic", "t", NULL}), 0);
+    ck_assert_str_eq(o.store, "t");
 }
 END_TEST
 
@@ -319,6 +341,7 @@ int main(void) {
     tcase_add_test(tc, defaults_apply_when_not_given);
     tcase_add_test(tc, every_kind_in_both_forms);
     tcase_add_test(tc, repeated_and_later_wins);
+    tcase_add_test(tc, alternatives_last_one_counts);
     tcase_add_test(tc, unknown_flag_exits_2_naming_it);
     tcase_add_test(tc, missing_value_exits_2_naming_the_flag);
     tcase_add_test(tc, bad_values_exit_2_naming_flag_and_value);
