@@ -1,27 +1,21 @@
 /* backup.c -- `iqp backup`: a consistent copy of a store, taken beside a
  * running writer.
  *
- * Opens the store read-only (as lookup, stats and refresh do: no lock, no
- * writes) and writes a RocksDB checkpoint of it (iqp_store_checkpoint):
- * the counters, dedup markers, publish queue and the Kafka offsets they
- * were counted up to, all as of one point in time, because every flush
- * commits them in one WriteBatch. The writer may delete a table file
- * (compaction) between our open and the link; that attempt fails, is
- * removed, and the next one starts from a fresh open (--attempts).
- * Finally the copy is opened as a store of its own, and its watermark and
- * offsets are printed: what `iqp restore` would bring back.
+ * Thin: parses the flags, calls iqp_store_backup (store/backup.h: a RocksDB
+ * checkpoint from a read-only open, tried again when a concurrent
+ * compaction deletes a file being linked), then opens the copy as a store
+ * of its own and prints its watermark and offsets: what `iqp restore`
+ * would bring back.
  */
-#include <errno.h>
 #include <stddef.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "cli/cli.h"
 #include "cli/flags.h"
-#include "store/store.h"
+#include "store/backup.h"
 
 static const char *CMD = "backup";
 
@@ -52,13 +46,9 @@ static const iqp_flag_cmd BACKUP = {
     .flags = FLAGS,
 };
 
-/* One attempt: a fresh read-only open, then the checkpoint. */
-static int attempt(const char *store, const char *to, char *err, size_t errlen) {
-    iqp_store *st = iqp_store_open(store, NULL, IQP_STORE_READ_ONLY, err, errlen);
-    if (!st) return -2; /* not a store: retrying cannot help */
-    int rc = iqp_store_checkpoint(st, to, err, errlen);
-    iqp_store_close(st);
-    return rc;
+static void on_retry(void *ud, int attempt, const char *err) {
+    (void)ud;
+    fprintf(stderr, "iqp backup: attempt %d: %s; trying again\n", attempt, err);
 }
 
 int iqp_cmd_backup(int argc, char **argv) {
@@ -66,25 +56,10 @@ int iqp_cmd_backup(int argc, char **argv) {
     int rc = iqp_flags_parse(&BACKUP, &opt, argc, argv);
     if (rc) return rc < 0 ? IQP_EXIT_OK : rc;
     const char *store = opt.store, *to = opt.to;
-    int64_t attempts = opt.attempts;
     if (!store || !to) return iqp_cli_usage_error(CMD, "give --store DIR and --to DIR");
-    struct stat sb;
-    if (stat(to, &sb) == 0) return iqp_cli_fail(CMD, "%s already exists: a backup goes into a new directory", to);
     char err[1024];
-    rc = -1;
-    for (int64_t i = 1; i <= attempts && rc == -1; i++) {
-        rc = attempt(store, to, err, sizeof err);
-        if (rc == -1) {
-            char *tmp = malloc(strlen(to) + 8);
-            if (!tmp) abort();
-            sprintf(tmp, "%s.tmp", to); /* RocksDB's staging directory */
-            iqp_cli_rmrf(tmp);
-            iqp_cli_rmrf(to);
-            free(tmp);
-            if (i < attempts) fprintf(stderr, "iqp backup: attempt %lld: %s; trying again\n", (long long)i, err);
-        }
-    }
-    if (rc < 0) return iqp_cli_fail(CMD, "%s", err);
+    if (iqp_store_backup(store, to, (int)opt.attempts, on_retry, NULL, err, sizeof err) < 0)
+        return iqp_cli_fail(CMD, "%s", err);
     json_t *o = iqp_cli_store_position(to, err, sizeof err);
     if (!o) return iqp_cli_fail(CMD, "the backup %s does not open as a store: %s", to, err);
     json_object_set_new(o, "store", json_string(store));

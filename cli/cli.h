@@ -90,13 +90,6 @@ void iqp_cli_add_kafka_offset(void *ud, const char *key, size_t klen, const char
  * with err. */
 struct json_t *iqp_cli_store_position(const char *dir, char *err, size_t errlen);
 
-/* The directory part of path ("." when it has none), malloc'd. */
-char *iqp_cli_parent_dir(const char *path);
-
-/* Removes path and everything under it (nothing there is fine): 0 or -1
- * with errno. */
-int iqp_cli_rmrf(const char *path);
-
 /* Current wall clock in ms since the epoch. */
 int64_t iqp_now_ms(void);
 

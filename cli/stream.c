@@ -50,6 +50,7 @@
 #include "publisher/publisher.h"
 #include "store/store.h"
 #include "util/clock.h"
+#include "util/fs.h"
 #include "util/stop.h"
 #include "util/logfmt.h"
 #include "util/sdnotify.h"
@@ -660,7 +661,7 @@ static int dry_store(const stream_opts *o, const iqp_config *cfg) {
     char err[1024];
     struct stat sb;
     if (stat(o->store_dir, &sb) != 0) {
-        char *parent = iqp_cli_parent_dir(o->store_dir);
+        char *parent = iqp_parent_dir(o->store_dir);
         int ok = access(parent, W_OK) == 0;
         int bad = dry_line(ok, "store", ok ? "%s does not exist yet: would create it with this config's layout"
                                            : "%s does not exist and %s is not writable", o->store_dir, parent);
@@ -741,7 +742,7 @@ static int dry_kafka(const stream_opts *o) {
 
 static int dry_dead_letter_file(const stream_opts *o) {
     if (!o->dl_file) return 0;
-    char *parent = iqp_cli_parent_dir(o->dl_file);
+    char *parent = iqp_parent_dir(o->dl_file);
     int ok = access(o->dl_file, F_OK) == 0 ? access(o->dl_file, W_OK) == 0 : access(parent, W_OK) == 0;
     free(parent);
     return dry_line(ok, "deadlettr", ok ? "rejected events would be appended to %s" : "cannot append to %s",
