@@ -194,11 +194,11 @@ static int check_file(const char *path, int require_all) {
     if (!root) {
         if (jerr.line < 0 && jerr.position == 0) return iqp_cli_fail(CMD, "cannot read %s: %s", path, jerr.text);
         fprintf(stderr, "%s: $: invalid JSON at line %d, column %d: %s\n", path, jerr.line, jerr.column, jerr.text);
-        return 2;
+        return IQP_EXIT_USAGE;
     }
     if (!json_is_object(root)) {
         json_decref(root);
-        return report(path, "$", "the config must be a JSON object"), 2;
+        return report(path, "$", "the config must be a JSON object"), IQP_EXIT_USAGE;
     }
     if (check_doc(root, path, require_all, msg, sizeof msg) == 0) return json_decref(root), 0;
     int found = 0;
@@ -212,7 +212,7 @@ static int check_file(const char *path, int require_all) {
     }
     if (!found) report(path, "$", msg);
     json_decref(root);
-    return 2;
+    return IQP_EXIT_USAGE;
 }
 
 /* ---- show ---------------------------------------------------------------------- */
@@ -252,7 +252,7 @@ static int show(const char *path) {
     }
     json_t *out = counting_json(&cfg), *stream = iqp_stream_config_effective(root, path ? path : "defaults");
     json_decref(root);
-    if (!stream) return json_decref(out), 2;
+    if (!stream) return json_decref(out), IQP_EXIT_USAGE;
     json_object_update(out, stream);
     json_decref(stream);
     char *text = json_dumps(out, JSON_INDENT(2) | JSON_PRESERVE_ORDER);

@@ -540,7 +540,7 @@ static int run(producer *p, const produce_opts *o) {
         if (produce_file(p, o->files.v[i], o->rate, t0) < 0) rc = 1;
     flush_and_purge(p);
     print_summary(p, o->brokers, iqp_mono_seconds() - t0);
-    if (iqp_stop_requested()) return 130;
+    if (iqp_stop_requested()) return IQP_EXIT_STOPPED;
     return rc || p->delivered != p->lines ? 1 : 0;
 }
 
