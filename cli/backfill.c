@@ -7,7 +7,7 @@
  * dead-lettered); 1 on an operational failure, naming the file; 2 on bad
  * usage.
  */
-#include <getopt.h>
+#include <stddef.h>
 #include <signal.h>
 #include <limits.h>
 #include <stdio.h>
@@ -19,6 +19,7 @@
 #include "aggregator/aggregator.h"
 #include "model/config.h"
 #include "cli/cli.h"
+#include "cli/flags.h"
 #include "consumers/deadletter.h"
 #include "consumers/ingest.h"
 #include "store/store.h"
@@ -27,66 +28,52 @@
 
 static const char *CMD = "backfill";
 
-static void usage(FILE *out) {
-    fprintf(out,
-            "usage: iqp backfill --store DIR [options] FILE...\n"
-            "\n"
-            "Counts impression.v1 / action.v1 events from log files into the store at DIR\n"
-            "(created when missing). FILE is JSONL, gzip or zstd (detected from content),\n"
-            "or '-' for standard input. Files already ingested into DIR are skipped, and a\n"
-            "file an earlier run did not finish resumes where that run's counts stopped.\n"
-            "\n"
-            "options:\n"
-            "  --store DIR          the RocksDB store (required)\n"
-            "  --config FILE        JSON config (features, windows, actions, limits);\n"
-            "                       default: the built-in defaults\n"
-            "  --dead-letter FILE   where malformed and future-dated events go, one JSON\n"
-            "                       line each with its reason (default: DIR/dead-letter.jsonl)\n"
-            "  --flush-events N     events per store write (default: config flush_events)\n"
-            "  --quiet              no progress line\n"
-            "  --help               this text\n"
-            "\n"
-            "Prints a progress line on a terminal and a summary line at the end (stderr).\n"
-            "SIGINT/SIGTERM stop it after the batch in hand: what was counted is committed\n"
-            "with its file position, and running the same command again resumes there.\n"
-            "\n"
-            "Exit status: 0 done (bad events are dead-lettered, not fatal), 1 operational\n"
-            "failure (store or file unusable, disk full), 2 bad usage, 130 stopped by a\n"
-            "signal. A run that fails before it commits anything removes the store (and\n"
-            "the dead-letter file) it created; what existed before is never removed.\n");
-}
-
 typedef struct backfill_opts {
     const char *store_dir, *config_path, *dead_letter;
     int64_t flush_events;
     int quiet;
+    iqp_flag_list files;
 } backfill_opts;
 
+static const iqp_flag FLAGS[] = {
+    {"store", IQP_FLAG_STRING, offsetof(backfill_opts, store_dir), .arg = "DIR",
+     .help = "the RocksDB store (required)"},
+    {"config", IQP_FLAG_STRING, offsetof(backfill_opts, config_path), .arg = "FILE",
+     .help = "JSON config (features, windows, actions, limits); default: the built-in defaults"},
+    {"dead-letter", IQP_FLAG_STRING, offsetof(backfill_opts, dead_letter), .arg = "FILE",
+     .help = "where malformed and future-dated events go, one JSON line each with its reason (default: "
+             "DIR/dead-letter.jsonl)"},
+    {"flush-events", IQP_FLAG_INT, offsetof(backfill_opts, flush_events), .min = 1, .max = INT64_MAX,
+     .must = "a positive integer", .help = "events per store write (default: config flush_events)"},
+    {"quiet", IQP_FLAG_BOOL, offsetof(backfill_opts, quiet), .help = "no progress line"},
+    {0}};
+
+static const iqp_flag_cmd BACKFILL = {
+    .name = "backfill",
+    .usage = "iqp backfill --store DIR [options] FILE...",
+    .about = "Counts impression.v1 / action.v1 events from log files into the store at DIR\n"
+             "(created when missing). FILE is JSONL, gzip or zstd (detected from content),\n"
+             "or '-' for standard input. Files already ingested into DIR are skipped, and a\n"
+             "file an earlier run did not finish resumes where that run's counts stopped.",
+    .epilog = "Prints a progress line on a terminal and a summary line at the end (stderr).\n"
+              "SIGINT/SIGTERM stop it after the batch in hand: what was counted is committed\n"
+              "with its file position, and running the same command again resumes there.\n"
+              "\n"
+              "Exit status: 0 done (bad events are dead-lettered, not fatal), 1 operational\n"
+              "failure (store or file unusable, disk full), 2 bad usage, 130 stopped by a\n"
+              "signal. A run that fails before it commits anything removes the store (and\n"
+              "the dead-letter file) it created; what existed before is never removed.",
+    .args = "FILE...",
+    .args_offset = offsetof(backfill_opts, files),
+    .flags = FLAGS,
+};
+
 static int parse_opts(int argc, char **argv, backfill_opts *o) {
-    static const struct option longopts[] = {
-        {"store", required_argument, 0, 's'},      {"config", required_argument, 0, 'c'},
-        {"dead-letter", required_argument, 0, 'd'}, {"flush-events", required_argument, 0, 'f'},
-        {"quiet", no_argument, 0, 'q'},            {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
-    int c;
     memset(o, 0, sizeof *o);
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-        switch (c) {
-        case 's': o->store_dir = optarg; break;
-        case 'c': o->config_path = optarg; break;
-        case 'd': o->dead_letter = optarg; break;
-        case 'q': o->quiet = 1; break;
-        case 'f':
-            if (iqp_cli_parse_i64(optarg, &o->flush_events) < 0 || o->flush_events < 1)
-                return iqp_cli_usage_error(CMD, "--flush-events must be a positive integer, not '%s'", optarg);
-            break;
-        case 'h': usage(stdout); return -1;
-        default: return iqp_cli_usage_error(CMD, "unknown option");
-        }
-    }
+    int rc = iqp_flags_parse(&BACKFILL, o, argc, argv);
+    if (rc) return rc;
     if (!o->store_dir) return iqp_cli_usage_error(CMD, "--store DIR is required");
-    if (optind >= argc) return iqp_cli_usage_error(CMD, "no input files (use '-' for stdin)");
+    if (o->files.n == 0) return iqp_cli_usage_error(CMD, "no input files (use '-' for stdin)");
     return 0;
 }
 
@@ -145,7 +132,7 @@ static void on_stop_signal(int sig) {
 int iqp_cmd_backfill(int argc, char **argv) {
     backfill_opts o;
     int rc = parse_opts(argc, argv, &o);
-    if (rc) return rc < 0 ? 0 : rc;
+    if (rc) return rc < 0 ? IQP_EXIT_OK : rc;
     char err[1024], dl_default[PATH_MAX];
     iqp_config cfg;
     iqp_config_defaults(&cfg);
@@ -168,8 +155,8 @@ int iqp_cmd_backfill(int argc, char **argv) {
     iqp_ingest *ing = iqp_ingest_new(st, dl, !o.quiet && isatty(STDERR_FILENO));
     iqp_cli_on_stop_signals(on_stop_signal);
     rc = 0;
-    for (int i = optind; i < argc && rc == 0; i++) {
-        int frc = iqp_ingest_file(ing, argv[i], err, sizeof err);
+    for (size_t i = 0; i < o.files.n && rc == 0; i++) {
+        int frc = iqp_ingest_file(ing, o.files.v[i], err, sizeof err);
         if (frc < 0) rc = iqp_cli_fail(CMD, "%s", err);
         if (frc == 1) rc = 130; /* stopped by a signal, as shells report SIGINT */
     }

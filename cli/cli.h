@@ -6,16 +6,26 @@
  * exports one iqp_cmd_<name>() entry point; cli/iqp.c lists them in a
  * table and dispatches, the way git.c and Redis's command table do.
  *
- * Conventions for every subcommand: getopt_long with --help (prints usage to
- * stdout, exits 0); a bad flag or value prints "iqp <cmd>: <what is wrong>"
- * and the usage hint to stderr and exits 2; operational failures exit 1;
- * success exits 0.
+ * Conventions for every subcommand: its flags are a table read by the one
+ * flag parser (cli/flags.h) into an options struct, and --help is generated
+ * from that table (printed to stdout, exit 0); then it calls the module
+ * below that does the work. A bad flag or value prints "iqp <cmd>: <what is
+ * wrong>" and the usage hint to stderr and exits 2; operational failures
+ * exit 1; success exits 0 (iqp_exit below).
  */
 #ifndef IQP_CLI_H
 #define IQP_CLI_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+/* The exit statuses of every subcommand (README "Exit status"). */
+typedef enum iqp_exit {
+    IQP_EXIT_OK = 0,
+    IQP_EXIT_FAIL = 1,      /* operational failure: a store, file or server unusable */
+    IQP_EXIT_USAGE = 2,     /* bad flags, values or config */
+    IQP_EXIT_STOPPED = 130, /* stopped by SIGINT/SIGTERM, as shells report SIGINT */
+} iqp_exit;
 
 typedef struct iqp_command {
     const char *name;
@@ -79,13 +89,6 @@ void iqp_cli_add_kafka_offset(void *ud, const char *key, size_t klen, const char
  * {"watermark", "kafka_offsets", "disk_bytes"} (a new reference), or NULL
  * with err. */
 struct json_t *iqp_cli_store_position(const char *dir, char *err, size_t errlen);
-
-/* The directory part of path ("." when it has none), malloc'd. */
-char *iqp_cli_parent_dir(const char *path);
-
-/* Removes path and everything under it (nothing there is fine): 0 or -1
- * with errno. */
-int iqp_cli_rmrf(const char *path);
 
 /* Current wall clock in ms since the epoch. */
 int64_t iqp_now_ms(void);

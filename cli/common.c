@@ -6,7 +6,6 @@
 
 #include <errno.h>
 #include <jansson.h>
-#include <ftw.h>
 #include <stdarg.h>
 #include <signal.h>
 #include <stdio.h>
@@ -42,7 +41,7 @@ int iqp_cli_usage_error(const char *cmd, const char *fmt, ...) {
     vreport(cmd, fmt, ap);
     va_end(ap);
     if (!capture_buf && !iqp_logfmt_json_active()) fprintf(stderr, "Try 'iqp %s --help'.\n", cmd);
-    return 2;
+    return IQP_EXIT_USAGE;
 }
 
 int iqp_cli_fail(const char *cmd, const char *fmt, ...) {
@@ -50,7 +49,7 @@ int iqp_cli_fail(const char *cmd, const char *fmt, ...) {
     va_start(ap, fmt);
     vreport(cmd, fmt, ap);
     va_end(ap);
-    return 1;
+    return IQP_EXIT_FAIL;
 }
 
 int iqp_cli_parse_i64(const char *s, int64_t *out) {
@@ -75,17 +74,6 @@ void iqp_cli_on_stop_signals(void (*handler)(int)) {
     sigaction(SIGTERM, &sa, NULL);
 }
 
-static int remove_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(path) == 0 || errno == ENOENT ? 0 : -1;
-}
-
-int iqp_cli_rmrf(const char *path) {
-    struct stat sb;
-    if (lstat(path, &sb) != 0) return errno == ENOENT ? 0 : -1;
-    return nftw(path, remove_one, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 void iqp_cli_add_kafka_offset(void *ud, const char *key, size_t klen, const char *val, size_t vlen) {
     static const size_t prefix = sizeof "src/kafka/" - 1;
     json_t *pos = json_loadb(val, vlen, 0, NULL);
@@ -104,12 +92,4 @@ json_t *iqp_cli_store_position(const char *dir, char *err, size_t errlen) {
                           offsets, "disk_bytes", (json_int_t)iqp_store_disk_bytes(st));
     iqp_store_close(st);
     return o;
-}
-
-char *iqp_cli_parent_dir(const char *path) {
-    char *parent = strdup(path), *slash;
-    if (!parent) abort();
-    if (!(slash = strrchr(parent, '/'))) return strcpy(parent, "."), parent;
-    *(slash == parent ? slash + 1 : slash) = '\0';
-    return parent;
 }

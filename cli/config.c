@@ -16,7 +16,7 @@
  * missing) is reported at the smallest enclosing path. The readers'
  * messages are printed as they are.
  */
-#include <getopt.h>
+#include <stddef.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,32 +24,40 @@
 
 #include "model/config.h"
 #include "cli/cli.h"
+#include "cli/flags.h"
 
 static const char *CMD = "config";
 
-static void usage(FILE *out) {
-    fprintf(out,
-            "usage: iqp config check [--stream] FILE\n"
-            "       iqp config show [FILE]\n"
-            "\n"
-            "check: reads FILE the way every iqp command reads its --config (the counting\n"
-            "layout and limits, and the \"stream\", \"kafka\", \"redis\" and \"metrics\"\n"
-            "sections) and prints nothing when it is valid. Otherwise it prints one line\n"
-            "per problem on stderr, \"FILE: JSON-PATH: what is wrong\", e.g.\n"
-            "  service.json: $.redis.ttl: redis TTL must be a duration of at least 1s\n"
-            "\n"
-            "show: prints the configuration a command would run with, as JSON: FILE (or\n"
-            "nothing) over the defaults, every default filled in. Its output is itself a\n"
-            "valid config file.\n"
-            "\n"
-            "options:\n"
-            "  --stream   check: also require what `iqp stream --config FILE` needs with no\n"
-            "             other flags (stream.store, kafka.bootstrap.servers)\n"
-            "  --help     this text\n"
-            "\n"
-            "Exit status: 0 valid (check) or printed (show), 2 a problem in FILE or bad\n"
-            "usage, 1 FILE cannot be read.\n");
-}
+typedef struct config_opts {
+    int require_all;
+    iqp_flag_list args; /* check FILE | show [FILE] */
+} config_opts;
+
+static const iqp_flag FLAGS[] = {
+    {"stream", IQP_FLAG_BOOL, offsetof(config_opts, require_all),
+     .help = "check: also require what `iqp stream --config FILE` needs with no other flags (stream.store, "
+             "kafka.bootstrap.servers)"},
+    {0}};
+
+static const iqp_flag_cmd CONFIG = {
+    .name = "config",
+    .usage = "iqp config check [--stream] FILE\n"
+             "       iqp config show [FILE]",
+    .about = "check: reads FILE the way every iqp command reads its --config (the counting\n"
+             "layout and limits, and the \"stream\", \"kafka\", \"redis\" and \"metrics\"\n"
+             "sections) and prints nothing when it is valid. Otherwise it prints one line\n"
+             "per problem on stderr, \"FILE: JSON-PATH: what is wrong\", e.g.\n"
+             "  service.json: $.redis.ttl: redis TTL must be a duration of at least 1s\n"
+             "\n"
+             "show: prints the configuration a command would run with, as JSON: FILE (or\n"
+             "nothing) over the defaults, every default filled in. Its output is itself a\n"
+             "valid config file.",
+    .epilog = "Exit status: 0 valid (check) or printed (show), 2 a problem in FILE or bad\n"
+              "usage, 1 FILE cannot be read.",
+    .args = "check FILE | show [FILE]",
+    .args_offset = offsetof(config_opts, args),
+    .flags = FLAGS,
+};
 
 /* ---- asking the readers ---------------------------------------------------- */
 
@@ -186,11 +194,11 @@ static int check_file(const char *path, int require_all) {
     if (!root) {
         if (jerr.line < 0 && jerr.position == 0) return iqp_cli_fail(CMD, "cannot read %s: %s", path, jerr.text);
         fprintf(stderr, "%s: $: invalid JSON at line %d, column %d: %s\n", path, jerr.line, jerr.column, jerr.text);
-        return 2;
+        return IQP_EXIT_USAGE;
     }
     if (!json_is_object(root)) {
         json_decref(root);
-        return report(path, "$", "the config must be a JSON object"), 2;
+        return report(path, "$", "the config must be a JSON object"), IQP_EXIT_USAGE;
     }
     if (check_doc(root, path, require_all, msg, sizeof msg) == 0) return json_decref(root), 0;
     int found = 0;
@@ -204,7 +212,7 @@ static int check_file(const char *path, int require_all) {
     }
     if (!found) report(path, "$", msg);
     json_decref(root);
-    return 2;
+    return IQP_EXIT_USAGE;
 }
 
 /* ---- show ---------------------------------------------------------------------- */
@@ -244,7 +252,7 @@ static int show(const char *path) {
     }
     json_t *out = counting_json(&cfg), *stream = iqp_stream_config_effective(root, path ? path : "defaults");
     json_decref(root);
-    if (!stream) return json_decref(out), 2;
+    if (!stream) return json_decref(out), IQP_EXIT_USAGE;
     json_object_update(out, stream);
     json_decref(stream);
     char *text = json_dumps(out, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
@@ -258,26 +266,21 @@ static int show(const char *path) {
 /* ---- entry point ----------------------------------------------------------------- */
 
 int iqp_cmd_config(int argc, char **argv) {
-    static const struct option longopts[] = {
-        {"stream", no_argument, 0, 's'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    int c, require_all = 0;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-        if (c == 'h') return usage(stdout), 0;
-        if (c == 's') require_all = 1;
-        else return iqp_cli_usage_error(CMD, "unknown option (see iqp config --help)");
-    }
-    if (optind >= argc) return iqp_cli_usage_error(CMD, "give check FILE or show [FILE]");
-    const char *what = argv[optind++];
-    int nargs = argc - optind;
+    config_opts opt = {0};
+    int rc = iqp_flags_parse(&CONFIG, &opt, argc, argv);
+    if (rc) return rc < 0 ? IQP_EXIT_OK : rc;
+    int require_all = opt.require_all;
+    if (opt.args.n == 0) return iqp_cli_usage_error(CMD, "give check FILE or show [FILE]");
+    const char *what = opt.args.v[0];
+    int nargs = (int)opt.args.n - 1;
     if (strcmp(what, "check") == 0) {
         if (nargs != 1) return iqp_cli_usage_error(CMD, "check takes one FILE");
-        return check_file(argv[optind], require_all);
+        return check_file(opt.args.v[1], require_all);
     }
     if (strcmp(what, "show") == 0) {
         if (nargs > 1) return iqp_cli_usage_error(CMD, "show takes at most one FILE");
         if (require_all) return iqp_cli_usage_error(CMD, "--stream goes with check");
-        return show(nargs ? argv[optind] : NULL);
+        return show(nargs ? opt.args.v[1] : NULL);
     }
     return iqp_cli_usage_error(CMD, "unknown action '%s': check or show", what);
 }

@@ -20,7 +20,7 @@
  * are no admin APIs (topics exist only as created here or auto-created).
  */
 #include <errno.h>
-#include <getopt.h>
+#include <stddef.h>
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 #include <poll.h>
@@ -31,30 +31,37 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/flags.h"
 
 static const char *CMD = "devbroker";
 static volatile sig_atomic_t stop;
 
-static void usage(FILE *out) {
-    fprintf(out,
-            "usage: iqp devbroker [--brokers N] [--partitions N] [--topics a,b,...]\n"
-            "\n"
-            "Starts a local Kafka (librdkafka's mock cluster) on loopback, creates the topics,\n"
-            "prints the bootstrap list (host:port,...) as its first line on stdout, and runs\n"
-            "until SIGINT/SIGTERM or 'quit' on stdin. For tests and the quickstart only.\n"
-            "\n"
-            "options:\n"
-            "  --brokers N      brokers in the cluster (default 3)\n"
-            "  --partitions N   partitions per topic (default 8)\n"
-            "  --topics LIST    comma-separated topic names (default impressions,actions,\n"
-            "                   dead-letter,iqp-checkpoints)\n"
-            "  --help           this text\n"
-            "\n"
-            "stdin commands: 'down N' / 'up N' (broker N, 1-based), 'refuse-commits N' (the next N\n"
-            "offset commits are refused with UNKNOWN_MEMBER_ID), 'quit'.\n"
-            "Limits: about 5 MiB kept per partition (older data evicted silently), first\n"
-            "group join takes about 3 s, transactions have no effect, no admin APIs.\n");
-}
+typedef struct devbroker_opts {
+    int64_t brokers, partitions;
+    const char *topics;
+} devbroker_opts;
+
+static const iqp_flag FLAGS[] = {
+    {"brokers", IQP_FLAG_INT, offsetof(devbroker_opts, brokers), .def = "3", .min = 1, .max = 16,
+     .must = "1..16", .help = "brokers in the cluster"},
+    {"partitions", IQP_FLAG_INT, offsetof(devbroker_opts, partitions), .def = "8", .min = 1, .max = 1024,
+     .must = "1..1024", .help = "partitions per topic"},
+    {"topics", IQP_FLAG_STRING, offsetof(devbroker_opts, topics), .arg = "LIST",
+     .def = "impressions,actions,dead-letter,iqp-checkpoints", .help = "comma-separated topic names"},
+    {0}};
+
+static const iqp_flag_cmd DEVBROKER = {
+    .name = "devbroker",
+    .usage = "iqp devbroker [--brokers N] [--partitions N] [--topics a,b,...]",
+    .about = "Starts a local Kafka (librdkafka's mock cluster) on loopback, creates the topics,\n"
+             "prints the bootstrap list (host:port,...) as its first line on stdout, and runs\n"
+             "until SIGINT/SIGTERM or 'quit' on stdin. For tests and the quickstart only.",
+    .epilog = "stdin commands: 'down N' / 'up N' (broker N, 1-based), 'refuse-commits N' (the next N\n"
+              "offset commits are refused with UNKNOWN_MEMBER_ID), 'quit'.\n"
+              "Limits: about 5 MiB kept per partition (older data evicted silently), first\n"
+              "group join takes about 3 s, transactions have no effect, no admin APIs.",
+    .flags = FLAGS,
+};
 
 static void on_signal(int sig) {
     (void)sig;
@@ -147,31 +154,11 @@ static int create_topics(rd_kafka_mock_cluster_t *mc, char *topics, int partitio
 }
 
 int iqp_cmd_devbroker(int argc, char **argv) {
-    static const struct option longopts[] = {{"brokers", required_argument, 0, 'b'},
-                                              {"partitions", required_argument, 0, 'p'},
-                                              {"topics", required_argument, 0, 't'},
-                                              {"help", no_argument, 0, 'h'},
-                                              {0, 0, 0, 0}};
-    int64_t brokers = 3, partitions = 8;
-    const char *topics_arg = "impressions,actions,dead-letter,iqp-checkpoints";
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'b':
-            if (iqp_cli_parse_i64(optarg, &brokers) < 0 || brokers < 1 || brokers > 16)
-                return iqp_cli_usage_error(CMD, "--brokers must be 1..16, not '%s'", optarg);
-            break;
-        case 'p':
-            if (iqp_cli_parse_i64(optarg, &partitions) < 0 || partitions < 1 || partitions > 1024)
-                return iqp_cli_usage_error(CMD, "--partitions must be 1..1024, not '%s'", optarg);
-            break;
-        case 't': topics_arg = optarg; break;
-        case 'h': usage(stdout); return 0;
-        default: return iqp_cli_usage_error(CMD, "unknown option");
-        }
-    }
-    if (optind < argc) return iqp_cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    devbroker_opts opt = {0};
+    int rc = iqp_flags_parse(&DEVBROKER, &opt, argc, argv);
+    if (rc) return rc < 0 ? IQP_EXIT_OK : rc;
+    int64_t brokers = opt.brokers, partitions = opt.partitions;
+    const char *topics_arg = opt.topics;
     if (!*topics_arg) return iqp_cli_usage_error(CMD, "--topics is empty");
 
     char errstr[512];
@@ -185,7 +172,7 @@ int iqp_cmd_devbroker(int argc, char **argv) {
         return iqp_cli_fail(CMD, "cannot start the mock cluster");
     }
     char *topics = strdup(topics_arg);
-    int rc = create_topics(mc, topics, (int)partitions);
+    rc = create_topics(mc, topics, (int)partitions);
     free(topics);
     if (rc == 0) {
         struct sigaction sa;

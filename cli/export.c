@@ -10,7 +10,7 @@
  * cut back to its length before the run when it existed.
  */
 #include <errno.h>
-#include <getopt.h>
+#include <stddef.h>
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +21,7 @@
 
 #include "model/config.h"
 #include "cli/cli.h"
+#include "cli/flags.h"
 #include "consumers/deadletter.h"
 #include "export/export.h"
 #include "util/clock.h"
@@ -32,134 +33,92 @@ static const char *CMD = "export";
 #define MAX_SPAN_MS (3650 * DAY_MS) /* bound on lag, horizon, disorder: no overflow */
 #define MAX_INPUTS 1024
 
-static void usage(FILE *out) {
-    fprintf(out,
-            "usage: iqp export --events FILE... --out FILE [options]\n"
-            "\n"
-            "Writes one training row per (impression with ts in [from, until), distinct item\n"
-            "shown): request_id, position, query, country, gender, item, ts, every feature x\n"
-            "window x measure as a perfectly fresh store would have served it at ts - lag\n"
-            "(only events with ts < ts - lag counted), and 0/1 labels from the actions on\n"
-            "that item in that request within the label horizon after the impression.\n"
-            "Counting is iqp backfill's, reading is iqp lookup's; events before --from only\n"
-            "warm the counters. Logs need not be sorted (see --max-disorder-ms).\n"
-            "\n"
-            "options:\n"
-            "  --events FILE...        log files as for iqp backfill (.jsonl, gzip, zstd, or\n"
-            "                          '-' for stdin); repeatable, and further FILE arguments\n"
-            "                          count too. Several files are merged by event time.\n"
-            "  --out FILE              the rows (a regular file: labels are set in place);\n"
-            "                          written as FILE.partial-XXXXXX and renamed at the\n"
-            "                          end, so a failed run leaves FILE as it was\n"
-            "  --format jsonl|csv      row format (default jsonl); same columns in both\n"
-            "  --from MS               first impression time to export (default: all)\n"
-            "  --until MS              export impressions with ts < MS (default: all)\n"
-            "  --lag-ms N              features as of ts - N (default 0: just before the\n"
-            "                          impression)\n"
-            "  --label-horizon-ms N    actions up to N ms after the impression label it\n"
-            "                          (default 86400000 = 24 h)\n"
-            "  --max-disorder-ms N     the reorder buffer: an event more than N ms older\n"
-            "                          than the newest event read before it is dead-lettered\n"
-            "                          as out_of_order (default 600000 = 10 min)\n"
-            "  --no-rates              leave out the iqp_* rate columns (count / context_count)\n"
-            "  --config FILE           JSON config (features, windows, actions, limits)\n"
-            "  --dead-letter FILE      bad lines, one JSON record each with its reason\n"
-            "                          (default: OUT.dead-letter.jsonl)\n"
-            "  --work-dir DIR          where the temporary store goes (default $TMPDIR or\n"
-            "                          /tmp); it is removed at the end\n"
-            "  --cache-mb N            memory for the store cells kept for reads (default\n"
-            "                          256); past it they are dropped and read again\n"
-            "  --quiet                 no progress line\n"
-            "  --help                  this text\n"
-            "\n"
-            "Prints a progress line on a terminal and a summary line at the end (stderr).\n"
-            "Exit status: 0 done, 1 operational failure (a file unusable), 2 bad usage,\n"
-            "130 stopped by a signal (the rows written are whole; later labels may be missing).\n");
-}
-
 typedef struct export_cli {
     iqp_export_options o;
     const char *config_path, *dead_letter;
     const char *inputs[MAX_INPUTS];
-    const char *format;
-    int quiet;
+    iqp_flag_list events, files;  /* --events, then the other arguments: the inputs */
+    int format;                   /* index in "jsonl|csv" */
+    int64_t cache_mb;
+    int no_rates, quiet;
 } export_cli;
 
-/* A non-negative integer flag no larger than max; 0, or 2 after the message. */
-static int parse_ms(const char *flag, const char *arg, int64_t max, int64_t *out) {
-    if (iqp_cli_parse_i64(arg, out) < 0 || *out < 0 || *out > max)
-        return iqp_cli_usage_error(CMD, "%s must be an integer in [0, %lld], not '%s'", flag,
-                                   (long long)max, arg);
-    return 0;
-}
+#define EXPORT_OPT(field) offsetof(export_cli, o.field)
+static const iqp_flag FLAGS[] = {
+    {"events", IQP_FLAG_REPEATED, offsetof(export_cli, events), .arg = "FILE...", .max = MAX_INPUTS,
+     .help = "log files as for iqp backfill (.jsonl, gzip, zstd, or '-' for stdin); repeatable, and further "
+             "FILE arguments count too. Several files are merged by event time."},
+    {"out", IQP_FLAG_STRING, EXPORT_OPT(out), .arg = "FILE",
+     .help = "the rows (a regular file: labels are set in place); written as FILE.partial-XXXXXX and renamed "
+             "at the end, so a failed run leaves FILE as it was"},
+    {"format", IQP_FLAG_CHOICE, offsetof(export_cli, format), .choices = "jsonl|csv", .def = "jsonl",
+     .help = "row format (default jsonl); same columns in both"},
+    {"from", IQP_FLAG_INT, EXPORT_OPT(from_ms), .arg = "MS", .max = INT64_MAX / 2,
+     .help = "first impression time to export (default: all)"},
+    {"until", IQP_FLAG_INT, EXPORT_OPT(until_ms), .arg = "MS", .max = INT64_MAX / 2,
+     .help = "export impressions with ts < MS (default: all)"},
+    {"lag-ms", IQP_FLAG_INT, EXPORT_OPT(lag_ms), .def = "0", .max = MAX_SPAN_MS,
+     .help = "features as of ts - N (default 0: just before the impression)"},
+    {"label-horizon-ms", IQP_FLAG_INT, EXPORT_OPT(label_horizon_ms), .def = "86400000", .min = 1,
+     .max = MAX_SPAN_MS, .help = "actions up to N ms after the impression label it (default 86400000 = 24 h)"},
+    {"max-disorder-ms", IQP_FLAG_INT, EXPORT_OPT(max_disorder_ms), .def = "600000", .max = MAX_SPAN_MS,
+     .help = "the reorder buffer: an event more than N ms older than the newest event read before it is "
+             "dead-lettered as out_of_order (default 600000 = 10 min)"},
+    {"no-rates", IQP_FLAG_BOOL, offsetof(export_cli, no_rates),
+     .help = "leave out the iqp_* rate columns (count / context_count)"},
+    {"config", IQP_FLAG_STRING, offsetof(export_cli, config_path), .arg = "FILE",
+     .help = "JSON config (features, windows, actions, limits)"},
+    {"dead-letter", IQP_FLAG_STRING, offsetof(export_cli, dead_letter), .arg = "FILE",
+     .help = "bad lines, one JSON record each with its reason (default: OUT.dead-letter.jsonl)"},
+    {"work-dir", IQP_FLAG_STRING, EXPORT_OPT(work_dir), .arg = "DIR",
+     .help = "where the temporary store goes (default $TMPDIR or /tmp); it is removed at the end"},
+    {"cache-mb", IQP_FLAG_INT, offsetof(export_cli, cache_mb), .def = "256", .max = 1 << 20,
+     .help = "memory for the store cells kept for reads (default 256); past it they are dropped and read "
+             "again"},
+    {"quiet", IQP_FLAG_BOOL, offsetof(export_cli, quiet), .help = "no progress line"},
+    {0}};
 
-static int add_input(export_cli *c, const char *path) {
-    if (c->o.n_inputs == MAX_INPUTS) return iqp_cli_usage_error(CMD, "more than %d input files", MAX_INPUTS);
-    c->inputs[c->o.n_inputs++] = path;
-    return 0;
-}
+static const iqp_flag_cmd EXPORT = {
+    .name = "export",
+    .usage = "iqp export --events FILE... --out FILE [options]",
+    .about = "Writes one training row per (impression with ts in [from, until), distinct item\n"
+             "shown): request_id, position, query, country, gender, item, ts, every feature x\n"
+             "window x measure as a perfectly fresh store would have served it at ts - lag\n"
+             "(only events with ts < ts - lag counted), and 0/1 labels from the actions on\n"
+             "that item in that request within the label horizon after the impression.\n"
+             "Counting is iqp backfill's, reading is iqp lookup's; events before --from only\n"
+             "warm the counters. Logs need not be sorted (see --max-disorder-ms).",
+    .epilog = "Prints a progress line on a terminal and a summary line at the end (stderr).\n"
+              "Exit status: 0 done, 1 operational failure (a file unusable), 2 bad usage,\n"
+              "130 stopped by a signal (the rows written are whole; later labels may be missing).",
+    .args = "FILE...",
+    .args_offset = offsetof(export_cli, files),
+    .flags = FLAGS,
+};
 
-static int parse_flag(export_cli *c, int opt, const char *arg) {
-    switch (opt) {
-    case 'e': return add_input(c, arg);
-    case 'o': c->o.out = arg; return 0;
-    case 'F': c->format = arg; return 0;
-    case 'f': return parse_ms("--from", arg, INT64_MAX / 2, &c->o.from_ms);
-    case 'u': return parse_ms("--until", arg, INT64_MAX / 2, &c->o.until_ms);
-    case 'l': return parse_ms("--lag-ms", arg, MAX_SPAN_MS, &c->o.lag_ms);
-    case 'H':
-        if (parse_ms("--label-horizon-ms", arg, MAX_SPAN_MS, &c->o.label_horizon_ms)) return 2;
-        return c->o.label_horizon_ms ? 0 : iqp_cli_usage_error(CMD, "--label-horizon-ms must be positive");
-    case 'd': return parse_ms("--max-disorder-ms", arg, MAX_SPAN_MS, &c->o.max_disorder_ms);
-    case 'R': c->o.rates = 0; return 0;
-    case 'c': c->config_path = arg; return 0;
-    case 'D': c->dead_letter = arg; return 0;
-    case 'w': c->o.work_dir = arg; return 0;
-    case 'M': {
-        int64_t mb;
-        if (parse_ms("--cache-mb", arg, 1 << 20, &mb)) return 2;
-        c->o.cache_bytes = (size_t)mb << 20;
-        return 0;
+static int add_inputs(export_cli *c, const iqp_flag_list *l) {
+    for (size_t i = 0; i < l->n; i++) {
+        if (c->o.n_inputs == MAX_INPUTS) return iqp_cli_usage_error(CMD, "more than %d input files", MAX_INPUTS);
+        c->inputs[c->o.n_inputs++] = l->v[i];
     }
-    case 'q': c->quiet = 1; return 0;
-    default: return iqp_cli_usage_error(CMD, "unknown option (see iqp export --help)");
-    }
+    return 0;
 }
 
 /* 0, -1 after --help, or 2 after a usage message. */
 static int parse_opts(int argc, char **argv, export_cli *c) {
-    static const struct option longopts[] = {
-        {"events", required_argument, 0, 'e'},         {"out", required_argument, 0, 'o'},
-        {"format", required_argument, 0, 'F'},         {"from", required_argument, 0, 'f'},
-        {"until", required_argument, 0, 'u'},          {"lag-ms", required_argument, 0, 'l'},
-        {"label-horizon-ms", required_argument, 0, 'H'}, {"max-disorder-ms", required_argument, 0, 'd'},
-        {"no-rates", no_argument, 0, 'R'},             {"config", required_argument, 0, 'c'},
-        {"dead-letter", required_argument, 0, 'D'},    {"work-dir", required_argument, 0, 'w'},
-        {"quiet", no_argument, 0, 'q'},                {"help", no_argument, 0, 'h'},
-        {"cache-mb", required_argument, 0, 'M'},
-        {0, 0, 0, 0}};
-    int opt, rc;
+    int rc;
     memset(c, 0, sizeof *c);
-    c->o.rates = 1;
     c->o.until_ms = INT64_MAX;
-    c->o.label_horizon_ms = DAY_MS;
-    c->o.max_disorder_ms = 600000;
-    c->o.cache_bytes = (size_t)256 << 20;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-        if (opt == 'h') return usage(stdout), -1;
-        if ((rc = parse_flag(c, opt, optarg))) return rc;
-    }
-    for (int i = optind; i < argc; i++)
-        if ((rc = add_input(c, argv[i]))) return rc;
+    if ((rc = iqp_flags_parse(&EXPORT, c, argc, argv))) return rc;
+    if ((rc = add_inputs(c, &c->events)) || (rc = add_inputs(c, &c->files))) return rc;
+    c->o.rates = !c->no_rates;
+    c->o.cache_bytes = (size_t)c->cache_mb << 20;
     if (c->o.n_inputs == 0) return iqp_cli_usage_error(CMD, "no input files (--events FILE...)");
     if (!c->o.out) return iqp_cli_usage_error(CMD, "--out FILE is required");
     if (c->o.from_ms >= c->o.until_ms)
         return iqp_cli_usage_error(CMD, "--from (%lld) must be below --until (%lld)",
                                    (long long)c->o.from_ms, (long long)c->o.until_ms);
-    if (c->format && strcmp(c->format, "jsonl") && strcmp(c->format, "csv"))
-        return iqp_cli_usage_error(CMD, "--format must be jsonl or csv, not '%s'", c->format);
-    c->o.format = c->format && strcmp(c->format, "csv") == 0 ? IQP_ROWS_CSV : IQP_ROWS_JSONL;
+    c->o.format = c->format == 1 ? IQP_ROWS_CSV : IQP_ROWS_JSONL;
     c->o.inputs = c->inputs;
     return 0;
 }
@@ -237,7 +196,7 @@ static void on_stop_signal(int sig) {
 int iqp_cmd_export(int argc, char **argv) {
     export_cli c;
     int rc = parse_opts(argc, argv, &c);
-    if (rc) return rc < 0 ? 0 : rc;
+    if (rc) return rc < 0 ? IQP_EXIT_OK : rc;
     char err[1024], *dl_default = NULL;
     iqp_config cfg;
     iqp_config_defaults(&cfg);

@@ -50,7 +50,7 @@ static const iqp_command *find_command(const char *name) {
 int main(int argc, char **argv) {
     if (argc < 2) {
         print_usage(stderr);
-        return 2;
+        return IQP_EXIT_USAGE;
     }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         if (argc > 2 && strcmp(argv[1], "help") == 0 && find_command(argv[2])) {
@@ -67,7 +67,7 @@ int main(int argc, char **argv) {
     const iqp_command *cmd = find_command(argv[1]);
     if (!cmd) {
         fprintf(stderr, "iqp: '%s' is not an iqp command. See 'iqp --help'.\n", argv[1]);
-        return 2;
+        return IQP_EXIT_USAGE;
     }
     return cmd->run(argc - 1, argv + 1);
 }

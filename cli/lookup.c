@@ -13,7 +13,7 @@
  * Both fill iqp_feature_rows and print them with the same code, so equal
  * counts print equal lines.
  */
-#include <getopt.h>
+#include <stddef.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,120 +25,114 @@
 #include "aggregator/features.h"
 #include "model/normalize.h"
 #include "cli/cli.h"
+#include "cli/flags.h"
 #include "client/client_internal.h"
 #include "client/redis_conn.h"
 #include "store/store.h"
 
 static const char *CMD = "lookup";
 
-static void usage(FILE *out) {
-    fprintf(out,
-            "usage: iqp lookup (--store DIR | --redis URL | --redis-url-file FILE)\n"
-            "                  [--query Q] [--country CC] [--gender G]\n"
-            "                  [--segment NAME=VALUE]... [--as-of MS] [--feature NAME]... ITEM...\n"
-            "\n"
-            "Prints one JSON object per line per (feature, window, item) with the keys\n"
-            "feature, window, context, item, context_count, impression, engaged, one per\n"
-            "action, and iqp_impression, iqp_engaged, iqp_<action> (count / context_count).\n"
-            "\n"
-            "options:\n"
-            "  --store DIR      the store written by iqp backfill / iqp stream (read-only)\n"
-            "  --redis URL      read what iqp stream published instead (redis://host:port/db,\n"
-            "                   unix:///path, or redis-cluster://host:port[,host:port...]\n"
-            "                   for a Redis Cluster), through libiqp; windows are as of the\n"
-            "                   publisher's last write, so --as-of does not apply\n"
-            "  --redis-url-file FILE  the Redis URL on the first line of FILE (keeps a\n"
-            "                   password off the command line); without --store, --redis\n"
-            "                   and this, the URL in $IQP_REDIS_URL is used when set\n"
-            "  --redis-prefix P the publisher's key prefix (default iqp)\n"
-            "  --query Q        the raw query; normalized like events\n"
-            "  --country CC     ISO 3166-1 alpha-2; anything else reads as ZZ\n"
-            "  --gender G       female, male or unknown (f, m, ... accepted)\n"
-            "  --segment NAME=VALUE  the value of the layout's segment NAME (repeatable;\n"
-            "                   --country CC is --segment country=CC), normalized as events\n"
-            "  --as-of MS       read windows as of this time, ms since the epoch (default: now)\n"
-            "  --feature NAME   only this feature (repeatable; default: all)\n"
-            "  --config FILE    check the store against this config\n"
-            "  --help           this text\n"
-            "\n"
-            "Features whose context needs a query or segment that was not given are\n"
-            "skipped. An unknown item prints zeros with the real context_count.\n");
-}
-
 #define MAX_SEGMENT_ARGS 16
 
 typedef struct lookup_opts {
     const char *store_dir, *config_path, *query, *redis_url, *prefix, *redis_url_file;
+    const char *flag_value;       /* where --country/--gender/--segment land; read through seg_* */
     /* segment values by name, in the order given (--country, --gender, --segment) */
     size_t n_segments;
     const char *seg_names[MAX_SEGMENT_ARGS], *seg_values[MAX_SEGMENT_ARGS];
     char seg_name_buf[MAX_SEGMENT_ARGS][IQP_NAME_MAX];
     char redis_url_buf[1024];
-    int64_t as_of;
-    int as_of_given;
-    int n_features;
-    const char *features[IQP_MAX_FEATURES];
+    int64_t as_of;                /* -1 until --as-of gives it; then now */
+    iqp_flag_list features, items;
 } lookup_opts;
 
-/* --country V, --gender V, --segment NAME=V: one name/value pair. */
-static int add_segment_arg(lookup_opts *o, int opt, const char *arg) {
-    const char *name = opt == 'c' ? "country" : opt == 'g' ? "gender" : NULL, *value = arg;
-    if (o->n_segments == MAX_SEGMENT_ARGS) return iqp_cli_usage_error(CMD, "too many segment values");
-    if (!name) {
-        const char *eq = strchr(arg, '=');
-        size_t n = eq ? (size_t)(eq - arg) : 0;
-        if (!eq || !iqp_config_valid_name(arg, n))
-            return iqp_cli_usage_error(CMD, "--segment takes NAME=VALUE (a segment name, '=', its value), "
-                                       "not '%s'", arg);
-        memcpy(o->seg_name_buf[o->n_segments], arg, n);
-        o->seg_name_buf[o->n_segments][n] = '\0';
-        name = o->seg_name_buf[o->n_segments];
-        value = eq + 1;
+/* One name/value pair of a segment, in the order given. */
+static int add_segment(lookup_opts *o, const char *name, const char *value, char *why, size_t whylen) {
+    if (o->n_segments == MAX_SEGMENT_ARGS) {
+        snprintf(why, whylen, "more than %d segment values", MAX_SEGMENT_ARGS);
+        return -1;
     }
     o->seg_names[o->n_segments] = name;
     o->seg_values[o->n_segments++] = value;
     return 0;
 }
 
-static int parse_opts(int argc, char **argv, lookup_opts *o) {
-    static const struct option longopts[] = {
-        {"store", required_argument, 0, 's'},   {"query", required_argument, 0, 'q'},
-        {"country", required_argument, 0, 'c'}, {"gender", required_argument, 0, 'g'},
-        {"as-of", required_argument, 0, 'a'},   {"feature", required_argument, 0, 'f'},
-        {"config", required_argument, 0, 'C'},  {"help", no_argument, 0, 'h'},
-        {"redis", required_argument, 0, 'r'},   {"redis-prefix", required_argument, 0, 'p'},
-        {"redis-url-file", required_argument, 0, 'F'}, {"segment", required_argument, 0, 'S'},
-        {0, 0, 0, 0}};
-    int c;
-    memset(o, 0, sizeof *o);
-    o->as_of = iqp_now_ms();
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-        switch (c) {
-        case 's': o->store_dir = optarg; break;
-        case 'q': o->query = optarg; break;
-        case 'c':
-        case 'g':
-        case 'S':
-            if (add_segment_arg(o, c, optarg)) return 2;
-            break;
-        case 'C': o->config_path = optarg; break;
-        case 'r': o->redis_url = optarg; break;
-        case 'F': o->redis_url_file = optarg; break;
-        case 'p': o->prefix = optarg; break;
-        case 'a':
-            if (iqp_cli_parse_i64(optarg, &o->as_of) < 0 || o->as_of < 0)
-                return iqp_cli_usage_error(CMD, "--as-of must be ms since the epoch, not '%s'", optarg);
-            o->as_of_given = 1;
-            break;
-        case 'f':
-            if (o->n_features == IQP_MAX_FEATURES) return iqp_cli_usage_error(CMD, "too many --feature");
-            o->features[o->n_features++] = optarg;
-            break;
-        case 'h': usage(stdout); return -1;
-        default: return iqp_cli_usage_error(CMD, "unknown option");
-        }
+static int check_country(void *opts, const char *value, char *why, size_t whylen) {
+    return add_segment(opts, "country", value, why, whylen);
+}
+
+static int check_gender(void *opts, const char *value, char *why, size_t whylen) {
+    return add_segment(opts, "gender", value, why, whylen);
+}
+
+/* --segment NAME=VALUE. */
+static int check_segment(void *opts, const char *arg, char *why, size_t whylen) {
+    lookup_opts *o = opts;
+    const char *eq = strchr(arg, '=');
+    size_t n = eq ? (size_t)(eq - arg) : 0;
+    if (!eq || !iqp_config_valid_name(arg, n)) {
+        snprintf(why, whylen, "--segment takes NAME=VALUE (a segment name, '=', its value), not '%s'", arg);
+        return -1;
     }
+    if (o->n_segments == MAX_SEGMENT_ARGS) return add_segment(o, arg, eq + 1, why, whylen); /* refused */
+    char *name = o->seg_name_buf[o->n_segments]; /* a valid name is below IQP_NAME_MAX bytes */
+    memcpy(name, arg, n);
+    name[n] = '\0';
+    return add_segment(o, name, eq + 1, why, whylen);
+}
+
+static const iqp_flag FLAGS[] = {
+    {"store", IQP_FLAG_STRING, offsetof(lookup_opts, store_dir), .arg = "DIR",
+     .help = "the store written by iqp backfill / iqp stream (read-only)"},
+    {"redis", IQP_FLAG_STRING, offsetof(lookup_opts, redis_url), .arg = "URL",
+     .help = "read what iqp stream published instead (redis://host:port/db, unix:///path, or "
+             "redis-cluster://host:port[,host:port...] for a Redis Cluster), through libiqp; windows are as "
+             "of the publisher's last write, so --as-of does not apply"},
+    {"redis-url-file", IQP_FLAG_STRING, offsetof(lookup_opts, redis_url_file), .arg = "FILE",
+     .help = "the Redis URL on the first line of FILE (keeps a password off the command line); without "
+             "--store, --redis and this, the URL in $IQP_REDIS_URL is used when set"},
+    {"redis-prefix", IQP_FLAG_STRING, offsetof(lookup_opts, prefix), .arg = "P",
+     .help = "the publisher's key prefix (default iqp)"},
+    {"query", IQP_FLAG_STRING, offsetof(lookup_opts, query), .arg = "Q",
+     .help = "the raw query; normalized like events"},
+    {"country", IQP_FLAG_STRING, offsetof(lookup_opts, flag_value), .arg = "CC", .check = check_country,
+     .help = "ISO 3166-1 alpha-2; anything else reads as ZZ"},
+    {"gender", IQP_FLAG_STRING, offsetof(lookup_opts, flag_value), .arg = "G", .check = check_gender,
+     .help = "female, male or unknown (f, m, ... accepted)"},
+    {"segment", IQP_FLAG_STRING, offsetof(lookup_opts, flag_value), .arg = "NAME=VALUE",
+     .check = check_segment,
+     .help = "the value of the layout's segment NAME (repeatable; --country CC is --segment country=CC), "
+             "normalized as events"},
+    {"as-of", IQP_FLAG_INT, offsetof(lookup_opts, as_of), .arg = "MS", .must = "ms since the epoch",
+     .help = "read windows as of this time, ms since the epoch (default: now)"},
+    {"feature", IQP_FLAG_REPEATED, offsetof(lookup_opts, features), .arg = "NAME", .max = IQP_MAX_FEATURES,
+     .help = "only this feature (repeatable; default: all)"},
+    {"config", IQP_FLAG_STRING, offsetof(lookup_opts, config_path), .arg = "FILE",
+     .help = "check the store against this config"},
+    {0}};
+
+static const iqp_flag_cmd LOOKUP = {
+    .name = "lookup",
+    .usage = "iqp lookup (--store DIR | --redis URL | --redis-url-file FILE)\n"
+             "                  [--query Q] [--country CC] [--gender G]\n"
+             "                  [--segment NAME=VALUE]... [--as-of MS] [--feature NAME]... ITEM...",
+    .about = "Prints one JSON object per line per (feature, window, item) with the keys\n"
+             "feature, window, context, item, context_count, impression, engaged, one per\n"
+             "action, and iqp_impression, iqp_engaged, iqp_<action> (count / context_count).",
+    .epilog = "Features whose context needs a query or segment that was not given are\n"
+              "skipped. An unknown item prints zeros with the real context_count.",
+    .args = "ITEM...",
+    .args_offset = offsetof(lookup_opts, items),
+    .flags = FLAGS,
+};
+
+static int parse_opts(int argc, char **argv, lookup_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->as_of = -1;
+    int rc = iqp_flags_parse(&LOOKUP, o, argc, argv);
+    if (rc) return rc;
+    int as_of_given = o->as_of >= 0;
+    if (!as_of_given) o->as_of = iqp_now_ms();
     char err[512];
     if (o->store_dir && (o->redis_url || o->redis_url_file))
         return iqp_cli_usage_error(CMD, "give exactly one of --store DIR and --redis URL");
@@ -148,12 +142,12 @@ static int parse_opts(int argc, char **argv, lookup_opts *o) {
     if (!o->store_dir && !o->redis_url)
         return iqp_cli_usage_error(CMD, "give exactly one of --store DIR and --redis URL (or set $%s)",
                                    IQP_REDIS_URL_ENV);
-    if (o->redis_url && (o->as_of_given || o->config_path))
+    if (o->redis_url && (as_of_given || o->config_path))
         return iqp_cli_usage_error(CMD, "--as-of and --config apply to --store only");
-    if (optind >= argc) return iqp_cli_usage_error(CMD, "no items given");
-    for (int i = optind; i < argc; i++) {
-        json_t *probe = json_string(argv[i]);
-        if (!probe) return iqp_cli_usage_error(CMD, "item '%s' is not valid UTF-8", argv[i]);
+    if (o->items.n == 0) return iqp_cli_usage_error(CMD, "no items given");
+    for (size_t i = 0; i < o->items.n; i++) {
+        json_t *probe = json_string(o->items.v[i]);
+        if (!probe) return iqp_cli_usage_error(CMD, "item '%s' is not valid UTF-8", o->items.v[i]);
         json_decref(probe);
     }
     return 0;
@@ -213,16 +207,16 @@ static void print_row(const iqp_config *cfg, size_t f, size_t w, const iqp_conte
 
 /* Which features to print: the --feature list (validated) or all. */
 static int select_features(const iqp_config *cfg, const lookup_opts *o, int *selected) {
-    for (size_t f = 0; f < cfg->n_features; f++) selected[f] = o->n_features == 0;
-    for (int i = 0; i < o->n_features; i++) {
-        int f = iqp_config_feature_index(cfg, o->features[i]);
+    for (size_t f = 0; f < cfg->n_features; f++) selected[f] = o->features.n == 0;
+    for (size_t i = 0; i < o->features.n; i++) {
+        int f = iqp_config_feature_index(cfg, o->features.v[i]);
         if (f < 0) {
             char known[IQP_MAX_FEATURES * (IQP_NAME_MAX + 2)] = "";
             for (size_t k = 0; k < cfg->n_features; k++) {
                 strcat(known, k ? ", " : "");
                 strcat(known, cfg->features[k].name);
             }
-            return iqp_cli_usage_error(CMD, "unknown feature '%s' (this store has: %s)", o->features[i], known);
+            return iqp_cli_usage_error(CMD, "unknown feature '%s' (this store has: %s)", o->features.v[i], known);
         }
         selected[f] = 1;
     }
@@ -330,7 +324,8 @@ int iqp_cmd_lookup(int argc, char **argv) {
     lookup_opts o;
     int rc = parse_opts(argc, argv, &o);
     if (rc) return rc < 0 ? 0 : rc;
-    if (o.redis_url) return lookup_redis(&o, argv + optind, (size_t)(argc - optind));
+    char **items = (char **)o.items.v;
+    if (o.redis_url) return lookup_redis(&o, items, o.items.n);
     char err[1024];
     iqp_config cfg, *cfgp = NULL;
     if (o.config_path) {
@@ -343,7 +338,7 @@ int iqp_cmd_lookup(int argc, char **argv) {
     iqp_context_buf cb;
     if ((rc = build_context(iqp_store_config(st), &o, &cb)) == 0) {
         row_source src = {.read = read_store_rows, .st = st, .as_of = o.as_of};
-        rc = print_features(iqp_store_config(st), &src, &o, &cb.ctx, argv + optind, (size_t)(argc - optind));
+        rc = print_features(iqp_store_config(st), &src, &o, &cb.ctx, items, o.items.n);
         iqp_context_buf_free(&cb);
     }
     iqp_store_close(st);

@@ -50,7 +50,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <getopt.h>
+#include <stddef.h>
 #include <jansson.h>
 #include <librdkafka/rdkafka.h>
 #include <signal.h>
@@ -64,6 +64,7 @@
 #include "model/config.h"
 #include "model/normalize.h"
 #include "cli/cli.h"
+#include "cli/flags.h"
 #include "consumers/logfile.h"
 #include "util/clock.h"
 #include "util/stop.h"
@@ -78,113 +79,86 @@ static const char *CMD = "produce";
 
 static volatile sig_atomic_t reading_stdin;
 
-static void usage(FILE *out) {
-    fprintf(out,
-            "usage: iqp produce --brokers LIST [options] [FILE...]\n"
-            "\n"
-            "Puts every non-empty line of the event logs FILE... on Kafka, in file order,\n"
-            "as the message value, byte for byte. FILE is JSONL, gzip or zstd (detected\n"
-            "from content); no FILE or '-' reads standard input.\n"
-            "\n"
-            "Topic: a line whose \"schema\" is \"impression.v1\" goes to the impressions\n"
-            "topic, \"action.v1\" to the actions topic. Every other line (not JSON, not an\n"
-            "object, no or another schema) goes to the impressions topic too, so that the\n"
-            "stream processor sees it and dead-letters it.\n"
-            "\n"
-            "Key: the line's \"query\" normalized as the aggregator does (NFKC, case fold,\n"
-            "white space trimmed and collapsed), so all events of one query land on one\n"
-            "partition; lines without a usable query have no key. The partitioner is\n"
-            "murmur2_random: the Java client's hash of the key (keyless: random).\n"
-            "\n"
-            "options:\n"
-            "  --brokers LIST             bootstrap servers, host:port,... (required)\n"
-            "  --impressions-topic T      default: the config's stream.impressions_topic,\n"
-            "                             else impressions\n"
-            "  --actions-topic T          default: the config's stream.actions_topic,\n"
-            "                             else actions\n"
-            "  --rate N                   at most N lines per second (default 0: unlimited)\n"
-            "  --config FILE              the iqp JSON config the stream processor reads: its\n"
-            "                             \"kafka\" object (string, integer or boolean values)\n"
-            "                             is passed to librdkafka as properties\n"
-            "  --property NAME=VALUE      any librdkafka property (repeatable)\n"
-            "  --help                     this text\n"
-            "\n"
-            "Producer properties, later wins: enable.idempotence=true, acks=all,\n"
-            "linger.ms=5, partitioner=murmur2_random; then the config's \"kafka\" object;\n"
-            "bootstrap.servers from --brokers; then each --property. An unknown or\n"
-            "invalid property is a usage error. When the producer queue is full it waits,\n"
-            "giving up after 30 s on one message. A line longer than message.max.bytes\n"
-            "is not produced and counts as failed.\n"
-            "\n"
-            "At the end it flushes (up to 30 s) and prints to stderr:\n"
-            "  iqp produce: N lines (impressions I, actions A, other O) to BROKERS in S s, F failed\n"
-            "where I and A count lines by schema, O the rest (sent to the impressions topic,\n"
-            "or too long to send), and F the lines not confirmed delivered.\n"
-            "SIGINT/SIGTERM stop the reading, flush for up to 10 s, print the summary and\n"
-            "exit 130 (a second signal kills). --rate is for benchmarks and demos.\n"
-            "\n"
-            "Exit status: 0 every line delivered, 1 some line not delivered or an input\n"
-            "unreadable, 2 bad usage or Kafka property, 130 stopped by a signal.\n");
-}
-
 /* ---- options --------------------------------------------------------------- */
 
 typedef struct produce_opts {
     const char *brokers, *imp_topic, *act_topic, *config_path;
     int64_t rate;
     json_t *root;                /* the --config file, when given */
-    const char **props;          /* "NAME=VALUE" strings, pointing into argv */
-    size_t n_props;
-    char **files;                /* pointing into argv */
-    int n_files;
+    iqp_flag_list props;         /* "NAME=VALUE" strings, pointing into argv */
+    iqp_flag_list files;         /* pointing into argv; none: standard input */
 } produce_opts;
 
-static int add_property(produce_opts *o, const char *arg) {
+static int check_property(void *opts, const char *arg, char *why, size_t whylen) {
+    (void)opts;
     const char *eq = strchr(arg, '=');
-    if (!eq || eq == arg)
-        return iqp_cli_usage_error(CMD, "--property must be NAME=VALUE, not '%s'", arg);
-    const char **grown = realloc(o->props, (o->n_props + 1) * sizeof *grown);
-    if (!grown) return iqp_cli_fail(CMD, "out of memory");
-    o->props = grown;
-    o->props[o->n_props++] = arg;
-    return 0;
+    if (eq && eq != arg) return 0;
+    snprintf(why, whylen, "--property must be NAME=VALUE, not '%s'", arg);
+    return -1;
 }
 
-/* 0 to go on, 2 on bad usage, -1 after --help. o->props is freed by the caller. */
+static const iqp_flag FLAGS[] = {
+    {"brokers", IQP_FLAG_STRING, offsetof(produce_opts, brokers), .arg = "LIST",
+     .help = "bootstrap servers, host:port,... (required)"},
+    {"impressions-topic", IQP_FLAG_STRING, offsetof(produce_opts, imp_topic), .arg = "T",
+     .help = "default: the config's stream.impressions_topic, else impressions"},
+    {"actions-topic", IQP_FLAG_STRING, offsetof(produce_opts, act_topic), .arg = "T",
+     .help = "default: the config's stream.actions_topic, else actions"},
+    {"rate", IQP_FLAG_INT, offsetof(produce_opts, rate), .max = 1000000000, .must = "0..1000000000 lines/s",
+     .help = "at most N lines per second (default 0: unlimited)"},
+    {"config", IQP_FLAG_STRING, offsetof(produce_opts, config_path), .arg = "FILE",
+     .help = "the iqp JSON config the stream processor reads: its \"kafka\" object (string, integer or "
+             "boolean values) is passed to librdkafka as properties"},
+    {"property", IQP_FLAG_REPEATED, offsetof(produce_opts, props), .arg = "NAME=VALUE",
+     .check = check_property, .help = "any librdkafka property (repeatable)"},
+    {0}};
+
+static const iqp_flag_cmd PRODUCE = {
+    .name = "produce",
+    .usage = "iqp produce --brokers LIST [options] [FILE...]",
+    .about = "Puts every non-empty line of the event logs FILE... on Kafka, in file order,\n"
+             "as the message value, byte for byte. FILE is JSONL, gzip or zstd (detected\n"
+             "from content); no FILE or '-' reads standard input.\n"
+             "\n"
+             "Topic: a line whose \"schema\" is \"impression.v1\" goes to the impressions\n"
+             "topic, \"action.v1\" to the actions topic. Every other line (not JSON, not an\n"
+             "object, no or another schema) goes to the impressions topic too, so that the\n"
+             "stream processor sees it and dead-letters it.\n"
+             "\n"
+             "Key: the line's \"query\" normalized as the aggregator does (NFKC, case fold,\n"
+             "white space trimmed and collapsed), so all events of one query land on one\n"
+             "partition; lines without a usable query have no key. The partitioner is\n"
+             "murmur2_random: the Java client's hash of the key (keyless: random).",
+    .epilog = "Producer properties, later wins: enable.idempotence=true, acks=all,\n"
+              "linger.ms=5, partitioner=murmur2_random; then the config's \"kafka\" object;\n"
+              "bootstrap.servers from --brokers; then each --property. An unknown or\n"
+              "invalid property is a usage error. When the producer queue is full it waits,\n"
+              "giving up after 30 s on one message. A line longer than message.max.bytes\n"
+              "is not produced and counts as failed.\n"
+              "\n"
+              "At the end it flushes (up to 30 s) and prints to stderr:\n"
+              "  iqp produce: N lines (impressions I, actions A, other O) to BROKERS in S s, F failed\n"
+              "where I and A count lines by schema, O the rest (sent to the impressions topic,\n"
+              "or too long to send), and F the lines not confirmed delivered.\n"
+              "SIGINT/SIGTERM stop the reading, flush for up to 10 s, print the summary and\n"
+              "exit 130 (a second signal kills). --rate is for benchmarks and demos.\n"
+              "\n"
+              "Exit status: 0 every line delivered, 1 some line not delivered or an input\n"
+              "unreadable, 2 bad usage or Kafka property, 130 stopped by a signal.",
+    .args = "FILE...",
+    .args_offset = offsetof(produce_opts, files),
+    .flags = FLAGS,
+};
+
+/* 0 to go on, 2 on bad usage, -1 after --help. */
 static int parse_opts(int argc, char **argv, produce_opts *o) {
-    static const struct option longopts[] = {
-        {"brokers", required_argument, 0, 'b'},  {"impressions-topic", required_argument, 0, 'i'},
-        {"actions-topic", required_argument, 0, 'a'}, {"rate", required_argument, 0, 'r'},
-        {"config", required_argument, 0, 'c'},   {"property", required_argument, 0, 'p'},
-        {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
-    static char *stdin_only[] = {"-"};
-    int c, rc;
     memset(o, 0, sizeof *o);
-    optind = 1;
-    opterr = 0; /* our own messages, in the "iqp produce: ..." form */
-    while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'b': o->brokers = optarg; break;
-        case 'i': o->imp_topic = optarg; break;
-        case 'a': o->act_topic = optarg; break;
-        case 'c': o->config_path = optarg; break;
-        case 'r':
-            if (iqp_cli_parse_i64(optarg, &o->rate) < 0 || o->rate < 0 || o->rate > 1000000000)
-                return iqp_cli_usage_error(CMD, "--rate must be 0..1000000000 lines/s, not '%s'", optarg);
-            break;
-        case 'p':
-            if ((rc = add_property(o, optarg)) != 0) return rc;
-            break;
-        case 'h': usage(stdout); return -1;
-        case ':': return iqp_cli_usage_error(CMD, "%s needs a value", argv[optind - 1]);
-        default: return iqp_cli_usage_error(CMD, "unknown option '%s'", argv[optind - 1]);
-        }
-    }
+    int rc = iqp_flags_parse(&PRODUCE, o, argc, argv);
+    if (rc) return rc;
     if (!o->brokers || !*o->brokers) return iqp_cli_usage_error(CMD, "--brokers LIST is required");
     if ((o->imp_topic && !*o->imp_topic) || (o->act_topic && !*o->act_topic))
         return iqp_cli_usage_error(CMD, "a topic name is empty");
-    o->files = optind < argc ? argv + optind : stdin_only;
-    o->n_files = optind < argc ? argc - optind : 1;
+    if (o->files.n == 0) iqp_flag_list_add(&o->files, "-");
     return 0;
 }
 
@@ -268,9 +242,9 @@ static rd_kafka_conf_t *build_conf(produce_opts *o, void *opaque) {
     if (!o->imp_topic) o->imp_topic = "impressions";
     if (!o->act_topic) o->act_topic = "actions";
     if (rc == 0) rc = set_prop(conf, "bootstrap.servers", o->brokers, "--brokers");
-    for (size_t i = 0; i < o->n_props && rc == 0; i++) {
-        const char *eq = strchr(o->props[i], '=');
-        char *name = strndup(o->props[i], (size_t)(eq - o->props[i]));
+    for (size_t i = 0; i < o->props.n && rc == 0; i++) {
+        const char *eq = strchr(o->props.v[i], '=');
+        char *name = strndup(o->props.v[i], (size_t)(eq - o->props.v[i]));
         rc = name ? set_prop(conf, name, eq + 1, "--property") : iqp_cli_fail(CMD, "out of memory");
         free(name);
     }
@@ -511,9 +485,9 @@ static void on_stop_signal(int sig) {
  * produced when one is missing. Not by reading it: a pipe (<(...)) would
  * lose what the check read. */
 static int check_inputs(const produce_opts *o) {
-    for (int i = 0; i < o->n_files; i++) {
+    for (int i = 0; i < (int)o->files.n; i++) {
         struct stat st;
-        const char *f = o->files[i];
+        const char *f = o->files.v[i];
         if (strcmp(f, "-") == 0) continue;
         if (stat(f, &st) < 0 || access(f, R_OK) < 0)
             return iqp_cli_fail(CMD, "cannot open %s: %s", f, strerror(errno));
@@ -562,11 +536,11 @@ static int run(producer *p, const produce_opts *o) {
     double t0 = iqp_mono_seconds();
     int rc = 0;
     iqp_cli_on_stop_signals(on_stop_signal);
-    for (int i = 0; i < o->n_files && rc == 0; i++)
-        if (produce_file(p, o->files[i], o->rate, t0) < 0) rc = 1;
+    for (int i = 0; i < (int)o->files.n && rc == 0; i++)
+        if (produce_file(p, o->files.v[i], o->rate, t0) < 0) rc = 1;
     flush_and_purge(p);
     print_summary(p, o->brokers, iqp_mono_seconds() - t0);
-    if (iqp_stop_requested()) return 130;
+    if (iqp_stop_requested()) return IQP_EXIT_STOPPED;
     return rc || p->delivered != p->lines ? 1 : 0;
 }
 
@@ -583,7 +557,6 @@ int iqp_cmd_produce(int argc, char **argv) {
         if (rc == 0) rc = run(&p, &o);
         producer_close(&p);
     }
-    free(o.props);
     json_decref(o.root);
     return rc < 0 ? 0 : rc;
 }

@@ -12,13 +12,14 @@
  * It opens the store for writing (it deletes the queue records it
  * published), so it cannot run beside an `iqp stream` on the same store.
  */
-#include <getopt.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "model/config.h"
 #include "cli/cli.h"
+#include "cli/flags.h"
 #include "client/redis_cluster.h"
 #include "client/redis_conn.h"
 #include "publisher/pending.h"
@@ -28,36 +29,6 @@
 
 static const char *CMD = "publish";
 
-static void usage(FILE *out) {
-    fprintf(out,
-            "usage: iqp publish --store DIR (--redis URL | --redis-url-file FILE) [--all]\n"
-            "                   [--redis-prefix P]\n"
-            "                   [--redis-ttl DURATION] [--quiet]\n"
-            "\n"
-            "Writes the store's features to Redis in the published layout\n"
-            "(schemas/redis-layout.md), as of the store's watermark, and exits.\n"
-            "Without --all: publishes what the store's publish queue holds (keys a\n"
-            "stopped `iqp stream --redis` had not published yet). With --all: every\n"
-            "key of the store (after `iqp backfill`, or to repair a Redis).\n"
-            "The store must not be open in a running `iqp stream`.\n"
-            "\n"
-            "  --store DIR             the store\n"
-            "  --redis URL             redis://[[user]:password@]host[:port][/db] or\n"
-            "                          unix:///path/to/socket[?db=N] or, for a Redis\n"
-            "                          Cluster, redis-cluster://host:port[,host:port...]\n"
-            "  --redis-url-file FILE   the URL on the first line of FILE (keeps a password\n"
-            "                          off the command line); without either flag the URL\n"
-            "                          in $IQP_REDIS_URL is used\n"
-            "  --all                   republish every key, not only the queue\n"
-            "  --redis-prefix P        key prefix (default iqp)\n"
-            "  --redis-ttl DURATION    TTL of every written key (default 8d)\n"
-            "  --quiet                 no summary line\n"
-            "  --help                  this text\n"
-            "\n"
-            "Exit status: 0 published, 1 Redis or the store failed (the message says\n"
-            "which; nothing queued is lost), 2 bad usage.\n");
-}
-
 typedef struct publish_opts {
     const char *store_dir, *url_file;
     char url_buf[1024];
@@ -65,44 +36,42 @@ typedef struct publish_opts {
     iqp_publisher_config redis;
 } publish_opts;
 
-enum { OPT_STORE = 1, OPT_REDIS, OPT_ALL, OPT_PREFIX, OPT_TTL, OPT_QUIET, OPT_HELP, OPT_URL_FILE };
+static const iqp_flag FLAGS[] = {
+    {"store", IQP_FLAG_STRING, offsetof(publish_opts, store_dir), .arg = "DIR", .help = "the store"},
+    {"redis", IQP_FLAG_STRING, offsetof(publish_opts, redis.url), .arg = "URL",
+     .help = "redis://[[user]:password@]host[:port][/db] or unix:///path/to/socket[?db=N] or, for a Redis "
+             "Cluster, redis-cluster://host:port[,host:port...]"},
+    {"redis-url-file", IQP_FLAG_STRING, offsetof(publish_opts, url_file), .arg = "FILE",
+     .help = "the URL on the first line of FILE (keeps a password off the command line); without either "
+             "flag the URL in $IQP_REDIS_URL is used"},
+    {"all", IQP_FLAG_BOOL, offsetof(publish_opts, all), .help = "republish every key, not only the queue"},
+    {"redis-prefix", IQP_FLAG_STRING, offsetof(publish_opts, redis.prefix), .arg = "P",
+     .help = "key prefix (default iqp)"},
+    {"redis-ttl", IQP_FLAG_DURATION, offsetof(publish_opts, redis.ttl_ms), .min = 1000, .max = INT64_MAX,
+     .must = "a duration of at least 1s (e.g. 8d)", .help = "TTL of every written key (default 8d)"},
+    {"quiet", IQP_FLAG_BOOL, offsetof(publish_opts, quiet), .help = "no summary line"},
+    {0}};
 
-static int parse_option(publish_opts *o, int c, const char *arg) {
-    int64_t ms;
-    switch (c) {
-    case OPT_STORE: o->store_dir = arg; return 0;
-    case OPT_REDIS: o->redis.url = arg; return 0;
-    case OPT_URL_FILE: o->url_file = arg; return 0;
-    case OPT_ALL: o->all = 1; return 0;
-    case OPT_PREFIX: o->redis.prefix = arg; return 0;
-    case OPT_QUIET: o->quiet = 1; return 0;
-    case OPT_TTL:
-        if (iqp_parse_duration(arg, &ms) < 0 || ms < 1000)
-            return iqp_cli_usage_error(CMD, "--redis-ttl must be a duration of at least 1s (e.g. 8d), not '%s'", arg);
-        o->redis.ttl_ms = ms;
-        return 0;
-    default: return iqp_cli_usage_error(CMD, "unknown option (see iqp publish --help)");
-    }
-}
+static const iqp_flag_cmd PUBLISH = {
+    .name = "publish",
+    .usage = "iqp publish --store DIR (--redis URL | --redis-url-file FILE) [--all]\n"
+             "                   [--redis-prefix P]\n"
+             "                   [--redis-ttl DURATION] [--quiet]",
+    .about = "Writes the store's features to Redis in the published layout\n"
+             "(schemas/redis-layout.md), as of the store's watermark, and exits.\n"
+             "Without --all: publishes what the store's publish queue holds (keys a\n"
+             "stopped `iqp stream --redis` had not published yet). With --all: every\n"
+             "key of the store (after `iqp backfill`, or to repair a Redis).\n"
+             "The store must not be open in a running `iqp stream`.",
+    .epilog = "Exit status: 0 published, 1 Redis or the store failed (the message says\n"
+              "which; nothing queued is lost), 2 bad usage.",
+    .flags = FLAGS,
+};
 
 /* Parses argv into o; -1 after --help, 2 on a usage error, else 0. */
 static int parse_args(int argc, char **argv, publish_opts *o) {
-    static const struct option longopts[] = {
-        {"store", required_argument, 0, OPT_STORE}, {"redis", required_argument, 0, OPT_REDIS},
-        {"all", no_argument, 0, OPT_ALL}, {"redis-prefix", required_argument, 0, OPT_PREFIX},
-        {"redis-ttl", required_argument, 0, OPT_TTL}, {"quiet", no_argument, 0, OPT_QUIET},
-        {"help", no_argument, 0, OPT_HELP}, {"redis-url-file", required_argument, 0, OPT_URL_FILE},
-        {0, 0, 0, 0}};
-    int c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-        if (c == OPT_HELP) {
-            usage(stdout);
-            return -1;
-        }
-        if (parse_option(o, c, optarg)) return 2;
-    }
-    if (optind < argc) return iqp_cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    int rc = iqp_flags_parse(&PUBLISH, o, argc, argv);
+    if (rc) return rc;
     if (!o->store_dir) return iqp_cli_usage_error(CMD, "--store DIR is required");
     char err[512];
     if (iqp_redis_url_resolve(&o->redis.url, o->url_file, 1, o->url_buf, sizeof o->url_buf, err, sizeof err) < 0)
@@ -131,7 +100,7 @@ int iqp_cmd_publish(int argc, char **argv) {
     publish_opts o = {0};
     iqp_publisher_config_defaults(&o.redis);
     int rc = parse_args(argc, argv, &o);
-    if (rc) return rc < 0 ? 0 : rc;
+    if (rc) return rc < 0 ? IQP_EXIT_OK : rc;
     char err[1024];
     iqp_store *st = open_store_writable(o.store_dir, err, sizeof err);
     if (!st) return iqp_cli_fail(CMD, "%s", err);

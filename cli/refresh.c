@@ -8,7 +8,7 @@
  * below). Progress on a terminal, one summary line on stderr always.
  */
 #include <errno.h>
-#include <getopt.h>
+#include <stddef.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +17,7 @@
 
 #include "model/config.h"
 #include "cli/cli.h"
+#include "cli/flags.h"
 #include "client/redis_cluster.h"
 #include "client/redis_conn.h"
 #include "publisher/generation.h"
@@ -27,85 +28,76 @@
 
 static const char *CMD = "refresh";
 
-static void usage(FILE *out) {
-    fprintf(out,
-            "usage: iqp refresh --store DIR [--as-of MS] [--backend cpu|cuda] [--threads N]\n"
-            "                   [--smoothing A] [--top-k K] [--rank-measure NAME]\n"
-            "                   [--dump FILE] [--redis URL] [--redis-prefix P] [--redis-ttl D]\n"
-            "                   [--redis-url-file FILE] [--grace-ms N] [--quiet]\n"
-            "\n"
-            "Recomputes, from one snapshot of the store, every (feature, context, item)\n"
-            "and window: context_count, the counters summed over the window, the rates\n"
-            "count/context_count (what `iqp lookup` prints), a smoothed rate per measure,\n"
-            "(count + A * prior) / (context_count + A), where prior is the measure's rate\n"
-            "over the whole feature in that window, and per (feature, context, window) the\n"
-            "K items with the highest smoothed ranking measure (ties: item id bytes\n"
-            "ascending).\n"
-            "\n"
-            "options:\n"
-            "  --store DIR         the store (opened read-only; safe beside iqp stream)\n"
-            "  --config FILE       check the store against this config\n"
-            "  --as-of MS          windows as of this time, ms since the epoch (default: now)\n"
-            "  --backend B         cpu (default) or cuda (needs ./configure --with-cuda and\n"
-            "                      a GPU)\n"
-            "  --threads N         CPU threads for scan and compute (default: online CPUs)\n"
-            "  --smoothing A       prior strength in context occurrences, >= 0 (default 20;\n"
-            "                      0 turns smoothing off)\n"
-            "  --top-k K           items per top-K list (default 100; 0: none)\n"
-            "  --rank-measure M    impression, engaged (default) or an action name\n"
-            "  --dump FILE         write the whole result as canonical text ('-': stdout);\n"
-            "                      the same snapshot gives the same bytes on any backend\n"
-            "  --redis URL         publish to Redis as a new generation, then switch readers\n"
-            "                      to it (refused while an iqp stream publishes there)\n"
-            "  --redis-url-file F  ... the URL on the first line of file F instead (keeps a\n"
-            "                      password off the command line)\n"
-            "  --redis-prefix P    the publisher's key prefix (default iqp)\n"
-            "  --redis-ttl D       TTL of the new generation's keys (default 8d)\n"
-            "  --grace-ms N        the old generation's keys live N ms after the flip, for\n"
-            "                      readers still reading it (default 60000)\n"
-            "  --quiet             no progress line\n"
-            "  --help              this text\n"
-            "\n"
-            "Prints a progress line on a terminal and one summary line at the end (stderr).\n");
-}
-
 typedef struct refresh_opts {
-    const char *store_dir, *config_path, *dump_path, *redis_url, *redis_prefix, *redis_ttl, *measure;
+    const char *store_dir, *config_path, *dump_path, *redis_url, *redis_prefix, *measure;
     const char *redis_url_file;
     char redis_url_buf[1024];
+    int64_t redis_ttl_ms;         /* --redis-ttl; 0: the publisher's default */
+    int64_t as_of_ms, threads, top_k;
+    int backend;                  /* index in "cpu|cuda": iqp_refresh_backend */
     iqp_refresh_params params;
     iqp_publisher_config redis;   /* from --redis* after publish_check */
     int64_t grace_ms;             /* old generation's keys live this long after the flip */
     int quiet;
 } refresh_opts;
 
+static const iqp_flag FLAGS[] = {
+    {"store", IQP_FLAG_STRING, offsetof(refresh_opts, store_dir), .arg = "DIR",
+     .help = "the store (opened read-only; safe beside iqp stream)"},
+    {"config", IQP_FLAG_STRING, offsetof(refresh_opts, config_path), .arg = "FILE",
+     .help = "check the store against this config"},
+    {"as-of", IQP_FLAG_INT, offsetof(refresh_opts, as_of_ms), .arg = "MS", .max = INT64_MAX / 2,
+     .help = "windows as of this time, ms since the epoch (default: now)"},
+    {"backend", IQP_FLAG_CHOICE, offsetof(refresh_opts, backend), .arg = "B", .choices = "cpu|cuda",
+     .def = "cpu", .help = "cpu (default) or cuda (needs ./configure --with-cuda and a GPU)"},
+    {"threads", IQP_FLAG_INT, offsetof(refresh_opts, threads), .min = 1, .max = 256,
+     .help = "CPU threads for scan and compute (default: online CPUs)"},
+    {"smoothing", IQP_FLAG_NUMBER, offsetof(refresh_opts, params.smoothing), .arg = "A", .fmax = INFINITY,
+     .must = "a finite number >= 0",
+     .help = "prior strength in context occurrences, >= 0 (default 20; 0 turns smoothing off)"},
+    {"top-k", IQP_FLAG_INT, offsetof(refresh_opts, top_k), .arg = "K", .def = "100", .max = 1000000,
+     .help = "items per top-K list (default 100; 0: none)"},
+    {"rank-measure", IQP_FLAG_STRING, offsetof(refresh_opts, measure), .arg = "M",
+     .help = "impression, engaged (default) or an action name"},
+    {"dump", IQP_FLAG_STRING, offsetof(refresh_opts, dump_path), .arg = "FILE",
+     .help = "write the whole result as canonical text ('-': stdout); the same snapshot gives the same "
+             "bytes on any backend"},
+    {"redis", IQP_FLAG_STRING, offsetof(refresh_opts, redis_url), .arg = "URL",
+     .help = "publish to Redis as a new generation, then switch readers to it (refused while an iqp "
+             "stream publishes there)"},
+    {"redis-url-file", IQP_FLAG_STRING, offsetof(refresh_opts, redis_url_file), .arg = "F",
+     .help = "... the URL on the first line of file F instead (keeps a password off the command line)"},
+    {"redis-prefix", IQP_FLAG_STRING, offsetof(refresh_opts, redis_prefix), .arg = "P",
+     .help = "the publisher's key prefix (default iqp)"},
+    {"redis-ttl", IQP_FLAG_DURATION, offsetof(refresh_opts, redis_ttl_ms), .arg = "D", .min = 1000,
+     .max = INT64_MAX, .must = "a duration of at least 1s (e.g. 8d)",
+     .help = "TTL of the new generation's keys (default 8d)"},
+    {"grace-ms", IQP_FLAG_INT, offsetof(refresh_opts, grace_ms), .def = "60000", .max = 86400000,
+     .help = "the old generation's keys live N ms after the flip, for readers still reading it "
+             "(default 60000)"},
+    {"quiet", IQP_FLAG_BOOL, offsetof(refresh_opts, quiet), .help = "no progress line"},
+    {0}};
+
+static const iqp_flag_cmd REFRESH = {
+    .name = "refresh",
+    .usage = "iqp refresh --store DIR [--as-of MS] [--backend cpu|cuda] [--threads N]\n"
+             "                   [--smoothing A] [--top-k K] [--rank-measure NAME]\n"
+             "                   [--dump FILE] [--redis URL] [--redis-prefix P] [--redis-ttl D]\n"
+             "                   [--redis-url-file FILE] [--grace-ms N] [--quiet]",
+    .about = "Recomputes, from one snapshot of the store, every (feature, context, item)\n"
+             "and window: context_count, the counters summed over the window, the rates\n"
+             "count/context_count (what `iqp lookup` prints), a smoothed rate per measure,\n"
+             "(count + A * prior) / (context_count + A), where prior is the measure's rate\n"
+             "over the whole feature in that window, and per (feature, context, window) the\n"
+             "K items with the highest smoothed ranking measure (ties: item id bytes\n"
+             "ascending).",
+    .epilog = "Prints a progress line on a terminal and one summary line at the end (stderr).",
+    .flags = FLAGS,
+};
+
 static int default_threads(void) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n < 1 ? 1 : n > 64 ? 64 : (int)n;
-}
-
-static int parse_number(const char *flag, const char *s, int64_t lo, int64_t hi, int64_t *out) {
-    if (iqp_cli_parse_i64(s, out) < 0 || *out < lo || *out > hi)
-        return iqp_cli_usage_error(CMD, "%s must be an integer in [%lld, %lld], not '%s'", flag,
-                                   (long long)lo, (long long)hi, s);
-    return 0;
-}
-
-static int parse_smoothing(const char *s, double *out) {
-    char *end;
-    errno = 0;
-    double a = strtod(s, &end);
-    if (!*s || *end || errno || !isfinite(a) || a < 0)
-        return iqp_cli_usage_error(CMD, "--smoothing must be a finite number >= 0, not '%s'", s);
-    *out = a;
-    return 0;
-}
-
-static int parse_backend(const char *s, iqp_refresh_backend *out) {
-    if (strcmp(s, "cpu") == 0) *out = IQP_REFRESH_CPU;
-    else if (strcmp(s, "cuda") == 0) *out = IQP_REFRESH_CUDA;
-    else return iqp_cli_usage_error(CMD, "--backend must be cpu or cuda, not '%s'", s);
-    return 0;
 }
 
 /* ---- REDIS PUBLISH (issue 5, Redis half) ------------------------------------------
@@ -127,9 +119,7 @@ static int publish_check(refresh_opts *o) {
     char tagged[128]; /* a cluster prefix may hold no brace */
     if (iqp_redis_key_prefix(&u, o->redis.prefix, tagged, sizeof tagged, err, sizeof err) < 0)
         return iqp_cli_usage_error(CMD, "%s", err);
-    if (o->redis_ttl && (iqp_parse_duration(o->redis_ttl, &o->redis.ttl_ms) < 0 || o->redis.ttl_ms < 1000))
-        return iqp_cli_usage_error(CMD, "--redis-ttl must be a duration of at least 1s (e.g. 8d), not '%s'",
-                                   o->redis_ttl);
+    if (o->redis_ttl_ms) o->redis.ttl_ms = o->redis_ttl_ms;
     return 0;
 }
 
@@ -151,52 +141,16 @@ static int publish(const refresh_opts *o, iqp_store *st, const iqp_refresh_resul
 /* ---- (end of REDIS PUBLISH) ------------------------------------------------------ */
 
 static int parse_opts(int argc, char **argv, refresh_opts *o) {
-    static const struct option longopts[] = {
-        {"store", required_argument, 0, 's'},     {"config", required_argument, 0, 'C'},
-        {"as-of", required_argument, 0, 'a'},     {"backend", required_argument, 0, 'b'},
-        {"threads", required_argument, 0, 't'},   {"smoothing", required_argument, 0, 'A'},
-        {"top-k", required_argument, 0, 'k'},     {"rank-measure", required_argument, 0, 'm'},
-        {"dump", required_argument, 0, 'd'},      {"redis", required_argument, 0, 'r'},
-        {"redis-prefix", required_argument, 0, 'p'}, {"quiet", no_argument, 0, 'q'},
-        {"redis-ttl", required_argument, 0, 'T'}, {"grace-ms", required_argument, 0, 'g'},
-        {"help", no_argument, 0, 'h'},            {"redis-url-file", required_argument, 0, 'F'},
-        {0, 0, 0, 0}};
-    int c, rc = 0;
-    int64_t v;
     memset(o, 0, sizeof *o);
-    o->grace_ms = 60000;
     iqp_refresh_params_defaults(&o->params, iqp_now_ms());
-    o->params.n_threads = default_threads();
-    optind = 1;
-    while (rc == 0 && (c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-        switch (c) {
-        case 's': o->store_dir = optarg; break;
-        case 'C': o->config_path = optarg; break;
-        case 'd': o->dump_path = optarg; break;
-        case 'r': o->redis_url = optarg; break;
-        case 'F': o->redis_url_file = optarg; break;
-        case 'p': o->redis_prefix = optarg; break;
-        case 'T': o->redis_ttl = optarg; break;
-        case 'g': rc = parse_number("--grace-ms", optarg, 0, 86400000, &o->grace_ms); break;
-        case 'm': o->measure = optarg; break;
-        case 'q': o->quiet = 1; break;
-        case 'a':
-            if (!(rc = parse_number("--as-of", optarg, 0, INT64_MAX / 2, &v))) o->params.as_of_ms = v;
-            break;
-        case 't':
-            if (!(rc = parse_number("--threads", optarg, 1, 256, &v))) o->params.n_threads = (int)v;
-            break;
-        case 'k':
-            if (!(rc = parse_number("--top-k", optarg, 0, 1000000, &v))) o->params.top_k = (size_t)v;
-            break;
-        case 'A': rc = parse_smoothing(optarg, &o->params.smoothing); break;
-        case 'b': rc = parse_backend(optarg, &o->params.backend); break;
-        case 'h': usage(stdout); return -1;
-        default: return iqp_cli_usage_error(CMD, "unknown option");
-        }
-    }
+    o->as_of_ms = o->params.as_of_ms;
+    o->threads = default_threads();
+    int rc = iqp_flags_parse(&REFRESH, o, argc, argv);
     if (rc) return rc;
-    if (optind < argc) return iqp_cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    o->params.as_of_ms = o->as_of_ms;
+    o->params.n_threads = (int)o->threads;
+    o->params.top_k = (size_t)o->top_k;
+    o->params.backend = o->backend == 1 ? IQP_REFRESH_CUDA : IQP_REFRESH_CPU;
     if (!o->store_dir) return iqp_cli_usage_error(CMD, "--store DIR is required");
     return publish_check(o);
 }
@@ -315,7 +269,7 @@ static int run(refresh_opts *o, iqp_store *st) {
 int iqp_cmd_refresh(int argc, char **argv) {
     refresh_opts o;
     int rc = parse_opts(argc, argv, &o);
-    if (rc) return rc < 0 ? 0 : rc;
+    if (rc) return rc < 0 ? IQP_EXIT_OK : rc;
     iqp_store *st = open_store(&o, &rc);
     if (!st) return rc;
     if (o.measure) {

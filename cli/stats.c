@@ -4,53 +4,50 @@
  * the others (exact scans), the bytes of its files, and the watermark. With --compact it first runs a full compaction,
  * which also applies bucket and dedup expiry, so the figures are settled.
  */
-#include <getopt.h>
+#include <stddef.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/flags.h"
 #include "store/store.h"
 
 static const char *CMD = "stats";
 
-static void usage(FILE *out) {
-    fprintf(out,
-            "usage: iqp stats --store DIR [--compact]\n"
-            "\n"
-            "Prints one JSON object: watermark_ms, count_cells, context_cells\n"
-            "((granularity, bucket) cells), count_keys, context_keys (stored keys:\n"
-            "one per slot, each packing that slot's cells), dedup_markers,\n"
-            "disk_bytes, bytes_per_cell, publish_pending (keys that\n"
-            "`iqp stream --redis` queued for Redis and has not published yet), and\n"
-            "kafka_offsets: for every Kafka partition the store has counted,\n"
-            "\"TOPIC/PARTITION\": the next offset (what `iqp stream` resumes from).\n"
-            "Safe to run beside a running writer.\n"
-            "\n"
-            "  --store DIR   the store\n"
-            "  --compact     compact fully first (applies expiry; needs write access)\n"
-            "  --help        this text\n");
-}
+typedef struct stats_opts {
+    const char *store;
+    int compact;
+} stats_opts;
+
+static const iqp_flag FLAGS[] = {
+    {"store", IQP_FLAG_STRING, offsetof(stats_opts, store), .arg = "DIR", .help = "the store"},
+    {"compact", IQP_FLAG_BOOL, offsetof(stats_opts, compact),
+     .help = "compact fully first (applies expiry; needs write access)"},
+    {0}};
+
+static const iqp_flag_cmd STATS = {
+    .name = "stats",
+    .usage = "iqp stats --store DIR [--compact]",
+    .about = "Prints one JSON object: watermark_ms, count_cells, context_cells\n"
+             "((granularity, bucket) cells), count_keys, context_keys (stored keys:\n"
+             "one per slot, each packing that slot's cells), dedup_markers,\n"
+             "disk_bytes, bytes_per_cell, publish_pending (keys that\n"
+             "`iqp stream --redis` queued for Redis and has not published yet), and\n"
+             "kafka_offsets: for every Kafka partition the store has counted,\n"
+             "\"TOPIC/PARTITION\": the next offset (what `iqp stream` resumes from).\n"
+             "Safe to run beside a running writer.",
+    .flags = FLAGS,
+};
 
 int iqp_cmd_stats(int argc, char **argv) {
-    static const struct option longopts[] = {{"store", required_argument, 0, 's'},
-                                              {"compact", no_argument, 0, 'c'},
-                                              {"help", no_argument, 0, 'h'},
-                                              {0, 0, 0, 0}};
-    const char *dir = NULL;
-    int compact = 0, c;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-        switch (c) {
-        case 's': dir = optarg; break;
-        case 'c': compact = 1; break;
-        case 'h': usage(stdout); return 0;
-        default: return iqp_cli_usage_error(CMD, "unknown option");
-        }
-    }
-    if (!dir) return iqp_cli_usage_error(CMD, "--store DIR is required");
-    if (optind < argc) return iqp_cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    stats_opts opt = {0};
+    int rc = iqp_flags_parse(&STATS, &opt, argc, argv);
+    if (rc) return rc < 0 ? IQP_EXIT_OK : rc;
+    if (!opt.store) return iqp_cli_usage_error(CMD, "--store DIR is required");
+    const char *dir = opt.store;
+    int compact = opt.compact;
     char err[1024];
     iqp_store *st = iqp_store_open(dir, NULL, IQP_STORE_READ_ONLY, err, sizeof err);
     if (!st) return iqp_cli_fail(CMD, "%s", err);

@@ -24,7 +24,7 @@
  * for `iqp config check|show` (iqp_stream_config_check / _effective), so
  * that a file `iqp config` accepts is one `iqp stream` accepts.
  */
-#include <getopt.h>
+#include <stddef.h>
 #include <hiredis/hiredis.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -39,6 +39,7 @@
 
 #include "model/config.h"
 #include "cli/cli.h"
+#include "cli/flags.h"
 #include "consumers/deadletter.h"
 #include "consumers/metrics.h"
 #include "consumers/stream.h"
@@ -49,6 +50,7 @@
 #include "publisher/redis_pipe.h"
 #include "store/store.h"
 #include "util/clock.h"
+#include "util/fs.h"
 #include "util/stop.h"
 #include "util/logfmt.h"
 #include "util/sdnotify.h"
@@ -57,64 +59,107 @@ static const char *CMD = "stream";
 
 #define MAX_PROPS 64
 
-static void usage(FILE *out) {
-    fprintf(out,
-            "usage: iqp stream [--config FILE] [options]\n"
-            "\n"
-            "Consumes the impressions and actions topics as one consumer-group member and\n"
-            "counts them into the store, exactly once: every flush writes the counts and\n"
-            "the consumed offsets in one RocksDB batch, then commits the offsets to Kafka.\n"
-            "Runs until SIGINT/SIGTERM, then flushes, commits, leaves the group, exits 0.\n"
-            "\n"
-            "options (each overrides the config file):\n"
-            "  --config FILE            JSON config: counting layout and limits, plus\n"
-            "                           \"stream\", \"kafka\" and \"metrics\" sections (README)\n"
-            "  --store DIR              the RocksDB store (stream.store; required)\n"
-            "  --brokers LIST           bootstrap servers (kafka.bootstrap.servers; required)\n"
-            "  --group ID               consumer group (kafka.group.id; default iqp-stream)\n"
-            "  --impressions-topic T    default impressions\n"
-            "  --actions-topic T        default actions\n"
-            "  --flush-ms N             flush at least every N ms (default 500)\n"
-            "  --flush-events N         ... or every N events (config flush_events)\n"
-            "  --dead-letter-topic T    rejected events go to Kafka topic T, original bytes\n"
-            "                           with the reason in headers (default dead-letter)\n"
-            "  --dead-letter-file F     ... or to a JSONL file instead\n"
-            "  --metrics-listen ADDR    Prometheus /metrics and /healthz on HOST:PORT\n"
-            "                           (default 127.0.0.1:9464; 'off' disables)\n"
-            "  --checkpoint-topic T     where each store publishes how far it counted, for\n"
-            "                           the next owner of a partition (default\n"
-            "                           iqp-checkpoints, compacted; 'off': group offsets only)\n"
-            "  --property NAME=VALUE    any librdkafka property (repeatable)\n"
-            "  --redis URL              publish changed features to Redis\n"
-            "                           (redis://[:password@]host:port/db, unix:///path or\n"
-            "                           redis-cluster://host:port[,host:port...];\n"
-            "                           redis.url; default: no publishing)\n"
-            "  --redis-url-file FILE    ... the URL on the first line of FILE instead, off\n"
-            "                           the command line (redis.url_file)\n"
-            "  --redis-prefix P         key prefix in Redis (redis.prefix; default iqp)\n"
-            "  --redis-ttl DURATION     TTL every write sets, e.g. 8d (redis.ttl; default 8d)\n"
-            "  --redis-refresh on|off   when windows slide, republish everything as a new\n"
-            "                           generation (redis.refresh; default on)\n"
-            "  --on-offset-lost stop|skip  when a stored offset is no longer on the broker\n"
-            "                           (evicted before it was counted): stop with exit 1\n"
-            "                           (default) or skip to the earliest kept offset; both\n"
-            "                           log the lost range and count it in\n"
-            "                           iqp_kafka_offset_resets_total (stream.on_offset_lost)\n"
-            "  --progress               a progress line on stderr every 2 s\n"
-            "  --log-format text|json   stderr as text (default) or one JSON object per line:\n"
-            "                           time, level, msg, and librdkafka's facility\n"
-            "  --dry-run                connect to Kafka, Redis and the store, check topics,\n"
-            "                           partitions, permissions and the store's layout, print\n"
-            "                           what would run, and exit (0: all good, 1: a problem)\n"
-            "  --help                   this text\n"
-            "\n"
-            "Under systemd (Type=notify) it reports READY=1 once running, STOPPING=1 at a\n"
-            "stop request and WATCHDOG=1 from its main loop when WatchdogSec= is set.\n"
-            "\n"
-            "Exit status: 0 stopped by a signal after a clean flush, 1 operational failure\n"
-            "(store, dead-letter sink or Kafka unusable; nothing more was committed), 2 bad\n"
-            "usage or config.\n");
+/* The flags as given, before they are laid over the config file's values
+ * (apply_flags). kafka: the Kafka properties the flags set, in their order
+ * on the command line, as (name, value) pairs; a NULL name: a --property
+ * NAME=VALUE, split when applied. */
+typedef struct stream_flags {
+    const char *config_path, *store_dir, *imp_topic, *act_topic, *dl_topic, *dl_file, *listen, *ckpt_topic;
+    const char *redis_url, *redis_url_file, *redis_prefix, *kafka_value;
+    int64_t flush_ms, flush_events, redis_ttl_ms;
+    int redis_refresh, on_lost, log_format; /* indexes of on|off, stop|skip, text|json; -1: not given */
+    int progress, dry_run;
+    iqp_flag_list kafka;
+} stream_flags;
+
+/* ---- flags whose value goes into the ordered Kafka list ---- */
+
+static int kafka_pair(stream_flags *f, const char *name, const char *value, char *why, size_t whylen) {
+    if (iqp_flag_list_add(&f->kafka, name) < 0 || iqp_flag_list_add(&f->kafka, value) < 0)
+        return snprintf(why, whylen, "too many Kafka properties"), -1;
+    return 0;
 }
+static int on_brokers(void *opts, const char *v, char *why, size_t len) {
+    return kafka_pair(opts, "bootstrap.servers", v, why, len);
+}
+static int on_group(void *opts, const char *v, char *why, size_t len) {
+    return kafka_pair(opts, "group.id", v, why, len);
+}
+static int on_property(void *opts, const char *v, char *why, size_t len) {
+    const char *eq = strchr(v, '=');
+    if (!eq || eq == v) return snprintf(why, len, "--property wants NAME=VALUE, not '%s'", v), -1;
+    return kafka_pair(opts, NULL, v, why, len);
+}
+#define FLAG_AT(field) offsetof(stream_flags, field)
+static const iqp_flag FLAGS[] = {
+    {"config", IQP_FLAG_STRING, FLAG_AT(config_path), .arg = "FILE",
+     .help = "JSON config: counting layout and limits, plus \"stream\", \"kafka\" and \"metrics\" sections "
+             "(README)"},
+    {"store", IQP_FLAG_STRING, FLAG_AT(store_dir), .arg = "DIR", .help = "the RocksDB store (stream.store; required)"},
+    {"brokers", IQP_FLAG_STRING, FLAG_AT(kafka_value), .arg = "LIST", .check = on_brokers,
+     .help = "bootstrap servers (kafka.bootstrap.servers; required)"},
+    {"group", IQP_FLAG_STRING, FLAG_AT(kafka_value), .arg = "ID", .check = on_group,
+     .help = "consumer group (kafka.group.id; default iqp-stream)"},
+    {"impressions-topic", IQP_FLAG_STRING, FLAG_AT(imp_topic), .arg = "T", .help = "default impressions"},
+    {"actions-topic", IQP_FLAG_STRING, FLAG_AT(act_topic), .arg = "T", .help = "default actions"},
+    {"flush-ms", IQP_FLAG_INT, FLAG_AT(flush_ms), .min = 1, .max = 3600000, .must = "an integer 1..3600000",
+     .help = "flush at least every N ms (default 500)"},
+    {"flush-events", IQP_FLAG_INT, FLAG_AT(flush_events), .min = 1, .max = 100000000,
+     .must = "an integer 1..100000000", .help = "... or every N events (config flush_events)"},
+    {"dead-letter-topic", IQP_FLAG_STRING, FLAG_AT(dl_topic), .arg = "T", .replaces = "dead-letter-file",
+     .help = "rejected events go to Kafka topic T, original bytes with the reason in headers (default "
+             "dead-letter)"},
+    {"dead-letter-file", IQP_FLAG_STRING, FLAG_AT(dl_file), .arg = "F", .replaces = "dead-letter-topic",
+     .help = "... or to a JSONL file instead"},
+    {"metrics-listen", IQP_FLAG_STRING, FLAG_AT(listen), .arg = "ADDR",
+     .help = "Prometheus /metrics and /healthz on HOST:PORT (default 127.0.0.1:9464; 'off' disables)"},
+    {"checkpoint-topic", IQP_FLAG_STRING, FLAG_AT(ckpt_topic), .arg = "T",
+     .help = "where each store publishes how far it counted, for the next owner of a partition (default "
+             "iqp-checkpoints, compacted; 'off': group offsets only)"},
+    {"property", IQP_FLAG_STRING, FLAG_AT(kafka_value), .arg = "NAME=VALUE", .check = on_property,
+     .help = "any librdkafka property (repeatable)"},
+    {"redis", IQP_FLAG_STRING, FLAG_AT(redis_url), .arg = "URL", .replaces = "redis-url-file",
+     .help = "publish changed features to Redis (redis://[:password@]host:port/db, unix:///path or "
+             "redis-cluster://host:port[,host:port...]; redis.url; default: no publishing)"},
+    {"redis-url-file", IQP_FLAG_STRING, FLAG_AT(redis_url_file), .arg = "FILE", .replaces = "redis",
+     .help = "... the URL on the first line of FILE instead, off the command line (redis.url_file)"},
+    {"redis-prefix", IQP_FLAG_STRING, FLAG_AT(redis_prefix), .arg = "P",
+     .help = "key prefix in Redis (redis.prefix; default iqp)"},
+    {"redis-ttl", IQP_FLAG_DURATION, FLAG_AT(redis_ttl_ms), .min = 1000, .max = INT64_MAX,
+     .must = "a duration of at least 1s (e.g. 8d)", .help = "TTL every write sets, e.g. 8d (redis.ttl; default 8d)"},
+    {"redis-refresh", IQP_FLAG_CHOICE, FLAG_AT(redis_refresh), .choices = "on|off",
+     .help = "when windows slide, republish everything as a new generation (redis.refresh; default on)"},
+    {"on-offset-lost", IQP_FLAG_CHOICE, FLAG_AT(on_lost), .choices = "stop|skip",
+     .help = "when a stored offset is no longer on the broker (evicted before it was counted): stop with exit "
+             "1 (default) or skip to the earliest kept offset; both log the lost range and count it in "
+             "iqp_kafka_offset_resets_total (stream.on_offset_lost)"},
+    {"progress", IQP_FLAG_BOOL, FLAG_AT(progress), .help = "a progress line on stderr every 2 s"},
+    {"log-format", IQP_FLAG_CHOICE, FLAG_AT(log_format), .choices = "text|json",
+     .help = "stderr as text (default) or one JSON object per line: time, level, msg, and librdkafka's "
+             "facility"},
+    {"dry-run", IQP_FLAG_BOOL, FLAG_AT(dry_run),
+     .help = "connect to Kafka, Redis and the store, check topics, partitions, permissions and the store's "
+             "layout, print what would run, and exit (0: all good, 1: a problem)"},
+    {0}};
+
+static const iqp_flag_cmd STREAM = {
+    .name = "stream",
+    .usage = "iqp stream [--config FILE] [options]",
+    .about = "Consumes the impressions and actions topics as one consumer-group member and\n"
+             "counts them into the store, exactly once: every flush writes the counts and\n"
+             "the consumed offsets in one RocksDB batch, then commits the offsets to Kafka.\n"
+             "Runs until SIGINT/SIGTERM, then flushes, commits, leaves the group, exits 0.\n"
+             "\n"
+             "Each flag overrides the config file; Kafka properties set by flags (--brokers,\n"
+             "--group, --property) apply in their order on the command line.",
+    .epilog = "Under systemd (Type=notify) it reports READY=1 once running, STOPPING=1 at a\n"
+              "stop request and WATCHDOG=1 from its main loop when WatchdogSec= is set.\n"
+              "\n"
+              "Exit status: 0 stopped by a signal after a clean flush, 1 operational failure\n"
+              "(store, dead-letter sink or Kafka unusable; nothing more was committed), 2 bad\n"
+              "usage or config.",
+    .flags = FLAGS,
+};
 
 /* Everything the command line and config decide. Strings point into argv
  * or into the config JSON (kept alive in root). */
@@ -308,82 +353,31 @@ static int read_config_sections(stream_opts *o) {
 
 /* ---- flags ------------------------------------------------------------------ */
 
-enum { OPT_IMP = 256, OPT_ACT, OPT_FLUSH_MS, OPT_FLUSH_EV, OPT_DL_TOPIC, OPT_DL_FILE, OPT_LISTEN,
-       OPT_PROP, OPT_PROGRESS, OPT_BROKERS, OPT_GROUP, OPT_CKPT, OPT_REDIS, OPT_REDIS_PREFIX,
-       OPT_REDIS_TTL, OPT_REDIS_REFRESH, OPT_REDIS_URL_FILE, OPT_DRY_RUN, OPT_ON_LOST, OPT_LOG_FORMAT };
-
-static const struct option longopts[] = {
-    {"config", required_argument, 0, 'c'},           {"store", required_argument, 0, 's'},
-    {"brokers", required_argument, 0, OPT_BROKERS},  {"group", required_argument, 0, OPT_GROUP},
-    {"impressions-topic", required_argument, 0, OPT_IMP},
-    {"actions-topic", required_argument, 0, OPT_ACT},
-    {"flush-ms", required_argument, 0, OPT_FLUSH_MS}, {"flush-events", required_argument, 0, OPT_FLUSH_EV},
-    {"dead-letter-topic", required_argument, 0, OPT_DL_TOPIC},
-    {"dead-letter-file", required_argument, 0, OPT_DL_FILE},
-    {"metrics-listen", required_argument, 0, OPT_LISTEN}, {"property", required_argument, 0, OPT_PROP},
-    {"checkpoint-topic", required_argument, 0, OPT_CKPT},
-    {"redis", required_argument, 0, OPT_REDIS}, {"redis-prefix", required_argument, 0, OPT_REDIS_PREFIX},
-    {"redis-ttl", required_argument, 0, OPT_REDIS_TTL}, {"redis-refresh", required_argument, 0, OPT_REDIS_REFRESH},
-    {"on-offset-lost", required_argument, 0, OPT_ON_LOST},
-    {"progress", no_argument, 0, OPT_PROGRESS},      {"help", no_argument, 0, 'h'},
-    {"redis-url-file", required_argument, 0, OPT_REDIS_URL_FILE},
-    {"dry-run", no_argument, 0, OPT_DRY_RUN},        {"log-format", required_argument, 0, OPT_LOG_FORMAT},
-    {0, 0, 0, 0}};
-
-static int parse_positive(const char *flag, const char *arg, int64_t max, int64_t *out) {
-    if (iqp_cli_parse_i64(arg, out) < 0 || *out < 1 || *out > max)
-        return iqp_cli_usage_error(CMD, "%s must be an integer 1..%lld, not '%s'", flag, (long long)max, arg);
+/* The flags given, over what the config file set. */
+static int apply_flags(stream_opts *o, const stream_flags *f) {
+    int rc = 0;
+    if (f->store_dir) o->store_dir = f->store_dir;
+    for (size_t i = 0; i + 1 < f->kafka.n && rc == 0; i += 2)
+        rc = f->kafka.v[i] ? add_prop(o, f->kafka.v[i], f->kafka.v[i + 1]) : add_prop_arg(o, f->kafka.v[i + 1]);
+    if (rc) return rc;
+    if (f->imp_topic) o->imp_topic = f->imp_topic;
+    if (f->act_topic) o->act_topic = f->act_topic;
+    if (f->flush_ms) o->flush_ms = f->flush_ms;
+    if (f->flush_events) o->flush_events = f->flush_events;
+    if (f->dl_topic) o->dl_topic = f->dl_topic, o->dl_file = NULL;
+    if (f->dl_file) o->dl_file = f->dl_file, o->dl_topic = NULL;
+    if (f->listen) o->listen = f->listen;
+    if (f->ckpt_topic) o->ckpt_topic = f->ckpt_topic;
+    if (f->redis_url) o->redis.url = f->redis_url, o->redis_url_file = NULL;
+    if (f->redis_url_file) o->redis_url_file = f->redis_url_file, o->redis.url = NULL;
+    if (f->redis_prefix) o->redis.prefix = f->redis_prefix;
+    if (f->redis_ttl_ms) o->redis.ttl_ms = f->redis_ttl_ms;
+    if (f->redis_refresh >= 0) o->redis.refresh_on_slide = f->redis_refresh == 0;
+    if (f->on_lost >= 0) o->skip_lost = f->on_lost == 1;
+    o->log_json = f->log_format == 1;
+    o->progress = f->progress;
+    o->dry_run = f->dry_run;
     return 0;
-}
-
-/* First pass: --config and --help only, so the file's values come first
- * and every other flag overrides them in the second pass. */
-static int first_pass(int argc, char **argv, stream_opts *o) {
-    int c;
-    optind = 1;
-    opterr = 0;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-        if (c == 'h') return usage(stdout), -1;
-        if (c == 'c') o->config_path = optarg;
-    }
-    opterr = 1;
-    return read_config_sections(o);
-}
-
-static int apply_flag(stream_opts *o, int c) {
-    switch (c) {
-    case 'c': return 0;
-    case 's': o->store_dir = optarg; return 0;
-    case OPT_BROKERS: return add_prop(o, "bootstrap.servers", optarg);
-    case OPT_GROUP: return add_prop(o, "group.id", optarg);
-    case OPT_IMP: o->imp_topic = optarg; return 0;
-    case OPT_ACT: o->act_topic = optarg; return 0;
-    case OPT_FLUSH_MS: return parse_positive("--flush-ms", optarg, 3600000, &o->flush_ms);
-    case OPT_FLUSH_EV: return parse_positive("--flush-events", optarg, 100000000, &o->flush_events);
-    case OPT_DL_TOPIC: o->dl_topic = optarg, o->dl_file = NULL; return 0;
-    case OPT_DL_FILE: o->dl_file = optarg, o->dl_topic = NULL; return 0;
-    case OPT_LISTEN: o->listen = optarg; return 0;
-    case OPT_PROP: return add_prop_arg(o, optarg);
-    case OPT_PROGRESS: o->progress = 1; return 0;
-    case OPT_DRY_RUN: o->dry_run = 1; return 0;
-    case OPT_ON_LOST: return parse_on_offset_lost(o, optarg);
-    case OPT_LOG_FORMAT:
-        if (strcmp(optarg, "text") != 0 && strcmp(optarg, "json") != 0)
-            return iqp_cli_usage_error(CMD, "--log-format must be text or json, not '%s'", optarg);
-        o->log_json = strcmp(optarg, "json") == 0;
-        return 0;
-    case OPT_CKPT: o->ckpt_topic = optarg; return 0;
-    case OPT_REDIS: o->redis.url = optarg, o->redis_url_file = NULL; return 0;
-    case OPT_REDIS_URL_FILE: o->redis_url_file = optarg, o->redis.url = NULL; return 0;
-    case OPT_REDIS_PREFIX: o->redis.prefix = optarg; return 0;
-    case OPT_REDIS_TTL: return parse_ttl(o, optarg);
-    case OPT_REDIS_REFRESH:
-        if (strcmp(optarg, "on") != 0 && strcmp(optarg, "off") != 0)
-            return iqp_cli_usage_error(CMD, "--redis-refresh must be on or off, not '%s'", optarg);
-        o->redis.refresh_on_slide = strcmp(optarg, "on") == 0;
-        return 0;
-    default: return iqp_cli_usage_error(CMD, "unknown option (see iqp stream --help)");
-    }
 }
 
 static int has_prop(const stream_opts *o, const char *name) {
@@ -433,13 +427,15 @@ static int check_metrics_listen(const stream_opts *o) {
 
 static int check_opts(stream_opts *o, int require_all);
 
+/* The flags, then the config file they name, then the flags over it. */
 static int parse_opts(int argc, char **argv, stream_opts *o) {
-    int c, rc;
-    if ((rc = first_pass(argc, argv, o))) return rc;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1)
-        if ((rc = apply_flag(o, c))) return rc;
-    if (optind < argc) return iqp_cli_usage_error(CMD, "unexpected argument '%s'", argv[optind]);
+    stream_flags f;
+    memset(&f, 0, sizeof f);
+    f.redis_refresh = f.on_lost = f.log_format = -1;
+    int rc = iqp_flags_parse(&STREAM, &f, argc, argv);
+    if (rc) return rc;
+    o->config_path = f.config_path;
+    if ((rc = read_config_sections(o)) || (rc = apply_flags(o, &f))) return rc;
     return check_opts(o, 1);
 }
 
@@ -665,7 +661,7 @@ static int dry_store(const stream_opts *o, const iqp_config *cfg) {
     char err[1024];
     struct stat sb;
     if (stat(o->store_dir, &sb) != 0) {
-        char *parent = iqp_cli_parent_dir(o->store_dir);
+        char *parent = iqp_parent_dir(o->store_dir);
         int ok = access(parent, W_OK) == 0;
         int bad = dry_line(ok, "store", ok ? "%s does not exist yet: would create it with this config's layout"
                                            : "%s does not exist and %s is not writable", o->store_dir, parent);
@@ -746,7 +742,7 @@ static int dry_kafka(const stream_opts *o) {
 
 static int dry_dead_letter_file(const stream_opts *o) {
     if (!o->dl_file) return 0;
-    char *parent = iqp_cli_parent_dir(o->dl_file);
+    char *parent = iqp_parent_dir(o->dl_file);
     int ok = access(o->dl_file, F_OK) == 0 ? access(o->dl_file, W_OK) == 0 : access(parent, W_OK) == 0;
     free(parent);
     return dry_line(ok, "deadlettr", ok ? "rejected events would be appended to %s" : "cannot append to %s",

@@ -1,0 +1,39 @@
+/* backup.h -- a consistent copy of a store, and a copy put back as one.
+ *
+ * Owns: the files of a backup and of a restore: the RocksDB checkpoint
+ * taken from a fresh read-only open (retried when a concurrent compaction
+ * deletes a file being linked), and the staged, fsynced, renamed copy that
+ * becomes a store again, with RocksDB's lock file telling whether another
+ * process still writes to the store it would replace. `iqp backup` and
+ * `iqp restore` (cli/) parse the flags and print the result; this is the
+ * work. May not touch: the contents of a store (it opens one read-only and
+ * copies files; it never writes a batch).
+ */
+#ifndef IQP_STORE_BACKUP_H
+#define IQP_STORE_BACKUP_H
+
+#include <stddef.h>
+
+/* Told about each failed attempt that is tried again (1-based). */
+typedef void (*iqp_backup_retry_fn)(void *ud, int attempt, const char *err);
+
+/* Writes a consistent copy of the store at dir into the new directory to
+ * (which must not exist; its parent must): a RocksDB checkpoint, tried up
+ * to attempts times, each from a fresh read-only open; a failed attempt's
+ * partial copy is removed. Safe beside a running writer. 0, or -1 with
+ * err (dir not a store, to exists, or every attempt failed). */
+int iqp_store_backup(const char *dir, const char *to, int attempts, iqp_backup_retry_fn on_retry, void *ud,
+                     char *err, size_t errlen);
+
+/* Puts the backup from back as the store dir. from must open as a store.
+ * Its files are staged in dir.restoring (table files hard-linked when the
+ * file system allows, every other file copied: a writer appends to the
+ * WAL and MANIFEST, and the backup must stay as it was), fsynced, and
+ * renamed into place, so a crash leaves no store or the whole one. An
+ * existing dir is refused, or with force moved aside to
+ * dir.before-restore-<ms> (its new name in aside; "" when there was none),
+ * and refused while a process holds its lock. 0, or -1 with err. */
+int iqp_store_restore(const char *from, const char *dir, int force, char *aside, size_t asidelen, char *err,
+                      size_t errlen);
+
+#endif
