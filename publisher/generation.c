@@ -70,9 +70,9 @@ static int lease_take(gen_writer *g, const char *role, const char *held) {
     char holder[IQP_LEASE_VALUE_MAX];
     if (iqp_rpipe_lease_value_new(g->pipe, role, held) != IQP_RC_OK) return -1;
     iqp_rc rc = iqp_rpipe_lease_acquire(g->pipe, holder, sizeof holder);
-    if (rc == IQP_RC_FAILED) return fail(g, -1, "lease on Redis at %s failed: %s", iqp_rpipe_where(g->pipe), holder);
+    if (rc == IQP_RC_FAILED) return fail(g, IQP_RC_FAILED, "lease on Redis at %s failed: %s", iqp_rpipe_where(g->pipe), holder);
     if (rc == IQP_RC_OK) return 0;
-    return fail(g, -2, "prefix '%s' on Redis at %s is being written by %s (key %s:lease, renewed every %d ms, "
+    return fail(g, IQP_RC_REFUSED, "prefix '%s' on Redis at %s is being written by %s (key %s:lease, renewed every %d ms, "
                 "lives %d ms); %s", g->prefix, iqp_rpipe_where(g->pipe), holder, g->prefix, IQP_LEASE_RENEW_MS,
                 IQP_LEASE_MS, "a running `iqp stream --redis` refreshes by itself; run `iqp refresh --redis` only "
                 "where no stream publishes to this prefix");
@@ -107,7 +107,7 @@ static int set_deadline(gen_writer *g) {
              r->element[1]->type == REDIS_REPLY_STRING;
     int64_t now_ms = ok ? strtoll(r->element[0]->str, NULL, 10) * 1000 + strtoll(r->element[1]->str, NULL, 10) / 1000 : 0;
     freeReplyObject(r);
-    if (!ok) return fail(g, -1, "TIME on Redis at %s: unexpected reply", iqp_rpipe_where(g->pipe));
+    if (!ok) return fail(g, IQP_RC_FAILED, "TIME on Redis at %s: unexpected reply", iqp_rpipe_where(g->pipe));
     snprintf(g->deadline, sizeof g->deadline, "%" PRId64, now_ms + g->pc->ttl_ms);
     g->started_ms = iqp_mono_ms();
     return 0;
@@ -123,7 +123,7 @@ static int allocate(gen_writer *g, uint64_t served, uint64_t *n) {
         if (!(r = command(g, "SET gen:next", "SET %s:gen:next %" PRIu64, g->prefix, served))) return -1;
         freeReplyObject(r);
     }
-    return fail(g, -1, "%s:gen:next does not move past %" PRIu64, g->prefix, served);
+    return fail(g, IQP_RC_FAILED, "%s:gen:next does not move past %" PRIu64, g->prefix, served);
 }
 
 /* {"<feature>": {"<window>": [prior per counter]}} with exact doubles. */
@@ -274,7 +274,7 @@ static int flip(gen_writer *g, uint64_t n) {
     if (iqp_rpipe_flush(g->pipe) < 0) return -1;
     int64_t took = iqp_mono_ms() - g->started_ms;
     if (2 * took > g->pc->ttl_ms)
-        return fail(g, -1, "the publish took %" PRId64 " ms, more than half the TTL (%" PRId64 " ms): generation %"
+        return fail(g, IQP_RC_FAILED, "the publish took %" PRId64 " ms, more than half the TTL (%" PRId64 " ms): generation %"
                     PRIu64 " would expire too soon after it is served; not served, use a longer TTL (--redis-ttl)",
                     took, g->pc->ttl_ms, n);
     redisReply *r = command(g, "the flip", "EVAL %s 2 %s:lease %s:gen %s %" PRIu64 " %s", FLIP_SCRIPT, g->prefix, g->prefix,
@@ -282,7 +282,7 @@ static int flip(gen_writer *g, uint64_t n) {
     if (!r) return -1;
     int ok = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
     freeReplyObject(r);
-    return ok ? 0 : fail(g, -2, "lost the lease %s:lease before the flip; generation %" PRIu64 " not served",
+    return ok ? 0 : fail(g, IQP_RC_REFUSED, "lost the lease %s:lease before the flip; generation %" PRIu64 " not served",
                          g->prefix, n);
 }
 
@@ -308,7 +308,7 @@ static int gc_scan(gen_writer *g, size_t m, const char *pattern, uint64_t keep, 
         if (!r) return -1;
         if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
             freeReplyObject(r);
-            return fail(g, -1, "SCAN on Redis at %s: unexpected reply", iqp_rpipe_where(g->pipe));
+            return fail(g, IQP_RC_FAILED, "SCAN on Redis at %s: unexpected reply", iqp_rpipe_where(g->pipe));
         }
         snprintf(cursor, sizeof cursor, "%s", r->element[0]->str);
         int rc = 0;
