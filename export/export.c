@@ -7,9 +7,10 @@
  *        -> APPLY (at e.ts): labels of open rows; aggregator -> store
  *
  * The aggregator flushes to the temporary store as iqp backfill does
- * (flush_events or IQP_AGG_MAX_CELLS); a READ between flushes adds the
- * unflushed batch to the store's values (iqp_features_read_pending), so
- * no read ever forces a flush.
+ * (flush_events or IQP_AGG_MAX_CELLS). A READ goes through
+ * iqp_features_read_pending with featcache.h as its source of buckets: a
+ * mirror of store + unflushed batch, kept exact by the aggregator's delta
+ * hook, so no read forces a flush or probes the batch per bucket.
  *
  * Redelivered copies: a copy of an event id that is still in the reorder
  * buffer is dropped when it arrives (the first copy read wins, as in
@@ -126,12 +127,11 @@ static int cache_scan(void *ud, iqp_cf cf, const unsigned char *prefix, size_t p
     return iqp_featcache_scan(ud, cf, prefix, plen, g, first, last, n, fn, fn_ud, err, errlen);
 }
 
-/* The aggregator's flush hook: the cell is about to be written with the
- * delta the batch still holds. */
-static void cache_on_cell(void *ud, iqp_store_batch *b, iqp_cf cf, const unsigned char *key,
-                          size_t klen) {
-    (void)b;
-    iqp_featcache_on_flush_cell(ud, cf, key, klen);
+/* The aggregator's delta hook: the cache stays equal to store + batch. */
+static void cache_on_delta(void *ud, iqp_cf cf, const unsigned char *prefix, size_t plen,
+                           const char *item, size_t ilen, int g, int64_t bucket, size_t counter,
+                           int64_t delta) {
+    iqp_featcache_on_delta(ud, cf, prefix, plen, item, ilen, g, bucket, counter, delta);
 }
 
 /* ---- dead letters ---------------------------------------------------------------- */
@@ -337,21 +337,6 @@ static int read_impression(exporter *x, iqp_held_event *h, int64_t as_of, char *
 
 /* ---- APPLY: labels, then counting ------------------------------------------------ */
 
-/* A read probes the unflushed batch once per bucket of the batch inside
- * each window (features.c), for every context and item: with a batch
- * spanning a day of hourly buckets that is ~25 hash probes per key read
- * instead of ~2 (measured: 58% of the time in the probes). So besides
- * backfill's flush triggers the export writes the batch once it spans more
- * than PENDING_SPAN_BUCKETS buckets of the finest granularity; in event
- * time order that is every few hours of traffic. */
-#define PENDING_SPAN_BUCKETS 3
-
-static int pending_span_wide(const exporter *x) {
-    int64_t first, last;
-    return iqp_aggregator_pending_buckets(x->agg, 0, &first, &last) &&
-           last - first >= PENDING_SPAN_BUCKETS;
-}
-
 /* A held event the aggregator calls future although the decoder did not
  * (the wall clock stepped back in between). Its bytes are gone, so the
  * dead-letter record carries its event id. */
@@ -394,8 +379,7 @@ static int apply_event(exporter *x, iqp_held_event *h, int64_t time, char *err, 
     case IQP_AGG_ERROR: default: return -1;
     }
     if (h->row_state && out != IQP_AGG_COUNTED) x->stats->not_counted++;
-    if (iqp_aggregator_should_flush(x->agg) || pending_span_wide(x))
-        return iqp_aggregator_flush(x->agg, err, errlen);
+    if (iqp_aggregator_should_flush(x->agg)) return iqp_aggregator_flush(x->agg, err, errlen);
     return 0;
 }
 
@@ -489,10 +473,10 @@ static int create_rows_tmp(exporter *x, char *err, size_t errlen);
 static int setup(exporter *x, char *err, size_t errlen) {
     if (open_store(x, err, errlen) < 0) return -1;
     x->agg = iqp_aggregator_new(x->st);
-    x->cache = iqp_featcache_new(x->st, x->o->cache_bytes, pending_cell, x->agg);
-    x->pending = (iqp_features_pending){pending_buckets, pending_cell, x->agg, cache_scan, x->cache};
-    iqp_aggregator_set_flush_hook(x->agg, &(iqp_agg_flush_hook){.on_cell = cache_on_cell,
-                                                                 .ud = x->cache});
+    x->cache = iqp_featcache_new(x->st, x->o->cache_bytes,
+                                 &(iqp_features_pending){pending_buckets, pending_cell, x->agg, NULL, NULL});
+    x->pending = (iqp_features_pending){.scan = cache_scan, .scan_ud = x->cache};
+    iqp_aggregator_set_delta_hook(x->agg, &(iqp_agg_delta_hook){cache_on_delta, x->cache});
     x->buffer = iqp_reorder_new(x->o->max_disorder_ms, x->o->lag_ms);
     x->buffered_ids = iqp_keymap_new();
     if (create_rows_tmp(x, err, errlen) < 0) return -1;

@@ -3,9 +3,17 @@
  * One entry per (column family, prefix): its buckets as records of 2 + n
  * int64 (granularity, bucket, n counters), sorted by (granularity,
  * bucket). Entries are found through a keymap from a 128-bit digest of
- * (cf, prefix) to their index in an array. Deltas of a flush almost always
- * land in the newest bucket, so the place of a record is searched from the
- * end.
+ * (cf, prefix) to their index in an array, in front of which a small
+ * direct-mapped memo of recently used entries stays in the CPU caches: a
+ * prefix is used in bursts (a read asks for it once per granularity, the
+ * impression's own APPLY right after adds one delta per granularity), and
+ * the keymap, with hundreds of thousands of entries, costs a cache miss a
+ * probe. Deltas almost always land in the newest bucket, so the place of
+ * a record is searched from the end.
+ *
+ * Records older than the oldest bucket a read can ask for (c->oldest) are
+ * never visited by a read (they sort before its range), so they are
+ * dropped only when an entry is about to grow, not on every use.
  */
 #include "export/featcache.h"
 
@@ -16,6 +24,8 @@
 #include "model/cells.h"
 #include "model/window.h"
 #include "export/keymap.h"
+
+#define MEMO_SLOTS 1024 /* a power of two */
 
 typedef struct fc_entry {
     size_t n;          /* counters per record */
@@ -28,29 +38,31 @@ struct iqp_featcache {
     iqp_store *st;
     const iqp_config *cfg;
     size_t budget;
-    iqp_featcache_delta_fn delta;
-    const void *delta_ud;
+    iqp_features_pending unflushed;
+    iqp_keybuf key;             /* on_delta's scratch */
     iqp_keymap *index;          /* digest of (cf, prefix) -> entries[i] */
     fc_entry **entries;
     size_t n_entries, cap_entries;
     int64_t oldest[IQP_MAX_GRANS]; /* per granularity: no read asks for an older bucket */
     uint64_t epoch;             /* bumped whenever oldest moves */
-    iqp_key128 last_key;        /* the entry read last (a read asks for each granularity */
-    fc_entry *last;             /* of one prefix in turn); NULL: none */
+    struct {
+        iqp_key128 key;
+        fc_entry *e;            /* NULL: empty */
+    } memo[MEMO_SLOTS];
     iqp_featcache_stats stats;
 };
 
 #define ENTRY_OVERHEAD (sizeof(fc_entry) + sizeof(fc_entry *) + 64) /* + its keymap slots */
 
 iqp_featcache *iqp_featcache_new(iqp_store *st, size_t budget_bytes,
-                                 iqp_featcache_delta_fn delta, const void *delta_ud) {
+                                 const iqp_features_pending *unflushed) {
     iqp_featcache *c = calloc(1, sizeof *c);
     if (!c) abort();
     c->st = st;
     c->cfg = iqp_store_config(st);
     c->budget = budget_bytes;
-    c->delta = delta;
-    c->delta_ud = delta_ud;
+    c->unflushed = *unflushed;
+    iqp_keybuf_init(&c->key);
     c->index = iqp_keymap_new();
     return c;
 }
@@ -62,7 +74,7 @@ static void clear_entries(iqp_featcache *c) {
     }
     c->n_entries = 0;
     c->stats.bytes = 0;
-    c->last = NULL;
+    memset(c->memo, 0, sizeof c->memo);
     iqp_keymap_free(c->index);
     c->index = iqp_keymap_new();
 }
@@ -71,6 +83,7 @@ void iqp_featcache_free(iqp_featcache *c) {
     if (!c) return;
     clear_entries(c);
     iqp_keymap_free(c->index);
+    iqp_keybuf_free(&c->key);
     free(c->entries);
     free(c);
 }
@@ -111,32 +124,10 @@ static size_t find_record(const fc_entry *e, int gi, int64_t bucket) {
     return i;
 }
 
-/* Adds vec into the record (gi, bucket), inserting it when absent. */
-static void add_record(iqp_featcache *c, fc_entry *e, int gi, int64_t bucket, const int64_t *vec) {
-    size_t i = find_record(e, gi, bucket), width = 2 + e->n;
-    int64_t *r = i < e->len ? record(e, i) : NULL;
-    if (!r || r[0] != gi || r[1] != bucket) {
-        if (e->len == e->cap) {
-            size_t cap = e->cap ? 2 * e->cap : 4;
-            e->rec = realloc(e->rec, cap * width * sizeof *e->rec);
-            if (!e->rec) abort();
-            c->stats.bytes += (cap - e->cap) * width * sizeof *e->rec;
-            e->cap = cap;
-        }
-        r = record(e, i);
-        memmove(r + width, r, (e->len - i) * width * sizeof *r);
-        e->len++;
-        memset(r, 0, width * sizeof *r);
-        r[0] = gi;
-        r[1] = bucket;
-    }
-    for (size_t k = 0; k < e->n; k++) r[2 + k] += vec[k];
-}
-
-/* Drops the records no read will ask for again (once per move of oldest). */
-static void prune(const iqp_featcache *c, fc_entry *e) {
+/* Drops the records no read will ask for again; 1 when it dropped any. */
+static int prune(const iqp_featcache *c, fc_entry *e) {
     size_t kept = 0, width = 2 + e->n;
-    if (e->epoch == c->epoch) return;
+    if (e->epoch == c->epoch) return 0;
     e->epoch = c->epoch;
     for (size_t i = 0; i < e->len; i++) {
         const int64_t *r = record(e, i);
@@ -144,10 +135,41 @@ static void prune(const iqp_featcache *c, fc_entry *e) {
         if (kept != i) memcpy(record(e, kept), r, width * sizeof *r);
         kept++;
     }
+    int dropped = kept < e->len;
     e->len = kept;
+    return dropped;
 }
 
-/* ---- filling from the store ------------------------------------------------------ */
+/* The record (gi, bucket), inserted (all zero) when absent; a full entry
+ * is pruned before it grows. */
+static int64_t *get_record(iqp_featcache *c, fc_entry *e, int gi, int64_t bucket) {
+    size_t i = find_record(e, gi, bucket), width = 2 + e->n;
+    int64_t *r = i < e->len ? record(e, i) : NULL;
+    if (r && r[0] == gi && r[1] == bucket) return r;
+    if (e->len == e->cap && prune(c, e)) i = find_record(e, gi, bucket);
+    if (e->len == e->cap) {
+        size_t cap = e->cap ? 2 * e->cap : 4;
+        e->rec = realloc(e->rec, cap * width * sizeof *e->rec);
+        if (!e->rec) abort();
+        c->stats.bytes += (cap - e->cap) * width * sizeof *e->rec;
+        e->cap = cap;
+    }
+    r = record(e, i);
+    memmove(r + width, r, (e->len - i) * width * sizeof *r);
+    e->len++;
+    memset(r, 0, width * sizeof *r);
+    r[0] = gi;
+    r[1] = bucket;
+    return r;
+}
+
+/* Adds vec into the record (gi, bucket). */
+static void add_record(iqp_featcache *c, fc_entry *e, int gi, int64_t bucket, const int64_t *vec) {
+    int64_t *r = get_record(c, e, gi, bucket);
+    for (size_t k = 0; k < e->n; k++) r[2 + k] += vec[k];
+}
+
+/* ---- filling from the store and the batch ---------------------------------------- */
 
 /* One pass over the prefix's keys, every granularity: one seek, where a
  * scan per granularity (iqp_store_scan_buckets) takes one each. Keys are
@@ -188,6 +210,26 @@ static int64_t oldest_slot(const iqp_featcache *c) {
     return slot == INT64_MAX ? 0 : slot;
 }
 
+/* Adds the batch's deltas of the prefix, bucket by bucket of the range
+ * each granularity's deltas touch (from the oldest bucket a read can ask
+ * for): what the next flush will add to the store. */
+static void fill_unflushed(iqp_featcache *c, fc_entry *e, iqp_cf cf, const unsigned char *prefix,
+                           size_t plen) {
+    const iqp_features_pending *u = &c->unflushed;
+    int64_t first, last, vec[IQP_MAX_COUNTERS];
+    for (size_t g = 0; g < c->cfg->n_grans; g++) {
+        if (!u->buckets(u->ud, (int)g, &first, &last)) continue;
+        if (first < c->oldest[g]) first = c->oldest[g];
+        for (int64_t b = first; b <= last; b++) {
+            iqp_keybuf_truncate(&c->key, 0);
+            iqp_keybuf_append(&c->key, prefix, plen);
+            iqp_cells_append_bucket(&c->key, (int)g, b);
+            memset(vec, 0, sizeof vec);
+            if (u->cell(u->ud, cf, c->key.buf, c->key.len, vec, e->n)) add_record(c, e, (int)g, b, vec);
+        }
+    }
+}
+
 static fc_entry *fill(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix, size_t plen,
                       size_t n, iqp_key128 key, char *err, size_t errlen) {
     if (c->stats.bytes > c->budget) {
@@ -214,6 +256,7 @@ static fc_entry *fill(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix, 
         free(e);
         return NULL;
     }
+    fill_unflushed(c, e, cf, prefix, plen);
     if (c->n_entries == c->cap_entries) {
         c->cap_entries = c->cap_entries ? 2 * c->cap_entries : 1024;
         c->entries = realloc(c->entries, c->cap_entries * sizeof *c->entries);
@@ -226,27 +269,37 @@ static fc_entry *fill(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix, 
     return e;
 }
 
-/* ---- reads and flushes ------------------------------------------------------------ */
+/* ---- reads and deltas ------------------------------------------------------------- */
+
+static void remember(iqp_featcache *c, iqp_key128 key, fc_entry *e) {
+    size_t m = key.lo & (MEMO_SLOTS - 1);
+    c->memo[m].key = key;
+    c->memo[m].e = e;
+}
+
+/* The entry held for key, or NULL. */
+static fc_entry *find_entry(iqp_featcache *c, iqp_key128 key) {
+    size_t m = key.lo & (MEMO_SLOTS - 1);
+    uint64_t i;
+    if (c->memo[m].e && c->memo[m].key.lo == key.lo && c->memo[m].key.hi == key.hi)
+        return c->memo[m].e;
+    if (!iqp_keymap_get(c->index, key, &i)) return NULL;
+    remember(c, key, c->entries[i]);
+    return c->entries[i];
+}
 
 int iqp_featcache_scan(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix, size_t plen,
                        int g, int64_t first, int64_t last, size_t n, iqp_store_bucket_fn fn,
                        void *ud, char *err, size_t errlen) {
     iqp_key128 key = entry_key(cf, prefix, plen);
-    uint64_t i;
-    fc_entry *e;
-    if (c->last && c->last_key.lo == key.lo && c->last_key.hi == key.hi) {
-        e = c->last;
+    fc_entry *e = find_entry(c, key);
+    if (e) {
         c->stats.hits++;
-    } else if (iqp_keymap_get(c->index, key, &i)) {
-        e = c->entries[i];
-        c->stats.hits++;
-        prune(c, e);
     } else {
         c->stats.misses++;
         if (!(e = fill(c, cf, prefix, plen, n, key, err, errlen))) return -1;
+        remember(c, key, e);
     }
-    c->last = e;
-    c->last_key = key;
     for (size_t k = find_record(e, g, first); k < e->len; k++) {
         const int64_t *r = record(e, k);
         if (r[0] != g || r[1] > last) break;
@@ -255,16 +308,15 @@ int iqp_featcache_scan(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix,
     return 0;
 }
 
-void iqp_featcache_on_flush_cell(iqp_featcache *c, iqp_cf cf, const unsigned char *key, size_t klen) {
-    int gi;
-    int64_t bucket, vec[IQP_MAX_COUNTERS];
-    uint64_t i;
-    if (iqp_cells_key_bucket(key, klen, &gi, &bucket) < 0 || gi < 0 || gi >= IQP_MAX_GRANS) return;
-    if (bucket < c->oldest[gi]) return;
-    if (!iqp_keymap_get(c->index, entry_key(cf, key, klen - IQP_BUCKET_SUFFIX_LEN), &i)) return;
-    fc_entry *e = c->entries[i];
-    memset(vec, 0, sizeof vec);
-    if (c->delta(c->delta_ud, cf, key, klen, vec, e->n)) add_record(c, e, gi, bucket, vec);
+void iqp_featcache_on_delta(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix, size_t plen,
+                            const char *item, size_t ilen, int gran_index, int64_t bucket,
+                            size_t counter, int64_t delta) {
+    if (gran_index < 0 || gran_index >= IQP_MAX_GRANS || bucket < c->oldest[gran_index]) return;
+    iqp_keybuf_truncate(&c->key, 0);
+    iqp_keybuf_append(&c->key, prefix, plen);
+    if (item) iqp_cells_append_entity(&c->key, item, ilen);
+    fc_entry *e = find_entry(c, entry_key(cf, c->key.buf, c->key.len));
+    if (e && counter < e->n) get_record(c, e, gran_index, bucket)[2 + counter] += delta;
 }
 
 const iqp_featcache_stats *iqp_featcache_get_stats(const iqp_featcache *c) { return &c->stats; }
