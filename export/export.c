@@ -61,6 +61,8 @@ typedef struct impression_scratch {
     iqp_feature_row *by_feature; /* feature f: cap * n_windows rows, as features.c fills them */
     iqp_feature_row *by_item;    /* one item: n_features * n_windows rows, as rows.h wants */
     iqp_keymap *seen;            /* distinct test for very large impressions */
+    iqp_keybuf *keys;            /* prefixes to prefetch: n_features contexts, then items */
+    size_t keys_cap;
 } impression_scratch;
 
 typedef struct exporter {
@@ -309,6 +311,30 @@ static int write_rows(exporter *x, const iqp_event *ev, size_t n, char *err, siz
     return 0;
 }
 
+/* Starts loading the cache entries the impression's reads will use (the
+ * keys features.c builds: each feature's context prefix, and it with each
+ * item) into the CPU caches at once (featcache.h). */
+static void prefetch_impression(exporter *x, const iqp_context *ctx, size_t n) {
+    impression_scratch *s = &x->imp;
+    size_t nf = x->cfg->n_features, need = nf * (1 + n);
+    if (need > s->keys_cap) {
+        s->keys = realloc(s->keys, need * sizeof *s->keys);
+        if (!s->keys) abort();
+        for (size_t k = s->keys_cap; k < need; k++) iqp_keybuf_init(&s->keys[k]);
+        s->keys_cap = need;
+    }
+    for (size_t f = 0; f < nf; f++) {
+        iqp_cells_context_prefix(&s->keys[f], &x->cfg->features[f], ctx);
+        for (size_t i = 0; i < n; i++) {
+            iqp_keybuf *k = &s->keys[nf + f * n + i];
+            iqp_keybuf_copy(k, &s->keys[f]);
+            iqp_cells_append_entity(k, s->items[i], s->lens[i]);
+        }
+    }
+    iqp_featcache_prefetch(x->cache, IQP_CF_CONTEXTS, s->keys, nf);
+    iqp_featcache_prefetch(x->cache, IQP_CF_COUNTS, s->keys + nf, nf * n);
+}
+
 /* Rows of impression h, features as of as_of (= ts - lag). */
 static int read_impression(exporter *x, iqp_held_event *h, int64_t as_of, char *err, size_t errlen) {
     const iqp_event *ev = &h->ev;
@@ -324,6 +350,7 @@ static int read_impression(exporter *x, iqp_held_event *h, int64_t as_of, char *
     size_t n = distinct_items(x, ev), nw = x->cfg->n_windows;
     iqp_context ctx = {ev->query, ev->query_len, {ev->country[0], ev->country[1], 0}, ev->gender};
     iqp_featcache_advance(x->cache, as_of);
+    prefetch_impression(x, &ctx, n);
     for (size_t f = 0; f < x->cfg->n_features && n > 0; f++)
         if (iqp_features_read_pending(x->st, &x->pending, f, &ctx, x->imp.items, x->imp.lens, n,
                                       as_of, &x->imp.by_feature[f * x->imp.cap * nw], err,
@@ -554,6 +581,8 @@ static int teardown(exporter *x, int rc, char *err, size_t errlen) {
     impression_scratch *s = &x->imp;
     free(s->items), free(s->lens), free(s->positions), free(s->by_feature), free(s->by_item);
     iqp_keymap_free(s->seen);
+    for (size_t k = 0; k < s->keys_cap; k++) iqp_keybuf_free(&s->keys[k]);
+    free(s->keys);
     return rc;
 }
 

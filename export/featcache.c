@@ -1,15 +1,18 @@
 /* featcache.c -- the export's mirror of its store's bucket cells (see featcache.h).
  *
- * One entry per (column family, prefix): its buckets as records of 2 + n
- * int64 (granularity, bucket, n counters), sorted by (granularity,
- * bucket). Entries are found through a keymap from a 128-bit digest of
- * (cf, prefix) to their index in an array, in front of which a small
- * direct-mapped memo of recently used entries stays in the CPU caches: a
- * prefix is used in bursts (a read asks for it once per granularity, the
- * impression's own APPLY right after adds one delta per granularity), and
- * the keymap, with hundreds of thousands of entries, costs a cache miss a
- * probe. Deltas almost always land in the newest bucket, so the place of
- * a record is searched from the end.
+ * One entry per (column family, prefix): one allocation holding its
+ * buckets as records of 2 + n int64 (granularity, bucket, n counters),
+ * sorted by (granularity, bucket). Entries are found through a keymap from
+ * a 128-bit digest of (cf, prefix) to the entry's address, in front of
+ * which a small direct-mapped memo of recently used entries stays in the
+ * CPU caches: a prefix is used in bursts (a read asks for it once per
+ * granularity, the impression's own APPLY right after adds one delta per
+ * granularity), and with hundreds of thousands of entries every step from
+ * digest to records is a cache miss, so there are as few steps as can be
+ * (keymap slot, then the entry). An entry that grows moves, and its
+ * keymap value, memo slot and place in the entries array (kept to free
+ * them) follow it. Deltas almost always land in the newest bucket, so the
+ * place of a record is searched from the end.
  *
  * Records older than the oldest bucket a read can ask for (c->oldest) are
  * never visited by a read (they sort before its range), so they are
@@ -28,11 +31,16 @@
 #define MEMO_SLOTS 1024 /* a power of two */
 
 typedef struct fc_entry {
-    size_t n;          /* counters per record */
-    size_t len, cap;   /* records */
-    int64_t *rec;      /* len * (2 + n): gi, bucket, counters */
+    iqp_key128 key;    /* entry_key of (cf, prefix) */
+    size_t slot;       /* index in c->entries; NOT_HELD while being filled */
+    uint32_t n;        /* counters per record */
+    uint32_t len, cap; /* records */
     uint64_t epoch;    /* c->epoch when last pruned */
+    int64_t rec[];     /* cap * (2 + n): gi, bucket, counters */
 } fc_entry;
+
+#define NOT_HELD SIZE_MAX
+#define FIRST_CAP 4
 
 struct iqp_featcache {
     iqp_store *st;
@@ -40,7 +48,7 @@ struct iqp_featcache {
     size_t budget;
     iqp_features_pending unflushed;
     iqp_keybuf key;             /* on_delta's scratch */
-    iqp_keymap *index;          /* digest of (cf, prefix) -> entries[i] */
+    iqp_keymap *index;          /* digest of (cf, prefix) -> its fc_entry's address */
     fc_entry **entries;
     size_t n_entries, cap_entries;
     int64_t oldest[IQP_MAX_GRANS]; /* per granularity: no read asks for an older bucket */
@@ -52,7 +60,7 @@ struct iqp_featcache {
     iqp_featcache_stats stats;
 };
 
-#define ENTRY_OVERHEAD (sizeof(fc_entry) + sizeof(fc_entry *) + 64) /* + its keymap slots */
+#define ENTRY_OVERHEAD (sizeof(fc_entry *) + 64) /* entries[] and its keymap slots */
 
 iqp_featcache *iqp_featcache_new(iqp_store *st, size_t budget_bytes,
                                  const iqp_features_pending *unflushed) {
@@ -68,10 +76,7 @@ iqp_featcache *iqp_featcache_new(iqp_store *st, size_t budget_bytes,
 }
 
 static void clear_entries(iqp_featcache *c) {
-    for (size_t i = 0; i < c->n_entries; i++) {
-        free(c->entries[i]->rec);
-        free(c->entries[i]);
-    }
+    for (size_t i = 0; i < c->n_entries; i++) free(c->entries[i]);
     c->n_entries = 0;
     c->stats.bytes = 0;
     memset(c->memo, 0, sizeof c->memo);
@@ -111,10 +116,38 @@ static iqp_key128 entry_key(iqp_cf cf, const unsigned char *prefix, size_t plen)
 
 /* ---- records ------------------------------------------------------------------- */
 
-static int64_t *record(const fc_entry *e, size_t i) { return e->rec + i * (2 + e->n); }
+static int64_t *record(fc_entry *e, size_t i) { return e->rec + i * (2 + e->n); }
+
+static size_t entry_bytes(size_t n, size_t cap) {
+    return sizeof(fc_entry) + cap * (2 + n) * sizeof(int64_t);
+}
+
+static fc_entry *entry_new(iqp_key128 key, size_t n, uint64_t epoch) {
+    fc_entry *e = malloc(entry_bytes(n, FIRST_CAP));
+    if (!e) abort();
+    *e = (fc_entry){.key = key, .slot = NOT_HELD, .n = (uint32_t)n, .cap = FIRST_CAP, .epoch = epoch};
+    return e;
+}
+
+/* Doubles e's room for records; what pointed at e (the keymap, the memo,
+ * entries[]) points at the copy. */
+static fc_entry *entry_grow(iqp_featcache *c, fc_entry *e) {
+    size_t n = e->n, cap = e->cap;
+    fc_entry *g = realloc(e, entry_bytes(n, 2 * cap));
+    if (!g) abort();
+    g->cap = (uint32_t)(2 * cap);
+    c->stats.bytes += entry_bytes(n, 2 * cap) - entry_bytes(n, cap);
+    if (g->slot == NOT_HELD) return g;
+    c->entries[g->slot] = g;
+    iqp_keymap_put(c->index, g->key, (uint64_t)(uintptr_t)g);
+    size_t m = g->key.lo & (MEMO_SLOTS - 1);
+    if (c->memo[m].e && c->memo[m].key.lo == g->key.lo && c->memo[m].key.hi == g->key.hi)
+        c->memo[m].e = g;
+    return g;
+}
 
 /* Index of the first record at or after (gi, bucket). */
-static size_t find_record(const fc_entry *e, int gi, int64_t bucket) {
+static size_t find_record(fc_entry *e, int gi, int64_t bucket) {
     size_t i = e->len;
     while (i > 0) {
         const int64_t *r = record(e, i - 1);
@@ -140,20 +173,15 @@ static int prune(const iqp_featcache *c, fc_entry *e) {
     return dropped;
 }
 
-/* The record (gi, bucket), inserted (all zero) when absent; a full entry
- * is pruned before it grows. */
-static int64_t *get_record(iqp_featcache *c, fc_entry *e, int gi, int64_t bucket) {
+/* The record (gi, bucket) of *ep, inserted (all zero) when absent; a
+ * full entry is pruned before it grows (and *ep moves). */
+static int64_t *get_record(iqp_featcache *c, fc_entry **ep, int gi, int64_t bucket) {
+    fc_entry *e = *ep;
     size_t i = find_record(e, gi, bucket), width = 2 + e->n;
     int64_t *r = i < e->len ? record(e, i) : NULL;
     if (r && r[0] == gi && r[1] == bucket) return r;
     if (e->len == e->cap && prune(c, e)) i = find_record(e, gi, bucket);
-    if (e->len == e->cap) {
-        size_t cap = e->cap ? 2 * e->cap : 4;
-        e->rec = realloc(e->rec, cap * width * sizeof *e->rec);
-        if (!e->rec) abort();
-        c->stats.bytes += (cap - e->cap) * width * sizeof *e->rec;
-        e->cap = cap;
-    }
+    if (e->len == e->cap) *ep = e = entry_grow(c, e);
     r = record(e, i);
     memmove(r + width, r, (e->len - i) * width * sizeof *r);
     e->len++;
@@ -164,9 +192,9 @@ static int64_t *get_record(iqp_featcache *c, fc_entry *e, int gi, int64_t bucket
 }
 
 /* Adds vec into the record (gi, bucket). */
-static void add_record(iqp_featcache *c, fc_entry *e, int gi, int64_t bucket, const int64_t *vec) {
-    int64_t *r = get_record(c, e, gi, bucket);
-    for (size_t k = 0; k < e->n; k++) r[2 + k] += vec[k];
+static void add_record(iqp_featcache *c, fc_entry **ep, int gi, int64_t bucket, const int64_t *vec) {
+    int64_t *r = get_record(c, ep, gi, bucket);
+    for (size_t k = 0; k < (*ep)->n; k++) r[2 + k] += vec[k];
 }
 
 /* ---- filling from the store and the batch ---------------------------------------- */
@@ -188,7 +216,7 @@ static void fill_cell(void *ud, int gi, int64_t bucket, const int64_t *vec, size
     fill_target *t = ud;
     (void)n;
     if (gi < 0 || (size_t)gi >= t->c->cfg->n_grans || bucket < t->c->oldest[gi]) return;
-    add_record(t->c, t->e, gi, bucket, vec);
+    add_record(t->c, &t->e, gi, bucket, vec);
 }
 
 static int fill_key(void *ud, const unsigned char *key, size_t klen, const char *val, size_t vlen) {
@@ -213,8 +241,8 @@ static int64_t oldest_slot(const iqp_featcache *c) {
 /* Adds the batch's deltas of the prefix, bucket by bucket of the range
  * each granularity's deltas touch (from the oldest bucket a read can ask
  * for): what the next flush will add to the store. */
-static void fill_unflushed(iqp_featcache *c, fc_entry *e, iqp_cf cf, const unsigned char *prefix,
-                           size_t plen) {
+static void fill_unflushed(iqp_featcache *c, fc_entry **ep, iqp_cf cf,
+                           const unsigned char *prefix, size_t plen) {
     const iqp_features_pending *u = &c->unflushed;
     int64_t first, last, vec[IQP_MAX_COUNTERS];
     for (size_t g = 0; g < c->cfg->n_grans; g++) {
@@ -225,7 +253,8 @@ static void fill_unflushed(iqp_featcache *c, fc_entry *e, iqp_cf cf, const unsig
             iqp_keybuf_append(&c->key, prefix, plen);
             iqp_cells_append_bucket(&c->key, (int)g, b);
             memset(vec, 0, sizeof vec);
-            if (u->cell(u->ud, cf, c->key.buf, c->key.len, vec, e->n)) add_record(c, e, (int)g, b, vec);
+            if (u->cell(u->ud, cf, c->key.buf, c->key.len, vec, (*ep)->n))
+                add_record(c, ep, (int)g, b, vec);
         }
     }
 }
@@ -236,10 +265,8 @@ static fc_entry *fill(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix, 
         clear_entries(c);
         c->stats.clears++;
     }
-    fc_entry *e = calloc(1, sizeof *e);
-    if (!e) abort();
-    e->n = n;
-    e->epoch = c->epoch;
+    c->stats.bytes += entry_bytes(n, FIRST_CAP);
+    fc_entry *e = entry_new(key, n, c->epoch);
     iqp_keybuf from;
     iqp_keybuf_init(&from);
     iqp_keybuf_append(&from, prefix, plen);
@@ -247,22 +274,24 @@ static fc_entry *fill(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix, 
     fill_target t = {c, e, prefix, plen, 0};
     int rc = iqp_store_scan_keys(c->st, NULL, cf, from.buf, from.len, fill_key, &t, err, errlen);
     iqp_keybuf_free(&from);
+    e = t.e;
     if (t.bad) {
         snprintf(err, errlen, "a counter value of the store does not decode (damaged store?)");
         rc = -1;
     }
     if (rc < 0) {
-        free(e->rec);
+        c->stats.bytes -= entry_bytes(e->n, e->cap);
         free(e);
         return NULL;
     }
-    fill_unflushed(c, e, cf, prefix, plen);
+    fill_unflushed(c, &e, cf, prefix, plen);
     if (c->n_entries == c->cap_entries) {
         c->cap_entries = c->cap_entries ? 2 * c->cap_entries : 1024;
         c->entries = realloc(c->entries, c->cap_entries * sizeof *c->entries);
         if (!c->entries) abort();
     }
-    iqp_keymap_put(c->index, key, c->n_entries);
+    iqp_keymap_put(c->index, key, (uint64_t)(uintptr_t)e);
+    e->slot = c->n_entries;
     c->entries[c->n_entries++] = e;
     c->stats.bytes += ENTRY_OVERHEAD;
     if (c->stats.bytes > c->stats.bytes_peak) c->stats.bytes_peak = c->stats.bytes;
@@ -284,8 +313,31 @@ static fc_entry *find_entry(iqp_featcache *c, iqp_key128 key) {
     if (c->memo[m].e && c->memo[m].key.lo == key.lo && c->memo[m].key.hi == key.hi)
         return c->memo[m].e;
     if (!iqp_keymap_get(c->index, key, &i)) return NULL;
-    remember(c, key, c->entries[i]);
-    return c->entries[i];
+    fc_entry *e = (fc_entry *)(uintptr_t)i;
+    remember(c, key, e);
+    return e;
+}
+
+#define PREFETCH_BATCH 64
+
+void iqp_featcache_prefetch(iqp_featcache *c, iqp_cf cf, const iqp_keybuf *prefixes, size_t n) {
+    iqp_key128 keys[PREFETCH_BATCH];
+    fc_entry *held[PREFETCH_BATCH];
+    /* three passes, each touching only what the one before asked for */
+    for (size_t at = 0; at < n; at += PREFETCH_BATCH) {
+        size_t k = n - at < PREFETCH_BATCH ? n - at : PREFETCH_BATCH;
+        for (size_t i = 0; i < k; i++) {
+            keys[i] = entry_key(cf, prefixes[at + i].buf, prefixes[at + i].len);
+            iqp_keymap_prefetch(c->index, keys[i]);
+        }
+        for (size_t i = 0; i < k; i++) {
+            held[i] = find_entry(c, keys[i]); /* into the memo, for the read */
+            if (held[i]) __builtin_prefetch(held[i]);
+        }
+        for (size_t i = 0; i < k; i++)
+            if (held[i] && held[i]->len) /* reads search the records from the end */
+                __builtin_prefetch(record(held[i], held[i]->len - 1));
+    }
 }
 
 int iqp_featcache_scan(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix, size_t plen,
@@ -316,7 +368,7 @@ void iqp_featcache_on_delta(iqp_featcache *c, iqp_cf cf, const unsigned char *pr
     iqp_keybuf_append(&c->key, prefix, plen);
     if (item) iqp_cells_append_entity(&c->key, item, ilen);
     fc_entry *e = find_entry(c, entry_key(cf, c->key.buf, c->key.len));
-    if (e && counter < e->n) get_record(c, e, gran_index, bucket)[2 + counter] += delta;
+    if (e && counter < e->n) get_record(c, &e, gran_index, bucket)[2 + counter] += delta;
 }
 
 const iqp_featcache_stats *iqp_featcache_get_stats(const iqp_featcache *c) { return &c->stats; }

@@ -63,6 +63,13 @@ int iqp_featcache_scan(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix,
                        int g, int64_t first, int64_t last, size_t n, iqp_store_bucket_fn fn,
                        void *ud, char *err, size_t errlen);
 
+/* Reads of the n prefixes (cells.h bytes, all of cf) are about to be
+ * made: starts loading what they will touch into the CPU caches, all at
+ * once, so the reads wait for memory about once rather than once per
+ * prefix (each is a few cache misses: the index slot, the entry, its
+ * records). Changes nothing held; prefixes not held are left to the read. */
+void iqp_featcache_prefetch(iqp_featcache *c, iqp_cf cf, const iqp_keybuf *prefixes, size_t n);
+
 /* The aggregator took delta for counter of the cell (prefix, item,
  * gran_index, bucket) of cf (item NULL in contexts): iqp_agg_delta_hook's
  * on_delta. Added to the prefix when held (a prefix filled later reads it
