@@ -46,6 +46,7 @@ struct iqp_featcache {
     iqp_store *st;
     const iqp_config *cfg;
     size_t budget;
+    int complete;               /* every prefix with a record a read can ask for is held */
     iqp_features_pending unflushed;
     iqp_keybuf key;             /* on_delta's scratch */
     iqp_keymap *index;          /* digest of (cf, prefix) -> its fc_entry's address */
@@ -63,12 +64,13 @@ struct iqp_featcache {
 #define ENTRY_OVERHEAD (sizeof(fc_entry *) + 64) /* entries[] and its keymap slots */
 
 iqp_featcache *iqp_featcache_new(iqp_store *st, size_t budget_bytes,
-                                 const iqp_features_pending *unflushed) {
+                                 const iqp_features_pending *unflushed, int empty) {
     iqp_featcache *c = calloc(1, sizeof *c);
     if (!c) abort();
     c->st = st;
     c->cfg = iqp_store_config(st);
     c->budget = budget_bytes;
+    c->complete = empty;
     c->unflushed = *unflushed;
     iqp_keybuf_init(&c->key);
     c->index = iqp_keymap_new();
@@ -259,12 +261,39 @@ static void fill_unflushed(iqp_featcache *c, fc_entry **ep, iqp_cf cf,
     }
 }
 
+static void remember(iqp_featcache *c, iqp_key128 key, fc_entry *e) {
+    size_t m = key.lo & (MEMO_SLOTS - 1);
+    c->memo[m].key = key;
+    c->memo[m].e = e;
+}
+
+/* Drops everything when past the budget: from then on a prefix not held
+ * is filled when read (the cache is no longer complete). */
+static void keep_budget(iqp_featcache *c) {
+    if (c->stats.bytes <= c->budget) return;
+    clear_entries(c);
+    c->complete = 0;
+    c->stats.clears++;
+}
+
+/* Holds e (its records final) under key. */
+static void hold(iqp_featcache *c, fc_entry *e, iqp_key128 key) {
+    if (c->n_entries == c->cap_entries) {
+        c->cap_entries = c->cap_entries ? 2 * c->cap_entries : 1024;
+        c->entries = realloc(c->entries, c->cap_entries * sizeof *c->entries);
+        if (!c->entries) abort();
+    }
+    iqp_keymap_put(c->index, key, (uint64_t)(uintptr_t)e);
+    e->slot = c->n_entries;
+    c->entries[c->n_entries++] = e;
+    c->stats.bytes += ENTRY_OVERHEAD;
+    if (c->stats.bytes > c->stats.bytes_peak) c->stats.bytes_peak = c->stats.bytes;
+    remember(c, key, e);
+}
+
 static fc_entry *fill(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix, size_t plen,
                       size_t n, iqp_key128 key, char *err, size_t errlen) {
-    if (c->stats.bytes > c->budget) {
-        clear_entries(c);
-        c->stats.clears++;
-    }
+    keep_budget(c);
     c->stats.bytes += entry_bytes(n, FIRST_CAP);
     fc_entry *e = entry_new(key, n, c->epoch);
     iqp_keybuf from;
@@ -285,26 +314,11 @@ static fc_entry *fill(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix, 
         return NULL;
     }
     fill_unflushed(c, &e, cf, prefix, plen);
-    if (c->n_entries == c->cap_entries) {
-        c->cap_entries = c->cap_entries ? 2 * c->cap_entries : 1024;
-        c->entries = realloc(c->entries, c->cap_entries * sizeof *c->entries);
-        if (!c->entries) abort();
-    }
-    iqp_keymap_put(c->index, key, (uint64_t)(uintptr_t)e);
-    e->slot = c->n_entries;
-    c->entries[c->n_entries++] = e;
-    c->stats.bytes += ENTRY_OVERHEAD;
-    if (c->stats.bytes > c->stats.bytes_peak) c->stats.bytes_peak = c->stats.bytes;
+    hold(c, e, key);
     return e;
 }
 
 /* ---- reads and deltas ------------------------------------------------------------- */
-
-static void remember(iqp_featcache *c, iqp_key128 key, fc_entry *e) {
-    size_t m = key.lo & (MEMO_SLOTS - 1);
-    c->memo[m].key = key;
-    c->memo[m].e = e;
-}
 
 /* The entry held for key, or NULL. */
 static fc_entry *find_entry(iqp_featcache *c, iqp_key128 key) {
@@ -347,10 +361,12 @@ int iqp_featcache_scan(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix,
     fc_entry *e = find_entry(c, key);
     if (e) {
         c->stats.hits++;
+    } else if (c->complete) {
+        c->stats.empty++; /* nothing counted for it yet */
+        return 0;
     } else {
         c->stats.misses++;
         if (!(e = fill(c, cf, prefix, plen, n, key, err, errlen))) return -1;
-        remember(c, key, e);
     }
     for (size_t k = find_record(e, g, first); k < e->len; k++) {
         const int64_t *r = record(e, k);
@@ -367,7 +383,15 @@ void iqp_featcache_on_delta(iqp_featcache *c, iqp_cf cf, const unsigned char *pr
     iqp_keybuf_truncate(&c->key, 0);
     iqp_keybuf_append(&c->key, prefix, plen);
     if (item) iqp_cells_append_entity(&c->key, item, ilen);
-    fc_entry *e = find_entry(c, entry_key(cf, c->key.buf, c->key.len));
+    iqp_key128 key = entry_key(cf, c->key.buf, c->key.len);
+    fc_entry *e = find_entry(c, key);
+    if (!e && c->complete) { /* its first delta a read can see: hold it */
+        keep_budget(c);
+        if (!c->complete) return; /* dropped everything: filled when read */
+        size_t n = cf == IQP_CF_COUNTS ? IQP_COUNTERS(c->cfg) : 1;
+        c->stats.bytes += entry_bytes(n, FIRST_CAP);
+        hold(c, e = entry_new(key, n, c->epoch), key);
+    }
     if (e && counter < e->n) get_record(c, &e, gran_index, bucket)[2 + counter] += delta;
 }
 

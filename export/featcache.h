@@ -27,9 +27,16 @@
  * read (iqp_featcache_advance) are dropped and never needed again; a delta
  * for such a bucket is ignored.
  *
+ * Complete: the export's store starts empty, so at first every cell that
+ * will ever be in store or batch passes through on_delta. While nothing
+ * has been dropped the cache holds a prefix from its first delta on
+ * (instead of only once read), and a read of a prefix not held is a read
+ * of a prefix nothing was counted for: no scan, no probes, all zero.
+ *
  * Memory: ~80 bytes per held (prefix, bucket) plus ~100 per prefix. When
- * the total passes the budget, everything is dropped and refilled from the
- * store on demand (correct, only slower).
+ * the total passes the budget, everything is dropped, the cache is no
+ * longer complete, and prefixes are filled from store and batch when read
+ * (correct, only slower).
  *
  * May not touch: the store (it reads only through iqp_store_scan_keys),
  * counting, window sums (features.c calls iqp_featcache_scan as its source
@@ -47,9 +54,11 @@
 typedef struct iqp_featcache iqp_featcache;
 
 /* unflushed: the batch's buckets and cell (aggregator pending_buckets /
- * pending_cell), read when a prefix is filled; its scan is not used. */
+ * pending_cell), read when a prefix is filled; its scan is not used.
+ * empty: st and the batch hold no cells yet, so every cell that will ever
+ * be there passes through iqp_featcache_on_delta (see "Complete"). */
 iqp_featcache *iqp_featcache_new(iqp_store *st, size_t budget_bytes,
-                                 const iqp_features_pending *unflushed);
+                                 const iqp_features_pending *unflushed, int empty);
 void iqp_featcache_free(iqp_featcache *c);
 
 /* Reads are about to be made as of as_of_ms (never smaller than before):
@@ -80,6 +89,7 @@ void iqp_featcache_on_delta(iqp_featcache *c, iqp_cf cf, const unsigned char *pr
 
 typedef struct iqp_featcache_stats {
     uint64_t hits, misses, clears;
+    uint64_t empty;   /* reads of a prefix nothing was counted for (complete cache) */
     size_t bytes, bytes_peak;
 } iqp_featcache_stats;
 
