@@ -11,8 +11,8 @@
  * digest to records is a cache miss, so there are as few steps as can be
  * (keymap slot, then the entry). An entry that grows moves, and its
  * keymap value, memo slot and place in the entries array (kept to free
- * them) follow it. Deltas almost always land in the newest bucket, so the
- * place of a record is searched from the end.
+ * them) follow it. Records are found by binary search (an entry holds
+ * up to a year of daily records besides a day of hourly ones).
  *
  * Records older than the oldest bucket a read can ask for (c->oldest) are
  * never visited by a read (they sort before its range), so they are
@@ -150,13 +150,14 @@ static fc_entry *entry_grow(iqp_featcache *c, fc_entry *e) {
 
 /* Index of the first record at or after (gi, bucket). */
 static size_t find_record(fc_entry *e, int gi, int64_t bucket) {
-    size_t i = e->len;
-    while (i > 0) {
-        const int64_t *r = record(e, i - 1);
-        if (r[0] < gi || (r[0] == gi && r[1] < bucket)) break;
-        i--;
+    size_t lo = 0, hi = e->len; /* binary: an entry can hold a year of daily records */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const int64_t *r = record(e, mid);
+        if (r[0] < gi || (r[0] == gi && r[1] < bucket)) lo = mid + 1;
+        else hi = mid;
     }
-    return i;
+    return lo;
 }
 
 /* Drops the records no read will ask for again; 1 when it dropped any. */
@@ -348,9 +349,11 @@ void iqp_featcache_prefetch(iqp_featcache *c, iqp_cf cf, const iqp_keybuf *prefi
             held[i] = find_entry(c, keys[i]); /* into the memo, for the read */
             if (held[i]) __builtin_prefetch(held[i]);
         }
-        for (size_t i = 0; i < k; i++)
-            if (held[i] && held[i]->len) /* reads search the records from the end */
-                __builtin_prefetch(record(held[i], held[i]->len - 1));
+        for (size_t i = 0; i < k; i++) {
+            if (!held[i] || !held[i]->len) continue;
+            __builtin_prefetch(record(held[i], held[i]->len / 2)); /* where a search starts */
+            __builtin_prefetch(record(held[i], held[i]->len - 1)); /* the newest buckets */
+        }
     }
 }
 
