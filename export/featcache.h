@@ -1,7 +1,7 @@
 /* featcache.h -- the export's mirror of its temporary store's bucket cells.
  *
  * Owns: an in-memory copy of the cells of the (feature, context) and
- * (feature, context, item) prefixes the export has read, kept equal to the
+ * (feature, context, item) prefixes the export reads, kept equal to the
  * store plus the aggregator's unflushed batch, and the memory it takes
  * (bounded).
  *
