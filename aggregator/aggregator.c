@@ -70,6 +70,7 @@ struct iqp_aggregator {
     iqp_agg_stats stats;
     staged_meta *meta;
     iqp_agg_flush_hook hook;      /* on_cell NULL: none */
+    iqp_agg_delta_hook delta_hook; /* on_delta NULL: none */
     /* Buckets the unflushed deltas touch, per granularity (first > last:
      * none), so a reader of the batch (iqp_aggregator_pending_cell) only
      * probes buckets that can hold something. */
@@ -170,16 +171,26 @@ static void build_prefixes(iqp_aggregator *a, const iqp_context *ctx) {
     }
 }
 
-/* Adds delta to counter idx of the cells of item (an interned id) at ts, in
- * every feature and every granularity that retains ts's bucket relative
- * to wm. */
-static void bump_item_id(iqp_aggregator *a, uint32_t item_id, size_t idx, int64_t ts, int64_t wm,
-                         int64_t delta) {
+/* Tells the delta hook, if any, what the combiner just took. */
+static void report_delta(const iqp_aggregator *a, iqp_cf cf, size_t f, const iqp_item_ref *item,
+                         size_t g, int64_t b, size_t idx, int64_t delta) {
+    const iqp_agg_delta_hook *h = &a->delta_hook;
+    h->on_delta(h->ud, cf, a->prefix[f].buf, a->prefix[f].len, item ? item->id : NULL,
+                item ? item->len : 0, (int)g, b, idx, delta);
+}
+
+/* Adds delta to counter idx of the cells of item (interned as item_id) at
+ * ts, in every feature and every granularity that retains ts's bucket
+ * relative to wm. */
+static void bump_item_id(iqp_aggregator *a, uint32_t item_id, const iqp_item_ref *item, size_t idx,
+                         int64_t ts, int64_t wm, int64_t delta) {
     for (size_t g = 0; g < a->cfg->n_grans; g++) {
         int64_t b = iqp_bucket_of(ts, a->cfg->gran_ms[g]);
         if (b < iqp_retention_first_bucket(a->cfg, (int)g, wm)) continue;
-        for (size_t f = 0; f < a->cfg->n_features; f++)
+        for (size_t f = 0; f < a->cfg->n_features; f++) {
             iqp_combiner_add_count(a->comb, a->prefix_id[f], item_id, (int)g, b, idx, delta);
+            if (a->delta_hook.on_delta) report_delta(a, IQP_CF_COUNTS, f, item, g, b, idx, delta);
+        }
         note_pending_bucket(a, g, b);
         a->stats.cell_updates += a->cfg->n_features;
     }
@@ -188,7 +199,7 @@ static void bump_item_id(iqp_aggregator *a, uint32_t item_id, size_t idx, int64_
 static void bump_item(iqp_aggregator *a, const iqp_item_ref *item, size_t idx, int64_t ts,
                       int64_t wm, int64_t delta) {
     if (a->restoring) return;
-    bump_item_id(a, iqp_combiner_item_id(a->comb, item->id, item->len), idx, ts, wm, delta);
+    bump_item_id(a, iqp_combiner_item_id(a->comb, item->id, item->len), item, idx, ts, wm, delta);
 }
 
 /* +1 context_count for every feature's context in the live granularities. */
@@ -196,8 +207,10 @@ static void bump_contexts(iqp_aggregator *a) {
     if (a->restoring) return;
     for (size_t g = 0; g < a->cfg->n_grans; g++) {
         if (!a->live[g]) continue;
-        for (size_t f = 0; f < a->cfg->n_features; f++)
+        for (size_t f = 0; f < a->cfg->n_features; f++) {
             iqp_combiner_add_context(a->comb, a->prefix_id[f], (int)g, a->buckets[g], 1);
+            if (a->delta_hook.on_delta) report_delta(a, IQP_CF_CONTEXTS, f, NULL, g, a->buckets[g], 0, 1);
+        }
         note_pending_bucket(a, g, a->buckets[g]);
         a->stats.cell_updates += a->cfg->n_features;
     }
@@ -221,7 +234,9 @@ static void count_impression(iqp_aggregator *a, const iqp_event *ev) {
             ids[i] = iqp_combiner_item_id(a->comb, ev->items[i].id, ev->items[i].len);
             size_t j = 0;
             while (j < i && ids[j] != ids[i]) j++;
-            if (j == i) bump_item_id(a, ids[i], IQP_COUNTER_IMPRESSION, ev->ts, a->watermark_ms, 1);
+            if (j == i)
+                bump_item_id(a, ids[i], &ev->items[i], IQP_COUNTER_IMPRESSION, ev->ts,
+                             a->watermark_ms, 1);
         }
         return;
     }
@@ -460,6 +475,11 @@ int iqp_aggregator_flush_begin(iqp_aggregator *a, char *err, size_t errlen) {
 void iqp_aggregator_set_flush_hook(iqp_aggregator *a, const iqp_agg_flush_hook *hook) {
     if (hook) a->hook = *hook;
     else memset(&a->hook, 0, sizeof a->hook);
+}
+
+void iqp_aggregator_set_delta_hook(iqp_aggregator *a, const iqp_agg_delta_hook *hook) {
+    if (hook) a->delta_hook = *hook;
+    else memset(&a->delta_hook, 0, sizeof a->delta_hook);
 }
 
 const iqp_agg_stats *iqp_aggregator_stats(const iqp_aggregator *a) { return &a->stats; }

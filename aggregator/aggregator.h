@@ -107,6 +107,23 @@ typedef struct iqp_agg_flush_hook {
 /* Installs (or, with NULL, removes) the flush hook. */
 void iqp_aggregator_set_flush_hook(iqp_aggregator *a, const iqp_agg_flush_hook *hook);
 
+/* A delta hook sees every counter delta as the micro-batch takes it, while
+ * iqp_aggregator_add runs: the cell is the context prefix (cells.h bytes)
+ * of cf contexts (item NULL, counter 0) or, in cf counts, that prefix and
+ * the raw item id; granularity, bucket, counter index, delta. Summed, the
+ * deltas since the hook was installed are what every later flush adds to
+ * the store (iqp export keeps its mirror of store + batch exact with it:
+ * export/featcache.h). A hook user must not call iqp_aggregator_discard. */
+typedef struct iqp_agg_delta_hook {
+    void (*on_delta)(void *ud, iqp_cf cf, const unsigned char *prefix, size_t plen,
+                     const char *item, size_t ilen, int gran_index, int64_t bucket, size_t counter,
+                     int64_t delta);
+    void *ud;
+} iqp_agg_delta_hook;
+
+/* Installs (or, with NULL, removes) the delta hook. */
+void iqp_aggregator_set_delta_hook(iqp_aggregator *a, const iqp_agg_delta_hook *hook);
+
 const iqp_agg_stats *iqp_aggregator_stats(const iqp_aggregator *a);
 
 /* ---- reading the micro-batch before it is written --------------------------

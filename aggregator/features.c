@@ -9,7 +9,8 @@
  * iqp export's aggregator batch): after each store scan, the pending
  * buckets of that granularity inside the scanned range are added through
  * the same add_bucket, so the sums equal what a read after the writer's
- * next flush would give.
+ * next flush would give -- unless the reader's own scan (pending->scan)
+ * already covers them.
  */
 #include "aggregator/features.h"
 
@@ -78,7 +79,7 @@ static int scan_all_grans(iqp_store *st, const iqp_store_snapshot *snap,
                      : iqp_store_scan_buckets_at(st, snap, cf, prefix->buf, prefix->len, (int)g, lo,
                                                  hi, n, add_bucket, ws, err, errlen);
         if (rc < 0) return -1;
-        add_pending(pending, cf, prefix, (int)g, lo, hi, ws, n);
+        if (!pending || !pending->scan) add_pending(pending, cf, prefix, (int)g, lo, hi, ws, n);
     }
     return 0;
 }

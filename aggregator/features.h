@@ -44,9 +44,11 @@ typedef struct iqp_features_pending {
     int (*cell)(const void *ud, iqp_cf cf, const unsigned char *key, size_t klen, int64_t *vec,
                 size_t n);
     const void *ud;
-    /* Where the flushed buckets come from: NULL, the store; else a scan
-     * with iqp_store_scan_buckets's contract over the reader's exact mirror
-     * of the store (iqp export's export/featcache.h), called with scan_ud. */
+    /* Where the buckets come from: NULL, the store, plus the deltas that
+     * buckets / cell give; else a scan with iqp_store_scan_buckets's
+     * contract over the reader's exact mirror of the store *and* the
+     * unflushed deltas (iqp export's export/featcache.h), called with
+     * scan_ud, and buckets / cell are not used. */
     int (*scan)(void *scan_ud, iqp_cf cf, const unsigned char *prefix, size_t plen, int gran_index,
                 int64_t first, int64_t last, size_t n, iqp_store_bucket_fn fn, void *ud, char *err,
                 size_t errlen);

@@ -7,9 +7,10 @@
  *        -> APPLY (at e.ts): labels of open rows; aggregator -> store
  *
  * The aggregator flushes to the temporary store as iqp backfill does
- * (flush_events or IQP_AGG_MAX_CELLS); a READ between flushes adds the
- * unflushed batch to the store's values (iqp_features_read_pending), so
- * no read ever forces a flush.
+ * (flush_events or IQP_AGG_MAX_CELLS). A READ goes through
+ * iqp_features_read_pending with featcache.h as its source of buckets: a
+ * mirror of store + unflushed batch, kept exact by the aggregator's delta
+ * hook, so no read forces a flush or probes the batch per bucket.
  *
  * Redelivered copies: a copy of an event id that is still in the reorder
  * buffer is dropped when it arrives (the first copy read wins, as in
@@ -60,6 +61,8 @@ typedef struct impression_scratch {
     iqp_feature_row *by_feature; /* feature f: cap * n_windows rows, as features.c fills them */
     iqp_feature_row *by_item;    /* one item: n_features * n_windows rows, as rows.h wants */
     iqp_keymap *seen;            /* distinct test for very large impressions */
+    iqp_keybuf *keys;            /* prefixes to prefetch: n_features contexts, then items */
+    size_t keys_cap;
 } impression_scratch;
 
 typedef struct exporter {
@@ -126,12 +129,11 @@ static int cache_scan(void *ud, iqp_cf cf, const unsigned char *prefix, size_t p
     return iqp_featcache_scan(ud, cf, prefix, plen, g, first, last, n, fn, fn_ud, err, errlen);
 }
 
-/* The aggregator's flush hook: the cell is about to be written with the
- * delta the batch still holds. */
-static void cache_on_cell(void *ud, iqp_store_batch *b, iqp_cf cf, const unsigned char *key,
-                          size_t klen) {
-    (void)b;
-    iqp_featcache_on_flush_cell(ud, cf, key, klen);
+/* The aggregator's delta hook: the cache stays equal to store + batch. */
+static void cache_on_delta(void *ud, iqp_cf cf, const unsigned char *prefix, size_t plen,
+                           const char *item, size_t ilen, int g, int64_t bucket, size_t counter,
+                           int64_t delta) {
+    iqp_featcache_on_delta(ud, cf, prefix, plen, item, ilen, g, bucket, counter, delta);
 }
 
 /* ---- dead letters ---------------------------------------------------------------- */
@@ -310,6 +312,30 @@ static int write_rows(exporter *x, const iqp_event *ev, const iqp_context *ctx, 
     return 0;
 }
 
+/* Starts loading the cache entries the impression's reads will use (the
+ * keys features.c builds: each feature's context prefix, and it with each
+ * item) into the CPU caches at once (featcache.h). */
+static void prefetch_impression(exporter *x, const iqp_context *ctx, size_t n) {
+    impression_scratch *s = &x->imp;
+    size_t nf = x->cfg->n_features, need = nf * (1 + n);
+    if (need > s->keys_cap) {
+        s->keys = realloc(s->keys, need * sizeof *s->keys);
+        if (!s->keys) abort();
+        for (size_t k = s->keys_cap; k < need; k++) iqp_keybuf_init(&s->keys[k]);
+        s->keys_cap = need;
+    }
+    for (size_t f = 0; f < nf; f++) {
+        iqp_cells_context_prefix(&s->keys[f], &x->cfg->features[f], ctx);
+        for (size_t i = 0; i < n; i++) {
+            iqp_keybuf *k = &s->keys[nf + f * n + i];
+            iqp_keybuf_copy(k, &s->keys[f]);
+            iqp_cells_append_entity(k, s->items[i], s->lens[i]);
+        }
+    }
+    iqp_featcache_prefetch(x->cache, IQP_CF_CONTEXTS, s->keys, nf);
+    iqp_featcache_prefetch(x->cache, IQP_CF_COUNTS, s->keys + nf, nf * n);
+}
+
 /* Rows of impression h, features as of as_of (= ts - lag). */
 static int read_impression(exporter *x, iqp_held_event *h, int64_t as_of, char *err, size_t errlen) {
     const iqp_event *ev = &h->ev;
@@ -326,6 +352,7 @@ static int read_impression(exporter *x, iqp_held_event *h, int64_t as_of, char *
     iqp_context ctx;
     iqp_event_context(x->cfg, ev, &ctx);
     iqp_featcache_advance(x->cache, as_of);
+    prefetch_impression(x, &ctx, n);
     for (size_t f = 0; f < x->cfg->n_features && n > 0; f++)
         if (iqp_features_read_pending(x->st, &x->pending, f, &ctx, x->imp.items, x->imp.lens, n,
                                       as_of, &x->imp.by_feature[f * x->imp.cap * nw], err,
@@ -338,21 +365,6 @@ static int read_impression(exporter *x, iqp_held_event *h, int64_t as_of, char *
 }
 
 /* ---- APPLY: labels, then counting ------------------------------------------------ */
-
-/* A read probes the unflushed batch once per bucket of the batch inside
- * each window (features.c), for every context and item: with a batch
- * spanning a day of hourly buckets that is ~25 hash probes per key read
- * instead of ~2 (measured: 58% of the time in the probes). So besides
- * backfill's flush triggers the export writes the batch once it spans more
- * than PENDING_SPAN_BUCKETS buckets of the finest granularity; in event
- * time order that is every few hours of traffic. */
-#define PENDING_SPAN_BUCKETS 3
-
-static int pending_span_wide(const exporter *x) {
-    int64_t first, last;
-    return iqp_aggregator_pending_buckets(x->agg, 0, &first, &last) &&
-           last - first >= PENDING_SPAN_BUCKETS;
-}
 
 /* A held event the aggregator calls future although the decoder did not
  * (the wall clock stepped back in between). Its bytes are gone, so the
@@ -396,8 +408,7 @@ static int apply_event(exporter *x, iqp_held_event *h, int64_t time, char *err, 
     case IQP_AGG_ERROR: default: return -1;
     }
     if (h->row_state && out != IQP_AGG_COUNTED) x->stats->not_counted++;
-    if (iqp_aggregator_should_flush(x->agg) || pending_span_wide(x))
-        return iqp_aggregator_flush(x->agg, err, errlen);
+    if (iqp_aggregator_should_flush(x->agg)) return iqp_aggregator_flush(x->agg, err, errlen);
     return 0;
 }
 
@@ -491,10 +502,11 @@ static int create_rows_tmp(exporter *x, char *err, size_t errlen);
 static int setup(exporter *x, char *err, size_t errlen) {
     if (open_store(x, err, errlen) < 0) return -1;
     x->agg = iqp_aggregator_new(x->st);
-    x->cache = iqp_featcache_new(x->st, x->o->cache_bytes, pending_cell, x->agg);
-    x->pending = (iqp_features_pending){pending_buckets, pending_cell, x->agg, cache_scan, x->cache};
-    iqp_aggregator_set_flush_hook(x->agg, &(iqp_agg_flush_hook){.on_cell = cache_on_cell,
-                                                                 .ud = x->cache});
+    x->cache = iqp_featcache_new(x->st, x->o->cache_bytes,
+                                 &(iqp_features_pending){pending_buckets, pending_cell, x->agg, NULL, NULL},
+                                 1 /* a new store */);
+    x->pending = (iqp_features_pending){.scan = cache_scan, .scan_ud = x->cache};
+    iqp_aggregator_set_delta_hook(x->agg, &(iqp_agg_delta_hook){cache_on_delta, x->cache});
     x->buffer = iqp_reorder_new(x->o->max_disorder_ms, x->o->lag_ms);
     x->buffered_ids = iqp_keymap_new();
     if (create_rows_tmp(x, err, errlen) < 0) return -1;
@@ -572,6 +584,8 @@ static int teardown(exporter *x, int rc, char *err, size_t errlen) {
     impression_scratch *s = &x->imp;
     free(s->items), free(s->lens), free(s->positions), free(s->by_feature), free(s->by_item);
     iqp_keymap_free(s->seen);
+    for (size_t k = 0; k < s->keys_cap; k++) iqp_keybuf_free(&s->keys[k]);
+    free(s->keys);
     return rc;
 }
 

@@ -10,9 +10,9 @@
  *         features for every distinct item it showed are read through
  *         iqp_features_read_pending -- the store plus the aggregator's
  *         unflushed batch, i.e. exactly the events with ts < ts - lag,
- *         windows as of ts - lag; the store's cells come from featcache.h,
- *         a mirror of the store kept equal to it by the aggregator's flush
- *         hook -- and one row per item is written
+ *         windows as of ts - lag; the cells come from featcache.h, a
+ *         mirror of store + batch kept equal to them by the aggregator's
+ *         delta hook -- and one row per item is written
  *         (rows.h), labels 0;
  *   APPLY at ts, for every event: an action sets the labels of the open
  *         rows of its (request_id, item) (rows.h), then the event is

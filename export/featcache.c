@@ -1,11 +1,22 @@
 /* featcache.c -- the export's mirror of its store's bucket cells (see featcache.h).
  *
- * One entry per (column family, prefix): its buckets as records of 2 + n
- * int64 (granularity, bucket, n counters), sorted by (granularity,
- * bucket). Entries are found through a keymap from a 128-bit digest of
- * (cf, prefix) to their index in an array. Deltas of a flush almost always
- * land in the newest bucket, so the place of a record is searched from the
- * end.
+ * One entry per (column family, prefix): one allocation holding its
+ * buckets as records of 2 + n int64 (granularity, bucket, n counters),
+ * sorted by (granularity, bucket). Entries are found through a keymap from
+ * a 128-bit digest of (cf, prefix) to the entry's address, in front of
+ * which a small direct-mapped memo of recently used entries stays in the
+ * CPU caches: a prefix is used in bursts (a read asks for it once per
+ * granularity, the impression's own APPLY right after adds one delta per
+ * granularity), and with hundreds of thousands of entries every step from
+ * digest to records is a cache miss, so there are as few steps as can be
+ * (keymap slot, then the entry). An entry that grows moves, and its
+ * keymap value, memo slot and place in the entries array (kept to free
+ * them) follow it. Records are found by binary search (an entry holds
+ * up to a year of daily records besides a day of hourly ones).
+ *
+ * Records older than the oldest bucket a read can ask for (c->oldest) are
+ * never visited by a read (they sort before its range), so they are
+ * dropped only when an entry is about to grow, not on every use.
  */
 #include "export/featcache.h"
 
@@ -17,52 +28,60 @@
 #include "model/window.h"
 #include "export/keymap.h"
 
+#define MEMO_SLOTS 1024 /* a power of two */
+
 typedef struct fc_entry {
-    size_t n;          /* counters per record */
-    size_t len, cap;   /* records */
-    int64_t *rec;      /* len * (2 + n): gi, bucket, counters */
+    iqp_key128 key;    /* entry_key of (cf, prefix) */
+    size_t slot;       /* index in c->entries; NOT_HELD while being filled */
+    uint32_t n;        /* counters per record */
+    uint32_t len, cap; /* records */
     uint64_t epoch;    /* c->epoch when last pruned */
+    int64_t rec[];     /* cap * (2 + n): gi, bucket, counters */
 } fc_entry;
+
+#define NOT_HELD SIZE_MAX
+#define FIRST_CAP 4
 
 struct iqp_featcache {
     iqp_store *st;
     const iqp_config *cfg;
     size_t budget;
-    iqp_featcache_delta_fn delta;
-    const void *delta_ud;
-    iqp_keymap *index;          /* digest of (cf, prefix) -> entries[i] */
+    int complete;               /* every prefix with a record a read can ask for is held */
+    iqp_features_pending unflushed;
+    iqp_keybuf key;             /* on_delta's scratch */
+    iqp_keymap *index;          /* digest of (cf, prefix) -> its fc_entry's address */
     fc_entry **entries;
     size_t n_entries, cap_entries;
     int64_t oldest[IQP_MAX_GRANS]; /* per granularity: no read asks for an older bucket */
     uint64_t epoch;             /* bumped whenever oldest moves */
-    iqp_key128 last_key;        /* the entry read last (a read asks for each granularity */
-    fc_entry *last;             /* of one prefix in turn); NULL: none */
+    struct {
+        iqp_key128 key;
+        fc_entry *e;            /* NULL: empty */
+    } memo[MEMO_SLOTS];
     iqp_featcache_stats stats;
 };
 
-#define ENTRY_OVERHEAD (sizeof(fc_entry) + sizeof(fc_entry *) + 64) /* + its keymap slots */
+#define ENTRY_OVERHEAD (sizeof(fc_entry *) + 64) /* entries[] and its keymap slots */
 
 iqp_featcache *iqp_featcache_new(iqp_store *st, size_t budget_bytes,
-                                 iqp_featcache_delta_fn delta, const void *delta_ud) {
+                                 const iqp_features_pending *unflushed, int empty) {
     iqp_featcache *c = calloc(1, sizeof *c);
     if (!c) abort();
     c->st = st;
     c->cfg = iqp_store_config(st);
     c->budget = budget_bytes;
-    c->delta = delta;
-    c->delta_ud = delta_ud;
+    c->complete = empty;
+    c->unflushed = *unflushed;
+    iqp_keybuf_init(&c->key);
     c->index = iqp_keymap_new();
     return c;
 }
 
 static void clear_entries(iqp_featcache *c) {
-    for (size_t i = 0; i < c->n_entries; i++) {
-        free(c->entries[i]->rec);
-        free(c->entries[i]);
-    }
+    for (size_t i = 0; i < c->n_entries; i++) free(c->entries[i]);
     c->n_entries = 0;
     c->stats.bytes = 0;
-    c->last = NULL;
+    memset(c->memo, 0, sizeof c->memo);
     iqp_keymap_free(c->index);
     c->index = iqp_keymap_new();
 }
@@ -71,6 +90,7 @@ void iqp_featcache_free(iqp_featcache *c) {
     if (!c) return;
     clear_entries(c);
     iqp_keymap_free(c->index);
+    iqp_keybuf_free(&c->key);
     free(c->entries);
     free(c);
 }
@@ -98,45 +118,52 @@ static iqp_key128 entry_key(iqp_cf cf, const unsigned char *prefix, size_t plen)
 
 /* ---- records ------------------------------------------------------------------- */
 
-static int64_t *record(const fc_entry *e, size_t i) { return e->rec + i * (2 + e->n); }
+static int64_t *record(fc_entry *e, size_t i) { return e->rec + i * (2 + e->n); }
+
+static size_t entry_bytes(size_t n, size_t cap) {
+    return sizeof(fc_entry) + cap * (2 + n) * sizeof(int64_t);
+}
+
+static fc_entry *entry_new(iqp_key128 key, size_t n, uint64_t epoch) {
+    fc_entry *e = malloc(entry_bytes(n, FIRST_CAP));
+    if (!e) abort();
+    *e = (fc_entry){.key = key, .slot = NOT_HELD, .n = (uint32_t)n, .cap = FIRST_CAP, .epoch = epoch};
+    return e;
+}
+
+/* Doubles e's room for records; what pointed at e (the keymap, the memo,
+ * entries[]) points at the copy. */
+static fc_entry *entry_grow(iqp_featcache *c, fc_entry *e) {
+    size_t n = e->n, cap = e->cap;
+    fc_entry *g = realloc(e, entry_bytes(n, 2 * cap));
+    if (!g) abort();
+    g->cap = (uint32_t)(2 * cap);
+    c->stats.bytes += entry_bytes(n, 2 * cap) - entry_bytes(n, cap);
+    if (g->slot == NOT_HELD) return g;
+    c->entries[g->slot] = g;
+    iqp_keymap_put(c->index, g->key, (uint64_t)(uintptr_t)g);
+    size_t m = g->key.lo & (MEMO_SLOTS - 1);
+    if (c->memo[m].e && c->memo[m].key.lo == g->key.lo && c->memo[m].key.hi == g->key.hi)
+        c->memo[m].e = g;
+    return g;
+}
 
 /* Index of the first record at or after (gi, bucket). */
-static size_t find_record(const fc_entry *e, int gi, int64_t bucket) {
-    size_t i = e->len;
-    while (i > 0) {
-        const int64_t *r = record(e, i - 1);
-        if (r[0] < gi || (r[0] == gi && r[1] < bucket)) break;
-        i--;
+static size_t find_record(fc_entry *e, int gi, int64_t bucket) {
+    size_t lo = 0, hi = e->len; /* binary: an entry can hold a year of daily records */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const int64_t *r = record(e, mid);
+        if (r[0] < gi || (r[0] == gi && r[1] < bucket)) lo = mid + 1;
+        else hi = mid;
     }
-    return i;
+    return lo;
 }
 
-/* Adds vec into the record (gi, bucket), inserting it when absent. */
-static void add_record(iqp_featcache *c, fc_entry *e, int gi, int64_t bucket, const int64_t *vec) {
-    size_t i = find_record(e, gi, bucket), width = 2 + e->n;
-    int64_t *r = i < e->len ? record(e, i) : NULL;
-    if (!r || r[0] != gi || r[1] != bucket) {
-        if (e->len == e->cap) {
-            size_t cap = e->cap ? 2 * e->cap : 4;
-            e->rec = realloc(e->rec, cap * width * sizeof *e->rec);
-            if (!e->rec) abort();
-            c->stats.bytes += (cap - e->cap) * width * sizeof *e->rec;
-            e->cap = cap;
-        }
-        r = record(e, i);
-        memmove(r + width, r, (e->len - i) * width * sizeof *r);
-        e->len++;
-        memset(r, 0, width * sizeof *r);
-        r[0] = gi;
-        r[1] = bucket;
-    }
-    for (size_t k = 0; k < e->n; k++) r[2 + k] += vec[k];
-}
-
-/* Drops the records no read will ask for again (once per move of oldest). */
-static void prune(const iqp_featcache *c, fc_entry *e) {
+/* Drops the records no read will ask for again; 1 when it dropped any. */
+static int prune(const iqp_featcache *c, fc_entry *e) {
     size_t kept = 0, width = 2 + e->n;
-    if (e->epoch == c->epoch) return;
+    if (e->epoch == c->epoch) return 0;
     e->epoch = c->epoch;
     for (size_t i = 0; i < e->len; i++) {
         const int64_t *r = record(e, i);
@@ -144,10 +171,36 @@ static void prune(const iqp_featcache *c, fc_entry *e) {
         if (kept != i) memcpy(record(e, kept), r, width * sizeof *r);
         kept++;
     }
+    int dropped = kept < e->len;
     e->len = kept;
+    return dropped;
 }
 
-/* ---- filling from the store ------------------------------------------------------ */
+/* The record (gi, bucket) of *ep, inserted (all zero) when absent; a
+ * full entry is pruned before it grows (and *ep moves). */
+static int64_t *get_record(iqp_featcache *c, fc_entry **ep, int gi, int64_t bucket) {
+    fc_entry *e = *ep;
+    size_t i = find_record(e, gi, bucket), width = 2 + e->n;
+    int64_t *r = i < e->len ? record(e, i) : NULL;
+    if (r && r[0] == gi && r[1] == bucket) return r;
+    if (e->len == e->cap && prune(c, e)) i = find_record(e, gi, bucket);
+    if (e->len == e->cap) *ep = e = entry_grow(c, e);
+    r = record(e, i);
+    memmove(r + width, r, (e->len - i) * width * sizeof *r);
+    e->len++;
+    memset(r, 0, width * sizeof *r);
+    r[0] = gi;
+    r[1] = bucket;
+    return r;
+}
+
+/* Adds vec into the record (gi, bucket). */
+static void add_record(iqp_featcache *c, fc_entry **ep, int gi, int64_t bucket, const int64_t *vec) {
+    int64_t *r = get_record(c, ep, gi, bucket);
+    for (size_t k = 0; k < (*ep)->n; k++) r[2 + k] += vec[k];
+}
+
+/* ---- filling from the store and the batch ---------------------------------------- */
 
 /* One pass over the prefix's keys, every granularity: one seek, where a
  * scan per granularity (iqp_store_scan_buckets) takes one each. Keys are
@@ -166,7 +219,7 @@ static void fill_cell(void *ud, int gi, int64_t bucket, const int64_t *vec, size
     fill_target *t = ud;
     (void)n;
     if (gi < 0 || (size_t)gi >= t->c->cfg->n_grans || bucket < t->c->oldest[gi]) return;
-    add_record(t->c, t->e, gi, bucket, vec);
+    add_record(t->c, &t->e, gi, bucket, vec);
 }
 
 static int fill_key(void *ud, const unsigned char *key, size_t klen, const char *val, size_t vlen) {
@@ -188,16 +241,62 @@ static int64_t oldest_slot(const iqp_featcache *c) {
     return slot == INT64_MAX ? 0 : slot;
 }
 
+/* Adds the batch's deltas of the prefix, bucket by bucket of the range
+ * each granularity's deltas touch (from the oldest bucket a read can ask
+ * for): what the next flush will add to the store. */
+static void fill_unflushed(iqp_featcache *c, fc_entry **ep, iqp_cf cf,
+                           const unsigned char *prefix, size_t plen) {
+    const iqp_features_pending *u = &c->unflushed;
+    int64_t first, last, vec[IQP_MAX_COUNTERS];
+    for (size_t g = 0; g < c->cfg->n_grans; g++) {
+        if (!u->buckets(u->ud, (int)g, &first, &last)) continue;
+        if (first < c->oldest[g]) first = c->oldest[g];
+        for (int64_t b = first; b <= last; b++) {
+            iqp_keybuf_truncate(&c->key, 0);
+            iqp_keybuf_append(&c->key, prefix, plen);
+            iqp_cells_append_bucket(&c->key, (int)g, b);
+            memset(vec, 0, sizeof vec);
+            if (u->cell(u->ud, cf, c->key.buf, c->key.len, vec, (*ep)->n))
+                add_record(c, ep, (int)g, b, vec);
+        }
+    }
+}
+
+static void remember(iqp_featcache *c, iqp_key128 key, fc_entry *e) {
+    size_t m = key.lo & (MEMO_SLOTS - 1);
+    c->memo[m].key = key;
+    c->memo[m].e = e;
+}
+
+/* Drops everything when past the budget: from then on a prefix not held
+ * is filled when read (the cache is no longer complete). */
+static void keep_budget(iqp_featcache *c) {
+    if (c->stats.bytes <= c->budget) return;
+    clear_entries(c);
+    c->complete = 0;
+    c->stats.clears++;
+}
+
+/* Holds e (its records final) under key. */
+static void hold(iqp_featcache *c, fc_entry *e, iqp_key128 key) {
+    if (c->n_entries == c->cap_entries) {
+        c->cap_entries = c->cap_entries ? 2 * c->cap_entries : 1024;
+        c->entries = realloc(c->entries, c->cap_entries * sizeof *c->entries);
+        if (!c->entries) abort();
+    }
+    iqp_keymap_put(c->index, key, (uint64_t)(uintptr_t)e);
+    e->slot = c->n_entries;
+    c->entries[c->n_entries++] = e;
+    c->stats.bytes += ENTRY_OVERHEAD;
+    if (c->stats.bytes > c->stats.bytes_peak) c->stats.bytes_peak = c->stats.bytes;
+    remember(c, key, e);
+}
+
 static fc_entry *fill(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix, size_t plen,
                       size_t n, iqp_key128 key, char *err, size_t errlen) {
-    if (c->stats.bytes > c->budget) {
-        clear_entries(c);
-        c->stats.clears++;
-    }
-    fc_entry *e = calloc(1, sizeof *e);
-    if (!e) abort();
-    e->n = n;
-    e->epoch = c->epoch;
+    keep_budget(c);
+    c->stats.bytes += entry_bytes(n, FIRST_CAP);
+    fc_entry *e = entry_new(key, n, c->epoch);
     iqp_keybuf from;
     iqp_keybuf_init(&from);
     iqp_keybuf_append(&from, prefix, plen);
@@ -205,48 +304,73 @@ static fc_entry *fill(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix, 
     fill_target t = {c, e, prefix, plen, 0};
     int rc = iqp_store_scan_keys(c->st, NULL, cf, from.buf, from.len, fill_key, &t, err, errlen);
     iqp_keybuf_free(&from);
+    e = t.e;
     if (t.bad) {
         snprintf(err, errlen, "a counter value of the store does not decode (damaged store?)");
         rc = -1;
     }
     if (rc < 0) {
-        free(e->rec);
+        c->stats.bytes -= entry_bytes(e->n, e->cap);
         free(e);
         return NULL;
     }
-    if (c->n_entries == c->cap_entries) {
-        c->cap_entries = c->cap_entries ? 2 * c->cap_entries : 1024;
-        c->entries = realloc(c->entries, c->cap_entries * sizeof *c->entries);
-        if (!c->entries) abort();
-    }
-    iqp_keymap_put(c->index, key, c->n_entries);
-    c->entries[c->n_entries++] = e;
-    c->stats.bytes += ENTRY_OVERHEAD;
-    if (c->stats.bytes > c->stats.bytes_peak) c->stats.bytes_peak = c->stats.bytes;
+    fill_unflushed(c, &e, cf, prefix, plen);
+    hold(c, e, key);
     return e;
 }
 
-/* ---- reads and flushes ------------------------------------------------------------ */
+/* ---- reads and deltas ------------------------------------------------------------- */
+
+/* The entry held for key, or NULL. */
+static fc_entry *find_entry(iqp_featcache *c, iqp_key128 key) {
+    size_t m = key.lo & (MEMO_SLOTS - 1);
+    uint64_t i;
+    if (c->memo[m].e && c->memo[m].key.lo == key.lo && c->memo[m].key.hi == key.hi)
+        return c->memo[m].e;
+    if (!iqp_keymap_get(c->index, key, &i)) return NULL;
+    fc_entry *e = (fc_entry *)(uintptr_t)i;
+    remember(c, key, e);
+    return e;
+}
+
+#define PREFETCH_BATCH 64
+
+void iqp_featcache_prefetch(iqp_featcache *c, iqp_cf cf, const iqp_keybuf *prefixes, size_t n) {
+    iqp_key128 keys[PREFETCH_BATCH];
+    fc_entry *held[PREFETCH_BATCH];
+    /* three passes, each touching only what the one before asked for */
+    for (size_t at = 0; at < n; at += PREFETCH_BATCH) {
+        size_t k = n - at < PREFETCH_BATCH ? n - at : PREFETCH_BATCH;
+        for (size_t i = 0; i < k; i++) {
+            keys[i] = entry_key(cf, prefixes[at + i].buf, prefixes[at + i].len);
+            iqp_keymap_prefetch(c->index, keys[i]);
+        }
+        for (size_t i = 0; i < k; i++) {
+            held[i] = find_entry(c, keys[i]); /* into the memo, for the read */
+            if (held[i]) __builtin_prefetch(held[i]);
+        }
+        for (size_t i = 0; i < k; i++) {
+            if (!held[i] || !held[i]->len) continue;
+            __builtin_prefetch(record(held[i], held[i]->len / 2)); /* where a search starts */
+            __builtin_prefetch(record(held[i], held[i]->len - 1)); /* the newest buckets */
+        }
+    }
+}
 
 int iqp_featcache_scan(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix, size_t plen,
                        int g, int64_t first, int64_t last, size_t n, iqp_store_bucket_fn fn,
                        void *ud, char *err, size_t errlen) {
     iqp_key128 key = entry_key(cf, prefix, plen);
-    uint64_t i;
-    fc_entry *e;
-    if (c->last && c->last_key.lo == key.lo && c->last_key.hi == key.hi) {
-        e = c->last;
+    fc_entry *e = find_entry(c, key);
+    if (e) {
         c->stats.hits++;
-    } else if (iqp_keymap_get(c->index, key, &i)) {
-        e = c->entries[i];
-        c->stats.hits++;
-        prune(c, e);
+    } else if (c->complete) {
+        c->stats.empty++; /* nothing counted for it yet */
+        return 0;
     } else {
         c->stats.misses++;
         if (!(e = fill(c, cf, prefix, plen, n, key, err, errlen))) return -1;
     }
-    c->last = e;
-    c->last_key = key;
     for (size_t k = find_record(e, g, first); k < e->len; k++) {
         const int64_t *r = record(e, k);
         if (r[0] != g || r[1] > last) break;
@@ -255,16 +379,23 @@ int iqp_featcache_scan(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix,
     return 0;
 }
 
-void iqp_featcache_on_flush_cell(iqp_featcache *c, iqp_cf cf, const unsigned char *key, size_t klen) {
-    int gi;
-    int64_t bucket, vec[IQP_MAX_COUNTERS];
-    uint64_t i;
-    if (iqp_cells_key_bucket(key, klen, &gi, &bucket) < 0 || gi < 0 || gi >= IQP_MAX_GRANS) return;
-    if (bucket < c->oldest[gi]) return;
-    if (!iqp_keymap_get(c->index, entry_key(cf, key, klen - IQP_BUCKET_SUFFIX_LEN), &i)) return;
-    fc_entry *e = c->entries[i];
-    memset(vec, 0, sizeof vec);
-    if (c->delta(c->delta_ud, cf, key, klen, vec, e->n)) add_record(c, e, gi, bucket, vec);
+void iqp_featcache_on_delta(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix, size_t plen,
+                            const char *item, size_t ilen, int gran_index, int64_t bucket,
+                            size_t counter, int64_t delta) {
+    if (gran_index < 0 || gran_index >= IQP_MAX_GRANS || bucket < c->oldest[gran_index]) return;
+    iqp_keybuf_truncate(&c->key, 0);
+    iqp_keybuf_append(&c->key, prefix, plen);
+    if (item) iqp_cells_append_entity(&c->key, item, ilen);
+    iqp_key128 key = entry_key(cf, c->key.buf, c->key.len);
+    fc_entry *e = find_entry(c, key);
+    if (!e && c->complete) { /* its first delta a read can see: hold it */
+        keep_budget(c);
+        if (!c->complete) return; /* dropped everything: filled when read */
+        size_t n = cf == IQP_CF_COUNTS ? IQP_COUNTERS(c->cfg) : 1;
+        c->stats.bytes += entry_bytes(n, FIRST_CAP);
+        hold(c, e = entry_new(key, n, c->epoch), key);
+    }
+    if (e && counter < e->n) get_record(c, &e, gran_index, bucket)[2 + counter] += delta;
 }
 
 const iqp_featcache_stats *iqp_featcache_get_stats(const iqp_featcache *c) { return &c->stats; }

@@ -78,6 +78,10 @@ int iqp_keymap_get(const iqp_keymap *m, iqp_key128 key, uint64_t *value) {
     return 1;
 }
 
+void iqp_keymap_prefetch(const iqp_keymap *m, iqp_key128 key) {
+    __builtin_prefetch(&m->slots[fix_key(key).lo & m->mask]);
+}
+
 void iqp_keymap_put(iqp_keymap *m, iqp_key128 key, uint64_t value) {
     key = fix_key(key);
     size_t i = probe(m, key);

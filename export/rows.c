@@ -335,6 +335,13 @@ int iqp_rows_label(iqp_rows *w, const char *request_id, size_t rlen, const char 
 
 /* ---- rows ------------------------------------------------------------------------- */
 
+/* A count: most are single digits (few events per window and item), so
+ * those skip iqp_buf_i64's loop; the same bytes either way. */
+static inline void sb_count(iqp_buf *b, int64_t v) {
+    if (v >= 0 && v < 10) iqp_buf_putc(b, (char)('0' + v));
+    else iqp_buf_i64(b, v);
+}
+
 static void format_values(iqp_rows *w, const iqp_feature_row *features) {
     const iqp_config *cfg = w->cfg;
     size_t width = IQP_COUNTERS(cfg), k = 0, n = cfg->n_features * cfg->n_windows;
@@ -346,8 +353,8 @@ static void format_values(iqp_rows *w, const iqp_feature_row *features) {
         memcpy(values + 1, r->counters, width * sizeof *values);
         for (size_t m = 0; m < w->n_measures; m++, k++) {
             if (json) iqp_buf_puts(&w->row, w->measure_keys[k]);
-            else iqp_buf_append(&w->row, ",", 1);
-            if (m <= width) iqp_buf_i64(&w->row, values[m]);
+            else iqp_buf_putc(&w->row, ',');
+            if (m <= width) sb_count(&w->row, values[m]);
             else sb_rate(&w->row, iqp_features_rate(values[m - width], r->context_count), json);
         }
     }
