@@ -91,6 +91,22 @@ int iqp_aggregator_flush(iqp_aggregator *a, char *err, size_t errlen);
  * is iqp_aggregator_flush (hooks run on the caller's thread). */
 int iqp_aggregator_flush_begin(iqp_aggregator *a, char *err, size_t errlen);
 
+/* Counts on n threads (n >= 2; at most IQP_MAX_COUNT_THREADS), sharded
+ * by context key (aggregator/shards.h): this thread still decides every
+ * event in order (future, late, duplicate, the watermark and the dedup
+ * markers, so outcomes and counts are the same for any n), and the
+ * counting threads apply the cell deltas. Events passed to add must then
+ * stay valid until iqp_aggregator_after_counted says so. Call before the
+ * first add; n <= 1 keeps counting on the caller's thread. Not for an
+ * aggregator with a flush hook or whose batch is read (pending_cell,
+ * pending_buckets): backfill only. */
+void iqp_aggregator_set_threads(iqp_aggregator *a, unsigned n);
+
+/* fn(ud) runs once every event added so far is counted: at once when
+ * counting on the caller's thread, else on a counting thread, later. The
+ * cue to free the events (a decoded batch). Every flush waits for it. */
+void iqp_aggregator_after_counted(iqp_aggregator *a, void (*fn)(void *ud), void *ud);
+
 /* A flush hook sees what each flush writes, and adds to its batch: the
  * publisher's queue (publisher/pending.h) records the cells that changed
  * in the same atomic write as the counts. on_cell is called for every

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "aggregator/aggregator.h"
+#include "aggregator/shards.h"
 #include "model/config.h"
 #include "cli/cli.h"
 #include "consumers/deadletter.h"
@@ -43,6 +44,11 @@ static void usage(FILE *out) {
             "  --dead-letter FILE   where malformed and future-dated events go, one JSON\n"
             "                       line each with its reason (default: DIR/dead-letter.jsonl)\n"
             "  --flush-events N     events per store write (default: config flush_events)\n"
+            "  --threads N          counting threads, 1 to 256 (default: the online CPUs);\n"
+            "                       counting is sharded by context key, so the store, the\n"
+            "                       dead letters and the summary counts are the same for\n"
+            "                       any N; reading and decoding, and the store write, have\n"
+            "                       a thread each besides\n"
             "  --quiet              no progress line\n"
             "  --help               this text\n"
             "\n"
@@ -59,17 +65,26 @@ static void usage(FILE *out) {
 typedef struct backfill_opts {
     const char *store_dir, *config_path, *dead_letter;
     int64_t flush_events;
+    int64_t threads;
     int quiet;
 } backfill_opts;
+
+/* --threads default: the online CPUs, within [1, IQP_MAX_COUNT_THREADS]. */
+static int64_t default_threads(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > IQP_MAX_COUNT_THREADS ? IQP_MAX_COUNT_THREADS : n;
+}
 
 static int parse_opts(int argc, char **argv, backfill_opts *o) {
     static const struct option longopts[] = {
         {"store", required_argument, 0, 's'},      {"config", required_argument, 0, 'c'},
         {"dead-letter", required_argument, 0, 'd'}, {"flush-events", required_argument, 0, 'f'},
+        {"threads", required_argument, 0, 't'},
         {"quiet", no_argument, 0, 'q'},            {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     int c;
     memset(o, 0, sizeof *o);
+    o->threads = default_threads();
     optind = 1;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (c) {
@@ -80,6 +95,12 @@ static int parse_opts(int argc, char **argv, backfill_opts *o) {
         case 'f':
             if (iqp_cli_parse_i64(optarg, &o->flush_events) < 0 || o->flush_events < 1)
                 return iqp_cli_usage_error(CMD, "--flush-events must be a positive integer, not '%s'", optarg);
+            break;
+        case 't':
+            if (iqp_cli_parse_i64(optarg, &o->threads) < 0 || o->threads < 1 ||
+                o->threads > IQP_MAX_COUNT_THREADS)
+                return iqp_cli_usage_error(CMD, "--threads must be an integer in [1, %d], not '%s'",
+                                           IQP_MAX_COUNT_THREADS, optarg);
             break;
         case 'h': usage(stdout); return -1;
         default: return iqp_cli_usage_error(CMD, "unknown option");
@@ -166,6 +187,7 @@ int iqp_cmd_backfill(int argc, char **argv) {
     }
     double t0 = iqp_mono_seconds();
     iqp_ingest *ing = iqp_ingest_new(st, dl, !o.quiet && isatty(STDERR_FILENO));
+    iqp_ingest_set_threads(ing, (unsigned)o.threads);
     iqp_cli_on_stop_signals(on_stop_signal);
     rc = 0;
     for (int i = optind; i < argc && rc == 0; i++) {
