@@ -15,6 +15,12 @@
  * still retained; markers are looked up first in the batch, then in the
  * store. Nothing is read-modify-written in the store.
  *
+ * Steps 1, 2 and the markers of 3 are decided here, in event order; what
+ * the event then adds is an order (shards.h) that is applied here or, with
+ * counting threads, by the shards that own its contexts. A flush waits for
+ * the shards (iqp_shards_quiesce) and writes their combiners with this
+ * one's markers in the same batch.
+ *
  * Markers are forgotten by processing progress only (README rule 7): a
  * marker records the watermark just after the event that wrote it counted
  * (written_wm); an event looking it up forgets it when the watermark before

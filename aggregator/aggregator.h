@@ -8,6 +8,10 @@
  * caller staged (file lines, Kafka offsets), so counts and positions
  * commit together.
  *
+ * Applying a decided event's deltas to the combiner is shards.h's
+ * (iqp_count_apply), on this thread or, with iqp_aggregator_set_threads, on
+ * counting threads sharded by context key.
+ *
  * May not touch: decoding (it receives validated, normalized events), I/O
  * other than through the store, dead letters (the caller routes events the
  * aggregator rejects as future).

@@ -174,7 +174,7 @@ static void release_batch(void *b) { iqp_decode_queue_release(b); }
 
 /* Consumes the decoded batches of one file; returns -1 on a failure, 1
  * when a stop was requested (after committing up to *last_line). */
-static int count_batches(iqp_ingest *ing, iqp_decode_queue *q, iqp_logfile *lf,
+static int count_batches(iqp_ingest *ing, iqp_decode_queue *q,
                          const file_position *pos, const char *path, uint64_t *handled,
                          char *err, size_t errlen) {
     iqp_decoded_batch *b;
@@ -189,8 +189,9 @@ static int count_batches(iqp_ingest *ing, iqp_decode_queue *q, iqp_logfile *lf,
             }
         }
         if (rc == 0 && b->n > 0) last_line = *handled = b->lines[b->n - 1].line_no;
+        uint64_t bytes_in = b->bytes_in; /* the reader thread owns lf */
         iqp_aggregator_after_counted(ing->agg, release_batch, b);
-        report_progress(ing, path, iqp_logfile_bytes_in(lf), 0);
+        report_progress(ing, path, bytes_in, 0);
         if (rc == 0 && iqp_stop_requested()) {
             rc = flush_at(ing, pos, path, last_line, 0, err, errlen);
             return rc < 0 ? -1 : 1;
@@ -211,7 +212,7 @@ int iqp_ingest_file(iqp_ingest *ing, const char *path, char *err, size_t errlen)
     if (!lf) return -1;
     iqp_decode_queue *q = iqp_decode_queue_start(lf, ing->cfg, pos.lines);
     uint64_t handled = pos.lines;
-    int rc = count_batches(ing, q, lf, &pos, path, &handled, err, errlen);
+    int rc = count_batches(ing, q, &pos, path, &handled, err, errlen);
     uint64_t resumed = 0;
     char read_err[512];
     if (iqp_decode_queue_finish(q, &resumed, read_err, sizeof read_err) < 0 && rc == 0) {
