@@ -15,6 +15,12 @@
  * still retained; markers are looked up first in the batch, then in the
  * store. Nothing is read-modify-written in the store.
  *
+ * Steps 1, 2 and the markers of 3 are decided here, in event order; what
+ * the event then adds is an order (shards.h) that is applied here or, with
+ * counting threads, by the shards that own its contexts. A flush waits for
+ * the shards (iqp_shards_quiesce) and writes their combiners with this
+ * one's markers in the same batch.
+ *
  * Markers are forgotten by processing progress only (README rule 7): a
  * marker records the watermark just after the event that wrote it counted
  * (written_wm); an event looking it up forgets it when the watermark before
@@ -32,6 +38,7 @@
 
 #include "model/cells.h"
 #include "aggregator/combiner.h"
+#include "aggregator/shards.h"
 #include "model/window.h"
 
 /* A staged meta record (source positions); a short list. */
@@ -46,7 +53,8 @@ typedef struct staged_meta {
  * combiner is only read until the counting thread joins the writer. */
 typedef struct flush_job {
     iqp_aggregator *a;
-    iqp_combiner *comb;
+    iqp_combiner *comb;           /* markers, and the counts when unsharded */
+    iqp_combiner **shard_combs;   /* the counting threads' combiners (sharded) */
     staged_meta *meta;
     int64_t watermark_ms;
     pthread_t thread;
@@ -71,13 +79,14 @@ struct iqp_aggregator {
     staged_meta *meta;
     iqp_agg_flush_hook hook;      /* on_cell NULL: none */
     iqp_agg_delta_hook delta_hook; /* on_delta NULL: none */
+    iqp_shards *shards;           /* counting threads; NULL: count on this one */
     /* Buckets the unflushed deltas touch, per granularity (first > last:
      * none), so a reader of the batch (iqp_aggregator_pending_cell) only
      * probes buckets that can hold something. */
     int64_t pending_first[IQP_MAX_GRANS], pending_last[IQP_MAX_GRANS];
     /* per-event scratch */
-    iqp_keybuf prefix[IQP_MAX_FEATURES];
-    uint32_t prefix_id[IQP_MAX_FEATURES]; /* the prefixes interned in the combiner */
+    iqp_count_order order;        /* what the event being decided adds */
+    iqp_count_scratch scratch;    /* for applying it on this thread */
     int live[IQP_MAX_GRANS];      /* granularity retains this event's bucket */
     int64_t buckets[IQP_MAX_GRANS];
 };
@@ -104,7 +113,7 @@ iqp_aggregator *iqp_aggregator_new(iqp_store *st) {
     a->batch = iqp_store_batch_new(st);
     a->watermark_ms = iqp_store_watermark(st);
     reset_pending_buckets(a);
-    for (size_t f = 0; f < a->cfg->n_features; f++) iqp_keybuf_init(&a->prefix[f]);
+    iqp_count_scratch_init(&a->scratch, a->cfg);
     return a;
 }
 
@@ -124,10 +133,12 @@ void iqp_aggregator_free(iqp_aggregator *a) {
     if (!a) return;
     char err[512];
     join_flush(a, err, sizeof err); /* a failure was reported by the caller's last flush */
+    iqp_shards_free(a->shards);
+    free(a->job.shard_combs);
     iqp_combiner_free(a->spare);
     iqp_combiner_free(a->comb);
     iqp_store_batch_free(a->batch);
-    for (size_t f = 0; f < a->cfg->n_features; f++) iqp_keybuf_free(&a->prefix[f]);
+    iqp_count_scratch_free(&a->scratch, a->cfg);
     free_staged(a);
     free(a);
 }
@@ -163,92 +174,31 @@ static int find_marker(iqp_aggregator *a, const unsigned char *key, int64_t wm, 
 
 /* ---- cell deltas --------------------------------------------------------- */
 
-/* Builds and interns every feature's context prefix for this event. */
-static void build_prefixes(iqp_aggregator *a, const iqp_context *ctx) {
-    for (size_t f = 0; f < a->cfg->n_features; f++) {
-        iqp_cells_context_prefix(&a->prefix[f], &a->cfg->features[f], ctx);
-        a->prefix_id[f] = iqp_combiner_prefix_id(a->comb, a->prefix[f].buf, a->prefix[f].len);
-    }
-}
-
-/* Tells the delta hook, if any, what the combiner just took. */
-static void report_delta(const iqp_aggregator *a, iqp_cf cf, size_t f, const iqp_item_ref *item,
-                         size_t g, int64_t b, size_t idx, int64_t delta) {
-    const iqp_agg_delta_hook *h = &a->delta_hook;
-    h->on_delta(h->ud, cf, a->prefix[f].buf, a->prefix[f].len, item ? item->id : NULL,
-                item ? item->len : 0, (int)g, b, idx, delta);
-}
-
-/* Adds delta to counter idx of the cells of item (interned as item_id) at
- * ts, in every feature and every granularity that retains ts's bucket
- * relative to wm. */
-static void bump_item_id(iqp_aggregator *a, uint32_t item_id, const iqp_item_ref *item, size_t idx,
-                         int64_t ts, int64_t wm, int64_t delta) {
+static void note_ts_buckets(iqp_aggregator *a, int64_t ts, int64_t wm) {
     for (size_t g = 0; g < a->cfg->n_grans; g++) {
         int64_t b = iqp_bucket_of(ts, a->cfg->gran_ms[g]);
-        if (b < iqp_retention_first_bucket(a->cfg, (int)g, wm)) continue;
-        for (size_t f = 0; f < a->cfg->n_features; f++) {
-            iqp_combiner_add_count(a->comb, a->prefix_id[f], item_id, (int)g, b, idx, delta);
-            if (a->delta_hook.on_delta) report_delta(a, IQP_CF_COUNTS, f, item, g, b, idx, delta);
-        }
-        note_pending_bucket(a, g, b);
-        a->stats.cell_updates += a->cfg->n_features;
+        if (b >= iqp_retention_first_bucket(a->cfg, (int)g, wm)) note_pending_bucket(a, g, b);
     }
 }
 
-static void bump_item(iqp_aggregator *a, const iqp_item_ref *item, size_t idx, int64_t ts,
-                      int64_t wm, int64_t delta) {
-    if (a->restoring) return;
-    bump_item_id(a, iqp_combiner_item_id(a->comb, item->id, item->len), item, idx, ts, wm, delta);
+/* Adds a move of the keyed min-ts rule to the event's order. */
+static void order_move(iqp_aggregator *a, size_t idx, int64_t ts, int delta) {
+    iqp_count_order *o = &a->order;
+    o->moves[o->n_moves++] = (iqp_count_move){ts, (uint32_t)idx, delta};
 }
 
-/* +1 context_count for every feature's context in the live granularities. */
-static void bump_contexts(iqp_aggregator *a) {
-    if (a->restoring) return;
-    for (size_t g = 0; g < a->cfg->n_grans; g++) {
-        if (!a->live[g]) continue;
-        for (size_t f = 0; f < a->cfg->n_features; f++) {
-            iqp_combiner_add_context(a->comb, a->prefix_id[f], (int)g, a->buckets[g], 1);
-            if (a->delta_hook.on_delta) report_delta(a, IQP_CF_CONTEXTS, f, NULL, g, a->buckets[g], 0, 1);
-        }
-        note_pending_bucket(a, g, a->buckets[g]);
-        a->stats.cell_updates += a->cfg->n_features;
-    }
-}
-
-static int cmp_item_refs(const void *x, const void *y) {
-    const iqp_item_ref *a = x, *b = y;
-    size_t n = a->len < b->len ? a->len : b->len;
-    int r = memcmp(a->id, b->id, n);
-    return r ? r : (a->len > b->len) - (a->len < b->len);
-}
-
-static void count_impression(iqp_aggregator *a, const iqp_event *ev) {
-    bump_contexts(a);
-    if (a->restoring) return;
-    if (ev->n_items <= 64) {
-        /* equal items intern to equal ids: a repeat is an id seen before
-         * (linear over the usual tens of integers) */
-        uint32_t ids[64];
-        for (size_t i = 0; i < ev->n_items; i++) {
-            ids[i] = iqp_combiner_item_id(a->comb, ev->items[i].id, ev->items[i].len);
-            size_t j = 0;
-            while (j < i && ids[j] != ids[i]) j++;
-            if (j == i)
-                bump_item_id(a, ids[i], &ev->items[i], IQP_COUNTER_IMPRESSION, ev->ts,
-                             a->watermark_ms, 1);
-        }
+/* Counts the decided event's order: here, or on the counting threads
+ * (shards.h), which apply orders in the order they were decided. */
+static void dispatch_order(iqp_aggregator *a) {
+    const iqp_count_order *o = &a->order;
+    if (a->shards) {
+        iqp_shards_push(a->shards, o);
         return;
     }
-    /* Large impressions: sort a copy so duplicates are adjacent. */
-    iqp_item_ref *sorted = malloc(ev->n_items * sizeof *sorted);
-    if (!sorted) abort();
-    memcpy(sorted, ev->items, ev->n_items * sizeof *sorted);
-    qsort(sorted, ev->n_items, sizeof *sorted, cmp_item_refs);
-    for (size_t i = 0; i < ev->n_items; i++)
-        if (i == 0 || cmp_item_refs(&sorted[i - 1], &sorted[i]) != 0)
-            bump_item(a, &sorted[i], IQP_COUNTER_IMPRESSION, ev->ts, a->watermark_ms, 1);
-    free(sorted);
+    if (o->ev->kind == IQP_EVENT_IMPRESSION) note_ts_buckets(a, o->ev->ts, o->wm);
+    for (unsigned m = 0; m < o->n_moves; m++) note_ts_buckets(a, o->moves[m].ts, o->wm);
+    const iqp_count_observer *obs = a->delta_hook.on_delta ? &a->delta_hook : NULL;
+    a->stats.cell_updates += iqp_count_apply(a->cfg, a->comb, &a->scratch, o, 0, 1, obs);
 }
 
 /* The keyed min-ts rule for one marker: returns 1 when counters changed,
@@ -262,8 +212,8 @@ static int count_keyed(iqp_aggregator *a, const iqp_event *ev, const iqp_context
     int found = find_marker(a, mk, seen_wm, &old);
     if (found < 0) return -1;
     if (found && old.ts <= ev->ts) return 0;
-    if (found) bump_item(a, &ev->item, idx, old.ts, a->watermark_ms, -1);
-    bump_item(a, &ev->item, idx, ev->ts, a->watermark_ms, 1);
+    if (found) order_move(a, idx, old.ts, -1);
+    order_move(a, idx, ev->ts, 1);
     iqp_combiner_set_marker(a->comb, mk, &now);
     return 1;
 }
@@ -301,14 +251,13 @@ iqp_agg_outcome iqp_aggregator_add(iqp_aggregator *a, const iqp_event *ev, int64
     a->watermark_ms = wm;
     iqp_context ctx;
     iqp_event_context(a->cfg, ev, &ctx);
-    build_prefixes(a, &ctx);
+    a->order = (iqp_count_order){.ev = ev, .wm = wm};
     int changed = 1;
-    if (ev->kind == IQP_EVENT_IMPRESSION)
-        count_impression(a, ev);
-    else if ((changed = count_action(a, ev, &ctx, previous_wm)) < 0)
+    if (ev->kind != IQP_EVENT_IMPRESSION && (changed = count_action(a, ev, &ctx, previous_wm)) < 0)
         goto store_error;
     if (!changed || a->restoring) a->watermark_ms = previous_wm;
     if (!changed) return a->stats.duplicate++, IQP_AGG_DUPLICATE;
+    if (!a->restoring) dispatch_order(a);
     iqp_combiner_set_marker(a->comb, mk, &now);
     a->pending++;
     if (a->restoring) return a->stats.restored++, IQP_AGG_COUNTED;
@@ -350,6 +299,10 @@ size_t iqp_aggregator_pending(const iqp_aggregator *a) { return a->pending; }
 void iqp_aggregator_discard(iqp_aggregator *a) {
     char err[512];
     join_flush(a, err, sizeof err); /* the batch before this one stays committed */
+    if (a->shards) {
+        iqp_shards_quiesce(a->shards);
+        iqp_shards_clear(a->shards);
+    }
     iqp_combiner_clear(a->comb);
     free_staged(a);
     a->pending = 0;
@@ -358,16 +311,22 @@ void iqp_aggregator_discard(iqp_aggregator *a) {
 }
 
 int iqp_aggregator_should_flush(const iqp_aggregator *a) {
-    return a->pending >= a->cfg->flush_events || iqp_combiner_cells(a->comb) >= IQP_AGG_MAX_CELLS;
+    size_t cells = iqp_combiner_cells(a->comb) + (a->shards ? iqp_shards_cells(a->shards) : 0);
+    return a->pending >= a->cfg->flush_events || cells >= IQP_AGG_MAX_CELLS;
 }
 
-/* Fills b with a micro-batch: counter merges and markers of comb (on_cell
- * told of each cell), staged meta and the watermark. Returns the merges
+/* Fills b with a micro-batch: counter merges and markers of comb and of
+ * the n_shards shard combiners (on_cell told of each cell), staged meta and
+ * the watermark. The shards hold disjoint contexts, so every stored key
+ * comes from one combiner, in key order, as one merge. Returns the merges
  * (stored keys written: one per (context, entity, slot)). */
-static size_t fill_batch(iqp_store_batch *b, const iqp_combiner *comb, const staged_meta *meta,
-                         int64_t watermark_ms, const iqp_agg_flush_hook *hook) {
+static size_t fill_batch(iqp_store_batch *b, const iqp_combiner *comb, iqp_combiner *const *shard_combs,
+                         size_t n_shards, const staged_meta *meta, int64_t watermark_ms,
+                         const iqp_agg_flush_hook *hook) {
     iqp_store_batch_clear(b);
     iqp_combiner_write(comb, b, hook ? hook->on_cell : NULL, hook ? hook->ud : NULL);
+    for (size_t k = 0; k < n_shards; k++)
+        iqp_combiner_write(shard_combs[k], b, hook ? hook->on_cell : NULL, hook ? hook->ud : NULL);
     size_t merges = iqp_store_batch_merges(b);
     for (const staged_meta *m = meta; m; m = m->next)
         iqp_store_batch_put(b, IQP_CF_META, m->key, strlen(m->key), m->val, m->vlen);
@@ -382,11 +341,27 @@ static void batch_done(iqp_aggregator *a) {
     a->stats.flushes++;
 }
 
+static size_t n_shards(const iqp_aggregator *a) { return a->shards ? iqp_shards_n(a->shards) : 0; }
+
+/* Waits for the counting threads and moves their combiners into the flush
+ * job (a->job.shard_combs); with no counting threads, nothing. */
+static void take_shards(iqp_aggregator *a) {
+    if (!a->shards) return;
+    iqp_shards_quiesce(a->shards);
+    a->stats.cell_updates += iqp_shards_take_updates(a->shards);
+    iqp_shards_take(a->shards, a->job.shard_combs);
+}
+
+static void give_back_shards(iqp_aggregator *a) {
+    if (a->shards) iqp_shards_give_back(a->shards, a->job.shard_combs);
+}
+
 static void *writer_main(void *arg) {
     flush_job *j = arg;
     iqp_store_batch *b = j->a->batch;
     pthread_setname_np(pthread_self(), "iqp-writer");
-    j->cells_written = fill_batch(b, j->comb, j->meta, j->watermark_ms, NULL);
+    j->cells_written = fill_batch(b, j->comb, j->shard_combs, n_shards(j->a), j->meta,
+                                  j->watermark_ms, NULL);
     j->batch_bytes = iqp_store_batch_bytes(b);
     j->rc = iqp_store_batch_commit(j->a->st, b, j->err, sizeof j->err);
     iqp_store_batch_clear(b);
@@ -400,6 +375,7 @@ static int collect_flush(iqp_aggregator *a, char *err, size_t errlen) {
     j->running = 0;
     iqp_combiner_clear(j->comb);
     a->spare = j->comb;
+    give_back_shards(a);
     staged_meta *keep = a->meta;
     a->meta = j->meta;
     free_staged(a);
@@ -429,8 +405,11 @@ int iqp_aggregator_flush(iqp_aggregator *a, char *err, size_t errlen) {
     }
     if (a->pending == 0 && !a->meta) return 0;
     iqp_store_batch *b = a->batch;
-    a->stats.cells_written += fill_batch(b, a->comb, a->meta, a->watermark_ms, &a->hook);
+    take_shards(a);
+    a->stats.cells_written += fill_batch(b, a->comb, a->job.shard_combs, n_shards(a), a->meta,
+                                         a->watermark_ms, &a->hook);
     iqp_combiner_clear(a->comb);
+    give_back_shards(a);
     if (a->hook.before_commit) a->hook.before_commit(a->hook.ud, b);
     a->stats.batch_bytes += iqp_store_batch_bytes(b);
     int rc = iqp_store_batch_commit(a->st, b, err, errlen);
@@ -457,6 +436,7 @@ int iqp_aggregator_flush_begin(iqp_aggregator *a, char *err, size_t errlen) {
     flush_job *j = &a->job;
     if (!a->spare) a->spare = iqp_combiner_new(IQP_COUNTERS(a->cfg));
     j->a = a;
+    take_shards(a);
     j->comb = a->comb;
     j->meta = a->meta;
     j->watermark_ms = a->watermark_ms;
@@ -470,6 +450,19 @@ int iqp_aggregator_flush_begin(iqp_aggregator *a, char *err, size_t errlen) {
         return collect_flush(a, err, errlen);
     }
     return 0;
+}
+
+void iqp_aggregator_set_threads(iqp_aggregator *a, unsigned n) {
+    if (a->shards || n < 2 || a->delta_hook.on_delta) return;
+    if (n > IQP_MAX_COUNT_THREADS) n = IQP_MAX_COUNT_THREADS;
+    a->job.shard_combs = calloc(n, sizeof *a->job.shard_combs);
+    if (!a->job.shard_combs) abort();
+    a->shards = iqp_shards_new(a->cfg, n);
+}
+
+void iqp_aggregator_after_counted(iqp_aggregator *a, void (*fn)(void *ud), void *ud) {
+    if (a->shards) iqp_shards_after(a->shards, fn, ud);
+    else fn(ud);
 }
 
 void iqp_aggregator_set_flush_hook(iqp_aggregator *a, const iqp_agg_flush_hook *hook) {

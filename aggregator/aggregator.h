@@ -8,6 +8,10 @@
  * caller staged (file lines, Kafka offsets), so counts and positions
  * commit together.
  *
+ * Applying a decided event's deltas to the combiner is shards.h's
+ * (iqp_count_apply), on this thread or, with iqp_aggregator_set_threads, on
+ * counting threads sharded by context key.
+ *
  * May not touch: decoding (it receives validated, normalized events), I/O
  * other than through the store, dead letters (the caller routes events the
  * aggregator rejects as future).
@@ -20,6 +24,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include "aggregator/shards.h"
 #include "schemas/event.h"
 #include "store/store.h"
 
@@ -91,6 +96,22 @@ int iqp_aggregator_flush(iqp_aggregator *a, char *err, size_t errlen);
  * is iqp_aggregator_flush (hooks run on the caller's thread). */
 int iqp_aggregator_flush_begin(iqp_aggregator *a, char *err, size_t errlen);
 
+/* Counts on n threads (n >= 2; at most IQP_MAX_COUNT_THREADS), sharded
+ * by context key (aggregator/shards.h): this thread still decides every
+ * event in order (future, late, duplicate, the watermark and the dedup
+ * markers, so outcomes and counts are the same for any n), and the
+ * counting threads apply the cell deltas. Events passed to add must then
+ * stay valid until iqp_aggregator_after_counted says so. Call before the
+ * first add; n <= 1 keeps counting on the caller's thread. Not for an
+ * aggregator with a flush hook or whose batch is read (pending_cell,
+ * pending_buckets): backfill only. */
+void iqp_aggregator_set_threads(iqp_aggregator *a, unsigned n);
+
+/* fn(ud) runs once every event added so far is counted: at once when
+ * counting on the caller's thread, else on a counting thread, later. The
+ * cue to free the events (a decoded batch). Every flush waits for it. */
+void iqp_aggregator_after_counted(iqp_aggregator *a, void (*fn)(void *ud), void *ud);
+
 /* A flush hook sees what each flush writes, and adds to its batch: the
  * publisher's queue (publisher/pending.h) records the cells that changed
  * in the same atomic write as the counts. on_cell is called for every
@@ -113,13 +134,9 @@ void iqp_aggregator_set_flush_hook(iqp_aggregator *a, const iqp_agg_flush_hook *
  * the raw item id; granularity, bucket, counter index, delta. Summed, the
  * deltas since the hook was installed are what every later flush adds to
  * the store (iqp export keeps its mirror of store + batch exact with it:
- * export/featcache.h). A hook user must not call iqp_aggregator_discard. */
-typedef struct iqp_agg_delta_hook {
-    void (*on_delta)(void *ud, iqp_cf cf, const unsigned char *prefix, size_t plen,
-                     const char *item, size_t ilen, int gran_index, int64_t bucket, size_t counter,
-                     int64_t delta);
-    void *ud;
-} iqp_agg_delta_hook;
+ * export/featcache.h). A hook user must not call iqp_aggregator_discard,
+ * nor count on threads (iqp_aggregator_set_threads ignores n then). */
+typedef iqp_count_observer iqp_agg_delta_hook; /* shards.h */
 
 /* Installs (or, with NULL, removes) the delta hook. */
 void iqp_aggregator_set_delta_hook(iqp_aggregator *a, const iqp_agg_delta_hook *hook);

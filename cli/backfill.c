@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "aggregator/aggregator.h"
+#include "aggregator/shards.h"
 #include "model/config.h"
 #include "cli/cli.h"
 #include "cli/flags.h"
@@ -31,6 +32,7 @@ static const char *CMD = "backfill";
 typedef struct backfill_opts {
     const char *store_dir, *config_path, *dead_letter;
     int64_t flush_events;
+    int64_t threads;
     int quiet;
     iqp_flag_list files;
 } backfill_opts;
@@ -45,6 +47,11 @@ static const iqp_flag FLAGS[] = {
              "DIR/dead-letter.jsonl)"},
     {"flush-events", IQP_FLAG_INT, offsetof(backfill_opts, flush_events), .min = 1, .max = INT64_MAX,
      .must = "a positive integer", .help = "events per store write (default: config flush_events)"},
+    {"threads", IQP_FLAG_INT, offsetof(backfill_opts, threads), .min = 1, .max = IQP_MAX_COUNT_THREADS,
+     .must = "an integer in [1, 256]",
+     .help = "counting threads (default: the online CPUs); counting is sharded by context key, so the "
+             "store, the dead letters and the summary counts are the same for any N; reading and decoding, "
+             "and the store write, have a thread each besides"},
     {"quiet", IQP_FLAG_BOOL, offsetof(backfill_opts, quiet), .help = "no progress line"},
     {0}};
 
@@ -68,8 +75,15 @@ static const iqp_flag_cmd BACKFILL = {
     .flags = FLAGS,
 };
 
+/* --threads default: the online CPUs, within [1, IQP_MAX_COUNT_THREADS]. */
+static int64_t default_threads(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > IQP_MAX_COUNT_THREADS ? IQP_MAX_COUNT_THREADS : n;
+}
+
 static int parse_opts(int argc, char **argv, backfill_opts *o) {
     memset(o, 0, sizeof *o);
+    o->threads = default_threads();
     int rc = iqp_flags_parse(&BACKFILL, o, argc, argv);
     if (rc) return rc;
     if (!o->store_dir) return iqp_cli_usage_error(CMD, "--store DIR is required");
@@ -153,6 +167,7 @@ int iqp_cmd_backfill(int argc, char **argv) {
     }
     double t0 = iqp_mono_seconds();
     iqp_ingest *ing = iqp_ingest_new(st, dl, !o.quiet && isatty(STDERR_FILENO));
+    iqp_ingest_set_threads(ing, (unsigned)o.threads);
     iqp_cli_on_stop_signals(on_stop_signal);
     rc = 0;
     for (size_t i = 0; i < o.files.n && rc == 0; i++) {

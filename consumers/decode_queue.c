@@ -49,6 +49,7 @@ void iqp_decode_queue_release(iqp_decoded_batch *b) {
 
 /* Blocks while the ring is full; returns 0 when the consumer stopped. */
 static int push(iqp_decode_queue *q, iqp_decoded_batch *b) {
+    b->bytes_in = iqp_logfile_bytes_in(q->lf); /* the consumer's progress, read here */
     pthread_mutex_lock(&q->mu);
     while (q->count == QUEUE_DEPTH && !q->stop) pthread_cond_wait(&q->not_full, &q->mu);
     int accepted = !q->stop;

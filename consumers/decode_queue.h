@@ -29,6 +29,7 @@ typedef struct iqp_decoded_line {
 } iqp_decoded_line;
 
 typedef struct iqp_decoded_batch {
+    uint64_t bytes_in;       /* iqp_logfile_bytes_in when the batch was full */
     size_t n;
     iqp_decoded_line lines[];
 } iqp_decoded_batch;

@@ -6,11 +6,16 @@
  * duplicate, late, or dead-lettered). It is staged before every flush and
  * once more, with done=true, for the final flush of the file.
  *
- * Threads: the decode queue parses lines on one thread, this loop counts on
- * the caller's, and full micro-batches are written by the aggregator's
- * writer thread (iqp_aggregator_flush_begin) while counting goes on. The
- * final flush of a file, a stop and a read error flush synchronously, so
- * what this function returns is committed.
+ * Threads: the decode queue parses lines on one thread, this loop decides
+ * every event on the caller's (future, late, duplicate: the order-dependent
+ * rules, and the dead letters, in file order), the deltas are counted here
+ * or, with iqp_ingest_set_threads(n >= 2), on n counting threads sharded by
+ * context key, and full micro-batches are written by the aggregator's
+ * writer thread (iqp_aggregator_flush_begin) while counting goes on. A
+ * decoded batch is freed once its events are counted
+ * (iqp_aggregator_after_counted). The final flush of a file, a stop and a
+ * read error flush synchronously, so what this function returns is
+ * committed.
  */
 #include "consumers/ingest.h"
 
@@ -56,6 +61,8 @@ void iqp_ingest_free(iqp_ingest *ing) {
     iqp_aggregator_free(ing->agg);
     free(ing);
 }
+
+void iqp_ingest_set_threads(iqp_ingest *ing, unsigned n) { iqp_aggregator_set_threads(ing->agg, n); }
 
 const iqp_ingest_stats *iqp_ingest_get_stats(const iqp_ingest *ing) { return &ing->stats; }
 
@@ -163,9 +170,11 @@ static int flush_at(iqp_ingest *ing, const file_position *pos, const char *path,
     return iqp_aggregator_flush(ing->agg, err, errlen);
 }
 
+static void release_batch(void *b) { iqp_decode_queue_release(b); }
+
 /* Consumes the decoded batches of one file; returns -1 on a failure, 1
  * when a stop was requested (after committing up to *last_line). */
-static int count_batches(iqp_ingest *ing, iqp_decode_queue *q, iqp_logfile *lf,
+static int count_batches(iqp_ingest *ing, iqp_decode_queue *q,
                          const file_position *pos, const char *path, uint64_t *handled,
                          char *err, size_t errlen) {
     iqp_decoded_batch *b;
@@ -180,8 +189,9 @@ static int count_batches(iqp_ingest *ing, iqp_decode_queue *q, iqp_logfile *lf,
             }
         }
         if (rc == 0 && b->n > 0) last_line = *handled = b->lines[b->n - 1].line_no;
-        iqp_decode_queue_release(b);
-        report_progress(ing, path, iqp_logfile_bytes_in(lf), 0);
+        uint64_t bytes_in = b->bytes_in; /* the reader thread owns lf */
+        iqp_aggregator_after_counted(ing->agg, release_batch, b);
+        report_progress(ing, path, bytes_in, 0);
         if (rc == 0 && iqp_stop_requested()) {
             rc = flush_at(ing, pos, path, last_line, 0, err, errlen);
             return rc < 0 ? -1 : 1;
@@ -202,7 +212,7 @@ int iqp_ingest_file(iqp_ingest *ing, const char *path, char *err, size_t errlen)
     if (!lf) return -1;
     iqp_decode_queue *q = iqp_decode_queue_start(lf, ing->cfg, pos.lines);
     uint64_t handled = pos.lines;
-    int rc = count_batches(ing, q, lf, &pos, path, &handled, err, errlen);
+    int rc = count_batches(ing, q, &pos, path, &handled, err, errlen);
     uint64_t resumed = 0;
     char read_err[512];
     if (iqp_decode_queue_finish(q, &resumed, read_err, sizeof read_err) < 0 && rc == 0) {

@@ -34,6 +34,12 @@ typedef struct iqp_ingest iqp_ingest;
 iqp_ingest *iqp_ingest_new(iqp_store *st, iqp_deadletter *dl, int progress);
 void iqp_ingest_free(iqp_ingest *ing);
 
+/* Counts on n threads sharded by context key (aggregator.h:
+ * iqp_aggregator_set_threads); n <= 1 counts on the caller's thread. The
+ * store, dead letters and positions come out the same for any n. Call
+ * before the first file. */
+void iqp_ingest_set_threads(iqp_ingest *ing, unsigned n);
+
 /* Counts one file ("-" = stdin) and commits it. Returns 0, 1 when stopped
  * by iqp_stop_request (util/stop.h; what was counted is committed with its
  * position, so the next run resumes there), or -1 with err on an

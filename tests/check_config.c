@@ -187,6 +187,24 @@ START_TEST(commands_exit_2_naming_the_key) {
 }
 END_TEST
 
+/* --threads of iqp backfill: 1..256, anything else exits 2 naming the
+ * value, before the store is opened (it does not exist). */
+START_TEST(backfill_threads_flag) {
+    static const char *const bad[] = {"0", "-1", "abc", "257", "2x", "''", "1e3"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        char *args = tu_fmt("backfill --store /nonexistent/s --threads %s /nonexistent/in.jsonl", bad[i]);
+        const char *shown = strcmp(bad[i], "''") == 0 ? "" : bad[i];
+        char *needle = tu_fmt("--threads must be an integer in [1, 256], not '%s'", shown);
+        expect_exit("{}", args, 2, needle);
+        free(needle);
+        free(args);
+    }
+    /* a good value gets as far as the missing store directory's parent: exit 1 */
+    expect_exit("{}", "backfill --store /nonexistent/s --threads 256 /nonexistent/in.jsonl", 1,
+                "/nonexistent");
+}
+END_TEST
+
 START_TEST(missing_file) {
     iqp_config c;
     iqp_config_defaults(&c);
@@ -236,6 +254,7 @@ int main(void) {
     tcase_add_test(tc, missing_file);
     tcase_add_test(tc, current_layout_version_is_accepted);
     tcase_add_test(tc, commands_exit_2_naming_the_key);
+    tcase_add_test(tc, backfill_threads_flag);
     tcase_add_test(tc, layout_fingerprint);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

@@ -41,8 +41,14 @@
  *                       a 30-day log, time-ordered and shuffled (repeats
  *                       far behind the watermark, dedup markers forgotten
  *                       under rule 7), backfilled with flush sizes 1, 997
- *                       and 200000: byte-identical lookups, equal `iqp stats
+ *                       and 200000: byte-identical lookups, `iqp refresh
+ *                       --dump` output and dead letters, equal `iqp stats
  *                       --compact` cell counts, and the oracle's values.
+ *   thread_count_invariance
+ *                       the same checks for --threads 1, 2, 3 and 4
+ *                       (counting sharded by context key), at flush sizes
+ *                       that end batches mid-way, every event, and never,
+ *                       on a larger shuffled log.
  *
  * Every command goes through /bin/sh, so each argument is single-quoted.
  */
@@ -989,8 +995,14 @@ END_TEST
 /* ---- flush-size invariance (README rule 7) ------------------------------ */
 
 #define INV_IMPRESSIONS 1500
-static const int inv_flush_sizes[] = {1, 997, 200000};
-#define N_INV_FLUSH (sizeof inv_flush_sizes / sizeof *inv_flush_sizes)
+static const char *const inv_flush_flags[] = {"--flush-events 1", "--flush-events 997",
+                                              "--flush-events 200000"};
+#define THREAD_INV_IMPRESSIONS 6000
+static const char *const inv_thread_flags[] = {
+    "--threads 1 --flush-events 997", "--threads 2 --flush-events 997",
+    "--threads 4 --flush-events 997", "--threads 4 --flush-events 1",
+    "--threads 3 --flush-events 200000", "--threads 2 --flush-events 200000"};
+#define N_FLAGS(a) (sizeof(a) / sizeof *(a))
 
 /* Writes the lines of src to dst in a fixed pseudo-random order
  * (Fisher-Yates with a xorshift generator). */
@@ -1061,36 +1073,59 @@ static void invariance_lookups(const oracle *model, const char *dir, FILE *out, 
                 }
 }
 
-/* One log at every flush size: returns the number of differences. */
-static size_t check_invariance(const char *log, const char *what) {
+/* What one backfill gives: every invariance lookup, `iqp refresh --dump`
+ * as of the watermark, and the dead letters, as one text; lookups are
+ * compared with model into t. */
+static char *invariance_output(const oracle *model, const char *dir, tally *t) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&text, &len);
+    invariance_lookups(model, dir, out, t);
+    char *cmd = fmt("%s refresh --quiet --store '%s' --as-of %" PRId64 " --dump '%s/dump.txt'",
+                    tu_iqp(), dir, oracle_watermark(model), dir);
+    ck_assert_msg(run_ok(cmd), "iqp refresh --dump failed: %s", cmd);
+    char *dump = fmt("%s/dump.txt", dir), *dl = fmt("%s/dead-letter.jsonl", dir);
+    char *dump_text = tu_read_file(dump, NULL), *dl_text = tu_read_file(dl, NULL);
+    ck_assert_msg(dump_text && dl_text, "cannot read %s or %s", dump, dl);
+    ck_assert_msg(strlen(dump_text) > 1000, "the dump of %s is nearly empty", dir);
+    fprintf(out, "---- dump\n%s---- dead letters\n%s", dump_text, dl_text);
+    fclose(out);
+    free(dump_text);
+    free(dl_text);
+    free(dump);
+    free(dl);
+    free(cmd);
+    return text;
+}
+
+/* One log backfilled with each of the flag sets: returns the number of
+ * differences between them and with the oracle. */
+static size_t check_invariance(const char *log, const char *what, const char *const *flags,
+                               size_t n_flags) {
     oracle *model = oracle_new(now_ms());
     ck_assert_msg(oracle_load_file(model, log) == 0, "oracle cannot read %s", log);
     char *first_out = NULL, *first_stats = NULL;
     size_t differ = 0;
     tally t = {0, 0, 0};
-    for (size_t k = 0; k < N_INV_FLUSH; k++) {
-        char *dir = fmt("%s/inv-%s-%d", tmp, what, inv_flush_sizes[k]);
-        char *cmd = fmt("%s backfill --quiet --flush-events %d --store '%s' '%s' 2>/dev/null",
-                        tu_iqp(), inv_flush_sizes[k], dir, log);
-        char *text = NULL;
-        size_t len = 0;
-        FILE *out = open_memstream(&text, &len);
-        ck_assert(run_ok(cmd));
-        invariance_lookups(model, dir, out, &t);
-        fclose(out);
+    for (size_t k = 0; k < n_flags; k++) {
+        char *dir = fmt("%s/inv-%s-%zu", tmp, what, k);
+        char *cmd = fmt("%s backfill --quiet %s --store '%s' '%s' 2>/dev/null", tu_iqp(), flags[k],
+                        dir, log);
+        ck_assert_msg(run_ok(cmd), "backfill failed: %s", cmd);
+        char *text = invariance_output(model, dir, &t);
         char *stats = settled_stats(dir);
         if (!first_out) {
             first_out = text;
             first_stats = stats;
         } else {
             if (strcmp(first_out, text) != 0) {
-                fprintf(stderr, "e2e: %s: lookups at flush %d differ from flush %d\n", what,
-                        inv_flush_sizes[k], inv_flush_sizes[0]);
+                fprintf(stderr, "e2e: %s: lookups, dump or dead letters with %s differ from %s\n",
+                        what, flags[k], flags[0]);
                 differ++;
             }
             if (strcmp(first_stats, stats) != 0) {
-                fprintf(stderr, "e2e: %s: stats at flush %d: %s, at flush %d: %s\n", what,
-                        inv_flush_sizes[k], stats, inv_flush_sizes[0], first_stats);
+                fprintf(stderr, "e2e: %s: stats with %s: %s, with %s: %s\n", what, flags[k], stats,
+                        flags[0], first_stats);
                 differ++;
             }
             free(text);
@@ -1110,17 +1145,37 @@ static size_t check_invariance(const char *log, const char *what) {
     return differ + t.mismatches;
 }
 
+/* A generated 30-day log (repeats and redeliveries far behind the
+ * watermark) in time order at ordered, shuffled at shuffled. */
+static void invariance_logs(int impressions, const char *ordered, const char *shuffled) {
+    char *cmd = fmt("%s gen --seed 7 --impressions %d --start %" PRId64 " --span 30d "
+                    "--redeliver-rate 0.1 --repeat-rate 0.3 --queries 20 --items 200 --out '%s'",
+                    tu_iqp(), impressions, (int64_t)START_MS, ordered);
+    ck_assert(run_ok(cmd));
+    shuffle_lines(ordered, shuffled);
+    free(cmd);
+}
+
 START_TEST(flush_size_invariance) {
     REQUIRE_SETUP();
     char *ordered = fmt("%s/inv-ordered.jsonl", tmp), *shuffled = fmt("%s/inv-shuffled.jsonl", tmp);
-    char *cmd = fmt("%s gen --seed 7 --impressions %d --start %" PRId64 " --span 30d "
-                    "--redeliver-rate 0.1 --repeat-rate 0.3 --queries 20 --items 200 --out '%s'",
-                    tu_iqp(), INV_IMPRESSIONS, (int64_t)START_MS, ordered);
-    ck_assert(run_ok(cmd));
-    shuffle_lines(ordered, shuffled);
-    size_t differ = check_invariance(ordered, "ordered") + check_invariance(shuffled, "shuffled");
+    invariance_logs(INV_IMPRESSIONS, ordered, shuffled);
+    size_t differ = check_invariance(ordered, "ordered", inv_flush_flags, N_FLAGS(inv_flush_flags)) +
+                    check_invariance(shuffled, "shuffled", inv_flush_flags, N_FLAGS(inv_flush_flags));
     ck_assert_msg(differ == 0, "%zu differences between flush sizes or with the oracle", differ);
-    free(cmd);
+    free(ordered);
+    free(shuffled);
+}
+END_TEST
+
+/* Counting sharded over threads by context key: the same store, dumps,
+ * dead letters and oracle values for any thread count. */
+START_TEST(thread_count_invariance) {
+    REQUIRE_SETUP();
+    char *ordered = fmt("%s/tinv-ordered.jsonl", tmp), *shuffled = fmt("%s/tinv-shuffled.jsonl", tmp);
+    invariance_logs(THREAD_INV_IMPRESSIONS, ordered, shuffled);
+    size_t differ = check_invariance(shuffled, "threads", inv_thread_flags, N_FLAGS(inv_thread_flags));
+    ck_assert_msg(differ == 0, "%zu differences between thread counts or with the oracle", differ);
     free(ordered);
     free(shuffled);
 }
@@ -1140,6 +1195,7 @@ static Suite *e2e_suite(void) {
     tcase_add_test(tc, backfill_again);
     tcase_add_test(tc, backfill_killed_and_resumed);
     tcase_add_test(tc, flush_size_invariance);
+    tcase_add_test(tc, thread_count_invariance);
     suite_add_tcase(s, tc);
     return s;
 }
