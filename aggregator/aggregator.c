@@ -32,6 +32,7 @@
 #include "aggregator/aggregator.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,6 +60,7 @@ typedef struct flush_job {
     int64_t watermark_ms;
     pthread_t thread;
     int running;                  /* thread started, not joined yet */
+    atomic_int written;           /* the writer is done: joining does not wait */
     int rc;
     size_t cells_written, batch_bytes;
     char err[512];
@@ -356,15 +358,34 @@ static void give_back_shards(iqp_aggregator *a) {
     if (a->shards) iqp_shards_give_back(a->shards, a->job.shard_combs);
 }
 
+/* Writes one micro-batch (comb and the n shard combiners) through b, with
+ * the flush hook's records when hook is not NULL; sets *cells and *bytes.
+ * 0, or -1 with err. */
+static int write_batch(iqp_aggregator *a, iqp_store_batch *b, const iqp_combiner *comb,
+                       iqp_combiner *const *shard_combs, size_t n, const staged_meta *meta,
+                       int64_t watermark_ms, const iqp_agg_flush_hook *hook, size_t *cells,
+                       size_t *bytes, char *err, size_t errlen) {
+    *cells = fill_batch(b, comb, shard_combs, n, meta, watermark_ms, hook);
+    if (hook && hook->before_commit) hook->before_commit(hook->ud, b);
+    *bytes = iqp_store_batch_bytes(b);
+    int rc = iqp_store_batch_commit(a->st, b, err, errlen);
+    iqp_store_batch_clear(b);
+    if (hook && hook->after_commit) hook->after_commit(hook->ud, rc == 0);
+    return rc;
+}
+
+/* The writer thread runs the hook only when it allows that (on_writer). */
+static const iqp_agg_flush_hook *writer_hook(const iqp_aggregator *a) {
+    return a->hook.on_writer ? &a->hook : NULL;
+}
+
 static void *writer_main(void *arg) {
     flush_job *j = arg;
-    iqp_store_batch *b = j->a->batch;
     pthread_setname_np(pthread_self(), "iqp-writer");
-    j->cells_written = fill_batch(b, j->comb, j->shard_combs, n_shards(j->a), j->meta,
-                                  j->watermark_ms, NULL);
-    j->batch_bytes = iqp_store_batch_bytes(b);
-    j->rc = iqp_store_batch_commit(j->a->st, b, j->err, sizeof j->err);
-    iqp_store_batch_clear(b);
+    j->rc = write_batch(j->a, j->a->batch, j->comb, j->shard_combs, n_shards(j->a), j->meta,
+                        j->watermark_ms, writer_hook(j->a), &j->cells_written, &j->batch_bytes, j->err,
+                        sizeof j->err);
+    atomic_store(&j->written, 1);
     return NULL;
 }
 
@@ -404,17 +425,14 @@ int iqp_aggregator_flush(iqp_aggregator *a, char *err, size_t errlen) {
         return -1;
     }
     if (a->pending == 0 && !a->meta) return 0;
-    iqp_store_batch *b = a->batch;
+    size_t cells, bytes;
     take_shards(a);
-    a->stats.cells_written += fill_batch(b, a->comb, a->job.shard_combs, n_shards(a), a->meta,
-                                         a->watermark_ms, &a->hook);
+    int rc = write_batch(a, a->batch, a->comb, a->job.shard_combs, n_shards(a), a->meta, a->watermark_ms,
+                         &a->hook, &cells, &bytes, err, errlen);
     iqp_combiner_clear(a->comb);
     give_back_shards(a);
-    if (a->hook.before_commit) a->hook.before_commit(a->hook.ud, b);
-    a->stats.batch_bytes += iqp_store_batch_bytes(b);
-    int rc = iqp_store_batch_commit(a->st, b, err, errlen);
-    iqp_store_batch_clear(b);
-    if (a->hook.after_commit) a->hook.after_commit(a->hook.ud, rc == 0);
+    a->stats.cells_written += cells;
+    a->stats.batch_bytes += bytes;
     if (rc < 0) {
         a->failed = 1;
         return -1;
@@ -425,7 +443,7 @@ int iqp_aggregator_flush(iqp_aggregator *a, char *err, size_t errlen) {
 }
 
 int iqp_aggregator_flush_begin(iqp_aggregator *a, char *err, size_t errlen) {
-    if (a->hook.on_cell || a->hook.before_commit || a->hook.after_commit)
+    if ((a->hook.on_cell || a->hook.before_commit || a->hook.after_commit) && !a->hook.on_writer)
         return iqp_aggregator_flush(a, err, errlen); /* hooks run on the caller's thread */
     if (join_flush(a, err, errlen) < 0) return -1;
     if (a->failed) {
@@ -444,6 +462,7 @@ int iqp_aggregator_flush_begin(iqp_aggregator *a, char *err, size_t errlen) {
     a->spare = NULL;
     a->meta = NULL;
     j->running = 1;
+    atomic_store(&j->written, 0);
     batch_done(a);
     if (pthread_create(&j->thread, NULL, writer_main, j) != 0) {
         writer_main(j); /* no thread to be had: write on this one */
@@ -463,6 +482,16 @@ void iqp_aggregator_set_threads(iqp_aggregator *a, unsigned n) {
 void iqp_aggregator_after_counted(iqp_aggregator *a, void (*fn)(void *ud), void *ud) {
     if (a->shards) iqp_shards_after(a->shards, fn, ud);
     else fn(ud);
+}
+
+int iqp_aggregator_flush_in_flight(const iqp_aggregator *a) { return a->job.running; }
+
+int iqp_aggregator_flush_written(iqp_aggregator *a) {
+    return !a->job.running || atomic_load(&a->job.written);
+}
+
+int iqp_aggregator_flush_collect(iqp_aggregator *a, char *err, size_t errlen) {
+    return join_flush(a, err, errlen);
 }
 
 void iqp_aggregator_set_flush_hook(iqp_aggregator *a, const iqp_agg_flush_hook *hook) {

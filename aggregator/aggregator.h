@@ -93,7 +93,8 @@ int iqp_aggregator_flush(iqp_aggregator *a, char *err, size_t errlen);
  * collecting the previous one; a write error surfaces here or at the next
  * flush / flush_begin (-1 with err), and the aggregator then refuses work.
  * Dedup lookups see the batch in flight. With a flush hook installed this
- * is iqp_aggregator_flush (hooks run on the caller's thread). */
+ * is iqp_aggregator_flush (hooks run on the caller's thread) unless the
+ * hook allows the writer thread (on_writer). */
 int iqp_aggregator_flush_begin(iqp_aggregator *a, char *err, size_t errlen);
 
 /* Counts on n threads (n >= 2; at most IQP_MAX_COUNT_THREADS), sharded
@@ -112,17 +113,30 @@ void iqp_aggregator_set_threads(iqp_aggregator *a, unsigned n);
  * cue to free the events (a decoded batch). Every flush waits for it. */
 void iqp_aggregator_after_counted(iqp_aggregator *a, void (*fn)(void *ud), void *ud);
 
+/* For a caller that acts on each write as soon as it is done (the stream
+ * publishes a batch's offsets to Kafka right after its store write):
+ * in_flight is 1 while a flush_begin batch has not been collected yet;
+ * written is 1 when none is in flight or its write has finished, so that
+ * collect returns at once; collect waits for the batch in flight, if any,
+ * and takes it back: 0, or -1 with its write error (as flush_begin). */
+int iqp_aggregator_flush_in_flight(const iqp_aggregator *a);
+int iqp_aggregator_flush_written(iqp_aggregator *a);
+int iqp_aggregator_flush_collect(iqp_aggregator *a, char *err, size_t errlen);
+
 /* A flush hook sees what each flush writes, and adds to its batch: the
  * publisher's queue (publisher/pending.h) records the cells that changed
  * in the same atomic write as the counts. on_cell is called for every
  * counter merge (counts, then contexts, each in key order);
- * before_commit after the last cell; after_commit with the outcome. */
+ * before_commit after the last cell; after_commit with the outcome.
+ * on_writer 1: the hook may run on flush_begin's writer thread (one flush
+ * at a time, never two at once), so flush_begin stays asynchronous. */
 typedef struct iqp_agg_flush_hook {
     void (*on_cell)(void *ud, iqp_store_batch *b, iqp_cf cf, const unsigned char *key,
                     size_t klen);
     void (*before_commit)(void *ud, iqp_store_batch *b);
     void (*after_commit)(void *ud, int ok);
     void *ud;
+    int on_writer;
 } iqp_agg_flush_hook;
 
 /* Installs (or, with NULL, removes) the flush hook. */

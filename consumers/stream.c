@@ -2,7 +2,7 @@
  *
  * Design
  * ------
- * One thread does everything: rd_kafka_consumer_poll() hands over one
+ * One thread consumes and counts: rd_kafka_consumer_poll() hands over one
  * message at a time (librdkafka prefetches in its own threads), the
  * message is decoded and given to the aggregator, and the micro-batch is
  * flushed when it is big enough (aggregator's should_flush) or flush_ms
@@ -14,6 +14,20 @@
  *      (meta "src/kafka/<topic>/<partition>" = {"next_offset": N}),
  *   3. those offsets committed to Kafka: asynchronously in steady state,
  *      synchronously when partitions are revoked and at shutdown.
+ *
+ * Pipeline. Step 2 runs on the aggregator's writer thread
+ * (iqp_aggregator_flush_begin, as backfill): while batch k is written,
+ * batch k+1 is consumed, decoded and counted, and dedup lookups see batch
+ * k in flight. The loop checks after every message whether the write is
+ * done (iqp_aggregator_flush_written; polls are cut to WRITE_POLL_MS while
+ * one is in flight) and then collects it and does step 3 for the offsets
+ * that batch carried (part_state.writing), so a write is published about
+ * as soon as it is on disk, as when the loop wrote it itself. At most one
+ * batch is in flight: the next flush first collects and publishes it
+ * (waiting for it if need be), and only then probes ownership for its own
+ * batch ("Zombie writes"), so every probe still comes right before the
+ * write of the batch it vouches for. A revoke, an assignment and the
+ * shutdown wait for the write in flight first.
  *
  * Partition table. Every assigned partition has a part_state: the next
  * offset to commit, and restore_until, the group's committed offset when
@@ -102,6 +116,7 @@
 #include "util/stop.h"
 
 #define POLL_MS 100
+#define WRITE_POLL_MS 2           /* ... while a write is in flight (publish it at once) */
 #define PROBE_MS 2000             /* ownership probe: the coordinator's answer */
 #define CLOSE_PROBE_MS 1000
 #define PUBLISH_MS 10000          /* checkpoint acks, per flush and on revoke */
@@ -126,6 +141,8 @@ typedef struct part_state {
     int64_t published;          /* offset a new owner would start from (last published); -1 none */
     int64_t rewind;             /* where to read again if the batch is dropped (may be logical) */
     int dirty;                  /* next_offset not yet flushed */
+    int writing;                /* the batch in flight holds written_offset (see "Pipeline") */
+    int64_t written_offset;
 } part_state;
 
 struct iqp_stream {
@@ -155,6 +172,12 @@ struct iqp_stream {
     uint64_t batch_events;      /* messages handled since the last flush */
     int64_t *batch_ts;          /* Kafka timestamps of counted events in this batch */
     size_t n_batch_ts, cap_batch_ts;
+    /* the batch in flight: handed to the aggregator's writer, not collected */
+    int writing;
+    uint64_t write_events;
+    int64_t *write_ts;          /* its batch_ts (the arrays swap at each flush) */
+    size_t n_write_ts, cap_write_ts;
+    int64_t write_started;
     uint64_t lat_hist[LAT_BINS];
     uint64_t bytes_reported;
     int64_t last_flush_ms, last_store_size_ms, last_progress_ms;
@@ -253,7 +276,7 @@ static part_state *add_part(iqp_stream *s, int topic, int32_t partition) {
         if (!s->parts) abort();
     }
     p = &s->parts[s->n_parts++];
-    *p = (part_state){topic, partition, -1, -1, -1, RD_KAFKA_OFFSET_INVALID, 0};
+    *p = (part_state){topic, partition, -1, -1, -1, RD_KAFKA_OFFSET_INVALID, 0, 0, -1};
     return p;
 }
 
@@ -307,6 +330,8 @@ static int64_t stored_offset(iqp_stream *s, int topic, int32_t partition) {
 
 /* ---- flushing ------------------------------------------------------------ */
 
+/* Stages the dirty partitions' offsets with the micro-batch, which then
+ * carries them (writing); dirty is cleared for the next batch. */
 static void stage_offsets(iqp_stream *s) {
     for (size_t i = 0; i < s->n_parts; i++) {
         part_state *p = &s->parts[i];
@@ -315,6 +340,9 @@ static void stage_offsets(iqp_stream *s) {
         meta_key(s, p->topic, p->partition, key, sizeof key);
         snprintf(val, sizeof val, "{\"next_offset\":%lld}", (long long)p->next_offset);
         iqp_aggregator_stage_meta(s->agg, key, val, strlen(val));
+        p->writing = 1;
+        p->written_offset = p->next_offset;
+        p->dirty = 0;
     }
 }
 
@@ -325,7 +353,8 @@ static void count_commit_failure(iqp_stream *s, const char *what, const char *wh
     fprintf(stderr, "iqp stream: %s: %s\n", what, why);
 }
 
-/* Publishes the dirty partitions' offsets and clears dirty: checkpoints,
+/* Publishes the offsets the batch just written carried (writing) and
+ * clears writing: checkpoints,
  * waited for right after the store write (the window in which a kill -9
  * leaves the store ahead of what the next owner sees is one round trip),
  * then the group commit, asynchronous (lag tools only; the mock refuses it
@@ -335,17 +364,17 @@ static void commit_offsets(iqp_stream *s, int timeout_ms) {
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new((int)s->n_parts + 1);
     for (size_t i = 0; i < s->n_parts; i++) {
         part_state *p = &s->parts[i];
-        if (!p->dirty) continue;
+        if (!p->writing) continue;
         /* Mid-restore, the published offset stays where the other instance
          * left it: publishing the restore position would move it back and
          * the next owner would count that span a second time. */
-        int64_t off = p->next_offset > p->restore_until ? p->next_offset : p->restore_until;
+        int64_t off = p->written_offset > p->restore_until ? p->written_offset : p->restore_until;
         rd_kafka_topic_partition_list_add(l, s->topics[p->topic], p->partition)->offset = off;
         p->published = off;
         if (s->ckpt && iqp_checkpoints_put(s->ckpt, s->topics[p->topic], p->partition, off, err,
                                            sizeof err) < 0)
             count_commit_failure(s, "checkpoint", err);
-        p->dirty = 0;
+        p->writing = 0;
     }
     if (s->ckpt && l->cnt > 0 && iqp_checkpoints_sync(s->ckpt, timeout_ms, err, sizeof err) < 0)
         count_commit_failure(s, "checkpoint", err);
@@ -362,14 +391,14 @@ static void commit_offsets(iqp_stream *s, int timeout_ms) {
 }
 
 static void record_latencies(iqp_stream *s, int64_t committed_at) {
-    for (size_t i = 0; i < s->n_batch_ts; i++) {
-        int64_t ms = committed_at - s->batch_ts[i];
+    for (size_t i = 0; i < s->n_write_ts; i++) {
+        int64_t ms = committed_at - s->write_ts[i];
         if (ms < 0) ms = 0;
         s->lat_hist[ms < LAT_BINS ? ms : LAT_BINS - 1]++;
         s->stats.latency_n++;
         if (s->m) iqp_metrics_observe(s->m, "iqp_event_to_store_seconds", "", ms / 1000.0);
     }
-    s->n_batch_ts = 0;
+    s->n_write_ts = 0;
 }
 
 static void observe_flush(iqp_stream *s, int64_t started, int64_t done) {
@@ -377,7 +406,7 @@ static void observe_flush(iqp_stream *s, int64_t started, int64_t done) {
     s->stats.flushes++;
     if (!s->m) return;
     iqp_metrics_observe(s->m, "iqp_flush_seconds", "", (done - started) / 1000.0);
-    iqp_metrics_observe(s->m, "iqp_flush_batch_events", "", (double)s->batch_events);
+    iqp_metrics_observe(s->m, "iqp_flush_batch_events", "", (double)s->write_events);
     iqp_metrics_add(s->m, "iqp_store_bytes_written_total", "",
                     (double)(as->batch_bytes - s->bytes_reported));
     s->bytes_reported = as->batch_bytes;
@@ -491,16 +520,53 @@ static void drop_batch(iqp_stream *s, const char *reason) {
 
 typedef enum { FLUSH_DONE, FLUSH_DROPPED, FLUSH_HELD, FLUSH_FAILED } flush_result;
 
+/* Collects the batch in flight (waiting for its write when it is not done
+ * yet) and publishes its offsets, waiting up to publish_ms for the
+ * checkpoints. 0, or -1 after fail() when the write failed. */
+static int finish_write(iqp_stream *s, int publish_ms) {
+    char err[512];
+    if (!s->writing) return 0;
+    s->writing = 0;
+    if (iqp_aggregator_flush_collect(s->agg, err, sizeof err) < 0)
+        return fail(s, "store write", err), -1;
+    for (size_t i = 0; i < s->n_parts; i++)
+        if (s->parts[i].writing) s->parts[i].rewind = s->parts[i].written_offset;
+    record_latencies(s, iqp_wall_ms());
+    observe_flush(s, s->write_started, iqp_mono_ms());
+    commit_offsets(s, publish_ms);
+    return 0;
+}
+
+/* Hands the micro-batch (counts, markers, offsets) to the aggregator's
+ * writer; the stream counts the next one meanwhile. 0, or -1 after fail(). */
+static int begin_write(iqp_stream *s) {
+    char err[512];
+    int64_t *ts = s->write_ts;
+    size_t cap = s->cap_write_ts;
+    stage_offsets(s);
+    s->write_ts = s->batch_ts, s->n_write_ts = s->n_batch_ts, s->cap_write_ts = s->cap_batch_ts;
+    s->batch_ts = ts, s->n_batch_ts = 0, s->cap_batch_ts = cap;
+    s->write_events = s->batch_events;
+    s->batch_events = 0;
+    s->write_started = iqp_mono_ms();
+    s->writing = 1;
+    if (iqp_aggregator_flush_begin(s->agg, err, sizeof err) < 0) return fail(s, "store write", err), -1;
+    return 0;
+}
+
 /* Writes the micro-batch and its offsets when this member still owns its
- * partitions (probe_ownership), then publishes the offsets, waiting up to
- * publish_ms for the checkpoints. FLUSH_DROPPED: not the owner, nothing
- * written, partitions rewound; FLUSH_HELD: no answer, nothing written, the
- * batch kept for the next try; FLUSH_FAILED after fail() (nothing more may
- * be committed). */
-static flush_result stream_flush(iqp_stream *s, int publish_ms) {
+ * partitions (probe_ownership): first the batch before it is collected
+ * and published, so the probe is answered right before this batch's own
+ * write starts. wait: the write is collected and published before
+ * returning (revoke, shutdown), waiting up to publish_ms for the
+ * checkpoints; else that happens as soon as the loop sees the write done.
+ * FLUSH_DROPPED: not the owner, nothing written, partitions rewound;
+ * FLUSH_HELD: no answer, nothing written, the batch kept for the next try;
+ * FLUSH_FAILED after fail() (nothing more may be committed). */
+static flush_result stream_flush(iqp_stream *s, int publish_ms, int wait) {
     char err[512];
     int dirty = 0;
-    if (s->fatal) return FLUSH_FAILED;
+    if (s->fatal || finish_write(s, publish_ms) < 0) return FLUSH_FAILED;
     for (size_t i = 0; i < s->n_parts; i++) dirty |= s->parts[i].dirty;
     s->last_flush_ms = iqp_mono_ms();
     if (!dirty && iqp_aggregator_pending(s->agg) == 0) return FLUSH_DONE;
@@ -519,17 +585,7 @@ static flush_result stream_flush(iqp_stream *s, int publish_ms) {
     if (iqp_deadletter_flush(s->dl, s->closing ? DL_CLOSE_TIMEOUT_MS : DL_FLUSH_TIMEOUT_MS, err,
                              sizeof err) < 0)
         return fail(s, "dead-letter sink", err), FLUSH_FAILED;
-    stage_offsets(s);
-    int64_t t0 = iqp_mono_ms();
-    if (iqp_aggregator_flush(s->agg, err, sizeof err) < 0)
-        return fail(s, "store write", err), FLUSH_FAILED;
-    for (size_t i = 0; i < s->n_parts; i++)
-        if (s->parts[i].dirty) s->parts[i].rewind = s->parts[i].next_offset;
-    int64_t t1 = iqp_mono_ms();
-    record_latencies(s, iqp_wall_ms());
-    observe_flush(s, t0, t1);
-    s->batch_events = 0;
-    commit_offsets(s, publish_ms);
+    if (begin_write(s) < 0 || (wait && finish_write(s, publish_ms) < 0)) return FLUSH_FAILED;
     return FLUSH_DONE;
 }
 
@@ -602,10 +658,12 @@ static void on_revoke(iqp_stream *s, rd_kafka_topic_partition_list_t *parts) {
      * batch the coordinator did not let us write (not a member, or no
      * answer) cannot wait either: its partitions are leaving. The
      * partitions that stay (cooperative protocol) are read again. */
+    int publish_ms = s->closing ? CLOSE_PUBLISH_MS : PUBLISH_MS;
     if (rd_kafka_assignment_lost(s->rk)) {
+        finish_write(s, publish_ms); /* the batch in flight was probed: it is written, as before */
         drop_batch(s, "assignment_lost");
         rewind_partitions(s);
-    } else if (stream_flush(s, s->closing ? CLOSE_PUBLISH_MS : PUBLISH_MS) == FLUSH_HELD) {
+    } else if (stream_flush(s, publish_ms, 1) == FLUSH_HELD) {
         drop_batch(s, "not_member");
         rewind_partitions(s);
     }
@@ -624,7 +682,9 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     s->stats.rebalances++;
     if (s->m) iqp_metrics_add(s->m, "iqp_rebalances_total", "", 1);
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
-        if (plan_assignment(s, parts) < 0) return; /* fatal: the run loop stops */
+        /* the offsets in the store must be the written ones */
+        if (finish_write(s, PUBLISH_MS) < 0 || plan_assignment(s, parts) < 0)
+            return; /* fatal: the run loop stops */
         if (cooperative) e = rd_kafka_incremental_assign(rk, parts);
         else if (rd_kafka_assign(rk, parts)) fail(s, "kafka", "cannot take the assignment");
     } else {
@@ -1025,8 +1085,8 @@ iqp_stream *iqp_stream_new(iqp_store *st, const iqp_stream_options *o, char *err
 }
 
 static int64_t poll_timeout(const iqp_stream *s, int64_t now) {
-    int64_t left = s->last_flush_ms + s->flush_ms - now;
-    return left < 0 ? 0 : left < POLL_MS ? left : POLL_MS;
+    int64_t left = s->last_flush_ms + s->flush_ms - now, most = s->writing ? WRITE_POLL_MS : POLL_MS;
+    return left < 0 ? 0 : left < most ? left : most;
 }
 
 /* Flushes, commits synchronously and leaves the group. */
@@ -1034,7 +1094,7 @@ static void close_consumer(iqp_stream *s) {
     if (s->closed || !s->rk) return;
     s->closed = 1;
     s->closing = 1;
-    stream_flush(s, CLOSE_PUBLISH_MS);
+    stream_flush(s, CLOSE_PUBLISH_MS, 1);
     rd_kafka_consumer_close(s->rk);
 }
 
@@ -1052,8 +1112,9 @@ int iqp_stream_run(iqp_stream *s, char *err, size_t errlen) {
         }
         now = iqp_mono_ms();
         if (now - s->last_health_ms >= HEALTH_EVERY_MS) update_health(s);
+        if (s->writing && iqp_aggregator_flush_written(s->agg)) finish_write(s, PUBLISH_MS);
         if (iqp_aggregator_should_flush(s->agg) || now - s->last_flush_ms >= s->flush_ms) {
-            stream_flush(s, PUBLISH_MS);
+            stream_flush(s, PUBLISH_MS, 0);
             periodic(s, now);
         }
         if (s->on_tick) s->on_tick(s->tick_arg, 0);
@@ -1100,5 +1161,6 @@ void iqp_stream_free(iqp_stream *s) {
     }
     free(s->parts);
     free(s->batch_ts);
+    free(s->write_ts);
     free(s);
 }

@@ -3,7 +3,9 @@
  * Owns: one librdkafka consumer-group member reading the impressions and
  * actions topics; per-partition positions and where each partition starts
  * when it is assigned; the micro-batch loop poll -> decode -> aggregate ->
- * flush every flush_ms or flush_events; committing consumed offsets in the
+ * flush every flush_ms or flush_events (each batch written on the
+ * aggregator's writer thread while the next is counted, stream.c
+ * "Pipeline"); committing consumed offsets in the
  * same store WriteBatch as the counts they produced, then to Kafka; the
  * rebalance protocol (flush before a partition is released, restore dedup
  * markers before counting a partition another instance counted); routing

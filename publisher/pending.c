@@ -136,8 +136,11 @@ static void after_commit(void *ud, int ok) {
 void iqp_pending_attach(iqp_pending *q, iqp_aggregator *a, void (*notify)(void *ud), void *ud) {
     q->notify = notify;
     q->notify_ud = ud;
+    /* one flush at a time, on whichever thread writes it: the hook's
+     * state (last, added, value) is the flush's; the counts shared with
+     * the publisher are atomic or under mu */
     iqp_agg_flush_hook hook = {.on_cell = on_cell, .before_commit = before_commit,
-                               .after_commit = after_commit, .ud = q};
+                               .after_commit = after_commit, .ud = q, .on_writer = 1};
     iqp_aggregator_set_flush_hook(a, &hook);
 }
 
