@@ -13,7 +13,10 @@
  * Ownership: on success the event owns a jansson tree (root) that the
  * borrowed string pointers point into, plus the normalized query and the
  * items array; iqp_event_clear() frees all of it. On failure nothing is
- * left allocated. An event may be handed to another thread whole.
+ * left allocated. An event may be handed to another thread whole. The
+ * tree and the items live in the event's own arena (a few blocks): never
+ * json_decref root or keep a reference to any part of it past
+ * iqp_event_clear().
  */
 #ifndef IQP_EVENT_H
 #define IQP_EVENT_H
@@ -72,8 +75,9 @@ typedef struct iqp_event {
     iqp_item_ref item;
     int action;                 /* index into cfg->actions */
     /* ownership */
-    json_t *root;
-    char *scratch;              /* text of integer item ids */
+    json_t *root;               /* in arena */
+    char *scratch;              /* text of integer item ids (in arena) */
+    struct iqp_event_arena *arena; /* the blocks holding root, items and scratch */
 } iqp_event;
 
 /* Decodes one event (buf need not be NUL-terminated). Returns 0 and fills

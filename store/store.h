@@ -107,6 +107,20 @@ void iqp_store_batch_clear(iqp_store_batch *b);
  * more merges. */
 void iqp_store_batch_merge(iqp_store_batch *b, iqp_cf cf, const void *key, size_t klen,
                            const int64_t *vec, size_t n);
+/* The same, for a writer that already knows the parts of the cell key:
+ * body is the (context, entity) part (the cell key without its 9-byte
+ * bucket suffix). merge_cell always starts a new merge of the stored key
+ * of (body, slot of gran_index/bucket); merge_more adds a cell to the
+ * merge that the previous merge / merge_cell / merge_more call opened: the
+ * caller guarantees the cell belongs to the same stored key (same cf,
+ * body and slot) and comes after the previous cell in (granularity,
+ * bucket) order (else abort: a caller's bug). A writer that sorted its
+ * cells (the combiner's drain) so saves rebuilding, parsing and comparing
+ * a key per cell. */
+void iqp_store_batch_merge_cell(iqp_store_batch *b, iqp_cf cf, const void *body, size_t blen,
+                                int gran_index, int64_t bucket, const int64_t *vec, size_t n);
+void iqp_store_batch_merge_more(iqp_store_batch *b, int gran_index, int64_t bucket,
+                                const int64_t *vec, size_t n);
 /* The slot (cells.h) the cell (gran_index, bucket) is stored under: a
  * writer sorts by it to make cells of one stored key consecutive. */
 int64_t iqp_store_batch_slot(const iqp_store_batch *b, int gran_index, int64_t bucket);

@@ -3,8 +3,9 @@
  * its operands into partial merges; malformed values refused; a batch
  * packing one slot's cells into one merge; the expiry compaction filter
  * rewriting a value without its expired and zero cells (and removing a
- * key with none left); and a store of layout 2 refused with a message
- * saying how to rebuild it. */
+ * key with none left); the combiner's drain writing every cell in key
+ * order, one merge per stored key, whichever sort it takes; and a store of
+ * layout 2 refused with a message saying how to rebuild it. */
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 
 #include "model/cells.h"
 #include "model/config.h"
+#include "aggregator/combiner.h"
 #include "store/counters.h"
 #include "store/store.h"
 #include "tests/testutil.h"
@@ -19,6 +21,7 @@
 #define H 3600000LL
 #define D (24 * H)
 static char err[1024];
+static iqp_store *g_store; /* the store of the drain test */
 
 /* ---- a naive model of a packed value: dense [gran][bucket][counter] ------- */
 
@@ -335,6 +338,103 @@ START_TEST(slots_of_any_granularity) {
 }
 END_TEST
 
+/* ---- the combiner's drain ------------------------------------------------- */
+
+/* What a drain wrote, seen through its on_cell calls. */
+typedef struct drained {
+    size_t cells, groups, out_of_order;
+    iqp_cf cf;
+    iqp_keybuf last;     /* the stored key (cells.h) of the previous cell */
+    int last_gran;
+    int64_t last_bucket;
+} drained;
+
+/* Compares byte strings as RocksDB's default comparator does. */
+static int bytewise(const iqp_keybuf *a, const iqp_keybuf *b) {
+    size_t n = a->len < b->len ? a->len : b->len;
+    int c = memcmp(a->buf, b->buf, n);
+    return c ? c : (a->len > b->len) - (a->len < b->len);
+}
+
+static void on_drained(void *ud, iqp_store_batch *b, iqp_cf cf, const unsigned char *key,
+                       size_t klen) {
+    drained *d = ud;
+    int g;
+    int64_t bucket;
+    (void)b;
+    ck_assert_int_eq(iqp_cells_key_bucket(key, klen, &g, &bucket), 0);
+    const iqp_config *cfg = iqp_store_config(g_store);
+    iqp_keybuf stored;
+    iqp_keybuf_init(&stored);
+    iqp_keybuf_append(&stored, key, klen - IQP_BUCKET_SUFFIX_LEN);
+    iqp_cells_append_slot(&stored, cfg, iqp_cells_slot(cfg, g, bucket));
+    int c = d->cells > 0 && cf == d->cf ? bytewise(&d->last, &stored) : -1;
+    /* stored keys ascending; one stored key's cells by (granularity, bucket) */
+    if (c > 0 || (c == 0 && (d->last_gran > g || (d->last_gran == g && d->last_bucket >= bucket))))
+        d->out_of_order++;
+    if (c != 0) d->groups++;
+    iqp_keybuf_copy(&d->last, &stored);
+    iqp_keybuf_free(&stored);
+    d->cf = cf;
+    d->last_gran = g;
+    d->last_bucket = bucket;
+    d->cells++;
+}
+
+/* Adds n distinct cells (bucket i * stride of granularity i % 2, under one
+ * of 7 contexts and 613 items, named so that interning order differs from
+ * byte order), drains them into a batch and checks: every cell comes out,
+ * in store key order, one merge per stored key, and the batch commits. A small
+ * stride sorts by a packed 64-bit key; a huge one (2^30 hours between
+ * cells) needs more bits and takes the general sort. */
+static void check_drain(int64_t stride) {
+    char *dir = tu_mkdtemp("packed");
+    iqp_config cfg;
+    iqp_config_defaults(&cfg);
+    ck_assert_int_eq(iqp_config_parse(&cfg, TWO_GRANS, "t", err, sizeof err), 0);
+    g_store = iqp_store_open(dir, &cfg, IQP_STORE_READ_WRITE, err, sizeof err);
+    ck_assert_msg(g_store != NULL, "%s", err);
+    iqp_store_batch *bt = iqp_store_batch_new(g_store);
+    iqp_combiner *c = iqp_combiner_new(IQP_COUNTERS(&cfg));
+    const size_t n = 5000;
+    iqp_keybuf prefix;
+    iqp_keybuf_init(&prefix);
+    for (size_t i = 0; i < n; i++) {
+        char q[32], item[32];
+        snprintf(q, sizeof q, "%.*s", (int)(1 + (i * 5) % 7), "zyxwvut");
+        snprintf(item, sizeof item, "it%zu", (i * 7919) % 613);
+        iqp_context ctx = {q, strlen(q), "US", IQP_GENDER_FEMALE};
+        iqp_cells_context_prefix(&prefix, &cfg.features[i % cfg.n_features], &ctx);
+        uint32_t pid = iqp_combiner_prefix_id(c, prefix.buf, prefix.len);
+        uint32_t iid = iqp_combiner_item_id(c, item, strlen(item));
+        int64_t bucket = (int64_t)i * stride;
+        int g = (int)(i % 2);
+        iqp_combiner_add_count(c, pid, iid, g, g ? bucket / 24 : bucket, i % IQP_COUNTERS(&cfg), 1);
+    }
+    drained d;
+    memset(&d, 0, sizeof d);
+    iqp_keybuf_init(&d.last);
+    ck_assert_uint_eq(iqp_combiner_drain_with(c, bt, on_drained, &d), n);
+    ck_assert_uint_eq(d.cells, n);
+    ck_assert_uint_eq(d.out_of_order, 0);
+    ck_assert_uint_eq(iqp_store_batch_merges(bt), d.groups);
+    ck_assert_int_eq(iqp_store_batch_commit(g_store, bt, err, sizeof err), 0);
+    ck_assert_uint_eq(iqp_store_count_cells(g_store, IQP_CF_COUNTS), n);
+    iqp_keybuf_free(&d.last);
+    iqp_keybuf_free(&prefix);
+    iqp_combiner_free(c);
+    iqp_store_batch_free(bt);
+    iqp_store_close(g_store);
+    tu_rmrf(dir);
+    free(dir);
+}
+
+START_TEST(drain_writes_key_order_one_merge_per_stored_key) {
+    check_drain(1);
+    check_drain((int64_t)1 << 30);
+}
+END_TEST
+
 START_TEST(layout_2_store_is_refused) {
     char *dir = tu_mkdtemp("packed");
     iqp_config cfg;
@@ -369,6 +469,7 @@ int main(void) {
     tcase_add_test(tc, malformed_values_are_refused);
     tcase_add_test(tc, one_merge_per_slot_and_expiry_rewrites_values);
     tcase_add_test(tc, slots_of_any_granularity);
+    tcase_add_test(tc, drain_writes_key_order_one_merge_per_stored_key);
     tcase_add_test(tc, layout_2_store_is_refused);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
