@@ -75,6 +75,7 @@ static iqp_held_event *hold(const iqp_event *ev, uint64_t seq) {
     h->row_state = 0;
     h->ev.root = NULL;
     h->ev.scratch = NULL;
+    h->ev.arena = NULL; /* the copy owns h->mem only: root, items and scratch stay the original's */
     iqp_item_ref *items = (iqp_item_ref *)h->mem;
     unsigned char *p = h->mem + n_items * sizeof(iqp_item_ref);
     h->ev.event_id = put(&p, ev->event_id, ev->event_id_len);
