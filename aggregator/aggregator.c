@@ -209,7 +209,8 @@ static void bump_contexts(iqp_aggregator *a) {
         if (!a->live[g]) continue;
         for (size_t f = 0; f < a->cfg->n_features; f++) {
             iqp_combiner_add_context(a->comb, a->prefix_id[f], (int)g, a->buckets[g], 1);
-            if (a->delta_hook.on_delta) report_delta(a, IQP_CF_CONTEXTS, f, NULL, g, a->buckets[g], 0, 1);
+            if (a->delta_hook.on_delta)
+                report_delta(a, IQP_CF_CONTEXTS, f, NULL, g, a->buckets[g], 0, 1);
         }
         note_pending_bucket(a, g, a->buckets[g]);
         a->stats.cell_updates += a->cfg->n_features;
