@@ -502,9 +502,8 @@ static int create_rows_tmp(exporter *x, char *err, size_t errlen);
 static int setup(exporter *x, char *err, size_t errlen) {
     if (open_store(x, err, errlen) < 0) return -1;
     x->agg = iqp_aggregator_new(x->st);
-    x->cache = iqp_featcache_new(x->st, x->o->cache_bytes,
-                                 &(iqp_features_pending){pending_buckets, pending_cell, x->agg, NULL, NULL},
-                                 1 /* a new store */);
+    iqp_features_pending batch = {pending_buckets, pending_cell, x->agg, NULL, NULL};
+    x->cache = iqp_featcache_new(x->st, x->o->cache_bytes, &batch, 1 /* a new store */);
     x->pending = (iqp_features_pending){.scan = cache_scan, .scan_ud = x->cache};
     iqp_aggregator_set_delta_hook(x->agg, &(iqp_agg_delta_hook){cache_on_delta, x->cache});
     x->buffer = iqp_reorder_new(x->o->max_disorder_ms, x->o->lag_ms);

@@ -127,7 +127,8 @@ static size_t entry_bytes(size_t n, size_t cap) {
 static fc_entry *entry_new(iqp_key128 key, size_t n, uint64_t epoch) {
     fc_entry *e = malloc(entry_bytes(n, FIRST_CAP));
     if (!e) abort();
-    *e = (fc_entry){.key = key, .slot = NOT_HELD, .n = (uint32_t)n, .cap = FIRST_CAP, .epoch = epoch};
+    *e = (fc_entry){
+        .key = key, .slot = NOT_HELD, .n = (uint32_t)n, .cap = FIRST_CAP, .epoch = epoch};
     return e;
 }
 
@@ -195,7 +196,8 @@ static int64_t *get_record(iqp_featcache *c, fc_entry **ep, int gi, int64_t buck
 }
 
 /* Adds vec into the record (gi, bucket). */
-static void add_record(iqp_featcache *c, fc_entry **ep, int gi, int64_t bucket, const int64_t *vec) {
+static void add_record(iqp_featcache *c, fc_entry **ep, int gi, int64_t bucket,
+                       const int64_t *vec) {
     int64_t *r = get_record(c, ep, gi, bucket);
     for (size_t k = 0; k < (*ep)->n; k++) r[2 + k] += vec[k];
 }
