@@ -403,7 +403,7 @@ static void check_drain(int64_t stride) {
         char q[32], item[32];
         snprintf(q, sizeof q, "%.*s", (int)(1 + (i * 5) % 7), "zyxwvut");
         snprintf(item, sizeof item, "it%zu", (i * 7919) % 613);
-        iqp_context ctx = {q, strlen(q), "US", IQP_GENDER_FEMALE};
+        iqp_context ctx = tu_ctx(q, "US", "female");
         iqp_cells_context_prefix(&prefix, &cfg.features[i % cfg.n_features], &ctx);
         uint32_t pid = iqp_combiner_prefix_id(c, prefix.buf, prefix.len);
         uint32_t iid = iqp_combiner_item_id(c, item, strlen(item));
