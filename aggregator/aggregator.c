@@ -89,8 +89,6 @@ struct iqp_aggregator {
     /* per-event scratch */
     iqp_count_order order;        /* what the event being decided adds */
     iqp_count_scratch scratch;    /* for applying it on this thread */
-    int live[IQP_MAX_GRANS];      /* granularity retains this event's bucket */
-    int64_t buckets[IQP_MAX_GRANS];
 };
 
 /* Forgets the bucket range of the unflushed deltas (after a flush or discard). */
@@ -147,15 +145,11 @@ void iqp_aggregator_free(iqp_aggregator *a) {
 
 /* ---- time rules ---------------------------------------------------------- */
 
-/* Fills a->live / a->buckets for ts against watermark wm; returns how many
- * granularities still retain ts's bucket. */
-static int retained_granularities(iqp_aggregator *a, int64_t ts, int64_t wm) {
+/* How many granularities still retain ts's bucket under watermark wm. */
+static int retained_granularities(const iqp_aggregator *a, int64_t ts, int64_t wm) {
     int n = 0;
-    for (size_t g = 0; g < a->cfg->n_grans; g++) {
-        a->buckets[g] = iqp_bucket_of(ts, a->cfg->gran_ms[g]);
-        a->live[g] = a->buckets[g] >= iqp_retention_first_bucket(a->cfg, (int)g, wm);
-        n += a->live[g];
-    }
+    for (size_t g = 0; g < a->cfg->n_grans; g++)
+        n += iqp_bucket_of(ts, a->cfg->gran_ms[g]) >= iqp_retention_first_bucket(a->cfg, (int)g, wm);
     return n;
 }
 
