@@ -56,7 +56,7 @@ static const iqp_flag FLAGS[] = {
     {"no-ingest", IQP_FLAG_BOOL, offsetof(backfill_opts, no_ingest),
      .help = "write every batch's counts through the memtable and the write-ahead log, as `iqp stream` "
              "does, instead of ingesting a batch's counts as one sorted table file (the default for "
-             "batches of 4096 or more counter merges); the store's contents are the same either way"},
+             "batches of 2048 or more counter merges); the store's contents are the same either way"},
     {"quiet", IQP_FLAG_BOOL, offsetof(backfill_opts, quiet), .help = "no progress line"},
     {0}};
 

@@ -936,10 +936,13 @@ static int write_batch(iqp_store *st, iqp_store_batch *b, char *err, size_t errl
  *
  * The sentinel key starts with 0xff: every real count key starts with the
  * length of a feature name (at most IQP_NAME_MAX, cells.h), so it sorts
- * after all of them. Iterators over counts stop before it (cf_upper_bound),
+ * after all of them. Iterators over counts stop before it (iter_options),
  * and the compaction filter keeps it. Batches below ingest_min_merges
  * counts merges take the WriteBatch path: a file and an ingestion (a
- * MANIFEST write) per tiny batch cost more than the memtable inserts. */
+ * MANIFEST write) per tiny batch cost more than the memtable inserts
+ * (measured, 44k-line 30-day log, one counting thread, CPU s ingesting
+ * every batch vs none: ~400 merges a batch 25.6 vs 22.2, ~1,400 10.9 vs
+ * 10.4, ~4,000 4.7 vs 7.5, ~13,000 2.6 vs 3.4). */
 
 void iqp_store_set_ingest(iqp_store *st, size_t min_merges) {
     st->ingest_min_merges = st->read_only || st->scratch ? 0 : min_merges;

@@ -151,7 +151,7 @@ int iqp_store_batch_commit(iqp_store *st, iqp_store_batch *b, char *err, size_t 
  * batch's markers and context counts before its counts. 0 turns it off
  * (the default); a read-only or scratch store ignores it. Call before the
  * first commit. IQP_STORE_INGEST_MIN_MERGES is backfill's threshold. */
-#define IQP_STORE_INGEST_MIN_MERGES 4096
+#define IQP_STORE_INGEST_MIN_MERGES 2048
 void iqp_store_set_ingest(iqp_store *st, size_t min_merges);
 
 /* ---- dedup markers (README "Exact counting rules", rule 7) ----------------
