@@ -102,6 +102,7 @@ struct iqp_store {
     uint64_t ingest_seq;      /* the last batch ingested: the sentinel's value (0: none yet) */
     uint64_t ingests;         /* batches ingested by this open (the test hook counts them) */
     uint64_t ingested_bytes;  /* their table files' bytes */
+    int ingest_failed;        /* a committed batch's file is not ingested: no more commits */
     const char *die_at;       /* IQP_TEST_DIE_AT (test hook), NULL when unset */
 };
 
@@ -1093,6 +1094,7 @@ static int commit_ingesting(iqp_store *st, iqp_store_batch *b, char *err, size_t
         snprintf(err + len, errlen - len, " (the batch's counts are kept in %s: the next run on this "
                  "store ingests them)", path);
         free(rerr);
+        st->ingest_failed = 1; /* the next batch would reuse seq: only a reopen finishes this one */
         return -1;
     }
     st->ingest_seq = seq;
@@ -1166,8 +1168,10 @@ static int recover_ingest(iqp_store *st, char *err, size_t errlen) {
 }
 
 int iqp_store_batch_commit(iqp_store *st, iqp_store_batch *b, char *err, size_t errlen) {
-    if (st->read_only) {
-        snprintf(err, errlen, "store %s is open read-only", st->dir);
+    if (st->read_only || st->ingest_failed) {
+        snprintf(err, errlen, st->read_only ? "store %s is open read-only"
+                                            : "store %s: an ingestion failed; reopen the store to finish it",
+                 st->dir);
         return -1;
     }
     close_group(b);
