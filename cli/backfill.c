@@ -34,6 +34,7 @@ typedef struct backfill_opts {
     int64_t flush_events;
     int64_t threads;
     int quiet;
+    int no_ingest;
     iqp_flag_list files;
 } backfill_opts;
 
@@ -52,6 +53,10 @@ static const iqp_flag FLAGS[] = {
      .help = "counting threads (default: the online CPUs); counting is sharded by context key, so the "
              "store, the dead letters and the summary counts are the same for any N; reading and decoding, "
              "and the store write, have a thread each besides"},
+    {"no-ingest", IQP_FLAG_BOOL, offsetof(backfill_opts, no_ingest),
+     .help = "write every batch's counts through the memtable and the write-ahead log, as `iqp stream` "
+             "does, instead of ingesting a batch's counts as one sorted table file (the default for "
+             "batches of 2048 or more counter merges); the store's contents are the same either way"},
     {"quiet", IQP_FLAG_BOOL, offsetof(backfill_opts, quiet), .help = "no progress line"},
     {0}};
 
@@ -112,12 +117,12 @@ static void print_summary(const iqp_ingest *ing, const char *dl_path, double sec
 static void print_store_io(iqp_store *st) {
     iqp_store_io io;
     iqp_store_flush(st);
-    if (iqp_store_io_stats(st, &io) < 0 || !io.flushed) return;
+    if (iqp_store_io_stats(st, &io) < 0 || !(io.flushed + io.ingested)) return;
     fprintf(stderr,
-            "backfill: store wrote %.1f MB (write-ahead log), flushed %.1f MB, compactions wrote %.1f MB: "
-            "write amplification %.2f\n",
-            io.logical / 1e6, io.flushed / 1e6, io.compacted / 1e6,
-            (double)(io.flushed + io.compacted) / io.flushed);
+            "backfill: store wrote %.1f MB (write-ahead log), flushed %.1f MB, ingested %.1f MB "
+            "(%llu table files), compactions wrote %.1f MB: write amplification %.2f\n",
+            io.logical / 1e6, io.flushed / 1e6, io.ingested / 1e6, (unsigned long long)io.ingested_files,
+            io.compacted / 1e6, (double)(io.flushed + io.ingested + io.compacted) / (io.flushed + io.ingested));
 }
 
 /* A run that fails before it commits anything to a store it created takes
@@ -155,6 +160,7 @@ int iqp_cmd_backfill(int argc, char **argv) {
     if (o.flush_events) cfg.flush_events = (size_t)o.flush_events;
     iqp_store *st = iqp_store_open(o.store_dir, &cfg, IQP_STORE_READ_WRITE, err, sizeof err);
     if (!st) return iqp_cli_fail(CMD, "%s", err);
+    if (!o.no_ingest) iqp_store_set_ingest(st, IQP_STORE_INGEST_MIN_MERGES);
     if (!o.dead_letter) {
         snprintf(dl_default, sizeof dl_default, "%s/dead-letter.jsonl", o.store_dir);
         o.dead_letter = dl_default;

@@ -14,7 +14,9 @@
  *   CF "meta"      "layout" -> canonical layout JSON; "watermark" -> int64
  *                  LE; "src/<id>" -> source position (ingest, Kafka
  *                  offsets): whatever a writer stages with its batch;
- *                  "publish/..." -> the publisher's own state
+ *                  "publish/..." -> the publisher's own state;
+ *                  "ingest/pending" -> u64 LE batch whose table file may
+ *                  not be ingested yet (iqp_store_set_ingest)
  *   CF "pending"   publish queue: u64 BE flush sequence || dirty key ->
  *                  int64 LE commit time (publisher/pending.h); written in
  *                  the same batch as the counts it announces
@@ -22,7 +24,11 @@
  * Exactly once: a batch carries counter merges, dedup markers, the new
  * watermark and the source positions they came from, and commits as one
  * RocksDB WriteBatch (WAL on, not fsynced per batch; a crash loses a
- * suffix of whole batches, never part of one).
+ * suffix of whole batches, never part of one). A bulk-loading store
+ * (iqp_store_set_ingest) moves a large batch's counts into a table file
+ * ingested right after that commit, redone at the next open if a crash
+ * comes in between; its counts family then holds one reserved key (a
+ * sentinel after every count key) that no read of the store returns.
  *
  * Expiry: compaction filters drop count and context cells whose bucket is
  * older than the retention of its granularity (cells.h, window.h) and
@@ -134,6 +140,20 @@ size_t iqp_store_batch_bytes(const iqp_store_batch *b);
 /* Commits atomically; on success the store's watermark advances. */
 int iqp_store_batch_commit(iqp_store *st, iqp_store_batch *b, char *err, size_t errlen);
 
+/* Bulk load (`iqp backfill`): from now on, a batch with min_merges or
+ * more counts merges writes them into a table file (SST) that is ingested
+ * into the counts family, instead of through the memtable and the
+ * write-ahead log; the rest of the batch commits as before. Exactly once
+ * all the same: a crash between the batch's commit and the file's
+ * ingestion is finished by the next read-write open (store.c, "table-file
+ * ingestion"), and an open that cannot finish it (the file was removed)
+ * is refused. A reader that opens the store read-only meanwhile may see a
+ * batch's markers and context counts before its counts. 0 turns it off
+ * (the default); a read-only or scratch store ignores it. Call before the
+ * first commit. IQP_STORE_INGEST_MIN_MERGES is backfill's threshold. */
+#define IQP_STORE_INGEST_MIN_MERGES 2048
+void iqp_store_set_ingest(iqp_store *st, size_t min_merges);
+
 /* ---- dedup markers (README "Exact counting rules", rule 7) ----------------
  * A marker remembers the ts it counted at (the action min-ts rule moves a
  * count when an earlier ts arrives) and the watermark at the moment it was
@@ -227,10 +247,12 @@ uint64_t iqp_store_disk_bytes(iqp_store *st);
 /* What a writable store wrote since it was opened, from RocksDB's
  * statistics: logical bytes handed to it (keys + values + batch overhead,
  * what the write-ahead log gets), bytes flushed from memtables into L0
- * files, and bytes compactions rewrote. Write amplification on the table
- * files is (flushed + compacted) / flushed. -1 for a read-only store. */
+ * files, bytes compactions rewrote, and bytes of table files ingested.
+ * Write amplification on the table files is (flushed + ingested +
+ * compacted) / (flushed + ingested). -1 for a read-only store. */
 typedef struct iqp_store_io {
     uint64_t logical, flushed, compacted;
+    uint64_t ingested, ingested_files; /* table files ingested (iqp_store_set_ingest) */
 } iqp_store_io;
 int iqp_store_io_stats(iqp_store *st, iqp_store_io *io);
 

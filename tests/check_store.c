@@ -5,7 +5,10 @@
  * as it is, a new store is never seen without its layout, a failed backfill
  * takes back the store it created, `iqp stats` beside a running backfill
  * never fails, and a full disk is an ordinary error
- * that a re-run recovers from (tmpfs, when the test may mount one). */
+ * that a re-run recovers from (tmpfs, when the test may mount one).
+ * Table-file ingestion (backfill's bulk load): the same store as the
+ * memtable path, a crash between its steps recovered by a rerun, and a
+ * lost table file refused. */
 #include <check.h>
 #include <dirent.h>
 #include <errno.h>
@@ -760,6 +763,173 @@ START_TEST(disk_full_is_an_error_and_resumes) {
 }
 END_TEST
 
+/* ---- table-file ingestion (iqp_store_set_ingest, `iqp backfill`) ---------- */
+
+#define INGEST_IMPRESSIONS 4000 /* ~8,800 lines over 30 days */
+
+/* A 30-day log for the ingestion tests (batches of 1000 events write
+ * well over IQP_STORE_INGEST_MIN_MERGES counts merges). */
+static void gen_month_log(const char *path) {
+    char *q = tu_shell_quote(path), *out = NULL;
+    char *args = tu_fmt("gen --seed 11 --impressions %d --start %lld --span 30d --out %s",
+                        INGEST_IMPRESSIONS, (long long)GEN_START_MS, q);
+    ck_assert_msg(run_iqp(&out, args) == 0, "%s", out);
+    free(out);
+    free(args);
+    free(q);
+}
+
+/* `[ENV] iqp backfill FLAGS --store STORE LOG` with its output (stderr
+ * included) in *out; the exit status. */
+static int backfill_env(const char *env, const char *store, const char *log, const char *flags,
+                        char **out) {
+    char *qs = tu_shell_quote(store), *ql = tu_shell_quote(log);
+    char *cmd = tu_fmt("%s %s backfill %s --store %s %s 2>&1", env ? env : "", tu_iqp(), flags, qs, ql);
+    int rc = tu_run(cmd, out);
+    free(cmd);
+    free(qs);
+    free(ql);
+    return rc;
+}
+
+/* Table files the backfill's summary says it ingested (-1: no line). */
+static long ingested_files(const char *out) {
+    const char *p = strstr(out, " table files)");
+    if (!p) return -1;
+    while (p > out && p[-1] >= '0' && p[-1] <= '9') p--;
+    return strtol(p, NULL, 10);
+}
+
+typedef struct digest {
+    uint64_t keys, hash, reserved; /* reserved: keys starting 0xff (none may be seen) */
+} digest;
+
+static int digest_entry(void *ud, const unsigned char *key, size_t klen, const char *val, size_t vlen) {
+    digest *d = ud;
+    const unsigned char *parts[2] = {key, (const unsigned char *)val};
+    size_t lens[2] = {klen, vlen};
+    d->keys++;
+    d->reserved += klen > 0 && key[0] == 0xff;
+    for (int p = 0; p < 2; p++) {
+        for (int i = 0; i < 8; i++) d->hash = (d->hash ^ ((lens[p] >> (8 * i)) & 0xff)) * 1099511628211ULL;
+        for (size_t i = 0; i < lens[p]; i++) d->hash = (d->hash ^ parts[p][i]) * 1099511628211ULL;
+    }
+    return 0;
+}
+
+/* Every key and value of every column family of the store at dir after a
+ * full compaction (expiry run, merges folded): one line per family with
+ * its key count and an FNV-1a hash of the keys and values. */
+static char *store_digest(const char *dir) {
+    iqp_config cfg;
+    iqp_config_defaults(&cfg);
+    iqp_store *st = iqp_store_open(dir, &cfg, IQP_STORE_READ_WRITE, err, sizeof err);
+    ck_assert_msg(st != NULL, "%s", err);
+    ck_assert_msg(iqp_store_compact(st, err, sizeof err) == 0, "%s", err);
+    char *text = strdup("");
+    for (int cf = 0; cf < IQP_CF__COUNT; cf++) {
+        digest d = {0, 14695981039346656037ULL, 0};
+        ck_assert_msg(iqp_store_scan_keys(st, NULL, (iqp_cf)cf, NULL, 0, digest_entry, &d, err,
+                                          sizeof err) == 0, "%s", err);
+        ck_assert_msg(d.reserved == 0, "a scan of %s returned %" PRIu64 " reserved keys", dir, d.reserved);
+        char *next = tu_fmt("%scf %d: %" PRIu64 " keys, hash %016" PRIx64 "\n", text, cf, d.keys, d.hash);
+        free(text);
+        text = next;
+    }
+    iqp_store_close(st);
+    return text;
+}
+
+/* The same log at two batch sizes, with and without ingestion (and on two
+ * counting threads, whose drain hands the store two sorted runs): every
+ * key and value of the compacted stores is the same. */
+START_TEST(ingest_matches_memtable_path) {
+    char *base = tu_mkdtemp("ingest"), *log = tu_fmt("%s/events.jsonl", base);
+    gen_month_log(log);
+    static const char *const flags[] = {"--no-ingest --flush-events 1000", "--flush-events 1000",
+                                        "--threads 2 --flush-events 1000", "--no-ingest --flush-events 200000",
+                                        "--flush-events 200000"};
+    char *want = NULL;
+    for (size_t k = 0; k < sizeof flags / sizeof *flags; k++) {
+        char *store = tu_fmt("%s/store-%zu", base, k), *out = NULL;
+        ck_assert_msg(backfill_env(NULL, store, log, flags[k], &out) == 0, "%s: %s", flags[k], out);
+        long files = ingested_files(out);
+        if (strstr(flags[k], "--no-ingest")) ck_assert_msg(files == 0, "%s ingested files: %s", flags[k], out);
+        else ck_assert_msg(files > 0, "%s ingested no table file: %s", flags[k], out);
+        char *got = store_digest(store);
+        if (!want) want = got;
+        else {
+            ck_assert_msg(strcmp(got, want) == 0, "%s:\n%swithout ingestion:\n%s", flags[k], got, want);
+            free(got);
+        }
+        free(out);
+        free(store);
+    }
+    fprintf(stderr, "check_store: ingestion vs memtable path:\n%s", want);
+    free(want);
+    tu_rmrf(base);
+    free(log);
+    free(base);
+}
+END_TEST
+
+/* The process dies between the steps of a batch's ingestion (the test
+ * hook IQP_TEST_DIE_AT, at the second batch); the same backfill again
+ * finishes or redoes that batch: the store equals an uninterrupted
+ * backfill's, nothing lost, nothing counted twice. */
+START_TEST(ingest_crash_between_steps_recovers) {
+    static const char *const steps[] = {"after-file", "after-commit", "after-ingest"};
+    char *base = tu_mkdtemp("ingestcrash"), *log = tu_fmt("%s/events.jsonl", base);
+    char *ref = tu_fmt("%s/ref", base), *out = NULL;
+    gen_month_log(log);
+    ck_assert_msg(backfill_env(NULL, ref, log, "--no-ingest --flush-events 1000", &out) == 0, "%s", out);
+    free(out);
+    char *want = store_digest(ref);
+    for (size_t k = 0; k < sizeof steps / sizeof *steps; k++) {
+        char *store = tu_fmt("%s/store-%s", base, steps[k]), *env = tu_fmt("IQP_TEST_DIE_AT=%s:2", steps[k]);
+        int rc = backfill_env(env, store, log, "--flush-events 1000", &out);
+        ck_assert_msg(rc == 99, "%s: the backfill should have died (exit 99), exit %d: %s", env, rc, out);
+        free(out);
+        rc = backfill_env(NULL, store, log, "--flush-events 1000", &out);
+        ck_assert_msg(rc == 0, "rerun after %s: exit %d: %s", env, rc, out);
+        free(out);
+        char *got = store_digest(store);
+        ck_assert_msg(strcmp(got, want) == 0, "after %s and a rerun:\n%suninterrupted:\n%s", env, got, want);
+        free(got);
+        free(env);
+        free(store);
+    }
+    free(want);
+    tu_rmrf(base);
+    free(ref);
+    free(log);
+    free(base);
+}
+END_TEST
+
+/* A batch committed but not ingested whose table file is gone cannot be
+ * completed: a read-write open is refused, naming the store and the file. */
+START_TEST(ingest_missing_file_is_refused) {
+    char *base = tu_mkdtemp("ingestlost"), *log = tu_fmt("%s/events.jsonl", base);
+    char *store = tu_fmt("%s/store", base), *out = NULL;
+    gen_month_log(log);
+    int rc = backfill_env("IQP_TEST_DIE_AT=after-commit", store, log, "--flush-events 1000", &out);
+    ck_assert_msg(rc == 99, "the backfill should have died (exit 99), exit %d: %s", rc, out);
+    free(out);
+    char *rm = tu_fmt("rm %s/ingest/*.sst", store);
+    ck_assert_int_eq(tu_run(rm, NULL), 0);
+    rc = backfill_env(NULL, store, log, "--flush-events 1000", &out);
+    ck_assert_msg(rc == 1 && strstr(out, store) && strstr(out, "is missing") && strstr(out, "incomplete"),
+                  "exit %d (want 1, naming the store and the missing file): %s", rc, out);
+    free(out);
+    tu_rmrf(base);
+    free(rm);
+    free(store);
+    free(log);
+    free(base);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("store");
     TCase *tc = tcase_create("core");
@@ -779,6 +949,12 @@ int main(void) {
     tcase_add_test(dirs, failed_backfill_takes_back_its_store);
     tcase_add_test(dirs, disk_full_is_an_error_and_resumes);
     suite_add_tcase(s, dirs);
+    TCase *ingest = tcase_create("ingest");
+    tcase_set_timeout(ingest, 180);
+    tcase_add_test(ingest, ingest_matches_memtable_path);
+    tcase_add_test(ingest, ingest_crash_between_steps_recovers);
+    tcase_add_test(ingest, ingest_missing_file_is_refused);
+    suite_add_tcase(s, ingest);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
