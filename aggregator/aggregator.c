@@ -12,8 +12,10 @@
  *      the bucket of the earliest ts seen; an earlier repeat moves the
  *      count (-1 at the old bucket, +1 at the new one).
  * Every delta goes to the combiner for the granularities whose bucket is
- * still retained; markers are looked up first in the batch, then in the
- * store. Nothing is read-modify-written in the store.
+ * still retained (once, at the finest granularity, when the coarser ones
+ * can be derived from it at drain: shards.c); markers are looked up first
+ * in the batch, then in the store. Nothing is read-modify-written in the
+ * store.
  *
  * Steps 1, 2 and the markers of 3 are decided here, in event order; what
  * the event then adds is an order (shards.h) that is applied here or, with

@@ -22,6 +22,14 @@
  * stored key per slot) and each stored key's cell order, so the batch
  * packs the cells of one (context, entity, slot) into one merge.
  *
+ * Derived granularities (combiner.h, iqp_derive): a source cell is a
+ * counter cell whose granularity byte is SOURCE_GRAN, named by its bucket
+ * of granularity 0. The drain writes it as granularity 0's cell and adds
+ * it into the plan's coarser cells (see "writing a table" below), summed
+ * with any cells the caller added to those granularities directly; a
+ * batch-wide range of source buckets lets iqp_combiner_peek sum a coarse
+ * bucket's source cells without probing buckets no event touched.
+ *
  * Cells are carved, with their counters and key bytes, out of an arena of
  * 2 MiB blocks, rewound in one sweep at drain time; blocks and slot arrays
  * are kept for the next batch (a batch's memory is reused, not re-faulted).

@@ -9,9 +9,10 @@
  *
  * Cells are named by integers: (context prefix id, item id, granularity,
  * bucket). The aggregator interns a prefix once per feature per event and
- * an item once per event, so the ~100 cell updates of an impression hash
- * and compare fixed-width integers, and the store keys (cells.h) are
- * written once per distinct cell, at drain.
+ * an item once per event, so the ~60 cell updates of an impression (one
+ * per feature and item at the finest granularity, the coarser ones
+ * derived at drain: below) hash and compare fixed-width integers, and the
+ * store keys (cells.h) are written once per distinct cell, at drain.
  *
  * Coarse granularities derived at drain (iqp_derive): with a plan set,
  * most events add only their finest granularity's cells ("source" cells,
