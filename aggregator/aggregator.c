@@ -12,8 +12,10 @@
  *      the bucket of the earliest ts seen; an earlier repeat moves the
  *      count (-1 at the old bucket, +1 at the new one).
  * Every delta goes to the combiner for the granularities whose bucket is
- * still retained; markers are looked up first in the batch, then in the
- * store. Nothing is read-modify-written in the store.
+ * still retained (once, at the finest granularity, when the coarser ones
+ * can be derived from it at drain: shards.c); markers are looked up first
+ * in the batch, then in the store. Nothing is read-modify-written in the
+ * store.
  *
  * Steps 1, 2 and the markers of 3 are decided here, in event order; what
  * the event then adds is an order (shards.h) that is applied here or, with
@@ -77,6 +79,7 @@ struct iqp_aggregator {
     size_t pending;
     int failed;                   /* a flush failed: the batch is lost, refuse work */
     int restoring;                /* markers only: no counter deltas (iqp_aggregator_restore) */
+    int derive;                   /* combiners derive coarse granularities (shards.c) */
     iqp_agg_stats stats;
     staged_meta *meta;
     iqp_agg_flush_hook hook;      /* on_cell NULL: none */
@@ -109,7 +112,8 @@ iqp_aggregator *iqp_aggregator_new(iqp_store *st) {
     if (!a) abort();
     a->st = st;
     a->cfg = iqp_store_config(st);
-    a->comb = iqp_combiner_new(IQP_COUNTERS(a->cfg));
+    a->derive = 1;
+    a->comb = iqp_count_combiner_new(a->cfg, a->derive);
     a->batch = iqp_store_batch_new(st);
     a->watermark_ms = iqp_store_watermark(st);
     reset_pending_buckets(a);
@@ -446,7 +450,7 @@ int iqp_aggregator_flush_begin(iqp_aggregator *a, char *err, size_t errlen) {
     }
     if (a->pending == 0 && !a->meta) return 0;
     flush_job *j = &a->job;
-    if (!a->spare) a->spare = iqp_combiner_new(IQP_COUNTERS(a->cfg));
+    if (!a->spare) a->spare = iqp_count_combiner_new(a->cfg, a->derive);
     j->a = a;
     take_shards(a);
     j->comb = a->comb;
@@ -470,7 +474,16 @@ void iqp_aggregator_set_threads(iqp_aggregator *a, unsigned n) {
     if (n > IQP_MAX_COUNT_THREADS) n = IQP_MAX_COUNT_THREADS;
     a->job.shard_combs = calloc(n, sizeof *a->job.shard_combs);
     if (!a->job.shard_combs) abort();
-    a->shards = iqp_shards_new(a->cfg, n);
+    a->shards = iqp_shards_new(a->cfg, n, a->derive);
+}
+
+void iqp_aggregator_set_derive(iqp_aggregator *a, int on) {
+    if (a->shards || a->pending || iqp_combiner_cells(a->comb) || a->job.running) return;
+    a->derive = on != 0;
+    iqp_combiner_free(a->comb);
+    iqp_combiner_free(a->spare);
+    a->spare = NULL;
+    a->comb = iqp_count_combiner_new(a->cfg, a->derive);
 }
 
 void iqp_aggregator_after_counted(iqp_aggregator *a, void (*fn)(void *ud), void *ud) {
@@ -506,19 +519,12 @@ int iqp_aggregator_pending_cell(const iqp_aggregator *a, iqp_cf cf, const unsign
                                 size_t klen, int64_t *vec, size_t n) {
     int gran;
     int64_t bucket;
-    const int64_t *held = NULL;
     if (iqp_cells_key_bucket(key, klen, &gran, &bucket) < 0) return 0;
     size_t body = klen - IQP_BUCKET_SUFFIX_LEN;
-    if (cf == IQP_CF_CONTEXTS) {
-        held = iqp_combiner_peek(a->comb, key, body, NULL, 0, gran, bucket);
-    } else {
-        iqp_parsed_key pk;
-        if (iqp_cells_parse_key(a->cfg, key, body, &pk) < 0 || !pk.item) return 0;
-        held = iqp_combiner_peek(a->comb, key, pk.prefix_len, pk.item, pk.item_len, gran, bucket);
-    }
-    if (!held) return 0;
-    for (size_t i = 0; i < n; i++) vec[i] += held[i];
-    return 1;
+    if (cf == IQP_CF_CONTEXTS) return iqp_combiner_peek(a->comb, key, body, NULL, 0, gran, bucket, vec, n);
+    iqp_parsed_key pk;
+    if (iqp_cells_parse_key(a->cfg, key, body, &pk) < 0 || !pk.item) return 0;
+    return iqp_combiner_peek(a->comb, key, pk.prefix_len, pk.item, pk.item_len, gran, bucket, vec, n);
 }
 
 int iqp_aggregator_pending_buckets(const iqp_aggregator *a, int gran_index, int64_t *first,

@@ -108,6 +108,12 @@ int iqp_aggregator_flush_begin(iqp_aggregator *a, char *err, size_t errlen);
  * pending_buckets): backfill only. */
 void iqp_aggregator_set_threads(iqp_aggregator *a, unsigned n);
 
+/* on 0: every granularity is combined per event, none derived from the
+ * finest at drain (shards.c); the store's bytes are the same either way.
+ * For tests and measurements that compare the two; call before the first
+ * add and before set_threads (ignored otherwise). Default: on. */
+void iqp_aggregator_set_derive(iqp_aggregator *a, int on);
+
 /* fn(ud) runs once every event added so far is counted: at once when
  * counting on the caller's thread, else on a counting thread, later. The
  * cue to free the events (a decoded batch). Every flush waits for it. */

@@ -22,6 +22,14 @@
  * stored key per slot) and each stored key's cell order, so the batch
  * packs the cells of one (context, entity, slot) into one merge.
  *
+ * Derived granularities (combiner.h, iqp_derive): a source cell is a
+ * counter cell whose granularity byte is SOURCE_GRAN, named by its bucket
+ * of granularity 0. The drain writes it as granularity 0's cell and adds
+ * it into the plan's coarser cells (see "writing a table" below), summed
+ * with any cells the caller added to those granularities directly; a
+ * batch-wide range of source buckets lets iqp_combiner_peek sum a coarse
+ * bucket's source cells without probing buckets no event touched.
+ *
  * Cells are carved, with their counters and key bytes, out of an arena of
  * 2 MiB blocks, rewound in one sweep at drain time; blocks and slot arrays
  * are kept for the next batch (a batch's memory is reused, not re-faulted).
@@ -86,6 +94,7 @@ typedef struct int_table {
     size_t mask, count, width;
     cell_chunk *chunks;
     size_t n_chunks;    /* allocated; kept across batches */
+    int64_t src_first, src_last; /* buckets of the source cells (first > last: none) */
 } int_table;
 
 /* Interned strings: the byte table finds an id, keys[id] its bytes. */
@@ -97,6 +106,7 @@ typedef struct intern {
 
 struct iqp_combiner {
     int_table counts, contexts;
+    iqp_derive derive;      /* mask 0: nothing derived */
     cell_table markers;
     intern prefixes, items;
     unsigned char *entity;  /* scratch: an item's entity encoding */
@@ -242,6 +252,8 @@ static void int_table_init(int_table *t, size_t width) {
     t->width = width;
     t->chunks = NULL;
     t->n_chunks = 0;
+    t->src_first = INT64_MAX;
+    t->src_last = INT64_MIN;
 }
 
 static void int_table_free(int_table *t) {
@@ -262,6 +274,8 @@ static const uint64_t *cell_names(const int_table *t, size_t idx) {
 }
 
 static void int_table_reset(int_table *t) {
+    t->src_first = INT64_MAX;
+    t->src_last = INT64_MIN;
     if (t->count == 0) return;
     memset(t->slots, 0, (t->mask + 1) * sizeof(int_slot));
     t->count = 0;
@@ -340,6 +354,21 @@ static uint64_t bucket_word(int gran, int64_t bucket) {
     return (uint64_t)bucket << 8 | (uint8_t)gran;
 }
 
+/* The granularity byte of a source cell (granularity 0, plus the plan's
+ * derived ones at drain): no config has this many granularities. */
+#define SOURCE_GRAN 0xff
+
+/* floor(a / b) for b > 0. */
+static int64_t floor_div(int64_t a, int64_t b) {
+    int64_t q = a / b;
+    return (a % b < 0) ? q - 1 : q;
+}
+
+static void note_source(int_table *t, int64_t bucket) {
+    if (bucket < t->src_first) t->src_first = bucket;
+    if (bucket > t->src_last) t->src_last = bucket;
+}
+
 /* ---- interning ------------------------------------------------------------ */
 
 static void intern_init(intern *in) {
@@ -386,7 +415,7 @@ static size_t encode_entity(unsigned char *out, const char *item, size_t len) {
 
 iqp_combiner *iqp_combiner_new(size_t width) {
     iqp_combiner *c = calloc(1, sizeof *c);
-    if (!c) abort();
+    if (!c || width > IQP_MAX_COUNTERS) abort();
     int_table_init(&c->counts, width);
     int_table_init(&c->contexts, 1);
     table_init(&c->markers, 2);
@@ -433,6 +462,22 @@ void iqp_combiner_add_context(iqp_combiner *c, uint32_t prefix, int gran, int64_
     int_table_get(&c->contexts, name_word(prefix, NO_ITEM), bucket_word(gran, bucket))[0] += delta;
 }
 
+void iqp_combiner_add_count_source(iqp_combiner *c, uint32_t prefix, uint32_t item, int64_t bucket,
+                                   size_t idx, int64_t delta) {
+    note_source(&c->counts, bucket);
+    int_table_get(&c->counts, name_word(prefix, item), bucket_word(SOURCE_GRAN, bucket))[idx] += delta;
+}
+
+void iqp_combiner_add_context_source(iqp_combiner *c, uint32_t prefix, int64_t bucket,
+                                     int64_t delta) {
+    note_source(&c->contexts, bucket);
+    int_table_get(&c->contexts, name_word(prefix, NO_ITEM), bucket_word(SOURCE_GRAN, bucket))[0] += delta;
+}
+
+void iqp_combiner_set_derive(iqp_combiner *c, const iqp_derive *d) { c->derive = *d; }
+
+const iqp_derive *iqp_combiner_derive(const iqp_combiner *c) { return &c->derive; }
+
 int iqp_combiner_get_marker(const iqp_combiner *c, const unsigned char *key, iqp_marker *m) {
     if (c->markers.count == 0) return 0;
     uint64_t h = XXH3_64bits(key, IQP_MARKER_KEY_LEN);
@@ -449,21 +494,53 @@ void iqp_combiner_set_marker(iqp_combiner *c, const unsigned char *key, const iq
     e->vec[1] = m->written_wm;
 }
 
-const int64_t *iqp_combiner_peek(const iqp_combiner *c, const unsigned char *prefix, size_t plen,
-                                 const char *item, size_t ilen, int gran, int64_t bucket) {
+/* Adds the cell (name, gran byte, bucket) of t into vec; 1 when held. */
+static int peek_add(const int_table *t, uint64_t name, int gran, int64_t bucket, int64_t *vec,
+                    size_t n) {
+    const int_slot *s = int_probe(t, name, bucket_word(gran, bucket));
+    if (!s->idx1) return 0;
+    const int64_t *held = cell_vals(t, s->idx1 - 1);
+    for (size_t i = 0; i < n; i++) vec[i] += held[i];
+    return 1;
+}
+
+/* Adds the source cells that granularity gran's bucket sums at drain:
+ * all of them for granularity 0, the fine buckets inside it for a derived
+ * one (only those the batch's source cells span are probed). */
+static int peek_sources(const iqp_combiner *c, const int_table *t, uint64_t name, int gran,
+                        int64_t bucket, int64_t *vec, size_t n) {
+    const iqp_derive *d = &c->derive;
+    if (!d->mask || t->src_first > t->src_last) return 0;
+    if (gran == 0) return peek_add(t, name, SOURCE_GRAN, bucket, vec, n);
+    if (gran < 0 || gran >= IQP_MAX_GRANS || !(d->mask >> gran & 1)) return 0;
+    int64_t first, last, k = d->ratio[gran];
+    if (__builtin_mul_overflow(bucket, k, &first) || __builtin_add_overflow(first, k - 1, &last))
+        return 0;
+    if (first < t->src_first) first = t->src_first;
+    if (last > t->src_last) last = t->src_last;
+    int held = 0;
+    for (int64_t fb = first; fb <= last; fb++) held |= peek_add(t, name, SOURCE_GRAN, fb, vec, n);
+    return held;
+}
+
+int iqp_combiner_peek(const iqp_combiner *c, const unsigned char *prefix, size_t plen,
+                      const char *item, size_t ilen, int gran, int64_t bucket, int64_t *vec,
+                      size_t n) {
     uint32_t pid, iid = NO_ITEM;
-    if (!intern_find(&c->prefixes, prefix, plen, &pid)) return NULL;
+    if (!intern_find(&c->prefixes, prefix, plen, &pid)) return 0;
     if (item) {
         unsigned char small[256], *ent = ilen + 2 <= sizeof small ? small : malloc(ilen + 2);
         if (!ent) abort();
         int found = intern_find(&c->items, ent, encode_entity(ent, item, ilen), &iid);
         if (ent != small) free(ent);
-        if (!found) return NULL;
+        if (!found) return 0;
     }
     const int_table *t = item ? &c->counts : &c->contexts;
-    if (t->count == 0) return NULL;
-    const int_slot *s = int_probe(t, name_word(pid, iid), bucket_word(gran, bucket));
-    return s->idx1 ? cell_vals(t, s->idx1 - 1) : NULL;
+    if (t->count == 0) return 0;
+    if (n > t->width) n = t->width;
+    uint64_t name = name_word(pid, iid);
+    int direct = peek_add(t, name, gran, bucket, vec, n);
+    return peek_sources(c, t, name, gran, bucket, vec, n) | direct;
 }
 
 size_t iqp_combiner_cells(const iqp_combiner *c) { return c->counts.count + c->contexts.count; }
@@ -671,6 +748,140 @@ static void sort_drain(drain_entry *e, size_t n) {
     free(p);
 }
 
+/* ---- writing a table ---------------------------------------------------------
+ * A drain entry is one cell to write: a cell of the table, or (derived
+ * granularities) a copy of a source cell placed at its coarser bucket.
+ * Flags in the entry's idx say which: ENTRY_SOURCE, a source cell (written
+ * at granularity 0; its counters also go into the inline cell, below);
+ * ENTRY_DERIVED, a copy. After the sort, entries naming the same cell are
+ * adjacent and are summed into one.
+ *
+ * The inline granularity: when the coarsest granularity (the one whose
+ * bucket is the stored key's slot, cells.h) is derived, its one cell of a
+ * stored key is the sum of that key's source cells, which the sort has
+ * already made consecutive: it is summed on the way, with no entries of
+ * its own (the common 1h/1d config derives its days this way). Other
+ * derived granularities (e.g. 5h under 1d, whose buckets may straddle
+ * slots) get a copy entry per source cell. */
+#define ENTRY_SOURCE ((size_t)1 << 62)
+#define ENTRY_DERIVED ((size_t)1 << 63)
+#define ENTRY_IDX(i) ((i) & ~(ENTRY_SOURCE | ENTRY_DERIVED))
+
+static void put_entry(drain_entry *e, const iqp_store_batch *b, uint64_t rank, int gran,
+                      int64_t bucket, size_t idx) {
+    e->rank = rank;
+    e->suffix = (uint64_t)gran << 56 | ((uint64_t)bucket & 0x00ffffffffffffffULL);
+    e->slot = (uint64_t)iqp_store_batch_slot(b, gran, bucket);
+    e->idx = idx;
+}
+
+/* The granularity derived inline, or -1. */
+static int inline_gran(const iqp_derive *d) {
+    if (d->n_grans < 2) return -1;
+    int s = (int)d->n_grans - 1;
+    return d->mask >> s & 1 ? s : -1;
+}
+
+/* Fills e with the entries of t's non-zero cells (unsorted); returns how
+ * many. e has room for count * (1 + derived granularities not inline). */
+static size_t table_entries(const iqp_combiner *c, const int_table *t, const iqp_store_batch *b,
+                            const uint32_t *prank, const uint32_t *irank, drain_entry *e) {
+    const iqp_derive *d = &c->derive;
+    unsigned copies = d->mask & ~(inline_gran(d) >= 0 ? 1u << inline_gran(d) : 0u);
+    size_t n = 0;
+    for (size_t idx = 0; idx < t->count; idx++) { /* insertion order: sequential */
+        const uint64_t *name = cell_names(t, idx);
+        if (all_zero(cell_vals(t, idx), t->width)) continue;
+        uint32_t item = (uint32_t)name[0];
+        uint64_t rank = (uint64_t)prank[name[0] >> 32] << 32 | (item == NO_ITEM ? 0 : irank[item]);
+        int gran = (int)(name[1] & 0xff);
+        int64_t bucket = (int64_t)name[1] >> 8;
+        if (gran != SOURCE_GRAN) {
+            put_entry(&e[n++], b, rank, gran, bucket, idx);
+            continue;
+        }
+        put_entry(&e[n++], b, rank, 0, bucket, idx | ENTRY_SOURCE);
+        for (int g = 1; g < (int)d->n_grans; g++)
+            if (copies >> g & 1)
+                put_entry(&e[n++], b, rank, g, floor_div(bucket, d->ratio[g]), idx | ENTRY_DERIVED);
+    }
+    return n;
+}
+
+/* Writes the cells of one table to a batch, one stored key at a time. */
+typedef struct emitter {
+    iqp_store_batch *b;
+    iqp_cf cf;
+    iqp_combiner_cell_fn on_cell;
+    void *ud;
+    cell **pkeys, **ikeys;  /* interned strings by rank */
+    iqp_keybuf key;
+    size_t body;            /* bytes of key before its bucket suffix */
+    int opened;             /* this stored key's merge is open */
+    size_t width, written;
+} emitter;
+
+/* Writes one cell of the stored key being written (unless all zero). */
+static void emit_cell(emitter *m, uint64_t rank, int gran, int64_t bucket, const int64_t *vals) {
+    if (all_zero(vals, m->width)) return;
+    if (m->opened) {
+        iqp_store_batch_merge_more(m->b, gran, bucket, vals, m->width);
+    } else {
+        const cell *p = m->pkeys[rank >> 32];
+        m->key.len = 0;
+        iqp_keybuf_append(&m->key, p->key, p->klen);
+        if (m->cf == IQP_CF_COUNTS) { /* the item's entity */
+            const cell *it = m->ikeys[(uint32_t)rank];
+            iqp_keybuf_append(&m->key, it->key, it->klen);
+        }
+        m->body = m->key.len;
+        iqp_store_batch_merge_cell(m->b, m->cf, m->key.buf, m->body, gran, bucket, vals, m->width);
+        m->opened = 1;
+    }
+    if (m->on_cell) {
+        m->key.len = m->body;
+        iqp_cells_append_bucket(&m->key, gran, bucket);
+        m->on_cell(m->ud, m->b, m->cf, m->key.buf, m->key.len);
+    }
+    m->written++;
+}
+
+static void add_vec(int64_t *dst, const int64_t *src, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] += src[i];
+}
+
+/* Writes the stored key of e[0..n) (one rank and slot; sorted): each run
+ * of entries naming one cell summed into one, and the inline cell last. */
+static void emit_key(emitter *m, const int_table *t, const drain_entry *e, size_t n, int inl) {
+    int64_t sum[IQP_MAX_COUNTERS], coarse[IQP_MAX_COUNTERS] = {0};
+    int have_coarse = 0;
+    m->opened = 0;
+    for (size_t j = 0, k; j < n; j = k) {
+        for (k = j + 1; k < n && e[k].suffix == e[j].suffix; k++) {}
+        int gran = (int)(e[j].suffix >> 56);
+        int64_t bucket = (int64_t)(e[j].suffix << 8) >> 8; /* sign-extend 56 bits */
+        const int64_t *vals = cell_vals(t, ENTRY_IDX(e[j].idx));
+        if (gran == inl) { /* direct deltas of the inline cell */
+            for (size_t x = j; x < k; x++) add_vec(coarse, cell_vals(t, ENTRY_IDX(e[x].idx)), m->width);
+            have_coarse = 1;
+            continue;
+        }
+        if (k > j + 1 || e[j].idx & ENTRY_DERIVED) {
+            memset(sum, 0, m->width * sizeof *sum);
+            for (size_t x = j; x < k; x++) add_vec(sum, cell_vals(t, ENTRY_IDX(e[x].idx)), m->width);
+            vals = sum;
+        }
+        if (inl >= 0)
+            for (size_t x = j; x < k; x++)
+                if (e[x].idx & ENTRY_SOURCE) {
+                    add_vec(coarse, cell_vals(t, ENTRY_IDX(e[x].idx)), m->width);
+                    have_coarse = 1;
+                }
+        emit_cell(m, e[j].rank, gran, bucket, vals);
+    }
+    if (have_coarse) emit_cell(m, e[0].rank, inl, (int64_t)e[0].slot, coarse);
+}
+
 /* Writes one counter table's non-zero cells, in store key order, as merges
  * into cf, telling on_cell (when set) about each; returns the cells. The
  * cells of one stored key (same ranks and slot) are consecutive: the first
@@ -678,59 +889,32 @@ static void sort_drain(drain_entry *e, size_t n) {
  * (iqp_store_batch_merge_more) without a key being built or compared. */
 static size_t drain_counters(const iqp_combiner *c, const int_table *t, iqp_cf cf, iqp_store_batch *b,
                              iqp_combiner_cell_fn on_cell, void *ud) {
-    cell **pkeys, **ikeys; /* by rank */
-    uint32_t *prank = rank_interned(&c->prefixes, &pkeys), *irank = rank_interned(&c->items, &ikeys);
-    drain_entry *e = malloc((t->count ? t->count : 1) * sizeof *e);
-    size_t n = 0, written = 0;
+    emitter m = {.b = b, .cf = cf, .on_cell = on_cell, .ud = ud, .width = t->width};
+    uint32_t *prank = rank_interned(&c->prefixes, &m.pkeys), *irank = rank_interned(&c->items, &m.ikeys);
+    int inl = inline_gran(&c->derive);
+    size_t per_cell = 1 + (size_t)__builtin_popcount(c->derive.mask) - (inl >= 0);
+    drain_entry *e = malloc((t->count ? t->count : 1) * per_cell * sizeof *e);
     if (!e) abort();
-    for (size_t idx = 0; idx < t->count; idx++) { /* insertion order: sequential */
-        const uint64_t *name = cell_names(t, idx);
-        if (all_zero(cell_vals(t, idx), t->width)) continue;
-        uint32_t item = (uint32_t)name[0];
-        uint64_t ir = item == NO_ITEM ? 0 : irank[item];
-        e[n].rank = (uint64_t)prank[name[0] >> 32] << 32 | ir;
-        e[n].suffix = (name[1] & 0xff) << 56 | ((uint64_t)((int64_t)name[1] >> 8) & 0x00ffffffffffffffULL);
-        e[n].slot = (uint64_t)iqp_store_batch_slot(b, (int)(name[1] & 0xff), (int64_t)name[1] >> 8);
-        e[n++].idx = idx;
-    }
+    size_t n = table_entries(c, t, b, prank, irank, e);
     sort_drain(e, n);
-    iqp_keybuf key;
-    iqp_keybuf_init(&key);
-    size_t body = 0;
-    for (size_t i = 0; i < n; i++) {
-        /* cells are visited in key order, i.e. at random in memory: ask for
-         * the counters a few cells ahead (a miss per cell was 8% of the writer) */
-        if (i + 16 < n) __builtin_prefetch(cell_vals(t, e[i + 16].idx));
-        int gran = (int)(e[i].suffix >> 56);
-        int64_t bucket = (int64_t)(e[i].suffix << 8) >> 8; /* sign-extend 56 bits */
-        const int64_t *vals = cell_vals(t, e[i].idx);
-        if (i > 0 && e[i].rank == e[i - 1].rank && e[i].slot == e[i - 1].slot) {
-            iqp_store_batch_merge_more(b, gran, bucket, vals, t->width);
-        } else {
-            const cell *p = pkeys[e[i].rank >> 32];
-            key.len = 0;
-            iqp_keybuf_append(&key, p->key, p->klen);
-            if (cf == IQP_CF_COUNTS) { /* the item's entity */
-                const cell *it = ikeys[(uint32_t)e[i].rank];
-                iqp_keybuf_append(&key, it->key, it->klen);
-            }
-            body = key.len;
-            iqp_store_batch_merge_cell(b, cf, key.buf, body, gran, bucket, vals, t->width);
-        }
-        if (on_cell) {
-            key.len = body;
-            iqp_cells_append_bucket(&key, gran, bucket);
-            on_cell(ud, b, cf, key.buf, key.len);
-        }
-        written++;
+    iqp_keybuf_init(&m.key);
+    for (size_t i = 0, end = 0; i < n; i = end) {
+        do { /* one stored key's entries */
+            /* cells are visited in key order, i.e. at random in memory: ask
+             * for the counters a few cells ahead (a miss per cell was 8% of
+             * the writer) */
+            if (end + 16 < n) __builtin_prefetch(cell_vals(t, ENTRY_IDX(e[end + 16].idx)));
+            end++;
+        } while (end < n && e[end].rank == e[i].rank && e[end].slot == e[i].slot);
+        emit_key(&m, t, e + i, end - i, inl);
     }
-    iqp_keybuf_free(&key);
+    iqp_keybuf_free(&m.key);
     free(e);
     free(prank);
     free(irank);
-    free(pkeys);
-    free(ikeys);
-    return written;
+    free(m.pkeys);
+    free(m.ikeys);
+    return m.written;
 }
 
 void iqp_combiner_clear(iqp_combiner *c) {

@@ -59,6 +59,70 @@ static size_t own_prefixes(const iqp_config *cfg, iqp_combiner *c, iqp_count_scr
     return owned;
 }
 
+/* ---- derived granularities ------------------------------------------------
+ * Only the finest granularity is combined per event; the coarser ones are
+ * derived from its cells at drain (combiner.h, iqp_derive), which halves
+ * the combiner probes of the default hourly + daily config. Decided once,
+ * when a counting combiner is made (iqp_count_derive_plan):
+ *   - granularity g > 0 is derived when gran_ms[g] is a multiple of
+ *     gran_ms[0]. Buckets are floor(ts / gran) from the epoch, so g's
+ *     bucket is then exactly the union of ratio whole fine buckets, and
+ *     floor(fine bucket / ratio) is g's bucket of every ts in it. Any other
+ *     granularity (5h over 2h) is combined per event, as before.
+ *   - Retention is per granularity, so one event may be late for the
+ *     finest granularity and still count in a coarser one (or, with a
+ *     short coarse retention, the reverse). A fine cell may only hold
+ *     deltas that every derived granularity also takes, so per delta
+ *     (plan_ts): when the finest granularity and every derived one retain
+ *     ts's buckets, the delta goes to the source cell (counted once, in
+ *     all of them at drain) plus, directly, to the retained granularities
+ *     that are not derived; otherwise it goes directly to each granularity
+ *     that retains it, exactly as without derivation. The drain sums a
+ *     cell's direct and derived parts, so every cell written is the sum of
+ *     the same deltas either way: the store's bytes do not change.
+ * The count observer (export's mirror) is still told every delta per
+ * granularity, and iqp_combiner_peek sums a coarse bucket's source cells,
+ * so readers of the unflushed batch see the same values as before. */
+
+void iqp_count_derive_plan(const iqp_config *cfg, iqp_derive *d) {
+    memset(d, 0, sizeof *d);
+    d->n_grans = cfg->n_grans;
+    if (cfg->n_grans < 2 || cfg->gran_ms[0] <= 0) return;
+    for (size_t g = 1; g < cfg->n_grans; g++)
+        if (cfg->gran_ms[g] % cfg->gran_ms[0] == 0) {
+            d->mask |= 1u << g;
+            d->ratio[g] = cfg->gran_ms[g] / cfg->gran_ms[0];
+        }
+}
+
+iqp_combiner *iqp_count_combiner_new(const iqp_config *cfg, int derive) {
+    iqp_combiner *c = iqp_combiner_new(IQP_COUNTERS(cfg));
+    iqp_derive d;
+    iqp_count_derive_plan(cfg, &d);
+    if (!derive) d.mask = 0;
+    iqp_combiner_set_derive(c, &d);
+    return c;
+}
+
+/* Where the deltas at one ts go (see above). */
+typedef struct ts_plan {
+    int64_t bucket[IQP_MAX_GRANS];
+    unsigned retained;  /* bit g: g's bucket of ts is retained under wm (the observer's) */
+    unsigned direct;    /* bit g: add to g's cell */
+    int source;         /* add to the source cell (bucket[0]) */
+} ts_plan;
+
+static void plan_ts(const iqp_config *cfg, const iqp_derive *d, int64_t ts, int64_t wm, ts_plan *p) {
+    p->retained = 0;
+    for (size_t g = 0; g < cfg->n_grans; g++) {
+        p->bucket[g] = iqp_bucket_of(ts, cfg->gran_ms[g]);
+        if (p->bucket[g] >= iqp_retention_first_bucket(cfg, (int)g, wm)) p->retained |= 1u << g;
+    }
+    unsigned needed = d->mask | 1u;
+    p->source = d->mask && (p->retained & needed) == needed;
+    p->direct = p->source ? p->retained & ~needed : p->retained;
+}
+
 #define CONTEXT_CELL UINT32_MAX /* bump's item for the context cells */
 
 /* One order being applied: where its deltas go. */
@@ -78,22 +142,30 @@ static void observe(const apply_ctx *x, size_t f, const iqp_item_ref *ref, int g
 }
 
 /* delta to counter idx of item's cells (item CONTEXT_CELL: to the
- * context_count cells; ref is the item's raw id, NULL for those) at ts,
- * in every owned feature and every granularity that retains ts's bucket
- * under wm. */
+ * context_count cells; ref is the item's raw id, NULL for those) at the
+ * planned ts, in every owned feature and every granularity that retains
+ * ts's bucket. */
 static uint64_t bump(const apply_ctx *x, uint32_t item, const iqp_item_ref *ref, size_t idx,
-                     int64_t ts, int64_t wm, int64_t delta) {
+                     const ts_plan *p, int64_t delta) {
     const iqp_config *cfg = x->cfg;
     uint64_t updates = 0;
+    for (size_t f = 0; p->source && f < cfg->n_features; f++) {
+        if (!x->s->mine[f]) continue;
+        if (item == CONTEXT_CELL) iqp_combiner_add_context_source(x->c, x->s->prefix_id[f], p->bucket[0], delta);
+        else iqp_combiner_add_count_source(x->c, x->s->prefix_id[f], item, p->bucket[0], idx, delta);
+        updates++;
+    }
     for (size_t g = 0; g < cfg->n_grans; g++) {
-        int64_t b = iqp_bucket_of(ts, cfg->gran_ms[g]);
-        if (b < iqp_retention_first_bucket(cfg, (int)g, wm)) continue;
+        int direct = p->direct >> g & 1;
+        if (!(p->retained >> g & 1) || (!direct && !x->obs)) continue;
         for (size_t f = 0; f < cfg->n_features; f++) {
             if (!x->s->mine[f]) continue;
-            if (item == CONTEXT_CELL) iqp_combiner_add_context(x->c, x->s->prefix_id[f], (int)g, b, delta);
-            else iqp_combiner_add_count(x->c, x->s->prefix_id[f], item, (int)g, b, idx, delta);
-            if (x->obs) observe(x, f, ref, (int)g, b, idx, delta);
-            updates++;
+            if (direct && item == CONTEXT_CELL)
+                iqp_combiner_add_context(x->c, x->s->prefix_id[f], (int)g, p->bucket[g], delta);
+            else if (direct)
+                iqp_combiner_add_count(x->c, x->s->prefix_id[f], item, (int)g, p->bucket[g], idx, delta);
+            if (x->obs) observe(x, f, ref, (int)g, p->bucket[g], idx, delta);
+            updates += direct;
         }
     }
     return updates;
@@ -108,7 +180,7 @@ static int cmp_item_refs(const void *x, const void *y) {
 
 /* +1 impression for every distinct item of ev (an item listed twice
  * counts once). */
-static uint64_t bump_impressions(const apply_ctx *x, const iqp_event *ev, int64_t wm) {
+static uint64_t bump_impressions(const apply_ctx *x, const iqp_event *ev, const ts_plan *p) {
     uint64_t updates = 0;
     if (ev->n_items <= 64) {
         /* equal items intern to equal ids: a repeat is an id seen before
@@ -118,7 +190,7 @@ static uint64_t bump_impressions(const apply_ctx *x, const iqp_event *ev, int64_
             ids[i] = iqp_combiner_item_id(x->c, ev->items[i].id, ev->items[i].len);
             size_t j = 0;
             while (j < i && ids[j] != ids[i]) j++;
-            if (j == i) updates += bump(x, ids[i], &ev->items[i], IQP_COUNTER_IMPRESSION, ev->ts, wm, 1);
+            if (j == i) updates += bump(x, ids[i], &ev->items[i], IQP_COUNTER_IMPRESSION, p, 1);
         }
         return updates;
     }
@@ -130,7 +202,7 @@ static uint64_t bump_impressions(const apply_ctx *x, const iqp_event *ev, int64_
     for (size_t i = 0; i < ev->n_items; i++) {
         if (i > 0 && cmp_item_refs(&sorted[i - 1], &sorted[i]) == 0) continue;
         uint32_t id = iqp_combiner_item_id(x->c, sorted[i].id, sorted[i].len);
-        updates += bump(x, id, &sorted[i], IQP_COUNTER_IMPRESSION, ev->ts, wm, 1);
+        updates += bump(x, id, &sorted[i], IQP_COUNTER_IMPRESSION, p, 1);
     }
     free(sorted);
     return updates;
@@ -142,12 +214,18 @@ uint64_t iqp_count_apply(const iqp_config *cfg, iqp_combiner *c, iqp_count_scrat
     const iqp_event *ev = o->ev;
     if (own_prefixes(cfg, c, s, ev, shard, n) == 0) return 0;
     apply_ctx x = {cfg, c, s, obs};
-    if (ev->kind == IQP_EVENT_IMPRESSION)
-        return bump(&x, CONTEXT_CELL, NULL, 0, ev->ts, o->wm, 1) + bump_impressions(&x, ev, o->wm);
+    const iqp_derive *d = iqp_combiner_derive(c);
+    ts_plan p;
+    if (ev->kind == IQP_EVENT_IMPRESSION) {
+        plan_ts(cfg, d, ev->ts, o->wm, &p);
+        return bump(&x, CONTEXT_CELL, NULL, 0, &p, 1) + bump_impressions(&x, ev, &p);
+    }
     uint64_t updates = 0;
     uint32_t item = iqp_combiner_item_id(c, ev->item.id, ev->item.len);
-    for (unsigned m = 0; m < o->n_moves; m++)
-        updates += bump(&x, item, &ev->item, o->moves[m].idx, o->moves[m].ts, o->wm, o->moves[m].delta);
+    for (unsigned m = 0; m < o->n_moves; m++) {
+        plan_ts(cfg, d, o->moves[m].ts, o->wm, &p);
+        updates += bump(&x, item, &ev->item, o->moves[m].idx, &p, o->moves[m].delta);
+    }
     return updates;
 }
 
@@ -175,6 +253,7 @@ typedef struct shard {
 struct iqp_shards {
     const iqp_config *cfg;
     unsigned n;
+    int derive;             /* combiners derive coarse granularities (iqp_count_combiner_new) */
     pthread_mutex_t mu;
     pthread_cond_t work;    /* published moved, or stopping */
     pthread_cond_t room;    /* a shard's done moved */
@@ -222,11 +301,12 @@ static void *shard_main(void *arg) {
     return NULL;
 }
 
-iqp_shards *iqp_shards_new(const iqp_config *cfg, unsigned n) {
+iqp_shards *iqp_shards_new(const iqp_config *cfg, unsigned n, int derive) {
     iqp_shards *s = calloc(1, sizeof *s);
     if (!s) abort();
     s->cfg = cfg;
     s->n = n;
+    s->derive = derive;
     s->shards = calloc(n, sizeof *s->shards);
     if (!s->shards) abort();
     pthread_mutex_init(&s->mu, NULL);
@@ -236,7 +316,7 @@ iqp_shards *iqp_shards_new(const iqp_config *cfg, unsigned n) {
         shard *sh = &s->shards[k];
         sh->pool = s;
         sh->index = k;
-        sh->comb = iqp_combiner_new(IQP_COUNTERS(cfg));
+        sh->comb = iqp_count_combiner_new(cfg, derive);
         iqp_count_scratch_init(&sh->scratch, cfg);
         if (pthread_create(&sh->thread, NULL, shard_main, sh) != 0) abort();
     }
@@ -313,7 +393,7 @@ void iqp_shards_take(iqp_shards *s, iqp_combiner **out) {
     for (unsigned k = 0; k < s->n; k++) {
         shard *sh = &s->shards[k];
         out[k] = sh->comb;
-        sh->comb = sh->spare ? sh->spare : iqp_combiner_new(IQP_COUNTERS(s->cfg));
+        sh->comb = sh->spare ? sh->spare : iqp_count_combiner_new(s->cfg, s->derive);
         sh->spare = NULL;
         atomic_store(&sh->cells, 0);
     }

@@ -77,19 +77,31 @@ typedef struct iqp_count_observer {
 } iqp_count_observer;
 
 /* Adds to c the part of o whose contexts shard `shard` of n owns (n <= 1:
- * all of it), telling obs (NULL: none) of each delta. Returns the cell
- * updates made. */
+ * all of it), telling obs (NULL: none) of each delta, per granularity,
+ * whether c takes it as a source cell or directly. Returns the cell
+ * updates made (combiner adds: one per source cell, not per derived
+ * granularity). */
 uint64_t iqp_count_apply(const iqp_config *cfg, iqp_combiner *c, iqp_count_scratch *s,
                          const iqp_count_order *o, unsigned shard, unsigned n,
                          const iqp_count_observer *obs);
+
+/* The granularities that counting combiners derive from the finest one
+ * (shards.c explains the rule; decided once from the config). */
+void iqp_count_derive_plan(const iqp_config *cfg, iqp_derive *d);
+
+/* A combiner for counting under cfg: IQP_COUNTERS(cfg) wide, deriving
+ * coarse granularities at drain when derive is 1 (0: every granularity
+ * combined per event, the reference path tests compare with).
+ * iqp_count_apply follows the combiner's plan. */
+iqp_combiner *iqp_count_combiner_new(const iqp_config *cfg, int derive);
 
 /* ---- the pool ------------------------------------------------------------- */
 
 typedef struct iqp_shards iqp_shards;
 
-/* Starts n counting threads (2..IQP_MAX_COUNT_THREADS) with combiners of
- * width counters per cell. */
-iqp_shards *iqp_shards_new(const iqp_config *cfg, unsigned n);
+/* Starts n counting threads (2..IQP_MAX_COUNT_THREADS) with counting
+ * combiners (iqp_count_combiner_new(cfg, derive)). */
+iqp_shards *iqp_shards_new(const iqp_config *cfg, unsigned n, int derive);
 
 /* Lets every queued order be counted, then stops and joins the threads. */
 void iqp_shards_free(iqp_shards *s);

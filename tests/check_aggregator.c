@@ -8,6 +8,7 @@
 #include "aggregator/aggregator.h"
 #include "model/cells.h"
 #include "aggregator/features.h"
+#include "model/window.h"
 #include "schemas/event.h"
 #include "store/store.h"
 #include "tests/testutil.h"
@@ -324,6 +325,246 @@ START_TEST(retention_follows_the_config) {
 }
 END_TEST
 
+
+/* ---- derived granularities (shards.c) ------------------------------------
+ * The aggregator combines only the finest granularity per event and
+ * derives the coarser ones at drain when their sizes are multiples of it.
+ * Each config below runs one event stream through two aggregators, one
+ * deriving (the default) and one combining every granularity per event
+ * (iqp_aggregator_set_derive(0)), flushing at the same points: the stores
+ * must hold the same bytes, reads of the unflushed batches must agree, and
+ * the windows must match a brute-force count of the impressions. The
+ * stream has events late for the finest granularity but kept by a coarser
+ * one, late for every granularity, and action repeats that move counts
+ * between buckets. */
+
+#define DG_EVENTS 700
+#define DG_ITEMS 4
+#define DG_NOW (T0 + 30 * D) /* after every event of the stream */
+
+typedef struct dg_store {
+    char *dir;
+    iqp_store *st;
+    iqp_aggregator *agg;
+} dg_store;
+
+typedef struct dg_impression {
+    int64_t ts;
+    unsigned grans;     /* bit g: counted in granularity g */
+    unsigned items;     /* bit i: lists item i */
+} dg_impression;
+
+static void dg_open(dg_store *s, const iqp_config *cfg, int derive) {
+    s->dir = tu_mkdtemp("aggdg");
+    s->st = iqp_store_open(s->dir, cfg, IQP_STORE_READ_WRITE, err, sizeof err);
+    ck_assert_msg(s->st != NULL, "%s", err);
+    s->agg = iqp_aggregator_new(s->st);
+    iqp_aggregator_set_derive(s->agg, derive);
+}
+
+static void dg_close(dg_store *s) {
+    iqp_aggregator_free(s->agg);
+    iqp_store_close(s->st);
+    tu_rmrf(s->dir);
+    free(s->dir);
+}
+
+static int dg_buckets(const void *ud, int g, int64_t *first, int64_t *last) {
+    return iqp_aggregator_pending_buckets(ud, g, first, last);
+}
+
+static int dg_cell(const void *ud, iqp_cf cf, const unsigned char *key, size_t klen, int64_t *vec,
+                   size_t n) {
+    return iqp_aggregator_pending_cell(ud, cf, key, klen, vec, n);
+}
+
+/* Every feature's rows for the test's context and items, store + batch. */
+static void dg_read(dg_store *s, int64_t as_of, iqp_feature_row *rows) {
+    const iqp_config *cfg = iqp_store_config(s->st);
+    iqp_context ctx = tu_ctx("red dress", "US", "female");
+    iqp_features_pending pending = {dg_buckets, dg_cell, s->agg, NULL, NULL};
+    const char *items[DG_ITEMS] = {"i0", "i1", "i2", "i3"};
+    size_t lens[DG_ITEMS] = {2, 2, 2, 2};
+    for (size_t f = 0; f < cfg->n_features; f++)
+        ck_assert_int_eq(iqp_features_read_pending(s->st, &pending, f, &ctx, items, lens, DG_ITEMS, as_of,
+                                                   rows + f * DG_ITEMS * cfg->n_windows, err, sizeof err),
+                         0);
+}
+
+typedef struct dg_bytes {
+    unsigned char *buf;
+    size_t len, cap;
+} dg_bytes;
+
+static void dg_append(dg_bytes *b, const void *p, size_t n) {
+    if (b->len + n + sizeof n > b->cap) {
+        b->cap = 2 * (b->len + n + sizeof n) + 4096;
+        b->buf = realloc(b->buf, b->cap);
+        ck_assert_ptr_nonnull(b->buf);
+    }
+    memcpy(b->buf + b->len, &n, sizeof n);
+    memcpy(b->buf + b->len + sizeof n, p, n);
+    b->len += sizeof n + n;
+}
+
+static int dg_collect(void *ud, const unsigned char *key, size_t klen, const char *val, size_t vlen) {
+    dg_append(ud, key, klen);
+    dg_append(ud, val, vlen);
+    return 0;
+}
+
+/* The raw keys and values of the counts and contexts column families. */
+static dg_bytes dg_dump(dg_store *s) {
+    dg_bytes b = {NULL, 0, 0};
+    ck_assert_int_eq(iqp_store_scan_keys(s->st, NULL, IQP_CF_COUNTS, "", 0, dg_collect, &b, err, sizeof err), 0);
+    ck_assert_int_eq(iqp_store_scan_keys(s->st, NULL, IQP_CF_CONTEXTS, "", 0, dg_collect, &b, err, sizeof err), 0);
+    return b;
+}
+
+/* Event i of the stream, given the watermark so far: impressions mostly
+ * step forward (every 7th 30 h back, every 11th 8 h back, every 23rd 6 days
+ * back); actions are never newer than the watermark, so only impressions
+ * move it, and repeat one of 13 requests at earlier or later times. */
+static const char *dg_event(int i, int64_t wm, int64_t *ts, unsigned *items) {
+    static char items_json[64];
+    if (i % 4 == 3 && wm != INT64_MIN) {
+        char id[16], req[16], item[8];
+        *ts = wm - (int64_t)(i * 7919 % 40) * H - (i * 104729) % H;
+        snprintf(id, sizeof id, "a%d", i);
+        snprintf(req, sizeof req, "r%d", i % 13);
+        snprintf(item, sizeof item, "i%d", i % DG_ITEMS);
+        return action(id, *ts, req, item, (i / 4) % 2 ? "click" : "save");
+    }
+    *ts = T0 + (int64_t)i * 23 * 60000 - (i % 7 == 0 ? 30 * H : 0) - (i % 11 == 0 ? 8 * H : 0) -
+          (i % 23 == 0 ? 6 * D : 0);
+    unsigned a = (unsigned)i % DG_ITEMS, b = (unsigned)(i * 3 + 1) % DG_ITEMS;
+    *items = 1u << a | 1u << b;
+    if (a == b) snprintf(items_json, sizeof items_json, "[\"i%u\"]", a);
+    else snprintf(items_json, sizeof items_json, "[\"i%u\", \"i%u\", \"i%u\"]", a, b, a);
+    char id[16], req[16];
+    snprintf(id, sizeof id, "e%d", i);
+    snprintf(req, sizeof req, "q%d", i);
+    return impression(id, *ts, req, items_json);
+}
+
+/* The brute-force count of the impressions: windows of feature q_item for
+ * item it (-1: context_count) as of as_of. */
+static int64_t dg_brute(const iqp_config *cfg, const dg_impression *imp, size_t n, size_t w, int it,
+                        int64_t as_of) {
+    const iqp_window_spec *ws = &cfg->windows[w];
+    int64_t last = iqp_bucket_of(as_of, ws->gran_ms), first = last - ws->n_buckets + 1, sum = 0;
+    for (size_t k = 0; k < n; k++) {
+        int64_t b = iqp_bucket_of(imp[k].ts, ws->gran_ms);
+        if (!(imp[k].grans >> ws->gran_index & 1) || b < first || b > last) continue;
+        if (it < 0 || imp[k].items >> it & 1) sum++;
+    }
+    return sum;
+}
+
+/* Runs the stream under config_json; returns cell updates (derived, per
+ * granularity). */
+static void derived_matches(const char *config_json, int expect_fewer_updates) {
+    iqp_config cfg;
+    iqp_config_defaults(&cfg);
+    ck_assert_int_eq(iqp_config_parse(&cfg, config_json, "t", err, sizeof err), 0);
+    dg_store d, p;
+    dg_open(&d, &cfg, 1);
+    dg_open(&p, &cfg, 0);
+    size_t per = cfg.n_features * DG_ITEMS * cfg.n_windows;
+    iqp_feature_row *rd = calloc(per, sizeof *rd), *rp = calloc(per, sizeof *rp);
+    dg_impression *imp = calloc(DG_EVENTS, sizeof *imp);
+    size_t n_imp = 0, late = 0, late_fine_only = 0;
+    int64_t wm = INT64_MIN;
+    for (int i = 0; i < DG_EVENTS; i++) {
+        int64_t ts;
+        unsigned items = 0;
+        char json[1024];
+        snprintf(json, sizeof json, "%s", dg_event(i, wm, &ts, &items));
+        iqp_event ev;
+        iqp_decode_error derr;
+        ck_assert_int_eq(iqp_event_decode(&cfg, json, strlen(json), &ev, &derr), 0);
+        iqp_agg_outcome od = iqp_aggregator_add(d.agg, &ev, DG_NOW, err, sizeof err);
+        iqp_agg_outcome op = iqp_aggregator_add(p.agg, &ev, DG_NOW, err, sizeof err);
+        iqp_event_clear(&ev);
+        ck_assert_int_eq(od, op);
+        if (items) { /* an impression: counted where a granularity retains it */
+            int64_t w2 = ts > wm ? ts : wm;
+            unsigned grans = 0;
+            for (size_t g = 0; g < cfg.n_grans; g++)
+                if (iqp_bucket_of(ts, cfg.gran_ms[g]) >= iqp_retention_first_bucket(&cfg, (int)g, w2))
+                    grans |= 1u << g;
+            ck_assert_int_eq(od, (grans ? IQP_AGG_COUNTED : IQP_AGG_LATE));
+            late += !grans;
+            late_fine_only += grans && !(grans & 1);
+            if (grans) {
+                imp[n_imp++] = (dg_impression){ts, grans, items};
+                wm = w2;
+            }
+        }
+        if (i % 37 == 36 || i == DG_EVENTS - 1) {
+            dg_read(&d, wm, rd);
+            dg_read(&p, wm, rp);
+            ck_assert_msg(memcmp(rd, rp, per * sizeof *rd) == 0, "unflushed reads differ at event %d", i);
+            ck_assert_int_eq(iqp_aggregator_flush(d.agg, err, sizeof err), 0);
+            ck_assert_int_eq(iqp_aggregator_flush(p.agg, err, sizeof err), 0);
+        }
+    }
+    ck_assert_int_gt(late, 0);
+    ck_assert_int_gt(late_fine_only, 0);
+    dg_bytes bd = dg_dump(&d), bp = dg_dump(&p);
+    ck_assert_int_gt(bd.len, 0);
+    ck_assert_msg(bd.len == bp.len && memcmp(bd.buf, bp.buf, bd.len) == 0,
+                  "stores differ (%zu vs %zu bytes)", bd.len, bp.len);
+    free(bd.buf);
+    free(bp.buf);
+    /* windows of q_item against the brute force, as of the watermark */
+    dg_read(&d, wm, rd);
+    int f = iqp_config_feature_index(&cfg, "q_item");
+    ck_assert_int_ge(f, 0);
+    for (int it = 0; it < DG_ITEMS; it++)
+        for (size_t w = 0; w < cfg.n_windows; w++) {
+            const iqp_feature_row *r = &rd[((size_t)f * DG_ITEMS + (size_t)it) * cfg.n_windows + w];
+            ck_assert_int_eq(r->context_count, dg_brute(&cfg, imp, n_imp, w, -1, wm));
+            ck_assert_int_eq(r->counters[IQP_COUNTER_IMPRESSION], dg_brute(&cfg, imp, n_imp, w, it, wm));
+        }
+    uint64_t ud = iqp_aggregator_stats(d.agg)->cell_updates, up = iqp_aggregator_stats(p.agg)->cell_updates;
+    if (expect_fewer_updates) ck_assert_uint_lt(ud, up);
+    else ck_assert_uint_eq(ud, up);
+    free(rd);
+    free(rp);
+    free(imp);
+    dg_close(&d);
+    dg_close(&p);
+}
+
+/* 5h and 1d are multiples of 1h: both derived (1d inline, 5h by copies
+ * whose buckets straddle days); 5h keeps only 10 h, so some events are
+ * kept for 1h but not for 5h. */
+START_TEST(derived_granularities_multiples) {
+    derived_matches("{\"windows\": [{\"name\": \"1d\", \"length\": \"1d\", \"granularity\": \"1h\"},"
+                    "{\"name\": \"10h\", \"length\": \"10h\", \"granularity\": \"5h\"},"
+                    "{\"name\": \"4d\", \"length\": \"4d\", \"granularity\": \"1d\"}]}",
+                    1);
+}
+END_TEST
+
+/* 5h is not a multiple of 2h: combined per event; 1d still derived. */
+START_TEST(derived_granularities_partly) {
+    derived_matches("{\"windows\": [{\"name\": \"6h\", \"length\": \"6h\", \"granularity\": \"2h\"},"
+                    "{\"name\": \"15h\", \"length\": \"15h\", \"granularity\": \"5h\"},"
+                    "{\"name\": \"4d\", \"length\": \"4d\", \"granularity\": \"1d\"}]}",
+                    1);
+}
+END_TEST
+
+/* Nothing derivable: every granularity combined per event. */
+START_TEST(derived_granularities_none) {
+    derived_matches("{\"windows\": [{\"name\": \"6h\", \"length\": \"6h\", \"granularity\": \"2h\"},"
+                    "{\"name\": \"15h\", \"length\": \"15h\", \"granularity\": \"5h\"}]}",
+                    0);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("aggregator");
     TCase *tc = tcase_create("rules");
@@ -342,6 +583,9 @@ int main(void) {
     tcase_add_test(tc, old_events_partially_or_wholly_late);
     tcase_add_test(tc, flush_size_does_not_change_results);
     tcase_add_test(tc, retention_follows_the_config);
+    tcase_add_test(tc, derived_granularities_multiples);
+    tcase_add_test(tc, derived_granularities_partly);
+    tcase_add_test(tc, derived_granularities_none);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
