@@ -103,7 +103,8 @@ static const iqp_flag FLAGS[] = {
     {"impressions-topic", IQP_FLAG_STRING, FLAG_AT(imp_topic), .arg = "T", .help = "default impressions"},
     {"actions-topic", IQP_FLAG_STRING, FLAG_AT(act_topic), .arg = "T", .help = "default actions"},
     {"flush-ms", IQP_FLAG_INT, FLAG_AT(flush_ms), .min = 1, .max = 3600000, .must = "an integer 1..3600000",
-     .help = "flush at least every N ms (default 500)"},
+     .help = "flush every N ms (default 500), or as soon as the previous batch's write ends when it "
+             "takes longer"},
     {"flush-events", IQP_FLAG_INT, FLAG_AT(flush_events), .min = 1, .max = 100000000,
      .must = "an integer 1..100000000", .help = "... or every N events (config flush_events)"},
     {"dead-letter-topic", IQP_FLAG_STRING, FLAG_AT(dl_topic), .arg = "T", .replaces = "dead-letter-file",

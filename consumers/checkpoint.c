@@ -10,6 +10,14 @@
  * ends when every partition of the topic has been consumed up to the high
  * watermark queried at its start (a checkpoint written before the read
  * began is therefore seen).
+ *
+ * Warm producer. librdkafka learns a topic's partitions and leaders only
+ * when the topic is first used, and then on its next metadata scan (every
+ * second): the first flush's checkpoints used to wait 0.4-1 s for it, with
+ * the stream's consuming thread blocked in iqp_checkpoints_sync (bench/stream
+ * measured that stall as the tail of its event-to-store p99). So the
+ * producer's topic handle is made, and its metadata read, when the handle
+ * is created (bounded by WARM_MS; on failure the first put waits as before).
  */
 #include "consumers/checkpoint.h"
 #include "util/clock.h"
@@ -23,6 +31,7 @@
 #include <uthash.h>
 
 #define MAX_CKPT_PARTITIONS 64
+#define WARM_MS 5000
 
 typedef struct ckpt_entry {
     char *key;                  /* "<group>/<topic>/<partition>" */
@@ -32,6 +41,7 @@ typedef struct ckpt_entry {
 
 struct iqp_checkpoints {
     rd_kafka_t *producer;
+    rd_kafka_topic_t *producer_topic; /* kept: the producer keeps its metadata fresh */
     rd_kafka_t *reader;
     char *topic, *group;
     int n_parts;                /* partitions of the checkpoint topic; 0 until known */
@@ -79,6 +89,15 @@ static rd_kafka_t *make_handle(rd_kafka_type_t type, const char *const *props, i
     return rk;
 }
 
+/* Makes the producer learn the topic's partitions and leaders now (see
+ * "Warm producer"); a failure only leaves that to the first put. */
+static void warm_producer(iqp_checkpoints *c) {
+    const struct rd_kafka_metadata *md = NULL;
+    c->producer_topic = rd_kafka_topic_new(c->producer, c->topic, NULL);
+    if (c->producer_topic && rd_kafka_metadata(c->producer, 0, c->producer_topic, &md, WARM_MS) == 0)
+        rd_kafka_metadata_destroy(md);
+}
+
 iqp_checkpoints *iqp_checkpoints_new(const char *const *props, const char *topic,
                                      const char *group, char *err, size_t errlen) {
     iqp_checkpoints *c = calloc(1, sizeof *c);
@@ -87,6 +106,7 @@ iqp_checkpoints *iqp_checkpoints_new(const char *const *props, const char *topic
     c->group = strdup(group);
     if (!c->topic || !c->group) abort();
     c->producer = make_handle(RD_KAFKA_PRODUCER, props, c, err, errlen);
+    if (c->producer) warm_producer(c);
     c->reader = c->producer ? make_handle(RD_KAFKA_CONSUMER, props, c, err, errlen) : NULL;
     if (!c->reader) {
         iqp_checkpoints_free(c);
@@ -99,6 +119,7 @@ void iqp_checkpoints_free(iqp_checkpoints *c) {
     if (!c) return;
     if (c->producer) {
         rd_kafka_flush(c->producer, 5000);
+        if (c->producer_topic) rd_kafka_topic_destroy(c->producer_topic);
         rd_kafka_destroy(c->producer);
     }
     if (c->reader) {

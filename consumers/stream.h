@@ -5,7 +5,8 @@
  * when it is assigned; the micro-batch loop poll -> decode -> aggregate ->
  * flush every flush_ms or flush_events (each batch written on the
  * aggregator's writer thread while the next is counted, stream.c
- * "Pipeline"); committing consumed offsets in the
+ * "Pipeline"; a batch grows while the previous write is in flight,
+ * "Cut rule"); committing consumed offsets in the
  * same store WriteBatch as the counts they produced, then to Kafka; the
  * rebalance protocol (flush before a partition is released, restore dedup
  * markers before counting a partition another instance counted); routing
@@ -50,7 +51,8 @@
 typedef struct iqp_stream_options {
     const char *impressions_topic; /* default "impressions" */
     const char *actions_topic;     /* default "actions" */
-    int64_t flush_ms;              /* flush at least this often (default 500) */
+    int64_t flush_ms;              /* cut a batch this often (default 500), or when the write
+                                      before it ends if that takes longer */
     /* librdkafka properties, name/value pairs, NULL-terminated; applied over
      * the stream's defaults (group.id iqp-stream, auto.offset.reset
      * earliest). enable.auto.commit / enable.auto.offset.store must not be

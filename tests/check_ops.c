@@ -281,6 +281,9 @@ START_TEST(config_show_fills_defaults) {
     /* no file: the defaults alone, no store and Redis off */
     json_t *d = show(NULL);
     ck_assert_str_eq(str_at(d, "redis", "url"), "off");
+    /* the stream's own librdkafka default (consumers/stream.c: an empty
+     * fetch waits 25 ms, not librdkafka's 500), which a file overrides (above) */
+    ck_assert_str_eq(str_at(d, "kafka", "fetch.wait.max.ms"), "25");
     ck_assert_ptr_null(json_object_get(json_object_get(d, "stream"), "store"));
     json_decref(d), json_decref(again), json_decref(j);
     free(text), free(again_path), free(cmd), free(out), free(err), free(path);

@@ -741,6 +741,31 @@ START_TEST(stream_survives_kill_9) {
 }
 END_TEST
 
+/* --flush-ms 1: nearly every cut finds the previous write still in flight,
+ * so the batch in hand keeps growing until that write ends (the cut rule,
+ * consumers/stream.c "Cut rule"), and each flush's checkpoints are waited
+ * for only before the next write. kill -9 at random moments, restart each
+ * time: the counts still equal the oracle. */
+START_TEST(stream_short_flush_interval_survives_kill_9) {
+    unsigned seed = (unsigned)time(NULL);
+    fprintf(stderr, "stream --flush-ms 1: kill -9 schedule seed %u\n", seed);
+    srand(seed);
+    stream_extra_arg = "--flush-ms=1";
+    produce(4000, 0);
+    start_stream(0, 0);
+    for (int k = 0; k < 3; k++) {
+        usleep((useconds_t)(500000 + rand() % 2500000));
+        kill_stream(0);
+        start_stream(0, 0);
+    }
+    wait_producer();
+    wait_caught_up(1);
+    stop_stream(0);
+    stream_extra_arg = NULL;
+    compare_with_oracle(1);
+}
+END_TEST
+
 /* ---- a group of two ------------------------------------------------------------------ */
 
 static const char *const no_labels[] = {NULL};
@@ -1318,6 +1343,7 @@ int main(void) {
     tcase_add_test(tc, stream_rejects_bad_usage);
     tcase_add_test(tc, stream_counts_exactly_with_dead_letters);
     tcase_add_test(tc, stream_survives_kill_9);
+    tcase_add_test(tc, stream_short_flush_interval_survives_kill_9);
     tcase_add_test(tc, stream_recovers_from_broker_outage);
     tcase_add_test(tc, stream_stops_gracefully_and_resumes);
     suite_add_tcase(s, tc);
