@@ -151,8 +151,9 @@ static uint64_t bump(const apply_ctx *x, uint32_t item, const iqp_item_ref *ref,
     uint64_t updates = 0;
     for (size_t f = 0; p->source && f < cfg->n_features; f++) {
         if (!x->s->mine[f]) continue;
-        if (item == CONTEXT_CELL) iqp_combiner_add_context_source(x->c, x->s->prefix_id[f], p->bucket[0], delta);
-        else iqp_combiner_add_count_source(x->c, x->s->prefix_id[f], item, p->bucket[0], idx, delta);
+        uint32_t pid = x->s->prefix_id[f];
+        if (item == CONTEXT_CELL) iqp_combiner_add_context_source(x->c, pid, p->bucket[0], delta);
+        else iqp_combiner_add_count_source(x->c, pid, item, p->bucket[0], idx, delta);
         updates++;
     }
     for (size_t g = 0; g < cfg->n_grans; g++) {
