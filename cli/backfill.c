@@ -152,6 +152,7 @@ int iqp_cmd_backfill(int argc, char **argv) {
     backfill_opts o;
     int rc = parse_opts(argc, argv, &o);
     if (rc) return rc < 0 ? IQP_EXIT_OK : rc;
+    iqp_cli_keep_freed_memory();
     char err[1024], dl_default[PATH_MAX];
     iqp_config cfg;
     iqp_config_defaults(&cfg);

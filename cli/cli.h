@@ -80,6 +80,11 @@ int iqp_cli_parse_i64(const char *s, int64_t *out);
  * survive (its batches commit atomically). */
 void iqp_cli_on_stop_signals(void (*handler)(int));
 
+/* Tells glibc to keep freed memory for reuse (no mmap'd blocks, no trim):
+ * for the counting commands, which free and reallocate a batch's tables
+ * and buffers every batch. Call before any thread starts. */
+void iqp_cli_keep_freed_memory(void);
+
 /* An iqp_store_scan_meta callback over "src/kafka/": adds each stored
  * position as "<topic>/<partition>": next_offset to the JSON object ud
  * (what `iqp stats` and `iqp backup` print as kafka_offsets). */

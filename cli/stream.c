@@ -909,6 +909,7 @@ int iqp_cmd_stream(int argc, char **argv) {
     opts_init(&o);
     int rc = parse_opts(argc, argv, &o);
     if (rc) return free_opts(&o), rc < 0 ? 0 : rc;
+    iqp_cli_keep_freed_memory();
     if (o.log_json && iqp_logfmt_json_start(CMD) < 0)
         return free_opts(&o), iqp_cli_fail(CMD, "cannot start the JSON log formatter");
     rc = run_stream(&o);
