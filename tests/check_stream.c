@@ -722,38 +722,17 @@ START_TEST(stream_counts_exactly_with_dead_letters) {
 }
 END_TEST
 
-/* kill -9 at random moments while consuming, restart each time. */
-START_TEST(stream_survives_kill_9) {
+/* Produces 4000 impressions while one instance (with extra_arg, or none)
+ * is killed -9 at random moments kills times and restarted each time; the
+ * counts must still equal the oracle. */
+static void survive_kills(const char *label, const char *extra_arg, int kills) {
     unsigned seed = (unsigned)time(NULL);
-    fprintf(stderr, "stream: kill -9 schedule seed %u\n", seed);
+    fprintf(stderr, "%s: kill -9 schedule seed %u\n", label, seed);
     srand(seed);
+    stream_extra_arg = extra_arg;
     produce(4000, 0);
     start_stream(0, 0);
-    for (int k = 0; k < 5; k++) {
-        usleep((useconds_t)(500000 + rand() % 2500000));
-        kill_stream(0);
-        start_stream(0, 0);
-    }
-    wait_producer();
-    wait_caught_up(1);
-    stop_stream(0);
-    compare_with_oracle(1);
-}
-END_TEST
-
-/* --flush-ms 1: nearly every cut finds the previous write still in flight,
- * so the batch in hand keeps growing until that write ends (the cut rule,
- * consumers/stream.c "Cut rule"), and each flush's checkpoints are waited
- * for only before the next write. kill -9 at random moments, restart each
- * time: the counts still equal the oracle. */
-START_TEST(stream_short_flush_interval_survives_kill_9) {
-    unsigned seed = (unsigned)time(NULL);
-    fprintf(stderr, "stream --flush-ms 1: kill -9 schedule seed %u\n", seed);
-    srand(seed);
-    stream_extra_arg = "--flush-ms=1";
-    produce(4000, 0);
-    start_stream(0, 0);
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < kills; k++) {
         usleep((useconds_t)(500000 + rand() % 2500000));
         kill_stream(0);
         start_stream(0, 0);
@@ -764,6 +743,17 @@ START_TEST(stream_short_flush_interval_survives_kill_9) {
     stream_extra_arg = NULL;
     compare_with_oracle(1);
 }
+
+/* kill -9 at random moments while consuming, restart each time. */
+START_TEST(stream_survives_kill_9) { survive_kills("stream", NULL, 5); }
+END_TEST
+
+/* --flush-ms 1: nearly every cut finds the previous write still in flight,
+ * so the batch in hand keeps growing until that write ends (the cut rule,
+ * consumers/stream.c "Cut rule"), and each flush's checkpoints are waited
+ * for only before the next write. kill -9 at random moments, restart each
+ * time: the counts still equal the oracle. */
+START_TEST(stream_short_flush_interval_survives_kill_9) { survive_kills("stream --flush-ms 1", "--flush-ms=1", 3); }
 END_TEST
 
 /* ---- a group of two ------------------------------------------------------------------ */
