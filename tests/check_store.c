@@ -907,6 +907,63 @@ START_TEST(ingest_crash_between_steps_recovers) {
 }
 END_TEST
 
+/* 1 when the table file at path can be ingested into a fresh RocksDB
+ * database: RocksDB refuses a file that an earlier ingestion stamped with
+ * its global sequence number. */
+static int table_file_ingestible(const char *path, const char *scratch) {
+    char *rerr = NULL;
+    rocksdb_options_t *o = rocksdb_options_create();
+    rocksdb_options_set_create_if_missing(o, 1);
+    rocksdb_t *db = rocksdb_open(o, scratch, &rerr);
+    int ok = 0;
+    if (db) {
+        rocksdb_ingestexternalfileoptions_t *io = rocksdb_ingestexternalfileoptions_create();
+        rocksdb_ingest_external_file(db, &path, 1, io, &rerr);
+        ok = rerr == NULL;
+        rocksdb_ingestexternalfileoptions_destroy(io);
+        rocksdb_close(db);
+    }
+    if (rerr) fprintf(stderr, "check_store: ingesting %s: %s\n", path, rerr);
+    free(rerr);
+    rocksdb_options_destroy(o);
+    return ok;
+}
+
+/* The store ingests a copy of its kept table file and never writes to the
+ * kept one, so that a crash inside an ingestion leaves a file the next
+ * open can still ingest (a hard-linked file gets the ingestion's sequence
+ * number written into it, and RocksDB then refuses it). Stopped right
+ * after the first ingestion, the kept file is still there and still
+ * ingestible; the rerun finishes the store, equal to an uninterrupted one. */
+START_TEST(ingest_leaves_the_kept_file_untouched) {
+    char *base = tu_mkdtemp("ingestkept"), *log = tu_fmt("%s/events.jsonl", base);
+    char *store = tu_fmt("%s/store", base), *ref = tu_fmt("%s/ref", base);
+    char *kept = tu_fmt("%s/ingest/1.sst", store), *scratch = tu_fmt("%s/scratch", base), *out = NULL;
+    gen_month_log(log);
+    int rc = backfill_env("IQP_TEST_DIE_AT=after-ingest", store, log, "--flush-events 1000", &out);
+    ck_assert_msg(rc == 99, "the backfill should have died (exit 99), exit %d: %s", rc, out);
+    free(out);
+    ck_assert_msg(access(kept, F_OK) == 0, "%s is gone after its ingestion", kept);
+    ck_assert_msg(table_file_ingestible(kept, scratch), "%s was changed by its ingestion", kept);
+    ck_assert_msg(backfill_env(NULL, store, log, "--flush-events 1000", &out) == 0, "%s", out);
+    free(out);
+    ck_assert_msg(access(kept, F_OK) != 0, "%s is left after the rerun", kept);
+    ck_assert_msg(backfill_env(NULL, ref, log, "--no-ingest --flush-events 1000", &out) == 0, "%s", out);
+    free(out);
+    char *got = store_digest(store), *want = store_digest(ref);
+    ck_assert_msg(strcmp(got, want) == 0, "after a stop and a rerun:\n%suninterrupted:\n%s", got, want);
+    free(got);
+    free(want);
+    tu_rmrf(base);
+    free(scratch);
+    free(kept);
+    free(ref);
+    free(store);
+    free(log);
+    free(base);
+}
+END_TEST
+
 /* A batch committed but not ingested whose table file is gone cannot be
  * completed: a read-write open is refused, naming the store and the file. */
 START_TEST(ingest_missing_file_is_refused) {
@@ -954,6 +1011,7 @@ int main(void) {
     tcase_add_test(ingest, ingest_matches_memtable_path);
     tcase_add_test(ingest, ingest_crash_between_steps_recovers);
     tcase_add_test(ingest, ingest_missing_file_is_refused);
+    tcase_add_test(ingest, ingest_leaves_the_kept_file_untouched);
     suite_add_tcase(s, ingest);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
