@@ -478,6 +478,13 @@ void iqp_combiner_add_context_source(iqp_combiner *c, uint32_t prefix, int64_t b
     int_table_get(&c->contexts, name_word(prefix, NO_ITEM), bucket_word(SOURCE_GRAN, bucket))[0] += delta;
 }
 
+void iqp_combiner_prefetch_count_source(const iqp_combiner *c, uint32_t prefix, uint32_t item,
+                                        int64_t bucket) {
+    const int_table *t = &c->counts;
+    uint64_t h = mix(name_word(prefix, item), bucket_word(SOURCE_GRAN, bucket));
+    __builtin_prefetch(&t->slots[h & t->mask]);
+}
+
 void iqp_combiner_set_derive(iqp_combiner *c, const iqp_derive *d) { c->derive = *d; }
 
 const iqp_derive *iqp_combiner_derive(const iqp_combiner *c) { return &c->derive; }
