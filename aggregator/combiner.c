@@ -322,8 +322,12 @@ static size_t append_cell(int_table *t, uint64_t a, uint64_t b) {
         t->chunks = realloc(t->chunks, (k + 1) * sizeof *t->chunks);
         if (!t->chunks) abort();
         t->chunks[k].names = malloc(2 * CHUNK_CELLS * sizeof(uint64_t));
-        t->chunks[k].vals = malloc(CHUNK_CELLS * t->width * sizeof(int64_t));
-        if (!t->chunks[k].names || !t->chunks[k].vals) abort();
+        /* 2 MiB aligned (huge pages): a cell's counters (8 of them, 64
+         * bytes, in the default config) then sit in one cache line, not
+         * two, for the counting thread's add and the drain's read, both at
+         * random */
+        t->chunks[k].vals = alloc_zeroed(CHUNK_CELLS * t->width * sizeof(int64_t));
+        if (!t->chunks[k].names) abort();
         t->n_chunks++;
     }
     uint64_t *name = t->chunks[k].names + 2 * (idx & (CHUNK_CELLS - 1));
@@ -472,6 +476,13 @@ void iqp_combiner_add_context_source(iqp_combiner *c, uint32_t prefix, int64_t b
                                      int64_t delta) {
     note_source(&c->contexts, bucket);
     int_table_get(&c->contexts, name_word(prefix, NO_ITEM), bucket_word(SOURCE_GRAN, bucket))[0] += delta;
+}
+
+void iqp_combiner_prefetch_count_source(const iqp_combiner *c, uint32_t prefix, uint32_t item,
+                                        int64_t bucket) {
+    const int_table *t = &c->counts;
+    uint64_t h = mix(name_word(prefix, item), bucket_word(SOURCE_GRAN, bucket));
+    __builtin_prefetch(&t->slots[h & t->mask]);
 }
 
 void iqp_combiner_set_derive(iqp_combiner *c, const iqp_derive *d) { c->derive = *d; }

@@ -76,6 +76,12 @@ void iqp_combiner_add_count_source(iqp_combiner *c, uint32_t prefix, uint32_t it
 void iqp_combiner_add_context_source(iqp_combiner *c, uint32_t prefix, int64_t bucket,
                                      int64_t delta);
 
+/* A hint, no effect on what is counted: asks the CPU for the table slot
+ * where iqp_combiner_add_count_source(c, prefix, item, bucket, ...) will
+ * look, so that the cache misses of an event's cells overlap. */
+void iqp_combiner_prefetch_count_source(const iqp_combiner *c, uint32_t prefix, uint32_t item,
+                                        int64_t bucket);
+
 /* Pending dedup markers (IQP_MARKER_KEY_LEN-byte keys). get returns 1 and
  * the marker when it is pending in this batch, else 0; whether it is
  * forgotten is the caller's rule (iqp_marker_forgotten), as for stored
