@@ -393,6 +393,7 @@ static int apply_event(exporter *x, iqp_held_event *h, int64_t time, char *err, 
         x->stats->skipped_after_until++; /* every READ is behind it */
         return 0;
     }
+    iqp_featcache_event_begin(x->cache);
     iqp_agg_outcome out = iqp_aggregator_add(x->agg, ev, iqp_wall_ms(), err, errlen);
     switch (out) {
     case IQP_AGG_COUNTED:
