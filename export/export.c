@@ -453,12 +453,11 @@ static int take(exporter *x, input *in, iqp_decoded_line *d, char *err, size_t e
     if (iqp_reorder_too_late(x->buffer, ev->ts)) return reject_out_of_order(x, in, d, err, errlen);
     iqp_key128 id = iqp_key128_of(ev->event_id, ev->event_id_len);
     uint64_t v;
-    if (iqp_keymap_get(x->buffered_ids, id, &v)) {
+    if (iqp_keymap_swap(x->buffered_ids, id, 1, &v)) {
         x->stats->copies++; /* backfill's dedup would call it a duplicate */
         x->stats->duplicate++;
         return 0;
     }
-    iqp_keymap_put(x->buffered_ids, id, 1);
     int read = ev->kind == IQP_EVENT_IMPRESSION && ev->ts >= x->o->from_ms && ev->ts < x->o->until_ms;
     iqp_reorder_push(x->buffer, ev, read);
     return 0;

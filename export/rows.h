@@ -17,6 +17,8 @@
  * with every label 0 and a label is set by overwriting its one digit in
  * place: the file is written through a buffer whose file offset is known,
  * and a digit is patched in the buffer or, once flushed, with pwrite(2).
+ * Full buffers are written by a writer thread of their own while rows go
+ * on into a second buffer (rows.c "The file").
  * The output must therefore be a regular file. Open rows are kept as
  * small records (key, ts, file offset: ~48 bytes) in a ring in row order,
  * indexed by a keymap from (request_id, item) to the newest record, each
