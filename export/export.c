@@ -301,6 +301,7 @@ static int write_rows(exporter *x, const iqp_event *ev, const iqp_context *ctx, 
     size_t nf = x->cfg->n_features, nw = x->cfg->n_windows;
     iqp_row row = {ev->request_id, ev->request_id_len, 0, ev->query, ev->query_len, ctx,
                    NULL, 0, ev->ts, s->by_item};
+    iqp_rows_prefetch(x->rows, ev->request_id, ev->request_id_len, s->items, s->lens, n);
     for (size_t i = 0; i < n; i++) {
         for (size_t f = 0; f < nf; f++)
             memcpy(&s->by_item[f * nw], &s->by_feature[(f * s->cap + i) * nw], nw * sizeof *s->by_item);

@@ -63,6 +63,12 @@ struct iqp_rows {
     open_row *ring;
     uint64_t ring_mask, head, tail;
     iqp_keymap *newest;       /* key -> newest open row's sequence number */
+    struct pre_key {          /* iqp_rows_prefetch's keys, in the order given */
+        const char *request_id, *item;
+        size_t rlen, ilen;
+        iqp_key128 key;
+    } *pre;
+    size_t n_pre, cap_pre, at_pre;
     iqp_rows_stats stats;
 };
 
@@ -384,11 +390,41 @@ static void ring_grow(iqp_rows *w) {
     w->ring_mask = cap - 1;
 }
 
+void iqp_rows_prefetch(iqp_rows *w, const char *request_id, size_t rlen, const char *const *items,
+                       const size_t *item_lens, size_t n) {
+    if (n > w->cap_pre) {
+        w->cap_pre = n;
+        free(w->pre);
+        if (!(w->pre = malloc(n * sizeof *w->pre))) abort();
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct pre_key *p = &w->pre[i];
+        *p = (struct pre_key){request_id, items[i], rlen, item_lens[i],
+                              row_key(request_id, rlen, items[i], item_lens[i])};
+        iqp_keymap_prefetch(w->newest, p->key);
+    }
+    w->n_pre = n;
+    w->at_pre = 0;
+}
+
+/* row's key: the next prefetched one when it is row's (same addresses
+ * and lengths), else made here. */
+static iqp_key128 next_row_key(iqp_rows *w, const iqp_row *row) {
+    if (w->at_pre < w->n_pre) {
+        const struct pre_key *p = &w->pre[w->at_pre++];
+        if (p->request_id == row->request_id && p->rlen == row->request_id_len && p->item == row->item &&
+            p->ilen == row->item_len)
+            return p->key;
+        w->n_pre = 0; /* out of order: the rest are made on the spot */
+    }
+    return row_key(row->request_id, row->request_id_len, row->item, row->item_len);
+}
+
 static void open_label_horizon(iqp_rows *w, const iqp_row *row, uint64_t labels_offset) {
     if (w->tail - w->head > w->ring_mask) ring_grow(w);
     open_row *r = &w->ring[w->tail & w->ring_mask];
     uint64_t prev;
-    r->key = row_key(row->request_id, row->request_id_len, row->item, row->item_len);
+    r->key = next_row_key(w, row);
     r->ts = row->ts;
     r->offset = labels_offset;
     r->prev = iqp_keymap_swap(w->newest, r->key, w->tail, &prev) ? prev : NO_ROW;
@@ -516,6 +552,7 @@ int iqp_rows_close(iqp_rows *w, char *err, size_t errlen) {
     free(w->row.buf);
     free(w->labels.buf);
     free(w->ring);
+    free(w->pre);
     iqp_keymap_free(w->newest);
     free(w->path);
     free(w);

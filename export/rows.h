@@ -78,6 +78,15 @@ int iqp_rows_write(iqp_rows *w, const iqp_row *row, char *err, size_t errlen);
 int iqp_rows_label(iqp_rows *w, const char *request_id, size_t rlen, const char *item,
                    size_t ilen, int action, int64_t ts, char *err, size_t errlen);
 
+/* The n rows of one impression (request_id; items[i] of item_lens[i]
+ * bytes) are about to be written, in this order: makes their keys and
+ * starts loading their open-rows index slots into the CPU caches (with
+ * every row open for a label horizon, each is a cache miss). The bytes
+ * must stay where they are until those rows are written; a row written
+ * out of this order gets its key made on the spot. */
+void iqp_rows_prefetch(iqp_rows *w, const char *request_id, size_t rlen, const char *const *items,
+                       const size_t *item_lens, size_t n);
+
 /* Event time has reached t: rows with ts + horizon <= t are final. */
 void iqp_rows_expire(iqp_rows *w, int64_t t);
 
