@@ -38,9 +38,9 @@
  * cursor or the next one after comparing the prefix's bytes -- no digest
  * and no index probe, where each prefix otherwise took one digest per
  * granularity on top of the prefetch's. A plan only points at entries
- * while none can move or be freed: anything that moves or frees a held
- * entry (entry_grow, clear_entries) drops both plans, and a scan whose
- * prefix is not at the cursor falls back to the digest. */
+ * while the set of entries stands still: anything that moves, frees or
+ * adds an entry (entry_grow, clear_entries, hold) drops both plans, and a
+ * scan whose prefix is not at the cursor falls back to the digest. */
 typedef struct read_plan {
     const iqp_keybuf *prefixes; /* the caller's, valid until its next prefetch */
     struct fc_entry **held;     /* n: each prefix's entry, NULL when not held */
@@ -325,6 +325,7 @@ static void hold(iqp_featcache *c, fc_entry *e, iqp_key128 key) {
         if (!c->entries) abort();
     }
     iqp_keymap_put(c->index, key, (uint64_t)(uintptr_t)e);
+    c->plan[0].n = c->plan[1].n = 0; /* a plan's "not held" may no longer be true */
     e->slot = c->n_entries;
     c->entries[c->n_entries++] = e;
     c->stats.bytes += ENTRY_OVERHEAD;
