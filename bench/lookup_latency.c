@@ -12,8 +12,12 @@
  * waits for the replies (no key building, no normalization, no decoding);
  * for a redis-cluster:// URL it sends them through the same cluster layer
  * (client/redis_cluster.h), with the cluster key names.
- * Calls alternate in blocks of 100 between the two, so both see the same
- * machine noise; each side makes CALLS calls or stops at MAX_SECONDS.
+ * Interleaving: calls alternate one by one between the two sides (a
+ * pair of calls, one each, back to back; which side goes first alternates
+ * from pair to pair), so both sample the same moments of a shared
+ * machine's noise, and neither is always the one right after the other
+ * (whose connection, caches or Redis state the first may have warmed);
+ * each side makes CALLS calls or both stop at MAX_SECONDS.
  * Prints one line per side with p50/p99/p999 in microseconds, then the
  * ratios, then each side's median client CPU time per call (this
  * thread's CPU clock: what the client itself spends, formatting, parsing
@@ -35,7 +39,6 @@
 #include "schemas/redis_value.h"
 #include "util/clock.h"
 
-#define BLOCK 100
 #define MAX_FEATURES 16
 
 typedef struct raw_request {
@@ -164,24 +167,27 @@ int main(int argc, char **argv) {
     double *lib_cpu = malloc(calls * sizeof *lib_cpu), *raw_cpu = malloc(calls * sizeof *raw_cpu);
     size_t n_lib = 0, n_raw = 0;
     double t_end = iqp_mono_seconds() + max_s;
-    while (n_lib < calls && iqp_mono_seconds() < t_end) {
-        for (size_t b = 0; b < BLOCK && n_lib < calls; b++) {
-            double t0 = iqp_mono_seconds(), c0 = thread_cpu_us();
-            if (iqp_client_lookup(c, query, country, gender, (const char *const *)items, n, out, len) != IQP_OK) {
-                fprintf(stderr, "lookup_latency: libiqp: %s\n", iqp_client_errstr(c));
-                return 1;
+    /* call by call, the two sides in turn, which goes first alternating
+     * from one pair to the next ("Interleaving" above) */
+    for (size_t pair = 0; n_lib < calls && iqp_mono_seconds() < t_end; pair++) {
+        for (int turn = 0; turn < 2; turn++) {
+            if ((turn == 0) == (pair % 2 == 0)) {
+                double t0 = iqp_mono_seconds(), c0 = thread_cpu_us();
+                if (iqp_client_lookup(c, query, country, gender, (const char *const *)items, n, out, len) != IQP_OK) {
+                    fprintf(stderr, "lookup_latency: libiqp: %s\n", iqp_client_errstr(c));
+                    return 1;
+                }
+                lib_cpu[n_lib] = thread_cpu_us() - c0;
+                lib_us[n_lib++] = (iqp_mono_seconds() - t0) * 1e6;
+            } else {
+                double t0 = iqp_mono_seconds(), c0 = thread_cpu_us();
+                if (raw_call(ctx, &raw) < 0) {
+                    fprintf(stderr, "lookup_latency: raw hiredis call failed: %s\n", iqp_rconn_errstr(ctx));
+                    return 1;
+                }
+                raw_cpu[n_raw] = thread_cpu_us() - c0;
+                raw_us[n_raw++] = (iqp_mono_seconds() - t0) * 1e6;
             }
-            lib_cpu[n_lib] = thread_cpu_us() - c0;
-            lib_us[n_lib++] = (iqp_mono_seconds() - t0) * 1e6;
-        }
-        for (size_t b = 0; b < BLOCK && n_raw < calls; b++) {
-            double t0 = iqp_mono_seconds(), c0 = thread_cpu_us();
-            if (raw_call(ctx, &raw) < 0) {
-                fprintf(stderr, "lookup_latency: raw hiredis call failed: %s\n", iqp_rconn_errstr(ctx));
-                return 1;
-            }
-            raw_cpu[n_raw] = thread_cpu_us() - c0;
-            raw_us[n_raw++] = (iqp_mono_seconds() - t0) * 1e6;
         }
     }
     /* the values are real: count the items with a non-zero q_item impression */

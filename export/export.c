@@ -301,6 +301,7 @@ static int write_rows(exporter *x, const iqp_event *ev, const iqp_context *ctx, 
     size_t nf = x->cfg->n_features, nw = x->cfg->n_windows;
     iqp_row row = {ev->request_id, ev->request_id_len, 0, ev->query, ev->query_len, ctx,
                    NULL, 0, ev->ts, s->by_item};
+    iqp_rows_prefetch(x->rows, ev->request_id, ev->request_id_len, s->items, s->lens, n);
     for (size_t i = 0; i < n; i++) {
         for (size_t f = 0; f < nf; f++)
             memcpy(&s->by_item[f * nw], &s->by_feature[(f * s->cap + i) * nw], nw * sizeof *s->by_item);
@@ -393,6 +394,7 @@ static int apply_event(exporter *x, iqp_held_event *h, int64_t time, char *err, 
         x->stats->skipped_after_until++; /* every READ is behind it */
         return 0;
     }
+    iqp_featcache_event_begin(x->cache);
     iqp_agg_outcome out = iqp_aggregator_add(x->agg, ev, iqp_wall_ms(), err, errlen);
     switch (out) {
     case IQP_AGG_COUNTED:
@@ -452,12 +454,11 @@ static int take(exporter *x, input *in, iqp_decoded_line *d, char *err, size_t e
     if (iqp_reorder_too_late(x->buffer, ev->ts)) return reject_out_of_order(x, in, d, err, errlen);
     iqp_key128 id = iqp_key128_of(ev->event_id, ev->event_id_len);
     uint64_t v;
-    if (iqp_keymap_get(x->buffered_ids, id, &v)) {
+    if (iqp_keymap_swap(x->buffered_ids, id, 1, &v)) {
         x->stats->copies++; /* backfill's dedup would call it a duplicate */
         x->stats->duplicate++;
         return 0;
     }
-    iqp_keymap_put(x->buffered_ids, id, 1);
     int read = ev->kind == IQP_EVENT_IMPRESSION && ev->ts >= x->o->from_ms && ev->ts < x->o->until_ms;
     iqp_reorder_push(x->buffer, ev, read);
     return 0;

@@ -29,6 +29,23 @@
 #include "export/keymap.h"
 
 #define MEMO_SLOTS 1024 /* a power of two */
+#define DELTA_MEMO_SLOTS 64 /* a power of two */
+
+/* Read plans: the prefixes the last iqp_featcache_prefetch of a cf
+ * named, in the order given, with the entry each was held as then.
+ * features.c reads an impression's prefixes in exactly that order (per
+ * cf), each once per granularity, so a scan finds its entry at the plan's
+ * cursor or the next one after comparing the prefix's bytes -- no digest
+ * and no index probe, where each prefix otherwise took one digest per
+ * granularity on top of the prefetch's. A plan only points at entries
+ * while the set of entries stands still: anything that moves, frees or
+ * adds an entry (entry_grow, clear_entries, hold) drops both plans, and a
+ * scan whose prefix is not at the cursor falls back to the digest. */
+typedef struct read_plan {
+    const iqp_keybuf *prefixes; /* the caller's, valid until its next prefetch */
+    struct fc_entry **held;     /* n: each prefix's entry, NULL when not held */
+    size_t n, cap, at;          /* at: the prefix the reads are on */
+} read_plan;
 
 typedef struct fc_entry {
     iqp_key128 key;    /* entry_key of (cf, prefix) */
@@ -58,6 +75,16 @@ struct iqp_featcache {
         iqp_key128 key;
         fc_entry *e;            /* NULL: empty */
     } memo[MEMO_SLOTS];
+    read_plan plan[2];          /* per cf, counts and contexts ("Read plans") */
+    struct {                    /* "Delta memo" */
+        const unsigned char *prefix;
+        const char *item;
+        size_t plen, ilen;
+        iqp_cf cf;
+        uint64_t event;
+        fc_entry *e;
+    } delta_memo[DELTA_MEMO_SLOTS];
+    uint64_t event;             /* iqp_featcache_event_begin's count */
     iqp_featcache_stats stats;
 };
 
@@ -77,11 +104,19 @@ iqp_featcache *iqp_featcache_new(iqp_store *st, size_t budget_bytes,
     return c;
 }
 
+/* What points at entries besides the index, the memo and entries[]:
+ * forgotten when an entry moves or is freed. */
+static void drop_pointers(iqp_featcache *c) {
+    c->plan[0].n = c->plan[1].n = 0;
+    c->event++; /* every delta memo slot is of an older event */
+}
+
 static void clear_entries(iqp_featcache *c) {
     for (size_t i = 0; i < c->n_entries; i++) free(c->entries[i]);
     c->n_entries = 0;
     c->stats.bytes = 0;
     memset(c->memo, 0, sizeof c->memo);
+    drop_pointers(c);
     iqp_keymap_free(c->index);
     c->index = iqp_keymap_new();
 }
@@ -92,6 +127,8 @@ void iqp_featcache_free(iqp_featcache *c) {
     iqp_keymap_free(c->index);
     iqp_keybuf_free(&c->key);
     free(c->entries);
+    free(c->plan[0].held);
+    free(c->plan[1].held);
     free(c);
 }
 
@@ -142,6 +179,7 @@ static fc_entry *entry_grow(iqp_featcache *c, fc_entry *e) {
     c->stats.bytes += entry_bytes(n, 2 * cap) - entry_bytes(n, cap);
     if (g->slot == NOT_HELD) return g;
     c->entries[g->slot] = g;
+    drop_pointers(c);
     iqp_keymap_put(c->index, g->key, (uint64_t)(uintptr_t)g);
     size_t m = g->key.lo & (MEMO_SLOTS - 1);
     if (c->memo[m].e && c->memo[m].key.lo == g->key.lo && c->memo[m].key.hi == g->key.hi)
@@ -287,6 +325,7 @@ static void hold(iqp_featcache *c, fc_entry *e, iqp_key128 key) {
         if (!c->entries) abort();
     }
     iqp_keymap_put(c->index, key, (uint64_t)(uintptr_t)e);
+    c->plan[0].n = c->plan[1].n = 0; /* a plan's "not held" may no longer be true */
     e->slot = c->n_entries;
     c->entries[c->n_entries++] = e;
     c->stats.bytes += ENTRY_OVERHEAD;
@@ -337,18 +376,33 @@ static fc_entry *find_entry(iqp_featcache *c, iqp_key128 key) {
 
 #define PREFETCH_BATCH 64
 
+/* Starts plan cf over the n prefixes (see "Read plans"). */
+static read_plan *plan_begin(iqp_featcache *c, iqp_cf cf, const iqp_keybuf *prefixes, size_t n) {
+    read_plan *p = &c->plan[cf == IQP_CF_CONTEXTS];
+    if (n > p->cap) {
+        p->cap = n;
+        free(p->held);
+        if (!(p->held = malloc(n * sizeof *p->held))) abort();
+    }
+    p->prefixes = prefixes;
+    p->n = n;
+    p->at = 0;
+    return p;
+}
+
 void iqp_featcache_prefetch(iqp_featcache *c, iqp_cf cf, const iqp_keybuf *prefixes, size_t n) {
     iqp_key128 keys[PREFETCH_BATCH];
-    fc_entry *held[PREFETCH_BATCH];
+    read_plan *p = plan_begin(c, cf, prefixes, n);
     /* three passes, each touching only what the one before asked for */
     for (size_t at = 0; at < n; at += PREFETCH_BATCH) {
         size_t k = n - at < PREFETCH_BATCH ? n - at : PREFETCH_BATCH;
+        fc_entry **held = p->held + at;
         for (size_t i = 0; i < k; i++) {
             keys[i] = entry_key(cf, prefixes[at + i].buf, prefixes[at + i].len);
             iqp_keymap_prefetch(c->index, keys[i]);
         }
         for (size_t i = 0; i < k; i++) {
-            held[i] = find_entry(c, keys[i]); /* into the memo, for the read */
+            held[i] = find_entry(c, keys[i]); /* into the plan, for the read */
             if (held[i]) __builtin_prefetch(held[i]);
         }
         for (size_t i = 0; i < k; i++) {
@@ -359,11 +413,31 @@ void iqp_featcache_prefetch(iqp_featcache *c, iqp_cf cf, const iqp_keybuf *prefi
     }
 }
 
+static int same_bytes(const iqp_keybuf *k, const unsigned char *prefix, size_t plen) {
+    return k->len == plen && memcmp(k->buf, prefix, plen) == 0;
+}
+
+/* The plan's slot for prefix (the one at the cursor, or the next: the
+ * cursor moves on), or NULL when prefix is not where the plan expects it. */
+static fc_entry **planned(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix, size_t plen) {
+    read_plan *p = &c->plan[cf == IQP_CF_CONTEXTS];
+    if (p->at < p->n && same_bytes(&p->prefixes[p->at], prefix, plen)) return &p->held[p->at];
+    if (p->at + 1 < p->n && same_bytes(&p->prefixes[p->at + 1], prefix, plen))
+        return &p->held[++p->at];
+    return NULL;
+}
+
 int iqp_featcache_scan(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix, size_t plen,
                        int g, int64_t first, int64_t last, size_t n, iqp_store_bucket_fn fn,
                        void *ud, char *err, size_t errlen) {
-    iqp_key128 key = entry_key(cf, prefix, plen);
-    fc_entry *e = find_entry(c, key);
+    fc_entry **slot = planned(c, cf, prefix, plen), *e;
+    iqp_key128 key = {0, 0};
+    if (slot) {
+        e = *slot;
+    } else {
+        key = entry_key(cf, prefix, plen);
+        e = find_entry(c, key);
+    }
     if (e) {
         c->stats.hits++;
     } else if (c->complete) {
@@ -371,7 +445,10 @@ int iqp_featcache_scan(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix,
         return 0;
     } else {
         c->stats.misses++;
+        if (slot) key = entry_key(cf, prefix, plen);
         if (!(e = fill(c, cf, prefix, plen, n, key, err, errlen))) return -1;
+        slot = planned(c, cf, prefix, plen); /* NULL if fill dropped the plans */
+        if (slot) *slot = e;
     }
     for (size_t k = find_record(e, g, first); k < e->len; k++) {
         const int64_t *r = record(e, k);
@@ -381,10 +458,23 @@ int iqp_featcache_scan(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix,
     return 0;
 }
 
-void iqp_featcache_on_delta(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix, size_t plen,
-                            const char *item, size_t ilen, int gran_index, int64_t bucket,
-                            size_t counter, int64_t delta) {
-    if (gran_index < 0 || gran_index >= IQP_MAX_GRANS || bucket < c->oldest[gran_index]) return;
+void iqp_featcache_event_begin(iqp_featcache *c) { c->event++; }
+
+/* Delta memo: the aggregator tells one event's deltas per granularity
+ * (and an action's per counter it moves), each time with the same
+ * prefix and item bytes at the same addresses (its scratch prefix of the
+ * feature, the event's item id). Within one event (between two
+ * iqp_featcache_event_begin) an address pair therefore names one cell
+ * prefix, and its entry is found again without building the key, its
+ * digest or an index probe. A slot is valid only for the event that
+ * filled it; drop_pointers ends every slot at once. */
+static size_t delta_slot(const unsigned char *prefix, const char *item) {
+    uintptr_t h = (uintptr_t)prefix * 0x9e3779b97f4a7c15ULL ^ (uintptr_t)item;
+    return (size_t)(h >> 7 ^ h) & (DELTA_MEMO_SLOTS - 1);
+}
+
+static fc_entry *delta_entry(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix,
+                             size_t plen, const char *item, size_t ilen) {
     iqp_keybuf_truncate(&c->key, 0);
     iqp_keybuf_append(&c->key, prefix, plen);
     if (item) iqp_cells_append_entity(&c->key, item, ilen);
@@ -392,12 +482,36 @@ void iqp_featcache_on_delta(iqp_featcache *c, iqp_cf cf, const unsigned char *pr
     fc_entry *e = find_entry(c, key);
     if (!e && c->complete) { /* its first delta a read can see: hold it */
         keep_budget(c);
-        if (!c->complete) return; /* dropped everything: filled when read */
+        if (!c->complete) return NULL; /* dropped everything: filled when read */
         size_t n = cf == IQP_CF_COUNTS ? IQP_COUNTERS(c->cfg) : 1;
         c->stats.bytes += entry_bytes(n, FIRST_CAP);
         hold(c, e = entry_new(key, n, c->epoch), key);
     }
-    if (e && counter < e->n) get_record(c, &e, gran_index, bucket)[2 + counter] += delta;
+    return e;
+}
+
+void iqp_featcache_on_delta(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix, size_t plen,
+                            const char *item, size_t ilen, int gran_index, int64_t bucket,
+                            size_t counter, int64_t delta) {
+    if (gran_index < 0 || gran_index >= IQP_MAX_GRANS || bucket < c->oldest[gran_index]) return;
+    size_t m = delta_slot(prefix, item);
+    fc_entry *e;
+    if (c->delta_memo[m].event == c->event && c->delta_memo[m].prefix == prefix &&
+        c->delta_memo[m].item == item && c->delta_memo[m].plen == plen &&
+        c->delta_memo[m].ilen == ilen && c->delta_memo[m].cf == cf) {
+        e = c->delta_memo[m].e;
+    } else {
+        e = delta_entry(c, cf, prefix, plen, item, ilen);
+        if (!e) return;
+    }
+    if (counter < e->n) get_record(c, &e, gran_index, bucket)[2 + counter] += delta;
+    c->delta_memo[m].prefix = prefix; /* after get_record: e may have moved (a new event) */
+    c->delta_memo[m].item = item;
+    c->delta_memo[m].plen = plen;
+    c->delta_memo[m].ilen = ilen;
+    c->delta_memo[m].cf = cf;
+    c->delta_memo[m].event = c->event;
+    c->delta_memo[m].e = e;
 }
 
 const iqp_featcache_stats *iqp_featcache_get_stats(const iqp_featcache *c) { return &c->stats; }

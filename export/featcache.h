@@ -79,6 +79,13 @@ int iqp_featcache_scan(iqp_featcache *c, iqp_cf cf, const unsigned char *prefix,
  * records). Changes nothing held; prefixes not held are left to the read. */
 void iqp_featcache_prefetch(iqp_featcache *c, iqp_cf cf, const iqp_keybuf *prefixes, size_t n);
 
+/* The next deltas are of another event: call before every
+ * iqp_aggregator_add whose deltas reach the cache. on_delta remembers,
+ * for one event, which entry each (prefix, item) address pair it was
+ * handed names (the aggregator hands the same scratch addresses over for
+ * different events), so the addresses must not be reused within one. */
+void iqp_featcache_event_begin(iqp_featcache *c);
+
 /* The aggregator took delta for counter of the cell (prefix, item,
  * gran_index, bucket) of cf (item NULL in contexts): iqp_agg_delta_hook's
  * on_delta. Added to the prefix when held (a prefix filled later reads it

@@ -82,10 +82,13 @@ void iqp_keymap_prefetch(const iqp_keymap *m, iqp_key128 key) {
     __builtin_prefetch(&m->slots[fix_key(key).lo & m->mask]);
 }
 
-void iqp_keymap_put(iqp_keymap *m, iqp_key128 key, uint64_t value) {
+int iqp_keymap_swap(iqp_keymap *m, iqp_key128 key, uint64_t value, uint64_t *old) {
     key = fix_key(key);
     size_t i = probe(m, key);
-    if (is_empty(&m->slots[i])) {
+    int had = !is_empty(&m->slots[i]);
+    if (had) {
+        *old = m->slots[i].value;
+    } else {
         if (2 * (m->count + 1) > m->mask + 1) {
             grow(m);
             i = probe(m, key);
@@ -94,6 +97,12 @@ void iqp_keymap_put(iqp_keymap *m, iqp_key128 key, uint64_t value) {
         m->slots[i].key = key;
     }
     m->slots[i].value = value;
+    return had;
+}
+
+void iqp_keymap_put(iqp_keymap *m, iqp_key128 key, uint64_t value) {
+    uint64_t old;
+    iqp_keymap_swap(m, key, value, &old);
 }
 
 /* Backward-shift deletion: slides later members of the probe run into the

@@ -38,6 +38,10 @@ int iqp_keymap_get(const iqp_keymap *m, iqp_key128 key, uint64_t *value);
 /* Inserts or replaces. */
 void iqp_keymap_put(iqp_keymap *m, iqp_key128 key, uint64_t value);
 
+/* The same in one probe, and 1 with the value replaced in *old when key
+ * was present, else 0. */
+int iqp_keymap_swap(iqp_keymap *m, iqp_key128 key, uint64_t value, uint64_t *old);
+
 /* Starts loading the slot where key's probe begins into the CPU caches
  * (for a batch of lookups about to be made); changes nothing. */
 void iqp_keymap_prefetch(const iqp_keymap *m, iqp_key128 key);

@@ -1,7 +1,7 @@
 /* rows.c -- training rows out, labels patched in place (see rows.h).
  *
  * A row is formatted into a scratch buffer, then appended to the output
- * buffer (1 MiB, written whole). Every row ends with the same labels
+ * buffer (1 MiB, written whole by the writer thread, see "The file"). Every row ends with the same labels
  * segment, all zeros, whose digits sit at fixed offsets (label_digit), so
  * setting a label is one byte at row offset + segment offset + digit.
  * Numbers are formatted by hand (counts) or with "%.17g" (rates, the
@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,18 @@ struct iqp_rows {
     char *path;
     iqp_buf out;                 /* not yet written; out.buf[0] is at file offset out_offset */
     uint64_t out_offset;
+    struct {                     /* the buffer the writer thread writes ("The file") */
+        pthread_t thread;
+        pthread_mutex_t mu;
+        pthread_cond_t cv;
+        iqp_buf buf;             /* buf.buf[0] is at file offset offset */
+        uint64_t offset;
+        int busy;                /* 1 while the thread writes buf */
+        int stop;
+        int error;               /* errno of the first failed write, 0 */
+        uint64_t *patches;       /* label digits in buf, set once it is written */
+        size_t n_patches, cap_patches;
+    } flight;
     iqp_buf row;                 /* scratch: the row being formatted */
     char **measure_keys;      /* JSONL: ',"<feature>.<window>.<measure>":' per value column */
     size_t n_measures;        /* value columns per (feature, window) */
@@ -50,6 +63,12 @@ struct iqp_rows {
     open_row *ring;
     uint64_t ring_mask, head, tail;
     iqp_keymap *newest;       /* key -> newest open row's sequence number */
+    struct pre_key {          /* iqp_rows_prefetch's keys, in the order given */
+        const char *request_id, *item;
+        size_t rlen, ilen;
+        iqp_key128 key;
+    } *pre;
+    size_t n_pre, cap_pre, at_pre;
     iqp_rows_stats stats;
 };
 
@@ -183,36 +202,50 @@ static void build_labels(iqp_rows *w, iqp_buf *header) {
     iqp_buf_puts(header, "\n");
 }
 
-/* ---- the file ----------------------------------------------------------------- */
+/* ---- the file -----------------------------------------------------------------
+ *
+ * write(2) of a full 1 MiB buffer copies it into the page cache: from ~1%
+ * to 13% of the export's main thread (perf; more under memory pressure),
+ * work that has no reason to wait for the next row. So a writer thread
+ * writes each full buffer while the main thread formats rows into the
+ * other one (two buffers, swapped at flush_out; at most one write in
+ * flight, in file order). A label digit lands in whichever part of the
+ * file its row is in: the buffer being filled (set there), the buffer in
+ * flight (queued, set with pwrite once that write is done: at the next
+ * swap or at close), or what is written already (pwrite at once). */
 
-static int write_all(iqp_rows *w, const char *p, size_t n, char *err, size_t errlen) {
+/* 0, or the errno of the failure. */
+static int write_bytes(int fd, const unsigned char *p, size_t n) {
     while (n > 0) {
-        ssize_t k = write(w->fd, p, n);
+        ssize_t k = write(fd, p, n);
         if (k < 0 && errno == EINTR) continue;
-        if (k < 0) {
-            snprintf(err, errlen, "cannot write %s: %s", w->path, strerror(errno));
-            return -1;
-        }
+        if (k < 0) return errno;
         p += k;
         n -= (size_t)k;
     }
     return 0;
 }
 
-static int flush_out(iqp_rows *w, char *err, size_t errlen) {
-    if (write_all(w, (const char *)w->out.buf, w->out.len, err, errlen) < 0) return -1;
-    w->out_offset += w->out.len;
-    w->out.len = 0;
-    return 0;
+static void *writer_main(void *arg) {
+    iqp_rows *w = arg;
+    pthread_setname_np(pthread_self(), "iqp-rows");
+    pthread_mutex_lock(&w->flight.mu);
+    for (;;) {
+        while (!w->flight.busy && !w->flight.stop) pthread_cond_wait(&w->flight.cv, &w->flight.mu);
+        if (!w->flight.busy) break; /* stopped, nothing in flight */
+        pthread_mutex_unlock(&w->flight.mu);
+        int e = write_bytes(w->fd, w->flight.buf.buf, w->flight.buf.len);
+        pthread_mutex_lock(&w->flight.mu);
+        if (e && !w->flight.error) w->flight.error = e;
+        w->flight.busy = 0;
+        pthread_cond_broadcast(&w->flight.cv);
+    }
+    pthread_mutex_unlock(&w->flight.mu);
+    return NULL;
 }
 
-/* Sets one byte at file offset off to '1': in the buffer when it is still
- * there, else in the file. */
-static int patch_digit(iqp_rows *w, uint64_t off, char *err, size_t errlen) {
-    if (off >= w->out_offset) {
-        w->out.buf[off - w->out_offset] = '1';
-        return 0;
-    }
+/* Sets one byte at file offset off (already written) to '1'. */
+static int pwrite_digit(iqp_rows *w, uint64_t off, char *err, size_t errlen) {
     for (;;) {
         ssize_t k = pwrite(w->fd, "1", 1, (off_t)off);
         if (k == 1) return 0;
@@ -221,6 +254,77 @@ static int patch_digit(iqp_rows *w, uint64_t off, char *err, size_t errlen) {
                  k < 0 ? strerror(errno) : "short write");
         return -1;
     }
+}
+
+/* Waits for the write in flight, then sets the labels queued for it. */
+static int flight_wait(iqp_rows *w, char *err, size_t errlen) {
+    pthread_mutex_lock(&w->flight.mu);
+    while (w->flight.busy) pthread_cond_wait(&w->flight.cv, &w->flight.mu);
+    int e = w->flight.error;
+    pthread_mutex_unlock(&w->flight.mu);
+    if (e) {
+        snprintf(err, errlen, "cannot write %s: %s", w->path, strerror(e));
+        return -1;
+    }
+    for (size_t i = 0; i < w->flight.n_patches; i++)
+        if (pwrite_digit(w, w->flight.patches[i], err, errlen) < 0) return -1;
+    w->flight.n_patches = 0;
+    return 0;
+}
+
+/* Hands the buffer being filled to the writer thread. */
+static int flush_out(iqp_rows *w, char *err, size_t errlen) {
+    if (flight_wait(w, err, errlen) < 0) return -1;
+    if (w->out.len == 0) return 0;
+    iqp_buf full = w->out;
+    w->out = w->flight.buf;
+    w->out.len = 0;
+    w->flight.buf = full;
+    w->flight.offset = w->out_offset;
+    w->out_offset += full.len;
+    pthread_mutex_lock(&w->flight.mu);
+    w->flight.busy = 1;
+    pthread_cond_broadcast(&w->flight.cv);
+    pthread_mutex_unlock(&w->flight.mu);
+    return 0;
+}
+
+/* Sets one byte at file offset off to '1' (see above). */
+static int patch_digit(iqp_rows *w, uint64_t off, char *err, size_t errlen) {
+    if (off >= w->out_offset) {
+        w->out.buf[off - w->out_offset] = '1';
+        return 0;
+    }
+    if (w->flight.buf.len > 0 && off >= w->flight.offset) {
+        if (w->flight.n_patches == w->flight.cap_patches) {
+            w->flight.cap_patches = w->flight.cap_patches ? 2 * w->flight.cap_patches : 256;
+            w->flight.patches = realloc(w->flight.patches, w->flight.cap_patches * sizeof *w->flight.patches);
+            if (!w->flight.patches) abort();
+        }
+        w->flight.patches[w->flight.n_patches++] = off;
+        return 0;
+    }
+    return pwrite_digit(w, off, err, errlen);
+}
+
+/* Writes what is left and stops the thread; 0, or -1 with err. */
+static int writer_finish(iqp_rows *w, char *err, size_t errlen) {
+    int rc = flush_out(w, err, errlen);
+    char e2[512];
+    if (flight_wait(w, e2, sizeof e2) < 0 && rc == 0) {
+        snprintf(err, errlen, "%s", e2);
+        rc = -1;
+    }
+    pthread_mutex_lock(&w->flight.mu);
+    w->flight.stop = 1;
+    pthread_cond_broadcast(&w->flight.cv);
+    pthread_mutex_unlock(&w->flight.mu);
+    pthread_join(w->flight.thread, NULL);
+    pthread_mutex_destroy(&w->flight.mu);
+    pthread_cond_destroy(&w->flight.cv);
+    free(w->flight.buf.buf);
+    free(w->flight.patches);
+    return rc;
 }
 
 iqp_rows *iqp_rows_open(const char *path, const iqp_config *cfg, iqp_rows_format fmt, int rates,
@@ -254,6 +358,9 @@ iqp_rows *iqp_rows_open(const char *path, const iqp_config *cfg, iqp_rows_format
     build_labels(w, &header);
     if (fmt == IQP_ROWS_CSV) iqp_buf_append(&w->out, header.buf, header.len);
     free(header.buf);
+    pthread_mutex_init(&w->flight.mu, NULL);
+    pthread_cond_init(&w->flight.cv, NULL);
+    if (pthread_create(&w->flight.thread, NULL, writer_main, w) != 0) abort();
     return w;
 }
 
@@ -283,16 +390,45 @@ static void ring_grow(iqp_rows *w) {
     w->ring_mask = cap - 1;
 }
 
+void iqp_rows_prefetch(iqp_rows *w, const char *request_id, size_t rlen, const char *const *items,
+                       const size_t *item_lens, size_t n) {
+    if (n > w->cap_pre) {
+        w->cap_pre = n;
+        free(w->pre);
+        if (!(w->pre = malloc(n * sizeof *w->pre))) abort();
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct pre_key *p = &w->pre[i];
+        *p = (struct pre_key){request_id, items[i], rlen, item_lens[i],
+                              row_key(request_id, rlen, items[i], item_lens[i])};
+        iqp_keymap_prefetch(w->newest, p->key);
+    }
+    w->n_pre = n;
+    w->at_pre = 0;
+}
+
+/* row's key: the next prefetched one when it is row's (same addresses
+ * and lengths), else made here. */
+static iqp_key128 next_row_key(iqp_rows *w, const iqp_row *row) {
+    if (w->at_pre < w->n_pre) {
+        const struct pre_key *p = &w->pre[w->at_pre++];
+        if (p->request_id == row->request_id && p->rlen == row->request_id_len && p->item == row->item &&
+            p->ilen == row->item_len)
+            return p->key;
+        w->n_pre = 0; /* out of order: the rest are made on the spot */
+    }
+    return row_key(row->request_id, row->request_id_len, row->item, row->item_len);
+}
+
 static void open_label_horizon(iqp_rows *w, const iqp_row *row, uint64_t labels_offset) {
     if (w->tail - w->head > w->ring_mask) ring_grow(w);
     open_row *r = &w->ring[w->tail & w->ring_mask];
     uint64_t prev;
-    r->key = row_key(row->request_id, row->request_id_len, row->item, row->item_len);
+    r->key = next_row_key(w, row);
     r->ts = row->ts;
     r->offset = labels_offset;
-    r->prev = iqp_keymap_get(w->newest, r->key, &prev) ? prev : NO_ROW;
+    r->prev = iqp_keymap_swap(w->newest, r->key, w->tail, &prev) ? prev : NO_ROW;
     r->bits = 0;
-    iqp_keymap_put(w->newest, r->key, w->tail);
     w->tail++;
     if (w->tail - w->head > w->stats.open_peak) w->stats.open_peak = (size_t)(w->tail - w->head);
 }
@@ -404,7 +540,7 @@ int iqp_rows_write(iqp_rows *w, const iqp_row *row, char *err, size_t errlen) {
 const iqp_rows_stats *iqp_rows_get_stats(const iqp_rows *w) { return &w->stats; }
 
 int iqp_rows_close(iqp_rows *w, char *err, size_t errlen) {
-    int rc = flush_out(w, err, errlen);
+    int rc = writer_finish(w, err, errlen);
     if (close(w->fd) < 0 && rc == 0) {
         snprintf(err, errlen, "cannot write %s: %s", w->path, strerror(errno));
         rc = -1;
@@ -416,6 +552,7 @@ int iqp_rows_close(iqp_rows *w, char *err, size_t errlen) {
     free(w->row.buf);
     free(w->labels.buf);
     free(w->ring);
+    free(w->pre);
     iqp_keymap_free(w->newest);
     free(w->path);
     free(w);

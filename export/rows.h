@@ -17,6 +17,8 @@
  * with every label 0 and a label is set by overwriting its one digit in
  * place: the file is written through a buffer whose file offset is known,
  * and a digit is patched in the buffer or, once flushed, with pwrite(2).
+ * Full buffers are written by a writer thread of their own while rows go
+ * on into a second buffer (rows.c "The file").
  * The output must therefore be a regular file. Open rows are kept as
  * small records (key, ts, file offset: ~48 bytes) in a ring in row order,
  * indexed by a keymap from (request_id, item) to the newest record, each
@@ -75,6 +77,15 @@ int iqp_rows_write(iqp_rows *w, const iqp_row *row, char *err, size_t errlen);
  * item) with row ts <= ts < row ts + horizon. 0, or -1 with err. */
 int iqp_rows_label(iqp_rows *w, const char *request_id, size_t rlen, const char *item,
                    size_t ilen, int action, int64_t ts, char *err, size_t errlen);
+
+/* The n rows of one impression (request_id; items[i] of item_lens[i]
+ * bytes) are about to be written, in this order: makes their keys and
+ * starts loading their open-rows index slots into the CPU caches (with
+ * every row open for a label horizon, each is a cache miss). The bytes
+ * must stay where they are until those rows are written; a row written
+ * out of this order gets its key made on the spot. */
+void iqp_rows_prefetch(iqp_rows *w, const char *request_id, size_t rlen, const char *const *items,
+                       const size_t *item_lens, size_t n);
 
 /* Event time has reached t: rows with ts + horizon <= t are final. */
 void iqp_rows_expire(iqp_rows *w, int64_t t);
