@@ -2,8 +2,9 @@
  *
  * Open: the five column families (RocksDB's mandatory "default" is kept
  * empty) get their own options: counts and contexts carry the counter merge
- * operator and the bucket-expiry compaction filter; dedup carries a bloom
- * filter (most lookups are misses) and the marker-expiry filter; meta is
+ * operator and the bucket-expiry compaction filter and compact universally
+ * (tune_counter_cf); dedup carries a bloom filter (most lookups are
+ * misses), the marker-expiry filter and its own level-0 trigger; meta is
  * plain. A new store records the layout JSON in meta; an existing one must
  * match the running config's layout.
  *
