@@ -149,6 +149,8 @@ void iqp_config_defaults(iqp_config *cfg) {
     cfg->store.l0_compaction_trigger = 8;
     cfg->store.block_cache_mb = 64;
     cfg->store.background_jobs = 2;
+    cfg->store.counts_universal = 1;
+    cfg->store.dedup_l0_compaction_trigger = 2;
 }
 
 /* ---- durations ----------------------------------------------------------- */
@@ -490,15 +492,25 @@ static int parse_limits(iqp_config *cfg, json_t *obj, const char *src, char *err
 static int parse_store_tuning(iqp_config *cfg, json_t *obj, const char *src, char *err,
                               size_t errlen) {
     static const char *const known[] = {"write_buffer_mb", "l0_compaction_trigger", "block_cache_mb",
-                                        "background_jobs", NULL};
+                                        "background_jobs", "counts_compaction",
+                                        "dedup_l0_compaction_trigger", NULL};
     iqp_store_tuning *t = &cfg->store;
     if (!json_is_object(obj)) FAIL("%s: \"store\" must be an object", src);
     if (check_keys(obj, known, "store", src, err, errlen)) return -1;
     if (parse_size(obj, "write_buffer_mb", 1, 4096, &t->write_buffer_mb, src, err, errlen) ||
         parse_size(obj, "l0_compaction_trigger", 1, 64, &t->l0_compaction_trigger, src, err, errlen) ||
         parse_size(obj, "block_cache_mb", 0, 65536, &t->block_cache_mb, src, err, errlen) ||
-        parse_size(obj, "background_jobs", 1, 64, &t->background_jobs, src, err, errlen))
+        parse_size(obj, "background_jobs", 1, 64, &t->background_jobs, src, err, errlen) ||
+        parse_size(obj, "dedup_l0_compaction_trigger", 1, 64, &t->dedup_l0_compaction_trigger, src,
+                   err, errlen))
         return -1;
+    json_t *style = json_object_get(obj, "counts_compaction");
+    if (style) {
+        const char *s = json_is_string(style) ? json_string_value(style) : "";
+        if (strcmp(s, "universal") != 0 && strcmp(s, "level") != 0)
+            FAIL("%s: \"counts_compaction\" must be \"universal\" or \"level\"", src);
+        t->counts_universal = strcmp(s, "universal") == 0;
+    }
     return 0;
 }
 

@@ -118,6 +118,8 @@ typedef struct iqp_store_tuning {
     size_t l0_compaction_trigger; /* L0 files before an L0->L1 compaction, default 8 */
     size_t block_cache_mb;        /* shared LRU block cache for reads, default 64 */
     size_t background_jobs;       /* flush + compaction threads, default 2 */
+    int counts_universal;         /* "counts_compaction": "universal" (1, default) or "level" (0) */
+    size_t dedup_l0_compaction_trigger; /* the dedup family's own L0 trigger, default 2 */
 } iqp_store_tuning;
 
 typedef struct iqp_config {

@@ -2,8 +2,9 @@
  *
  * Open: the five column families (RocksDB's mandatory "default" is kept
  * empty) get their own options: counts and contexts carry the counter merge
- * operator and the bucket-expiry compaction filter; dedup carries a bloom
- * filter (most lookups are misses) and the marker-expiry filter; meta is
+ * operator and the bucket-expiry compaction filter and compact universally
+ * (tune_counter_cf); dedup carries a bloom filter (most lookups are
+ * misses), the marker-expiry filter and its own level-0 trigger; meta is
  * plain. A new store records the layout JSON in meta; an existing one must
  * match the running config's layout.
  *
@@ -243,14 +244,44 @@ static void no_destructor(void *state) { (void)state; }
  * the lever that mattered (README "Tuning the store"): RocksDB's default of
  * 4 rewrote every counter cell into L1 about twice during a backfill; at 8
  * the CPU of a 30-day backfill fell by a fifth, and a higher trigger gained
- * nothing more. Slowdown and stop triggers keep their distance above it. */
-static void tune_cf(rocksdb_options_t *o, const iqp_store_tuning *t) {
-    int l0 = (int)t->l0_compaction_trigger;
-    rocksdb_options_set_compression(o, rocksdb_lz4_compression);
-    rocksdb_options_set_write_buffer_size(o, t->write_buffer_mb << 20);
+ * nothing more. Slowdown and stop triggers keep their distance above it.
+ * Under universal compaction (the counter families' default, below) the
+ * trigger counts sorted runs, of which each L0 file is one. */
+static void set_l0_triggers(rocksdb_options_t *o, size_t trigger) {
+    int l0 = (int)trigger;
     rocksdb_options_set_level0_file_num_compaction_trigger(o, l0);
     rocksdb_options_set_level0_slowdown_writes_trigger(o, l0 + 20);
     rocksdb_options_set_level0_stop_writes_trigger(o, l0 + 36);
+}
+
+static void tune_cf(rocksdb_options_t *o, const iqp_store_tuning *t) {
+    rocksdb_options_set_compression(o, rocksdb_lz4_compression);
+    rocksdb_options_set_write_buffer_size(o, t->write_buffer_mb << 20);
+    set_l0_triggers(o, t->l0_compaction_trigger);
+}
+
+/* Compaction of the counter families (counts, contexts) as the store grows
+ * (README "Tuning the store"; issue 15 item 7). Keys are context-major with
+ * the slot last, so every flushed memtable and every ingested table file
+ * of a backfill spans the whole key space: under level compaction each
+ * L0 -> L1 compaction rewrote all of L1, and a backfill's CPU per line
+ * rose with the store (0.61 of the first part's rate per CPU-second at the
+ * fourth of 1M lines each). Universal (tiered) compaction merges sorted
+ * runs of similar size instead, so a byte is rewritten a few times on its
+ * way to the largest run, not once per L0 compaction. Size ratio 1 and
+ * size amplification 200% are RocksDB's defaults, written down: the
+ * expiry filter drops old cells when a run is rewritten, and the full
+ * compaction that size amplification asks for applies it to the oldest
+ * run. A store written under level compaction opens under universal (each
+ * level is one sorted run) and back. */
+static void tune_counter_cf(rocksdb_options_t *o, const iqp_store_tuning *t) {
+    if (!t->counts_universal) return;
+    rocksdb_options_set_compaction_style(o, rocksdb_universal_compaction);
+    rocksdb_universal_compaction_options_t *u = rocksdb_universal_compaction_options_create();
+    rocksdb_universal_compaction_options_set_size_ratio(u, 1);
+    rocksdb_universal_compaction_options_set_max_size_amplification_percent(u, 200);
+    rocksdb_options_set_universal_compaction_options(o, u);
+    rocksdb_universal_compaction_options_destroy(u);
 }
 
 static void configure_cf_options(iqp_store *st) {
@@ -270,8 +301,17 @@ static void configure_cf_options(iqp_store *st) {
         merge = iqp_counters_merge_operator();
         rocksdb_options_set_merge_operator(st->cf_opts[cf + 1], merge);
         rocksdb_options_set_compaction_filter(st->cf_opts[cf + 1], st->filters[0]);
+        tune_counter_cf(st->cf_opts[cf + 1], &st->tuning);
     }
     rocksdb_options_set_compaction_filter(st->cf_opts[IQP_CF_DEDUP + 1], st->filters[1]);
+    /* The dedup family has its own L0 trigger (default 2, not 8): a marker is
+     * a hash, so every flush spans the whole key space, and every marker Get
+     * probes one bloom filter per L0 file -- with 8 files of random hashes
+     * those probes were cache misses that grew with the store. Markers older
+     * than dedup_horizon are dropped by the marker filter at compaction, so
+     * compacting level 0 early rewrites little (a backfill's L1 holds about
+     * one horizon of markers) and keeps the files a Get probes few. */
+    set_l0_triggers(st->cf_opts[IQP_CF_DEDUP + 1], st->tuning.dedup_l0_compaction_trigger);
     st->counts_table = rocksdb_block_based_options_create();
     rocksdb_block_based_options_set_block_cache(st->counts_table, st->block_cache);
     for (int i = 0; i < N_CF_HANDLES; i++)

@@ -29,6 +29,8 @@ START_TEST(defaults) {
     ck_assert_int_eq(c.store.l0_compaction_trigger, 8);
     ck_assert_int_eq(c.store.block_cache_mb, 64);
     ck_assert_int_eq(c.store.background_jobs, 2);
+    ck_assert_int_eq(c.store.counts_universal, 1);
+    ck_assert_int_eq(c.store.dedup_l0_compaction_trigger, 2);
 }
 END_TEST
 
@@ -58,7 +60,8 @@ START_TEST(override_sections) {
         "               {\"name\": \"2d\", \"length\": \"2d\", \"granularity\": \"1d\"},"
         "               {\"name\": \"3h\", \"length\": \"3h\", \"granularity\": \"1h\"}],"
         " \"limits\": {\"max_items\": 50}, \"dedup_horizon\": \"2h\","
-        " \"store\": {\"l0_compaction_trigger\": 12, \"block_cache_mb\": 0}}";
+        " \"store\": {\"l0_compaction_trigger\": 12, \"block_cache_mb\": 0,"
+        "            \"counts_compaction\": \"level\", \"dedup_l0_compaction_trigger\": 5}}";
     ck_assert_msg(iqp_config_parse(&c, text, "t.json", err, sizeof err) == 0, "%s", err);
     ck_assert_int_eq(c.n_actions, 2);
     ck_assert_int_eq(iqp_config_action_index(&c, "buy", 3), 1);
@@ -75,6 +78,8 @@ START_TEST(override_sections) {
     ck_assert_int_eq(c.store.l0_compaction_trigger, 12);
     ck_assert_int_eq(c.store.block_cache_mb, 0);
     ck_assert_int_eq(c.store.write_buffer_mb, 64); /* untouched */
+    ck_assert_int_eq(c.store.counts_universal, 0);
+    ck_assert_int_eq(c.store.dedup_l0_compaction_trigger, 5);
 }
 END_TEST
 
@@ -97,6 +102,9 @@ START_TEST(errors_name_the_problem) {
         {"{\"actions\": [\"iqp_click\"]}", "clash with a lookup output key"},
         {"{\"max_future_skew_ms\": 9223372036854775807}", "max_future_skew_ms\" must be at most"},
         {"{\"limits\": {\"max_string_bytes\": 70000}}", "max_string_bytes"},
+        {"{\"store\": {\"counts_compaction\": \"tiered\"}}", "\"counts_compaction\" must be"},
+        {"{\"store\": {\"counts_compaction\": 1}}", "\"counts_compaction\" must be"},
+        {"{\"store\": {\"dedup_l0_compaction_trigger\": 0}}", "dedup_l0_compaction_trigger"},
         /* unknown keys anywhere, named by their JSON path */
         {"{\"windows\": [{\"name\": \"a\", \"length\": \"1d\", \"granularity\": \"1h\"},"
          " {\"name\": \"b\", \"lenght\": \"7d\", \"length\": \"7d\", \"granularity\": \"1d\"}]}",

@@ -271,6 +271,7 @@ START_TEST(config_show_fills_defaults) {
     ck_assert_str_eq(str_at(j, "kafka", "enable.auto.commit"), "false");
     ck_assert_str_eq(str_at(j, "redis", "prefix"), "iqp");
     ck_assert_str_eq(str_at(j, "metrics", "listen"), "127.0.0.1:9464");
+    ck_assert_str_eq(str_at(j, "store", "counts_compaction"), "universal");
     /* its output is a valid config that shows the same */
     char *text = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     char *again_path = write_tmp("shown.json", text);
