@@ -574,7 +574,7 @@ static int open_db(iqp_store *st, int create, char *err, size_t errlen) {
         rocks_error(err, errlen, "cannot open store", st->dir, rerr);
         if (rerr && strstr(rerr, "lock")) {
             size_t len = strlen(err);
-            snprintf(err + len, errlen - len, " (is another iqp process writing to it?)");
+            snprintf(err + len, errlen - len, "%s", IQP_STORE_LOCKED_HINT);
         }
         free(rerr);
         return -1;
