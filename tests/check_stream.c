@@ -1417,6 +1417,7 @@ START_TEST(stream_state_dir_survives_kill_9) {
             ck_assert_msg(rc == 99 || rc == -1, "instance 0 (%s) exited %d (log %s)", env, rc, streams[0].log);
             hook_deaths += rc == 99;
             streams[0].pid = 0;
+            wait_owns_all(1); /* instance 1 takes the dead one's partitions first */
         } else {
             usleep((useconds_t)(500000 + rand() % 2500000));
             kill_stream(0);
@@ -1428,6 +1429,49 @@ START_TEST(stream_state_dir_survives_kill_9) {
     wait_caught_up(2);
     stop_stream(0);
     stop_stream(1);
+    fprintf(stderr, "state dir kill -9: %d deaths right after a store write\n", hook_deaths);
+    check_partition_stores();
+    compare_with_oracle(2);
+}
+END_TEST
+
+/* Waits (bounded) until instance i's log holds needle. */
+static void wait_log(int i, const char *needle, int base_ms) {
+    for (int64_t t0 = mono_ms(); mono_ms() - t0 < tu_wait_limit_ms(base_ms); usleep(100000)) {
+        char *text = tu_read_file(streams[i].log, NULL);
+        int found = text && strstr(text, needle);
+        free(text);
+        if (found) return;
+    }
+    ck_abort_msg("instance %d never logged '%s' (log %s)", i, needle, streams[i].log);
+}
+
+/* A stalled owner (SIGSTOP past session.timeout.ms) still holds the LOCKs
+ * of its partition stores: the instance its partitions go to waits for
+ * them (and says so), and opens them once the stalled one resumes, learns
+ * that it lost its partitions and closes their stores. Whatever either
+ * wrote, the stores stay exact. Deterministic as the --store version
+ * (stream_stalled_instance_drops_its_batch): the stop comes right after
+ * instance 0 published a flush and counted more. */
+START_TEST(stream_state_dir_waits_for_a_stalled_owner) {
+    use_state_dir();
+    stream_extra_arg = "--flush-ms=4000";
+    start_stream(0, 0);
+    stream_extra_arg = NULL;
+    free(wait_assigned(0));
+    start_stream(1, 0);
+    free(wait_assigned(1));
+    wait_group_settled();
+    produce(rate_over(20), 0);
+    wait_published_then_counting(0);
+    ck_assert_int_eq(kill(streams[0].pid, SIGSTOP), 0);
+    wait_log(1, "is locked by another process", 60000); /* session.timeout.ms is 6 s */
+    ck_assert_int_eq(kill(streams[0].pid, SIGCONT), 0);
+    wait_log(1, "its previous owner released it", 60000);
+    wait_producer();
+    wait_caught_up(2);
+    stop_stream(0);
+    stop_stream(1);
     check_partition_stores();
     compare_with_oracle(2);
 }
@@ -1435,14 +1479,21 @@ END_TEST
 
 /* Runs `iqp stream ARGS` (no broker is needed: it must stop first) and
  * checks its exit status and that its message names the problem. */
-static void expect_rejected(const char *args, int want_rc, const char *needle) {
-    char *cmd = tu_fmt("'%s' stream --store '%s/s' --metrics-listen off %s 2>&1", tu_iqp(), tmp, args);
+static void expect_rejected_as(const char *args, int want_rc, const char *needle) {
+    char *cmd = tu_fmt("'%s' stream --metrics-listen off %s 2>&1", tu_iqp(), args);
     char *out = NULL;
     int rc = tu_run(cmd, &out);
     ck_assert_msg(rc == want_rc, "%s: exit %d, want %d", args, rc, want_rc);
     ck_assert_msg(out && strstr(out, needle), "%s: message lacks '%s': %s", args, needle, out);
     free(out);
     free(cmd);
+}
+
+/* The same, with a --store. */
+static void expect_rejected(const char *args, int want_rc, const char *needle) {
+    char *with_store = tu_fmt("--store '%s/s' %s", tmp, args);
+    expect_rejected_as(with_store, want_rc, needle);
+    free(with_store);
 }
 
 START_TEST(stream_rejects_bad_usage) {
@@ -1453,6 +1504,16 @@ START_TEST(stream_rejects_bad_usage) {
     expect_rejected("--brokers 127.0.0.1:1 --flush-ms 0", 2, "--flush-ms");
     expect_rejected("--brokers 127.0.0.1:1 --on-offset-lost maybe", 2, "--on-offset-lost");
     expect_rejected("--brokers 127.0.0.1:1 --property auto.offset.reset=sometimes", 2, "auto.offset.reset=sometimes");
+    /* --state-dir: instead of --store, without Redis, with the range assignor */
+    char *sd = tu_fmt("--brokers 127.0.0.1:1 --state-dir '%s/state'", tmp), *args;
+    expect_rejected(sd, 2, "give --store or --state-dir, not both");
+    args = tu_fmt("%s --redis redis://127.0.0.1:1", sd);
+    expect_rejected_as(args, 2, "--state-dir does not publish to Redis yet");
+    free(args);
+    args = tu_fmt("%s --property partition.assignment.strategy=roundrobin", sd);
+    expect_rejected_as(args, 2, "partition.assignment.strategy=roundrobin: --state-dir needs");
+    free(args);
+    free(sd);
 }
 END_TEST
 
@@ -1500,6 +1561,7 @@ int main(void) {
     tcase_add_checked_fixture(parts, test_setup, test_teardown);
     tcase_add_test(parts, stream_state_dir_three_instances_count_once);
     tcase_add_test(parts, stream_state_dir_survives_kill_9);
+    tcase_add_test(parts, stream_state_dir_waits_for_a_stalled_owner);
     suite_add_tcase(s, parts);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
