@@ -24,6 +24,7 @@
  * for `iqp config check|show` (iqp_stream_config_check / _effective), so
  * that a file `iqp config` accepts is one `iqp stream` accepts.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <stddef.h>
 #include <hiredis/hiredis.h>
@@ -729,6 +730,37 @@ static int dry_store(const stream_opts *o, const iqp_config *cfg) {
     return bad;
 }
 
+/* --state-dir: the directory exists and is writable (or can be made),
+ * and every partition store already in it matches the config. */
+static int dry_state_dir(const stream_opts *o, const iqp_config *cfg) {
+    char err[1024], path[4096];
+    struct stat sb;
+    if (stat(o->state_dir, &sb) != 0) {
+        char *parent = iqp_parent_dir(o->state_dir);
+        int ok = access(parent, W_OK) == 0;
+        int bad = dry_line(ok, "state", ok ? "%s does not exist yet: would create it" : "%s does not exist and %s is "
+                                             "not writable", o->state_dir, parent);
+        free(parent);
+        return bad;
+    }
+    if (!S_ISDIR(sb.st_mode) || access(o->state_dir, W_OK) != 0)
+        return dry_line(0, "state", "%s is not a writable directory", o->state_dir);
+    int bad = 0, found = 0;
+    DIR *dir = opendir(o->state_dir);
+    for (struct dirent *e; dir && (e = readdir(dir)) != NULL;) {
+        if (strncmp(e->d_name, "partition-", 10) != 0) continue;
+        snprintf(path, sizeof path, "%s/%s", o->state_dir, e->d_name);
+        found++;
+        iqp_store *st = iqp_store_open(path, cfg, IQP_STORE_READ_ONLY, err, sizeof err);
+        if (!st) bad += dry_line(0, "state", "%s", err);
+        iqp_store_close(st);
+    }
+    if (dir) closedir(dir);
+    if (!bad) dry_line(1, "state", "%s: %d partition store%s, layout matches the config", o->state_dir, found,
+                       found == 1 ? "" : "s");
+    return bad;
+}
+
 static const rd_kafka_metadata_topic_t *find_topic(const rd_kafka_metadata_t *md, const char *name) {
     for (int i = 0; i < md->topic_cnt; i++)
         if (strcmp(md->topics[i].topic, name) == 0) return &md->topics[i];
@@ -770,12 +802,15 @@ static int dry_kafka(const stream_opts *o) {
              md->broker_cnt == 1 ? "s" : "");
     bad += dry_topic(md, "impressions", o->imp_topic ? o->imp_topic : "impressions", &ni);
     bad += dry_topic(md, "actions", o->act_topic ? o->act_topic : "actions", &na);
-    if (ni && na && ni != na)
+    if (ni && na && ni != na && o->state_dir)
+        bad += dry_line(0, "kafka", "impressions has %d partitions, actions %d: --state-dir needs the same count", ni,
+                        na);
+    else if (ni && na && ni != na)
         dry_line(-1, "kafka", "impressions has %d partitions, actions %d: instances scale out by partition, "
                               "so both topics should have the same count", ni, na);
     if (!o->dl_file) bad += dry_topic(md, "dead-letter", o->dl_topic ? o->dl_topic : "dead-letter", &n);
     const char *ckpt = o->ckpt_topic ? o->ckpt_topic : "iqp-checkpoints";
-    if (strcmp(ckpt, "off") != 0) bad += dry_topic(md, "checkpoint", ckpt, &n);
+    if (strcmp(ckpt, "off") != 0 && !o->state_dir) bad += dry_topic(md, "checkpoint", ckpt, &n);
     dry_line(-1, "kafka", "would join group '%s' and count the partitions it is given (membership not "
                           "tried: a join would rebalance running members)", group_id(o));
     rd_kafka_metadata_destroy(md);
@@ -850,11 +885,11 @@ static int dry_metrics(const stream_opts *o) {
 }
 
 static int dry_run(const stream_opts *o, const iqp_config *cfg) {
-    int bad = dry_store(o, cfg) + dry_kafka(o) + dry_dead_letter_file(o) + dry_redis(o, cfg) + dry_metrics(o);
+    int bad = (o->state_dir ? dry_state_dir(o, cfg) : dry_store(o, cfg)) + dry_kafka(o) + dry_dead_letter_file(o) + dry_redis(o, cfg) + dry_metrics(o);
     int64_t flush_ms = o->flush_ms ? o->flush_ms : IQP_STREAM_DEFAULT_FLUSH_MS;
     printf("%s: would count topics '%s' and '%s' into %s, flushing every %lld ms or %zu events%s\n",
            bad ? "dry run FAILED" : "dry run ok", o->imp_topic ? o->imp_topic : "impressions",
-           o->act_topic ? o->act_topic : "actions", o->store_dir, (long long)flush_ms, cfg->flush_events,
+           o->act_topic ? o->act_topic : "actions", o->state_dir ? o->state_dir : o->store_dir, (long long)flush_ms, cfg->flush_events,
            o->redis.url ? ", publishing to Redis" : "");
     if (bad) fprintf(stderr, "iqp stream: dry run: %d problem%s (above)\n", bad, bad == 1 ? "" : "s");
     return bad ? 1 : 0;
