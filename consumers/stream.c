@@ -251,6 +251,7 @@ static const double flush_seconds_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025,
 static const double batch_events_bounds[] = {1, 10, 100, 1000, 10000, 100000, 1000000};
 static const double latency_bounds[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                         0.75, 1,     1.5,  2,   5,    10};
+static const double open_seconds_bounds[] = {0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60};
 #define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
 
 static void declare_metrics(iqp_metrics *m) {
@@ -293,6 +294,12 @@ static void declare_metrics(iqp_metrics *m) {
     iqp_metrics_declare(m, "iqp_kafka_offset_resets_total", IQP_METRIC_COUNTER,
                         "Partitions whose position was no longer on the broker (offset out of range: "
                         "the broker evicted events before they were counted).", NULL, 0);
+    iqp_metrics_declare(m, "iqp_partition_store_size_bytes", IQP_METRIC_GAUGE,
+                        "--state-dir: size on disk of each owned partition store (removed when the "
+                        "partition is released).", NULL, 0);
+    iqp_metrics_declare(m, "iqp_partition_store_open_seconds", IQP_METRIC_HISTOGRAM,
+                        "--state-dir: time to open a partition store on assignment, including the wait for "
+                        "its previous owner to release it.", open_seconds_bounds, COUNT_OF(open_seconds_bounds));
     iqp_metrics_declare(m, "iqp_kafka_brokers_up", IQP_METRIC_GAUGE,
                         "Broker connections in state UP (librdkafka statistics); /healthz is 503 at 0.",
                         NULL, 0);
@@ -374,10 +381,20 @@ static task *add_task(iqp_stream *s, int32_t partition, iqp_store *st, int owned
     return t;
 }
 
+/* Sets (bytes >= 0) or removes a partition store's size gauge. */
+static void set_task_size(iqp_stream *s, const task *t, double bytes) {
+    char labels[64];
+    if (!s->m || !t->owned) return;
+    snprintf(labels, sizeof labels, "partition=\"%d\"", (int)t->partition);
+    if (bytes >= 0) iqp_metrics_set(s->m, "iqp_partition_store_size_bytes", labels, bytes);
+    else iqp_metrics_remove(s->m, "iqp_partition_store_size_bytes", labels);
+}
+
 /* Frees task i (its aggregator waits for a write in flight) and closes its
  * store when it opened it: the store's LOCK is released for the next owner. */
 static void close_task(iqp_stream *s, size_t i) {
     task *t = s->tasks[i];
+    set_task_size(s, t, -1);
     iqp_aggregator_free(t->agg);
     if (t->owned) iqp_store_close(t->st);
     free(t);
@@ -440,8 +457,13 @@ static task *task_for(iqp_stream *s, int32_t partition) {
     if (!s->state_dir) return s->tasks[0];
     for (size_t i = 0; i < s->n_tasks; i++)
         if (s->tasks[i]->partition == partition) return s->tasks[i];
+    int64_t t0 = iqp_mono_ms();
     iqp_store *st = open_partition_store(s, partition);
-    return st ? add_task(s, partition, st, 1) : NULL;
+    if (!st) return NULL;
+    if (s->m) iqp_metrics_observe(s->m, "iqp_partition_store_open_seconds", "", (iqp_mono_ms() - t0) / 1000.0);
+    task *t = add_task(s, partition, st, 1);
+    set_task_size(s, t, (double)iqp_store_disk_bytes(st));
+    return t;
 }
 
 static void meta_key(const iqp_stream *s, int topic, int32_t partition, char *key, size_t len) {
@@ -1129,7 +1151,11 @@ static void periodic(iqp_stream *s, int64_t now) {
     if (s->m && now - s->last_store_size_ms >= STORE_SIZE_EVERY_MS) {
         s->last_store_size_ms = now;
         uint64_t bytes = 0;
-        for (size_t i = 0; i < s->n_tasks; i++) bytes += iqp_store_disk_bytes(s->tasks[i]->st);
+        for (size_t i = 0; i < s->n_tasks; i++) {
+            uint64_t one = iqp_store_disk_bytes(s->tasks[i]->st);
+            set_task_size(s, s->tasks[i], (double)one);
+            bytes += one;
+        }
         iqp_metrics_set(s->m, "iqp_store_size_bytes", "", (double)bytes);
     }
     if (s->progress && now - s->last_progress_ms >= 2000) {

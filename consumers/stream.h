@@ -9,7 +9,10 @@
  * "Cut rule"); committing consumed offsets in the
  * same store WriteBatch as the counts they produced, then to Kafka; the
  * rebalance protocol (flush before a partition is released, restore dedup
- * markers before counting a partition another instance counted); routing
+ * markers before counting a partition another instance counted); with a
+ * state dir, the per-partition stores (opened on assignment, waiting for
+ * the previous owner's lock, closed on revoke: stream.c "Partition-owned
+ * state"); routing
  * rejected events to the dead-letter sink; the stream's metrics.
  *
  * May not touch: counting rules (aggregator/), decoding rules (schemas/),
@@ -32,6 +35,8 @@
  *     counted in iqp_kafka_offset_resets_total and logged with the range;
  *   - dead letters are made durable (iqp_deadletter_flush) before the
  *     offsets that produced them are written;
+ *   - with a state dir, partition p's counts and offsets live in one store
+ *     that moves with p, so no batch is counted by two owners;
  *   - a batch is written only after the group coordinator confirmed that
  *     this member still holds its generation (an ownership probe, see
  *     stream.c "Zombie writes"); otherwise it is dropped unwritten, never

@@ -1370,6 +1370,37 @@ static void check_partition_stores(void) {
 
 static void use_state_dir(void) { state_dir = tu_fmt("%s/state", tmp); }
 
+/* The number of series of metric family name in a /metrics text. */
+static int series_count(const char *text, const char *name) {
+    int n = 0;
+    size_t nlen = strlen(name);
+    for (const char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+        n += strncmp(l, name, nlen) == 0 && l[nlen] == '{';
+    return n;
+}
+
+/* Waits (bounded) until each of n instances shows one partition store
+ * size series per partition number it owns (half its assigned
+ * partitions: both topics of each), and they own all 16 together. */
+static void wait_store_series_match(int n) {
+    int owned[MAX_STREAMS], stores[MAX_STREAMS], total = 0, ok = 0;
+    for (int64_t t0 = mono_ms(); !ok && mono_ms() - t0 < tu_wait_limit_ms(30000); usleep(200000)) {
+        ok = 1, total = 0;
+        for (int i = 0; i < n; i++) {
+            char *m = fetch_metrics(streams[i].metrics_port);
+            owned[i] = (int)metric_sum(m, "iqp_assigned_partitions", no_labels);
+            stores[i] = series_count(m, "iqp_partition_store_size_bytes");
+            free(m);
+            ok &= owned[i] == 2 * stores[i];
+            total += owned[i];
+        }
+        ok &= total == 2 * N_PARTITIONS;
+    }
+    for (int i = 0; i < n; i++)
+        ck_assert_msg(ok, "instance %d owns %d partitions and shows %d partition store sizes (%d owned in all)", i,
+                      owned[i], stores[i], total);
+}
+
 /* Three instances share one --state-dir while the log is produced: the
  * first owns every partition, the second and third join mid-stream and
  * take partitions (with their stores) over. The partition stores together
@@ -1386,6 +1417,7 @@ START_TEST(stream_state_dir_three_instances_count_once) {
     start_stream(2, 0);
     wait_producer();
     wait_caught_up(3);
+    wait_store_series_match(3);
     double counted[3];
     for (int i = 0; i < 3; i++) counted[i] = instance_metric(i, "iqp_events_total", counted_events);
     for (int i = 0; i < 3; i++) stop_stream(i);
@@ -1478,6 +1510,16 @@ START_TEST(stream_state_dir_waits_for_a_stalled_owner) {
     wait_log(1, "is locked by another process", 60000); /* session.timeout.ms is 6 s */
     ck_assert_int_eq(kill(streams[0].pid, SIGCONT), 0);
     wait_log(1, "its previous owner released it", 60000);
+    /* the open that waited is in the open-time histogram, wait included */
+    char *log = tu_read_file(streams[1].log, NULL), *hit = strstr(log, "its previous owner released it; opened after ");
+    double waited = strtod(hit + strlen("its previous owner released it; opened after "), NULL);
+    free(log);
+    char *m = fetch_metrics(streams[1].metrics_port);
+    double open_sum = metric_sum(m, "iqp_partition_store_open_seconds_sum", no_labels);
+    free(m);
+    fprintf(stderr, "state dir: the new owner waited %.1f s for the stalled one's lock\n", waited);
+    ck_assert_msg(waited > 0 && open_sum >= waited - 0.05, "waited %.1f s, open-time histogram sums %.3f s", waited,
+                  open_sum);
     wait_producer();
     wait_caught_up(2);
     stop_stream(0);
