@@ -1566,6 +1566,12 @@ START_TEST(stream_rejects_bad_usage) {
     expect_rejected_as(args, 2, "partition.assignment.strategy=roundrobin: --state-dir needs");
     free(args);
     free(sd);
+    /* topics whose partition counts differ (the devbroker creates an unknown
+     * topic on first use with 4 partitions; imp has 8): exit 1 at start */
+    args = tu_fmt("--brokers '%s' --state-dir '%s/state' --impressions-topic imp --actions-topic made-on-use "
+                  "--dead-letter-file '%s/dl.jsonl'", broker.bootstrap, tmp, tmp);
+    expect_rejected_as(args, 1, "topic 'imp' has 8 partitions and 'made-on-use' 4: --state-dir keeps partition p");
+    free(args);
 }
 END_TEST
 
