@@ -3,8 +3,13 @@
  * Counts the cells and keys of the counter column families and the keys of
  * the others (exact scans), the bytes of its files, and the watermark. With --compact it first runs a full compaction,
  * which also applies bucket and dedup expiry, so the figures are settled.
+ * With --state-dir (iqp stream's partition stores, DIR/partition-<p>) the
+ * same object over every partition store: counts summed, the newest
+ * watermark, every store's offsets, and partition_stores.
  */
 #include <stddef.h>
+#include <dirent.h>
+#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,19 +22,21 @@
 static const char *CMD = "stats";
 
 typedef struct stats_opts {
-    const char *store;
+    const char *store, *state_dir;
     int compact;
 } stats_opts;
 
 static const iqp_flag FLAGS[] = {
     {"store", IQP_FLAG_STRING, offsetof(stats_opts, store), .arg = "DIR", .help = "the store"},
+    {"state-dir", IQP_FLAG_STRING, offsetof(stats_opts, state_dir), .arg = "DIR",
+     .help = "... or every partition store of `iqp stream --state-dir DIR`, summed"},
     {"compact", IQP_FLAG_BOOL, offsetof(stats_opts, compact),
      .help = "compact fully first (applies expiry; needs write access)"},
     {0}};
 
 static const iqp_flag_cmd STATS = {
     .name = "stats",
-    .usage = "iqp stats --store DIR [--compact]",
+    .usage = "iqp stats --store DIR | --state-dir DIR [--compact]",
     .about = "Prints one JSON object: watermark_ms, count_cells, context_cells\n"
              "((granularity, bucket) cells), count_keys, context_keys (stored keys:\n"
              "one per slot, each packing that slot's cells), dedup_markers,\n"
@@ -37,28 +44,26 @@ static const iqp_flag_cmd STATS = {
              "`iqp stream --redis` queued for Redis and has not published yet), and\n"
              "kafka_offsets: for every Kafka partition the store has counted,\n"
              "\"TOPIC/PARTITION\": the next offset (what `iqp stream` resumes from).\n"
-             "Safe to run beside a running writer.",
+             "Safe to run beside a running writer. With --state-dir: the same over every\n"
+             "partition store of `iqp stream --state-dir DIR` (figures summed, the newest\n"
+             "watermark, every store's offsets) plus partition_stores, their number.",
     .flags = FLAGS,
 };
 
-int iqp_cmd_stats(int argc, char **argv) {
-    stats_opts opt = {0};
-    int rc = iqp_flags_parse(&STATS, &opt, argc, argv);
-    if (rc) return rc < 0 ? IQP_EXIT_OK : rc;
-    if (!opt.store) return iqp_cli_usage_error(CMD, "--store DIR is required");
-    const char *dir = opt.store;
-    int compact = opt.compact;
+/* The stats object of the store at dir (compacted first when asked), or
+ * NULL after printing why. */
+static json_t *store_stats(const char *dir, int compact) {
     char err[1024];
     iqp_store *st = iqp_store_open(dir, NULL, IQP_STORE_READ_ONLY, err, sizeof err);
-    if (!st) return iqp_cli_fail(CMD, "%s", err);
+    if (!st) return iqp_cli_fail(CMD, "%s", err), NULL;
     if (compact) {
         iqp_config cfg = *iqp_store_config(st);
         iqp_store_close(st);
         st = iqp_store_open(dir, &cfg, IQP_STORE_READ_WRITE, err, sizeof err);
-        if (!st) return iqp_cli_fail(CMD, "%s", err);
+        if (!st) return iqp_cli_fail(CMD, "%s", err), NULL;
         if (iqp_store_compact(st, err, sizeof err) < 0) {
             iqp_store_close(st);
-            return iqp_cli_fail(CMD, "%s", err);
+            return iqp_cli_fail(CMD, "%s", err), NULL;
         }
     }
     uint64_t counts = iqp_store_count_cells(st, IQP_CF_COUNTS);
@@ -76,10 +81,63 @@ int iqp_cmd_stats(int argc, char **argv) {
     json_t *offsets = json_object();
     iqp_store_scan_meta(st, "src/kafka/", iqp_cli_add_kafka_offset, offsets);
     json_object_set_new(o, "kafka_offsets", offsets);
+    iqp_store_close(st);
+    return o;
+}
+
+/* Adds one partition store's stats into sum (the first one starts it). */
+static void add_stats(json_t *sum, json_t *one) {
+    const char *key;
+    json_t *v;
+    json_object_foreach(one, key, v) {
+        json_t *have = json_object_get(sum, key);
+        if (!have) json_object_set(sum, key, v);
+        else if (!strcmp(key, "kafka_offsets")) json_object_update(have, v);
+        else if (!strcmp(key, "watermark_ms") && json_integer_value(v) > json_integer_value(have))
+            json_object_set(sum, key, v);
+        else if (json_is_integer(v) && strcmp(key, "watermark_ms"))
+            json_object_set_new(sum, key, json_integer(json_integer_value(have) + json_integer_value(v)));
+    }
+}
+
+/* Every DIR/partition-<p> store, summed; NULL after printing why. */
+static json_t *state_dir_stats(const char *dir, int compact) {
+    DIR *d = opendir(dir);
+    if (!d) return iqp_cli_fail(CMD, "cannot read the state dir %s: %s", dir, strerror(errno)), NULL;
+    json_t *sum = json_object();
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        const char *num = e->d_name + 10;
+        if (strncmp(e->d_name, "partition-", 10) != 0 || !*num || num[strspn(num, "0123456789")]) continue;
+        char *path = NULL;
+        if (asprintf(&path, "%s/%s", dir, e->d_name) < 0) abort();
+        json_t *one = store_stats(path, compact);
+        free(path);
+        if (!one) return closedir(d), json_decref(sum), NULL;
+        add_stats(sum, one);
+        json_decref(one);
+        n++;
+    }
+    closedir(d);
+    if (n == 0) return iqp_cli_fail(CMD, "no partition store (partition-<p>) in %s", dir), json_decref(sum), NULL;
+    json_int_t cells = json_integer_value(json_object_get(sum, "count_cells")) +
+                       json_integer_value(json_object_get(sum, "context_cells"));
+    json_object_set_new(sum, "bytes_per_cell", json_real(cells ? (double)json_integer_value(json_object_get(
+                                                                     sum, "disk_bytes")) / (double)cells : 0.0));
+    json_object_set_new(sum, "partition_stores", json_integer(n));
+    return sum;
+}
+
+int iqp_cmd_stats(int argc, char **argv) {
+    stats_opts opt = {0};
+    int rc = iqp_flags_parse(&STATS, &opt, argc, argv);
+    if (rc) return rc < 0 ? IQP_EXIT_OK : rc;
+    if (!opt.store == !opt.state_dir) return iqp_cli_usage_error(CMD, "give --store DIR or --state-dir DIR");
+    json_t *o = opt.store ? store_stats(opt.store, opt.compact) : state_dir_stats(opt.state_dir, opt.compact);
+    if (!o) return IQP_EXIT_FAIL;
     char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     puts(text);
     free(text);
     json_decref(o);
-    iqp_store_close(st);
     return 0;
 }

@@ -24,6 +24,8 @@
  * for `iqp config check|show` (iqp_stream_config_check / _effective), so
  * that a file `iqp config` accepts is one `iqp stream` accepts.
  */
+#include <dirent.h>
+#include <errno.h>
 #include <stddef.h>
 #include <hiredis/hiredis.h>
 #include <sys/stat.h>
@@ -65,6 +67,7 @@ static const char *CMD = "stream";
  * NAME=VALUE, split when applied. */
 typedef struct stream_flags {
     const char *config_path, *store_dir, *imp_topic, *act_topic, *dl_topic, *dl_file, *listen, *ckpt_topic;
+    const char *state_dir;
     const char *redis_url, *redis_url_file, *redis_prefix, *kafka_value;
     int64_t flush_ms, flush_events, redis_ttl_ms;
     int redis_refresh, on_lost, log_format; /* indexes of on|off, stop|skip, text|json; -1: not given */
@@ -95,7 +98,11 @@ static const iqp_flag FLAGS[] = {
     {"config", IQP_FLAG_STRING, FLAG_AT(config_path), .arg = "FILE",
      .help = "JSON config: counting layout and limits, plus \"stream\", \"kafka\" and \"metrics\" sections "
              "(README)"},
-    {"store", IQP_FLAG_STRING, FLAG_AT(store_dir), .arg = "DIR", .help = "the RocksDB store (stream.store; required)"},
+    {"store", IQP_FLAG_STRING, FLAG_AT(store_dir), .arg = "DIR", .help = "the RocksDB store (stream.store; this or --state-dir required)"},
+    {"state-dir", IQP_FLAG_STRING, FLAG_AT(state_dir), .arg = "DIR",
+     .help = "instead of --store: one store per input partition p at DIR/partition-<p>, resumed from its own "
+             "offsets and moved with the partition when DIR is shared by the group (stream.state_dir; README "
+             "\"Running more than one instance\")"},
     {"brokers", IQP_FLAG_STRING, FLAG_AT(kafka_value), .arg = "LIST", .check = on_brokers,
      .help = "bootstrap servers (kafka.bootstrap.servers; required)"},
     {"group", IQP_FLAG_STRING, FLAG_AT(kafka_value), .arg = "ID", .check = on_group,
@@ -167,6 +174,7 @@ static const iqp_flag_cmd STREAM = {
 typedef struct stream_opts {
     const char *config_path, *store_dir, *imp_topic, *act_topic, *dl_topic, *dl_file, *listen;
     const char *ckpt_topic;
+    const char *state_dir;                /* partition-owned state instead of store_dir */
     iqp_publisher_config redis;           /* redis.url NULL: no publishing */
     const char *redis_url_file;           /* redis.url_file, --redis-url-file */
     char redis_url_buf[1024];
@@ -221,7 +229,7 @@ static int parse_on_offset_lost(stream_opts *o, const char *v) {
 }
 
 static int read_stream_section(stream_opts *o, json_t *sec) {
-    static const char *const known[] = {"store", "impressions_topic", "actions_topic", "flush_ms",
+    static const char *const known[] = {"store", "state_dir", "impressions_topic", "actions_topic", "flush_ms",
                                         "dead_letter_topic", "dead_letter_file", "checkpoint_topic",
                                         "on_offset_lost", NULL};
     const char *key;
@@ -232,7 +240,8 @@ static int read_stream_section(stream_opts *o, json_t *sec) {
         while (*k && strcmp(*k, key)) k++;
         if (!*k) return iqp_cli_usage_error(CMD, "config: unknown key \"stream.%s\"", key);
     }
-    if (config_string(sec, "store", &o->store_dir) || config_string(sec, "impressions_topic", &o->imp_topic) ||
+    if (config_string(sec, "store", &o->store_dir) || config_string(sec, "state_dir", &o->state_dir) ||
+        config_string(sec, "impressions_topic", &o->imp_topic) ||
         config_string(sec, "actions_topic", &o->act_topic) || config_string(sec, "dead_letter_topic", &o->dl_topic) ||
         config_string(sec, "dead_letter_file", &o->dl_file) ||
         config_string(sec, "checkpoint_topic", &o->ckpt_topic))
@@ -357,7 +366,9 @@ static int read_config_sections(stream_opts *o) {
 /* The flags given, over what the config file set. */
 static int apply_flags(stream_opts *o, const stream_flags *f) {
     int rc = 0;
-    if (f->store_dir) o->store_dir = f->store_dir;
+    if (f->store_dir && f->state_dir) return iqp_cli_usage_error(CMD, "give --store or --state-dir, not both");
+    if (f->store_dir) o->store_dir = f->store_dir, o->state_dir = NULL;
+    if (f->state_dir) o->state_dir = f->state_dir, o->store_dir = NULL;
     for (size_t i = 0; i + 1 < f->kafka.n && rc == 0; i += 2)
         rc = f->kafka.v[i] ? add_prop(o, f->kafka.v[i], f->kafka.v[i + 1]) : add_prop_arg(o, f->kafka.v[i + 1]);
     if (rc) return rc;
@@ -428,6 +439,19 @@ static int check_metrics_listen(const stream_opts *o) {
 
 static int check_opts(stream_opts *o, int require_all);
 
+/* --state-dir: what it cannot do yet, refused rather than half done. */
+static int check_state_dir_opts(const stream_opts *o) {
+    if ((o->redis.url && strcmp(o->redis.url, "off") != 0) || o->redis_url_file)
+        return iqp_cli_usage_error(CMD, "--state-dir does not publish to Redis yet (each instance would "
+                                        "publish the partitions it owns: issue 16 item 3); use --store to publish");
+    for (size_t i = 0; i < o->n_props; i++)
+        if (!strcmp(o->props[2 * i], "partition.assignment.strategy") && strcmp(o->props[2 * i + 1], "range"))
+            return iqp_cli_usage_error(CMD, "kafka property partition.assignment.strategy=%s: --state-dir needs "
+                                            "\"range\", which keeps partition p of both topics together",
+                                       o->props[2 * i + 1]);
+    return 0;
+}
+
 /* The flags, then the config file they name, then the flags over it. */
 static int parse_opts(int argc, char **argv, stream_opts *o) {
     stream_flags f;
@@ -444,7 +468,11 @@ static int parse_opts(int argc, char **argv, stream_opts *o) {
  * also a store and brokers (a config checked on its own may leave them to
  * flags). */
 static int check_opts(stream_opts *o, int require_all) {
-    if (require_all && !o->store_dir) return iqp_cli_usage_error(CMD, "no store: give --store DIR or stream.store");
+    if (require_all && !o->store_dir && !o->state_dir)
+        return iqp_cli_usage_error(CMD, "no store: give --store DIR, --state-dir DIR, stream.store or stream.state_dir");
+    if (o->store_dir && o->state_dir)
+        return iqp_cli_usage_error(CMD, "config: give stream.store or stream.state_dir, not both");
+    if (o->state_dir && check_state_dir_opts(o)) return 2;
     if (require_all && !has_prop(o, "bootstrap.servers"))
         return iqp_cli_usage_error(CMD, "no brokers: give --brokers LIST or kafka.bootstrap.servers");
     if (o->dl_file && o->dl_topic && o->config_path)
@@ -583,10 +611,23 @@ static int open_publisher(const stream_opts *o, stream_parts *p) {
     return 0;
 }
 
+/* The state dir (created when missing; the partition stores in it are
+ * opened by the stream as partitions are assigned). */
+static int make_state_dir(const char *dir) {
+    struct stat sb;
+    if (mkdir(dir, 0777) < 0 && errno != EEXIST)
+        return iqp_cli_fail(CMD, "cannot create the state dir %s: %s", dir, strerror(errno));
+    if (stat(dir, &sb) < 0 || !S_ISDIR(sb.st_mode))
+        return iqp_cli_fail(CMD, "the state dir %s is not a directory", dir);
+    if (access(dir, W_OK) != 0) return iqp_cli_fail(CMD, "the state dir %s is not writable by this user", dir);
+    return 0;
+}
+
 static int open_parts(const stream_opts *o, iqp_config *cfg, stream_parts *p) {
     char err[1024];
-    if (!(p->st = iqp_store_open(o->store_dir, cfg, IQP_STORE_READ_WRITE, err, sizeof err)))
-        return iqp_cli_fail(CMD, "%s", err);
+    if (o->state_dir ? make_state_dir(o->state_dir) != 0
+                     : !(p->st = iqp_store_open(o->store_dir, cfg, IQP_STORE_READ_WRITE, err, sizeof err)))
+        return o->state_dir ? 1 : iqp_cli_fail(CMD, "%s", err);
     if (!(p->dl = open_dead_letter(o, err, sizeof err))) return iqp_cli_fail(CMD, "dead-letter sink: %s", err);
     p->m = iqp_metrics_new();
     /* /healthz says 503 until the stream loop sees a broker up (the start
@@ -599,10 +640,12 @@ static int open_parts(const stream_opts *o, iqp_config *cfg, stream_parts *p) {
         fprintf(stderr, "iqp stream: metrics on port %d of %s (/metrics, /healthz)\n",
                 iqp_metrics_server_port(p->srv), listen);
     }
-    if (open_checkpoints(o, &p->ckpt, err, sizeof err) < 0) return iqp_cli_fail(CMD, "%s", err);
+    /* partition stores are their own truth: no checkpoint topic to read */
+    if (!o->state_dir && open_checkpoints(o, &p->ckpt, err, sizeof err) < 0) return iqp_cli_fail(CMD, "%s", err);
     p->sd.watchdog_ms = iqp_sd_watchdog_ms();
     iqp_stream_options so = {o->imp_topic, o->act_topic, o->flush_ms, o->props, p->dl, p->m,
-                             p->ckpt, o->progress, on_tick, &p->sd, o->redis.url != NULL, o->skip_lost};
+                             p->ckpt, o->progress, on_tick, &p->sd, o->redis.url != NULL, o->skip_lost,
+                             o->state_dir, cfg};
     if (!(p->s = iqp_stream_new(p->st, &so, err, sizeof err))) return iqp_cli_fail(CMD, "%s", err);
     return open_publisher(o, p);
 }
@@ -687,6 +730,37 @@ static int dry_store(const stream_opts *o, const iqp_config *cfg) {
     return bad;
 }
 
+/* --state-dir: the directory exists and is writable (or can be made),
+ * and every partition store already in it matches the config. */
+static int dry_state_dir(const stream_opts *o, const iqp_config *cfg) {
+    char err[1024], path[4096];
+    struct stat sb;
+    if (stat(o->state_dir, &sb) != 0) {
+        char *parent = iqp_parent_dir(o->state_dir);
+        int ok = access(parent, W_OK) == 0;
+        int bad = dry_line(ok, "state", ok ? "%s does not exist yet: would create it" : "%s does not exist and %s is "
+                                             "not writable", o->state_dir, parent);
+        free(parent);
+        return bad;
+    }
+    if (!S_ISDIR(sb.st_mode) || access(o->state_dir, W_OK) != 0)
+        return dry_line(0, "state", "%s is not a writable directory", o->state_dir);
+    int bad = 0, found = 0;
+    DIR *dir = opendir(o->state_dir);
+    for (struct dirent *e; dir && (e = readdir(dir)) != NULL;) {
+        if (strncmp(e->d_name, "partition-", 10) != 0) continue;
+        snprintf(path, sizeof path, "%s/%s", o->state_dir, e->d_name);
+        found++;
+        iqp_store *st = iqp_store_open(path, cfg, IQP_STORE_READ_ONLY, err, sizeof err);
+        if (!st) bad += dry_line(0, "state", "%s", err);
+        iqp_store_close(st);
+    }
+    if (dir) closedir(dir);
+    if (!bad) dry_line(1, "state", "%s: %d partition store%s, layout matches the config", o->state_dir, found,
+                       found == 1 ? "" : "s");
+    return bad;
+}
+
 static const rd_kafka_metadata_topic_t *find_topic(const rd_kafka_metadata_t *md, const char *name) {
     for (int i = 0; i < md->topic_cnt; i++)
         if (strcmp(md->topics[i].topic, name) == 0) return &md->topics[i];
@@ -728,12 +802,15 @@ static int dry_kafka(const stream_opts *o) {
              md->broker_cnt == 1 ? "s" : "");
     bad += dry_topic(md, "impressions", o->imp_topic ? o->imp_topic : "impressions", &ni);
     bad += dry_topic(md, "actions", o->act_topic ? o->act_topic : "actions", &na);
-    if (ni && na && ni != na)
+    if (ni && na && ni != na && o->state_dir)
+        bad += dry_line(0, "kafka", "impressions has %d partitions, actions %d: --state-dir needs the same count", ni,
+                        na);
+    else if (ni && na && ni != na)
         dry_line(-1, "kafka", "impressions has %d partitions, actions %d: instances scale out by partition, "
                               "so both topics should have the same count", ni, na);
     if (!o->dl_file) bad += dry_topic(md, "dead-letter", o->dl_topic ? o->dl_topic : "dead-letter", &n);
     const char *ckpt = o->ckpt_topic ? o->ckpt_topic : "iqp-checkpoints";
-    if (strcmp(ckpt, "off") != 0) bad += dry_topic(md, "checkpoint", ckpt, &n);
+    if (strcmp(ckpt, "off") != 0 && !o->state_dir) bad += dry_topic(md, "checkpoint", ckpt, &n);
     dry_line(-1, "kafka", "would join group '%s' and count the partitions it is given (membership not "
                           "tried: a join would rebalance running members)", group_id(o));
     rd_kafka_metadata_destroy(md);
@@ -808,11 +885,11 @@ static int dry_metrics(const stream_opts *o) {
 }
 
 static int dry_run(const stream_opts *o, const iqp_config *cfg) {
-    int bad = dry_store(o, cfg) + dry_kafka(o) + dry_dead_letter_file(o) + dry_redis(o, cfg) + dry_metrics(o);
+    int bad = (o->state_dir ? dry_state_dir(o, cfg) : dry_store(o, cfg)) + dry_kafka(o) + dry_dead_letter_file(o) + dry_redis(o, cfg) + dry_metrics(o);
     int64_t flush_ms = o->flush_ms ? o->flush_ms : IQP_STREAM_DEFAULT_FLUSH_MS;
     printf("%s: would count topics '%s' and '%s' into %s, flushing every %lld ms or %zu events%s\n",
            bad ? "dry run FAILED" : "dry run ok", o->imp_topic ? o->imp_topic : "impressions",
-           o->act_topic ? o->act_topic : "actions", o->store_dir, (long long)flush_ms, cfg->flush_events,
+           o->act_topic ? o->act_topic : "actions", o->state_dir ? o->state_dir : o->store_dir, (long long)flush_ms, cfg->flush_events,
            o->redis.url ? ", publishing to Redis" : "");
     if (bad) fprintf(stderr, "iqp stream: dry run: %d problem%s (above)\n", bad, bad == 1 ? "" : "s");
     return bad ? 1 : 0;
@@ -867,6 +944,7 @@ json_t *iqp_stream_config_effective(json_t *root, const char *source) {
                            "actions_topic", o.act_topic ? o.act_topic : "actions", "flush_ms",
                            (json_int_t)(o.flush_ms ? o.flush_ms : IQP_STREAM_DEFAULT_FLUSH_MS));
     if (o.store_dir) json_object_set_new(st, "store", json_string(o.store_dir));
+    if (o.state_dir) json_object_set_new(st, "state_dir", json_string(o.state_dir));
     if (o.dl_file) json_object_set_new(st, "dead_letter_file", json_string(o.dl_file));
     else json_object_set_new(st, "dead_letter_topic", json_string(o.dl_topic ? o.dl_topic : "dead-letter"));
     json_object_set_new(st, "checkpoint_topic", json_string(o.ckpt_topic ? o.ckpt_topic : "iqp-checkpoints"));

@@ -54,6 +54,29 @@
  * partition to the right start. Both the eager and the cooperative
  * protocol are handled.
  *
+ * Partition-owned state (--state-dir, issue 16 items 1-2). Instead of
+ * one store for whatever this instance consumed, each input partition
+ * number p has a store of its own, state_dir/partition-<p>, with its own
+ * aggregator (a "task"): partition p of the impressions topic and
+ * partition p of the actions topic count into it (events are keyed by
+ * normalized query, so p's query contexts are whole there), and its
+ * WriteBatches carry only p's offsets. A cut writes every task's batch,
+ * each on its aggregator's writer thread, and collects them all. The
+ * consumer is forced to the range assignor and the two topics must have
+ * the same partition count, so one member gets partition p of both
+ * (checked at start and on every assignment). On assignment the task
+ * opens the store and p resumes at its stored offsets; the group's
+ * committed offset counts only for a store that holds none yet (its
+ * first owner). On revoke the tasks are flushed and closed, which
+ * releases the store's RocksDB LOCK. When the instances share the state
+ * dir the state moves with its partition, and that LOCK is the fence: a
+ * new owner waits (LOCK_WAIT_MS, then fatal) until the previous owner,
+ * maybe stalled, let go; whatever the old owner wrote before, counts and
+ * offsets together, is what the new one continues from. So the kill -9
+ * and stall windows of "Zombie writes" below cannot count twice here:
+ * offsets and counts live in one system. No checkpoint topic is read
+ * (the stores are the truth), and no publisher is attached.
+ *
  * Zombie writes: a batch is written only while this member owns its
  * partitions. A member that stalls (SIGSTOP, swap, a starved CPU) past
  * session.timeout.ms is dropped from the group by the broker, and its
@@ -120,6 +143,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "aggregator/aggregator.h"
 #include "schemas/event.h"
@@ -140,8 +164,23 @@
 #define META_PREFIX "src/kafka/"
 #define HEALTH_EVERY_MS 250
 #define HEALTH_STALE_MS 10000
+#define LOCK_WAIT_MS 60000        /* a partition store's previous owner must let go by then */
+#define LOCK_RETRY_MS 200
 
 enum { TOPIC_IMPRESSIONS = 0, TOPIC_ACTIONS = 1, N_TOPICS = 2 };
+
+/* Where the counts of some input partitions go: a store and the
+ * aggregator that writes it. Single-store mode has one task (partition
+ * -1) for every partition, on the caller's store; with a state dir each
+ * input partition number p has its own, state_dir/partition-<p>, holding
+ * partition p of both topics ("Partition-owned state"). */
+typedef struct task {
+    int32_t partition;          /* -1: the single store */
+    iqp_store *st;
+    iqp_aggregator *agg;
+    int owned;                  /* the store was opened here and is closed with the task */
+    uint64_t bytes_reported;    /* agg's batch_bytes already in iqp_store_bytes_written_total */
+} task;
 
 /* One assigned partition. */
 typedef struct part_state {
@@ -154,13 +193,15 @@ typedef struct part_state {
     int dirty;                  /* next_offset not yet flushed */
     int writing;                /* the batch in flight holds written_offset (see "Pipeline") */
     int64_t written_offset;
+    task *task;                 /* where its events are counted */
 } part_state;
 
 struct iqp_stream {
     rd_kafka_t *rk;
-    iqp_store *st;
     const iqp_config *cfg;
-    iqp_aggregator *agg;
+    task **tasks;               /* one (single store), or one per owned partition number */
+    size_t n_tasks, cap_tasks;
+    char *state_dir;            /* NULL: single store */
     iqp_deadletter *dl;
     iqp_metrics *m;
     iqp_checkpoints *ckpt;
@@ -191,7 +232,6 @@ struct iqp_stream {
     size_t n_write_ts, cap_write_ts;
     int64_t write_started;
     uint64_t lat_hist[LAT_BINS];
-    uint64_t bytes_reported;
     int64_t last_flush_ms, last_store_size_ms, last_progress_ms;
     /* health (see "Health" at the top) */
     int watch_redis;
@@ -211,6 +251,7 @@ static const double flush_seconds_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025,
 static const double batch_events_bounds[] = {1, 10, 100, 1000, 10000, 100000, 1000000};
 static const double latency_bounds[] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                         0.75, 1,     1.5,  2,   5,    10};
+static const double open_seconds_bounds[] = {0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60};
 #define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
 
 static void declare_metrics(iqp_metrics *m) {
@@ -253,6 +294,12 @@ static void declare_metrics(iqp_metrics *m) {
     iqp_metrics_declare(m, "iqp_kafka_offset_resets_total", IQP_METRIC_COUNTER,
                         "Partitions whose position was no longer on the broker (offset out of range: "
                         "the broker evicted events before they were counted).", NULL, 0);
+    iqp_metrics_declare(m, "iqp_partition_store_size_bytes", IQP_METRIC_GAUGE,
+                        "--state-dir: size on disk of each owned partition store (removed when the "
+                        "partition is released).", NULL, 0);
+    iqp_metrics_declare(m, "iqp_partition_store_open_seconds", IQP_METRIC_HISTOGRAM,
+                        "--state-dir: time to open a partition store on assignment, including the wait for "
+                        "its previous owner to release it.", open_seconds_bounds, COUNT_OF(open_seconds_bounds));
     iqp_metrics_declare(m, "iqp_kafka_brokers_up", IQP_METRIC_GAUGE,
                         "Broker connections in state UP (librdkafka statistics); /healthz is 503 at 0.",
                         NULL, 0);
@@ -288,7 +335,7 @@ static part_state *add_part(iqp_stream *s, int topic, int32_t partition) {
         if (!s->parts) abort();
     }
     p = &s->parts[s->n_parts++];
-    *p = (part_state){topic, partition, -1, -1, -1, RD_KAFKA_OFFSET_INVALID, 0, 0, -1};
+    *p = (part_state){topic, partition, -1, -1, -1, RD_KAFKA_OFFSET_INVALID, 0, 0, -1, NULL};
     return p;
 }
 
@@ -317,19 +364,121 @@ static void remove_part(iqp_stream *s, int topic, int32_t partition) {
     *p = s->parts[--s->n_parts];
 }
 
+/* ---- tasks (see "Partition-owned state" at the top) -------------------------- */
+
+static void fail(iqp_stream *s, const char *what, const char *why);
+
+static task *add_task(iqp_stream *s, int32_t partition, iqp_store *st, int owned) {
+    if (s->n_tasks == s->cap_tasks) {
+        s->cap_tasks = s->cap_tasks ? 2 * s->cap_tasks : 16;
+        s->tasks = realloc(s->tasks, s->cap_tasks * sizeof *s->tasks);
+        if (!s->tasks) abort();
+    }
+    task *t = calloc(1, sizeof *t);
+    if (!t) abort();
+    *t = (task){partition, st, iqp_aggregator_new(st), owned, 0};
+    s->tasks[s->n_tasks++] = t;
+    return t;
+}
+
+/* Sets (bytes >= 0) or removes a partition store's size gauge. */
+static void set_task_size(iqp_stream *s, const task *t, double bytes) {
+    char labels[64];
+    if (!s->m || !t->owned) return;
+    snprintf(labels, sizeof labels, "partition=\"%d\"", (int)t->partition);
+    if (bytes >= 0) iqp_metrics_set(s->m, "iqp_partition_store_size_bytes", labels, bytes);
+    else iqp_metrics_remove(s->m, "iqp_partition_store_size_bytes", labels);
+}
+
+/* Frees task i (its aggregator waits for a write in flight) and closes its
+ * store when it opened it: the store's LOCK is released for the next owner. */
+static void close_task(iqp_stream *s, size_t i) {
+    task *t = s->tasks[i];
+    set_task_size(s, t, -1);
+    iqp_aggregator_free(t->agg);
+    if (t->owned) iqp_store_close(t->st);
+    free(t);
+    s->tasks[i] = s->tasks[--s->n_tasks];
+}
+
+/* Closes every partition task that no assigned partition counts into. */
+static void close_idle_tasks(iqp_stream *s) {
+    for (size_t i = s->n_tasks; i-- > 0;) {
+        int used = !s->tasks[i]->owned;
+        for (size_t k = 0; k < s->n_parts && !used; k++) used = s->parts[k].task == s->tasks[i];
+        if (!used) close_task(s, i);
+    }
+}
+
+static size_t pending_events(const iqp_stream *s) {
+    size_t n = 0;
+    for (size_t i = 0; i < s->n_tasks; i++) n += iqp_aggregator_pending(s->tasks[i]->agg);
+    return n;
+}
+
+/* 1 when err says a store open failed on its RocksDB LOCK. */
+static int store_locked(const char *err) {
+    size_t el = strlen(err), hl = strlen(IQP_STORE_LOCKED_HINT);
+    return el >= hl && strcmp(err + el - hl, IQP_STORE_LOCKED_HINT) == 0;
+}
+
+/* Opens state_dir/partition-<partition>, waiting up to LOCK_WAIT_MS while
+ * another process holds its LOCK (the partition's previous owner, stalled
+ * or not yet through its revoke): the lock is the fence that keeps two
+ * owners from writing one partition's state. NULL after fail(). */
+static iqp_store *open_partition_store(iqp_stream *s, int32_t partition) {
+    char dir[600], err[1000], why[1000];
+    snprintf(dir, sizeof dir, "%s/partition-%d", s->state_dir, (int)partition);
+    for (int64_t t0 = iqp_mono_ms(), waited = 0;; waited = iqp_mono_ms() - t0) {
+        iqp_store *st = iqp_store_open(dir, s->cfg, IQP_STORE_READ_WRITE, err, sizeof err);
+        if (st && waited)
+            fprintf(stderr, "iqp stream: %s: its previous owner released it; opened after %.1f s\n", dir,
+                    waited / 1000.0);
+        if (st) return st;
+        if (!store_locked(err)) return fail(s, "partition state", err), NULL;
+        if (waited >= LOCK_WAIT_MS || iqp_stop_requested()) {
+            snprintf(why, sizeof why, "%s is still locked after %.0f s: another process holds partition %d's "
+                                      "state (a stalled previous owner?); nothing of it was counted here",
+                     dir, waited / 1000.0, (int)partition);
+            return fail(s, "partition state", why), NULL;
+        }
+        if (!waited)
+            fprintf(stderr, "iqp stream: %s is locked by another process (partition %d's previous owner has "
+                            "not released it yet); retrying for up to %d s\n",
+                    dir, (int)partition, LOCK_WAIT_MS / 1000);
+        usleep(LOCK_RETRY_MS * 1000);
+    }
+}
+
+/* The task partition's events count into: the single store's, or (state
+ * dir) the partition's own, opened now if this instance does not hold it
+ * yet. NULL after fail(). */
+static task *task_for(iqp_stream *s, int32_t partition) {
+    if (!s->state_dir) return s->tasks[0];
+    for (size_t i = 0; i < s->n_tasks; i++)
+        if (s->tasks[i]->partition == partition) return s->tasks[i];
+    int64_t t0 = iqp_mono_ms();
+    iqp_store *st = open_partition_store(s, partition);
+    if (!st) return NULL;
+    if (s->m) iqp_metrics_observe(s->m, "iqp_partition_store_open_seconds", "", (iqp_mono_ms() - t0) / 1000.0);
+    task *t = add_task(s, partition, st, 1);
+    set_task_size(s, t, (double)iqp_store_disk_bytes(st));
+    return t;
+}
+
 static void meta_key(const iqp_stream *s, int topic, int32_t partition, char *key, size_t len) {
     snprintf(key, len, META_PREFIX "%s/%d", s->topics[topic], (int)partition);
 }
 
-/* The next offset this store holds for a partition, -1 when it holds none,
- * or -2 when the record cannot be read (the store is damaged: counting on
- * from a guess could double-count, so the caller stops). */
-static int64_t stored_offset(iqp_stream *s, int topic, int32_t partition) {
+/* The next offset p's store holds for p, -1 when it holds none, or -2
+ * when the record cannot be read (the store is damaged: counting on from
+ * a guess could double-count, so the caller stops). */
+static int64_t stored_offset(iqp_stream *s, const part_state *p) {
     char key[600], *val = NULL;
     size_t vlen = 0;
     int64_t off = -2;
-    meta_key(s, topic, partition, key, sizeof key);
-    int rc = iqp_store_get_meta(s->st, key, &val, &vlen);
+    meta_key(s, p->topic, p->partition, key, sizeof key);
+    int rc = iqp_store_get_meta(p->task->st, key, &val, &vlen);
     if (rc == 0) return -1;
     if (rc < 0) return -2;
     json_t *j = json_loadb(val, vlen, 0, NULL);
@@ -351,7 +500,7 @@ static void stage_offsets(iqp_stream *s) {
         char key[600], val[64];
         meta_key(s, p->topic, p->partition, key, sizeof key);
         snprintf(val, sizeof val, "{\"next_offset\":%lld}", (long long)p->next_offset);
-        iqp_aggregator_stage_meta(s->agg, key, val, strlen(val));
+        iqp_aggregator_stage_meta(p->task->agg, key, val, strlen(val));
         p->writing = 1;
         p->written_offset = p->next_offset;
         p->dirty = 0;
@@ -429,14 +578,16 @@ static void record_latencies(iqp_stream *s, int64_t committed_at) {
 }
 
 static void observe_flush(iqp_stream *s, int64_t started, int64_t done) {
-    const iqp_agg_stats *as = iqp_aggregator_stats(s->agg);
     s->stats.flushes++;
     if (!s->m) return;
     iqp_metrics_observe(s->m, "iqp_flush_seconds", "", (done - started) / 1000.0);
     iqp_metrics_observe(s->m, "iqp_flush_batch_events", "", (double)s->write_events);
-    iqp_metrics_add(s->m, "iqp_store_bytes_written_total", "",
-                    (double)(as->batch_bytes - s->bytes_reported));
-    s->bytes_reported = as->batch_bytes;
+    for (size_t i = 0; i < s->n_tasks; i++) {
+        task *t = s->tasks[i];
+        uint64_t bytes = iqp_aggregator_stats(t->agg)->batch_bytes;
+        iqp_metrics_add(s->m, "iqp_store_bytes_written_total", "", (double)(bytes - t->bytes_reported));
+        t->bytes_reported = bytes;
+    }
 }
 
 static void fail(iqp_stream *s, const char *what, const char *why) {
@@ -526,9 +677,9 @@ static void rewind_partitions(iqp_stream *s) {
  * partitions may be another member's now, who counts those events. */
 static void drop_batch(iqp_stream *s, const char *reason) {
     char labels[64];
-    size_t pending = iqp_aggregator_pending(s->agg);
+    size_t pending = pending_events(s);
     uint64_t messages = s->batch_events;
-    iqp_aggregator_discard(s->agg);
+    for (size_t i = 0; i < s->n_tasks; i++) iqp_aggregator_discard(s->tasks[i]->agg);
     s->n_batch_ts = 0;
     s->batch_events = 0;
     s->held = 0;
@@ -558,8 +709,9 @@ static int finish_write(iqp_stream *s, int publish_ms) {
         return 0;
     }
     s->writing = 0;
-    if (iqp_aggregator_flush_collect(s->agg, err, sizeof err) < 0)
-        return fail(s, "store write", err), -1;
+    for (size_t i = 0; i < s->n_tasks; i++)
+        if (iqp_aggregator_flush_collect(s->tasks[i]->agg, err, sizeof err) < 0)
+            return fail(s, "store write", err), -1;
     for (size_t i = 0; i < s->n_parts; i++)
         if (s->parts[i].writing) s->parts[i].rewind = s->parts[i].written_offset;
     record_latencies(s, iqp_wall_ms());
@@ -581,7 +733,9 @@ static int begin_write(iqp_stream *s) {
     s->batch_events = 0;
     s->write_started = iqp_mono_ms();
     s->writing = 1;
-    if (iqp_aggregator_flush_begin(s->agg, err, sizeof err) < 0) return fail(s, "store write", err), -1;
+    for (size_t i = 0; i < s->n_tasks; i++)
+        if (iqp_aggregator_flush_begin(s->tasks[i]->agg, err, sizeof err) < 0)
+            return fail(s, "store write", err), -1;
     return 0;
 }
 
@@ -600,7 +754,7 @@ static flush_result stream_flush(iqp_stream *s, int publish_ms, int wait) {
     if (s->fatal || finish_write(s, publish_ms) < 0) return FLUSH_FAILED;
     for (size_t i = 0; i < s->n_parts; i++) dirty |= s->parts[i].dirty;
     s->last_flush_ms = iqp_mono_ms();
-    if (!dirty && iqp_aggregator_pending(s->agg) == 0) return FLUSH_DONE;
+    if (!dirty && pending_events(s) == 0) return FLUSH_DONE;
     switch (probe_ownership(s, s->closing ? CLOSE_PROBE_MS : PROBE_MS)) {
     case NOT_OWNED:
         drop_batch(s, "not_member");
@@ -646,9 +800,31 @@ static int published_offsets(iqp_stream *s, rd_kafka_topic_partition_list_t *par
     return 0;
 }
 
+/* State dir: partition p of one topic must come with partition p of the
+ * other (the range assignor over topics with equal partition counts does
+ * that), or the events of one partition number would be counted in two
+ * instances' hands. 0, or -1 after fail(). */
+static int check_copartitioned(iqp_stream *s, const rd_kafka_topic_partition_list_t *parts) {
+    char why[700];
+    for (int i = 0; i < parts->cnt; i++) {
+        int t = topic_index(s, parts->elems[i].topic), found = 0;
+        if (t < 0) continue;
+        for (int k = 0; k < parts->cnt && !found; k++)
+            found = parts->elems[k].partition == parts->elems[i].partition &&
+                    topic_index(s, parts->elems[k].topic) == 1 - t;
+        if (found) continue;
+        snprintf(why, sizeof why, "the group assigned %s/%d without %s/%d: with --state-dir both topics "
+                                  "need the same partition count and the range assignor",
+                 s->topics[t], (int)parts->elems[i].partition, s->topics[1 - t], (int)parts->elems[i].partition);
+        return fail(s, "kafka", why), -1;
+    }
+    return 0;
+}
+
 /* Decides where each partition of an assignment starts (see the top).
  * Returns 0, or -1 after fail(). */
 static int plan_assignment(iqp_stream *s, rd_kafka_topic_partition_list_t *parts) {
+    if (s->state_dir && check_copartitioned(s, parts) < 0) return -1;
     int64_t *published = malloc(((size_t)parts->cnt + 1) * sizeof *published);
     if (!published) abort();
     if (published_offsets(s, parts, published) < 0) return free(published), -1;
@@ -657,8 +833,14 @@ static int plan_assignment(iqp_stream *s, rd_kafka_topic_partition_list_t *parts
         int t = topic_index(s, tp->topic);
         if (t < 0) continue;
         part_state *p = add_part(s, t, tp->partition);
-        int64_t mine = stored_offset(s, t, tp->partition);
-        int64_t group = published[i];
+        if (!p->task && !(p->task = task_for(s, tp->partition))) {
+            remove_part(s, t, tp->partition);
+            return free(published), -1;
+        }
+        int64_t mine = stored_offset(s, p);
+        /* A partition store is the one truth about its partition: what the
+         * group published matters only to one that has counted nothing. */
+        int64_t group = s->state_dir && mine >= 0 ? -1 : published[i];
         if (mine == -2) {
             free(published);
             return fail(s, "store", "a stored Kafka offset is unreadable"), -1;
@@ -702,6 +884,7 @@ static void on_revoke(iqp_stream *s, rd_kafka_topic_partition_list_t *parts) {
         int t = topic_index(s, parts->elems[i].topic);
         if (t >= 0) remove_part(s, t, parts->elems[i].partition);
     }
+    close_idle_tasks(s); /* state dir: the released partitions' stores, unlocked for their next owner */
 }
 
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -830,8 +1013,9 @@ static void remember_ts(iqp_stream *s, const rd_kafka_message_t *msg) {
 static int aggregate(iqp_stream *s, int topic, const rd_kafka_message_t *msg, const iqp_event *ev,
                      int restoring) {
     char err[512];
-    iqp_agg_outcome out = restoring ? iqp_aggregator_restore(s->agg, ev, iqp_wall_ms(), err, sizeof err)
-                                    : iqp_aggregator_add(s->agg, ev, iqp_wall_ms(), err, sizeof err);
+    iqp_aggregator *agg = find_part(s, topic, msg->partition)->task->agg;
+    iqp_agg_outcome out = restoring ? iqp_aggregator_restore(agg, ev, iqp_wall_ms(), err, sizeof err)
+                                    : iqp_aggregator_add(agg, ev, iqp_wall_ms(), err, sizeof err);
     switch (out) {
     case IQP_AGG_COUNTED:
         if (restoring) return s->stats.restored++, count_event(s, topic, "restored"), 0;
@@ -966,7 +1150,13 @@ static void periodic(iqp_stream *s, int64_t now) {
     if (s->m) update_lag(s);
     if (s->m && now - s->last_store_size_ms >= STORE_SIZE_EVERY_MS) {
         s->last_store_size_ms = now;
-        iqp_metrics_set(s->m, "iqp_store_size_bytes", "", (double)iqp_store_disk_bytes(s->st));
+        uint64_t bytes = 0;
+        for (size_t i = 0; i < s->n_tasks; i++) {
+            uint64_t one = iqp_store_disk_bytes(s->tasks[i]->st);
+            set_task_size(s, s->tasks[i], (double)one);
+            bytes += one;
+        }
+        iqp_metrics_set(s->m, "iqp_store_size_bytes", "", (double)bytes);
     }
     if (s->progress && now - s->last_progress_ms >= 2000) {
         s->last_progress_ms = now;
@@ -1039,15 +1229,59 @@ static int check_user_props(const char *const *kv, char *err, size_t errlen) {
     return 0;
 }
 
+/* With a state dir the assignor must be range (see create_consumer). */
+static int check_assignor(const char *const *kv, char *err, size_t errlen) {
+    for (; kv && kv[0] && kv[1]; kv += 2)
+        if (strcmp(kv[0], "partition.assignment.strategy") == 0 && strcmp(kv[1], "range") != 0) {
+            snprintf(err, errlen, "kafka property partition.assignment.strategy=%s: --state-dir needs "
+                                  "\"range\", which keeps partition p of both topics together", kv[1]);
+            return -1;
+        }
+    return 0;
+}
+
+/* The partition count of topic t from the brokers' metadata; -1 with err. */
+static int partition_count(iqp_stream *s, int t, char *err, size_t errlen) {
+    const rd_kafka_metadata_t *md = NULL;
+    rd_kafka_topic_t *rkt = rd_kafka_topic_new(s->rk, s->topics[t], NULL);
+    rd_kafka_resp_err_t e = rkt ? rd_kafka_metadata(s->rk, 0, rkt, &md, 10000) : rd_kafka_last_error();
+    int n = -1;
+    if (!e && (md->topic_cnt != 1 || md->topics[0].err)) e = md->topic_cnt ? md->topics[0].err
+                                                                            : RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART;
+    if (e) snprintf(err, errlen, "cannot read the partitions of topic '%s': %s", s->topics[t], rd_kafka_err2str(e));
+    else n = md->topics[0].partition_cnt;
+    if (md) rd_kafka_metadata_destroy(md);
+    if (rkt) rd_kafka_topic_destroy(rkt);
+    return n;
+}
+
+/* State dir: both topics must have the same partition count (partition
+ * p of each is one task's). 0, or -1 with err. */
+static int check_partition_counts(iqp_stream *s, char *err, size_t errlen) {
+    int n[N_TOPICS];
+    for (int t = 0; t < N_TOPICS; t++)
+        if ((n[t] = partition_count(s, t, err, errlen)) < 0) return -1;
+    if (n[0] == n[1]) return 0;
+    snprintf(err, errlen, "topic '%s' has %d partitions and '%s' %d: --state-dir keeps partition p of both "
+                          "in one store, so both topics need the same partition count",
+             s->topics[0], n[0], s->topics[1], n[1]);
+    return -1;
+}
+
 static rd_kafka_t *create_consumer(iqp_stream *s, const iqp_stream_options *o, char *err,
                                    size_t errlen) {
     char kerr[512];
     if (check_user_props(o->kafka_props, err, errlen) < 0 ||
         new_partition_start(o->kafka_props, &s->new_start, err, errlen) < 0)
         return NULL;
-    const char *const reset[] = {"auto.offset.reset", o->skip_lost_offsets ? "earliest" : "error", NULL};
+    /* a state dir needs partition p of both topics in one member's hands:
+     * the range assignor gives each member the same partition numbers of
+     * every topic when the partition counts are equal (checked at start) */
+    const char *const reset[] = {"auto.offset.reset", o->skip_lost_offsets ? "earliest" : "error",
+                                 o->state_dir ? "partition.assignment.strategy" : NULL, "range", NULL};
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    if (set_props(conf, default_props, err, errlen) < 0 ||
+    if ((o->state_dir && check_assignor(o->kafka_props, err, errlen) < 0) ||
+        set_props(conf, default_props, err, errlen) < 0 ||
         set_props(conf, o->kafka_props, err, errlen) < 0 ||
         set_props(conf, forced_props, err, errlen) < 0 || set_props(conf, reset, err, errlen) < 0) {
         rd_kafka_conf_destroy(conf);
@@ -1094,8 +1328,8 @@ static void set_topics(iqp_stream *s, const iqp_stream_options *o) {
 iqp_stream *iqp_stream_new(iqp_store *st, const iqp_stream_options *o, char *err, size_t errlen) {
     iqp_stream *s = calloc(1, sizeof *s);
     if (!s) abort();
-    s->st = st;
-    s->cfg = iqp_store_config(st);
+    if (o->state_dir && (s->state_dir = strdup(o->state_dir)) == NULL) abort();
+    s->cfg = o->state_dir ? o->cfg : iqp_store_config(st);
     s->dl = o->dl;
     s->m = o->metrics;
     s->ckpt = o->checkpoints;
@@ -1110,10 +1344,10 @@ iqp_stream *iqp_stream_new(iqp_store *st, const iqp_stream_options *o, char *err
         return NULL;
     }
     declare_metrics(s->m);
-    s->agg = iqp_aggregator_new(st);
+    if (!s->state_dir) add_task(s, -1, st, 0);
     s->rk = create_consumer(s, o, err, errlen);
     if (s->rk) s->probe_q = rd_kafka_queue_new(s->rk);
-    if (!s->rk || subscribe(s, err, errlen) < 0) {
+    if (!s->rk || (s->state_dir && check_partition_counts(s, err, errlen) < 0) || subscribe(s, err, errlen) < 0) {
         iqp_stream_free(s);
         return NULL;
     }
@@ -1131,7 +1365,9 @@ static int64_t poll_timeout(const iqp_stream *s, int64_t now) {
 
 /* The batch in hand is cut now ("Cut rule"). */
 static int cut_due(iqp_stream *s, int64_t now) {
-    return iqp_aggregator_should_flush(s->agg) || (!s->writing && now - s->last_flush_ms >= s->flush_ms);
+    for (size_t i = 0; i < s->n_tasks; i++)
+        if (iqp_aggregator_should_flush(s->tasks[i]->agg)) return 1;
+    return !s->writing && now - s->last_flush_ms >= s->flush_ms;
 }
 
 /* Flushes, commits synchronously and leaves the group. */
@@ -1143,7 +1379,16 @@ static void close_consumer(iqp_stream *s) {
     rd_kafka_consumer_close(s->rk);
 }
 
-struct iqp_aggregator *iqp_stream_aggregator(iqp_stream *s) { return s->agg; }
+struct iqp_aggregator *iqp_stream_aggregator(iqp_stream *s) {
+    return s->state_dir || s->n_tasks == 0 ? NULL : s->tasks[0]->agg;
+}
+
+/* Every task's write of the batch in flight is done. */
+static int writes_done(iqp_stream *s) {
+    for (size_t i = 0; i < s->n_tasks; i++)
+        if (!iqp_aggregator_flush_written(s->tasks[i]->agg)) return 0;
+    return 1;
+}
 
 int iqp_stream_run(iqp_stream *s, char *err, size_t errlen) {
     s->last_flush_ms = s->last_store_size_ms = s->last_progress_ms = iqp_mono_ms();
@@ -1157,7 +1402,7 @@ int iqp_stream_run(iqp_stream *s, char *err, size_t errlen) {
         }
         now = iqp_mono_ms();
         if (now - s->last_health_ms >= HEALTH_EVERY_MS) update_health(s);
-        if (s->writing && iqp_aggregator_flush_written(s->agg)) finish_write(s, 0);
+        if (s->writing && writes_done(s)) finish_write(s, 0);
         if (cut_due(s, now)) {
             stream_flush(s, PUBLISH_MS, 0);
             periodic(s, now);
@@ -1199,7 +1444,9 @@ void iqp_stream_free(iqp_stream *s) {
         if (s->probe_q) rd_kafka_queue_destroy(s->probe_q);
         rd_kafka_destroy(s->rk);
     }
-    iqp_aggregator_free(s->agg);
+    while (s->n_tasks) close_task(s, s->n_tasks - 1);
+    free(s->tasks);
+    free(s->state_dir);
     for (int t = 0; t < N_TOPICS; t++) {
         free(s->topics[t]);
         free(s->topic_labels[t]);

@@ -9,7 +9,10 @@
  * "Cut rule"); committing consumed offsets in the
  * same store WriteBatch as the counts they produced, then to Kafka; the
  * rebalance protocol (flush before a partition is released, restore dedup
- * markers before counting a partition another instance counted); routing
+ * markers before counting a partition another instance counted); with a
+ * state dir, the per-partition stores (opened on assignment, waiting for
+ * the previous owner's lock, closed on revoke: stream.c "Partition-owned
+ * state"); routing
  * rejected events to the dead-letter sink; the stream's metrics.
  *
  * May not touch: counting rules (aggregator/), decoding rules (schemas/),
@@ -32,6 +35,8 @@
  *     counted in iqp_kafka_offset_resets_total and logged with the range;
  *   - dead letters are made durable (iqp_deadletter_flush) before the
  *     offsets that produced them are written;
+ *   - with a state dir, partition p's counts and offsets live in one store
+ *     that moves with p, so no batch is counted by two owners;
  *   - a batch is written only after the group coordinator confirmed that
  *     this member still holds its generation (an ownership probe, see
  *     stream.c "Zombie writes"); otherwise it is dropped unwritten, never
@@ -75,6 +80,16 @@ typedef struct iqp_stream_options {
      * 0: stop (iqp_stream_run fails, nothing skipped), 1: go on from the
      * earliest offset the broker keeps. */
     int skip_lost_offsets;
+    /* Partition-owned state (README "Running more than one instance"):
+     * NULL counts every partition into the store given to iqp_stream_new;
+     * a directory keeps one store per input partition number p at
+     * state_dir/partition-<p>, holding exactly the counts and offsets of
+     * partition p of both topics (co-partitioned: same partition count,
+     * assignor "range"), opened on assignment and closed on revoke; its
+     * stored offsets decide where p resumes. cfg: the config those stores
+     * are opened with (required then; iqp_stream_new's st is NULL). */
+    const char *state_dir;
+    const iqp_config *cfg;
 } iqp_stream_options;
 
 typedef struct iqp_stream_stats {
@@ -88,7 +103,9 @@ typedef struct iqp_stream_stats {
 typedef struct iqp_stream iqp_stream;
 
 /* Creates the consumer and subscribes; NULL with err on a bad property or
- * a client that cannot be created. */
+ * a client that cannot be created, or, with state_dir, on topics whose
+ * partition counts cannot be read or differ. st: the single store (NULL
+ * with state_dir). */
 iqp_stream *iqp_stream_new(iqp_store *st, const iqp_stream_options *o, char *err, size_t errlen);
 
 /* Runs until iqp_stop_request (util/stop.h): then flushes, commits, leaves the
@@ -100,7 +117,8 @@ int iqp_stream_run(iqp_stream *s, char *err, size_t errlen);
 iqp_stream_stats iqp_stream_get_stats(iqp_stream *s);
 
 /* The aggregator the stream counts with (to attach a flush hook, such as
- * the publish queue, before iqp_stream_run). */
+ * the publish queue, before iqp_stream_run); NULL with state_dir (one
+ * aggregator per owned partition, made on assignment). */
 struct iqp_aggregator *iqp_stream_aggregator(iqp_stream *s);
 
 /* Closes the consumer (if run did not) and frees s. */

@@ -614,7 +614,7 @@ static int open_db(iqp_store *st, int create, char *err, size_t errlen) {
         rocks_error(err, errlen, "cannot open store", st->dir, rerr);
         if (rerr && strstr(rerr, "lock")) {
             size_t len = strlen(err);
-            snprintf(err + len, errlen - len, " (is another iqp process writing to it?)");
+            snprintf(err + len, errlen - len, "%s", IQP_STORE_LOCKED_HINT);
         }
         free(rerr);
         return -1;
@@ -1117,12 +1117,15 @@ static int ingest_table_file(iqp_store *st, const char *path, char **rerr) {
 /* Test hook (tests/check_e2e.c): IQP_TEST_DIE_AT=STEP[:N] ends the
  * process at once (_exit(99), no cleanup) at STEP -- after-file,
  * after-commit, after-ingest -- of the N-th batch this open ingests
- * (default the first): a crash between the protocol's steps. */
+ * (default the first): a crash between the protocol's steps. STEP
+ * after-write counts every batch this open commits instead: a crash right
+ * after a store write, before its writer acts on it (tests/check_stream.c:
+ * iqp stream dies before publishing that write's offsets). */
 static void test_die_at(const iqp_store *st, const char *step) {
     size_t n = strlen(step);
     if (!st->die_at || strncmp(st->die_at, step, n) != 0) return;
     unsigned long nth = st->die_at[n] == ':' ? strtoul(st->die_at + n + 1, NULL, 10) : 1;
-    if (st->ingests == nth) _exit(99);
+    if ((strcmp(step, "after-write") == 0 ? st->commits : st->ingests) == nth) _exit(99);
 }
 
 /* Step 4, and the end of a recovery: the pending record goes. A failure
@@ -1255,7 +1258,9 @@ int iqp_store_batch_commit(iqp_store *st, iqp_store_batch *b, char *err, size_t 
     rocksdb_set_perf_level(rocksdb_disable);
     if (b->bulk_n && b->bulk_n >= st->ingest_min_merges) return commit_ingesting(st, b, err, errlen);
     bulk_to_writebatch(b);
-    return write_batch(st, b, st->wo, err, errlen);
+    if (write_batch(st, b, st->wo, err, errlen) < 0) return -1;
+    test_die_at(st, "after-write");
+    return 0;
 }
 
 /* ---- reads --------------------------------------------------------------- */

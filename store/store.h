@@ -82,6 +82,13 @@ typedef enum {
  * stores older than the publisher, read-only) is valid. */
 iqp_store *iqp_store_open(const char *dir, const iqp_config *cfg, iqp_store_mode mode, char *err,
                           size_t errlen);
+
+/* Ends err when a read-write open failed because another process (or
+ * another open in this one) holds the store's RocksDB LOCK: a caller that
+ * waits for a previous owner to let go retries on it (iqp stream
+ * --state-dir). */
+#define IQP_STORE_LOCKED_HINT " (is another iqp process writing to it?)"
+
 void iqp_store_close(iqp_store *st);
 
 /* 1 when this open created the store and no batch has been committed to it

@@ -56,7 +56,8 @@
 #define MAX_CONTEXTS 24
 #define MAX_ITEMS 40
 #define CATCH_UP_MS 120000
-#define MAX_STREAMS 2
+#define MAX_STREAMS 3
+#define N_PARTITIONS 8
 #define N_ACTIONS ORACLE_N_ACTIONS
 
 static const char *const counter_keys[ORACLE_N_COUNTERS] = {
@@ -183,6 +184,8 @@ static tu_broker broker;
 static pid_t producer;
 static stream_proc streams[MAX_STREAMS];
 static const char *stream_extra_arg; /* one more argument for start_stream (NULL: none) */
+static char *state_dir;              /* start_stream's --state-dir, shared by the instances (NULL: --store) */
+static const char *stream_env;       /* NAME=VALUE put in the next started instance's environment */
 
 /* The Redis tests' server: a real redis-server child on a free port
  * (redis_port 0: the stream runs without --redis). */
@@ -238,6 +241,9 @@ static void test_teardown(void) {
     redis_pid = 0;
     redis_port = 0;
     stream_extra_arg = NULL;
+    stream_env = NULL;
+    free(state_dir);
+    state_dir = NULL;
     tu_broker_stop(&broker);
     if (tmp && !getenv("IQP_KEEP_TMP")) tu_rmrf(tmp);
     free(tmp);
@@ -250,6 +256,7 @@ static pid_t spawn(const char *const *argv, const char *log) {
         FILE *f = log ? freopen(log, "a", stderr) : NULL;
         (void)f;
         if (!freopen("/dev/null", "w", stdout)) _exit(126);
+        if (stream_env) putenv((char *)stream_env);
         execv(tu_iqp(), (char *const *)argv);
         _exit(127);
     }
@@ -291,7 +298,8 @@ static void start_stream(int i, int dl_topic) {
     char listen[64], *dl_file = tu_fmt("%s/dead-letter%d.jsonl", tmp, i);
     s->metrics_port = tu_free_port();
     snprintf(listen, sizeof listen, "127.0.0.1:%d", s->metrics_port);
-    const char *argv[32] = {"iqp", "stream", "--store", s->store, "--brokers", broker.bootstrap,
+    const char *argv[32] = {"iqp", "stream", state_dir ? "--state-dir" : "--store", state_dir ? state_dir : s->store,
+                            "--brokers", broker.bootstrap,
                             "--group", "check-stream", "--impressions-topic", "imp",
                             "--actions-topic", "act", "--flush-ms", "200", "--metrics-listen", listen,
                             "--property", "session.timeout.ms=6000", "--property",
@@ -336,11 +344,11 @@ static int64_t mono_ms(void) {
  * store cannot be read (yet). Anything else (a crash, a sanitizer report:
  * LeakSanitizer exits 23) fails the test at once: polling on would only
  * wait out every bound. */
-static int run_stats(const char *store, char **out) {
-    char *cmd = tu_fmt("'%s' stats --store '%s' 2>/dev/null", tu_iqp(), store), *report = NULL;
+static int run_stats_of(const char *flag, const char *store, char **out) {
+    char *cmd = tu_fmt("'%s' stats %s '%s' 2>/dev/null", tu_iqp(), flag, store), *report = NULL;
     int rc = tu_run(cmd, out);
     if (rc != 0 && rc != 1) {
-        char *again = tu_fmt("'%s' stats --store '%s' 2>&1", tu_iqp(), store);
+        char *again = tu_fmt("'%s' stats %s '%s' 2>&1", tu_iqp(), flag, store);
         tu_run(again, &report);
         ck_abort_msg("%s exited %d:\n%.3000s", cmd, rc, report ? report : "");
     }
@@ -348,10 +356,12 @@ static int run_stats(const char *store, char **out) {
     return rc;
 }
 
-/* Adds store's kafka_offsets into best[topic][partition] (max). */
-static void read_offsets(const char *store, int64_t best[2][8]) {
+static int run_stats(const char *store, char **out) { return run_stats_of("--store", store, out); }
+
+/* Adds the kafka_offsets of `iqp stats FLAG store` into best[topic][partition] (max). */
+static void read_offsets_of(const char *flag, const char *store, int64_t best[2][8]) {
     char *out = NULL;
-    if (run_stats(store, &out) == 0) {
+    if (run_stats_of(flag, store, &out) == 0) {
         json_t *j = json_loads(out, 0, NULL), *v;
         const char *key;
         json_object_foreach(json_object_get(j, "kafka_offsets"), key, v) {
@@ -365,16 +375,36 @@ static void read_offsets(const char *store, int64_t best[2][8]) {
     free(out);
 }
 
+static void read_offsets(const char *store, int64_t best[2][8]) { read_offsets_of("--store", store, best); }
+
+/* The stores of instances 0..n-1, or (state_dir) the partition stores. */
+static int list_stores(int n, char **out) {
+    if (!state_dir) {
+        for (int i = 0; i < n; i++) out[i] = tu_fmt("%s", streams[i].store);
+        return n;
+    }
+    for (int p = 0; p < N_PARTITIONS; p++) out[p] = tu_fmt("%s/partition-%d", state_dir, p);
+    return N_PARTITIONS;
+}
+
+static void free_stores(char **stores, int n) {
+    for (int i = 0; i < n; i++) free(stores[i]);
+}
+
 /* Waits until the stores (together) have committed every produced message. */
-static void wait_caught_up(int n_stores) {
+static void wait_caught_up(int n_instances) {
     uint64_t got[2] = {0, 0};
+    char *stores[N_PARTITIONS];
+    int n_stores = list_stores(n_instances, stores);
     for (int64_t t0 = mono_ms(); mono_ms() - t0 < tu_wait_limit_ms(CATCH_UP_MS);) {
         int64_t best[2][8] = {{0}};
-        for (int i = 0; i < n_stores; i++)
-            if (access(streams[i].store, F_OK) == 0) read_offsets(streams[i].store, best);
+        if (state_dir) /* every partition store at once (one process: cheaper under ASan) */
+            read_offsets_of("--state-dir", state_dir, best);
+        for (int i = 0; i < n_stores && !state_dir; i++)
+            if (access(stores[i], F_OK) == 0) read_offsets(stores[i], best);
         got[0] = got[1] = 0;
         for (int p = 0; p < 8; p++) got[0] += (uint64_t)best[0][p], got[1] += (uint64_t)best[1][p];
-        if (got[0] == expected_msgs[0] && got[1] == expected_msgs[1]) return;
+        if (got[0] == expected_msgs[0] && got[1] == expected_msgs[1]) return free_stores(stores, n_stores);
         usleep(300000);
     }
     ck_abort_msg("stores did not catch up: impressions %" PRIu64 "/%" PRIu64 ", actions %" PRIu64
@@ -432,10 +462,13 @@ static void add_lookup(const char *source, const context *c, oracle_counts *sum,
     free(out);
 }
 
-/* Sums every context's lookups over n_stores stores (or, with n_stores 0,
- * reads the test's Redis) and compares with the oracle; returns the number
- * of values compared. */
-static uint64_t compare_with_oracle(int n_stores) {
+/* Sums every context's lookups over the stores of n_instances instances
+ * (or, with state_dir, over every partition store; with n_instances 0,
+ * reads the test's Redis) and compares with the oracle; returns the
+ * number of values compared. */
+static uint64_t compare_with_oracle(int n_instances) {
+    char *stores[N_PARTITIONS];
+    int n_stores = n_instances ? list_stores(n_instances, stores) : 0;
     int64_t as_of = oracle_watermark(orc);
     uint64_t values = 0, bad = 0;
     for (size_t ci = 0; ci < n_contexts; ci++) {
@@ -446,7 +479,7 @@ static uint64_t compare_with_oracle(int n_stores) {
         oracle_lookup(orc, c->query, c->country, c->gender, as_of, c->items, c->n_items, applicable,
                       want);
         for (int i = 0; i < (n_stores ? n_stores : 1); i++) {
-            char *src = source_args(n_stores ? streams[i].store : NULL, as_of);
+            char *src = source_args(n_stores ? stores[i] : NULL, as_of);
             add_lookup(src, c, got, n);
             free(src);
         }
@@ -466,6 +499,7 @@ static uint64_t compare_with_oracle(int n_stores) {
     }
     fprintf(stderr, "stream: %" PRIu64 " values from %s compared over %zu contexts, %" PRIu64 " differ\n",
             values, n_stores ? "the store" : "Redis", n_contexts, bad);
+    free_stores(stores, n_stores);
     ck_assert_msg(bad == 0, "%" PRIu64 " lookup lines differ from the oracle", bad);
     return values;
 }
@@ -1171,15 +1205,17 @@ END_TEST
 
 /* The first offset partition 0 of topic still holds (from_end 0), or the
  * offset after its last message (from_end 1), read with kcat. */
-static int64_t partition_edge(const char *topic, int from_end) {
-    char *cmd = tu_fmt("kcat -C -b '%s' -t %s -p 0 -o %s -c 1 -e -q -f '%%o\\n'", broker.bootstrap, topic,
-                       from_end ? "-1" : "beginning"), *out = NULL;
+static int64_t partition_edge_of(const char *topic, int partition, int from_end) {
+    char *cmd = tu_fmt("kcat -C -b '%s' -t %s -p %d -o %s -c 1 -e -q -f '%%o\\n'", broker.bootstrap, topic,
+                       partition, from_end ? "-1" : "beginning"), *out = NULL;
     ck_assert_msg(tu_run(cmd, &out) == 0 && out && *out, "%s failed", cmd);
     int64_t off = strtoll(out, NULL, 10) + from_end;
     free(out);
     free(cmd);
     return off;
 }
+
+static int64_t partition_edge(const char *topic, int from_end) { return partition_edge_of(topic, 0, from_end); }
 
 /* Waits until instance 0's store has counted partition 0 of both topics
  * up to their ends. */
@@ -1303,16 +1339,215 @@ START_TEST(stream_stops_when_its_offsets_were_evicted) {
 }
 END_TEST
 
+/* ---- partition-owned state: --state-dir ------------------------------------------------ */
+
+/* Every partition store holds the offsets of its own partition of both
+ * topics and nothing else, and they are the topics' end offsets (read
+ * from the broker with kcat): each store counted exactly its partition. */
+static void check_partition_stores(void) {
+    static const char *const topics[2] = {"imp", "act"};
+    int64_t summed[2][8] = {{0}};
+    read_offsets_of("--state-dir", state_dir, summed); /* iqp stats --state-dir: the same offsets */
+    for (int p = 0; p < N_PARTITIONS; p++) {
+        char *store = tu_fmt("%s/partition-%d", state_dir, p), *out = NULL;
+        ck_assert_msg(run_stats(store, &out) == 0, "iqp stats cannot read %s", store);
+        json_t *j = json_loads(out, 0, NULL), *offs = json_object_get(j, "kafka_offsets");
+        ck_assert_msg(json_object_size(offs) == 2, "%s holds %zu offsets, want its own 2: %s", store,
+                      json_object_size(offs), out);
+        for (int t = 0; t < 2; t++) {
+            char key[32];
+            snprintf(key, sizeof key, "%s/%d", topics[t], p);
+            int64_t end = partition_edge_of(topics[t], p, 1);
+            json_t *v = json_object_get(offs, key);
+            ck_assert_msg(json_is_integer(v) && json_integer_value(v) == end, "%s: %s at %" PRId64 ", the topic "
+                          "ends at %" PRId64 ": %s", store, key, v ? (int64_t)json_integer_value(v) : -1, end, out);
+            ck_assert_msg(summed[t][p] == end, "iqp stats --state-dir: %s at %" PRId64 ", want %" PRId64, key,
+                          summed[t][p], end);
+        }
+        json_decref(j);
+        free(out);
+        free(store);
+    }
+}
+
+static void use_state_dir(void) { state_dir = tu_fmt("%s/state", tmp); }
+
+/* The number of series of metric family name in a /metrics text. */
+static int series_count(const char *text, const char *name) {
+    int n = 0;
+    size_t nlen = strlen(name);
+    for (const char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL)
+        n += strncmp(l, name, nlen) == 0 && l[nlen] == '{';
+    return n;
+}
+
+/* Waits (bounded) until each of n instances shows one partition store
+ * size series per partition number it owns (half its assigned
+ * partitions: both topics of each), and they own all 16 together. */
+static void wait_store_series_match(int n) {
+    int owned[MAX_STREAMS], stores[MAX_STREAMS], total = 0, ok = 0;
+    for (int64_t t0 = mono_ms(); !ok && mono_ms() - t0 < tu_wait_limit_ms(30000); usleep(200000)) {
+        ok = 1, total = 0;
+        for (int i = 0; i < n; i++) {
+            char *m = fetch_metrics(streams[i].metrics_port);
+            owned[i] = (int)metric_sum(m, "iqp_assigned_partitions", no_labels);
+            stores[i] = series_count(m, "iqp_partition_store_size_bytes");
+            free(m);
+            ok &= owned[i] == 2 * stores[i];
+            total += owned[i];
+        }
+        ok &= total == 2 * N_PARTITIONS;
+    }
+    for (int i = 0; i < n; i++)
+        ck_assert_msg(ok, "instance %d owns %d partitions and shows %d partition store sizes (%d owned in all)", i,
+                      owned[i], stores[i], total);
+}
+
+/* Three instances share one --state-dir while the log is produced: the
+ * first owns every partition, the second and third join mid-stream and
+ * take partitions (with their stores) over. The partition stores together
+ * hold what the oracle counts from the whole log (the lookups summed over
+ * the 8 stores), and each holds its own partition's end offsets. */
+START_TEST(stream_state_dir_three_instances_count_once) {
+    use_state_dir();
+    start_stream(0, 0);
+    free(wait_assigned(0));
+    produce(rate_over(30), 0);
+    for (int64_t t0 = mono_ms(); instance_metric(0, "iqp_events_total", counted_events) == 0; usleep(100000))
+        ck_assert_msg(mono_ms() - t0 < tu_wait_limit_ms(30000), "instance 0 counted nothing");
+    start_stream(1, 0);
+    start_stream(2, 0);
+    wait_producer();
+    wait_caught_up(3);
+    wait_store_series_match(3);
+    double counted[3];
+    for (int i = 0; i < 3; i++) counted[i] = instance_metric(i, "iqp_events_total", counted_events);
+    for (int i = 0; i < 3; i++) stop_stream(i);
+    fprintf(stderr, "state dir, three instances: counted %.0f, %.0f, %.0f events\n", counted[0], counted[1],
+            counted[2]);
+    ck_assert_msg(counted[1] > 0 || counted[2] > 0, "no partition moved to a joining instance");
+    check_partition_stores();
+    compare_with_oracle(3);
+}
+END_TEST
+
+/* Two instances share one --state-dir; instance 0 dies again and again
+ * while the log is produced: right after a store write (the test hook
+ * IQP_TEST_DIE_AT=after-write:N, before that write's offsets reach
+ * Kafka, the window in which a --store instance's successor counts the
+ * batch again: README "Kafka: exactly once") or by kill -9 at a random
+ * moment, and is restarted each time; instance 1 takes its partitions
+ * (and their stores, once the dead process's LOCK is gone) meanwhile.
+ * The partition stores still equal the oracle: nothing counted twice. */
+START_TEST(stream_state_dir_survives_kill_9) {
+    unsigned seed = (unsigned)time(NULL);
+    fprintf(stderr, "state dir kill -9 schedule seed %u\n", seed);
+    srand(seed);
+    use_state_dir();
+    start_stream(0, 0);
+    start_stream(1, 0);
+    free(wait_assigned(0));
+    produce(rate_over(60), 0);
+    char env[64];
+    int hook_deaths = 0;
+    for (int k = 0; k < 4; k++) {
+        if (k % 2 == 0) { /* dies by itself right after its n-th store write (else killed after 30 s) */
+            kill_stream(0);
+            snprintf(env, sizeof env, "IQP_TEST_DIE_AT=after-write:%d", 2 + rand() % 4);
+            stream_env = env;
+            start_stream(0, 0);
+            stream_env = NULL;
+            int rc = tu_stop_pid(streams[0].pid, 0, tu_wait_limit_ms(30000));
+            ck_assert_msg(rc == 99 || rc == -1, "instance 0 (%s) exited %d (log %s)", env, rc, streams[0].log);
+            hook_deaths += rc == 99;
+            streams[0].pid = 0;
+            wait_owns_all(1); /* instance 1 takes the dead one's partitions first */
+        } else {
+            usleep((useconds_t)(500000 + rand() % 2500000));
+            kill_stream(0);
+        }
+        start_stream(0, 0);
+    }
+    ck_assert_msg(hook_deaths > 0, "instance 0 never died right after a store write (log %s)", streams[0].log);
+    wait_producer();
+    wait_caught_up(2);
+    stop_stream(0);
+    stop_stream(1);
+    fprintf(stderr, "state dir kill -9: %d deaths right after a store write\n", hook_deaths);
+    check_partition_stores();
+    compare_with_oracle(2);
+}
+END_TEST
+
+/* Waits (bounded) until instance i's log holds needle. */
+static void wait_log(int i, const char *needle, int base_ms) {
+    for (int64_t t0 = mono_ms(); mono_ms() - t0 < tu_wait_limit_ms(base_ms); usleep(100000)) {
+        char *text = tu_read_file(streams[i].log, NULL);
+        int found = text && strstr(text, needle);
+        free(text);
+        if (found) return;
+    }
+    ck_abort_msg("instance %d never logged '%s' (log %s)", i, needle, streams[i].log);
+}
+
+/* A stalled owner (SIGSTOP past session.timeout.ms) still holds the LOCKs
+ * of its partition stores: the instance its partitions go to waits for
+ * them (and says so), and opens them once the stalled one resumes, learns
+ * that it lost its partitions and closes their stores. Whatever either
+ * wrote, the stores stay exact. Deterministic as the --store version
+ * (stream_stalled_instance_drops_its_batch): the stop comes right after
+ * instance 0 published a flush and counted more. */
+START_TEST(stream_state_dir_waits_for_a_stalled_owner) {
+    use_state_dir();
+    stream_extra_arg = "--flush-ms=4000";
+    start_stream(0, 0);
+    stream_extra_arg = NULL;
+    free(wait_assigned(0));
+    start_stream(1, 0);
+    free(wait_assigned(1));
+    wait_group_settled();
+    produce(rate_over(20), 0);
+    wait_published_then_counting(0);
+    ck_assert_int_eq(kill(streams[0].pid, SIGSTOP), 0);
+    wait_log(1, "is locked by another process", 60000); /* session.timeout.ms is 6 s */
+    ck_assert_int_eq(kill(streams[0].pid, SIGCONT), 0);
+    wait_log(1, "its previous owner released it", 60000);
+    /* the open that waited is in the open-time histogram, wait included */
+    char *log = tu_read_file(streams[1].log, NULL), *hit = strstr(log, "its previous owner released it; opened after ");
+    double waited = strtod(hit + strlen("its previous owner released it; opened after "), NULL);
+    free(log);
+    char *m = fetch_metrics(streams[1].metrics_port);
+    double open_sum = metric_sum(m, "iqp_partition_store_open_seconds_sum", no_labels);
+    free(m);
+    fprintf(stderr, "state dir: the new owner waited %.1f s for the stalled one's lock\n", waited);
+    ck_assert_msg(waited > 0 && open_sum >= waited - 0.05, "waited %.1f s, open-time histogram sums %.3f s", waited,
+                  open_sum);
+    wait_producer();
+    wait_caught_up(2);
+    stop_stream(0);
+    stop_stream(1);
+    check_partition_stores();
+    compare_with_oracle(2);
+}
+END_TEST
+
 /* Runs `iqp stream ARGS` (no broker is needed: it must stop first) and
  * checks its exit status and that its message names the problem. */
-static void expect_rejected(const char *args, int want_rc, const char *needle) {
-    char *cmd = tu_fmt("'%s' stream --store '%s/s' --metrics-listen off %s 2>&1", tu_iqp(), tmp, args);
+static void expect_rejected_as(const char *args, int want_rc, const char *needle) {
+    char *cmd = tu_fmt("'%s' stream --metrics-listen off %s 2>&1", tu_iqp(), args);
     char *out = NULL;
     int rc = tu_run(cmd, &out);
     ck_assert_msg(rc == want_rc, "%s: exit %d, want %d", args, rc, want_rc);
     ck_assert_msg(out && strstr(out, needle), "%s: message lacks '%s': %s", args, needle, out);
     free(out);
     free(cmd);
+}
+
+/* The same, with a --store. */
+static void expect_rejected(const char *args, int want_rc, const char *needle) {
+    char *with_store = tu_fmt("--store '%s/s' %s", tmp, args);
+    expect_rejected_as(with_store, want_rc, needle);
+    free(with_store);
 }
 
 START_TEST(stream_rejects_bad_usage) {
@@ -1323,6 +1558,22 @@ START_TEST(stream_rejects_bad_usage) {
     expect_rejected("--brokers 127.0.0.1:1 --flush-ms 0", 2, "--flush-ms");
     expect_rejected("--brokers 127.0.0.1:1 --on-offset-lost maybe", 2, "--on-offset-lost");
     expect_rejected("--brokers 127.0.0.1:1 --property auto.offset.reset=sometimes", 2, "auto.offset.reset=sometimes");
+    /* --state-dir: instead of --store, without Redis, with the range assignor */
+    char *sd = tu_fmt("--brokers 127.0.0.1:1 --state-dir '%s/state'", tmp), *args;
+    expect_rejected(sd, 2, "give --store or --state-dir, not both");
+    args = tu_fmt("%s --redis redis://127.0.0.1:1", sd);
+    expect_rejected_as(args, 2, "--state-dir does not publish to Redis yet");
+    free(args);
+    args = tu_fmt("%s --property partition.assignment.strategy=roundrobin", sd);
+    expect_rejected_as(args, 2, "partition.assignment.strategy=roundrobin: --state-dir needs");
+    free(args);
+    free(sd);
+    /* topics whose partition counts differ (the devbroker creates an unknown
+     * topic on first use with 4 partitions; imp has 8): exit 1 at start */
+    args = tu_fmt("--brokers '%s' --state-dir '%s/state' --impressions-topic imp --actions-topic made-on-use "
+                  "--dead-letter-file '%s/dl.jsonl'", broker.bootstrap, tmp, tmp);
+    expect_rejected_as(args, 1, "topic 'imp' has 8 partitions and 'made-on-use' 4: --state-dir keeps partition p");
+    free(args);
 }
 END_TEST
 
@@ -1363,6 +1614,15 @@ int main(void) {
     tcase_add_test(ops, stream_health_follows_brokers_and_redis);
     tcase_add_test(ops, stream_stops_when_its_offsets_were_evicted);
     suite_add_tcase(s, ops);
+    /* partition-owned state (--state-dir, issue 16 items 1-2); run alone
+     * with CK_RUN_CASE=partitions */
+    TCase *parts = tcase_create("partitions");
+    tcase_set_timeout(parts, 300);
+    tcase_add_checked_fixture(parts, test_setup, test_teardown);
+    tcase_add_test(parts, stream_state_dir_three_instances_count_once);
+    tcase_add_test(parts, stream_state_dir_survives_kill_9);
+    tcase_add_test(parts, stream_state_dir_waits_for_a_stalled_owner);
+    suite_add_tcase(s, parts);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
