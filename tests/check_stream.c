@@ -930,16 +930,10 @@ START_TEST(stream_rebalances_between_two_instances) {
 }
 END_TEST
 
-/* A stalled instance (SIGSTOP past session.timeout.ms) loses its
- * partitions to the other; when it resumes its flush is overdue (4 s
- * interval, stalled longer), and it must drop the batch it holds rather
- * than write it: the other instance has counted those events from the
- * published offsets (stream.c, "Zombie writes"). Without the ownership
- * probe the resumed instance wrote the batch and the sum over-counted.
- * Deterministic: the stop comes right after instance 0 published a flush
- * and counted more, seconds before its next store write. */
-START_TEST(stream_stalled_instance_drops_its_batch) {
-    static const char *const dropped[] = {NULL};
+/* Two instances in one group (0 flushing every 4 s) and a log being
+ * produced; instance 0 is stopped (SIGSTOP) right after it published a
+ * flush and counted more, seconds before its next store write. */
+static void stop_first_of_two_mid_batch(void) {
     stream_extra_arg = "--flush-ms=4000";
     start_stream(0, 0);
     stream_extra_arg = NULL;
@@ -950,6 +944,19 @@ START_TEST(stream_stalled_instance_drops_its_batch) {
     produce(rate_over(20), 0);
     wait_published_then_counting(0);
     ck_assert_int_eq(kill(streams[0].pid, SIGSTOP), 0);
+}
+
+/* A stalled instance (SIGSTOP past session.timeout.ms) loses its
+ * partitions to the other; when it resumes its flush is overdue (4 s
+ * interval, stalled longer), and it must drop the batch it holds rather
+ * than write it: the other instance has counted those events from the
+ * published offsets (stream.c, "Zombie writes"). Without the ownership
+ * probe the resumed instance wrote the batch and the sum over-counted.
+ * Deterministic: the stop comes right after instance 0 published a flush
+ * and counted more, seconds before its next store write. */
+START_TEST(stream_stalled_instance_drops_its_batch) {
+    static const char *const dropped[] = {NULL};
+    stop_first_of_two_mid_batch();
     wait_owns_all(1); /* session.timeout.ms is 6 s */
     ck_assert_int_eq(kill(streams[0].pid, SIGCONT), 0);
     double drops = 0;
@@ -1499,16 +1506,7 @@ static void wait_log(int i, const char *needle, int base_ms) {
  * instance 0 published a flush and counted more. */
 START_TEST(stream_state_dir_waits_for_a_stalled_owner) {
     use_state_dir();
-    stream_extra_arg = "--flush-ms=4000";
-    start_stream(0, 0);
-    stream_extra_arg = NULL;
-    free(wait_assigned(0));
-    start_stream(1, 0);
-    free(wait_assigned(1));
-    wait_group_settled();
-    produce(rate_over(20), 0);
-    wait_published_then_counting(0);
-    ck_assert_int_eq(kill(streams[0].pid, SIGSTOP), 0);
+    stop_first_of_two_mid_batch();
     wait_log(1, "is locked by another process", 60000); /* session.timeout.ms is 6 s */
     ck_assert_int_eq(kill(streams[0].pid, SIGCONT), 0);
     wait_log(1, "its previous owner released it", 60000);
