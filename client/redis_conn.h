@@ -110,7 +110,8 @@ void iqp_reply_limits_flat(iqp_reply_limits *l, int on);
 size_t iqp_flat_len(const redisReply *r);
 const iqp_flat_elem *iqp_flat_at(const iqp_reply_limits *l, const redisReply *r, size_t i);
 static inline const char *iqp_flat_str(const iqp_reply_limits *l, const iqp_flat_elem *e) {
-    return l->flat_bytes + e->off;
+    /* no bytes yet when every string so far was empty: an empty string */
+    return l->flat_bytes ? l->flat_bytes + e->off : "";
 }
 /* Frees l's flat buffers. */
 void iqp_reply_limits_free(iqp_reply_limits *l);
