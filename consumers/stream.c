@@ -1009,11 +1009,11 @@ static void remember_ts(iqp_stream *s, const rd_kafka_message_t *msg) {
     s->batch_ts[s->n_batch_ts++] = ts;
 }
 
-/* Counts (or restores) one decoded event; -1 on an operational failure. */
-static int aggregate(iqp_stream *s, int topic, const rd_kafka_message_t *msg, const iqp_event *ev,
-                     int restoring) {
+/* Counts (or restores) one decoded event into agg, the aggregator of its
+ * partition's task; -1 on an operational failure. */
+static int aggregate(iqp_stream *s, iqp_aggregator *agg, int topic, const rd_kafka_message_t *msg,
+                     const iqp_event *ev, int restoring) {
     char err[512];
-    iqp_aggregator *agg = find_part(s, topic, msg->partition)->task->agg;
     iqp_agg_outcome out = restoring ? iqp_aggregator_restore(agg, ev, iqp_wall_ms(), err, sizeof err)
                                     : iqp_aggregator_add(agg, ev, iqp_wall_ms(), err, sizeof err);
     switch (out) {
@@ -1117,7 +1117,7 @@ static int handle_message(iqp_stream *s, const rd_kafka_message_t *msg) {
         if (restoring) count_event(s, topic, "restore_skipped");
         else rc = dead_letter(s, topic, msg, iqp_decode_code_name(derr.code), reason);
     } else {
-        rc = aggregate(s, topic, msg, &ev, restoring);
+        rc = aggregate(s, p->task->agg, topic, msg, &ev, restoring);
         iqp_event_clear(&ev);
     }
     if (p->published < 0) p->published = msg->offset; /* a new owner would start here */
