@@ -151,7 +151,6 @@ void iqp_config_defaults(iqp_config *cfg) {
     cfg->store.background_jobs = 2;
     cfg->store.counts_universal = 1;
     cfg->store.dedup_l0_compaction_trigger = 2;
-    cfg->store.universal_similar_size = 0;
 }
 
 /* ---- durations ----------------------------------------------------------- */
@@ -494,7 +493,7 @@ static int parse_store_tuning(iqp_config *cfg, json_t *obj, const char *src, cha
                               size_t errlen) {
     static const char *const known[] = {"write_buffer_mb", "l0_compaction_trigger", "block_cache_mb",
                                         "background_jobs", "counts_compaction",
-                                        "dedup_l0_compaction_trigger", "universal_stop_style", NULL};
+                                        "dedup_l0_compaction_trigger", NULL};
     iqp_store_tuning *t = &cfg->store;
     if (!json_is_object(obj)) FAIL("%s: \"store\" must be an object", src);
     if (check_keys(obj, known, "store", src, err, errlen)) return -1;
@@ -511,13 +510,6 @@ static int parse_store_tuning(iqp_config *cfg, json_t *obj, const char *src, cha
         if (strcmp(s, "universal") != 0 && strcmp(s, "level") != 0)
             FAIL("%s: \"counts_compaction\" must be \"universal\" or \"level\"", src);
         t->counts_universal = strcmp(s, "universal") == 0;
-    }
-    json_t *stop = json_object_get(obj, "universal_stop_style");
-    if (stop) {
-        const char *s = json_is_string(stop) ? json_string_value(stop) : "";
-        if (strcmp(s, "similar_size") != 0 && strcmp(s, "total_size") != 0)
-            FAIL("%s: \"universal_stop_style\" must be \"similar_size\" or \"total_size\"", src);
-        t->universal_similar_size = strcmp(s, "similar_size") == 0;
     }
     return 0;
 }

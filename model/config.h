@@ -120,7 +120,6 @@ typedef struct iqp_store_tuning {
     size_t background_jobs;       /* flush + compaction threads, default 2 */
     int counts_universal;         /* "counts_compaction": "universal" (1, default) or "level" (0) */
     size_t dedup_l0_compaction_trigger; /* the dedup family's own L0 trigger, default 2 */
-    int universal_similar_size;   /* "universal_stop_style": "similar_size" (1) or "total_size" (0, default) */
 } iqp_store_tuning;
 
 typedef struct iqp_config {

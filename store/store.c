@@ -280,9 +280,6 @@ static void tune_counter_cf(rocksdb_options_t *o, const iqp_store_tuning *t) {
     rocksdb_universal_compaction_options_t *u = rocksdb_universal_compaction_options_create();
     rocksdb_universal_compaction_options_set_size_ratio(u, 1);
     rocksdb_universal_compaction_options_set_max_size_amplification_percent(u, 200);
-    rocksdb_universal_compaction_options_set_stop_style(
-        u, t->universal_similar_size ? rocksdb_similar_size_compaction_stop_style
-                                     : rocksdb_total_size_compaction_stop_style);
     rocksdb_options_set_universal_compaction_options(o, u);
     rocksdb_universal_compaction_options_destroy(u);
 }
