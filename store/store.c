@@ -273,7 +273,13 @@ static void tune_cf(rocksdb_options_t *o, const iqp_store_tuning *t) {
  * expiry filter drops old cells when a run is rewritten, and the full
  * compaction that size amplification asks for applies it to the oldest
  * run. A store written under level compaction opens under universal (each
- * level is one sorted run) and back. */
+ * level is one sorted run) and back. Measured and not kept (README
+ * "Benchmark", bench/backfill_growth): size amplification 400%, the
+ * similar-size stop style, incremental compaction, no compression, and
+ * waiting for compactions at close -- none changed how a part's CPU grows
+ * with the store. That growth is the key layout's: each part's files
+ * hold its days for every context, so they overlap every older run and a
+ * merge that reaches one rewrites all its cells. */
 static void tune_counter_cf(rocksdb_options_t *o, const iqp_store_tuning *t) {
     if (!t->counts_universal) return;
     rocksdb_options_set_compaction_style(o, rocksdb_universal_compaction);
