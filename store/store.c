@@ -276,7 +276,8 @@ static void tune_cf(rocksdb_options_t *o, const iqp_store_tuning *t) {
  * level is one sorted run) and back. Measured and not kept (README
  * "Benchmark", bench/backfill_growth): size amplification 400%, the
  * similar-size stop style, incremental compaction, no compression, and
- * waiting for compactions at close -- none changed how a part's CPU grows
+ * waiting for compactions at close (or for the running ones only, starting
+ * no new one) -- none changed how a part's CPU grows
  * with the store. That growth is the key layout's: each part's files
  * hold its days for every context, so they overlap every older run and a
  * merge that reaches one rewrites all its cells. */
