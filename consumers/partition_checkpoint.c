@@ -33,7 +33,7 @@
 #define MAX_GENS 64      /* read per partition; a directory holds IQP_PCK_KEEP plus concurrent writers' */
 
 typedef struct gen {
-    char name[96];
+    char name[256];
     int64_t progress;
 } gen;
 
@@ -80,8 +80,9 @@ static int list_gens(const char *pdir, gen *out, size_t cap, char *err, size_t e
     size_t n = 0;
     for (struct dirent *e; (e = readdir(d)) != NULL;) {
         int64_t progress;
-        if (n < cap && strlen(e->d_name) < sizeof out[n].name && parse_gen(e->d_name, &progress)) {
-            snprintf(out[n].name, sizeof out[n].name, "%s", e->d_name);
+        size_t len = strlen(e->d_name);
+        if (n < cap && len < sizeof out[n].name && parse_gen(e->d_name, &progress)) {
+            memcpy(out[n].name, e->d_name, len + 1);
             out[n++].progress = progress;
         }
     }
@@ -106,7 +107,7 @@ int iqp_pck_best(const char *ckdir, int32_t partition, char *path, size_t pathle
  * and .tmp entries older than STALE_TMP_S. Failures are harmless (the next
  * write prunes again). */
 static void prune(const char *pdir) {
-    char path[4300], err[256];
+    char path[4400], err[256];
     gen gens[MAX_GENS];
     int n = list_gens(pdir, gens, MAX_GENS, err, sizeof err);
     for (int i = IQP_PCK_KEEP; i < n; i++) {
