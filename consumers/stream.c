@@ -1004,7 +1004,8 @@ static int plan_assignment(iqp_stream *s, rd_kafka_topic_partition_list_t *parts
         }
         int64_t mine = stored_offset(s, p);
         /* A partition store is the one truth about its partition: what the
-         * group published matters only to one that has counted nothing. */
+         * group published matters only to one that has counted nothing, and
+         * with a checkpoint dir not even then ("Empty-disk takeover"). */
         int64_t group = s->state_dir && (mine >= 0 || s->ckdir) ? -1 : published[i];
         if (mine == -2) {
             free(published);
