@@ -103,7 +103,8 @@ static const iqp_flag FLAGS[] = {
     {"store", IQP_FLAG_STRING, FLAG_AT(store_dir), .arg = "DIR", .help = "the RocksDB store (stream.store; this or --state-dir required)"},
     {"state-dir", IQP_FLAG_STRING, FLAG_AT(state_dir), .arg = "DIR",
      .help = "instead of --store: one store per input partition p at DIR/partition-<p>, resumed from its own "
-             "offsets and moved with the partition when DIR is shared by the group (stream.state_dir; README "
+             "offsets and moved with the partition when DIR is shared by the group or through --checkpoint-dir "
+             "(stream.state_dir; README "
              "\"Running more than one instance\")"},
     {"checkpoint-dir", IQP_FLAG_STRING, FLAG_AT(checkpoint_dir), .arg = "DIR",
      .help = "with --state-dir local to each instance: a directory the group shares; each partition store is "
