@@ -8,7 +8,8 @@
  * Config sections read here (all optional; flags win):
  *   "stream":  {"store": DIR, "impressions_topic": T, "actions_topic": T,
  *               "flush_ms": 500, "dead_letter_topic": T | "dead_letter_file": F,
- *               "checkpoint_topic": T, "on_offset_lost": "stop" | "skip"}
+ *               "checkpoint_topic": T, "on_offset_lost": "stop" | "skip",
+ *               "state_dir": DIR, "checkpoint_dir": DIR, "checkpoint_interval": "60s"}
  *   "kafka":   {"<librdkafka property>": value, ...}   passed through as is
  *   "metrics": {"listen": "127.0.0.1:9464"}            "off" disables
  *   "redis":   {"url": "redis://127.0.0.1:6379/0", "prefix": "iqp",
@@ -44,6 +45,7 @@
 #include "cli/flags.h"
 #include "consumers/deadletter.h"
 #include "consumers/metrics.h"
+#include "consumers/partition_checkpoint.h"
 #include "consumers/stream.h"
 #include "client/redis_cluster.h"
 #include "client/redis_conn.h"
@@ -67,9 +69,9 @@ static const char *CMD = "stream";
  * NAME=VALUE, split when applied. */
 typedef struct stream_flags {
     const char *config_path, *store_dir, *imp_topic, *act_topic, *dl_topic, *dl_file, *listen, *ckpt_topic;
-    const char *state_dir;
+    const char *state_dir, *checkpoint_dir;
     const char *redis_url, *redis_url_file, *redis_prefix, *kafka_value;
-    int64_t flush_ms, flush_events, redis_ttl_ms;
+    int64_t flush_ms, flush_events, redis_ttl_ms, checkpoint_ms;
     int redis_refresh, on_lost, log_format; /* indexes of on|off, stop|skip, text|json; -1: not given */
     int progress, dry_run;
     iqp_flag_list kafka;
@@ -101,8 +103,17 @@ static const iqp_flag FLAGS[] = {
     {"store", IQP_FLAG_STRING, FLAG_AT(store_dir), .arg = "DIR", .help = "the RocksDB store (stream.store; this or --state-dir required)"},
     {"state-dir", IQP_FLAG_STRING, FLAG_AT(state_dir), .arg = "DIR",
      .help = "instead of --store: one store per input partition p at DIR/partition-<p>, resumed from its own "
-             "offsets and moved with the partition when DIR is shared by the group (stream.state_dir; README "
+             "offsets and moved with the partition when DIR is shared by the group or through --checkpoint-dir "
+             "(stream.state_dir; README "
              "\"Running more than one instance\")"},
+    {"checkpoint-dir", IQP_FLAG_STRING, FLAG_AT(checkpoint_dir), .arg = "DIR",
+     .help = "with --state-dir local to each instance: a directory the group shares; each partition store is "
+             "checkpointed there, and an instance that gains a partition it lacks restores it from there "
+             "(stream.checkpoint_dir; README \"Partition-owned state\")"},
+    {"checkpoint-interval", IQP_FLAG_DURATION, FLAG_AT(checkpoint_ms), .min = 1000, .max = 86400000,
+     .must = "a duration from 1s to 1d (e.g. 60s)",
+     .help = "how often each owned partition store is checkpointed into --checkpoint-dir (default 60s; "
+             "bounds the replay after a kill -9; stream.checkpoint_interval)"},
     {"brokers", IQP_FLAG_STRING, FLAG_AT(kafka_value), .arg = "LIST", .check = on_brokers,
      .help = "bootstrap servers (kafka.bootstrap.servers; required)"},
     {"group", IQP_FLAG_STRING, FLAG_AT(kafka_value), .arg = "ID", .check = on_group,
@@ -175,6 +186,8 @@ typedef struct stream_opts {
     const char *config_path, *store_dir, *imp_topic, *act_topic, *dl_topic, *dl_file, *listen;
     const char *ckpt_topic;
     const char *state_dir;                /* partition-owned state instead of store_dir */
+    const char *checkpoint_dir;           /* with state_dir: shared checkpoints of the partition stores */
+    int64_t checkpoint_ms;
     iqp_publisher_config redis;           /* redis.url NULL: no publishing */
     const char *redis_url_file;           /* redis.url_file, --redis-url-file */
     char redis_url_buf[1024];
@@ -231,7 +244,7 @@ static int parse_on_offset_lost(stream_opts *o, const char *v) {
 static int read_stream_section(stream_opts *o, json_t *sec) {
     static const char *const known[] = {"store", "state_dir", "impressions_topic", "actions_topic", "flush_ms",
                                         "dead_letter_topic", "dead_letter_file", "checkpoint_topic",
-                                        "on_offset_lost", NULL};
+                                        "on_offset_lost", "checkpoint_dir", "checkpoint_interval", NULL};
     const char *key;
     json_t *v;
     if (!json_is_object(sec)) return iqp_cli_usage_error(CMD, "config: \"stream\" must be an object");
@@ -244,8 +257,15 @@ static int read_stream_section(stream_opts *o, json_t *sec) {
         config_string(sec, "impressions_topic", &o->imp_topic) ||
         config_string(sec, "actions_topic", &o->act_topic) || config_string(sec, "dead_letter_topic", &o->dl_topic) ||
         config_string(sec, "dead_letter_file", &o->dl_file) ||
-        config_string(sec, "checkpoint_topic", &o->ckpt_topic))
+        config_string(sec, "checkpoint_topic", &o->ckpt_topic) ||
+        config_string(sec, "checkpoint_dir", &o->checkpoint_dir))
         return 2;
+    const char *interval = NULL;
+    if (config_string(sec, "checkpoint_interval", &interval)) return 2;
+    if (interval && (iqp_parse_duration(interval, &o->checkpoint_ms) < 0 || o->checkpoint_ms < 1000 ||
+                     o->checkpoint_ms > 86400000))
+        return iqp_cli_usage_error(CMD, "config: \"stream.checkpoint_interval\" must be a duration from 1s to 1d "
+                                        "(e.g. \"60s\"), not '%s'", interval);
     const char *lost = NULL;
     if (config_string(sec, "on_offset_lost", &lost) || (lost && parse_on_offset_lost(o, lost))) return 2;
     if ((v = json_object_get(sec, "flush_ms"))) {
@@ -380,6 +400,8 @@ static int apply_flags(stream_opts *o, const stream_flags *f) {
     if (f->dl_file) o->dl_file = f->dl_file, o->dl_topic = NULL;
     if (f->listen) o->listen = f->listen;
     if (f->ckpt_topic) o->ckpt_topic = f->ckpt_topic;
+    if (f->checkpoint_dir) o->checkpoint_dir = f->checkpoint_dir;
+    if (f->checkpoint_ms) o->checkpoint_ms = f->checkpoint_ms;
     if (f->redis_url) o->redis.url = f->redis_url, o->redis_url_file = NULL;
     if (f->redis_url_file) o->redis_url_file = f->redis_url_file, o->redis.url = NULL;
     if (f->redis_prefix) o->redis.prefix = f->redis_prefix;
@@ -473,6 +495,9 @@ static int check_opts(stream_opts *o, int require_all) {
     if (o->store_dir && o->state_dir)
         return iqp_cli_usage_error(CMD, "config: give stream.store or stream.state_dir, not both");
     if (o->state_dir && check_state_dir_opts(o)) return 2;
+    if (o->checkpoint_dir && !o->state_dir)
+        return iqp_cli_usage_error(CMD, "--checkpoint-dir / stream.checkpoint_dir needs --state-dir (it holds "
+                                        "checkpoints of partition stores; a --store is backed up with iqp backup)");
     if (require_all && !has_prop(o, "bootstrap.servers"))
         return iqp_cli_usage_error(CMD, "no brokers: give --brokers LIST or kafka.bootstrap.servers");
     if (o->dl_file && o->dl_topic && o->config_path)
@@ -628,6 +653,8 @@ static int open_parts(const stream_opts *o, iqp_config *cfg, stream_parts *p) {
     if (o->state_dir ? make_state_dir(o->state_dir) != 0
                      : !(p->st = iqp_store_open(o->store_dir, cfg, IQP_STORE_READ_WRITE, err, sizeof err)))
         return o->state_dir ? 1 : iqp_cli_fail(CMD, "%s", err);
+    if (o->checkpoint_dir && iqp_pck_prepare_dir(o->checkpoint_dir, err, sizeof err) < 0)
+        return iqp_cli_fail(CMD, "%s", err);
     if (!(p->dl = open_dead_letter(o, err, sizeof err))) return iqp_cli_fail(CMD, "dead-letter sink: %s", err);
     p->m = iqp_metrics_new();
     /* /healthz says 503 until the stream loop sees a broker up (the start
@@ -645,7 +672,7 @@ static int open_parts(const stream_opts *o, iqp_config *cfg, stream_parts *p) {
     p->sd.watchdog_ms = iqp_sd_watchdog_ms();
     iqp_stream_options so = {o->imp_topic, o->act_topic, o->flush_ms, o->props, p->dl, p->m,
                              p->ckpt, o->progress, on_tick, &p->sd, o->redis.url != NULL, o->skip_lost,
-                             o->state_dir, cfg};
+                             o->state_dir, cfg, o->checkpoint_dir, o->checkpoint_ms};
     if (!(p->s = iqp_stream_new(p->st, &so, err, sizeof err))) return iqp_cli_fail(CMD, "%s", err);
     return open_publisher(o, p);
 }
@@ -758,6 +785,37 @@ static int dry_state_dir(const stream_opts *o, const iqp_config *cfg) {
     if (dir) closedir(dir);
     if (!bad) dry_line(1, "state", "%s: %d partition store%s, layout matches the config", o->state_dir, found,
                        found == 1 ? "" : "s");
+    return bad;
+}
+
+/* --checkpoint-dir: a writable directory (or one that can be made), and
+ * how many partitions have a checkpoint there. */
+static int dry_checkpoint_dir(const stream_opts *o) {
+    char err[1024], best[4400];
+    struct stat sb;
+    if (!o->checkpoint_dir) return 0;
+    if (stat(o->checkpoint_dir, &sb) != 0) {
+        char *parent = iqp_parent_dir(o->checkpoint_dir);
+        int ok = stat(parent, &sb) == 0 && S_ISDIR(sb.st_mode) && access(parent, W_OK) == 0;
+        int bad = dry_line(ok, "checkpts", ok ? "%s does not exist yet: would create it" : "%s does not exist and %s "
+                                                "is not a writable directory", o->checkpoint_dir, parent);
+        free(parent);
+        return bad;
+    }
+    if (!S_ISDIR(sb.st_mode) || access(o->checkpoint_dir, W_OK | X_OK) != 0)
+        return dry_line(0, "checkpts", "%s is not a writable directory", o->checkpoint_dir);
+    int found = 0, bad = 0;
+    DIR *dir = opendir(o->checkpoint_dir);
+    for (struct dirent *e; dir && (e = readdir(dir)) != NULL;) {
+        int64_t progress;
+        if (strncmp(e->d_name, "partition-", 10) != 0) continue;
+        int rc = iqp_pck_best(o->checkpoint_dir, (int32_t)atoi(e->d_name + 10), best, sizeof best, &progress, err,
+                              sizeof err);
+        if (rc < 0) bad += dry_line(0, "checkpts", "%s", err);
+        found += rc > 0;
+    }
+    if (dir) closedir(dir);
+    if (!bad) dry_line(1, "checkpts", "%s: %d partition%s checkpointed", o->checkpoint_dir, found, found == 1 ? "" : "s");
     return bad;
 }
 
@@ -890,7 +948,7 @@ static int dry_metrics(const stream_opts *o) {
 }
 
 static int dry_run(const stream_opts *o, const iqp_config *cfg) {
-    int bad = (o->state_dir ? dry_state_dir(o, cfg) : dry_store(o, cfg)) + dry_kafka(o) + dry_dead_letter_file(o) + dry_redis(o, cfg) + dry_metrics(o);
+    int bad = (o->state_dir ? dry_state_dir(o, cfg) : dry_store(o, cfg)) + dry_checkpoint_dir(o) + dry_kafka(o) + dry_dead_letter_file(o) + dry_redis(o, cfg) + dry_metrics(o);
     int64_t flush_ms = o->flush_ms ? o->flush_ms : IQP_STREAM_DEFAULT_FLUSH_MS;
     printf("%s: would count topics '%s' and '%s' into %s, flushing every %lld ms or %zu events%s\n",
            bad ? "dry run FAILED" : "dry run ok", o->imp_topic ? o->imp_topic : "impressions",
@@ -950,6 +1008,11 @@ json_t *iqp_stream_config_effective(json_t *root, const char *source) {
                            (json_int_t)(o.flush_ms ? o.flush_ms : IQP_STREAM_DEFAULT_FLUSH_MS));
     if (o.store_dir) json_object_set_new(st, "store", json_string(o.store_dir));
     if (o.state_dir) json_object_set_new(st, "state_dir", json_string(o.state_dir));
+    if (o.checkpoint_dir) {
+        json_object_set_new(st, "checkpoint_dir", json_string(o.checkpoint_dir));
+        json_object_set_new(st, "checkpoint_interval",
+                            duration_json(o.checkpoint_ms ? o.checkpoint_ms : IQP_STREAM_DEFAULT_CHECKPOINT_MS));
+    }
     if (o.dl_file) json_object_set_new(st, "dead_letter_file", json_string(o.dl_file));
     else json_object_set_new(st, "dead_letter_topic", json_string(o.dl_topic ? o.dl_topic : "dead-letter"));
     json_object_set_new(st, "checkpoint_topic", json_string(o.ckpt_topic ? o.ckpt_topic : "iqp-checkpoints"));

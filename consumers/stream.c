@@ -77,6 +77,43 @@
  * offsets and counts live in one system. No checkpoint topic is read
  * (the stores are the truth), and no publisher is attached.
  *
+ * Empty-disk takeover (--checkpoint-dir CKDIR, issue 16 item 2). When the
+ * state dir is local to each instance, a partition's state reaches its
+ * next owner through CKDIR, which the instances share
+ * (partition_checkpoint.h). A partition store is self-consistent after
+ * every batch (counts, markers and offsets commit together), so any
+ * RocksDB checkpoint of it is a correct state to resume from: replaying
+ * Kafka from its stored offsets counts the rest exactly once (while the
+ * broker still keeps those messages). Its "progress" is the sum of its
+ * next offsets of both topics.
+ *   - Writing: between batches (no write in flight, so the store is
+ *     still), each owned partition whose store has progressed past the
+ *     newest checkpoint known is checkpointed every checkpoint_interval_ms
+ *     (the first one within FIRST_CHECKPOINT_CHECK_MS of the partition's
+ *     first write, when the partition has none yet), and once more when
+ *     it is released (after the revoke's final flush): CKDIR/partition-<p>/
+ *     <progress>-<ms>-<pid>, written as .tmp, synced and renamed; the
+ *     IQP_PCK_KEEP with the most progress are kept. One checkpoint per
+ *     loop turn: the consuming thread waits for it (a memtable flush and
+ *     hard links), so the interval bounds both that cost and the replay
+ *     after a kill -9.
+ *   - Restoring, on assignment: the generation with the most progress
+ *     (not the latest written) is restored over the local store when that
+ *     is missing or has less progress (staged, synced, renamed:
+ *     store/backup.c's restore), else the local store is used as it is.
+ *     A stalled former owner that writes a checkpoint late cannot move a
+ *     partition back: its generation wins only with more progress, and is
+ *     then a correct state too (it wrote only batches it had counted
+ *     once). Each restore is logged and measured
+ *     (iqp_partition_restore_seconds, _bytes_total, iqp_partition_restores_total).
+ *   - The group's committed offsets never decide a start: a partition
+ *     with no local store and no checkpoint starts at auto.offset.reset,
+ *     because an offset the group published may come from a store on a
+ *     disk this instance cannot see (its counts would be lost).
+ * Without a shared LOCK two instances may count one partition for a
+ * moment (a stalled owner past its session); each writes only its own
+ * local store, and only one lineage continues: the next owner's.
+ *
  * Zombie writes: a batch is written only while this member owns its
  * partitions. A member that stalls (SIGSTOP, swap, a starved CPU) past
  * session.timeout.ms is dropped from the group by the broker, and its
@@ -146,6 +183,7 @@
 #include <unistd.h>
 
 #include "aggregator/aggregator.h"
+#include "consumers/partition_checkpoint.h"
 #include "schemas/event.h"
 #include "util/clock.h"
 #include "util/stop.h"
@@ -166,6 +204,7 @@
 #define HEALTH_STALE_MS 10000
 #define LOCK_WAIT_MS 60000        /* a partition store's previous owner must let go by then */
 #define LOCK_RETRY_MS 200
+#define FIRST_CHECKPOINT_CHECK_MS 1000 /* a partition with no checkpoint yet: looked at this often */
 
 enum { TOPIC_IMPRESSIONS = 0, TOPIC_ACTIONS = 1, N_TOPICS = 2 };
 
@@ -180,6 +219,9 @@ typedef struct task {
     iqp_aggregator *agg;
     int owned;                  /* the store was opened here and is closed with the task */
     uint64_t bytes_reported;    /* agg's batch_bytes already in iqp_store_bytes_written_total */
+    /* --checkpoint-dir ("Empty-disk takeover") */
+    int64_t ck_progress;        /* progress of the newest checkpoint known of this partition; -1 none */
+    int64_t ck_due_ms;          /* when to look at the store's progress again */
 } task;
 
 /* One assigned partition. */
@@ -202,6 +244,8 @@ struct iqp_stream {
     task **tasks;               /* one (single store), or one per owned partition number */
     size_t n_tasks, cap_tasks;
     char *state_dir;            /* NULL: single store */
+    char *ckdir;                /* --checkpoint-dir (with state_dir); NULL: none */
+    int64_t ckpt_interval_ms;
     iqp_deadletter *dl;
     iqp_metrics *m;
     iqp_checkpoints *ckpt;
@@ -305,6 +349,26 @@ static void declare_metrics(iqp_metrics *m) {
                         NULL, 0);
 }
 
+static const double restore_seconds_bounds[] = {0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300};
+
+static void declare_checkpoint_metrics(iqp_metrics *m) {
+    if (!m) return;
+    iqp_metrics_declare(m, "iqp_partition_restore_seconds", IQP_METRIC_HISTOGRAM,
+                        "--checkpoint-dir: time to restore a partition store from its checkpoint on assignment "
+                        "(copy and open).", restore_seconds_bounds, COUNT_OF(restore_seconds_bounds));
+    iqp_metrics_declare(m, "iqp_partition_restore_bytes_total", IQP_METRIC_COUNTER,
+                        "--checkpoint-dir: bytes of partition stores restored from checkpoints (SST and log "
+                        "files).", NULL, 0);
+    iqp_metrics_declare(m, "iqp_partition_restores_total", IQP_METRIC_COUNTER,
+                        "--checkpoint-dir: partition stores restored from a checkpoint, by reason (missing: no "
+                        "local store; behind: the local store had less progress).", NULL, 0);
+    iqp_metrics_declare(m, "iqp_partition_checkpoint_seconds", IQP_METRIC_HISTOGRAM,
+                        "--checkpoint-dir: time to write one partition checkpoint (the consuming thread waits).",
+                        restore_seconds_bounds, COUNT_OF(restore_seconds_bounds));
+    iqp_metrics_declare(m, "iqp_partition_checkpoints_total", IQP_METRIC_COUNTER,
+                        "--checkpoint-dir: partition checkpoints written, by outcome (written, failed).", NULL, 0);
+}
+
 static void count_event(iqp_stream *s, int topic, const char *outcome) {
     if (!s->m) return;
     char labels[300];
@@ -368,6 +432,60 @@ static void remove_part(iqp_stream *s, int topic, int32_t partition) {
 
 static void fail(iqp_stream *s, const char *what, const char *why);
 
+static void meta_key(const iqp_stream *s, int topic, int32_t partition, char *key, size_t len) {
+    snprintf(key, len, META_PREFIX "%s/%d", s->topics[topic], (int)partition);
+}
+
+/* The next offset st holds for partition of topic, -1 none, -2 unreadable. */
+static int64_t read_offset(iqp_stream *s, iqp_store *st, int topic, int32_t partition) {
+    char key[600], *val = NULL;
+    size_t vlen = 0;
+    int64_t off = -2;
+    meta_key(s, topic, partition, key, sizeof key);
+    int rc = iqp_store_get_meta(st, key, &val, &vlen);
+    if (rc == 0) return -1;
+    if (rc < 0) return -2;
+    json_t *j = json_loadb(val, vlen, 0, NULL);
+    json_t *n = json_object_get(j, "next_offset");
+    if (json_is_integer(n) && json_integer_value(n) >= 0) off = json_integer_value(n);
+    json_decref(j);
+    free(val);
+    return off;
+}
+
+/* How far partition's store st has counted ("Empty-disk takeover"): the
+ * sum of its next offsets of both topics (none: 0); -2 unreadable. */
+static int64_t store_progress(iqp_stream *s, iqp_store *st, int32_t partition) {
+    int64_t sum = 0;
+    for (int t = 0; t < N_TOPICS; t++) {
+        int64_t off = read_offset(s, st, t, partition);
+        if (off == -2) return -2;
+        if (off > 0) sum += off;
+    }
+    return sum;
+}
+
+/* Writes a checkpoint of task t's store into the checkpoint dir when it
+ * counted more than the newest checkpoint known of its partition; no
+ * batch of t may be in flight. A failure is counted and said, not fatal:
+ * the local store is whole, only a takeover would replay more. */
+static void checkpoint_task(iqp_stream *s, task *t, int64_t now) {
+    char path[4400], err[1000], labels[64];
+    int64_t progress = store_progress(s, t->st, t->partition);
+    t->ck_due_ms = now + (t->ck_progress < 0 ? FIRST_CHECKPOINT_CHECK_MS : s->ckpt_interval_ms);
+    if (progress <= 0 || progress <= t->ck_progress) return;
+    int64_t t0 = iqp_mono_ms();
+    int rc = iqp_pck_write(t->st, s->ckdir, t->partition, progress, path, sizeof path, err, sizeof err);
+    if (rc < 0) fprintf(stderr, "iqp stream: partition %d: checkpoint failed (the next is tried in %.0f s): %s\n",
+                        (int)t->partition, s->ckpt_interval_ms / 1000.0, err);
+    else t->ck_progress = progress;
+    if (rc < 0) t->ck_due_ms = now + s->ckpt_interval_ms;
+    if (!s->m) return;
+    snprintf(labels, sizeof labels, "outcome=\"%s\"", rc < 0 ? "failed" : "written");
+    iqp_metrics_add(s->m, "iqp_partition_checkpoints_total", labels, 1);
+    if (rc == 0) iqp_metrics_observe(s->m, "iqp_partition_checkpoint_seconds", "", (iqp_mono_ms() - t0) / 1000.0);
+}
+
 static task *add_task(iqp_stream *s, int32_t partition, iqp_store *st, int owned) {
     if (s->n_tasks == s->cap_tasks) {
         s->cap_tasks = s->cap_tasks ? 2 * s->cap_tasks : 16;
@@ -376,7 +494,7 @@ static task *add_task(iqp_stream *s, int32_t partition, iqp_store *st, int owned
     }
     task *t = calloc(1, sizeof *t);
     if (!t) abort();
-    *t = (task){partition, st, iqp_aggregator_new(st), owned, 0};
+    *t = (task){partition, st, iqp_aggregator_new(st), owned, 0, -1, 0};
     s->tasks[s->n_tasks++] = t;
     return t;
 }
@@ -396,6 +514,8 @@ static void close_task(iqp_stream *s, size_t i) {
     task *t = s->tasks[i];
     set_task_size(s, t, -1);
     iqp_aggregator_free(t->agg);
+    /* the final state of a released partition, for its next owner */
+    if (t->owned && s->ckdir && !s->fatal) checkpoint_task(s, t, iqp_mono_ms());
     if (t->owned) iqp_store_close(t->st);
     free(t);
     s->tasks[i] = s->tasks[--s->n_tasks];
@@ -450,6 +570,54 @@ static iqp_store *open_partition_store(iqp_stream *s, int32_t partition) {
     }
 }
 
+/* Restores partition's best checkpoint as its local store and opens it
+ * ("Empty-disk takeover"); local_progress: the local store's (-1: none).
+ * NULL after fail(). */
+static iqp_store *restore_partition(iqp_stream *s, int32_t partition, int64_t local_progress, int64_t *ck_progress) {
+    char dir[600], from[4400], err[1000], labels[64];
+    int64_t t0 = iqp_mono_ms();
+    snprintf(dir, sizeof dir, "%s/partition-%d", s->state_dir, (int)partition);
+    int rc = iqp_pck_restore(s->ckdir, partition, dir, from, sizeof from, ck_progress, err, sizeof err);
+    if (rc <= 0) return fail(s, "partition checkpoint", rc < 0 ? err : "its checkpoint vanished"), NULL;
+    iqp_store *st = open_partition_store(s, partition);
+    if (!st) return NULL;
+    double secs = (iqp_mono_ms() - t0) / 1000.0;
+    uint64_t bytes = iqp_store_disk_bytes(st);
+    fprintf(stderr, "iqp stream: partition %d: restored from checkpoint %s: %s at %lld, %s at %lld (progress %lld; "
+                    "local store %s); %llu bytes in %.3f s\n", (int)partition, from, s->topics[0],
+            (long long)read_offset(s, st, 0, partition), s->topics[1], (long long)read_offset(s, st, 1, partition),
+            (long long)*ck_progress, local_progress < 0 ? "missing" : "behind", (unsigned long long)bytes, secs);
+    if (s->m) {
+        snprintf(labels, sizeof labels, "reason=\"%s\"", local_progress < 0 ? "missing" : "behind");
+        iqp_metrics_add(s->m, "iqp_partition_restores_total", labels, 1);
+        iqp_metrics_add(s->m, "iqp_partition_restore_bytes_total", "", (double)bytes);
+        iqp_metrics_observe(s->m, "iqp_partition_restore_seconds", "", secs);
+    }
+    return st;
+}
+
+/* --checkpoint-dir: opens partition's store from whichever has counted
+ * further, the local store or the best checkpoint (restored over it);
+ * *ck_progress: the best checkpoint's progress (-1: none). NULL after
+ * fail(). */
+static iqp_store *open_or_restore(iqp_stream *s, int32_t partition, int64_t *ck_progress) {
+    char dir[600], best[4400], err[1000];
+    snprintf(dir, sizeof dir, "%s/partition-%d", s->state_dir, (int)partition);
+    *ck_progress = -1;
+    int found = iqp_pck_best(s->ckdir, partition, best, sizeof best, ck_progress, err, sizeof err);
+    if (found < 0) return fail(s, "partition checkpoint", err), NULL;
+    int present = found ? iqp_store_present(dir, err, sizeof err) : 1;
+    if (present < 0) return fail(s, "partition state", err), NULL;
+    if (!present) return restore_partition(s, partition, -1, ck_progress);
+    iqp_store *st = open_partition_store(s, partition);
+    if (!st || !found) return st;
+    int64_t mine = store_progress(s, st, partition);
+    if (mine == -2) return iqp_store_close(st), fail(s, "store", "a stored Kafka offset is unreadable"), NULL;
+    if (mine >= *ck_progress) return st;
+    iqp_store_close(st);
+    return restore_partition(s, partition, mine, ck_progress);
+}
+
 /* The task partition's events count into: the single store's, or (state
  * dir) the partition's own, opened now if this instance does not hold it
  * yet. NULL after fail(). */
@@ -457,36 +625,33 @@ static task *task_for(iqp_stream *s, int32_t partition) {
     if (!s->state_dir) return s->tasks[0];
     for (size_t i = 0; i < s->n_tasks; i++)
         if (s->tasks[i]->partition == partition) return s->tasks[i];
-    int64_t t0 = iqp_mono_ms();
-    iqp_store *st = open_partition_store(s, partition);
+    int64_t t0 = iqp_mono_ms(), ck_progress = -1;
+    iqp_store *st = s->ckdir ? open_or_restore(s, partition, &ck_progress) : open_partition_store(s, partition);
     if (!st) return NULL;
     if (s->m) iqp_metrics_observe(s->m, "iqp_partition_store_open_seconds", "", (iqp_mono_ms() - t0) / 1000.0);
     task *t = add_task(s, partition, st, 1);
+    t->ck_progress = ck_progress;
+    t->ck_due_ms = iqp_mono_ms() + (ck_progress < 0 ? FIRST_CHECKPOINT_CHECK_MS : s->ckpt_interval_ms);
     set_task_size(s, t, (double)iqp_store_disk_bytes(st));
     return t;
 }
 
-static void meta_key(const iqp_stream *s, int topic, int32_t partition, char *key, size_t len) {
-    snprintf(key, len, META_PREFIX "%s/%d", s->topics[topic], (int)partition);
+/* Checkpoints the first partition store whose time has come (one per
+ * call: the consuming thread waits for it); called between batches, with
+ * no write in flight. */
+static void checkpoint_partitions(iqp_stream *s, int64_t now) {
+    for (size_t i = 0; i < s->n_tasks && !s->fatal; i++)
+        if (s->tasks[i]->owned && now >= s->tasks[i]->ck_due_ms) {
+            checkpoint_task(s, s->tasks[i], now);
+            return;
+        }
 }
 
 /* The next offset p's store holds for p, -1 when it holds none, or -2
  * when the record cannot be read (the store is damaged: counting on from
  * a guess could double-count, so the caller stops). */
 static int64_t stored_offset(iqp_stream *s, const part_state *p) {
-    char key[600], *val = NULL;
-    size_t vlen = 0;
-    int64_t off = -2;
-    meta_key(s, p->topic, p->partition, key, sizeof key);
-    int rc = iqp_store_get_meta(p->task->st, key, &val, &vlen);
-    if (rc == 0) return -1;
-    if (rc < 0) return -2;
-    json_t *j = json_loadb(val, vlen, 0, NULL);
-    json_t *n = json_object_get(j, "next_offset");
-    if (json_is_integer(n) && json_integer_value(n) >= 0) off = json_integer_value(n);
-    json_decref(j);
-    free(val);
-    return off;
+    return read_offset(s, p->task->st, p->topic, p->partition);
 }
 
 /* ---- flushing ------------------------------------------------------------ */
@@ -839,8 +1004,9 @@ static int plan_assignment(iqp_stream *s, rd_kafka_topic_partition_list_t *parts
         }
         int64_t mine = stored_offset(s, p);
         /* A partition store is the one truth about its partition: what the
-         * group published matters only to one that has counted nothing. */
-        int64_t group = s->state_dir && mine >= 0 ? -1 : published[i];
+         * group published matters only to one that has counted nothing, and
+         * with a checkpoint dir not even then ("Empty-disk takeover"). */
+        int64_t group = s->state_dir && (mine >= 0 || s->ckdir) ? -1 : published[i];
         if (mine == -2) {
             free(published);
             return fail(s, "store", "a stored Kafka offset is unreadable"), -1;
@@ -1329,6 +1495,8 @@ iqp_stream *iqp_stream_new(iqp_store *st, const iqp_stream_options *o, char *err
     iqp_stream *s = calloc(1, sizeof *s);
     if (!s) abort();
     if (o->state_dir && (s->state_dir = strdup(o->state_dir)) == NULL) abort();
+    if (o->state_dir && o->checkpoint_dir && (s->ckdir = strdup(o->checkpoint_dir)) == NULL) abort();
+    s->ckpt_interval_ms = o->checkpoint_interval_ms > 0 ? o->checkpoint_interval_ms : IQP_STREAM_DEFAULT_CHECKPOINT_MS;
     s->cfg = o->state_dir ? o->cfg : iqp_store_config(st);
     s->dl = o->dl;
     s->m = o->metrics;
@@ -1344,6 +1512,7 @@ iqp_stream *iqp_stream_new(iqp_store *st, const iqp_stream_options *o, char *err
         return NULL;
     }
     declare_metrics(s->m);
+    if (s->ckdir) declare_checkpoint_metrics(s->m);
     if (!s->state_dir) add_task(s, -1, st, 0);
     s->rk = create_consumer(s, o, err, errlen);
     if (s->rk) s->probe_q = rd_kafka_queue_new(s->rk);
@@ -1403,6 +1572,7 @@ int iqp_stream_run(iqp_stream *s, char *err, size_t errlen) {
         now = iqp_mono_ms();
         if (now - s->last_health_ms >= HEALTH_EVERY_MS) update_health(s);
         if (s->writing && writes_done(s)) finish_write(s, 0);
+        if (s->ckdir && !s->writing) checkpoint_partitions(s, now);
         if (cut_due(s, now)) {
             stream_flush(s, PUBLISH_MS, 0);
             periodic(s, now);
@@ -1447,6 +1617,7 @@ void iqp_stream_free(iqp_stream *s) {
     while (s->n_tasks) close_task(s, s->n_tasks - 1);
     free(s->tasks);
     free(s->state_dir);
+    free(s->ckdir);
     for (int t = 0; t < N_TOPICS; t++) {
         free(s->topics[t]);
         free(s->topic_labels[t]);

@@ -12,7 +12,8 @@
  * markers before counting a partition another instance counted); with a
  * state dir, the per-partition stores (opened on assignment, waiting for
  * the previous owner's lock, closed on revoke: stream.c "Partition-owned
- * state"); routing
+ * state"), checkpointed to and restored from a shared checkpoint dir
+ * (partition_checkpoint.h, stream.c "Empty-disk takeover"); routing
  * rejected events to the dead-letter sink; the stream's metrics.
  *
  * May not touch: counting rules (aggregator/), decoding rules (schemas/),
@@ -36,7 +37,10 @@
  *   - dead letters are made durable (iqp_deadletter_flush) before the
  *     offsets that produced them are written;
  *   - with a state dir, partition p's counts and offsets live in one store
- *     that moves with p, so no batch is counted by two owners;
+ *     that moves with p, so no batch is counted by two owners; with a
+ *     checkpoint dir too, p's next owner starts from p's best checkpoint
+ *     (or its own store when that has more progress), never from the
+ *     group's committed offset;
  *   - a batch is written only after the group coordinator confirmed that
  *     this member still holds its generation (an ownership probe, see
  *     stream.c "Zombie writes"); otherwise it is dropped unwritten, never
@@ -90,6 +94,16 @@ typedef struct iqp_stream_options {
      * are opened with (required then; iqp_stream_new's st is NULL). */
     const char *state_dir;
     const iqp_config *cfg;
+    /* With state_dir: a directory the group's instances share
+     * (partition_checkpoint.h), so that state_dir can be local to each.
+     * Every checkpoint_interval_ms (0: IQP_STREAM_DEFAULT_CHECKPOINT_MS),
+     * and when a partition is released, its store is checkpointed there;
+     * an instance that gains a partition whose local store is missing or
+     * has less progress restores the best checkpoint first. The group's
+     * committed offsets then never decide a start (stream.c "Empty-disk
+     * takeover"). NULL: none. */
+    const char *checkpoint_dir;
+    int64_t checkpoint_interval_ms;
 } iqp_stream_options;
 
 typedef struct iqp_stream_stats {
@@ -132,5 +146,6 @@ const char *const *iqp_stream_kafka_forced(void);
 
 /* Flush interval when the options give none. */
 #define IQP_STREAM_DEFAULT_FLUSH_MS 500
+#define IQP_STREAM_DEFAULT_CHECKPOINT_MS 60000
 
 #endif

@@ -71,6 +71,33 @@ int iqp_store_backup(const char *dir, const char *to, int attempts, iqp_backup_r
     return rc < 0 ? -1 : 0;
 }
 
+/* ---- a checkpoint of an open store, published by rename ---------------------------- */
+
+static int fsync_path(const char *path, int dir);
+
+int iqp_store_checkpoint_to(iqp_store *st, const char *to, char *err, size_t errlen) {
+    size_t n = strlen(to);
+    char *tmp = malloc(n + 5), *staging = malloc(n + 9);
+    if (!tmp || !staging) abort();
+    sprintf(tmp, "%s.tmp", to);
+    sprintf(staging, "%s.tmp.tmp", to); /* RocksDB's own staging directory for tmp */
+    iqp_rmrf(tmp);
+    iqp_rmrf(staging);
+    int rc = iqp_store_checkpoint(st, tmp, err, errlen);
+    if (rc == 0 && rename(tmp, to) != 0) rc = fail_with(err, errlen, "cannot rename %s to %s: %s", tmp, to, strerror(errno));
+    if (rc != 0) {
+        iqp_rmrf(tmp);
+        iqp_rmrf(staging);
+    } else {
+        char *parent = iqp_parent_dir(to);
+        if (fsync_path(parent, 1) != 0) rc = fail_with(err, errlen, "cannot sync %s: %s", parent, strerror(errno));
+        free(parent);
+    }
+    free(tmp);
+    free(staging);
+    return rc;
+}
+
 /* ---- restore ------------------------------------------------------------------- */
 
 static int fsync_path(const char *path, int dir) {

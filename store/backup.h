@@ -25,6 +25,15 @@ typedef void (*iqp_backup_retry_fn)(void *ud, int attempt, const char *err);
 int iqp_store_backup(const char *dir, const char *to, int attempts, iqp_backup_retry_fn on_retry, void *ud,
                      char *err, size_t errlen);
 
+/* Writes a checkpoint of the store st, open in this process (a writer
+ * between two of its batches: iqp stream --checkpoint-dir), as the new
+ * directory to, all or nothing: RocksDB's checkpoint into to.tmp (its
+ * files synced), one rename to to, and its parent synced. A crash leaves
+ * no to, or the whole one (and maybe a to.tmp, which readers ignore).
+ * 0, or -1 with err (to.tmp removed). */
+struct iqp_store;
+int iqp_store_checkpoint_to(struct iqp_store *st, const char *to, char *err, size_t errlen);
+
 /* Puts the backup from back as the store dir. from must open as a store.
  * Its files are staged in dir.restoring (table files hard-linked when the
  * file system allows, every other file copied: a writer appends to the

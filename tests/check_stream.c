@@ -46,6 +46,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "consumers/partition_checkpoint.h"
 #include "tests/oracle.h"
 #include "tests/testutil.h"
 
@@ -185,6 +186,9 @@ static pid_t producer;
 static stream_proc streams[MAX_STREAMS];
 static const char *stream_extra_arg; /* one more argument for start_stream (NULL: none) */
 static char *state_dir;              /* start_stream's --state-dir, shared by the instances (NULL: --store) */
+/* --checkpoint-dir tests: instance i's own --state-dir (over state_dir),
+ * and the checkpoint dir they share */
+static char *instance_state[MAX_STREAMS], *checkpoint_dir;
 static const char *stream_env;       /* NAME=VALUE put in the next started instance's environment */
 
 /* The Redis tests' server: a real redis-server child on a free port
@@ -244,6 +248,9 @@ static void test_teardown(void) {
     stream_env = NULL;
     free(state_dir);
     state_dir = NULL;
+    for (int i = 0; i < MAX_STREAMS; i++) free(instance_state[i]), instance_state[i] = NULL;
+    free(checkpoint_dir);
+    checkpoint_dir = NULL;
     tu_broker_stop(&broker);
     if (tmp && !getenv("IQP_KEEP_TMP")) tu_rmrf(tmp);
     free(tmp);
@@ -298,7 +305,8 @@ static void start_stream(int i, int dl_topic) {
     char listen[64], *dl_file = tu_fmt("%s/dead-letter%d.jsonl", tmp, i);
     s->metrics_port = tu_free_port();
     snprintf(listen, sizeof listen, "127.0.0.1:%d", s->metrics_port);
-    const char *argv[32] = {"iqp", "stream", state_dir ? "--state-dir" : "--store", state_dir ? state_dir : s->store,
+    const char *dir = instance_state[i] ? instance_state[i] : state_dir ? state_dir : s->store;
+    const char *argv[32] = {"iqp", "stream", instance_state[i] || state_dir ? "--state-dir" : "--store", dir,
                             "--brokers", broker.bootstrap,
                             "--group", "check-stream", "--impressions-topic", "imp",
                             "--actions-topic", "act", "--flush-ms", "200", "--metrics-listen", listen,
@@ -309,6 +317,8 @@ static void start_stream(int i, int dl_topic) {
                             dl_topic ? "dl" : dl_file};
     size_t n = 24;
     if (redis_port) argv[n++] = "--redis", argv[n++] = redis_url;
+    if (checkpoint_dir)
+        argv[n++] = "--checkpoint-dir", argv[n++] = checkpoint_dir, argv[n++] = "--checkpoint-interval", argv[n++] = "2s";
     if (stream_extra_arg) argv[n++] = stream_extra_arg;
     argv[n] = NULL;
     s->pid = spawn(argv, s->log);
@@ -1529,6 +1539,92 @@ START_TEST(stream_state_dir_waits_for_a_stalled_owner) {
 }
 END_TEST
 
+/* ---- empty-disk takeover: --checkpoint-dir ------------------------------------------ */
+
+/* The progress (sum of both topics' next offsets) of every partition's
+ * best checkpoint, summed; *n_with: how many partitions have one. */
+static int64_t best_checkpoints(int *n_with) {
+    char path[4400], err[1024];
+    int64_t sum = 0, progress = 0;
+    *n_with = 0;
+    for (int p = 0; p < N_PARTITIONS; p++) {
+        int rc = iqp_pck_best(checkpoint_dir, p, path, sizeof path, &progress, err, sizeof err);
+        ck_assert_msg(rc >= 0, "%s", err);
+        if (rc == 1) sum += progress, (*n_with)++;
+    }
+    return sum;
+}
+
+/* Instance 0 counts part of the log into its own state dir, checkpointing
+ * into the shared checkpoint dir every 2 s, and is stopped (SIGTERM) or
+ * killed (kill -9) mid-stream; instance 1 starts on an EMPTY state dir of
+ * its own, restores every partition from the checkpoints and counts the
+ * rest. Its 8 partition stores alone equal the oracle and each holds its
+ * partition's end offsets; it restored all 8 and read exactly what the
+ * checkpoints did not hold (so its counts came from the restores, not from
+ * a replay of the whole log). After SIGTERM the checkpoints hold exactly
+ * what instance 0 had counted (the revoke's checkpoint); after kill -9
+ * they are behind it, and instance 1 replays the difference. */
+static void empty_disk_takeover(int kill9) {
+    const char *how = kill9 ? "kill -9" : "SIGTERM";
+    uint64_t total = expected_msgs[0] + expected_msgs[1];
+    int n_with = 0;
+    double read_by_0 = 0;
+    instance_state[0] = tu_fmt("%s/state0", tmp);
+    instance_state[1] = tu_fmt("%s/state1", tmp);
+    checkpoint_dir = tu_fmt("%s/checkpoints", tmp);
+    start_stream(0, 0);
+    free(wait_assigned(0));
+    produce(rate_over(20), 0);
+    for (int64_t t0 = mono_ms(); read_by_0 < (double)total / 3 || n_with < N_PARTITIONS; usleep(200000)) {
+        ck_assert_msg(mono_ms() - t0 < tu_wait_limit_ms(60000), "instance 0 read %.0f of %" PRIu64 " messages and "
+                      "checkpointed %d partitions (log %s)", read_by_0, total, n_with, streams[0].log);
+        read_by_0 = instance_metric(0, "iqp_events_total", no_labels);
+        best_checkpoints(&n_with);
+    }
+    if (kill9) kill_stream(0);
+    else stop_stream(0);
+    int64_t restored = best_checkpoints(&n_with), final[2][8] = {{0}}, counted_by_0 = 0;
+    read_offsets_of("--state-dir", instance_state[0], final);
+    for (int t = 0; t < 2; t++)
+        for (int p = 0; p < N_PARTITIONS; p++) counted_by_0 += final[t][p];
+    ck_assert_msg(restored > 0 && restored <= counted_by_0 && (uint64_t)counted_by_0 < total,
+                  "checkpoints hold %" PRId64 " messages, instance 0's stores %" PRId64 " of %" PRIu64, restored,
+                  counted_by_0, total);
+    if (!kill9)
+        ck_assert_msg(restored == counted_by_0, "after SIGTERM the checkpoints hold %" PRId64 " messages, instance "
+                      "0's stores %" PRId64, restored, counted_by_0);
+    start_stream(1, 0); /* instance_state[1] does not exist: an empty disk */
+    wait_producer();
+    state_dir = tu_fmt("%s", instance_state[1]);
+    wait_caught_up(1);
+    char *m = fetch_metrics(streams[1].metrics_port);
+    double restores = metric_sum(m, "iqp_partition_restores_total", no_labels);
+    double bytes = metric_sum(m, "iqp_partition_restore_bytes_total", no_labels);
+    double secs = metric_sum(m, "iqp_partition_restore_seconds_sum", no_labels);
+    double read_by_1 = metric_sum(m, "iqp_events_total", no_labels);
+    double dropped = metric_sum(m, "iqp_batches_dropped_total", no_labels);
+    free(m);
+    stop_stream(1);
+    fprintf(stderr, "empty-disk takeover (%s): instance 0 counted %" PRId64 " of %" PRIu64 " messages, its "
+                    "checkpoints %" PRId64 "; instance 1 restored %.0f partitions (%.0f bytes in %.3f s), then read "
+                    "%.0f messages\n", how, counted_by_0, total, restored, restores, bytes, secs, read_by_1);
+    ck_assert_msg(restores == N_PARTITIONS, "instance 1 restored %.0f partitions, want %d (log %s)", restores,
+                  N_PARTITIONS, streams[1].log);
+    ck_assert_msg(bytes > 0, "restored %.0f bytes", bytes);
+    if (dropped == 0) /* (a dropped batch is read again) */
+        ck_assert_msg(read_by_1 + (double)restored == (double)total, "instance 1 read %.0f messages, the checkpoints "
+                      "held %" PRId64 ", the log %" PRIu64, read_by_1, restored, total);
+    check_partition_stores();
+    compare_with_oracle(2);
+}
+
+START_TEST(stream_checkpoint_dir_empty_disk_takeover_after_sigterm) { empty_disk_takeover(0); }
+END_TEST
+
+START_TEST(stream_checkpoint_dir_empty_disk_takeover_after_kill_9) { empty_disk_takeover(1); }
+END_TEST
+
 /* Runs `iqp stream ARGS` (no broker is needed: it must stop first) and
  * checks its exit status and that its message names the problem. */
 static void expect_rejected_as(const char *args, int want_rc, const char *needle) {
@@ -1565,6 +1661,24 @@ START_TEST(stream_rejects_bad_usage) {
     args = tu_fmt("%s --property partition.assignment.strategy=roundrobin", sd);
     expect_rejected_as(args, 2, "partition.assignment.strategy=roundrobin: --state-dir needs");
     free(args);
+    /* --checkpoint-dir: with --state-dir only; a directory it can write */
+    expect_rejected("--brokers 127.0.0.1:1 --checkpoint-dir ck", 2, "--checkpoint-dir / stream.checkpoint_dir needs "
+                    "--state-dir");
+    args = tu_fmt("%s --checkpoint-interval 10ms --checkpoint-dir ck", sd);
+    expect_rejected_as(args, 2, "--checkpoint-interval must be a duration from 1s");
+    free(args);
+    char *file = tu_fmt("%s/a-file", tmp);
+    FILE *f = fopen(file, "w");
+    ck_assert_ptr_nonnull(f);
+    fclose(f);
+    args = tu_fmt("%s --checkpoint-dir '%s/ck' --dead-letter-file '%s/dl.jsonl'", sd, file, tmp);
+    expect_rejected_as(args, 1, "cannot create the checkpoint dir");
+    free(args);
+    args = tu_fmt("--brokers '%s' --state-dir '%s/state' --checkpoint-dir '%s/ck' --dead-letter-file '%s/dl.jsonl' "
+                  "--dry-run", broker.bootstrap, tmp, file, tmp);
+    expect_rejected_as(args, 1, "is not a writable directory");
+    free(args);
+    free(file);
     free(sd);
     /* topics whose partition counts differ (the devbroker creates an unknown
      * topic on first use with 4 partitions; imp has 8): exit 1 at start */
@@ -1620,6 +1734,8 @@ int main(void) {
     tcase_add_test(parts, stream_state_dir_three_instances_count_once);
     tcase_add_test(parts, stream_state_dir_survives_kill_9);
     tcase_add_test(parts, stream_state_dir_waits_for_a_stalled_owner);
+    tcase_add_test(parts, stream_checkpoint_dir_empty_disk_takeover_after_sigterm);
+    tcase_add_test(parts, stream_checkpoint_dir_empty_disk_takeover_after_kill_9);
     suite_add_tcase(s, parts);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

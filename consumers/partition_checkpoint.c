@@ -1,0 +1,164 @@
+/* partition_checkpoint.c -- checkpoints of partition stores in a shared
+ * directory (partition_checkpoint.h).
+ *
+ * Writing: store/backup.c's iqp_store_checkpoint_to (RocksDB checkpoint
+ * into NAME.tmp, rename to NAME, parent synced); the name carries the
+ * progress, so choosing is one readdir and a sort of names. Pruning keeps
+ * the IQP_PCK_KEEP names that sort last; a concurrent restorer whose
+ * generation is pruned under it fails its copy and moves on to the next
+ * best (iqp_pck_restore), which a pruner never removes before the ones
+ * with less progress.
+ *
+ * Restoring: store/backup.c's iqp_store_restore (staged next to the target,
+ * table files hard-linked when the file system allows, synced, renamed),
+ * with force: a local store that is behind is moved aside, then removed.
+ */
+#include "consumers/partition_checkpoint.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "store/backup.h"
+#include "util/clock.h"
+#include "util/fs.h"
+
+#define PROGRESS_DIGITS 20
+#define STALE_TMP_S 3600 /* a .tmp this old is a crashed writer's */
+#define MAX_GENS 64      /* read per partition; a directory holds IQP_PCK_KEEP plus concurrent writers' */
+
+typedef struct gen {
+    char name[256];
+    int64_t progress;
+} gen;
+
+int iqp_pck_prepare_dir(const char *ckdir, char *err, size_t errlen) {
+    struct stat sb;
+    if (mkdir(ckdir, 0777) != 0 && errno != EEXIST)
+        return snprintf(err, errlen, "cannot create the checkpoint dir %s: %s", ckdir, strerror(errno)), -1;
+    if (stat(ckdir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return snprintf(err, errlen, "the checkpoint dir %s is not a directory", ckdir), -1;
+    if (access(ckdir, W_OK | X_OK) != 0)
+        return snprintf(err, errlen, "the checkpoint dir %s is not writable by this user", ckdir), -1;
+    return 0;
+}
+
+static void partition_dir(const char *ckdir, int32_t partition, char *out, size_t len) {
+    snprintf(out, len, "%s/partition-%d", ckdir, (int)partition);
+}
+
+/* 1 when name is a complete generation "<20 digits>-<digits>-<digits>"
+ * (its progress in *progress). */
+static int parse_gen(const char *name, int64_t *progress) {
+    size_t n = strspn(name, "0123456789");
+    if (n != PROGRESS_DIGITS || name[n] != '-') return 0;
+    const char *p = name + n + 1;
+    size_t a = strspn(p, "0123456789");
+    if (a == 0 || p[a] != '-') return 0;
+    size_t b = strspn(p + a + 1, "0123456789");
+    if (b == 0 || p[a + 1 + b] != '\0') return 0;
+    *progress = strtoll(name, NULL, 10);
+    return 1;
+}
+
+static int by_name_desc(const void *a, const void *b) { return -strcmp(((const gen *)a)->name, ((const gen *)b)->name); }
+
+/* The complete generations of partition, most progress first (ties: the
+ * later written first). -1 with err when the directory cannot be read;
+ * a missing one holds none. */
+static int list_gens(const char *pdir, gen *out, size_t cap, char *err, size_t errlen) {
+    DIR *d = opendir(pdir);
+    if (!d) {
+        if (errno == ENOENT) return 0;
+        return snprintf(err, errlen, "cannot read %s: %s", pdir, strerror(errno)), -1;
+    }
+    size_t n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        int64_t progress;
+        size_t len = strlen(e->d_name);
+        if (n < cap && len < sizeof out[n].name && parse_gen(e->d_name, &progress)) {
+            memcpy(out[n].name, e->d_name, len + 1);
+            out[n++].progress = progress;
+        }
+    }
+    closedir(d);
+    qsort(out, n, sizeof *out, by_name_desc);
+    return (int)n;
+}
+
+int iqp_pck_best(const char *ckdir, int32_t partition, char *path, size_t pathlen, int64_t *progress, char *err,
+                 size_t errlen) {
+    char pdir[4096];
+    gen gens[MAX_GENS];
+    partition_dir(ckdir, partition, pdir, sizeof pdir);
+    int n = list_gens(pdir, gens, MAX_GENS, err, errlen);
+    if (n <= 0) return n;
+    snprintf(path, pathlen, "%s/%s", pdir, gens[0].name);
+    *progress = gens[0].progress;
+    return 1;
+}
+
+/* Removes the generations past the IQP_PCK_KEEP with the most progress,
+ * and .tmp entries older than STALE_TMP_S. Failures are harmless (the next
+ * write prunes again). */
+static void prune(const char *pdir) {
+    char path[4400], err[256];
+    gen gens[MAX_GENS];
+    int n = list_gens(pdir, gens, MAX_GENS, err, sizeof err);
+    for (int i = IQP_PCK_KEEP; i < n; i++) {
+        snprintf(path, sizeof path, "%s/%s", pdir, gens[i].name);
+        iqp_rmrf(path);
+    }
+    DIR *d = opendir(pdir);
+    time_t now = time(NULL);
+    for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
+        size_t len = strlen(e->d_name);
+        struct stat sb;
+        if (len < 4 || strcmp(e->d_name + len - 4, ".tmp") != 0) continue;
+        snprintf(path, sizeof path, "%s/%s", pdir, e->d_name);
+        if (lstat(path, &sb) == 0 && now - sb.st_mtime > STALE_TMP_S) iqp_rmrf(path);
+    }
+    if (d) closedir(d);
+}
+
+int iqp_pck_write(iqp_store *st, const char *ckdir, int32_t partition, int64_t progress, char *path,
+                  size_t pathlen, char *err, size_t errlen) {
+    char pdir[4096];
+    partition_dir(ckdir, partition, pdir, sizeof pdir);
+    if (mkdir(pdir, 0777) != 0 && errno != EEXIST)
+        return snprintf(err, errlen, "cannot create %s: %s", pdir, strerror(errno)), -1;
+    snprintf(path, pathlen, "%s/%0*lld-%013lld-%ld", pdir, PROGRESS_DIGITS, (long long)progress,
+             (long long)iqp_wall_ms(), (long)getpid());
+    if (iqp_store_checkpoint_to(st, path, err, errlen) < 0) return -1;
+    prune(pdir);
+    return 0;
+}
+
+int iqp_pck_restore(const char *ckdir, int32_t partition, const char *dir, char *from, size_t fromlen,
+                    int64_t *progress, char *err, size_t errlen) {
+    char pdir[4096], aside[4400], last[1024] = "";
+    gen gens[MAX_GENS];
+    partition_dir(ckdir, partition, pdir, sizeof pdir);
+    int n = list_gens(pdir, gens, MAX_GENS, err, errlen);
+    if (n <= 0) return n;
+    for (int i = 0; i < n; i++) {
+        snprintf(from, fromlen, "%s/%s", pdir, gens[i].name);
+        if (iqp_store_restore(from, dir, 1, aside, sizeof aside, err, errlen) < 0) {
+            fprintf(stderr, "iqp stream: partition %d: cannot restore %s (%s); trying the next checkpoint\n",
+                    (int)partition, from, err);
+            snprintf(last, sizeof last, "%s", err);
+            continue;
+        }
+        if (*aside) iqp_rmrf(aside); /* the local store it replaced was behind: nothing in it is needed */
+        *progress = gens[i].progress;
+        return 1;
+    }
+    snprintf(err, errlen, "none of the %d checkpoints of partition %d in %s could be restored (the last: %s)", n,
+             (int)partition, pdir, last);
+    return -1;
+}
