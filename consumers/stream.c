@@ -146,6 +146,7 @@
 #include <unistd.h>
 
 #include "aggregator/aggregator.h"
+#include "consumers/decode_queue.h"
 #include "schemas/event.h"
 #include "util/clock.h"
 #include "util/stop.h"
@@ -198,6 +199,7 @@ typedef struct part_state {
 
 struct iqp_stream {
     rd_kafka_t *rk;
+    iqp_decode_queue *dq;       /* polled messages, decoded on its thread ("Decode thread") */
     const iqp_config *cfg;
     task **tasks;               /* one (single store), or one per owned partition number */
     size_t n_tasks, cap_tasks;
@@ -367,6 +369,7 @@ static void remove_part(iqp_stream *s, int topic, int32_t partition) {
 /* ---- tasks (see "Partition-owned state" at the top) -------------------------- */
 
 static void fail(iqp_stream *s, const char *what, const char *why);
+static void pipeline_drain(iqp_stream *s);
 
 static task *add_task(iqp_stream *s, int32_t partition, iqp_store *st, int owned) {
     if (s->n_tasks == s->cap_tasks) {
@@ -751,6 +754,7 @@ static int begin_write(iqp_stream *s) {
 static flush_result stream_flush(iqp_stream *s, int publish_ms, int wait) {
     char err[512];
     int dirty = 0;
+    pipeline_drain(s); /* the batch holds every message polled so far */
     if (s->fatal || finish_write(s, publish_ms) < 0) return FLUSH_FAILED;
     for (size_t i = 0; i < s->n_parts; i++) dirty |= s->parts[i].dirty;
     s->last_flush_ms = iqp_mono_ms();
@@ -893,6 +897,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     const char *protocol = rd_kafka_rebalance_protocol(rk);
     int cooperative = protocol && strcmp(protocol, "COOPERATIVE") == 0;
     rd_kafka_error_t *e = NULL;
+    pipeline_drain(s); /* what was polled before the rebalance counts before it, as it was owned */
     s->stats.rebalances++;
     if (s->m) iqp_metrics_add(s->m, "iqp_rebalances_total", "", 1);
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
@@ -1100,31 +1105,63 @@ static void skipped_range(iqp_stream *s, int t, const part_state *p, const rd_ka
     report_lost(s, t, p->partition, p->next_offset, msg->offset - 1, lo, hi);
 }
 
-static int handle_message(iqp_stream *s, const rd_kafka_message_t *msg) {
+/* Counts one message, decoded on the decode thread (d; see "Decode
+ * thread"), in the order it was polled. */
+static int handle_message(iqp_stream *s, const rd_kafka_message_t *msg, iqp_decoded_line *d) {
     int topic = topic_index(s, rd_kafka_topic_name(msg->rkt));
     part_state *p = topic < 0 ? NULL : find_part(s, topic, msg->partition);
     if (!p) return 0; /* a straggler of a partition just released */
     int restoring = p->restore_until >= 0 && msg->offset < p->restore_until;
     if (s->skip_lost) skipped_range(s, topic, p, msg);
-    iqp_event ev;
-    iqp_decode_error derr;
     int rc = 0;
     s->stats.messages++;
     s->batch_events++;
-    if (iqp_event_decode(s->cfg, msg->payload ? msg->payload : "", msg->len, &ev, &derr) < 0) {
+    if (!d->ok) {
         char reason[300];
-        iqp_decode_error_format(&derr, reason, sizeof reason);
+        iqp_decode_error_format(&d->err, reason, sizeof reason);
         if (restoring) count_event(s, topic, "restore_skipped");
-        else rc = dead_letter(s, topic, msg, iqp_decode_code_name(derr.code), reason);
+        else rc = dead_letter(s, topic, msg, iqp_decode_code_name(d->err.code), reason);
     } else {
-        rc = aggregate(s, p->task->agg, topic, msg, &ev, restoring);
-        iqp_event_clear(&ev);
+        rc = aggregate(s, p->task->agg, topic, msg, &d->ev, restoring);
     }
     if (p->published < 0) p->published = msg->offset; /* a new owner would start here */
     p->next_offset = msg->offset + 1;
     p->dirty = 1;
     return rc;
 }
+
+/* ---- the decode thread (see "Decode thread" at the top) ------------------- */
+
+/* Counts a decoded batch in order (nothing more after a fatal failure)
+ * and frees its messages. */
+static void count_batch(iqp_stream *s, iqp_decoded_batch *b, int count) {
+    for (size_t i = 0; i < b->n; i++) {
+        rd_kafka_message_t *msg = b->lines[i].tag;
+        if (count && !s->fatal) handle_message(s, msg, &b->lines[i]);
+        rd_kafka_message_destroy(msg);
+    }
+    iqp_decode_queue_release(b);
+}
+
+/* Hands a polled message to the decode thread, counting the oldest
+ * decoded batch first when the queue has no room. */
+static void pipeline_put(iqp_stream *s, rd_kafka_message_t *msg) {
+    while (iqp_decode_queue_put(s->dq, msg->payload, msg->len, msg) < 0)
+        count_batch(s, iqp_decode_queue_next(s->dq), 1);
+}
+
+/* Counts (count = 1) or drops every message polled so far, waiting for
+ * the decode thread: afterwards the pipeline is empty, as if each message
+ * had been counted when it was polled. Before every cut, rebalance and
+ * error message, so a batch, a revoke or a rewind always sees every
+ * message polled before it. */
+static void pipeline_finish(iqp_stream *s, int count) {
+    iqp_decoded_batch *b;
+    while (iqp_decode_queue_send(s->dq) < 0) count_batch(s, iqp_decode_queue_next(s->dq), count);
+    while ((b = iqp_decode_queue_next(s->dq))) count_batch(s, b, count);
+}
+
+static void pipeline_drain(iqp_stream *s) { pipeline_finish(s, 1); }
 
 static void handle_error(iqp_stream *s, const rd_kafka_message_t *msg) {
     if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) return;
@@ -1330,6 +1367,7 @@ iqp_stream *iqp_stream_new(iqp_store *st, const iqp_stream_options *o, char *err
     if (!s) abort();
     if (o->state_dir && (s->state_dir = strdup(o->state_dir)) == NULL) abort();
     s->cfg = o->state_dir ? o->cfg : iqp_store_config(st);
+    s->dq = iqp_decode_queue_start_fed(s->cfg);
     s->dl = o->dl;
     s->m = o->metrics;
     s->ckpt = o->checkpoints;
@@ -1394,12 +1432,20 @@ int iqp_stream_run(iqp_stream *s, char *err, size_t errlen) {
     s->last_flush_ms = s->last_store_size_ms = s->last_progress_ms = iqp_mono_ms();
     while (!iqp_stop_requested() && !s->fatal) {
         int64_t now = iqp_mono_ms();
-        rd_kafka_message_t *msg = rd_kafka_consumer_poll(s->rk, (int)poll_timeout(s, now));
-        if (msg) {
-            if (msg->err) handle_error(s, msg);
-            else handle_message(s, msg);
+        int busy = iqp_decode_queue_pending(s->dq) > 0;
+        rd_kafka_message_t *msg = rd_kafka_consumer_poll(s->rk, busy ? 0 : (int)poll_timeout(s, now));
+        iqp_decoded_batch *b;
+        if (msg && msg->err) {
+            pipeline_drain(s); /* in order: the messages before it first */
+            handle_error(s, msg);
             rd_kafka_message_destroy(msg);
+        } else if (msg) {
+            pipeline_put(s, msg);
+        } else if (busy) { /* caught up with librdkafka: count what is in the queue */
+            while (iqp_decode_queue_send(s->dq) < 0) count_batch(s, iqp_decode_queue_next(s->dq), 1);
+            if ((b = iqp_decode_queue_next(s->dq))) count_batch(s, b, 1);
         }
+        while ((b = iqp_decode_queue_try_next(s->dq))) count_batch(s, b, 1);
         now = iqp_mono_ms();
         if (now - s->last_health_ms >= HEALTH_EVERY_MS) update_health(s);
         if (s->writing && writes_done(s)) finish_write(s, 0);
@@ -1411,6 +1457,7 @@ int iqp_stream_run(iqp_stream *s, char *err, size_t errlen) {
     }
     if (s->on_tick) s->on_tick(s->tick_arg, 1);
     if (!s->fatal) close_consumer(s);
+    pipeline_finish(s, 0); /* after a failure: polled, never counted */
     if (s->fatal) {
         snprintf(err, errlen, "%s", s->fatal_msg);
         return -1;
@@ -1441,9 +1488,11 @@ void iqp_stream_free(iqp_stream *s) {
     if (!s) return;
     if (s->rk) {
         if (!s->fatal) close_consumer(s);
+        pipeline_finish(s, 0); /* the messages go back before their consumer */
         if (s->probe_q) rd_kafka_queue_destroy(s->probe_q);
         rd_kafka_destroy(s->rk);
     }
+    iqp_decode_queue_finish(s->dq, NULL, NULL, 0);
     while (s->n_tasks) close_task(s, s->n_tasks - 1);
     free(s->tasks);
     free(s->state_dir);
