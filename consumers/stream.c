@@ -233,6 +233,8 @@ struct iqp_stream {
     int64_t *write_ts;          /* its batch_ts (the arrays swap at each flush) */
     size_t n_write_ts, cap_write_ts;
     int64_t write_started;
+    int64_t write_cut_ms;       /* when the batch in flight was cut */
+    int64_t cut_to_stored_ms;   /* the last batch: from its cut to its write collected ("Cut rule") */
     uint64_t lat_hist[LAT_BINS];
     int64_t last_flush_ms, last_store_size_ms, last_progress_ms;
     /* health (see "Health" at the top) */
@@ -717,6 +719,7 @@ static int finish_write(iqp_stream *s, int publish_ms) {
             return fail(s, "store write", err), -1;
     for (size_t i = 0; i < s->n_parts; i++)
         if (s->parts[i].writing) s->parts[i].rewind = s->parts[i].written_offset;
+    s->cut_to_stored_ms = iqp_mono_ms() - s->write_cut_ms;
     record_latencies(s, iqp_wall_ms());
     observe_flush(s, s->write_started, iqp_mono_ms());
     commit_offsets(s, publish_ms);
@@ -735,6 +738,7 @@ static int begin_write(iqp_stream *s) {
     s->write_events = s->batch_events;
     s->batch_events = 0;
     s->write_started = iqp_mono_ms();
+    s->write_cut_ms = s->last_flush_ms;
     s->writing = 1;
     for (size_t i = 0; i < s->n_tasks; i++)
         if (iqp_aggregator_flush_begin(s->tasks[i]->agg, err, sizeof err) < 0)
@@ -1395,8 +1399,17 @@ iqp_stream *iqp_stream_new(iqp_store *st, const iqp_stream_options *o, char *err
     return s;
 }
 
+/* How long after a cut the next one is due: flush_ms less the time the
+ * last batch took from its cut to its write's end, so that a batch's
+ * events are in the store about flush_ms after the first of them came
+ * ("Cut rule"); at least a quarter of flush_ms. */
+static int64_t cut_interval(const iqp_stream *s) {
+    int64_t lead = s->cut_to_stored_ms, most = s->flush_ms - s->flush_ms / 4;
+    return s->flush_ms - (lead < 0 ? 0 : lead > most ? most : lead);
+}
+
 static int64_t poll_timeout(const iqp_stream *s, int64_t now) {
-    int64_t left = s->last_flush_ms + s->flush_ms - now, most = s->writing ? WRITE_POLL_MS : POLL_MS;
+    int64_t left = s->last_flush_ms + cut_interval(s) - now, most = s->writing ? WRITE_POLL_MS : POLL_MS;
     if (s->writing && left < 0) return WRITE_POLL_MS; /* the cut waits for the write ("Cut rule") */
     return left < 0 ? 0 : left < most ? left : most;
 }
@@ -1405,7 +1418,7 @@ static int64_t poll_timeout(const iqp_stream *s, int64_t now) {
 static int cut_due(iqp_stream *s, int64_t now) {
     for (size_t i = 0; i < s->n_tasks; i++)
         if (iqp_aggregator_should_flush(s->tasks[i]->agg)) return 1;
-    return !s->writing && now - s->last_flush_ms >= s->flush_ms;
+    return !s->writing && now - s->last_flush_ms >= cut_interval(s);
 }
 
 /* Flushes, commits synchronously and leaves the group. */
