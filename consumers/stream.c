@@ -2,11 +2,14 @@
  *
  * Design
  * ------
- * One thread consumes and counts: rd_kafka_consumer_poll() hands over one
- * message at a time (librdkafka prefetches in its own threads), the
- * message is decoded and given to the aggregator, and the micro-batch is
- * flushed when it is big enough (aggregator's should_flush) or flush_ms
- * has passed. A flush is:
+ * Three threads. The consuming thread polls: rd_kafka_consumer_poll()
+ * hands over one message at a time (librdkafka prefetches in its own
+ * threads) and runs the rebalance callbacks, which must stay on the
+ * polling thread. It hands each message to the decode thread ("Decode
+ * thread") and counts the decoded messages it gets back, in poll order,
+ * with the aggregator; the micro-batch is flushed when it is big enough
+ * (aggregator's should_flush) or its time is up ("Cut rule"). The store
+ * write runs on the aggregator's writer thread ("Pipeline"). A flush is:
  *
  *   1. dead letters made durable (a Kafka sink waits for its acks),
  *   2. one store WriteBatch: counts + markers + watermark + the next offset
@@ -15,10 +18,28 @@
  *   3. those offsets committed to Kafka: asynchronously in steady state,
  *      synchronously when partitions are revoked and at shutdown.
  *
+ * Decode thread. JSON decoding and normalization (jansson, utf8proc) took
+ * about 40% of the consuming thread (perf, bench/stream's log), so they
+ * run beside the counting: polled messages go into decode_queue's fed mode
+ * (consumers/decode_queue.h) in batches of up to 256, a partly filled one
+ * as soon as a poll finds nothing more, and come back decoded in the
+ * order they went in; the message stays alive (its payload is decoded in
+ * place) until it is counted. At most IQP_DECODE_QUEUE_DEPTH batches are
+ * out; when the queue is full the consuming thread counts the oldest
+ * first. Everything about a message that is not decoding (its partition,
+ * restore mode, offsets, dead letters, latency stamps) happens when it is
+ * counted, on the consuming thread, as before. The one rule: every cut,
+ * every rebalance callback and every error message first counts all that
+ * was polled before it (pipeline_drain), so a batch, a revoke, a dropped
+ * batch's rewind or a lost offset always sees exactly the messages polled
+ * before it, as when each message was counted as soon as it was polled:
+ * no message of a revoked partition is counted after its revoke, and none
+ * is left in the queue across a rewind.
+ *
  * Pipeline. Step 2 runs on the aggregator's writer thread
  * (iqp_aggregator_flush_begin, as backfill): while batch k is written,
  * batch k+1 is consumed, decoded and counted, and dedup lookups see batch
- * k in flight. The loop checks after every message whether the write is
+ * k in flight. The loop checks after every decoded batch whether the write is
  * done (iqp_aggregator_flush_written; polls are cut to WRITE_POLL_MS while
  * one is in flight) and then collects it and does step 3 for the offsets
  * that batch carried (part_state.writing), so a write is published about
@@ -29,16 +50,21 @@
  * write of the batch it vouches for. A revoke, an assignment and the
  * shutdown wait for the write in flight first.
  *
- * Cut rule. A batch is cut when flush_ms has passed since the last cut
- * and no write is in flight, or when it is full (should_flush: flush_events
- * or the cell cap; that cut waits for the write in flight). A batch whose
- * time is up while the previous one is still being written keeps taking
- * messages until that write ends and is cut then: the consuming thread
- * never idles waiting for the writer, and under a backlog the batches
- * size themselves to the store's write speed, where hot cells fold
- * (bench/stream's log: ~25 us of write per event in 17k-event batches,
- * ~9 us in 64k-event ones). When the stream keeps up, a write ends well
- * inside the interval and nothing changes.
+ * Cut rule. A batch is cut when its time is up and no write is in
+ * flight, or when it is full (should_flush: flush_events or the cell cap;
+ * that cut waits for the write in flight). Its time is up cut_interval()
+ * after the last cut: flush_ms less the time the last batch took from its
+ * cut to the end of its write (probe, dead letters, store write), and at
+ * least flush_ms / 4, so that an event waits about flush_ms from its
+ * arrival to the end of its batch's write, not flush_ms plus the write
+ * (bench/stream at half rate: writes of 0.1-0.5 s made p99 flush_ms +
+ * 0.3-0.6 s). A batch whose time is up while the previous one is still
+ * being written keeps taking messages until that write ends and is cut
+ * then: the consuming thread never idles waiting for the writer, and
+ * under a backlog the batches size themselves to the store's write speed,
+ * where hot cells fold (bench/stream's log: ~25 us of write per event in
+ * 17k-event batches, ~9 us in 64k-event ones). When the stream keeps up,
+ * a write ends well inside the interval.
  *
  * Partition table. Every assigned partition has a part_state: the next
  * offset to commit, and restore_until, the group's committed offset when
