@@ -54,11 +54,14 @@
  * flight, or when it is full (should_flush: flush_events or the cell cap;
  * that cut waits for the write in flight). Its time is up cut_interval()
  * after the last cut: flush_ms less the time the last batch took from its
- * cut to the end of its write (probe, dead letters, store write), and at
- * least flush_ms / 4, so that an event waits about flush_ms from its
- * arrival to the end of its batch's write, not flush_ms plus the write
- * (bench/stream at half rate: writes of 0.1-0.5 s made p99 flush_ms +
- * 0.3-0.6 s). A batch whose time is up while the previous one is still
+ * cut to the end of its write (probe, dead letters, store write), so
+ * that an event waits about flush_ms from its arrival to the end of its
+ * batch's write, not flush_ms plus the write (bench/stream at half rate:
+ * writes of 0.1-0.5 s made p99 flush_ms + 0.3-0.6 s). At least flush_ms
+ * / 2: at most twice the flushes of a plain flush_ms interval, because
+ * slow writes (a loaded machine) would otherwise shorten the interval,
+ * smaller batches fold less, and writes get slower per event (a floor
+ * of flush_ms / 4 used +25% CPU at half rate at load 9). A batch whose time is up while the previous one is still
  * being written keeps taking messages until that write ends and is cut
  * then: the consuming thread never idles waiting for the writer, and
  * under a backlog the batches size themselves to the store's write speed,
@@ -1428,9 +1431,9 @@ iqp_stream *iqp_stream_new(iqp_store *st, const iqp_stream_options *o, char *err
 /* How long after a cut the next one is due: flush_ms less the time the
  * last batch took from its cut to its write's end, so that a batch's
  * events are in the store about flush_ms after the first of them came
- * ("Cut rule"); at least a quarter of flush_ms. */
+ * ("Cut rule"); at least half of flush_ms. */
 static int64_t cut_interval(const iqp_stream *s) {
-    int64_t lead = s->cut_to_stored_ms, most = s->flush_ms - s->flush_ms / 4;
+    int64_t lead = s->cut_to_stored_ms, most = s->flush_ms / 2;
     return s->flush_ms - (lead < 0 ? 0 : lead > most ? most : lead);
 }
 
