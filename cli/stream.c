@@ -121,8 +121,8 @@ static const iqp_flag FLAGS[] = {
     {"impressions-topic", IQP_FLAG_STRING, FLAG_AT(imp_topic), .arg = "T", .help = "default impressions"},
     {"actions-topic", IQP_FLAG_STRING, FLAG_AT(act_topic), .arg = "T", .help = "default actions"},
     {"flush-ms", IQP_FLAG_INT, FLAG_AT(flush_ms), .min = 1, .max = 3600000, .must = "an integer 1..3600000",
-     .help = "flush every N ms (default 500), or as soon as the previous batch's write ends when it "
-             "takes longer"},
+     .help = "store each event within about N ms (default 500): a batch is cut N ms less the last "
+             "batch's write time after the previous cut (at least N/2), or when that write ends if later"},
     {"flush-events", IQP_FLAG_INT, FLAG_AT(flush_events), .min = 1, .max = 100000000,
      .must = "an integer 1..100000000", .help = "... or every N events (config flush_events)"},
     {"dead-letter-topic", IQP_FLAG_STRING, FLAG_AT(dl_topic), .arg = "T", .replaces = "dead-letter-file",

@@ -1,10 +1,20 @@
-/* decode_queue.c -- the reader thread and its bounded batch queue.
+/* decode_queue.c -- the decode thread and its bounded batch queues.
  *
- * The queue is a ring of QUEUE_DEPTH batch pointers guarded by one mutex
- * and two condition variables (not empty, not full). Batches hold
- * BATCH_LINES lines, so synchronization costs a few hundred nanoseconds per
- * thousand events. The reader sets `done` (and `failed` with a message on a
- * read error) and wakes the consumer; the consumer may set `stop`.
+ * The output queue is a ring of IQP_DECODE_QUEUE_DEPTH batch pointers
+ * guarded by one mutex and two condition variables (not empty, not full).
+ * Batches hold BATCH_LINES lines (FED_BATCH_LINES in fed mode), so
+ * synchronization costs a few hundred nanoseconds per thousand events. The
+ * reader sets `done` (and `failed` with a message on a read error) and
+ * wakes the consumer; the consumer may set `stop`.
+ *
+ * Fed mode adds an input ring of the same depth (and a condition variable,
+ * input): the consumer fills a batch with raw inputs and hands it over;
+ * the thread decodes its lines in place and pushes the same batch to the
+ * output ring, so batches come back in the order they went in. The
+ * consumer keeps at most DEPTH batches out (`out`, counted on its side
+ * only), so neither ring can fill up and neither side ever blocks on a
+ * full ring: the consumer blocks only in next, waiting for a batch it
+ * handed over.
  */
 #include "consumers/decode_queue.h"
 #include "util/clock.h"
@@ -16,10 +26,11 @@
 #include <time.h>
 
 #define BATCH_LINES 1024
-#define QUEUE_DEPTH 8
+#define FED_BATCH_LINES 256      /* a stream hands partly filled ones over when idle */
+#define QUEUE_DEPTH IQP_DECODE_QUEUE_DEPTH
 
 struct iqp_decode_queue {
-    iqp_logfile *lf;
+    iqp_logfile *lf;             /* log mode; NULL in fed mode */
     const iqp_config *cfg;
     uint64_t skip_lines, skipped;
     pthread_t thread;
@@ -29,12 +40,20 @@ struct iqp_decode_queue {
     size_t head, count;
     int done, stop, failed;
     char err[512];
+    /* fed mode */
+    pthread_cond_t input;
+    iqp_decoded_batch *in_ring[QUEUE_DEPTH];
+    size_t in_head, in_count;
+    iqp_decoded_batch *filling;  /* the consumer's, not handed over yet */
+    size_t out;                  /* consumer side: handed over, not returned by next */
+    size_t out_inputs;           /* ... and the inputs in them */
 };
 
-static iqp_decoded_batch *batch_new(void) {
-    iqp_decoded_batch *b = malloc(sizeof *b + BATCH_LINES * sizeof(iqp_decoded_line));
+static iqp_decoded_batch *batch_new(size_t lines) {
+    iqp_decoded_batch *b = malloc(sizeof *b + lines * sizeof(iqp_decoded_line));
     if (!b) abort();
     b->n = 0;
+    b->bytes_in = 0;
     return b;
 }
 
@@ -49,7 +68,7 @@ void iqp_decode_queue_release(iqp_decoded_batch *b) {
 
 /* Blocks while the ring is full; returns 0 when the consumer stopped. */
 static int push(iqp_decode_queue *q, iqp_decoded_batch *b) {
-    b->bytes_in = iqp_logfile_bytes_in(q->lf); /* the consumer's progress, read here */
+    if (q->lf) b->bytes_in = iqp_logfile_bytes_in(q->lf); /* the consumer's progress, read here */
     pthread_mutex_lock(&q->mu);
     while (q->count == QUEUE_DEPTH && !q->stop) pthread_cond_wait(&q->not_full, &q->mu);
     int accepted = !q->stop;
@@ -87,7 +106,7 @@ static void decode_line(iqp_decode_queue *q, iqp_decoded_line *d, uint64_t line_
 
 static void *reader_main(void *arg) {
     iqp_decode_queue *q = arg;
-    iqp_decoded_batch *b = batch_new();
+    iqp_decoded_batch *b = batch_new(BATCH_LINES);
     const char *line;
     size_t len;
     int oversized, rc;
@@ -100,7 +119,7 @@ static void *reader_main(void *arg) {
         decode_line(q, &b->lines[b->n++], line_no, line, len, oversized, full_len);
         if (b->n == BATCH_LINES) {
             if (!push(q, b)) { b = NULL; break; }
-            b = batch_new();
+            b = batch_new(BATCH_LINES);
         }
     }
     if (b && b->n > 0) push(q, b);
@@ -116,8 +135,32 @@ static void *reader_main(void *arg) {
     return NULL;
 }
 
-iqp_decode_queue *iqp_decode_queue_start(iqp_logfile *lf, const iqp_config *cfg,
-                                         uint64_t skip_lines) {
+/* Fed mode: decodes one raw input in place (no copy of its bytes: the
+ * consumer holds them, in; iqp_event_decode checks the size limit). */
+static void decode_input(iqp_decode_queue *q, iqp_decoded_line *d) {
+    d->ok = iqp_event_decode(q->cfg, d->in ? d->in : "", d->in_len, &d->ev, &d->err) == 0;
+}
+
+static void *fed_main(void *arg) {
+    iqp_decode_queue *q = arg;
+    pthread_setname_np(pthread_self(), "iqp-decode");
+    for (;;) {
+        pthread_mutex_lock(&q->mu);
+        while (q->in_count == 0 && !q->stop) pthread_cond_wait(&q->input, &q->mu);
+        iqp_decoded_batch *b = NULL;
+        if (q->in_count > 0 && !q->stop) {
+            b = q->in_ring[q->in_head];
+            q->in_head = (q->in_head + 1) % QUEUE_DEPTH;
+            q->in_count--;
+        }
+        pthread_mutex_unlock(&q->mu);
+        if (!b) return NULL; /* stopped: finish frees what is left */
+        for (size_t i = 0; i < b->n; i++) decode_input(q, &b->lines[i]);
+        if (!push(q, b)) return NULL;
+    }
+}
+
+static iqp_decode_queue *queue_new(iqp_logfile *lf, const iqp_config *cfg, uint64_t skip_lines) {
     iqp_decode_queue *q = calloc(1, sizeof *q);
     if (!q) abort();
     q->lf = lf;
@@ -126,14 +169,58 @@ iqp_decode_queue *iqp_decode_queue_start(iqp_logfile *lf, const iqp_config *cfg,
     pthread_mutex_init(&q->mu, NULL);
     pthread_cond_init(&q->not_empty, NULL);
     pthread_cond_init(&q->not_full, NULL);
-    if (pthread_create(&q->thread, NULL, reader_main, q) != 0) abort();
+    pthread_cond_init(&q->input, NULL);
+    if (pthread_create(&q->thread, NULL, lf ? reader_main : fed_main, q) != 0) abort();
     return q;
 }
 
-iqp_decoded_batch *iqp_decode_queue_next(iqp_decode_queue *q) {
-    iqp_decoded_batch *b = NULL;
+iqp_decode_queue *iqp_decode_queue_start(iqp_logfile *lf, const iqp_config *cfg,
+                                         uint64_t skip_lines) {
+    return queue_new(lf, cfg, skip_lines);
+}
+
+iqp_decode_queue *iqp_decode_queue_start_fed(const iqp_config *cfg) {
+    return queue_new(NULL, cfg, 0);
+}
+
+int iqp_decode_queue_send(iqp_decode_queue *q) {
+    iqp_decoded_batch *b = q->filling;
+    if (!b) return 0;
+    if (q->out == QUEUE_DEPTH) return -1;
+    q->filling = NULL;
+    q->out++;
+    q->out_inputs += b->n;
     pthread_mutex_lock(&q->mu);
-    while (q->count == 0 && !q->done && !q->stop) pthread_cond_wait(&q->not_empty, &q->mu);
+    q->in_ring[(q->in_head + q->in_count) % QUEUE_DEPTH] = b;
+    q->in_count++;
+    pthread_cond_signal(&q->input);
+    pthread_mutex_unlock(&q->mu);
+    return 0;
+}
+
+int iqp_decode_queue_put(iqp_decode_queue *q, const char *bytes, size_t len, void *tag) {
+    if (q->filling && q->filling->n == FED_BATCH_LINES && iqp_decode_queue_send(q) < 0) return -1;
+    if (!q->filling) q->filling = batch_new(FED_BATCH_LINES);
+    iqp_decoded_line *d = &q->filling->lines[q->filling->n++];
+    memset(d, 0, sizeof *d);
+    d->tag = tag;
+    d->in = bytes;
+    d->in_len = len;
+    d->full_len = len;
+    return 0;
+}
+
+size_t iqp_decode_queue_pending(const iqp_decode_queue *q) {
+    return q->out_inputs + (q->filling ? q->filling->n : 0);
+}
+
+/* The oldest batch of the output ring; wait: until there is one (or the
+ * end, in log mode). */
+static iqp_decoded_batch *take(iqp_decode_queue *q, int wait) {
+    iqp_decoded_batch *b = NULL;
+    if (!q->lf && q->out == 0) return NULL; /* fed: nothing handed over */
+    pthread_mutex_lock(&q->mu);
+    while (wait && q->count == 0 && !q->done && !q->stop) pthread_cond_wait(&q->not_empty, &q->mu);
     if (q->count > 0 && !q->stop) {
         b = q->ring[q->head];
         q->head = (q->head + 1) % QUEUE_DEPTH;
@@ -141,14 +228,20 @@ iqp_decoded_batch *iqp_decode_queue_next(iqp_decode_queue *q) {
         pthread_cond_signal(&q->not_full);
     }
     pthread_mutex_unlock(&q->mu);
+    if (b && !q->lf) q->out--, q->out_inputs -= b->n;
     return b;
 }
+
+iqp_decoded_batch *iqp_decode_queue_next(iqp_decode_queue *q) { return take(q, 1); }
+
+iqp_decoded_batch *iqp_decode_queue_try_next(iqp_decode_queue *q) { return take(q, 0); }
 
 void iqp_decode_queue_stop(iqp_decode_queue *q) {
     pthread_mutex_lock(&q->mu);
     q->stop = 1;
     pthread_cond_broadcast(&q->not_full);
     pthread_cond_broadcast(&q->not_empty);
+    pthread_cond_broadcast(&q->input);
     pthread_mutex_unlock(&q->mu);
 }
 
@@ -160,12 +253,19 @@ int iqp_decode_queue_finish(iqp_decode_queue *q, uint64_t *skipped, char *err, s
         q->head = (q->head + 1) % QUEUE_DEPTH;
         q->count--;
     }
+    while (q->in_count > 0) {
+        iqp_decode_queue_release(q->in_ring[q->in_head]);
+        q->in_head = (q->in_head + 1) % QUEUE_DEPTH;
+        q->in_count--;
+    }
+    iqp_decode_queue_release(q->filling);
     int failed = q->failed;
     if (failed) snprintf(err, errlen, "%s", q->err);
     if (skipped) *skipped = q->skipped;
     pthread_mutex_destroy(&q->mu);
     pthread_cond_destroy(&q->not_empty);
     pthread_cond_destroy(&q->not_full);
+    pthread_cond_destroy(&q->input);
     free(q);
     return failed ? -1 : 0;
 }

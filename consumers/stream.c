@@ -2,11 +2,14 @@
  *
  * Design
  * ------
- * One thread consumes and counts: rd_kafka_consumer_poll() hands over one
- * message at a time (librdkafka prefetches in its own threads), the
- * message is decoded and given to the aggregator, and the micro-batch is
- * flushed when it is big enough (aggregator's should_flush) or flush_ms
- * has passed. A flush is:
+ * Three threads. The consuming thread polls: rd_kafka_consumer_poll()
+ * hands over one message at a time (librdkafka prefetches in its own
+ * threads) and runs the rebalance callbacks, which must stay on the
+ * polling thread. It hands each message to the decode thread ("Decode
+ * thread") and counts the decoded messages it gets back, in poll order,
+ * with the aggregator; the micro-batch is flushed when it is big enough
+ * (aggregator's should_flush) or its time is up ("Cut rule"). The store
+ * write runs on the aggregator's writer thread ("Pipeline"). A flush is:
  *
  *   1. dead letters made durable (a Kafka sink waits for its acks),
  *   2. one store WriteBatch: counts + markers + watermark + the next offset
@@ -15,10 +18,28 @@
  *   3. those offsets committed to Kafka: asynchronously in steady state,
  *      synchronously when partitions are revoked and at shutdown.
  *
+ * Decode thread. JSON decoding and normalization (jansson, utf8proc) took
+ * about 40% of the consuming thread (perf, bench/stream's log), so they
+ * run beside the counting: polled messages go into decode_queue's fed mode
+ * (consumers/decode_queue.h) in batches of up to 256, a partly filled one
+ * as soon as a poll finds nothing more, and come back decoded in the
+ * order they went in; the message stays alive (its payload is decoded in
+ * place) until it is counted. At most IQP_DECODE_QUEUE_DEPTH batches are
+ * out; when the queue is full the consuming thread counts the oldest
+ * first. Everything about a message that is not decoding (its partition,
+ * restore mode, offsets, dead letters, latency stamps) happens when it is
+ * counted, on the consuming thread, as before. The one rule: every cut,
+ * every rebalance callback and every error message first counts all that
+ * was polled before it (pipeline_drain), so a batch, a revoke, a dropped
+ * batch's rewind or a lost offset always sees exactly the messages polled
+ * before it, as when each message was counted as soon as it was polled:
+ * no message of a revoked partition is counted after its revoke, and none
+ * is left in the queue across a rewind.
+ *
  * Pipeline. Step 2 runs on the aggregator's writer thread
  * (iqp_aggregator_flush_begin, as backfill): while batch k is written,
  * batch k+1 is consumed, decoded and counted, and dedup lookups see batch
- * k in flight. The loop checks after every message whether the write is
+ * k in flight. The loop checks after every decoded batch whether the write is
  * done (iqp_aggregator_flush_written; polls are cut to WRITE_POLL_MS while
  * one is in flight) and then collects it and does step 3 for the offsets
  * that batch carried (part_state.writing), so a write is published about
@@ -29,16 +50,24 @@
  * write of the batch it vouches for. A revoke, an assignment and the
  * shutdown wait for the write in flight first.
  *
- * Cut rule. A batch is cut when flush_ms has passed since the last cut
- * and no write is in flight, or when it is full (should_flush: flush_events
- * or the cell cap; that cut waits for the write in flight). A batch whose
- * time is up while the previous one is still being written keeps taking
- * messages until that write ends and is cut then: the consuming thread
- * never idles waiting for the writer, and under a backlog the batches
- * size themselves to the store's write speed, where hot cells fold
- * (bench/stream's log: ~25 us of write per event in 17k-event batches,
- * ~9 us in 64k-event ones). When the stream keeps up, a write ends well
- * inside the interval and nothing changes.
+ * Cut rule. A batch is cut when its time is up and no write is in
+ * flight, or when it is full (should_flush: flush_events or the cell cap;
+ * that cut waits for the write in flight). Its time is up cut_interval()
+ * after the last cut: flush_ms less the time the last batch took from its
+ * cut to the end of its write (probe, dead letters, store write), so
+ * that an event waits about flush_ms from its arrival to the end of its
+ * batch's write, not flush_ms plus the write (bench/stream at half rate:
+ * writes of 0.1-0.5 s made p99 flush_ms + 0.3-0.6 s). At least flush_ms
+ * / 2: at most twice the flushes of a plain flush_ms interval, because
+ * slow writes (a loaded machine) would otherwise shorten the interval,
+ * smaller batches fold less, and writes get slower per event (a floor
+ * of flush_ms / 4 used +25% CPU at half rate at load 9). A batch whose time is up while the previous one is still
+ * being written keeps taking messages until that write ends and is cut
+ * then: the consuming thread never idles waiting for the writer, and
+ * under a backlog the batches size themselves to the store's write speed,
+ * where hot cells fold (bench/stream's log: ~25 us of write per event in
+ * 17k-event batches, ~9 us in 64k-event ones). When the stream keeps up,
+ * a write ends well inside the interval.
  *
  * Partition table. Every assigned partition has a part_state: the next
  * offset to commit, and restore_until, the group's committed offset when
@@ -183,6 +212,7 @@
 #include <unistd.h>
 
 #include "aggregator/aggregator.h"
+#include "consumers/decode_queue.h"
 #include "consumers/partition_checkpoint.h"
 #include "schemas/event.h"
 #include "util/clock.h"
@@ -240,6 +270,7 @@ typedef struct part_state {
 
 struct iqp_stream {
     rd_kafka_t *rk;
+    iqp_decode_queue *dq;       /* polled messages, decoded on its thread ("Decode thread") */
     const iqp_config *cfg;
     task **tasks;               /* one (single store), or one per owned partition number */
     size_t n_tasks, cap_tasks;
@@ -275,6 +306,8 @@ struct iqp_stream {
     int64_t *write_ts;          /* its batch_ts (the arrays swap at each flush) */
     size_t n_write_ts, cap_write_ts;
     int64_t write_started;
+    int64_t write_cut_ms;       /* when the batch in flight was cut */
+    int64_t cut_to_stored_ms;   /* the last batch: from its cut to its write collected ("Cut rule") */
     uint64_t lat_hist[LAT_BINS];
     int64_t last_flush_ms, last_store_size_ms, last_progress_ms;
     /* health (see "Health" at the top) */
@@ -431,6 +464,7 @@ static void remove_part(iqp_stream *s, int topic, int32_t partition) {
 /* ---- tasks (see "Partition-owned state" at the top) -------------------------- */
 
 static void fail(iqp_stream *s, const char *what, const char *why);
+static void pipeline_drain(iqp_stream *s);
 
 static void meta_key(const iqp_stream *s, int topic, int32_t partition, char *key, size_t len) {
     snprintf(key, len, META_PREFIX "%s/%d", s->topics[topic], (int)partition);
@@ -879,6 +913,7 @@ static int finish_write(iqp_stream *s, int publish_ms) {
             return fail(s, "store write", err), -1;
     for (size_t i = 0; i < s->n_parts; i++)
         if (s->parts[i].writing) s->parts[i].rewind = s->parts[i].written_offset;
+    s->cut_to_stored_ms = iqp_mono_ms() - s->write_cut_ms;
     record_latencies(s, iqp_wall_ms());
     observe_flush(s, s->write_started, iqp_mono_ms());
     commit_offsets(s, publish_ms);
@@ -897,6 +932,7 @@ static int begin_write(iqp_stream *s) {
     s->write_events = s->batch_events;
     s->batch_events = 0;
     s->write_started = iqp_mono_ms();
+    s->write_cut_ms = s->last_flush_ms;
     s->writing = 1;
     for (size_t i = 0; i < s->n_tasks; i++)
         if (iqp_aggregator_flush_begin(s->tasks[i]->agg, err, sizeof err) < 0)
@@ -916,6 +952,7 @@ static int begin_write(iqp_stream *s) {
 static flush_result stream_flush(iqp_stream *s, int publish_ms, int wait) {
     char err[512];
     int dirty = 0;
+    pipeline_drain(s); /* the batch holds every message polled so far */
     if (s->fatal || finish_write(s, publish_ms) < 0) return FLUSH_FAILED;
     for (size_t i = 0; i < s->n_parts; i++) dirty |= s->parts[i].dirty;
     s->last_flush_ms = iqp_mono_ms();
@@ -1059,6 +1096,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     const char *protocol = rd_kafka_rebalance_protocol(rk);
     int cooperative = protocol && strcmp(protocol, "COOPERATIVE") == 0;
     rd_kafka_error_t *e = NULL;
+    pipeline_drain(s); /* what was polled before the rebalance counts before it, as it was owned */
     s->stats.rebalances++;
     if (s->m) iqp_metrics_add(s->m, "iqp_rebalances_total", "", 1);
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
@@ -1266,31 +1304,63 @@ static void skipped_range(iqp_stream *s, int t, const part_state *p, const rd_ka
     report_lost(s, t, p->partition, p->next_offset, msg->offset - 1, lo, hi);
 }
 
-static int handle_message(iqp_stream *s, const rd_kafka_message_t *msg) {
+/* Counts one message, decoded on the decode thread (d; see "Decode
+ * thread"), in the order it was polled. */
+static int handle_message(iqp_stream *s, const rd_kafka_message_t *msg, iqp_decoded_line *d) {
     int topic = topic_index(s, rd_kafka_topic_name(msg->rkt));
     part_state *p = topic < 0 ? NULL : find_part(s, topic, msg->partition);
     if (!p) return 0; /* a straggler of a partition just released */
     int restoring = p->restore_until >= 0 && msg->offset < p->restore_until;
     if (s->skip_lost) skipped_range(s, topic, p, msg);
-    iqp_event ev;
-    iqp_decode_error derr;
     int rc = 0;
     s->stats.messages++;
     s->batch_events++;
-    if (iqp_event_decode(s->cfg, msg->payload ? msg->payload : "", msg->len, &ev, &derr) < 0) {
+    if (!d->ok) {
         char reason[300];
-        iqp_decode_error_format(&derr, reason, sizeof reason);
+        iqp_decode_error_format(&d->err, reason, sizeof reason);
         if (restoring) count_event(s, topic, "restore_skipped");
-        else rc = dead_letter(s, topic, msg, iqp_decode_code_name(derr.code), reason);
+        else rc = dead_letter(s, topic, msg, iqp_decode_code_name(d->err.code), reason);
     } else {
-        rc = aggregate(s, p->task->agg, topic, msg, &ev, restoring);
-        iqp_event_clear(&ev);
+        rc = aggregate(s, p->task->agg, topic, msg, &d->ev, restoring);
     }
     if (p->published < 0) p->published = msg->offset; /* a new owner would start here */
     p->next_offset = msg->offset + 1;
     p->dirty = 1;
     return rc;
 }
+
+/* ---- the decode thread (see "Decode thread" at the top) ------------------- */
+
+/* Counts a decoded batch in order (nothing more after a fatal failure)
+ * and frees its messages. */
+static void count_batch(iqp_stream *s, iqp_decoded_batch *b, int count) {
+    for (size_t i = 0; i < b->n; i++) {
+        rd_kafka_message_t *msg = b->lines[i].tag;
+        if (count && !s->fatal) handle_message(s, msg, &b->lines[i]);
+        rd_kafka_message_destroy(msg);
+    }
+    iqp_decode_queue_release(b);
+}
+
+/* Hands a polled message to the decode thread, counting the oldest
+ * decoded batch first when the queue has no room. */
+static void pipeline_put(iqp_stream *s, rd_kafka_message_t *msg) {
+    while (iqp_decode_queue_put(s->dq, msg->payload, msg->len, msg) < 0)
+        count_batch(s, iqp_decode_queue_next(s->dq), 1);
+}
+
+/* Counts (count = 1) or drops every message polled so far, waiting for
+ * the decode thread: afterwards the pipeline is empty, as if each message
+ * had been counted when it was polled. Before every cut, rebalance and
+ * error message, so a batch, a revoke or a rewind always sees every
+ * message polled before it. */
+static void pipeline_finish(iqp_stream *s, int count) {
+    iqp_decoded_batch *b;
+    while (iqp_decode_queue_send(s->dq) < 0) count_batch(s, iqp_decode_queue_next(s->dq), count);
+    while ((b = iqp_decode_queue_next(s->dq))) count_batch(s, b, count);
+}
+
+static void pipeline_drain(iqp_stream *s) { pipeline_finish(s, 1); }
 
 static void handle_error(iqp_stream *s, const rd_kafka_message_t *msg) {
     if (msg->err == RD_KAFKA_RESP_ERR__PARTITION_EOF) return;
@@ -1498,6 +1568,7 @@ iqp_stream *iqp_stream_new(iqp_store *st, const iqp_stream_options *o, char *err
     if (o->state_dir && o->checkpoint_dir && (s->ckdir = strdup(o->checkpoint_dir)) == NULL) abort();
     s->ckpt_interval_ms = o->checkpoint_interval_ms > 0 ? o->checkpoint_interval_ms : IQP_STREAM_DEFAULT_CHECKPOINT_MS;
     s->cfg = o->state_dir ? o->cfg : iqp_store_config(st);
+    s->dq = iqp_decode_queue_start_fed(s->cfg);
     s->dl = o->dl;
     s->m = o->metrics;
     s->ckpt = o->checkpoints;
@@ -1526,8 +1597,17 @@ iqp_stream *iqp_stream_new(iqp_store *st, const iqp_stream_options *o, char *err
     return s;
 }
 
+/* How long after a cut the next one is due: flush_ms less the time the
+ * last batch took from its cut to its write's end, so that a batch's
+ * events are in the store about flush_ms after the first of them came
+ * ("Cut rule"); at least half of flush_ms. */
+static int64_t cut_interval(const iqp_stream *s) {
+    int64_t lead = s->cut_to_stored_ms, most = s->flush_ms / 2;
+    return s->flush_ms - (lead < 0 ? 0 : lead > most ? most : lead);
+}
+
 static int64_t poll_timeout(const iqp_stream *s, int64_t now) {
-    int64_t left = s->last_flush_ms + s->flush_ms - now, most = s->writing ? WRITE_POLL_MS : POLL_MS;
+    int64_t left = s->last_flush_ms + cut_interval(s) - now, most = s->writing ? WRITE_POLL_MS : POLL_MS;
     if (s->writing && left < 0) return WRITE_POLL_MS; /* the cut waits for the write ("Cut rule") */
     return left < 0 ? 0 : left < most ? left : most;
 }
@@ -1536,7 +1616,7 @@ static int64_t poll_timeout(const iqp_stream *s, int64_t now) {
 static int cut_due(iqp_stream *s, int64_t now) {
     for (size_t i = 0; i < s->n_tasks; i++)
         if (iqp_aggregator_should_flush(s->tasks[i]->agg)) return 1;
-    return !s->writing && now - s->last_flush_ms >= s->flush_ms;
+    return !s->writing && now - s->last_flush_ms >= cut_interval(s);
 }
 
 /* Flushes, commits synchronously and leaves the group. */
@@ -1563,12 +1643,20 @@ int iqp_stream_run(iqp_stream *s, char *err, size_t errlen) {
     s->last_flush_ms = s->last_store_size_ms = s->last_progress_ms = iqp_mono_ms();
     while (!iqp_stop_requested() && !s->fatal) {
         int64_t now = iqp_mono_ms();
-        rd_kafka_message_t *msg = rd_kafka_consumer_poll(s->rk, (int)poll_timeout(s, now));
-        if (msg) {
-            if (msg->err) handle_error(s, msg);
-            else handle_message(s, msg);
+        int busy = iqp_decode_queue_pending(s->dq) > 0;
+        rd_kafka_message_t *msg = rd_kafka_consumer_poll(s->rk, busy ? 0 : (int)poll_timeout(s, now));
+        iqp_decoded_batch *b;
+        if (msg && msg->err) {
+            pipeline_drain(s); /* in order: the messages before it first */
+            handle_error(s, msg);
             rd_kafka_message_destroy(msg);
+        } else if (msg) {
+            pipeline_put(s, msg);
+        } else if (busy) { /* caught up with librdkafka: count what is in the queue */
+            while (iqp_decode_queue_send(s->dq) < 0) count_batch(s, iqp_decode_queue_next(s->dq), 1);
+            if ((b = iqp_decode_queue_next(s->dq))) count_batch(s, b, 1);
         }
+        while ((b = iqp_decode_queue_try_next(s->dq))) count_batch(s, b, 1);
         now = iqp_mono_ms();
         if (now - s->last_health_ms >= HEALTH_EVERY_MS) update_health(s);
         if (s->writing && writes_done(s)) finish_write(s, 0);
@@ -1581,6 +1669,7 @@ int iqp_stream_run(iqp_stream *s, char *err, size_t errlen) {
     }
     if (s->on_tick) s->on_tick(s->tick_arg, 1);
     if (!s->fatal) close_consumer(s);
+    pipeline_finish(s, 0); /* after a failure: polled, never counted */
     if (s->fatal) {
         snprintf(err, errlen, "%s", s->fatal_msg);
         return -1;
@@ -1611,9 +1700,11 @@ void iqp_stream_free(iqp_stream *s) {
     if (!s) return;
     if (s->rk) {
         if (!s->fatal) close_consumer(s);
+        pipeline_finish(s, 0); /* the messages go back before their consumer */
         if (s->probe_q) rd_kafka_queue_destroy(s->probe_q);
         rd_kafka_destroy(s->rk);
     }
+    iqp_decode_queue_finish(s->dq, NULL, NULL, 0);
     while (s->n_tasks) close_task(s, s->n_tasks - 1);
     free(s->tasks);
     free(s->state_dir);
