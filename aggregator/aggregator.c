@@ -14,8 +14,9 @@
  * Every delta goes to the combiner for the granularities whose bucket is
  * still retained (once, at the finest granularity, when the coarser ones
  * can be derived from it at drain: shards.c); markers are looked up first
- * in the batch, then in the store. Nothing is read-modify-written in the
- * store.
+ * in the batch, then in the store (a backfill into a store it created
+ * skips the store read for markers it never set: the sole writer's filter,
+ * "markers" below). Nothing is read-modify-written in the store.
  *
  * Steps 1, 2 and the markers of 3 are decided here, in event order; what
  * the event then adds is an order (shards.h) that is applied here or, with

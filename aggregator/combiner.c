@@ -11,11 +11,15 @@
  *     markers) hold {XXH3-64 hash, cell} slots; the hash is kept in the
  *     slot, so growing never rehashes keys and mismatches rarely touch the
  *     cell. Prefix and item cells hold their interned id.
- *   - counter tables (counts, contexts) hold {a, b, counters} slots where
- *     a = prefix id << 32 | item id and b = bucket << 8 | granularity: a
- *     probe compares two integers in the slot and never touches a string
- *     (before interning, 37% of the counting thread went to probing and
- *     comparing ~40-byte string keys).
+ *   - counter tables (counts, contexts) name a cell by two integers,
+ *     a = prefix id << 32 | item id and b = bucket << 8 | granularity; a
+ *     16-byte slot holds a, b's low 32 bits and the cell's index (four
+ *     slots to a cache line): a probe compares integers in the slot and
+ *     never touches a string (before interning, 37% of the counting
+ *     thread went to probing and comparing ~40-byte string keys). The
+ *     slots live in a reserved mapping and grow in place ("slot mappings"
+ *     below), so a batch's table is faulted in once, not once per
+ *     doubling.
  * At drain, prefix and item ids are ranked by their bytes, the cells are
  * sorted by (prefix rank, item rank, slot, granularity, bucket), which is
  * the store's key order (all parts are length-prefixed; cells.h: one
