@@ -14,8 +14,9 @@
  * Every delta goes to the combiner for the granularities whose bucket is
  * still retained (once, at the finest granularity, when the coarser ones
  * can be derived from it at drain: shards.c); markers are looked up first
- * in the batch, then in the store. Nothing is read-modify-written in the
- * store.
+ * in the batch, then in the store (a backfill into a store it created
+ * skips the store read for markers it never set: the sole writer's filter,
+ * "markers" below). Nothing is read-modify-written in the store.
  *
  * Steps 1, 2 and the markers of 3 are decided here, in event order; what
  * the event then adds is an order (shards.h) that is applied here or, with
@@ -35,6 +36,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/mman.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +45,9 @@
 #include "aggregator/combiner.h"
 #include "aggregator/shards.h"
 #include "model/window.h"
+
+/* The sole writer's marker filter (see "markers" below). */
+#define MARKER_FILTER_BYTES ((size_t)16 << 20)
 
 /* A staged meta record (source positions); a short list. */
 typedef struct staged_meta {
@@ -89,6 +94,7 @@ struct iqp_aggregator {
      * none), so a reader of the batch (iqp_aggregator_pending_cell) only
      * probes buckets that can hold something. */
     int64_t pending_first[IQP_MAX_GRANS], pending_last[IQP_MAX_GRANS];
+    uint64_t *marker_filter;      /* markers set, when the sole writer (NULL: off) */
     /* per-event scratch */
     iqp_count_order order;        /* what the event being decided adds */
     iqp_count_scratch scratch;    /* for applying it on this thread */
@@ -143,6 +149,7 @@ void iqp_aggregator_free(iqp_aggregator *a) {
     iqp_combiner_free(a->comb);
     iqp_store_batch_free(a->batch);
     iqp_count_scratch_free(&a->scratch, a->cfg);
+    if (a->marker_filter) munmap(a->marker_filter, MARKER_FILTER_BYTES);
     free_staged(a);
     free(a);
 }
@@ -159,6 +166,62 @@ static int retained_granularities(const iqp_aggregator *a, int64_t ts, int64_t w
 
 /* ---- markers ------------------------------------------------------------- */
 
+/* The sole writer's marker filter (iqp_aggregator_set_sole_marker_writer):
+ * a blocked Bloom filter of 512-bit blocks (one cache line each), 4 bits a
+ * marker. A marker key is its kind and a 128-bit XXH3 digest (cells.h), so
+ * its bytes are the hash: the first 8 digest bytes pick the block, the last
+ * 8 (with the kind) the bits. Fixed size, so memory stays bounded however
+ * long the backfill: at 600k markers (a 300k-line log) nearly no false
+ * "maybe", at 20M (10M events) ~4%, each costing the store read that every
+ * lookup cost before. Its pages are the kernel's zero pages until set. */
+#define MARKER_FILTER_BLOCKS (MARKER_FILTER_BYTES / 64)
+
+static uint64_t load_u64(const unsigned char *p) {
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* The block of key and its 4 bits (block-relative positions 0..511). */
+static uint64_t *filter_block(const iqp_aggregator *a, const unsigned char *key, unsigned pos[4]) {
+    uint64_t h = load_u64(key + 9) ^ (uint64_t)key[0] * 0x9E3779B97F4A7C15ULL;
+    for (int k = 0; k < 4; k++) pos[k] = (unsigned)(h >> (9 * k)) & 511;
+    return a->marker_filter + (load_u64(key + 1) & (MARKER_FILTER_BLOCKS - 1)) * 8;
+}
+
+static void filter_add(iqp_aggregator *a, const unsigned char *key) {
+    if (!a->marker_filter) return;
+    unsigned pos[4];
+    uint64_t *b = filter_block(a, key, pos);
+    for (int k = 0; k < 4; k++) b[pos[k] >> 6] |= 1ULL << (pos[k] & 63);
+}
+
+/* 0 only when key was never set by this aggregator (so, as the sole
+ * writer, it is not in the store); 1 when the store must be read. */
+static int filter_maybe(const iqp_aggregator *a, const unsigned char *key) {
+    if (!a->marker_filter) return 1;
+    unsigned pos[4];
+    const uint64_t *b = filter_block(a, key, pos);
+    for (int k = 0; k < 4; k++)
+        if (!(b[pos[k] >> 6] >> (pos[k] & 63) & 1)) return 0;
+    return 1;
+}
+
+int iqp_aggregator_set_sole_marker_writer(iqp_aggregator *a) {
+    if (a->marker_filter) return 1;
+    if (!iqp_store_is_fresh(a->st) || a->pending || a->job.running) return 0;
+    void *p = mmap(NULL, MARKER_FILTER_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return 0; /* no memory: every lookup reads the store, as before */
+    a->marker_filter = p;
+    return 1;
+}
+
+/* Sets a marker in the batch (and in the filter). */
+static void set_marker(iqp_aggregator *a, const unsigned char *key, const iqp_marker *m) {
+    iqp_combiner_set_marker(a->comb, key, m);
+    filter_add(a, key);
+}
+
 /* 1 and *m when the marker is remembered under watermark wm, 0 when not,
  * -1 on a store error. The unflushed batch and the store hold markers of
  * the same kind under the same rule (iqp_marker_forgotten, README rule 7):
@@ -167,7 +230,7 @@ static int retained_granularities(const iqp_aggregator *a, int64_t ts, int64_t w
 static int find_marker(iqp_aggregator *a, const unsigned char *key, int64_t wm, iqp_marker *m) {
     int rc = iqp_combiner_get_marker(a->comb, key, m);
     if (!rc && a->job.running) rc = iqp_combiner_get_marker(a->job.comb, key, m);
-    if (!rc) rc = iqp_store_get_marker(a->st, key, IQP_MARKER_KEY_LEN, m);
+    if (!rc && filter_maybe(a, key)) rc = iqp_store_get_marker(a->st, key, IQP_MARKER_KEY_LEN, m);
     if (rc == 1 && iqp_marker_forgotten(m, wm, a->cfg->dedup_horizon_ms)) return 0;
     return rc;
 }
@@ -214,7 +277,7 @@ static int count_keyed(iqp_aggregator *a, const iqp_event *ev, const iqp_context
     if (found && old.ts <= ev->ts) return 0;
     if (found) order_move(a, idx, old.ts, -1);
     order_move(a, idx, ev->ts, 1);
-    iqp_combiner_set_marker(a->comb, mk, &now);
+    set_marker(a, mk, &now);
     return 1;
 }
 
@@ -258,7 +321,7 @@ iqp_agg_outcome iqp_aggregator_add(iqp_aggregator *a, const iqp_event *ev, int64
     if (!changed || a->restoring) a->watermark_ms = previous_wm;
     if (!changed) return a->stats.duplicate++, IQP_AGG_DUPLICATE;
     if (!a->restoring) dispatch_order(a);
-    iqp_combiner_set_marker(a->comb, mk, &now);
+    set_marker(a, mk, &now);
     a->pending++;
     if (a->restoring) return a->stats.restored++, IQP_AGG_COUNTED;
     return a->stats.counted++, IQP_AGG_COUNTED;

@@ -11,11 +11,15 @@
  *     markers) hold {XXH3-64 hash, cell} slots; the hash is kept in the
  *     slot, so growing never rehashes keys and mismatches rarely touch the
  *     cell. Prefix and item cells hold their interned id.
- *   - counter tables (counts, contexts) hold {a, b, counters} slots where
- *     a = prefix id << 32 | item id and b = bucket << 8 | granularity: a
- *     probe compares two integers in the slot and never touches a string
- *     (before interning, 37% of the counting thread went to probing and
- *     comparing ~40-byte string keys).
+ *   - counter tables (counts, contexts) name a cell by two integers,
+ *     a = prefix id << 32 | item id and b = bucket << 8 | granularity; a
+ *     16-byte slot holds a, b's low 32 bits and the cell's index (four
+ *     slots to a cache line): a probe compares integers in the slot and
+ *     never touches a string (before interning, 37% of the counting
+ *     thread went to probing and comparing ~40-byte string keys). The
+ *     slots live in a reserved mapping and grow in place ("slot mappings"
+ *     below), so a batch's table is faulted in once, not once per
+ *     doubling.
  * At drain, prefix and item ids are ranked by their bytes, the cells are
  * sorted by (prefix rank, item rank, slot, granularity, bucket), which is
  * the store's key order (all parts are length-prefixed; cells.h: one
@@ -80,8 +84,9 @@ typedef struct arena_block {
 #define CHUNK_CELLS ((size_t)1 << CHUNK_SHIFT)
 
 typedef struct int_slot {
-    uint64_t a, b;
-    uint64_t idx1;
+    uint64_t a;
+    uint32_t b_lo;      /* b's low 32 bits (its high bits: int_table.b_hi) */
+    uint32_t idx1;
 } int_slot;
 
 typedef struct cell_chunk {
@@ -90,8 +95,11 @@ typedef struct cell_chunk {
 } cell_chunk;
 
 typedef struct int_table {
-    int_slot *slots;
+    int_slot *slots;    /* in a reserved mapping of `reserved` bytes */
+    size_t reserved;
     size_t mask, count, width;
+    uint32_t b_hi;      /* the high 32 bits of b of every cell, unless b_mixed */
+    int b_mixed;        /* cells differ there: a match is checked against names */
     cell_chunk *chunks;
     size_t n_chunks;    /* allocated; kept across batches */
     int64_t src_first, src_last; /* buckets of the source cells (first > last: none) */
@@ -135,6 +143,16 @@ static void *alloc_zeroed(size_t n) {
         }
     }
     if (!p) abort();
+    return p;
+}
+
+/* The same, 2 MiB aligned, without zeroing (the caller writes before it
+ * reads: a memset of fresh pages would zero them twice). */
+static void *alloc_huge(size_t n) {
+    n = (n + HUGE_PAGE - 1) & ~(size_t)(HUGE_PAGE - 1);
+    void *p = aligned_alloc(HUGE_PAGE, n);
+    if (!p) abort();
+    madvise(p, n, MADV_HUGEPAGE);
     return p;
 }
 
@@ -245,13 +263,57 @@ static cell *table_get(iqp_combiner *c, cell_table *t, const unsigned char *key,
 
 #define NO_ITEM UINT32_MAX
 
+/* ---- slot mappings ---------------------------------------------------------
+ * A counter table's slot array lives in one private anonymous mapping that
+ * reserves address space for SLOT_RESERVE bytes of slots (MAP_NORESERVE: no
+ * memory is committed until a page is touched). The table grows in place:
+ * the slots it used are cleared, the pages above them have never been
+ * touched, so they are still the kernel's zero pages-to-be, and every cell
+ * is re-inserted from its name in the chunks (which hold all of them). So
+ * a batch that grows its table from 4096 slots to millions faults in the
+ * final array once, not every intermediate array too (before: the kernel
+ * zeroed ~twice the final table's pages per combiner, 6-9% of a backfill's
+ * CPU, all of it on the counting thread before the writer had work). Only
+ * a table past its reservation moves to a new, larger mapping. */
+#define SLOT_RESERVE ((size_t)1 << 30) /* 64M slots: 32M cells */
+
+/* A mapping of at least bytes, 2 MiB aligned (huge pages fit), or NULL. */
+static void *map_slots(size_t bytes) {
+    size_t len = bytes + HUGE_PAGE;
+    unsigned char *p = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    uintptr_t start = ((uintptr_t)p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1);
+    size_t head = start - (uintptr_t)p, tail = len - head - bytes;
+    if (head) munmap(p, head);
+    if (tail) munmap((unsigned char *)start + bytes, tail);
+    return (void *)start;
+}
+
+/* Gives t a fresh mapping for cap slots (zero: never touched). */
+static void remap_slots(int_table *t, size_t cap) {
+    size_t need = cap * sizeof(int_slot), bytes = need > SLOT_RESERVE ? 2 * need : SLOT_RESERVE;
+    void *p = map_slots(bytes);
+    if (!p && bytes > need) p = map_slots(bytes = need); /* address space is short: no reserve */
+    if (!p) abort();
+    if (t->slots) munmap(t->slots, t->reserved);
+    t->slots = p;
+    t->reserved = bytes;
+}
+
+/* Slot arrays of 2 MiB and more are randomly probed: advise huge pages
+ * (small tables stay on 4 KiB pages, so a stream's many idle combiners
+ * do not hold 2 MiB each). */
+static void advise_slots(const int_table *t) {
+    size_t used = (t->mask + 1) * sizeof(int_slot);
+    if (used >= HUGE_PAGE) madvise(t->slots, used, MADV_HUGEPAGE);
+}
+
 static void int_table_init(int_table *t, size_t width) {
-    t->slots = alloc_zeroed(INITIAL_SLOTS * sizeof(int_slot));
+    memset(t, 0, sizeof *t);
+    remap_slots(t, INITIAL_SLOTS);
     t->mask = INITIAL_SLOTS - 1;
-    t->count = 0;
     t->width = width;
-    t->chunks = NULL;
-    t->n_chunks = 0;
     t->src_first = INT64_MAX;
     t->src_last = INT64_MIN;
 }
@@ -262,7 +324,7 @@ static void int_table_free(int_table *t) {
         free(t->chunks[i].vals);
     }
     free(t->chunks);
-    free(t->slots);
+    munmap(t->slots, t->reserved);
 }
 
 static int64_t *cell_vals(const int_table *t, size_t idx) {
@@ -279,6 +341,7 @@ static void int_table_reset(int_table *t) {
     if (t->count == 0) return;
     memset(t->slots, 0, (t->mask + 1) * sizeof(int_slot));
     t->count = 0;
+    t->b_mixed = 0;
 }
 
 /* splitmix64's finalizer over both words: cheap, and every input bit
@@ -292,27 +355,37 @@ static uint64_t mix(uint64_t a, uint64_t b) {
     return h ^ (h >> 31);
 }
 
-static int_slot *probe_slots(int_slot *slots, size_t mask, uint64_t a, uint64_t b) {
-    size_t i = mix(a, b) & mask;
+/* The slot of cell (a, b), or the empty slot where it would go. A slot
+ * keeps a and b's low 32 bits (16 bytes, four to a cache line): while
+ * every cell shares b's high bits (b_hi; a batch's buckets rarely span
+ * 2^24 hours or minutes), a match of those is a match; otherwise (b_mixed,
+ * or b's high bits are not b_hi) the cell's name in its chunk decides. */
+static int_slot *int_probe(const int_table *t, uint64_t a, uint64_t b) {
+    uint32_t lo = (uint32_t)b;
+    int exact = !t->b_mixed && (uint32_t)(b >> 32) == t->b_hi;
+    size_t i = mix(a, b) & t->mask;
     for (;;) {
-        int_slot *s = &slots[i];
-        if (!s->idx1 || (s->a == a && s->b == b)) return s;
-        i = (i + 1) & mask;
+        int_slot *s = &t->slots[i];
+        if (!s->idx1 || (s->a == a && s->b_lo == lo && (exact || cell_names(t, s->idx1 - 1)[1] == b)))
+            return s;
+        i = (i + 1) & t->mask;
     }
 }
 
-static int_slot *int_probe(const int_table *t, uint64_t a, uint64_t b) {
-    return probe_slots(t->slots, t->mask, a, b);
-}
-
+/* Doubles t's slots (in place while the reservation lasts) and re-inserts
+ * every cell from its name. */
 static void int_table_grow(int_table *t) {
     size_t cap = (t->mask + 1) * 2;
-    int_slot *bigger = alloc_zeroed(cap * sizeof(int_slot));
-    for (size_t i = 0; i <= t->mask; i++)
-        if (t->slots[i].idx1) *probe_slots(bigger, cap - 1, t->slots[i].a, t->slots[i].b) = t->slots[i];
-    free(t->slots);
-    t->slots = bigger;
+    if (cap * sizeof(int_slot) > t->reserved) remap_slots(t, cap);
+    else memset(t->slots, 0, (t->mask + 1) * sizeof(int_slot)); /* above: never touched */
     t->mask = cap - 1;
+    advise_slots(t);
+    for (size_t idx = 0; idx < t->count; idx++) {
+        const uint64_t *name = cell_names(t, idx);
+        size_t i = mix(name[0], name[1]) & t->mask;
+        while (t->slots[i].idx1) i = (i + 1) & t->mask;
+        t->slots[i] = (int_slot){name[0], (uint32_t)name[1], (uint32_t)(idx + 1)};
+    }
 }
 
 /* Appends a zeroed cell named (a, b); returns its index. */
@@ -326,7 +399,7 @@ static size_t append_cell(int_table *t, uint64_t a, uint64_t b) {
          * bytes, in the default config) then sit in one cache line, not
          * two, for the counting thread's add and the drain's read, both at
          * random */
-        t->chunks[k].vals = alloc_zeroed(CHUNK_CELLS * t->width * sizeof(int64_t));
+        t->chunks[k].vals = alloc_huge(CHUNK_CELLS * t->width * sizeof(int64_t)); /* zeroed per cell */
         if (!t->chunks[k].names) abort();
         t->n_chunks++;
     }
@@ -344,9 +417,12 @@ static int64_t *int_table_get(int_table *t, uint64_t a, uint64_t b) {
         int_table_grow(t);
         s = int_probe(t, a, b);
     }
+    if (t->count == 0) t->b_hi = (uint32_t)(b >> 32);
+    else if ((uint32_t)(b >> 32) != t->b_hi) t->b_mixed = 1;
+    if (t->count + 1 > UINT32_MAX) abort(); /* idx1 is 32 bits: far past any batch's memory */
     s->a = a;
-    s->b = b;
-    s->idx1 = append_cell(t, a, b) + 1;
+    s->b_lo = (uint32_t)b;
+    s->idx1 = (uint32_t)(append_cell(t, a, b) + 1);
     return cell_vals(t, s->idx1 - 1);
 }
 

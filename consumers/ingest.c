@@ -50,6 +50,8 @@ iqp_ingest *iqp_ingest_new(iqp_store *st, iqp_deadletter *dl, int progress) {
     ing->st = st;
     ing->cfg = iqp_store_config(st);
     ing->agg = iqp_aggregator_new(st);
+    /* a store this run created holds only the markers this ingest writes */
+    iqp_aggregator_set_sole_marker_writer(ing->agg);
     ing->dl = dl;
     ing->progress = progress;
     ing->started = ing->last_progress = iqp_mono_seconds();

@@ -266,25 +266,37 @@ START_TEST(old_events_partially_or_wholly_late) {
 END_TEST
 
 /* The same events give the same store whatever the flush size. */
-START_TEST(flush_size_does_not_change_results) {
+/* Event i of a 300-event mix: impressions and actions over 30 hours,
+ * with redelivered event ids (e0..e249) and actions repeated on one
+ * request and item, at earlier and later times. */
+static void mixed_event(int i, const iqp_config *cfg, iqp_event *ev) {
+    char id[32], req[32], items[64], item[24], copy[1024];
+    snprintf(id, sizeof id, "e%d", i % 250); /* some redeliveries */
+    snprintf(req, sizeof req, "r%d", i % 97);
+    snprintf(item, sizeof item, "i%d", i % 5);
+    snprintf(items, sizeof items, "[\"i%d\", \"i%d\"]", i % 5, (i * 7) % 5);
+    const char *json = (i % 3) ? impression(id, T0 + (i * 7919) % (30 * H), req, items)
+                               : action(id, T0 + (i * 104729) % (30 * H), req, item, (i % 2) ? "click" : "save");
+    snprintf(copy, sizeof copy, "%s", json);
+    iqp_decode_error derr;
+    ck_assert_int_eq(iqp_event_decode(cfg, copy, strlen(copy), ev, &derr), 0);
+}
+
+/* Runs the 300-event mix through agg (flushed after every event, so every
+ * marker it looks up lies in the store) and through a second aggregator
+ * on a second store (one batch in all), which is the sole marker writer of
+ * its store when sole2 is set; checks the outcomes event by event and the
+ * features of both stores; returns the duplicates. */
+static uint64_t flushes_against_one_batch(int sole2) {
     char *dir2 = tu_mkdtemp("agg2");
     iqp_config cfg = *iqp_store_config(st);
     iqp_store *st2 = iqp_store_open(dir2, &cfg, IQP_STORE_READ_WRITE, err, sizeof err);
     ck_assert_ptr_nonnull(st2);
     iqp_aggregator *agg2 = iqp_aggregator_new(st2);
+    if (sole2) ck_assert_int_eq(iqp_aggregator_set_sole_marker_writer(agg2), 1);
     for (int i = 0; i < 300; i++) {
-        char id[32], req[32], items[64], item[24];
-        snprintf(id, sizeof id, "e%d", i % 250); /* some redeliveries */
-        snprintf(req, sizeof req, "r%d", i % 97);
-        snprintf(item, sizeof item, "i%d", i % 5);
-        snprintf(items, sizeof items, "[\"i%d\", \"i%d\"]", i % 5, (i * 7) % 5);
-        const char *json = (i % 3) ? impression(id, T0 + (i * 7919) % (30 * H), req, items)
-                                   : action(id, T0 + (i * 104729) % (30 * H), req, item, (i % 2) ? "click" : "save");
-        char copy[1024];
-        snprintf(copy, sizeof copy, "%s", json);
         iqp_event ev;
-        iqp_decode_error derr;
-        ck_assert_int_eq(iqp_event_decode(&cfg, copy, strlen(copy), &ev, &derr), 0);
+        mixed_event(i, &cfg, &ev);
         iqp_agg_outcome o1 = iqp_aggregator_add(agg, &ev, NOW, err, sizeof err);
         iqp_agg_outcome o2 = iqp_aggregator_add(agg2, &ev, NOW, err, sizeof err);
         ck_assert_int_eq(o1, o2);
@@ -307,10 +319,38 @@ START_TEST(flush_size_does_not_change_results) {
                 ck_assert_int_eq(memcmp(r1, r2, cfg.n_windows * sizeof r1[0]), 0);
             }
     ck_assert_int_gt(read_one("q_item", "7d", "i0", T0 + 30 * H).context_count, 150);
+    uint64_t dups = iqp_aggregator_stats(agg2)->duplicate;
     iqp_aggregator_free(agg2);
     iqp_store_close(st2);
     tu_rmrf(dir2);
     free(dir2);
+    return dups;
+}
+
+START_TEST(flush_size_does_not_change_results) { flushes_against_one_batch(0); }
+END_TEST
+
+/* The sole writer's marker filter: here the flushed aggregator is the one
+ * whose markers lie in the store, so every duplicate it finds is found
+ * through the filter's "maybe" and a store read. A store that has had a
+ * commit refuses the filter. */
+START_TEST(sole_marker_writer_finds_stored_markers) {
+    ck_assert_int_eq(iqp_aggregator_set_sole_marker_writer(agg), 1);
+    /* ids e0..e249 over 300 events: 50 redeliveries */
+    ck_assert_uint_eq(flushes_against_one_batch(0), 50);
+    ck_assert_uint_eq(iqp_aggregator_stats(agg)->duplicate, 50);
+    iqp_aggregator *late = iqp_aggregator_new(st);
+    ck_assert_int_eq(iqp_aggregator_set_sole_marker_writer(late), 0);
+    iqp_aggregator_free(late);
+}
+END_TEST
+
+/* The same with the filter on the one-batch side too (markers found in
+ * its batch, never in its store). */
+START_TEST(sole_marker_writer_in_one_batch) {
+    ck_assert_int_eq(iqp_aggregator_set_sole_marker_writer(agg), 1);
+    ck_assert_uint_eq(flushes_against_one_batch(1), 50);
+    ck_assert_uint_eq(iqp_aggregator_stats(agg)->duplicate, 50);
 }
 END_TEST
 
@@ -584,6 +624,8 @@ int main(void) {
     tcase_add_test(tc, window_edges);
     tcase_add_test(tc, old_events_partially_or_wholly_late);
     tcase_add_test(tc, flush_size_does_not_change_results);
+    tcase_add_test(tc, sole_marker_writer_finds_stored_markers);
+    tcase_add_test(tc, sole_marker_writer_in_one_batch);
     tcase_add_test(tc, retention_follows_the_config);
     tcase_add_test(tc, derived_granularities_multiples);
     tcase_add_test(tc, derived_granularities_partly);

@@ -435,6 +435,67 @@ START_TEST(drain_writes_key_order_one_merge_per_stored_key) {
 }
 END_TEST
 
+/* The combiner's counter table keeps a slot's bucket word in 32 bits while
+ * every cell shares the word's high bits: cells whose buckets differ only
+ * there (bucket, bucket + 2^24, + 2^25: the same low 32 bits) must stay
+ * apart, before and after the table mixes them, across in-place growth
+ * (24,000 cells from 4,096 slots) and after a clear. Every cell's sum is
+ * checked by peeking it back. */
+static void add_cells(iqp_combiner *c, size_t width, int round, size_t m, const int *order) {
+    for (size_t pass = 0; pass < 2; pass++) /* twice: the second finds every cell */
+        for (int o = 0; o < 3; o++)
+            for (size_t j = 0; j < m; j++) {
+                char item[32];
+                int k = order[o];
+                snprintf(item, sizeof item, "it%zu", j);
+                uint32_t pid = iqp_combiner_prefix_id(c, (const unsigned char *)"ctx", 3);
+                uint32_t iid = iqp_combiner_item_id(c, item, strlen(item));
+                int64_t bucket = (int64_t)(j % 50) + ((int64_t)k << 24);
+                iqp_combiner_add_count(c, pid, iid, 0, bucket, (j + (size_t)k) % width,
+                                       (int64_t)(3 * j + (size_t)k + 1 + (size_t)round));
+            }
+}
+
+static void check_cells(const iqp_combiner *c, size_t width, int round, size_t m) {
+    for (size_t j = 0; j < m; j++)
+        for (int k = 0; k < 3; k++) {
+            char item[32];
+            int64_t vec[IQP_MAX_COUNTERS] = {0}, want = 2 * (int64_t)(3 * j + (size_t)k + 1 + (size_t)round);
+            snprintf(item, sizeof item, "it%zu", j);
+            int64_t bucket = (int64_t)(j % 50) + ((int64_t)k << 24);
+            ck_assert_int_eq(iqp_combiner_peek(c, (const unsigned char *)"ctx", 3, item, strlen(item), 0,
+                                               bucket, vec, width), 1);
+            for (size_t x = 0; x < width; x++)
+                ck_assert_int_eq(vec[x], x == (j + (size_t)k) % width ? want : 0);
+        }
+}
+
+START_TEST(counter_table_keeps_high_bucket_bits_apart) {
+    iqp_config cfg;
+    iqp_config_defaults(&cfg);
+    size_t width = IQP_COUNTERS(&cfg), m = 8000;
+    iqp_combiner *c = iqp_combiner_new(width);
+    const int orders[2][3] = {{0, 1, 2}, {2, 0, 1}};
+    for (int round = 0; round < 2; round++) {
+        /* only the first bucket word's cells: a probe for another one's
+         * must not find them (the table is not mixed yet) */
+        const int *order = orders[round];
+        add_cells(c, width, round, m, (const int[]){order[0], order[0], order[0]});
+        int64_t vec[IQP_MAX_COUNTERS] = {0};
+        int64_t other = 7 + ((int64_t)order[1] << 24);
+        ck_assert_int_eq(iqp_combiner_peek(c, (const unsigned char *)"ctx", 3, "it7", 3, 0, other, vec,
+                                           width), 0);
+        iqp_combiner_clear(c);
+        add_cells(c, width, round, m, order);
+        ck_assert_uint_eq(iqp_combiner_cells(c), 3 * m);
+        check_cells(c, width, round, m);
+        iqp_combiner_clear(c);
+        ck_assert_uint_eq(iqp_combiner_cells(c), 0);
+    }
+    iqp_combiner_free(c);
+}
+END_TEST
+
 START_TEST(layout_2_store_is_refused) {
     char *dir = tu_mkdtemp("packed");
     iqp_config cfg;
@@ -470,6 +531,7 @@ int main(void) {
     tcase_add_test(tc, one_merge_per_slot_and_expiry_rewrites_values);
     tcase_add_test(tc, slots_of_any_granularity);
     tcase_add_test(tc, drain_writes_key_order_one_merge_per_stored_key);
+    tcase_add_test(tc, counter_table_keeps_high_bucket_bits_apart);
     tcase_add_test(tc, layout_2_store_is_refused);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
