@@ -90,6 +90,7 @@ struct iqp_aggregator {
     iqp_agg_flush_hook hook;      /* on_cell NULL: none */
     iqp_agg_delta_hook delta_hook; /* on_delta NULL: none */
     iqp_shards *shards;           /* counting threads; NULL: count on this one */
+    unsigned slice, n_slices;     /* count only contexts of shard slice of n_slices (n_slices <= 1: all) */
     /* Buckets the unflushed deltas touch, per granularity (first > last:
      * none), so a reader of the batch (iqp_aggregator_pending_cell) only
      * probes buckets that can hold something. */
@@ -261,7 +262,7 @@ static void dispatch_order(iqp_aggregator *a) {
     if (o->ev->kind == IQP_EVENT_IMPRESSION) note_ts_buckets(a, o->ev->ts, o->wm);
     for (unsigned m = 0; m < o->n_moves; m++) note_ts_buckets(a, o->moves[m].ts, o->wm);
     const iqp_count_observer *obs = a->delta_hook.on_delta ? &a->delta_hook : NULL;
-    a->stats.cell_updates += iqp_count_apply(a->cfg, a->comb, &a->scratch, o, 0, 1, obs);
+    a->stats.cell_updates += iqp_count_apply(a->cfg, a->comb, &a->scratch, o, a->slice, a->n_slices, obs);
 }
 
 /* The keyed min-ts rule for one marker: returns 1 when counters changed,
@@ -533,11 +534,17 @@ int iqp_aggregator_flush_begin(iqp_aggregator *a, char *err, size_t errlen) {
 }
 
 void iqp_aggregator_set_threads(iqp_aggregator *a, unsigned n) {
-    if (a->shards || n < 2 || a->delta_hook.on_delta) return;
+    if (a->shards || n < 2 || a->delta_hook.on_delta || a->n_slices > 1) return;
     if (n > IQP_MAX_COUNT_THREADS) n = IQP_MAX_COUNT_THREADS;
     a->job.shard_combs = calloc(n, sizeof *a->job.shard_combs);
     if (!a->job.shard_combs) abort();
     a->shards = iqp_shards_new(a->cfg, n, a->derive);
+}
+
+void iqp_aggregator_set_slice(iqp_aggregator *a, unsigned slice, unsigned n) {
+    if (a->shards || a->pending || n <= 1 || slice >= n) return;
+    a->slice = slice;
+    a->n_slices = n;
 }
 
 void iqp_aggregator_set_derive(iqp_aggregator *a, int on) {

@@ -108,6 +108,15 @@ int iqp_aggregator_flush_begin(iqp_aggregator *a, char *err, size_t errlen);
  * pending_buckets): backfill only. */
 void iqp_aggregator_set_threads(iqp_aggregator *a, unsigned n);
 
+/* Counts only the contexts that shard `slice` of n owns
+ * (iqp_count_shard_of on the context prefix): the partition store of
+ * repartition partition `slice` (consumers/repartition.h), which receives
+ * every event with a context of that slice and must count those contexts
+ * and no other. Everything else (dedup markers, the watermark, outcomes)
+ * is decided as without a slice. n <= 1: every context (the default).
+ * Call before the first add; not with set_threads. */
+void iqp_aggregator_set_slice(iqp_aggregator *a, unsigned slice, unsigned n);
+
 /* Declares that st held no dedup markers when a was made (a fresh store:
  * iqp_store_is_fresh) and that, while a lives, no one but a writes markers
  * to it (one backfill: its aggregator is the store's only writer). a then

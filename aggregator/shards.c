@@ -42,6 +42,23 @@ unsigned iqp_count_shard_of(const unsigned char *prefix, size_t len, unsigned n)
     return n <= 1 ? 0 : (unsigned)(XXH3_64bits(prefix, len) % n);
 }
 
+unsigned iqp_count_slices_of(const iqp_config *cfg, iqp_count_scratch *s, const iqp_event *ev,
+                             unsigned n, unsigned *out) {
+    iqp_context ctx;
+    unsigned k = 0;
+    iqp_event_context(cfg, ev, &ctx);
+    for (size_t f = 0; f < cfg->n_features; f++) {
+        iqp_cells_context_prefix(&s->prefix[f], &cfg->features[f], &ctx);
+        unsigned shard = iqp_count_shard_of(s->prefix[f].buf, s->prefix[f].len, n), i = k;
+        while (i > 0 && out[i - 1] > shard) i--;
+        if (i > 0 && out[i - 1] == shard) continue;
+        memmove(out + i + 1, out + i, (k - i) * sizeof *out);
+        out[i] = shard;
+        k++;
+    }
+    return k;
+}
+
 /* Builds every feature's context prefix, marks the ones this shard owns
  * and interns those in c; returns how many it owns. */
 static size_t own_prefixes(const iqp_config *cfg, iqp_combiner *c, iqp_count_scratch *s,

@@ -64,6 +64,15 @@ void iqp_count_scratch_free(iqp_count_scratch *s, const iqp_config *cfg);
 /* The shard (0..n-1) that owns a context prefix. */
 unsigned iqp_count_shard_of(const unsigned char *prefix, size_t len, unsigned n);
 
+/* The shards of n that own at least one of ev's feature contexts, each
+ * once, in ascending order, into out (room for cfg->n_features); returns
+ * how many. The repartitioner (consumers/repartition.h) sends an event to
+ * exactly these partitions of the repartition topics, and the partition
+ * store of slice k counts only the contexts shard k owns
+ * (iqp_aggregator_set_slice), so every context is whole in one place. */
+unsigned iqp_count_slices_of(const iqp_config *cfg, iqp_count_scratch *s, const iqp_event *ev,
+                             unsigned n, unsigned *out);
+
 /* Sees every delta iqp_count_apply makes, as it makes it: the cell is the
  * context prefix (cells.h bytes) of cf contexts (item NULL, counter 0) or,
  * in cf counts, that prefix and the raw item id; then granularity index,
