@@ -47,7 +47,8 @@ static const iqp_flag FLAGS[] = {
     {"partitions", IQP_FLAG_INT, offsetof(devbroker_opts, partitions), .def = "8", .min = 1, .max = 1024,
      .must = "1..1024", .help = "partitions per topic"},
     {"topics", IQP_FLAG_STRING, offsetof(devbroker_opts, topics), .arg = "LIST",
-     .def = "impressions,actions,dead-letter,iqp-checkpoints", .help = "comma-separated topic names"},
+     .def = "impressions,actions,dead-letter,iqp-checkpoints,iqp-repartition-impressions,iqp-repartition-actions",
+     .help = "comma-separated topic names"},
     {0}};
 
 static const iqp_flag_cmd DEVBROKER = {

@@ -44,11 +44,23 @@ static const iqp_flag_cmd STATS = {
              "`iqp stream --redis` queued for Redis and has not published yet), and\n"
              "kafka_offsets: for every Kafka partition the store has counted,\n"
              "\"TOPIC/PARTITION\": the next offset (what `iqp stream` resumes from).\n"
+             "A store of `iqp stream --repartition` adds repartition_origins: for every\n"
+             "input partition it counted events of, the highest input offset counted.\n"
              "Safe to run beside a running writer. With --state-dir: the same over every\n"
              "partition store of `iqp stream --state-dir DIR` (figures summed, the newest\n"
              "watermark, every store's offsets) plus partition_stores, their number.",
     .flags = FLAGS,
 };
+
+/* A partition store of `iqp stream --repartition`: "TOPIC/PARTITION" of an
+ * input partition -> the highest input offset it counted from it. */
+static void add_origin(void *ud, const char *key, size_t klen, const char *val, size_t vlen) {
+    static const size_t prefix = sizeof "src/origin/" - 1;
+    json_t *pos = json_loadb(val, vlen, 0, NULL), *applied = json_object_get(pos, "applied");
+    if (klen > prefix && json_is_integer(applied))
+        json_object_setn_new(ud, key + prefix, klen - prefix, json_integer(json_integer_value(applied)));
+    json_decref(pos);
+}
 
 /* The stats object of the store at dir (compacted first when asked), or
  * NULL after printing why. */
@@ -81,8 +93,22 @@ static json_t *store_stats(const char *dir, int compact) {
     json_t *offsets = json_object();
     iqp_store_scan_meta(st, "src/kafka/", iqp_cli_add_kafka_offset, offsets);
     json_object_set_new(o, "kafka_offsets", offsets);
+    json_t *origins = json_object();
+    iqp_store_scan_meta(st, "src/origin/", add_origin, origins);
+    if (json_object_size(origins)) json_object_set(o, "repartition_origins", origins);
+    json_decref(origins);
     iqp_store_close(st);
     return o;
+}
+
+/* have[k] = max(have[k], v[k]) for every key of v. */
+static void max_update(json_t *have, json_t *v) {
+    const char *k;
+    json_t *x;
+    json_object_foreach(v, k, x) {
+        json_t *h = json_object_get(have, k);
+        if (!h || json_integer_value(x) > json_integer_value(h)) json_object_set(have, k, x);
+    }
 }
 
 /* Adds one partition store's stats into sum (the first one starts it). */
@@ -93,6 +119,7 @@ static void add_stats(json_t *sum, json_t *one) {
         json_t *have = json_object_get(sum, key);
         if (!have) json_object_set(sum, key, v);
         else if (!strcmp(key, "kafka_offsets")) json_object_update(have, v);
+        else if (!strcmp(key, "repartition_origins")) max_update(have, v);
         else if (!strcmp(key, "watermark_ms") && json_integer_value(v) > json_integer_value(have))
             json_object_set(sum, key, v);
         else if (json_is_integer(v) && strcmp(key, "watermark_ms"))

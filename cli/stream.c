@@ -9,7 +9,8 @@
  *   "stream":  {"store": DIR, "impressions_topic": T, "actions_topic": T,
  *               "flush_ms": 500, "dead_letter_topic": T | "dead_letter_file": F,
  *               "checkpoint_topic": T, "on_offset_lost": "stop" | "skip",
- *               "state_dir": DIR, "checkpoint_dir": DIR, "checkpoint_interval": "60s"}
+ *               "state_dir": DIR, "checkpoint_dir": DIR, "checkpoint_interval": "60s",
+ *               "repartition": false, "repartition_prefix": "iqp-repartition"}
  *   "kafka":   {"<librdkafka property>": value, ...}   passed through as is
  *   "metrics": {"listen": "127.0.0.1:9464"}            "off" disables
  *   "redis":   {"url": "redis://127.0.0.1:6379/0", "prefix": "iqp",
@@ -46,6 +47,7 @@
 #include "consumers/deadletter.h"
 #include "consumers/metrics.h"
 #include "consumers/partition_checkpoint.h"
+#include "consumers/repartition.h"
 #include "consumers/stream.h"
 #include "client/redis_cluster.h"
 #include "client/redis_conn.h"
@@ -69,11 +71,11 @@ static const char *CMD = "stream";
  * NAME=VALUE, split when applied. */
 typedef struct stream_flags {
     const char *config_path, *store_dir, *imp_topic, *act_topic, *dl_topic, *dl_file, *listen, *ckpt_topic;
-    const char *state_dir, *checkpoint_dir;
+    const char *state_dir, *checkpoint_dir, *repartition_prefix;
     const char *redis_url, *redis_url_file, *redis_prefix, *kafka_value;
     int64_t flush_ms, flush_events, redis_ttl_ms, checkpoint_ms;
     int redis_refresh, on_lost, log_format; /* indexes of on|off, stop|skip, text|json; -1: not given */
-    int progress, dry_run;
+    int progress, dry_run, repartition;
     iqp_flag_list kafka;
 } stream_flags;
 
@@ -114,6 +116,13 @@ static const iqp_flag FLAGS[] = {
      .must = "a duration from 1s to 1d (e.g. 60s)",
      .help = "how often each owned partition store is checkpointed into --checkpoint-dir (default 60s; "
              "bounds the replay after a kill -9; stream.checkpoint_interval)"},
+    {"repartition", IQP_FLAG_BOOL, FLAG_AT(repartition),
+     .help = "with --state-dir, for input not keyed by normalized query: forward every event to the partitions "
+             "of the repartition topics that own its contexts, and count those, so that every context is whole "
+             "in one partition store (stream.repartition; README \"Repartitioned input\")"},
+    {"repartition-prefix", IQP_FLAG_STRING, FLAG_AT(repartition_prefix), .arg = "P",
+     .help = "the repartition topics are P-impressions and P-actions, created beforehand with the same partition "
+             "count (default iqp-repartition; implies --repartition; stream.repartition_prefix)"},
     {"brokers", IQP_FLAG_STRING, FLAG_AT(kafka_value), .arg = "LIST", .check = on_brokers,
      .help = "bootstrap servers (kafka.bootstrap.servers; required)"},
     {"group", IQP_FLAG_STRING, FLAG_AT(kafka_value), .arg = "ID", .check = on_group,
@@ -188,6 +197,8 @@ typedef struct stream_opts {
     const char *state_dir;                /* partition-owned state instead of store_dir */
     const char *checkpoint_dir;           /* with state_dir: shared checkpoints of the partition stores */
     int64_t checkpoint_ms;
+    int repartition;                      /* with state_dir: count through the repartition topics */
+    const char *repartition_prefix;       /* their names: <prefix>-impressions, <prefix>-actions */
     iqp_publisher_config redis;           /* redis.url NULL: no publishing */
     const char *redis_url_file;           /* redis.url_file, --redis-url-file */
     char redis_url_buf[1024];
@@ -244,7 +255,8 @@ static int parse_on_offset_lost(stream_opts *o, const char *v) {
 static int read_stream_section(stream_opts *o, json_t *sec) {
     static const char *const known[] = {"store", "state_dir", "impressions_topic", "actions_topic", "flush_ms",
                                         "dead_letter_topic", "dead_letter_file", "checkpoint_topic",
-                                        "on_offset_lost", "checkpoint_dir", "checkpoint_interval", NULL};
+                                        "on_offset_lost", "checkpoint_dir", "checkpoint_interval", "repartition",
+                                        "repartition_prefix", NULL};
     const char *key;
     json_t *v;
     if (!json_is_object(sec)) return iqp_cli_usage_error(CMD, "config: \"stream\" must be an object");
@@ -260,6 +272,10 @@ static int read_stream_section(stream_opts *o, json_t *sec) {
         config_string(sec, "checkpoint_topic", &o->ckpt_topic) ||
         config_string(sec, "checkpoint_dir", &o->checkpoint_dir))
         return 2;
+    if (config_string(sec, "repartition_prefix", &o->repartition_prefix)) return 2;
+    if ((v = json_object_get(sec, "repartition")) && !json_is_boolean(v))
+        return iqp_cli_usage_error(CMD, "config: \"stream.repartition\" must be true or false");
+    if (v) o->repartition = json_is_true(v);
     const char *interval = NULL;
     if (config_string(sec, "checkpoint_interval", &interval)) return 2;
     if (interval && (iqp_parse_duration(interval, &o->checkpoint_ms) < 0 || o->checkpoint_ms < 1000 ||
@@ -411,6 +427,8 @@ static int apply_flags(stream_opts *o, const stream_flags *f) {
     o->log_json = f->log_format == 1;
     o->progress = f->progress;
     o->dry_run = f->dry_run;
+    if (f->repartition) o->repartition = 1;
+    if (f->repartition_prefix) o->repartition_prefix = f->repartition_prefix, o->repartition = 1;
     return 0;
 }
 
@@ -495,6 +513,11 @@ static int check_opts(stream_opts *o, int require_all) {
     if (o->store_dir && o->state_dir)
         return iqp_cli_usage_error(CMD, "config: give stream.store or stream.state_dir, not both");
     if (o->state_dir && check_state_dir_opts(o)) return 2;
+    if ((o->repartition || o->repartition_prefix) && !o->state_dir)
+        return iqp_cli_usage_error(CMD, "--repartition / stream.repartition needs --state-dir (partition store r "
+                                        "counts the contexts of repartition partition r)");
+    if (o->repartition_prefix && !*o->repartition_prefix)
+        return iqp_cli_usage_error(CMD, "--repartition-prefix / stream.repartition_prefix must not be empty");
     if (o->checkpoint_dir && !o->state_dir)
         return iqp_cli_usage_error(CMD, "--checkpoint-dir / stream.checkpoint_dir needs --state-dir (it holds "
                                         "checkpoints of partition stores; a --store is backed up with iqp backup)");
@@ -582,13 +605,15 @@ static int open_checkpoints(const stream_opts *o, iqp_checkpoints **out, char *e
 
 static void print_summary(iqp_stream *s) {
     iqp_stream_stats st = iqp_stream_get_stats(s);
+    char resent[64] = "";
+    if (st.resent) snprintf(resent, sizeof resent, ", %llu resent", (unsigned long long)st.resent);
     fprintf(stderr,
             "iqp stream: %llu messages: %llu counted, %llu duplicate, %llu late, %llu dead-lettered, "
-            "%llu restored; %llu flushes, %llu rebalances, %llu commit failures; "
+            "%llu restored%s; %llu flushes, %llu rebalances, %llu commit failures; "
             "event-to-store latency p50 %.0f ms, p99 %.0f ms (%llu events)\n",
             (unsigned long long)st.messages, (unsigned long long)st.counted,
             (unsigned long long)st.duplicate, (unsigned long long)st.late,
-            (unsigned long long)st.dead_lettered, (unsigned long long)st.restored,
+            (unsigned long long)st.dead_lettered, (unsigned long long)st.restored, resent,
             (unsigned long long)st.flushes, (unsigned long long)st.rebalances,
             (unsigned long long)st.commit_failures, st.latency_p50_ms, st.latency_p99_ms,
             (unsigned long long)st.latency_n);
@@ -600,10 +625,12 @@ static void print_summary(iqp_stream *s) {
 typedef struct sd_state {
     int64_t watchdog_ms, last_ping_ms;
     int stopping_sent;
+    iqp_repartitioner *rp;                /* --repartition: its failure stops the stream */
 } sd_state;
 
 static void on_tick(void *arg, int stopping) {
     sd_state *sd = arg;
+    if (sd->rp && !stopping && iqp_repartition_failed(sd->rp, NULL, 0)) iqp_stop_request();
     if (stopping) {
         if (!sd->stopping_sent) iqp_sd_notify("STOPPING=1");
         sd->stopping_sent = 1;
@@ -622,6 +649,10 @@ typedef struct stream_parts {
     iqp_stream *s;
     iqp_pending *queue;
     iqp_publisher *pub;
+    /* --repartition: the first stage, and the second stage's topics and group */
+    iqp_repartitioner *rp;
+    char rp_topics[2][300], rp_group[300];
+    const char *rp_props[2 * MAX_PROPS + 3];
 } stream_parts;
 
 /* The publish queue and the publisher thread, when Redis is configured. */
@@ -633,6 +664,35 @@ static int open_publisher(const stream_opts *o, stream_parts *p) {
     if (!(p->pub = iqp_publisher_start(p->st, p->queue, &o->redis, p->m, err, sizeof err)))
         return iqp_cli_fail(CMD, "%s", err);
     iqp_pending_attach(p->queue, iqp_stream_aggregator(p->s), iqp_publisher_notify, p->pub);
+    return 0;
+}
+
+/* --repartition: starts the first stage on the input topics (the group
+ * given), and points the stream (so) at the repartition topics, counting
+ * them as the group "<group>-counting" (consumers/repartition.h). */
+static int start_repartition(const stream_opts *o, const iqp_config *cfg, stream_parts *p, iqp_stream_options *so) {
+    char err[1024];
+    const char *prefix = o->repartition_prefix ? o->repartition_prefix : "iqp-repartition", *group = "iqp-stream";
+    size_t n = 0;
+    for (size_t i = 0; i < o->n_props; i++) {
+        if (!strcmp(o->props[2 * i], "group.id")) group = o->props[2 * i + 1];
+        p->rp_props[n++] = o->props[2 * i], p->rp_props[n++] = o->props[2 * i + 1];
+    }
+    snprintf(p->rp_topics[0], sizeof p->rp_topics[0], "%s-impressions", prefix);
+    snprintf(p->rp_topics[1], sizeof p->rp_topics[1], "%s-actions", prefix);
+    snprintf(p->rp_group, sizeof p->rp_group, "%s-counting", group);
+    p->rp_props[n++] = "group.id", p->rp_props[n++] = p->rp_group, p->rp_props[n] = NULL;
+    iqp_repartition_options ro = {{so->impressions_topic ? so->impressions_topic : "impressions",
+                                   so->actions_topic ? so->actions_topic : "actions"},
+                                  {p->rp_topics[0], p->rp_topics[1]}, o->props, cfg, 0, p->m};
+    if (!(p->rp = iqp_repartition_start(&ro, err, sizeof err))) return iqp_cli_fail(CMD, "repartition: %s", err);
+    p->sd.rp = p->rp;
+    so->origin_topics[0] = ro.in_topics[0], so->origin_topics[1] = ro.in_topics[1];
+    so->impressions_topic = p->rp_topics[0], so->actions_topic = p->rp_topics[1];
+    so->kafka_props = p->rp_props;
+    fprintf(stderr, "iqp stream: repartitioning %s, %s (group %s) through %s, %s (%d partitions; group %s)\n",
+            ro.in_topics[0], ro.in_topics[1], group, p->rp_topics[0], p->rp_topics[1],
+            (int)iqp_repartition_partitions(p->rp), p->rp_group);
     return 0;
 }
 
@@ -672,7 +732,8 @@ static int open_parts(const stream_opts *o, iqp_config *cfg, stream_parts *p) {
     p->sd.watchdog_ms = iqp_sd_watchdog_ms();
     iqp_stream_options so = {o->imp_topic, o->act_topic, o->flush_ms, o->props, p->dl, p->m,
                              p->ckpt, o->progress, on_tick, &p->sd, o->redis.url != NULL, o->skip_lost,
-                             o->state_dir, cfg, o->checkpoint_dir, o->checkpoint_ms};
+                             o->state_dir, cfg, o->checkpoint_dir, o->checkpoint_ms, {NULL, NULL}};
+    if (o->repartition && start_repartition(o, cfg, p, &so) != 0) return 1;
     if (!(p->s = iqp_stream_new(p->st, &so, err, sizeof err))) return iqp_cli_fail(CMD, "%s", err);
     return open_publisher(o, p);
 }
@@ -688,11 +749,24 @@ static void stop_publisher(stream_parts *p, int64_t drain_ms) {
             (unsigned long long)iqp_pending_count(p->queue));
 }
 
+/* The first stage after the stream: everything it forwarded is delivered
+ * and its offsets committed; a failure (now or earlier) is exit 1. */
+static int stop_repartition(stream_parts *p, int rc) {
+    char err[1024];
+    if (!p->rp) return rc;
+    if (iqp_repartition_failed(p->rp, err, sizeof err)) rc = iqp_cli_fail(CMD, "repartition: %s", err);
+    else if (iqp_repartition_stop(p->rp, err, sizeof err) < 0 && rc == 0) rc = iqp_cli_fail(CMD, "repartition: %s", err);
+    iqp_repartition_free(p->rp);
+    p->rp = NULL;
+    return rc;
+}
+
 static int close_parts(stream_parts *p, int rc, int64_t drain_ms) {
     char err[512];
     if (p->s) print_summary(p->s);
     stop_publisher(p, drain_ms);
     iqp_stream_free(p->s);
+    rc = stop_repartition(p, rc);
     iqp_pending_free(p->queue);
     iqp_checkpoints_free(p->ckpt);
     iqp_metrics_server_stop(p->srv);

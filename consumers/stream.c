@@ -143,6 +143,33 @@
  * moment (a stalled owner past its session); each writes only its own
  * local store, and only one lineage continues: the next owner's.
  *
+ * Repartitioned input (--repartition, issue 16 item 1). When the input
+ * topics are not keyed by normalized query, a first stage
+ * (consumers/repartition.h) forwards every input message, unchanged, to
+ * the partitions of two repartition topics whose slice owns one of its
+ * contexts (aggregator/shards.h: iqp_count_slices_of, R = their
+ * partition count), with the header iqp.origin "<partition>/<offset>".
+ * This stream then reads the repartition topics with a state dir, and
+ * partition store r counts only the contexts of slice r
+ * (iqp_aggregator_set_slice): every context is whole in one store. The
+ * first stage commits an input offset only after the broker acknowledged
+ * every record before it, so a crash resends records and loses none.
+ * Resent records are dropped here: per origin (input topic, partition)
+ * each task keeps the highest origin offset it applied ("applied", this
+ * batch included; "staged", as of the batch last handed to the writer),
+ * written with the counts and offsets as meta "src/origin/<input
+ * topic>/<partition>" = {"applied": N}, and a record whose origin offset
+ * is not above it changes nothing (outcome "resent"). That is exact
+ * because records of one origin reach a repartition partition in origin
+ * order (one idempotent producer at a time) and every sender (a new
+ * owner resending from the committed offset, a stalled former owner
+ * finishing its queue) sends a contiguous run of the records routed
+ * there, starting at most one past what was applied: the next record
+ * due is always counted, a copy never. A dropped batch reverts applied
+ * to staged, as its messages are read again. The partition count R is
+ * kept in each store (meta "src/origin/slices"); a store is refused under
+ * another one, since its contexts were sliced by R.
+ *
  * Zombie writes: a batch is written only while this member owns its
  * partitions. A member that stalls (SIGSTOP, swap, a starved CPU) past
  * session.timeout.ms is dropped from the group by the broker, and its
@@ -214,6 +241,7 @@
 #include "aggregator/aggregator.h"
 #include "consumers/decode_queue.h"
 #include "consumers/partition_checkpoint.h"
+#include "consumers/repartition.h"
 #include "schemas/event.h"
 #include "util/clock.h"
 #include "util/stop.h"
@@ -230,6 +258,8 @@
 #define DL_FLUSH_TIMEOUT_MS 30000
 #define STORE_SIZE_EVERY_MS 5000
 #define META_PREFIX "src/kafka/"
+#define ORIGIN_PREFIX "src/origin/"
+#define SLICES_KEY ORIGIN_PREFIX "slices"
 #define HEALTH_EVERY_MS 250
 #define HEALTH_STALE_MS 10000
 #define LOCK_WAIT_MS 60000        /* a partition store's previous owner must let go by then */
@@ -243,6 +273,14 @@ enum { TOPIC_IMPRESSIONS = 0, TOPIC_ACTIONS = 1, N_TOPICS = 2 };
  * -1) for every partition, on the caller's store; with a state dir each
  * input partition number p has its own, state_dir/partition-<p>, holding
  * partition p of both topics ("Partition-owned state"). */
+/* Repartitioned input: how far a task counted one input partition. */
+typedef struct origin_pos {
+    int topic;                  /* TOPIC_* of the input */
+    int32_t partition;          /* input partition */
+    int64_t applied;            /* highest origin offset counted, this batch included; -1 none */
+    int64_t staged;             /* ... as of the batch last handed to the writer */
+} origin_pos;
+
 typedef struct task {
     int32_t partition;          /* -1: the single store */
     iqp_store *st;
@@ -252,6 +290,8 @@ typedef struct task {
     /* --checkpoint-dir ("Empty-disk takeover") */
     int64_t ck_progress;        /* progress of the newest checkpoint known of this partition; -1 none */
     int64_t ck_due_ms;          /* when to look at the store's progress again */
+    origin_pos *origins;        /* repartitioned input: per input partition seen */
+    size_t n_origins, cap_origins;
 } task;
 
 /* One assigned partition. */
@@ -282,6 +322,8 @@ struct iqp_stream {
     iqp_checkpoints *ckpt;
     char *topics[N_TOPICS];
     char *topic_labels[N_TOPICS]; /* escaped for metric labels */
+    char *origin_topics[N_TOPICS]; /* repartitioned input: the input topics; NULL: plain input */
+    int32_t n_slices;           /* repartitioned input: the topics' partition count R */
     int64_t flush_ms;
     int progress;
     void (*on_tick)(void *arg, int stopping);
@@ -335,7 +377,8 @@ static void declare_metrics(iqp_metrics *m) {
     if (!m) return;
     iqp_metrics_declare(m, "iqp_events_total", IQP_METRIC_COUNTER,
                         "Events consumed, by topic and outcome (counted, duplicate, "
-                        "dead_lettered, late, restored, restore_skipped).", NULL, 0);
+                        "dead_lettered, late, restored, restore_skipped, resent: a repartitioned record whose "
+                        "input message was counted already).", NULL, 0);
     iqp_metrics_declare(m, "iqp_dead_letters_total", IQP_METRIC_COUNTER,
                         "Events sent to the dead-letter sink, by topic and code.", NULL, 0);
     iqp_metrics_declare(m, "iqp_consumer_lag", IQP_METRIC_GAUGE,
@@ -465,6 +508,7 @@ static void remove_part(iqp_stream *s, int topic, int32_t partition) {
 
 static void fail(iqp_stream *s, const char *what, const char *why);
 static void pipeline_drain(iqp_stream *s);
+static int check_slices(iqp_stream *s, task *t);
 
 static void meta_key(const iqp_stream *s, int topic, int32_t partition, char *key, size_t len) {
     snprintf(key, len, META_PREFIX "%s/%d", s->topics[topic], (int)partition);
@@ -528,7 +572,8 @@ static task *add_task(iqp_stream *s, int32_t partition, iqp_store *st, int owned
     }
     task *t = calloc(1, sizeof *t);
     if (!t) abort();
-    *t = (task){partition, st, iqp_aggregator_new(st), owned, 0, -1, 0};
+    *t = (task){partition, st, iqp_aggregator_new(st), owned, 0, -1, 0, NULL, 0, 0};
+    if (s->origin_topics[0]) iqp_aggregator_set_slice(t->agg, (unsigned)partition, (unsigned)s->n_slices);
     s->tasks[s->n_tasks++] = t;
     return t;
 }
@@ -551,6 +596,7 @@ static void close_task(iqp_stream *s, size_t i) {
     /* the final state of a released partition, for its next owner */
     if (t->owned && s->ckdir && !s->fatal) checkpoint_task(s, t, iqp_mono_ms());
     if (t->owned) iqp_store_close(t->st);
+    free(t->origins);
     free(t);
     s->tasks[i] = s->tasks[--s->n_tasks];
 }
@@ -664,6 +710,7 @@ static task *task_for(iqp_stream *s, int32_t partition) {
     if (!st) return NULL;
     if (s->m) iqp_metrics_observe(s->m, "iqp_partition_store_open_seconds", "", (iqp_mono_ms() - t0) / 1000.0);
     task *t = add_task(s, partition, st, 1);
+    if (s->origin_topics[0] && check_slices(s, t) < 0) return close_task(s, s->n_tasks - 1), NULL;
     t->ck_progress = ck_progress;
     t->ck_due_ms = iqp_mono_ms() + (ck_progress < 0 ? FIRST_CHECKPOINT_CHECK_MS : s->ckpt_interval_ms);
     set_task_size(s, t, (double)iqp_store_disk_bytes(st));
@@ -688,11 +735,128 @@ static int64_t stored_offset(iqp_stream *s, const part_state *p) {
     return read_offset(s, p->task->st, p->topic, p->partition);
 }
 
+/* ---- repartitioned input (see "Repartitioned input" at the top) ----------- */
+
+/* A meta value {"<field>": N} with N >= 0: 1 with *out, 0 when absent, -1
+ * when unreadable. */
+static int read_meta_int(iqp_store *st, const char *key, const char *field, int64_t *out) {
+    char *val = NULL;
+    size_t vlen = 0;
+    int rc = iqp_store_get_meta(st, key, &val, &vlen);
+    if (rc <= 0) return rc;
+    json_t *j = json_loadb(val, vlen, 0, NULL);
+    json_t *n = json_object_get(j, field);
+    rc = json_is_integer(n) && json_integer_value(n) >= 0 ? 1 : -1;
+    if (rc == 1) *out = json_integer_value(n);
+    json_decref(j);
+    free(val);
+    return rc;
+}
+
+/* A partition store counts one slice of R: R is kept in it with its first
+ * batch, and a store sliced by another R is refused. 0, or -1 after fail(). */
+static int check_slices(iqp_stream *s, task *t) {
+    char why[800], val[64];
+    int64_t kept = -1;
+    int rc = read_meta_int(t->st, SLICES_KEY, "slices", &kept);
+    if (rc < 0) return fail(s, "partition state", "its repartition slice count is unreadable"), -1;
+    if (rc == 1 && kept != s->n_slices) {
+        snprintf(why, sizeof why, "%s/partition-%d counted slice %d of %lld, but the repartition topics now have "
+                                  "%d partitions: its contexts were sliced by %lld (use a new --state-dir, or "
+                                  "repartition topics with %lld partitions)",
+                 s->state_dir, (int)t->partition, (int)t->partition, (long long)kept, (int)s->n_slices,
+                 (long long)kept, (long long)kept);
+        return fail(s, "partition state", why), -1;
+    }
+    snprintf(val, sizeof val, "{\"slices\":%d}", (int)s->n_slices);
+    if (rc == 0) iqp_aggregator_stage_meta(t->agg, SLICES_KEY, val, strlen(val));
+    return 0;
+}
+
+/* The origin of a repartitioned record (header IQP_REPARTITION_ORIGIN_HEADER,
+ * "<partition>/<offset>"): 1 with *partition and *offset, 0 without one. */
+static int record_origin(const rd_kafka_message_t *msg, int32_t *partition, int64_t *offset) {
+    rd_kafka_headers_t *h = NULL;
+    const void *v = NULL;
+    size_t n = 0;
+    char buf[48], *end, *o;
+    if (rd_kafka_message_headers(msg, &h) || rd_kafka_header_get_last(h, IQP_REPARTITION_ORIGIN_HEADER, &v, &n) || !v ||
+        n == 0 || n >= sizeof buf)
+        return 0;
+    memcpy(buf, v, n);
+    buf[n] = 0;
+    long long p = strtoll(buf, &end, 10);
+    if (end == buf || *end != '/' || p < 0 || p > INT32_MAX) return 0;
+    o = end + 1;
+    long long off = strtoll(o, &end, 10);
+    if (end == o || *end || off < 0) return 0;
+    *partition = (int32_t)p;
+    *offset = off;
+    return 1;
+}
+
+/* t's position for input partition `partition` of topic, read from its
+ * store the first time. NULL after fail(). */
+static origin_pos *origin_of(iqp_stream *s, task *t, int topic, int32_t partition) {
+    char key[600];
+    int64_t applied = -1;
+    for (size_t i = 0; i < t->n_origins; i++)
+        if (t->origins[i].topic == topic && t->origins[i].partition == partition) return &t->origins[i];
+    snprintf(key, sizeof key, ORIGIN_PREFIX "%s/%d", s->origin_topics[topic], (int)partition);
+    if (read_meta_int(t->st, key, "applied", &applied) < 0)
+        return fail(s, "partition state", "a repartition origin position is unreadable"), NULL;
+    if (t->n_origins == t->cap_origins) {
+        t->cap_origins = t->cap_origins ? 2 * t->cap_origins : 16;
+        t->origins = realloc(t->origins, t->cap_origins * sizeof *t->origins);
+        if (!t->origins) abort();
+    }
+    origin_pos *o = &t->origins[t->n_origins++];
+    *o = (origin_pos){topic, partition, applied, applied};
+    return o;
+}
+
+/* 1 when msg forwards an input message p's task already counted (drop it),
+ * 0 when it is new (now applied) or has no origin, -1 after fail(). */
+static int origin_resent(iqp_stream *s, part_state *p, const rd_kafka_message_t *msg) {
+    int32_t partition;
+    int64_t offset;
+    if (!record_origin(msg, &partition, &offset)) return 0;
+    origin_pos *o = origin_of(s, p->task, p->topic, partition);
+    if (!o) return -1;
+    if (offset <= o->applied) return 1;
+    o->applied = offset;
+    return 0;
+}
+
+/* Stages every task's origin positions that moved with its batch. */
+static void stage_origins(iqp_stream *s) {
+    char key[600], val[64];
+    for (size_t i = 0; i < s->n_tasks; i++) {
+        task *t = s->tasks[i];
+        for (size_t k = 0; k < t->n_origins; k++) {
+            origin_pos *o = &t->origins[k];
+            if (o->applied == o->staged) continue;
+            snprintf(key, sizeof key, ORIGIN_PREFIX "%s/%d", s->origin_topics[o->topic], (int)o->partition);
+            snprintf(val, sizeof val, "{\"applied\":%lld}", (long long)o->applied);
+            iqp_aggregator_stage_meta(t->agg, key, val, strlen(val));
+            o->staged = o->applied;
+        }
+    }
+}
+
+/* A dropped batch: its records will be read again. */
+static void unapply_origins(iqp_stream *s) {
+    for (size_t i = 0; i < s->n_tasks; i++)
+        for (size_t k = 0; k < s->tasks[i]->n_origins; k++)
+            s->tasks[i]->origins[k].applied = s->tasks[i]->origins[k].staged;
+}
+
 /* ---- flushing ------------------------------------------------------------ */
 
 /* Stages the dirty partitions' offsets with the micro-batch, which then
  * carries them (writing); dirty is cleared for the next batch. */
 static void stage_offsets(iqp_stream *s) {
+    if (s->origin_topics[0]) stage_origins(s);
     for (size_t i = 0; i < s->n_parts; i++) {
         part_state *p = &s->parts[i];
         if (!p->dirty) continue;
@@ -883,6 +1047,7 @@ static void drop_batch(iqp_stream *s, const char *reason) {
     s->batch_events = 0;
     s->held = 0;
     for (size_t i = 0; i < s->n_parts; i++) s->parts[i].dirty = 0;
+    if (s->origin_topics[0]) unapply_origins(s);
     if (!pending && !messages) return;
     fprintf(stderr, "iqp stream: %s: dropping %zu unwritten events (%llu messages); the partitions' "
                     "owner counts them\n", strcmp(reason, "assignment_lost") == 0 ?
@@ -1312,10 +1477,14 @@ static int handle_message(iqp_stream *s, const rd_kafka_message_t *msg, iqp_deco
     if (!p) return 0; /* a straggler of a partition just released */
     int restoring = p->restore_until >= 0 && msg->offset < p->restore_until;
     if (s->skip_lost) skipped_range(s, topic, p, msg);
-    int rc = 0;
+    int rc = 0, resent = s->origin_topics[0] ? origin_resent(s, p, msg) : 0;
+    if (resent < 0) return -1;
     s->stats.messages++;
     s->batch_events++;
-    if (!d->ok) {
+    if (resent) {
+        s->stats.resent++;
+        count_event(s, topic, "resent");
+    } else if (!d->ok) {
         char reason[300];
         iqp_decode_error_format(&d->err, reason, sizeof reason);
         if (restoring) count_event(s, topic, "restore_skipped");
@@ -1354,9 +1523,15 @@ static void pipeline_put(iqp_stream *s, rd_kafka_message_t *msg) {
  * had been counted when it was polled. Before every cut, rebalance and
  * error message, so a batch, a revoke or a rewind always sees every
  * message polled before it. */
+/* Hands the partly filled batch to the decode thread, counting (or
+ * dropping) the oldest decoded batch first while every batch is out. */
+static void pipeline_send(iqp_stream *s, int count) {
+    while (iqp_decode_queue_send(s->dq) < 0) count_batch(s, iqp_decode_queue_next(s->dq), count);
+}
+
 static void pipeline_finish(iqp_stream *s, int count) {
     iqp_decoded_batch *b;
-    while (iqp_decode_queue_send(s->dq) < 0) count_batch(s, iqp_decode_queue_next(s->dq), count);
+    pipeline_send(s, count);
     while ((b = iqp_decode_queue_next(s->dq))) count_batch(s, b, count);
 }
 
@@ -1497,6 +1672,7 @@ static int check_partition_counts(iqp_stream *s, char *err, size_t errlen) {
     int n[N_TOPICS];
     for (int t = 0; t < N_TOPICS; t++)
         if ((n[t] = partition_count(s, t, err, errlen)) < 0) return -1;
+    s->n_slices = n[0];
     if (n[0] == n[1]) return 0;
     snprintf(err, errlen, "topic '%s' has %d partitions and '%s' %d: --state-dir keeps partition p of both "
                           "in one store, so both topics need the same partition count",
@@ -1577,6 +1753,8 @@ iqp_stream *iqp_stream_new(iqp_store *st, const iqp_stream_options *o, char *err
     s->on_tick = o->on_tick;
     s->tick_arg = o->tick_arg;
     set_topics(s, o);
+    for (int t = 0; t < N_TOPICS && o->state_dir && o->origin_topics[0]; t++)
+        if ((s->origin_topics[t] = strdup(o->origin_topics[t] ? o->origin_topics[t] : "")) == NULL) abort();
     if (strcmp(s->topics[0], s->topics[1]) == 0) {
         snprintf(err, errlen, "the impressions and actions topics must differ (both '%s')", s->topics[0]);
         iqp_stream_free(s);
@@ -1653,7 +1831,7 @@ int iqp_stream_run(iqp_stream *s, char *err, size_t errlen) {
         } else if (msg) {
             pipeline_put(s, msg);
         } else if (busy) { /* caught up with librdkafka: count what is in the queue */
-            while (iqp_decode_queue_send(s->dq) < 0) count_batch(s, iqp_decode_queue_next(s->dq), 1);
+            pipeline_send(s, 1);
             if ((b = iqp_decode_queue_next(s->dq))) count_batch(s, b, 1);
         }
         while ((b = iqp_decode_queue_try_next(s->dq))) count_batch(s, b, 1);
@@ -1712,6 +1890,7 @@ void iqp_stream_free(iqp_stream *s) {
     for (int t = 0; t < N_TOPICS; t++) {
         free(s->topics[t]);
         free(s->topic_labels[t]);
+        free(s->origin_topics[t]);
     }
     free(s->parts);
     free(s->batch_ts);

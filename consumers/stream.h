@@ -104,11 +104,22 @@ typedef struct iqp_stream_options {
      * takeover"). NULL: none. */
     const char *checkpoint_dir;
     int64_t checkpoint_interval_ms;
+    /* Repartitioned input (stream.c "Repartitioned input"; the stage that
+     * feeds it is consumers/repartition.h): the topics above are then the
+     * repartition topics, whose records forward input messages with the
+     * header IQP_REPARTITION_ORIGIN_HEADER ("<partition>/<offset>" of the input
+     * message), and origin_topics name the input topics they come from
+     * (impressions, actions). Needs state_dir: partition store r counts
+     * only the contexts of slice r of R (R: the repartition topics'
+     * partition count) and drops a record whose origin offset is not above
+     * the highest it counted from that input partition. {NULL}: plain input. */
+    const char *origin_topics[2];
 } iqp_stream_options;
 
 typedef struct iqp_stream_stats {
     uint64_t messages;             /* messages consumed */
     uint64_t counted, duplicate, late, dead_lettered, restored;
+    uint64_t resent;               /* repartitioned records dropped: their origin was counted already */
     uint64_t flushes, commit_failures, rebalances;
     uint64_t latency_n;            /* events whose produce->store latency was measured */
     double latency_p50_ms, latency_p99_ms;

@@ -190,6 +190,7 @@ static char *state_dir;              /* start_stream's --state-dir, shared by th
  * and the checkpoint dir they share */
 static char *instance_state[MAX_STREAMS], *checkpoint_dir;
 static const char *stream_env;       /* NAME=VALUE put in the next started instance's environment */
+static int produce_unkeyed;          /* produce() sends every line without a key (iqp produce --key none) */
 
 /* The Redis tests' server: a real redis-server child on a free port
  * (redis_port 0: the stream runs without --redis). */
@@ -199,7 +200,7 @@ static char redis_url[64];
 
 static void test_setup(void) {
     static const char *const args[] = {"--brokers", "3", "--partitions", "8", "--topics",
-                                       "imp,act,dl,iqp-checkpoints", NULL};
+                                       "imp,act,dl,iqp-checkpoints,rp-impressions,rp-actions", NULL};
     ck_assert_msg(setup_error == NULL, "%s", setup_error);
     tmp = tu_mkdtemp("stream");
     ck_assert_ptr_nonnull(tmp);
@@ -246,6 +247,7 @@ static void test_teardown(void) {
     redis_port = 0;
     stream_extra_arg = NULL;
     stream_env = NULL;
+    produce_unkeyed = 0;
     free(state_dir);
     state_dir = NULL;
     for (int i = 0; i < MAX_STREAMS; i++) free(instance_state[i]), instance_state[i] = NULL;
@@ -278,7 +280,8 @@ static void produce(int rate, int wait) {
     snprintf(rate_s, sizeof rate_s, "%d", rate);
     const char *argv[] = {"iqp", "produce", "--brokers", broker.bootstrap, "--impressions-topic",
                           "imp", "--actions-topic", "act", "--rate", rate_s, "--property",
-                          "message.max.bytes=4000000", traffic, bad_input, NULL};
+                          "message.max.bytes=4000000", "--key", produce_unkeyed ? "none" : "query",
+                          traffic, bad_input, NULL};
     char *log = tu_fmt("%s/produce.log", tmp);
     producer = spawn(argv, log);
     free(log);
@@ -1496,6 +1499,142 @@ START_TEST(stream_state_dir_survives_kill_9) {
 }
 END_TEST
 
+/* ---- repartitioned input (--repartition) --------------------------------------- */
+
+/* The log is produced without keys (each line to a random partition), so
+ * no context is whole in any input partition; the instances run with
+ * --repartition-prefix rp (topics rp-impressions, rp-actions, 8 partitions
+ * like the input). */
+static void use_repartition(void) {
+    use_state_dir();
+    produce_unkeyed = 1;
+    stream_extra_arg = "--repartition-prefix=rp";
+}
+
+/* 1 when the partition stores have counted everything: every input
+ * partition's last message was counted somewhere (iqp stats
+ * repartition_origins: the highest input offset counted, max over the
+ * stores) and every repartition partition is read to its end. */
+static int repartition_caught_up(void) {
+    static const char *const in[2] = {"imp", "act"}, *const rp[2] = {"rp-impressions", "rp-actions"};
+    char *out = NULL;
+    int done = run_stats_of("--state-dir", state_dir, &out) == 0;
+    json_t *j = done ? json_loads(out, 0, NULL) : NULL;
+    json_t *origins = json_object_get(j, "repartition_origins"), *offsets = json_object_get(j, "kafka_offsets");
+    for (int t = 0; t < 2 && done; t++)
+        for (int p = 0; p < N_PARTITIONS && done; p++) {
+            char key[64];
+            snprintf(key, sizeof key, "%s/%d", in[t], p);
+            json_t *v = json_object_get(origins, key);
+            int64_t end = partition_edge_of(in[t], p, 1);
+            done = end == 0 || (json_is_integer(v) && json_integer_value(v) == end - 1);
+            snprintf(key, sizeof key, "%s/%d", rp[t], p);
+            v = json_object_get(offsets, key);
+            int64_t rend = partition_edge_of(rp[t], p, 1);
+            done &= rend == 0 || (json_is_integer(v) && json_integer_value(v) == rend);
+        }
+    json_decref(j);
+    free(out);
+    return done;
+}
+
+/* Waits until repartition_caught_up holds twice in a row, 1 s apart (a
+ * record of an earlier message may still be on its way to another
+ * repartition partition when a later one is counted). */
+static void wait_repartition_caught_up(void) {
+    int streak = 0;
+    for (int64_t t0 = mono_ms(); streak < 2; sleep(1)) {
+        ck_assert_msg(mono_ms() - t0 < tu_wait_limit_ms(CATCH_UP_MS), "the partition stores did not catch up "
+                      "with the input through the repartition topics");
+        streak = repartition_caught_up() ? streak + 1 : 0;
+    }
+}
+
+/* Every context is whole in one partition store: for each chosen context
+ * and each (feature, window, item) line of its lookup, at most one of the
+ * 8 stores has a non-zero context_count. Returns the lines checked. */
+static uint64_t check_contexts_whole(void) {
+    int64_t as_of = oracle_watermark(orc);
+    uint64_t lines = 0;
+    for (size_t ci = 0; ci < n_contexts; ci++) {
+        const context *c = &contexts[ci];
+        size_t n = (size_t)ORACLE_N_FEATURES * ORACLE_N_WINDOWS * c->n_items;
+        int *holders = calloc(n, sizeof *holders);
+        for (int p = 0; p < N_PARTITIONS; p++) {
+            char *store = tu_fmt("%s/partition-%d", state_dir, p), *src = source_args(store, as_of);
+            char *out = run_lookup(src, c), *line, *save = NULL;
+            size_t k = 0;
+            for (line = strtok_r(out, "\n", &save); line && k < n; line = strtok_r(NULL, "\n", &save), k++) {
+                json_t *j = json_loads(line, 0, NULL);
+                holders[k] += json_integer_value(json_object_get(j, "context_count")) != 0;
+                json_decref(j);
+            }
+            free(out);
+            free(src);
+            free(store);
+        }
+        for (size_t k = 0; k < n; k++, lines++)
+            ck_assert_msg(holders[k] <= 1, "query='%s' %s/%s line %zu: the context is counted in %d partition "
+                          "stores, want one", c->query, c->country, c->gender, k, holders[k]);
+        free(holders);
+    }
+    fprintf(stderr, "repartition: %" PRIu64 " lookup lines, each context in one partition store\n", lines);
+    return lines;
+}
+
+/* Three instances with --repartition on one shared --state-dir, the log
+ * produced without keys while the second and third join: the partition
+ * stores together equal the oracle, and every context (c_item's country,
+ * g_item's gender included) is whole in one store. */
+START_TEST(stream_repartition_three_instances_count_once) {
+    use_repartition();
+    start_stream(0, 0);
+    free(wait_assigned(0));
+    produce(rate_over(30), 0);
+    for (int64_t t0 = mono_ms(); instance_metric(0, "iqp_events_total", counted_events) == 0; usleep(100000))
+        ck_assert_msg(mono_ms() - t0 < tu_wait_limit_ms(30000), "instance 0 counted nothing");
+    start_stream(1, 0);
+    start_stream(2, 0);
+    wait_producer();
+    wait_repartition_caught_up();
+    for (int i = 0; i < 3; i++) stop_stream(i);
+    compare_with_oracle(3);
+    check_contexts_whole();
+}
+END_TEST
+
+/* Two instances with --repartition; instance 0 is killed with kill -9 at
+ * random moments (both of its stages die: forwarded records whose input
+ * offsets were not committed are sent again by the next owner) and
+ * restarted, while the log is produced. The stores still equal the oracle
+ * and the resent records were dropped (iqp_events_total{outcome="resent"}
+ * shows whether any came). */
+START_TEST(stream_repartition_survives_kill_9) {
+    unsigned seed = (unsigned)time(NULL);
+    fprintf(stderr, "repartition kill -9 schedule seed %u\n", seed);
+    srand(seed);
+    use_repartition();
+    start_stream(0, 0);
+    start_stream(1, 0);
+    free(wait_assigned(0));
+    produce(rate_over(40), 0);
+    for (int k = 0; k < 4; k++) {
+        usleep((useconds_t)(700000 + rand() % 2500000));
+        kill_stream(0);
+        start_stream(0, 0);
+    }
+    wait_producer();
+    wait_repartition_caught_up();
+    static const char *const resent[] = {"outcome=\"resent\"", NULL};
+    double dropped = instance_metric(0, "iqp_events_total", resent) + instance_metric(1, "iqp_events_total", resent);
+    stop_stream(0);
+    stop_stream(1);
+    fprintf(stderr, "repartition kill -9: %.0f resent records dropped by the survivors' current runs\n", dropped);
+    compare_with_oracle(2);
+    check_contexts_whole();
+}
+END_TEST
+
 /* Waits (bounded) until instance i's log holds needle. */
 static void wait_log(int i, const char *needle, int base_ms) {
     for (int64_t t0 = mono_ms(); mono_ms() - t0 < tu_wait_limit_ms(base_ms); usleep(100000)) {
@@ -1737,6 +1876,14 @@ int main(void) {
     tcase_add_test(parts, stream_checkpoint_dir_empty_disk_takeover_after_sigterm);
     tcase_add_test(parts, stream_checkpoint_dir_empty_disk_takeover_after_kill_9);
     suite_add_tcase(s, parts);
+
+    /* repartitioned input (--repartition); run alone with CK_RUN_CASE=repartition */
+    TCase *rpt = tcase_create("repartition");
+    tcase_add_checked_fixture(rpt, test_setup, test_teardown);
+    tcase_set_timeout(rpt, 600);
+    tcase_add_test(rpt, stream_repartition_three_instances_count_once);
+    tcase_add_test(rpt, stream_repartition_survives_kill_9);
+    suite_add_tcase(s, rpt);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
