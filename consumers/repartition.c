@@ -317,7 +317,8 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t e, rd_kafka_topic_p
     }
     if (e == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS && !r->failing && !rd_kafka_assignment_lost(rk) &&
         deliver_and_commit(r, parts, FLUSH_WAIT_MS, err, sizeof err) < 0 && !r->failing)
-        fprintf(stderr, "iqp repartition: on revoke: %s\n", err);
+        fprintf(stderr, "iqp repartition: on revoke: %s (the next owner sends them again; stage 2 drops "
+                "the repeats)\n", err);
     for (int i = 0; i < parts->cnt; i++) {
         int kind = kind_of(r, parts->elems[i].topic);
         if (kind >= 0) drop_part(r, kind, parts->elems[i].partition);
