@@ -101,6 +101,7 @@ static tu_broker broker;
 static iqp_repartitioner *rp, *rp2;   /* rp2: a second member of the group */
 static iqp_metrics *metrics, *metrics2;
 static iqp_config cfg;
+static const char *extra_prop[2]; /* one more property for start_with (NULL: none) */
 
 static void test_setup(void) {
     static const char *const args[] = {
@@ -114,6 +115,7 @@ static void test_setup(void) {
 }
 
 static void test_teardown(void) {
+    extra_prop[0] = extra_prop[1] = NULL;
     iqp_repartition_free(rp);
     iqp_repartition_free(rp2);
     rp = rp2 = NULL;
@@ -133,7 +135,8 @@ static void produce_unkeyed(const char *path, int rate) {
 static iqp_repartitioner *start_with(const char *out0, const char *out1, iqp_metrics *m, char *err,
                                      size_t errlen) {
     const char *props[] = {"bootstrap.servers", broker.bootstrap, "group.id", "check-repartition",
-                           "session.timeout.ms", "6000", "heartbeat.interval.ms", "500", NULL};
+                           "session.timeout.ms", "6000", "heartbeat.interval.ms", "500",
+                           extra_prop[0], extra_prop[1], NULL};
     iqp_repartition_options o = {.in_topics = {in_topics[0], in_topics[1]},
                                  .out_topics = {out0, out1},
                                  .kafka_props = props,
@@ -428,6 +431,49 @@ START_TEST(rebalance_hands_over_exactly) {
 }
 END_TEST
 
+/* A message the producer cannot take (longer than its message.max.bytes,
+ * here made small) stops the repartitioner as failed, naming the message;
+ * the group's committed offset of its partition stays at or below it, so
+ * a fixed instance sends it (and everything after it) again. */
+START_TEST(failure_stops_before_the_message) {
+    char *big = tu_fmt("%s/big.jsonl", data_dir), err[512] = "";
+    FILE *f = fopen(big, "w");
+    ck_assert_ptr_nonnull(f);
+    fprintf(f, "{\"schema\":\"impression.v1\",\"event_id\":\"big-1\",\"request_id\":\"rb\",\"ts\":%lld,"
+               "\"query\":\"red shoes\",\"user\":{\"country\":\"US\",\"gender\":\"f\"},\"items\":[",
+            START_MS);
+    for (int i = 0; i < 400; i++) fprintf(f, "%s\"item-%04d\"", i ? "," : "", i);
+    fprintf(f, "]}\n");
+    ck_assert_int_eq(fclose(f), 0);
+    produce_unkeyed(big, 0);
+    free(big);
+    extra_prop[0] = "message.max.bytes";
+    extra_prop[1] = "2000";
+    start_repartitioner(&rp, metrics);
+    int failed = 0;
+    for (int64_t waited = 0; !failed && waited < tu_wait_limit_ms(WAIT_MS); waited += 100) {
+        failed = iqp_repartition_failed(rp, err, sizeof err);
+        if (!failed) sleep_ms(100);
+    }
+    ck_assert_msg(failed, "the repartitioner did not fail on a message over message.max.bytes");
+    int p = -1;
+    long long off = -1;
+    const char *at = strstr(err, "cannot produce the copy of impressions [");
+    ck_assert_msg(at && sscanf(at, "cannot produce the copy of impressions [%d] offset %lld", &p, &off) == 2,
+                  "%s", err);
+    ck_assert_int_eq(off, 0); /* the only message of its partition */
+    ck_assert_int_eq(iqp_repartition_stop(rp, err, sizeof err), -1);
+    rd_kafka_t *rk = plain_consumer("check-repartition");
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, in_topics[0], p);
+    ck_assert_int_eq(rd_kafka_committed(rk, l, 5000), 0);
+    ck_assert_msg(l->elems[0].offset <= off, "committed %lld past the failed message at %lld",
+                  (long long)l->elems[0].offset, off);
+    rd_kafka_topic_partition_list_destroy(l);
+    rd_kafka_destroy(rk);
+}
+END_TEST
+
 START_TEST(start_refuses_bad_repartition_topics) {
     char err[512] = "";
     rp = start_with(out_topics[0], "no-such-topic", metrics, err, sizeof err);
@@ -455,6 +501,7 @@ int main(void) {
     tcase_add_test(tc, routing_is_exact);
     tcase_add_test(tc, restart_forwards_only_new_messages);
     tcase_add_test(tc, rebalance_hands_over_exactly);
+    tcase_add_test(tc, failure_stops_before_the_message);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
