@@ -127,7 +127,7 @@ static void test_teardown(void) {
 
 /* `iqp produce --key none` of path, at most rate lines/s (0: unlimited). */
 static void produce_unkeyed(const char *path, int rate) {
-    ck_assert_int_eq(tu_run_ok(tu_fmt("'%s' produce --brokers '%s' --key none --rate %d '%s' 2>/dev/null",
+    ck_assert_int_eq(tu_run_ok(tu_fmt("'%s' produce --brokers '%s' --key none --rate %d '%s'",
                                       tu_iqp(), broker.bootstrap, rate, path)),
                      1);
 }
