@@ -48,12 +48,12 @@ static const iqp_flag FLAGS[] = {
      .must = "1..1024", .help = "partitions per topic"},
     {"topics", IQP_FLAG_STRING, offsetof(devbroker_opts, topics), .arg = "LIST",
      .def = "impressions,actions,dead-letter,iqp-checkpoints,iqp-repartition-impressions,iqp-repartition-actions",
-     .help = "comma-separated topic names"},
+     .help = "comma-separated topic names; NAME:N gives one topic N partitions"},
     {0}};
 
 static const iqp_flag_cmd DEVBROKER = {
     .name = "devbroker",
-    .usage = "iqp devbroker [--brokers N] [--partitions N] [--topics a,b,...]",
+    .usage = "iqp devbroker [--brokers N] [--partitions N] [--topics a,b:N,...]",
     .about = "Starts a local Kafka (librdkafka's mock cluster) on loopback, creates the topics,\n"
              "prints the bootstrap list (host:port,...) as its first line on stdout, and runs\n"
              "until SIGINT/SIGTERM or 'quit' on stdin. For tests and the quickstart only.",
@@ -146,9 +146,20 @@ static void serve(rd_kafka_mock_cluster_t *mc, int brokers) {
     }
 }
 
+/* Creates each topic of the list; "name:N" gives that topic N partitions
+ * instead of --partitions (tests of topics that must agree). */
 static int create_topics(rd_kafka_mock_cluster_t *mc, char *topics, int partitions) {
     for (char *t = strtok(topics, ","); t; t = strtok(NULL, ",")) {
-        rd_kafka_resp_err_t err = rd_kafka_mock_topic_create(mc, t, partitions, 1);
+        int n = partitions;
+        char *colon = strchr(t, ':'), *end = NULL;
+        if (colon) {
+            long v = strtol(colon + 1, &end, 10);
+            if (colon == t || end == colon + 1 || *end || v < 1 || v > 1024)
+                return iqp_cli_usage_error(CMD, "--topics: '%s' is not NAME or NAME:N (N in 1..1024)", t);
+            *colon = '\0';
+            n = (int)v;
+        }
+        rd_kafka_resp_err_t err = rd_kafka_mock_topic_create(mc, t, n, 1);
         if (err) return iqp_cli_fail(CMD, "cannot create topic '%s': %s", t, rd_kafka_err2str(err));
     }
     return 0;

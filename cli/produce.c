@@ -19,7 +19,10 @@
  * "murmur2_random" partitioner (the Java client's murmur2 hash of the key,
  * so Java and librdkafka producers agree; random partition for no key) all
  * events of one query land on one partition, whatever spelling variant the
- * client sent.
+ * client sent. --key none sends every line without a key (tests of input
+ * that is not keyed by query, which `iqp stream --repartition` takes):
+ * with sticky.partitioning.linger.ms=0 each line gets a random partition
+ * of its own, instead of librdkafka sticking to one for 10 ms.
  *
  * Producer. Idempotent (enable.idempotence=true, acks=all: no duplicates
  * or reordering from retries), linger.ms=5. A delivery report callback,
@@ -84,6 +87,7 @@ static volatile sig_atomic_t reading_stdin;
 typedef struct produce_opts {
     const char *brokers, *imp_topic, *act_topic, *config_path;
     int64_t rate;
+    int key_none;                /* --key: 0 query (default), 1 none */
     json_t *root;                /* the --config file, when given */
     iqp_flag_list props;         /* "NAME=VALUE" strings, pointing into argv */
     iqp_flag_list files;         /* pointing into argv; none: standard input */
@@ -104,6 +108,8 @@ static const iqp_flag FLAGS[] = {
      .help = "default: the config's stream.impressions_topic, else impressions"},
     {"actions-topic", IQP_FLAG_STRING, offsetof(produce_opts, act_topic), .arg = "T",
      .help = "default: the config's stream.actions_topic, else actions"},
+    {"key", IQP_FLAG_CHOICE, offsetof(produce_opts, key_none), .choices = "query|none", .def = "query",
+     .help = "message key: the normalized query (default), or none (each line on a random partition)"},
     {"rate", IQP_FLAG_INT, offsetof(produce_opts, rate), .max = 1000000000, .must = "0..1000000000 lines/s",
      .help = "at most N lines per second (default 0: unlimited)"},
     {"config", IQP_FLAG_STRING, offsetof(produce_opts, config_path), .arg = "FILE",
@@ -128,7 +134,9 @@ static const iqp_flag_cmd PRODUCE = {
              "Key: the line's \"query\" normalized as the aggregator does (NFKC, case fold,\n"
              "white space trimmed and collapsed), so all events of one query land on one\n"
              "partition; lines without a usable query have no key. The partitioner is\n"
-             "murmur2_random: the Java client's hash of the key (keyless: random).",
+             "murmur2_random: the Java client's hash of the key (keyless: random).\n"
+             "--key none sends every line without a key, each on a random partition\n"
+             "(sticky.partitioning.linger.ms=0): input not keyed by query.",
     .epilog = "Producer properties, later wins: enable.idempotence=true, acks=all,\n"
               "linger.ms=5, partitioner=murmur2_random; then the config's \"kafka\" object;\n"
               "bootstrap.servers from --brokers; then each --property. An unknown or\n"
@@ -238,6 +246,7 @@ static rd_kafka_conf_t *build_conf(produce_opts *o, void *opaque) {
     int rc = 0;
     for (const char *const *kv = defaults; *kv && rc == 0; kv += 2)
         rc = set_prop(conf, kv[0], kv[1], "default");
+    if (rc == 0 && o->key_none) rc = set_prop(conf, "sticky.partitioning.linger.ms", "0", "--key none");
     if (rc == 0 && o->config_path) rc = apply_config_file(conf, o);
     if (!o->imp_topic) o->imp_topic = "impressions";
     if (!o->act_topic) o->act_topic = "actions";
@@ -273,6 +282,7 @@ typedef struct producer {
     rd_kafka_t *rk;
     rd_kafka_topic_t *imp, *act;
     size_t max_line;
+    int key_none;                           /* --key none */
     uint64_t lines, n_imp, n_act, n_other;  /* lines read, by schema */
     uint64_t delivered, dr_failed;          /* from delivery reports */
     uint64_t errors_reported;
@@ -401,6 +411,7 @@ static int produce_line(producer *p, const char *path, uint64_t line_no, const c
         return 0;
     }
     line_kind kind = classify(line, len, &key, &keylen);
+    if (p->key_none) free(key), key = NULL, keylen = 0;
     uint64_t *count = kind == LINE_IMPRESSION ? &p->n_imp : kind == LINE_ACTION ? &p->n_act : &p->n_other;
     (*count)++;
     const char *why = NULL;
@@ -513,6 +524,7 @@ static void print_summary(const producer *p, const char *brokers, double secs) {
 static int producer_open(producer *p, rd_kafka_conf_t *conf, const produce_opts *o) {
     char kerr[512];
     p->max_line = max_message_bytes(conf);
+    p->key_none = o->key_none;
     p->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, kerr, sizeof kerr);
     if (!p->rk) {
         rd_kafka_conf_destroy(conf);

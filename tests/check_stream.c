@@ -323,6 +323,8 @@ static void start_stream(int i, int dl_topic) {
     if (checkpoint_dir)
         argv[n++] = "--checkpoint-dir", argv[n++] = checkpoint_dir, argv[n++] = "--checkpoint-interval", argv[n++] = "2s";
     if (stream_extra_arg) argv[n++] = stream_extra_arg;
+    /* --repartition forwards the bad input's >1 MiB line: its producer must take it */
+    if (produce_unkeyed) argv[n++] = "--property", argv[n++] = "message.max.bytes=4000000";
     argv[n] = NULL;
     s->pid = spawn(argv, s->log);
     free(dl_file);
