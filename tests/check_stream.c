@@ -198,9 +198,8 @@ static int redis_port;
 static pid_t redis_pid;
 static char redis_url[64];
 
-static void test_setup(void) {
-    static const char *const args[] = {"--brokers", "3", "--partitions", "8", "--topics",
-                                       "imp,act,dl,iqp-checkpoints,rp-impressions,rp-actions", NULL};
+static void start_test_env(const char *topics) {
+    const char *const args[] = {"--brokers", "3", "--partitions", "8", "--topics", topics, NULL};
     ck_assert_msg(setup_error == NULL, "%s", setup_error);
     tmp = tu_mkdtemp("stream");
     ck_assert_ptr_nonnull(tmp);
@@ -210,6 +209,11 @@ static void test_setup(void) {
         streams[i].log = tu_fmt("%s/stream%d.log", tmp, i);
     }
 }
+
+static void test_setup(void) { start_test_env("imp,act,dl,iqp-checkpoints,rp-impressions,rp-actions"); }
+
+/* repartition topics of one partition (every context is slice 0) */
+static void resend_setup(void) { start_test_env("imp,act,dl,iqp-checkpoints,rp1-impressions:1,rp1-actions:1"); }
 
 /* A sanitizer report in a child's log (ops/test --sanitize) is copied to
  * this test's output, where ops/test finds it and fails the run: a child
@@ -1637,6 +1641,64 @@ START_TEST(stream_repartition_survives_kill_9) {
 }
 END_TEST
 
+/* Puts one impression on rp1-impressions (partition 0) as the forwarding
+ * stage would, with the origin header "0/<origin_offset>". */
+static void forward_impression(const char *event_id, const char *query, int64_t ts, int origin_offset) {
+    char *line = tu_fmt("{\"schema\":\"impression.v1\",\"event_id\":\"%s\",\"ts\":%" PRId64 ",\"request_id\":"
+                        "\"r-%s\",\"query\":\"%s\",\"user\":{\"country\":\"US\",\"gender\":\"f\"},\"items\":[\"i1\"]}",
+                        event_id, ts, event_id, query);
+    char *cmd = tu_fmt("printf '%%s\\n' '%s' | kcat -P -b '%s' -t rp1-impressions -p 0 -H iqp.origin=0/%d", line,
+                       broker.bootstrap, origin_offset);
+    ck_assert_msg(tu_run(cmd, NULL) == 0, "%s failed", cmd);
+    free(cmd);
+    free(line);
+}
+
+/* The impression count of item i1 in the 7d window of q_item for query q
+ * (country US, gender f) in partition store 0. */
+static int64_t alpha_impressions(const char *q) {
+    char *cmd = tu_fmt("'%s' lookup --store '%s/partition-0' --query '%s' --country US --gender f i1", tu_iqp(),
+                       state_dir, q), *out = NULL, *line, *save = NULL;
+    int64_t n = -1;
+    ck_assert_msg(tu_run(cmd, &out) == 0, "%s failed", cmd);
+    for (line = strtok_r(out, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+        json_t *j = json_loads(line, 0, NULL);
+        if (!strcmp(json_string_value(json_object_get(j, "feature")) ?: "", "q_item") &&
+            !strcmp(json_string_value(json_object_get(j, "window")) ?: "", "7d"))
+            n = json_integer_value(json_object_get(j, "impression"));
+        json_decref(j);
+    }
+    free(out);
+    free(cmd);
+    return n;
+}
+
+/* The counting stage drops a record whose origin it counted already, even
+ * where event-id dedup no longer would: impression A (origin 0/5) is
+ * counted, B (0/9) moves the watermark 71 h on, past the 24 h dedup
+ * horizon, and A is sent again (a forwarding stage resending after a
+ * crash). Without the origin rule A would count twice. */
+START_TEST(stream_repartition_drops_resent_records_beyond_the_dedup_horizon) {
+    static const char *const resent[] = {"outcome=\"resent\"", NULL};
+    int64_t now = (int64_t)time(NULL) * 1000, hour = 3600000;
+    use_state_dir();
+    stream_extra_arg = "--repartition-prefix=rp1";
+    start_stream(0, 0);
+    free(wait_assigned(0));
+    forward_impression("resend-a", "alpha resend", now - 72 * hour, 5);
+    forward_impression("resend-b", "beta resend", now - hour, 9);
+    forward_impression("resend-a", "alpha resend", now - 72 * hour, 5);
+    for (int64_t t0 = mono_ms(); instance_metric(0, "iqp_events_total", resent) < 1; usleep(100000))
+        ck_assert_msg(mono_ms() - t0 < tu_wait_limit_ms(30000), "the resent record was not dropped (log %s)",
+                      streams[0].log);
+    static const char *const counted[] = {"outcome=\"counted\"", NULL};
+    ck_assert_msg(instance_metric(0, "iqp_events_total", counted) == 2, "want A and B counted once each");
+    stop_stream(0);
+    ck_assert_int_eq(alpha_impressions("alpha resend"), 1);
+    ck_assert_int_eq(alpha_impressions("beta resend"), 1);
+}
+END_TEST
+
 /* Waits (bounded) until instance i's log holds needle. */
 static void wait_log(int i, const char *needle, int base_ms) {
     for (int64_t t0 = mono_ms(); mono_ms() - t0 < tu_wait_limit_ms(base_ms); usleep(100000)) {
@@ -1886,6 +1948,11 @@ int main(void) {
     tcase_add_test(rpt, stream_repartition_three_instances_count_once);
     tcase_add_test(rpt, stream_repartition_survives_kill_9);
     suite_add_tcase(s, rpt);
+    TCase *rps = tcase_create("repartition-resend");
+    tcase_add_checked_fixture(rps, resend_setup, test_teardown);
+    tcase_set_timeout(rps, 300);
+    tcase_add_test(rps, stream_repartition_drops_resent_records_beyond_the_dedup_horizon);
+    suite_add_tcase(s, rps);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
