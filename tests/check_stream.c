@@ -1853,6 +1853,10 @@ START_TEST(stream_rejects_bad_usage) {
     expect_rejected("--brokers 127.0.0.1:1 --property no.such.thing=1", 2, "no.such.thing");
     expect_rejected("--brokers 127.0.0.1:1 --actions-topic impressions", 2, "must differ");
     expect_rejected("--brokers 127.0.0.1:1 --flush-ms 0", 2, "--flush-ms");
+    expect_rejected("--brokers 127.0.0.1:1 --repartition", 2, "--repartition / stream.repartition needs --state-dir");
+    char *missing = tu_fmt("--brokers '%s' --state-dir '%s/st' --repartition-prefix nosuch", broker.bootstrap, tmp);
+    expect_rejected_as(missing, 1, "repartition topic 'nosuch-impressions' does not exist");
+    free(missing);
     expect_rejected("--brokers 127.0.0.1:1 --on-offset-lost maybe", 2, "--on-offset-lost");
     expect_rejected("--brokers 127.0.0.1:1 --property auto.offset.reset=sometimes", 2, "auto.offset.reset=sometimes");
     /* --state-dir: instead of --store, without Redis, with the range assignor */
