@@ -57,7 +57,7 @@
 #define MAX_CONTEXTS 24
 #define MAX_ITEMS 40
 #define CATCH_UP_MS 120000
-#define MAX_STREAMS 3
+#define MAX_STREAMS 4
 #define N_PARTITIONS 8
 #define N_ACTIONS ORACLE_N_ACTIONS
 
@@ -1641,6 +1641,59 @@ START_TEST(stream_repartition_survives_kill_9) {
 }
 END_TEST
 
+/* The issue's failure schedule with --repartition, each instance on its own
+ * disk (a local --state-dir) and one shared --checkpoint-dir: three
+ * instances count the unkeyed log as it is produced; instance 0 is killed
+ * with kill -9, a fourth joins, instance 1 leaves (SIGTERM), and instance
+ * 0 comes back on an EMPTY disk. Once the log is produced every instance
+ * stops (each checkpoints what it releases), and a last instance on an
+ * empty disk restores every partition from the checkpoints and counts
+ * what the group left: its stores alone equal the oracle, with every
+ * context whole in one store. */
+START_TEST(stream_repartition_kill_add_remove_and_empty_disk) {
+    use_repartition();
+    free(state_dir);
+    state_dir = NULL;
+    checkpoint_dir = tu_fmt("%s/checkpoints", tmp);
+    for (int i = 0; i < 3; i++) instance_state[i] = tu_fmt("%s/disk%d", tmp, i);
+    for (int i = 0; i < 3; i++) start_stream(i, 0);
+    free(wait_assigned(0));
+    produce(rate_over(40), 0);
+    for (int64_t t0 = mono_ms(); instance_metric(0, "iqp_events_total", counted_events) == 0; usleep(100000))
+        ck_assert_msg(mono_ms() - t0 < tu_wait_limit_ms(60000), "instance 0 counted nothing");
+    usleep(1500000);
+    kill_stream(0);
+    instance_state[3] = tu_fmt("%s/disk3", tmp);
+    start_stream(3, 0);
+    usleep(3000000);
+    stop_stream(1);
+    tu_rmrf(instance_state[0]); /* instance 0's disk is lost */
+    start_stream(0, 0);
+    wait_producer();
+    usleep(2000000);
+    /* the group stops wherever it is (each member checkpoints what it
+     * releases); the last instance forwards and counts whatever is left */
+    for (int i = 0; i < 4; i++)
+        if (streams[i].pid > 0) stop_stream(i);
+    free(instance_state[1]);
+    instance_state[1] = tu_fmt("%s/final", tmp); /* instance 1 again, on an empty disk */
+    start_stream(1, 0);
+    state_dir = tu_fmt("%s", instance_state[1]);
+    wait_repartition_caught_up();
+    char *m = fetch_metrics(streams[1].metrics_port);
+    double restores = metric_sum(m, "iqp_partition_restores_total", no_labels);
+    double forwarded = metric_sum(m, "iqp_repartition_records_total", no_labels);
+    free(m);
+    stop_stream(1);
+    fprintf(stderr, "repartition schedule: the last instance restored %.0f partitions and forwarded %.0f records "
+                    "the group had not\n", restores, forwarded);
+    ck_assert_msg(restores == N_PARTITIONS, "the last instance restored %.0f partitions, want %d", restores,
+                  N_PARTITIONS);
+    compare_with_oracle(1);
+    check_contexts_whole();
+}
+END_TEST
+
 /* Puts one impression on rp1-impressions (partition 0) as the forwarding
  * stage would, with the origin header "0/<origin_offset>". */
 static void forward_impression(const char *event_id, const char *query, int64_t ts, int origin_offset) {
@@ -1951,6 +2004,7 @@ int main(void) {
     tcase_set_timeout(rpt, 600);
     tcase_add_test(rpt, stream_repartition_three_instances_count_once);
     tcase_add_test(rpt, stream_repartition_survives_kill_9);
+    tcase_add_test(rpt, stream_repartition_kill_add_remove_and_empty_disk);
     suite_add_tcase(s, rpt);
     TCase *rps = tcase_create("repartition-resend");
     tcase_add_checked_fixture(rps, resend_setup, test_teardown);
