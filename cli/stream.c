@@ -914,6 +914,24 @@ static int dry_topic(const rd_kafka_metadata_t *md, const char *role, const char
     return dry_line(1, "kafka", "%s topic '%s': %d partitions", role, name, t->partition_cnt);
 }
 
+/* --repartition: both repartition topics exist with one partition count. */
+static int dry_repartition_topics(const stream_opts *o, const rd_kafka_metadata_t *md) {
+    char names[2][300];
+    int n[2] = {0, 0}, bad = 0;
+    const char *prefix = o->repartition_prefix ? o->repartition_prefix : "iqp-repartition";
+    snprintf(names[0], sizeof names[0], "%s-impressions", prefix);
+    snprintf(names[1], sizeof names[1], "%s-actions", prefix);
+    bad += dry_topic(md, "repartition", names[0], &n[0]);
+    bad += dry_topic(md, "repartition", names[1], &n[1]);
+    if (n[0] && n[1] && n[0] != n[1])
+        bad += dry_line(0, "kafka", "%s has %d partitions, %s %d: --repartition needs the same count", names[0], n[0],
+                        names[1], n[1]);
+    else if (n[0] && n[1])
+        dry_line(-1, "kafka", "would forward the input to %s and %s as group '%s' and count them as group "
+                              "'%s-counting'", names[0], names[1], group_id(o), group_id(o));
+    return bad;
+}
+
 static int dry_kafka(const stream_opts *o) {
     const char *props[2 * MAX_PROPS + 1];
     char kerr[512];
@@ -934,12 +952,13 @@ static int dry_kafka(const stream_opts *o) {
              md->broker_cnt == 1 ? "s" : "");
     bad += dry_topic(md, "impressions", o->imp_topic ? o->imp_topic : "impressions", &ni);
     bad += dry_topic(md, "actions", o->act_topic ? o->act_topic : "actions", &na);
-    if (ni && na && ni != na && o->state_dir)
+    if (ni && na && ni != na && o->state_dir && !o->repartition)
         bad += dry_line(0, "kafka", "impressions has %d partitions, actions %d: --state-dir needs the same count", ni,
                         na);
     else if (ni && na && ni != na)
         dry_line(-1, "kafka", "impressions has %d partitions, actions %d: instances scale out by partition, "
                               "so both topics should have the same count", ni, na);
+    if (o->repartition) bad += dry_repartition_topics(o, md);
     if (!o->dl_file) bad += dry_topic(md, "dead-letter", o->dl_topic ? o->dl_topic : "dead-letter", &n);
     const char *ckpt = o->ckpt_topic ? o->ckpt_topic : "iqp-checkpoints";
     if (strcmp(ckpt, "off") != 0 && !o->state_dir) bad += dry_topic(md, "checkpoint", ckpt, &n);

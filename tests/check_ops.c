@@ -49,7 +49,9 @@ static pid_t child;
 
 static void setup_broker(void) {
     static const char *const args[] = {"--brokers", "1", "--partitions", "2", "--topics",
-                                       "impressions,actions,dead-letter,iqp-checkpoints", NULL};
+                                       "impressions,actions,dead-letter,iqp-checkpoints,"
+                                       "iqp-repartition-impressions,iqp-repartition-actions,rp3-impressions,"
+                                       "rp3-actions:3", NULL};
     tmp = tu_mkdtemp("ops");
     ck_assert_ptr_nonnull(tmp);
     ck_assert_int_eq(tu_broker_start(&broker, args), 0);
@@ -354,6 +356,33 @@ START_TEST(stream_dry_run_checks_and_changes_nothing) {
 }
 END_TEST
 
+/* --repartition: the dry run checks the repartition topics too. */
+static int dry_run_repartition(const char *prefix, char **out) {
+    char *err = NULL;
+    char *cmd = tu_fmt("'%s' stream --dry-run --brokers '%s' --state-dir '%s/state' --dead-letter-file "
+                       "'%s/dl.jsonl' --metrics-listen off --repartition-prefix %s", tu_iqp(), broker.bootstrap, tmp,
+                       tmp, prefix);
+    int rc = run_split(cmd, out, &err);
+    free(cmd), free(err);
+    return rc;
+}
+
+START_TEST(stream_dry_run_checks_repartition_topics) {
+    char *out = NULL;
+    ck_assert_int_eq(dry_run_repartition("iqp-repartition", &out), 0);
+    ck_assert_msg(strstr(out, "ok   kafka     repartition topic 'iqp-repartition-actions': 2 partitions"), "%s", out);
+    ck_assert_msg(strstr(out, "count them as group 'iqp-stream-counting'"), "%s", out);
+    free(out);
+    ck_assert_int_eq(dry_run_repartition("missing", &out), 1);
+    ck_assert_msg(strstr(out, "FAIL kafka     repartition topic 'missing-impressions' does not exist"), "%s", out);
+    free(out);
+    ck_assert_int_eq(dry_run_repartition("rp3", &out), 1);
+    ck_assert_msg(strstr(out, "rp3-impressions has 2 partitions, rp3-actions 3: --repartition needs the same count"),
+                  "%s", out);
+    free(out);
+}
+END_TEST
+
 
 /* ---- dashboards and rules use only exported metrics ----------------------------- */
 
@@ -651,6 +680,7 @@ static Suite *ops_suite(void) {
     tcase_set_timeout(tc, 240);
     tcase_add_test(tc, stream_notifies_systemd);
     tcase_add_test(tc, stream_dry_run_checks_and_changes_nothing);
+    tcase_add_test(tc, stream_dry_run_checks_repartition_topics);
     tcase_add_test(tc, rules_and_dashboard_use_exported_metrics);
     tcase_add_test(tc, backup_beside_running_stream);
     tcase_add_test(tc, stream_logs_json);
