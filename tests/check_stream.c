@@ -1457,6 +1457,18 @@ START_TEST(stream_state_dir_three_instances_count_once) {
 }
 END_TEST
 
+/* The start of a kill -9 schedule: its random seed (logged, to replay a
+ * failure), two instances, and the log produced over `seconds`. */
+static void start_two_for_kills(const char *label, int seconds) {
+    unsigned seed = (unsigned)time(NULL);
+    fprintf(stderr, "%s kill -9 schedule seed %u\n", label, seed);
+    srand(seed);
+    start_stream(0, 0);
+    start_stream(1, 0);
+    free(wait_assigned(0));
+    produce(rate_over(seconds), 0);
+}
+
 /* Two instances share one --state-dir; instance 0 dies again and again
  * while the log is produced: right after a store write (the test hook
  * IQP_TEST_DIE_AT=after-write:N, before that write's offsets reach
@@ -1466,14 +1478,8 @@ END_TEST
  * (and their stores, once the dead process's LOCK is gone) meanwhile.
  * The partition stores still equal the oracle: nothing counted twice. */
 START_TEST(stream_state_dir_survives_kill_9) {
-    unsigned seed = (unsigned)time(NULL);
-    fprintf(stderr, "state dir kill -9 schedule seed %u\n", seed);
-    srand(seed);
     use_state_dir();
-    start_stream(0, 0);
-    start_stream(1, 0);
-    free(wait_assigned(0));
-    produce(rate_over(60), 0);
+    start_two_for_kills("state dir", 60);
     char env[64];
     int hook_deaths = 0;
     for (int k = 0; k < 4; k++) {
@@ -1616,14 +1622,8 @@ END_TEST
  * and the resent records were dropped (iqp_events_total{outcome="resent"}
  * shows whether any came). */
 START_TEST(stream_repartition_survives_kill_9) {
-    unsigned seed = (unsigned)time(NULL);
-    fprintf(stderr, "repartition kill -9 schedule seed %u\n", seed);
-    srand(seed);
     use_repartition();
-    start_stream(0, 0);
-    start_stream(1, 0);
-    free(wait_assigned(0));
-    produce(rate_over(40), 0);
+    start_two_for_kills("repartition", 40);
     for (int k = 0; k < 4; k++) {
         usleep((useconds_t)(700000 + rand() % 2500000));
         kill_stream(0);
