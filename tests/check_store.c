@@ -1039,6 +1039,43 @@ START_TEST(ingest_missing_file_is_refused) {
 }
 END_TEST
 
+/* A backfill dies between a batch's commit and its ingestion: a read-only
+ * open still opens (after waiting out the writer it cannot know is dead),
+ * and a checkpoint of it, which cannot carry the kept table file, is
+ * refused (iqp backup tries again); once a read-write open finished the
+ * batch, both work. */
+START_TEST(checkpoint_of_a_pending_ingestion_is_refused) {
+    char *base = tu_mkdtemp("ingestck"), *log = tu_fmt("%s/events.jsonl", base);
+    char *store = tu_fmt("%s/store", base), *ck1 = tu_fmt("%s/ck1", base), *ck2 = tu_fmt("%s/ck2", base);
+    char *out = NULL;
+    gen_month_log(log);
+    int rc = backfill_env("IQP_TEST_DIE_AT=after-commit", store, log, "--flush-events 1000", &out);
+    ck_assert_msg(rc == 99, "the backfill should have died (exit 99), exit %d: %s", rc, out);
+    free(out);
+    iqp_store *ro = iqp_store_open(store, NULL, IQP_STORE_READ_ONLY, err, sizeof err);
+    ck_assert_msg(ro != NULL, "%s", err);
+    ck_assert_int_eq(iqp_store_checkpoint(ro, ck1, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "between its commit and the ingestion"), "%s", err);
+    iqp_store_close(ro);
+    iqp_config cfg;
+    iqp_config_defaults(&cfg);
+    iqp_store *rw = iqp_store_open(store, &cfg, IQP_STORE_READ_WRITE, err, sizeof err); /* finishes the batch */
+    ck_assert_msg(rw != NULL, "%s", err);
+    iqp_store_close(rw);
+    ro = iqp_store_open(store, NULL, IQP_STORE_READ_ONLY, err, sizeof err);
+    ck_assert_msg(ro != NULL, "%s", err);
+    ck_assert_msg(iqp_store_checkpoint(ro, ck2, err, sizeof err) == 0, "%s", err);
+    iqp_store_close(ro);
+    tu_rmrf(base);
+    free(out = NULL);
+    free(ck1);
+    free(ck2);
+    free(store);
+    free(log);
+    free(base);
+}
+END_TEST
+
 /* ---- the ingest gate (`iqp stream --redis`: a publisher beside the writer) -- */
 
 #define GATE_BATCHES 40
@@ -1171,6 +1208,7 @@ int main(void) {
     tcase_add_test(ingest, ingest_missing_file_is_refused);
     tcase_add_test(ingest, ingest_leaves_the_kept_file_untouched);
     tcase_add_test(ingest, snapshots_never_see_contexts_without_counts);
+    tcase_add_test(ingest, checkpoint_of_a_pending_ingestion_is_refused);
     suite_add_tcase(s, ingest);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
