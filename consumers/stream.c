@@ -69,6 +69,22 @@
  * 17k-event batches, ~9 us in 64k-event ones). When the stream keeps up,
  * a write ends well inside the interval.
  *
+ * Store writes. Every store the stream writes (the single store, each
+ * partition store) bulk-loads large batches (iqp_store_set_ingest at
+ * IQP_STORE_INGEST_MIN_MERGES, as `iqp backfill`): a batch with that many
+ * counts merges or more -- a backlog's, 17k-64k events -- writes them as
+ * one sorted table file ingested into the counts family, instead of
+ * memtable inserts, which bound the writer thread (perf). The rest of the
+ * batch, the Kafka offsets included, still commits as one WriteBatch, and
+ * store.c's redo protocol ("table-file ingestion") keeps counts, markers
+ * and offsets exactly once across a crash; a store is reopened on every
+ * start and assignment, which finishes an interrupted batch before its
+ * offsets are read. The publisher on the same store (--redis) never takes
+ * a snapshot between such a batch's commit and its ingestion (store.c's
+ * ingest gate), so it cannot publish a context count without the counts
+ * of the same batch. Steady-state batches (a few hundred merges) stay on
+ * the memtable path.
+ *
  * Partition table. Every assigned partition has a part_state: the next
  * offset to commit, and restore_until, the group's committed offset when
  * it was assigned and that is ahead of this store's own offset. Messages
@@ -631,6 +647,7 @@ static iqp_store *open_partition_store(iqp_stream *s, int32_t partition) {
     snprintf(dir, sizeof dir, "%s/partition-%d", s->state_dir, (int)partition);
     for (int64_t t0 = iqp_mono_ms(), waited = 0;; waited = iqp_mono_ms() - t0) {
         iqp_store *st = iqp_store_open(dir, s->cfg, IQP_STORE_READ_WRITE, err, sizeof err);
+        if (st) iqp_store_set_ingest(st, IQP_STORE_INGEST_MIN_MERGES); /* "Store writes" */
         if (st && waited)
             fprintf(stderr, "iqp stream: %s: its previous owner released it; opened after %.1f s\n", dir,
                     waited / 1000.0);
@@ -1762,6 +1779,7 @@ iqp_stream *iqp_stream_new(iqp_store *st, const iqp_stream_options *o, char *err
     }
     declare_metrics(s->m);
     if (s->ckdir) declare_checkpoint_metrics(s->m);
+    if (!s->state_dir) iqp_store_set_ingest(st, IQP_STORE_INGEST_MIN_MERGES); /* "Store writes" */
     if (!s->state_dir) add_task(s, -1, st, 0);
     s->rk = create_consumer(s, o, err, errlen);
     if (s->rk) s->probe_q = rd_kafka_queue_new(s->rk);

@@ -105,6 +105,13 @@ struct iqp_store {
     uint64_t ingests;         /* batches ingested by this open (the test hook counts them) */
     uint64_t ingested_bytes;  /* their table files' bytes */
     int ingest_failed;        /* a committed batch's file is not ingested: no more commits */
+    /* The ingest gate ("table-file ingestion"): held by a writer from an
+     * ingesting batch's commit to the end of its ingestion, and by every
+     * snapshot, iterator without a snapshot and checkpoint this process
+     * takes, only while taking it; torn (under the gate): an ingestion
+     * failed after its commit, so no consistent view can be given. */
+    pthread_mutex_t gate;
+    int torn;
     const char *die_at;       /* IQP_TEST_DIE_AT (test hook), NULL when unset */
 };
 
@@ -504,6 +511,9 @@ static int load_watermark(iqp_store *st) {
 /* ---- open / close -------------------------------------------------------- */
 
 static int recover_ingest(iqp_store *st, char *err, size_t errlen);
+static int ingest_pending(iqp_store *st);
+static rocksdb_iterator_t *create_iterator(iqp_store *st, rocksdb_readoptions_t *ro, iqp_cf cf,
+                                           const iqp_store_snapshot *snap, char *err, size_t errlen);
 
 static iqp_store *store_alloc(const char *dir, int read_only, const iqp_config *cfg) {
     iqp_store *st = calloc(1, sizeof *st);
@@ -522,6 +532,7 @@ static iqp_store *store_alloc(const char *dir, int read_only, const iqp_config *
     st->wo_sync = rocksdb_writeoptions_create();
     rocksdb_writeoptions_set_sync(st->wo_sync, 1);
     atomic_store(&st->watermark_ms, INT64_MIN);
+    pthread_mutex_init(&st->gate, NULL);
     return st;
 }
 
@@ -702,6 +713,24 @@ fail:
     return NULL;
 }
 
+/* A read-only open sees the store as of that moment; one that finds a
+ * batch between its commit and its ingestion ("table-file ingestion":
+ * markers and contexts without their counts) opens again, every
+ * SETTLE_STEP_MS for up to SETTLE_MS, for the writer to finish it (it
+ * takes milliseconds). A writer that died in between leaves it so until
+ * the next read-write open; the store is then used as it is. */
+#define SETTLE_MS 5000
+#define SETTLE_STEP_MS 20
+static iqp_store *read_only_settle(iqp_store *st, const char *dir, const iqp_config *cfg, char *err,
+                                   size_t errlen) {
+    for (int waited = 0; st && waited < SETTLE_MS && ingest_pending(st) == 1; waited += SETTLE_STEP_MS) {
+        iqp_store_close(st);
+        usleep(SETTLE_STEP_MS * 1000);
+        st = open_existing(dir, cfg, 1, err, errlen);
+    }
+    return st;
+}
+
 iqp_store *iqp_store_open(const char *dir, const iqp_config *cfg, iqp_store_mode mode, char *err,
                           size_t errlen) {
     int read_only = mode == IQP_STORE_READ_ONLY, made = MADE_NOTHING;
@@ -725,6 +754,7 @@ iqp_store *iqp_store_open(const char *dir, const iqp_config *cfg, iqp_store_mode
      * writing; only a store this process opened and never committed to is
      * taken back (iqp_store_close_discarding). */
     iqp_store *st = open_existing(dir, cfg, read_only, err, errlen);
+    if (read_only && st) st = read_only_settle(st, dir, cfg, err, errlen);
     if (!st) return NULL;
     st->made = made;
     st->scratch = mode == IQP_STORE_SCRATCH;
@@ -788,6 +818,7 @@ void iqp_store_close(iqp_store *st) {
     rocksdb_readoptions_destroy(st->ro);
     rocksdb_writeoptions_destroy(st->wo);
     rocksdb_writeoptions_destroy(st->wo_sync);
+    pthread_mutex_destroy(&st->gate);
     free(st->dir);
     free(st);
 }
@@ -1000,8 +1031,26 @@ static int write_batch(iqp_store *st, iqp_store_batch *b, rocksdb_writeoptions_t
  * unreferenced file, removed at the next open, and no trace in the store:
  * the batch is counted again from its source positions, which committed
  * in the same WriteBatch. So a batch is applied whole or not at all, and
- * never twice. (A reader that opens the store read-only in between sees
- * the batch's markers and contexts without its counts.)
+ * never twice.
+ *
+ * Readers in this process (`iqp stream --redis`: the publisher and the
+ * refresher) never see a batch between steps 2 and 3, i.e. its markers,
+ * contexts and publish queue records without its counts: the writer holds
+ * the ingest gate (st->gate) from before step 2 to the end of step 3, and
+ * every snapshot, iterator without a snapshot and checkpoint is taken
+ * under it (each fixes its view when taken, so the gate is held only that
+ * long, never while reading). The publisher reads queue records and then
+ * takes its snapshot: a record it read in the gap is published from a
+ * snapshot taken after the ingestion, with its counts. Ingesting before
+ * the commit instead would show counts before their contexts, and a crash
+ * in between would count the batch twice (its source positions are not
+ * committed yet). When step 3 fails the store is torn until it is opened
+ * again (which finishes the batch): commits are refused, and so are
+ * snapshots (NULL) and unsnapshotted scans of counts and contexts, so
+ * nothing is published from it. A process that opens the store read-only
+ * in between sees the batch's markers and contexts without its counts: a
+ * read-only open that finds a batch pending waits for the writer to
+ * finish it (read_only_settle), and a backup is checked (checkpoint_whole).
  *
  * The sentinel key starts with 0xff: every real count key starts with the
  * length of a feature name (at most IQP_NAME_MAX, cells.h), so it sorts
@@ -1013,7 +1062,12 @@ static int write_batch(iqp_store *st, iqp_store_batch *b, rocksdb_writeoptions_t
  * every batch vs none: ~400 merges a batch 25.6 vs 22.2, ~1,400 10.9 vs
  * 10.4, ~4,000 4.7 vs 7.5, ~13,000 2.6 vs 3.4). */
 
+/* Test hook: IQP_TEST_INGEST_MIN_MERGES=N replaces a non-zero threshold,
+ * so that the small batches of a test's stream take the ingestion path
+ * too (tests/check_stream.c's kill -9 cases, run with it set to 1). */
 void iqp_store_set_ingest(iqp_store *st, size_t min_merges) {
+    const char *test = getenv("IQP_TEST_INGEST_MIN_MERGES");
+    if (min_merges && test && *test) min_merges = strtoul(test, NULL, 10);
     st->ingest_min_merges = st->read_only || st->scratch ? 0 : min_merges;
 }
 
@@ -1165,7 +1219,9 @@ static int commit_ingesting(iqp_store *st, iqp_store_batch *b, char *err, size_t
     /* synced: the ingestion's MANIFEST write is, and a power loss must not
      * keep the counts of step 3 while losing this step's markers and
      * positions from an unsynced WAL tail (one fsync per large batch) */
+    pthread_mutex_lock(&st->gate);
     if (write_batch(st, b, st->wo_sync, err, errlen) < 0) {
+        pthread_mutex_unlock(&st->gate);
         unlink(path);
         return -1;
     }
@@ -1177,12 +1233,16 @@ static int commit_ingesting(iqp_store *st, iqp_store_batch *b, char *err, size_t
                  "store ingests them)", path);
         free(rerr);
         st->ingest_failed = 1; /* the next batch would reuse seq: only a reopen finishes this one */
+        st->torn = 1;
+        pthread_mutex_unlock(&st->gate);
         return -1;
     }
+    pthread_mutex_unlock(&st->gate);
     st->ingest_seq = seq;
     test_die_at(st, "after-ingest");
     unlink(path); /* a crash before this: the next open removes it (the sentinel reads seq) */
     clear_pending(st);
+    test_die_at(st, "after-write");
     return 0;
 }
 
@@ -1213,6 +1273,15 @@ static int get_u64(iqp_store *st, iqp_cf cf, const char *key, size_t klen, uint6
     if (val && vlen == 8) *out = (uint64_t)get_i64le((const unsigned char *)val);
     free(val);
     return val ? 1 : 0;
+}
+
+/* 1 when st's view holds a batch committed but not ingested yet (between
+ * steps 2 and 3), 0 when not, -1 when it cannot be read. */
+static int ingest_pending(iqp_store *st) {
+    uint64_t pending, done;
+    int has = get_u64(st, IQP_CF_META, INGEST_PENDING, strlen(INGEST_PENDING), &pending);
+    if (has < 0 || get_u64(st, IQP_CF_COUNTS, INGEST_SENTINEL, INGEST_SENTINEL_LEN, &done) < 0) return -1;
+    return has && pending != done;
 }
 
 /* On a read-write open: finishes a batch that a crash left between steps
@@ -1346,7 +1415,13 @@ int iqp_store_scan_buckets_at(iqp_store *st, const iqp_store_snapshot *snap, iqp
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
     rocksdb_readoptions_set_iterate_upper_bound(ro, (const char *)hi.buf, hi.len);
     if (snap) rocksdb_readoptions_set_snapshot(ro, (const rocksdb_snapshot_t *)snap);
-    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(st->db, ro, cf_handle(st, cf));
+    rocksdb_iterator_t *it = create_iterator(st, ro, cf, snap, err, errlen);
+    if (!it) {
+        rocksdb_readoptions_destroy(ro);
+        iqp_keybuf_free(&lo);
+        iqp_keybuf_free(&hi);
+        return -1;
+    }
     int64_t vec[IQP_PACKED_MAX_COUNTERS];
     int bad = 0;
     for (rocksdb_iter_seek(it, (const char *)lo.buf, lo.len); rocksdb_iter_valid(it) && !bad;
@@ -1384,7 +1459,26 @@ int iqp_store_scan_buckets_at(iqp_store *st, const iqp_store_snapshot *snap, iqp
 /* ---- snapshots and key scans ---------------------------------------------- */
 
 iqp_store_snapshot *iqp_store_snapshot_new(iqp_store *st) {
-    return (iqp_store_snapshot *)rocksdb_create_snapshot(st->db);
+    pthread_mutex_lock(&st->gate); /* never between an ingesting batch's commit and its ingestion */
+    const rocksdb_snapshot_t *snap = st->torn ? NULL : rocksdb_create_snapshot(st->db);
+    pthread_mutex_unlock(&st->gate);
+    return (iqp_store_snapshot *)snap;
+}
+
+/* An iterator over cf through ro. Without a snapshot its view is fixed
+ * here, so it is created under the ingest gate; NULL (with err) when the
+ * store is torn and cf holds counts or contexts. */
+static rocksdb_iterator_t *create_iterator(iqp_store *st, rocksdb_readoptions_t *ro, iqp_cf cf,
+                                           const iqp_store_snapshot *snap, char *err, size_t errlen) {
+    if (snap) return rocksdb_create_iterator_cf(st->db, ro, cf_handle(st, cf));
+    pthread_mutex_lock(&st->gate);
+    rocksdb_iterator_t *it = NULL;
+    if (st->torn && (cf == IQP_CF_COUNTS || cf == IQP_CF_CONTEXTS))
+        snprintf(err, errlen, "store %s: an ingestion failed; reopen the store to finish it", st->dir);
+    else
+        it = rocksdb_create_iterator_cf(st->db, ro, cf_handle(st, cf));
+    pthread_mutex_unlock(&st->gate);
+    return it;
 }
 
 void iqp_store_snapshot_free(iqp_store *st, iqp_store_snapshot *snap) {
@@ -1396,7 +1490,11 @@ int iqp_store_scan_keys(iqp_store *st, const iqp_store_snapshot *snap, iqp_cf cf
                         size_t errlen) {
     if (!cf_handle(st, cf)) return 0; /* an older store without this column family */
     rocksdb_readoptions_t *ro = iter_options(cf, snap);
-    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(st->db, ro, cf_handle(st, cf));
+    rocksdb_iterator_t *it = create_iterator(st, ro, cf, snap, err, errlen);
+    if (!it) {
+        rocksdb_readoptions_destroy(ro);
+        return -1;
+    }
     if (from) rocksdb_iter_seek(it, from, flen);
     else rocksdb_iter_seek_to_first(it);
     for (; rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
@@ -1465,7 +1563,12 @@ uint64_t iqp_store_count_keys(iqp_store *st, iqp_cf cf) {
     uint64_t n = 0;
     if (!cf_handle(st, cf)) return 0;
     rocksdb_readoptions_t *ro = iter_options(cf, NULL);
-    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(st->db, ro, cf_handle(st, cf));
+    char err[256];
+    rocksdb_iterator_t *it = create_iterator(st, ro, cf, NULL, err, sizeof err);
+    if (!it) {
+        rocksdb_readoptions_destroy(ro);
+        return 0;
+    }
     for (rocksdb_iter_seek_to_first(it); rocksdb_iter_valid(it); rocksdb_iter_next(it)) n++;
     rocksdb_iter_destroy(it);
     rocksdb_readoptions_destroy(ro);
@@ -1476,7 +1579,12 @@ uint64_t iqp_store_count_cells(iqp_store *st, iqp_cf cf) {
     uint64_t n = 0;
     if (!cf_handle(st, cf)) return 0;
     rocksdb_readoptions_t *ro = iter_options(cf, NULL);
-    rocksdb_iterator_t *it = rocksdb_create_iterator_cf(st->db, ro, cf_handle(st, cf));
+    char err[256];
+    rocksdb_iterator_t *it = create_iterator(st, ro, cf, NULL, err, sizeof err);
+    if (!it) {
+        rocksdb_readoptions_destroy(ro);
+        return 0;
+    }
     for (rocksdb_iter_seek_to_first(it); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
         size_t vl;
         const char *v = rocksdb_iter_value(it, &vl);
@@ -1510,14 +1618,39 @@ uint64_t iqp_store_disk_bytes(iqp_store *st) {
 
 /* ---- backups ---------------------------------------------------------------- */
 
+/* 0 when the checkpoint in dir holds no batch between its commit and its
+ * ingestion ("table-file ingestion"), else -1 with err. A checkpoint of a
+ * read-only open copies the write-ahead log as it is then, so it may end
+ * in a writer's ingesting commit whose table file it does not carry (its
+ * DIR/ingest/ is not part of a checkpoint): such a copy could not be
+ * completed, so it is refused (iqp backup tries again). */
+static int checkpoint_whole(const iqp_store *st, const char *dir, char *err, size_t errlen) {
+    iqp_store *ck = open_existing(dir, NULL, 1, err, errlen);
+    int pending = ck ? ingest_pending(ck) : -1;
+    iqp_store_close(ck);
+    if (pending == 0) return 0;
+    if (pending == 1)
+        snprintf(err, errlen, "checkpoint of %s into %s caught a batch between its commit and the ingestion "
+                              "of its counts (a writer was ingesting)", st->dir, dir);
+    return -1;
+}
+
 int iqp_store_checkpoint(iqp_store *st, const char *dir, char *err, size_t errlen) {
     char *rerr = NULL;
+    /* in this process, the gate keeps the checkpoint out of an ingestion */
+    pthread_mutex_lock(&st->gate);
+    if (st->torn) {
+        pthread_mutex_unlock(&st->gate);
+        snprintf(err, errlen, "checkpoint of %s: an ingestion failed; reopen the store to finish it", st->dir);
+        return -1;
+    }
     rocksdb_checkpoint_t *ck = rocksdb_checkpoint_object_create(st->db, &rerr);
     if (ck) {
         rocksdb_checkpoint_create(ck, dir, 0, &rerr);
         rocksdb_checkpoint_object_destroy(ck);
     }
-    if (!rerr) return 0;
+    pthread_mutex_unlock(&st->gate);
+    if (!rerr) return st->read_only ? checkpoint_whole(st, dir, err, errlen) : 0;
     snprintf(err, errlen, "checkpoint of %s into %s: %s", st->dir, dir, rerr);
     free(rerr);
     return -1;

@@ -147,17 +147,24 @@ size_t iqp_store_batch_bytes(const iqp_store_batch *b);
 /* Commits atomically; on success the store's watermark advances. */
 int iqp_store_batch_commit(iqp_store *st, iqp_store_batch *b, char *err, size_t errlen);
 
-/* Bulk load (`iqp backfill`): from now on, a batch with min_merges or
+/* Bulk load (`iqp backfill`, `iqp stream`): from now on, a batch with min_merges or
  * more counts merges writes them into a table file (SST) that is ingested
  * into the counts family, instead of through the memtable and the
  * write-ahead log; the rest of the batch commits as before. Exactly once
  * all the same: a crash between the batch's commit and the file's
  * ingestion is finished by the next read-write open (store.c, "table-file
  * ingestion"), and an open that cannot finish it (the file was removed)
- * is refused. A reader that opens the store read-only meanwhile may see a
- * batch's markers and context counts before its counts. 0 turns it off
+ * is refused. Snapshots, scans without a snapshot and checkpoints taken
+ * through this handle (other threads of the writer's process: the
+ * publisher) never fall between a batch's commit and its ingestion; a
+ * read-only open that lands there opens again until the writer finished
+ * (up to 5 s; a writer that died there leaves it for the next read-write
+ * open), and a checkpoint of a read-only open that caught it fails (iqp
+ * backup retries). If the ingestion fails after the commit, the handle
+ * is torn until reopened: no more commits, no snapshots (NULL), and scans
+ * of counts or contexts without a snapshot fail. 0 turns it off
  * (the default); a read-only or scratch store ignores it. Call before the
- * first commit. IQP_STORE_INGEST_MIN_MERGES is backfill's threshold. */
+ * first commit. IQP_STORE_INGEST_MIN_MERGES is the threshold of both. */
 #define IQP_STORE_INGEST_MIN_MERGES 2048
 void iqp_store_set_ingest(iqp_store *st, size_t min_merges);
 
@@ -216,7 +223,8 @@ typedef void (*iqp_store_cell_fn)(void *ud, int gran_index, int64_t bucket, cons
 int iqp_store_value_cells(const char *val, size_t vlen, size_t n, iqp_store_cell_fn fn, void *ud);
 
 /* Snapshots: reads through one see the store as of its creation, while
- * writers go on. Safe to create from any thread. */
+ * writers go on. Safe to create from any thread. NULL only when a bulk
+ * load's ingestion failed (iqp_store_set_ingest: torn). */
 iqp_store_snapshot *iqp_store_snapshot_new(iqp_store *st);
 void iqp_store_snapshot_free(iqp_store *st, iqp_store_snapshot *snap);
 

@@ -17,6 +17,8 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
@@ -1037,6 +1039,148 @@ START_TEST(ingest_missing_file_is_refused) {
 }
 END_TEST
 
+/* A backfill dies between a batch's commit and its ingestion: a read-only
+ * open still opens (after waiting out the writer it cannot know is dead),
+ * and a checkpoint of it, which cannot carry the kept table file, is
+ * refused (iqp backup tries again); once a read-write open finished the
+ * batch, both work. */
+START_TEST(checkpoint_of_a_pending_ingestion_is_refused) {
+    char *base = tu_mkdtemp("ingestck"), *log = tu_fmt("%s/events.jsonl", base);
+    char *store = tu_fmt("%s/store", base), *ck1 = tu_fmt("%s/ck1", base), *ck2 = tu_fmt("%s/ck2", base);
+    char *out = NULL;
+    gen_month_log(log);
+    int rc = backfill_env("IQP_TEST_DIE_AT=after-commit", store, log, "--flush-events 1000", &out);
+    ck_assert_msg(rc == 99, "the backfill should have died (exit 99), exit %d: %s", rc, out);
+    free(out);
+    iqp_store *ro = iqp_store_open(store, NULL, IQP_STORE_READ_ONLY, err, sizeof err);
+    ck_assert_msg(ro != NULL, "%s", err);
+    ck_assert_int_eq(iqp_store_checkpoint(ro, ck1, err, sizeof err), -1);
+    ck_assert_msg(strstr(err, "between its commit and the ingestion"), "%s", err);
+    iqp_store_close(ro);
+    iqp_config cfg;
+    iqp_config_defaults(&cfg);
+    iqp_store *rw = iqp_store_open(store, &cfg, IQP_STORE_READ_WRITE, err, sizeof err); /* finishes the batch */
+    ck_assert_msg(rw != NULL, "%s", err);
+    iqp_store_close(rw);
+    ro = iqp_store_open(store, NULL, IQP_STORE_READ_ONLY, err, sizeof err);
+    ck_assert_msg(ro != NULL, "%s", err);
+    ck_assert_msg(iqp_store_checkpoint(ro, ck2, err, sizeof err) == 0, "%s", err);
+    iqp_store_close(ro);
+    tu_rmrf(base);
+    free(out = NULL);
+    free(ck1);
+    free(ck2);
+    free(store);
+    free(log);
+    free(base);
+}
+END_TEST
+
+/* ---- the ingest gate (`iqp stream --redis`: a publisher beside the writer) -- */
+
+#define GATE_BATCHES 40
+#define GATE_ITEMS 3000 /* counts merges a batch: over IQP_STORE_INGEST_MIN_MERGES */
+
+typedef struct gate_writer {
+    iqp_store *st;
+    const iqp_config *cfg;
+    atomic_int done;
+    int failed;
+    char err[1024];
+} gate_writer;
+
+/* Commits GATE_BATCHES batches, each +1 on GATE_ITEMS items' counts
+ * (ingested as a table file) and +GATE_ITEMS on their context's count
+ * (through the WriteBatch), as a stream's flush does. */
+static void *gate_write(void *arg) {
+    gate_writer *w = arg;
+    iqp_keybuf kb;
+    iqp_context ctx = tu_ctx("red dress", "US", "female");
+    int64_t vec[IQP_MAX_COUNTERS] = {0};
+    char item[32];
+    iqp_keybuf_init(&kb);
+    for (int k = 0; k < GATE_BATCHES && !w->failed; k++) {
+        iqp_store_batch *b = iqp_store_batch_new(w->st);
+        vec[0] = 1;
+        for (int i = 0; i < GATE_ITEMS; i++) {
+            snprintf(item, sizeof item, "i%05d", i);
+            iqp_keybuf_truncate(&kb, 0);
+            count_key(&kb, w->cfg, "red dress", item, 0, 7);
+            iqp_store_batch_merge(b, IQP_CF_COUNTS, kb.buf, kb.len, vec, IQP_COUNTERS(w->cfg));
+        }
+        iqp_keybuf_truncate(&kb, 0);
+        iqp_cells_context_prefix(&kb, &w->cfg->features[0], &ctx);
+        iqp_cells_append_bucket(&kb, 0, 7);
+        vec[0] = GATE_ITEMS;
+        iqp_store_batch_merge(b, IQP_CF_CONTEXTS, kb.buf, kb.len, vec, IQP_COUNTERS(w->cfg));
+        iqp_store_batch_set_watermark(b, 8 * H);
+        if (iqp_store_batch_commit(w->st, b, w->err, sizeof w->err) < 0) w->failed = 1;
+        iqp_store_batch_free(b);
+    }
+    iqp_keybuf_free(&kb);
+    atomic_store(&w->done, 1);
+    return NULL;
+}
+
+static void add_first_counter(void *ud, int gran_index, int64_t bucket, const int64_t *vec, size_t n) {
+    (void)gran_index, (void)bucket, (void)n;
+    *(int64_t *)ud += vec[0];
+}
+
+static int sum_value(void *ud, const unsigned char *key, size_t klen, const char *val, size_t vlen) {
+    (void)key, (void)klen;
+    ck_assert_int_eq(iqp_store_value_cells(val, vlen, 1, add_first_counter, ud), 0);
+    return 0;
+}
+
+/* The sum of the first counter over every cell of cf in snap. */
+static int64_t snapshot_sum(iqp_store *st, const iqp_store_snapshot *snap, iqp_cf cf) {
+    int64_t sum = 0;
+    ck_assert_msg(iqp_store_scan_keys(st, snap, cf, NULL, 0, sum_value, &sum, err, sizeof err) == 0, "%s", err);
+    return sum;
+}
+
+/* While one thread commits ingesting batches, snapshots taken by another
+ * (the publisher's) never fall between a batch's commit and its
+ * ingestion: in every one, the items' counts add up to their context's
+ * count, whole batches only. */
+START_TEST(snapshots_never_see_contexts_without_counts) {
+    char *dir = tu_mkdtemp("ingestgate");
+    iqp_config cfg;
+    iqp_config_defaults(&cfg);
+    iqp_store *st = iqp_store_open(dir, &cfg, IQP_STORE_READ_WRITE, err, sizeof err);
+    ck_assert_msg(st != NULL, "%s", err);
+    iqp_store_set_ingest(st, IQP_STORE_INGEST_MIN_MERGES);
+    gate_writer w = {.st = st, .cfg = &cfg};
+    atomic_init(&w.done, 0);
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, gate_write, &w), 0);
+    long snapshots = 0, mid_run = 0;
+    while (!atomic_load(&w.done)) {
+        iqp_store_snapshot *snap = iqp_store_snapshot_new(st);
+        ck_assert_ptr_nonnull(snap);
+        int64_t counts = snapshot_sum(st, snap, IQP_CF_COUNTS), contexts = snapshot_sum(st, snap, IQP_CF_CONTEXTS);
+        iqp_store_snapshot_free(st, snap);
+        ck_assert_msg(counts == contexts && counts % GATE_ITEMS == 0,
+                      "snapshot %ld: counts sum to %lld, their context to %lld", snapshots, (long long)counts,
+                      (long long)contexts);
+        snapshots++;
+        mid_run += counts > 0 && counts < (int64_t)GATE_BATCHES * GATE_ITEMS;
+    }
+    pthread_join(t, NULL);
+    ck_assert_msg(!w.failed, "%s", w.err);
+    iqp_store_io io;
+    ck_assert_int_eq(iqp_store_io_stats(st, &io), 0);
+    ck_assert_int_eq(io.ingested_files, GATE_BATCHES); /* every batch took the ingestion path */
+    ck_assert_int_eq(snapshot_sum(st, NULL, IQP_CF_COUNTS), (int64_t)GATE_BATCHES * GATE_ITEMS);
+    ck_assert_msg(mid_run > 0, "no snapshot was taken while the batches were written (%ld taken)", snapshots);
+    fprintf(stderr, "check_store: ingest gate: %ld snapshots, %ld of them mid-run, all whole\n", snapshots, mid_run);
+    iqp_store_close(st);
+    tu_rmrf(dir);
+    free(dir);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("store");
     TCase *tc = tcase_create("core");
@@ -1063,6 +1207,8 @@ int main(void) {
     tcase_add_test(ingest, ingest_crash_between_steps_recovers);
     tcase_add_test(ingest, ingest_missing_file_is_refused);
     tcase_add_test(ingest, ingest_leaves_the_kept_file_untouched);
+    tcase_add_test(ingest, snapshots_never_see_contexts_without_counts);
+    tcase_add_test(ingest, checkpoint_of_a_pending_ingestion_is_refused);
     suite_add_tcase(s, ingest);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
