@@ -551,25 +551,11 @@ static void on_stop_signal(int sig) {
 }
 
 
-/* True for librdkafka properties only a consumer understands: the
- * dead-letter producer gets every other property (brokers, security,
- * client id, ...), without a warning per consumer property. */
-static int consumer_only(const char *name) {
-    static const char *const prefixes[] = {
-        "group.", "session.timeout", "heartbeat.", "partition.assignment", "max.poll.",
-        "enable.auto.", "auto.commit", "auto.offset", "queued.", "fetch.", "enable.partition.eof",
-        "check.crcs", "isolation.level", "coordinator.query", "consume.callback", "offset.store",
-        NULL};
-    for (const char *const *p = prefixes; *p; p++)
-        if (strncmp(name, *p, strlen(*p)) == 0) return 1;
-    return 0;
-}
-
 /* The properties a producer of ours gets: all but the consumer-only ones. */
 static void producer_props(const stream_opts *o, const char **props) {
     size_t n = 0;
     for (size_t i = 0; i < o->n_props; i++)
-        if (!consumer_only(o->props[2 * i])) {
+        if (!iqp_stream_kafka_consumer_only(o->props[2 * i])) {
             props[n++] = o->props[2 * i];
             props[n++] = o->props[2 * i + 1];
         }

@@ -82,6 +82,7 @@
 #include <sys/types.h>
 
 #include "aggregator/shards.h"
+#include "consumers/stream.h"
 #include "schemas/event.h"
 #include "util/clock.h"
 
@@ -130,35 +131,19 @@ struct iqp_repartitioner {
     char err[512];
 };
 
-static const char *const consumer_defaults[] = {
-    "group.id", "iqp-repartition", "auto.offset.reset", "earliest", "enable.partition.eof", "false",
-    "reconnect.backoff.max.ms", "1000", "fetch.wait.max.ms", "25", NULL};
-static const char *const consumer_forced[] = {
-    "enable.auto.commit", "false", "enable.auto.offset.store", "false", NULL};
+/* The consumer takes the stream's librdkafka defaults and forced
+ * properties (iqp_stream_kafka_defaults, _forced): one group default,
+ * fetch wait and offset rules for both stages. */
 static const char *const producer_defaults[] = {"linger.ms", "5", "reconnect.backoff.max.ms", "1000", NULL};
 static const char *const producer_forced[] = {
     "enable.idempotence", "true", "enable.gapless.guarantee", "true", "acks", "all",
     "message.timeout.ms", "0", NULL};
 
-/* Properties that only a consumer takes: not given to the producer (where
- * librdkafka would warn about each). */
-static int consumer_only(const char *name) {
-    static const char *const prefixes[] = {"group.", "auto.offset.reset", "enable.auto.", "auto.commit.",
-                                           "fetch.", "session.timeout.ms", "heartbeat.interval.ms",
-                                           "partition.assignment.strategy", "max.poll.interval.ms",
-                                           "isolation.level", "enable.partition.eof", "check.crcs",
-                                           "queued.", "consume.", "allow.auto.create.topics",
-                                           "coordinator.query.interval.ms", "offset.store.", NULL};
-    for (const char *const *p = prefixes; *p; p++)
-        if (strncmp(name, *p, strlen(*p)) == 0) return 1;
-    return 0;
-}
-
 static int set_props(rd_kafka_conf_t *conf, const char *const *kv, int for_producer, char *err,
                      size_t errlen) {
     char kerr[256];
     for (; kv && kv[0] && kv[1]; kv += 2) {
-        if (for_producer && consumer_only(kv[0])) continue;
+        if (for_producer && iqp_stream_kafka_consumer_only(kv[0])) continue;
         if (rd_kafka_conf_set(conf, kv[0], kv[1], kerr, sizeof kerr) != RD_KAFKA_CONF_OK) {
             snprintf(err, errlen, "kafka property %s=%s: %s", kv[0], kv[1], kerr);
             return -1;
@@ -465,9 +450,9 @@ static rd_kafka_t *new_handle(iqp_repartitioner *r, rd_kafka_type_t type, const 
     int producer = type == RD_KAFKA_PRODUCER;
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     char kerr[256];
-    if (set_props(conf, producer ? producer_defaults : consumer_defaults, producer, err, errlen) < 0 ||
+    if (set_props(conf, producer ? producer_defaults : iqp_stream_kafka_defaults(), producer, err, errlen) < 0 ||
         set_props(conf, props, producer, err, errlen) < 0 ||
-        set_props(conf, producer ? producer_forced : consumer_forced, producer, err, errlen) < 0) {
+        set_props(conf, producer ? producer_forced : iqp_stream_kafka_forced(), producer, err, errlen) < 0) {
         rd_kafka_conf_destroy(conf);
         return NULL;
     }

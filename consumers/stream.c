@@ -1616,6 +1616,17 @@ static const char *const forced_props[] = {
 const char *const *iqp_stream_kafka_defaults(void) { return default_props; }
 const char *const *iqp_stream_kafka_forced(void) { return forced_props; }
 
+int iqp_stream_kafka_consumer_only(const char *name) {
+    static const char *const prefixes[] = {
+        "group.", "session.timeout", "heartbeat.", "partition.assignment", "max.poll.",
+        "enable.auto.", "auto.commit", "auto.offset", "queued.", "fetch.", "enable.partition.eof",
+        "check.crcs", "isolation.level", "coordinator.query", "consume.callback", "offset.store",
+        NULL};
+    for (const char *const *p = prefixes; *p; p++)
+        if (strncmp(name, *p, strlen(*p)) == 0) return 1;
+    return 0;
+}
+
 /* The user's auto.offset.reset (the last one given; default earliest)
  * decides where a partition without any stored offset starts; librdkafka's
  * own is set apart ("error", or "earliest" with skip_lost: see "Lost

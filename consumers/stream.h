@@ -151,9 +151,15 @@ void iqp_stream_free(iqp_stream *s);
 
 /* The librdkafka properties the stream sets under the caller's (defaults)
  * and the ones the caller may not change (forced), as NULL-terminated
- * name/value pairs: for `iqp config show`. */
+ * name/value pairs: for `iqp config show`, and the consumer of
+ * `--repartition`'s forwarding stage (consumers/repartition.h). */
 const char *const *iqp_stream_kafka_defaults(void);
 const char *const *iqp_stream_kafka_forced(void);
+
+/* True for a librdkafka property only a consumer takes (group.*,
+ * fetch.*, ...): the producers beside the consumer (dead letters, the
+ * forwarding stage) get every other one without a warning per property. */
+int iqp_stream_kafka_consumer_only(const char *name);
 
 /* Flush interval when the options give none. */
 #define IQP_STREAM_DEFAULT_FLUSH_MS 500
