@@ -1429,13 +1429,10 @@ static void wait_store_series_match(int n) {
                       owned[i], stores[i], total);
 }
 
-/* Three instances share one --state-dir while the log is produced: the
- * first owns every partition, the second and third join mid-stream and
- * take partitions (with their stores) over. The partition stores together
- * hold what the oracle counts from the whole log (the lookups summed over
- * the 8 stores), and each holds its own partition's end offsets. */
-START_TEST(stream_state_dir_three_instances_count_once) {
-    use_state_dir();
+/* Instance 0 counts while the log is produced over 30 s; once it has
+ * counted something, instances 1 and 2 join (a rebalance mid-stream);
+ * returns when the log is on Kafka. */
+static void start_three_joining_mid_stream(void) {
     start_stream(0, 0);
     free(wait_assigned(0));
     produce(rate_over(30), 0);
@@ -1444,6 +1441,16 @@ START_TEST(stream_state_dir_three_instances_count_once) {
     start_stream(1, 0);
     start_stream(2, 0);
     wait_producer();
+}
+
+/* Three instances share one --state-dir while the log is produced: the
+ * first owns every partition, the second and third join mid-stream and
+ * take partitions (with their stores) over. The partition stores together
+ * hold what the oracle counts from the whole log (the lookups summed over
+ * the 8 stores), and each holds its own partition's end offsets. */
+START_TEST(stream_state_dir_three_instances_count_once) {
+    use_state_dir();
+    start_three_joining_mid_stream();
     wait_caught_up(3);
     wait_store_series_match(3);
     double counted[3];
@@ -1600,14 +1607,7 @@ static uint64_t check_contexts_whole(void) {
  * g_item's gender included) is whole in one store. */
 START_TEST(stream_repartition_three_instances_count_once) {
     use_repartition();
-    start_stream(0, 0);
-    free(wait_assigned(0));
-    produce(rate_over(30), 0);
-    for (int64_t t0 = mono_ms(); instance_metric(0, "iqp_events_total", counted_events) == 0; usleep(100000))
-        ck_assert_msg(mono_ms() - t0 < tu_wait_limit_ms(30000), "instance 0 counted nothing");
-    start_stream(1, 0);
-    start_stream(2, 0);
-    wait_producer();
+    start_three_joining_mid_stream();
     wait_repartition_caught_up();
     for (int i = 0; i < 3; i++) stop_stream(i);
     compare_with_oracle(3);
