@@ -479,11 +479,12 @@ static int check_metrics_listen(const stream_opts *o) {
 
 static int check_opts(stream_opts *o, int require_all);
 
-/* --state-dir: what it cannot do yet, refused rather than half done. */
+/* --state-dir: what it cannot do, refused rather than half done. */
 static int check_state_dir_opts(const stream_opts *o) {
-    if ((o->redis.url && strcmp(o->redis.url, "off") != 0) || o->redis_url_file)
-        return iqp_cli_usage_error(CMD, "--state-dir does not publish to Redis yet (each instance would "
-                                        "publish the partitions it owns: issue 16 item 3); use --store to publish");
+    if (((o->redis.url && strcmp(o->redis.url, "off") != 0) || o->redis_url_file) && !o->repartition)
+        return iqp_cli_usage_error(CMD, "--state-dir with --redis needs --repartition: each instance publishes "
+                                        "the contexts of the partitions it owns, and only repartitioned input "
+                                        "keeps every context (c_item, g_item too) whole in one partition");
     for (size_t i = 0; i < o->n_props; i++)
         if (!strcmp(o->props[2 * i], "partition.assignment.strategy") && strcmp(o->props[2 * i + 1], "range"))
             return iqp_cli_usage_error(CMD, "kafka property partition.assignment.strategy=%s: --state-dir needs "
@@ -635,6 +636,11 @@ typedef struct stream_parts {
     iqp_stream *s;
     iqp_pending *queue;
     iqp_publisher *pub;
+    /* --state-dir --redis: a publisher per owned partition (slice_pub) */
+    const iqp_publisher_config *slice_pc;
+    int64_t drain_ms;
+    iqp_publisher_stats slice_stats;      /* summed over the partitions released */
+    uint64_t slice_left;                  /* changed keys they left queued */
     /* --repartition: the first stage, and the second stage's topics and group */
     iqp_repartitioner *rp;
     char rp_topics[2][300], rp_group[300];
@@ -651,6 +657,51 @@ static int open_publisher(const stream_opts *o, stream_parts *p) {
         return iqp_cli_fail(CMD, "%s", err);
     iqp_pending_attach(p->queue, iqp_stream_aggregator(p->s), iqp_publisher_notify, p->pub);
     return 0;
+}
+
+/* With a state dir (and --repartition), each owned partition store r
+ * gets its own queue and publisher in slice mode (publisher.h): it
+ * publishes exactly the contexts of slice r under slice r's lease, from
+ * the assignment until the partition is released (consumers/stream.h's
+ * partition hooks). */
+typedef struct slice_pub {
+    iqp_pending *queue;
+    iqp_publisher *pub;
+} slice_pub;
+
+static int open_slice_publisher(void *ud, int32_t partition, iqp_store *st, iqp_aggregator *agg, void **handle,
+                                char *err, size_t errlen) {
+    stream_parts *p = ud;
+    iqp_publisher_config pc = *p->slice_pc;
+    pc.slice = (int)partition;
+    slice_pub *sp = calloc(1, sizeof *sp);
+    if (!sp) abort();
+    if (!(sp->queue = iqp_pending_open(st, err, errlen))) return free(sp), -1;
+    if (!(sp->pub = iqp_publisher_start(st, sp->queue, &pc, p->m, err, errlen))) {
+        iqp_pending_free(sp->queue);
+        free(sp);
+        return -1;
+    }
+    iqp_pending_attach(sp->queue, agg, iqp_publisher_notify, sp->pub);
+    *handle = sp;
+    return 0;
+}
+
+static void close_slice_publisher(void *ud, int32_t partition, void *handle) {
+    stream_parts *p = ud;
+    slice_pub *sp = handle;
+    iqp_publisher_stats ps;
+    iqp_publisher_stop(sp->pub, (int)p->drain_ms, &ps);
+    uint64_t left = iqp_pending_count(sp->queue);
+    fprintf(stderr, "iqp stream: partition %d: published %llu values in %llu rounds (%llu slides, %llu resyncs, "
+                    "%llu Redis errors); %llu changed keys left queued in its store\n", (int)partition,
+            (unsigned long long)ps.values, (unsigned long long)ps.rounds, (unsigned long long)ps.refreshes,
+            (unsigned long long)ps.resyncs, (unsigned long long)ps.errors, (unsigned long long)left);
+    p->slice_stats.values += ps.values, p->slice_stats.rounds += ps.rounds;
+    p->slice_stats.refreshes += ps.refreshes, p->slice_stats.resyncs += ps.resyncs;
+    p->slice_stats.errors += ps.errors, p->slice_left += left;
+    iqp_pending_free(sp->queue);
+    free(sp);
 }
 
 /* --repartition: starts the first stage on the input topics (the group
@@ -718,10 +769,27 @@ static int open_parts(const stream_opts *o, iqp_config *cfg, stream_parts *p) {
     p->sd.watchdog_ms = iqp_sd_watchdog_ms();
     iqp_stream_options so = {o->imp_topic, o->act_topic, o->flush_ms, o->props, p->dl, p->m,
                              p->ckpt, o->progress, on_tick, &p->sd, o->redis.url != NULL, o->skip_lost,
-                             o->state_dir, cfg, o->checkpoint_dir, o->checkpoint_ms, {NULL, NULL}};
+                             o->state_dir, cfg, o->checkpoint_dir, o->checkpoint_ms, {NULL, NULL},
+                             NULL, NULL, NULL};
     if (o->repartition && start_repartition(o, cfg, p, &so) != 0) return 1;
+    if (o->state_dir && o->redis.url) {
+        iqp_publisher_declare_metrics(p->m);
+        p->slice_pc = &o->redis, p->drain_ms = o->drain_ms;
+        so.on_partition_open = open_slice_publisher, so.on_partition_close = close_slice_publisher;
+        so.partition_ud = p;
+    }
     if (!(p->s = iqp_stream_new(p->st, &so, err, sizeof err))) return iqp_cli_fail(CMD, "%s", err);
-    return open_publisher(o, p);
+    return o->state_dir ? 0 : open_publisher(o, p);
+}
+
+/* The partition publishers' sum, once the stream released every partition. */
+static void print_slice_summary(const stream_parts *p) {
+    if (p->slice_pc)
+        fprintf(stderr, "iqp stream: the partitions released published %llu values in %llu rounds (%llu slides, %llu "
+                        "resyncs, %llu Redis errors); %llu changed keys left queued in their stores\n",
+                (unsigned long long)p->slice_stats.values, (unsigned long long)p->slice_stats.rounds,
+                (unsigned long long)p->slice_stats.refreshes, (unsigned long long)p->slice_stats.resyncs,
+                (unsigned long long)p->slice_stats.errors, (unsigned long long)p->slice_left);
 }
 
 static void stop_publisher(stream_parts *p, int64_t drain_ms) {
@@ -752,6 +820,7 @@ static int close_parts(stream_parts *p, int rc, int64_t drain_ms) {
     if (p->s) print_summary(p->s);
     stop_publisher(p, drain_ms);
     iqp_stream_free(p->s);
+    print_slice_summary(p);
     rc = stop_repartition(p, rc);
     iqp_pending_free(p->queue);
     iqp_checkpoints_free(p->ckpt);

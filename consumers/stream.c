@@ -120,7 +120,12 @@
  * offsets together, is what the new one continues from. So the kill -9
  * and stall windows of "Zombie writes" below cannot count twice here:
  * offsets and counts live in one system. No checkpoint topic is read
- * (the stores are the truth), and no publisher is attached.
+ * (the stores are the truth). With --redis (only with repartitioned
+ * input, where every context is whole in one store) the caller attaches
+ * a publisher to each partition store through on_partition_open /
+ * on_partition_close (publisher/publisher.h's slice mode): it starts
+ * when the partition is assigned and stops, draining, before the store
+ * is released, so its slice lease is free when the next owner opens it.
  *
  * Empty-disk takeover (--checkpoint-dir CKDIR, issue 16 item 2). When the
  * state dir is local to each instance, a partition's state reaches its
@@ -308,6 +313,8 @@ typedef struct task {
     int64_t ck_due_ms;          /* when to look at the store's progress again */
     origin_pos *origins;        /* repartitioned input: per input partition seen */
     size_t n_origins, cap_origins;
+    void *hook;                 /* on_partition_open's handle */
+    int hooked;                 /* on_partition_open succeeded: on_partition_close is owed */
 } task;
 
 /* One assigned partition. */
@@ -376,6 +383,10 @@ struct iqp_stream {
     /* where partitions start without a stored offset (the user's
      * auto.offset.reset; librdkafka's own is set apart: see "Lost events") */
     int64_t new_start;          /* RD_KAFKA_OFFSET_BEGINNING, _END, or _INVALID for error */
+    /* the caller's per-partition hooks (iqp_stream_options) */
+    int (*on_partition_open)(void *, int32_t, iqp_store *, struct iqp_aggregator *, void **, char *, size_t);
+    void (*on_partition_close)(void *, int32_t, void *);
+    void *partition_ud;
     int skip_lost;              /* a stored offset out of range: skip to the earliest (else stop) */
 };
 
@@ -588,7 +599,7 @@ static task *add_task(iqp_stream *s, int32_t partition, iqp_store *st, int owned
     }
     task *t = calloc(1, sizeof *t);
     if (!t) abort();
-    *t = (task){partition, st, iqp_aggregator_new(st), owned, 0, -1, 0, NULL, 0, 0};
+    *t = (task){partition, st, iqp_aggregator_new(st), owned, 0, -1, 0, NULL, 0, 0, NULL, 0};
     if (s->origin_topics[0]) iqp_aggregator_set_slice(t->agg, (unsigned)partition, (unsigned)s->n_slices);
     s->tasks[s->n_tasks++] = t;
     return t;
@@ -609,6 +620,7 @@ static void close_task(iqp_stream *s, size_t i) {
     task *t = s->tasks[i];
     set_task_size(s, t, -1);
     iqp_aggregator_free(t->agg);
+    if (t->hooked) s->on_partition_close(s->partition_ud, t->partition, t->hook);
     /* the final state of a released partition, for its next owner */
     if (t->owned && s->ckdir && !s->fatal) checkpoint_task(s, t, iqp_mono_ms());
     if (t->owned) iqp_store_close(t->st);
@@ -728,6 +740,12 @@ static task *task_for(iqp_stream *s, int32_t partition) {
     if (s->m) iqp_metrics_observe(s->m, "iqp_partition_store_open_seconds", "", (iqp_mono_ms() - t0) / 1000.0);
     task *t = add_task(s, partition, st, 1);
     if (s->origin_topics[0] && check_slices(s, t) < 0) return close_task(s, s->n_tasks - 1), NULL;
+    if (s->on_partition_open) {
+        char err[1024];
+        if (s->on_partition_open(s->partition_ud, partition, st, t->agg, &t->hook, err, sizeof err) < 0)
+            return close_task(s, s->n_tasks - 1), fail(s, "partition", err), NULL;
+        t->hooked = 1;
+    }
     t->ck_progress = ck_progress;
     t->ck_due_ms = iqp_mono_ms() + (ck_progress < 0 ? FIRST_CHECKPOINT_CHECK_MS : s->ckpt_interval_ms);
     set_task_size(s, t, (double)iqp_store_disk_bytes(st));
@@ -1322,7 +1340,13 @@ static void update_health(iqp_stream *s) {
         iqp_metrics_set_part(s->m, "kafka", 0, why, HEALTH_STALE_MS);
     }
     if (s->watch_redis) {
-        int up = iqp_metrics_value(s->m, "iqp_redis_connected", "") == 1;
+        /* with a state dir: every owned partition's publisher (labelled) */
+        int up = s->state_dir || iqp_metrics_value(s->m, "iqp_redis_connected", "") == 1;
+        for (size_t i = 0; i < s->n_tasks && s->state_dir; i++) {
+            char labels[64];
+            snprintf(labels, sizeof labels, "partition=\"%d\"", (int)s->tasks[i]->partition);
+            up = up && iqp_metrics_value(s->m, "iqp_redis_connected", labels) == 1;
+        }
         iqp_metrics_set_part(s->m, "redis", up, "not connected (changes stay queued in the store)",
                              HEALTH_STALE_MS);
     }
@@ -1780,6 +1804,11 @@ iqp_stream *iqp_stream_new(iqp_store *st, const iqp_stream_options *o, char *err
     s->progress = o->progress;
     s->on_tick = o->on_tick;
     s->tick_arg = o->tick_arg;
+    if (o->state_dir) {
+        s->on_partition_open = o->on_partition_open;
+        s->on_partition_close = o->on_partition_close;
+        s->partition_ud = o->partition_ud;
+    }
     set_topics(s, o);
     for (int t = 0; t < N_TOPICS && o->state_dir && o->origin_topics[0]; t++)
         if ((s->origin_topics[t] = strdup(o->origin_topics[t] ? o->origin_topics[t] : "")) == NULL) abort();

@@ -57,6 +57,8 @@
 #include "consumers/metrics.h"
 #include "store/store.h"
 
+struct iqp_aggregator; /* aggregator/aggregator.h */
+
 typedef struct iqp_stream_options {
     const char *impressions_topic; /* default "impressions" */
     const char *actions_topic;     /* default "actions" */
@@ -114,6 +116,19 @@ typedef struct iqp_stream_options {
      * partition count) and drops a record whose origin offset is not above
      * the highest it counted from that input partition. {NULL}: plain input. */
     const char *origin_topics[2];
+    /* With state_dir: the caller's own work on each owned partition store
+     * (cli/stream.c publishes it to Redis: publisher/publisher.h's slice
+     * mode). on_partition_open runs on the consuming thread once
+     * partition p's store is open (restored) and its aggregator made,
+     * before anything is counted into it; it returns 0 and its handle, or
+     * -1 with err, which stops the stream (fatal). on_partition_close
+     * runs when p is released (revoke, shutdown, a failure), after p's
+     * last batch is written and before its store is checkpointed and
+     * closed. NULL: none. */
+    int (*on_partition_open)(void *ud, int32_t partition, iqp_store *st, struct iqp_aggregator *agg,
+                             void **handle, char *err, size_t errlen);
+    void (*on_partition_close)(void *ud, int32_t partition, void *handle);
+    void *partition_ud;
 } iqp_stream_options;
 
 typedef struct iqp_stream_stats {

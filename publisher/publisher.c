@@ -47,6 +47,7 @@ void iqp_publisher_config_defaults(iqp_publisher_config *pc) {
     pc->refresh_threads = 1;
     pc->refresh_min_interval_ms = 10000;
     pc->refresh_grace_ms = 60000;
+    pc->slice = -1;
 }
 
 /* ---- keylist: byte strings in one growable buffer ----------------------------- */
@@ -108,6 +109,12 @@ struct iqp_publisher {
     int64_t refresh_at_ms;        /* monotonic time of the last refresh */
     int64_t resync_started_ms;    /* monotonic */
     int need_resync;
+    int slid;                     /* slice mode: the resync due is a window slide's */
+    int replace_mode;             /* slice mode's full publish: hashes are replaced (write_name) */
+    /* slice mode (pc.slice >= 0, see publisher.h): the hash whose
+     * replacement (written as key + TMP_SUFFIX) is not renamed over it yet */
+    iqp_keybuf replacing;
+    char labels[40];              /* metric labels: partition="<slice>" in slice mode, "" else */
     /* scratch */
     keylist records, dirty;       /* a round's record keys and their dirty keys */
     uint64_t *seqs;               /* the sequence each record held when read */
@@ -157,7 +164,7 @@ static void count_error(void *publisher, const char *msg) {
     iqp_publisher *p = publisher;
     if (msg != p->last_error) snprintf(p->last_error, sizeof p->last_error, "%s", msg);
     p->stats.errors++;
-    if (p->m) iqp_metrics_add(p->m, "iqp_redis_errors_total", NULL, 1);
+    if (p->m) iqp_metrics_add(p->m, "iqp_redis_errors_total", p->labels, 1);
 }
 
 static void note_error(iqp_publisher *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -172,7 +179,7 @@ static void note_error(iqp_publisher *p, const char *fmt, ...) {
 static void drop_session(iqp_publisher *p) {
     iqp_rpipe_disconnect(p->pipe);
     p->stats.connected = 0;
-    if (p->m) iqp_metrics_set(p->m, "iqp_redis_connected", NULL, 0);
+    if (p->m) iqp_metrics_set(p->m, "iqp_redis_connected", p->labels, 0);
 }
 
 /* ---- session: connection, generation, meta -------------------------------------- */
@@ -287,6 +294,32 @@ static void run_id_meta_key(const iqp_publisher *p, char *out, size_t cap) {
     snprintf(out, cap, "publish/redis_run_id/%s", p->prefix);
 }
 
+/* Slice mode: the generation this store's last full publish wrote into.
+ * A slice writer never flips generations, but the pointer may move under
+ * it (it expired and another slice writer started a new one, or an
+ * `iqp refresh` flipped it while no slice writer ran): a store whose
+ * generation is not the one served publishes everything again. */
+static void generation_meta_key(const iqp_publisher *p, char *out, size_t cap) {
+    snprintf(out, cap, "publish/redis_generation/%s", p->prefix);
+}
+
+/* Slice mode: the finest bucket the last full publish computed windows
+ * in, so that a new owner of the partition slides what its former owner
+ * published in an older bucket. */
+static void bucket_meta_key(const iqp_publisher *p, char *out, size_t cap) {
+    snprintf(out, cap, "publish/redis_bucket/%s", p->prefix);
+}
+
+/* 1 when the store's meta key holds exactly want. */
+static int store_meta_is(iqp_publisher *p, const char *key, const char *want) {
+    char *seen = NULL;
+    size_t slen = 0;
+    int have = iqp_store_get_meta(p->st, key, &seen, &slen);
+    int same = have == 1 && slen == strlen(want) && memcmp(seen, want, slen) == 0;
+    free(seen);
+    return same;
+}
+
 /* ---- the publish lease ---------------------------------------------------------- */
 
 /* <prefix>:lease names the one process that writes the prefix (see
@@ -327,14 +360,26 @@ static int session_open(iqp_publisher *p) {
         drop_session(p);
         return rc;
     }
-    char key[200], *seen = NULL;
-    size_t slen = 0;
+    char key[200], gen[32];
     run_id_meta_key(p, key, sizeof key);
-    int have = iqp_store_get_meta(p->st, key, &seen, &slen);
-    if (have != 1 || slen != strlen(p->run_id) || memcmp(seen, p->run_id, slen) != 0) p->need_resync = 1;
-    free(seen);
+    if (!store_meta_is(p, key, p->run_id)) p->need_resync = 1;
+    snprintf(gen, sizeof gen, "%llu", (unsigned long long)p->generation);
+    generation_meta_key(p, key, sizeof key);
+    if (p->pc.slice >= 0 && !store_meta_is(p, key, gen)) p->need_resync = 1;
+    if (p->pc.slice >= 0 && !p->refresh_bucket) { /* where its windows stand in Redis (0: not known) */
+        char *seen = NULL;
+        size_t slen = 0;
+        bucket_meta_key(p, key, sizeof key);
+        if (iqp_store_get_meta(p->st, key, &seen, &slen) == 1 && slen < 32) {
+            char digits[32];
+            memcpy(digits, seen, slen);
+            digits[slen] = '\0';
+            p->refresh_bucket = strtoll(digits, NULL, 10);
+        }
+        free(seen);
+    }
     p->stats.connected = 1;
-    if (p->m) iqp_metrics_set(p->m, "iqp_redis_connected", NULL, 1);
+    if (p->m) iqp_metrics_set(p->m, "iqp_redis_connected", p->labels, 1);
     return 0;
 }
 
@@ -362,7 +407,7 @@ static void group_add_item(ctx_group *g, const char *item, size_t len) {
 
 static void count_fields(iqp_publisher *p, uint64_t n) {
     p->stats.values += n;
-    if (p->m && n) iqp_metrics_add(p->m, "iqp_published_values_total", NULL, (double)n);
+    if (p->m && n) iqp_metrics_add(p->m, "iqp_published_values_total", p->labels, (double)n);
 }
 
 /* Counts the context field of the group starting now, unless it continues
@@ -407,26 +452,72 @@ static iqp_rc fill_items(void *ud, iqp_rpipe *pipe, size_t from, size_t n) {
     return IQP_RC_OK;
 }
 
+/* ---- replacing hashes (slice mode's full publish) ----------------------------------- */
+
+/* A slice writer's full publish goes into the generation being served,
+ * so a hash may hold fields the store no longer has (items whose cells
+ * all expired). Each hash is therefore written whole under key +
+ * TMP_SUFFIX and renamed over the key when its last chunk is written:
+ * RENAME is atomic and keeps the TTL just set, so a reader sees the old
+ * hash or the new one, never a mix, and nothing stale stays. The
+ * temporary name cannot be a hash of the layout (no context value holds
+ * U+0000), and in a Redis Cluster it keeps the key's hash tag, so both
+ * names are in one slot. */
+static const char TMP_SUFFIX[] = "\0~replacing";
+#define TMP_SUFFIX_LEN (sizeof TMP_SUFFIX - 1)
+
+/* Renames the pending replacement over its key (none: nothing). */
+static int finish_replacing(iqp_publisher *p) {
+    if (!p->replacing.len) return 0;
+    size_t klen = p->replacing.len - TMP_SUFFIX_LEN;
+    const char *argv[3] = {"RENAME", (const char *)p->replacing.buf, (const char *)p->replacing.buf};
+    size_t lens[3] = {6, p->replacing.len, klen};
+    int rc = iqp_rpipe_send(p->pipe, 3, argv, lens);
+    iqp_keybuf_truncate(&p->replacing, 0);
+    return rc;
+}
+
+/* The name to write key under: key itself, or (replacing) its temporary
+ * name, after renaming the previous hash's replacement when this is
+ * another hash. *out is malloc'd. */
+static int write_name(iqp_publisher *p, const char *key, size_t klen, char **out, size_t *olen) {
+    *out = NULL;
+    if (!p->replace_mode) return 0;
+    size_t plen = p->replacing.len;
+    if (plen && !(plen == klen + TMP_SUFFIX_LEN && memcmp(p->replacing.buf, key, klen) == 0) &&
+        finish_replacing(p) < 0)
+        return -1;
+    if (!p->replacing.len) {
+        iqp_keybuf_append(&p->replacing, key, klen);
+        iqp_keybuf_append(&p->replacing, TMP_SUFFIX, TMP_SUFFIX_LEN);
+    }
+    *olen = p->replacing.len;
+    if (!(*out = malloc(*olen))) abort();
+    memcpy(*out, p->replacing.buf, *olen);
+    return 0;
+}
+
 static int publish_group(iqp_publisher *p, const iqp_store_snapshot *snap, int64_t as_of,
                          const ctx_group *g, iqp_feature_row *rows) {
     const iqp_feature_spec *f = &p->cfg->features[g->key.feature];
     const iqp_context *ctx = &g->key.ctx;
     int64_t cc[IQP_MAX_WINDOWS];
-    char err[512], ttl[32];
-    size_t klen = iqp_rv_hash_key(NULL, 0, p->prefix, p->generation, f->name, p->cfg, f->dims, ctx);
+    char err[512], ttl[32], *tmp = NULL;
+    size_t klen = iqp_rv_hash_key(NULL, 0, p->prefix, p->generation, f->name, p->cfg, f->dims, ctx), tlen = 0;
     char *key = malloc(klen + 1);
     if (!key) abort();
     iqp_rv_hash_key(key, klen + 1, p->prefix, p->generation, f->name, p->cfg, f->dims, ctx);
     int rc = iqp_features_read_context_at(p->st, snap, g->key.feature, ctx, as_of, cc, err, sizeof err);
-    if (rc < 0) {
-        note_error(p, "%s", err);
-    } else {
+    if (rc < 0) note_error(p, "%s", err);
+    if (rc == 0) rc = write_name(p, key, klen, &tmp, &tlen);
+    if (rc == 0) {
         context_written(p, g->prefix, g->key.prefix_len);
         group_fill fill = {.p = p, .snap = snap, .as_of = as_of, .g = g, .rows = rows};
         snprintf(ttl, sizeof ttl, "%" PRId64, p->pc.ttl_ms);
-        rc = iqp_rpipe_put_hash(p->pipe, key, klen, cc, p->cfg->n_windows, IQP_COUNTERS(p->cfg), g->n, fill_items,
-                                &fill, "PEXPIRE", ttl);
+        rc = iqp_rpipe_put_hash(p->pipe, tmp ? tmp : key, tmp ? tlen : klen, cc, p->cfg->n_windows,
+                                IQP_COUNTERS(p->cfg), g->n, fill_items, &fill, "PEXPIRE", ttl);
     }
+    free(tmp);
     free(key);
     return rc;
 }
@@ -493,19 +584,40 @@ static const char *STAMP_SCRIPT =
     "redis.call('PEXPIRE', KEYS[2], ARGV[4]) "
     "redis.call('PEXPIRE', KEYS[1], ARGV[4]) "
     "return 1";
+/* The same for a slice writer: its slice lease (KEYS[3] =
+ * <prefix>:lease:slices, field ARGV[6]) must hold its value, and as_of_ms
+ * only moves forward (each slice's store has its own watermark: the meta
+ * says the newest one any slice computed windows as of). */
+static const char *SLICE_STAMP_SCRIPT =
+    "local rec = redis.call('HGET', KEYS[3], ARGV[6]) "
+    "local sp = rec and string.find(rec, ' ', 1, true) "
+    "if not sp or string.sub(rec, sp + 1) ~= ARGV[5] then return -1 end "
+    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end "
+    "local cur = tonumber(redis.call('HGET', KEYS[2], 'as_of_ms')) "
+    "if not cur or cur < tonumber(ARGV[2]) then redis.call('HSET', KEYS[2], 'as_of_ms', ARGV[2]) end "
+    "redis.call('HSET', KEYS[2], 'published_ms', ARGV[3]) "
+    "redis.call('PEXPIRE', KEYS[2], ARGV[4]) "
+    "redis.call('PEXPIRE', KEYS[1], ARGV[4]) "
+    "return 1";
 
 static int stamp_meta(iqp_publisher *p) {
     if (iqp_rpipe_flush(p->pipe) < 0 || lease_renew_if_due(p) < 0) return -1;
     unsigned long long g = (unsigned long long)p->generation;
-    redisReply *r = command(p, "stamp meta", "EVAL %s 3 %s:gen %s:%llu:meta %s:lease %llu %lld %lld %lld %s",
-                            STAMP_SCRIPT, p->prefix, p->prefix, g, p->prefix, g, (long long)iqp_store_watermark(p->st),
-                            (long long)iqp_wall_ms(), (long long)p->pc.ttl_ms, iqp_rpipe_lease_value(p->pipe));
+    int slice = p->pc.slice;
+    redisReply *r = slice < 0
+        ? command(p, "stamp meta", "EVAL %s 3 %s:gen %s:%llu:meta %s:lease %llu %lld %lld %lld %s", STAMP_SCRIPT,
+                  p->prefix, p->prefix, g, p->prefix, g, (long long)iqp_store_watermark(p->st),
+                  (long long)iqp_wall_ms(), (long long)p->pc.ttl_ms, iqp_rpipe_lease_value(p->pipe))
+        : command(p, "stamp meta", "EVAL %s 3 %s:gen %s:%llu:meta %s:lease:slices %llu %lld %lld %lld %s %d",
+                  SLICE_STAMP_SCRIPT, p->prefix, p->prefix, g, p->prefix, g, (long long)iqp_store_watermark(p->st),
+                  (long long)iqp_wall_ms(), (long long)p->pc.ttl_ms, iqp_rpipe_lease_value(p->pipe), slice);
     if (!r) return -1;
     long long v = r->type == REDIS_REPLY_INTEGER ? r->integer : -2;
     freeReplyObject(r);
     if (v == 1) return 0;
     if (v == -1)
-        note_error(p, "lost the lease %s:lease on Redis at %s (another writer took over)", p->prefix, p->where);
+        note_error(p, "lost the lease %s on Redis at %s (another writer took over)", iqp_rpipe_lease_name(p->pipe),
+                   p->where);
     else
         note_error(p, "%s:gen on Redis at %s no longer names generation %llu (its TTL ran out, or it was "
                    "replaced); publishing everything into a new generation", p->prefix, p->where, g);
@@ -543,8 +655,8 @@ static int collect_record(void *ud, const unsigned char *key, size_t klen, const
 static void set_lag(iqp_publisher *p, int64_t oldest_ms) {
     if (!p->m) return;
     double lag = oldest_ms ? (double)(iqp_wall_ms() - oldest_ms) / 1000.0 : 0.0;
-    iqp_metrics_set(p->m, "iqp_publish_lag_seconds", NULL, lag < 0 ? 0 : lag);
-    iqp_metrics_set(p->m, "iqp_publish_keys_pending", NULL, (double)iqp_pending_count(p->q));
+    iqp_metrics_set(p->m, "iqp_publish_lag_seconds", p->labels, lag < 0 ? 0 : lag);
+    iqp_metrics_set(p->m, "iqp_publish_keys_pending", p->labels, (double)iqp_pending_count(p->q));
 }
 
 /* Deleting after a round, under the queue lock: the records read are
@@ -656,7 +768,7 @@ static int publish_queue_round(iqp_publisher *p) {
         iqp_keybuf_append(&p->cursor, "", 1);
     }
     p->stats.rounds++;
-    if (p->m) iqp_metrics_observe(p->m, "iqp_publish_round_seconds", NULL, ((double)iqp_mono_ms() - t0) / 1000.0);
+    if (p->m) iqp_metrics_observe(p->m, "iqp_publish_round_seconds", p->labels, ((double)iqp_mono_ms() - t0) / 1000.0);
     set_lag(p, 0);
     return (int)p->records.n;
 }
@@ -731,6 +843,9 @@ static int resync_cf(iqp_publisher *p, const iqp_store_snapshot *snap, iqp_cf cf
         if (rc == 0) rc = check_ttl_covers(p);
         if (rc == 0) rc = lease_renew_if_due(p);
     } while (rc == 0 && rs.more);
+    if (rc == 0) rc = finish_replacing(p);
+    if (rc == 0) rc = iqp_rpipe_flush(p->pipe);
+    iqp_keybuf_truncate(&p->replacing, 0); /* after a failure: the temporary hash expires */
     iqp_keybuf_free(&rs.resume);
     return rc;
 }
@@ -742,36 +857,67 @@ static int drop_records_before(iqp_publisher *p, uint64_t seq) {
     return run_sweep(p, &w, NULL, 0, 1);
 }
 
+static int64_t watermark_bucket(const iqp_publisher *p);
+
+/* Records in the store that Redis now holds all of it: the run_id, and
+ * (slice mode) the generation and the finest bucket of the watermark
+ * its windows were computed in (bucket). */
+static int note_full_publish(iqp_publisher *p, int64_t bucket) {
+    char key[200], gen[32], err[512];
+    iqp_store_batch *b = iqp_store_batch_new(p->st);
+    run_id_meta_key(p, key, sizeof key);
+    iqp_store_batch_put(b, IQP_CF_META, key, strlen(key), p->run_id, strlen(p->run_id));
+    if (p->pc.slice >= 0) {
+        snprintf(gen, sizeof gen, "%llu", (unsigned long long)p->generation);
+        generation_meta_key(p, key, sizeof key);
+        iqp_store_batch_put(b, IQP_CF_META, key, strlen(key), gen, strlen(gen));
+        snprintf(gen, sizeof gen, "%lld", (long long)bucket);
+        bucket_meta_key(p, key, sizeof key);
+        if (bucket > 0) iqp_store_batch_put(b, IQP_CF_META, key, strlen(key), gen, strlen(gen));
+    }
+    int rc = iqp_store_batch_commit(p->st, b, err, sizeof err);
+    iqp_store_batch_free(b);
+    if (rc < 0) note_error(p, "%s", err);
+    return rc;
+}
+
+/* Publishes every key of a snapshot; a slice writer replaces each hash
+ * whole (write_name), which is also how its windows slide. */
 static int resync(iqp_publisher *p) {
-    char key[200], err[512];
     uint64_t covered = iqp_pending_next_seq(p->q); /* records below were committed before the snapshot */
+    double t0 = iqp_mono_seconds();
     p->resync_started_ms = iqp_mono_ms();
+    int64_t bucket = watermark_bucket(p); /* at most the snapshot's: later flushes are queued */
     iqp_store_snapshot *snap = iqp_store_snapshot_new(p->st);
     /* every context with items is written with them; then only the
      * contexts without any, so each hash and field is written once */
     keylist_clear(&p->done_ctx);
     iqp_keybuf_truncate(&p->last_ctx, 0);
     p->tracking = 1;
+    p->replace_mode = p->pc.slice >= 0;
     int rc = resync_cf(p, snap, IQP_CF_COUNTS);
     p->tracking = 0;
     if (rc == 0) rc = resync_cf(p, snap, IQP_CF_CONTEXTS);
+    p->replace_mode = 0;
     keylist_free(&p->done_ctx);
     iqp_store_snapshot_free(p->st, snap);
     if (rc == 0) rc = stamp_meta(p);
     if (rc == 0) rc = drop_records_before(p, covered);
+    if (rc == 0) rc = note_full_publish(p, bucket);
     if (rc < 0) return -1;
-    iqp_store_batch *b = iqp_store_batch_new(p->st);
-    run_id_meta_key(p, key, sizeof key);
-    iqp_store_batch_put(b, IQP_CF_META, key, strlen(key), p->run_id, strlen(p->run_id));
-    rc = iqp_store_batch_commit(p->st, b, err, sizeof err);
-    iqp_store_batch_free(b);
-    if (rc < 0) {
-        note_error(p, "%s", err);
-        return -1;
-    }
     p->need_resync = 0;
+    if (p->pc.slice >= 0 && bucket > 0) p->refresh_bucket = bucket; /* its windows are in this bucket now */
+    if (p->slid) { /* a window slide, done in place (slice mode) */
+        p->slid = 0;
+        p->stats.refreshes++;
+        if (p->m) {
+            iqp_metrics_add(p->m, "iqp_refreshes_total", p->labels, 1);
+            iqp_metrics_set(p->m, "iqp_refresh_seconds", p->labels, iqp_mono_seconds() - t0);
+        }
+        return 0;
+    }
     p->stats.resyncs++;
-    if (p->m) iqp_metrics_add(p->m, "iqp_publish_resyncs_total", NULL, 1);
+    if (p->m) iqp_metrics_add(p->m, "iqp_publish_resyncs_total", p->labels, 1);
     return 0;
 }
 
@@ -846,11 +992,23 @@ static int refresh_generation(iqp_publisher *p) {
     iqp_rpipe_lease_touch(p->pipe); /* the refresh renewed it */
     p->stats.refreshes++;
     if (p->m) {
-        iqp_metrics_add(p->m, "iqp_refreshes_total", NULL, 1);
-        iqp_metrics_set(p->m, "iqp_refresh_seconds", NULL, iqp_mono_seconds() - t0);
-        iqp_metrics_set(p->m, "iqp_generation", NULL, (double)p->generation);
+        iqp_metrics_add(p->m, "iqp_refreshes_total", p->labels, 1);
+        iqp_metrics_set(p->m, "iqp_refresh_seconds", p->labels, iqp_mono_seconds() - t0);
+        iqp_metrics_set(p->m, "iqp_generation", p->labels, (double)p->generation);
     }
     return drop_records_before(p, covered);
+}
+
+/* Windows slid: a whole-prefix writer publishes a new generation; a
+ * slice writer may not flip the pointer (the other slices' writers
+ * publish into it), so it replaces every hash of its slice in place
+ * (resync's replace mode). */
+static int slide(iqp_publisher *p) {
+    if (p->pc.slice < 0) return refresh_generation(p);
+    p->refresh_bucket = watermark_bucket(p);
+    p->refresh_at_ms = iqp_mono_ms();
+    p->slid = p->need_resync = 1; /* a failed one is retried by the next step */
+    return resync(p);
 }
 
 /* One step of the loop; returns how long to back off (0: none). */
@@ -863,7 +1021,7 @@ static int64_t publish_step(iqp_publisher *p, int64_t backoff) {
     }
     if (lease_renew_if_due(p) < 0) return backoff;
     if (p->need_resync && resync(p) < 0) return backoff;
-    if (windows_slid(p) && refresh_generation(p) < 0) return backoff;
+    if (windows_slid(p) && slide(p) < 0) return backoff;
     int n = publish_queue_round(p);
     if (n < 0) return backoff;
     if (n == 0) wait_for_work(p, 1000);
@@ -912,6 +1070,11 @@ static iqp_publisher *publisher_new(iqp_store *st, iqp_pending *q, const iqp_pub
         return NULL;
     }
     iqp_rpipe_on_error(p->pipe, count_error, p);
+    if (pc->slice >= 0) {
+        iqp_rpipe_lease_use_slice(p->pipe, pc->slice);
+        snprintf(p->labels, sizeof p->labels, "partition=\"%d\"", pc->slice);
+    }
+    iqp_keybuf_init(&p->replacing);
     p->prefix = iqp_rpipe_prefix(p->pipe);
     p->where = iqp_rpipe_where(p->pipe);
     p->layout_json = iqp_rpipe_layout(p->cfg, p->fingerprint);
@@ -930,6 +1093,7 @@ static void publisher_free(iqp_publisher *p) {
     free(p->seqs);
     iqp_keybuf_free(&p->cursor);
     iqp_keybuf_free(&p->last_ctx);
+    iqp_keybuf_free(&p->replacing);
     keylist_free(&p->done_ctx);
     iqp_rpipe_free(p->pipe);
     free(p->layout_json);
@@ -944,7 +1108,7 @@ iqp_publisher *iqp_publisher_start(iqp_store *st, iqp_pending *q, const iqp_publ
     if (!p) return NULL;
     p->m = m;
     p->role = "iqp stream";
-    if (m) iqp_metrics_set(m, "iqp_redis_connected", NULL, 0);
+    if (m) iqp_metrics_set(m, "iqp_redis_connected", p->labels, 0);
     int rc = session_open(p);
     if (rc == -2) {
         snprintf(err, errlen, "%s", p->last_error);
@@ -978,6 +1142,11 @@ void iqp_publisher_stop(iqp_publisher *p, int drain_ms, iqp_publisher_stats *sta
     pthread_mutex_unlock(&p->mu);
     pthread_join(p->thread, NULL);
     if (stats) *stats = p->stats;
+    if (p->m && p->pc.slice >= 0) { /* the partition's gauges leave with it */
+        static const char *const gauges[] = {"iqp_redis_connected", "iqp_publish_lag_seconds",
+                                             "iqp_publish_keys_pending", "iqp_refresh_seconds"};
+        for (size_t i = 0; i < sizeof gauges / sizeof gauges[0]; i++) iqp_metrics_remove(p->m, gauges[i], p->labels);
+    }
     publisher_free(p);
 }
 

@@ -35,6 +35,21 @@
  *     (publisher/generation.h). The queue is not drained meanwhile, so
  *     every change after the snapshot is published into the new
  *     generation after the flip; records before it are dropped.
+ *   - Slice mode (slice >= 0: `iqp stream --state-dir --repartition
+ *     --redis`, one publisher per owned partition store, whose contexts
+ *     are slice r's and no other store's): the thread holds slice r's
+ *     lease (publisher/redis_pipe.h) instead of <prefix>:lease, so R
+ *     writers share a prefix, one per slice, and none while a
+ *     whole-prefix writer (`iqp refresh --redis`) holds it. It publishes
+ *     into the generation served and never flips the pointer (it creates
+ *     one only when Redis has none, as any writer does). Its full
+ *     publishes replace each hash whole (written under a temporary name,
+ *     then RENAME), and that is how its windows slide: when the
+ *     watermark enters a new finest bucket, every hash of the slice is
+ *     replaced in place, so a reader sees each hash either before or
+ *     after the slide. A store whose last full publish went into another
+ *     generation than the one served publishes everything again. Its
+ *     metrics carry partition="<r>".
  *
  * May not touch: counting, the Kafka consumer, the store beyond reading
  * snapshots, deleting queue records and its "publish/..." meta keys.
@@ -65,6 +80,7 @@ typedef struct iqp_publisher_config {
     int refresh_threads;               /* default 1: counting keeps the other cores */
     int64_t refresh_min_interval_ms;   /* default 10000 */
     int64_t refresh_grace_ms;          /* old generation's keys live this long, default 60000 */
+    int slice;                         /* >= 0: slice mode for this partition (above); default -1 */
 } iqp_publisher_config;
 
 void iqp_publisher_config_defaults(iqp_publisher_config *pc);

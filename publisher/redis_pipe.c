@@ -6,7 +6,7 @@
  *   iqp_rpipe_new / connect   URL, prefix, connection
  *   send / flush / command    the pipeline and its reply checks
  *   put_hash / hset_*         one (feature, context) hash, HSETs built in scratch
- *   lease_*                   <prefix>:lease and its scripts
+ *   lease_*                   <prefix>:lease, the slice leases, their scripts
  *   iqp_rpipe_layout, iqp_failpoint
  */
 #include "publisher/redis_pipe.h"
@@ -47,6 +47,8 @@ struct iqp_rpipe {
     /* the lease */
     char lease_value[IQP_LEASE_VALUE_MAX];
     int64_t lease_renewed_ms;
+    int slice;                  /* -1: the whole-prefix lease; else this slice's (iqp_rpipe_lease_use_slice) */
+    char lease_name[180];       /* for messages */
 };
 
 /* ---- errors ------------------------------------------------------------------ */
@@ -86,6 +88,7 @@ iqp_rpipe *iqp_rpipe_new(const char *url, const char *prefix, int connect_timeou
     p->connect_timeout_ms = connect_timeout_ms;
     p->command_timeout_ms = command_timeout_ms;
     p->depth = depth < 2 ? 2 : depth;
+    iqp_rpipe_lease_use_slice(p, -1);
     return p;
 }
 
@@ -236,21 +239,64 @@ iqp_rc iqp_rpipe_put_hash(iqp_rpipe *p, const char *key, size_t klen, const int6
 
 /* ---- the lease ------------------------------------------------------------------------ */
 
-/* Takes the lease when free or ours (and renews it), else returns the
- * holder's value. */
+/* The slice leases live in one hash, <prefix>:lease:slices: field = the
+ * slice number, value = "<expiry, ms since the epoch> <lease value>" (a
+ * field cannot expire on its own in Redis 7.0, so every script checks
+ * the expiry against Redis's clock; the hash itself gets the TTL of its
+ * last take or renewal, which no field outlives). LIVE(rec) is the
+ * holder of a record, or nil when it is absent or expired. */
+#define SLICE_LUA_LIVE                                                                                          \
+    "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) "      \
+    "local function live(rec) if not rec then return nil end local sp = string.find(rec, ' ', 1, true) "        \
+    "if not sp or tonumber(string.sub(rec, 1, sp - 1)) <= now then return nil end "                             \
+    "return string.sub(rec, sp + 1) end "
+
+/* Takes the whole-prefix lease when it is free or ours and no slice
+ * lease is live (and renews it), else returns the holder's value.
+ * KEYS: lease, lease:slices; ARGV: value, ttl. */
 static const char *TAKE_SCRIPT =
+    SLICE_LUA_LIVE
     "local v = redis.call('GET', KEYS[1]) "
-    "if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end "
-    "return v";
-/* Replaces exactly the value seen (a dead holder's) by ours. */
-static const char *TAKEOVER_SCRIPT =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 end "
-    "return 0";
+    "if v ~= false and v ~= ARGV[1] then return v end "
+    "local all = redis.call('HGETALL', KEYS[2]) "
+    "for i = 1, #all, 2 do local who = live(all[i + 1]) if who then return who end end "
+    "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1";
+/* Takes slice ARGV[1]'s lease when no whole-prefix writer holds the
+ * prefix and the slice is free or ours. KEYS: lease, lease:slices; ARGV:
+ * slice, value, ttl. */
+static const char *SLICE_TAKE_SCRIPT =
+    SLICE_LUA_LIVE
+    "local g = redis.call('GET', KEYS[1]) if g then return g end "
+    "local who = live(redis.call('HGET', KEYS[2], ARGV[1])) "
+    "if who and who ~= ARGV[2] then return who end "
+    "redis.call('HSET', KEYS[2], ARGV[1], string.format('%d', now + tonumber(ARGV[3])) .. ' ' .. ARGV[2]) "
+    "redis.call('PEXPIRE', KEYS[2], ARGV[3]) return 1";
+/* Clears exactly the holder seen (a dead process), wherever it holds:
+ * the whole-prefix lease or slice leases. KEYS: lease, lease:slices;
+ * ARGV: seen. The caller then takes the lease again. */
+static const char *CLEAR_SCRIPT =
+    "local n = 0 "
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) n = n + 1 end "
+    "local all = redis.call('HGETALL', KEYS[2]) "
+    "for i = 1, #all, 2 do local sp = string.find(all[i + 1], ' ', 1, true) "
+    "if sp and string.sub(all[i + 1], sp + 1) == ARGV[1] then redis.call('HDEL', KEYS[2], all[i]) n = n + 1 end end "
+    "return n";
 static const char *RENEW_SCRIPT =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) "
     "else return 0 end";
+/* KEYS: lease:slices; ARGV: slice, value, ttl. */
+static const char *SLICE_RENEW_SCRIPT =
+    SLICE_LUA_LIVE
+    "if live(redis.call('HGET', KEYS[1], ARGV[1])) ~= ARGV[2] then return 0 end "
+    "redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', now + tonumber(ARGV[3])) .. ' ' .. ARGV[2]) "
+    "redis.call('PEXPIRE', KEYS[1], ARGV[3]) return 1";
 static const char *RELEASE_SCRIPT =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+/* KEYS: lease:slices; ARGV: slice, value. */
+static const char *SLICE_RELEASE_SCRIPT =
+    "local rec = redis.call('HGET', KEYS[1], ARGV[1]) "
+    "if not rec then return 0 end local sp = string.find(rec, ' ', 1, true) "
+    "if sp and string.sub(rec, sp + 1) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0";
 
 /* Which processes kill(pid, 0) speaks for: this kernel's boot id and
  * this pid namespace ("?" when unknown: then no holder is provably
@@ -323,48 +369,58 @@ static redisReply *lease_eval(iqp_rpipe *p, char *holder, size_t cap, const char
     return NULL;
 }
 
+/* One take: 1 ours, 0 held by another (holder set), -1 Redis failed. */
+static int lease_take_once(iqp_rpipe *p, char *holder, size_t holder_cap) {
+    redisReply *r = p->slice < 0
+        ? lease_eval(p, holder, holder_cap, "EVAL %s 2 %s:lease %s:lease:slices %s %d", TAKE_SCRIPT, p->prefix,
+                     p->prefix, p->lease_value, IQP_LEASE_MS)
+        : lease_eval(p, holder, holder_cap, "EVAL %s 2 %s:lease %s:lease:slices %d %s %d", SLICE_TAKE_SCRIPT,
+                     p->prefix, p->prefix, p->slice, p->lease_value, IQP_LEASE_MS);
+    if (!r) return -1;
+    int ours = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+    snprintf(holder, holder_cap, "%s", r->type == REDIS_REPLY_STRING ? r->str : "another process");
+    freeReplyObject(r);
+    return ours;
+}
+
 iqp_rc iqp_rpipe_lease_acquire(iqp_rpipe *p, char *holder, size_t holder_cap) {
     if (!p->redis) {
         snprintf(holder, holder_cap, "not connected");
         return IQP_RC_FAILED;
     }
     for (int attempt = 0; attempt < 3; attempt++) {
-        redisReply *r = lease_eval(p, holder, holder_cap, "EVAL %s 1 %s:lease %s %d", TAKE_SCRIPT, p->prefix,
-                                   p->lease_value, IQP_LEASE_MS);
-        if (!r) return IQP_RC_FAILED;
-        int ours = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
-        snprintf(holder, holder_cap, "%s", r->type == REDIS_REPLY_STRING ? r->str : "another process");
-        freeReplyObject(r);
-        if (!ours && !holder_is_gone(holder)) return IQP_RC_REFUSED;
-        if (!ours) {
-            char seen[IQP_LEASE_VALUE_MAX];
-            snprintf(seen, sizeof seen, "%s", holder);
-            r = lease_eval(p, holder, holder_cap, "EVAL %s 1 %s:lease %s %s %d", TAKEOVER_SCRIPT, p->prefix, seen,
-                           p->lease_value, IQP_LEASE_MS);
-            ours = r && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
-            if (r) freeReplyObject(r);
-            if (ours)
-                fprintf(stderr, "iqp: took over the publish lease %s:lease from %s (that process is gone)\n",
-                        p->prefix, seen);
-            else snprintf(holder, holder_cap, "%s", seen);
-        }
+        int ours = lease_take_once(p, holder, holder_cap);
+        if (ours < 0) return IQP_RC_FAILED;
         if (ours) {
             p->lease_renewed_ms = iqp_mono_ms();
             return IQP_RC_OK;
         }
+        if (!holder_is_gone(holder)) return IQP_RC_REFUSED;
+        char seen[IQP_LEASE_VALUE_MAX];
+        snprintf(seen, sizeof seen, "%s", holder);
+        redisReply *r = lease_eval(p, holder, holder_cap, "EVAL %s 2 %s:lease %s:lease:slices %s", CLEAR_SCRIPT,
+                                   p->prefix, p->prefix, seen);
+        if (r && r->type == REDIS_REPLY_INTEGER && r->integer > 0)
+            fprintf(stderr, "iqp: cleared the publish lease%s of %s on %s (that process is gone)\n",
+                    r->integer > 1 ? "s" : "", seen, p->prefix);
+        if (r) freeReplyObject(r);
+        snprintf(holder, holder_cap, "%s", seen);
     }
     return IQP_RC_REFUSED;
 }
 
 iqp_rc iqp_rpipe_lease_extend(iqp_rpipe *p) {
-    redisReply *r = iqp_rpipe_command(p, "lease renewal", "EVAL %s 1 %s:lease %s %d", RENEW_SCRIPT, p->prefix,
-                                      p->lease_value, IQP_LEASE_MS);
+    redisReply *r = p->slice < 0
+        ? iqp_rpipe_command(p, "lease renewal", "EVAL %s 1 %s:lease %s %d", RENEW_SCRIPT, p->prefix, p->lease_value,
+                            IQP_LEASE_MS)
+        : iqp_rpipe_command(p, "lease renewal", "EVAL %s 1 %s:lease:slices %d %s %d", SLICE_RENEW_SCRIPT, p->prefix,
+                            p->slice, p->lease_value, IQP_LEASE_MS);
     if (!r) return IQP_RC_FAILED;
     int ok = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
     freeReplyObject(r);
     if (!ok)
-        return iqp_rpipe_fail(p, IQP_RC_REFUSED, "lost the lease %s:lease while writing (a pause over %d ms?)",
-                              p->prefix, IQP_LEASE_MS);
+        return iqp_rpipe_fail(p, IQP_RC_REFUSED, "lost the lease %s while writing (a pause over %d ms?)",
+                              iqp_rpipe_lease_name(p), IQP_LEASE_MS);
     p->lease_renewed_ms = iqp_mono_ms();
     return IQP_RC_OK;
 }
@@ -372,11 +428,22 @@ iqp_rc iqp_rpipe_lease_extend(iqp_rpipe *p) {
 int iqp_rpipe_lease_due(const iqp_rpipe *p) { return iqp_mono_ms() - p->lease_renewed_ms >= IQP_LEASE_RENEW_MS; }
 void iqp_rpipe_lease_touch(iqp_rpipe *p) { p->lease_renewed_ms = iqp_mono_ms(); }
 
+void iqp_rpipe_lease_use_slice(iqp_rpipe *p, int slice) {
+    p->slice = slice;
+    if (slice < 0) snprintf(p->lease_name, sizeof p->lease_name, "%s:lease", p->prefix);
+    else snprintf(p->lease_name, sizeof p->lease_name, "%s:lease:slices field %d", p->prefix, slice);
+}
+
+int iqp_rpipe_lease_slice(const iqp_rpipe *p) { return p->slice; }
+const char *iqp_rpipe_lease_name(const iqp_rpipe *p) { return p->lease_name; }
+
 void iqp_rpipe_lease_release(iqp_rpipe *p) {
     char ignored[IQP_LEASE_VALUE_MAX];
     if (!p->redis || !p->lease_value[0]) return;
-    redisReply *r = lease_eval(p, ignored, sizeof ignored, "EVAL %s 1 %s:lease %s", RELEASE_SCRIPT, p->prefix,
-                               p->lease_value);
+    redisReply *r = p->slice < 0
+        ? lease_eval(p, ignored, sizeof ignored, "EVAL %s 1 %s:lease %s", RELEASE_SCRIPT, p->prefix, p->lease_value)
+        : lease_eval(p, ignored, sizeof ignored, "EVAL %s 1 %s:lease:slices %d %s", SLICE_RELEASE_SCRIPT, p->prefix,
+                     p->slice, p->lease_value);
     if (r) freeReplyObject(r);
 }
 

@@ -9,7 +9,8 @@
  * the pipeline (commands queued; whenever `depth` are in flight, replies
  * are read back until half are; every reply is checked and a refused one
  * is reported with the writer's context), the one HSET of a (feature,
- * context) chunk, the publish lease <prefix>:lease with its Lua scripts,
+ * context) chunk, the publish lease <prefix>:lease and the slice leases
+ * <prefix>:lease:slices with their Lua scripts,
  * the layout fingerprint a writer stamps into meta, and the failpoint
  * test hook of the writers' commit points.
  *
@@ -152,6 +153,25 @@ void iqp_rpipe_lease_touch(iqp_rpipe *p);
 /* Deletes <prefix>:lease if it still holds the pipe's value (errors
  * ignored; nothing when not connected or no value). */
 void iqp_rpipe_lease_release(iqp_rpipe *p);
+
+/* Slice leases: one writer per slice instead of per prefix. Each
+ * `iqp stream --state-dir --repartition` instance publishes the contexts
+ * of the partitions it owns (slice r = repartition partition r: every
+ * context is whole in one), so there are R writers of one prefix, each
+ * holding the lease of its slice: field r of the hash
+ * <prefix>:lease:slices, "<expiry ms> <lease value>", with the same
+ * value, TTL, renewal and dead-holder takeover as <prefix>:lease. A
+ * slice lease is refused while <prefix>:lease is held (a refresh or
+ * publish by another process), and <prefix>:lease is refused while any
+ * slice lease is live: the whole-prefix writer and the slice writers
+ * never write at once. After iqp_rpipe_lease_use_slice(p, r) (r >= 0)
+ * every lease call of the pipe works on slice r's lease; -1 (the
+ * default) goes back to <prefix>:lease. */
+void iqp_rpipe_lease_use_slice(iqp_rpipe *p, int slice);
+int iqp_rpipe_lease_slice(const iqp_rpipe *p);
+/* The lease's name, for messages: "<prefix>:lease" or
+ * "<prefix>:lease:slices field <r>". */
+const char *iqp_rpipe_lease_name(const iqp_rpipe *p);
 
 /* ---- what both writers stamp into meta ------------------------------------------ */
 

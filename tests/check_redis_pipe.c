@@ -15,6 +15,11 @@
  *   - the lease: taken, refused to a second holder (named), renewed only
  *     while ours, lost to a takeover, taken over from a holder whose
  *     process is gone, released only by its holder;
+ *   - slice leases: one holder per slice (named to a second), several
+ *     slices at once, none while the whole-prefix lease is held and that
+ *     one refused while any slice is held; an expired slice (by Redis's
+ *     clock) is free, a dead local holder's cleared at once, and a slice
+ *     is released only by its holder;
  *   - the layout check of a generation's meta: absent, the same, another
  *     fingerprint, another layout version.
  */
@@ -292,6 +297,108 @@ START_TEST(bad_url_and_prefix_are_refused) {
     ck_assert_msg(strstr(err, "123") || strstr(err, "digit"), "%s", err);
 }
 END_TEST
+/* Slice r's record in Redis: "<expiry ms> <holder>" (NULL: none). */
+static char *slice_in_redis(int r) {
+    char field[16];
+    snprintf(field, sizeof field, "%d", r);
+    redisReply *rep = cmd("HGET pipetest:lease:slices %s", field);
+    char *v = rep->type == REDIS_REPLY_STRING ? strdup(rep->str) : NULL;
+    freeReplyObject(rep);
+    return v;
+}
+
+/* The holder part of slice r's record ("" when none). */
+static void slice_holder(int r, char *out, size_t cap) {
+    char *v = slice_in_redis(r);
+    const char *sp = v ? strchr(v, ' ') : NULL;
+    snprintf(out, cap, "%s", sp ? sp + 1 : "");
+    free(v);
+}
+
+static iqp_rpipe *slice_pipe(int slice, const char *role, errors *e) {
+    iqp_rpipe *p = open_pipe(16, e);
+    ck_assert_int_eq(iqp_rpipe_lease_value_new(p, role, NULL), IQP_RC_OK);
+    iqp_rpipe_lease_use_slice(p, slice);
+    return p;
+}
+
+START_TEST(slice_leases_exclude_each_other_and_the_prefix) {
+    run("DEL %s", "pipetest:lease");
+    run("DEL %s", "pipetest:lease:slices");
+    errors ea = {0}, eb = {0}, ec = {0};
+    char holder[IQP_LEASE_VALUE_MAX], seen[IQP_LEASE_VALUE_MAX];
+    iqp_rpipe *a0 = slice_pipe(0, "slice a", &ea), *b0 = slice_pipe(0, "slice b", &eb);
+    iqp_rpipe *b1 = slice_pipe(1, "slice b", &eb), *whole = open_pipe(16, &ec);
+    ck_assert_int_eq(iqp_rpipe_lease_value_new(whole, "test refresh", NULL), IQP_RC_OK);
+    /* one holder per slice, several slices at once */
+    ck_assert_int_eq(iqp_rpipe_lease_acquire(a0, holder, sizeof holder), IQP_RC_OK);
+    slice_holder(0, seen, sizeof seen);
+    ck_assert_str_eq(seen, iqp_rpipe_lease_value(a0));
+    ck_assert_int_eq(iqp_rpipe_lease_acquire(b0, holder, sizeof holder), IQP_RC_REFUSED);
+    ck_assert_str_eq(holder, iqp_rpipe_lease_value(a0));
+    ck_assert_int_eq(iqp_rpipe_lease_acquire(b1, holder, sizeof holder), IQP_RC_OK);
+    /* the whole-prefix writer waits for every slice */
+    ck_assert_int_eq(iqp_rpipe_lease_acquire(whole, holder, sizeof holder), IQP_RC_REFUSED);
+    ck_assert_msg(!strcmp(holder, iqp_rpipe_lease_value(a0)) || !strcmp(holder, iqp_rpipe_lease_value(b1)),
+                  "refused, naming '%s'", holder);
+    ck_assert_ptr_null(lease_in_redis());
+    /* renewal keeps the record ours and moves its expiry; the hash lives as long */
+    char *before = slice_in_redis(0);
+    usleep(20000);
+    ck_assert_int_eq(iqp_rpipe_lease_extend(a0), IQP_RC_OK);
+    char *after = slice_in_redis(0);
+    ck_assert_msg(strtoll(after, NULL, 10) > strtoll(before, NULL, 10), "%s -> %s", before, after);
+    free(before);
+    free(after);
+    redisReply *r = cmd("PTTL pipetest:lease:slices");
+    ck_assert_msg(r->integer > IQP_LEASE_MS - 5000 && r->integer <= IQP_LEASE_MS, "PTTL %lld", r->integer);
+    freeReplyObject(r);
+    /* released only by its holder */
+    iqp_rpipe_lease_release(b0);
+    slice_holder(0, seen, sizeof seen);
+    ck_assert_str_eq(seen, iqp_rpipe_lease_value(a0));
+    iqp_rpipe_lease_release(a0);
+    iqp_rpipe_lease_release(b1);
+    ck_assert_ptr_null(slice_in_redis(0));
+    ck_assert_ptr_null(slice_in_redis(1));
+    /* with every slice free the whole-prefix lease is taken; then no slice is */
+    ck_assert_int_eq(iqp_rpipe_lease_acquire(whole, holder, sizeof holder), IQP_RC_OK);
+    ck_assert_int_eq(iqp_rpipe_lease_acquire(a0, holder, sizeof holder), IQP_RC_REFUSED);
+    ck_assert_str_eq(holder, iqp_rpipe_lease_value(whole));
+    iqp_rpipe_lease_release(whole);
+    /* an expired record (by Redis's clock) is free; a lost slice's renewal is refused */
+    char rec[IQP_LEASE_VALUE_MAX + 32];
+    snprintf(rec, sizeof rec, "1000 %s", iqp_rpipe_lease_value(a0));
+    r = cmd("HSET pipetest:lease:slices 0 %s", rec);
+    freeReplyObject(r);
+    ck_assert_int_eq(iqp_rpipe_lease_acquire(b0, holder, sizeof holder), IQP_RC_OK);
+    ck_assert_int_eq(iqp_rpipe_lease_extend(a0), IQP_RC_REFUSED);
+    ck_assert_msg(strstr(ea.last, "lost the lease pipetest:lease:slices field 0"), "%s", ea.last);
+    /* a holder of this host whose process is gone is cleared at once */
+    pid_t child = fork();
+    if (child == 0) _exit(0);
+    ck_assert_int_gt(child, 0);
+    ck_assert_int_eq(waitpid(child, NULL, 0), child);
+    char dead[IQP_LEASE_VALUE_MAX + 32], mine[32];
+    const char *own = iqp_rpipe_lease_value(b0);
+    snprintf(mine, sizeof mine, " pid %ld ", (long)getpid());
+    const char *at = strstr(own, mine);
+    ck_assert_ptr_nonnull(at);
+    snprintf(dead, sizeof dead, "99999999999999 %.*s pid %ld %s", (int)(at - own), own, (long)child,
+             at + strlen(mine));
+    r = cmd("HSET pipetest:lease:slices 0 %s", dead);
+    freeReplyObject(r);
+    ck_assert_int_eq(iqp_rpipe_lease_acquire(a0, holder, sizeof holder), IQP_RC_OK);
+    slice_holder(0, seen, sizeof seen);
+    ck_assert_str_eq(seen, iqp_rpipe_lease_value(a0));
+    iqp_rpipe_lease_release(a0);
+    iqp_rpipe_free(a0);
+    iqp_rpipe_free(b0);
+    iqp_rpipe_free(b1);
+    iqp_rpipe_free(whole);
+}
+END_TEST
+
 
 int main(void) {
     Suite *s = suite_create("redis_pipe");
@@ -304,6 +411,7 @@ int main(void) {
     tcase_add_test(srv, hash_over_several_hsets_round_trips);
     tcase_add_test(srv, refused_command_fails_the_flush_once);
     tcase_add_test(srv, lease_is_one_holders);
+    tcase_add_test(srv, slice_leases_exclude_each_other_and_the_prefix);
     tcase_add_test(srv, layout_check_of_a_generation);
     suite_add_tcase(s, srv);
     SRunner *sr = srunner_create(s);
