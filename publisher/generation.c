@@ -72,9 +72,10 @@ static int lease_take(gen_writer *g, const char *role, const char *held) {
     iqp_rc rc = iqp_rpipe_lease_acquire(g->pipe, holder, sizeof holder);
     if (rc == IQP_RC_FAILED) return fail(g, IQP_RC_FAILED, "lease on Redis at %s failed: %s", iqp_rpipe_where(g->pipe), holder);
     if (rc == IQP_RC_OK) return 0;
-    return fail(g, IQP_RC_REFUSED, "prefix '%s' on Redis at %s is being written by %s (key %s:lease, renewed every %d ms, "
-                "lives %d ms); %s", g->prefix, iqp_rpipe_where(g->pipe), holder, g->prefix, IQP_LEASE_RENEW_MS,
-                IQP_LEASE_MS, "a running `iqp stream --redis` refreshes by itself; run `iqp refresh --redis` only "
+    return fail(g, IQP_RC_REFUSED, "prefix '%s' on Redis at %s is being written by %s (key %s:lease, or a partition's "
+                "field of %s:lease:slices; renewed every %d ms, lives %d ms); %s", g->prefix,
+                iqp_rpipe_where(g->pipe), holder, g->prefix, g->prefix, IQP_LEASE_RENEW_MS, IQP_LEASE_MS,
+                "a running `iqp stream --redis` refreshes by itself; run `iqp refresh --redis` only "
                 "where no stream publishes to this prefix");
 }
 

@@ -58,7 +58,10 @@
 #define MAX_ITEMS 40
 #define CATCH_UP_MS 120000
 #define MAX_STREAMS 4
-#define N_PARTITIONS 8
+#define MAX_PARTITIONS 12
+/* partitions of every topic the test's broker creates: 8, or 12 for the
+ * repartition tests (the issue's matrix: >= 12 partitions) */
+static int n_partitions = 8;
 #define N_ACTIONS ORACLE_N_ACTIONS
 
 static const char *const counter_keys[ORACLE_N_COUNTERS] = {
@@ -199,7 +202,9 @@ static pid_t redis_pid;
 static char redis_url[64];
 
 static void start_test_env(const char *topics) {
-    const char *const args[] = {"--brokers", "3", "--partitions", "8", "--topics", topics, NULL};
+    char parts[16];
+    snprintf(parts, sizeof parts, "%d", n_partitions);
+    const char *const args[] = {"--brokers", "3", "--partitions", parts, "--topics", topics, NULL};
     ck_assert_msg(setup_error == NULL, "%s", setup_error);
     tmp = tu_mkdtemp("stream");
     ck_assert_ptr_nonnull(tmp);
@@ -211,6 +216,12 @@ static void start_test_env(const char *topics) {
 }
 
 static void test_setup(void) { start_test_env("imp,act,dl,iqp-checkpoints,rp-impressions,rp-actions"); }
+
+/* the repartition tests: every topic with 12 partitions */
+static void repartition_setup(void) {
+    n_partitions = MAX_PARTITIONS;
+    test_setup();
+}
 
 /* repartition topics of one partition (every context is slice 0) */
 static void resend_setup(void) { start_test_env("imp,act,dl,iqp-checkpoints,rp1-impressions:1,rp1-actions:1"); }
@@ -252,6 +263,7 @@ static void test_teardown(void) {
     stream_extra_arg = NULL;
     stream_env = NULL;
     produce_unkeyed = 0;
+    n_partitions = 8;
     free(state_dir);
     state_dir = NULL;
     for (int i = 0; i < MAX_STREAMS; i++) free(instance_state[i]), instance_state[i] = NULL;
@@ -378,7 +390,7 @@ static int run_stats_of(const char *flag, const char *store, char **out) {
 static int run_stats(const char *store, char **out) { return run_stats_of("--store", store, out); }
 
 /* Adds the kafka_offsets of `iqp stats FLAG store` into best[topic][partition] (max). */
-static void read_offsets_of(const char *flag, const char *store, int64_t best[2][8]) {
+static void read_offsets_of(const char *flag, const char *store, int64_t best[2][MAX_PARTITIONS]) {
     char *out = NULL;
     if (run_stats_of(flag, store, &out) == 0) {
         json_t *j = json_loads(out, 0, NULL), *v;
@@ -386,7 +398,7 @@ static void read_offsets_of(const char *flag, const char *store, int64_t best[2]
         json_object_foreach(json_object_get(j, "kafka_offsets"), key, v) {
             int t = strncmp(key, "imp/", 4) == 0 ? 0 : strncmp(key, "act/", 4) == 0 ? 1 : -1;
             int p = atoi(key + 4);
-            if (t >= 0 && p >= 0 && p < 8 && json_integer_value(v) > best[t][p])
+            if (t >= 0 && p >= 0 && p < n_partitions && json_integer_value(v) > best[t][p])
                 best[t][p] = json_integer_value(v);
         }
         json_decref(j);
@@ -394,7 +406,7 @@ static void read_offsets_of(const char *flag, const char *store, int64_t best[2]
     free(out);
 }
 
-static void read_offsets(const char *store, int64_t best[2][8]) { read_offsets_of("--store", store, best); }
+static void read_offsets(const char *store, int64_t best[2][MAX_PARTITIONS]) { read_offsets_of("--store", store, best); }
 
 /* The stores of instances 0..n-1, or (state_dir) the partition stores. */
 static int list_stores(int n, char **out) {
@@ -402,8 +414,8 @@ static int list_stores(int n, char **out) {
         for (int i = 0; i < n; i++) out[i] = tu_fmt("%s", streams[i].store);
         return n;
     }
-    for (int p = 0; p < N_PARTITIONS; p++) out[p] = tu_fmt("%s/partition-%d", state_dir, p);
-    return N_PARTITIONS;
+    for (int p = 0; p < n_partitions; p++) out[p] = tu_fmt("%s/partition-%d", state_dir, p);
+    return n_partitions;
 }
 
 static void free_stores(char **stores, int n) {
@@ -413,16 +425,16 @@ static void free_stores(char **stores, int n) {
 /* Waits until the stores (together) have committed every produced message. */
 static void wait_caught_up(int n_instances) {
     uint64_t got[2] = {0, 0};
-    char *stores[N_PARTITIONS];
+    char *stores[MAX_PARTITIONS];
     int n_stores = list_stores(n_instances, stores);
     for (int64_t t0 = mono_ms(); mono_ms() - t0 < tu_wait_limit_ms(CATCH_UP_MS);) {
-        int64_t best[2][8] = {{0}};
+        int64_t best[2][MAX_PARTITIONS] = {{0}};
         if (state_dir) /* every partition store at once (one process: cheaper under ASan) */
             read_offsets_of("--state-dir", state_dir, best);
         for (int i = 0; i < n_stores && !state_dir; i++)
             if (access(stores[i], F_OK) == 0) read_offsets(stores[i], best);
         got[0] = got[1] = 0;
-        for (int p = 0; p < 8; p++) got[0] += (uint64_t)best[0][p], got[1] += (uint64_t)best[1][p];
+        for (int p = 0; p < n_partitions; p++) got[0] += (uint64_t)best[0][p], got[1] += (uint64_t)best[1][p];
         if (got[0] == expected_msgs[0] && got[1] == expected_msgs[1]) return free_stores(stores, n_stores);
         usleep(300000);
     }
@@ -486,7 +498,7 @@ static void add_lookup(const char *source, const context *c, oracle_counts *sum,
  * reads the test's Redis) and compares with the oracle; returns the
  * number of values compared. */
 static uint64_t compare_with_oracle(int n_instances) {
-    char *stores[N_PARTITIONS];
+    char *stores[MAX_PARTITIONS];
     int n_stores = n_instances ? list_stores(n_instances, stores) : 0;
     int64_t as_of = oracle_watermark(orc);
     uint64_t values = 0, bad = 0;
@@ -549,10 +561,10 @@ static double metric_sum(const char *text, const char *name, const char *const *
 
 /* Reads the per-partition series of family name (labels topic="imp" or
  * "act", partition="N") into v[topic][partition]; returns how many. */
-static int partition_series(const char *text, const char *name, int64_t v[2][8]) {
+static int partition_series(const char *text, const char *name, int64_t v[2][MAX_PARTITIONS]) {
     int n = 0;
     size_t nlen = strlen(name);
-    memset(v, 0, sizeof(int64_t[2][8]));
+    memset(v, 0, sizeof(int64_t[2][MAX_PARTITIONS]));
     for (const char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
         char topic[8];
         int part;
@@ -560,7 +572,7 @@ static int partition_series(const char *text, const char *name, int64_t v[2][8])
         if (strncmp(l, name, nlen) != 0 || l[nlen] != '{') continue;
         if (sscanf(l + nlen, "{topic=\"%3[a-z]\",partition=\"%d\"} %lld", topic, &part, &val) != 3) continue;
         int t = strcmp(topic, "imp") == 0 ? 0 : strcmp(topic, "act") == 0 ? 1 : -1;
-        ck_assert_msg(t >= 0 && part >= 0 && part < 8, "unexpected series of %s", name);
+        ck_assert_msg(t >= 0 && part >= 0 && part < n_partitions, "unexpected series of %s", name);
         v[t][part] = val;
         n++;
     }
@@ -723,13 +735,13 @@ START_TEST(stream_counts_exactly_with_dead_letters) {
     /* per partition: the published offsets reach the end of each topic
      * (right after the store write that wait_caught_up saw) */
     char *m = NULL;
-    int64_t published[2][8], lag[2][8], stored[2][8] = {{0}};
+    int64_t published[2][MAX_PARTITIONS], lag[2][MAX_PARTITIONS], stored[2][MAX_PARTITIONS] = {{0}};
     for (int64_t t0 = mono_ms();; usleep(200000)) {
         free(m);
         m = fetch_metrics(streams[0].metrics_port);
         partition_series(m, "iqp_kafka_committed_offset", published);
         int64_t sum[2] = {0, 0};
-        for (int p = 0; p < 8; p++) sum[0] += published[0][p], sum[1] += published[1][p];
+        for (int p = 0; p < n_partitions; p++) sum[0] += published[0][p], sum[1] += published[1][p];
         if ((uint64_t)sum[0] == expected_msgs[0] && (uint64_t)sum[1] == expected_msgs[1]) break;
         ck_assert_msg(mono_ms() - t0 < tu_wait_limit_ms(30000), "published offsets sum to %" PRId64 "/%" PRId64
                       ", produced %" PRIu64 "/%" PRIu64, sum[0], sum[1], expected_msgs[0], expected_msgs[1]);
@@ -741,7 +753,7 @@ START_TEST(stream_counts_exactly_with_dead_letters) {
     /* iqp stats shows the same offsets per partition as the metrics */
     read_offsets(streams[0].store, stored);
     for (int t = 0; t < 2; t++)
-        for (int p = 0; p < 8; p++)
+        for (int p = 0; p < n_partitions; p++)
             ck_assert_msg(stored[t][p] == published[t][p], "%s/%d: iqp stats %" PRId64 ", metric %" PRId64,
                           t ? "act" : "imp", p, stored[t][p], published[t][p]);
 
@@ -836,7 +848,7 @@ static void wait_group_settled(void) {
     for (int64_t t0 = mono_ms(); mono_ms() - t0 < tu_wait_limit_ms(60000);) {
         double a = instance_metric(0, "iqp_assigned_partitions", no_labels);
         double b = instance_metric(1, "iqp_assigned_partitions", no_labels);
-        if (a > 0 && b > 0 && a + b == 16) return;
+        if (a > 0 && b > 0 && a + b == 2 * n_partitions) return;
         usleep(250000);
     }
     ck_abort_msg("the group of two did not settle on 16 partitions");
@@ -881,7 +893,7 @@ static void wait_counting_between_rebalances(int i) {
 /* Waits (bounded) until instance i owns all 16 partitions. */
 static void wait_owns_all(int i) {
     for (int64_t t0 = mono_ms(); mono_ms() - t0 < tu_wait_limit_ms(60000); usleep(250000))
-        if (instance_metric(i, "iqp_assigned_partitions", no_labels) == 16) return;
+        if (instance_metric(i, "iqp_assigned_partitions", no_labels) == 2 * n_partitions) return;
     ck_abort_msg("instance %d did not take over every partition", i);
 }
 
@@ -924,7 +936,7 @@ START_TEST(stream_rebalances_between_two_instances) {
     int owned[2] = {0, 0}, offsets[2] = {0, 0}, lags[2] = {0, 0};
     for (int64_t t0 = mono_ms(); mono_ms() - t0 < tu_wait_limit_ms(30000); usleep(200000)) {
         for (int i = 0; i < 2; i++) {
-            int64_t v[2][8];
+            int64_t v[2][MAX_PARTITIONS];
             char *m = fetch_metrics(streams[i].metrics_port);
             owned[i] = (int)metric_sum(m, "iqp_assigned_partitions", no_labels);
             offsets[i] = partition_series(m, "iqp_kafka_committed_offset", v);
@@ -1246,7 +1258,7 @@ static int64_t partition_edge(const char *topic, int from_end) { return partitio
 /* Waits until instance 0's store has counted partition 0 of both topics
  * up to their ends. */
 static void wait_partition_0_counted(void) {
-    int64_t want[2] = {partition_edge("imp", 1), partition_edge("act", 1)}, best[2][8] = {{0}};
+    int64_t want[2] = {partition_edge("imp", 1), partition_edge("act", 1)}, best[2][MAX_PARTITIONS] = {{0}};
     for (int64_t t0 = mono_ms(); mono_ms() - t0 < tu_wait_limit_ms(CATCH_UP_MS);) {
         memset(best, 0, sizeof best);
         read_offsets(streams[0].store, best);
@@ -1300,7 +1312,7 @@ START_TEST(stream_stops_when_its_offsets_were_evicted) {
     start_stream(0, 0);
     wait_partition_0_counted();
     stop_stream(0);
-    int64_t stored[2][8] = {{0}};
+    int64_t stored[2][MAX_PARTITIONS] = {{0}};
     read_offsets(streams[0].store, stored);
     produce_file(big);
     static const char *const topics[2] = {"imp", "act"};
@@ -1325,7 +1337,7 @@ START_TEST(stream_stops_when_its_offsets_were_evicted) {
         free(range);
     }
     ck_assert_msg(named, "the log names no lost range:\n%s", log);
-    int64_t after[2][8] = {{0}};
+    int64_t after[2][MAX_PARTITIONS] = {{0}};
     read_offsets(streams[0].store, after);
     ck_assert_msg(after[0][0] == stored[0][0] && after[1][0] == stored[1][0],
                   "the stopped stream moved its offsets: imp %" PRId64 " -> %" PRId64 ", act %" PRId64
@@ -1372,9 +1384,9 @@ END_TEST
  * from the broker with kcat): each store counted exactly its partition. */
 static void check_partition_stores(void) {
     static const char *const topics[2] = {"imp", "act"};
-    int64_t summed[2][8] = {{0}};
+    int64_t summed[2][MAX_PARTITIONS] = {{0}};
     read_offsets_of("--state-dir", state_dir, summed); /* iqp stats --state-dir: the same offsets */
-    for (int p = 0; p < N_PARTITIONS; p++) {
+    for (int p = 0; p < n_partitions; p++) {
         char *store = tu_fmt("%s/partition-%d", state_dir, p), *out = NULL;
         ck_assert_msg(run_stats(store, &out) == 0, "iqp stats cannot read %s", store);
         json_t *j = json_loads(out, 0, NULL), *offs = json_object_get(j, "kafka_offsets");
@@ -1422,7 +1434,7 @@ static void wait_store_series_match(int n) {
             ok &= owned[i] == 2 * stores[i];
             total += owned[i];
         }
-        ok &= total == 2 * N_PARTITIONS;
+        ok &= total == 2 * n_partitions;
     }
     for (int i = 0; i < n; i++)
         ck_assert_msg(ok, "instance %d owns %d partitions and shows %d partition store sizes (%d owned in all)", i,
@@ -1518,6 +1530,63 @@ START_TEST(stream_state_dir_survives_kill_9) {
 }
 END_TEST
 
+/* ---- publishing per partition (--state-dir --repartition --redis) ------------- */
+
+/* Waits (bounded) until the partition stores of dir have no key left to
+ * publish (iqp stats --state-dir: publish_pending summed). */
+static void wait_partitions_published(const char *dir) {
+    int64_t left = -1;
+    for (int64_t t0 = mono_ms(); mono_ms() - t0 < tu_wait_limit_ms(60000); usleep(250000)) {
+        char *out = NULL;
+        if (run_stats_of("--state-dir", dir, &out) == 0) {
+            json_t *j = json_loads(out, 0, NULL);
+            left = json_integer_value(json_object_get(j, "publish_pending"));
+            json_decref(j);
+        }
+        free(out);
+        if (left == 0) return;
+    }
+    ck_abort_msg("the partition stores of %s still have %" PRId64 " keys to publish", dir, left);
+}
+
+/* The window slides the instances' partition publishers made, from their
+ * logs ("partition P: published ... (N slides, ..."). */
+static long logged_slides(void) {
+    long slides = 0;
+    for (int i = 0; i < MAX_STREAMS; i++) {
+        char *text = streams[i].log ? tu_read_file(streams[i].log, NULL) : NULL;
+        for (const char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+            const char *r = strstr(l, " rounds ("), *end = strchr(l, '\n');
+            if (!strncmp(l, "iqp stream: partition ", 22) && r && (!end || r < end)) slides += strtol(r + 9, NULL, 10);
+        }
+        free(text);
+    }
+    return slides;
+}
+
+/* Redis after per-partition publishing: what it serves equals the
+ * oracle (so the partition stores, compared with the same oracle), and
+ * no key lives without a TTL but the two counters. */
+static void check_redis_per_partition(void) {
+    compare_with_oracle(0);
+    char *no_ttl = redis_get("EVAL \"local n = {} for _, k in ipairs(redis.call('KEYS', 'iqp:*')) do "
+                             "if redis.call('PTTL', k) < 0 then n[#n + 1] = k end end "
+                             "table.sort(n) return table.concat(n, ' ')\" 0");
+    ck_assert_msg(strcmp(no_ttl, "iqp:gen:next iqp:lease:token") == 0, "keys without a TTL: '%s'", no_ttl);
+    free(no_ttl);
+}
+
+/* A refresh into the prefix is refused while partition publishers hold
+ * their slices (it would race them on the same keys). */
+static void check_refresh_refused(const char *store) {
+    char *cmd = tu_fmt("'%s' refresh --store '%s' --redis %s 2>&1", tu_iqp(), store, redis_url), *out = NULL;
+    int rc = tu_run(cmd, &out);
+    ck_assert_msg(rc != 0 && out && strstr(out, "is being written by iqp stream"),
+                  "iqp refresh --redis ran beside the partition publishers (exit %d): %s", rc, out ? out : "");
+    free(out);
+    free(cmd);
+}
+
 /* ---- repartitioned input (--repartition) --------------------------------------- */
 
 /* The log is produced without keys (each line to a random partition), so
@@ -1541,7 +1610,7 @@ static int repartition_caught_up(void) {
     json_t *j = done ? json_loads(out, 0, NULL) : NULL;
     json_t *origins = json_object_get(j, "repartition_origins"), *offsets = json_object_get(j, "kafka_offsets");
     for (int t = 0; t < 2 && done; t++)
-        for (int p = 0; p < N_PARTITIONS && done; p++) {
+        for (int p = 0; p < n_partitions && done; p++) {
             char key[64];
             snprintf(key, sizeof key, "%s/%d", in[t], p);
             json_t *v = json_object_get(origins, key);
@@ -1579,7 +1648,7 @@ static uint64_t check_contexts_whole(void) {
         const context *c = &contexts[ci];
         size_t n = (size_t)ORACLE_N_FEATURES * ORACLE_N_WINDOWS * c->n_items;
         int *holders = calloc(n, sizeof *holders);
-        for (int p = 0; p < N_PARTITIONS; p++) {
+        for (int p = 0; p < n_partitions; p++) {
             char *store = tu_fmt("%s/partition-%d", state_dir, p), *src = source_args(store, as_of);
             char *out = run_lookup(src, c), *line, *save = NULL;
             size_t k = 0;
@@ -1601,17 +1670,22 @@ static uint64_t check_contexts_whole(void) {
     return lines;
 }
 
-/* Three instances with --repartition on one shared --state-dir, the log
- * produced without keys while the second and third join: the partition
- * stores together equal the oracle, and every context (c_item's country,
- * g_item's gender included) is whole in one store. */
+/* Three instances with --repartition on one shared --state-dir, each
+ * publishing the partitions it owns to one Redis, the log produced
+ * without keys while the second and third join: the partition stores
+ * together equal the oracle, every context (c_item's country, g_item's
+ * gender included) is whole in one store, and Redis serves exactly the
+ * oracle's values. */
 START_TEST(stream_repartition_three_instances_count_once) {
     use_repartition();
+    start_redis();
     start_three_joining_mid_stream();
     wait_repartition_caught_up();
+    wait_partitions_published(state_dir);
     for (int i = 0; i < 3; i++) stop_stream(i);
     compare_with_oracle(3);
     check_contexts_whole();
+    check_redis_per_partition();
 }
 END_TEST
 
@@ -1649,9 +1723,14 @@ END_TEST
  * stops (each checkpoints what it releases), and a last instance on an
  * empty disk restores every partition from the checkpoints and counts
  * what the group left: its stores alone equal the oracle, with every
- * context whole in one store. */
+ * context whole in one store. Every instance publishes the partitions it
+ * owns to one Redis (slice leases; a killed owner's taken over, a
+ * stopped one's released): while they run a refresh into the prefix is
+ * refused, windows slide in place as the 6 h of event time pass, and
+ * once the dust settled Redis serves exactly the oracle's values. */
 START_TEST(stream_repartition_kill_add_remove_and_empty_disk) {
     use_repartition();
+    start_redis();
     free(state_dir);
     state_dir = NULL;
     checkpoint_dir = tu_fmt("%s/checkpoints", tmp);
@@ -1680,6 +1759,10 @@ START_TEST(stream_repartition_kill_add_remove_and_empty_disk) {
     start_stream(1, 0);
     state_dir = tu_fmt("%s", instance_state[1]);
     wait_repartition_caught_up();
+    wait_partitions_published(state_dir);
+    char *store = tu_fmt("%s/partition-0", state_dir);
+    check_refresh_refused(store);
+    free(store);
     char *m = fetch_metrics(streams[1].metrics_port);
     double restores = metric_sum(m, "iqp_partition_restores_total", no_labels);
     double forwarded = metric_sum(m, "iqp_repartition_records_total", no_labels);
@@ -1687,10 +1770,14 @@ START_TEST(stream_repartition_kill_add_remove_and_empty_disk) {
     stop_stream(1);
     fprintf(stderr, "repartition schedule: the last instance restored %.0f partitions and forwarded %.0f records "
                     "the group had not\n", restores, forwarded);
-    ck_assert_msg(restores == N_PARTITIONS, "the last instance restored %.0f partitions, want %d", restores,
-                  N_PARTITIONS);
+    ck_assert_msg(restores == n_partitions, "the last instance restored %.0f partitions, want %d", restores,
+                  n_partitions);
+    long slides = logged_slides();
+    fprintf(stderr, "repartition schedule: %ld window slides published in place\n", slides);
+    ck_assert_msg(slides > 0, "no partition publisher slid its windows while 6 h of event time passed");
     compare_with_oracle(1);
     check_contexts_whole();
+    check_redis_per_partition();
 }
 END_TEST
 
@@ -1803,7 +1890,7 @@ static int64_t best_checkpoints(int *n_with) {
     char path[4400], err[1024];
     int64_t sum = 0, progress = 0;
     *n_with = 0;
-    for (int p = 0; p < N_PARTITIONS; p++) {
+    for (int p = 0; p < n_partitions; p++) {
         int rc = iqp_pck_best(checkpoint_dir, p, path, sizeof path, &progress, err, sizeof err);
         ck_assert_msg(rc >= 0, "%s", err);
         if (rc == 1) sum += progress, (*n_with)++;
@@ -1832,7 +1919,7 @@ static void empty_disk_takeover(int kill9) {
     start_stream(0, 0);
     free(wait_assigned(0));
     produce(rate_over(20), 0);
-    for (int64_t t0 = mono_ms(); read_by_0 < (double)total / 3 || n_with < N_PARTITIONS; usleep(200000)) {
+    for (int64_t t0 = mono_ms(); read_by_0 < (double)total / 3 || n_with < n_partitions; usleep(200000)) {
         ck_assert_msg(mono_ms() - t0 < tu_wait_limit_ms(60000), "instance 0 read %.0f of %" PRIu64 " messages and "
                       "checkpointed %d partitions (log %s)", read_by_0, total, n_with, streams[0].log);
         read_by_0 = instance_metric(0, "iqp_events_total", no_labels);
@@ -1840,10 +1927,10 @@ static void empty_disk_takeover(int kill9) {
     }
     if (kill9) kill_stream(0);
     else stop_stream(0);
-    int64_t restored = best_checkpoints(&n_with), final[2][8] = {{0}}, counted_by_0 = 0;
+    int64_t restored = best_checkpoints(&n_with), final[2][MAX_PARTITIONS] = {{0}}, counted_by_0 = 0;
     read_offsets_of("--state-dir", instance_state[0], final);
     for (int t = 0; t < 2; t++)
-        for (int p = 0; p < N_PARTITIONS; p++) counted_by_0 += final[t][p];
+        for (int p = 0; p < n_partitions; p++) counted_by_0 += final[t][p];
     ck_assert_msg(restored > 0 && restored <= counted_by_0 && (uint64_t)counted_by_0 < total,
                   "checkpoints hold %" PRId64 " messages, instance 0's stores %" PRId64 " of %" PRIu64, restored,
                   counted_by_0, total);
@@ -1865,8 +1952,8 @@ static void empty_disk_takeover(int kill9) {
     fprintf(stderr, "empty-disk takeover (%s): instance 0 counted %" PRId64 " of %" PRIu64 " messages, its "
                     "checkpoints %" PRId64 "; instance 1 restored %.0f partitions (%.0f bytes in %.3f s), then read "
                     "%.0f messages\n", how, counted_by_0, total, restored, restores, bytes, secs, read_by_1);
-    ck_assert_msg(restores == N_PARTITIONS, "instance 1 restored %.0f partitions, want %d (log %s)", restores,
-                  N_PARTITIONS, streams[1].log);
+    ck_assert_msg(restores == n_partitions, "instance 1 restored %.0f partitions, want %d (log %s)", restores,
+                  n_partitions, streams[1].log);
     ck_assert_msg(bytes > 0, "restored %.0f bytes", bytes);
     if (dropped == 0) /* (a dropped batch is read again) */
         ck_assert_msg(read_by_1 + (double)restored == (double)total, "instance 1 read %.0f messages, the checkpoints "
@@ -1912,11 +1999,11 @@ START_TEST(stream_rejects_bad_usage) {
     free(missing);
     expect_rejected("--brokers 127.0.0.1:1 --on-offset-lost maybe", 2, "--on-offset-lost");
     expect_rejected("--brokers 127.0.0.1:1 --property auto.offset.reset=sometimes", 2, "auto.offset.reset=sometimes");
-    /* --state-dir: instead of --store, without Redis, with the range assignor */
+    /* --state-dir: instead of --store, with Redis only when repartitioned, with the range assignor */
     char *sd = tu_fmt("--brokers 127.0.0.1:1 --state-dir '%s/state'", tmp), *args;
     expect_rejected(sd, 2, "give --store or --state-dir, not both");
     args = tu_fmt("%s --redis redis://127.0.0.1:1", sd);
-    expect_rejected_as(args, 2, "--state-dir does not publish to Redis yet");
+    expect_rejected_as(args, 2, "--state-dir with --redis needs --repartition");
     free(args);
     args = tu_fmt("%s --property partition.assignment.strategy=roundrobin", sd);
     expect_rejected_as(args, 2, "partition.assignment.strategy=roundrobin: --state-dir needs");
@@ -2000,7 +2087,7 @@ int main(void) {
 
     /* repartitioned input (--repartition); run alone with CK_RUN_CASE=repartition */
     TCase *rpt = tcase_create("repartition");
-    tcase_add_checked_fixture(rpt, test_setup, test_teardown);
+    tcase_add_checked_fixture(rpt, repartition_setup, test_teardown);
     tcase_set_timeout(rpt, 600);
     tcase_add_test(rpt, stream_repartition_three_instances_count_once);
     tcase_add_test(rpt, stream_repartition_survives_kill_9);
