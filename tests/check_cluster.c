@@ -18,17 +18,22 @@
  *     serves the same answers, to a fresh `iqp lookup` and to a libiqp
  *     client whose slot map predates the move;
  *   - `iqp refresh --redis redis-cluster://...` switches generations and
- *     the new one equals the store as of the refresh time.
+ *     the new one equals the store as of the refresh time;
+ *   - two `iqp stream --state-dir --repartition` instances on a devbroker,
+ *     each publishing the partitions it owns into the cluster, serve what
+ *     the backfill of the same log holds.
  * The servers are stopped by pid in the teardown.
  */
 #include <check.h>
 #include <hiredis/hiredis.h>
+#include <jansson.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "model/config.h"
@@ -227,13 +232,16 @@ static char *lookup_cmd(const char *source, const context *c) {
     return tu_lookup_cmd(source, c->query, c->country, "female", (const char *const *)c->items, c->n_items);
 }
 
-/* `iqp lookup --redis <cluster>` equals `iqp lookup --store --as-of` of
- * the served generation for context c; returns the lines compared. */
-static size_t compare_lookup(const context *c) {
-    char *gen = owner_string("GET %s", "{iqp}:gen"), *meta = tu_fmt("{iqp}:%s:meta", gen);
+/* `iqp lookup --redis <cluster> --redis-prefix P` equals `iqp lookup
+ * --store --as-of` of the served generation's as_of_ms for context c;
+ * returns the lines compared. */
+static size_t compare_lookup_in(const context *c, const char *prefix) {
+    char *gen_key = tu_fmt("{%s}:gen", prefix), *gen = owner_string("GET %s", gen_key);
+    char *meta = tu_fmt("{%s}:%s:meta", prefix, gen);
     redisReply *r = owner_cmd("HGET %s as_of_ms", meta);
     ck_assert_msg(r && r->type == REDIS_REPLY_STRING, "no as_of_ms in %s", meta);
-    char *redis_src = tu_fmt("--redis %s", url), *store_src = tu_fmt("--store '%s' --as-of %s", store, r->str);
+    char *redis_src = tu_fmt("--redis %s --redis-prefix %s", url, prefix);
+    char *store_src = tu_fmt("--store '%s' --as-of %s", store, r->str);
     char *c1 = lookup_cmd(redis_src, c), *c2 = lookup_cmd(store_src, c), *o1 = NULL, *o2 = NULL;
     ck_assert_msg(tu_run(c1, &o1) == 0, "failed: %s", c1);
     ck_assert_msg(tu_run(c2, &o2) == 0, "failed: %s", c2);
@@ -244,9 +252,11 @@ static size_t compare_lookup(const context *c) {
     for (const char *p = o1; (p = strchr(p, '\n')); p++) lines++;
     ck_assert_msg(counted, "every context_count of '%s' is 0: a vacuous comparison", c->query);
     freeReplyObject(r);
-    free(o1), free(o2), free(c1), free(c2), free(redis_src), free(store_src), free(gen), free(meta);
+    free(o1), free(o2), free(c1), free(c2), free(redis_src), free(store_src), free(gen), free(meta), free(gen_key);
     return lines;
 }
+
+static size_t compare_lookup(const context *c) { return compare_lookup_in(c, "iqp"); }
 
 /* libiqp's answer for c (malloc'd, *len doubles). */
 static double *client_answer(iqp_client *cl, const context *c, size_t *len) {
@@ -494,6 +504,175 @@ START_TEST(refresh_switches_generations) {
 }
 END_TEST
 
+/* ---- publishing per partition from iqp stream ------------------------------------------ */
+
+static int64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* One `iqp stream --state-dir --repartition --redis <cluster>` instance
+ * on the test's devbroker, its stderr in dir/stream<i>.log. */
+static pid_t start_partition_stream(const char *bootstrap, int i) {
+    char *sd = tu_fmt("%s/state", dir), *dl = tu_fmt("%s/stream-dl%d.jsonl", dir, i), *log = tu_fmt("%s/stream%d.log", dir, i);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!freopen(log, "a", stderr) || !freopen("/dev/null", "w", stdout)) _exit(126);
+        execl(tu_iqp(), "iqp", "stream", "--state-dir", sd, "--repartition", "--repartition-prefix", "rp",
+              "--brokers", bootstrap, "--group", "cluster", "--impressions-topic", "imp", "--actions-topic", "act",
+              "--redis", url, "--redis-prefix", "part", "--dead-letter-file", dl, "--metrics-listen", "off",
+              "--flush-ms", "200", "--property", "session.timeout.ms=6000", "--property",
+              "heartbeat.interval.ms=500", (char *)NULL);
+        _exit(127);
+    }
+    free(sd), free(dl), free(log);
+    ck_assert_int_gt(pid, 0);
+    return pid;
+}
+
+/* The sum over the partitions of topic of their end offsets (kcat). */
+static int64_t topic_end(const char *bootstrap, const char *topic, int partitions) {
+    int64_t sum = 0;
+    for (int p = 0; p < partitions; p++) {
+        char *cmd = tu_fmt("kcat -C -b '%s' -t %s -p %d -o -1 -c 1 -e -q -f '%%o\\n'", bootstrap, topic, p), *out = NULL;
+        if (tu_run(cmd, &out) == 0 && out && *out) sum += strtoll(out, NULL, 10) + 1;
+        free(out), free(cmd);
+    }
+    return sum;
+}
+
+/* 1 when the partition stores counted every input message (the highest
+ * input offset counted per input partition, +1, summed: lines), read the
+ * repartition topics to their ends, and left nothing to publish. */
+static int partitions_done(const char *bootstrap, int64_t lines, int partitions) {
+    char *sd = tu_fmt("%s/state", dir), *cmd = tu_fmt("'%s' stats --state-dir '%s' 2>/dev/null", tu_iqp(), sd), *out = NULL;
+    int done = tu_run(cmd, &out) == 0 && out;
+    int64_t origins = 0, offsets = 0;
+    json_t *j = done ? json_loads(out, 0, NULL) : NULL, *v;
+    const char *key;
+    json_object_foreach(json_object_get(j, "repartition_origins"), key, v) origins += json_integer_value(v) + 1;
+    json_object_foreach(json_object_get(j, "kafka_offsets"), key, v) offsets += json_integer_value(v);
+    done = done && origins >= lines && json_integer_value(json_object_get(j, "publish_pending")) == 0 &&
+           offsets == topic_end(bootstrap, "rp-impressions", partitions) + topic_end(bootstrap, "rp-actions", partitions);
+    json_decref(j);
+    free(out), free(cmd), free(sd);
+    return done;
+}
+
+/* The lookup lines of context c as the partition stores hold them, each
+ * store read as of its own watermark (what its publisher computes
+ * windows as of): line k is the line of the one store whose line k is
+ * not all zero (the owner of that (feature, context): a second one fails
+ * the test), else the zero line every store prints. NULL when a store
+ * cannot be read yet. *nonzero: some line had counts. */
+static char *expected_from_partitions(const context *c, int partitions, int *nonzero) {
+    char *lines[partitions], *saves[partitions], *outs[partitions];
+    for (int p = 0; p < partitions; p++) {
+        char *st = tu_fmt("%s/state/partition-%d", dir, p), *cmd = tu_fmt("'%s' stats --store '%s'", tu_iqp(), st);
+        char *out = NULL, *src = NULL;
+        ck_assert_msg(tu_run(cmd, &out) == 0, "%s failed", cmd);
+        json_t *j = json_loads(out, 0, NULL);
+        src = tu_fmt("--store '%s' --as-of %lld", st, (long long)json_integer_value(json_object_get(j, "watermark_ms")));
+        json_decref(j);
+        free(out), free(cmd);
+        char *lc = lookup_cmd(src, c);
+        outs[p] = NULL;
+        ck_assert_msg(tu_run(lc, &outs[p]) == 0, "failed: %s", lc);
+        free(lc), free(src), free(st);
+        saves[p] = NULL;
+        lines[p] = strtok_r(outs[p], "\n", &saves[p]);
+    }
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    for (; lines[0]; ) {
+        const char *pick = lines[0];
+        int owners = 0;
+        for (int p = 0; p < partitions; p++) {
+            ck_assert_msg(lines[p] != NULL, "partition stores printed different line counts for '%s'", c->query);
+            int counted = 0;
+            for (const char *q = lines[p]; (q = strchr(q, ':')); q++) counted |= q[1] >= '1' && q[1] <= '9';
+            if (counted) pick = lines[p], owners++;
+        }
+        ck_assert_msg(owners <= 1, "a line of '%s' is counted in %d partition stores: %s", c->query, owners, pick);
+        *nonzero |= owners;
+        fprintf(f, "%s\n", pick);
+        for (int p = 0; p < partitions; p++) lines[p] = strtok_r(NULL, "\n", &saves[p]);
+    }
+    fclose(f);
+    for (int p = 0; p < partitions; p++) free(outs[p]);
+    return buf;
+}
+
+/* Two `iqp stream` instances count a 2-day log, produced without keys
+ * over ~15 s (so the stores' watermarks cross many hours while keys are
+ * published), through repartition topics into 12 partition stores, each
+ * instance publishing the partitions it owns into the cluster (prefix
+ * "part"). The slice leases lie in {part}:lease:slices, one per
+ * partition, and once the stores caught up, Redis serves, for every
+ * context checked, what the owning partition store holds as of its
+ * watermark: the 1d window of a key published a day earlier in event
+ * time is right only because its publisher replaced the slice's hashes
+ * when windows slid (with the replacement never renamed over the keys,
+ * this test fails). Polled (bounded): a slide comes at most 10 s after
+ * its hour began. */
+START_TEST(stream_partitions_publish_to_the_cluster) {
+    require_setup();
+    const char *const args[] = {"--brokers", "3", "--partitions", "12", "--topics", "imp,act,rp-impressions,rp-actions", NULL};
+    tu_broker broker;
+    ck_assert_int_eq(tu_broker_start(&broker, args), 0);
+    char *log2 = tu_fmt("%s/two-days.jsonl", dir);
+    ck_assert(tu_run_ok(tu_fmt("'%s' gen --seed 9 --impressions 1500 --start %lld --span 2d --out '%s' 2>/dev/null",
+                               tu_iqp(), START_MS, log2)));
+    char *text = tu_read_file(log2, NULL);
+    int64_t lines = 0;
+    for (const char *p = text; p && (p = strchr(p, '\n')); p++) lines++;
+    free(text);
+    pid_t pids2[2] = {start_partition_stream(broker.bootstrap, 0), start_partition_stream(broker.bootstrap, 1)};
+    ck_assert(tu_run_ok(tu_fmt("'%s' produce --brokers '%s' --impressions-topic imp --actions-topic act --key none "
+                               "--rate %lld '%s' 2>/dev/null", tu_iqp(), broker.bootstrap, (long long)(lines / 15), log2)));
+    int streak = 0;
+    for (int64_t waited = 0; streak < 2; waited += 1000) {
+        ck_assert_msg(waited < tu_wait_limit_ms(120000), "the partition stores did not catch up and publish (logs %s)",
+                      dir);
+        streak = partitions_done(broker.bootstrap, lines, 12) ? streak + 1 : 0;
+        sleep(1);
+    }
+    redisReply *r = owner_cmd("HLEN %s", "{part}:lease:slices");
+    ck_assert_msg(r && r->type == REDIS_REPLY_INTEGER && r->integer == 12, "%lld slice leases, want 12",
+                  r ? r->integer : -1);
+    freeReplyObject(r);
+    char *redis_src = tu_fmt("--redis %s --redis-prefix part", url), *last_diff = NULL;
+    size_t equal = 0, compared = 0;
+    int nonzero = 0;
+    for (int64_t t0 = mono_ms(); equal < n_contexts && mono_ms() - t0 < tu_wait_limit_ms(60000); sleep(1)) {
+        equal = compared = 0;
+        for (size_t k = 0; k < n_contexts; k++) {
+            char *want = expected_from_partitions(&contexts[k], 12, &nonzero), *cmd = lookup_cmd(redis_src, &contexts[k]);
+            char *got = NULL;
+            ck_assert_msg(tu_run(cmd, &got) == 0, "failed: %s", cmd);
+            if (strcmp(got, want) == 0) equal++;
+            else free(last_diff), last_diff = tu_fmt("%s\nprinted\n%s\nthe partition stores hold\n%s", cmd, got, want);
+            for (const char *p = want; (p = strchr(p, '\n')); p++) compared++;
+            free(want), free(got), free(cmd);
+        }
+    }
+    for (int i = 0; i < 2; i++) ck_assert_int_eq(tu_stop_pid(pids2[i], SIGTERM, 15000), 0);
+    tu_broker_stop(&broker);
+    ck_assert_msg(equal == n_contexts, "%zu of %zu contexts differ: %.2500s", n_contexts - equal, n_contexts,
+                  last_diff ? last_diff : "");
+    ck_assert_msg(nonzero, "no context of the test is counted in the partition stores: a vacuous comparison");
+    char *slides = tu_fmt("grep -h 'stream: partition [0-9]*: published' '%s'/stream*.log | grep -o '([0-9]* slides' | tr -dc '0-9\\n' | "
+                          "awk '{n += $1} END {print n + 0}'", dir), *out = NULL;
+    tu_run(slides, &out);
+    if (out) out[strcspn(out, "\n")] = '\0';
+    fprintf(stderr, "cluster: %zu lookup lines published per partition by two instances equal the partition stores "
+                    "(as of their watermarks); %s window slides published in place\n", compared, out ? out : "?");
+    free(out), free(slides), free(last_diff), free(redis_src), free(log2);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("cluster");
     TCase *unit = tcase_create("cluster-units");
@@ -507,6 +686,7 @@ int main(void) {
     tcase_add_test(srv, publish_spreads_and_lookups_match_the_store);
     tcase_add_test(srv, lookups_follow_ask_and_moved);
     tcase_add_test(srv, refresh_switches_generations);
+    tcase_add_test(srv, stream_partitions_publish_to_the_cluster);
     suite_add_tcase(s, srv);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
