@@ -658,7 +658,17 @@ START_TEST(stream_partitions_publish_to_the_cluster) {
             free(want), free(got), free(cmd);
         }
     }
-    for (int i = 0; i < 2; i++) ck_assert_int_eq(tu_stop_pid(pids2[i], SIGTERM, 15000), 0);
+    for (int i = 0; i < 2; i++) {
+        int rc = tu_stop_pid(pids2[i], SIGTERM, 15000);
+        /* a sanitizer report of the child (ops/test --sanitize) goes to this test's log */
+        char *log = tu_fmt("%s/stream%d.log", dir, i), *logged = tu_read_file(log, NULL);
+        const char *hit = logged ? strstr(logged, "ERROR: AddressSanitizer") : NULL;
+        if (!hit && logged) hit = strstr(logged, "ERROR: LeakSanitizer");
+        if (!hit && logged) hit = strstr(logged, "runtime error:");
+        if (hit) fprintf(stderr, "cluster: sanitizer report in %s:\n%.4000s\n", log, hit);
+        free(logged), free(log);
+        ck_assert_msg(rc == 0, "iqp stream %d exited %d after SIGTERM", i, rc);
+    }
     tu_broker_stop(&broker);
     ck_assert_msg(equal == n_contexts, "%zu of %zu contexts differ: %.2500s", n_contexts - equal, n_contexts,
                   last_diff ? last_diff : "");
