@@ -148,7 +148,9 @@ static const iqp_flag FLAGS[] = {
      .help = "any librdkafka property (repeatable)"},
     {"redis", IQP_FLAG_STRING, FLAG_AT(redis_url), .arg = "URL", .replaces = "redis-url-file",
      .help = "publish changed features to Redis (redis://[:password@]host:port/db, unix:///path or "
-             "redis-cluster://host:port[,host:port...]; redis.url; default: no publishing)"},
+             "redis-cluster://host:port[,host:port...]; redis.url; default: no publishing); with --state-dir "
+             "(and --repartition) each owned partition is published under its own lease (README \"Publishing per "
+             "partition\")"},
     {"redis-url-file", IQP_FLAG_STRING, FLAG_AT(redis_url_file), .arg = "FILE", .replaces = "redis",
      .help = "... the URL on the first line of FILE instead, off the command line (redis.url_file)"},
     {"redis-prefix", IQP_FLAG_STRING, FLAG_AT(redis_prefix), .arg = "P",
