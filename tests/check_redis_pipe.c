@@ -210,6 +210,21 @@ static char *lease_in_redis(void) {
     return v;
 }
 
+/* p's lease value with the pid of a child that has exited (a holder of
+ * this host that is provably gone), after lead. */
+static void dead_holder(iqp_rpipe *p, const char *lead, char *out, size_t cap) {
+    pid_t child = fork();
+    if (child == 0) _exit(0);
+    ck_assert_int_gt(child, 0);
+    ck_assert_int_eq(waitpid(child, NULL, 0), child);
+    char mine[32];
+    const char *own = iqp_rpipe_lease_value(p);
+    snprintf(mine, sizeof mine, " pid %ld ", (long)getpid());
+    const char *at = strstr(own, mine);
+    ck_assert_ptr_nonnull(at);
+    snprintf(out, cap, "%s%.*s pid %ld %s", lead, (int)(at - own), own, (long)child, at + strlen(mine));
+}
+
 START_TEST(lease_is_one_holders) {
     run("DEL %s", "pipetest:lease");
     errors ea = {0}, eb = {0};
@@ -242,16 +257,8 @@ START_TEST(lease_is_one_holders) {
     ck_assert_str_eq(holder, "someone else on another host pid 1 in ? since 0 token 0");
 
     /* a holder of this host whose process is gone is taken over at once */
-    pid_t child = fork();
-    if (child == 0) _exit(0);
-    ck_assert_int_gt(child, 0);
-    ck_assert_int_eq(waitpid(child, NULL, 0), child);
-    char dead[IQP_LEASE_VALUE_MAX + 32], mine[32];
-    const char *own = iqp_rpipe_lease_value(a);
-    snprintf(mine, sizeof mine, " pid %ld ", (long)getpid());
-    const char *at = strstr(own, mine);
-    ck_assert_ptr_nonnull(at);
-    snprintf(dead, sizeof dead, "%.*s pid %ld %s", (int)(at - own), own, (long)child, at + strlen(mine));
+    char dead[IQP_LEASE_VALUE_MAX + 32];
+    dead_holder(a, "", dead, sizeof dead);
     run("SET pipetest:lease %s", dead);
     ck_assert_int_eq(iqp_rpipe_lease_acquire(b, holder, sizeof holder), IQP_RC_OK);
     v = lease_in_redis();
@@ -375,17 +382,8 @@ START_TEST(slice_leases_exclude_each_other_and_the_prefix) {
     ck_assert_int_eq(iqp_rpipe_lease_extend(a0), IQP_RC_REFUSED);
     ck_assert_msg(strstr(ea.last, "lost the lease pipetest:lease:slices field 0"), "%s", ea.last);
     /* a holder of this host whose process is gone is cleared at once */
-    pid_t child = fork();
-    if (child == 0) _exit(0);
-    ck_assert_int_gt(child, 0);
-    ck_assert_int_eq(waitpid(child, NULL, 0), child);
-    char dead[IQP_LEASE_VALUE_MAX + 32], mine[32];
-    const char *own = iqp_rpipe_lease_value(b0);
-    snprintf(mine, sizeof mine, " pid %ld ", (long)getpid());
-    const char *at = strstr(own, mine);
-    ck_assert_ptr_nonnull(at);
-    snprintf(dead, sizeof dead, "99999999999999 %.*s pid %ld %s", (int)(at - own), own, (long)child,
-             at + strlen(mine));
+    char dead[IQP_LEASE_VALUE_MAX + 32];
+    dead_holder(b0, "99999999999999 ", dead, sizeof dead);
     r = cmd("HSET pipetest:lease:slices 0 %s", dead);
     freeReplyObject(r);
     ck_assert_int_eq(iqp_rpipe_lease_acquire(a0, holder, sizeof holder), IQP_RC_OK);
