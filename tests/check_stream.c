@@ -325,7 +325,7 @@ static void start_stream(int i, int dl_topic) {
     s->metrics_port = tu_free_port();
     snprintf(listen, sizeof listen, "127.0.0.1:%d", s->metrics_port);
     const char *dir = instance_state[i] ? instance_state[i] : state_dir ? state_dir : s->store;
-    const char *argv[32] = {"iqp", "stream", instance_state[i] || state_dir ? "--state-dir" : "--store", dir,
+    const char *argv[40] = {"iqp", "stream", instance_state[i] || state_dir ? "--state-dir" : "--store", dir,
                             "--brokers", broker.bootstrap,
                             "--group", "check-stream", "--impressions-topic", "imp",
                             "--actions-topic", "act", "--flush-ms", "200", "--metrics-listen", listen,
@@ -341,6 +341,7 @@ static void start_stream(int i, int dl_topic) {
     if (stream_extra_arg) argv[n++] = stream_extra_arg;
     /* --repartition forwards the bad input's >1 MiB line: its producer must take it */
     if (produce_unkeyed) argv[n++] = "--property", argv[n++] = "message.max.bytes=4000000";
+    ck_assert_uint_lt(n, sizeof argv / sizeof argv[0]);
     argv[n] = NULL;
     s->pid = spawn(argv, s->log);
     free(dl_file);
