@@ -5,7 +5,8 @@
  * which also applies bucket and dedup expiry, so the figures are settled.
  * With --state-dir (iqp stream's partition stores, DIR/partition-<p>) the
  * same object over every partition store: counts summed, the newest
- * watermark, every store's offsets, and partition_stores.
+ * watermark, every store's offsets, partition_stores, and each store's
+ * own main figures under partitions.<p>.
  */
 #include <stddef.h>
 #include <dirent.h>
@@ -48,7 +49,9 @@ static const iqp_flag_cmd STATS = {
              "input partition it counted events of, the highest input offset counted.\n"
              "Safe to run beside a running writer. With --state-dir: the same over every\n"
              "partition store of `iqp stream --state-dir DIR` (figures summed, the newest\n"
-             "watermark, every store's offsets) plus partition_stores, their number.",
+             "watermark, every store's offsets) plus partition_stores, their number, and\n"
+             "partitions: for each partition number p, that store's watermark_ms,\n"
+             "count_cells, context_cells, disk_bytes and publish_pending.",
     .flags = FLAGS,
 };
 
@@ -127,11 +130,22 @@ static void add_stats(json_t *sum, json_t *one) {
     }
 }
 
-/* Every DIR/partition-<p> store, summed; NULL after printing why. */
+/* The figures `iqp stats --state-dir` shows per partition store. */
+static json_t *partition_figures(json_t *one) {
+    static const char *const keys[] = {"watermark_ms", "count_cells", "context_cells", "disk_bytes",
+                                       "publish_pending"};
+    json_t *o = json_object();
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        if (json_object_get(one, keys[i])) json_object_set(o, keys[i], json_object_get(one, keys[i]));
+    return o;
+}
+
+/* Every DIR/partition-<p> store, summed, and each one's own figures;
+ * NULL after printing why. */
 static json_t *state_dir_stats(const char *dir, int compact) {
     DIR *d = opendir(dir);
     if (!d) return iqp_cli_fail(CMD, "cannot read the state dir %s: %s", dir, strerror(errno)), NULL;
-    json_t *sum = json_object();
+    json_t *sum = json_object(), *parts = json_object();
     int n = 0;
     for (struct dirent *e; (e = readdir(d)) != NULL;) {
         const char *num = e->d_name + 10;
@@ -140,18 +154,22 @@ static json_t *state_dir_stats(const char *dir, int compact) {
         if (asprintf(&path, "%s/%s", dir, e->d_name) < 0) abort();
         json_t *one = store_stats(path, compact);
         free(path);
-        if (!one) return closedir(d), json_decref(sum), NULL;
+        if (!one) return closedir(d), json_decref(sum), json_decref(parts), NULL;
         add_stats(sum, one);
+        json_object_set_new(parts, num, partition_figures(one));
         json_decref(one);
         n++;
     }
     closedir(d);
-    if (n == 0) return iqp_cli_fail(CMD, "no partition store (partition-<p>) in %s", dir), json_decref(sum), NULL;
+    if (n == 0)
+        return iqp_cli_fail(CMD, "no partition store (partition-<p>) in %s", dir), json_decref(sum),
+               json_decref(parts), NULL;
     json_int_t cells = json_integer_value(json_object_get(sum, "count_cells")) +
                        json_integer_value(json_object_get(sum, "context_cells"));
     json_object_set_new(sum, "bytes_per_cell", json_real(cells ? (double)json_integer_value(json_object_get(
                                                                      sum, "disk_bytes")) / (double)cells : 0.0));
     json_object_set_new(sum, "partition_stores", json_integer(n));
+    json_object_set_new(sum, "partitions", parts);
     return sum;
 }
 

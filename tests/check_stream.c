@@ -1387,11 +1387,23 @@ static void check_partition_stores(void) {
     static const char *const topics[2] = {"imp", "act"};
     int64_t summed[2][MAX_PARTITIONS] = {{0}};
     read_offsets_of("--state-dir", state_dir, summed); /* iqp stats --state-dir: the same offsets */
+    char *all = NULL;
+    ck_assert_int_eq(run_stats_of("--state-dir", state_dir, &all), 0);
+    json_t *all_j = json_loads(all, 0, NULL), *per = json_object_get(all_j, "partitions");
+    ck_assert_msg((int)json_object_size(per) == n_partitions, "iqp stats --state-dir: %zu partitions, want %d",
+                  json_object_size(per), n_partitions);
     for (int p = 0; p < n_partitions; p++) {
         char *store = tu_fmt("%s/partition-%d", state_dir, p), *out = NULL;
         ck_assert_msg(run_stats(store, &out) == 0, "iqp stats cannot read %s", store);
         json_t *j = json_loads(out, 0, NULL), *offs = json_object_get(j, "kafka_offsets");
-        ck_assert_msg(json_object_size(offs) == 2, "%s holds %zu offsets, want its own 2: %s", store,
+        char pnum[16];
+        snprintf(pnum, sizeof pnum, "%d", p);
+        json_t *mine = json_object_get(per, pnum);
+        static const char *const figures[] = {"watermark_ms", "count_cells", "context_cells", "publish_pending"};
+        for (size_t k = 0; k < sizeof figures / sizeof figures[0]; k++)
+            ck_assert_msg(json_equal(json_object_get(mine, figures[k]), json_object_get(j, figures[k])),
+                          "iqp stats --state-dir partitions.%d.%s differs from that store's own stats", p,
+                          figures[k]); "%s holds %zu offsets, want its own 2: %s", store,
                       json_object_size(offs), out);
         for (int t = 0; t < 2; t++) {
             char key[32];
@@ -1407,6 +1419,8 @@ static void check_partition_stores(void) {
         free(out);
         free(store);
     }
+    json_decref(all_j);
+    free(all);
 }
 
 static void use_state_dir(void) { state_dir = tu_fmt("%s/state", tmp); }
