@@ -275,7 +275,7 @@ static int open_stores(const refresh_opts *o, iqp_store **st, size_t *n) {
     for (size_t i = 0; i < o->stores.n; i++) {
         const iqp_config *want = i > 0 ? iqp_store_config(st[0]) : o->config_path ? &cfg : NULL;
         iqp_store *s = iqp_store_open(o->stores.v[i], want, IQP_STORE_READ_ONLY, err, sizeof err);
-        if (!s && i > 0)
+        if (!s && i > 0 && strstr(err, "does not match"))
             return iqp_cli_fail(CMD, "the stores must have one layout (that of %s): %s", o->stores.v[0], err);
         if (!s) return iqp_cli_fail(CMD, "%s", err);
         st[(*n)++] = s;
@@ -318,16 +318,13 @@ static int run(refresh_opts *o, iqp_store **st, size_t n) {
 
 static void close_stores(iqp_store **st, size_t n, char **paths) {
     for (size_t i = 0; i < n; i++) iqp_store_close(st[i]);
-    for (size_t i = 0; i < MAX_STORES && paths[i]; i++) {
-        free(paths[i]);
-        paths[i] = NULL;
-    }
+    for (size_t i = 0; i < MAX_STORES && paths[i]; i++) free(paths[i]);
 }
 
 int iqp_cmd_refresh(int argc, char **argv) {
-    static refresh_opts o;
-    static iqp_store *st[MAX_STORES];
-    static char *paths[MAX_STORES];
+    refresh_opts o;
+    iqp_store *st[MAX_STORES];
+    char *paths[MAX_STORES] = {0};
     size_t n = 0;
     int rc = parse_opts(argc, argv, &o);
     if (rc) return rc < 0 ? IQP_EXIT_OK : rc;
@@ -338,7 +335,8 @@ int iqp_cmd_refresh(int argc, char **argv) {
         if (k < 0)
             rc = iqp_cli_usage_error(CMD, "--rank-measure: '%s' is not impression, engaged or an action of this store",
                                      o.measure);
-        o.params.rank_measure = k;
+        else
+            o.params.rank_measure = k;
     }
     if (rc == 0) rc = run(&o, st, n);
     close_stores(st, n, paths);
