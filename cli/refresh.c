@@ -1,12 +1,18 @@
 /* refresh.c -- `iqp refresh`: recompute every feature value of a store as
  * of one instant (window roll), smoothed rates and top-K lists, from one
- * snapshot; dump them as text and (later) publish them to Redis.
+ * snapshot; dump them as text and publish them to Redis.
  *
  * Stages, each timed for the summary line: open the store read-only (safe
  * beside a running `iqp stream`, as lookup does) and take a snapshot;
  * scan; compute on the chosen backend; --dump; publish (the marked spot
  * below). Progress on a terminal, one summary line on stderr always.
+ *
+ * Several stores (--store repeated, or --state-dir: every partition store
+ * of `iqp stream --state-dir`) are opened the same way, every one checked
+ * against the first one's layout, and refreshed as the one store holding
+ * their sum (iqp_refresh_run_many).
  */
+#include <dirent.h>
 #include <errno.h>
 #include <stddef.h>
 #include <math.h>
@@ -28,8 +34,12 @@
 
 static const char *CMD = "refresh";
 
+#define MAX_STORES 1024
+
 typedef struct refresh_opts {
-    const char *store_dir, *config_path, *dump_path, *redis_url, *redis_prefix, *measure;
+    iqp_flag_list stores;         /* --store, every occurrence */
+    const char *state_dir;
+    const char *config_path, *dump_path, *redis_url, *redis_prefix, *measure;
     const char *redis_url_file;
     char redis_url_buf[1024];
     int64_t redis_ttl_ms;         /* --redis-ttl; 0: the publisher's default */
@@ -42,8 +52,10 @@ typedef struct refresh_opts {
 } refresh_opts;
 
 static const iqp_flag FLAGS[] = {
-    {"store", IQP_FLAG_STRING, offsetof(refresh_opts, store_dir), .arg = "DIR",
-     .help = "the store (opened read-only; safe beside iqp stream)"},
+    {"store", IQP_FLAG_REPEATED, offsetof(refresh_opts, stores), .arg = "DIR", .max = MAX_STORES,
+     .help = "the store (opened read-only; safe beside iqp stream); repeated: the stores summed"},
+    {"state-dir", IQP_FLAG_STRING, offsetof(refresh_opts, state_dir), .arg = "DIR",
+     .help = "... or every partition store (DIR/partition-<p>) of `iqp stream --state-dir DIR`, summed"},
     {"config", IQP_FLAG_STRING, offsetof(refresh_opts, config_path), .arg = "FILE",
      .help = "check the store against this config"},
     {"as-of", IQP_FLAG_INT, offsetof(refresh_opts, as_of_ms), .arg = "MS", .max = INT64_MAX / 2,
@@ -80,7 +92,7 @@ static const iqp_flag FLAGS[] = {
 
 static const iqp_flag_cmd REFRESH = {
     .name = "refresh",
-    .usage = "iqp refresh --store DIR [--as-of MS] [--backend cpu|cuda] [--threads N]\n"
+    .usage = "iqp refresh --store DIR... | --state-dir DIR [--as-of MS] [--backend cpu|cuda] [--threads N]\n"
              "                   [--smoothing A] [--top-k K] [--rank-measure NAME]\n"
              "                   [--dump FILE] [--redis URL] [--redis-prefix P] [--redis-ttl D]\n"
              "                   [--redis-url-file FILE] [--grace-ms N] [--quiet]",
@@ -90,7 +102,11 @@ static const iqp_flag_cmd REFRESH = {
              "(count + A * prior) / (context_count + A), where prior is the measure's rate\n"
              "over the whole feature in that window, and per (feature, context, window) the\n"
              "K items with the highest smoothed ranking measure (ties: item id bytes\n"
-             "ascending).",
+             "ascending).\n"
+             "Over several stores (--store repeated, or --state-dir DIR: every partition\n"
+             "store DIR/partition-<p> of `iqp stream --state-dir DIR`), every value is\n"
+             "that of one store holding the sum of their counts; the stores must have\n"
+             "one layout.",
     .epilog = "Prints a progress line on a terminal and one summary line at the end (stderr).",
     .flags = FLAGS,
 };
@@ -123,8 +139,7 @@ static int publish_check(refresh_opts *o) {
     return 0;
 }
 
-static int publish(const refresh_opts *o, iqp_store *st, const iqp_refresh_result *r) {
-    (void)st;
+static int publish(const refresh_opts *o, const iqp_refresh_result *r) {
     if (!o->redis_url) return 0;
     char err[1024];
     iqp_generation_stats gs;
@@ -151,7 +166,7 @@ static int parse_opts(int argc, char **argv, refresh_opts *o) {
     o->params.n_threads = (int)o->threads;
     o->params.top_k = (size_t)o->top_k;
     o->params.backend = o->backend == 1 ? IQP_REFRESH_CUDA : IQP_REFRESH_CPU;
-    if (!o->store_dir) return iqp_cli_usage_error(CMD, "--store DIR is required");
+    if (!o->stores.n == !o->state_dir) return iqp_cli_usage_error(CMD, "give --store DIR (repeatable) or --state-dir DIR");
     return publish_check(o);
 }
 
@@ -217,25 +232,59 @@ static int write_dump(const char *path, const iqp_refresh_result *r) {
     return 0;
 }
 
-static iqp_store *open_store(const refresh_opts *o, int *rc) {
+static int by_partition(const void *x, const void *y) {
+    const char *a = strrchr(*(char *const *)x, '-') + 1, *b = strrchr(*(char *const *)y, '-') + 1;
+    size_t la = strlen(a), lb = strlen(b);
+    return la != lb ? (la < lb ? -1 : 1) : strcmp(a, b); /* numerically, for digits without leading zeros */
+}
+
+/* The partition stores DIR/partition-<p> of state_dir, by p ascending,
+ * into o->stores (paths malloc'd into paths); an exit status. */
+static int list_partitions(refresh_opts *o, char **paths) {
+    DIR *d = opendir(o->state_dir);
+    if (!d) return iqp_cli_fail(CMD, "cannot read the state dir %s: %s", o->state_dir, strerror(errno));
+    size_t n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        const char *p = e->d_name + 10;
+        if (strncmp(e->d_name, "partition-", 10) != 0 || !*p || p[strspn(p, "0123456789")]) continue;
+        if (n == MAX_STORES) {
+            closedir(d);
+            return iqp_cli_fail(CMD, "more than %d partition stores in %s", MAX_STORES, o->state_dir);
+        }
+        if (asprintf(&paths[n++], "%s/%s", o->state_dir, e->d_name) < 0) abort();
+    }
+    closedir(d);
+    if (n == 0) return iqp_cli_fail(CMD, "no partition store (partition-<p>) in %s", o->state_dir);
+    qsort(paths, n, sizeof *paths, by_partition);
+    for (size_t i = 0; i < n; i++) o->stores.v[i] = paths[i];
+    o->stores.n = n;
+    return 0;
+}
+
+/* Opens o->stores read-only: the first against --config (when given),
+ * every other against the first one's layout. An exit status; st[0..*n)
+ * are open either way. */
+static int open_stores(const refresh_opts *o, iqp_store **st, size_t *n) {
     char err[1024];
     iqp_config cfg;
-    *rc = 0;
+    *n = 0;
     if (o->config_path) {
         iqp_config_defaults(&cfg);
-        if (iqp_config_load(&cfg, o->config_path, err, sizeof err) < 0) {
-            *rc = iqp_cli_usage_error(CMD, "%s", err);
-            return NULL;
-        }
+        if (iqp_config_load(&cfg, o->config_path, err, sizeof err) < 0) return iqp_cli_usage_error(CMD, "%s", err);
     }
-    iqp_store *st = iqp_store_open(o->store_dir, o->config_path ? &cfg : NULL, IQP_STORE_READ_ONLY, err,
-                                   sizeof err);
-    if (!st) *rc = iqp_cli_fail(CMD, "%s", err);
-    return st;
+    for (size_t i = 0; i < o->stores.n; i++) {
+        const iqp_config *want = i > 0 ? iqp_store_config(st[0]) : o->config_path ? &cfg : NULL;
+        iqp_store *s = iqp_store_open(o->stores.v[i], want, IQP_STORE_READ_ONLY, err, sizeof err);
+        if (!s && i > 0 && strstr(err, "does not match"))
+            return iqp_cli_fail(CMD, "the stores must have one layout (that of %s): %s", o->stores.v[0], err);
+        if (!s) return iqp_cli_fail(CMD, "%s", err);
+        st[(*n)++] = s;
+    }
+    return 0;
 }
 
 /* Scan, compute, dump, publish; an exit status. */
-static int run(refresh_opts *o, iqp_store *st) {
+static int run(refresh_opts *o, iqp_store **st, size_t n) {
     char err[1024];
     progress_state ps = {0, 0};
     if (!o->quiet && isatty(STDERR_FILENO)) {
@@ -244,44 +293,52 @@ static int run(refresh_opts *o, iqp_store *st) {
     }
     if (o->params.backend == IQP_REFRESH_CUDA && !iqp_refresh_cuda_available(err, sizeof err))
         return iqp_cli_fail(CMD, "--backend cuda: %s", err);
-    iqp_store_snapshot *snap = iqp_store_snapshot_new(st);
+    iqp_store_snapshot *snap[MAX_STORES];
+    for (size_t i = 0; i < n; i++) snap[i] = iqp_store_snapshot_new(st[i]);
     iqp_refresh_result *r = NULL;
-    int rc = iqp_refresh_scan(st, snap, &o->params, &r, err, sizeof err);
+    int rc = iqp_refresh_scan_many(st, (const iqp_store_snapshot *const *)snap, n, &o->params, &r, err, sizeof err);
     if (rc == 0) rc = iqp_refresh_compute(r, &o->params, err, sizeof err);
     clear_progress(&ps);
     if (rc < 0) {
         iqp_refresh_free(r);
-        iqp_store_snapshot_free(st, snap);
+        for (size_t i = 0; i < n; i++) iqp_store_snapshot_free(st[i], snap[i]);
         return iqp_cli_fail(CMD, "%s", err);
     }
     iqp_refresh_drop_cells(r);
     double t0 = iqp_mono_seconds();
     rc = o->dump_path ? write_dump(o->dump_path, r) : 0;
     double t1 = iqp_mono_seconds();
-    if (rc == 0) rc = publish(o, st, r);
+    if (rc == 0) rc = publish(o, r);
     double t2 = iqp_mono_seconds();
     if (rc == 0) summary(o, r, t1 - t0, t2 - t1);
     iqp_refresh_free(r);
-    iqp_store_snapshot_free(st, snap);
+    for (size_t i = 0; i < n; i++) iqp_store_snapshot_free(st[i], snap[i]);
     return rc;
+}
+
+static void close_stores(iqp_store **st, size_t n, char **paths) {
+    for (size_t i = 0; i < n; i++) iqp_store_close(st[i]);
+    for (size_t i = 0; i < MAX_STORES && paths[i]; i++) free(paths[i]);
 }
 
 int iqp_cmd_refresh(int argc, char **argv) {
     refresh_opts o;
+    iqp_store *st[MAX_STORES];
+    char *paths[MAX_STORES] = {0};
+    size_t n = 0;
     int rc = parse_opts(argc, argv, &o);
     if (rc) return rc < 0 ? IQP_EXIT_OK : rc;
-    iqp_store *st = open_store(&o, &rc);
-    if (!st) return rc;
-    if (o.measure) {
-        int k = iqp_refresh_measure_index(iqp_store_config(st), o.measure);
-        if (k < 0) {
-            iqp_store_close(st);
-            return iqp_cli_usage_error(CMD, "--rank-measure: '%s' is not impression, engaged or an action of this store",
-                                       o.measure);
-        }
-        o.params.rank_measure = k;
+    if (o.state_dir) rc = list_partitions(&o, paths);
+    if (rc == 0) rc = open_stores(&o, st, &n);
+    if (rc == 0 && o.measure) {
+        int k = iqp_refresh_measure_index(iqp_store_config(st[0]), o.measure);
+        if (k < 0)
+            rc = iqp_cli_usage_error(CMD, "--rank-measure: '%s' is not impression, engaged or an action of this store",
+                                     o.measure);
+        else
+            o.params.rank_measure = k;
     }
-    rc = run(&o, st);
-    iqp_store_close(st);
+    if (rc == 0) rc = run(&o, st, n);
+    close_stores(st, n, paths);
     return rc;
 }

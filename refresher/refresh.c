@@ -123,8 +123,14 @@ int iqp_refresh_compute(iqp_refresh_result *r, const iqp_refresh_params *p, char
 
 int iqp_refresh_run(iqp_store *st, const iqp_store_snapshot *snap, const iqp_refresh_params *p,
                     iqp_refresh_result **out, char *err, size_t errlen) {
+    return iqp_refresh_run_many(&st, &snap, 1, p, out, err, errlen);
+}
+
+int iqp_refresh_run_many(iqp_store *const *st, const iqp_store_snapshot *const *snaps, size_t n,
+                         const iqp_refresh_params *p, iqp_refresh_result **out, char *err,
+                         size_t errlen) {
     if (p->backend == IQP_REFRESH_CUDA && !iqp_refresh_cuda_probe(err, errlen)) return -1;
-    if (iqp_refresh_scan(st, snap, p, out, err, errlen) < 0) return -1;
+    if (iqp_refresh_scan_many(st, snaps, n, p, out, err, errlen) < 0) return -1;
     if (iqp_refresh_compute(*out, p, err, errlen) < 0) {
         iqp_refresh_free(*out);
         *out = NULL;

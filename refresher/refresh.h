@@ -2,7 +2,7 @@
  * recomputed from one store snapshot as of one instant.
  *
  * Owns: reading a whole snapshot's counts and contexts column families
- * (snapshot_scan.c), the window sums, rates, smoothed rates, priors and
+ * (snapshot_scan.c; or several stores' snapshots as their sum), the window sums, rates, smoothed rates, priors and
  * top-K lists computed from them, on the CPU (refresh_cpu.c, the default)
  * or on a CUDA device (refresh_cuda.cu), and the result those produce,
  * which the publisher walks with the accessors below (and `iqp refresh
@@ -146,6 +146,19 @@ void iqp_refresh_drop_cells(iqp_refresh_result *r);
 /* Both stages, then iqp_refresh_drop_cells: what `iqp refresh` runs. */
 int iqp_refresh_run(iqp_store *st, const iqp_store_snapshot *snap, const iqp_refresh_params *p,
                     iqp_refresh_result **out, char *err, size_t errlen);
+
+/* Several stores read as one: the result is exactly that of one store
+ * holding the sum of their counts (the partition stores of `iqp stream
+ * --state-dir`; a context split over stores gets its cells summed).
+ * snaps may be NULL, and any snaps[i] NULL (a snapshot of st[i] is taken
+ * and released inside). Every store must have st[0]'s layout, else -1
+ * with err naming the store's position. n = 1 is iqp_refresh_scan / _run. */
+int iqp_refresh_scan_many(iqp_store *const *st, const iqp_store_snapshot *const *snaps, size_t n,
+                          const iqp_refresh_params *p, iqp_refresh_result **out, char *err,
+                          size_t errlen);
+int iqp_refresh_run_many(iqp_store *const *st, const iqp_store_snapshot *const *snaps, size_t n,
+                         const iqp_refresh_params *p, iqp_refresh_result **out, char *err,
+                         size_t errlen);
 
 void iqp_refresh_free(iqp_refresh_result *r);
 

@@ -25,6 +25,10 @@
  * holds cells [first, first + n)). A device backend uploads the parts
  * back to back into one flat array.
  *
+ * A refresh over several stores (iqp_refresh_scan_many) gives an entity or
+ * context one cell per store that holds its (granularity, bucket): a
+ * backend adds cells, so they sum as the summed store's one cell would.
+ *
  * Only cells inside some window are kept (age < the longest window of its
  * granularity): the window test is then "gran == window's gran && age <
  * window's n_buckets", the same for every window of one granularity since

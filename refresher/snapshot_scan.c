@@ -1,5 +1,6 @@
 /* snapshot_scan.c -- stage 1 of a refresh: one pass over a store snapshot
- * into the flat arrays of refresh_internal.h.
+ * (or over the snapshots of several stores, summed: `iqp refresh
+ * --state-dir`) into the flat arrays of refresh_internal.h.
  *
  * Design
  * ------
@@ -21,6 +22,16 @@
  *                   is self-delimiting (length-prefixed fields), so both
  *                   lists are sorted by memcmp of the prefix and merge like
  *                   two sorted runs.
+ *
+ * Several stores (partition stores of one config) are read as the one
+ * store holding their sum: each job walks one iterator per store in one
+ * key order (walk_stores, a k-way merge), so the keys of one context or
+ * entity arrive together whichever store holds them, and an equal key of
+ * two stores twice in a row. The key handlers treat a repeated key as the
+ * same run (enter_key), so the second store's cells join the same context
+ * or entity; a (granularity, bucket) both stores hold is pushed twice, and
+ * the window sums of both backends add those cells like any others. Only
+ * the cell counts of the stats differ from the summed store's.
  *
  * Cells outside every window are dropped here (they add to no window), and
  * an entity or context is created with its first in-window cell, so one
@@ -92,8 +103,9 @@ typedef struct cell_run {
 /* One feature's scan (see the design comment). */
 typedef struct scan_job {
     const iqp_refresh_result *r;
-    iqp_store *st;
-    const iqp_store_snapshot *snap;
+    iqp_store *const *st;         /* the stores summed, n_stores of them */
+    const iqp_store_snapshot *const *snap;
+    size_t n_stores;
     size_t f;
     unsigned char fprefix[1 + IQP_NAME_MAX];
     size_t fplen;
@@ -388,6 +400,62 @@ static void merge_lists(scan_job *j) {
     }
 }
 
+/* ---- walking several stores ---------------------------------------------------- */
+
+/* Bytewise key order (RocksDB's default comparator). */
+static int raw_key_cmp(const unsigned char *x, size_t lx, const unsigned char *y, size_t ly) {
+    int c = memcmp(x, y, lx < ly ? lx : ly);
+    if (c) return c;
+    return lx < ly ? -1 : lx > ly;
+}
+
+/* Index of the iterator at the smallest key (the lowest store on a tie),
+ * or -1 when all are done; keys[i]/lens[i] cache iterator i's key. */
+static long smallest(const unsigned char **keys, const size_t *lens, size_t n) {
+    long best = -1;
+    for (size_t i = 0; i < n; i++) {
+        if (!keys[i]) continue;
+        if (best < 0 || raw_key_cmp(keys[i], lens[i], keys[best], lens[best]) < 0) best = (long)i;
+    }
+    return best;
+}
+
+static void cache_key(iqp_store_iter *it, const unsigned char **key, size_t *len) {
+    *key = iqp_store_iter_valid(it) ? iqp_store_iter_key(it, len) : NULL;
+}
+
+/* Calls fn for every key of cf from the job's feature prefix on, over all
+ * of its stores in one key order (a k-way merge of one iterator per
+ * store), until fn returns non-zero: equal keys of several stores come one
+ * after another, and the key handlers sum them (their cells add up in the
+ * window sums). One store: exactly iqp_store_scan_keys. 0, or -1 with err. */
+static int walk_stores(scan_job *j, iqp_cf cf, iqp_store_key_fn fn, char *err, size_t errlen) {
+    size_t n = j->n_stores;
+    iqp_store_iter **its = calloc(n, sizeof *its);
+    const unsigned char **keys = calloc(n, sizeof *keys);
+    size_t *lens = calloc(n, sizeof *lens);
+    int rc = its && keys && lens ? 0 : -1;
+    if (rc < 0) snprintf(err, errlen, "out of memory");
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        its[i] = iqp_store_iter_new(j->st[i], j->snap[i], cf, j->fprefix, j->fplen, err, errlen);
+        if (!its[i]) rc = -1;
+        else cache_key(its[i], &keys[i], &lens[i]);
+    }
+    for (long b; rc == 0 && (b = smallest(keys, lens, n)) >= 0;) {
+        size_t vlen;
+        const char *val = iqp_store_iter_value(its[b], &vlen);
+        if (fn(j, keys[b], lens[b], val, vlen)) break;
+        iqp_store_iter_next(its[b]);
+        cache_key(its[b], &keys[b], &lens[b]);
+    }
+    for (size_t i = 0; its && i < n; i++)
+        if (iqp_store_iter_free(its[i], err, errlen) < 0) rc = -1;
+    free(its);
+    free(keys);
+    free(lens);
+    return rc;
+}
+
 /* ---- one job ----------------------------------------------------------------- */
 
 static void run_job(scan_job *j) {
@@ -397,15 +465,13 @@ static void run_job(scan_job *j) {
     j->fprefix[0] = (unsigned char)nlen;
     memcpy(j->fprefix + 1, name, nlen);
     j->fplen = 1 + nlen;
-    if (iqp_store_scan_keys(j->st, j->snap, IQP_CF_CONTEXTS, j->fprefix, j->fplen,
-                            on_context_key, j, err, sizeof err) < 0) {
+    if (walk_stores(j, IQP_CF_CONTEXTS, on_context_key, err, sizeof err) < 0) {
         snprintf(j->err, sizeof j->err, "%s", err);
         j->failed = 1;
         return;
     }
     j->cur_len = 0;
-    if (!j->oom && iqp_store_scan_keys(j->st, j->snap, IQP_CF_COUNTS, j->fprefix, j->fplen,
-                                       on_count_key, j, err, sizeof err) < 0) {
+    if (!j->oom && walk_stores(j, IQP_CF_COUNTS, on_count_key, err, sizeof err) < 0) {
         snprintf(j->err, sizeof j->err, "%s", err);
         j->failed = 1;
         return;
@@ -546,22 +612,63 @@ static int total_jobs(iqp_refresh_result *r, scan_job *jobs, char *err, size_t e
     return 0;
 }
 
-int iqp_refresh_scan(iqp_store *st, const iqp_store_snapshot *snap, const iqp_refresh_params *p,
-                     iqp_refresh_result **out, char *err, size_t errlen) {
+/* -1 with err unless every store has the layout of the first (their
+ * keys and counters would not mean the same). */
+static int same_layouts(iqp_store *const *st, size_t n, char *err, size_t errlen) {
+    char *first = iqp_config_layout_json(iqp_store_config(st[0]));
+    int rc = first ? 0 : -1;
+    if (!first) snprintf(err, errlen, "out of memory");
+    for (size_t i = 1; i < n && rc == 0; i++) {
+        char *other = iqp_config_layout_json(iqp_store_config(st[i]));
+        if (!other || strcmp(first, other) != 0) {
+            snprintf(err, errlen, "refresh: store %zu of %zu has another layout than store 1: "
+                     "stores are summed only under one config", i + 1, n);
+            rc = -1;
+        }
+        free(other);
+    }
+    free(first);
+    return rc;
+}
+
+/* The snapshots to read: snaps[i], or one taken here into own[i]. */
+static const iqp_store_snapshot **take_snapshots(iqp_store *const *st, const iqp_store_snapshot *const *snaps,
+                                                 size_t n, iqp_store_snapshot **own) {
+    const iqp_store_snapshot **use = calloc(n, sizeof *use);
+    if (!use) return NULL;
+    for (size_t i = 0; i < n; i++) {
+        own[i] = snaps && snaps[i] ? NULL : iqp_store_snapshot_new(st[i]);
+        use[i] = own[i] ? own[i] : snaps ? snaps[i] : NULL;
+    }
+    return use;
+}
+
+static void release_snapshots(iqp_store *const *st, size_t n, iqp_store_snapshot **own) {
+    for (size_t i = 0; own && i < n; i++)
+        if (own[i]) iqp_store_snapshot_free(st[i], own[i]);
+    free(own);
+}
+
+int iqp_refresh_scan_many(iqp_store *const *st, const iqp_store_snapshot *const *snaps, size_t n,
+                          const iqp_refresh_params *p, iqp_refresh_result **out, char *err,
+                          size_t errlen) {
     double t0 = iqp_mono_seconds();
     *out = NULL;
+    if (n == 0) { snprintf(err, errlen, "refresh: no store"); return -1; }
+    if (same_layouts(st, n, err, errlen) < 0) return -1;
     iqp_refresh_result *r = calloc(1, sizeof *r);
     if (!r) { snprintf(err, errlen, "out of memory"); return -1; }
-    r->cfg = *iqp_store_config(st);
+    r->cfg = *iqp_store_config(st[0]);
     set_geometry(r, p->as_of_ms);
-    iqp_store_snapshot *own = snap ? NULL : iqp_store_snapshot_new(st);
+    iqp_store_snapshot **own = calloc(n, sizeof *own);
+    const iqp_store_snapshot **use = own ? take_snapshots(st, snaps, n, own) : NULL;
     scan_job *jobs = calloc(r->nf + 1, sizeof *jobs);
     _Atomic uint64_t progress;
     atomic_init(&progress, 0);
-    if (!jobs) { snprintf(err, errlen, "out of memory"); goto fail; }
+    if (!jobs || !use) { snprintf(err, errlen, "out of memory"); goto fail; }
     for (size_t f = 0; f < r->nf; f++) {
         job_init(&jobs[f]);
-        jobs[f].r = r, jobs[f].st = st, jobs[f].snap = snap ? snap : own, jobs[f].f = f;
+        jobs[f].r = r, jobs[f].st = st, jobs[f].snap = use, jobs[f].n_stores = n, jobs[f].f = f;
         jobs[f].progress = &progress;
     }
     iqp_pool_progress prog = {p->progress, p->progress_ud, "scan", &progress, 0};
@@ -580,14 +687,21 @@ int iqp_refresh_scan(iqp_store *st, const iqp_store_snapshot *snap, const iqp_re
     r->stats.entities = r->n_entities;
     r->stats.scan_s = iqp_mono_seconds() - t0;
     free(jobs);
-    if (own) iqp_store_snapshot_free(st, own);
+    free(use);
+    release_snapshots(st, n, own);
     *out = r;
     return 0;
 fail:
     if (jobs)
         for (size_t f = 0; f < r->nf; f++) job_free(&jobs[f]);
     free(jobs);
-    if (own) iqp_store_snapshot_free(st, own);
+    free(use);
+    release_snapshots(st, n, own);
     iqp_refresh_free(r);
     return -1;
+}
+
+int iqp_refresh_scan(iqp_store *st, const iqp_store_snapshot *snap, const iqp_refresh_params *p,
+                     iqp_refresh_result **out, char *err, size_t errlen) {
+    return iqp_refresh_scan_many(&st, &snap, 1, p, out, err, errlen);
 }

@@ -1515,6 +1515,61 @@ int iqp_store_scan_keys(iqp_store *st, const iqp_store_snapshot *snap, iqp_cf cf
     return 0;
 }
 
+/* An iterator of iqp_store_iter_new: it NULL when the family is absent. */
+struct iqp_store_iter {
+    iqp_store *st;
+    rocksdb_readoptions_t *ro; /* holds the upper bound the iterator reads */
+    rocksdb_iterator_t *it;
+};
+
+iqp_store_iter *iqp_store_iter_new(iqp_store *st, const iqp_store_snapshot *snap, iqp_cf cf,
+                                   const void *from, size_t flen, char *err, size_t errlen) {
+    iqp_store_iter *i = calloc(1, sizeof *i);
+    if (!i) { snprintf(err, errlen, "out of memory"); return NULL; }
+    i->st = st;
+    if (!cf_handle(st, cf)) return i; /* an older store without this column family */
+    i->ro = iter_options(cf, snap);
+    i->it = create_iterator(st, i->ro, cf, snap, err, errlen);
+    if (!i->it) {
+        rocksdb_readoptions_destroy(i->ro);
+        free(i);
+        return NULL;
+    }
+    if (from) rocksdb_iter_seek(i->it, from, flen);
+    else rocksdb_iter_seek_to_first(i->it);
+    return i;
+}
+
+int iqp_store_iter_valid(const iqp_store_iter *it) { return it->it && rocksdb_iter_valid(it->it); }
+
+const unsigned char *iqp_store_iter_key(const iqp_store_iter *it, size_t *klen) {
+    return (const unsigned char *)rocksdb_iter_key(it->it, klen);
+}
+
+const char *iqp_store_iter_value(const iqp_store_iter *it, size_t *vlen) {
+    return rocksdb_iter_value(it->it, vlen);
+}
+
+void iqp_store_iter_next(iqp_store_iter *it) { rocksdb_iter_next(it->it); }
+
+int iqp_store_iter_free(iqp_store_iter *it, char *err, size_t errlen) {
+    if (!it) return 0;
+    char *rerr = NULL;
+    if (it->it) {
+        rocksdb_iter_get_error(it->it, &rerr);
+        rocksdb_iter_destroy(it->it);
+        rocksdb_readoptions_destroy(it->ro);
+    }
+    int rc = 0;
+    if (rerr) {
+        snprintf(err, errlen, "read from store %s failed: %s", it->st->dir, rerr);
+        free(rerr);
+        rc = -1;
+    }
+    free(it);
+    return rc;
+}
+
 int iqp_store_scan_meta(iqp_store *st, const char *prefix, iqp_store_meta_fn fn, void *ud) {
     size_t plen = strlen(prefix);
     rocksdb_iterator_t *it = rocksdb_create_iterator_cf(st->db, st->ro, cf_handle(st, IQP_CF_META));

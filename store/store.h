@@ -237,6 +237,22 @@ int iqp_store_scan_keys(iqp_store *st, const iqp_store_snapshot *snap, iqp_cf cf
                         const void *from, size_t flen, iqp_store_key_fn fn, void *ud, char *err,
                         size_t errlen);
 
+/* An iterator over the keys of cf, for a caller that walks several stores
+ * side by side (the refresher's merge over partition stores): created at
+ * the first key >= from (NULL: the first key), read from snap (may be
+ * NULL), with the same view as iqp_store_scan_keys. Key and value point
+ * into the iterator until it moves. A column family an older store lacks
+ * reads as empty. iqp_store_iter_free returns 0, or -1 with err when the
+ * walk met a read error; NULL from _new with err. */
+typedef struct iqp_store_iter iqp_store_iter;
+iqp_store_iter *iqp_store_iter_new(iqp_store *st, const iqp_store_snapshot *snap, iqp_cf cf,
+                                   const void *from, size_t flen, char *err, size_t errlen);
+int iqp_store_iter_valid(const iqp_store_iter *it);
+const unsigned char *iqp_store_iter_key(const iqp_store_iter *it, size_t *klen);
+const char *iqp_store_iter_value(const iqp_store_iter *it, size_t *vlen);
+void iqp_store_iter_next(iqp_store_iter *it);
+int iqp_store_iter_free(iqp_store_iter *it, char *err, size_t errlen);
+
 /* Calls fn(key, value) for each meta key starting with prefix. */
 typedef void (*iqp_store_meta_fn)(void *ud, const char *key, size_t klen, const char *val,
                                   size_t vlen);

@@ -31,6 +31,18 @@
  *   cli_errors          --help, missing/bad flags, --backend cuda without
  *                       CUDA (or, in a CUDA build, the CUDA dump equals the
  *                       CPU dump; "SKIP" when no device answers)
+ *   state_dir_is_the_summed_store
+ *                       both logs split by request_id into 3 parts (so every
+ *                       dedup and min-ts key -- event id, action, engaged --
+ *                       stays within one part, while contexts and items are
+ *                       split over all of them), each part backfilled into
+ *                       DIR/partition-<p>: `iqp refresh --state-dir DIR
+ *                       --dump` (1 and 2 threads) and a repeated --store
+ *                       print exactly the whole store's dump at both as-of
+ *                       times, and no single part's
+ *   state_dir_refuses_mixed_layouts
+ *                       a partition store of another config is refused,
+ *                       naming it
  */
 #if defined(__clang__)
 #pragma STDC FP_CONTRACT OFF
@@ -470,10 +482,11 @@ START_TEST(matches_lookup) {
 }
 END_TEST
 
-static char *dump_with(const char *extra, int64_t t) {
+/* The dump of `iqp refresh SOURCE` (--store DIR, --state-dir DIR, ...). */
+static char *dump_of(const char *source, const char *extra, int64_t t) {
     char *path = tu_fmt("%s/dump-%d.txt", tmp, rand());
-    char *cmd = tu_fmt("%s refresh --store '%s' --as-of %" PRId64 " --quiet --top-k 7 --dump '%s' %s", tu_iqp(),
-                       store, t, path, extra);
+    char *cmd = tu_fmt("%s refresh %s --as-of %" PRId64 " --quiet --top-k 7 --dump '%s' %s 2>/dev/null", tu_iqp(),
+                       source, t, path, extra);
     int rc = tu_run(cmd, NULL);
     ck_assert_msg(rc == 0, "exit %d: %s", rc, cmd);
     free(cmd);
@@ -482,6 +495,13 @@ static char *dump_with(const char *extra, int64_t t) {
     ck_assert(text != NULL && len > 0);
     remove(path);
     free(path);
+    return text;
+}
+
+static char *dump_with(const char *extra, int64_t t) {
+    char *source = tu_fmt("--store '%s'", store);
+    char *text = dump_of(source, extra, t);
+    free(source);
     return text;
 }
 
@@ -536,6 +556,90 @@ START_TEST(cli_errors) {
     ck_assert_msg(strcmp(cpu, gpu) == 0, "the CUDA dump differs from the CPU dump");
     free(cpu);
     free(gpu);
+}
+END_TEST
+
+/* ---- several stores --------------------------------------------------------------------- */
+
+#define N_PARTS 3
+
+/* Part of a log line: FNV-1a of its request_id % N_PARTS (0 without one:
+ * a malformed line, dead-lettered wherever it goes). */
+static unsigned part_of(const char *line) {
+    const char *at = strstr(line, "\"request_id\":\"");
+    if (!at) return 0;
+    uint32_t h = 2166136261u;
+    for (at += 14; *at && *at != '"'; at++) h = (h ^ (unsigned char)*at) * 16777619u;
+    return h % N_PARTS;
+}
+
+/* Writes the lines of log into dir/<tag>-<p>.jsonl by part_of. */
+static void split_log(const char *log, const char *dir, const char *tag) {
+    FILE *in = fopen(log, "r"), *out[N_PARTS];
+    ck_assert(in != NULL);
+    for (int p = 0; p < N_PARTS; p++) {
+        char *path = tu_fmt("%s/%s-%d.jsonl", dir, tag, p);
+        ck_assert(out[p] = fopen(path, "w"));
+        free(path);
+    }
+    char line[1 << 16];
+    while (fgets(line, sizeof line, in)) fputs(line, out[part_of(line)]);
+    fclose(in);
+    for (int p = 0; p < N_PARTS; p++) ck_assert_int_eq(fclose(out[p]), 0);
+}
+
+START_TEST(state_dir_is_the_summed_store) {
+    ck_assert_msg(!setup_error, "%s", setup_error);
+    char *parts = tu_fmt("%s/parts", tmp), *state = tu_fmt("%s/state", tmp);
+    ck_assert(tu_run_ok(tu_fmt("mkdir -p '%s' '%s'", parts, state)));
+    split_log(old_path, parts, "old");
+    split_log(log_path, parts, "new");
+    for (int p = 0; p < N_PARTS; p++)
+        ck_assert(tu_run_ok(tu_fmt("%s backfill --store '%s/partition-%d' '%s/old-%d.jsonl' '%s/new-%d.jsonl' "
+                                   "2>/dev/null", tu_iqp(), state, p, parts, p, parts, p)));
+    char *by_dir = tu_fmt("--state-dir '%s'", state);
+    char *by_stores = tu_fmt("--store '%s/partition-2' --store '%s/partition-0' --store '%s/partition-1'", state,
+                             state, state);
+    char *part0 = tu_fmt("--store '%s/partition-0'", state);
+    for (int t = 0; t < N_AS_OF; t++) {
+        char *whole = dump_with("--threads 1", as_of[t]);
+        char *dir1 = dump_of(by_dir, "--threads 1", as_of[t]), *dir2 = dump_of(by_dir, "--threads 2", as_of[t]);
+        char *listed = dump_of(by_stores, "--threads 2", as_of[t]), *one = dump_of(part0, "", as_of[t]);
+        ck_assert_msg(strcmp(whole, dir1) == 0, "--state-dir (1 thread) differs from the whole store at %" PRId64,
+                      as_of[t]);
+        ck_assert_msg(strcmp(whole, dir2) == 0, "--state-dir (2 threads) differs from the whole store");
+        ck_assert_msg(strcmp(whole, listed) == 0, "three --store differ from the whole store");
+        ck_assert_msg(strcmp(whole, one) != 0, "one part alone gives the whole store's dump: the split is void");
+        ck_assert(strstr(whole, "\ntopk q_item {query=") != NULL);
+        free(whole), free(dir1), free(dir2), free(listed), free(one);
+    }
+    free(by_dir), free(by_stores), free(part0), free(parts), free(state);
+}
+END_TEST
+
+START_TEST(state_dir_refuses_mixed_layouts) {
+    ck_assert_msg(!setup_error, "%s", setup_error);
+    char *mixed = tu_fmt("%s/mixed", tmp), *cfg = tu_fmt("%s/other.json", tmp);
+    FILE *f = fopen(cfg, "w");
+    ck_assert(f != NULL);
+    fputs("{\"actions\": [\"click\", \"buy\"]}\n", f);
+    ck_assert_int_eq(fclose(f), 0);
+    ck_assert(tu_run_ok(tu_fmt("mkdir -p '%s' && %s backfill --store '%s/partition-0' '%s' 2>/dev/null && "
+                               "%s backfill --config '%s' --store '%s/partition-1' '%s' 2>/dev/null",
+                               mixed, tu_iqp(), mixed, old_path, tu_iqp(), cfg, mixed, old_path)));
+    char *out = NULL, *args = tu_fmt("--state-dir '%s' --as-of %" PRId64 " --dump -", mixed, as_of[0]);
+    ck_assert_int_eq(run_rc(args, &out), 1);
+    char *named = tu_fmt("%s/partition-1", mixed);
+    ck_assert_msg(strstr(out, "one layout") && strstr(out, named), "got: %s", out);
+    ck_assert_msg(!strstr(out, "iqp-refresh-dump"), "a dump was printed: %s", out);
+    free(out), free(args), free(named);
+    args = tu_fmt("--state-dir '%s' --store '%s/partition-0'", mixed, mixed);
+    ck_assert_int_eq(run_rc(args, NULL), 2);
+    free(args);
+    args = tu_fmt("--state-dir '%s'", tmp); /* no partition-<p> in it */
+    ck_assert_int_eq(run_rc(args, &out), 1);
+    ck_assert_msg(strstr(out, "no partition store"), "got: %s", out);
+    free(out), free(args), free(mixed), free(cfg);
 }
 END_TEST
 
@@ -602,6 +706,8 @@ static Suite *refresh_suite(void) {
     tcase_add_test(tc, matches_lookup);
     tcase_add_test(tc, threads_same_dump);
     tcase_add_test(tc, cli_errors);
+    tcase_add_test(tc, state_dir_is_the_summed_store);
+    tcase_add_test(tc, state_dir_refuses_mixed_layouts);
     suite_add_tcase(s, tc);
     return s;
 }
