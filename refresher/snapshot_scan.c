@@ -560,7 +560,7 @@ static void take_run(iqp_cell_part *p, cell_run *run, uint64_t first, size_t n, 
 static void append_job(iqp_refresh_result *r, scan_job *j, append_pos *pos) {
     size_t nc = r->nc, C = j->merged.key_off.n, E = j->ent_item_off.n;
     size_t N = j->cells.age.n, M = j->ccells.age.n;
-    memcpy(r->bytes + pos->bytes, j->bytes.v, j->bytes.n);
+    if (j->bytes.n) memcpy(r->bytes + pos->bytes, j->bytes.v, j->bytes.n); /* an empty feature has no buffer */
     for (size_t i = 0; i < C; i++) {
         size_t c = pos->c + i;
         r->ctx_feature[c] = (uint32_t)j->f;
