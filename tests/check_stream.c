@@ -1403,7 +1403,8 @@ static void check_partition_stores(void) {
         for (size_t k = 0; k < sizeof figures / sizeof figures[0]; k++)
             ck_assert_msg(json_equal(json_object_get(mine, figures[k]), json_object_get(j, figures[k])),
                           "iqp stats --state-dir partitions.%d.%s differs from that store's own stats", p,
-                          figures[k]); "%s holds %zu offsets, want its own 2: %s", store,
+                          figures[k]);
+        ck_assert_msg(json_object_size(offs) == 2, "%s holds %zu offsets, want its own 2: %s", store,
                       json_object_size(offs), out);
         for (int t = 0; t < 2; t++) {
             char key[32];
