@@ -68,7 +68,11 @@ int iqp_repartition_failed(iqp_repartitioner *r, char *err, size_t errlen);
 
 /* Stops the thread: delivers everything consumed, commits it, closes the
  * consumer (leaves the group) and joins. 0, or -1 with err when it had
- * failed or the last delivery or commit did not succeed. Call once. */
+ * failed or the last delivery did not succeed. A refused last commit
+ * (say, a rebalance in progress as this member leaves) after everything
+ * was acknowledged is said on stderr and is not a failure: nothing is
+ * lost, the next owner sends those messages again and the counting stage
+ * drops the repeats. Call once. */
 int iqp_repartition_stop(iqp_repartitioner *r, char *err, size_t errlen);
 
 /* Frees r (stopping it first when iqp_repartition_stop was not called). */
