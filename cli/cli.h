@@ -95,6 +95,12 @@ void iqp_cli_add_kafka_offset(void *ud, const char *key, size_t klen, const char
  * with err. */
 struct json_t *iqp_cli_store_position(const char *dir, char *err, size_t errlen);
 
+/* The partition stores of `iqp stream --state-dir dir`: the paths of
+ * dir/partition-<p> (p decimal digits), by p ascending, malloc'd into
+ * paths[0..*n) (at most max). 0, or -1 with err (dir unreadable, none
+ * there, more than max). */
+int iqp_cli_partition_stores(const char *dir, char **paths, size_t max, size_t *n, char *err, size_t errlen);
+
 /* Current wall clock in ms since the epoch. */
 int64_t iqp_now_ms(void);
 

@@ -4,6 +4,7 @@
 #include "util/clock.h"
 #include "util/logfmt.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <malloc.h>
 #include <jansson.h>
@@ -107,4 +108,30 @@ json_t *iqp_cli_store_position(const char *dir, char *err, size_t errlen) {
 void iqp_cli_keep_freed_memory(void) {
     mallopt(M_MMAP_THRESHOLD, 1 << 30);
     mallopt(M_TRIM_THRESHOLD, 1 << 30);
+}
+
+static int by_partition_number(const void *x, const void *y) {
+    const char *a = strrchr(*(char *const *)x, '-') + 1, *b = strrchr(*(char *const *)y, '-') + 1;
+    size_t la = strlen(a), lb = strlen(b);
+    return la != lb ? (la < lb ? -1 : 1) : strcmp(a, b); /* numerically, for digits without leading zeros */
+}
+
+int iqp_cli_partition_stores(const char *dir, char **paths, size_t max, size_t *n, char *err, size_t errlen) {
+    DIR *d = opendir(dir);
+    *n = 0;
+    if (!d) return snprintf(err, errlen, "cannot read the state dir %s: %s", dir, strerror(errno)), -1;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        const char *num = e->d_name + 10;
+        if (strncmp(e->d_name, "partition-", 10) != 0 || !*num || num[strspn(num, "0123456789")]) continue;
+        if (*n == max) {
+            closedir(d);
+            while (*n) free(paths[--*n]);
+            return snprintf(err, errlen, "more than %zu partition stores in %s", max, dir), -1;
+        }
+        if (asprintf(&paths[(*n)++], "%s/%s", dir, e->d_name) < 0) abort();
+    }
+    closedir(d);
+    if (*n == 0) return snprintf(err, errlen, "no partition store (partition-<p>) in %s", dir), -1;
+    qsort(paths, *n, sizeof *paths, by_partition_number);
+    return 0;
 }

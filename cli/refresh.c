@@ -12,7 +12,6 @@
  * against the first one's layout, and refreshed as the one store holding
  * their sum (iqp_refresh_run_many).
  */
-#include <dirent.h>
 #include <errno.h>
 #include <stddef.h>
 #include <math.h>
@@ -232,30 +231,13 @@ static int write_dump(const char *path, const iqp_refresh_result *r) {
     return 0;
 }
 
-static int by_partition(const void *x, const void *y) {
-    const char *a = strrchr(*(char *const *)x, '-') + 1, *b = strrchr(*(char *const *)y, '-') + 1;
-    size_t la = strlen(a), lb = strlen(b);
-    return la != lb ? (la < lb ? -1 : 1) : strcmp(a, b); /* numerically, for digits without leading zeros */
-}
-
-/* The partition stores DIR/partition-<p> of state_dir, by p ascending,
- * into o->stores (paths malloc'd into paths); an exit status. */
+/* The partition stores of state_dir into o->stores (paths malloc'd into
+ * paths); an exit status. */
 static int list_partitions(refresh_opts *o, char **paths) {
-    DIR *d = opendir(o->state_dir);
-    if (!d) return iqp_cli_fail(CMD, "cannot read the state dir %s: %s", o->state_dir, strerror(errno));
-    size_t n = 0;
-    for (struct dirent *e; (e = readdir(d)) != NULL;) {
-        const char *p = e->d_name + 10;
-        if (strncmp(e->d_name, "partition-", 10) != 0 || !*p || p[strspn(p, "0123456789")]) continue;
-        if (n == MAX_STORES) {
-            closedir(d);
-            return iqp_cli_fail(CMD, "more than %d partition stores in %s", MAX_STORES, o->state_dir);
-        }
-        if (asprintf(&paths[n++], "%s/%s", o->state_dir, e->d_name) < 0) abort();
-    }
-    closedir(d);
-    if (n == 0) return iqp_cli_fail(CMD, "no partition store (partition-<p>) in %s", o->state_dir);
-    qsort(paths, n, sizeof *paths, by_partition);
+    char err[1024];
+    size_t n;
+    if (iqp_cli_partition_stores(o->state_dir, paths, MAX_STORES, &n, err, sizeof err) < 0)
+        return iqp_cli_fail(CMD, "%s", err);
     for (size_t i = 0; i < n; i++) o->stores.v[i] = paths[i];
     o->stores.n = n;
     return 0;

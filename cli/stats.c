@@ -9,8 +9,6 @@
  * own main figures under partitions.<p>.
  */
 #include <stddef.h>
-#include <dirent.h>
-#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +17,8 @@
 #include "cli/cli.h"
 #include "cli/flags.h"
 #include "store/store.h"
+
+#define MAX_PARTITION_STORES 4096
 
 static const char *CMD = "stats";
 
@@ -143,32 +143,29 @@ static json_t *partition_figures(json_t *one) {
 /* Every DIR/partition-<p> store, summed, and each one's own figures;
  * NULL after printing why. */
 static json_t *state_dir_stats(const char *dir, int compact) {
-    DIR *d = opendir(dir);
-    if (!d) return iqp_cli_fail(CMD, "cannot read the state dir %s: %s", dir, strerror(errno)), NULL;
+    char *paths[MAX_PARTITION_STORES];
+    char err[1024];
+    size_t n;
+    if (iqp_cli_partition_stores(dir, paths, MAX_PARTITION_STORES, &n, err, sizeof err) < 0)
+        return iqp_cli_fail(CMD, "%s", err), NULL;
     json_t *sum = json_object(), *parts = json_object();
-    int n = 0;
-    for (struct dirent *e; (e = readdir(d)) != NULL;) {
-        const char *num = e->d_name + 10;
-        if (strncmp(e->d_name, "partition-", 10) != 0 || !*num || num[strspn(num, "0123456789")]) continue;
-        char *path = NULL;
-        if (asprintf(&path, "%s/%s", dir, e->d_name) < 0) abort();
-        json_t *one = store_stats(path, compact);
-        free(path);
-        if (!one) return closedir(d), json_decref(sum), json_decref(parts), NULL;
-        add_stats(sum, one);
-        json_object_set_new(parts, num, partition_figures(one));
-        json_decref(one);
-        n++;
+    for (size_t i = 0; i < n && sum; i++) {
+        json_t *one = store_stats(paths[i], compact);
+        if (one) {
+            add_stats(sum, one);
+            json_object_set_new(parts, strrchr(paths[i], '-') + 1, partition_figures(one));
+            json_decref(one);
+        } else {
+            json_decref(sum), sum = NULL;
+        }
     }
-    closedir(d);
-    if (n == 0)
-        return iqp_cli_fail(CMD, "no partition store (partition-<p>) in %s", dir), json_decref(sum),
-               json_decref(parts), NULL;
+    for (size_t i = 0; i < n; i++) free(paths[i]);
+    if (!sum) return json_decref(parts), NULL;
     json_int_t cells = json_integer_value(json_object_get(sum, "count_cells")) +
                        json_integer_value(json_object_get(sum, "context_cells"));
     json_object_set_new(sum, "bytes_per_cell", json_real(cells ? (double)json_integer_value(json_object_get(
                                                                      sum, "disk_bytes")) / (double)cells : 0.0));
-    json_object_set_new(sum, "partition_stores", json_integer(n));
+    json_object_set_new(sum, "partition_stores", json_integer((json_int_t)n));
     json_object_set_new(sum, "partitions", parts);
     return sum;
 }
