@@ -310,14 +310,21 @@ static void bucket_meta_key(const iqp_publisher *p, char *out, size_t cap) {
     snprintf(out, cap, "publish/redis_bucket/%s", p->prefix);
 }
 
-/* 1 when the store's meta key holds exactly want. */
-static int store_meta_is(iqp_publisher *p, const char *key, const char *want) {
+/* The store's meta key as a string into out (cap bytes): 1, or 0 when
+ * absent, unreadable or too long. */
+static int store_meta_string(iqp_publisher *p, const char *key, char *out, size_t cap) {
     char *seen = NULL;
     size_t slen = 0;
-    int have = iqp_store_get_meta(p->st, key, &seen, &slen);
-    int same = have == 1 && slen == strlen(want) && memcmp(seen, want, slen) == 0;
+    int ok = iqp_store_get_meta(p->st, key, &seen, &slen) == 1 && slen < cap;
+    if (ok) memcpy(out, seen, slen), out[slen] = '\0';
     free(seen);
-    return same;
+    return ok;
+}
+
+/* 1 when the store's meta key holds exactly want. */
+static int store_meta_is(iqp_publisher *p, const char *key, const char *want) {
+    char seen[128];
+    return store_meta_string(p, key, seen, sizeof seen) && strcmp(seen, want) == 0;
 }
 
 /* ---- the publish lease ---------------------------------------------------------- */
@@ -366,18 +373,9 @@ static int session_open(iqp_publisher *p) {
     snprintf(gen, sizeof gen, "%llu", (unsigned long long)p->generation);
     generation_meta_key(p, key, sizeof key);
     if (p->pc.slice >= 0 && !store_meta_is(p, key, gen)) p->need_resync = 1;
-    if (p->pc.slice >= 0 && !p->refresh_bucket) { /* where its windows stand in Redis (0: not known) */
-        char *seen = NULL;
-        size_t slen = 0;
-        bucket_meta_key(p, key, sizeof key);
-        if (iqp_store_get_meta(p->st, key, &seen, &slen) == 1 && slen < 32) {
-            char digits[32];
-            memcpy(digits, seen, slen);
-            digits[slen] = '\0';
-            p->refresh_bucket = strtoll(digits, NULL, 10);
-        }
-        free(seen);
-    }
+    bucket_meta_key(p, key, sizeof key);
+    if (p->pc.slice >= 0 && !p->refresh_bucket && store_meta_string(p, key, gen, sizeof gen))
+        p->refresh_bucket = strtoll(gen, NULL, 10); /* where its windows stand in Redis */
     p->stats.connected = 1;
     if (p->m) iqp_metrics_set(p->m, "iqp_redis_connected", p->labels, 1);
     return 0;
@@ -477,10 +475,10 @@ static int finish_replacing(iqp_publisher *p) {
     return rc;
 }
 
-/* The name to write key under: key itself, or (replacing) its temporary
- * name, after renaming the previous hash's replacement when this is
- * another hash. *out is malloc'd. */
-static int write_name(iqp_publisher *p, const char *key, size_t klen, char **out, size_t *olen) {
+/* The name to write key under: key itself (NULL), or (replacing) its
+ * temporary name, after renaming the previous hash's replacement when
+ * this is another hash. *out points into p->replacing. */
+static int write_name(iqp_publisher *p, const char *key, size_t klen, const char **out, size_t *olen) {
     *out = NULL;
     if (!p->replace_mode) return 0;
     size_t plen = p->replacing.len;
@@ -491,9 +489,8 @@ static int write_name(iqp_publisher *p, const char *key, size_t klen, char **out
         iqp_keybuf_append(&p->replacing, key, klen);
         iqp_keybuf_append(&p->replacing, TMP_SUFFIX, TMP_SUFFIX_LEN);
     }
+    *out = (const char *)p->replacing.buf;
     *olen = p->replacing.len;
-    if (!(*out = malloc(*olen))) abort();
-    memcpy(*out, p->replacing.buf, *olen);
     return 0;
 }
 
@@ -502,7 +499,8 @@ static int publish_group(iqp_publisher *p, const iqp_store_snapshot *snap, int64
     const iqp_feature_spec *f = &p->cfg->features[g->key.feature];
     const iqp_context *ctx = &g->key.ctx;
     int64_t cc[IQP_MAX_WINDOWS];
-    char err[512], ttl[32], *tmp = NULL;
+    char err[512], ttl[32];
+    const char *tmp = NULL;
     size_t klen = iqp_rv_hash_key(NULL, 0, p->prefix, p->generation, f->name, p->cfg, f->dims, ctx), tlen = 0;
     char *key = malloc(klen + 1);
     if (!key) abort();
@@ -517,7 +515,6 @@ static int publish_group(iqp_publisher *p, const iqp_store_snapshot *snap, int64
         rc = iqp_rpipe_put_hash(p->pipe, tmp ? tmp : key, tmp ? tlen : klen, cc, p->cfg->n_windows,
                                 IQP_COUNTERS(p->cfg), g->n, fill_items, &fill, "PEXPIRE", ttl);
     }
-    free(tmp);
     free(key);
     return rc;
 }
@@ -576,25 +573,16 @@ static int publish_dirty(iqp_publisher *p, const iqp_store_snapshot *snap, const
  * instant): a reader never finds a pointer to an expired generation for
  * longer than the read between the two. Refused when the pointer no
  * longer names this generation (it expired, or a refresh replaced it
- * under another lease) or when the lease is no longer ours. */
+ * under another lease) or when the lease is no longer ours (ARGV[6]: the
+ * slice of a slice writer, "" for the whole prefix). A slice writer's
+ * as_of_ms only moves forward: each slice's store has its own watermark,
+ * and the meta says the newest one any slice computed windows as of. */
 static const char *STAMP_SCRIPT =
-    "if redis.call('GET', KEYS[3]) ~= ARGV[5] then return -1 end "
-    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end "
-    "redis.call('HSET', KEYS[2], 'as_of_ms', ARGV[2], 'published_ms', ARGV[3]) "
-    "redis.call('PEXPIRE', KEYS[2], ARGV[4]) "
-    "redis.call('PEXPIRE', KEYS[1], ARGV[4]) "
-    "return 1";
-/* The same for a slice writer: its slice lease (KEYS[3] =
- * <prefix>:lease:slices, field ARGV[6]) must hold its value, and as_of_ms
- * only moves forward (each slice's store has its own watermark: the meta
- * says the newest one any slice computed windows as of). */
-static const char *SLICE_STAMP_SCRIPT =
-    "local rec = redis.call('HGET', KEYS[3], ARGV[6]) "
-    "local sp = rec and string.find(rec, ' ', 1, true) "
-    "if not sp or string.sub(rec, sp + 1) ~= ARGV[5] then return -1 end "
+    IQP_RPIPE_LUA_LEASE_HELD
+    "if not lease_held(KEYS[3], ARGV[6], ARGV[5]) then return -1 end "
     "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end "
     "local cur = tonumber(redis.call('HGET', KEYS[2], 'as_of_ms')) "
-    "if not cur or cur < tonumber(ARGV[2]) then redis.call('HSET', KEYS[2], 'as_of_ms', ARGV[2]) end "
+    "if ARGV[6] == '' or not cur or cur < tonumber(ARGV[2]) then redis.call('HSET', KEYS[2], 'as_of_ms', ARGV[2]) end "
     "redis.call('HSET', KEYS[2], 'published_ms', ARGV[3]) "
     "redis.call('PEXPIRE', KEYS[2], ARGV[4]) "
     "redis.call('PEXPIRE', KEYS[1], ARGV[4]) "
@@ -603,14 +591,12 @@ static const char *SLICE_STAMP_SCRIPT =
 static int stamp_meta(iqp_publisher *p) {
     if (iqp_rpipe_flush(p->pipe) < 0 || lease_renew_if_due(p) < 0) return -1;
     unsigned long long g = (unsigned long long)p->generation;
-    int slice = p->pc.slice;
-    redisReply *r = slice < 0
-        ? command(p, "stamp meta", "EVAL %s 3 %s:gen %s:%llu:meta %s:lease %llu %lld %lld %lld %s", STAMP_SCRIPT,
-                  p->prefix, p->prefix, g, p->prefix, g, (long long)iqp_store_watermark(p->st),
-                  (long long)iqp_wall_ms(), (long long)p->pc.ttl_ms, iqp_rpipe_lease_value(p->pipe))
-        : command(p, "stamp meta", "EVAL %s 3 %s:gen %s:%llu:meta %s:lease:slices %llu %lld %lld %lld %s %d",
-                  SLICE_STAMP_SCRIPT, p->prefix, p->prefix, g, p->prefix, g, (long long)iqp_store_watermark(p->st),
-                  (long long)iqp_wall_ms(), (long long)p->pc.ttl_ms, iqp_rpipe_lease_value(p->pipe), slice);
+    char lease_key[200], field[16] = "";
+    iqp_rpipe_lease_key(p->pipe, lease_key, sizeof lease_key);
+    if (p->pc.slice >= 0) snprintf(field, sizeof field, "%d", p->pc.slice);
+    redisReply *r = command(p, "stamp meta", "EVAL %s 3 %s:gen %s:%llu:meta %s %llu %lld %lld %lld %s %s", STAMP_SCRIPT,
+                            p->prefix, p->prefix, g, lease_key, g, (long long)iqp_store_watermark(p->st),
+                            (long long)iqp_wall_ms(), (long long)p->pc.ttl_ms, iqp_rpipe_lease_value(p->pipe), field);
     if (!r) return -1;
     long long v = r->type == REDIS_REPLY_INTEGER ? r->integer : -2;
     freeReplyObject(r);

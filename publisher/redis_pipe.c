@@ -437,6 +437,10 @@ void iqp_rpipe_lease_use_slice(iqp_rpipe *p, int slice) {
 int iqp_rpipe_lease_slice(const iqp_rpipe *p) { return p->slice; }
 const char *iqp_rpipe_lease_name(const iqp_rpipe *p) { return p->lease_name; }
 
+void iqp_rpipe_lease_key(const iqp_rpipe *p, char *out, size_t cap) {
+    snprintf(out, cap, p->slice < 0 ? "%s:lease" : "%s:lease:slices", p->prefix);
+}
+
 void iqp_rpipe_lease_release(iqp_rpipe *p) {
     char ignored[IQP_LEASE_VALUE_MAX];
     if (!p->redis || !p->lease_value[0]) return;

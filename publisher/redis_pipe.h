@@ -173,6 +173,19 @@ int iqp_rpipe_lease_slice(const iqp_rpipe *p);
  * "<prefix>:lease:slices field <r>". */
 const char *iqp_rpipe_lease_name(const iqp_rpipe *p);
 
+/* For a writer's commit script that must check the lease it holds: the
+ * Lua function lease_held(key, field, value), true while the lease of
+ * key (the pipe's iqp_rpipe_lease_key) and field (decimal slice, or ""
+ * for the whole prefix) holds value; and the key, which is one slot with
+ * the other lease keys in a Redis Cluster. */
+#define IQP_RPIPE_LUA_LEASE_HELD                                                                              \
+    "local function lease_held(key, field, value) "                                                           \
+    "if field == '' then return redis.call('GET', key) == value end "                                         \
+    "local rec = redis.call('HGET', key, field) local sp = rec and string.find(rec, ' ', 1, true) "           \
+    "return sp ~= nil and string.sub(rec, sp + 1) == value end "
+/* "<prefix>:lease" or "<prefix>:lease:slices" (into out, cap bytes). */
+void iqp_rpipe_lease_key(const iqp_rpipe *p, char *out, size_t cap);
+
 /* ---- what both writers stamp into meta ------------------------------------------ */
 
 /* The layout JSON of cfg (malloc'd) and its fingerprint: XXH3-64 of the
