@@ -9,6 +9,16 @@
  * best (iqp_pck_restore), which a pruner never removes before the ones
  * with less progress.
  *
+ * Writing off the caller's thread (iqp_pck_writer): one thread per
+ * checkpoint, started by iqp_pck_writer_start and joined by
+ * iqp_pck_writer_collect (a checkpoint per partition and interval: a
+ * thread's start costs nothing next to it); while it runs, the thread
+ * owns result and done is the only field both threads touch. The
+ * generation is written as DIR/partition-<p>/writing-<ms>-<pid>.tmp
+ * (store/backup.c's iqp_store_checkpoint_named), opened read-only for its
+ * progress, and renamed to its name: the .tmp is never read, and pruned
+ * as any crashed writer's.
+ *
  * Restoring: store/backup.c's iqp_store_restore (staged next to the target,
  * table files hard-linked when the file system allows, synced, renamed),
  * with force: a local store that is behind is moved aside, then removed.
@@ -17,6 +27,8 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -126,14 +138,26 @@ static void prune(const char *pdir) {
     if (d) closedir(d);
 }
 
+/* partition's directory in ckdir, made when missing. 0, or -1 with err. */
+static int make_partition_dir(const char *ckdir, int32_t partition, char *pdir, size_t len, char *err,
+                              size_t errlen) {
+    partition_dir(ckdir, partition, pdir, len);
+    if (mkdir(pdir, 0777) != 0 && errno != EEXIST)
+        return snprintf(err, errlen, "cannot create %s: %s", pdir, strerror(errno)), -1;
+    return 0;
+}
+
+/* The name of a generation with progress written now by this process. */
+static void gen_path(const char *pdir, int64_t progress, char *out, size_t len) {
+    snprintf(out, len, "%s/%0*lld-%013lld-%ld", pdir, PROGRESS_DIGITS, (long long)progress,
+             (long long)iqp_wall_ms(), (long)getpid());
+}
+
 int iqp_pck_write(iqp_store *st, const char *ckdir, int32_t partition, int64_t progress, char *path,
                   size_t pathlen, char *err, size_t errlen) {
     char pdir[4096];
-    partition_dir(ckdir, partition, pdir, sizeof pdir);
-    if (mkdir(pdir, 0777) != 0 && errno != EEXIST)
-        return snprintf(err, errlen, "cannot create %s: %s", pdir, strerror(errno)), -1;
-    snprintf(path, pathlen, "%s/%0*lld-%013lld-%ld", pdir, PROGRESS_DIGITS, (long long)progress,
-             (long long)iqp_wall_ms(), (long)getpid());
+    if (make_partition_dir(ckdir, partition, pdir, sizeof pdir, err, errlen) < 0) return -1;
+    gen_path(pdir, progress, path, pathlen);
     if (iqp_store_checkpoint_to(st, path, err, errlen) < 0) return -1;
     prune(pdir);
     return 0;
@@ -161,4 +185,85 @@ int iqp_pck_restore(const char *ckdir, int32_t partition, const char *dir, char 
     snprintf(err, errlen, "none of the %d checkpoints of partition %d in %s could be restored (the last: %s)", n,
              (int)partition, pdir, last);
     return -1;
+}
+
+/* ---- writing off the caller's thread ---------------------------------------- */
+
+struct iqp_pck_writer {
+    char *ckdir;
+    iqp_pck_progress_fn progress_of;
+    void *ud;
+    iqp_store *st;              /* the store of the checkpoint in flight; NULL when idle */
+    pthread_t thread;
+    int threaded;               /* thread must be joined */
+    atomic_int done;            /* set by the thread when result is final */
+    iqp_pck_result result;
+};
+
+iqp_pck_writer *iqp_pck_writer_new(const char *ckdir, iqp_pck_progress_fn progress_of, void *ud) {
+    iqp_pck_writer *w = calloc(1, sizeof *w);
+    if (!w || !(w->ckdir = strdup(ckdir))) abort();
+    w->progress_of = progress_of;
+    w->ud = ud;
+    return w;
+}
+
+int iqp_pck_writer_busy(const iqp_pck_writer *w) { return w->st != NULL; }
+
+const iqp_store *iqp_pck_writer_store(const iqp_pck_writer *w) { return w->st; }
+
+/* iqp_checkpoint_namer: the generation's name from the progress it holds. */
+static int name_by_progress(const char *path, void *ud, char *to, size_t tolen, char *err, size_t errlen) {
+    iqp_pck_writer *w = ud;
+    char pdir[4096];
+    iqp_store *ck = iqp_store_open(path, NULL, IQP_STORE_READ_ONLY, err, errlen);
+    if (!ck) return -1;
+    int64_t progress = w->progress_of(ck, w->result.partition, w->ud);
+    iqp_store_close(ck);
+    if (progress < 0) return snprintf(err, errlen, "cannot read the offsets the checkpoint %s holds", path), -1;
+    w->result.progress = progress;
+    partition_dir(w->ckdir, w->result.partition, pdir, sizeof pdir);
+    gen_path(pdir, progress, to, tolen);
+    return 0;
+}
+
+static void *write_one(void *arg) {
+    iqp_pck_writer *w = arg;
+    iqp_pck_result *r = &w->result;
+    char pdir[4096], tmp[4400];
+    int64_t t0 = iqp_mono_ms();
+    r->rc = make_partition_dir(w->ckdir, r->partition, pdir, sizeof pdir, r->err, sizeof r->err);
+    snprintf(tmp, sizeof tmp, "%s/writing-%013lld-%ld.tmp", pdir, (long long)iqp_wall_ms(), (long)getpid());
+    if (r->rc == 0)
+        r->rc = iqp_store_checkpoint_named(w->st, tmp, name_by_progress, w, r->path, sizeof r->path, r->err,
+                                           sizeof r->err);
+    if (r->rc == 0) prune(pdir);
+    r->ms = iqp_mono_ms() - t0;
+    atomic_store(&w->done, 1);
+    return NULL;
+}
+
+void iqp_pck_writer_start(iqp_pck_writer *w, iqp_store *st, int32_t partition) {
+    w->st = st;
+    w->result = (iqp_pck_result){.partition = partition, .progress = -1};
+    atomic_store(&w->done, 0);
+    w->threaded = pthread_create(&w->thread, NULL, write_one, w) == 0;
+    if (!w->threaded) write_one(w);
+}
+
+int iqp_pck_writer_collect(iqp_pck_writer *w, int wait, iqp_pck_result *r) {
+    if (!w->st || (!wait && !atomic_load(&w->done))) return 0;
+    if (w->threaded) pthread_join(w->thread, NULL);
+    w->threaded = 0;
+    w->st = NULL;
+    *r = w->result;
+    return 1;
+}
+
+void iqp_pck_writer_free(iqp_pck_writer *w) {
+    if (!w) return;
+    iqp_pck_result r;
+    iqp_pck_writer_collect(w, 1, &r);
+    free(w->ckdir);
+    free(w);
 }

@@ -57,6 +57,56 @@ int iqp_pck_best(const char *ckdir, int32_t partition, char *path, size_t pathle
 int iqp_pck_write(iqp_store *st, const char *ckdir, int32_t partition, int64_t progress, char *path,
                   size_t pathlen, char *err, size_t errlen);
 
+/* ---- writing off the caller's thread ----------------------------------------
+ *
+ * iqp stream's consuming thread used to wait for every checkpoint (a
+ * memtable flush, hard links, a sync: 10-50 ms each, measured). A writer
+ * runs one checkpoint at a time on a thread of its own while the store
+ * goes on taking batches: a RocksDB checkpoint of a live store is a state
+ * the store was in (counts and offsets commit together; store.c's ingest
+ * gate keeps it off the gap between an ingesting batch's commit and its
+ * ingestion), but which one is known only once it is written. So the
+ * generation is written under a .tmp name, opened read-only, its
+ * progress read from it by the caller's function, and then renamed to
+ * the name that progress gives: a name always says what its generation
+ * holds, as iqp_pck_write's does. */
+typedef struct iqp_pck_writer iqp_pck_writer;
+
+/* The progress of partition's checkpoint st (open read-only): -1 when its
+ * offsets cannot be read. Called on the writer's thread. */
+typedef int64_t (*iqp_pck_progress_fn)(iqp_store *st, int32_t partition, void *ud);
+
+/* What one checkpoint came to. */
+typedef struct iqp_pck_result {
+    int32_t partition;
+    int64_t progress;           /* read from the generation written (rc 0) */
+    int rc;                     /* 0 written, -1 failed (err) */
+    int64_t ms;                 /* how long it took */
+    char path[4400], err[4600];
+} iqp_pck_result;
+
+iqp_pck_writer *iqp_pck_writer_new(const char *ckdir, iqp_pck_progress_fn progress_of, void *ud);
+
+/* A checkpoint was started and not collected yet. */
+int iqp_pck_writer_busy(const iqp_pck_writer *w);
+
+/* The store of the checkpoint in flight (NULL: none). */
+const iqp_store *iqp_pck_writer_store(const iqp_pck_writer *w);
+
+/* Starts checkpointing st, partition's store, which must stay open until
+ * the result is collected; w must not be busy. When no thread can be
+ * started the checkpoint is written before this returns, and collected
+ * as any other. Then prunes as iqp_pck_write. */
+void iqp_pck_writer_start(iqp_pck_writer *w, iqp_store *st, int32_t partition);
+
+/* 1 with *r when the checkpoint in flight is done (waiting for it when
+ * wait is set), and w is idle again; 0 when none is in flight or it is
+ * still running (wait not set). */
+int iqp_pck_writer_collect(iqp_pck_writer *w, int wait, iqp_pck_result *r);
+
+/* Waits for a checkpoint in flight (its result is dropped) and frees w. */
+void iqp_pck_writer_free(iqp_pck_writer *w);
+
 /* Puts partition's best generation in place as the store dir (whatever
  * is at dir is replaced; it must not be open): iqp_store_restore, staged
  * and renamed. A generation that cannot be copied (pruned by another

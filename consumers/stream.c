@@ -136,17 +136,20 @@
  * Kafka from its stored offsets counts the rest exactly once (while the
  * broker still keeps those messages). Its "progress" is the sum of its
  * next offsets of both topics.
- *   - Writing: between batches (no write in flight, so the store is
- *     still), each owned partition whose store has progressed past the
+ *   - Writing: each owned partition whose store has progressed past the
  *     newest checkpoint known is checkpointed every checkpoint_interval_ms
  *     (the first one within FIRST_CHECKPOINT_CHECK_MS of the partition's
  *     first write, when the partition has none yet), and once more when
  *     it is released (after the revoke's final flush): CKDIR/partition-<p>/
  *     <progress>-<ms>-<pid>, written as .tmp, synced and renamed; the
- *     IQP_PCK_KEEP with the most progress are kept. One checkpoint per
- *     loop turn: the consuming thread waits for it (a memtable flush and
- *     hard links), so the interval bounds both that cost and the replay
- *     after a kill -9.
+ *     IQP_PCK_KEEP with the most progress are kept. One checkpoint at a
+ *     time, on a thread of its own (partition_checkpoint.h's writer: a
+ *     memtable flush, hard links and a sync, 10-50 ms each, that the
+ *     consuming thread used to wait for), while batches go on being
+ *     written; its progress is read from the generation written, so its
+ *     name says what it holds. A store waits for its checkpoint in flight
+ *     before it closes, and its final one is waited for. The interval
+ *     bounds that cost and the replay after a kill -9.
  *   - Restoring, on assignment: the generation with the most progress
  *     (not the latest written) is restored over the local store when that
  *     is missing or has less progress (staged, synced, renamed:
@@ -339,6 +342,7 @@ struct iqp_stream {
     size_t n_tasks, cap_tasks;
     char *state_dir;            /* NULL: single store */
     char *ckdir;                /* --checkpoint-dir (with state_dir); NULL: none */
+    iqp_pck_writer *ckw;        /* with ckdir: writes one checkpoint at a time off this thread */
     int64_t ckpt_interval_ms;
     iqp_deadletter *dl;
     iqp_metrics *m;
@@ -570,25 +574,62 @@ static int64_t store_progress(iqp_stream *s, iqp_store *st, int32_t partition) {
     return sum;
 }
 
-/* Writes a checkpoint of task t's store into the checkpoint dir when it
- * counted more than the newest checkpoint known of its partition; no
- * batch of t may be in flight. A failure is counted and said, not fatal:
- * the local store is whole, only a takeover would replay more. */
-static void checkpoint_task(iqp_stream *s, task *t, int64_t now) {
-    char path[4400], err[1000], labels[64];
+/* iqp_pck_progress_fn: store_progress of a checkpoint, on the checkpoint
+ * writer's thread (it reads only the topic names, fixed at creation). */
+static int64_t checkpoint_progress(iqp_store *ck, int32_t partition, void *ud) {
+    int64_t progress = store_progress(ud, ck, partition);
+    return progress < 0 ? -1 : progress;
+}
+
+/* The task counting into store st; NULL when none does. */
+static task *task_of_store(iqp_stream *s, const iqp_store *st) {
+    for (size_t i = 0; i < s->n_tasks; i++)
+        if (s->tasks[i]->st == st) return s->tasks[i];
+    return NULL;
+}
+
+/* Takes the result of the checkpoint in flight, when it is done (or, with
+ * wait, once it is): the task's newest checkpoint, the log, the metrics.
+ * A failure is counted and said, not fatal: the local store is whole, only
+ * a takeover would replay more. */
+static void collect_checkpoint(iqp_stream *s, int wait) {
+    char labels[64];
+    iqp_pck_result r;
+    task *t = task_of_store(s, iqp_pck_writer_store(s->ckw));
+    if (!iqp_pck_writer_collect(s->ckw, wait, &r) || !t) return;
+    if (r.rc < 0) {
+        fprintf(stderr, "iqp stream: partition %d: checkpoint failed (the next is tried in %.0f s): %s\n",
+                (int)r.partition, s->ckpt_interval_ms / 1000.0, r.err);
+        t->ck_due_ms = iqp_mono_ms() + s->ckpt_interval_ms;
+    } else if (r.progress > t->ck_progress) {
+        t->ck_progress = r.progress;
+    }
+    if (!s->m) return;
+    snprintf(labels, sizeof labels, "outcome=\"%s\"", r.rc < 0 ? "failed" : "written");
+    iqp_metrics_add(s->m, "iqp_partition_checkpoints_total", labels, 1);
+    if (r.rc == 0) iqp_metrics_observe(s->m, "iqp_partition_checkpoint_seconds", "", r.ms / 1000.0);
+}
+
+/* Starts a checkpoint of t's store when it counted past its newest one
+ * (the writer must be idle); the next look is due an interval later. The
+ * generation is named by what it holds, which may be more than this. */
+static void start_checkpoint(iqp_stream *s, task *t, int64_t now) {
     int64_t progress = store_progress(s, t->st, t->partition);
     t->ck_due_ms = now + (t->ck_progress < 0 ? FIRST_CHECKPOINT_CHECK_MS : s->ckpt_interval_ms);
     if (progress <= 0 || progress <= t->ck_progress) return;
-    int64_t t0 = iqp_mono_ms();
-    int rc = iqp_pck_write(t->st, s->ckdir, t->partition, progress, path, sizeof path, err, sizeof err);
-    if (rc < 0) fprintf(stderr, "iqp stream: partition %d: checkpoint failed (the next is tried in %.0f s): %s\n",
-                        (int)t->partition, s->ckpt_interval_ms / 1000.0, err);
-    else t->ck_progress = progress;
-    if (rc < 0) t->ck_due_ms = now + s->ckpt_interval_ms;
-    if (!s->m) return;
-    snprintf(labels, sizeof labels, "outcome=\"%s\"", rc < 0 ? "failed" : "written");
-    iqp_metrics_add(s->m, "iqp_partition_checkpoints_total", labels, 1);
-    if (rc == 0) iqp_metrics_observe(s->m, "iqp_partition_checkpoint_seconds", "", (iqp_mono_ms() - t0) / 1000.0);
+    iqp_pck_writer_start(s->ckw, t->st, t->partition);
+}
+
+/* Before t's store closes: waits for a checkpoint of it in flight, then
+ * (final, and the stream has not failed) writes its last state for the
+ * partition's next owner and waits for that too. */
+static void checkpoint_before_close(iqp_stream *s, task *t, int final) {
+    if (!s->ckw) return;
+    if (iqp_pck_writer_store(s->ckw) == t->st) collect_checkpoint(s, 1);
+    if (!final || s->fatal) return;
+    collect_checkpoint(s, 1); /* another partition's: the writer takes one at a time */
+    start_checkpoint(s, t, iqp_mono_ms());
+    collect_checkpoint(s, 1);
 }
 
 static task *add_task(iqp_stream *s, int32_t partition, iqp_store *st, int owned) {
@@ -622,7 +663,7 @@ static void close_task(iqp_stream *s, size_t i) {
     iqp_aggregator_free(t->agg);
     if (t->hooked) s->on_partition_close(s->partition_ud, t->partition, t->hook);
     /* the final state of a released partition, for its next owner */
-    if (t->owned && s->ckdir && !s->fatal) checkpoint_task(s, t, iqp_mono_ms());
+    if (t->owned) checkpoint_before_close(s, t, 1);
     if (t->owned) iqp_store_close(t->st);
     free(t->origins);
     free(t);
@@ -752,13 +793,14 @@ static task *task_for(iqp_stream *s, int32_t partition) {
     return t;
 }
 
-/* Checkpoints the first partition store whose time has come (one per
- * call: the consuming thread waits for it); called between batches, with
- * no write in flight. */
+/* Collects the checkpoint in flight when it is done; with the writer idle,
+ * starts one of the first partition store whose time has come. */
 static void checkpoint_partitions(iqp_stream *s, int64_t now) {
+    collect_checkpoint(s, 0);
+    if (iqp_pck_writer_busy(s->ckw)) return;
     for (size_t i = 0; i < s->n_tasks && !s->fatal; i++)
         if (s->tasks[i]->owned && now >= s->tasks[i]->ck_due_ms) {
-            checkpoint_task(s, s->tasks[i], now);
+            start_checkpoint(s, s->tasks[i], now);
             return;
         }
 }
@@ -1794,6 +1836,7 @@ iqp_stream *iqp_stream_new(iqp_store *st, const iqp_stream_options *o, char *err
     if (!s) abort();
     if (o->state_dir && (s->state_dir = strdup(o->state_dir)) == NULL) abort();
     if (o->state_dir && o->checkpoint_dir && (s->ckdir = strdup(o->checkpoint_dir)) == NULL) abort();
+    if (s->ckdir) s->ckw = iqp_pck_writer_new(s->ckdir, checkpoint_progress, s);
     s->ckpt_interval_ms = o->checkpoint_interval_ms > 0 ? o->checkpoint_interval_ms : IQP_STREAM_DEFAULT_CHECKPOINT_MS;
     s->cfg = o->state_dir ? o->cfg : iqp_store_config(st);
     s->dq = iqp_decode_queue_start_fed(s->cfg);
@@ -1896,7 +1939,7 @@ int iqp_stream_run(iqp_stream *s, char *err, size_t errlen) {
         now = iqp_mono_ms();
         if (now - s->last_health_ms >= HEALTH_EVERY_MS) update_health(s);
         if (s->writing && writes_done(s)) finish_write(s, 0);
-        if (s->ckdir && !s->writing) checkpoint_partitions(s, now);
+        if (s->ckw) checkpoint_partitions(s, now);
         if (cut_due(s, now)) {
             stream_flush(s, PUBLISH_MS, 0);
             periodic(s, now);
@@ -1942,6 +1985,7 @@ void iqp_stream_free(iqp_stream *s) {
     }
     iqp_decode_queue_finish(s->dq, NULL, NULL, 0);
     while (s->n_tasks) close_task(s, s->n_tasks - 1);
+    iqp_pck_writer_free(s->ckw);
     free(s->tasks);
     free(s->state_dir);
     free(s->ckdir);

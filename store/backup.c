@@ -75,15 +75,15 @@ int iqp_store_backup(const char *dir, const char *to, int attempts, iqp_backup_r
 
 static int fsync_path(const char *path, int dir);
 
-int iqp_store_checkpoint_to(iqp_store *st, const char *to, char *err, size_t errlen) {
-    size_t n = strlen(to);
-    char *tmp = malloc(n + 5), *staging = malloc(n + 9);
-    if (!tmp || !staging) abort();
-    sprintf(tmp, "%s.tmp", to);
-    sprintf(staging, "%s.tmp.tmp", to); /* RocksDB's own staging directory for tmp */
+int iqp_store_checkpoint_named(iqp_store *st, const char *tmp, iqp_checkpoint_namer name, void *ud, char *to,
+                               size_t tolen, char *err, size_t errlen) {
+    char *staging = malloc(strlen(tmp) + 5);
+    if (!staging) abort();
+    sprintf(staging, "%s.tmp", tmp); /* RocksDB's own staging directory for tmp */
     iqp_rmrf(tmp);
     iqp_rmrf(staging);
     int rc = iqp_store_checkpoint(st, tmp, err, errlen);
+    if (rc == 0) rc = name(tmp, ud, to, tolen, err, errlen);
     if (rc == 0 && rename(tmp, to) != 0) rc = fail_with(err, errlen, "cannot rename %s to %s: %s", tmp, to, strerror(errno));
     if (rc != 0) {
         iqp_rmrf(tmp);
@@ -93,8 +93,25 @@ int iqp_store_checkpoint_to(iqp_store *st, const char *to, char *err, size_t err
         if (fsync_path(parent, 1) != 0) rc = fail_with(err, errlen, "cannot sync %s: %s", parent, strerror(errno));
         free(parent);
     }
-    free(tmp);
     free(staging);
+    return rc;
+}
+
+/* The namer of a name known in advance (ud). */
+static int fixed_name(const char *path, void *ud, char *to, size_t tolen, char *err, size_t errlen) {
+    (void)path, (void)err, (void)errlen;
+    snprintf(to, tolen, "%s", (const char *)ud);
+    return 0;
+}
+
+int iqp_store_checkpoint_to(iqp_store *st, const char *to, char *err, size_t errlen) {
+    size_t n = strlen(to);
+    char *tmp = malloc(n + 5), *name = malloc(n + 1);
+    if (!tmp || !name) abort();
+    sprintf(tmp, "%s.tmp", to);
+    int rc = iqp_store_checkpoint_named(st, tmp, fixed_name, (void *)to, name, n + 1, err, errlen);
+    free(tmp);
+    free(name);
     return rc;
 }
 

@@ -34,6 +34,19 @@ int iqp_store_backup(const char *dir, const char *to, int attempts, iqp_backup_r
 struct iqp_store;
 int iqp_store_checkpoint_to(struct iqp_store *st, const char *to, char *err, size_t errlen);
 
+/* Names a checkpoint once it is written: given the written one at path
+ * (its .tmp name), puts the name it is published under in to. 0, or -1
+ * with err (nothing is published). */
+typedef int (*iqp_checkpoint_namer)(const char *path, void *ud, char *to, size_t tolen, char *err, size_t errlen);
+
+/* The same, with the name chosen from what was written (iqp stream names a
+ * partition checkpoint by the offsets it holds, while its store goes on
+ * taking batches): RocksDB's checkpoint into tmp (which must end in
+ * ".tmp"), then name(tmp, ud, to, tolen, ...), one rename to to and its
+ * parent synced. 0, or -1 with err (tmp removed). */
+int iqp_store_checkpoint_named(struct iqp_store *st, const char *tmp, iqp_checkpoint_namer name, void *ud,
+                               char *to, size_t tolen, char *err, size_t errlen);
+
 /* Puts the backup from back as the store dir. from must open as a store.
  * Its files are staged in dir.restoring (table files hard-linked when the
  * file system allows, every other file copied: a writer appends to the

@@ -6,7 +6,11 @@
  * cannot be copied is skipped for the next best, a local store that is
  * behind is replaced whole (nothing of it left beside), pruning keeps the
  * IQP_PCK_KEEP with the most progress and removes crashed writers' stale
- * .tmp only, and a checkpoint dir that cannot be a directory is refused.
+ * .tmp only, and a checkpoint dir that cannot be a directory is refused;
+ * the writer that checkpoints off the caller's thread (iqp_pck_writer)
+ * while the store goes on counting writes a state the store was in (its
+ * counts agree with its offset) and names it by the progress it holds,
+ * and a failure comes back with its error.
  *
  * Each store holds one meta record, the offset of partition 0 of topic
  * "imp" ("src/kafka/imp/0", as iqp stream writes it), and one counter cell
@@ -235,6 +239,104 @@ START_TEST(pruning_keeps_the_most_progress) {
 }
 END_TEST
 
+static void add_bucket(void *ud, int64_t bucket, const int64_t *vec, size_t n) {
+    (void)bucket, (void)n;
+    *(int64_t *)ud += vec[0];
+}
+
+/* The counter count_to adds to, in the store at dir. */
+static int64_t count_at(const char *dir) {
+    iqp_store *st = iqp_store_open(dir, NULL, IQP_STORE_READ_ONLY, err, sizeof err);
+    iqp_keybuf kb;
+    iqp_context ctx = tu_ctx("dress", "US", "female");
+    int64_t sum = 0;
+    ck_assert_msg(st != NULL, "%s", err);
+    iqp_keybuf_init(&kb);
+    iqp_cells_context_prefix(&kb, &cfg.features[0], &ctx);
+    iqp_cells_append_entity(&kb, "i1", 2);
+    ck_assert_msg(iqp_store_scan_buckets(st, IQP_CF_COUNTS, kb.buf, kb.len, 0, 0, 2000, IQP_COUNTERS(&cfg),
+                                         add_bucket, &sum, err, sizeof err) == 0, "%s", err);
+    iqp_keybuf_free(&kb);
+    iqp_store_close(st);
+    return sum;
+}
+
+/* iqp_pck_progress_fn: the offset count_to wrote (partition 0 only). */
+static int64_t progress_of(iqp_store *st, int32_t partition, void *ud) {
+    char *val = NULL;
+    size_t vlen = 0;
+    int64_t off = -1;
+    (void)ud;
+    if (partition == 0 && iqp_store_get_meta(st, META_KEY, &val, &vlen) == 1)
+        sscanf(val, "{\"next_offset\":%" SCNd64, &off);
+    free(val);
+    return off;
+}
+
+START_TEST(the_writer_checkpoints_a_store_that_goes_on_counting) {
+    char *dir = tu_fmt("%s/live", tmp), *local = tu_fmt("%s/restored", tmp), from[4400], want[64];
+    iqp_store *st = open_store(dir);
+    iqp_pck_writer *w = iqp_pck_writer_new(ckdir, progress_of, NULL);
+    iqp_pck_result r;
+    int64_t offset = 100, progress = -1;
+    count_to(st, offset, offset);
+    ck_assert_int_eq(iqp_pck_writer_collect(w, 0, &r), 0); /* nothing in flight */
+    iqp_pck_writer_start(w, st, 0);
+    ck_assert(iqp_pck_writer_busy(w));
+    ck_assert_ptr_eq(iqp_pck_writer_store(w), st);
+    /* batches go on while it runs (bounded: it ends well before) */
+    int collected = 0;
+    for (int i = 0; i < 100000 && !(collected = iqp_pck_writer_collect(w, 0, &r)); i++) count_to(st, ++offset, 1);
+    if (!collected) ck_assert_int_eq(iqp_pck_writer_collect(w, 1, &r), 1);
+    ck_assert_msg(r.rc == 0, "%s", r.err);
+    ck_assert_msg(offset > 100, "no batch was committed while the checkpoint was written");
+    ck_assert(!iqp_pck_writer_busy(w));
+    ck_assert_int_eq(r.partition, 0);
+    ck_assert_msg(r.progress >= 100 && r.progress <= offset, "progress %" PRId64 ", last offset %" PRId64,
+                  r.progress, offset);
+    snprintf(want, sizeof want, "/partition-0/%020" PRId64 "-", r.progress);
+    ck_assert_msg(strstr(r.path, want) != NULL, "%s", r.path);
+    count_to(st, ++offset, 1);
+    iqp_store_close(st);
+    /* the generation is a state the store was in, and its name says which:
+     * its offset is its progress, and its counts agree with that offset */
+    ck_assert_int_eq(iqp_pck_restore(ckdir, 0, local, from, sizeof from, &progress, err, sizeof err), 1);
+    ck_assert_str_eq(from, r.path);
+    ck_assert_int_eq(progress, r.progress);
+    ck_assert_int_eq(offset_at(local), r.progress);
+    ck_assert_int_eq(count_at(local), r.progress);
+    ck_assert_int_eq(count_at(dir), offset);
+    char *l = listing(); /* no .tmp left behind */
+    ck_assert_msg(strstr(l, ".tmp") == NULL, "%s", l);
+    free(l);
+    iqp_pck_writer_free(w);
+    free(dir);
+    free(local);
+}
+END_TEST
+
+START_TEST(a_failed_checkpoint_is_collected_with_its_error) {
+    char *dir = tu_fmt("%s/live", tmp), *file = tu_fmt("%s/file", tmp);
+    iqp_store *st = open_store(dir);
+    FILE *f = fopen(file, "w");
+    ck_assert_ptr_nonnull(f);
+    fclose(f);
+    iqp_pck_writer *w = iqp_pck_writer_new(file, progress_of, NULL); /* a checkpoint dir that is a file */
+    iqp_pck_result r;
+    count_to(st, 5, 5);
+    iqp_pck_writer_start(w, st, 3);
+    ck_assert_int_eq(iqp_pck_writer_collect(w, 1, &r), 1);
+    ck_assert_int_eq(r.rc, -1);
+    ck_assert_int_eq(r.partition, 3);
+    ck_assert_msg(strstr(r.err, "partition-3") != NULL, "%s", r.err);
+    ck_assert_int_eq(iqp_pck_writer_collect(w, 1, &r), 0);
+    iqp_pck_writer_free(w);
+    iqp_store_close(st);
+    free(dir);
+    free(file);
+}
+END_TEST
+
 START_TEST(a_dir_that_cannot_be_made_is_refused) {
     char *file = tu_fmt("%s/file", tmp), *under = tu_fmt("%s/file/ck", tmp);
     FILE *f = fopen(file, "w");
@@ -259,6 +361,8 @@ int main(void) {
     tcase_add_test(tc, a_local_store_behind_is_replaced_whole);
     tcase_add_test(tc, pruning_keeps_the_most_progress);
     tcase_add_test(tc, a_dir_that_cannot_be_made_is_refused);
+    tcase_add_test(tc, the_writer_checkpoints_a_store_that_goes_on_counting);
+    tcase_add_test(tc, a_failed_checkpoint_is_collected_with_its_error);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
