@@ -620,14 +620,13 @@ static void start_checkpoint(iqp_stream *s, task *t, int64_t now) {
     iqp_pck_writer_start(s->ckw, t->st, t->partition);
 }
 
-/* Before t's store closes: waits for a checkpoint of it in flight, then
- * (final, and the stream has not failed) writes its last state for the
- * partition's next owner and waits for that too. */
-static void checkpoint_before_close(iqp_stream *s, task *t, int final) {
+/* Before t's store closes: waits for the checkpoint in flight (of any
+ * store: the writer takes one at a time), then, unless the stream failed,
+ * writes t's last state for the partition's next owner and waits for it. */
+static void checkpoint_before_close(iqp_stream *s, task *t) {
     if (!s->ckw) return;
-    if (iqp_pck_writer_store(s->ckw) == t->st) collect_checkpoint(s, 1);
-    if (!final || s->fatal) return;
-    collect_checkpoint(s, 1); /* another partition's: the writer takes one at a time */
+    collect_checkpoint(s, 1);
+    if (s->fatal) return;
     start_checkpoint(s, t, iqp_mono_ms());
     collect_checkpoint(s, 1);
 }
@@ -663,7 +662,7 @@ static void close_task(iqp_stream *s, size_t i) {
     iqp_aggregator_free(t->agg);
     if (t->hooked) s->on_partition_close(s->partition_ud, t->partition, t->hook);
     /* the final state of a released partition, for its next owner */
-    if (t->owned) checkpoint_before_close(s, t, 1);
+    if (t->owned) checkpoint_before_close(s, t);
     if (t->owned) iqp_store_close(t->st);
     free(t->origins);
     free(t);
