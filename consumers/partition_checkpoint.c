@@ -14,10 +14,11 @@
  * iqp_pck_writer_collect (a checkpoint per partition and interval: a
  * thread's start costs nothing next to it); while it runs, the thread
  * owns result and done is the only field both threads touch. The
- * generation is written as DIR/partition-<p>/writing-<ms>-<pid>.tmp
- * (store/backup.c's iqp_store_checkpoint_named), opened read-only for its
- * progress, and renamed to its name: the .tmp is never read, and pruned
- * as any crashed writer's.
+ * generation is written as DIR/partition-<p>/writing-<ms>-<pid>-<n>.tmp
+ * (store/backup.c's iqp_store_checkpoint_named; n counts this process's
+ * checkpoints, so two writers of one process never share a name), opened
+ * read-only for its progress, and renamed to its name: a .tmp is never
+ * restored from, and pruned as any crashed writer's.
  *
  * Restoring: store/backup.c's iqp_store_restore (staged next to the target,
  * table files hard-linked when the file system allows, synced, renamed),
@@ -233,7 +234,9 @@ static void *write_one(void *arg) {
     char pdir[4096], tmp[4400];
     int64_t t0 = iqp_mono_ms();
     r->rc = make_partition_dir(w->ckdir, r->partition, pdir, sizeof pdir, r->err, sizeof r->err);
-    snprintf(tmp, sizeof tmp, "%s/writing-%013lld-%ld.tmp", pdir, (long long)iqp_wall_ms(), (long)getpid());
+    static atomic_uint written; /* this process's checkpoints: the tmp name's n */
+    snprintf(tmp, sizeof tmp, "%s/writing-%013lld-%ld-%u.tmp", pdir, (long long)iqp_wall_ms(), (long)getpid(),
+             atomic_fetch_add(&written, 1));
     if (r->rc == 0)
         r->rc = iqp_store_checkpoint_named(w->st, tmp, name_by_progress, w, r->path, sizeof r->path, r->err,
                                            sizeof r->err);

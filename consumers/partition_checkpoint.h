@@ -62,7 +62,9 @@ int iqp_pck_write(iqp_store *st, const char *ckdir, int32_t partition, int64_t p
  * iqp stream's consuming thread used to wait for every checkpoint (a
  * memtable flush, hard links, a sync: 10-50 ms each, measured). A writer
  * runs one checkpoint at a time on a thread of its own while the store
- * goes on taking batches: a RocksDB checkpoint of a live store is a state
+ * goes on taking batches (an ingesting batch's commit, and a snapshot,
+ * wait at the ingest gate while RocksDB takes the checkpoint, memtable
+ * flush included): a RocksDB checkpoint of a live store is a state
  * the store was in (counts and offsets commit together; store.c's ingest
  * gate keeps it off the gap between an ingesting batch's commit and its
  * ingestion), but which one is known only once it is written. So the

@@ -10,7 +10,7 @@
  * the writer that checkpoints off the caller's thread (iqp_pck_writer)
  * while the store goes on counting writes a state the store was in (its
  * counts agree with its offset) and names it by the progress it holds,
- * and a failure comes back with its error.
+ * and a failure comes back with its error, nothing of it published.
  *
  * Each store holds one meta record, the offset of partition 0 of topic
  * "imp" ("src/kafka/imp/0", as iqp stream writes it), and one counter cell
@@ -20,6 +20,7 @@
 #include <check.h>
 #include <dirent.h>
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -261,12 +262,21 @@ static int64_t count_at(const char *dir) {
     return sum;
 }
 
-/* iqp_pck_progress_fn: the offset count_to wrote (partition 0 only). */
+/* The live store's last offset, as the test's counting loop commits them,
+ * read by progress_of on the writer's thread. */
+static _Atomic int64_t live_offset;
+
+/* iqp_pck_progress_fn: the offset count_to wrote (partition 0 only). With
+ * ud "wait", it first waits (up to 5 s) until the live store committed one
+ * more batch: a namer that read the live store instead would name the
+ * generation by more than it holds. With ud "fail", -1. */
 static int64_t progress_of(iqp_store *st, int32_t partition, void *ud) {
     char *val = NULL;
     size_t vlen = 0;
-    int64_t off = -1;
-    (void)ud;
+    int64_t off = -1, seen = atomic_load(&live_offset);
+    if (ud && strcmp(ud, "fail") == 0) return -1;
+    for (int i = 0; ud && strcmp(ud, "wait") == 0 && atomic_load(&live_offset) <= seen && i < 5000; i++)
+        usleep(1000);
     if (partition == 0 && iqp_store_get_meta(st, META_KEY, &val, &vlen) == 1)
         sscanf(val, "{\"next_offset\":%" SCNd64, &off);
     free(val);
@@ -276,24 +286,29 @@ static int64_t progress_of(iqp_store *st, int32_t partition, void *ud) {
 START_TEST(the_writer_checkpoints_a_store_that_goes_on_counting) {
     char *dir = tu_fmt("%s/live", tmp), *local = tu_fmt("%s/restored", tmp), from[4400], want[64];
     iqp_store *st = open_store(dir);
-    iqp_pck_writer *w = iqp_pck_writer_new(ckdir, progress_of, NULL);
+    iqp_pck_writer *w = iqp_pck_writer_new(ckdir, progress_of, "wait");
     iqp_pck_result r;
     int64_t offset = 100, progress = -1;
+    iqp_store_set_ingest(st, 1); /* every batch ingested: its commit meets the checkpoint at the ingest gate */
     count_to(st, offset, offset);
+    atomic_store(&live_offset, offset);
     ck_assert_int_eq(iqp_pck_writer_collect(w, 0, &r), 0); /* nothing in flight */
     iqp_pck_writer_start(w, st, 0);
     ck_assert(iqp_pck_writer_busy(w));
     ck_assert_ptr_eq(iqp_pck_writer_store(w), st);
     /* batches go on while it runs (bounded: it ends well before) */
     int collected = 0;
-    for (int i = 0; i < 100000 && !(collected = iqp_pck_writer_collect(w, 0, &r)); i++) count_to(st, ++offset, 1);
+    for (int i = 0; i < 100000 && !(collected = iqp_pck_writer_collect(w, 0, &r)); i++) {
+        count_to(st, ++offset, 1);
+        atomic_store(&live_offset, offset);
+    }
     if (!collected) ck_assert_int_eq(iqp_pck_writer_collect(w, 1, &r), 1);
     ck_assert_msg(r.rc == 0, "%s", r.err);
     ck_assert_msg(offset > 100, "no batch was committed while the checkpoint was written");
     ck_assert(!iqp_pck_writer_busy(w));
     ck_assert_int_eq(r.partition, 0);
-    ck_assert_msg(r.progress >= 100 && r.progress <= offset, "progress %" PRId64 ", last offset %" PRId64,
-                  r.progress, offset);
+    ck_assert_msg(r.progress >= 100 && r.progress < offset, "progress %" PRId64 ", last offset %" PRId64,
+                  r.progress, offset); /* a batch came after the checkpoint and before its naming */
     snprintf(want, sizeof want, "/partition-0/%020" PRId64 "-", r.progress);
     ck_assert_msg(strstr(r.path, want) != NULL, "%s", r.path);
     count_to(st, ++offset, 1);
@@ -337,6 +352,25 @@ START_TEST(a_failed_checkpoint_is_collected_with_its_error) {
 }
 END_TEST
 
+START_TEST(a_checkpoint_whose_progress_cannot_be_read_is_not_published) {
+    char *dir = tu_fmt("%s/live", tmp);
+    iqp_store *st = open_store(dir);
+    iqp_pck_writer *w = iqp_pck_writer_new(ckdir, progress_of, "fail");
+    iqp_pck_result r;
+    count_to(st, 5, 5);
+    iqp_pck_writer_start(w, st, 0);
+    ck_assert_int_eq(iqp_pck_writer_collect(w, 1, &r), 1);
+    ck_assert_int_eq(r.rc, -1);
+    ck_assert_msg(strstr(r.err, "cannot read the offsets") != NULL, "%s", r.err);
+    char *l = listing(); /* nothing published, no .tmp left */
+    ck_assert_str_eq(l, "");
+    free(l);
+    iqp_pck_writer_free(w);
+    iqp_store_close(st);
+    free(dir);
+}
+END_TEST
+
 START_TEST(a_dir_that_cannot_be_made_is_refused) {
     char *file = tu_fmt("%s/file", tmp), *under = tu_fmt("%s/file/ck", tmp);
     FILE *f = fopen(file, "w");
@@ -363,6 +397,7 @@ int main(void) {
     tcase_add_test(tc, a_dir_that_cannot_be_made_is_refused);
     tcase_add_test(tc, the_writer_checkpoints_a_store_that_goes_on_counting);
     tcase_add_test(tc, a_failed_checkpoint_is_collected_with_its_error);
+    tcase_add_test(tc, a_checkpoint_whose_progress_cannot_be_read_is_not_published);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
