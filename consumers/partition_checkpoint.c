@@ -1,8 +1,8 @@
 /* partition_checkpoint.c -- checkpoints of partition stores in a shared
  * directory (partition_checkpoint.h).
  *
- * Writing: store/backup.c's iqp_store_checkpoint_to (RocksDB checkpoint
- * into NAME.tmp, rename to NAME, parent synced); the name carries the
+ * Writing: store/backup.c's iqp_store_checkpoint_named (RocksDB checkpoint
+ * into a .tmp, rename to NAME, parent synced); the name carries the
  * progress, so choosing is one readdir and a sort of names. Pruning keeps
  * the IQP_PCK_KEEP names that sort last; a concurrent restorer whose
  * generation is pruned under it fails its copy and moves on to the next
@@ -152,16 +152,6 @@ static int make_partition_dir(const char *ckdir, int32_t partition, char *pdir, 
 static void gen_path(const char *pdir, int64_t progress, char *out, size_t len) {
     snprintf(out, len, "%s/%0*lld-%013lld-%ld", pdir, PROGRESS_DIGITS, (long long)progress,
              (long long)iqp_wall_ms(), (long)getpid());
-}
-
-int iqp_pck_write(iqp_store *st, const char *ckdir, int32_t partition, int64_t progress, char *path,
-                  size_t pathlen, char *err, size_t errlen) {
-    char pdir[4096];
-    if (make_partition_dir(ckdir, partition, pdir, sizeof pdir, err, errlen) < 0) return -1;
-    gen_path(pdir, progress, path, pathlen);
-    if (iqp_store_checkpoint_to(st, path, err, errlen) < 0) return -1;
-    prune(pdir);
-    return 0;
 }
 
 int iqp_pck_restore(const char *ckdir, int32_t partition, const char *dir, char *from, size_t fromlen,

@@ -14,7 +14,7 @@
  * of both topics (20 digits, so names sort by it), ms the wall clock and
  * pid the writer's process id when it was written. A generation appears
  * only by the rename of a whole, synced checkpoint (store/backup.h,
- * iqp_store_checkpoint_to), so every name without ".tmp" is complete.
+ * iqp_store_checkpoint_named), so every name without ".tmp" is complete.
  *
  * Which one is restored: the one with the most progress, not the latest
  * written. Every generation is self-consistent (a partition store commits
@@ -49,15 +49,7 @@ int iqp_pck_prepare_dir(const char *ckdir, char *err, size_t errlen);
 int iqp_pck_best(const char *ckdir, int32_t partition, char *path, size_t pathlen, int64_t *progress, char *err,
                  size_t errlen);
 
-/* Writes a checkpoint of st (partition's store, open here, no batch being
- * written) as a new generation with the given progress, then prunes the
- * partition's directory to the IQP_PCK_KEEP generations with the most
- * progress (and removes .tmp entries older than an hour: crashed
- * writers'). Its path in path. 0, or -1 with err (nothing published). */
-int iqp_pck_write(iqp_store *st, const char *ckdir, int32_t partition, int64_t progress, char *path,
-                  size_t pathlen, char *err, size_t errlen);
-
-/* ---- writing off the caller's thread ----------------------------------------
+/* ---- writing, off the caller's thread ---------------------------------------
  *
  * iqp stream's consuming thread used to wait for every checkpoint (a
  * memtable flush, hard links, a sync: 10-50 ms each, measured). A writer
@@ -71,7 +63,9 @@ int iqp_pck_write(iqp_store *st, const char *ckdir, int32_t partition, int64_t p
  * generation is written under a .tmp name, opened read-only, its
  * progress read from it by the caller's function, and then renamed to
  * the name that progress gives: a name always says what its generation
- * holds, as iqp_pck_write's does. */
+ * holds. After it, the partition's directory is pruned to the
+ * IQP_PCK_KEEP generations with the most progress (and .tmp entries
+ * older than an hour, crashed writers', are removed). */
 typedef struct iqp_pck_writer iqp_pck_writer;
 
 /* The progress of partition's checkpoint st (open read-only): -1 when its
@@ -98,7 +92,7 @@ const iqp_store *iqp_pck_writer_store(const iqp_pck_writer *w);
 /* Starts checkpointing st, partition's store, which must stay open until
  * the result is collected; w must not be busy. When no thread can be
  * started the checkpoint is written before this returns, and collected
- * as any other. Then prunes as iqp_pck_write. */
+ * as any other. */
 void iqp_pck_writer_start(iqp_pck_writer *w, iqp_store *st, int32_t partition);
 
 /* 1 with *r when the checkpoint in flight is done (waiting for it when

@@ -409,11 +409,10 @@ static void *repartition_main(void *arg) {
      * (the revoke callback finds nothing more to commit) */
     r->final_rc = 0;
     if (deliver_and_commit(r, NULL, STOP_FLUSH_MS, r->final_err, sizeof r->final_err) < 0) r->final_rc = -1;
-    int delivered = !r->failing && rd_kafka_outq_len(r->producer) == 0;
     /* everything acknowledged, only the commit refused (a rebalance in
      * progress as this member leaves): nothing is lost, the next owner
      * sends those messages again and stage 2 drops the repeats */
-    if (r->final_rc < 0 && delivered && !r->failing) {
+    if (r->final_rc < 0 && !r->failing && rd_kafka_outq_len(r->producer) == 0) {
         fprintf(stderr, "iqp repartition: at stop: %s (the next owner sends them again; stage 2 drops the "
                         "repeats)\n", r->final_err);
         r->final_rc = 0;

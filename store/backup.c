@@ -97,24 +97,6 @@ int iqp_store_checkpoint_named(iqp_store *st, const char *tmp, iqp_checkpoint_na
     return rc;
 }
 
-/* The namer of a name known in advance (ud). */
-static int fixed_name(const char *path, void *ud, char *to, size_t tolen, char *err, size_t errlen) {
-    (void)path, (void)err, (void)errlen;
-    snprintf(to, tolen, "%s", (const char *)ud);
-    return 0;
-}
-
-int iqp_store_checkpoint_to(iqp_store *st, const char *to, char *err, size_t errlen) {
-    size_t n = strlen(to);
-    char *tmp = malloc(n + 5), *name = malloc(n + 1);
-    if (!tmp || !name) abort();
-    sprintf(tmp, "%s.tmp", to);
-    int rc = iqp_store_checkpoint_named(st, tmp, fixed_name, (void *)to, name, n + 1, err, errlen);
-    free(tmp);
-    free(name);
-    return rc;
-}
-
 /* ---- restore ------------------------------------------------------------------- */
 
 static int fsync_path(const char *path, int dir) {

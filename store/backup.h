@@ -25,25 +25,21 @@ typedef void (*iqp_backup_retry_fn)(void *ud, int attempt, const char *err);
 int iqp_store_backup(const char *dir, const char *to, int attempts, iqp_backup_retry_fn on_retry, void *ud,
                      char *err, size_t errlen);
 
-/* Writes a checkpoint of the store st, open in this process (a writer
- * between two of its batches: iqp stream --checkpoint-dir), as the new
- * directory to, all or nothing: RocksDB's checkpoint into to.tmp (its
- * files synced), one rename to to, and its parent synced. A crash leaves
- * no to, or the whole one (and maybe a to.tmp, which readers ignore).
- * 0, or -1 with err (to.tmp removed). */
 struct iqp_store;
-int iqp_store_checkpoint_to(struct iqp_store *st, const char *to, char *err, size_t errlen);
 
 /* Names a checkpoint once it is written: given the written one at path
  * (its .tmp name), puts the name it is published under in to. 0, or -1
  * with err (nothing is published). */
 typedef int (*iqp_checkpoint_namer)(const char *path, void *ud, char *to, size_t tolen, char *err, size_t errlen);
 
-/* The same, with the name chosen from what was written (iqp stream names a
- * partition checkpoint by the offsets it holds, while its store goes on
- * taking batches): RocksDB's checkpoint into tmp (which must end in
- * ".tmp"), then name(tmp, ud, to, tolen, ...), one rename to to and its
- * parent synced. 0, or -1 with err (tmp removed). */
+/* Writes a checkpoint of the store st, open in this process, as a new
+ * directory, all or nothing, named from what was written (iqp stream
+ * names a partition checkpoint by the offsets it holds, while its store
+ * goes on taking batches): RocksDB's checkpoint into tmp (which must end
+ * in ".tmp"; its files synced), then name(tmp, ud, to, tolen, ...), one
+ * rename to to and its parent synced. A crash leaves no to, or the whole
+ * one (and maybe a .tmp, which readers ignore). 0, or -1 with err (tmp
+ * removed). */
 int iqp_store_checkpoint_named(struct iqp_store *st, const char *tmp, iqp_checkpoint_namer name, void *ud,
                                char *to, size_t tolen, char *err, size_t errlen);
 

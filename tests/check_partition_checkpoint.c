@@ -94,13 +94,22 @@ static int64_t offset_at(const char *dir) {
     return off;
 }
 
+static int64_t progress_of(iqp_store *st, int32_t partition, void *ud);
+
 /* A store whose offset is offset, checkpointed as a generation of
  * partition 0 with that progress; its path in path. */
 static void checkpoint_at(const char *name, int64_t offset, char *path, size_t len) {
     char *dir = tu_fmt("%s/%s", tmp, name);
     iqp_store *st = open_store(dir);
+    iqp_pck_writer *w = iqp_pck_writer_new(ckdir, progress_of, NULL);
+    iqp_pck_result r;
     count_to(st, offset, offset);
-    ck_assert_msg(iqp_pck_write(st, ckdir, 0, offset, path, len, err, sizeof err) == 0, "%s", err);
+    iqp_pck_writer_start(w, st, 0);
+    ck_assert_int_eq(iqp_pck_writer_collect(w, 1, &r), 1);
+    ck_assert_msg(r.rc == 0, "%s", r.err);
+    ck_assert_int_eq(r.progress, offset);
+    snprintf(path, len, "%s", r.path);
+    iqp_pck_writer_free(w);
     iqp_store_close(st);
     free(dir);
 }
