@@ -285,9 +285,12 @@ static void tune_cf(rocksdb_options_t *o, const iqp_store_tuning *t) {
  * similar-size stop style, incremental compaction, no compression, and
  * waiting for compactions at close (or for the running ones only, starting
  * no new one) -- none changed how a part's CPU grows
- * with the store. That growth is the key layout's: each part's files
- * hold its days for every context, so they overlap every older run and a
- * merge that reaches one rewrites all its cells. */
+ * with the store. Nor did a key led by its 32-day period (time-major, in
+ * this one family): new data is still rewritten as it moves down through
+ * levels or runs that hold every older period. A prototype with one
+ * column family per period did flatten it (README "Seventh round: what
+ * flattens the growth"); its readers, expiry by family drop and crash
+ * protocol are not built. */
 static void tune_counter_cf(rocksdb_options_t *o, const iqp_store_tuning *t) {
     if (!t->counts_universal) return;
     rocksdb_options_set_compaction_style(o, rocksdb_universal_compaction);
