@@ -67,6 +67,8 @@
 #include "model/cells.h"
 #include "model/window.h"
 #include "store/counters.h"
+#include "store/merged_iter.h"
+#include "store/periods.h"
 
 static const char *cf_names[] = {"default", "counts", "contexts", "dedup", "meta", "pending"};
 #define N_CF_HANDLES 6 /* default + IQP_CF__COUNT */
@@ -113,6 +115,10 @@ struct iqp_store {
     pthread_mutex_t gate;
     int torn;
     const char *die_at;       /* IQP_TEST_DIE_AT (test hook), NULL when unset */
+    /* Counts by period ("counts by period" below): the families
+     * "counts@<period>" (periods.slots 0: the store keeps its counts in
+     * "counts", as stores made before this layout do). */
+    iqp_periods periods;
 };
 
 /* What creating a store made, so a failed run can take exactly that back. */
@@ -144,6 +150,7 @@ struct iqp_store_batch {
     iqp_buf bulk;                 /* key, value, key, value, ... */
     bulk_entry *bulk_e;
     size_t bulk_n, bulk_cap;
+    char *route_err;              /* a period family could not be made: the commit fails with it */
 };
 
 #define FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); goto fail; } while (0)
@@ -167,6 +174,7 @@ static rocksdb_column_family_handle_t *cf_handle(const iqp_store *st, iqp_cf cf)
 static const char INGEST_SENTINEL[] = "\xff" "iqp.ingested";
 #define INGEST_SENTINEL_LEN (sizeof INGEST_SENTINEL - 1)
 #define INGEST_PENDING "ingest/pending"
+#define PERIOD_SLOTS_KEY "layout/period_slots"
 
 static int is_ingest_sentinel(const char *key, size_t klen) {
     return klen == INGEST_SENTINEL_LEN && memcmp(key, INGEST_SENTINEL, klen) == 0;
@@ -515,8 +523,6 @@ static int load_watermark(iqp_store *st) {
 
 static int recover_ingest(iqp_store *st, char *err, size_t errlen);
 static int ingest_pending(iqp_store *st);
-static rocksdb_iterator_t *create_iterator(iqp_store *st, rocksdb_readoptions_t *ro, iqp_cf cf,
-                                           const iqp_store_snapshot *snap, char *err, size_t errlen);
 
 static iqp_store *store_alloc(const char *dir, int read_only, const iqp_config *cfg) {
     iqp_store *st = calloc(1, sizeof *st);
@@ -536,6 +542,7 @@ static iqp_store *store_alloc(const char *dir, int read_only, const iqp_config *
     rocksdb_writeoptions_set_sync(st->wo_sync, 1);
     atomic_store(&st->watermark_ms, INT64_MIN);
     pthread_mutex_init(&st->gate, NULL);
+    iqp_periods_init(&st->periods);
     return st;
 }
 
@@ -552,10 +559,18 @@ static void set_db_options(iqp_store *st, int create) {
     configure_cf_options(st);
 }
 
-/* Marks in have[] the column families the existing store at st->dir holds;
- * -1 with err when RocksDB cannot read it (CURRENT or the MANIFEST is
- * missing or damaged) or one that iqp needs is missing. Reads only. */
-static int list_families(iqp_store *st, int have[N_CF_HANDLES], char *err, size_t errlen) {
+/* The period families an existing store holds (their periods), found by
+ * list_families for open_db. */
+typedef struct period_list {
+    int64_t *v;
+    size_t n;
+} period_list;
+
+/* Marks in have[] the column families the existing store at st->dir holds,
+ * and lists its period families in *pl (malloc'd); -1 with err when
+ * RocksDB cannot read it (CURRENT or the MANIFEST is missing or damaged)
+ * or one that iqp needs is missing. Reads only. */
+static int list_families(iqp_store *st, int have[N_CF_HANDLES], period_list *pl, char *err, size_t errlen) {
     char *rerr = NULL;
     size_t n_have = 0;
     char **names = rocksdb_list_column_families(st->db_opts, st->dir, &n_have, &rerr);
@@ -572,6 +587,11 @@ static int list_families(iqp_store *st, int have[N_CF_HANDLES], char *err, size_
         have[i] = 0;
         for (size_t j = 0; j < n_have; j++) have[i] |= strcmp(names[j], cf_names[i]) == 0;
     }
+    pl->v = malloc(n_have * sizeof *pl->v);
+    if (!pl->v) abort();
+    pl->n = 0;
+    for (size_t j = 0; j < n_have; j++)
+        if (iqp_periods_parse_name(names[j], &pl->v[pl->n])) pl->n++;
     rocksdb_list_column_families_destroy(names, n_have);
     for (int cf = IQP_CF_COUNTS; cf <= IQP_CF_META; cf++)
         if (!have[cf + 1]) {
@@ -582,24 +602,40 @@ static int list_families(iqp_store *st, int have[N_CF_HANDLES], char *err, size_
     return 0;
 }
 
-/* Read-only open of the column families that exist: a store written by an
- * older iqp may lack "pending" (added with the publisher); its handle stays
- * NULL and reads of it find nothing. */
-static rocksdb_t *open_read_only(iqp_store *st, const int have[N_CF_HANDLES], char **rerr) {
-    const char *names[N_CF_HANDLES];
-    const rocksdb_options_t *opts[N_CF_HANDLES];
-    rocksdb_column_family_handle_t *handles[N_CF_HANDLES];
-    int slot[N_CF_HANDLES], n = 0;
+/* Opens the column families that exist (read-only, or read-write, which
+ * then has all of N_CF_HANDLES: missing ones are made) and the period
+ * families of pl: a store written by an older iqp may lack "pending"
+ * (added with the publisher); read-only, its handle stays NULL and reads
+ * of it find nothing. */
+static rocksdb_t *open_families(iqp_store *st, const int have[N_CF_HANDLES], const period_list *pl,
+                                char **rerr) {
+    size_t cap = N_CF_HANDLES + pl->n, n = 0;
+    const char **names = malloc(cap * sizeof *names);
+    const rocksdb_options_t **opts = malloc(cap * sizeof *opts);
+    rocksdb_column_family_handle_t **handles = calloc(cap, sizeof *handles);
+    char (*pnames)[64] = malloc((pl->n ? pl->n : 1) * sizeof *pnames);
+    int slot[N_CF_HANDLES];
+    if (!names || !opts || !handles || !pnames) abort();
     for (int i = 0; i < N_CF_HANDLES; i++)
-        if (have[i]) {
+        if (have[i] || !st->read_only) {
             slot[n] = i;
             names[n] = cf_names[i];
             opts[n++] = st->cf_opts[i];
         }
-    rocksdb_t *db = rocksdb_open_for_read_only_column_families(st->db_opts, st->dir, n, names,
-                                                               opts, handles, 0, rerr);
-    if (db)
-        for (int k = 0; k < n; k++) st->cf[slot[k]] = handles[k];
+    size_t fixed = n;
+    for (size_t k = 0; k < pl->n; k++) {
+        iqp_periods_name(pl->v[k], pnames[k], sizeof pnames[k]);
+        names[n] = pnames[k];
+        opts[n++] = st->cf_opts[IQP_CF_COUNTS + 1];
+    }
+    rocksdb_t *db = st->read_only
+        ? rocksdb_open_for_read_only_column_families(st->db_opts, st->dir, (int)n, names, opts, handles, 0, rerr)
+        : rocksdb_open_column_families(st->db_opts, st->dir, (int)n, names, opts, handles, rerr);
+    if (db) {
+        for (size_t k = 0; k < fixed; k++) st->cf[slot[k]] = handles[k];
+        for (size_t k = 0; k < pl->n; k++) iqp_periods_add(&st->periods, pl->v[k], handles[fixed + k]);
+    }
+    free(names), free(opts), free(handles), free(pnames);
     return db;
 }
 
@@ -608,9 +644,10 @@ static rocksdb_t *open_read_only(iqp_store *st, const int have[N_CF_HANDLES], ch
  * writer can delete one of them in between ("No such file or directory").
  * Nothing is wrong with the store: the open is tried again, a few times,
  * on the newer list. */
-static rocksdb_t *open_read_only_retrying(iqp_store *st, const int have[N_CF_HANDLES], char **rerr) {
+static rocksdb_t *open_read_only_retrying(iqp_store *st, const int have[N_CF_HANDLES], const period_list *pl,
+                                          char **rerr) {
     for (int attempt = 0;; attempt++) {
-        rocksdb_t *db = open_read_only(st, have, rerr);
+        rocksdb_t *db = open_families(st, have, pl, rerr);
         if (db || attempt == 9 || !strstr(*rerr, "No such file or directory")) return db;
         free(*rerr);
         *rerr = NULL;
@@ -622,15 +659,18 @@ static rocksdb_t *open_read_only_retrying(iqp_store *st, const int have[N_CF_HAN
  * there); otherwise an existing one with every column family iqp needs. */
 static int open_db(iqp_store *st, int create, char *err, size_t errlen) {
     char *rerr = NULL;
-    int have[N_CF_HANDLES];
+    int have[N_CF_HANDLES] = {0};
+    period_list pl = {NULL, 0};
     set_db_options(st, create);
-    if (!create && list_families(st, have, err, errlen) < 0) return -1;
+    if (!create && list_families(st, have, &pl, err, errlen) < 0) {
+        free(pl.v);
+        return -1;
+    }
     if (st->read_only)
-        st->db = open_read_only_retrying(st, have, &rerr);
+        st->db = open_read_only_retrying(st, have, &pl, &rerr);
     else
-        st->db = rocksdb_open_column_families(st->db_opts, st->dir, N_CF_HANDLES, cf_names,
-                                              (const rocksdb_options_t *const *)st->cf_opts,
-                                              st->cf, &rerr);
+        st->db = open_families(st, have, &pl, &rerr);
+    free(pl.v);
     if (!st->db) {
         rocks_error(err, errlen, "cannot open store", st->dir, rerr);
         if (rerr && strstr(rerr, "lock")) {
@@ -654,8 +694,39 @@ static int build_store(const char *path, const iqp_config *cfg, char *err, size_
         rc = put_meta_now(st, "layout", layout, strlen(layout), err, errlen);
         free(layout);
     }
+    /* Test hook: IQP_TEST_COUNTS_ONE_FAMILY=1 makes a store as iqp did
+     * before counts by period (tests/check_store.c reads and writes one). */
+    const char *one = getenv("IQP_TEST_COUNTS_ONE_FAMILY");
+    if (rc == 0 && !(one && *one == '1')) {
+        char v[32];
+        snprintf(v, sizeof v, "%d", IQP_PERIOD_SLOTS_DEFAULT);
+        rc = put_meta_now(st, PERIOD_SLOTS_KEY, v, strlen(v), err, errlen);
+    }
     iqp_store_close(st);
     return rc;
+}
+
+/* Reads the store's period length (PERIOD_SLOTS_KEY; absent: a store made
+ * before counts by period, which keeps its one counts family). */
+static int load_period_slots(iqp_store *st, char *err, size_t errlen) {
+    char *val = NULL;
+    size_t vlen = 0;
+    int rc = iqp_store_get_meta(st, PERIOD_SLOTS_KEY, &val, &vlen);
+    long long slots = 0;
+    if (rc == 1) {
+        char text[32] = "";
+        memcpy(text, val, vlen < sizeof text - 1 ? vlen : sizeof text - 1);
+        char *end = NULL;
+        slots = strtoll(text, &end, 10);
+        if (*end || slots < 1) rc = -1;
+    }
+    free(val);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot read the period length (meta %s) of store %s", PERIOD_SLOTS_KEY, st->dir);
+        return -1;
+    }
+    st->periods.slots = slots;
+    return 0;
 }
 
 /* Creates the store at dir (state: absent, or without RocksDB files) and
@@ -709,6 +780,7 @@ static iqp_store *open_existing(const char *dir, const iqp_config *cfg, int read
     if (!st) { snprintf(err, errlen, "out of memory"); return NULL; }
     if (open_db(st, 0, err, errlen) < 0) goto fail;
     if (check_layout(st, cfg, err, errlen) < 0) goto fail;
+    if (load_period_slots(st, err, errlen) < 0) goto fail;
     if (load_watermark(st) < 0) FAIL("cannot read the watermark of store %s", dir);
     return st;
 fail:
@@ -791,14 +863,32 @@ int iqp_store_close_discarding(iqp_store *st) {
 
 /* Writes the memtables to SST files, so that the next open (often a
  * read-only lookup) does not replay the write-ahead log. */
+/* Every family iqp writes: the fixed ones, then the live period families
+ * (malloc'd, *n of them). */
+static rocksdb_column_family_handle_t **all_families(iqp_store *st, size_t *n) {
+    size_t np = 0;
+    rocksdb_column_family_handle_t **ph = iqp_periods_live(&st->periods, INT64_MIN, INT64_MAX, &np);
+    rocksdb_column_family_handle_t **h = malloc((IQP_CF__COUNT + np) * sizeof *h);
+    if (!h) abort();
+    *n = 0;
+    for (int cf = 0; cf < IQP_CF__COUNT; cf++)
+        if (cf_handle(st, cf)) h[(*n)++] = cf_handle(st, cf);
+    for (size_t i = 0; i < np; i++) h[(*n)++] = ph[i];
+    free(ph);
+    return h;
+}
+
 static void flush_memtables(iqp_store *st) {
     rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
     rocksdb_flushoptions_set_wait(fo, 1);
-    for (int cf = 0; cf < IQP_CF__COUNT; cf++) {
+    size_t n;
+    rocksdb_column_family_handle_t **h = all_families(st, &n);
+    for (size_t i = 0; i < n; i++) {
         char *rerr = NULL;
-        rocksdb_flush_cf(st->db, fo, cf_handle(st, cf), &rerr);
+        rocksdb_flush_cf(st->db, fo, h[i], &rerr);
         free(rerr); /* the WAL still holds the data: a failed flush loses nothing */
     }
+    free(h);
     rocksdb_flushoptions_destroy(fo);
 }
 
@@ -808,6 +898,7 @@ void iqp_store_close(iqp_store *st) {
     if (st->db) {
         for (int i = 0; i < N_CF_HANDLES; i++)
             if (st->cf[i]) rocksdb_column_family_handle_destroy(st->cf[i]);
+        iqp_periods_free(&st->periods);
         rocksdb_close(st->db);
     }
     for (int i = 0; i < N_CF_HANDLES; i++)
@@ -880,6 +971,7 @@ void iqp_store_batch_free(iqp_store_batch *b) {
     iqp_packed_writer_free(&b->group);
     iqp_buf_free(&b->bulk);
     free(b->bulk_e);
+    free(b->route_err);
     free(b);
 }
 
@@ -890,6 +982,8 @@ void iqp_store_batch_clear(iqp_store_batch *b) {
     b->merges = 0;
     iqp_buf_truncate(&b->bulk, 0);
     b->bulk_n = 0;
+    free(b->route_err);
+    b->route_err = NULL;
 }
 
 /* Holds a counts merge for the batch's table file (bulk load). */
@@ -904,6 +998,40 @@ static void bulk_add(iqp_store_batch *b, const void *key, size_t klen, const voi
     iqp_buf_append(&b->bulk, val, vlen);
 }
 
+/* The slot of a stored counts key: its last 8 bytes, big-endian. */
+static int64_t key_slot(const char *key, size_t klen) {
+    uint64_t v = 0;
+    for (size_t i = klen - 8; i < klen; i++) v = v << 8 | (unsigned char)key[i];
+    return (int64_t)v;
+}
+
+/* The family that holds count key (klen >= the bucket suffix): "counts",
+ * or its slot's period family, made when missing; NULL with *rerr when
+ * RocksDB cannot make it. */
+static rocksdb_column_family_handle_t *counts_family_of(iqp_store *st, const char *key, size_t klen,
+                                                        char **rerr) {
+    if (!st->periods.slots) return cf_handle(st, IQP_CF_COUNTS);
+    int64_t period = iqp_periods_of_slot(&st->periods, key_slot(key, klen));
+    return iqp_periods_get(&st->periods, st->db, st->cf_opts[IQP_CF_COUNTS + 1], period, rerr);
+}
+
+/* A merge into the WriteBatch: counts go to their key's family. A family
+ * that cannot be made fails the batch's commit (route_err). */
+static void batch_merge_routed(iqp_store_batch *b, iqp_cf cf, const char *key, size_t klen,
+                               const char *val, size_t vlen) {
+    rocksdb_column_family_handle_t *h = cf_handle(b->st, cf);
+    if (cf == IQP_CF_COUNTS) {
+        char *rerr = NULL;
+        h = counts_family_of(b->st, key, klen, &rerr);
+        if (!h) {
+            if (!b->route_err) b->route_err = rerr;
+            else free(rerr);
+            return;
+        }
+    }
+    rocksdb_writebatch_merge_cf(b->wb, h, key, klen, val, vlen);
+}
+
 /* Writes the open group as one merge: into the WriteBatch, or, for the
  * counts of a bulk-loading store, held for the batch's table file. */
 static void close_group(iqp_store_batch *b) {
@@ -913,8 +1041,8 @@ static void close_group(iqp_store_batch *b) {
         bulk_add(b, b->group_key.buf, b->group_key.len, b->group.buf, b->group.len);
         return;
     }
-    rocksdb_writebatch_merge_cf(b->wb, cf_handle(b->st, b->group_cf), (const char *)b->group_key.buf,
-                                b->group_key.len, (const char *)b->group.buf, b->group.len);
+    batch_merge_routed(b, b->group_cf, (const char *)b->group_key.buf, b->group_key.len,
+                       (const char *)b->group.buf, b->group.len);
 }
 
 int64_t iqp_store_batch_slot(const iqp_store_batch *b, int gran_index, int64_t bucket) {
@@ -1080,8 +1208,7 @@ static void bulk_to_writebatch(iqp_store_batch *b) {
     for (size_t i = 0; i < b->bulk_n; i++) {
         const bulk_entry *e = &b->bulk_e[i];
         const char *key = (const char *)b->bulk.buf + e->off;
-        rocksdb_writebatch_merge_cf(b->wb, cf_handle(b->st, IQP_CF_COUNTS), key, e->klen, key + e->klen,
-                                    e->vlen);
+        batch_merge_routed(b, IQP_CF_COUNTS, key, e->klen, key + e->klen, e->vlen);
     }
 }
 
@@ -1120,44 +1247,106 @@ static size_t *bulk_sort(const iqp_store_batch *b) {
     return a;
 }
 
-static void ingest_path(const iqp_store *st, uint64_t seq, char *out, size_t outlen) {
-    snprintf(out, outlen, "%s/ingest/%llu.sst", st->dir, (unsigned long long)seq);
+/* One table file of an ingesting batch: the counts merges that go to one
+ * family, "counts" or one period's (period 0 and has_period 0 in a store
+ * of one family). */
+typedef struct table_file {
+    int64_t period;
+    rocksdb_column_family_handle_t *cf;
+    rocksdb_sstfilewriter_t *w;
+    char path[PATH_MAX];
+} table_file;
+
+/* The table files of one batch: as many as the periods it touches. */
+typedef struct table_files {
+    table_file *f;
+    size_t n, cap;
+    int has_period;
+} table_files;
+
+static void table_file_path(const iqp_store *st, uint64_t seq, int has_period, int64_t period, char *out,
+                            size_t outlen) {
+    if (has_period)
+        snprintf(out, outlen, "%s/ingest/%llu@%lld.sst", st->dir, (unsigned long long)seq, (long long)period);
+    else
+        snprintf(out, outlen, "%s/ingest/%llu.sst", st->dir, (unsigned long long)seq);
 }
 
-/* Writes batch seq's table file at path: b's counts merges in key order
- * (a key held twice, which only an unsorted writer makes, goes into the
- * WriteBatch the second time: merges add up in any order), then the
- * sentinel. 0, or -1 with err and no file left. */
-static int write_table_file(iqp_store *st, iqp_store_batch *b, const char *path, uint64_t seq,
-                            char *err, size_t errlen) {
+static void table_files_free(table_files *tf, int unlink_them) {
+    for (size_t i = 0; i < tf->n; i++) {
+        if (tf->f[i].w) rocksdb_sstfilewriter_destroy(tf->f[i].w);
+        if (unlink_them) unlink(tf->f[i].path);
+    }
+    free(tf->f);
+    memset(tf, 0, sizeof *tf);
+}
+
+/* The open file of key's family (opened when the batch has none yet);
+ * NULL with *rerr. *last caches the previous answer's index. */
+static table_file *file_of_key(iqp_store *st, table_files *tf, rocksdb_envoptions_t *eo, uint64_t seq,
+                               const char *key, size_t klen, size_t *last, char **rerr) {
+    int64_t period = tf->has_period ? iqp_periods_of_slot(&st->periods, key_slot(key, klen)) : 0;
+    if (*last < tf->n && tf->f[*last].period == period) return &tf->f[*last];
+    for (size_t i = 0; i < tf->n; i++)
+        if (tf->f[i].period == period) return &tf->f[*last = i];
+    rocksdb_column_family_handle_t *cf = counts_family_of(st, key, klen, rerr);
+    if (!cf) return NULL;
+    if (tf->n == tf->cap) {
+        tf->cap = tf->cap ? 2 * tf->cap : 4;
+        tf->f = realloc(tf->f, tf->cap * sizeof *tf->f);
+        if (!tf->f) abort();
+    }
+    table_file *f = &tf->f[tf->n++];
+    f->period = period;
+    f->cf = cf;
+    table_file_path(st, seq, tf->has_period, period, f->path, sizeof f->path);
+    f->w = rocksdb_sstfilewriter_create(eo, st->cf_opts[IQP_CF_COUNTS + 1]);
+    rocksdb_sstfilewriter_open(f->w, f->path, rerr);
+    *last = tf->n - 1;
+    return *rerr ? NULL : f;
+}
+
+/* Writes batch seq's table files (one per family its counts go to): b's
+ * counts merges in key order (a key held twice, which only an unsorted
+ * writer makes, goes into the WriteBatch the second time: merges add up
+ * in any order), then in each file the sentinel. 0, or -1 with err and no
+ * file left. */
+static int write_table_files(iqp_store *st, iqp_store_batch *b, uint64_t seq, table_files *tf, char *err,
+                             size_t errlen) {
     char *rerr = NULL;
-    size_t *order = bulk_sort(b);
+    size_t *order = bulk_sort(b), last = 0;
     rocksdb_envoptions_t *eo = rocksdb_envoptions_create();
-    rocksdb_sstfilewriter_t *w = rocksdb_sstfilewriter_create(eo, st->cf_opts[IQP_CF_COUNTS + 1]);
-    rocksdb_sstfilewriter_open(w, path, &rerr);
+    memset(tf, 0, sizeof *tf);
+    tf->has_period = st->periods.slots != 0;
     for (size_t k = 0; k < b->bulk_n && !rerr; k++) {
         const bulk_entry *e = &b->bulk_e[order[k]];
         const char *key = (const char *)b->bulk.buf + e->off;
-        if (k > 0 && bulk_cmp(b, order[k - 1], order[k]) == 0)
-            rocksdb_writebatch_merge_cf(b->wb, cf_handle(st, IQP_CF_COUNTS), key, e->klen, key + e->klen,
-                                        e->vlen);
-        else
-            rocksdb_sstfilewriter_merge(w, key, e->klen, key + e->klen, e->vlen, &rerr);
+        if (k > 0 && bulk_cmp(b, order[k - 1], order[k]) == 0) {
+            batch_merge_routed(b, IQP_CF_COUNTS, key, e->klen, key + e->klen, e->vlen);
+            continue;
+        }
+        table_file *f = file_of_key(st, tf, eo, seq, key, e->klen, &last, &rerr);
+        if (f) rocksdb_sstfilewriter_merge(f->w, key, e->klen, key + e->klen, e->vlen, &rerr);
     }
     unsigned char v[8];
     put_i64le(v, (int64_t)seq);
-    if (!rerr) rocksdb_sstfilewriter_put(w, INGEST_SENTINEL, INGEST_SENTINEL_LEN, (const char *)v, 8, &rerr);
-    if (!rerr) rocksdb_sstfilewriter_finish(w, &rerr);
-    uint64_t size = 0;
-    if (!rerr) rocksdb_sstfilewriter_file_size(w, &size);
-    st->ingested_bytes += size;
-    rocksdb_sstfilewriter_destroy(w);
+    for (size_t i = 0; i < tf->n && !rerr; i++) {
+        rocksdb_sstfilewriter_put(tf->f[i].w, INGEST_SENTINEL, INGEST_SENTINEL_LEN, (const char *)v, 8, &rerr);
+        if (!rerr) rocksdb_sstfilewriter_finish(tf->f[i].w, &rerr);
+        uint64_t size = 0;
+        if (!rerr) rocksdb_sstfilewriter_file_size(tf->f[i].w, &size);
+        st->ingested_bytes += size;
+    }
+    for (size_t i = 0; i < tf->n; i++) {
+        if (tf->f[i].w) rocksdb_sstfilewriter_destroy(tf->f[i].w);
+        tf->f[i].w = NULL;
+    }
     rocksdb_envoptions_destroy(eo);
     free(order);
-    if (!rerr) return 0;
-    rocks_error(err, errlen, "cannot write a table file for store", st->dir, rerr);
+    if (!rerr && !b->route_err) return 0;
+    rocks_error(err, errlen, "cannot write a table file for store", st->dir, rerr ? rerr : b->route_err);
     free(rerr);
-    unlink(path);
+    table_files_free(tf, 1);
     return -1;
 }
 
@@ -1170,10 +1359,10 @@ static int write_table_file(iqp_store *st, iqp_store_batch *b, const char *path,
  * sst file with version 2 have global seqno property", seen once in
  * check_e2e's kill -9 test). The copy costs one sequential write of the
  * file; ours is removed once the ingestion returned. */
-static int ingest_table_file(iqp_store *st, const char *path, char **rerr) {
+static int ingest_table_file(iqp_store *st, rocksdb_column_family_handle_t *cf, const char *path, char **rerr) {
     rocksdb_ingestexternalfileoptions_t *io = rocksdb_ingestexternalfileoptions_create();
     rocksdb_ingestexternalfileoptions_set_move_files(io, 0);
-    rocksdb_ingest_external_file_cf(st->db, cf_handle(st, IQP_CF_COUNTS), &path, 1, io, rerr);
+    rocksdb_ingest_external_file_cf(st->db, cf, &path, 1, io, rerr);
     rocksdb_ingestexternalfileoptions_destroy(io);
     return *rerr ? -1 : 0;
 }
@@ -1201,49 +1390,72 @@ static void clear_pending(iqp_store *st) {
     free(rerr);
 }
 
+/* The pending record of batch seq: u64 LE seq, then, in a store of
+ * period families, i64 LE per table file: the periods whose families
+ * the batch's files go to (a store of one family writes the seq alone, as
+ * before periods). */
+static void put_pending_record(iqp_store *st, iqp_store_batch *b, uint64_t seq, const table_files *tf) {
+    size_t len = 8 + (tf->has_period ? 8 * tf->n : 0);
+    unsigned char *v = malloc(len);
+    if (!v) abort();
+    put_i64le(v, (int64_t)seq);
+    for (size_t i = 0; tf->has_period && i < tf->n; i++) put_i64le(v + 8 + 8 * i, tf->f[i].period);
+    rocksdb_writebatch_put_cf(b->wb, cf_handle(st, IQP_CF_META), INGEST_PENDING, strlen(INGEST_PENDING),
+                              (const char *)v, len);
+    free(v);
+}
+
+/* Step 3 for every file of the batch; the first failure's error. */
+static int ingest_table_files(iqp_store *st, const table_files *tf, char *err, size_t errlen) {
+    for (size_t i = 0; i < tf->n; i++) {
+        char *rerr = NULL;
+        if (ingest_table_file(st, tf->f[i].cf, tf->f[i].path, &rerr) == 0) continue;
+        rocks_error(err, errlen, "cannot ingest a table file into store", st->dir, rerr);
+        size_t len = strlen(err);
+        snprintf(err + len, errlen - len, " (the batch's counts are kept in %s/ingest: the next run on "
+                 "this store ingests them)", st->dir);
+        free(rerr);
+        return -1;
+    }
+    return 0;
+}
+
 /* The protocol above, for one batch. */
 static int commit_ingesting(iqp_store *st, iqp_store_batch *b, char *err, size_t errlen) {
     uint64_t seq = st->ingest_seq + 1;
-    char dir[PATH_MAX], path[PATH_MAX], *rerr = NULL;
+    char dir[PATH_MAX];
+    table_files tf;
     snprintf(dir, sizeof dir, "%s/ingest", st->dir);
     if (mkdir(dir, 0777) < 0 && errno != EEXIST) {
         snprintf(err, errlen, "%scannot create %s for store %s: %s", errno == ENOSPC ? "no space left on device: " : "",
                  dir, st->dir, strerror(errno));
         return -1;
     }
-    ingest_path(st, seq, path, sizeof path);
     st->ingests++;
-    if (write_table_file(st, b, path, seq, err, errlen) < 0) return -1;
+    if (write_table_files(st, b, seq, &tf, err, errlen) < 0) return -1;
     test_die_at(st, "after-file");
-    unsigned char v[8];
-    put_i64le(v, (int64_t)seq);
-    rocksdb_writebatch_put_cf(b->wb, cf_handle(st, IQP_CF_META), INGEST_PENDING, strlen(INGEST_PENDING),
-                              (const char *)v, 8);
+    put_pending_record(st, b, seq, &tf);
     /* synced: the ingestion's MANIFEST write is, and a power loss must not
      * keep the counts of step 3 while losing this step's markers and
      * positions from an unsynced WAL tail (one fsync per large batch) */
     pthread_mutex_lock(&st->gate);
     if (write_batch(st, b, st->wo_sync, err, errlen) < 0) {
         pthread_mutex_unlock(&st->gate);
-        unlink(path);
+        table_files_free(&tf, 1);
         return -1;
     }
     test_die_at(st, "after-commit");
-    if (ingest_table_file(st, path, &rerr) < 0) {
-        rocks_error(err, errlen, "cannot ingest a table file into store", st->dir, rerr);
-        size_t len = strlen(err);
-        snprintf(err + len, errlen - len, " (the batch's counts are kept in %s: the next run on this "
-                 "store ingests them)", path);
-        free(rerr);
+    if (ingest_table_files(st, &tf, err, errlen) < 0) {
         st->ingest_failed = 1; /* the next batch would reuse seq: only a reopen finishes this one */
         st->torn = 1;
         pthread_mutex_unlock(&st->gate);
+        table_files_free(&tf, 0);
         return -1;
     }
     pthread_mutex_unlock(&st->gate);
     st->ingest_seq = seq;
     test_die_at(st, "after-ingest");
-    unlink(path); /* a crash before this: the next open removes it (the sentinel reads seq) */
+    table_files_free(&tf, 1); /* a crash before this: the next open removes them (the sentinels read seq) */
     clear_pending(st);
     test_die_at(st, "after-write");
     return 0;
@@ -1265,61 +1477,149 @@ static void remove_ingest_files(const iqp_store *st) {
     closedir(d);
 }
 
-/* The u64 LE value of key in cf into *out (0 when absent): 1 found, 0
- * absent, -1 error. */
-static int get_u64(iqp_store *st, iqp_cf cf, const char *key, size_t klen, uint64_t *out) {
+/* The u64 LE value of key in family h into *out (0 when absent): 1
+ * found, 0 absent, -1 error. */
+static int get_u64(iqp_store *st, rocksdb_column_family_handle_t *h, const char *key, size_t klen, uint64_t *out) {
     char *rerr = NULL;
     size_t vlen = 0;
-    char *val = rocksdb_get_cf(st->db, st->ro, cf_handle(st, cf), key, klen, &vlen, &rerr);
+    char *val = rocksdb_get_cf(st->db, st->ro, h, key, klen, &vlen, &rerr);
     *out = 0;
     if (rerr) { free(rerr); return -1; }
-    if (val && vlen == 8) *out = (uint64_t)get_i64le((const unsigned char *)val);
+    if (val && vlen >= 8) *out = (uint64_t)get_i64le((const unsigned char *)val);
     free(val);
     return val ? 1 : 0;
 }
 
+/* The pending record (put_pending_record): 1 with its seq and periods
+ * (malloc'd, *n of them; none in a store of one family), 0 when there is
+ * none, -1 when it cannot be read. */
+static int read_pending(iqp_store *st, uint64_t *seq, int64_t **periods, size_t *n) {
+    char *rerr = NULL;
+    size_t vlen = 0;
+    char *val = rocksdb_get_cf(st->db, st->ro, cf_handle(st, IQP_CF_META), INGEST_PENDING,
+                               strlen(INGEST_PENDING), &vlen, &rerr);
+    *periods = NULL;
+    *n = 0;
+    if (rerr) { free(rerr); return -1; }
+    if (!val) return 0;
+    if (vlen < 8 || (vlen - 8) % 8) { free(val); return -1; }
+    *seq = (uint64_t)get_i64le((const unsigned char *)val);
+    *n = (vlen - 8) / 8;
+    *periods = malloc((*n ? *n : 1) * sizeof **periods);
+    if (!*periods) abort();
+    for (size_t i = 0; i < *n; i++) (*periods)[i] = get_i64le((const unsigned char *)val + 8 + 8 * i);
+    free(val);
+    return 1;
+}
+
+/* The family of a pending record's file i: "counts" (a store of one
+ * family), else its period's (made when create, else NULL when missing). */
+static rocksdb_column_family_handle_t *pending_family(iqp_store *st, const int64_t *periods, size_t n, size_t i,
+                                                      int create, char **rerr) {
+    if (n == 0) return cf_handle(st, IQP_CF_COUNTS);
+    if (!create) return iqp_periods_find(&st->periods, periods[i]);
+    return iqp_periods_get(&st->periods, st->db, st->cf_opts[IQP_CF_COUNTS + 1], periods[i], rerr);
+}
+
 /* 1 when st's view holds a batch committed but not ingested yet (between
- * steps 2 and 3), 0 when not, -1 when it cannot be read. */
+ * steps 2 and 3: some file's family does not hold its sentinel), 0 when
+ * not, -1 when it cannot be read. */
 static int ingest_pending(iqp_store *st) {
-    uint64_t pending, done;
-    int has = get_u64(st, IQP_CF_META, INGEST_PENDING, strlen(INGEST_PENDING), &pending);
-    if (has < 0 || get_u64(st, IQP_CF_COUNTS, INGEST_SENTINEL, INGEST_SENTINEL_LEN, &done) < 0) return -1;
-    return has && pending != done;
+    uint64_t seq = 0, done;
+    int64_t *periods;
+    size_t n;
+    int has = read_pending(st, &seq, &periods, &n), pending = 0;
+    for (size_t i = 0; has == 1 && !pending && i < (n ? n : 1); i++) {
+        rocksdb_column_family_handle_t *h = pending_family(st, periods, n, i, 0, NULL);
+        if (!h) { pending = 1; break; }
+        if (get_u64(st, h, INGEST_SENTINEL, INGEST_SENTINEL_LEN, &done) < 0) has = -1;
+        else pending = done != seq;
+    }
+    free(periods);
+    return has < 0 ? -1 : pending;
+}
+
+/* The last batch seq this store ingested: the highest sentinel of its
+ * families. A family dropped as expired takes its sentinel with it, so a
+ * later seq may repeat one it held; no live family holds that seq, and a
+ * period's family made again starts without a sentinel, so a repeated seq
+ * is never mistaken for an ingested file. */
+static int load_ingest_seq(iqp_store *st) {
+    uint64_t v = 0;
+    if (get_u64(st, cf_handle(st, IQP_CF_COUNTS), INGEST_SENTINEL, INGEST_SENTINEL_LEN, &v) < 0) return -1;
+    st->ingest_seq = v;
+    size_t n = 0;
+    rocksdb_column_family_handle_t **h = iqp_periods_live(&st->periods, INT64_MIN, INT64_MAX, &n);
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        rc = get_u64(st, h[i], INGEST_SENTINEL, INGEST_SENTINEL_LEN, &v) < 0 ? -1 : 0;
+        if (v > st->ingest_seq) st->ingest_seq = v;
+    }
+    free(h);
+    return rc;
 }
 
 /* On a read-write open: finishes a batch that a crash left between steps
- * 2 and 4, and removes files of batches that never committed. 0, or -1
+ * 2 and 4 (ingests each of its files whose family's sentinel is not the
+ * batch's), and removes files of batches that never committed. 0, or -1
  * with err (the store cannot be completed: refuse to open it). */
 static int recover_ingest(iqp_store *st, char *err, size_t errlen) {
-    uint64_t pending;
-    int has = get_u64(st, IQP_CF_META, INGEST_PENDING, strlen(INGEST_PENDING), &pending);
-    if (has < 0 || get_u64(st, IQP_CF_COUNTS, INGEST_SENTINEL, INGEST_SENTINEL_LEN, &st->ingest_seq) < 0) {
+    uint64_t seq = 0, done;
+    int64_t *periods;
+    size_t n;
+    int has = read_pending(st, &seq, &periods, &n);
+    if (has < 0 || load_ingest_seq(st) < 0) {
+        free(periods);
         snprintf(err, errlen, "cannot read store %s", st->dir);
         return -1;
     }
-    char path[PATH_MAX], *rerr = NULL;
-    if (!has) {
-        remove_ingest_files(st);
-        return 0;
-    }
-    ingest_path(st, pending, path, sizeof path);
-    if (pending != st->ingest_seq) {
-        if (access(path, F_OK) != 0) {
+    for (size_t i = 0; has == 1 && i < (n ? n : 1); i++) {
+        char path[PATH_MAX], *rerr = NULL;
+        rocksdb_column_family_handle_t *h = pending_family(st, periods, n, i, 1, &rerr);
+        if (h && get_u64(st, h, INGEST_SENTINEL, INGEST_SENTINEL_LEN, &done) < 0) {
+            snprintf(err, errlen, "cannot read store %s", st->dir);
+            free(periods);
+            return -1;
+        }
+        if (h && done == seq) continue;
+        table_file_path(st, seq, n != 0, n ? periods[i] : 0, path, sizeof path);
+        if (h && access(path, F_OK) != 0) {
             snprintf(err, errlen, "store %s is incomplete: batch %llu committed but its counts were not "
                      "ingested, and their table file %s is missing (rebuild the store: count the event "
-                     "logs into a new one with `iqp backfill`)", st->dir, (unsigned long long)pending, path);
+                     "logs into a new one with `iqp backfill`)", st->dir, (unsigned long long)seq, path);
+            free(periods);
             return -1;
         }
-        if (ingest_table_file(st, path, &rerr) < 0) {
+        if (!h || ingest_table_file(st, h, path, &rerr) < 0) {
             rocks_error(err, errlen, "cannot finish an interrupted ingestion in store", st->dir, rerr);
             free(rerr);
+            free(periods);
             return -1;
         }
-        st->ingest_seq = pending;
     }
+    free(periods);
+    if (has == 1 && seq > st->ingest_seq) st->ingest_seq = seq;
     remove_ingest_files(st);
-    clear_pending(st);
+    if (has == 1) clear_pending(st);
     return 0;
+}
+
+/* Drops the period families every granularity's retention has passed
+ * (as of the watermark): the cells the expiry filter would drop, all of
+ * them, with no rewrite. A failed drop leaves the family (its cells
+ * expired: no window reads them) for a later commit to drop. */
+static void drop_expired_periods(iqp_store *st) {
+    int64_t wm = atomic_load(&st->watermark_ms), cutoff = INT64_MAX;
+    if (!st->periods.slots || wm == INT64_MIN) return;
+    for (size_t g = 0; g < st->cfg.n_grans; g++) {
+        int64_t first = iqp_cells_slot(&st->cfg, (int)g, iqp_retention_first_bucket(&st->cfg, (int)g, wm));
+        if (first < cutoff) cutoff = first;
+    }
+    /* the periods that end before the first slot any granularity keeps */
+    int64_t last = iqp_periods_of_slot(&st->periods, cutoff) - 1;
+    char *rerr = NULL;
+    iqp_periods_drop_through(&st->periods, st->db, last, &rerr);
+    free(rerr);
 }
 
 int iqp_store_batch_commit(iqp_store *st, iqp_store_batch *b, char *err, size_t errlen) {
@@ -1335,10 +1635,19 @@ int iqp_store_batch_commit(iqp_store *st, iqp_store_batch *b, char *err, size_t 
      * a quarter of this call's CPU on a 30-day backfill. Nothing reads the
      * counts; the level is the calling thread's, so each call sets it. */
     rocksdb_set_perf_level(rocksdb_disable);
-    if (b->bulk_n && b->bulk_n >= st->ingest_min_merges) return commit_ingesting(st, b, err, errlen);
+    if (b->bulk_n && b->bulk_n >= st->ingest_min_merges) {
+        if (commit_ingesting(st, b, err, errlen) < 0) return -1;
+        drop_expired_periods(st);
+        return 0;
+    }
     bulk_to_writebatch(b);
+    if (b->route_err) {
+        rocks_error(err, errlen, "cannot make a period family in store", st->dir, b->route_err);
+        return -1;
+    }
     if (write_batch(st, b, st->wo, err, errlen) < 0) return -1;
     test_die_at(st, "after-write");
+    drop_expired_periods(st);
     return 0;
 }
 
@@ -1394,6 +1703,81 @@ int iqp_store_value_cells(const char *val, size_t vlen, size_t n, iqp_store_cell
     return rc;
 }
 
+/* A read of one family through ro: of counts, every family that holds
+ * counts ("counts" and the period families of [lo, hi]) merged in key
+ * order (merged_iter.h); of any other family, its one iterator. The view
+ * owns ro, and, when the caller gave no snapshot, a snapshot of its own,
+ * so that the families are read as of one moment. */
+typedef struct family_view {
+    iqp_store *st;
+    iqp_merged_iter *m;
+    rocksdb_readoptions_t *ro;
+    const rocksdb_snapshot_t *own_snap;
+} family_view;
+
+/* The iterators of v's families, under the gate (see below). */
+static rocksdb_iterator_t **view_iterators(iqp_store *st, family_view *v, iqp_cf cf, int64_t lo, int64_t hi,
+                                           size_t *n) {
+    size_t np = 0;
+    rocksdb_column_family_handle_t **ph = cf == IQP_CF_COUNTS && st->periods.slots
+                                              ? iqp_periods_live(&st->periods, lo, hi, &np) : NULL;
+    rocksdb_iterator_t **its = malloc((np + 1) * sizeof *its);
+    if (!its) abort();
+    its[0] = rocksdb_create_iterator_cf(st->db, v->ro, cf_handle(st, cf));
+    for (size_t i = 0; i < np; i++) its[i + 1] = rocksdb_create_iterator_cf(st->db, v->ro, ph[i]);
+    free(ph);
+    *n = np + 1;
+    return its;
+}
+
+/* Opens v over cf (taking ro; periods [lo, hi] when cf is counts). Without
+ * a snapshot its view is fixed here, so it is created under the ingest
+ * gate. -1 with err (ro freed) when the store is torn and cf holds counts
+ * or contexts, or out of memory. */
+static int view_open(iqp_store *st, family_view *v, rocksdb_readoptions_t *ro, iqp_cf cf,
+                     const iqp_store_snapshot *snap, int64_t lo, int64_t hi, char *err, size_t errlen) {
+    memset(v, 0, sizeof *v);
+    v->st = st;
+    v->ro = ro;
+    int several = cf == IQP_CF_COUNTS && st->periods.slots;
+    if (!snap) pthread_mutex_lock(&st->gate);
+    if (!snap && st->torn && (cf == IQP_CF_COUNTS || cf == IQP_CF_CONTEXTS)) {
+        pthread_mutex_unlock(&st->gate);
+        snprintf(err, errlen, "store %s: an ingestion failed; reopen the store to finish it", st->dir);
+        rocksdb_readoptions_destroy(ro);
+        v->ro = NULL;
+        return -1;
+    }
+    if (!snap && several) {
+        v->own_snap = rocksdb_create_snapshot(st->db);
+        rocksdb_readoptions_set_snapshot(ro, v->own_snap);
+    }
+    size_t n;
+    rocksdb_iterator_t **its = view_iterators(st, v, cf, lo, hi, &n);
+    if (!snap) pthread_mutex_unlock(&st->gate);
+    v->m = iqp_merged_iter_new(its, n);
+    free(its);
+    if (!v->m) {
+        snprintf(err, errlen, "out of memory reading store %s", st->dir);
+        if (v->own_snap) rocksdb_release_snapshot(st->db, v->own_snap);
+        rocksdb_readoptions_destroy(ro);
+        v->ro = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* Closes v; its read error (malloc'd), NULL when none. */
+static char *view_close(family_view *v) {
+    if (!v->m) return NULL;
+    char *rerr = iqp_merged_iter_error(v->m);
+    iqp_merged_iter_free(v->m);
+    if (v->own_snap) rocksdb_release_snapshot(v->st->db, v->own_snap);
+    rocksdb_readoptions_destroy(v->ro);
+    memset(v, 0, sizeof *v);
+    return rerr;
+}
+
 int iqp_store_scan_buckets(iqp_store *st, iqp_cf cf, const unsigned char *prefix, size_t plen,
                            int gran_index, int64_t first, int64_t last, size_t n,
                            iqp_store_bucket_fn fn, void *ud, char *err, size_t errlen) {
@@ -1418,21 +1802,24 @@ int iqp_store_scan_buckets_at(iqp_store *st, const iqp_store_snapshot *snap, iqp
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
     rocksdb_readoptions_set_iterate_upper_bound(ro, (const char *)hi.buf, hi.len);
     if (snap) rocksdb_readoptions_set_snapshot(ro, (const rocksdb_snapshot_t *)snap);
-    rocksdb_iterator_t *it = create_iterator(st, ro, cf, snap, err, errlen);
-    if (!it) {
-        rocksdb_readoptions_destroy(ro);
+    family_view view;
+    int64_t first_slot = iqp_cells_slot(&st->cfg, gran_index, first), last_slot = iqp_cells_slot(&st->cfg, gran_index, last);
+    int64_t lo_p = st->periods.slots ? iqp_periods_of_slot(&st->periods, first_slot) : 0;
+    int64_t hi_p = st->periods.slots ? iqp_periods_of_slot(&st->periods, last_slot) : 0;
+    if (view_open(st, &view, ro, cf, snap, lo_p, hi_p, err, errlen) < 0) {
         iqp_keybuf_free(&lo);
         iqp_keybuf_free(&hi);
         return -1;
     }
+    iqp_merged_iter *it = view.m;
     int64_t vec[IQP_PACKED_MAX_COUNTERS];
     int bad = 0;
-    for (rocksdb_iter_seek(it, (const char *)lo.buf, lo.len); rocksdb_iter_valid(it) && !bad;
-         rocksdb_iter_next(it)) {
+    for (iqp_merged_iter_seek(it, (const char *)lo.buf, lo.len); iqp_merged_iter_valid(it) && !bad;
+         iqp_merged_iter_next(it)) {
         size_t kl, vl;
-        rocksdb_iter_key(it, &kl);
+        iqp_merged_iter_key(it, &kl);
         if (kl != lo.len) continue; /* a longer key: another entity of this prefix */
-        const char *v = rocksdb_iter_value(it, &vl);
+        const char *v = iqp_merged_iter_value(it, &vl);
         iqp_packed_reader r;
         iqp_packed_cell c;
         int rc;
@@ -1444,10 +1831,7 @@ int iqp_store_scan_buckets_at(iqp_store *st, const iqp_store_snapshot *snap, iqp
         }
         bad = rc < 0;
     }
-    char *rerr = NULL;
-    rocksdb_iter_get_error(it, &rerr);
-    rocksdb_iter_destroy(it);
-    rocksdb_readoptions_destroy(ro);
+    char *rerr = view_close(&view);
     iqp_keybuf_free(&lo);
     iqp_keybuf_free(&hi);
     if (rerr || bad) {
@@ -1468,22 +1852,6 @@ iqp_store_snapshot *iqp_store_snapshot_new(iqp_store *st) {
     return (iqp_store_snapshot *)snap;
 }
 
-/* An iterator over cf through ro. Without a snapshot its view is fixed
- * here, so it is created under the ingest gate; NULL (with err) when the
- * store is torn and cf holds counts or contexts. */
-static rocksdb_iterator_t *create_iterator(iqp_store *st, rocksdb_readoptions_t *ro, iqp_cf cf,
-                                           const iqp_store_snapshot *snap, char *err, size_t errlen) {
-    if (snap) return rocksdb_create_iterator_cf(st->db, ro, cf_handle(st, cf));
-    pthread_mutex_lock(&st->gate);
-    rocksdb_iterator_t *it = NULL;
-    if (st->torn && (cf == IQP_CF_COUNTS || cf == IQP_CF_CONTEXTS))
-        snprintf(err, errlen, "store %s: an ingestion failed; reopen the store to finish it", st->dir);
-    else
-        it = rocksdb_create_iterator_cf(st->db, ro, cf_handle(st, cf));
-    pthread_mutex_unlock(&st->gate);
-    return it;
-}
-
 void iqp_store_snapshot_free(iqp_store *st, iqp_store_snapshot *snap) {
     if (snap) rocksdb_release_snapshot(st->db, (const rocksdb_snapshot_t *)snap);
 }
@@ -1492,24 +1860,18 @@ int iqp_store_scan_keys(iqp_store *st, const iqp_store_snapshot *snap, iqp_cf cf
                         const void *from, size_t flen, iqp_store_key_fn fn, void *ud, char *err,
                         size_t errlen) {
     if (!cf_handle(st, cf)) return 0; /* an older store without this column family */
-    rocksdb_readoptions_t *ro = iter_options(cf, snap);
-    rocksdb_iterator_t *it = create_iterator(st, ro, cf, snap, err, errlen);
-    if (!it) {
-        rocksdb_readoptions_destroy(ro);
-        return -1;
-    }
-    if (from) rocksdb_iter_seek(it, from, flen);
-    else rocksdb_iter_seek_to_first(it);
-    for (; rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+    family_view view;
+    if (view_open(st, &view, iter_options(cf, snap), cf, snap, INT64_MIN, INT64_MAX, err, errlen) < 0) return -1;
+    iqp_merged_iter *it = view.m;
+    if (from) iqp_merged_iter_seek(it, from, flen);
+    else iqp_merged_iter_seek_to_first(it);
+    for (; iqp_merged_iter_valid(it); iqp_merged_iter_next(it)) {
         size_t kl, vl;
-        const char *k = rocksdb_iter_key(it, &kl);
-        const char *v = rocksdb_iter_value(it, &vl);
+        const char *k = iqp_merged_iter_key(it, &kl);
+        const char *v = iqp_merged_iter_value(it, &vl);
         if (fn(ud, (const unsigned char *)k, kl, v, vl)) break;
     }
-    char *rerr = NULL;
-    rocksdb_iter_get_error(it, &rerr);
-    rocksdb_iter_destroy(it);
-    rocksdb_readoptions_destroy(ro);
+    char *rerr = view_close(&view);
     if (rerr) {
         snprintf(err, errlen, "read from store %s failed: %s", st->dir, rerr);
         free(rerr);
@@ -1518,11 +1880,10 @@ int iqp_store_scan_keys(iqp_store *st, const iqp_store_snapshot *snap, iqp_cf cf
     return 0;
 }
 
-/* An iterator of iqp_store_iter_new: it NULL when the family is absent. */
+/* An iterator of iqp_store_iter_new: view.m NULL when the family is absent. */
 struct iqp_store_iter {
     iqp_store *st;
-    rocksdb_readoptions_t *ro; /* holds the upper bound the iterator reads */
-    rocksdb_iterator_t *it;
+    family_view view;
 };
 
 iqp_store_iter *iqp_store_iter_new(iqp_store *st, const iqp_store_snapshot *snap, iqp_cf cf,
@@ -1531,38 +1892,30 @@ iqp_store_iter *iqp_store_iter_new(iqp_store *st, const iqp_store_snapshot *snap
     if (!i) { snprintf(err, errlen, "out of memory"); return NULL; }
     i->st = st;
     if (!cf_handle(st, cf)) return i; /* an older store without this column family */
-    i->ro = iter_options(cf, snap);
-    i->it = create_iterator(st, i->ro, cf, snap, err, errlen);
-    if (!i->it) {
-        rocksdb_readoptions_destroy(i->ro);
+    if (view_open(st, &i->view, iter_options(cf, snap), cf, snap, INT64_MIN, INT64_MAX, err, errlen) < 0) {
         free(i);
         return NULL;
     }
-    if (from) rocksdb_iter_seek(i->it, from, flen);
-    else rocksdb_iter_seek_to_first(i->it);
+    if (from) iqp_merged_iter_seek(i->view.m, from, flen);
+    else iqp_merged_iter_seek_to_first(i->view.m);
     return i;
 }
 
-int iqp_store_iter_valid(const iqp_store_iter *it) { return it->it && rocksdb_iter_valid(it->it); }
+int iqp_store_iter_valid(const iqp_store_iter *it) { return it->view.m && iqp_merged_iter_valid(it->view.m); }
 
 const unsigned char *iqp_store_iter_key(const iqp_store_iter *it, size_t *klen) {
-    return (const unsigned char *)rocksdb_iter_key(it->it, klen);
+    return (const unsigned char *)iqp_merged_iter_key(it->view.m, klen);
 }
 
 const char *iqp_store_iter_value(const iqp_store_iter *it, size_t *vlen) {
-    return rocksdb_iter_value(it->it, vlen);
+    return iqp_merged_iter_value(it->view.m, vlen);
 }
 
-void iqp_store_iter_next(iqp_store_iter *it) { rocksdb_iter_next(it->it); }
+void iqp_store_iter_next(iqp_store_iter *it) { iqp_merged_iter_next(it->view.m); }
 
 int iqp_store_iter_free(iqp_store_iter *it, char *err, size_t errlen) {
     if (!it) return 0;
-    char *rerr = NULL;
-    if (it->it) {
-        rocksdb_iter_get_error(it->it, &rerr);
-        rocksdb_iter_destroy(it->it);
-        rocksdb_readoptions_destroy(it->ro);
-    }
+    char *rerr = view_close(&it->view);
     int rc = 0;
     if (rerr) {
         snprintf(err, errlen, "read from store %s failed: %s", it->st->dir, rerr);
@@ -1602,11 +1955,14 @@ int iqp_store_compact(iqp_store *st, char *err, size_t errlen) {
      * first pass folds operands into values at the bottom level, the
      * second lets the expiry filter see them. Background compactions do
      * the same over time. */
-    for (int cf = 0; cf < IQP_CF__COUNT && !rerr; cf++) {
-        rocksdb_flush_cf(st->db, fo, cf_handle(st, cf), &rerr);
+    size_t n;
+    rocksdb_column_family_handle_t **h = all_families(st, &n);
+    for (size_t i = 0; i < n && !rerr; i++) {
+        rocksdb_flush_cf(st->db, fo, h[i], &rerr);
         for (int pass = 0; pass < 2 && !rerr; pass++)
-            rocksdb_compact_range_cf_opt(st->db, cf_handle(st, cf), co, NULL, 0, NULL, 0);
+            rocksdb_compact_range_cf_opt(st->db, h[i], co, NULL, 0, NULL, 0);
     }
+    free(h);
     rocksdb_compactoptions_destroy(co);
     rocksdb_flushoptions_destroy(fo);
     if (rerr) {
@@ -1617,44 +1973,33 @@ int iqp_store_compact(iqp_store *st, char *err, size_t errlen) {
     return 0;
 }
 
-uint64_t iqp_store_count_keys(iqp_store *st, iqp_cf cf) {
+/* Keys of cf (cells: 0) or cells of its packed values (cells: 1). */
+static uint64_t count_in(iqp_store *st, iqp_cf cf, int cells) {
     uint64_t n = 0;
-    if (!cf_handle(st, cf)) return 0;
-    rocksdb_readoptions_t *ro = iter_options(cf, NULL);
     char err[256];
-    rocksdb_iterator_t *it = create_iterator(st, ro, cf, NULL, err, sizeof err);
-    if (!it) {
-        rocksdb_readoptions_destroy(ro);
+    family_view view;
+    if (!cf_handle(st, cf) ||
+        view_open(st, &view, iter_options(cf, NULL), cf, NULL, INT64_MIN, INT64_MAX, err, sizeof err) < 0)
         return 0;
-    }
-    for (rocksdb_iter_seek_to_first(it); rocksdb_iter_valid(it); rocksdb_iter_next(it)) n++;
-    rocksdb_iter_destroy(it);
-    rocksdb_readoptions_destroy(ro);
-    return n;
-}
-
-uint64_t iqp_store_count_cells(iqp_store *st, iqp_cf cf) {
-    uint64_t n = 0;
-    if (!cf_handle(st, cf)) return 0;
-    rocksdb_readoptions_t *ro = iter_options(cf, NULL);
-    char err[256];
-    rocksdb_iterator_t *it = create_iterator(st, ro, cf, NULL, err, sizeof err);
-    if (!it) {
-        rocksdb_readoptions_destroy(ro);
-        return 0;
-    }
-    for (rocksdb_iter_seek_to_first(it); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+    for (iqp_merged_iter_seek_to_first(view.m); iqp_merged_iter_valid(view.m); iqp_merged_iter_next(view.m)) {
+        if (!cells) {
+            n++;
+            continue;
+        }
         size_t vl;
-        const char *v = rocksdb_iter_value(it, &vl);
+        const char *v = iqp_merged_iter_value(view.m, &vl);
         iqp_packed_reader r;
         iqp_packed_cell c;
         iqp_packed_reader_init(&r, v, vl);
         while (iqp_packed_next(&r, &c) > 0) n++;
     }
-    rocksdb_iter_destroy(it);
-    rocksdb_readoptions_destroy(ro);
+    free(view_close(&view));
     return n;
 }
+
+uint64_t iqp_store_count_keys(iqp_store *st, iqp_cf cf) { return count_in(st, cf, 0); }
+
+uint64_t iqp_store_count_cells(iqp_store *st, iqp_cf cf) { return count_in(st, cf, 1); }
 
 uint64_t iqp_store_disk_bytes(iqp_store *st) {
     DIR *d = opendir(st->dir);

@@ -981,6 +981,21 @@ static int table_file_ingestible(const char *path, const char *scratch) {
     return ok;
 }
 
+/* The path of one table file of batch 1 in store's ingest directory
+ * ("1.sst" in a store of one counts family, "1@<period>.sst" per period
+ * family), or of "1.sst" when there is none. */
+static char *first_batch_file(const char *store) {
+    char *dir = tu_fmt("%s/ingest", store), *found = NULL;
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && !found && (e = readdir(d)))
+        if (strcmp(e->d_name, "1.sst") == 0 || strncmp(e->d_name, "1@", 2) == 0) found = tu_fmt("%s/%s", dir, e->d_name);
+    if (d) closedir(d);
+    if (!found) found = tu_fmt("%s/1.sst", dir);
+    free(dir);
+    return found;
+}
+
 /* The store ingests a copy of its kept table file and never writes to the
  * kept one, so that a crash inside an ingestion leaves a file the next
  * open can still ingest (a hard-linked file gets the ingestion's sequence
@@ -990,11 +1005,12 @@ static int table_file_ingestible(const char *path, const char *scratch) {
 START_TEST(ingest_leaves_the_kept_file_untouched) {
     char *base = tu_mkdtemp("ingestkept"), *log = tu_fmt("%s/events.jsonl", base);
     char *store = tu_fmt("%s/store", base), *ref = tu_fmt("%s/ref", base);
-    char *kept = tu_fmt("%s/ingest/1.sst", store), *scratch = tu_fmt("%s/scratch", base), *out = NULL;
+    char *kept = NULL, *scratch = tu_fmt("%s/scratch", base), *out = NULL;
     gen_month_log(log);
     int rc = backfill_env("IQP_TEST_DIE_AT=after-ingest", store, log, "--flush-events 1000", &out);
     ck_assert_msg(rc == 99, "the backfill should have died (exit 99), exit %d: %s", rc, out);
     free(out);
+    kept = first_batch_file(store);
     ck_assert_msg(access(kept, F_OK) == 0, "%s is gone after its ingestion", kept);
     ck_assert_msg(table_file_ingestible(kept, scratch), "%s was changed by its ingestion", kept);
     ck_assert_msg(backfill_env(NULL, store, log, "--flush-events 1000", &out) == 0, "%s", out);
@@ -1181,6 +1197,166 @@ START_TEST(snapshots_never_see_contexts_without_counts) {
 }
 END_TEST
 
+/* ---- counts by period (store.c "counts by period") ------------------------ */
+
+#define DAY (24 * H)
+
+/* The names of dir's period families ("counts@<period>"), space-separated
+ * in RocksDB's order (malloc'd; "" when none). */
+static char *period_families(const char *dir) {
+    char *rerr = NULL, *text = strdup("");
+    size_t n = 0;
+    rocksdb_options_t *o = rocksdb_options_create();
+    char **names = rocksdb_list_column_families(o, dir, &n, &rerr);
+    ck_assert_msg(rerr == NULL, "listing the families of %s: %s", dir, rerr);
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(names[i], "counts@", 7) == 0) {
+            char *next = tu_fmt("%s%s%s", text, *text ? " " : "", names[i]);
+            free(text);
+            text = next;
+        }
+    rocksdb_list_column_families_destroy(names, n);
+    rocksdb_options_destroy(o);
+    return text;
+}
+
+/* Writes the same cells (default config: hourly and daily) into a store:
+ * two items at days 3, 40 and 75 (three 32-day periods), one batch per
+ * cell and one batch with all of them again. */
+static void write_three_periods(iqp_store *st, const iqp_config *cfg) {
+    static const int64_t days[] = {3, 40, 75};
+    iqp_store_batch *b = iqp_store_batch_new(st);
+    for (int k = 0; k < 3; k++)
+        for (int i = 0; i < 2; i++) {
+            const char *item = i ? "b" : "a";
+            merge_one(st, cfg, "q", item, 0, days[k] * 24 + 5, k + 1, days[k] * DAY + 5 * H);
+            iqp_keybuf kb;
+            int64_t vec[IQP_MAX_COUNTERS] = {0};
+            iqp_keybuf_init(&kb);
+            count_key(&kb, cfg, "q", item, 0, days[k] * 24 + 6);
+            vec[0] = 10 * (k + 1);
+            iqp_store_batch_merge(b, IQP_CF_COUNTS, kb.buf, kb.len, vec, IQP_COUNTERS(cfg));
+            iqp_keybuf_free(&kb);
+        }
+    iqp_store_batch_set_watermark(b, 75 * DAY + 6 * H);
+    ck_assert_msg(iqp_store_batch_commit(st, b, err, sizeof err) == 0, "%s", err);
+    iqp_store_batch_free(b);
+}
+
+/* A new store keeps its counts in one family per 32-day period; one made
+ * as iqp did before (IQP_TEST_COUNTS_ONE_FAMILY=1) keeps its one "counts"
+ * family. The same writes read the same from both: a window scan across
+ * three periods in bucket order, every key and value in key order (the
+ * families merged), the counts of keys; read-only too. */
+START_TEST(counts_by_period_read_as_one_family) {
+    char *base = tu_mkdtemp("periods"), *dirs[2] = {tu_fmt("%s/periods", base), tu_fmt("%s/one", base)};
+    iqp_config cfg;
+    iqp_config_defaults(&cfg);
+    for (int k = 0; k < 2; k++) {
+        if (k) setenv("IQP_TEST_COUNTS_ONE_FAMILY", "1", 1);
+        iqp_store *st = iqp_store_open(dirs[k], &cfg, IQP_STORE_READ_WRITE, err, sizeof err);
+        unsetenv("IQP_TEST_COUNTS_ONE_FAMILY");
+        ck_assert_msg(st != NULL, "%s", err);
+        write_three_periods(st, &cfg);
+        seen s = scan(st, &cfg, "q", "a", 0, 0, 100 * 24);
+        ck_assert_int_eq(s.n, 6);
+        static const int64_t want[] = {3 * 24 + 5, 3 * 24 + 6, 40 * 24 + 5, 40 * 24 + 6, 75 * 24 + 5, 75 * 24 + 6};
+        for (int i = 0; i < 6; i++) {
+            ck_assert_int_eq(s.buckets[i], want[i]);
+            ck_assert_int_eq(s.first[i], i % 2 ? 10 * (i / 2 + 1) : i / 2 + 1);
+        }
+        ck_assert_int_eq(iqp_store_count_keys(st, IQP_CF_COUNTS), 6); /* 2 items x 3 days */
+        iqp_store_close(st);
+        iqp_store *ro = iqp_store_open(dirs[k], NULL, IQP_STORE_READ_ONLY, err, sizeof err);
+        ck_assert_msg(ro != NULL, "%s", err);
+        seen r = scan(ro, &cfg, "q", "b", 0, 40 * 24, 100 * 24);
+        ck_assert_int_eq(r.n, 4);
+        ck_assert_int_eq(r.buckets[0], 40 * 24 + 5);
+        iqp_store_close(ro);
+    }
+    char *fam = period_families(dirs[0]), *none = period_families(dirs[1]);
+    ck_assert_msg(strcmp(fam, "counts@0 counts@1 counts@2") == 0, "period families: '%s'", fam);
+    ck_assert_msg(strcmp(none, "") == 0, "a store of one family has period families: '%s'", none);
+    /* the counts (the first line: meta differs by the period record) */
+    char *a = store_digest(dirs[0]), *b = store_digest(dirs[1]);
+    ck_assert_msg(strncmp(a, b, strcspn(a, "\n")) == 0 && strncmp(a, "cf 0: 2 keys", 12) == 0,
+                  "by period:\n%sone family:\n%s", a, b);
+    free(a), free(b), free(fam), free(none);
+    tu_rmrf(base);
+    free(dirs[0]), free(dirs[1]), free(base);
+}
+END_TEST
+
+/* Once the watermark passes every granularity's retention of a period
+ * (one 1d granularity kept 7 days here), its family is dropped whole: its
+ * cells read as absent, the newer period's stay. A late write into the
+ * dropped period commits (its family is made again, and dropped again). */
+START_TEST(expired_periods_are_dropped_whole) {
+    char *dir = tu_mkdtemp("periodsdrop");
+    iqp_config cfg;
+    iqp_config_defaults(&cfg);
+    ck_assert_int_eq(iqp_config_parse(&cfg, "{\"windows\": [{\"name\": \"7d\", \"length\": \"7d\", "
+                                            "\"granularity\": \"1d\"}]}", "t", err, sizeof err), 0);
+    iqp_store *st = iqp_store_open(dir, &cfg, IQP_STORE_READ_WRITE, err, sizeof err);
+    ck_assert_msg(st != NULL, "%s", err);
+    merge_one(st, &cfg, "q", "i", 0, 1, 5, 1 * DAY);
+    merge_one(st, &cfg, "q", "i", 0, 33, 6, 33 * DAY);
+    ck_assert_int_eq(scan(st, &cfg, "q", "i", 0, 0, 200).n, 2); /* day 1 is expired, but period 0 (days 0-31) holds day 27, still kept */
+    merge_one(st, &cfg, "q", "i", 0, 100, 7, 100 * DAY);
+    seen s = scan(st, &cfg, "q", "i", 0, 0, 200);
+    ck_assert_int_eq(s.n, 1);
+    ck_assert_int_eq(s.buckets[0], 100);
+    ck_assert_int_eq(s.first[0], 7);
+    merge_one(st, &cfg, "q", "i", 0, 2, 8, 100 * DAY); /* late, into period 0 */
+    ck_assert_int_eq(scan(st, &cfg, "q", "i", 0, 100, 100).n, 1);
+    iqp_store_close(st);
+    char *fam = period_families(dir);
+    ck_assert_msg(strcmp(fam, "counts@3") == 0, "live period families: '%s'", fam);
+    free(fam);
+    tu_rmrf(dir);
+    free(dir);
+}
+END_TEST
+
+/* One large batch of a 100-day log spans four periods, so its counts go
+ * into four table files, one per period family. The process dies between
+ * the protocol's steps of that batch; the same backfill again finishes or
+ * redoes it: the store equals an uninterrupted backfill's. */
+START_TEST(ingest_crash_across_periods_recovers) {
+    static const char *const steps[] = {"after-file", "after-commit", "after-ingest"};
+    char *base = tu_mkdtemp("periodscrash"), *log = tu_fmt("%s/events.jsonl", base);
+    char *ref = tu_fmt("%s/ref", base), *out = NULL, *q = tu_shell_quote(log);
+    char *args = tu_fmt("gen --seed 12 --impressions 3000 --start %lld --span 100d --out %s", (long long)GEN_START_MS, q);
+    ck_assert_msg(run_iqp(&out, args) == 0, "%s", out);
+    free(out), free(args), free(q);
+    ck_assert_msg(backfill_env(NULL, ref, log, "--no-ingest --flush-events 1000", &out) == 0, "%s", out);
+    free(out);
+    char *want = store_digest(ref);
+    for (size_t k = 0; k < sizeof steps / sizeof *steps; k++) {
+        char *store = tu_fmt("%s/store-%s", base, steps[k]), *env = tu_fmt("IQP_TEST_DIE_AT=%s:1", steps[k]);
+        int rc = backfill_env(env, store, log, "--flush-events 1000000", &out);
+        ck_assert_msg(rc == 99, "%s: the backfill should have died (exit 99), exit %d: %s", env, rc, out);
+        free(out);
+        if (k == 1) {
+            char *ls = tu_fmt("ls %s/ingest | grep -c '^1@'", store), *n = NULL;
+            tu_run(ls, &n);
+            ck_assert_msg(n && atoi(n) >= 3, "the batch's table files: %s (want one per period, 3 or more)", n ? n : "");
+            free(ls), free(n);
+        }
+        rc = backfill_env(NULL, store, log, "--flush-events 1000000", &out);
+        ck_assert_msg(rc == 0, "rerun after %s: exit %d: %s", env, rc, out);
+        free(out);
+        char *got = store_digest(store);
+        ck_assert_msg(strcmp(got, want) == 0, "after %s and a rerun:\n%suninterrupted:\n%s", env, got, want);
+        free(got), free(env), free(store);
+    }
+    free(want);
+    tu_rmrf(base);
+    free(ref), free(log), free(base);
+}
+END_TEST
+
+
 int main(void) {
     Suite *s = suite_create("store");
     TCase *tc = tcase_create("core");
@@ -1190,6 +1366,8 @@ int main(void) {
     tcase_add_test(tc, store_tuning_reaches_rocksdb);
     tcase_add_test(tc, read_only_uses_store_layout);
     tcase_add_test(tc, compaction_expires_old_buckets_and_markers);
+    tcase_add_test(tc, counts_by_period_read_as_one_family);
+    tcase_add_test(tc, expired_periods_are_dropped_whole);
     suite_add_tcase(s, tc);
     TCase *dirs = tcase_create("directory");
     tcase_set_timeout(dirs, 120);
@@ -1209,6 +1387,7 @@ int main(void) {
     tcase_add_test(ingest, ingest_leaves_the_kept_file_untouched);
     tcase_add_test(ingest, snapshots_never_see_contexts_without_counts);
     tcase_add_test(ingest, checkpoint_of_a_pending_ingestion_is_refused);
+    tcase_add_test(ingest, ingest_crash_across_periods_recovers);
     suite_add_tcase(s, ingest);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
