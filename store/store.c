@@ -47,6 +47,26 @@
  * and packs consecutive cells of one stored key into one merge operand;
  * the combiner sorts its drain by (stored key, granularity, bucket), so a
  * micro-batch writes one merge per (context, entity, slot).
+ *
+ * Counts by period: a new store keeps its counts in one column family per
+ * period of 32 slots (periods.h; meta "layout/period_slots" records the
+ * length), made when a batch first writes into it. The keys are the same
+ * bytes as in one family, and a key's slot names its family, so:
+ *   - a write goes to the family of its key's slot (batch_merge_routed; a
+ *     bulk batch writes one table file per period it touches);
+ *   - a read merges the families' iterators in key order (family_view,
+ *     merged_iter.h), as of one snapshot: a window scan reads only the
+ *     periods its slots cover, a walk reads all of them, and no value is
+ *     ever in two families;
+ *   - a period whose every granularity's retention has passed is dropped
+ *     whole after a commit (drop_expired_periods), instead of waiting for
+ *     compactions to filter its cells away.
+ * Why: in one family a backfill's new days were rewritten as they moved
+ * down through levels (or sorted runs) that held every older day, so each
+ * 1M lines cost more as the store grew; a period's family holds only its
+ * own days (README "Seventh round: what flattens the growth"). A store
+ * made before keeps everything in "counts" (periods.slots 0), which every
+ * read includes, so old stores read and write as they did.
  */
 #include "store/store.h"
 
@@ -1005,14 +1025,33 @@ static int64_t key_slot(const char *key, size_t klen) {
     return (int64_t)v;
 }
 
-/* The family that holds count key (klen >= the bucket suffix): "counts",
- * or its slot's period family, made when missing; NULL with *rerr when
- * RocksDB cannot make it. */
+/* Period families hold the slots that start in [1970, 2200). A slot
+ * outside (a clock far off: the aggregator dead-letters such events, but
+ * the store takes any key) stays in "counts", which every read includes,
+ * so wild keys cannot make a family each. A function of the slot alone,
+ * so one key always goes to one family. */
+#define PERIOD_TIME_LIMIT_MS 7258118400000LL /* 2200-01-01T00:00Z */
+#define NO_PERIOD INT64_MIN                  /* the "counts" family */
+
+static int64_t period_of_slot(const iqp_store *st, int64_t slot) {
+    int64_t slot_ms = st->cfg.gran_ms[st->cfg.n_grans - 1];
+    if (!st->periods.slots || slot < 0 || slot_ms <= 0 || slot >= PERIOD_TIME_LIMIT_MS / slot_ms) return NO_PERIOD;
+    return iqp_periods_of_slot(&st->periods, slot);
+}
+
+/* The family of period (NO_PERIOD: "counts"), made when missing and
+ * create; NULL (with *rerr when RocksDB cannot make it) otherwise. */
+static rocksdb_column_family_handle_t *family_of_period(iqp_store *st, int64_t period, int create, char **rerr) {
+    if (period == NO_PERIOD) return cf_handle(st, IQP_CF_COUNTS);
+    if (!create) return iqp_periods_find(&st->periods, period);
+    return iqp_periods_get(&st->periods, st->db, st->cf_opts[IQP_CF_COUNTS + 1], period, rerr);
+}
+
+/* The family that holds count key (klen >= the bucket suffix), made when
+ * missing; NULL with *rerr when RocksDB cannot make it. */
 static rocksdb_column_family_handle_t *counts_family_of(iqp_store *st, const char *key, size_t klen,
                                                         char **rerr) {
-    if (!st->periods.slots) return cf_handle(st, IQP_CF_COUNTS);
-    int64_t period = iqp_periods_of_slot(&st->periods, key_slot(key, klen));
-    return iqp_periods_get(&st->periods, st->db, st->cf_opts[IQP_CF_COUNTS + 1], period, rerr);
+    return family_of_period(st, period_of_slot(st, key_slot(key, klen)), 1, rerr);
 }
 
 /* A merge into the WriteBatch: counts go to their key's family. A family
@@ -1149,16 +1188,18 @@ static int write_batch(iqp_store *st, iqp_store_batch *b, rocksdb_writeoptions_t
  * WriteBatch. RocksDB's C API has no atomic ingest across column families,
  * so the two are tied together by a small redo protocol, for batch B:
  *
- *   1. the counts merges, sorted, go into DIR/ingest/B.sst together with
- *      the sentinel (INGEST_SENTINEL -> u64 LE B, a Put);
- *   2. the WriteBatch commits with meta "ingest/pending" = B (WAL synced);
- *   3. the file is ingested (one call, atomic; copied: see ingest_table_file),
- *      then removed;
+ *   1. the counts merges, sorted, go into one table file per family they
+ *      go to (DIR/ingest/B@<period>.sst; B.sst in a store of one counts
+ *      family), each with the sentinel (INGEST_SENTINEL -> u64 LE B, a Put);
+ *   2. the WriteBatch commits with meta "ingest/pending" = B and the
+ *      files' periods (WAL synced);
+ *   3. each file is ingested into its family (one call each, atomic;
+ *      copied: see ingest_table_file), then removed;
  *   4. "ingest/pending" is deleted.
  *
  * Every read-write open finishes a batch a crash left between 2 and 4:
- * when the sentinel already reads B, step 3 happened and only the record
- * goes; else the kept file is ingested now. A crash before 2 leaves an
+ * a file whose family's sentinel already reads B was ingested; every
+ * other one is ingested now, and then the record goes. A crash before 2 leaves an
  * unreferenced file, removed at the next open, and no trace in the store:
  * the batch is counted again from its source positions, which committed
  * in the same WriteBatch. So a batch is applied whole or not at all, and
@@ -1266,7 +1307,7 @@ typedef struct table_files {
 
 static void table_file_path(const iqp_store *st, uint64_t seq, int has_period, int64_t period, char *out,
                             size_t outlen) {
-    if (has_period)
+    if (has_period && period != NO_PERIOD)
         snprintf(out, outlen, "%s/ingest/%llu@%lld.sst", st->dir, (unsigned long long)seq, (long long)period);
     else
         snprintf(out, outlen, "%s/ingest/%llu.sst", st->dir, (unsigned long long)seq);
@@ -1285,11 +1326,11 @@ static void table_files_free(table_files *tf, int unlink_them) {
  * NULL with *rerr. *last caches the previous answer's index. */
 static table_file *file_of_key(iqp_store *st, table_files *tf, rocksdb_envoptions_t *eo, uint64_t seq,
                                const char *key, size_t klen, size_t *last, char **rerr) {
-    int64_t period = tf->has_period ? iqp_periods_of_slot(&st->periods, key_slot(key, klen)) : 0;
+    int64_t period = period_of_slot(st, key_slot(key, klen));
     if (*last < tf->n && tf->f[*last].period == period) return &tf->f[*last];
     for (size_t i = 0; i < tf->n; i++)
         if (tf->f[i].period == period) return &tf->f[*last = i];
-    rocksdb_column_family_handle_t *cf = counts_family_of(st, key, klen, rerr);
+    rocksdb_column_family_handle_t *cf = family_of_period(st, period, 1, rerr);
     if (!cf) return NULL;
     if (tf->n == tf->cap) {
         tf->cap = tf->cap ? 2 * tf->cap : 4;
@@ -1513,12 +1554,11 @@ static int read_pending(iqp_store *st, uint64_t *seq, int64_t **periods, size_t 
 }
 
 /* The family of a pending record's file i: "counts" (a store of one
- * family), else its period's (made when create, else NULL when missing). */
+ * family, or NO_PERIOD), else its period's (made when create, else NULL
+ * when missing). */
 static rocksdb_column_family_handle_t *pending_family(iqp_store *st, const int64_t *periods, size_t n, size_t i,
                                                       int create, char **rerr) {
-    if (n == 0) return cf_handle(st, IQP_CF_COUNTS);
-    if (!create) return iqp_periods_find(&st->periods, periods[i]);
-    return iqp_periods_get(&st->periods, st->db, st->cf_opts[IQP_CF_COUNTS + 1], periods[i], rerr);
+    return family_of_period(st, n ? periods[i] : NO_PERIOD, create, rerr);
 }
 
 /* 1 when st's view holds a batch committed but not ingested yet (between

@@ -6,8 +6,14 @@
  * watermark, and every read and write of the database. Nothing else in iqp
  * includes rocksdb/c.h except store/counters.c.
  *
- *   CF "counts"    count key   -> the packed cells of one slot (cells.h,
- *                  counters.h), IQP_COUNTERS(cfg) counters each (merge: sum)
+ *   CF "counts@<period>", one per period of 32 slots (periods.h)
+ *                  count key   -> the packed cells of one slot (cells.h,
+ *                  counters.h), IQP_COUNTERS(cfg) counters each (merge:
+ *                  sum); every read of counts merges the period families
+ *                  in key order, and a period past every retention is
+ *                  dropped whole
+ *   CF "counts"    the same, in a store made before periods (meta
+ *                  "layout/period_slots" absent); empty in a newer one
  *   CF "contexts"  context key -> the same, 1 counter each: context_count
  *   CF "dedup"     marker key  -> iqp_marker: int64 LE ts the marker counted
  *                  at, int64 LE watermark when it was written (layout 2)
@@ -15,8 +21,10 @@
  *                  LE; "src/<id>" -> source position (ingest, Kafka
  *                  offsets): whatever a writer stages with its batch;
  *                  "publish/..." -> the publisher's own state;
- *                  "ingest/pending" -> u64 LE batch whose table file may
- *                  not be ingested yet (iqp_store_set_ingest)
+ *                  "ingest/pending" -> u64 LE batch whose table files may
+ *                  not be ingested yet (iqp_store_set_ingest), then i64 LE
+ *                  per file the period it goes to; "layout/period_slots"
+ *                  -> the period length, decimal text
  *   CF "pending"   publish queue: u64 BE flush sequence || dirty key ->
  *                  int64 LE commit time (publisher/pending.h); written in
  *                  the same batch as the counts it announces
@@ -27,8 +35,9 @@
  * suffix of whole batches, never part of one). A bulk-loading store
  * (iqp_store_set_ingest) moves a large batch's counts into a table file
  * ingested right after that commit, redone at the next open if a crash
- * comes in between; its counts family then holds one reserved key (a
- * sentinel after every count key) that no read of the store returns.
+ * comes in between; each counts family it ingested into then holds one
+ * reserved key (a sentinel after every count key) that no read of the
+ * store returns.
  *
  * Expiry: compaction filters drop count and context cells whose bucket is
  * older than the retention of its granularity (cells.h, window.h) and
