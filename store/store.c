@@ -1755,27 +1755,30 @@ typedef struct family_view {
     const rocksdb_snapshot_t *own_snap;
 } family_view;
 
-/* The iterators of v's families, under the gate (see below). */
+/* The iterators of v's families, under the gate (see below): cf's own,
+ * but for counts in a store by period only when own (the slots it reads
+ * may lie outside the periods' years), and the periods of [lo, hi]. */
 static rocksdb_iterator_t **view_iterators(iqp_store *st, family_view *v, iqp_cf cf, int64_t lo, int64_t hi,
-                                           size_t *n) {
+                                           int own, size_t *n) {
     size_t np = 0;
-    rocksdb_column_family_handle_t **ph = cf == IQP_CF_COUNTS && st->periods.slots
-                                              ? iqp_periods_live(&st->periods, lo, hi, &np) : NULL;
+    int several = cf == IQP_CF_COUNTS && st->periods.slots;
+    rocksdb_column_family_handle_t **ph = several ? iqp_periods_live(&st->periods, lo, hi, &np) : NULL;
     rocksdb_iterator_t **its = malloc((np + 1) * sizeof *its);
     if (!its) abort();
-    its[0] = rocksdb_create_iterator_cf(st->db, v->ro, cf_handle(st, cf));
-    for (size_t i = 0; i < np; i++) its[i + 1] = rocksdb_create_iterator_cf(st->db, v->ro, ph[i]);
+    *n = 0;
+    if (!several || own) its[(*n)++] = rocksdb_create_iterator_cf(st->db, v->ro, cf_handle(st, cf));
+    for (size_t i = 0; i < np; i++) its[(*n)++] = rocksdb_create_iterator_cf(st->db, v->ro, ph[i]);
     free(ph);
-    *n = np + 1;
     return its;
 }
 
-/* Opens v over cf (taking ro; periods [lo, hi] when cf is counts). Without
- * a snapshot its view is fixed here, so it is created under the ingest
- * gate. -1 with err (ro freed) when the store is torn and cf holds counts
- * or contexts, or out of memory. */
+/* Opens v over cf (taking ro; when cf is counts, periods [lo, hi] and,
+ * when own, the "counts" family). Without a snapshot its view is fixed
+ * here, so it is created under the ingest gate. -1 with err (ro freed)
+ * when the store is torn and cf holds counts or contexts, or out of
+ * memory. */
 static int view_open(iqp_store *st, family_view *v, rocksdb_readoptions_t *ro, iqp_cf cf,
-                     const iqp_store_snapshot *snap, int64_t lo, int64_t hi, char *err, size_t errlen) {
+                     const iqp_store_snapshot *snap, int64_t lo, int64_t hi, int own, char *err, size_t errlen) {
     memset(v, 0, sizeof *v);
     v->st = st;
     v->ro = ro;
@@ -1793,7 +1796,7 @@ static int view_open(iqp_store *st, family_view *v, rocksdb_readoptions_t *ro, i
         rocksdb_readoptions_set_snapshot(ro, v->own_snap);
     }
     size_t n;
-    rocksdb_iterator_t **its = view_iterators(st, v, cf, lo, hi, &n);
+    rocksdb_iterator_t **its = view_iterators(st, v, cf, lo, hi, own, &n);
     if (!snap) pthread_mutex_unlock(&st->gate);
     v->m = iqp_merged_iter_new(its, n);
     free(its);
@@ -1846,7 +1849,8 @@ int iqp_store_scan_buckets_at(iqp_store *st, const iqp_store_snapshot *snap, iqp
     int64_t first_slot = iqp_cells_slot(&st->cfg, gran_index, first), last_slot = iqp_cells_slot(&st->cfg, gran_index, last);
     int64_t lo_p = st->periods.slots ? iqp_periods_of_slot(&st->periods, first_slot) : 0;
     int64_t hi_p = st->periods.slots ? iqp_periods_of_slot(&st->periods, last_slot) : 0;
-    if (view_open(st, &view, ro, cf, snap, lo_p, hi_p, err, errlen) < 0) {
+    int own = period_of_slot(st, first_slot) == NO_PERIOD || period_of_slot(st, last_slot) == NO_PERIOD;
+    if (view_open(st, &view, ro, cf, snap, lo_p, hi_p, own, err, errlen) < 0) {
         iqp_keybuf_free(&lo);
         iqp_keybuf_free(&hi);
         return -1;
@@ -1901,7 +1905,7 @@ int iqp_store_scan_keys(iqp_store *st, const iqp_store_snapshot *snap, iqp_cf cf
                         size_t errlen) {
     if (!cf_handle(st, cf)) return 0; /* an older store without this column family */
     family_view view;
-    if (view_open(st, &view, iter_options(cf, snap), cf, snap, INT64_MIN, INT64_MAX, err, errlen) < 0) return -1;
+    if (view_open(st, &view, iter_options(cf, snap), cf, snap, INT64_MIN, INT64_MAX, 1, err, errlen) < 0) return -1;
     iqp_merged_iter *it = view.m;
     if (from) iqp_merged_iter_seek(it, from, flen);
     else iqp_merged_iter_seek_to_first(it);
@@ -1932,7 +1936,7 @@ iqp_store_iter *iqp_store_iter_new(iqp_store *st, const iqp_store_snapshot *snap
     if (!i) { snprintf(err, errlen, "out of memory"); return NULL; }
     i->st = st;
     if (!cf_handle(st, cf)) return i; /* an older store without this column family */
-    if (view_open(st, &i->view, iter_options(cf, snap), cf, snap, INT64_MIN, INT64_MAX, err, errlen) < 0) {
+    if (view_open(st, &i->view, iter_options(cf, snap), cf, snap, INT64_MIN, INT64_MAX, 1, err, errlen) < 0) {
         free(i);
         return NULL;
     }
@@ -2019,7 +2023,7 @@ static uint64_t count_in(iqp_store *st, iqp_cf cf, int cells) {
     char err[256];
     family_view view;
     if (!cf_handle(st, cf) ||
-        view_open(st, &view, iter_options(cf, NULL), cf, NULL, INT64_MIN, INT64_MAX, err, sizeof err) < 0)
+        view_open(st, &view, iter_options(cf, NULL), cf, NULL, INT64_MIN, INT64_MAX, 1, err, sizeof err) < 0)
         return 0;
     for (iqp_merged_iter_seek_to_first(view.m); iqp_merged_iter_valid(view.m); iqp_merged_iter_next(view.m)) {
         if (!cells) {
