@@ -315,10 +315,8 @@ static void tune_cf(rocksdb_options_t *o, const iqp_store_tuning *t) {
  * no new one) -- none changed how a part's CPU grows
  * with the store. Nor did a key led by its 32-day period (time-major, in
  * this one family): new data is still rewritten as it moves down through
- * levels or runs that hold every older period. A prototype with one
- * column family per period did flatten it (README "Seventh round: what
- * flattens the growth"); its readers, expiry by family drop and crash
- * protocol are not built. */
+ * levels or runs that hold every older period. One column family per
+ * period did flatten it: "counts by period" (top of this file). */
 static void tune_counter_cf(rocksdb_options_t *o, const iqp_store_tuning *t) {
     if (!t->counts_universal) return;
     rocksdb_options_set_compaction_style(o, rocksdb_universal_compaction);
