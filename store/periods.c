@@ -54,6 +54,24 @@ static size_t locate(const iqp_periods *p, int64_t period, int *found) {
     return lo;
 }
 
+/* Makes the family of period. RocksDB's C API returns a handle even when
+ * the creation failed (*rerr set, the handle empty): that one is destroyed
+ * here and NULL returned, so an empty handle never reaches a read or a
+ * write. */
+static rocksdb_column_family_handle_t *create_family(rocksdb_t *db, const rocksdb_options_t *opts, int64_t period,
+                                                     char **rerr) {
+    char name[64];
+    iqp_periods_name(period, name, sizeof name);
+    rocksdb_column_family_handle_t *h = rocksdb_create_column_family(db, opts, name, rerr);
+    if (*rerr && h) {
+        rocksdb_column_family_handle_destroy(h);
+        h = NULL;
+    } else if (!h && !*rerr) {
+        *rerr = strdup("cannot create a column family");
+    }
+    return h;
+}
+
 static void insert_at(iqp_periods *p, size_t at, int64_t period, rocksdb_column_family_handle_t *h) {
     if (p->n == p->cap) {
         p->cap = p->cap ? 2 * p->cap : 16;
@@ -95,9 +113,7 @@ rocksdb_column_family_handle_t *iqp_periods_get(iqp_periods *p, rocksdb_t *db,
     } else if (found) {
         /* a period dropped as expired gets a late event: the drop is
          * done in the database, so a new family of that name is made */
-        char name[64];
-        iqp_periods_name(period, name, sizeof name);
-        h = rocksdb_create_column_family(db, opts, name, rerr);
+        h = create_family(db, opts, period, rerr);
         if (h) { /* the old handle may be in a reader's hands: kept until free */
             if (p->n_old == p->cap_old) {
                 p->cap_old = p->cap_old ? 2 * p->cap_old : 4;
@@ -109,9 +125,7 @@ rocksdb_column_family_handle_t *iqp_periods_get(iqp_periods *p, rocksdb_t *db,
             p->f[at].dropped = 0;
         }
     } else {
-        char name[64];
-        iqp_periods_name(period, name, sizeof name);
-        h = rocksdb_create_column_family(db, opts, name, rerr);
+        h = create_family(db, opts, period, rerr);
         if (h) insert_at(p, at, period, h);
     }
     pthread_mutex_unlock(&p->lock);

@@ -673,6 +673,55 @@ static rocksdb_t *open_read_only_retrying(iqp_store *st, const int have[N_CF_HAN
     }
 }
 
+static int same_periods(const period_list *a, const period_list *b) {
+    return a->n == b->n && (a->n == 0 || memcmp(a->v, b->v, a->n * sizeof *a->v) == 0);
+}
+
+/* Closes a read-only open again (its handles, period families included). */
+static void close_read_only_db(iqp_store *st) {
+    for (int i = 0; i < N_CF_HANDLES; i++)
+        if (st->cf[i]) rocksdb_column_family_handle_destroy(st->cf[i]), st->cf[i] = NULL;
+    iqp_periods_free(&st->periods);
+    iqp_periods_init(&st->periods);
+    rocksdb_close(st->db);
+    st->db = NULL;
+}
+
+/* A read-only open of the families listed in have and *pl, beside a writer
+ * that may make or drop a period family in between the listing and the
+ * open: a dropped one fails the open ("Column family not found"), a new
+ * one would be left out (its counts unseen beside the contexts and
+ * markers of their batch). So the families are listed again after the
+ * open, and the open is tried again, up to 10 times, until the two lists
+ * agree. *pl and have are updated to the last listing. */
+static rocksdb_t *open_read_only_agreeing(iqp_store *st, int have[N_CF_HANDLES], period_list *pl, char **rerr) {
+    for (int attempt = 0;; attempt++) {
+        rocksdb_t *db = open_read_only_retrying(st, have, pl, rerr);
+        if (!db && (attempt == 9 || !strstr(*rerr, "Column family not found"))) return NULL;
+        st->db = db;
+        period_list again = {NULL, 0};
+        int have2[N_CF_HANDLES];
+        char why[256];
+        int listed = list_families(st, have2, &again, why, sizeof why) == 0;
+        if (db && (!listed || same_periods(pl, &again) || attempt == 9)) {
+            free(again.v);
+            st->db = NULL;
+            return db;
+        }
+        if (db) close_read_only_db(st);
+        free(*rerr);
+        *rerr = NULL;
+        if (listed) {
+            free(pl->v);
+            *pl = again;
+            memcpy(have, have2, sizeof have2);
+        } else {
+            free(again.v);
+        }
+        usleep(10000);
+    }
+}
+
 /* Opens the RocksDB database: create makes a new one (and fails if one is
  * there); otherwise an existing one with every column family iqp needs. */
 static int open_db(iqp_store *st, int create, char *err, size_t errlen) {
@@ -685,7 +734,7 @@ static int open_db(iqp_store *st, int create, char *err, size_t errlen) {
         return -1;
     }
     if (st->read_only)
-        st->db = open_read_only_retrying(st, have, &pl, &rerr);
+        st->db = open_read_only_agreeing(st, have, &pl, &rerr);
     else
         st->db = open_families(st, have, &pl, &rerr);
     free(pl.v);
@@ -1569,7 +1618,7 @@ static int ingest_pending(iqp_store *st) {
     int has = read_pending(st, &seq, &periods, &n), pending = 0;
     for (size_t i = 0; has == 1 && !pending && i < (n ? n : 1); i++) {
         rocksdb_column_family_handle_t *h = pending_family(st, periods, n, i, 0, NULL);
-        if (!h) { pending = 1; break; }
+        if (!h) continue; /* dropped as expired, after this batch was ingested (recover_ingest) */
         if (get_u64(st, h, INGEST_SENTINEL, INGEST_SENTINEL_LEN, &done) < 0) has = -1;
         else pending = done != seq;
     }
@@ -1613,7 +1662,11 @@ static int recover_ingest(iqp_store *st, char *err, size_t errlen) {
     }
     for (size_t i = 0; has == 1 && i < (n ? n : 1); i++) {
         char path[PATH_MAX], *rerr = NULL;
-        rocksdb_column_family_handle_t *h = pending_family(st, periods, n, i, 1, &rerr);
+        /* a period family the record names exists unless it was dropped
+         * as expired, which only ever follows this batch's ingestion (a
+         * family is made, durably, before the record commits): done */
+        rocksdb_column_family_handle_t *h = pending_family(st, periods, n, i, 0, &rerr);
+        if (!h && n && periods[i] != NO_PERIOD) continue;
         if (h && get_u64(st, h, INGEST_SENTINEL, INGEST_SENTINEL_LEN, &done) < 0) {
             snprintf(err, errlen, "cannot read store %s", st->dir);
             free(periods);
@@ -1653,8 +1706,13 @@ static void drop_expired_periods(iqp_store *st) {
         int64_t first = iqp_cells_slot(&st->cfg, (int)g, iqp_retention_first_bucket(&st->cfg, (int)g, wm));
         if (first < cutoff) cutoff = first;
     }
-    /* the periods that end before the first slot any granularity keeps */
-    int64_t last = iqp_periods_of_slot(&st->periods, cutoff) - 1;
+    /* the periods that end before the first slot any granularity keeps,
+     * less one: a reader of this process whose snapshot (or as-of) is a
+     * little older than this watermark still finds every period its
+     * windows reach (the families are listed when read, not when the
+     * snapshot was taken); event time would have to jump a whole period
+     * between its snapshot and its read to miss one */
+    int64_t last = iqp_periods_of_slot(&st->periods, cutoff) - 2;
     char *rerr = NULL;
     iqp_periods_drop_through(&st->periods, st->db, last, &rerr);
     free(rerr);
