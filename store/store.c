@@ -1065,12 +1065,6 @@ static void bulk_add(iqp_store_batch *b, const void *key, size_t klen, const voi
     iqp_buf_append(&b->bulk, val, vlen);
 }
 
-/* The slot of a stored counts key: its last 8 bytes, big-endian. */
-static int64_t key_slot(const char *key, size_t klen) {
-    uint64_t v = 0;
-    for (size_t i = klen - 8; i < klen; i++) v = v << 8 | (unsigned char)key[i];
-    return (int64_t)v;
-}
 
 /* Period families hold the slots that start in [1970, 2200). A slot
  * outside (a clock far off: the aggregator dead-letters such events, but
@@ -1086,6 +1080,14 @@ static int64_t period_of_slot(const iqp_store *st, int64_t slot) {
     return iqp_periods_of_slot(&st->periods, slot);
 }
 
+/* The period of a stored count key (its bucket suffix is its slot). */
+static int64_t period_of_key(const iqp_store *st, const char *key, size_t klen) {
+    int gi;
+    int64_t slot;
+    if (iqp_cells_key_bucket((const unsigned char *)key, klen, &gi, &slot) < 0) abort(); /* a caller's bug */
+    return period_of_slot(st, slot);
+}
+
 /* The family of period (NO_PERIOD: "counts"), made when missing and
  * create; NULL (with *rerr when RocksDB cannot make it) otherwise. */
 static rocksdb_column_family_handle_t *family_of_period(iqp_store *st, int64_t period, int create, char **rerr) {
@@ -1098,7 +1100,7 @@ static rocksdb_column_family_handle_t *family_of_period(iqp_store *st, int64_t p
  * missing; NULL with *rerr when RocksDB cannot make it. */
 static rocksdb_column_family_handle_t *counts_family_of(iqp_store *st, const char *key, size_t klen,
                                                         char **rerr) {
-    return family_of_period(st, period_of_slot(st, key_slot(key, klen)), 1, rerr);
+    return family_of_period(st, period_of_key(st, key, klen), 1, rerr);
 }
 
 /* A merge into the WriteBatch: counts go to their key's family. A family
@@ -1336,8 +1338,8 @@ static size_t *bulk_sort(const iqp_store_batch *b) {
 }
 
 /* One table file of an ingesting batch: the counts merges that go to one
- * family, "counts" or one period's (period 0 and has_period 0 in a store
- * of one family). */
+ * family, "counts" (NO_PERIOD: every file of a store of one family) or
+ * one period's. */
 typedef struct table_file {
     int64_t period;
     rocksdb_column_family_handle_t *cf;
@@ -1349,12 +1351,10 @@ typedef struct table_file {
 typedef struct table_files {
     table_file *f;
     size_t n, cap;
-    int has_period;
 } table_files;
 
-static void table_file_path(const iqp_store *st, uint64_t seq, int has_period, int64_t period, char *out,
-                            size_t outlen) {
-    if (has_period && period != NO_PERIOD)
+static void table_file_path(const iqp_store *st, uint64_t seq, int64_t period, char *out, size_t outlen) {
+    if (period != NO_PERIOD)
         snprintf(out, outlen, "%s/ingest/%llu@%lld.sst", st->dir, (unsigned long long)seq, (long long)period);
     else
         snprintf(out, outlen, "%s/ingest/%llu.sst", st->dir, (unsigned long long)seq);
@@ -1373,7 +1373,7 @@ static void table_files_free(table_files *tf, int unlink_them) {
  * NULL with *rerr. *last caches the previous answer's index. */
 static table_file *file_of_key(iqp_store *st, table_files *tf, rocksdb_envoptions_t *eo, uint64_t seq,
                                const char *key, size_t klen, size_t *last, char **rerr) {
-    int64_t period = period_of_slot(st, key_slot(key, klen));
+    int64_t period = period_of_key(st, key, klen);
     if (*last < tf->n && tf->f[*last].period == period) return &tf->f[*last];
     for (size_t i = 0; i < tf->n; i++)
         if (tf->f[i].period == period) return &tf->f[*last = i];
@@ -1387,7 +1387,7 @@ static table_file *file_of_key(iqp_store *st, table_files *tf, rocksdb_envoption
     table_file *f = &tf->f[tf->n++];
     f->period = period;
     f->cf = cf;
-    table_file_path(st, seq, tf->has_period, period, f->path, sizeof f->path);
+    table_file_path(st, seq, period, f->path, sizeof f->path);
     f->w = rocksdb_sstfilewriter_create(eo, st->cf_opts[IQP_CF_COUNTS + 1]);
     rocksdb_sstfilewriter_open(f->w, f->path, rerr);
     *last = tf->n - 1;
@@ -1405,7 +1405,6 @@ static int write_table_files(iqp_store *st, iqp_store_batch *b, uint64_t seq, ta
     size_t *order = bulk_sort(b), last = 0;
     rocksdb_envoptions_t *eo = rocksdb_envoptions_create();
     memset(tf, 0, sizeof *tf);
-    tf->has_period = st->periods.slots != 0;
     for (size_t k = 0; k < b->bulk_n && !rerr; k++) {
         const bulk_entry *e = &b->bulk_e[order[k]];
         const char *key = (const char *)b->bulk.buf + e->off;
@@ -1483,11 +1482,12 @@ static void clear_pending(iqp_store *st) {
  * the batch's files go to (a store of one family writes the seq alone, as
  * before periods). */
 static void put_pending_record(iqp_store *st, iqp_store_batch *b, uint64_t seq, const table_files *tf) {
-    size_t len = 8 + (tf->has_period ? 8 * tf->n : 0);
+    int by_period = st->periods.slots != 0;
+    size_t len = 8 + (by_period ? 8 * tf->n : 0);
     unsigned char *v = malloc(len);
     if (!v) abort();
     put_i64le(v, (int64_t)seq);
-    for (size_t i = 0; tf->has_period && i < tf->n; i++) put_i64le(v + 8 + 8 * i, tf->f[i].period);
+    for (size_t i = 0; by_period && i < tf->n; i++) put_i64le(v + 8 + 8 * i, tf->f[i].period);
     rocksdb_writebatch_put_cf(b->wb, cf_handle(st, IQP_CF_META), INGEST_PENDING, strlen(INGEST_PENDING),
                               (const char *)v, len);
     free(v);
@@ -1673,7 +1673,7 @@ static int recover_ingest(iqp_store *st, char *err, size_t errlen) {
             return -1;
         }
         if (h && done == seq) continue;
-        table_file_path(st, seq, n != 0, n ? periods[i] : 0, path, sizeof path);
+        table_file_path(st, seq, n ? periods[i] : NO_PERIOD, path, sizeof path);
         if (h && access(path, F_OK) != 0) {
             snprintf(err, errlen, "store %s is incomplete: batch %llu committed but its counts were not "
                      "ingested, and their table file %s is missing (rebuild the store: count the event "
