@@ -40,7 +40,8 @@ typedef struct iqp_decoded_line {
 
 typedef struct iqp_decoded_batch {
     uint64_t bytes_in;       /* iqp_logfile_bytes_in when the batch was full */
-    size_t n;
+    size_t n, cap;           /* lines used, lines held */
+    iqp_event_slab slab;     /* the events' first arena blocks (schemas/event.h) */
     iqp_decoded_line lines[];
 } iqp_decoded_batch;
 

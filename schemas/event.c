@@ -34,24 +34,34 @@
  * Memory. A decoded event keeps the jansson tree (root); event_id,
  * request_id and string item ids point into it. Integer item ids are
  * printed into one scratch buffer (21 bytes each, NUL-terminated there,
- * though iqp_item_ref does not promise it). The query is normalized into
- * its own allocation. iqp_event_clear() frees the lot and zeroes the
+ * though iqp_item_ref does not promise it), and the normalized query is
+ * copied beside them. iqp_event_clear() frees the lot and zeroes the
  * event; a failed decode leaves the event zeroed.
  *
  * Arena. jansson allocates every value, key and hashtable of a tree one by
  * one (~40 mallocs for a 10-item impression), and the tree is freed on
  * another thread (backfill decodes on one and counts on another), where
  * glibc's cross-arena frees and consolidation cost more than the parse.
- * So the tree, the items array and the scratch are bump-allocated from the
- * event's own blocks (event->arena; the first 8 KiB holds a usual event),
- * and freeing the event frees the blocks. jansson's allocator is global:
- * decode installs arena_malloc / arena_free once, and they bump-allocate
- * only while this thread is decoding an event (a thread-local pointer);
- * otherwise, for every other use of jansson in the process, they are plain
- * malloc and free. Frees jansson makes while parsing (growing buffers,
- * rehashing) of arena memory do nothing; the tree is never json_decref'd. There is no code for
- * running out of memory: it shows as invalid_json (inside jansson) or
- * too_large (our own arrays), and the event is dead-lettered, not lost.
+ * So the tree, the items array, the scratch and the query are
+ * bump-allocated from the event's own blocks (event->arena; its first
+ * block, sized from the line, holds a usual event), and freeing the event
+ * frees the blocks. jansson's allocator is global: decode installs
+ * arena_malloc / arena_free once, and they bump-allocate only while this
+ * thread is decoding an event (a thread-local pointer); otherwise, for
+ * every other use of jansson in the process, they are plain malloc and
+ * free. Frees jansson makes while parsing (growing buffers, rehashing) of
+ * arena memory do nothing; the tree is never json_decref'd.
+ *
+ * Slabs. Even one block per event was a malloc on the decode thread and a
+ * free across threads on the counting one (~10% of the counting thread).
+ * A caller that decodes many events whose lives end together (the decode
+ * queue's batches) hands this thread a slab (iqp_event_use_slab): first
+ * blocks are carved from it while it has room, never freed one by one,
+ * and the caller reuses the slab once every event in it is cleared.
+ *
+ * There is no code for running out of memory: it shows as invalid_json
+ * (inside jansson) or too_large (our own arrays), and the event is
+ * dead-lettered, not lost.
  */
 #include "schemas/event.h"
 
@@ -70,21 +80,54 @@
 typedef struct iqp_event_arena {
     struct iqp_event_arena *next;
     size_t used, cap;
+    int in_slab;        /* carved from a slab (iqp_event_use_slab): not freed here */
     _Alignas(16) unsigned char data[];
 } arena_block;
 
-#define ARENA_FIRST_BLOCK (8192 - sizeof(arena_block))
+/* An event's first block is sized from its line: a decoded tree takes
+ * ~11 bytes per byte of JSON on generated logs (mean 2.7 KB for a 236-byte
+ * line; at most 17x), so 12 per byte and 512 more fit nearly every event
+ * in one block, between 1 KiB and 8 KiB. A fixed 8 KiB (before) held 3x
+ * what an event used, in every event a backfill decodes ahead. Larger
+ * events get further blocks, each twice the last. */
+#define ARENA_MIN_BLOCK (1024 - sizeof(arena_block))
+#define ARENA_MAX_FIRST (8192 - sizeof(arena_block))
 
-/* The arena of the event this thread is decoding (NULL: none). */
+static size_t first_block_for(size_t line_len) {
+    size_t cap = line_len < ARENA_MAX_FIRST / 12 ? 12 * line_len + 512 : ARENA_MAX_FIRST;
+    return cap < ARENA_MIN_BLOCK ? ARENA_MIN_BLOCK : cap > ARENA_MAX_FIRST ? ARENA_MAX_FIRST : cap;
+}
+
+/* The arena of the event this thread is decoding (NULL: none), the size
+ * of its first block, and the slab first blocks come from (NULL: none). */
 static _Thread_local arena_block **decoding;
+static _Thread_local size_t first_block = ARENA_MAX_FIRST;
+static _Thread_local iqp_event_slab *slab;
+
+void iqp_event_use_slab(iqp_event_slab *s) { slab = s; }
+
+/* A new block of cap bytes: an event's first one from the slab while it
+ * has room, else malloc'd; NULL when out of memory. */
+static arena_block *new_block(size_t cap, int first) {
+    size_t bytes = (sizeof(arena_block) + cap + 15) & ~(size_t)15;
+    if (first && slab && slab->cap - slab->used >= bytes) {
+        arena_block *b = (arena_block *)(slab->base + slab->used);
+        slab->used += bytes;
+        b->in_slab = 1;
+        return b;
+    }
+    arena_block *b = malloc(sizeof *b + cap);
+    if (b) b->in_slab = 0;
+    return b;
+}
 
 static void *arena_alloc(arena_block **arena, size_t n) {
     arena_block *b = *arena;
     n = (n + 15) & ~(size_t)15;
     if (!b || b->cap - b->used < n) {
-        size_t cap = b ? 2 * b->cap : ARENA_FIRST_BLOCK;
+        size_t cap = b ? 2 * b->cap : first_block;
         if (cap < n) cap = n;
-        arena_block *nb = malloc(sizeof *nb + cap);
+        arena_block *nb = new_block(cap, !b);
         if (!nb) return NULL;
         nb->next = b;
         nb->used = 0;
@@ -99,7 +142,7 @@ static void *arena_alloc(arena_block **arena, size_t n) {
 static void arena_free_all(arena_block *b) {
     while (b) {
         arena_block *next = b->next;
-        free(b);
+        if (!b->in_slab) free(b);
         b = next;
     }
 }
@@ -238,13 +281,22 @@ static int get_query(dctx *d, const json_t *obj) {
     if (!json_is_string(v)) return wrong_type(d, "query", "a string", v);
     len = json_string_length(v);
     if (check_len(d, "query", len)) return -1;
-    if (iqp_normalize_query(json_string_value(v), len, &d->ev->query, &d->ev->query_len))
+    char *q;
+    size_t qlen;
+    if (iqp_normalize_query(json_string_value(v), len, &q, &qlen))
         return fail(d->err, IQP_DECODE_INVALID_UTF8, "query", "not valid UTF-8 text");
-    if (d->ev->query_len == 0)
+    /* into the arena, so the event is freed with it (on the counting
+     * thread: a second free per event there, across threads, cost ~5%) */
+    d->ev->query = qlen <= d->cfg->limits.max_string_bytes ? arena_alloc(&d->ev->arena, qlen + 1) : NULL;
+    if (d->ev->query) memcpy(d->ev->query, q, qlen + 1);
+    free(q);
+    d->ev->query_len = qlen;
+    if (qlen == 0)
         return fail(d->err, IQP_DECODE_INVALID_VALUE, "query", "empty after normalization");
     /* NFKC can expand text many times over; the limit holds after it too,
      * so store keys (u16 lengths) never truncate a query. */
-    if (check_len(d, "query", d->ev->query_len)) return -1;
+    if (check_len(d, "query", qlen)) return -1;
+    if (!d->ev->query) return fail(d->err, IQP_DECODE_TOO_LARGE, "query", "out of memory");
     return 0;
 }
 
@@ -597,6 +649,7 @@ int iqp_event_decode(const iqp_config *cfg, const char *buf, size_t len, iqp_eve
                     cfg->limits.max_event_bytes);
     pthread_once(&alloc_once, install_alloc);
     decoding = &ev->arena;
+    first_block = first_block_for(len);
     int rc = -1;
     if (parse(buf, len, &ev->root, err) == 0) {
         if (!json_is_object(ev->root))
@@ -610,7 +663,6 @@ int iqp_event_decode(const iqp_config *cfg, const char *buf, size_t len, iqp_eve
 }
 
 void iqp_event_clear(iqp_event *ev) {
-    free(ev->query);
-    arena_free_all(ev->arena); /* root, items and scratch */
+    arena_free_all(ev->arena); /* root, items, scratch and query */
     memset(ev, 0, sizeof(*ev));
 }

@@ -14,9 +14,9 @@
  * borrowed string pointers point into, plus the normalized query and the
  * items array; iqp_event_clear() frees all of it. On failure nothing is
  * left allocated. An event may be handed to another thread whole. The
- * tree and the items live in the event's own arena (a few blocks): never
- * json_decref root or keep a reference to any part of it past
- * iqp_event_clear().
+ * tree, the items and the query live in the event's own arena (a few
+ * blocks, the first maybe in a caller's slab): never json_decref root or
+ * keep a reference to any part of it past iqp_event_clear().
  */
 #ifndef IQP_EVENT_H
 #define IQP_EVENT_H
@@ -64,7 +64,7 @@ typedef struct iqp_event {
     const char *event_id; size_t event_id_len;
     const char *request_id; size_t request_id_len;
     int64_t ts;                 /* ms since epoch, event time, >= 0 */
-    char *query; size_t query_len;  /* normalized, owned, NUL-terminated */
+    char *query; size_t query_len;  /* normalized, NUL-terminated (in arena) */
     /* normalized values of the segments other than query text, by segment
      * index (iqp_event_context gives all of them) */
     char seg_text[IQP_MAX_SEGMENTS][IQP_SEGMENT_VALUE_MAX];
@@ -86,6 +86,19 @@ int iqp_event_decode(const iqp_config *cfg, const char *buf, size_t len, iqp_eve
                      iqp_decode_error *err);
 
 void iqp_event_clear(iqp_event *ev);
+
+/* Memory that events' first arena blocks are carved from, so a batch of
+ * events costs one allocation and no free per event (the decode queue
+ * gives each batch one). iqp_event_clear never frees slab memory: its
+ * owner sets used = 0 once every event carved from it is cleared. */
+typedef struct iqp_event_slab {
+    unsigned char *base;
+    size_t used, cap;
+} iqp_event_slab;
+
+/* The events this thread decodes from now on take their first block from
+ * slab while it has room (NULL: none; every block malloc'd). */
+void iqp_event_use_slab(iqp_event_slab *slab);
 
 /* The event's context: every configured segment's normalized value (query
  * text: ev->query). The strings point into ev; fill it again after ev is
