@@ -54,10 +54,9 @@ static const iqp_flag FLAGS[] = {
              "store, the dead letters and the summary counts are the same for any N; reading and decoding, "
              "and the store write, have a thread each besides"},
     {"no-ingest", IQP_FLAG_BOOL, offsetof(backfill_opts, no_ingest),
-     .help = "write every batch's counts and dedup markers through the memtable and the write-ahead log, "
-             "as `iqp stream` does for small batches, instead of ingesting them as sorted table files "
-             "(the default for batches of 2048 or more counter merges); the store's contents are the "
-             "same either way"},
+     .help = "write every batch's counts through the memtable and the write-ahead log, as `iqp stream` "
+             "does, instead of ingesting a batch's counts as one sorted table file (the default for "
+             "batches of 2048 or more counter merges); the store's contents are the same either way"},
     {"quiet", IQP_FLAG_BOOL, offsetof(backfill_opts, quiet), .help = "no progress line"},
     {0}};
 

@@ -72,10 +72,9 @@
  * Store writes. Every store the stream writes (the single store, each
  * partition store) bulk-loads large batches (iqp_store_set_ingest at
  * IQP_STORE_INGEST_MIN_MERGES, as `iqp backfill`): a batch with that many
- * counts merges or more -- a backlog's, 17k-64k events -- writes them
- * and its dedup markers as sorted table files ingested into their
- * families, instead of memtable inserts, which bound the writer thread
- * (perf). The rest of the
+ * counts merges or more -- a backlog's, 17k-64k events -- writes them as
+ * one sorted table file ingested into the counts family, instead of
+ * memtable inserts, which bound the writer thread (perf). The rest of the
  * batch, the Kafka offsets included, still commits as one WriteBatch, and
  * store.c's redo protocol ("table-file ingestion") keeps counts, markers
  * and offsets exactly once across a crash; a store is reopened on every

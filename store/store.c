@@ -170,10 +170,6 @@ struct iqp_store_batch {
     iqp_buf bulk;                 /* key, value, key, value, ... */
     bulk_entry *bulk_e;
     size_t bulk_n, bulk_cap;
-    /* bulk load: the dedup markers held for the batch's marker file, in
-     * arrival order, records of IQP_MARKER_KEY_LEN key bytes then
-     * IQP_MARKER_VALUE_LEN value bytes (see "table-file ingestion") */
-    iqp_buf held_markers;
     char *route_err;              /* a period family could not be made: the commit fails with it */
 };
 
@@ -204,12 +200,11 @@ static int is_ingest_sentinel(const char *key, size_t klen) {
     return klen == INGEST_SENTINEL_LEN && memcmp(key, INGEST_SENTINEL, klen) == 0;
 }
 
-/* Read options for iterating cf (snap may be NULL): over counts and
- * dedup, an upper bound below the sentinel (a single 0xff byte: real keys
- * start lower, a marker with its kind letter). */
+/* Read options for iterating cf (snap may be NULL): over counts, an upper
+ * bound below the sentinel (a single 0xff byte: real keys start lower). */
 static rocksdb_readoptions_t *iter_options(iqp_cf cf, const iqp_store_snapshot *snap) {
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
-    if (cf == IQP_CF_COUNTS || cf == IQP_CF_DEDUP) rocksdb_readoptions_set_iterate_upper_bound(ro, INGEST_SENTINEL, 1);
+    if (cf == IQP_CF_COUNTS) rocksdb_readoptions_set_iterate_upper_bound(ro, INGEST_SENTINEL, 1);
     if (snap) rocksdb_readoptions_set_snapshot(ro, (const rocksdb_snapshot_t *)snap);
     return ro;
 }
@@ -1033,7 +1028,6 @@ iqp_store_batch *iqp_store_batch_new(iqp_store *st) {
     iqp_keybuf_init(&b->group_key);
     iqp_packed_writer_init(&b->group);
     iqp_buf_init(&b->bulk);
-    iqp_buf_init(&b->held_markers);
     return b;
 }
 
@@ -1043,7 +1037,6 @@ void iqp_store_batch_free(iqp_store_batch *b) {
     iqp_keybuf_free(&b->group_key);
     iqp_packed_writer_free(&b->group);
     iqp_buf_free(&b->bulk);
-    iqp_buf_free(&b->held_markers);
     free(b->bulk_e);
     free(b->route_err);
     free(b);
@@ -1056,7 +1049,6 @@ void iqp_store_batch_clear(iqp_store_batch *b) {
     b->merges = 0;
     iqp_buf_truncate(&b->bulk, 0);
     b->bulk_n = 0;
-    iqp_buf_truncate(&b->held_markers, 0);
     free(b->route_err);
     b->route_err = NULL;
 }
@@ -1081,7 +1073,6 @@ static void bulk_add(iqp_store_batch *b, const void *key, size_t klen, const voi
  * so one key always goes to one family. */
 #define PERIOD_TIME_LIMIT_MS 7258118400000LL /* 2200-01-01T00:00Z */
 #define NO_PERIOD INT64_MIN                  /* the "counts" family */
-#define MARKER_FILE (INT64_MIN + 1)          /* a table file's family: "dedup" */
 
 static int64_t period_of_slot(const iqp_store *st, int64_t slot) {
     int64_t slot_ms = st->cfg.gran_ms[st->cfg.n_grans - 1];
@@ -1097,11 +1088,10 @@ static int64_t period_of_key(const iqp_store *st, const char *key, size_t klen) 
     return period_of_slot(st, slot);
 }
 
-/* The family of period (NO_PERIOD: "counts"; MARKER_FILE: "dedup", for
- * a batch's marker file), made when missing and create; NULL (with *rerr when RocksDB cannot make it) otherwise. */
+/* The family of period (NO_PERIOD: "counts"), made when missing and
+ * create; NULL (with *rerr when RocksDB cannot make it) otherwise. */
 static rocksdb_column_family_handle_t *family_of_period(iqp_store *st, int64_t period, int create, char **rerr) {
     if (period == NO_PERIOD) return cf_handle(st, IQP_CF_COUNTS);
-    if (period == MARKER_FILE) return cf_handle(st, IQP_CF_DEDUP);
     if (!create) return iqp_periods_find(&st->periods, period);
     return iqp_periods_get(&st->periods, st->db, st->cf_opts[IQP_CF_COUNTS + 1], period, rerr);
 }
@@ -1198,11 +1188,6 @@ void iqp_store_batch_put_marker(iqp_store_batch *b, const unsigned char *key, si
                                 const iqp_marker *m) {
     unsigned char v[IQP_MARKER_VALUE_LEN];
     iqp_marker_encode(m, v);
-    if (b->st->ingest_min_merges && klen == IQP_MARKER_KEY_LEN) {
-        iqp_buf_append(&b->held_markers, key, klen);
-        iqp_buf_append(&b->held_markers, v, sizeof v);
-        return;
-    }
     iqp_store_batch_put(b, IQP_CF_DEDUP, key, klen, v, sizeof v);
 }
 
@@ -1219,7 +1204,7 @@ void iqp_store_batch_set_watermark(iqp_store_batch *b, int64_t watermark_ms) {
 size_t iqp_store_batch_bytes(const iqp_store_batch *b) {
     size_t n = 0;
     rocksdb_writebatch_data(b->wb, &n);
-    return n + b->bulk.len + b->held_markers.len + (b->group_open ? b->group_key.len + b->group.len : 0);
+    return n + b->bulk.len + (b->group_open ? b->group_key.len + b->group.len : 0);
 }
 
 /* Writes b's WriteBatch (the watermark added) as one atomic write. */
@@ -1247,18 +1232,14 @@ static int write_batch(iqp_store *st, iqp_store_batch *b, rocksdb_writeoptions_t
  * counts merges of a large batch into an SST file and ingests it into the
  * counts column family, instead of inserting them into the memtable (and
  * the WAL) and flushing that later: measured, the skiplist inserts and the
- * flush were a quarter of a backfill's CPU. Its dedup markers go the same
- * way, into a file of their own (one per event and two per action, keyed
- * by a hash, they were a third of the writer thread's CPU left after
- * that). Everything else of the batch (contexts, meta, the watermark)
- * still commits as one WriteBatch. RocksDB's C API has no atomic ingest
- * across column families, so the two are tied together by a small redo
- * protocol, for batch B:
+ * flush were a quarter of a backfill's CPU. Everything else of the batch
+ * (contexts, dedup markers, meta, the watermark) still commits as one
+ * WriteBatch. RocksDB's C API has no atomic ingest across column families,
+ * so the two are tied together by a small redo protocol, for batch B:
  *
  *   1. the counts merges, sorted, go into one table file per family they
  *      go to (DIR/ingest/B@<period>.sst; B.sst in a store of one counts
- *      family), the markers into DIR/ingest/B.markers.sst (for dedup),
- *      each file with the sentinel (INGEST_SENTINEL -> u64 LE B, a Put);
+ *      family), each with the sentinel (INGEST_SENTINEL -> u64 LE B, a Put);
  *   2. the WriteBatch commits with meta "ingest/pending" = B and the
  *      files' periods (WAL synced);
  *   3. each file is ingested into its family (one call each, atomic;
@@ -1358,7 +1339,7 @@ static size_t *bulk_sort(const iqp_store_batch *b) {
 
 /* One table file of an ingesting batch: the counts merges that go to one
  * family, "counts" (NO_PERIOD: every file of a store of one family) or
- * one period's; or the batch's markers (MARKER_FILE: "dedup"). */
+ * one period's. */
 typedef struct table_file {
     int64_t period;
     rocksdb_column_family_handle_t *cf;
@@ -1366,17 +1347,14 @@ typedef struct table_file {
     char path[PATH_MAX];
 } table_file;
 
-/* The table files of one batch: as many as the periods it touches, and
- * one for its markers. */
+/* The table files of one batch: as many as the periods it touches. */
 typedef struct table_files {
     table_file *f;
     size_t n, cap;
 } table_files;
 
 static void table_file_path(const iqp_store *st, uint64_t seq, int64_t period, char *out, size_t outlen) {
-    if (period == MARKER_FILE)
-        snprintf(out, outlen, "%s/ingest/%llu.markers.sst", st->dir, (unsigned long long)seq);
-    else if (period != NO_PERIOD)
+    if (period != NO_PERIOD)
         snprintf(out, outlen, "%s/ingest/%llu@%lld.sst", st->dir, (unsigned long long)seq, (long long)period);
     else
         snprintf(out, outlen, "%s/ingest/%llu.sst", st->dir, (unsigned long long)seq);
@@ -1391,11 +1369,14 @@ static void table_files_free(table_files *tf, int unlink_them) {
     memset(tf, 0, sizeof *tf);
 }
 
-/* Opens batch seq's table file for period's family (MARKER_FILE:
- * dedup's), written with that family's options (its filter and block
- * format); NULL with *rerr. */
-static table_file *table_file_open(iqp_store *st, table_files *tf, rocksdb_envoptions_t *eo, uint64_t seq,
-                                   int64_t period, char **rerr) {
+/* The open file of key's family (opened when the batch has none yet);
+ * NULL with *rerr. *last caches the previous answer's index. */
+static table_file *file_of_key(iqp_store *st, table_files *tf, rocksdb_envoptions_t *eo, uint64_t seq,
+                               const char *key, size_t klen, size_t *last, char **rerr) {
+    int64_t period = period_of_key(st, key, klen);
+    if (*last < tf->n && tf->f[*last].period == period) return &tf->f[*last];
+    for (size_t i = 0; i < tf->n; i++)
+        if (tf->f[i].period == period) return &tf->f[*last = i];
     rocksdb_column_family_handle_t *cf = family_of_period(st, period, 1, rerr);
     if (!cf) return NULL;
     if (tf->n == tf->cap) {
@@ -1407,66 +1388,17 @@ static table_file *table_file_open(iqp_store *st, table_files *tf, rocksdb_envop
     f->period = period;
     f->cf = cf;
     table_file_path(st, seq, period, f->path, sizeof f->path);
-    f->w = rocksdb_sstfilewriter_create(eo, st->cf_opts[(period == MARKER_FILE ? IQP_CF_DEDUP : IQP_CF_COUNTS) + 1]);
+    f->w = rocksdb_sstfilewriter_create(eo, st->cf_opts[IQP_CF_COUNTS + 1]);
     rocksdb_sstfilewriter_open(f->w, f->path, rerr);
+    *last = tf->n - 1;
     return *rerr ? NULL : f;
 }
 
-/* The open file of key's family (opened when the batch has none yet);
- * NULL with *rerr. *last caches the previous answer's index. */
-static table_file *file_of_key(iqp_store *st, table_files *tf, rocksdb_envoptions_t *eo, uint64_t seq,
-                               const char *key, size_t klen, size_t *last, char **rerr) {
-    int64_t period = period_of_key(st, key, klen);
-    if (*last < tf->n && tf->f[*last].period == period) return &tf->f[*last];
-    for (size_t i = 0; i < tf->n; i++)
-        if (tf->f[i].period == period) return &tf->f[*last = i];
-    *last = tf->n;
-    return table_file_open(st, tf, eo, seq, period, rerr);
-}
-
-#define MARKER_RECORD (IQP_MARKER_KEY_LEN + IQP_MARKER_VALUE_LEN)
-
-/* The held markers as WriteBatch puts (a batch that is not ingested, or
- * one whose markers are not in strict key order). */
-static void markers_to_writebatch(iqp_store_batch *b) {
-    const char *p = (const char *)b->held_markers.buf;
-    for (size_t off = 0; off < b->held_markers.len; off += MARKER_RECORD)
-        rocksdb_writebatch_put_cf(b->wb, cf_handle(b->st, IQP_CF_DEDUP), p + off, IQP_MARKER_KEY_LEN,
-                                  p + off + IQP_MARKER_KEY_LEN, IQP_MARKER_VALUE_LEN);
-    iqp_buf_truncate(&b->held_markers, 0);
-}
-
-/* 1 when the held markers are in strictly ascending key order, as a
- * table file needs them (the combiner hands them over sorted, one each). */
-static int markers_in_order(const iqp_store_batch *b) {
-    const unsigned char *p = b->held_markers.buf;
-    for (size_t off = MARKER_RECORD; off < b->held_markers.len; off += MARKER_RECORD)
-        if (memcmp(p + off - MARKER_RECORD, p + off, IQP_MARKER_KEY_LEN) >= 0) return 0;
-    return 1;
-}
-
-/* The held markers into batch seq's marker file (dedup's family), so the
- * commit's WriteBatch does not insert them into the memtable one by one
- * (measured: a third of a backfill's writer thread, with the WAL and the
- * flush behind it). Markers out of order go into the WriteBatch instead. */
-static void write_marker_file(iqp_store *st, iqp_store_batch *b, table_files *tf, rocksdb_envoptions_t *eo,
-                              uint64_t seq, char **rerr) {
-    if (!markers_in_order(b)) {
-        markers_to_writebatch(b);
-        return;
-    }
-    table_file *f = table_file_open(st, tf, eo, seq, MARKER_FILE, rerr);
-    const char *p = (const char *)b->held_markers.buf;
-    for (size_t off = 0; f && off < b->held_markers.len && !*rerr; off += MARKER_RECORD)
-        rocksdb_sstfilewriter_put(f->w, p + off, IQP_MARKER_KEY_LEN, p + off + IQP_MARKER_KEY_LEN,
-                                  IQP_MARKER_VALUE_LEN, rerr);
-}
-
-/* Writes batch seq's table files (one per family its counts go to, and
- * its marker file): b's counts merges in key order (a key held twice,
- * which only an unsorted writer makes, goes into the WriteBatch the second
- * time: merges add up in any order), its markers, then in each file the
- * sentinel. 0, or -1 with err and no file left. */
+/* Writes batch seq's table files (one per family its counts go to): b's
+ * counts merges in key order (a key held twice, which only an unsorted
+ * writer makes, goes into the WriteBatch the second time: merges add up
+ * in any order), then in each file the sentinel. 0, or -1 with err and no
+ * file left. */
 static int write_table_files(iqp_store *st, iqp_store_batch *b, uint64_t seq, table_files *tf, char *err,
                              size_t errlen) {
     char *rerr = NULL;
@@ -1483,7 +1415,6 @@ static int write_table_files(iqp_store *st, iqp_store_batch *b, uint64_t seq, ta
         table_file *f = file_of_key(st, tf, eo, seq, key, e->klen, &last, &rerr);
         if (f) rocksdb_sstfilewriter_merge(f->w, key, e->klen, key + e->klen, e->vlen, &rerr);
     }
-    if (!rerr && b->held_markers.len) write_marker_file(st, b, tf, eo, seq, &rerr);
     unsigned char v[8];
     put_i64le(v, (int64_t)seq);
     for (size_t i = 0; i < tf->n && !rerr; i++) {
@@ -1547,13 +1478,11 @@ static void clear_pending(iqp_store *st) {
 }
 
 /* The pending record of batch seq: u64 LE seq, then, in a store of
- * period families or for a batch with a marker file, i64 LE per table
- * file: the periods whose families the batch's files go to (NO_PERIOD:
- * counts, MARKER_FILE: dedup). A batch of one counts file in a store of
- * one family writes the seq alone, as before periods. */
+ * period families, i64 LE per table file: the periods whose families
+ * the batch's files go to (a store of one family writes the seq alone, as
+ * before periods). */
 static void put_pending_record(iqp_store *st, iqp_store_batch *b, uint64_t seq, const table_files *tf) {
     int by_period = st->periods.slots != 0;
-    for (size_t i = 0; i < tf->n; i++) by_period |= tf->f[i].period == MARKER_FILE;
     size_t len = 8 + (by_period ? 8 * tf->n : 0);
     unsigned char *v = malloc(len);
     if (!v) abort();
@@ -1672,8 +1601,8 @@ static int read_pending(iqp_store *st, uint64_t *seq, int64_t **periods, size_t 
 }
 
 /* The family of a pending record's file i: "counts" (a store of one
- * family, or NO_PERIOD), "dedup" (MARKER_FILE), else its period's (made
- * when create, else NULL when missing). */
+ * family, or NO_PERIOD), else its period's (made when create, else NULL
+ * when missing). */
 static rocksdb_column_family_handle_t *pending_family(iqp_store *st, const int64_t *periods, size_t n, size_t i,
                                                       int create, char **rerr) {
     return family_of_period(st, n ? periods[i] : NO_PERIOD, create, rerr);
@@ -1698,7 +1627,7 @@ static int ingest_pending(iqp_store *st) {
 }
 
 /* The last batch seq this store ingested: the highest sentinel of its
- * families (counts, dedup and the periods'). A family dropped as expired takes its sentinel with it, so a
+ * families. A family dropped as expired takes its sentinel with it, so a
  * later seq may repeat one it held; no live family holds that seq, and a
  * period's family made again starts without a sentinel, so a repeated seq
  * is never mistaken for an ingested file. */
@@ -1706,8 +1635,6 @@ static int load_ingest_seq(iqp_store *st) {
     uint64_t v = 0;
     if (get_u64(st, cf_handle(st, IQP_CF_COUNTS), INGEST_SENTINEL, INGEST_SENTINEL_LEN, &v) < 0) return -1;
     st->ingest_seq = v;
-    if (get_u64(st, cf_handle(st, IQP_CF_DEDUP), INGEST_SENTINEL, INGEST_SENTINEL_LEN, &v) < 0) return -1;
-    if (v > st->ingest_seq) st->ingest_seq = v;
     size_t n = 0;
     rocksdb_column_family_handle_t **h = iqp_periods_live(&st->periods, INT64_MIN, INT64_MAX, &n);
     int rc = 0;
@@ -1748,8 +1675,8 @@ static int recover_ingest(iqp_store *st, char *err, size_t errlen) {
         if (h && done == seq) continue;
         table_file_path(st, seq, n ? periods[i] : NO_PERIOD, path, sizeof path);
         if (h && access(path, F_OK) != 0) {
-            snprintf(err, errlen, "store %s is incomplete: batch %llu committed but was not ingested, "
-                     "and its table file %s is missing (rebuild the store: count the event "
+            snprintf(err, errlen, "store %s is incomplete: batch %llu committed but its counts were not "
+                     "ingested, and their table file %s is missing (rebuild the store: count the event "
                      "logs into a new one with `iqp backfill`)", st->dir, (unsigned long long)seq, path);
             free(periods);
             return -1;
@@ -1810,7 +1737,6 @@ int iqp_store_batch_commit(iqp_store *st, iqp_store_batch *b, char *err, size_t 
         return 0;
     }
     bulk_to_writebatch(b);
-    markers_to_writebatch(b);
     if (b->route_err) {
         rocks_error(err, errlen, "cannot make a period family in store", st->dir, b->route_err);
         return -1;

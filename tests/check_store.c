@@ -1365,72 +1365,6 @@ START_TEST(ingest_crash_across_periods_recovers) {
 }
 END_TEST
 
-/* The digest lines of counts, contexts and dedup (store_digest_with's
- * text less meta and the publish queue, which a run on another file name
- * changes). */
-static char *counted_digest(const char *dir) {
-    char *all = store_digest(dir), *keep = tu_fmt("%s", "");
-    for (int cf = IQP_CF_COUNTS; cf <= IQP_CF_DEDUP; cf++) {
-        char *tag = tu_fmt("cf %d:", cf), *line = strstr(all, tag), *next;
-        ck_assert_ptr_nonnull(line);
-        next = tu_fmt("%s%.*s\n", keep, (int)strcspn(line, "\n"), line);
-        free(keep), free(tag);
-        keep = next;
-    }
-    free(all);
-    return keep;
-}
-
-/* A summary line's number before label ("counted", "duplicate", ...). */
-static unsigned long summary_count(const char *out, const char *label) {
-    char *pat = tu_fmt(" %s", label);
-    const char *p = strstr(out, pat);
-    free(pat);
-    ck_assert_msg(p != NULL, "no \"%s\" in the summary: %s", label, out);
-    while (p > out && p[-1] >= '0' && p[-1] <= '9') p--;
-    return strtoul(p, NULL, 10);
-}
-
-/* A large batch's dedup markers go into a table file of their own,
- * ingested into the dedup family under the same redo protocol as its
- * counts. Killed after the second batch's commit, before its ingestion,
- * the marker file waits in DIR/ingest; the rerun ingests it, and then the
- * store holds every marker: the same events again, recompressed (so not
- * skipped as a file already counted), are all duplicates
- * (read from the store: it is not the run's own, so every marker is read)
- * and change no count, context or marker. */
-START_TEST(ingested_markers_survive_a_crash) {
-    char *base = tu_mkdtemp("markerfile"), *log = tu_fmt("%s/events.jsonl", base);
-    char *again = tu_fmt("%s/again.jsonl.gz", base), *store = tu_fmt("%s/store", base), *out = NULL;
-    char *q = tu_shell_quote(log);
-    char *args = tu_fmt("gen --seed 13 --impressions 3000 --start %lld --span 6h --bad-rate 0 --out %s",
-                        (long long)GEN_START_MS, q);
-    ck_assert_msg(run_iqp(&out, args) == 0, "%s", out);
-    free(out), free(args), free(q);
-    int rc = backfill_env("IQP_TEST_DIE_AT=after-commit:2", store, log, "--flush-events 1000", &out);
-    ck_assert_msg(rc == 99, "the backfill should have died (exit 99), exit %d: %s", rc, out);
-    free(out);
-    char *kept = tu_fmt("%s/ingest/2.markers.sst", store);
-    ck_assert_msg(access(kept, F_OK) == 0, "%s: the second batch's markers are not in a table file", kept);
-    ck_assert_msg(backfill_env(NULL, store, log, "--flush-events 1000", &out) == 0, "%s", out);
-    free(out);
-    ck_assert_msg(access(kept, F_OK) != 0, "%s is left after the rerun", kept);
-    char *want = counted_digest(store);
-    char *cp = tu_fmt("gzip -c %s > %s", log, again);
-    ck_assert_int_eq(tu_run(cp, NULL), 0);
-    ck_assert_msg(backfill_env(NULL, store, again, "--flush-events 1000", &out) == 0, "%s", out);
-    unsigned long lines = summary_count(out, "lines"), dups = summary_count(out, "duplicate");
-    ck_assert_msg(lines > 3000 && summary_count(out, "counted,") == 0 && dups == lines &&
-                      summary_count(out, "late") == 0,
-                  "the same events again: want all %lu duplicate, none counted or late: %s", lines, out);
-    char *got = counted_digest(store);
-    ck_assert_msg(strcmp(got, want) == 0, "the duplicates changed the store:\n%sbefore:\n%s", got, want);
-    free(out), free(got), free(want), free(cp), free(kept);
-    tu_rmrf(base);
-    free(store), free(again), free(log), free(base);
-}
-END_TEST
-
 
 int main(void) {
     Suite *s = suite_create("store");
@@ -1463,7 +1397,6 @@ int main(void) {
     tcase_add_test(ingest, snapshots_never_see_contexts_without_counts);
     tcase_add_test(ingest, checkpoint_of_a_pending_ingestion_is_refused);
     tcase_add_test(ingest, ingest_crash_across_periods_recovers);
-    tcase_add_test(ingest, ingested_markers_survive_a_crash);
     suite_add_tcase(s, ingest);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
