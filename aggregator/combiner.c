@@ -1028,25 +1028,22 @@ size_t iqp_combiner_drain(iqp_combiner *c, iqp_store_batch *b) {
  * (qsort with memcmp through the cell pointers was ~6% of the writer). */
 static cell **sorted_markers(const cell_table *t) {
     size_t cap = t->count ? t->count : 1, n = 0;
-    cell **all = malloc(cap * sizeof *all), **out = malloc(cap * sizeof *out);
+    cell **out = malloc(cap * sizeof *out);
     packed_entry *p = malloc(cap * sizeof *p), *tmp = malloc(cap * sizeof *tmp);
-    if (!all || !out || !p || !tmp) abort();
+    if (!out || !p || !tmp) abort();
     for (size_t i = 0; i <= t->mask; i++) {
-        cell *c = t->slots[i].c;
+        const cell *c = t->slots[i].c;
         if (!c) continue;
         uint64_t k = 0;
         for (size_t j = 0; j < 8; j++) k = k << 8 | (j < c->klen ? c->key[j] : 0);
-        all[n] = c;
-        p[n] = (packed_entry){k, n};
-        n++;
+        p[n++] = (packed_entry){k, i}; /* idx: the cell's slot */
     }
     radix_sort(p, tmp, n, 64);
-    for (size_t i = 0; i < n; i++) out[i] = all[p[i].idx];
+    for (size_t i = 0; i < n; i++) out[i] = t->slots[p[i].idx].c;
     for (size_t i = 0, j; i < n; i = j) {
         for (j = i + 1; j < n && p[j].key == p[i].key; j++) {}
         if (j - i > 1) qsort(out + i, j - i, sizeof *out, cmp_cells);
     }
-    free(all);
     free(p);
     free(tmp);
     return out;

@@ -1,7 +1,8 @@
 /* decode_queue.c -- the decode thread and its bounded batch queues.
  *
  * The output queue is a ring of batch pointers (LOG_QUEUE_DEPTH in log
- * mode, IQP_DECODE_QUEUE_DEPTH in fed mode) guarded by one mutex and two condition variables (not empty, not full).
+ * mode, IQP_DECODE_QUEUE_DEPTH in fed mode) guarded by one mutex and two
+ * condition variables (not empty, not full).
  * Batches hold BATCH_LINES lines (FED_BATCH_LINES in fed mode), so
  * synchronization costs a few hundred nanoseconds per thousand events. The
  * reader sets `done` (and `failed` with a message on a read error) and

@@ -94,7 +94,7 @@ typedef struct iqp_event_arena {
 #define ARENA_MAX_FIRST (8192 - sizeof(arena_block))
 
 static size_t first_block_for(size_t line_len) {
-    size_t cap = line_len < ARENA_MAX_FIRST / 12 ? 12 * line_len + 512 : ARENA_MAX_FIRST;
+    size_t cap = line_len > ARENA_MAX_FIRST ? ARENA_MAX_FIRST : 12 * line_len + 512;
     return cap < ARENA_MIN_BLOCK ? ARENA_MIN_BLOCK : cap > ARENA_MAX_FIRST ? ARENA_MAX_FIRST : cap;
 }
 

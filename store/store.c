@@ -1065,7 +1065,6 @@ static void bulk_add(iqp_store_batch *b, const void *key, size_t klen, const voi
     iqp_buf_append(&b->bulk, val, vlen);
 }
 
-
 /* Period families hold the slots that start in [1970, 2200). A slot
  * outside (a clock far off: the aggregator dead-letters such events, but
  * the store takes any key) stays in "counts", which every read includes,
