@@ -231,14 +231,16 @@ static json_t *counting_json(const iqp_config *cfg) {
     json_object_set_new(out, "max_future_skew_ms", json_integer(cfg->max_future_skew_ms));
     json_object_set_new(out, "flush_events", json_integer((json_int_t)cfg->flush_events));
     const iqp_store_tuning *t = &cfg->store;
-    json_object_set_new(out, "store", json_pack("{s:I, s:I, s:I, s:I, s:s, s:I}", "write_buffer_mb",
+    json_object_set_new(out, "store", json_pack("{s:I, s:I, s:I, s:I, s:s, s:I, s:I}", "write_buffer_mb",
                                                 (json_int_t)t->write_buffer_mb, "l0_compaction_trigger",
                                                 (json_int_t)t->l0_compaction_trigger, "block_cache_mb",
                                                 (json_int_t)t->block_cache_mb, "background_jobs",
                                                 (json_int_t)t->background_jobs, "counts_compaction",
                                                 t->counts_universal ? "universal" : "level",
                                                 "dedup_l0_compaction_trigger",
-                                                (json_int_t)t->dedup_l0_compaction_trigger));
+                                                (json_int_t)t->dedup_l0_compaction_trigger,
+                                                "dedup_write_buffer_mb",
+                                                (json_int_t)t->dedup_write_buffer_mb));
     return out;
 }
 

@@ -151,6 +151,7 @@ void iqp_config_defaults(iqp_config *cfg) {
     cfg->store.background_jobs = 2;
     cfg->store.counts_universal = 1;
     cfg->store.dedup_l0_compaction_trigger = 2;
+    cfg->store.dedup_write_buffer_mb = 8;
 }
 
 /* ---- durations ----------------------------------------------------------- */
@@ -493,7 +494,7 @@ static int parse_store_tuning(iqp_config *cfg, json_t *obj, const char *src, cha
                               size_t errlen) {
     static const char *const known[] = {"write_buffer_mb", "l0_compaction_trigger", "block_cache_mb",
                                         "background_jobs", "counts_compaction",
-                                        "dedup_l0_compaction_trigger", NULL};
+                                        "dedup_l0_compaction_trigger", "dedup_write_buffer_mb", NULL};
     iqp_store_tuning *t = &cfg->store;
     if (!json_is_object(obj)) FAIL("%s: \"store\" must be an object", src);
     if (check_keys(obj, known, "store", src, err, errlen)) return -1;
@@ -502,7 +503,8 @@ static int parse_store_tuning(iqp_config *cfg, json_t *obj, const char *src, cha
         parse_size(obj, "block_cache_mb", 0, 65536, &t->block_cache_mb, src, err, errlen) ||
         parse_size(obj, "background_jobs", 1, 64, &t->background_jobs, src, err, errlen) ||
         parse_size(obj, "dedup_l0_compaction_trigger", 1, 64, &t->dedup_l0_compaction_trigger, src,
-                   err, errlen))
+                   err, errlen) ||
+        parse_size(obj, "dedup_write_buffer_mb", 1, 4096, &t->dedup_write_buffer_mb, src, err, errlen))
         return -1;
     json_t *style = json_object_get(obj, "counts_compaction");
     if (style) {

@@ -120,6 +120,7 @@ typedef struct iqp_store_tuning {
     size_t background_jobs;       /* flush + compaction threads, default 2 */
     int counts_universal;         /* "counts_compaction": "universal" (1, default) or "level" (0) */
     size_t dedup_l0_compaction_trigger; /* the dedup family's own L0 trigger, default 2 */
+    size_t dedup_write_buffer_mb; /* the dedup family's own memtable size, default 8 */
 } iqp_store_tuning;
 
 typedef struct iqp_config {

@@ -18,6 +18,8 @@
  *    controls \t \n \v \f \r, U+0085, U+2028 and U+2029. Step 2 only ever
  *    shrinks the text, so it is done in place in utf8proc's buffer, which is
  *    the string we hand back (one allocation in all).
+ * An all-ASCII query (most of them) skips utf8proc: for ASCII, step 1 is
+ * only a lower-casing of A-Z, done in the same pass as step 2.
  *
  * Country
  * -------
@@ -40,6 +42,20 @@
 
 #define QUERY_OPTIONS                                                        \
     (UTF8PROC_STABLE | UTF8PROC_COMPAT | UTF8PROC_COMPOSE | UTF8PROC_CASEFOLD)
+
+/* ---------------------------------------------------------------- ASCII -- */
+
+static int is_ascii_space(char c) {
+    return c == ' ' || (c >= '\t' && c <= '\r');
+}
+
+static char ascii_upper(char c) {
+    return (c >= 'a' && c <= 'z') ? (char)(c - 'a' + 'A') : c;
+}
+
+static char ascii_lower(char c) {
+    return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+}
 
 /* ---------------------------------------------------------------- query -- */
 
@@ -73,12 +89,50 @@ static long collapse_space(utf8proc_uint8_t *s, size_t len) {
     return (long)w;
 }
 
+/* The whole normalization of an all-ASCII query: no ASCII code point has a
+ * compatibility mapping or composes with another, and case folding maps
+ * only A-Z, so step 1 is a lower-casing; the white space of step 2 is
+ * then ' ' and \t..\r. The same bytes as the general path (tests/
+ * check_normalize.c compares the two), without utf8proc's decomposition
+ * into code points and back: most logged queries are ASCII. */
+static int normalize_ascii_query(const char *in, size_t len, char **out, size_t *outlen) {
+    char *s = malloc(len + 1);
+    size_t w = 0;
+    int pending = 0;
+    if (!s) return -1;
+    for (size_t r = 0; r < len; r++) {
+        char c = in[r];
+        if (c == '\0') {
+            free(s);
+            return -1;
+        }
+        if (is_ascii_space(c)) {
+            pending = w > 0;
+            continue;
+        }
+        if (pending) s[w++] = ' ';
+        pending = 0;
+        s[w++] = ascii_lower(c);
+    }
+    s[w] = '\0';
+    *out = s;
+    *outlen = w;
+    return 0;
+}
+
+static int is_ascii(const char *s, size_t len) {
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)s[i] >= 0x80) return 0;
+    return 1;
+}
+
 int iqp_normalize_query(const char *in, size_t len, char **out, size_t *outlen) {
     utf8proc_uint8_t *mapped = NULL;
     utf8proc_ssize_t n;
     long w;
 
     if (len > (size_t)(SIZE_MAX / 8) || (in == NULL && len > 0)) return -1;
+    if (in && is_ascii(in, len)) return normalize_ascii_query(in, len, out, outlen);
     n = utf8proc_map((const utf8proc_uint8_t *)(in ? in : ""), (utf8proc_ssize_t)len,
                      &mapped, QUERY_OPTIONS);
     if (n < 0) return -1;   /* utf8proc leaves nothing allocated */
@@ -119,18 +173,6 @@ static const char iso3166_alpha2[][3] = {
 };
 
 #define N_ISO3166 (sizeof(iso3166_alpha2) / sizeof(iso3166_alpha2[0]))
-
-static int is_ascii_space(char c) {
-    return c == ' ' || (c >= '\t' && c <= '\r');
-}
-
-static char ascii_upper(char c) {
-    return (c >= 'a' && c <= 'z') ? (char)(c - 'a' + 'A') : c;
-}
-
-static char ascii_lower(char c) {
-    return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
-}
 
 /* Narrows s[0..*len) to its part without leading/trailing ASCII space. */
 static const char *trim_ascii(const char *s, size_t *len) {

@@ -31,6 +31,7 @@ START_TEST(defaults) {
     ck_assert_int_eq(c.store.background_jobs, 2);
     ck_assert_int_eq(c.store.counts_universal, 1);
     ck_assert_int_eq(c.store.dedup_l0_compaction_trigger, 2);
+    ck_assert_int_eq(c.store.dedup_write_buffer_mb, 8);
 }
 END_TEST
 
@@ -61,7 +62,8 @@ START_TEST(override_sections) {
         "               {\"name\": \"3h\", \"length\": \"3h\", \"granularity\": \"1h\"}],"
         " \"limits\": {\"max_items\": 50}, \"dedup_horizon\": \"2h\","
         " \"store\": {\"l0_compaction_trigger\": 12, \"block_cache_mb\": 0,"
-        "            \"counts_compaction\": \"level\", \"dedup_l0_compaction_trigger\": 5}}";
+        "            \"counts_compaction\": \"level\", \"dedup_l0_compaction_trigger\": 5,"
+        "            \"dedup_write_buffer_mb\": 3}}";
     ck_assert_msg(iqp_config_parse(&c, text, "t.json", err, sizeof err) == 0, "%s", err);
     ck_assert_int_eq(c.n_actions, 2);
     ck_assert_int_eq(iqp_config_action_index(&c, "buy", 3), 1);
@@ -80,6 +82,7 @@ START_TEST(override_sections) {
     ck_assert_int_eq(c.store.write_buffer_mb, 64); /* untouched */
     ck_assert_int_eq(c.store.counts_universal, 0);
     ck_assert_int_eq(c.store.dedup_l0_compaction_trigger, 5);
+    ck_assert_int_eq(c.store.dedup_write_buffer_mb, 3);
 }
 END_TEST
 
@@ -105,6 +108,7 @@ START_TEST(errors_name_the_problem) {
         {"{\"store\": {\"counts_compaction\": \"tiered\"}}", "\"counts_compaction\" must be"},
         {"{\"store\": {\"counts_compaction\": 1}}", "\"counts_compaction\" must be"},
         {"{\"store\": {\"dedup_l0_compaction_trigger\": 0}}", "dedup_l0_compaction_trigger"},
+        {"{\"store\": {\"dedup_write_buffer_mb\": 0}}", "dedup_write_buffer_mb"},
         /* unknown keys anywhere, named by their JSON path */
         {"{\"windows\": [{\"name\": \"a\", \"length\": \"1d\", \"granularity\": \"1h\"},"
          " {\"name\": \"b\", \"lenght\": \"7d\", \"length\": \"7d\", \"granularity\": \"1d\"}]}",

@@ -8,6 +8,7 @@
 #include <check.h>
 #include <stdlib.h>
 #include <string.h>
+#include <utf8proc.h>
 
 #include "model/normalize.h"
 
@@ -171,6 +172,66 @@ START_TEST(query_idempotent) {
 }
 END_TEST
 
+/* All-ASCII queries take a shortcut (no utf8proc); its bytes must be what
+ * utf8proc's NFKC + case folding gives, with the white space rule applied
+ * here on its own: every 1- and 2-byte ASCII string, and random longer
+ * ones over a mix of letters, digits, punctuation and white space. */
+static void expect_as_utf8proc(const char *in, size_t len) {
+    utf8proc_uint8_t *mapped = NULL;
+    utf8proc_ssize_t n = utf8proc_map((const utf8proc_uint8_t *)in, (utf8proc_ssize_t)len, &mapped,
+                                      UTF8PROC_STABLE | UTF8PROC_COMPAT | UTF8PROC_COMPOSE |
+                                          UTF8PROC_CASEFOLD);
+    ck_assert_int_ge(n, 0);
+    int has_nul = memchr(in, 0, len) != NULL;
+    char want[64];
+    size_t w = 0;
+    for (utf8proc_ssize_t r = 0; r < n; r++) {
+        char c = (char)mapped[r];
+        if (c == ' ' || (c >= '\t' && c <= '\r')) {
+            if (w > 0 && want[w - 1] != ' ') want[w++] = ' ';
+        } else {
+            want[w++] = c;
+        }
+    }
+    while (w > 0 && want[w - 1] == ' ') w--;
+    free(mapped);
+    char *out = NULL;
+    size_t outlen = 0;
+    int rc = iqp_normalize_query(in, len, &out, &outlen);
+    if (has_nul) {
+        ck_assert_int_eq(rc, -1);
+        return;
+    }
+    ck_assert_int_eq(rc, 0);
+    ck_assert_uint_eq(outlen, w);
+    ck_assert_mem_eq(out, want, w);
+    ck_assert_int_eq(out[outlen], '\0');
+    free(out);
+}
+
+START_TEST(query_ascii_matches_utf8proc) {
+    char in[40];
+    for (int a = 0; a < 128; a++) {
+        in[0] = (char)a;
+        expect_as_utf8proc(in, 1);
+        for (int b = 0; b < 128; b++) {
+            in[1] = (char)b;
+            expect_as_utf8proc(in, 2);
+        }
+    }
+    static const char pool[] = "aZ09 \t\n\v\f\r!~_-.Qq";
+    unsigned seed = 12345;
+    for (int k = 0; k < 20000; k++) {
+        size_t len = 3 + k % 37;
+        for (size_t i = 0; i < len; i++) {
+            seed = seed * 1103515245u + 12345u;
+            in[i] = pool[(seed >> 16) % (sizeof pool - 1)];
+        }
+        expect_as_utf8proc(in, len);
+    }
+}
+END_TEST
+
 /* --------------------------------------------------------------- country */
 
 START_TEST(country_codes) {
@@ -286,6 +347,7 @@ static Suite *normalize_suite(void) {
     tcase_add_test(q, query_length_not_nul_terminated);
     tcase_add_test(q, query_invalid_utf8);
     tcase_add_test(q, query_idempotent);
+    tcase_add_test(q, query_ascii_matches_utf8proc);
     tcase_add_test(c, country_codes);
     tcase_add_test(c, country_unknown);
     tcase_add_test(c, country_length_and_count);

@@ -147,6 +147,7 @@ START_TEST(store_tuning_reaches_rocksdb) {
     cfg.store.l0_compaction_trigger = 13;
     cfg.store.write_buffer_mb = 7;
     cfg.store.background_jobs = 3;
+    cfg.store.dedup_write_buffer_mb = 5;
     iqp_store *st = iqp_store_open(dir, &cfg, IQP_STORE_READ_WRITE, err, sizeof err);
     ck_assert_msg(st != NULL, "%s", err);
     iqp_store_io io;
@@ -174,6 +175,7 @@ START_TEST(store_tuning_reaches_rocksdb) {
     ck_assert_msg(strstr(opts, "compaction_style=kCompactionStyleUniversal"), "universal not applied");
     ck_assert_msg(strstr(opts, "compaction_style=kCompactionStyleLevel"), "level compaction gone");
     ck_assert_msg(strstr(opts, "level0_file_num_compaction_trigger=2\n"), "dedup trigger not applied");
+    ck_assert_msg(strstr(opts, "write_buffer_size=5242880"), "dedup write buffer not applied");
     free(opts);
     iqp_store_close(st);
     st = iqp_store_open(dir, NULL, IQP_STORE_READ_ONLY, err, sizeof err);
