@@ -42,8 +42,8 @@ static void writer_reserve(iqp_packed_writer *w, size_t more) {
     w->cap = cap;
 }
 
+/* Appends v; the caller reserved the 10 bytes it may take. */
 static void put_varint(iqp_packed_writer *w, uint64_t v) {
-    writer_reserve(w, 10);
     while (v >= 0x80) {
         w->buf[w->len++] = (unsigned char)(v | 0x80);
         v >>= 7;
@@ -113,7 +113,7 @@ void iqp_packed_put(iqp_packed_writer *w, int gran, int64_t bucket, const int64_
     if (n > IQP_PACKED_MAX_COUNTERS) abort(); /* a caller's bug, not data */
     for (size_t i = 0; i < n; i++)
         if (vec[i]) mask |= (uint64_t)1 << i;
-    writer_reserve(w, 1);
+    writer_reserve(w, 1 + 10 * (2 + n)); /* the most one cell takes: no check per byte */
     w->buf[w->len++] = (unsigned char)gran;
     if (w->cells == 0 || gran != w->gran) put_varint(w, zigzag(bucket));
     else put_varint(w, (uint64_t)bucket - (uint64_t)w->bucket - 1);
