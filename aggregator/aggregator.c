@@ -78,6 +78,7 @@ struct iqp_aggregator {
     const iqp_config *cfg;
     iqp_combiner *comb;
     iqp_store_batch *batch;       /* reused by every flush (keeps its pages) */
+    iqp_store_batch *last_batch;  /* a final flush's, filled beside the writer (NULL: none yet) */
     iqp_combiner *spare;          /* the other combiner, for flush_begin */
     flush_job job;                /* at most one flush in flight */
     int64_t watermark_ms;         /* includes unflushed events */
@@ -149,6 +150,7 @@ void iqp_aggregator_free(iqp_aggregator *a) {
     iqp_combiner_free(a->spare);
     iqp_combiner_free(a->comb);
     iqp_store_batch_free(a->batch);
+    iqp_store_batch_free(a->last_batch);
     iqp_count_scratch_free(&a->scratch, a->cfg);
     if (a->marker_filter) munmap(a->marker_filter, MARKER_FILTER_BYTES);
     free_staged(a);
@@ -487,7 +489,48 @@ static int join_flush(iqp_aggregator *a, char *err, size_t errlen) {
     return collect_flush(a, err, errlen);
 }
 
+/* ---- a final flush beside the writer --------------------------------------
+ * A synchronous flush that finds a flush in flight waited for it and then
+ * drained its own combiner; at the end of a backfill that wait was the
+ * run's tail, one core idle (measured: ~0.35 s of a 2 s backfill with one
+ * core busy). Where nothing else can notice (no counting threads, whose
+ * combiners the writer's job holds; no flush hooks; a store whose batches
+ * fill locally, iqp_store_fills_locally), this batch is drained into a
+ * second store batch while the writer commits the one before, and
+ * committed once that one is: the order of commits is unchanged, and a
+ * failed commit before it still fails this flush unwritten. */
+static int may_drain_beside_writer(const iqp_aggregator *a) {
+    return a->job.running && !a->shards && !a->hook.on_cell && !a->hook.before_commit &&
+           !a->hook.after_commit && iqp_store_fills_locally(a->st);
+}
+
+static int flush_beside_writer(iqp_aggregator *a, char *err, size_t errlen) {
+    if (!a->last_batch) a->last_batch = iqp_store_batch_new(a->st);
+    iqp_store_batch *b = a->last_batch;
+    size_t cells = fill_batch(b, a->comb, NULL, 0, a->meta, a->watermark_ms, NULL);
+    int rc = join_flush(a, err, errlen);
+    if (rc == 0 && a->failed) {
+        snprintf(err, errlen, "an earlier store write failed; this batch cannot be written");
+        rc = -1;
+    }
+    size_t bytes = iqp_store_batch_bytes(b);
+    if (rc == 0) rc = iqp_store_batch_commit(a->st, b, err, errlen);
+    iqp_store_batch_clear(b);
+    iqp_combiner_clear(a->comb);
+    if (rc < 0) {
+        a->failed = 1;
+        return -1;
+    }
+    a->stats.cells_written += cells;
+    a->stats.batch_bytes += bytes;
+    free_staged(a);
+    batch_done(a);
+    return 0;
+}
+
 int iqp_aggregator_flush(iqp_aggregator *a, char *err, size_t errlen) {
+    if (may_drain_beside_writer(a) && !a->failed && (a->pending || a->meta))
+        return flush_beside_writer(a, err, errlen);
     if (join_flush(a, err, errlen) < 0) return -1;
     if (a->failed) {
         snprintf(err, errlen, "an earlier store write failed; this batch cannot be written");

@@ -83,8 +83,11 @@ size_t iqp_aggregator_pending(const iqp_aggregator *a);
 int iqp_aggregator_should_flush(const iqp_aggregator *a);
 
 /* Writes the micro-batch; 0, or -1 with err (nothing of it is written).
- * After a failed write the aggregator refuses further work: its batch is
- * gone, so retrying could commit positions without their counts. */
+ * A flush in flight (flush_begin) is committed first; without counting
+ * threads and hooks, on a bulk-loading store, this batch is drained while
+ * that one commits. After a failed write the aggregator refuses further
+ * work: its batch is gone, so retrying could commit positions without
+ * their counts. */
 int iqp_aggregator_flush(iqp_aggregator *a, char *err, size_t errlen);
 
 /* The same, written by a writer thread while the caller goes on counting

@@ -1299,6 +1299,8 @@ void iqp_store_set_ingest(iqp_store *st, size_t min_merges) {
     st->ingest_min_merges = st->read_only || st->scratch ? 0 : min_merges;
 }
 
+int iqp_store_fills_locally(const iqp_store *st) { return st->ingest_min_merges != 0; }
+
 /* The held counts merges as WriteBatch merges (a batch below the
  * threshold). */
 static void bulk_to_writebatch(iqp_store_batch *b) {

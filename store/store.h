@@ -177,6 +177,12 @@ int iqp_store_batch_commit(iqp_store *st, iqp_store_batch *b, char *err, size_t 
 #define IQP_STORE_INGEST_MIN_MERGES 2048
 void iqp_store_set_ingest(iqp_store *st, size_t min_merges);
 
+/* 1 when st bulk-loads (iqp_store_set_ingest on): filling a batch then
+ * touches nothing of the store but the batch's own buffers (counts are
+ * held for the commit, which routes them to their families), so one
+ * thread may fill a batch while another commits a different one. */
+int iqp_store_fills_locally(const iqp_store *st);
+
 /* ---- dedup markers (README "Exact counting rules", rule 7) ----------------
  * A marker remembers the ts it counted at (the action min-ts rule moves a
  * count when an earlier ts arrives) and the watermark at the moment it was

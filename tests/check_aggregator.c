@@ -282,6 +282,26 @@ static void mixed_event(int i, const iqp_config *cfg, iqp_event *ev) {
     ck_assert_int_eq(iqp_event_decode(cfg, copy, strlen(copy), ev, &derr), 0);
 }
 
+/* Every feature of the mix's items as of every 5 hours is the same in st
+ * and in other; and the mix was counted at all. */
+static void expect_same_features(iqp_store *other, const iqp_config *cfg) {
+    for (int64_t as_of = T0; as_of <= T0 + 30 * H; as_of += 5 * H)
+        for (size_t f = 0; f < cfg->n_features; f++)
+            for (int i = 0; i < 5; i++) {
+                char item[24];
+                const char *ip = item;
+                size_t len;
+                iqp_feature_row r1[IQP_MAX_WINDOWS], r2[IQP_MAX_WINDOWS];
+                iqp_context ctx = tu_ctx("red dress", "US", "female");
+                snprintf(item, sizeof item, "i%d", i);
+                len = strlen(item);
+                ck_assert_int_eq(iqp_features_read(st, f, &ctx, &ip, &len, 1, as_of, r1, err, sizeof err), 0);
+                ck_assert_int_eq(iqp_features_read(other, f, &ctx, &ip, &len, 1, as_of, r2, err, sizeof err), 0);
+                ck_assert_int_eq(memcmp(r1, r2, cfg->n_windows * sizeof r1[0]), 0);
+            }
+    ck_assert_int_gt(read_one("q_item", "7d", "i0", T0 + 30 * H).context_count, 150);
+}
+
 /* Runs the 300-event mix through agg (flushed after every event, so every
  * marker it looks up lies in the store) and through a second aggregator
  * on a second store (one batch in all), which is the sole marker writer of
@@ -304,21 +324,7 @@ static uint64_t flushes_against_one_batch(int sole2) {
         flush(); /* store 1: one batch per event; store 2: one batch in all */
     }
     ck_assert_int_eq(iqp_aggregator_flush(agg2, err, sizeof err), 0);
-    for (int64_t as_of = T0; as_of <= T0 + 30 * H; as_of += 5 * H)
-        for (size_t f = 0; f < cfg.n_features; f++)
-            for (int i = 0; i < 5; i++) {
-                char item[24];
-                const char *ip = item;
-                size_t len;
-                iqp_feature_row r1[IQP_MAX_WINDOWS], r2[IQP_MAX_WINDOWS];
-                iqp_context ctx = tu_ctx("red dress", "US", "female");
-                snprintf(item, sizeof item, "i%d", i);
-                len = strlen(item);
-                ck_assert_int_eq(iqp_features_read(st, f, &ctx, &ip, &len, 1, as_of, r1, err, sizeof err), 0);
-                ck_assert_int_eq(iqp_features_read(st2, f, &ctx, &ip, &len, 1, as_of, r2, err, sizeof err), 0);
-                ck_assert_int_eq(memcmp(r1, r2, cfg.n_windows * sizeof r1[0]), 0);
-            }
-    ck_assert_int_gt(read_one("q_item", "7d", "i0", T0 + 30 * H).context_count, 150);
+    expect_same_features(st2, &cfg);
     uint64_t dups = iqp_aggregator_stats(agg2)->duplicate;
     iqp_aggregator_free(agg2);
     iqp_store_close(st2);
@@ -351,6 +357,44 @@ START_TEST(sole_marker_writer_in_one_batch) {
     ck_assert_int_eq(iqp_aggregator_set_sole_marker_writer(agg), 1);
     ck_assert_uint_eq(flushes_against_one_batch(1), 50);
     ck_assert_uint_eq(iqp_aggregator_stats(agg)->duplicate, 50);
+}
+END_TEST
+
+/* A bulk-loading store's synchronous flush that finds a flush in flight
+ * drains its own batch while that one commits (iqp_aggregator_flush): the
+ * store it leaves is the one a single batch leaves. Each round hands a
+ * batch to the writer and flushes the next one event later, while that
+ * writer is still at its table file; at least one round must find it. */
+START_TEST(sync_flush_beside_the_writer) {
+    iqp_store_set_ingest(st, 1);
+    char *dir2 = tu_mkdtemp("agg2");
+    iqp_config cfg = *iqp_store_config(st);
+    iqp_store *st2 = iqp_store_open(dir2, &cfg, IQP_STORE_READ_WRITE, err, sizeof err);
+    ck_assert_ptr_nonnull(st2);
+    iqp_aggregator *agg2 = iqp_aggregator_new(st2);
+    int beside = 0;
+    for (int i = 0; i < 300; i++) {
+        iqp_event ev;
+        mixed_event(i, &cfg, &ev);
+        ck_assert_int_eq(iqp_aggregator_add(agg, &ev, NOW, err, sizeof err),
+                         iqp_aggregator_add(agg2, &ev, NOW, err, sizeof err));
+        iqp_event_clear(&ev);
+        if (i % 15 == 7) ck_assert_msg(iqp_aggregator_flush_begin(agg, err, sizeof err) == 0, "%s", err);
+        if (i % 15 == 8) {
+            beside += iqp_aggregator_flush_in_flight(agg);
+            ck_assert_msg(iqp_aggregator_flush(agg, err, sizeof err) == 0, "%s", err);
+            ck_assert_int_eq(iqp_aggregator_flush_in_flight(agg), 0);
+        }
+    }
+    flush();
+    ck_assert_int_eq(iqp_aggregator_flush(agg2, err, sizeof err), 0);
+    expect_same_features(st2, &cfg);
+    ck_assert_int_gt(beside, 0);
+    ck_assert_uint_eq(iqp_aggregator_stats(agg)->duplicate, iqp_aggregator_stats(agg2)->duplicate);
+    iqp_aggregator_free(agg2);
+    iqp_store_close(st2);
+    tu_rmrf(dir2);
+    free(dir2);
 }
 END_TEST
 
@@ -626,6 +670,7 @@ int main(void) {
     tcase_add_test(tc, flush_size_does_not_change_results);
     tcase_add_test(tc, sole_marker_writer_finds_stored_markers);
     tcase_add_test(tc, sole_marker_writer_in_one_batch);
+    tcase_add_test(tc, sync_flush_beside_the_writer);
     tcase_add_test(tc, retention_follows_the_config);
     tcase_add_test(tc, derived_granularities_multiples);
     tcase_add_test(tc, derived_granularities_partly);
