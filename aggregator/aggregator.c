@@ -504,64 +504,57 @@ static int may_drain_beside_writer(const iqp_aggregator *a) {
            !a->hook.after_commit && iqp_store_fills_locally(a->st);
 }
 
+/* -1 with err once an earlier write failed (the aggregator refuses work). */
+static int refuse_after_failure(const iqp_aggregator *a, char *err, size_t errlen) {
+    if (!a->failed) return 0;
+    snprintf(err, errlen, "an earlier store write failed; this batch cannot be written");
+    return -1;
+}
+
+/* After a synchronous write of a->comb's batch (rc): the batch is done, or
+ * the aggregator has failed. */
+static int finish_sync_flush(iqp_aggregator *a, int rc, size_t cells, size_t bytes) {
+    iqp_combiner_clear(a->comb);
+    a->stats.cells_written += cells;
+    a->stats.batch_bytes += bytes;
+    if (rc < 0) {
+        a->failed = 1;
+        return -1;
+    }
+    free_staged(a);
+    batch_done(a);
+    return 0;
+}
+
 static int flush_beside_writer(iqp_aggregator *a, char *err, size_t errlen) {
     if (!a->last_batch) a->last_batch = iqp_store_batch_new(a->st);
     iqp_store_batch *b = a->last_batch;
     size_t cells = fill_batch(b, a->comb, NULL, 0, a->meta, a->watermark_ms, NULL);
     int rc = join_flush(a, err, errlen);
-    if (rc == 0 && a->failed) {
-        snprintf(err, errlen, "an earlier store write failed; this batch cannot be written");
-        rc = -1;
-    }
+    if (rc == 0) rc = refuse_after_failure(a, err, errlen);
     size_t bytes = iqp_store_batch_bytes(b);
     if (rc == 0) rc = iqp_store_batch_commit(a->st, b, err, errlen);
     iqp_store_batch_clear(b);
-    iqp_combiner_clear(a->comb);
-    if (rc < 0) {
-        a->failed = 1;
-        return -1;
-    }
-    a->stats.cells_written += cells;
-    a->stats.batch_bytes += bytes;
-    free_staged(a);
-    batch_done(a);
-    return 0;
+    return finish_sync_flush(a, rc, cells, bytes);
 }
 
 int iqp_aggregator_flush(iqp_aggregator *a, char *err, size_t errlen) {
     if (may_drain_beside_writer(a) && !a->failed && (a->pending || a->meta))
         return flush_beside_writer(a, err, errlen);
-    if (join_flush(a, err, errlen) < 0) return -1;
-    if (a->failed) {
-        snprintf(err, errlen, "an earlier store write failed; this batch cannot be written");
-        return -1;
-    }
+    if (join_flush(a, err, errlen) < 0 || refuse_after_failure(a, err, errlen) < 0) return -1;
     if (a->pending == 0 && !a->meta) return 0;
     size_t cells, bytes;
     take_shards(a);
     int rc = write_batch(a, a->batch, a->comb, a->job.shard_combs, n_shards(a), a->meta, a->watermark_ms,
                          &a->hook, &cells, &bytes, err, errlen);
-    iqp_combiner_clear(a->comb);
     give_back_shards(a);
-    a->stats.cells_written += cells;
-    a->stats.batch_bytes += bytes;
-    if (rc < 0) {
-        a->failed = 1;
-        return -1;
-    }
-    free_staged(a);
-    batch_done(a);
-    return 0;
+    return finish_sync_flush(a, rc, cells, bytes);
 }
 
 int iqp_aggregator_flush_begin(iqp_aggregator *a, char *err, size_t errlen) {
     if ((a->hook.on_cell || a->hook.before_commit || a->hook.after_commit) && !a->hook.on_writer)
         return iqp_aggregator_flush(a, err, errlen); /* hooks run on the caller's thread */
-    if (join_flush(a, err, errlen) < 0) return -1;
-    if (a->failed) {
-        snprintf(err, errlen, "an earlier store write failed; this batch cannot be written");
-        return -1;
-    }
+    if (join_flush(a, err, errlen) < 0 || refuse_after_failure(a, err, errlen) < 0) return -1;
     if (a->pending == 0 && !a->meta) return 0;
     flush_job *j = &a->job;
     if (!a->spare) a->spare = iqp_count_combiner_new(a->cfg, a->derive);
