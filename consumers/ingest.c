@@ -11,7 +11,9 @@
  * rules, and the dead letters, in file order), the deltas are counted here
  * or, with iqp_ingest_set_threads(n >= 2), on n counting threads sharded by
  * context key, and full micro-batches are written by the aggregator's
- * writer thread (iqp_aggregator_flush_begin) while counting goes on. A
+ * writer thread (iqp_aggregator_flush_begin) while counting goes on; near
+ * a file's end, one more cut makes the last two batches share what is left
+ * (consumers/batch_plan.h: the writer's last batch runs alone). A
  * decoded batch is freed once its events are counted
  * (iqp_aggregator_after_counted). The final flush of a file, a stop and a
  * read error flush synchronously, so what this function returns is
@@ -28,6 +30,7 @@
 #include <unistd.h>
 
 #include "aggregator/aggregator.h"
+#include "consumers/batch_plan.h"
 #include "consumers/decode_queue.h"
 #include "consumers/logfile.h"
 #include "schemas/event.h"
@@ -176,7 +179,7 @@ static void release_batch(void *b) { iqp_decode_queue_release(b); }
 
 /* Consumes the decoded batches of one file; returns -1 on a failure, 1
  * when a stop was requested (after committing up to *last_line). */
-static int count_batches(iqp_ingest *ing, iqp_decode_queue *q,
+static int count_batches(iqp_ingest *ing, iqp_decode_queue *q, iqp_batch_plan *plan,
                          const file_position *pos, const char *path, uint64_t *handled,
                          char *err, size_t errlen) {
     iqp_decoded_batch *b;
@@ -188,9 +191,14 @@ static int count_batches(iqp_ingest *ing, iqp_decode_queue *q,
             if (rc == 0 && iqp_aggregator_should_flush(ing->agg)) {
                 stage_position(ing, pos, path, b->lines[i].line_no, 0);
                 rc = iqp_aggregator_flush_begin(ing->agg, err, errlen);
+                iqp_batch_plan_cut(plan, b->bytes_in);
             }
         }
         if (rc == 0 && b->n > 0) last_line = *handled = b->lines[b->n - 1].line_no;
+        if (rc == 0 && b->n > 0 && iqp_batch_plan_split_now(plan, b->bytes_in)) {
+            stage_position(ing, pos, path, last_line, 0); /* the file's last batches share the rest */
+            rc = iqp_aggregator_flush_begin(ing->agg, err, errlen);
+        }
         uint64_t bytes_in = b->bytes_in; /* the reader thread owns lf */
         iqp_aggregator_after_counted(ing->agg, release_batch, b);
         report_progress(ing, path, bytes_in, 0);
@@ -212,9 +220,11 @@ int iqp_ingest_file(iqp_ingest *ing, const char *path, char *err, size_t errlen)
     }
     iqp_logfile *lf = iqp_logfile_open(path, ing->cfg->limits.max_event_bytes, err, errlen);
     if (!lf) return -1;
+    iqp_batch_plan plan;
+    iqp_batch_plan_init(&plan, iqp_logfile_size(lf)); /* before the reader thread owns lf */
     iqp_decode_queue *q = iqp_decode_queue_start(lf, ing->cfg, pos.lines);
     uint64_t handled = pos.lines;
-    int rc = count_batches(ing, q, &pos, path, &handled, err, errlen);
+    int rc = count_batches(ing, q, &plan, &pos, path, &handled, err, errlen);
     uint64_t resumed = 0;
     char read_err[512];
     if (iqp_decode_queue_finish(q, &resumed, read_err, sizeof read_err) < 0 && rc == 0) {

@@ -1,0 +1,27 @@
+/* batch_plan.c -- the extra cut of a file's next-to-last batch (see
+ * batch_plan.h). Positions are the log reader's input bytes (compressed
+ * bytes for a compressed file: the rule needs proportions, not sizes). */
+#include "consumers/batch_plan.h"
+
+#include <string.h>
+
+void iqp_batch_plan_init(iqp_batch_plan *p, uint64_t file_size) {
+    memset(p, 0, sizeof *p);
+    p->file_size = file_size;
+}
+
+void iqp_batch_plan_cut(iqp_batch_plan *p, uint64_t bytes_in) {
+    uint64_t batch = bytes_in > p->batch_start ? bytes_in - p->batch_start : 0;
+    uint64_t left = p->file_size > bytes_in ? p->file_size - bytes_in : 0;
+    p->batch_start = bytes_in;
+    p->target = 0;
+    if (!p->split && left < 2 * batch && 2 * left >= batch) p->target = left / 2;
+}
+
+int iqp_batch_plan_split_now(iqp_batch_plan *p, uint64_t bytes_in) {
+    if (!p->target || bytes_in < p->batch_start + p->target) return 0;
+    p->split = 1;
+    p->target = 0;
+    p->batch_start = bytes_in;
+    return 1;
+}
