@@ -1,5 +1,5 @@
-/* check_decode_queue.c -- tests for consumers/decode_queue.c's fed mode
- * (the stream's decode thread).
+/* check_decode_queue.c -- tests for consumers/decode_queue.c: fed mode
+ * (the stream's decode thread), and log mode's lower priority.
  *
  * The expectations are computed here, independently of the queue: every
  * input is also decoded directly with iqp_event_decode on this thread,
@@ -8,9 +8,13 @@
  * or error code) as the direct decode.
  */
 #include <check.h>
+#include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "consumers/decode_queue.h"
 #include "schemas/event.h"
@@ -153,6 +157,79 @@ START_TEST(fed_finish_frees_what_is_out) {
 }
 END_TEST
 
+/* The nice value of this process's thread named iqp-decode (there must be
+ * exactly one), read by the scheduler's own getpriority(2). */
+static int decode_thread_nice(void) {
+    DIR *d = opendir("/proc/self/task");
+    ck_assert_ptr_nonnull(d);
+    int found = 0, nice_value = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        if (e->d_name[0] == '.') continue;
+        char path[300], comm[64] = "";
+        snprintf(path, sizeof path, "/proc/self/task/%s/comm", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f) continue; /* a thread that just ended */
+        if (!fgets(comm, sizeof comm, f)) comm[0] = 0;
+        fclose(f);
+        if (strcmp(comm, "iqp-decode\n") != 0) continue;
+        errno = 0;
+        nice_value = getpriority(PRIO_PROCESS, (id_t)atoi(e->d_name));
+        ck_assert_int_eq(errno, 0);
+        found++;
+    }
+    closedir(d);
+    ck_assert_int_eq(found, 1);
+    return nice_value;
+}
+
+/* Log mode (backfill): the decode thread runs 5 nice levels below the
+ * process (capped at 19), once it has handed over a batch; the caller's
+ * own priority is untouched, and every line still comes back, in file
+ * order. Fed mode (stream) keeps the process's priority. */
+START_TEST(log_mode_decodes_at_a_lower_priority) {
+    fixture f;
+    fixture_init(&f);
+    errno = 0;
+    int process_nice = getpriority(PRIO_PROCESS, 0);
+    ck_assert_int_eq(errno, 0);
+    char path[] = "/tmp/iqp-decode-queue-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    FILE *out = fdopen(fd, "w");
+    ck_assert_ptr_nonnull(out);
+    for (size_t i = 0; i < N_INPUTS; i++) fprintf(out, "%s\n", f.inputs[i]);
+    ck_assert_int_eq(fclose(out), 0);
+    char err[512];
+    iqp_logfile *lf = iqp_logfile_open(path, 0, err, sizeof err);
+    ck_assert_msg(lf != NULL, "%s", err);
+    iqp_decode_queue *q = iqp_decode_queue_start(lf, &f.cfg, 0);
+    iqp_decoded_batch *b = iqp_decode_queue_next(q);
+    ck_assert_ptr_nonnull(b);
+    int want_nice = process_nice + 5 > 19 ? 19 : process_nice + 5;
+    ck_assert_int_eq(decode_thread_nice(), want_nice);
+    ck_assert_int_eq(getpriority(PRIO_PROCESS, 0), process_nice);
+    uint64_t next_line = 1;
+    do {
+        for (size_t k = 0; k < b->n; k++) ck_assert_uint_eq(b->lines[k].line_no, next_line++);
+        iqp_decode_queue_release(b);
+    } while ((b = iqp_decode_queue_next(q)));
+    ck_assert_uint_eq(next_line, N_INPUTS + 1);
+    ck_assert_int_eq(iqp_decode_queue_finish(q, NULL, err, sizeof err), 0);
+    iqp_logfile_close(lf);
+    unlink(path);
+
+    q = iqp_decode_queue_start_fed(&f.cfg);
+    ck_assert_int_eq(iqp_decode_queue_put(q, f.inputs[0], strlen(f.inputs[0]), NULL), 0);
+    ck_assert_int_eq(iqp_decode_queue_send(q), 0);
+    b = iqp_decode_queue_next(q);
+    ck_assert_ptr_nonnull(b);
+    ck_assert_int_eq(decode_thread_nice(), process_nice);
+    iqp_decode_queue_release(b);
+    ck_assert_int_eq(iqp_decode_queue_finish(q, NULL, NULL, 0), 0);
+    fixture_free(&f);
+}
+END_TEST
+
 static Suite *decode_queue_suite(void) {
     Suite *s = suite_create("decode_queue");
     TCase *fed = tcase_create("fed");
@@ -160,6 +237,9 @@ static Suite *decode_queue_suite(void) {
     tcase_add_test(fed, fed_is_bounded);
     tcase_add_test(fed, fed_finish_frees_what_is_out);
     suite_add_tcase(s, fed);
+    TCase *log = tcase_create("log");
+    tcase_add_test(log, log_mode_decodes_at_a_lower_priority);
+    suite_add_tcase(s, log);
     return s;
 }
 
