@@ -2,7 +2,7 @@
  *
  * Owns: one decision, from input byte positions alone: an extra cut of a
  * file's next-to-last batch, so that the last two batches share what is
- * left of the file.
+ * left of the file (2/3 and 1/3: batch_plan.c).
  *
  * May not touch: counting, flushing, positions: the backfill loop
  * (consumers/ingest.c) tells it where the aggregator cut a batch, asks it
@@ -16,10 +16,11 @@
  * full batches of ~14 MB and 2 MB more, and the fifth batch's write
  * (~0.3 s) was the backfill's tail. So once what is left after a cut (R)
  * is less than two of the batches before it (B), but at least half of
- * one, the next batch is cut at R / 2: the last batch is counted while
- * the writer writes the one before it, and the writer's last batch is
- * half as long. Where the cuts fall changes no count (the flush-size
- * invariance tests of check_e2e run through this rule).
+ * one, the next batch is cut at 2R / 3: the last batch is counted while
+ * the writer writes the one before it, and what runs alone at the end is
+ * the commit of a batch a third as long. Where the cuts fall changes no
+ * count (the flush-size invariance tests of check_e2e run through this
+ * rule).
  */
 #ifndef IQP_BATCH_PLAN_H
 #define IQP_BATCH_PLAN_H

@@ -42,26 +42,26 @@ static void expect_batches(uint64_t size, uint64_t step, uint64_t full, const ui
 
 /* 70 units read 1 at a time, full batches of 14: after the fourth cut
  * (56) 14 are left, under two batches and over half of one, so the fifth
- * batch is cut at 7: 14 14 14 14 7 7, not 14 14 14 14 14. */
+ * batch is cut at 2/3 of them, 9: 14 14 14 14 9 5, not 14 14 14 14 14. */
 START_TEST(last_two_batches_share_the_rest) {
-    const uint64_t want[] = {14, 14, 14, 14, 7, 7};
+    const uint64_t want[] = {14, 14, 14, 14, 9, 5};
     expect_batches(70, 1, 14, want, 6);
 }
 END_TEST
 
 /* 72 units, full batches of 14: after the fourth cut 16 are left, over a
- * batch: the fifth is cut at 8 (not full at 14 with 2 left over). */
+ * batch: the fifth is cut at 10 (not full at 14 with 2 left over). */
 START_TEST(a_full_batch_and_a_sliver_become_two_halves) {
-    const uint64_t want[] = {14, 14, 14, 14, 8, 8};
+    const uint64_t want[] = {14, 14, 14, 14, 10, 6};
     expect_batches(72, 1, 14, want, 6);
 }
 END_TEST
 
 /* One extra cut per file: 60 units, full batches of 20 -> after the first
- * cut 40 are left (not under two batches), after the second 20: cut at 10,
- * and the last 10 are not split again. */
+ * cut 40 are left (not under two batches), after the second 20: cut at 13,
+ * and the last 7 are not split again. */
 START_TEST(only_one_extra_cut) {
-    const uint64_t want[] = {20, 20, 10, 10};
+    const uint64_t want[] = {20, 20, 13, 7};
     expect_batches(60, 1, 20, want, 4);
 }
 END_TEST
@@ -84,12 +84,12 @@ START_TEST(no_extra_cut_without_a_reason) {
 END_TEST
 
 /* Coarse positions (a compressed file's reader advances in chunks): the
- * cut comes at the first position past the target. 100 units read 8 at a
- * time, full batches of 24: cuts at 24, 48, 72; 28 left -> target 14, so
- * the cut is at 88 (16 bytes in) and the last batch holds 12. */
+ * cut comes at the first position past the target. 100 units read 5 at a
+ * time, full batches of 25: cuts at 25, 50, 75; 25 left -> target 16, so
+ * the cut is at 95 (20 bytes in) and the last batch holds 5. */
 START_TEST(coarse_positions_cut_past_the_target) {
-    const uint64_t want[] = {24, 24, 24, 16, 12};
-    expect_batches(100, 8, 24, want, 5);
+    const uint64_t want[] = {25, 25, 25, 20, 5};
+    expect_batches(100, 5, 25, want, 5);
 }
 END_TEST
 
