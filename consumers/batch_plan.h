@@ -18,9 +18,18 @@
  * is less than two of the batches before it (B), but at least half of
  * one, the next batch is cut at 2R / 3: the last batch is counted while
  * the writer writes the one before it, and what runs alone at the end is
- * the commit of a batch a third as long. Where the cuts fall changes no
- * count (the flush-size invariance tests of check_e2e run through this
- * rule).
+ * the commit of a batch a third as long. The cut is an ordinary
+ * iqp_aggregator_flush_begin after a decoded batch, with the file
+ * position staged as for any other: no count depends on where cuts fall
+ * (check_e2e's flush-size invariance: a cut after every event, every 997,
+ * or none).
+ *
+ * Positions are the reader's input bytes, which move a read (1 MiB) at a
+ * time; for a compressed file a read holds several MiB of lines, too
+ * coarse to plan with, so the backfill gives the plan a size only for a
+ * plain file. A resumed file's first batch counts the skipped bytes too:
+ * that can only make the first plan's target large enough that the
+ * aggregator cuts first, and every cut of the aggregator plans again.
  */
 #ifndef IQP_BATCH_PLAN_H
 #define IQP_BATCH_PLAN_H

@@ -39,9 +39,10 @@
  * 2 cores). 32 batches of 1024 events hold ~100 MB (an event's arena is
  * sized from its line: schemas/event.c). */
 #define LOG_QUEUE_DEPTH 32
-/* ... and its decode thread runs at a lower priority, nice +DECODE_NICE
- * over the process's: it has that slack, while the counting thread and
- * the writer are the chain a backfill waits for. With three busy threads
+/* ... and backfill's decode thread (iqp_decode_queue_start_yielding) runs
+ * at a lower priority, nice +DECODE_NICE over the process's: it has that
+ * slack, while the counting thread and the writer are the chain a
+ * backfill waits for. With three busy threads
  * on two cores the scheduler shared them evenly: the decoder ran its 32
  * batches ahead (~100 MB of slabs faulted in) while a full batch waited
  * for the writer, and the counting thread then waited in its flush, the
@@ -56,6 +57,7 @@ struct iqp_decode_queue {
     iqp_logfile *lf;             /* log mode; NULL in fed mode */
     const iqp_config *cfg;
     uint64_t skip_lines, skipped;
+    int yielding;                /* log mode: decode at a lower priority (start_yielding) */
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t not_empty, not_full;
@@ -188,7 +190,7 @@ static void *reader_main(void *arg) {
     int64_t now_ms = 0;
     char err[512];
     pthread_setname_np(pthread_self(), "iqp-decode");
-    lower_decode_priority();
+    if (q->yielding) lower_decode_priority();
     while ((rc = iqp_logfile_next(q->lf, &line, &len, &oversized, &full_len, err, sizeof err)) == 1) {
         uint64_t line_no = iqp_logfile_line_no(q->lf);
         if (line_no <= q->skip_lines) { q->skipped++; continue; }
@@ -243,10 +245,12 @@ static void *fed_main(void *arg) {
     }
 }
 
-static iqp_decode_queue *queue_new(iqp_logfile *lf, const iqp_config *cfg, uint64_t skip_lines) {
+static iqp_decode_queue *queue_new(iqp_logfile *lf, const iqp_config *cfg, uint64_t skip_lines,
+                                   int yielding) {
     iqp_decode_queue *q = calloc(1, sizeof *q);
     if (!q) abort();
     q->lf = lf;
+    q->yielding = yielding;
     q->cfg = cfg;
     q->skip_lines = skip_lines;
     q->depth = lf ? LOG_QUEUE_DEPTH : QUEUE_DEPTH;
@@ -260,11 +264,16 @@ static iqp_decode_queue *queue_new(iqp_logfile *lf, const iqp_config *cfg, uint6
 
 iqp_decode_queue *iqp_decode_queue_start(iqp_logfile *lf, const iqp_config *cfg,
                                          uint64_t skip_lines) {
-    return queue_new(lf, cfg, skip_lines);
+    return queue_new(lf, cfg, skip_lines, 0);
+}
+
+iqp_decode_queue *iqp_decode_queue_start_yielding(iqp_logfile *lf, const iqp_config *cfg,
+                                                  uint64_t skip_lines) {
+    return queue_new(lf, cfg, skip_lines, 1);
 }
 
 iqp_decode_queue *iqp_decode_queue_start_fed(const iqp_config *cfg) {
-    return queue_new(NULL, cfg, 0);
+    return queue_new(NULL, cfg, 0, 0);
 }
 
 int iqp_decode_queue_send(iqp_decode_queue *q) {

@@ -55,6 +55,12 @@ typedef struct iqp_decode_queue iqp_decode_queue;
 iqp_decode_queue *iqp_decode_queue_start(iqp_logfile *lf, const iqp_config *cfg,
                                          uint64_t skip_lines);
 
+/* The same, with the decode thread at a lower priority (nice +5 over the
+ * process): for a reader that runs ahead of a pipeline it must not crowd
+ * out on a busy machine (backfill: decode_queue.c, LOG_QUEUE_DEPTH). */
+iqp_decode_queue *iqp_decode_queue_start_yielding(iqp_logfile *lf, const iqp_config *cfg,
+                                                  uint64_t skip_lines);
+
 /* Log mode: the next batch in file order, or NULL at the end of input (or
  * after a read error or stop: iqp_decode_queue_finish tells). Fed mode:
  * the oldest batch handed over, decoded (waiting for the thread if need

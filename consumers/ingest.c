@@ -221,8 +221,10 @@ int iqp_ingest_file(iqp_ingest *ing, const char *path, char *err, size_t errlen)
     iqp_logfile *lf = iqp_logfile_open(path, ing->cfg->limits.max_event_bytes, err, errlen);
     if (!lf) return -1;
     iqp_batch_plan plan;
-    iqp_batch_plan_init(&plan, iqp_logfile_size(lf)); /* before the reader thread owns lf */
-    iqp_decode_queue *q = iqp_decode_queue_start(lf, ing->cfg, pos.lines);
+    /* before the reader thread owns lf; a compressed file's positions are
+     * too coarse to plan with (batch_plan.h) */
+    iqp_batch_plan_init(&plan, iqp_logfile_format(lf) == IQP_LOG_PLAIN ? iqp_logfile_size(lf) : 0);
+    iqp_decode_queue *q = iqp_decode_queue_start_yielding(lf, ing->cfg, pos.lines);
     uint64_t handled = pos.lines;
     int rc = count_batches(ing, q, &plan, &pos, path, &handled, err, errlen);
     uint64_t resumed = 0;

@@ -29,6 +29,7 @@ static int simulate(uint64_t size, uint64_t step, uint64_t full, uint64_t *sizes
             start = at;
         }
     }
+    ck_assert_int_lt(n, MAX_BATCHES);
     if (start < size) sizes[n++] = size - start;
     return n;
 }
@@ -51,7 +52,7 @@ END_TEST
 
 /* 72 units, full batches of 14: after the fourth cut 16 are left, over a
  * batch: the fifth is cut at 10 (not full at 14 with 2 left over). */
-START_TEST(a_full_batch_and_a_sliver_become_two_halves) {
+START_TEST(a_full_batch_and_a_sliver_are_shared) {
     const uint64_t want[] = {14, 14, 14, 14, 10, 6};
     expect_batches(72, 1, 14, want, 6);
 }
@@ -59,10 +60,19 @@ END_TEST
 
 /* One extra cut per file: 60 units, full batches of 20 -> after the first
  * cut 40 are left (not under two batches), after the second 20: cut at 13,
- * and the last 7 are not split again. */
+ * and the last 7 are not split again. Then directly, where the aggregator
+ * cuts again after the extra cut (a batch of 10 with 10 left would plan
+ * a second one): no second extra cut. */
 START_TEST(only_one_extra_cut) {
     const uint64_t want[] = {20, 20, 13, 7};
     expect_batches(60, 1, 20, want, 4);
+    iqp_batch_plan p;
+    iqp_batch_plan_init(&p, 100);
+    iqp_batch_plan_cut(&p, 40);                         /* 60 left: target 40 */
+    ck_assert_int_eq(iqp_batch_plan_split_now(&p, 79), 0);
+    ck_assert_int_eq(iqp_batch_plan_split_now(&p, 80), 1); /* the extra cut */
+    iqp_batch_plan_cut(&p, 90);                         /* 10 of 10: would plan 6 */
+    for (uint64_t at = 91; at <= 100; at++) ck_assert_int_eq(iqp_batch_plan_split_now(&p, at), 0);
 }
 END_TEST
 
@@ -97,7 +107,7 @@ int main(void) {
     Suite *s = suite_create("batch_plan");
     TCase *tc = tcase_create("batch_plan");
     tcase_add_test(tc, last_two_batches_share_the_rest);
-    tcase_add_test(tc, a_full_batch_and_a_sliver_become_two_halves);
+    tcase_add_test(tc, a_full_batch_and_a_sliver_are_shared);
     tcase_add_test(tc, only_one_extra_cut);
     tcase_add_test(tc, no_extra_cut_without_a_reason);
     tcase_add_test(tc, coarse_positions_cut_past_the_target);
