@@ -1,6 +1,6 @@
 /* batch_plan.c -- the extra cut of a file's next-to-last batch (see
- * batch_plan.h). Positions are the log reader's input bytes (compressed
- * bytes for a compressed file: the rule needs proportions, not sizes). */
+ * batch_plan.h). Positions are the log reader's input bytes of a plain
+ * file; a plan of size 0 (a compressed file, a pipe) never cuts. */
 #include "consumers/batch_plan.h"
 
 #include <string.h>

@@ -42,9 +42,8 @@
 /* ... and backfill's decode thread (iqp_decode_queue_start_yielding) runs
  * at a lower priority, nice +DECODE_NICE over the process's: it has that
  * slack, while the counting thread and the writer are the chain a
- * backfill waits for. With three busy threads
- * on two cores the scheduler shared them evenly: the decoder ran its 32
- * batches ahead (~100 MB of slabs faulted in) while a full batch waited
+ * backfill waits for. With three busy threads on two cores the scheduler
+ * shared them evenly: the decoder ran its 32 batches ahead (~100 MB of slabs faulted in) while a full batch waited
  * for the writer, and the counting thread then waited in its flush, the
  * decoder on its full ring, a core idle. At a lower priority the two go
  * first and the decoder takes the rest; it never starves, as a consumer

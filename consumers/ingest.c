@@ -175,6 +175,14 @@ static int flush_at(iqp_ingest *ing, const file_position *pos, const char *path,
     return iqp_aggregator_flush(ing->agg, err, errlen);
 }
 
+/* Cuts the batch after line (staged as the file's position) and hands it
+ * to the writer thread while counting goes on. */
+static int cut_at(iqp_ingest *ing, const file_position *pos, const char *path, uint64_t line, char *err,
+                  size_t errlen) {
+    stage_position(ing, pos, path, line, 0);
+    return iqp_aggregator_flush_begin(ing->agg, err, errlen);
+}
+
 static void release_batch(void *b) { iqp_decode_queue_release(b); }
 
 /* Consumes the decoded batches of one file; returns -1 on a failure, 1
@@ -189,16 +197,13 @@ static int count_batches(iqp_ingest *ing, iqp_decode_queue *q, iqp_batch_plan *p
         for (size_t i = 0; i < b->n && rc == 0; i++) {
             rc = ingest_line(ing, path, &b->lines[i], err, errlen);
             if (rc == 0 && iqp_aggregator_should_flush(ing->agg)) {
-                stage_position(ing, pos, path, b->lines[i].line_no, 0);
-                rc = iqp_aggregator_flush_begin(ing->agg, err, errlen);
+                rc = cut_at(ing, pos, path, b->lines[i].line_no, err, errlen);
                 iqp_batch_plan_cut(plan, b->bytes_in);
             }
         }
         if (rc == 0 && b->n > 0) last_line = *handled = b->lines[b->n - 1].line_no;
-        if (rc == 0 && b->n > 0 && iqp_batch_plan_split_now(plan, b->bytes_in)) {
-            stage_position(ing, pos, path, last_line, 0); /* the file's last batches share the rest */
-            rc = iqp_aggregator_flush_begin(ing->agg, err, errlen);
-        }
+        if (rc == 0 && b->n > 0 && iqp_batch_plan_split_now(plan, b->bytes_in))
+            rc = cut_at(ing, pos, path, last_line, err, errlen); /* the file's last batches share the rest */
         uint64_t bytes_in = b->bytes_in; /* the reader thread owns lf */
         iqp_aggregator_after_counted(ing->agg, release_batch, b);
         report_progress(ing, path, bytes_in, 0);
